@@ -1,0 +1,163 @@
+//! The DDM admin API.
+//!
+//! This crate defines the admin API as a dropshot API trait
+//! ([`DdmAdminApi`]) together with the published types of every version.
+//! The daemon implements the trait; the OpenAPI document of every version is
+//! generated from it ([`openapi_document`]) and checked in under `openapi/`,
+//! and the client is generated from those documents.
+//!
+//! Versions are chosen per request with the `api-version` header (see
+//! [`VersionHeaderPolicy`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
+
+use dropshot::{
+    HttpError, HttpResponseOk, HttpResponseUpdatedNoContent, Path,
+    RequestContext, TypedBody,
+};
+use oxnet::Ipv6Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub mod types;
+mod version;
+
+pub use version::{
+    openapi_document, VersionHeaderPolicy, API_VERSION_HEADER, API_VERSIONS,
+    VERSION_1, VERSION_2, VERSION_LATEST,
+};
+
+/// The types of the newest version of the API, under one roof.
+pub mod latest {
+    pub use crate::types::v1::{
+        EnableStatsRequest, PathVector, RouterKind, TunnelOrigin, TunnelRoute,
+    };
+    pub use crate::types::v2::{PeerInfo, PeerStatus};
+}
+
+/// Largest request body the admin server accepts, in bytes.
+///
+/// Large enough for 100,000 prefixes in one `PUT /prefix` (about 3 MB of
+/// JSON) with generous room; small enough that a runaway client cannot make
+/// the daemon buffer without bound.
+pub const REQUEST_BODY_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Path parameter of `DELETE /peers/{addr}`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
+pub struct PeerAddr {
+    pub addr: Ipv6Addr,
+}
+
+/// Peers keyed by interface index (rendered as a string key in JSON).
+pub type PeerMap<P> = BTreeMap<u32, P>;
+
+#[dropshot::api_description]
+pub trait DdmAdminApi {
+    type Context: Send + Sync + 'static;
+
+    #[endpoint {
+        method = GET,
+        path = "/peers",
+        operation_id = "get_peers",
+        versions = .."2.0.0",
+    }]
+    async fn get_peers_v1(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<PeerMap<types::v1::PeerInfo>>, HttpError>;
+
+    #[endpoint {
+        method = GET,
+        path = "/peers",
+        operation_id = "get_peers",
+        versions = "2.0.0"..,
+    }]
+    async fn get_peers(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<PeerMap<latest::PeerInfo>>, HttpError>;
+
+    #[endpoint { method = DELETE, path = "/peers/{addr}" }]
+    async fn expire_peer(
+        rqctx: RequestContext<Self::Context>,
+        params: Path<PeerAddr>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint { method = GET, path = "/originated" }]
+    async fn get_originated(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<BTreeSet<Ipv6Net>>, HttpError>;
+
+    #[endpoint { method = GET, path = "/originated_tunnel_endpoints" }]
+    async fn get_originated_tunnel_endpoints(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<BTreeSet<latest::TunnelOrigin>>, HttpError>;
+
+    #[endpoint { method = GET, path = "/prefixes" }]
+    async fn get_prefixes(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<
+        HttpResponseOk<BTreeMap<String, BTreeSet<latest::PathVector>>>,
+        HttpError,
+    >;
+
+    #[endpoint { method = GET, path = "/tunnel_endpoints" }]
+    async fn get_tunnel_endpoints(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseOk<BTreeSet<latest::TunnelRoute>>, HttpError>;
+
+    #[endpoint {
+        method = PUT,
+        path = "/prefix",
+        request_body_max_bytes = REQUEST_BODY_MAX_BYTES,
+    }]
+    async fn advertise_prefixes(
+        rqctx: RequestContext<Self::Context>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint {
+        method = DELETE,
+        path = "/prefix",
+        request_body_max_bytes = REQUEST_BODY_MAX_BYTES,
+    }]
+    async fn withdraw_prefixes(
+        rqctx: RequestContext<Self::Context>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint {
+        method = PUT,
+        path = "/tunnel_endpoint",
+        request_body_max_bytes = REQUEST_BODY_MAX_BYTES,
+    }]
+    async fn advertise_tunnel_endpoints(
+        rqctx: RequestContext<Self::Context>,
+        request: TypedBody<BTreeSet<latest::TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint {
+        method = DELETE,
+        path = "/tunnel_endpoint",
+        request_body_max_bytes = REQUEST_BODY_MAX_BYTES,
+    }]
+    async fn withdraw_tunnel_endpoints(
+        rqctx: RequestContext<Self::Context>,
+        request: TypedBody<BTreeSet<latest::TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint { method = PUT, path = "/sync" }]
+    async fn sync(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint { method = POST, path = "/enable-stats" }]
+    async fn enable_stats(
+        rqctx: RequestContext<Self::Context>,
+        request: TypedBody<latest::EnableStatsRequest>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+
+    #[endpoint { method = POST, path = "/disable-stats" }]
+    async fn disable_stats(
+        rqctx: RequestContext<Self::Context>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+}
