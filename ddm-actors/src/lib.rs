@@ -1,1 +1,19 @@
+//! The DDM router as actors.
+//!
+//! See `ARCHITECTURE.md` at the root of the repository for the actors, the
+//! messages between them and who owns what. In short:
+//!
+//! * [`supervisor`] starts and restarts everything else;
+//! * [`admin`] serves the admin API and owns the durable [`store`];
+//! * [`discovery`] finds the one peer on each interface;
+//! * [`exchange`] trades path vectors with one peer;
+//! * [`router`] owns the RIB ([`rib`]) and programs a [`dataplane`].
 
+pub mod admin;
+pub mod config;
+pub mod dataplane;
+pub mod discovery;
+pub mod exchange;
+pub mod rib;
+pub mod store;
+pub mod supervisor;
