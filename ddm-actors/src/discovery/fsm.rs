@@ -1,0 +1,826 @@
+//! The peer state machine of one interface.
+//!
+//! Pure: [`PeerFsm::handle`] takes the time and one [`Input`] and returns the
+//! [`Effect`]s the caller must carry out (send, schedule, report). It never
+//! reads a clock, touches a socket or spawns anything, so every rule of
+//! DESIGN §2 is tested here without actors.
+//!
+//! ```text
+//!            LinkUp                 advertisement
+//!   Init ─────────────▶ Solicit ─────────────────▶ Exchange
+//!    ▲                                              │    ▲
+//!    │ LinkDown (no peer)      expire timer /       │    │ advertisement
+//!    └──────────────────      LinkDown / admin      ▼    │
+//!                                               Expired ─┘
+//! ```
+//!
+//! Solicitations go out at `LinkUp` and then every `solicit_interval` while
+//! the link is up, whatever the state. Every advertisement from the peer
+//! restarts its expiry timer: the peer expires exactly `expire_threshold`
+//! after its last advertisement. Timers carry a generation number; a timer
+//! whose generation is not the current one was cancelled and is ignored.
+
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::time::Duration;
+
+use ddm_admin_api::latest::PeerStatus;
+use tokio::time::Instant;
+
+use super::packet::{DecodeError, DiscoveryPacket};
+use super::PeerIdentity;
+
+/// Where the peer relationship of an interface stands (the admin API's
+/// `PeerStatus` without the duration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DiscoveryState {
+    /// The interface is not usable yet (no address, link down).
+    Init,
+    /// Soliciting; no peer has advertised.
+    Solicit,
+    /// A peer advertises regularly.
+    Exchange,
+    /// The peer stopped advertising (or was expired by hand or link down).
+    Expired,
+}
+
+impl DiscoveryState {
+    /// The admin API's status for this state, held for `duration`.
+    pub fn status(self, duration: Duration) -> PeerStatus {
+        match self {
+            DiscoveryState::Init => PeerStatus::Init(duration),
+            DiscoveryState::Solicit => PeerStatus::Solicit(duration),
+            DiscoveryState::Exchange => PeerStatus::Exchange(duration),
+            DiscoveryState::Expired => PeerStatus::Expired(duration),
+        }
+    }
+}
+
+/// The two timers of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// Time to send the next solicitation.
+    Solicit,
+    /// The peer has been silent for the expiry threshold.
+    Expire,
+}
+
+/// Something that happened to the interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The interface is usable: its index and link-local address are known.
+    LinkUp {
+        /// Index of the interface (the scope id of its link-local traffic).
+        ifindex: u32,
+        /// This router's link-local address on it.
+        local_addr: Ipv6Addr,
+    },
+    /// The interface went away or down: expire the peer, stop soliciting.
+    LinkDown,
+    /// A timer fired.
+    Timer {
+        /// Which timer.
+        kind: TimerKind,
+        /// The generation it was scheduled with.
+        gen: u64,
+    },
+    /// A datagram arrived on the discovery port.
+    Datagram {
+        /// Its source, with the scope id of the interface it came in on.
+        from: SocketAddrV6,
+        /// Its bytes.
+        payload: Vec<u8>,
+    },
+    /// An operator asked to expire the peer with this address.
+    AdminExpire {
+        /// The peer's address.
+        addr: Ipv6Addr,
+    },
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Multicast a solicitation on the interface.
+    SendSolicit,
+    /// Unicast an advertisement to a soliciting router.
+    SendAdvertisement {
+        /// The soliciting router's link-local address.
+        to: Ipv6Addr,
+    },
+    /// Start (or restart) a timer; a previous timer of the same kind is
+    /// stale from now on.
+    Schedule {
+        /// Which timer.
+        kind: TimerKind,
+        /// How long from now.
+        after: Duration,
+        /// Generation to hand back in [`Input::Timer`].
+        gen: u64,
+    },
+    /// A peer appeared on the interface.
+    PeerUp(PeerIdentity),
+    /// The peer is gone: withdraw what was learned from it.
+    PeerDown(PeerIdentity),
+    /// The same peer now advertises from another address.
+    PeerAddrChanged {
+        /// The address it used before.
+        old: Ipv6Addr,
+        /// The peer, with its new address.
+        peer: PeerIdentity,
+    },
+    /// The state changed (or was re-entered, restarting its duration).
+    StateChanged {
+        /// The new state.
+        state: DiscoveryState,
+        /// When it was entered.
+        since: Instant,
+    },
+}
+
+/// Received datagrams dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Shorter than its length fields say.
+    pub truncated: u64,
+    /// Version outside 2..=3.
+    pub unknown_version: u64,
+    /// Router kind other than server or transit.
+    pub unknown_kind: u64,
+    /// Hostname not UTF-8.
+    pub bad_hostname: u64,
+    /// Neither solicitation nor advertisement.
+    pub no_kind_flags: u64,
+    /// Arrived with another interface's scope id.
+    pub wrong_interface: u64,
+    /// Source address is not link-local.
+    pub not_link_local: u64,
+    /// Sent by this router itself.
+    pub own_packet: u64,
+    /// Arrived while the interface was not up.
+    pub link_down: u64,
+}
+
+impl DropCounters {
+    /// Every drop, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.truncated
+            + self.unknown_version
+            + self.unknown_kind
+            + self.bad_hostname
+            + self.no_kind_flags
+            + self.wrong_interface
+            + self.not_link_local
+            + self.own_packet
+            + self.link_down
+    }
+
+    fn count(&mut self, e: DecodeError) {
+        match e {
+            DecodeError::Truncated => self.truncated += 1,
+            DecodeError::UnknownVersion(_) => self.unknown_version += 1,
+            DecodeError::UnknownKind(_) => self.unknown_kind += 1,
+            DecodeError::BadHostname => self.bad_hostname += 1,
+            DecodeError::NoKindFlags => self.no_kind_flags += 1,
+        }
+    }
+}
+
+/// Per-interface statistics, for operators and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Solicitations handed to the socket successfully.
+    pub solicitations_sent: u64,
+    /// Valid solicitations received.
+    pub solicitations_received: u64,
+    /// Advertisements handed to the socket successfully.
+    pub advertisements_sent: u64,
+    /// Valid advertisements received.
+    pub advertisements_received: u64,
+    /// Sends the socket refused.
+    pub send_errors: u64,
+    /// Times a peer came up.
+    pub peer_ups: u64,
+    /// Times a peer expired (silence, link down or by hand).
+    pub expirations: u64,
+    /// Times the peer advertised from a new address.
+    pub address_changes: u64,
+    /// Datagrams dropped, by reason.
+    pub drops: DropCounters,
+}
+
+/// What a send was, for [`PeerFsm::record_send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A solicitation.
+    Solicitation,
+    /// An advertisement.
+    Advertisement,
+}
+
+/// The peer state machine of one interface.
+#[derive(Debug, Clone)]
+pub struct PeerFsm {
+    /// How often to solicit.
+    solicit_interval: Duration,
+    /// Silence after which the peer expires.
+    expire_threshold: Duration,
+    /// The interface index, once the link is up (datagrams must carry it
+    /// as scope id).
+    ifindex: Option<u32>,
+    /// Our own link-local address, once known (our own packets are dropped).
+    local_addr: Option<Ipv6Addr>,
+    /// Whether the link is up: solicit and accept packets.
+    up: bool,
+    /// Current state.
+    state: DiscoveryState,
+    /// When the current state was entered.
+    since: Instant,
+    /// The peer, once one advertised (kept when it expires, for display).
+    peer: Option<PeerIdentity>,
+    /// When the peer last advertised.
+    last_advertisement: Option<Instant>,
+    /// Generation of the live solicit timer.
+    solicit_gen: u64,
+    /// Generation of the live expire timer.
+    expire_gen: u64,
+    /// Statistics.
+    counters: Counters,
+}
+
+impl PeerFsm {
+    /// A machine in `Init`, entered at `now`.
+    pub fn new(
+        now: Instant,
+        solicit_interval: Duration,
+        expire_threshold: Duration,
+    ) -> Self {
+        PeerFsm {
+            solicit_interval,
+            expire_threshold,
+            ifindex: None,
+            local_addr: None,
+            up: false,
+            state: DiscoveryState::Init,
+            since: now,
+            peer: None,
+            last_advertisement: None,
+            solicit_gen: 0,
+            expire_gen: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> DiscoveryState {
+        self.state
+    }
+
+    /// When the current state was entered.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The current (or last, if expired) peer.
+    pub fn peer(&self) -> Option<&PeerIdentity> {
+        self.peer.as_ref()
+    }
+
+    /// When the peer last advertised.
+    pub fn last_advertisement(&self) -> Option<Instant> {
+        self.last_advertisement
+    }
+
+    /// Our link-local address, once the link came up.
+    pub fn local_addr(&self) -> Option<Ipv6Addr> {
+        self.local_addr
+    }
+
+    /// Statistics.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Account for the outcome of a send the machine asked for.
+    pub fn record_send(&mut self, what: Sent, ok: bool) {
+        match (what, ok) {
+            (_, false) => self.counters.send_errors += 1,
+            (Sent::Solicitation, true) => self.counters.solicitations_sent += 1,
+            (Sent::Advertisement, true) => {
+                self.counters.advertisements_sent += 1
+            }
+        }
+    }
+
+    /// Feed one input; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match input {
+            Input::LinkUp { ifindex, local_addr } => {
+                self.link_up(now, ifindex, local_addr, &mut fx)
+            }
+            Input::LinkDown => self.link_down(now, &mut fx),
+            Input::Timer { kind: TimerKind::Solicit, gen } => {
+                if self.up && gen == self.solicit_gen {
+                    fx.push(Effect::SendSolicit);
+                    self.schedule_solicit(&mut fx);
+                }
+            }
+            Input::Timer { kind: TimerKind::Expire, gen } => {
+                if gen == self.expire_gen
+                    && self.state == DiscoveryState::Exchange
+                {
+                    self.expire(now, &mut fx);
+                }
+            }
+            Input::Datagram { from, payload } => {
+                self.datagram(now, from, &payload, &mut fx)
+            }
+            Input::AdminExpire { addr } => {
+                if self.state == DiscoveryState::Exchange
+                    && self.peer.as_ref().is_some_and(|p| p.addr == addr)
+                {
+                    self.expire(now, &mut fx);
+                }
+            }
+        }
+        fx
+    }
+
+    fn enter(
+        &mut self,
+        now: Instant,
+        state: DiscoveryState,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.state = state;
+        self.since = now;
+        fx.push(Effect::StateChanged { state, since: now });
+    }
+
+    fn schedule_solicit(&mut self, fx: &mut Vec<Effect>) {
+        self.solicit_gen += 1;
+        fx.push(Effect::Schedule {
+            kind: TimerKind::Solicit,
+            after: self.solicit_interval,
+            gen: self.solicit_gen,
+        });
+    }
+
+    fn schedule_expire(&mut self, fx: &mut Vec<Effect>) {
+        self.expire_gen += 1;
+        fx.push(Effect::Schedule {
+            kind: TimerKind::Expire,
+            after: self.expire_threshold,
+            gen: self.expire_gen,
+        });
+    }
+
+    fn link_up(
+        &mut self,
+        now: Instant,
+        ifindex: u32,
+        local_addr: Ipv6Addr,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.ifindex = Some(ifindex);
+        self.local_addr = Some(local_addr);
+        if self.up {
+            return;
+        }
+        self.up = true;
+        if self.state == DiscoveryState::Init {
+            self.enter(now, DiscoveryState::Solicit, fx);
+        }
+        fx.push(Effect::SendSolicit);
+        self.schedule_solicit(fx);
+    }
+
+    fn link_down(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if !self.up {
+            return;
+        }
+        self.up = false;
+        // Cancel both timers.
+        self.solicit_gen += 1;
+        if self.state == DiscoveryState::Exchange {
+            self.expire(now, fx);
+        } else {
+            self.expire_gen += 1;
+            if self.state == DiscoveryState::Solicit {
+                self.enter(now, DiscoveryState::Init, fx);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        self.expire_gen += 1;
+        self.counters.expirations += 1;
+        if let Some(p) = &self.peer {
+            fx.push(Effect::PeerDown(p.clone()));
+        }
+        self.enter(now, DiscoveryState::Expired, fx);
+    }
+
+    fn datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV6,
+        payload: &[u8],
+        fx: &mut Vec<Effect>,
+    ) {
+        let drops = &mut self.counters.drops;
+        if !self.up {
+            drops.link_down += 1;
+            return;
+        }
+        if Some(from.scope_id()) != self.ifindex {
+            drops.wrong_interface += 1;
+            return;
+        }
+        let addr = *from.ip();
+        if !addr.is_unicast_link_local() {
+            drops.not_link_local += 1;
+            return;
+        }
+        if Some(addr) == self.local_addr {
+            drops.own_packet += 1;
+            return;
+        }
+        let packet = match DiscoveryPacket::decode(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                drops.count(e);
+                return;
+            }
+        };
+        if packet.solicit {
+            self.counters.solicitations_received += 1;
+            fx.push(Effect::SendAdvertisement { to: addr });
+        }
+        if packet.advertise {
+            self.counters.advertisements_received += 1;
+            self.advertisement(now, addr, packet, fx);
+        }
+    }
+
+    fn advertisement(
+        &mut self,
+        now: Instant,
+        addr: Ipv6Addr,
+        packet: DiscoveryPacket,
+        fx: &mut Vec<Effect>,
+    ) {
+        let new = PeerIdentity {
+            addr,
+            hostname: packet.hostname,
+            kind: packet.kind,
+            version: packet.version,
+        };
+        self.last_advertisement = Some(now);
+        let live = self.state == DiscoveryState::Exchange;
+        match self.peer.take() {
+            Some(old) if live && old == new => {
+                self.peer = Some(old);
+            }
+            Some(old)
+                if live
+                    && old.hostname == new.hostname
+                    && old.kind == new.kind
+                    && old.version == new.version =>
+            {
+                // Same router, renumbered.
+                self.counters.address_changes += 1;
+                fx.push(Effect::PeerAddrChanged {
+                    old: old.addr,
+                    peer: new.clone(),
+                });
+                self.peer = Some(new);
+            }
+            old => {
+                // A peer appears, or a live peer turned into another router
+                // (other name, kind or version): the old one goes first.
+                if let Some(old) = old.filter(|_| live) {
+                    fx.push(Effect::PeerDown(old));
+                }
+                self.counters.peer_ups += 1;
+                fx.push(Effect::PeerUp(new.clone()));
+                self.peer = Some(new);
+                self.enter(now, DiscoveryState::Exchange, fx);
+            }
+        }
+        self.schedule_expire(fx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddm_admin_api::latest::RouterKind;
+
+    const IF: u32 = 7;
+    const SOLICIT: Duration = Duration::from_millis(2000);
+    const EXPIRE: Duration = Duration::from_millis(5000);
+
+    fn local() -> Ipv6Addr {
+        "fe80::1".parse().unwrap()
+    }
+    fn peer_a() -> Ipv6Addr {
+        "fe80::a".parse().unwrap()
+    }
+    fn peer_b() -> Ipv6Addr {
+        "fe80::b".parse().unwrap()
+    }
+    fn from(addr: Ipv6Addr) -> SocketAddrV6 {
+        SocketAddrV6::new(addr, 3549, 0, IF)
+    }
+    fn advert(host: &str) -> Vec<u8> {
+        DiscoveryPacket::advertisement(RouterKind::Transit, host)
+            .encode()
+            .unwrap()
+    }
+    fn solicit(host: &str) -> Vec<u8> {
+        DiscoveryPacket::solicitation(RouterKind::Server, host)
+            .encode()
+            .unwrap()
+    }
+    fn ident(addr: Ipv6Addr, host: &str) -> PeerIdentity {
+        PeerIdentity {
+            addr,
+            hostname: host.into(),
+            kind: RouterKind::Transit,
+            version: 2,
+        }
+    }
+    fn up_fsm(t0: Instant) -> PeerFsm {
+        let mut f = PeerFsm::new(t0, SOLICIT, EXPIRE);
+        f.handle(t0, Input::LinkUp { ifindex: IF, local_addr: local() });
+        f
+    }
+    fn gen_of(fx: &[Effect], want: TimerKind) -> Option<u64> {
+        fx.iter().find_map(|e| match e {
+            Effect::Schedule { kind, gen, .. } if *kind == want => Some(*gen),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn link_up_solicits_at_once_and_schedules() {
+        let t0 = Instant::now();
+        let mut f = PeerFsm::new(t0, SOLICIT, EXPIRE);
+        assert_eq!(f.state(), DiscoveryState::Init);
+        let t1 = t0 + Duration::from_secs(1);
+        let fx =
+            f.handle(t1, Input::LinkUp { ifindex: IF, local_addr: local() });
+        assert_eq!(
+            fx,
+            vec![
+                Effect::StateChanged {
+                    state: DiscoveryState::Solicit,
+                    since: t1
+                },
+                Effect::SendSolicit,
+                Effect::Schedule {
+                    kind: TimerKind::Solicit,
+                    after: SOLICIT,
+                    gen: 1
+                },
+            ]
+        );
+        // The timer fires: solicit again with a fresh generation.
+        let fx = f.handle(
+            t1 + SOLICIT,
+            Input::Timer { kind: TimerKind::Solicit, gen: 1 },
+        );
+        assert_eq!(fx[0], Effect::SendSolicit);
+        assert_eq!(gen_of(&fx, TimerKind::Solicit), Some(2));
+        // The old generation is stale now.
+        let fx = f.handle(
+            t1 + SOLICIT,
+            Input::Timer { kind: TimerKind::Solicit, gen: 1 },
+        );
+        assert!(fx.is_empty());
+    }
+
+    #[test]
+    fn solicitation_is_answered_to_its_sender() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: solicit("s1") },
+        );
+        assert_eq!(fx, vec![Effect::SendAdvertisement { to: peer_a() }]);
+        assert_eq!(f.counters().solicitations_received, 1);
+        // A solicitation alone does not make a peer.
+        assert_eq!(f.state(), DiscoveryState::Solicit);
+        assert!(f.peer().is_none());
+    }
+
+    #[test]
+    fn advertisement_brings_peer_up_and_refreshes_expiry() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        assert_eq!(fx[0], Effect::PeerUp(ident(peer_a(), "sw0")));
+        assert!(fx.contains(&Effect::StateChanged {
+            state: DiscoveryState::Exchange,
+            since: t0
+        }));
+        let g1 = gen_of(&fx, TimerKind::Expire).unwrap();
+        assert_eq!(f.state(), DiscoveryState::Exchange);
+
+        // Another advertisement: only a new expiry timer.
+        let t1 = t0 + Duration::from_secs(2);
+        let fx = f.handle(
+            t1,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        let g2 = gen_of(&fx, TimerKind::Expire).unwrap();
+        assert_eq!(fx.len(), 1);
+        assert_ne!(g1, g2);
+        assert_eq!(f.since(), t0, "state duration not restarted");
+
+        // The first timer is stale and does nothing.
+        let fx = f.handle(
+            t0 + EXPIRE,
+            Input::Timer { kind: TimerKind::Expire, gen: g1 },
+        );
+        assert!(fx.is_empty());
+        assert_eq!(f.state(), DiscoveryState::Exchange);
+
+        // The live one expires the peer.
+        let fx = f.handle(
+            t1 + EXPIRE,
+            Input::Timer { kind: TimerKind::Expire, gen: g2 },
+        );
+        assert_eq!(
+            fx,
+            vec![
+                Effect::PeerDown(ident(peer_a(), "sw0")),
+                Effect::StateChanged {
+                    state: DiscoveryState::Expired,
+                    since: t1 + EXPIRE
+                }
+            ]
+        );
+        assert_eq!(f.counters().expirations, 1);
+        assert_eq!(f.counters().advertisements_received, 2);
+
+        // It comes back.
+        let fx = f.handle(
+            t1 + EXPIRE * 2,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        assert_eq!(fx[0], Effect::PeerUp(ident(peer_a(), "sw0")));
+        assert_eq!(f.counters().peer_ups, 2);
+    }
+
+    #[test]
+    fn renumbered_peer_is_an_address_change() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_b()), payload: advert("sw0") },
+        );
+        assert_eq!(
+            fx[0],
+            Effect::PeerAddrChanged {
+                old: peer_a(),
+                peer: ident(peer_b(), "sw0")
+            }
+        );
+        assert!(!fx
+            .iter()
+            .any(|e| matches!(e, Effect::PeerUp(_) | Effect::PeerDown(_))));
+        assert_eq!(f.peer().unwrap().addr, peer_b());
+        assert_eq!(f.counters().address_changes, 1);
+        // The admin expires by the new address only.
+        assert!(f.handle(t0, Input::AdminExpire { addr: peer_a() }).is_empty());
+        let fx = f.handle(t0, Input::AdminExpire { addr: peer_b() });
+        assert_eq!(fx[0], Effect::PeerDown(ident(peer_b(), "sw0")));
+        assert_eq!(f.state(), DiscoveryState::Expired);
+    }
+
+    #[test]
+    fn another_router_replaces_the_peer() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw1") },
+        );
+        assert_eq!(fx[0], Effect::PeerDown(ident(peer_a(), "sw0")));
+        assert_eq!(fx[1], Effect::PeerUp(ident(peer_a(), "sw1")));
+    }
+
+    #[test]
+    fn link_down_expires_at_once_and_stops_soliciting() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("sw0") },
+        );
+        let g = gen_of(&fx, TimerKind::Expire).unwrap();
+        let t1 = t0 + Duration::from_millis(10);
+        let fx = f.handle(t1, Input::LinkDown);
+        assert_eq!(fx[0], Effect::PeerDown(ident(peer_a(), "sw0")));
+        assert_eq!(f.state(), DiscoveryState::Expired);
+        assert_eq!(f.since(), t1);
+        // Pending timers are stale; packets are dropped.
+        assert!(f
+            .handle(
+                t0 + SOLICIT,
+                Input::Timer { kind: TimerKind::Solicit, gen: 1 }
+            )
+            .is_empty());
+        assert!(f
+            .handle(
+                t0 + EXPIRE,
+                Input::Timer { kind: TimerKind::Expire, gen: g }
+            )
+            .is_empty());
+        assert!(f
+            .handle(
+                t1,
+                Input::Datagram {
+                    from: from(peer_a()),
+                    payload: advert("sw0"),
+                }
+            )
+            .is_empty());
+        assert_eq!(f.counters().drops.link_down, 1);
+        // Link up again: solicit at once.
+        let fx =
+            f.handle(t1, Input::LinkUp { ifindex: IF, local_addr: local() });
+        assert_eq!(fx[0], Effect::SendSolicit);
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let t0 = Instant::now();
+        let mut f = PeerFsm::new(t0, SOLICIT, EXPIRE);
+        let d = |f: &mut PeerFsm, from: SocketAddrV6, payload: Vec<u8>| {
+            assert!(f.handle(t0, Input::Datagram { from, payload }).is_empty());
+        };
+        d(&mut f, from(peer_a()), advert("x"));
+        f.handle(t0, Input::LinkUp { ifindex: IF, local_addr: local() });
+        d(&mut f, SocketAddrV6::new(peer_a(), 3549, 0, IF + 1), advert("x"));
+        d(&mut f, from("fd00::1".parse().unwrap()), advert("x"));
+        d(&mut f, from(local()), advert("x"));
+        d(&mut f, from(peer_a()), vec![2]);
+        d(&mut f, from(peer_a()), vec![9, 1, 0, 0]);
+        d(&mut f, from(peer_a()), vec![2, 1, 5, 0]);
+        d(&mut f, from(peer_a()), vec![2, 1, 0, 1, 0xff]);
+        d(&mut f, from(peer_a()), vec![2, 0, 0, 0]);
+        let c = f.counters().drops;
+        assert_eq!(
+            c,
+            DropCounters {
+                truncated: 1,
+                unknown_version: 1,
+                unknown_kind: 1,
+                bad_hostname: 1,
+                no_kind_flags: 1,
+                wrong_interface: 1,
+                not_link_local: 1,
+                own_packet: 1,
+                link_down: 1,
+            }
+        );
+        assert_eq!(c.total(), 9);
+        assert!(f.peer().is_none());
+    }
+
+    #[test]
+    fn send_outcomes_are_counted() {
+        let mut f = PeerFsm::new(Instant::now(), SOLICIT, EXPIRE);
+        f.record_send(Sent::Solicitation, true);
+        f.record_send(Sent::Advertisement, true);
+        f.record_send(Sent::Advertisement, false);
+        let c = f.counters();
+        assert_eq!(
+            (c.solicitations_sent, c.advertisements_sent, c.send_errors),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn status_maps_to_admin_api() {
+        let d = Duration::from_secs(3);
+        assert_eq!(DiscoveryState::Exchange.status(d), PeerStatus::Exchange(d));
+        assert_eq!(DiscoveryState::Init.status(d).name(), "Init");
+    }
+}
