@@ -1,0 +1,717 @@
+//! Network-namespace topologies for integration tests.
+//!
+//! A [`Topology`] creates one Linux network namespace per node and veth pairs
+//! between them, so real `ddmd` routers can run side by side on one machine
+//! and talk over IPv6 link-local multicast exactly as they would on a rack.
+//!
+//! Everything a topology creates is named from a per-process, per-topology
+//! prefix, so many tests can build topologies in parallel threads and
+//! processes without colliding. Dropping the topology kills the processes it
+//! spawned and deletes its links and namespaces, also when the test panics.
+//!
+//! Tests call [`require_netns`] first: it skips loudly where namespaces are
+//! unavailable (not root, no `ip`), and fails instead when
+//! `DDM_REQUIRE_NETNS=1`, so CI cannot silently skip the suite.
+//!
+//! ```no_run
+//! use ddm_test_harness::netns::{require_netns, Topology};
+//! use std::time::Duration;
+//!
+//! if require_netns("two_nodes") {
+//!     let mut topo = Topology::new("two_nodes").unwrap();
+//!     topo.node("s1").unwrap();
+//!     topo.node("s2").unwrap();
+//!     let link = topo.link("s1", "s2").unwrap();
+//!     let addr = topo
+//!         .wait_link_local("s2", &link.b_if, Duration::from_secs(5))
+//!         .unwrap();
+//!     println!("s2 is {addr}%{}", link.b_if);
+//! }
+//! ```
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv6Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where `ip netns` keeps the bind mounts that name namespaces.
+const NETNS_RUN_DIR: &str = "/var/run/netns";
+
+/// Environment variable that turns a skip into a failure (CI sets it to `1`).
+pub const REQUIRE_ENV: &str = "DDM_REQUIRE_NETNS";
+
+/// Environment variable naming a file to which every namespace test that ran
+/// appends its name, so CI can check that the suite really ran.
+pub const RAN_FILE_ENV: &str = "DDM_NETNS_RAN_FILE";
+
+/// Longest Linux interface name (`IFNAMSIZ` minus the terminating NUL).
+const IFNAME_MAX: usize = 15;
+
+/// How often [`wait_until`] re-checks its condition.
+const POLL_TICK: Duration = Duration::from_millis(20);
+
+/// Counts topologies (and probes) made by this process, for unique names.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `f` every few milliseconds until it returns true or `deadline`
+/// has passed; the error names `what` was awaited.
+pub fn wait_until(
+    deadline: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let end = Instant::now() + deadline;
+    loop {
+        if f() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Err(format!(
+                "timed out after {deadline:?} waiting for {what}"
+            ));
+        }
+        std::thread::sleep(POLL_TICK.min(end - now));
+    }
+}
+
+/// Four hex digits that differ between processes, so names stay unique even
+/// across test processes that share `/var/run/netns`.
+fn process_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // Mix the pid and the clock so two processes started in the same
+        // instant, or with recycled pids, still differ.
+        let mixed = (std::process::id().wrapping_mul(0x9e37_79b9) ^ nanos)
+            .rotate_left(13);
+        format!("{:04x}", (mixed ^ (mixed >> 16)) & 0xffff)
+    })
+}
+
+/// The next per-process sequence number, in base 36 to keep names short.
+fn next_seq() -> String {
+    let mut n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
+/// Runs a command to completion, turning a failure to start it into an error.
+fn run(cmd: &mut Command) -> Result<Output, String> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command and fails unless it exits successfully; the error carries
+/// the command's stderr.
+fn run_ok(cmd: &mut Command) -> Result<Output, String> {
+    let out = run(cmd)?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Builds `ip <args…>`.
+fn ip<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    cmd
+}
+
+/// Checks that this process can build namespace topologies: it runs as root,
+/// `ip` is installed, and a probe namespace can be created and deleted.
+/// The answer is computed once per process.
+pub fn netns_available() -> Result<(), String> {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    AVAILABLE
+        .get_or_init(|| {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            if euid != 0 {
+                return Err(format!("not running as root (euid {euid})"));
+            }
+            run_ok(&mut ip(["-V"]))
+                .map_err(|e| format!("`ip` unavailable: {e}"))?;
+            let probe = format!("ddm-probe-{}{}", process_tag(), next_seq());
+            run_ok(&mut ip(["netns", "add", &probe]))
+                .map_err(|e| format!("cannot create a namespace: {e}"))?;
+            run_ok(&mut ip(["netns", "del", &probe]))
+                .map_err(|e| format!("cannot delete namespace {probe}: {e}"))?;
+            Ok(())
+        })
+        .clone()
+}
+
+/// Decides whether the namespace test `test_name` can run.
+///
+/// Returns true when namespaces are available, after appending `test_name`
+/// to the file named by `DDM_NETNS_RAN_FILE` (if set). Otherwise prints
+/// `SKIP: <test> needs network namespaces (<reason>)` to stderr and returns
+/// false, unless `DDM_REQUIRE_NETNS=1`, in which case it panics.
+pub fn require_netns(test_name: &str) -> bool {
+    match netns_available() {
+        Ok(()) => {
+            if let Some(path) = std::env::var_os(RAN_FILE_ENV) {
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| {
+                        panic!("cannot open {RAN_FILE_ENV}={path:?}: {e}")
+                    });
+                // One write per line: appends of short lines do not interleave.
+                file.write_all(format!("{test_name}\n").as_bytes())
+                    .unwrap_or_else(|e| {
+                        panic!("cannot write {RAN_FILE_ENV}={path:?}: {e}")
+                    });
+            }
+            true
+        }
+        Err(reason) => {
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+                panic!("{test_name} needs network namespaces and {REQUIRE_ENV}=1, but: {reason}");
+            }
+            // Straight to the stderr handle, past libtest's output capture,
+            // so the skip shows even when the test passes.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: {test_name} needs network namespaces ({reason})"
+            );
+            false
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread that has joined the network namespace named
+/// `ns` (as listed by `ip netns list`), and returns its result.
+///
+/// Only that thread changes namespace; sockets it creates stay bound to `ns`
+/// after they are returned to the caller. Panics if the namespace cannot be
+/// entered, and re-raises a panic of `f`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("{NETNS_RUN_DIR}/{ns}");
+    let file =
+        File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            // SAFETY: `file` is an open namespace file for the whole call;
+            // setns only changes the namespace of this thread.
+            let rc =
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                panic!("setns({path}): {}", std::io::Error::last_os_error());
+            }
+            drop(file);
+            f()
+        });
+        match handle.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Checks that `ping` is on `PATH`.
+pub fn ping_available() -> Result<(), String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join("ping").is_file()) {
+        Ok(())
+    } else {
+        Err("`ping` is not installed (package iputils-ping)".to_string())
+    }
+}
+
+/// One node of a [`Topology`]: a network namespace.
+#[derive(Debug)]
+struct Node {
+    /// The name tests use, e.g. `s1`.
+    name: String,
+    /// The namespace name, unique per process and topology.
+    ns: String,
+}
+
+/// One veth pair between two nodes, as returned by [`Topology::link`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The first node passed to [`Topology::link`].
+    pub a: String,
+    /// The interface name of the pair's end inside node `a`.
+    pub a_if: String,
+    /// The second node passed to [`Topology::link`].
+    pub b: String,
+    /// The interface name of the pair's end inside node `b`.
+    pub b_if: String,
+}
+
+/// Names a process started with [`Topology::spawn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChildId(usize);
+
+/// A set of network namespaces joined by veth pairs, torn down on drop.
+#[derive(Debug)]
+pub struct Topology {
+    /// Prefix of every namespace name: `ddm-<tag>-<process><seq>`.
+    ns_prefix: String,
+    /// Prefix of every interface name, short enough for `IFNAMSIZ`.
+    if_prefix: String,
+    /// Nodes in creation order.
+    nodes: Vec<Node>,
+    /// Links in creation order; index is part of the interface names.
+    links: Vec<Link>,
+    /// Processes spawned in the namespaces; `None` once reaped by a test.
+    children: Mutex<Vec<Option<Child>>>,
+}
+
+impl Topology {
+    /// Starts an empty topology. `tag` (typically the test name) appears in
+    /// namespace names to make leftovers recognisable.
+    pub fn new(tag: &str) -> Result<Topology, String> {
+        let seq = next_seq();
+        let tag: String = tag
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(20)
+            .collect();
+        Ok(Topology {
+            ns_prefix: format!("ddm-{tag}-{}{seq}", process_tag()),
+            if_prefix: format!("d{}{seq}l", process_tag()),
+            nodes: Vec::new(),
+            links: Vec::new(),
+            children: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Adds an end-host node: a namespace with DAD disabled and `lo` up.
+    /// Returns the namespace name.
+    pub fn node(&mut self, name: &str) -> Result<String, String> {
+        self.add_node(name, false)
+    }
+
+    /// Adds a transit node: like [`Topology::node`] but with IPv6
+    /// forwarding enabled. Returns the namespace name.
+    pub fn transit(&mut self, name: &str) -> Result<String, String> {
+        self.add_node(name, true)
+    }
+
+    fn add_node(
+        &mut self,
+        name: &str,
+        forwarding: bool,
+    ) -> Result<String, String> {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!(
+                "node name {name:?} must be non-empty [A-Za-z0-9_]"
+            ));
+        }
+        if self.nodes.iter().any(|n| n.name == name) {
+            return Err(format!("node {name} already exists"));
+        }
+        let ns = format!("{}-{name}", self.ns_prefix);
+        run_ok(&mut ip(["netns", "add", &ns]))?;
+        // Record it before configuring, so a failure below still deletes it.
+        self.nodes.push(Node { name: name.to_string(), ns: ns.clone() });
+        // DAD off before any link exists, so new link-local addresses are
+        // usable at once instead of tentative for ~2 s.
+        let mut sysctls = vec![
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ];
+        if forwarding {
+            sysctls.push("net.ipv6.conf.all.forwarding=1");
+            sysctls.push("net.ipv6.conf.default.forwarding=1");
+        }
+        let mut cmd = ip(["netns", "exec", &ns, "sysctl", "-qw"]);
+        cmd.args(&sysctls);
+        run_ok(&mut cmd)?;
+        run_ok(&mut ip(["-n", &ns, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    /// The namespace name of `node`.
+    pub fn ns(&self, node: &str) -> Result<&str, String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == node)
+            .map(|n| n.ns.as_str())
+            .ok_or_else(|| {
+                format!("no node {node} in topology {}", self.ns_prefix)
+            })
+    }
+
+    /// Every namespace this topology created, in creation order.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.ns.clone()).collect()
+    }
+
+    /// Every link created so far, in creation order.
+    pub fn links(&self) -> &[Link] {
+        &self.links
+    }
+
+    /// Connects nodes `a` and `b` with a veth pair, one end in each
+    /// namespace, both up. Interface names are unique and at most 15 bytes.
+    pub fn link(&mut self, a: &str, b: &str) -> Result<Link, String> {
+        if a == b {
+            return Err(format!("cannot link node {a} to itself"));
+        }
+        let ns_a = self.ns(a)?.to_string();
+        let ns_b = self.ns(b)?.to_string();
+        let index = self.links.len();
+        let a_if = format!("{}{index}a", self.if_prefix);
+        let b_if = format!("{}{index}b", self.if_prefix);
+        if a_if.len() > IFNAME_MAX {
+            return Err(format!(
+                "interface name {a_if} exceeds {IFNAME_MAX} bytes"
+            ));
+        }
+        // Create both ends directly inside their namespaces: the names never
+        // exist in the root namespace, and nothing is left there on failure.
+        run_ok(&mut ip([
+            "link", "add", &a_if, "netns", &ns_a, "type", "veth", "peer",
+            "name", &b_if, "netns", &ns_b,
+        ]))?;
+        let link = Link { a: a.to_string(), a_if, b: b.to_string(), b_if };
+        self.links.push(link.clone());
+        self.link_set(a, &link.a_if, true)?;
+        self.link_set(b, &link.b_if, true)?;
+        Ok(link)
+    }
+
+    /// Adds `addr` (with prefix length, e.g. `fd00:1::1/64`) to `lo` in
+    /// `node`: a router's own address, as there is no dummy driver here.
+    pub fn add_lo_addr(&self, node: &str, addr: &str) -> Result<(), String> {
+        let ns = self.ns(node)?;
+        run_ok(&mut ip(["-n", ns, "-6", "addr", "add", addr, "dev", "lo"]))?;
+        Ok(())
+    }
+
+    /// Sets interface `ifname` in `node` up or down.
+    pub fn link_set(
+        &self,
+        node: &str,
+        ifname: &str,
+        up: bool,
+    ) -> Result<(), String> {
+        let ns = self.ns(node)?;
+        let state = if up { "up" } else { "down" };
+        run_ok(&mut ip(["-n", ns, "link", "set", ifname, state]))?;
+        Ok(())
+    }
+
+    /// Runs `argv` to completion inside `node` (`ip netns exec`) and returns
+    /// its output, whatever its exit status.
+    pub fn exec<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        argv: &[S],
+    ) -> Result<Output, String> {
+        let ns = self.ns(node)?;
+        let mut cmd = ip(["netns", "exec", ns]);
+        cmd.args(argv);
+        run(&mut cmd)
+    }
+
+    /// Like [`Topology::exec`], but fails unless the command succeeds.
+    pub fn exec_ok<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        argv: &[S],
+    ) -> Result<Output, String> {
+        let ns = self.ns(node)?;
+        let mut cmd = ip(["netns", "exec", ns]);
+        cmd.args(argv);
+        run_ok(&mut cmd)
+    }
+
+    /// Spawns a long-running process (such as `ddmd`) inside `node`. The
+    /// command keeps its arguments, environment and stdio settings; it enters
+    /// the namespace between fork and exec. (Unlike `ip netns exec`, `/sys`
+    /// is not remounted.) The process is killed and reaped when the topology
+    /// is dropped, unless [`Topology::kill`] did it first.
+    pub fn spawn(
+        &self,
+        node: &str,
+        mut cmd: Command,
+    ) -> Result<ChildId, String> {
+        let ns = self.ns(node)?;
+        let path = format!("{NETNS_RUN_DIR}/{ns}");
+        let file = File::open(&path)
+            .map_err(|e| format!("cannot open {path}: {e}"))?;
+        let fd = file.as_raw_fd();
+        let enter = move || {
+            // SAFETY: `fd` is an open namespace file (see below); setns
+            // only changes the namespace of the calling process.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        // SAFETY: `enter` runs in the forked child before exec and only
+        // makes the async-signal-safe setns system call. `fd` stays open
+        // until spawn returns because `file` lives until the end of this
+        // function; it is close-on-exec, so the new program does not inherit
+        // it.
+        unsafe {
+            cmd.pre_exec(enter);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot spawn {cmd:?} in {ns}: {e}"))?;
+        drop(file);
+        let mut children =
+            self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.push(Some(child));
+        Ok(ChildId(children.len() - 1))
+    }
+
+    /// Runs `f` on a spawned process, e.g. to read its pid, take its stdout
+    /// or `try_wait` it. Fails if it was already reaped by [`Topology::kill`].
+    pub fn with_child<R>(
+        &self,
+        id: ChildId,
+        f: impl FnOnce(&mut Child) -> R,
+    ) -> Result<R, String> {
+        let mut children =
+            self.children.lock().unwrap_or_else(|e| e.into_inner());
+        match children.get_mut(id.0) {
+            Some(Some(child)) => Ok(f(child)),
+            _ => Err(format!("no live child {id:?}")),
+        }
+    }
+
+    /// Kills a spawned process (if still running) and reaps it.
+    pub fn kill(&self, id: ChildId) -> Result<ExitStatus, String> {
+        let child = {
+            let mut children =
+                self.children.lock().unwrap_or_else(|e| e.into_inner());
+            children.get_mut(id.0).and_then(Option::take)
+        };
+        let mut child = child.ok_or_else(|| format!("no live child {id:?}"))?;
+        reap(&mut child)
+    }
+
+    /// Runs `f` on a fresh thread inside `node`'s namespace; see [`in_netns`].
+    pub fn in_node<T: Send>(
+        &self,
+        node: &str,
+        f: impl FnOnce() -> T + Send,
+    ) -> T {
+        let ns = self.ns(node).unwrap_or_else(|e| panic!("{e}"));
+        in_netns(ns, f)
+    }
+
+    /// Link-local addresses of `ifname` in `node`, each with whether it is
+    /// still tentative.
+    fn link_locals(
+        &self,
+        node: &str,
+        ifname: &str,
+    ) -> Result<Vec<(Ipv6Addr, bool)>, String> {
+        let ns = self.ns(node)?;
+        let out = run_ok(&mut ip([
+            "-n", ns, "-6", "-o", "addr", "show", "dev", ifname, "scope",
+            "link",
+        ]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut addrs = Vec::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.by_ref().any(|w| w == "inet6") {
+                let Some(cidr) = words.next() else { continue };
+                let Some(addr) =
+                    cidr.split('/').next().and_then(|a| a.parse().ok())
+                else {
+                    continue;
+                };
+                let tentative = line
+                    .split_whitespace()
+                    .any(|w| w == "tentative" || w == "dadfailed");
+                addrs.push((addr, tentative));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// The usable (non-tentative) link-local address of `ifname` in `node`.
+    pub fn link_local_addr(
+        &self,
+        node: &str,
+        ifname: &str,
+    ) -> Result<Ipv6Addr, String> {
+        self.link_locals(node, ifname)?
+            .into_iter()
+            .find(|(_, tentative)| !tentative)
+            .map(|(addr, _)| addr)
+            .ok_or_else(|| {
+                format!("{node}/{ifname} has no usable link-local address")
+            })
+    }
+
+    /// Waits up to `deadline` for `ifname` in `node` to have a non-tentative
+    /// link-local address, and returns it.
+    pub fn wait_link_local(
+        &self,
+        node: &str,
+        ifname: &str,
+        deadline: Duration,
+    ) -> Result<Ipv6Addr, String> {
+        let mut found = None;
+        let mut last_err = String::new();
+        wait_until(
+            deadline,
+            &format!("a link-local address on {node}/{ifname}"),
+            || match self.link_local_addr(node, ifname) {
+                Ok(addr) => {
+                    found = Some(addr);
+                    true
+                }
+                Err(e) => {
+                    last_err = e;
+                    false
+                }
+            },
+        )
+        .map_err(|e| format!("{e} (last: {last_err})"))?;
+        found.ok_or_else(|| {
+            "unreachable: wait succeeded without an address".to_string()
+        })
+    }
+
+    /// The lines of `ip -6 route show` in `node`, only those installed with
+    /// routing protocol `proto` (e.g. `static`, `kernel`, or a number) when
+    /// given.
+    pub fn routes(
+        &self,
+        node: &str,
+        proto: Option<&str>,
+    ) -> Result<Vec<String>, String> {
+        let ns = self.ns(node)?;
+        let mut cmd = ip(["-n", ns, "-6", "route", "show"]);
+        if let Some(proto) = proto {
+            cmd.args(["proto", proto]);
+        }
+        let out = run_ok(&mut cmd)?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Sends one ping from `node` to `addr` (e.g. `fd00:1::1` or
+    /// `fe80::1%ifname`) with a one-second timeout; true if it was answered.
+    /// Fails if `ping` is not installed.
+    pub fn ping6(&self, node: &str, addr: &str) -> Result<bool, String> {
+        ping_available()?;
+        let out =
+            self.exec(node, &["ping", "-6", "-n", "-c", "1", "-W", "1", addr])?;
+        Ok(out.status.success())
+    }
+}
+
+/// Kills a child unless it already exited, then waits for it.
+fn reap(child: &mut Child) -> Result<ExitStatus, String> {
+    let pid = child.id();
+    if let Ok(Some(status)) = child.try_wait() {
+        return Ok(status);
+    }
+    // Kill can only fail if the child already exited; wait tells.
+    let _ = child.kill();
+    child.wait().map_err(|e| format!("cannot reap child {pid}: {e}"))
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Processes first: they hold their namespaces alive.
+        let children = std::mem::take(
+            self.children.get_mut().unwrap_or_else(|e| e.into_inner()),
+        );
+        for mut child in children.into_iter().flatten() {
+            if let Err(e) = reap(&mut child) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+        // Delete links explicitly: a namespace kept alive by some stray
+        // reference (a socket, a thread) would otherwise keep its veths.
+        // Deleting one end removes the pair; a test may have done it already.
+        for link in &self.links {
+            if let Ok(ns) = self.ns(&link.a) {
+                let _ = run(&mut ip(["-n", ns, "link", "del", &link.a_if]));
+            }
+        }
+        for node in self.nodes.iter().rev() {
+            if let Err(e) = run_ok(&mut ip(["netns", "del", &node.ns])) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_is_base36_and_increasing() {
+        let a = next_seq();
+        let b = next_seq();
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn interface_names_fit_ifnamsiz() {
+        let topo = Topology::new("a_rather_long_test_name_for_sure").unwrap();
+        // Even with many links, names stay within IFNAMSIZ.
+        let worst = format!("{}{}a", topo.if_prefix, 9999);
+        assert!(worst.len() <= IFNAME_MAX, "{worst}");
+        assert!(topo.ns_prefix.starts_with("ddm-a_rather_long_test_"));
+    }
+
+    #[test]
+    fn wait_until_reports_timeout_and_success() {
+        let mut n = 0;
+        assert!(wait_until(Duration::from_secs(5), "three polls", || {
+            n += 1;
+            n >= 3
+        })
+        .is_ok());
+        assert_eq!(n, 3);
+        let err = wait_until(Duration::from_millis(50), "never", || false)
+            .unwrap_err();
+        assert!(err.contains("never"), "{err}");
+    }
+}

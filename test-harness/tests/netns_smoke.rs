@@ -1,0 +1,269 @@
+//! Checks that the namespace topology builder gives later tests what DDM
+//! needs: fast link-local addresses, link-local multicast between
+//! namespaces, processes inside namespaces, and complete cleanup.
+//!
+//! Every test skips loudly without root (and fails with
+//! `DDM_REQUIRE_NETNS=1`).
+
+use ddm_test_harness::netns::{
+    in_netns, ping_available, require_netns, wait_until, Topology,
+};
+use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// DDM's discovery multicast group and port.
+const DDM_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xdd);
+const DDM_PORT: u16 = 3549;
+
+/// Generous bound for anything the kernel does asynchronously.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Namespaces currently listed by `ip netns list`.
+fn listed_namespaces() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Index of interface `ifname` in the calling thread's namespace.
+fn if_index(ifname: &str) -> u32 {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "no interface {ifname}");
+    index
+}
+
+/// Two nodes and one link between them.
+fn pair(tag: &str) -> (Topology, ddm_test_harness::netns::Link) {
+    let mut topo = Topology::new(tag).unwrap();
+    topo.node("s1").unwrap();
+    topo.transit("t1").unwrap();
+    let link = topo.link("s1", "t1").unwrap();
+    (topo, link)
+}
+
+#[test]
+fn link_local_addresses_are_usable_quickly() {
+    if !require_netns("link_local_addresses_are_usable_quickly") {
+        return;
+    }
+    let (topo, link) = pair("lladdr");
+    assert!(link.a_if.len() <= 15 && link.b_if.len() <= 15, "{link:?}");
+    assert_ne!(link.a_if, link.b_if);
+
+    // With DAD off, addresses become usable well before the ~2 s that
+    // duplicate address detection would take.
+    let start = Instant::now();
+    let a = topo
+        .wait_link_local("s1", &link.a_if, Duration::from_millis(1500))
+        .unwrap();
+    let b = topo
+        .wait_link_local("t1", &link.b_if, Duration::from_millis(1500))
+        .unwrap();
+    assert!(start.elapsed() < Duration::from_millis(1500));
+    assert_eq!(a.segments()[0], 0xfe80, "{a}");
+    assert_eq!(b.segments()[0], 0xfe80, "{b}");
+    assert_ne!(a, b);
+
+    // The transit node forwards, the end host does not.
+    let forwarding = |node: &str| {
+        let out = topo
+            .exec_ok(node, &["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(forwarding("t1"), "1");
+    assert_eq!(forwarding("s1"), "0");
+
+    // Link state follows link_set.
+    topo.link_set("s1", &link.a_if, false).unwrap();
+    let out =
+        topo.exec_ok("s1", &["ip", "-o", "link", "show", &link.a_if]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains(",UP"), "{text}");
+}
+
+#[test]
+fn link_local_multicast_crosses_the_link() {
+    if !require_netns("link_local_multicast_crosses_the_link") {
+        return;
+    }
+    let (topo, link) = pair("mcast");
+    topo.wait_link_local("s1", &link.a_if, DEADLINE).unwrap();
+    let from = topo.wait_link_local("t1", &link.b_if, DEADLINE).unwrap();
+
+    // Receiver in s1: bound to the DDM port, joined to ff02::dd on its end.
+    let receiver = topo.in_node("s1", || {
+        let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, DDM_PORT)).unwrap();
+        sock.join_multicast_v6(&DDM_GROUP, if_index(&link.a_if)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        sock
+    });
+    // Sender in t1, scoped to its end of the link.
+    let (sender, scope) = topo.in_node("t1", || {
+        let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
+        (sock, if_index(&link.b_if))
+    });
+    let dest = SocketAddrV6::new(DDM_GROUP, DDM_PORT, 0, scope);
+
+    // Resend until one arrives: the first may race the group join.
+    let mut buf = [0u8; 64];
+    let mut got = None;
+    wait_until(DEADLINE, "a multicast datagram in s1", || {
+        sender.send_to(b"ddm-hello", dest).unwrap();
+        match receiver.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                got = Some((buf[..n].to_vec(), src));
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .unwrap();
+    let (payload, src) = got.unwrap();
+    assert_eq!(payload, b"ddm-hello");
+    match src {
+        std::net::SocketAddr::V6(src) => assert_eq!(*src.ip(), from),
+        other => panic!("unexpected source {other}"),
+    }
+}
+
+#[test]
+fn addresses_routes_and_spawned_processes() {
+    if !require_netns("addresses_routes_and_spawned_processes") {
+        return;
+    }
+    let (topo, link) = pair("spawn");
+    topo.add_lo_addr("s1", "fd00:1::1/64").unwrap();
+    let kernel = topo.routes("s1", Some("kernel")).unwrap();
+    assert!(kernel.iter().any(|r| r.starts_with("fd00:1::/64")), "{kernel:?}");
+    assert!(topo
+        .routes("t1", None)
+        .unwrap()
+        .iter()
+        .all(|r| !r.contains("fd00:1::")));
+
+    // A spawned process lives in the node's namespace and dies with the
+    // topology.
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600").stdout(Stdio::null());
+    let id = topo.spawn("t1", cmd).unwrap();
+    let pid = topo.with_child(id, |c| c.id()).unwrap();
+    let ns_of = |path: String| {
+        std::fs::metadata(path).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+    };
+    let want =
+        ns_of(format!("/var/run/netns/{}", topo.ns("t1").unwrap())).unwrap();
+    assert_eq!(ns_of(format!("/proc/{pid}/ns/net")).unwrap(), want);
+    assert_ne!(ns_of("/proc/self/ns/net".to_string()).unwrap(), want);
+
+    // Ping between the two ends when ping exists; otherwise say so.
+    match ping_available() {
+        Ok(()) => {
+            let peer =
+                topo.wait_link_local("t1", &link.b_if, DEADLINE).unwrap();
+            let target = format!("{peer}%{}", link.a_if);
+            assert!(topo.ping6("s1", &target).unwrap(), "ping {target}");
+        }
+        Err(e) => {
+            assert!(topo.ping6("s1", "::1").unwrap_err().contains("ping"));
+            eprintln!("note: ping part skipped: {e}");
+        }
+    }
+
+    drop(topo);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+    assert!(status.is_err(), "pid {pid} still exists after drop");
+}
+
+#[test]
+fn kill_reaps_one_child() {
+    if !require_netns("kill_reaps_one_child") {
+        return;
+    }
+    let (topo, _) = pair("kill");
+    let mut cmd = Command::new("sleep");
+    cmd.arg("600");
+    let id = topo.spawn("s1", cmd).unwrap();
+    let status = topo.kill(id).unwrap();
+    assert!(!status.success());
+    assert!(topo.kill(id).is_err());
+    assert!(topo.with_child(id, |_| ()).is_err());
+}
+
+#[test]
+fn drop_removes_namespaces_even_on_panic() {
+    if !require_netns("drop_removes_namespaces_even_on_panic") {
+        return;
+    }
+    let (topo, _) = pair("cleanup");
+    let names = topo.namespaces();
+    assert_eq!(names.len(), 2);
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| listed.contains(n)), "{listed:?}");
+    drop(topo);
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
+
+    // A test that panics halfway still cleans up.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let (topo, _) = pair("panicky");
+        tx.send(topo.namespaces()).unwrap();
+        panic!("deliberate panic with a live topology");
+    })
+    .join();
+    assert!(result.is_err());
+    let names = rx.recv().unwrap();
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
+}
+
+#[test]
+fn parallel_topologies_do_not_collide() {
+    if !require_netns("parallel_topologies_do_not_collide") {
+        return;
+    }
+    // Same tag and node names in both: only the builder keeps them apart.
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let (topo, link) = pair("parallel");
+                let a =
+                    topo.wait_link_local("s1", &link.a_if, DEADLINE).unwrap();
+                // in_netns sees the node's interfaces, not the root's.
+                let index =
+                    in_netns(topo.ns("s1").unwrap(), || if_index(&link.a_if));
+                assert!(index > 1, "{index}");
+                let out =
+                    topo.exec_ok("t1", &["ip", "-o", "link", "show"]).unwrap();
+                let links =
+                    String::from_utf8_lossy(&out.stdout).lines().count();
+                assert_eq!(links, 2, "lo and one veth in t1");
+                (topo.namespaces(), link, a, topo)
+            })
+        })
+        .collect();
+    let results: Vec<_> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (ns0, link0, a0, _t0) = &results[0];
+    let (ns1, link1, a1, _t1) = &results[1];
+    assert!(ns0.iter().all(|n| !ns1.contains(n)), "{ns0:?} {ns1:?}");
+    assert_ne!(link0.a_if, link1.a_if);
+    assert_ne!(a0, a1);
+    let names: Vec<String> = results.iter().flat_map(|r| r.0.clone()).collect();
+    drop(results);
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
+}
