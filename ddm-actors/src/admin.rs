@@ -1,1 +1,579 @@
-//! (in progress)
+//! The admin actor: serves the admin API and owns the durable store.
+//!
+//! The actor runs a dropshot server whose handlers never touch state: each
+//! one sends a message to this actor and awaits the reply. This actor owns
+//! the originated configuration (in memory and in the [`Store`]) and the
+//! statistics identity; questions about peers go to the supervisor and
+//! questions about routes to the router, by handing them the reply port so
+//! that this actor never waits on another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use ddm_admin_api::latest::{
+    EnableStatsRequest, PathVector, PeerInfo, TunnelOrigin, TunnelRoute,
+};
+use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap};
+use dropshot::{
+    ClientErrorStatusCode, ConfigDropshot, HttpError, HttpResponseOk,
+    HttpResponseUpdatedNoContent, HttpServer, Path, RequestContext,
+    ServerBuilder, TypedBody, VersionPolicy,
+};
+use oxnet::{IpNet, Ipv6Net};
+use ractor::{
+    rpc::CallResult, Actor, ActorProcessingErr, ActorRef, RpcReplyPort,
+};
+use slog::{info, o, warn, Logger};
+
+use crate::router::{RouterMsg, RouterRef};
+use crate::store::{Originated, Store, StoreChange};
+use crate::supervisor::{SupervisorMsg, SupervisorRef};
+
+/// A handle to the admin actor.
+pub type AdminRef = ActorRef<AdminMsg>;
+
+/// How long an API handler waits for the actors before giving up with 503.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages the admin actor handles. Most come from the API handlers and
+/// carry the port to answer on.
+pub enum AdminMsg {
+    /// `GET /originated`.
+    GetOriginated(RpcReplyPort<BTreeSet<Ipv6Net>>),
+    /// `GET /originated_tunnel_endpoints`.
+    GetOriginatedTunnels(RpcReplyPort<BTreeSet<TunnelOrigin>>),
+    /// `PUT /prefix`: store durably, then tell the router.
+    Originate(BTreeSet<Ipv6Net>, RpcReplyPort<Result<(), String>>),
+    /// `DELETE /prefix`.
+    Withdraw(BTreeSet<Ipv6Net>, RpcReplyPort<Result<(), String>>),
+    /// `PUT /tunnel_endpoint`.
+    OriginateTunnels(
+        BTreeSet<TunnelOrigin>,
+        RpcReplyPort<Result<(), String>>,
+    ),
+    /// `DELETE /tunnel_endpoint`.
+    WithdrawTunnels(BTreeSet<TunnelOrigin>, RpcReplyPort<Result<(), String>>),
+    /// `GET /peers`: answered by the supervisor.
+    GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
+    /// `DELETE /peers/{addr}`: answered by the supervisor.
+    ExpirePeer(Ipv6Addr, RpcReplyPort<()>),
+    /// `GET /prefixes`: answered by the router, if there is one.
+    GetPrefixes(RpcReplyPort<BTreeMap<String, BTreeSet<PathVector>>>),
+    /// `GET /tunnel_endpoints`: answered by the router, if there is one.
+    GetTunnelEndpoints(RpcReplyPort<BTreeSet<TunnelRoute>>),
+    /// `PUT /sync`: re-pull every peer.
+    Sync,
+    /// `POST /enable-stats`.
+    EnableStats(EnableStatsRequest),
+    /// `POST /disable-stats`.
+    DisableStats,
+    /// The statistics identity currently recorded.
+    GetStats(RpcReplyPort<Option<EnableStatsRequest>>),
+    /// The address the API server is bound to.
+    GetLocalAddr(RpcReplyPort<SocketAddr>),
+    /// The supervisor (re)started the router, or it is gone.
+    SetRouter(Option<RouterRef>),
+}
+
+/// The admin actor; it holds nothing mutable itself.
+pub struct Admin;
+
+/// What the supervisor hands the admin actor.
+pub struct AdminArgs {
+    /// Where to listen (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The durable store.
+    pub store: Store,
+    /// The supervisor, which answers peer questions.
+    pub supervisor: SupervisorRef,
+    /// The router, if the routing state machine runs.
+    pub router: Option<RouterRef>,
+    /// Logger.
+    pub log: Logger,
+}
+
+/// The admin actor's state.
+pub struct AdminState {
+    /// The running API server.
+    server: Option<HttpServer<AdminContext>>,
+    /// Where it listens.
+    local_addr: SocketAddr,
+    /// The store and its in-memory mirror.
+    store: Store,
+    /// What is originated (always equal to the store's contents).
+    originated: Originated,
+    /// The supervisor.
+    supervisor: SupervisorRef,
+    /// The router, if any.
+    router: Option<RouterRef>,
+    /// Statistics identity from `POST /enable-stats`.
+    stats: Option<EnableStatsRequest>,
+    /// Logger.
+    log: Logger,
+}
+
+impl AdminState {
+    async fn commit(&mut self, change: StoreChange) -> Result<(), String> {
+        self.store.apply_async(change.clone()).await.map_err(|e| {
+            warn!(self.log, "store write failed"; "error" => %e);
+            e.to_string()
+        })?;
+        let o = &mut self.originated;
+        for p in &change.add_prefixes {
+            o.prefixes.insert(*p);
+        }
+        for p in &change.remove_prefixes {
+            o.prefixes.remove(p);
+        }
+        for t in &change.add_tunnels {
+            o.tunnels.insert(*t);
+        }
+        for t in &change.remove_tunnels {
+            o.tunnels.remove(t);
+        }
+        Ok(())
+    }
+
+    fn tell_router(&self, msg: RouterMsg) {
+        if let Some(router) = &self.router {
+            if let Err(e) = router.cast(msg) {
+                warn!(self.log, "router unreachable"; "error" => %e);
+            }
+        }
+    }
+}
+
+impl Actor for Admin {
+    type Msg = AdminMsg;
+    type State = AdminState;
+    type Arguments = AdminArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AdminMsg>,
+        args: AdminArgs,
+    ) -> Result<AdminState, ActorProcessingErr> {
+        let log = args.log.new(o!("component" => "admin"));
+        let store = args.store;
+        let originated = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load()).await??
+        };
+        let api = ddm_admin_api::ddm_admin_api_mod::api_description::<
+            AdminApiImpl,
+        >()
+        .map_err(|e| format!("admin API description: {e}"))?;
+        let config = ConfigDropshot {
+            bind_address: args.listen,
+            default_request_body_max_bytes:
+                ddm_admin_api::REQUEST_BODY_MAX_BYTES,
+            ..Default::default()
+        };
+        let server = ServerBuilder::new(
+            api,
+            AdminContext { admin: myself },
+            log.new(o!("unit" => "dropshot")),
+        )
+        .config(config)
+        .version_policy(VersionPolicy::Dynamic(Box::new(
+            ddm_admin_api::VersionHeaderPolicy,
+        )))
+        .start()
+        .map_err(|e| format!("admin API on {}: {e}", args.listen))?;
+        let local_addr = server.local_addr();
+        info!(log, "admin: listening on {local_addr}";
+            "originated_prefixes" => originated.prefixes.len(),
+            "originated_tunnels" => originated.tunnels.len());
+        Ok(AdminState {
+            server: Some(server),
+            local_addr,
+            store,
+            originated,
+            supervisor: args.supervisor,
+            router: args.router,
+            stats: None,
+            log,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AdminMsg>,
+        state: &mut AdminState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(server) = state.server.take() {
+            let _ = server.close().await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AdminMsg>,
+        msg: AdminMsg,
+        state: &mut AdminState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AdminMsg::GetOriginated(reply) => {
+                let _ = reply.send(state.originated.prefixes.clone());
+            }
+            AdminMsg::GetOriginatedTunnels(reply) => {
+                let _ = reply.send(state.originated.tunnels.clone());
+            }
+            AdminMsg::Originate(prefixes, reply) => {
+                let new: BTreeSet<_> = prefixes
+                    .difference(&state.originated.prefixes)
+                    .copied()
+                    .collect();
+                let r = if new.is_empty() {
+                    Ok(())
+                } else {
+                    let change = StoreChange {
+                        add_prefixes: new.clone(),
+                        ..Default::default()
+                    };
+                    let r = state.commit(change).await;
+                    if r.is_ok() {
+                        state.tell_router(RouterMsg::Originate(new));
+                    }
+                    r
+                };
+                let _ = reply.send(r);
+            }
+            AdminMsg::Withdraw(prefixes, reply) => {
+                let gone: BTreeSet<_> = prefixes
+                    .intersection(&state.originated.prefixes)
+                    .copied()
+                    .collect();
+                let r = if gone.is_empty() {
+                    Ok(())
+                } else {
+                    let change = StoreChange {
+                        remove_prefixes: gone.clone(),
+                        ..Default::default()
+                    };
+                    let r = state.commit(change).await;
+                    if r.is_ok() {
+                        state.tell_router(RouterMsg::Withdraw(gone));
+                    }
+                    r
+                };
+                let _ = reply.send(r);
+            }
+            AdminMsg::OriginateTunnels(tunnels, reply) => {
+                let new: BTreeSet<_> = tunnels
+                    .difference(&state.originated.tunnels)
+                    .copied()
+                    .collect();
+                let r = if new.is_empty() {
+                    Ok(())
+                } else {
+                    let change = StoreChange {
+                        add_tunnels: new.clone(),
+                        ..Default::default()
+                    };
+                    let r = state.commit(change).await;
+                    if r.is_ok() {
+                        state.tell_router(RouterMsg::OriginateTunnels(new));
+                    }
+                    r
+                };
+                let _ = reply.send(r);
+            }
+            AdminMsg::WithdrawTunnels(tunnels, reply) => {
+                let gone: BTreeSet<_> = tunnels
+                    .intersection(&state.originated.tunnels)
+                    .copied()
+                    .collect();
+                let r = if gone.is_empty() {
+                    Ok(())
+                } else {
+                    let change = StoreChange {
+                        remove_tunnels: gone.clone(),
+                        ..Default::default()
+                    };
+                    let r = state.commit(change).await;
+                    if r.is_ok() {
+                        state.tell_router(RouterMsg::WithdrawTunnels(gone));
+                    }
+                    r
+                };
+                let _ = reply.send(r);
+            }
+            AdminMsg::GetPeers(reply) => {
+                if let Err(e) =
+                    state.supervisor.cast(SupervisorMsg::GetPeers(reply))
+                {
+                    warn!(state.log, "supervisor unreachable"; "error" => %e);
+                }
+            }
+            AdminMsg::ExpirePeer(addr, reply) => {
+                if let Err(e) = state
+                    .supervisor
+                    .cast(SupervisorMsg::ExpirePeer(addr, reply))
+                {
+                    warn!(state.log, "supervisor unreachable"; "error" => %e);
+                }
+            }
+            AdminMsg::GetPrefixes(reply) => match &state.router {
+                Some(r) => {
+                    let _ = r.cast(RouterMsg::GetPrefixes(reply));
+                }
+                None => {
+                    let _ = reply.send(BTreeMap::new());
+                }
+            },
+            AdminMsg::GetTunnelEndpoints(reply) => match &state.router {
+                Some(r) => {
+                    let _ = r.cast(RouterMsg::GetTunnelEndpoints(reply));
+                }
+                None => {
+                    let _ = reply.send(BTreeSet::new());
+                }
+            },
+            AdminMsg::Sync => state.tell_router(RouterMsg::Sync),
+            AdminMsg::EnableStats(req) => {
+                info!(state.log, "statistics enabled";
+                    "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
+                state.stats = Some(req);
+            }
+            AdminMsg::DisableStats => {
+                if state.stats.take().is_some() {
+                    info!(state.log, "statistics disabled");
+                }
+            }
+            AdminMsg::GetStats(reply) => {
+                let _ = reply.send(state.stats);
+            }
+            AdminMsg::GetLocalAddr(reply) => {
+                let _ = reply.send(state.local_addr);
+            }
+            AdminMsg::SetRouter(router) => state.router = router,
+        }
+        Ok(())
+    }
+}
+
+/// The dropshot server context: only the way to reach the admin actor.
+pub struct AdminContext {
+    /// The admin actor.
+    admin: AdminRef,
+}
+
+impl AdminContext {
+    async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
+    ) -> Result<T, HttpError> {
+        match self.admin.call(msg, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(v)) => Ok(v),
+            Ok(CallResult::Timeout) => Err(HttpError::for_unavail(
+                None,
+                "the router did not answer in time".to_string(),
+            )),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(HttpError::for_unavail(
+                    None,
+                    "the router is restarting; try again".to_string(),
+                ))
+            }
+        }
+    }
+
+    fn tell(&self, msg: AdminMsg) -> Result<(), HttpError> {
+        self.admin.cast(msg).map_err(|_| {
+            HttpError::for_unavail(
+                None,
+                "the router is restarting; try again".to_string(),
+            )
+        })
+    }
+}
+
+fn bad_request(message: String) -> HttpError {
+    HttpError::for_client_error(
+        Some("InvalidRequest".to_string()),
+        ClientErrorStatusCode::BAD_REQUEST,
+        message,
+    )
+}
+
+/// Reject prefixes with host bits set: the kernel would refuse to route
+/// them and peers would disagree about what they mean.
+fn check_prefixes<'a>(
+    prefixes: impl IntoIterator<Item = &'a Ipv6Net>,
+) -> Result<(), HttpError> {
+    for p in prefixes {
+        if p.addr() != p.prefix() {
+            return Err(bad_request(format!(
+                "prefix {p} has host bits set (the network is {}/{})",
+                p.prefix(),
+                p.width()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_tunnels<'a>(
+    tunnels: impl IntoIterator<Item = &'a TunnelOrigin>,
+) -> Result<(), HttpError> {
+    for t in tunnels {
+        let clean = match t.overlay_prefix {
+            IpNet::V4(n) => n.addr() == n.prefix(),
+            IpNet::V6(n) => n.addr() == n.prefix(),
+        };
+        if !clean {
+            return Err(bad_request(format!(
+                "overlay prefix {} has host bits set",
+                t.overlay_prefix
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn store_failed(message: String) -> HttpError {
+    HttpError::for_internal_error(format!("store write failed: {message}"))
+}
+
+/// The implementation of the API trait.
+pub enum AdminApiImpl {}
+
+impl DdmAdminApi for AdminApiImpl {
+    type Context = AdminContext;
+
+    async fn get_peers_v1(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<PeerMap<v1::PeerInfo>>, HttpError> {
+        let peers = rqctx.context().ask(AdminMsg::GetPeers).await?;
+        Ok(HttpResponseOk(
+            peers.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        ))
+    }
+
+    async fn get_peers(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<PeerMap<PeerInfo>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetPeers).await?))
+    }
+
+    async fn expire_peer(
+        rqctx: RequestContext<AdminContext>,
+        params: Path<PeerAddr>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let addr = params.into_inner().addr;
+        rqctx.context().ask(|r| AdminMsg::ExpirePeer(addr, r)).await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn get_originated(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<Ipv6Net>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetOriginated).await?))
+    }
+
+    async fn get_originated_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<TunnelOrigin>>, HttpError> {
+        Ok(HttpResponseOk(
+            rqctx.context().ask(AdminMsg::GetOriginatedTunnels).await?,
+        ))
+    }
+
+    async fn get_prefixes(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<
+        HttpResponseOk<BTreeMap<String, BTreeSet<PathVector>>>,
+        HttpError,
+    > {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetPrefixes).await?))
+    }
+
+    async fn get_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<TunnelRoute>>, HttpError> {
+        Ok(HttpResponseOk(
+            rqctx.context().ask(AdminMsg::GetTunnelEndpoints).await?,
+        ))
+    }
+
+    async fn advertise_prefixes(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let prefixes = request.into_inner();
+        check_prefixes(&prefixes)?;
+        rqctx
+            .context()
+            .ask(|r| AdminMsg::Originate(prefixes, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn withdraw_prefixes(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let prefixes = request.into_inner();
+        check_prefixes(&prefixes)?;
+        rqctx
+            .context()
+            .ask(|r| AdminMsg::Withdraw(prefixes, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn advertise_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let tunnels = request.into_inner();
+        check_tunnels(&tunnels)?;
+        rqctx
+            .context()
+            .ask(|r| AdminMsg::OriginateTunnels(tunnels, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn withdraw_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let tunnels = request.into_inner();
+        check_tunnels(&tunnels)?;
+        rqctx
+            .context()
+            .ask(|r| AdminMsg::WithdrawTunnels(tunnels, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn sync(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::Sync)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn enable_stats(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<EnableStatsRequest>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::EnableStats(request.into_inner()))?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn disable_stats(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::DisableStats)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+}

@@ -1,0 +1,195 @@
+//! The command line.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ddm_actors::config::InterfaceSpec;
+use ddm_admin_api::latest::RouterKind;
+
+/// The DDM routing daemon: finds peers on each interface, exchanges path
+/// vectors with them and programs the forwarding plane.
+#[derive(Debug, Parser)]
+#[command(name = "ddmd", version)]
+pub struct Args {
+    /// An interface to route over, as IFNAME or IFNAME/TAG (repeatable).
+    #[arg(short = 'a', long = "addr", value_name = "IFNAME[/TAG]")]
+    pub addresses: Vec<InterfaceSpec>,
+
+    /// The router's kind: server (a sled) or transit (a switch).
+    #[arg(long, default_value = "server", value_parser = parse_kind)]
+    pub kind: RouterKind,
+
+    /// How often to solicit peers, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub solicit_interval: u64,
+
+    /// Silence after which a peer expires, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub expire_threshold: u64,
+
+    /// Read timeout of the discovery sockets, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub discovery_read_timeout: u64,
+
+    /// Retry interval while an interface has no usable link-local address,
+    /// in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub ip_addr_wait: u64,
+
+    /// Timeout of one prefix-exchange request, in milliseconds.
+    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    pub exchange_timeout: u64,
+
+    /// TCP port of the prefix-exchange protocol.
+    #[arg(long, default_value_t = 0xdddd)]
+    pub exchange_port: u16,
+
+    /// Address the admin API listens on.
+    #[arg(long, default_value = "::1")]
+    pub admin_addr: IpAddr,
+
+    /// Port the admin API listens on (0 picks a free port).
+    #[arg(long, default_value_t = 8000)]
+    pub admin_port: u16,
+
+    /// Once the admin API listens, write "[addr]:port\n" to this file (which
+    /// must not exist yet; its directory must).
+    #[arg(long, value_name = "PATH")]
+    pub admin_port_file: Option<PathBuf>,
+
+    /// Directory of the durable store (kept in DIR/ddmdb).
+    #[arg(long, default_value = "/var/run", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Serve only the admin API: no discovery, exchange or routing.
+    #[arg(long, alias = "api-only", conflicts_with = "addresses")]
+    pub no_state_machine: bool,
+
+    /// Program a switch through its dataplane daemon (dpd).
+    #[arg(long)]
+    pub dendrite: bool,
+
+    /// Host of the switch dataplane daemon.
+    #[arg(long, default_value = "localhost")]
+    pub dpd_host: String,
+
+    /// Port of the switch dataplane daemon.
+    #[arg(long, default_value_t = 12224)]
+    pub dpd_port: u16,
+
+    /// Report statistics (accepted for compatibility).
+    #[arg(long)]
+    pub with_stats: bool,
+
+    /// Port of the statistics producer (accepted for compatibility).
+    #[arg(long)]
+    pub oximeter_port: Option<u16>,
+
+    /// Rack identity for statistics (accepted for compatibility).
+    #[arg(long)]
+    pub rack_uuid: Option<uuid::Uuid>,
+
+    /// Sled identity for statistics (accepted for compatibility).
+    #[arg(long)]
+    pub sled_uuid: Option<uuid::Uuid>,
+
+    /// DNS servers for statistics registration (accepted for
+    /// compatibility).
+    #[arg(long, value_delimiter = ',')]
+    pub dns_servers: Vec<String>,
+
+    /// This router's name in paths (default: the system hostname). Routers
+    /// sharing one host need distinct names.
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// Log level: trace, debug, info, warn, error or critical (default:
+    /// RUST_LOG, else info).
+    #[arg(long, value_parser = crate::logging::parse_level)]
+    pub log_level: Option<slog::Level>,
+}
+
+fn parse_kind(s: &str) -> Result<RouterKind, String> {
+    s.parse()
+}
+
+impl Args {
+    /// Parse the process arguments; on error clap prints the message and
+    /// exits 2, `--help` exits 0.
+    pub fn parse_or_exit() -> Args {
+        Args::parse()
+    }
+
+    /// The protocol timers as durations.
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn fixture_spawn_line_parses() {
+        let a = Args::try_parse_from([
+            "ddmd",
+            "--admin-addr",
+            "::1",
+            "--admin-port",
+            "0",
+            "--admin-port-file",
+            "/tmp/x/ddmd_port",
+            "--api-only",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert!(a.no_state_machine);
+        assert_eq!(a.admin_port, 0);
+        assert_eq!(a.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn admin_only_and_addr_conflict() {
+        let e = Args::try_parse_from([
+            "ddmd",
+            "--no-state-machine",
+            "-a",
+            "eth0",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        let text = e.to_string();
+        assert!(text.contains("--no-state-machine"), "{text}");
+        assert!(text.contains("--addr"), "{text}");
+    }
+
+    #[test]
+    fn defaults_match_the_deployed_daemon() {
+        let a = Args::try_parse_from(["ddmd", "-a", "eth0/ll"]).unwrap();
+        assert_eq!(a.kind, RouterKind::Server);
+        assert_eq!(a.solicit_interval, 2000);
+        assert_eq!(a.expire_threshold, 5000);
+        assert_eq!(a.exchange_port, 56797);
+        assert_eq!(a.admin_port, 8000);
+        assert_eq!(a.addresses[0].ifname, "eth0");
+        assert_eq!(a.addresses[0].tag.as_deref(), Some("ll"));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for bad in [
+            &["ddmd", "--kind", "router"][..],
+            &["ddmd", "--admin-port", "70000"],
+            &["ddmd", "--admin-addr", "localhost"],
+            &["ddmd", "--log-level", "loud"],
+            &["ddmd", "-a", ""],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

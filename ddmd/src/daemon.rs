@@ -1,0 +1,122 @@
+//! Start the supervisor, publish readiness, wait for a signal, shut down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ddm_actors::config::{AdminConfig, DaemonConfig, RouterConfig};
+use ddm_actors::store::Store;
+use ddm_actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use ractor::Actor;
+use slog::{info, o, warn};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::Args;
+use crate::{logging, port_file};
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "ddm".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn config(args: &Args) -> DaemonConfig {
+    DaemonConfig {
+        admin_only: args.no_state_machine,
+        admin: AdminConfig {
+            listen: SocketAddr::new(args.admin_addr, args.admin_port),
+        },
+        data_dir: args.data_dir.clone(),
+        router: RouterConfig {
+            hostname: args.hostname.clone().unwrap_or_else(system_hostname),
+            kind: args.kind,
+            interfaces: args.addresses.clone(),
+            solicit_interval: Args::ms(args.solicit_interval),
+            expire_threshold: Args::ms(args.expire_threshold),
+            discovery_read_timeout: Args::ms(args.discovery_read_timeout),
+            ip_addr_wait: Args::ms(args.ip_addr_wait),
+            exchange_timeout: Args::ms(args.exchange_timeout),
+            exchange_port: args.exchange_port,
+        },
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> Result<(), String> {
+    if args.dendrite {
+        return Err("--dendrite: this build has no switch dataplane (dpd) \
+                    client; it programs the host kernel only"
+            .to_string());
+    }
+    if !args.no_state_machine {
+        return Err("routing is not available in this build yet: run with \
+                    --no-state-machine (admin API only)"
+            .to_string());
+    }
+    if let Some(path) = &args.admin_port_file {
+        port_file::precheck(path)?;
+    }
+    let (log, _log_guard) = logging::init(logging::level(args.log_level));
+    let config = config(&args);
+    info!(log, "ddmd starting";
+        "version" => env!("CARGO_PKG_VERSION"),
+        "hostname" => &config.router.hostname,
+        "kind" => %config.router.kind,
+        "admin_only" => config.admin_only,
+        "data_dir" => %config.data_dir.display());
+    if args.with_stats || args.oximeter_port.is_some() {
+        info!(log, "statistics flags accepted; statistics are recorded \
+                    through the admin API only");
+    }
+
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+
+    let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let (supervisor, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs { config, store, log: log.new(o!()) },
+    )
+    .await
+    .map_err(|e| format!("cannot start: {}", root_cause(&e)))?;
+
+    let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
+        .map_err(|e| format!("supervisor did not answer: {e}"))?;
+    if let Some(path) = &args.admin_port_file {
+        if let Err(e) = port_file::write(path, addr) {
+            supervisor.stop(None);
+            return Err(e);
+        }
+    }
+
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(log, "shutting down"; "signal" => which);
+    supervisor.stop(Some(format!("{which} received")));
+    if tokio::time::timeout(SHUTDOWN_GRACE, handle).await.is_err() {
+        warn!(log, "shutdown took too long; exiting anyway");
+    }
+    info!(log, "ddmd stopped");
+    Ok(())
+}
+
+/// The innermost message of an actor start-up error (ractor wraps it).
+fn root_cause(e: &ractor::SpawnErr) -> String {
+    match e {
+        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
