@@ -1,1 +1,7 @@
-//! (in progress)
+//! Prefix exchange with one peer.
+//!
+//! [`wire`] holds the frozen JSON shapes of the push/pull protocol (versions
+//! 2 and 3) and the conversions between them; version 3 is what the rest of
+//! the router works with.
+
+pub mod wire;
