@@ -15,5 +15,6 @@ pub mod dataplane;
 pub mod discovery;
 pub mod exchange;
 pub mod rib;
+pub mod router;
 pub mod store;
 pub mod supervisor;
