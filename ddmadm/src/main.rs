@@ -1,1 +1,206 @@
-fn main() {}
+//! `ddmadm`: the operator's command line for a DDM router.
+//!
+//! It talks to the admin API of `ddmd` (by default at `[::1]:8000`) through
+//! the generated client. Exit status: 0 on success (and when stdout is a
+//! closed pipe), 1 when the daemon cannot be reached or refuses a request,
+//! 2 when the command line is invalid.
+
+mod cli;
+mod error;
+mod format;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ddm_admin_api::latest::TunnelOrigin;
+use ddm_admin_client::{new_client, Client};
+
+use cli::{Cli, Command};
+use error::Failure;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match execute(&cli).await {
+        Ok(text) => emit(&text),
+        Err(f) => Err(f),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // stderr may be gone too; there is nobody left to tell.
+            let _ = writeln!(std::io::stderr(), "ddmadm: {f}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Write `text` to stdout. A reader that went away (`ddmadm get-prefixes |
+/// head -1`) is not an error: the rest of the output is unwanted.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::output(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Run the command `cli` names and return what to print.
+async fn execute(cli: &Cli) -> Result<String, Failure> {
+    let addr = cli.endpoint();
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let client = new_client(addr, log);
+    run(&client, cli).await.map_err(|e| Failure::from_client(addr, e))
+}
+
+async fn run(
+    client: &Client,
+    cli: &Cli,
+) -> Result<String, ddm_admin_client::Error<ddm_admin_client::types::Error>> {
+    let json = cli.json;
+    let text = match &cli.command {
+        Command::GetPeers => {
+            let peers = client.get_peers().await?.into_inner();
+            if json {
+                format::json(&peers)
+            } else {
+                // Interface names are only ours to look up when the daemon
+                // runs on this host.
+                let local = cli.address.is_loopback();
+                format::peers_table(&peers, |i| {
+                    local.then(|| ifname(i)).flatten()
+                })
+            }
+        }
+        Command::ExpirePeer { addr } => {
+            client.expire_peer(addr).await?;
+            String::new()
+        }
+        Command::GetPrefixes => {
+            let prefixes = client.get_prefixes().await?.into_inner();
+            if json {
+                format::json(&prefixes)
+            } else {
+                format::prefixes_table(&prefixes)
+            }
+        }
+        Command::GetOriginated => {
+            let prefixes = client.get_originated().await?.into_inner();
+            if json {
+                format::json(&prefixes)
+            } else {
+                format::originated_table(&prefixes)
+            }
+        }
+        Command::AdvertisePrefixes { prefixes } => {
+            client.advertise_prefixes(prefixes).await?;
+            String::new()
+        }
+        Command::WithdrawPrefixes { prefixes } => {
+            client.withdraw_prefixes(prefixes).await?;
+            String::new()
+        }
+        Command::TunnelImported => {
+            let routes = client.get_tunnel_endpoints().await?.into_inner();
+            if json {
+                format::json(&routes)
+            } else {
+                format::tunnel_imported_table(&routes)
+            }
+        }
+        Command::TunnelOriginated => {
+            let origins =
+                client.get_originated_tunnel_endpoints().await?.into_inner();
+            if json {
+                format::json(&origins)
+            } else {
+                format::tunnel_originated_table(&origins)
+            }
+        }
+        Command::TunnelAdvertise(t) => {
+            client
+                .advertise_tunnel_endpoints(&vec![TunnelOrigin::from(t)])
+                .await?;
+            String::new()
+        }
+        Command::TunnelWithdraw(t) => {
+            client
+                .withdraw_tunnel_endpoints(&vec![TunnelOrigin::from(t)])
+                .await?;
+            String::new()
+        }
+        Command::Sync => {
+            client.sync().await?;
+            String::new()
+        }
+    };
+    Ok(text)
+}
+
+/// The name of the local interface with index `index`, if there is one.
+fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` is IF_NAMESIZE bytes, as if_indextoname requires; it
+    // writes a NUL-terminated name there or returns NULL.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf).ok()?;
+    Some(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv6Addr, TcpListener};
+
+    /// A port on [::1] that nothing listens on: bound, then released.
+    fn closed_port() -> u16 {
+        let l = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn unreachable_daemon_is_one_line_naming_the_address() {
+        let port = closed_port();
+        let cli = Cli::try_parse_from([
+            "ddmadm",
+            "--port",
+            &port.to_string(),
+            "get-peers",
+        ])
+        .unwrap();
+        let err = execute(&cli).await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("cannot reach ddmd at [::1]:{port}: connection refused")
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn changes_fail_the_same_way() {
+        let port = closed_port();
+        let cli = Cli::try_parse_from([
+            "ddmadm",
+            "-p",
+            &port.to_string(),
+            "advertise-prefixes",
+            "fd00:1::/64",
+        ])
+        .unwrap();
+        let err = execute(&cli).await.unwrap_err().to_string();
+        assert!(err.starts_with("cannot reach ddmd at [::1]:"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn loopback_interface_has_a_name() {
+        // Index 1 is the loopback interface on Linux and illumos alike.
+        assert!(ifname(1).is_some_and(|n| !n.is_empty()));
+        assert_eq!(ifname(u32::MAX), None);
+    }
+}

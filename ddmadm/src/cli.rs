@@ -1,0 +1,376 @@
+//! The command line: options, subcommands and the parsers of their values.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand};
+use oxnet::{IpNet, Ipv6Net};
+
+/// Administer a DDM router through the admin API of its daemon (ddmd).
+///
+/// Queries print a table for people; with --json they print the JSON the
+/// daemon returned instead. Changes print nothing when they succeed.
+#[derive(Debug, Parser)]
+#[command(name = "ddmadm", version)]
+pub struct Cli {
+    /// Address of the ddmd admin API.
+    #[arg(
+        short = 'a',
+        long,
+        default_value = "::1",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub address: IpAddr,
+
+    /// TCP port of the ddmd admin API.
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = 8000,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub port: u16,
+
+    /// Print the response as JSON instead of a table.
+    ///
+    /// The output is the daemon's answer, pretty-printed with object keys
+    /// sorted. Commands whose answer is empty print nothing.
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The socket address of the admin API these options name.
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the router's peers, one per interface.
+    GetPeers,
+
+    /// Expire a peer now, dropping every route learned from it.
+    ExpirePeer {
+        /// The peer's (link-local) address.
+        addr: Ipv6Addr,
+    },
+
+    /// List the underlay paths learned from peers.
+    GetPrefixes,
+
+    /// List the underlay prefixes this router originates.
+    GetOriginated,
+
+    /// Originate underlay prefixes.
+    AdvertisePrefixes {
+        /// IPv6 prefixes, e.g. fd00:1122:3344:101::/64.
+        #[arg(required = true, value_parser = parse_ipv6_prefix)]
+        prefixes: Vec<Ipv6Net>,
+    },
+
+    /// Stop originating underlay prefixes.
+    WithdrawPrefixes {
+        /// IPv6 prefixes, e.g. fd00:1122:3344:101::/64.
+        #[arg(required = true, value_parser = parse_ipv6_prefix)]
+        prefixes: Vec<Ipv6Net>,
+    },
+
+    /// List the tunnel endpoints learned from peers.
+    TunnelImported,
+
+    /// List the tunnel endpoints this router originates.
+    TunnelOriginated,
+
+    /// Originate a tunnel endpoint.
+    TunnelAdvertise(TunnelEndpoint),
+
+    /// Stop originating a tunnel endpoint.
+    TunnelWithdraw(TunnelEndpoint),
+
+    /// Pull everything again from every peer.
+    Sync,
+}
+
+/// A tunnel endpoint: an overlay prefix reachable through a boundary address.
+#[derive(Debug, Args)]
+pub struct TunnelEndpoint {
+    /// Overlay prefix (IPv4 or IPv6), e.g. 203.0.113.0/24.
+    #[arg(short = 'o', long, value_parser = parse_prefix)]
+    pub overlay_prefix: IpNet,
+
+    /// Boundary (tunnel endpoint) address the overlay prefix is reached
+    /// through.
+    #[arg(short = 'b', long)]
+    pub boundary_addr: Ipv6Addr,
+
+    /// Virtual network identifier.
+    #[arg(short = 'v', long)]
+    pub vni: u32,
+
+    /// Preference: routes with a positive metric win over metric-0 routes.
+    #[arg(short = 'm', long, default_value_t = 0)]
+    pub metric: u64,
+}
+
+impl From<&TunnelEndpoint> for ddm_admin_api::latest::TunnelOrigin {
+    fn from(t: &TunnelEndpoint) -> Self {
+        ddm_admin_api::latest::TunnelOrigin {
+            overlay_prefix: t.overlay_prefix,
+            boundary_addr: t.boundary_addr,
+            vni: t.vni,
+            metric: t.metric,
+        }
+    }
+}
+
+/// Parse an IPv6 prefix in network form (`fd00:1::/64`).
+///
+/// IPv4 prefixes, missing lengths and set host bits are refused with a
+/// message that says what was expected.
+pub fn parse_ipv6_prefix(s: &str) -> Result<Ipv6Net, String> {
+    match parse_prefix(s)? {
+        IpNet::V6(net) => Ok(net),
+        IpNet::V4(_) => Err(format!(
+            "{s} is an IPv4 prefix; an IPv6 prefix is needed, \
+             e.g. fd00:1122:3344:101::/64"
+        )),
+    }
+}
+
+/// Parse an IPv4 or IPv6 prefix in network form (`10.0.0.0/8`,
+/// `fd00::/64`).
+pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    let Some((addr, len)) = s.split_once('/') else {
+        return Err(format!(
+            "{s} has no prefix length; write ADDRESS/LENGTH, e.g. fd00::/64"
+        ));
+    };
+    let addr: IpAddr =
+        addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| {
+        format!("{len:?} is not a prefix length (0 to {max})")
+    })?;
+    let net = IpNet::new(addr, len).map_err(|e| e.to_string())?;
+    if !net.is_network_address() {
+        return Err(format!(
+            "{s} has host bits set; did you mean {}/{len}?",
+            net.prefix()
+        ));
+    }
+    Ok(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(
+            std::iter::once("ddmadm").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_to_loopback_8000() {
+        let cli = parse(&["get-peers"]).unwrap();
+        assert_eq!(cli.endpoint(), "[::1]:8000".parse().unwrap());
+        assert!(!cli.json);
+        assert!(matches!(cli.command, Command::GetPeers));
+    }
+
+    #[test]
+    fn global_options_before_or_after_the_subcommand() {
+        let before =
+            parse(&["-a", "fd00::5", "-p", "9000", "--json", "get-prefixes"])
+                .unwrap();
+        let after = parse(&[
+            "get-prefixes",
+            "--address",
+            "fd00::5",
+            "--port",
+            "9000",
+            "--json",
+        ])
+        .unwrap();
+        for cli in [before, after] {
+            assert_eq!(cli.endpoint(), "[fd00::5]:9000".parse().unwrap());
+            assert!(cli.json);
+            assert!(matches!(cli.command, Command::GetPrefixes));
+        }
+    }
+
+    #[test]
+    fn every_established_subcommand_name_exists() {
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        for want in [
+            "get-peers",
+            "expire-peer",
+            "get-prefixes",
+            "get-originated",
+            "advertise-prefixes",
+            "withdraw-prefixes",
+            "tunnel-imported",
+            "tunnel-originated",
+            "tunnel-advertise",
+            "tunnel-withdraw",
+            "sync",
+        ] {
+            assert!(names.iter().any(|n| n == want), "missing {want}");
+        }
+    }
+
+    #[test]
+    fn advertise_prefixes_takes_several() {
+        let cli = parse(&["advertise-prefixes", "fd00:1::/64", "fd00:2::/64"])
+            .unwrap();
+        match cli.command {
+            Command::AdvertisePrefixes { prefixes } => assert_eq!(
+                prefixes,
+                vec![
+                    "fd00:1::/64".parse::<Ipv6Net>().unwrap(),
+                    "fd00:2::/64".parse().unwrap()
+                ]
+            ),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn advertise_prefixes_needs_one() {
+        let err = parse(&["withdraw-prefixes"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn v4_prefix_is_refused_where_v6_is_needed() {
+        let err = parse(&["advertise-prefixes", "10.0.0.0/8"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("IPv4 prefix"), "{err}");
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused_with_a_reason() {
+        for (arg, why) in [
+            ("fd00::", "no prefix length"),
+            ("fd00::/129", "not a prefix length"),
+            ("fd00::/x", "not a prefix length"),
+            ("fd00:zz::/64", "not an IP address"),
+            ("fd00::1/64", "did you mean fd00::/64"),
+        ] {
+            let err = parse(&["advertise-prefixes", arg]).unwrap_err();
+            assert!(err.to_string().contains(why), "{arg}: {err}");
+        }
+    }
+
+    #[test]
+    fn tunnel_advertise_parses_every_field() {
+        let cli = parse(&[
+            "tunnel-advertise",
+            "-o",
+            "203.0.113.0/24",
+            "-b",
+            "fd00::1",
+            "-v",
+            "77",
+            "-m",
+            "5",
+        ])
+        .unwrap();
+        let Command::TunnelAdvertise(t) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        let origin = ddm_admin_api::latest::TunnelOrigin::from(&t);
+        assert_eq!(origin.overlay_prefix, "203.0.113.0/24".parse().unwrap());
+        assert_eq!(
+            origin.boundary_addr,
+            "fd00::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(origin.vni, 77);
+        assert_eq!(origin.metric, 5);
+    }
+
+    #[test]
+    fn tunnel_withdraw_metric_defaults_to_zero() {
+        let cli = parse(&[
+            "tunnel-withdraw",
+            "--overlay-prefix",
+            "fd00:99::/64",
+            "--boundary-addr",
+            "fd00::1",
+            "--vni",
+            "7",
+        ])
+        .unwrap();
+        let Command::TunnelWithdraw(t) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(t.metric, 0);
+    }
+
+    #[test]
+    fn tunnel_boundary_must_be_ipv6() {
+        let err = parse(&[
+            "tunnel-advertise",
+            "-o",
+            "203.0.113.0/24",
+            "-b",
+            "192.0.2.1",
+            "-v",
+            "1",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn tunnel_fields_are_required() {
+        let err =
+            parse(&["tunnel-advertise", "-o", "203.0.113.0/24"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn expire_peer_needs_an_ipv6_address() {
+        assert!(parse(&["expire-peer", "fe80::1"]).is_ok());
+        let err = parse(&["expire-peer", "nope"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn help_is_available_for_every_subcommand() {
+        let err = parse(&["--help"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        for sub in Cli::command().get_subcommands() {
+            let err = parse(&[sub.get_name(), "--help"]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp,
+                "{}",
+                sub.get_name()
+            );
+            assert!(
+                sub.get_about().is_some(),
+                "{} has no help text",
+                sub.get_name()
+            );
+        }
+    }
+}
