@@ -20,6 +20,11 @@ impl Failure {
     /// Describe `err`, a failure of a request to the admin API at `addr`.
     pub fn from_client(addr: SocketAddr, err: Error<types::Error>) -> Self {
         let text = match err {
+            Error::CommunicationError(e)
+                if e.is_connect() && e.is_timeout() =>
+            {
+                format!("cannot reach ddmd at {addr}: connection timed out")
+            }
             Error::CommunicationError(e) if e.is_connect() => {
                 format!("cannot reach ddmd at {addr}: {}", io_cause(&e))
             }
