@@ -14,6 +14,8 @@ pub mod config;
 pub mod dataplane;
 pub mod discovery;
 pub mod exchange;
+#[cfg(all(target_os = "linux", feature = "netlink"))]
+pub mod netlink;
 pub mod rib;
 pub mod router;
 pub mod store;

@@ -13,6 +13,8 @@ use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
 
 pub mod memory;
+#[cfg(all(target_os = "linux", feature = "netlink"))]
+pub mod linux;
 
 /// One way out to a destination: a peer's link-local address on an
 /// interface.

@@ -1,0 +1,952 @@
+//! The Linux kernel dataplane, programmed over rtnetlink.
+//!
+//! Every destination is one IPv6 route in the main table, tagged with the
+//! routing protocol number [`RTPROT_DDM`] so that routes this router
+//! installed can be told apart from everybody else's (and found again after
+//! a crash). A destination with one nexthop is a plain route (`via ADDR dev
+//! IF`); one with several is a single multipath route holding the whole ECMP
+//! set. Either way a change is one `RTM_NEWROUTE` with
+//! `NLM_F_CREATE | NLM_F_REPLACE`, and an empty set is one `RTM_DELROUTE`.
+//!
+//! # Speed
+//!
+//! Batches can hold 100,000 destinations, so requests are not sent one at a
+//! time. Many requests are packed into one `sendmsg` on a netlink socket;
+//! only the last request of each packet asks for an acknowledgement. The
+//! kernel handles a packet's requests in order and answers a failed request
+//! with an error whether or not it asked for an acknowledgement, so once the
+//! last acknowledgement arrives every failure of the packet has been read.
+//! That costs two system calls per packet instead of two per route. The
+//! socket calls block (the kernel does the work inside `sendmsg`), so they
+//! run on tokio's blocking pool.
+//!
+//! # Tunnel endpoints
+//!
+//! The Linux kernel has no counterpart of illumos' encapsulation service
+//! that the tunnel routes program there, so [`Dataplane::set_tunnels`] only
+//! records and logs the effective set.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use netlink_packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use oxnet::Ipv6Net;
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use slog::{debug, info, o, warn, Logger};
+
+use super::{Dataplane, DataplaneError, Nexthop, RouteUpdate, TunnelEntry};
+
+/// The routing protocol number (`proto` in `ip route`) every route of this
+/// router carries.
+///
+/// 221 (0xdd) is not assigned in the kernel's `rtnetlink.h` nor in
+/// iproute2's `rt_protos`.
+pub const RTPROT_DDM: u8 = 0xdd;
+
+/// The main routing table.
+const RT_TABLE_MAIN: u8 = RouteHeader::RT_TABLE_MAIN;
+
+/// Upper bound on the requests packed into one `sendmsg`.
+const MAX_BATCH_MESSAGES: usize = 1024;
+
+/// Upper bound on the bytes packed into one `sendmsg` (well under the
+/// default socket send buffer, which bounds a netlink datagram).
+const MAX_BATCH_BYTES: usize = 96 * 1024;
+
+/// Receive buffer asked for, so that a whole packet's worth of errors fits.
+const RECV_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// What one queued error costs in the receive buffer (the kernel accounts
+/// the socket buffer's full size, not the 36 bytes of the message).
+const RECV_COST_PER_ERROR: usize = 2048;
+
+/// How long to wait for the kernel's answer before giving up.
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many failed destinations an error message names.
+const ERRORS_SHOWN: usize = 5;
+
+/// `NLMSG_ERROR` (an error or an acknowledgement).
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE` (end of a dump).
+const NLMSG_DONE: u16 = 3;
+/// `NLM_F_ACK_TLVS`: the error message carries extended-ack attributes.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: the extended-ack attribute holding a text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// The Linux kernel dataplane.
+///
+/// Create it inside the network namespace it should program: the netlink
+/// socket is opened by [`LinuxDataplane::new`] and stays in that namespace.
+#[derive(Debug)]
+pub struct LinuxDataplane {
+    /// Where decisions and failures are logged.
+    log: Logger,
+    /// The netlink socket, shared with the blocking task using it.
+    socket: Arc<Mutex<RouteSocket>>,
+    /// What this dataplane believes it installed: destination → nexthops.
+    installed: HashMap<Ipv6Net, BTreeSet<Nexthop>>,
+    /// The effective tunnel endpoint set, recorded only.
+    tunnels: BTreeSet<TunnelEntry>,
+}
+
+impl LinuxDataplane {
+    /// Open the netlink socket in the calling thread's network namespace.
+    ///
+    /// Needs `CAP_NET_ADMIN` only when routes are changed, not here.
+    pub fn new(log: Logger) -> Result<Self, DataplaneError> {
+        let socket = RouteSocket::open().map_err(|e| {
+            DataplaneError::Unavailable(format!("netlink socket: {e}"))
+        })?;
+        let log = log.new(o!("component" => "dataplane", "unit" => "linux"));
+        debug!(log, "netlink socket open"; "batch" => socket.batch);
+        Ok(Self {
+            log,
+            socket: Arc::new(Mutex::new(socket)),
+            installed: HashMap::new(),
+            tunnels: BTreeSet::new(),
+        })
+    }
+
+    /// The routes this dataplane installed and has not removed, as it
+    /// believes them to be.
+    pub fn installed(&self) -> &HashMap<Ipv6Net, BTreeSet<Nexthop>> {
+        &self.installed
+    }
+
+    /// The tunnel endpoint set last given to [`Dataplane::set_tunnels`].
+    pub fn tunnels(&self) -> &BTreeSet<TunnelEntry> {
+        &self.tunnels
+    }
+
+    /// Run `f` with the socket on tokio's blocking pool.
+    async fn with_socket<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RouteSocket) -> T + Send + 'static,
+    ) -> Result<T, DataplaneError> {
+        let socket = Arc::clone(&self.socket);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| {
+            DataplaneError::Request(format!("netlink worker failed: {e}"))
+        })
+    }
+
+    /// Delete every route carrying [`RTPROT_DDM`]; how many went.
+    async fn flush(&self) -> Result<usize, DataplaneError> {
+        let (found, failures) = self
+            .with_socket(|s| {
+                let routes = s.dump_ddm_routes()?;
+                let mut requests: Vec<_> = routes
+                    .iter()
+                    .map(|(dst, table)| del_route(*dst, *table))
+                    .collect();
+                let failures = s.execute(&mut requests)?;
+                Ok::<_, io::Error>((routes, failures))
+            })
+            .await?
+            .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
+        let removed = found.len() - failures.len();
+        if failures.is_empty() {
+            Ok(removed)
+        } else {
+            let named: Vec<_> = failures
+                .into_iter()
+                .map(|(i, e)| (found[i].0.to_string(), e))
+                .collect();
+            Err(summary("delete", named, found.len()))
+        }
+    }
+}
+
+#[async_trait]
+impl Dataplane for LinuxDataplane {
+    fn name(&self) -> &'static str {
+        "linux"
+    }
+
+    async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
+        let n = self.flush().await?;
+        if n > 0 {
+            info!(self.log, "removed stale routes"; "count" => n);
+        }
+        Ok(n)
+    }
+
+    async fn apply(
+        &mut self,
+        updates: Vec<RouteUpdate>,
+    ) -> Result<(), DataplaneError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut requests: Vec<_> = updates.iter().map(route_request).collect();
+        let failures = self
+            .with_socket(move |s| s.execute(&mut requests))
+            .await?
+            .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
+        let total = updates.len();
+        let mut failed: HashMap<usize, String> = failures.into_iter().collect();
+        let mut named = Vec::new();
+        for (i, u) in updates.into_iter().enumerate() {
+            if let Some(e) = failed.remove(&i) {
+                // Whatever the kernel holds now, it is not what we asked for.
+                self.installed.remove(&u.destination);
+                warn!(self.log, "route update failed";
+                    "destination" => %u.destination,
+                    "nexthops" => u.nexthops.len(),
+                    "error" => &e);
+                named.push((u.destination.to_string(), e));
+            } else if u.nexthops.is_empty() {
+                self.installed.remove(&u.destination);
+            } else {
+                self.installed.insert(u.destination, u.nexthops);
+            }
+        }
+        debug!(self.log, "applied route updates";
+            "count" => total, "failed" => named.len());
+        if named.is_empty() {
+            Ok(())
+        } else {
+            Err(summary("update", named, total))
+        }
+    }
+
+    async fn set_tunnels(
+        &mut self,
+        tunnels: BTreeSet<TunnelEntry>,
+    ) -> Result<(), DataplaneError> {
+        info!(self.log,
+            "tunnel endpoints recorded (no kernel tunnel service on Linux)";
+            "count" => tunnels.len(),
+            "tunnels" => ?tunnels);
+        self.tunnels = tunnels;
+        Ok(())
+    }
+
+    async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
+        let result = self.flush().await;
+        self.installed.clear();
+        self.tunnels.clear();
+        if let Ok(n) = result {
+            info!(self.log, "removed all routes"; "count" => n);
+        }
+        result
+    }
+}
+
+/// A summary error for `failures` (destination, reason) out of `total`.
+fn summary(
+    what: &str,
+    failures: Vec<(String, String)>,
+    total: usize,
+) -> DataplaneError {
+    let shown: Vec<String> = failures
+        .iter()
+        .take(ERRORS_SHOWN)
+        .map(|(dst, e)| format!("{dst}: {e}"))
+        .collect();
+    let more = failures.len().saturating_sub(ERRORS_SHOWN);
+    let tail =
+        if more > 0 { format!("; and {more} more") } else { String::new() };
+    DataplaneError::Request(format!(
+        "{} of {total} route {what}s failed: {}{tail}",
+        failures.len(),
+        shown.join("; "),
+    ))
+}
+
+/// The header every route message of this router carries.
+fn route_header(dst: Ipv6Net, table: u8) -> RouteHeader {
+    RouteHeader {
+        address_family: AddressFamily::Inet6,
+        destination_prefix_length: dst.width(),
+        table,
+        protocol: RouteProtocol::from(RTPROT_DDM),
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        ..Default::default()
+    }
+}
+
+/// The one request that makes the kernel match `update`.
+fn route_request(update: &RouteUpdate) -> NetlinkMessage<RouteNetlinkMessage> {
+    let dst = update.destination;
+    if update.nexthops.is_empty() {
+        return del_route(dst, RT_TABLE_MAIN);
+    }
+    let mut message = RouteMessage::default();
+    message.header = route_header(dst, RT_TABLE_MAIN);
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
+    if update.nexthops.len() == 1 {
+        let nh = update.nexthops.first().expect("one nexthop");
+        message
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(nh.addr)));
+        message.attributes.push(RouteAttribute::Oif(nh.ifindex));
+    } else {
+        let hops = update
+            .nexthops
+            .iter()
+            .map(|nh| {
+                let mut hop = RouteNextHop::default();
+                hop.interface_index = nh.ifindex;
+                hop.attributes =
+                    vec![RouteAttribute::Gateway(RouteAddress::Inet6(nh.addr))];
+                hop
+            })
+            .collect();
+        message.attributes.push(RouteAttribute::MultiPath(hops));
+    }
+    let mut request =
+        NetlinkMessage::from(RouteNetlinkMessage::NewRoute(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE;
+    request
+}
+
+/// A request deleting our route to `dst` (every nexthop of it).
+fn del_route(dst: Ipv6Net, table: u8) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut message = RouteMessage::default();
+    message.header = route_header(dst, table);
+    message.header.scope = RouteScope::NoWhere;
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
+    let mut request =
+        NetlinkMessage::from(RouteNetlinkMessage::DelRoute(message));
+    request.header.flags = NLM_F_REQUEST;
+    request
+}
+
+/// A blocking rtnetlink socket that sends requests in packed batches.
+#[derive(Debug)]
+struct RouteSocket {
+    /// The socket, connected to the kernel.
+    socket: Socket,
+    /// The next sequence number.
+    seq: u32,
+    /// Requests per `sendmsg`, sized so that their errors fit the receive
+    /// buffer the kernel granted.
+    batch: usize,
+    /// Outgoing packet, reused.
+    send_buf: Vec<u8>,
+    /// Incoming datagram, reused.
+    recv_buf: Vec<u8>,
+}
+
+impl RouteSocket {
+    /// Open and configure the socket.
+    fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Errors without the failed request echoed back, but with the
+        // kernel's explanation.
+        socket.set_cap_ack(true)?;
+        socket.set_ext_ack(true)?;
+        // Dumps filtered by the kernel on protocol.
+        socket.set_netlink_get_strict_chk(true)?;
+        set_buffers(&socket)?;
+        let granted = socket.get_rx_buf_sz()?;
+        let batch =
+            (granted / RECV_COST_PER_ERROR).clamp(16, MAX_BATCH_MESSAGES);
+        Ok(Self {
+            socket,
+            seq: 1,
+            batch,
+            send_buf: Vec::with_capacity(MAX_BATCH_BYTES + 4096),
+            recv_buf: vec![0; 64 * 1024],
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1).max(1);
+        seq
+    }
+
+    /// Send every request, packed; returns (index, reason) of each one the
+    /// kernel refused. Deleting a route that is not there is no failure.
+    ///
+    /// An `Err` means the socket itself failed; the requests' fate is then
+    /// unknown.
+    fn execute(
+        &mut self,
+        requests: &mut [NetlinkMessage<RouteNetlinkMessage>],
+    ) -> io::Result<Vec<(usize, String)>> {
+        let mut failures = Vec::new();
+        let mut start = 0;
+        while start < requests.len() {
+            // Choose the packet's requests, then write them out; only the
+            // last asks for an acknowledgement.
+            let mut end = start;
+            let mut bytes = 0;
+            while end < requests.len()
+                && end - start < self.batch
+                && bytes < MAX_BATCH_BYTES
+            {
+                bytes += requests[end].buffer_len();
+                end += 1;
+            }
+            self.send_buf.clear();
+            let first_seq = self.seq;
+            let mut last_seq = first_seq;
+            for (i, request) in requests[start..end].iter_mut().enumerate() {
+                last_seq = self.next_seq();
+                request.header.sequence_number = last_seq;
+                if start + i + 1 == end {
+                    request.header.flags |= NLM_F_ACK;
+                } else {
+                    request.header.flags &= !NLM_F_ACK;
+                }
+                request.finalize();
+                let at = self.send_buf.len();
+                self.send_buf.resize(at + request.buffer_len(), 0);
+                request.serialize(&mut self.send_buf[at..]);
+            }
+            self.socket.send(&self.send_buf, 0)?;
+            self.reap(first_seq, last_seq, start, &mut failures)?;
+            start = end;
+        }
+        failures.retain(|(i, errno, _)| {
+            let delete = matches!(
+                requests[*i].payload,
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(_))
+            );
+            !(delete && *errno == libc::ESRCH)
+        });
+        Ok(failures
+            .into_iter()
+            .map(|(i, errno, text)| {
+                let reason = io::Error::from_raw_os_error(errno).to_string();
+                match text {
+                    Some(text) => (i, format!("{reason} ({text})")),
+                    None => (i, reason),
+                }
+            })
+            .collect())
+    }
+
+    /// Read answers until the acknowledgement of `last_seq`, recording
+    /// every error (request index, errno, explanation) of the packet that
+    /// started at request `start`.
+    fn reap(
+        &mut self,
+        first_seq: u32,
+        last_seq: u32,
+        start: usize,
+        failures: &mut Vec<(usize, i32, Option<String>)>,
+    ) -> io::Result<()> {
+        loop {
+            let n = self.recv()?;
+            let mut done = false;
+            for (kind, seq, flags, payload) in messages(&self.recv_buf[..n]) {
+                if kind != NLMSG_ERROR {
+                    continue;
+                }
+                let offset = seq.wrapping_sub(first_seq) as usize;
+                if offset > last_seq.wrapping_sub(first_seq) as usize {
+                    // A late answer to an earlier, abandoned packet.
+                    continue;
+                }
+                let code = parse_error(payload, flags);
+                if let Some((errno, text)) = code {
+                    failures.push((start + offset, errno, text));
+                }
+                if seq == last_seq {
+                    done = true;
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One datagram into `recv_buf`; its length.
+    fn recv(&mut self) -> io::Result<usize> {
+        self.recv_buf.clear();
+        self.recv_buf.reserve(64 * 1024);
+        match self.socket.recv(&mut self.recv_buf, 0) {
+            Ok(n) => Ok(n.min(self.recv_buf.len())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the kernel did not answer in time",
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every route of ours in any table: (destination, table).
+    fn dump_ddm_routes(&mut self) -> io::Result<Vec<(Ipv6Net, u8)>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = AddressFamily::Inet6;
+        message.header.protocol = RouteProtocol::from(RTPROT_DDM);
+        let mut request =
+            NetlinkMessage::from(RouteNetlinkMessage::GetRoute(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let seq = self.next_seq();
+        request.header.sequence_number = seq;
+        request.finalize();
+        self.send_buf.clear();
+        self.send_buf.resize(request.buffer_len(), 0);
+        request.serialize(&mut self.send_buf);
+        self.socket.send(&self.send_buf, 0)?;
+
+        let mut found = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let n = self.recv()?;
+            let mut at = 0;
+            while let Some(len) = message_len(&self.recv_buf[at..n]) {
+                let raw = &self.recv_buf[at..at + len];
+                at += align4(len);
+                let (kind, mseq) = (header_kind(raw), header_seq(raw));
+                if mseq != seq {
+                    continue;
+                }
+                match kind {
+                    NLMSG_DONE => return Ok(found),
+                    NLMSG_ERROR => {
+                        if let Some((errno, _)) = parse_error(&raw[16..], 0) {
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                    }
+                    _ => {
+                        let parsed =
+                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(
+                                raw,
+                            )
+                            .map_err(|e| {
+                                io::Error::new(io::ErrorKind::InvalidData, e)
+                            })?;
+                        if let NetlinkPayload::InnerMessage(
+                            RouteNetlinkMessage::NewRoute(route),
+                        ) = parsed.payload
+                        {
+                            if let Some(key) = ddm_route_key(&route) {
+                                if seen.insert(key) {
+                                    found.push(key);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// (destination, table) of `route` if it is one of ours.
+fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u8)> {
+    if u8::from(route.header.protocol) != RTPROT_DDM
+        || route.header.address_family != AddressFamily::Inet6
+    {
+        return None;
+    }
+    let mut dst = Ipv6Addr::UNSPECIFIED;
+    let mut table = u32::from(route.header.table);
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = *a,
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    // Tables beyond 255 never hold our routes; skip rather than mangle.
+    let table = u8::try_from(table).ok()?;
+    let net = Ipv6Net::new(dst, route.header.destination_prefix_length).ok()?;
+    Some((net, table))
+}
+
+/// Ask for big socket buffers (root may exceed the system maximum) and a
+/// receive timeout, so that a lost answer is an error rather than a hang.
+fn set_buffers(socket: &Socket) -> io::Result<()> {
+    let size = RECV_BUFFER_BYTES as libc::c_int;
+    if set_option(socket, libc::SO_RCVBUFFORCE, &size).is_err() {
+        set_option(socket, libc::SO_RCVBUF, &size)?;
+    }
+    if set_option(socket, libc::SO_SNDBUFFORCE, &size).is_err() {
+        set_option(socket, libc::SO_SNDBUF, &size)?;
+    }
+    let timeout = libc::timeval {
+        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    set_option(socket, libc::SO_RCVTIMEO, &timeout)
+}
+
+/// `setsockopt(SOL_SOCKET, option, value)`.
+fn set_option<T>(
+    socket: &Socket,
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call and
+    // `value` points to `size_of::<T>()` readable bytes.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (value as *const T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Round up to netlink's 4-byte alignment.
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Length of the netlink message at the start of `buf`, if a whole one is
+/// there.
+fn message_len(buf: &[u8]) -> Option<usize> {
+    let len = u32::from_ne_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
+    (len >= 16 && len <= buf.len()).then_some(len)
+}
+
+fn header_kind(raw: &[u8]) -> u16 {
+    u16::from_ne_bytes([raw[4], raw[5]])
+}
+
+fn header_seq(raw: &[u8]) -> u32 {
+    u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]])
+}
+
+/// The messages of a datagram: (type, sequence, flags, payload).
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u32, u16, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = message_len(&buf[at..])?;
+        let raw = &buf[at..at + len];
+        at += align4(len).min(buf.len() - at);
+        let flags = u16::from_ne_bytes([raw[6], raw[7]]);
+        Some((header_kind(raw), header_seq(raw), flags, &raw[16..]))
+    })
+}
+
+/// The errno of an `NLMSG_ERROR` payload (None for an acknowledgement) and
+/// the kernel's explanation if it gave one.
+fn parse_error(payload: &[u8], flags: u16) -> Option<(i32, Option<String>)> {
+    let code = i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?);
+    if code == 0 {
+        return None;
+    }
+    let mut text = None;
+    if flags & NLM_F_ACK_TLVS != 0 {
+        // With NETLINK_CAP_ACK the echoed request is its header alone.
+        let mut at = 4 + 16;
+        while let Some(tlv) = payload.get(at..at + 4) {
+            let len = u16::from_ne_bytes([tlv[0], tlv[1]]) as usize;
+            let kind = u16::from_ne_bytes([tlv[2], tlv[3]]) & 0x3fff;
+            if len < 4 {
+                break;
+            }
+            if kind == NLMSGERR_ATTR_MSG {
+                if let Some(raw) = payload.get(at + 4..at + len) {
+                    let s = raw.split(|b| *b == 0).next().unwrap_or(raw);
+                    text = Some(String::from_utf8_lossy(s).into_owned());
+                }
+            }
+            at += align4(len);
+        }
+    }
+    Some((-code, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv6Addr;
+
+    use oxnet::Ipv6Net;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::netlink::testns::{self, Netns};
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, o!())
+    }
+
+    fn net(s: &str) -> Ipv6Net {
+        s.parse().expect("prefix")
+    }
+
+    fn nh(addr: &str, ifindex: u32) -> Nexthop {
+        Nexthop { addr: addr.parse().expect("address"), ifindex }
+    }
+
+    fn update(dst: &str, nexthops: &[Nexthop]) -> RouteUpdate {
+        RouteUpdate {
+            destination: net(dst),
+            nexthops: nexthops.iter().copied().collect(),
+        }
+    }
+
+    /// `ip -6 route show proto <ours>` as destination → {(gateway, dev)}.
+    fn kernel_routes(
+        ns: &Netns,
+        proto: &str,
+    ) -> BTreeMap<String, BTreeSet<(String, String)>> {
+        let out = ns.ip(&["-j", "-6", "route", "show", "proto", proto]);
+        let routes: Vec<Value> = serde_json::from_str(&out).expect("ip json");
+        let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+        routes
+            .iter()
+            .map(|r| {
+                let hops = match r["nexthops"].as_array() {
+                    Some(hops) => hops
+                        .iter()
+                        .map(|h| (s(h, "gateway"), s(h, "dev")))
+                        .collect(),
+                    None => [(s(r, "gateway"), s(r, "dev"))].into(),
+                };
+                (s(r, "dst"), hops)
+            })
+            .collect()
+    }
+
+    fn ours(ns: &Netns) -> BTreeMap<String, BTreeSet<(String, String)>> {
+        kernel_routes(ns, &RTPROT_DDM.to_string())
+    }
+
+    fn hops(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+        list.iter().map(|(g, d)| (g.to_string(), d.to_string())).collect()
+    }
+
+    #[test]
+    fn single_multi_shrink_delete() {
+        testns::run("single_multi_shrink_delete", |ns| async move {
+            let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            let dst = "fd00:1::/64";
+
+            dp.apply(vec![update(dst, &[nh("fe80::1", a0)])]).await.unwrap();
+            let want =
+                BTreeMap::from([(dst.into(), hops(&[("fe80::1", "a0")]))]);
+            assert_eq!(ours(&ns), want);
+
+            dp.apply(vec![update(
+                dst,
+                &[nh("fe80::1", a0), nh("fe80::2", b0)],
+            )])
+            .await
+            .unwrap();
+            let want = BTreeMap::from([(
+                dst.into(),
+                hops(&[("fe80::1", "a0"), ("fe80::2", "b0")]),
+            )]);
+            assert_eq!(ours(&ns), want);
+            assert_eq!(dp.installed()[&net(dst)].len(), 2);
+
+            dp.apply(vec![update(dst, &[nh("fe80::2", b0)])]).await.unwrap();
+            let want =
+                BTreeMap::from([(dst.into(), hops(&[("fe80::2", "b0")]))]);
+            assert_eq!(ours(&ns), want);
+
+            // Grow again, then delete the multipath route in one request.
+            dp.apply(vec![update(
+                dst,
+                &[nh("fe80::1", a0), nh("fe80::2", b0)],
+            )])
+            .await
+            .unwrap();
+            dp.apply(vec![update(dst, &[])]).await.unwrap();
+            assert_eq!(ours(&ns), BTreeMap::new());
+            assert!(dp.installed().is_empty());
+
+            // Deleting what is not there is not an error either.
+            dp.apply(vec![update(dst, &[])]).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn remove_stale_and_remove_all_spare_other_routes() {
+        testns::run("remove_stale_and_remove_all_spare_other_routes", |ns| {
+            async move {
+                let p = RTPROT_DDM.to_string();
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:1::/64",
+                    "via",
+                    "fe80::1",
+                    "dev",
+                    "a0",
+                    "proto",
+                    &p,
+                ]);
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:2::/64",
+                    "proto",
+                    &p,
+                    "nexthop",
+                    "via",
+                    "fe80::1",
+                    "dev",
+                    "a0",
+                    "nexthop",
+                    "via",
+                    "fe80::2",
+                    "dev",
+                    "b0",
+                ]);
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:3::/64",
+                    "via",
+                    "fe80::1",
+                    "dev",
+                    "a0",
+                    "table",
+                    "100",
+                    "proto",
+                    &p,
+                ]);
+                // Somebody else's route, also on a prefix we will use.
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "fd00:9::/64",
+                    "via",
+                    "fe80::9",
+                    "dev",
+                    "b0",
+                    "proto",
+                    "static",
+                ]);
+                assert_eq!(ours(&ns).len(), 2);
+
+                let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+                assert_eq!(dp.remove_stale().await.unwrap(), 3);
+                assert_eq!(ours(&ns), BTreeMap::new());
+                let table100 = ns
+                    .ip(&["-6", "route", "show", "table", "100", "proto", &p]);
+                assert_eq!(table100.trim(), "");
+                assert_eq!(dp.remove_stale().await.unwrap(), 0);
+
+                let a0 = ns.ifindex("a0");
+                dp.apply(vec![
+                    update("fd00:4::/64", &[nh("fe80::4", a0)]),
+                    update("fd00:5::/64", &[nh("fe80::5", a0)]),
+                ])
+                .await
+                .unwrap();
+                assert_eq!(ours(&ns).len(), 2);
+                assert_eq!(dp.remove_all().await.unwrap(), 2);
+                assert_eq!(ours(&ns), BTreeMap::new());
+                assert!(dp.installed().is_empty());
+                let other = kernel_routes(&ns, "static");
+                assert_eq!(
+                    other,
+                    BTreeMap::from([(
+                        "fd00:9::/64".into(),
+                        hops(&[("fe80::9", "b0")])
+                    )])
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn failures_are_summarised_and_the_rest_applied() {
+        testns::run(
+            "failures_are_summarised_and_the_rest_applied",
+            |ns| async move {
+                let a0 = ns.ifindex("a0");
+                let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+                let err = dp
+                    .apply(vec![
+                        update("fd00:1::/64", &[nh("fe80::1", a0)]),
+                        update("fd00:2::/64", &[nh("fe80::1", 9999)]),
+                        update("fd00:3::/64", &[nh("fe80::1", a0)]),
+                    ])
+                    .await
+                    .expect_err("a nexthop on a missing interface");
+                let text = err.to_string();
+                assert!(text.contains("1 of 3 route updates failed"), "{text}");
+                assert!(text.contains("fd00:2::/64"), "{text}");
+                let got: Vec<String> = ours(&ns).into_keys().collect();
+                assert_eq!(got, ["fd00:1::/64", "fd00:3::/64"]);
+                assert_eq!(dp.installed().len(), 2);
+            },
+        );
+    }
+
+    #[test]
+    fn ten_thousand_routes_in_one_batch() {
+        testns::run("ten_thousand_routes_in_one_batch", |ns| async move {
+            let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            let updates: Vec<RouteUpdate> = (0..10_000u32)
+                .map(|i| {
+                    let addr = Ipv6Addr::new(
+                        0xfd00,
+                        (i >> 16) as u16,
+                        i as u16,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    );
+                    let mut hops = BTreeSet::from([nh("fe80::1", a0)]);
+                    if i % 2 == 1 {
+                        hops.insert(nh("fe80::2", b0));
+                    }
+                    RouteUpdate {
+                        destination: Ipv6Net::new(addr, 48).expect("prefix"),
+                        nexthops: hops,
+                    }
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            dp.apply(updates.clone()).await.unwrap();
+            eprintln!("10,000 routes applied in {:?}", started.elapsed());
+            let got = ours(&ns);
+            assert_eq!(got.len(), 10_000);
+            for u in &updates {
+                let key = u.destination.to_string();
+                assert_eq!(got[&key].len(), u.nexthops.len(), "{key}");
+            }
+            assert_eq!(dp.remove_all().await.unwrap(), 10_000);
+            assert!(ours(&ns).is_empty());
+        });
+    }
+}

@@ -1,0 +1,403 @@
+//! Link and address events from the Linux kernel.
+//!
+//! The watcher listens on the rtnetlink multicast groups for links
+//! (`RTNLGRP_LINK`) and IPv6 addresses (`RTNLGRP_IPV6_IFADDR`): the kernel
+//! pushes a message the moment an interface loses its carrier or an address
+//! changes, so nothing is polled. It first reports a snapshot (one `Up` or
+//! `Down` per existing link, one `AddressAdded` per IPv6 address), then only
+//! changes: repeated kernel messages that change nothing the events carry
+//! are dropped.
+//!
+//! ```text
+//! kernel ──multicast──▶ netlink connection task ──▶ watcher task ──▶ sink
+//! ```
+//!
+//! The sockets belong to the network namespace of the thread that calls
+//! [`spawn_link_watcher`] or [`link_is_up`].
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::net::{IpAddr, Ipv6Addr};
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::MulticastGroup;
+use slog::{debug, info, o, warn, Logger};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use crate::dataplane::DataplaneError;
+
+/// A change of a link or of one of its IPv6 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The link is administratively up and has a carrier.
+    Up {
+        /// Interface index.
+        ifindex: u32,
+        /// Interface name.
+        ifname: String,
+    },
+    /// The link lost its carrier or was set administratively down.
+    Down {
+        /// Interface index.
+        ifindex: u32,
+        /// Interface name.
+        ifname: String,
+    },
+    /// The link is gone.
+    Removed {
+        /// Interface index (no longer valid).
+        ifindex: u32,
+        /// Interface name it had.
+        ifname: String,
+    },
+    /// An IPv6 address appeared, or its tentative state changed (reported
+    /// again with `tentative: false` once duplicate address detection
+    /// succeeds).
+    AddressAdded {
+        /// Interface index.
+        ifindex: u32,
+        /// The address.
+        addr: Ipv6Addr,
+        /// Still undergoing (or failed) duplicate address detection: not
+        /// usable as a source yet.
+        tentative: bool,
+    },
+    /// An IPv6 address went away.
+    AddressRemoved {
+        /// Interface index.
+        ifindex: u32,
+        /// The address.
+        addr: Ipv6Addr,
+    },
+}
+
+/// Start watching links and IPv6 addresses; events go to `sink`.
+///
+/// Must be called within a tokio runtime. The returned task ends when
+/// `sink` is closed or the netlink socket fails (logged); aborting it stops
+/// the watch.
+pub fn spawn_link_watcher(
+    log: Logger,
+    sink: UnboundedSender<LinkEvent>,
+) -> Result<JoinHandle<()>, DataplaneError> {
+    let log = log.new(o!("component" => "link-watcher"));
+    let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv6Ifaddr,
+    ])
+    .map_err(|e| {
+        DataplaneError::Unavailable(format!("netlink multicast socket: {e}"))
+    })?;
+    let conn = AbortOnDrop(tokio::spawn(conn));
+    Ok(tokio::spawn(async move {
+        let _conn = conn;
+        let mut watcher =
+            Watcher { sink, links: HashMap::new(), addrs: HashMap::new() };
+        if let Err(e) = watcher.snapshot(&handle).await {
+            warn!(log, "initial link and address dump failed"; "error" => %e);
+        }
+        if watcher.sink.is_closed() {
+            return;
+        }
+        info!(log, "watching links and addresses";
+            "links" => watcher.links.len(), "addresses" => watcher.addrs.len());
+        let mut messages = messages;
+        while let Some((message, _)) = messages.next().await {
+            if !watcher.handle(message) {
+                debug!(log, "event sink closed, stopping");
+                return;
+            }
+        }
+        warn!(log, "netlink multicast connection ended");
+    }))
+}
+
+/// Whether `ifname` is up (administratively and operationally), `None` if
+/// there is no such interface or it cannot be asked.
+pub fn link_is_up(ifname: &str) -> Option<bool> {
+    let name = CString::new(ifname).ok()?;
+    let bytes = name.as_bytes_with_nul();
+    if bytes.len() > libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain socket creation; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: fd is an open socket and req a valid ifreq for SIOCGIFFLAGS.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) };
+    // SAFETY: fd is ours and open.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFFLAGS filled in the flags member.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    Some(flags & want == want)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the watcher last reported, to drop repeats.
+struct Watcher {
+    /// Where events go.
+    sink: UnboundedSender<LinkEvent>,
+    /// ifindex → (name, up).
+    links: HashMap<u32, (String, bool)>,
+    /// (ifindex, address) → tentative.
+    addrs: HashMap<(u32, Ipv6Addr), bool>,
+}
+
+impl Watcher {
+    /// Report every existing link and IPv6 address.
+    async fn snapshot(
+        &mut self,
+        handle: &rtnetlink::Handle,
+    ) -> Result<(), rtnetlink::Error> {
+        let links: Vec<LinkMessage> =
+            handle.link().get().execute().try_collect().await?;
+        for link in links {
+            self.link_changed(&link);
+        }
+        let mut addrs = handle.address().get().execute();
+        while let Some(addr) = next(&mut addrs).await? {
+            self.address_added(&addr);
+        }
+        Ok(())
+    }
+
+    /// Turn one kernel message into events; false once the sink is closed.
+    fn handle(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        if let NetlinkPayload::InnerMessage(m) = message.payload {
+            match m {
+                RouteNetlinkMessage::NewLink(link) => self.link_changed(&link),
+                RouteNetlinkMessage::DelLink(link) => self.link_removed(&link),
+                RouteNetlinkMessage::NewAddress(a) => self.address_added(&a),
+                RouteNetlinkMessage::DelAddress(a) => self.address_removed(&a),
+                _ => {}
+            }
+        }
+        !self.sink.is_closed()
+    }
+
+    fn send(&self, event: LinkEvent) {
+        // A closed sink is noticed by the caller.
+        let _ = self.sink.send(event);
+    }
+
+    fn link_changed(&mut self, link: &LinkMessage) {
+        // Bridge-port and other per-family messages are not link changes.
+        if link.header.interface_family != AddressFamily::Unspec {
+            return;
+        }
+        let ifindex = link.header.index;
+        let flags = link.header.flags;
+        let up = flags
+            .contains(LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp);
+        let ifname = link_name(link)
+            .or_else(|| self.links.get(&ifindex).map(|(n, _)| n.clone()))
+            .unwrap_or_default();
+        let previous = self.links.insert(ifindex, (ifname.clone(), up));
+        if previous.is_some_and(|(_, was_up)| was_up == up) {
+            return;
+        }
+        self.send(if up {
+            LinkEvent::Up { ifindex, ifname }
+        } else {
+            LinkEvent::Down { ifindex, ifname }
+        });
+    }
+
+    fn link_removed(&mut self, link: &LinkMessage) {
+        if link.header.interface_family != AddressFamily::Unspec {
+            return;
+        }
+        let ifindex = link.header.index;
+        let known = self.links.remove(&ifindex).map(|(n, _)| n);
+        let ifname = link_name(link).or(known).unwrap_or_default();
+        self.addrs.retain(|(i, _), _| *i != ifindex);
+        self.send(LinkEvent::Removed { ifindex, ifname });
+    }
+
+    fn address_added(&mut self, msg: &AddressMessage) {
+        let Some((ifindex, addr, tentative)) = ipv6_address(msg) else {
+            return;
+        };
+        let previous = self.addrs.insert((ifindex, addr), tentative);
+        if previous != Some(tentative) {
+            self.send(LinkEvent::AddressAdded { ifindex, addr, tentative });
+        }
+    }
+
+    fn address_removed(&mut self, msg: &AddressMessage) {
+        let Some((ifindex, addr, _)) = ipv6_address(msg) else {
+            return;
+        };
+        self.addrs.remove(&(ifindex, addr));
+        self.send(LinkEvent::AddressRemoved { ifindex, addr });
+    }
+}
+
+/// The next item of a fallible stream.
+async fn next<T, E>(
+    stream: &mut (impl Stream<Item = Result<T, E>> + Unpin),
+) -> Result<Option<T>, E> {
+    stream.next().await.transpose()
+}
+
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// (ifindex, address, tentative) of an IPv6 address message.
+fn ipv6_address(msg: &AddressMessage) -> Option<(u32, Ipv6Addr, bool)> {
+    if msg.header.family != AddressFamily::Inet6 {
+        return None;
+    }
+    let mut addr = None;
+    let mut flags = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Address(IpAddr::V6(a)) => addr = Some(*a),
+            AddressAttribute::Flags(f) => flags = Some(*f),
+            _ => {}
+        }
+    }
+    // The 32-bit attribute, when present, supersedes the header's 8 bits.
+    let tentative = match flags {
+        Some(f) => {
+            f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed)
+        }
+        None => msg.header.flags.intersects(
+            AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed,
+        ),
+    };
+    Some((msg.header.index, addr?, tentative))
+}
+
+/// Network namespaces for tests that need a kernel of their own.
+#[cfg(test)]
+pub(crate) mod testns {
+    use std::future::Future;
+    use std::os::fd::AsRawFd;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Deletes the namespace when dropped, whatever happened.
+    struct Guard(String);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+
+    /// A namespace holding two veth pairs, `a0`–`a1` and `b0`–`b1`, all up.
+    pub(crate) struct Netns {
+        /// The namespace's name (for `ip -n`).
+        pub(crate) name: String,
+    }
+
+    impl Netns {
+        /// Run `ip -n <ns> <args>`, panicking with its stderr on failure.
+        pub(crate) fn ip(&self, args: &[&str]) -> String {
+            let out = Command::new("ip")
+                .arg("-n")
+                .arg(&self.name)
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip -n {} {}: {}",
+                self.name,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// Index of `ifname` in the namespace (call from inside it).
+        pub(crate) fn ifindex(&self, ifname: &str) -> u32 {
+            let name = std::ffi::CString::new(ifname).expect("name");
+            // SAFETY: name is a valid C string.
+            let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            assert!(i != 0, "no interface {ifname} in {}", self.name);
+            i
+        }
+    }
+
+    /// Run `body` in a fresh namespace, on a thread that has entered it,
+    /// with a current-thread tokio runtime. Without root it prints a loud
+    /// SKIP and returns.
+    pub(crate) fn run<F, Fut>(test: &str, body: F)
+    where
+        F: FnOnce(Netns) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: {test} needs root (network namespaces)");
+            return;
+        }
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "ddm-dp-test-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        let _guard = Guard(name.clone());
+        let ns = Netns { name: name.clone() };
+        ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"]);
+        ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]);
+        for ifname in ["lo", "a0", "a1", "b0", "b1"] {
+            ns.ip(&["link", "set", "dev", ifname, "up"]);
+        }
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(format!("/var/run/netns/{name}"))
+                .expect("open netns");
+            // SAFETY: file is an open namespace descriptor; this thread
+            // alone moves.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(body(ns));
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
