@@ -1,0 +1,232 @@
+//! The packet I/O seam of discovery: real UDP sockets, or an in-memory
+//! point-to-point link for tests and simulated fabrics.
+//!
+//! ```text
+//!   MemoryPort A                         MemoryPort B
+//!   send(to, bytes) ──▶ B's inbound ──▶ B.subscribe() / B's reader
+//!   A's reader ◀── A's inbound ◀────── send(to, bytes)
+//! ```
+//!
+//! A memory link delivers what is sent to the group or to the other end's
+//! address, stamped with the sender's address and the receiver's interface
+//! index as scope id (as a kernel would); anything else is lost, as on a
+//! wire.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+use tokio::sync::broadcast;
+
+use super::iface::{self, NotReady};
+use super::socket::{self, UdpLink, DISCOVERY_GROUP, DISCOVERY_PORT};
+
+/// How a discovery actor sends and receives packets.
+#[derive(Debug, Clone)]
+pub enum PacketIo {
+    /// UDP sockets on the named interface, on this port (normally
+    /// [`DISCOVERY_PORT`]).
+    Udp {
+        /// The discovery port.
+        port: u16,
+    },
+    /// One end of an in-memory link.
+    Memory(MemoryPort),
+}
+
+impl PacketIo {
+    /// Real sockets on the standard port.
+    pub fn udp() -> Self {
+        PacketIo::Udp { port: DISCOVERY_PORT }
+    }
+
+    /// Resolve the interface and open it. Must not block: called from the
+    /// actor's handlers (every step is a quick system call).
+    pub(crate) fn open(&self, ifname: &str) -> Result<OpenLink, NotReady> {
+        match self {
+            PacketIo::Udp { port } => {
+                let (ifindex, local_addr) = iface::resolve(ifname)?;
+                let link = std::sync::Arc::new(socket::open(
+                    ifindex, local_addr, *port,
+                )?);
+                Ok(OpenLink {
+                    ifindex,
+                    local_addr,
+                    tx: LinkTx::Udp { link: link.clone(), port: *port },
+                    rx: LinkRx::Udp(link),
+                })
+            }
+            PacketIo::Memory(port) => Ok(OpenLink {
+                ifindex: port.ifindex,
+                local_addr: port.local_addr,
+                rx: LinkRx::Memory(port.inbound.subscribe()),
+                tx: LinkTx::Memory(port.clone()),
+            }),
+        }
+    }
+}
+
+/// An interface ready for discovery.
+#[derive(Debug)]
+pub(crate) struct OpenLink {
+    /// Its index.
+    pub ifindex: u32,
+    /// Our usable link-local address on it.
+    pub local_addr: Ipv6Addr,
+    /// The sending half (kept by the actor).
+    pub tx: LinkTx,
+    /// The receiving half (moved into the reader task).
+    pub rx: LinkRx,
+}
+
+/// The sending half of an open link.
+#[derive(Debug)]
+pub(crate) enum LinkTx {
+    /// UDP sockets.
+    Udp {
+        /// The sockets (shared with the reader).
+        link: std::sync::Arc<UdpLink>,
+        /// Destination port.
+        port: u16,
+    },
+    /// In memory.
+    Memory(MemoryPort),
+}
+
+impl LinkTx {
+    /// Send without waiting.
+    pub fn send(
+        &self,
+        to: Ipv6Addr,
+        ifindex: u32,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        match self {
+            LinkTx::Udp { link, port } => {
+                socket::send(link, to, ifindex, *port, payload)
+            }
+            LinkTx::Memory(p) => {
+                p.send(to, payload.to_vec());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The receiving half of an open link.
+#[derive(Debug)]
+pub(crate) enum LinkRx {
+    /// UDP sockets.
+    Udp(std::sync::Arc<UdpLink>),
+    /// In memory.
+    Memory(broadcast::Receiver<MemoryDatagram>),
+}
+
+impl LinkRx {
+    /// The next datagram: source (with scope id) and bytes.
+    pub async fn recv(&mut self) -> io::Result<(SocketAddrV6, Vec<u8>)> {
+        match self {
+            LinkRx::Udp(link) => socket::recv(link).await,
+            LinkRx::Memory(rx) => loop {
+                match rx.recv().await {
+                    Ok(d) => return Ok((d.from, d.payload)),
+                    // Lost datagrams, as on a congested wire.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(io::Error::other("memory link closed"))
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// A datagram on a memory link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryDatagram {
+    /// Source, with the receiving end's interface index as scope id.
+    pub from: SocketAddrV6,
+    /// Destination: the group or the receiver's link-local address.
+    pub to: Ipv6Addr,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Datagrams a memory link buffers per receiver before the oldest are lost.
+const MEMORY_LINK_DEPTH: usize = 1024;
+
+/// One end of an in-memory point-to-point link. Cloning gives another
+/// handle on the same end.
+#[derive(Debug, Clone)]
+pub struct MemoryPort {
+    /// This end's interface index.
+    pub ifindex: u32,
+    /// This end's link-local address.
+    pub local_addr: Ipv6Addr,
+    /// What this end receives.
+    inbound: broadcast::Sender<MemoryDatagram>,
+    /// What the other end receives.
+    remote: broadcast::Sender<MemoryDatagram>,
+    /// The other end's interface index (scope id of what it receives).
+    remote_ifindex: u32,
+    /// The other end's address (unicast to anything else is lost).
+    remote_addr: Ipv6Addr,
+}
+
+impl MemoryPort {
+    /// A link between two ends given as (interface index, link-local
+    /// address).
+    pub fn pair(
+        a: (u32, Ipv6Addr),
+        b: (u32, Ipv6Addr),
+    ) -> (MemoryPort, MemoryPort) {
+        let (a_in, _) = broadcast::channel(MEMORY_LINK_DEPTH);
+        let (b_in, _) = broadcast::channel(MEMORY_LINK_DEPTH);
+        (
+            MemoryPort {
+                ifindex: a.0,
+                local_addr: a.1,
+                inbound: a_in.clone(),
+                remote: b_in.clone(),
+                remote_ifindex: b.0,
+                remote_addr: b.1,
+            },
+            MemoryPort {
+                ifindex: b.0,
+                local_addr: b.1,
+                inbound: b_in,
+                remote: a_in,
+                remote_ifindex: a.0,
+                remote_addr: a.1,
+            },
+        )
+    }
+
+    /// Send from this end's address.
+    pub fn send(&self, to: Ipv6Addr, payload: Vec<u8>) {
+        self.send_as(self.local_addr, to, payload)
+    }
+
+    /// Send with any source address (to simulate a renumbered or rogue
+    /// neighbour).
+    pub fn send_as(&self, from: Ipv6Addr, to: Ipv6Addr, payload: Vec<u8>) {
+        if to != DISCOVERY_GROUP && to != self.remote_addr {
+            return;
+        }
+        // No receiver yet is like no one listening on the wire.
+        let _ = self.remote.send(MemoryDatagram {
+            from: SocketAddrV6::new(
+                from,
+                DISCOVERY_PORT,
+                0,
+                self.remote_ifindex,
+            ),
+            to,
+            payload,
+        });
+    }
+
+    /// Everything this end receives from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MemoryDatagram> {
+        self.inbound.subscribe()
+    }
+}

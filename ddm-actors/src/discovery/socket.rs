@@ -1,0 +1,135 @@
+//! The UDP sockets of one interface.
+//!
+//! Two sockets, both bound with the interface as scope, which ties them to
+//! that interface without privileges (the kernel treats a scoped bind like
+//! `SO_BINDTODEVICE`), so datagrams of other interfaces never reach them:
+//!
+//! * the *multicast* socket, bound to the group `ff02::dd` and joined to it
+//!   on this interface only, receives solicitations;
+//! * the *unicast* socket, bound to our link-local address, receives
+//!   advertisements and sends everything (solicitations to the group,
+//!   advertisements to the soliciting router), so our packets carry the
+//!   link-local source address and the discovery port.
+//!
+//! Binding the link-local address fails while it is tentative, which is why
+//! [`super::iface`] waits for a usable one first.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+/// UDP port of discovery (0xddd).
+pub const DISCOVERY_PORT: u16 = 0xddd;
+
+/// The link-local multicast group solicitations go to.
+pub const DISCOVERY_GROUP: Ipv6Addr =
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xdd);
+
+/// Largest datagram we read; a valid packet is at most 4 + 255 bytes, a
+/// larger one is truncated by the read and still parses (trailing bytes are
+/// ignored).
+pub const MAX_DATAGRAM: usize = 512;
+
+/// The open sockets of one interface.
+#[derive(Debug)]
+pub struct UdpLink {
+    /// Receives advertisements; sends everything.
+    pub unicast: UdpSocket,
+    /// Receives solicitations.
+    pub multicast: UdpSocket,
+}
+
+fn new_socket() -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn into_tokio(s: Socket) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(std::net::UdpSocket::from(s))
+}
+
+/// Open the sockets of interface `ifindex` whose link-local address is
+/// `local_addr`, on `port` (normally [`DISCOVERY_PORT`]). Needs a tokio
+/// runtime.
+pub fn open(
+    ifindex: u32,
+    local_addr: Ipv6Addr,
+    port: u16,
+) -> io::Result<UdpLink> {
+    let m = new_socket()?;
+    #[cfg(not(any(target_os = "solaris", target_os = "illumos")))]
+    m.set_reuse_port(true)?;
+    #[cfg(target_os = "linux")]
+    m.bind(
+        &SocketAddr::V6(SocketAddrV6::new(DISCOVERY_GROUP, port, 0, ifindex))
+            .into(),
+    )?;
+    #[cfg(not(target_os = "linux"))]
+    {
+        #[cfg(any(target_os = "solaris", target_os = "illumos"))]
+        m.bind_device_by_index_v6(std::num::NonZeroU32::new(ifindex))?;
+        m.bind(
+            &SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::UNSPECIFIED,
+                port,
+                0,
+                0,
+            ))
+            .into(),
+        )?;
+    }
+    m.join_multicast_v6(&DISCOVERY_GROUP, ifindex)?;
+    m.set_multicast_loop_v6(false)?;
+
+    let u = new_socket()?;
+    u.bind(
+        &SocketAddr::V6(SocketAddrV6::new(local_addr, port, 0, ifindex)).into(),
+    )?;
+    u.set_multicast_if_v6(ifindex)?;
+    u.set_multicast_loop_v6(false)?;
+    u.set_multicast_hops_v6(1)?;
+
+    Ok(UdpLink { unicast: into_tokio(u)?, multicast: into_tokio(m)? })
+}
+
+/// Read one datagram from either socket: its source and bytes. Sources that
+/// are not IPv6 cannot occur on these sockets and are reported as an error.
+pub async fn recv(link: &UdpLink) -> io::Result<(SocketAddrV6, Vec<u8>)> {
+    let mut ubuf = [0u8; MAX_DATAGRAM];
+    let mut mbuf = [0u8; MAX_DATAGRAM];
+    let (n, from, buf) = tokio::select! {
+        r = link.unicast.recv_from(&mut ubuf) => { let (n, f) = r?; (n, f, &ubuf) }
+        r = link.multicast.recv_from(&mut mbuf) => { let (n, f) = r?; (n, f, &mbuf) }
+    };
+    match from {
+        SocketAddr::V6(from) => Ok((from, buf[..n].to_vec())),
+        SocketAddr::V4(from) => Err(io::Error::other(format!(
+            "IPv4 datagram from {from} on an IPv6-only socket"
+        ))),
+    }
+}
+
+/// Send `payload` to `[to%ifindex]:port` without waiting: a full socket
+/// buffer is an error (counted by the caller), never a blocked actor.
+pub fn send(
+    link: &UdpLink,
+    to: Ipv6Addr,
+    ifindex: u32,
+    port: u16,
+    payload: &[u8],
+) -> io::Result<()> {
+    let dest = SocketAddr::V6(SocketAddrV6::new(to, port, 0, ifindex));
+    let n = link.unicast.try_send_to(payload, dest)?;
+    if n != payload.len() {
+        return Err(io::Error::other(format!(
+            "short send: {n} of {} bytes",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
