@@ -312,7 +312,8 @@ pub(crate) mod testns {
 
     impl Drop for Guard {
         fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+            let _ =
+                Command::new("ip").args(["netns", "delete", &self.0]).status();
         }
     }
 
@@ -388,7 +389,8 @@ pub(crate) mod testns {
                 .expect("open netns");
             // SAFETY: file is an open namespace descriptor; this thread
             // alone moves.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            let r =
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -399,5 +401,127 @@ pub(crate) mod testns {
         if let Err(panic) = thread.join() {
             std::panic::resume_unwind(panic);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use slog::o;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    use super::testns;
+    use super::*;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// Wait for the first event matching `want`, skipping others; panics
+    /// at the deadline. Returns how long it took.
+    async fn expect(
+        events: &mut UnboundedReceiver<LinkEvent>,
+        what: &str,
+        want: impl Fn(&LinkEvent) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, events.recv()).await {
+                Ok(Some(e)) if want(&e) => return started.elapsed(),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("watcher stopped while waiting for {what}"),
+                Err(_) => panic!("no {what} within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reports_link_and_address_changes() {
+        testns::run("reports_link_and_address_changes", |ns| async move {
+            let log = Logger::root(slog::Discard, o!());
+            let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+            let (tx, mut rx) = unbounded_channel();
+            let task = spawn_link_watcher(log, tx).expect("watcher");
+
+            // The snapshot: every link, up.
+            for (i, name) in [(a0, "a0"), (b0, "b0")] {
+                expect(&mut rx, &format!("initial Up for {name}"), |e| {
+                    *e == LinkEvent::Up { ifindex: i, ifname: name.into() }
+                })
+                .await;
+            }
+            assert_eq!(link_is_up("a0"), Some(true));
+            assert_eq!(link_is_up("nonexistent0"), None);
+
+            // Carrier loss: the peer end goes down.
+            ns.ip(&["link", "set", "dev", "a1", "down"]);
+            let took = expect(&mut rx, "Down for a0 (carrier)", |e| {
+                *e == LinkEvent::Down { ifindex: a0, ifname: "a0".into() }
+            })
+            .await;
+            eprintln!("carrier loss reported {took:?} after `ip` returned");
+            assert_eq!(link_is_up("a0"), Some(false));
+
+            ns.ip(&["link", "set", "dev", "a1", "up"]);
+            expect(&mut rx, "Up for a0", |e| {
+                *e == LinkEvent::Up { ifindex: a0, ifname: "a0".into() }
+            })
+            .await;
+
+            // Administratively down.
+            ns.ip(&["link", "set", "dev", "a0", "down"]);
+            let took = expect(&mut rx, "Down for a0 (admin)", |e| {
+                *e == LinkEvent::Down { ifindex: a0, ifname: "a0".into() }
+            })
+            .await;
+            eprintln!("admin down reported {took:?} after `ip` returned");
+            ns.ip(&["link", "set", "dev", "a0", "up"]);
+            expect(&mut rx, "Up for a0 again", |e| {
+                *e == LinkEvent::Up { ifindex: a0, ifname: "a0".into() }
+            })
+            .await;
+
+            // Addresses: without and with duplicate address detection.
+            let quick: Ipv6Addr = "fd00::1".parse().unwrap();
+            ns.ip(&["addr", "add", "fd00::1/64", "dev", "a0", "nodad"]);
+            expect(&mut rx, "AddressAdded fd00::1", |e| {
+                *e == LinkEvent::AddressAdded {
+                    ifindex: a0,
+                    addr: quick,
+                    tentative: false,
+                }
+            })
+            .await;
+            let slow: Ipv6Addr = "fd00::2".parse().unwrap();
+            ns.ip(&["addr", "add", "fd00::2/64", "dev", "a0"]);
+            expect(&mut rx, "tentative AddressAdded fd00::2", |e| {
+                *e == LinkEvent::AddressAdded {
+                    ifindex: a0,
+                    addr: slow,
+                    tentative: true,
+                }
+            })
+            .await;
+            ns.ip(&["addr", "del", "fd00::1/64", "dev", "a0"]);
+            expect(&mut rx, "AddressRemoved fd00::1", |e| {
+                *e == LinkEvent::AddressRemoved { ifindex: a0, addr: quick }
+            })
+            .await;
+
+            // Removal.
+            ns.ip(&["link", "del", "b0"]);
+            expect(&mut rx, "Removed b0", |e| {
+                *e == LinkEvent::Removed { ifindex: b0, ifname: "b0".into() }
+            })
+            .await;
+
+            // Closing the sink ends the watcher at its next message.
+            drop(rx);
+            ns.ip(&["link", "set", "dev", "a0", "down"]);
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("watcher ends once its sink is closed")
+                .expect("watcher task");
+        });
     }
 }
