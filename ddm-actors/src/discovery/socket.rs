@@ -133,3 +133,65 @@ pub fn send(
     }
     Ok(())
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The first interface with a usable link-local address, if the host
+    /// has one (containers without IPv6 do not: the test then does nothing;
+    /// the namespace suite covers real links).
+    fn some_link() -> Option<(u32, Ipv6Addr)> {
+        let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+        text.lines().find_map(|l| {
+            let idx =
+                u32::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()?;
+            Some((idx, crate::discovery::iface::parse_if_inet6(&text, idx)?))
+        })
+    }
+
+    fn free_port(ifindex: u32, addr: Ipv6Addr) -> u16 {
+        let s =
+            std::net::UdpSocket::bind(SocketAddrV6::new(addr, 0, 0, ifindex))
+                .unwrap();
+        s.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn unicast_and_multicast_reach_the_link() {
+        let Some((ifindex, ll)) = some_link() else {
+            eprintln!("no interface with a link-local address; skipped");
+            return;
+        };
+        let port = free_port(ifindex, ll);
+        let link = open(ifindex, ll, port).unwrap();
+
+        // A neighbour's socket (same host: multicast loop on).
+        let peer = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))
+            .unwrap();
+        peer.bind(&SocketAddr::V6(SocketAddrV6::new(ll, 0, 0, ifindex)).into())
+            .unwrap();
+        peer.set_multicast_if_v6(ifindex).unwrap();
+        peer.set_multicast_loop_v6(true).unwrap();
+        let peer = std::net::UdpSocket::from(peer);
+
+        for (dest, payload) in [(ll, b"uni"), (DISCOVERY_GROUP, b"mul")] {
+            peer.send_to(payload, SocketAddrV6::new(dest, port, 0, ifindex))
+                .unwrap();
+            let (from, got) =
+                tokio::time::timeout(Duration::from_secs(5), recv(&link))
+                    .await
+                    .expect("datagram not received")
+                    .unwrap();
+            assert_eq!(got, payload);
+            assert_eq!(from.ip(), &ll);
+            assert_eq!(from.scope_id(), ifindex);
+        }
+        // Our own sends do not come back (loop off).
+        send(&link, DISCOVERY_GROUP, ifindex, port, b"own").unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(200), recv(&link))
+            .await
+            .is_err());
+    }
+}
