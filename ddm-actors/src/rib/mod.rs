@@ -1,0 +1,858 @@
+//! The routing information base: DDM's protocol core as a pure state
+//! machine.
+//!
+//! [`Rib`] holds what this router originates, what each peer announced, the
+//! ECMP set of every destination and the effective tunnel endpoint set. Each
+//! operation changes that state and returns [`Effects`]: routes to program,
+//! the new tunnel set, updates to push to peers. The router actor executes
+//! them; nothing here does I/O, reads a clock or spawns anything, so every
+//! rule of the protocol is tested with plain function calls.
+//!
+//! Rules (see DESIGN §3):
+//! * an originated prefix is announced as `path = [own hostname]`;
+//! * a received path that already contains our hostname is a loop: dropped
+//!   and counted ([`RibStats::loops_dropped`]);
+//! * a route is a (destination, nexthop) pair; it stays while at least one
+//!   path through that nexthop remains. All nexthops of a destination form
+//!   one ECMP set, which is what [`Effects::route_updates`] carries;
+//! * a transit router re-announces what it imports to every other peer with
+//!   its own hostname appended, and withdraws it when the last peer offering
+//!   it stops; a server never redistributes;
+//! * per overlay prefix, tunnel routes with a positive metric win; only when
+//!   none has one are the metric-0 routes used.
+//!
+//! Cost: announcing or withdrawing k paths costs O(k log n) (times the
+//! number of peers on a transit router, to decide whom to tell). Memory:
+//! hostnames and paths are interned; each imported path is one entry in its
+//! peer's table and each route one entry in the ECMP table.
+
+mod intern;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
+use ddm_admin_api::latest::{RouterKind, TunnelRoute};
+use oxnet::{IpNet, Ipv6Net};
+
+use crate::dataplane::{Nexthop, RouteUpdate, TunnelEntry};
+use crate::exchange::wire::v3::{
+    PathVector, PullResponse, TunnelOrigin, Update,
+};
+use crate::exchange::wire::{normalise_ip, normalise_v6};
+use intern::{Interner, Path};
+
+/// Who a peer is: the link it is on and its address there.
+///
+/// Links are point-to-point, so the pair names one peer and is also the
+/// nexthop of every route learned from it. A peer that renumbers is, to the
+/// RIB, a peer going down and another coming up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    /// Index of the interface the peer is reached through.
+    pub ifindex: u32,
+    /// The peer's link-local address on that interface.
+    pub addr: Ipv6Addr,
+}
+
+impl PeerId {
+    /// The nexthop of routes learned from this peer.
+    pub fn nexthop(&self) -> Nexthop {
+        Nexthop { addr: self.addr, ifindex: self.ifindex }
+    }
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%{}", self.addr, self.ifindex)
+    }
+}
+
+/// What the router must do after a RIB operation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// For each destination whose ECMP set changed, the complete new set
+    /// (empty: remove the route), ordered by destination.
+    pub route_updates: Vec<RouteUpdate>,
+    /// The new effective tunnel endpoint set, if it changed.
+    pub tunnel_set: Option<BTreeSet<TunnelEntry>>,
+    /// Updates to push, at most one per peer, ordered by peer.
+    pub pushes: Vec<(PeerId, Update)>,
+}
+
+impl Effects {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.route_updates.is_empty()
+            && self.tunnel_set.is_none()
+            && self.pushes.is_empty()
+    }
+}
+
+/// Counters of what the RIB refused, for logs and statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RibStats {
+    /// Announced paths dropped because they already contain our hostname.
+    pub loops_dropped: u64,
+    /// Announced paths dropped because they name no router at all.
+    pub invalid_dropped: u64,
+}
+
+/// Errors of RIB operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RibError {
+    /// An update arrived from a peer that is not up (it expired meanwhile,
+    /// or `peer_up` was never called).
+    #[error("peer {0} is not up")]
+    UnknownPeer(PeerId),
+}
+
+/// What the RIB knows about one peer.
+#[derive(Debug)]
+struct PeerState {
+    /// The peer's role, as its discovery packets say.
+    kind: RouterKind,
+    /// Every path the peer announced and has not withdrawn, by destination.
+    underlay: BTreeSet<(Ipv6Net, Path)>,
+    /// Every tunnel endpoint the peer announced and has not withdrawn.
+    tunnels: BTreeSet<TunnelOrigin>,
+}
+
+/// Where an announcement comes from, for redistribution decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This router originates it.
+    Local,
+    /// A peer announced it.
+    Peer(PeerId),
+}
+
+/// Which sources, other than the one changing, offer an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holders {
+    None,
+    One(Source),
+    Many,
+}
+
+impl Holders {
+    fn add(self, s: Source) -> Holders {
+        match self {
+            Holders::None => Holders::One(s),
+            _ => Holders::Many,
+        }
+    }
+}
+
+/// Changes collected during one operation, turned into [`Effects`] at the
+/// end.
+#[derive(Default)]
+struct Pending {
+    /// ECMP set of each touched destination before the operation.
+    touched: BTreeMap<Ipv6Net, Vec<Nexthop>>,
+    /// Overlay prefixes whose candidate tunnel routes changed.
+    tunnel_prefixes: BTreeSet<IpNet>,
+    /// Updates to push, by peer.
+    pushes: BTreeMap<PeerId, Update>,
+}
+
+impl Pending {
+    fn announce_path(&mut self, to: PeerId, pv: PathVector) {
+        let u = self.pushes.entry(to).or_default().underlay_mut();
+        u.withdraw.remove(&pv);
+        u.announce.insert(pv);
+    }
+
+    fn withdraw_path(&mut self, to: PeerId, pv: PathVector) {
+        let u = self.pushes.entry(to).or_default().underlay_mut();
+        u.announce.remove(&pv);
+        u.withdraw.insert(pv);
+    }
+
+    fn announce_tunnel(&mut self, to: PeerId, t: TunnelOrigin) {
+        let u = self.pushes.entry(to).or_default().tunnel_mut();
+        u.withdraw.remove(&t);
+        u.announce.insert(t);
+    }
+
+    fn withdraw_tunnel(&mut self, to: PeerId, t: TunnelOrigin) {
+        let u = self.pushes.entry(to).or_default().tunnel_mut();
+        u.announce.remove(&t);
+        u.withdraw.insert(t);
+    }
+}
+
+/// The routing information base of one router.
+#[derive(Debug)]
+pub struct Rib {
+    /// Our name in paths: appended when redistributing, the loop detector.
+    hostname: Arc<str>,
+    /// Whether we redistribute what we learn.
+    kind: RouterKind,
+    /// Prefixes we originate (announced as `[hostname]`).
+    originated: BTreeSet<Ipv6Net>,
+    /// Tunnel endpoints we originate.
+    originated_tunnels: BTreeSet<TunnelOrigin>,
+    /// Every peer that is up, with what it announced.
+    peers: BTreeMap<PeerId, PeerState>,
+    /// Routes: for each (destination, nexthop) the number of paths using it.
+    ecmp: BTreeMap<(Ipv6Net, Nexthop), u32>,
+    /// Candidate tunnel routes, with the number of peers offering each (two
+    /// links may lead to peers with the same link-local address).
+    tunnel_refs: BTreeMap<TunnelEntry, u32>,
+    /// The tunnel routes selected by metric: what the dataplane has.
+    effective_tunnels: BTreeSet<TunnelEntry>,
+    /// Shared hostnames and paths.
+    interner: Interner,
+    /// Counters of refused input.
+    stats: RibStats,
+}
+
+impl Rib {
+    /// An empty RIB for a router named `hostname` of the given kind.
+    pub fn new(hostname: impl AsRef<str>, kind: RouterKind) -> Self {
+        Rib {
+            hostname: Arc::from(hostname.as_ref()),
+            kind,
+            originated: BTreeSet::new(),
+            originated_tunnels: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            ecmp: BTreeMap::new(),
+            tunnel_refs: BTreeMap::new(),
+            effective_tunnels: BTreeSet::new(),
+            interner: Interner::default(),
+            stats: RibStats::default(),
+        }
+    }
+
+    /// Our hostname.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Our kind.
+    pub fn kind(&self) -> RouterKind {
+        self.kind
+    }
+
+    /// Counters of refused input.
+    pub fn stats(&self) -> RibStats {
+        self.stats
+    }
+
+    /// The prefixes we originate (`GET /originated`).
+    pub fn originated(&self) -> &BTreeSet<Ipv6Net> {
+        &self.originated
+    }
+
+    /// The tunnel endpoints we originate
+    /// (`GET /originated_tunnel_endpoints`).
+    pub fn originated_tunnels(&self) -> &BTreeSet<TunnelOrigin> {
+        &self.originated_tunnels
+    }
+
+    /// The peers that are up, with their kinds.
+    pub fn peers(&self) -> impl Iterator<Item = (PeerId, RouterKind)> + '_ {
+        self.peers.iter().map(|(id, p)| (*id, p.kind))
+    }
+
+    /// The current ECMP set of `destination` (empty: no route).
+    pub fn ecmp_set(&self, destination: Ipv6Net) -> BTreeSet<Nexthop> {
+        self.ecmp_iter(destination).collect()
+    }
+
+    /// How many destinations have a route.
+    pub fn route_count(&self) -> usize {
+        let mut n = 0;
+        let mut last = None;
+        for (dest, _) in self.ecmp.keys() {
+            if last != Some(dest) {
+                n += 1;
+                last = Some(dest);
+            }
+        }
+        n
+    }
+
+    /// How many distinct paths and hostnames are stored (memory statistics:
+    /// both stay small however many destinations there are).
+    pub fn interned_counts(&self) -> (usize, usize) {
+        (self.interner.path_count(), self.interner.name_count())
+    }
+
+    /// The effective tunnel endpoint set (what the dataplane should have).
+    pub fn tunnel_set(&self) -> &BTreeSet<TunnelEntry> {
+        &self.effective_tunnels
+    }
+
+    /// Every imported path, by the address of the peer it came from
+    /// (`GET /prefixes`).
+    pub fn imported_prefixes(
+        &self,
+    ) -> BTreeMap<Ipv6Addr, BTreeSet<PathVector>> {
+        let mut out: BTreeMap<Ipv6Addr, BTreeSet<PathVector>> = BTreeMap::new();
+        for (id, p) in &self.peers {
+            if p.underlay.is_empty() {
+                continue;
+            }
+            out.entry(id.addr).or_default().extend(
+                p.underlay.iter().map(|(d, path)| path_vector(*d, path, None)),
+            );
+        }
+        out
+    }
+
+    /// Every imported tunnel endpoint with the peer it came from, selected
+    /// or not (`GET /tunnel_endpoints`).
+    pub fn imported_tunnels(&self) -> BTreeSet<TunnelRoute> {
+        self.tunnel_refs
+            .keys()
+            .map(|e| TunnelRoute { origin: e.origin, nexthop: e.nexthop })
+            .collect()
+    }
+
+    /// Start originating `prefixes`; announces the new ones to every peer.
+    pub fn originate(
+        &mut self,
+        prefixes: impl IntoIterator<Item = Ipv6Net>,
+    ) -> Effects {
+        let mut pending = Pending::default();
+        for p in prefixes {
+            if self.originated.insert(p) {
+                let pv = self.own_path(p);
+                for id in self.peers.keys() {
+                    pending.announce_path(*id, pv.clone());
+                }
+            }
+        }
+        self.finish(pending)
+    }
+
+    /// Stop originating `prefixes`; withdraws them from every peer.
+    pub fn withdraw_originated(
+        &mut self,
+        prefixes: impl IntoIterator<Item = Ipv6Net>,
+    ) -> Effects {
+        let mut pending = Pending::default();
+        for p in prefixes {
+            if self.originated.remove(&p) {
+                let pv = self.own_path(p);
+                for id in self.peers.keys() {
+                    pending.withdraw_path(*id, pv.clone());
+                }
+            }
+        }
+        self.finish(pending)
+    }
+
+    /// Start originating tunnel endpoints; announces the new ones to every
+    /// peer that does not already hear of them from elsewhere.
+    pub fn originate_tunnels(
+        &mut self,
+        origins: impl IntoIterator<Item = TunnelOrigin>,
+    ) -> Effects {
+        let mut pending = Pending::default();
+        for t in origins {
+            if self.originated_tunnels.contains(&t) {
+                continue;
+            }
+            let holders = self.tunnel_holders(&t, Source::Local);
+            self.originated_tunnels.insert(t);
+            for to in self.targets(Source::Local, holders) {
+                pending.announce_tunnel(to, t);
+            }
+        }
+        self.finish(pending)
+    }
+
+    /// Stop originating tunnel endpoints; withdraws them from every peer
+    /// that no longer hears of them from elsewhere.
+    pub fn withdraw_tunnels(
+        &mut self,
+        origins: impl IntoIterator<Item = TunnelOrigin>,
+    ) -> Effects {
+        let mut pending = Pending::default();
+        for t in origins {
+            if !self.originated_tunnels.remove(&t) {
+                continue;
+            }
+            let holders = self.tunnel_holders(&t, Source::Local);
+            for to in self.targets(Source::Local, holders) {
+                pending.withdraw_tunnel(to, t);
+            }
+        }
+        self.finish(pending)
+    }
+
+    /// A peer entered exchange. Updates are accepted from it, and pushed to
+    /// it, from now on. Calling it again only updates the kind.
+    pub fn peer_up(&mut self, peer: PeerId, kind: RouterKind) {
+        self.peers.entry(peer).and_modify(|p| p.kind = kind).or_insert_with(
+            || PeerState {
+                kind,
+                underlay: BTreeSet::new(),
+                tunnels: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// A peer expired: forget everything learned from it (and, on a transit
+    /// router, withdraw it from the other peers). Unknown peers are ignored.
+    pub fn peer_down(&mut self, peer: PeerId) -> Effects {
+        let mut pending = Pending::default();
+        let Some(state) = self.peers.remove(&peer) else {
+            return Effects::default();
+        };
+        let nh = peer.nexthop();
+        let from = Source::Peer(peer);
+        for (dest, path) in state.underlay {
+            self.ecmp_remove(dest, nh, &mut pending);
+            if self.kind == RouterKind::Transit {
+                let holders = self.path_holders(dest, &path, from);
+                let pv = self.extended(dest, &path);
+                for to in self.targets(from, holders) {
+                    pending.withdraw_path(to, pv.clone());
+                }
+            }
+            self.interner.release(path);
+        }
+        for t in state.tunnels {
+            self.tunnel_remove(t, peer.addr, &mut pending);
+            if self.kind == RouterKind::Transit {
+                let holders = self.tunnel_holders(&t, from);
+                for to in self.targets(from, holders) {
+                    pending.withdraw_tunnel(to, t);
+                }
+            }
+        }
+        self.finish(pending)
+    }
+
+    /// Apply an update pushed by `peer`.
+    ///
+    /// Withdrawals are applied before announcements, so an item in both
+    /// ends up announced. Prefixes have their host bits cleared.
+    pub fn import(
+        &mut self,
+        peer: PeerId,
+        update: Update,
+    ) -> Result<Effects, RibError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(RibError::UnknownPeer(peer));
+        }
+        let mut pending = Pending::default();
+        if let Some(u) = update.underlay {
+            for pv in u.withdraw {
+                self.underlay_withdraw(peer, pv, &mut pending);
+            }
+            for pv in u.announce {
+                self.underlay_announce(peer, pv, &mut pending);
+            }
+        }
+        if let Some(t) = update.tunnel {
+            for o in t.withdraw {
+                self.tunnel_withdraw(peer, o, &mut pending);
+            }
+            for o in t.announce {
+                self.tunnel_announce(peer, o, &mut pending);
+            }
+        }
+        Ok(self.finish(pending))
+    }
+
+    /// Apply the answer to a pull from `peer`: it is everything the peer
+    /// offers, so whatever we held from it and it no longer lists goes.
+    pub fn import_pull(
+        &mut self,
+        peer: PeerId,
+        response: PullResponse,
+    ) -> Result<Effects, RibError> {
+        let response = response.normalised();
+        let Some(state) = self.peers.get(&peer) else {
+            return Err(RibError::UnknownPeer(peer));
+        };
+        let announce = response.underlay.unwrap_or_default();
+        let tunnels = response.tunnel.unwrap_or_default();
+        let withdraw: BTreeSet<PathVector> = state
+            .underlay
+            .iter()
+            .map(|(d, p)| path_vector(*d, p, None))
+            .filter(|pv| !announce.contains(pv))
+            .collect();
+        let withdraw_tunnels: BTreeSet<TunnelOrigin> =
+            state.tunnels.difference(&tunnels).copied().collect();
+        let update = Update {
+            underlay: Some(crate::exchange::wire::v3::UnderlayUpdate {
+                announce,
+                withdraw,
+            }),
+            tunnel: Some(crate::exchange::wire::v3::TunnelUpdate {
+                announce: tunnels,
+                withdraw: withdraw_tunnels,
+            }),
+        };
+        self.import(peer, update)
+    }
+
+    /// What to answer a pull from `peer`: what we originate and, on a
+    /// transit router, everything imported from other peers (path
+    /// extended with our hostname). Never what came from `peer` itself.
+    pub fn pull_response_for(&self, peer: PeerId) -> PullResponse {
+        let mut underlay: BTreeSet<PathVector> =
+            self.originated.iter().map(|p| self.own_path(*p)).collect();
+        let mut tunnel = self.originated_tunnels.clone();
+        if self.kind == RouterKind::Transit {
+            for (id, state) in &self.peers {
+                if *id == peer {
+                    continue;
+                }
+                underlay.extend(
+                    state.underlay.iter().map(|(d, p)| self.extended(*d, p)),
+                );
+                tunnel.extend(state.tunnels.iter().copied());
+            }
+        }
+        PullResponse { underlay: Some(underlay), tunnel: Some(tunnel) }
+    }
+
+    // ---- underlay ----
+
+    fn underlay_announce(
+        &mut self,
+        peer: PeerId,
+        pv: PathVector,
+        pending: &mut Pending,
+    ) {
+        if pv.path.is_empty() {
+            self.stats.invalid_dropped += 1;
+            return;
+        }
+        if pv.path.iter().any(|h| **h == *self.hostname) {
+            self.stats.loops_dropped += 1;
+            return;
+        }
+        let dest = normalise_v6(pv.destination);
+        let path = self.interner.intern(&pv.path);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !state.underlay.insert((dest, Arc::clone(&path))) {
+            // Already known: idempotent.
+            self.interner.release(path);
+            return;
+        }
+        self.ecmp_add(dest, peer.nexthop(), pending);
+        if self.kind == RouterKind::Transit {
+            let from = Source::Peer(peer);
+            let holders = self.path_holders(dest, &path, from);
+            let out = self.extended(dest, &path);
+            for to in self.targets(from, holders) {
+                pending.announce_path(to, out.clone());
+            }
+        }
+    }
+
+    fn underlay_withdraw(
+        &mut self,
+        peer: PeerId,
+        pv: PathVector,
+        pending: &mut Pending,
+    ) {
+        let Some(path) = self.interner.lookup(&pv.path) else {
+            return;
+        };
+        let dest = normalise_v6(pv.destination);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some((_, stored)) = state.underlay.take(&(dest, path)) else {
+            return;
+        };
+        self.ecmp_remove(dest, peer.nexthop(), pending);
+        if self.kind == RouterKind::Transit {
+            let from = Source::Peer(peer);
+            let holders = self.path_holders(dest, &stored, from);
+            let out = self.extended(dest, &stored);
+            for to in self.targets(from, holders) {
+                pending.withdraw_path(to, out.clone());
+            }
+        }
+        self.interner.release(stored);
+    }
+
+    fn ecmp_iter(&self, dest: Ipv6Net) -> impl Iterator<Item = Nexthop> + '_ {
+        let low = Nexthop { addr: Ipv6Addr::UNSPECIFIED, ifindex: 0 };
+        self.ecmp
+            .range((dest, low)..)
+            .take_while(move |((d, _), _)| *d == dest)
+            .map(|((_, nh), _)| *nh)
+    }
+
+    fn snapshot(&self, dest: Ipv6Net, pending: &mut Pending) {
+        pending
+            .touched
+            .entry(dest)
+            .or_insert_with(|| self.ecmp_iter(dest).collect());
+    }
+
+    fn ecmp_add(&mut self, dest: Ipv6Net, nh: Nexthop, pending: &mut Pending) {
+        if let Some(n) = self.ecmp.get_mut(&(dest, nh)) {
+            *n += 1;
+            return;
+        }
+        self.snapshot(dest, pending);
+        self.ecmp.insert((dest, nh), 1);
+    }
+
+    fn ecmp_remove(
+        &mut self,
+        dest: Ipv6Net,
+        nh: Nexthop,
+        pending: &mut Pending,
+    ) {
+        match self.ecmp.get_mut(&(dest, nh)) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.snapshot(dest, pending);
+                self.ecmp.remove(&(dest, nh));
+            }
+            None => {}
+        }
+    }
+
+    /// Which peers other than `except` hold `(dest, path)` (transit only).
+    fn path_holders(
+        &self,
+        dest: Ipv6Net,
+        path: &Path,
+        except: Source,
+    ) -> Holders {
+        let key = (dest, Arc::clone(path));
+        let mut h = Holders::None;
+        for (id, state) in &self.peers {
+            if Source::Peer(*id) != except && state.underlay.contains(&key) {
+                h = h.add(Source::Peer(*id));
+                if h == Holders::Many {
+                    break;
+                }
+            }
+        }
+        h
+    }
+
+    /// `[own hostname]` for an originated prefix.
+    fn own_path(&self, dest: Ipv6Net) -> PathVector {
+        PathVector { destination: dest, path: vec![self.hostname.to_string()] }
+    }
+
+    /// An imported path as we re-announce it: our hostname appended.
+    fn extended(&self, dest: Ipv6Net, path: &Path) -> PathVector {
+        path_vector(dest, path, Some(&self.hostname))
+    }
+
+    // ---- tunnels ----
+
+    fn tunnel_announce(
+        &mut self,
+        peer: PeerId,
+        t: TunnelOrigin,
+        pending: &mut Pending,
+    ) {
+        let t = TunnelOrigin {
+            overlay_prefix: normalise_ip(t.overlay_prefix),
+            ..t
+        };
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !state.tunnels.insert(t) {
+            return;
+        }
+        let entry = TunnelEntry { origin: t, nexthop: peer.addr };
+        *self.tunnel_refs.entry(entry).or_insert(0) += 1;
+        pending.tunnel_prefixes.insert(t.overlay_prefix);
+        if self.kind == RouterKind::Transit {
+            let from = Source::Peer(peer);
+            let holders = self.tunnel_holders(&t, from);
+            for to in self.targets(from, holders) {
+                pending.announce_tunnel(to, t);
+            }
+        }
+    }
+
+    fn tunnel_withdraw(
+        &mut self,
+        peer: PeerId,
+        t: TunnelOrigin,
+        pending: &mut Pending,
+    ) {
+        let t = TunnelOrigin {
+            overlay_prefix: normalise_ip(t.overlay_prefix),
+            ..t
+        };
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !state.tunnels.remove(&t) {
+            return;
+        }
+        self.tunnel_remove(t, peer.addr, pending);
+        if self.kind == RouterKind::Transit {
+            let from = Source::Peer(peer);
+            let holders = self.tunnel_holders(&t, from);
+            for to in self.targets(from, holders) {
+                pending.withdraw_tunnel(to, t);
+            }
+        }
+    }
+
+    fn tunnel_remove(
+        &mut self,
+        t: TunnelOrigin,
+        nexthop: Ipv6Addr,
+        pending: &mut Pending,
+    ) {
+        let entry = TunnelEntry { origin: t, nexthop };
+        match self.tunnel_refs.get_mut(&entry) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.tunnel_refs.remove(&entry);
+                pending.tunnel_prefixes.insert(t.overlay_prefix);
+            }
+            None => {}
+        }
+    }
+
+    /// Which sources other than `except` offer `t` to our peers: we do if
+    /// we originate it; peers do only on a transit router.
+    fn tunnel_holders(&self, t: &TunnelOrigin, except: Source) -> Holders {
+        let mut h = Holders::None;
+        if except != Source::Local && self.originated_tunnels.contains(t) {
+            h = h.add(Source::Local);
+        }
+        if self.kind == RouterKind::Transit {
+            for (id, state) in &self.peers {
+                if h == Holders::Many {
+                    break;
+                }
+                if Source::Peer(*id) != except && state.tunnels.contains(t) {
+                    h = h.add(Source::Peer(*id));
+                }
+            }
+        }
+        h
+    }
+
+    /// The tunnel routes of `prefix` selected by metric.
+    fn select_tunnels(&self, prefix: IpNet) -> BTreeSet<TunnelEntry> {
+        let candidates: Vec<TunnelEntry> =
+            entries_of(&self.tunnel_refs, prefix).map(|(e, _)| *e).collect();
+        let positive: BTreeSet<TunnelEntry> = candidates
+            .iter()
+            .filter(|e| e.origin.metric > 0)
+            .copied()
+            .collect();
+        if positive.is_empty() {
+            candidates.into_iter().collect()
+        } else {
+            positive
+        }
+    }
+
+    // ---- redistribution and results ----
+
+    /// The peers whose view of an item changes when `changer` starts or
+    /// stops offering it, given the other sources that offer it.
+    ///
+    /// A peer hears of an item while some source other than itself offers
+    /// it. With no other source, every peer but the changer is affected;
+    /// with exactly one other peer, only that peer (it had no other source);
+    /// otherwise nobody.
+    fn targets(&self, changer: Source, holders: Holders) -> Vec<PeerId> {
+        match holders {
+            Holders::None => self
+                .peers
+                .keys()
+                .filter(|id| Source::Peer(**id) != changer)
+                .copied()
+                .collect(),
+            Holders::One(Source::Peer(r)) => vec![r],
+            Holders::One(Source::Local) | Holders::Many => Vec::new(),
+        }
+    }
+
+    fn finish(&mut self, pending: Pending) -> Effects {
+        let mut route_updates = Vec::new();
+        for (dest, before) in pending.touched {
+            let now: BTreeSet<Nexthop> = self.ecmp_iter(dest).collect();
+            if !now.iter().eq(before.iter()) {
+                route_updates
+                    .push(RouteUpdate { destination: dest, nexthops: now });
+            }
+        }
+        let mut tunnels_changed = false;
+        for prefix in pending.tunnel_prefixes {
+            let selected = self.select_tunnels(prefix);
+            let old: BTreeSet<TunnelEntry> =
+                entries_of_set(&self.effective_tunnels, prefix)
+                    .copied()
+                    .collect();
+            if old != selected {
+                tunnels_changed = true;
+                for e in &old {
+                    self.effective_tunnels.remove(e);
+                }
+                self.effective_tunnels.extend(selected);
+            }
+        }
+        Effects {
+            route_updates,
+            tunnel_set: tunnels_changed.then(|| self.effective_tunnels.clone()),
+            pushes: pending
+                .pushes
+                .into_iter()
+                .filter(|(_, u)| !u.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// A stored path as a wire path vector, optionally with a hostname appended.
+fn path_vector(dest: Ipv6Net, path: &Path, append: Option<&str>) -> PathVector {
+    let mut names =
+        Vec::with_capacity(path.len() + usize::from(append.is_some()));
+    names.extend(path.iter().map(|h| h.to_string()));
+    names.extend(append.map(str::to_string));
+    PathVector { destination: dest, path: names }
+}
+
+/// The smallest tunnel entry of `prefix`, to start range scans from.
+fn first_entry(prefix: IpNet) -> TunnelEntry {
+    TunnelEntry {
+        origin: TunnelOrigin {
+            overlay_prefix: prefix,
+            boundary_addr: Ipv6Addr::UNSPECIFIED,
+            vni: 0,
+            metric: 0,
+        },
+        nexthop: Ipv6Addr::UNSPECIFIED,
+    }
+}
+
+fn entries_of(
+    map: &BTreeMap<TunnelEntry, u32>,
+    prefix: IpNet,
+) -> impl Iterator<Item = (&TunnelEntry, &u32)> {
+    map.range(first_entry(prefix)..)
+        .take_while(move |(e, _)| e.origin.overlay_prefix == prefix)
+}
+
+fn entries_of_set(
+    set: &BTreeSet<TunnelEntry>,
+    prefix: IpNet,
+) -> impl Iterator<Item = &TunnelEntry> {
+    set.range(first_entry(prefix)..)
+        .take_while(move |e| e.origin.overlay_prefix == prefix)
+}

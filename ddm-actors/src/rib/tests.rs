@@ -1,0 +1,658 @@
+//! Tests of the RIB as a pure state machine: plain calls, no actors.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::exchange::wire::v3::{TunnelUpdate, UnderlayUpdate};
+
+fn peer(n: u16) -> PeerId {
+    PeerId {
+        ifindex: u32::from(n),
+        addr: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n),
+    }
+}
+
+fn net(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+fn pv(dest: &str, path: &[&str]) -> PathVector {
+    PathVector {
+        destination: net(dest),
+        path: path.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn tunnel(prefix: &str, boundary: u16, metric: u64) -> TunnelOrigin {
+    TunnelOrigin {
+        overlay_prefix: prefix.parse().unwrap(),
+        boundary_addr: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, boundary),
+        vni: 7,
+        metric,
+    }
+}
+
+fn announce(pvs: impl IntoIterator<Item = PathVector>) -> Update {
+    Update {
+        underlay: Some(UnderlayUpdate {
+            announce: pvs.into_iter().collect(),
+            withdraw: BTreeSet::new(),
+        }),
+        tunnel: None,
+    }
+}
+
+fn withdraw(pvs: impl IntoIterator<Item = PathVector>) -> Update {
+    Update {
+        underlay: Some(UnderlayUpdate {
+            announce: BTreeSet::new(),
+            withdraw: pvs.into_iter().collect(),
+        }),
+        tunnel: None,
+    }
+}
+
+fn tunnels(announce: &[TunnelOrigin], withdraw: &[TunnelOrigin]) -> Update {
+    Update {
+        underlay: None,
+        tunnel: Some(TunnelUpdate {
+            announce: announce.iter().copied().collect(),
+            withdraw: withdraw.iter().copied().collect(),
+        }),
+    }
+}
+
+fn route(dest: &str, peers: &[PeerId]) -> RouteUpdate {
+    RouteUpdate {
+        destination: net(dest),
+        nexthops: peers.iter().map(PeerId::nexthop).collect(),
+    }
+}
+
+fn rib_with_peers(kind: RouterKind, n: u16) -> Rib {
+    let mut rib = Rib::new("me", kind);
+    for i in 1..=n {
+        rib.peer_up(peer(i), RouterKind::Server);
+    }
+    rib
+}
+
+/// The pushes of `e` as a map, for order-free comparison.
+fn pushes(e: &Effects) -> BTreeMap<PeerId, Update> {
+    e.pushes.iter().cloned().collect()
+}
+
+#[test]
+fn originate_and_withdraw_push_to_every_peer() {
+    for kind in [RouterKind::Server, RouterKind::Transit] {
+        let mut rib = rib_with_peers(kind, 2);
+        let e = rib.originate([net("fd00:1::/64")]);
+        assert!(e.route_updates.is_empty(), "no local route for own prefixes");
+        assert_eq!(
+            pushes(&e),
+            [
+                (peer(1), announce([pv("fd00:1::/64", &["me"])])),
+                (peer(2), announce([pv("fd00:1::/64", &["me"])]))
+            ]
+            .into()
+        );
+        assert!(
+            rib.originate([net("fd00:1::/64")]).is_empty(),
+            "duplicate is idempotent"
+        );
+        assert_eq!(rib.originated(), &BTreeSet::from([net("fd00:1::/64")]));
+
+        let e =
+            rib.withdraw_originated([net("fd00:1::/64"), net("fd00:2::/64")]);
+        assert_eq!(
+            pushes(&e),
+            [
+                (peer(1), withdraw([pv("fd00:1::/64", &["me"])])),
+                (peer(2), withdraw([pv("fd00:1::/64", &["me"])]))
+            ]
+            .into()
+        );
+        assert!(rib.withdraw_originated([net("fd00:1::/64")]).is_empty());
+        assert!(rib.originated().is_empty());
+    }
+}
+
+#[test]
+fn import_creates_a_route_through_the_peer() {
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    let e = rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[peer(1)])]);
+    assert!(e.pushes.is_empty(), "a server never redistributes");
+    assert!(e.tunnel_set.is_none());
+    assert_eq!(rib.route_count(), 1);
+    assert_eq!(
+        rib.imported_prefixes(),
+        BTreeMap::from([(
+            peer(1).addr,
+            BTreeSet::from([pv("fd00:1::/64", &["a"])])
+        )])
+    );
+}
+
+#[test]
+fn ecmp_set_grows_and_shrinks_with_peers() {
+    let mut rib = rib_with_peers(RouterKind::Server, 2);
+    let d = "fd00:1::/64";
+    rib.import(peer(1), announce([pv(d, &["x", "s1"])])).unwrap();
+    let e = rib.import(peer(2), announce([pv(d, &["x", "s2"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(1), peer(2)])]);
+    let e = rib.import(peer(1), withdraw([pv(d, &["x", "s1"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(2)])]);
+    let e = rib.import(peer(2), withdraw([pv(d, &["x", "s2"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[])], "empty set deletes");
+    assert_eq!(rib.route_count(), 0);
+    assert_eq!(rib.interned_counts(), (0, 0), "nothing left interned");
+}
+
+#[test]
+fn a_route_stays_until_its_last_path_goes() {
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    let d = "fd00:1::/64";
+    let e = rib
+        .import(peer(1), announce([pv(d, &["x", "a"]), pv(d, &["y", "a"])]))
+        .unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(1)])]);
+    let e = rib.import(peer(1), withdraw([pv(d, &["x", "a"])])).unwrap();
+    assert!(e.is_empty(), "one path remains: {e:?}");
+    assert_eq!(rib.ecmp_set(net(d)).len(), 1);
+    let e = rib.import(peer(1), withdraw([pv(d, &["y", "a"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[])]);
+}
+
+#[test]
+fn loops_and_empty_paths_are_dropped_and_counted() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 2);
+    let e = rib
+        .import(
+            peer(1),
+            announce([
+                pv("fd00:1::/64", &["a", "me", "b"]),
+                pv("fd00:2::/64", &[]),
+            ]),
+        )
+        .unwrap();
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(rib.stats(), RibStats { loops_dropped: 1, invalid_dropped: 1 });
+    assert!(rib.imported_prefixes().is_empty());
+    // Withdrawing them is harmless.
+    assert!(rib
+        .import(peer(1), withdraw([pv("fd00:1::/64", &["a", "me", "b"])]))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_server_peer_re_announcing_is_accepted() {
+    // Quartet: one server may advertise another's prefix: two paths.
+    let mut rib = Rib::new("s1", RouterKind::Server);
+    rib.peer_up(peer(1), RouterKind::Server);
+    rib.peer_up(peer(2), RouterKind::Transit);
+    rib.import(peer(1), announce([pv("fd00:3::/64", &["s3", "s2"])])).unwrap();
+    let e = rib
+        .import(peer(2), announce([pv("fd00:3::/64", &["s3", "t1"])]))
+        .unwrap();
+    assert_eq!(
+        e.route_updates,
+        vec![route("fd00:3::/64", &[peer(1), peer(2)])]
+    );
+}
+
+#[test]
+fn transit_redistributes_to_other_peers_with_hostname_appended() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    let e = rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
+    let out = announce([pv("fd00:1::/64", &["a", "me"])]);
+    assert_eq!(pushes(&e), [(peer(2), out.clone()), (peer(3), out)].into());
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[peer(1)])]);
+
+    let e = rib.import(peer(1), withdraw([pv("fd00:1::/64", &["a"])])).unwrap();
+    let out = withdraw([pv("fd00:1::/64", &["a", "me"])]);
+    assert_eq!(pushes(&e), [(peer(2), out.clone()), (peer(3), out)].into());
+}
+
+#[test]
+fn transit_tells_a_peer_only_when_its_view_changes() {
+    // Two peers offer the same path (parallel links): the third hears of it
+    // once and loses it only when both stop.
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    let p = pv("fd00:1::/64", &["x"]);
+    let out = pv("fd00:1::/64", &["x", "me"]);
+    let e = rib.import(peer(1), announce([p.clone()])).unwrap();
+    assert_eq!(
+        pushes(&e).keys().copied().collect::<Vec<_>>(),
+        vec![peer(2), peer(3)]
+    );
+    let e = rib.import(peer(2), announce([p.clone()])).unwrap();
+    assert_eq!(
+        pushes(&e),
+        [(peer(1), announce([out.clone()]))].into(),
+        "peer 1 now has a source besides itself"
+    );
+    let e = rib.import(peer(1), withdraw([p.clone()])).unwrap();
+    assert_eq!(pushes(&e), [(peer(2), withdraw([out.clone()]))].into());
+    let e = rib.peer_down(peer(2));
+    assert_eq!(
+        pushes(&e),
+        [(peer(1), withdraw([out.clone()])), (peer(3), withdraw([out]))].into()
+    );
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[])]);
+}
+
+#[test]
+fn server_does_not_redistribute() {
+    let mut rib = rib_with_peers(RouterKind::Server, 3);
+    let e = rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
+    assert!(e.pushes.is_empty());
+    let e = rib
+        .import(peer(1), tunnels(&[tunnel("10.0.0.0/8", 1, 0)], &[]))
+        .unwrap();
+    assert!(e.pushes.is_empty());
+    let e = rib.peer_down(peer(1));
+    assert!(e.pushes.is_empty());
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[])]);
+    assert_eq!(e.tunnel_set, Some(BTreeSet::new()));
+}
+
+#[test]
+fn peer_down_removes_everything_learned_from_it() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    rib.import(
+        peer(1),
+        announce([pv("fd00:1::/64", &["a"]), pv("fd00:2::/64", &["a"])]),
+    )
+    .unwrap();
+    rib.import(peer(2), announce([pv("fd00:2::/64", &["b"])])).unwrap();
+    rib.import(peer(1), tunnels(&[tunnel("10.0.0.0/8", 1, 0)], &[])).unwrap();
+    let e = rib.peer_down(peer(1));
+    assert_eq!(
+        e.route_updates,
+        vec![route("fd00:1::/64", &[]), route("fd00:2::/64", &[peer(2)])]
+    );
+    assert_eq!(e.tunnel_set, Some(BTreeSet::new()));
+    let out = Update {
+        underlay: Some(UnderlayUpdate {
+            announce: BTreeSet::new(),
+            withdraw: [
+                pv("fd00:1::/64", &["a", "me"]),
+                pv("fd00:2::/64", &["a", "me"]),
+            ]
+            .into(),
+        }),
+        tunnel: Some(TunnelUpdate {
+            announce: BTreeSet::new(),
+            withdraw: [tunnel("10.0.0.0/8", 1, 0)].into(),
+        }),
+    };
+    assert_eq!(pushes(&e), [(peer(2), out.clone()), (peer(3), out)].into());
+    assert!(rib.peer_down(peer(1)).is_empty(), "second down is a no-op");
+    assert_eq!(
+        rib.import(peer(1), announce([])),
+        Err(RibError::UnknownPeer(peer(1)))
+    );
+    assert!(rib.imported_tunnels().is_empty());
+}
+
+#[test]
+fn pull_response_on_server_and_transit() {
+    for kind in [RouterKind::Server, RouterKind::Transit] {
+        let mut rib = rib_with_peers(kind, 2);
+        rib.originate([net("fd00:9::/64")]);
+        rib.originate_tunnels([tunnel("10.9.0.0/16", 9, 0)]);
+        rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
+        rib.import(peer(1), tunnels(&[tunnel("10.1.0.0/16", 1, 0)], &[]))
+            .unwrap();
+        rib.import(peer(2), announce([pv("fd00:2::/64", &["b"])])).unwrap();
+
+        let to_peer1 = rib.pull_response_for(peer(1));
+        let to_peer3 = rib.pull_response_for(peer(3));
+        let own = pv("fd00:9::/64", &["me"]);
+        match kind {
+            RouterKind::Server => {
+                assert_eq!(to_peer1.underlay, Some([own.clone()].into()));
+                assert_eq!(
+                    to_peer1.tunnel,
+                    Some([tunnel("10.9.0.0/16", 9, 0)].into())
+                );
+                assert_eq!(to_peer3, to_peer1);
+            }
+            RouterKind::Transit => {
+                assert_eq!(
+                    to_peer1.underlay,
+                    Some([own.clone(), pv("fd00:2::/64", &["b", "me"])].into())
+                );
+                assert_eq!(
+                    to_peer1.tunnel,
+                    Some([tunnel("10.9.0.0/16", 9, 0)].into())
+                );
+                assert_eq!(
+                    to_peer3.underlay,
+                    Some(
+                        [
+                            own,
+                            pv("fd00:1::/64", &["a", "me"]),
+                            pv("fd00:2::/64", &["b", "me"])
+                        ]
+                        .into()
+                    )
+                );
+                assert_eq!(
+                    to_peer3.tunnel,
+                    Some(
+                        [
+                            tunnel("10.9.0.0/16", 9, 0),
+                            tunnel("10.1.0.0/16", 1, 0)
+                        ]
+                        .into()
+                    )
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tunnel_routes_with_positive_metric_win() {
+    let mut rib = rib_with_peers(RouterKind::Server, 3);
+    let zero = tunnel("10.0.0.0/8", 1, 0);
+    let high = tunnel("10.0.0.0/8", 2, 5);
+    let other = tunnel("fd10::/48", 3, 0);
+    let entry = |t: TunnelOrigin, p: u16| TunnelEntry {
+        origin: t,
+        nexthop: peer(p).addr,
+    };
+
+    let e = rib.import(peer(1), tunnels(&[zero, other], &[])).unwrap();
+    assert_eq!(e.tunnel_set, Some([entry(zero, 1), entry(other, 1)].into()));
+    let e = rib.import(peer(2), tunnels(&[high], &[])).unwrap();
+    assert_eq!(e.tunnel_set, Some([entry(high, 2), entry(other, 1)].into()));
+    // Another metric-0 route changes nothing effective.
+    let e = rib.import(peer(3), tunnels(&[zero], &[])).unwrap();
+    assert_eq!(e.tunnel_set, None);
+    assert_eq!(rib.imported_tunnels().len(), 4);
+    // The positive one goes: both metric-0 routes are used.
+    let e = rib.import(peer(2), tunnels(&[], &[high])).unwrap();
+    assert_eq!(
+        e.tunnel_set,
+        Some([entry(zero, 1), entry(zero, 3), entry(other, 1)].into())
+    );
+    assert_eq!(
+        rib.tunnel_set(),
+        &[entry(zero, 1), entry(zero, 3), entry(other, 1)].into()
+    );
+    assert!(rib.import(peer(2), tunnels(&[], &[high])).unwrap().is_empty());
+}
+
+#[test]
+fn tunnel_origination_on_transit_respects_other_sources() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    let t = tunnel("10.0.0.0/8", 1, 0);
+    rib.import(peer(1), tunnels(&[t], &[])).unwrap();
+    // Peers 2 and 3 already hear of t through peer 1; only peer 1 learns.
+    let e = rib.originate_tunnels([t]);
+    assert_eq!(pushes(&e), [(peer(1), tunnels(&[t], &[]))].into());
+    // Peer 1 withdraws: we still originate it, so nobody is told.
+    let e = rib.import(peer(1), tunnels(&[], &[t])).unwrap();
+    assert!(e.pushes.is_empty());
+    let e = rib.withdraw_tunnels([t]);
+    assert_eq!(pushes(&e).len(), 3);
+    assert!(rib.withdraw_tunnels([t]).is_empty());
+}
+
+#[test]
+fn duplicates_are_idempotent() {
+    for kind in [RouterKind::Server, RouterKind::Transit] {
+        let mut rib = rib_with_peers(kind, 2);
+        let mut u = announce([pv("fd00:1::/64", &["a"])]);
+        u.tunnel = Some(TunnelUpdate {
+            announce: [tunnel("10.0.0.0/8", 1, 0)].into(),
+            withdraw: BTreeSet::new(),
+        });
+        assert!(!rib.import(peer(1), u.clone()).unwrap().is_empty());
+        assert!(rib.import(peer(1), u).unwrap().is_empty());
+        rib.peer_up(peer(1), RouterKind::Transit);
+        assert_eq!(rib.route_count(), 1, "peer_up again keeps state");
+    }
+}
+
+#[test]
+fn host_bits_are_cleared_on_import() {
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    let e =
+        rib.import(peer(1), announce([pv("fd00:1::5/64", &["a"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[peer(1)])]);
+    let e =
+        rib.import(peer(1), withdraw([pv("fd00:1::9/64", &["a"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route("fd00:1::/64", &[])]);
+}
+
+#[test]
+fn a_pull_replaces_what_the_peer_offered() {
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    rib.import(
+        peer(1),
+        announce([pv("fd00:1::/64", &["a"]), pv("fd00:2::/64", &["a"])]),
+    )
+    .unwrap();
+    let resp = PullResponse {
+        underlay: Some(
+            [pv("fd00:2::/64", &["a"]), pv("fd00:3::/64", &["a"])].into(),
+        ),
+        tunnel: None,
+    };
+    let e = rib.import_pull(peer(1), resp).unwrap();
+    assert_eq!(
+        e.route_updates,
+        vec![route("fd00:1::/64", &[]), route("fd00:3::/64", &[peer(1)])]
+    );
+    assert_eq!(
+        rib.import_pull(peer(9), PullResponse::default()),
+        Err(RibError::UnknownPeer(peer(9)))
+    );
+}
+
+#[test]
+fn a_hundred_thousand_prefixes() {
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    let pvs: Vec<PathVector> = (0..100_000u32)
+        .map(|i| PathVector {
+            destination: Ipv6Net::new(
+                Ipv6Addr::new(
+                    0xfd00,
+                    (i >> 16) as u16,
+                    i as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ),
+                64,
+            )
+            .unwrap(),
+            path: vec!["a".to_string(), "t".to_string()],
+        })
+        .collect();
+    let e = rib.import(peer(1), announce(pvs.iter().cloned())).unwrap();
+    assert_eq!(e.route_updates.len(), 100_000);
+    assert!(e.route_updates.iter().all(|r| r.nexthops.len() == 1));
+    assert_eq!(rib.interned_counts(), (1, 2), "one shared path, two names");
+    let e = rib.import(peer(1), withdraw(pvs)).unwrap();
+    assert_eq!(e.route_updates.len(), 100_000);
+    assert!(e.route_updates.iter().all(|r| r.nexthops.is_empty()));
+    assert_eq!(rib.route_count(), 0);
+    assert_eq!(rib.interned_counts(), (0, 0));
+}
+
+// ---- model check: random operation sequences ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Up(u16),
+    Down(u16),
+    Originate(u8),
+    WithdrawOriginated(u8),
+    OriginateTunnel(u8),
+    WithdrawTunnel(u8),
+    Import(u16, Vec<(bool, u8, u8)>, Vec<(bool, u8)>),
+}
+
+const HOSTS: [&str; 4] = ["a", "b", "me", "c"];
+
+fn op_pv(dest: u8, path: u8) -> PathVector {
+    let d = Ipv6Net::new(
+        Ipv6Addr::new(0xfd00, u16::from(dest % 4), 0, 0, 0, 0, 0, 0),
+        64,
+    )
+    .unwrap();
+    let names: Vec<String> = (0..(path % 3) + 1)
+        .map(|i| HOSTS[usize::from((path / 3 + i) % 4)].to_string())
+        .collect();
+    PathVector { destination: d, path: names }
+}
+
+fn op_tunnel(t: u8) -> TunnelOrigin {
+    tunnel(
+        if t.is_multiple_of(2) { "10.0.0.0/8" } else { "10.1.0.0/16" },
+        u16::from(t % 3),
+        u64::from(t / 3 % 2),
+    )
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u16..5).prop_map(Op::Up),
+        (1u16..5).prop_map(Op::Down),
+        any::<u8>().prop_map(Op::Originate),
+        any::<u8>().prop_map(Op::WithdrawOriginated),
+        any::<u8>().prop_map(Op::OriginateTunnel),
+        any::<u8>().prop_map(Op::WithdrawTunnel),
+        (
+            1u16..5,
+            prop::collection::vec(
+                (any::<bool>(), any::<u8>(), any::<u8>()),
+                0..5
+            ),
+            prop::collection::vec((any::<bool>(), any::<u8>()), 0..3),
+        )
+            .prop_map(|(p, u, t)| Op::Import(p, u, t)),
+    ]
+}
+
+/// What a peer has been told: what it would get from a fresh pull.
+type Told = (BTreeSet<PathVector>, BTreeSet<TunnelOrigin>);
+
+fn apply_pushes(told: &mut BTreeMap<PeerId, Told>, e: &Effects) {
+    for (to, u) in &e.pushes {
+        let t = told.get_mut(to).expect("pushes go only to peers that are up");
+        if let Some(u) = &u.underlay {
+            t.0.retain(|x| !u.withdraw.contains(x));
+            t.0.extend(u.announce.iter().cloned());
+        }
+        if let Some(u) = &u.tunnel {
+            t.1.retain(|x| !u.withdraw.contains(x));
+            t.1.extend(u.announce.iter().copied());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever happens, the routes announced through effects equal the
+    /// RIB's ECMP sets, and every peer's accumulated pushes equal what a
+    /// fresh pull would give it.
+    #[test]
+    fn effects_keep_peers_and_dataplane_in_sync(
+        transit in any::<bool>(),
+        ops in prop::collection::vec(arb_op(), 1..40),
+    ) {
+        let kind = if transit { RouterKind::Transit } else { RouterKind::Server };
+        let mut rib = Rib::new("me", kind);
+        let mut dataplane: BTreeMap<Ipv6Net, BTreeSet<Nexthop>> = BTreeMap::new();
+        let mut tunnel_plane: BTreeSet<TunnelEntry> = BTreeSet::new();
+        let mut told: BTreeMap<PeerId, Told> = BTreeMap::new();
+        for op in ops {
+            let e = match op {
+                Op::Up(p) => {
+                    rib.peer_up(peer(p), RouterKind::Server);
+                    let r = rib.pull_response_for(peer(p));
+                    told.entry(peer(p)).or_insert((r.underlay.unwrap_or_default(), r.tunnel.unwrap_or_default()));
+                    Effects::default()
+                }
+                Op::Down(p) => {
+                    told.remove(&peer(p));
+                    rib.peer_down(peer(p))
+                }
+                Op::Originate(d) => rib.originate([op_pv(d, 0).destination]),
+                Op::WithdrawOriginated(d) => rib.withdraw_originated([op_pv(d, 0).destination]),
+                Op::OriginateTunnel(t) => rib.originate_tunnels([op_tunnel(t)]),
+                Op::WithdrawTunnel(t) => rib.withdraw_tunnels([op_tunnel(t)]),
+                Op::Import(p, u, t) => {
+                    let mut upd = Update::default();
+                    for (ann, d, path) in u {
+                        let x = op_pv(d, path);
+                        if ann { upd.underlay_mut().announce.insert(x); } else { upd.underlay_mut().withdraw.insert(x); }
+                    }
+                    for (ann, t) in t {
+                        let x = op_tunnel(t);
+                        if ann { upd.tunnel_mut().announce.insert(x); } else { upd.tunnel_mut().withdraw.insert(x); }
+                    }
+                    match rib.import(peer(p), upd) {
+                        Ok(e) => e,
+                        Err(RibError::UnknownPeer(q)) => {
+                            prop_assert!(!told.contains_key(&q));
+                            Effects::default()
+                        }
+                    }
+                }
+            };
+            for r in &e.route_updates {
+                if r.nexthops.is_empty() { dataplane.remove(&r.destination); } else { dataplane.insert(r.destination, r.nexthops.clone()); }
+            }
+            if let Some(ts) = &e.tunnel_set {
+                tunnel_plane = ts.clone();
+            }
+            apply_pushes(&mut told, &e);
+            if !transit {
+                for (_, u) in &e.pushes {
+                    // A server only ever speaks of its own prefixes.
+                    for x in u.underlay.iter().flat_map(|u| u.announce.iter().chain(u.withdraw.iter())) {
+                        prop_assert_eq!(&x.path, &vec!["me".to_string()]);
+                    }
+                }
+            }
+
+            // The dataplane as effects built it equals the RIB's view.
+            let expected: BTreeMap<Ipv6Net, BTreeSet<Nexthop>> = (0..4u8)
+                .map(|d| op_pv(d, 0).destination)
+                .map(|d| (d, rib.ecmp_set(d)))
+                .filter(|(_, s)| !s.is_empty())
+                .collect();
+            prop_assert_eq!(&dataplane, &expected);
+            prop_assert_eq!(&tunnel_plane, rib.tunnel_set());
+            // Routes are exactly the nexthops of peers holding a path.
+            for (d, set) in &expected {
+                for nh in set {
+                    let id = PeerId { ifindex: nh.ifindex, addr: nh.addr };
+                    let held = rib.imported_prefixes().get(&id.addr).is_some_and(|s| s.iter().any(|x| x.destination == *d));
+                    prop_assert!(held);
+                }
+            }
+            for (id, t) in &told {
+                let r = rib.pull_response_for(*id);
+                prop_assert_eq!(&t.0, &r.underlay.unwrap_or_default(), "underlay told to {}", id);
+                prop_assert_eq!(&t.1, &r.tunnel.unwrap_or_default(), "tunnels told to {}", id);
+            }
+            for x in rib.imported_prefixes().values().flatten() {
+                prop_assert!(!x.path.iter().any(|h| h == "me"), "loop stored: {:?}", x);
+            }
+        }
+    }
+}
