@@ -319,6 +319,40 @@ impl State {
         }
     }
 
+    /// Whether the open link still matches the interface (or there is no
+    /// open link to check).
+    fn link_is_current(&self) -> bool {
+        let Some(link) = &self.link else {
+            return true;
+        };
+        match self.args.io.current(self.ifname()) {
+            Ok((ifindex, addr))
+                if (ifindex, addr) == (link.ifindex, link.local_addr) =>
+            {
+                true
+            }
+            Ok((ifindex, addr)) => {
+                warn!(self.log, "interface changed; reopening";
+                      "ifindex" => ifindex, "local_addr" => %addr);
+                false
+            }
+            Err(e) => {
+                warn!(self.log, "interface lost; reopening"; "reason" => %e);
+                false
+            }
+        }
+    }
+
+    /// Take the link down (expiring the peer), close it and retry opening
+    /// after `ip_addr_wait`.
+    fn close_and_retry(&mut self, myself: &DiscoveryRef) {
+        self.feed(myself, Input::LinkDown);
+        if let Some(link) = self.link.take() {
+            link.reader.abort();
+        }
+        self.schedule_retry(myself);
+    }
+
     fn snapshot(&self) -> Option<PeerSnapshot> {
         let link = self.link.as_ref()?;
         Some(PeerSnapshot {
@@ -548,7 +582,7 @@ mod tests {
         let (tx, events) = mpsc::unbounded_channel();
         let (collector, _) = Actor::spawn(None, Collector, tx).await.unwrap();
         let args = DiscoveryArgs {
-            interface: "test0".parse().unwrap(),
+            interface: "ddm-none0".parse().unwrap(),
             hostname: hostname.into(),
             kind: RouterKind::Server,
             solicit_interval: SOLICIT,
@@ -683,7 +717,7 @@ mod tests {
         assert_eq!(
             ev,
             DiscoveryEvent::PeerUp {
-                ifname: "test0".into(),
+                ifname: "ddm-none0".into(),
                 ifindex: OUR_IF,
                 local_addr: ours(),
                 peer: want.clone(),

@@ -39,6 +39,19 @@ impl PacketIo {
         PacketIo::Udp { port: DISCOVERY_PORT }
     }
 
+    /// The interface's current index and usable link-local address, to
+    /// notice an open link that went stale (interface re-created, address
+    /// changed or gone). Reads `/proc` on Linux: cheap, never blocks long.
+    pub(crate) fn current(
+        &self,
+        ifname: &str,
+    ) -> Result<(u32, Ipv6Addr), NotReady> {
+        match self {
+            PacketIo::Udp { .. } => iface::resolve(ifname),
+            PacketIo::Memory(port) => Ok((port.ifindex, port.local_addr)),
+        }
+    }
+
     /// Resolve the interface and open it. Must not block: called from the
     /// actor's handlers (every step is a quick system call).
     pub(crate) fn open(&self, ifname: &str) -> Result<OpenLink, NotReady> {
