@@ -464,15 +464,17 @@ impl Actor for Discovery {
             DiscoveryMsg::ReaderFailed { link_gen, error } => {
                 if link_gen == state.link_gen && state.link.is_some() {
                     warn!(state.log, "reading failed; reopening the interface"; "error" => error);
-                    state.feed(&myself, Input::LinkDown);
-                    if let Some(link) = state.link.take() {
-                        link.reader.abort();
-                    }
-                    state.schedule_retry(&myself);
+                    state.close_and_retry(&myself);
                 }
             }
             DiscoveryMsg::Timer { kind, gen } => {
-                state.feed(&myself, Input::Timer { kind, gen })
+                // Each solicitation first checks that the interface is still
+                // the one we opened, with the same address.
+                if kind == TimerKind::Solicit && !state.link_is_current() {
+                    state.close_and_retry(&myself);
+                } else {
+                    state.feed(&myself, Input::Timer { kind, gen });
+                }
             }
             DiscoveryMsg::RetryOpen => {
                 state.retry = None;
