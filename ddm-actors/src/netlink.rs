@@ -342,6 +342,11 @@ pub(crate) mod testns {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
+        /// [`Netns::ip`] with the arguments in one whitespace-split line.
+        pub(crate) fn ip_line(&self, line: &str) -> String {
+            self.ip(&line.split_whitespace().collect::<Vec<_>>())
+        }
+
         /// Index of `ifname` in the namespace (call from inside it).
         pub(crate) fn ifindex(&self, ifname: &str) -> u32 {
             let name = std::ffi::CString::new(ifname).expect("name");

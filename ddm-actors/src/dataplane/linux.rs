@@ -56,7 +56,10 @@ use super::{Dataplane, DataplaneError, Nexthop, RouteUpdate, TunnelEntry};
 pub const RTPROT_DDM: u8 = 0xdd;
 
 /// The main routing table.
-const RT_TABLE_MAIN: u8 = RouteHeader::RT_TABLE_MAIN;
+const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// `RT_TABLE_COMPAT`: the header's table when the real one needs 32 bits.
+const RT_TABLE_COMPAT: u8 = 252;
 
 /// Upper bound on the requests packed into one `sendmsg`.
 const MAX_BATCH_MESSAGES: usize = 1024;
@@ -273,11 +276,11 @@ fn summary(
 }
 
 /// The header every route message of this router carries.
-fn route_header(dst: Ipv6Net, table: u8) -> RouteHeader {
+fn route_header(dst: Ipv6Net, table: u32) -> RouteHeader {
     RouteHeader {
         address_family: AddressFamily::Inet6,
         destination_prefix_length: dst.width(),
-        table,
+        table: u8::try_from(table).unwrap_or(RT_TABLE_COMPAT),
         protocol: RouteProtocol::from(RTPROT_DDM),
         scope: RouteScope::Universe,
         kind: RouteType::Unicast,
@@ -296,8 +299,7 @@ fn route_request(update: &RouteUpdate) -> NetlinkMessage<RouteNetlinkMessage> {
     message
         .attributes
         .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
-    if update.nexthops.len() == 1 {
-        let nh = update.nexthops.first().expect("one nexthop");
+    if let (1, Some(nh)) = (update.nexthops.len(), update.nexthops.first()) {
         message
             .attributes
             .push(RouteAttribute::Gateway(RouteAddress::Inet6(nh.addr)));
@@ -323,13 +325,16 @@ fn route_request(update: &RouteUpdate) -> NetlinkMessage<RouteNetlinkMessage> {
 }
 
 /// A request deleting our route to `dst` (every nexthop of it).
-fn del_route(dst: Ipv6Net, table: u8) -> NetlinkMessage<RouteNetlinkMessage> {
+fn del_route(dst: Ipv6Net, table: u32) -> NetlinkMessage<RouteNetlinkMessage> {
     let mut message = RouteMessage::default();
     message.header = route_header(dst, table);
     message.header.scope = RouteScope::NoWhere;
     message
         .attributes
         .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
+    if table > u32::from(u8::MAX) {
+        message.attributes.push(RouteAttribute::Table(table));
+    }
     let mut request =
         NetlinkMessage::from(RouteNetlinkMessage::DelRoute(message));
     request.header.flags = NLM_F_REQUEST;
@@ -498,7 +503,7 @@ impl RouteSocket {
     }
 
     /// Every route of ours in any table: (destination, table).
-    fn dump_ddm_routes(&mut self) -> io::Result<Vec<(Ipv6Net, u8)>> {
+    fn dump_ddm_routes(&mut self) -> io::Result<Vec<(Ipv6Net, u32)>> {
         let mut message = RouteMessage::default();
         message.header.address_family = AddressFamily::Inet6;
         message.header.protocol = RouteProtocol::from(RTPROT_DDM);
@@ -558,7 +563,7 @@ impl RouteSocket {
 }
 
 /// (destination, table) of `route` if it is one of ours.
-fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u8)> {
+fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u32)> {
     if u8::from(route.header.protocol) != RTPROT_DDM
         || route.header.address_family != AddressFamily::Inet6
     {
@@ -573,8 +578,6 @@ fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u8)> {
             _ => {}
         }
     }
-    // Tables beyond 255 never hold our routes; skip rather than mangle.
-    let table = u8::try_from(table).ok()?;
     let net = Ipv6Net::new(dst, route.header.destination_prefix_length).ok()?;
     Some((net, table))
 }
@@ -791,96 +794,53 @@ mod tests {
 
     #[test]
     fn remove_stale_and_remove_all_spare_other_routes() {
-        testns::run("remove_stale_and_remove_all_spare_other_routes", |ns| {
-            async move {
-                let p = RTPROT_DDM.to_string();
-                ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "fd00:1::/64",
-                    "via",
-                    "fe80::1",
-                    "dev",
-                    "a0",
-                    "proto",
-                    &p,
-                ]);
-                ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "fd00:2::/64",
-                    "proto",
-                    &p,
-                    "nexthop",
-                    "via",
-                    "fe80::1",
-                    "dev",
-                    "a0",
-                    "nexthop",
-                    "via",
-                    "fe80::2",
-                    "dev",
-                    "b0",
-                ]);
-                ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "fd00:3::/64",
-                    "via",
-                    "fe80::1",
-                    "dev",
-                    "a0",
-                    "table",
-                    "100",
-                    "proto",
-                    &p,
-                ]);
-                // Somebody else's route, also on a prefix we will use.
-                ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "fd00:9::/64",
-                    "via",
-                    "fe80::9",
-                    "dev",
-                    "b0",
-                    "proto",
-                    "static",
-                ]);
-                assert_eq!(ours(&ns).len(), 2);
+        let test = "remove_stale_and_remove_all_spare_other_routes";
+        testns::run(test, |ns| async move {
+            let p = RTPROT_DDM;
+            let add =
+                |route: &str| ns.ip_line(&format!("-6 route add {route}"));
+            add(&format!("fd00:1::/64 via fe80::1 dev a0 proto {p}"));
+            add(&format!(
+                "fd00:2::/64 proto {p} \
+                 nexthop via fe80::1 dev a0 nexthop via fe80::2 dev b0"
+            ));
+            add(&format!("fd00:3::/64 via fe80::1 dev a0 table 100 proto {p}"));
+            add(&format!(
+                "fd00:3::/64 via fe80::1 dev a0 table 70000 proto {p}"
+            ));
+            // Somebody else's route.
+            add("fd00:9::/64 via fe80::9 dev b0 proto static");
+            assert_eq!(ours(&ns).len(), 2);
 
-                let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-                assert_eq!(dp.remove_stale().await.unwrap(), 3);
-                assert_eq!(ours(&ns), BTreeMap::new());
-                let table100 = ns
-                    .ip(&["-6", "route", "show", "table", "100", "proto", &p]);
-                assert_eq!(table100.trim(), "");
-                assert_eq!(dp.remove_stale().await.unwrap(), 0);
-
-                let a0 = ns.ifindex("a0");
-                dp.apply(vec![
-                    update("fd00:4::/64", &[nh("fe80::4", a0)]),
-                    update("fd00:5::/64", &[nh("fe80::5", a0)]),
-                ])
-                .await
-                .unwrap();
-                assert_eq!(ours(&ns).len(), 2);
-                assert_eq!(dp.remove_all().await.unwrap(), 2);
-                assert_eq!(ours(&ns), BTreeMap::new());
-                assert!(dp.installed().is_empty());
-                let other = kernel_routes(&ns, "static");
-                assert_eq!(
-                    other,
-                    BTreeMap::from([(
-                        "fd00:9::/64".into(),
-                        hops(&[("fe80::9", "b0")])
-                    )])
-                );
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            assert_eq!(dp.remove_stale().await.unwrap(), 4);
+            assert_eq!(ours(&ns), BTreeMap::new());
+            for table in ["100", "70000"] {
+                let left = ns
+                    .ip_line(&format!("-6 route show table {table} proto {p}"));
+                assert_eq!(left.trim(), "", "table {table}");
             }
+            assert_eq!(dp.remove_stale().await.unwrap(), 0);
+
+            let a0 = ns.ifindex("a0");
+            dp.apply(vec![
+                update("fd00:4::/64", &[nh("fe80::4", a0)]),
+                update("fd00:5::/64", &[nh("fe80::5", a0)]),
+            ])
+            .await
+            .unwrap();
+            assert_eq!(ours(&ns).len(), 2);
+            assert_eq!(dp.remove_all().await.unwrap(), 2);
+            assert_eq!(ours(&ns), BTreeMap::new());
+            assert!(dp.installed().is_empty());
+            let other = kernel_routes(&ns, "static");
+            assert_eq!(
+                other,
+                BTreeMap::from([(
+                    "fd00:9::/64".into(),
+                    hops(&[("fe80::9", "b0")])
+                )])
+            );
         });
     }
 
