@@ -38,10 +38,10 @@ pub mod latest {
 
 /// Largest request body the admin server accepts, in bytes.
 ///
-/// Large enough for 100,000 prefixes in one `PUT /prefix` (about 3 MB of
-/// JSON) with generous room; small enough that a runaway client cannot make
-/// the daemon buffer without bound.
-pub const REQUEST_BODY_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Large enough for 100,000 prefixes in one `PUT /prefix` even in their
+/// longest text form (`"ffff:…:ffff/128",` is 48 bytes: 4.8 MB); small
+/// enough that a runaway client cannot make the daemon buffer without bound.
+pub const REQUEST_BODY_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// Path parameter of `DELETE /peers/{addr}`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]

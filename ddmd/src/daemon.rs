@@ -113,10 +113,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// The innermost message of an actor start-up error (ractor wraps it).
+/// The innermost message of an actor start-up error: ractor wraps the
+/// failing child's error in its parent's, each adding "panicked during
+/// startup", which is not what happened.
 fn root_cause(e: &ractor::SpawnErr) -> String {
-    match e {
-        ractor::SpawnErr::StartupFailed(inner) => inner.to_string(),
-        other => other.to_string(),
+    let mut err: &dyn std::error::Error = e;
+    while let Some(inner) = err.source() {
+        err = inner;
     }
+    err.to_string()
 }

@@ -1,0 +1,109 @@
+//! How the binary behaves at its edges: help, bad flags, unusable paths,
+//! a port in use.
+
+use std::process::{Command, Output};
+
+use ddm_test_harness::ddmd_bin;
+
+fn ddmd(args: &[&str]) -> Output {
+    Command::new(ddmd_bin()).args(args).output().expect("ddmd runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A clear error: non-zero, one line, no panic trace.
+fn assert_clear_failure(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    assert!(!err.contains("panicked"), "panic trace: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
+}
+
+#[test]
+fn help_exits_zero() {
+    let o = ddmd(&["--help"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--no-state-machine"));
+}
+
+#[test]
+fn api_only_with_addr_is_a_usage_error() {
+    let o = ddmd(&["--api-only", "--addr", "eth0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("--no-state-machine") && err.contains("--addr"));
+}
+
+#[test]
+fn unparsable_flag_exits_two() {
+    let o = ddmd(&["--admin-port", "seventy"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn existing_port_file_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("ddmd_port");
+    std::fs::write(&port_file, "old").unwrap();
+    let o = ddmd(&[
+        "--api-only",
+        "--admin-port",
+        "0",
+        "--admin-port-file",
+        port_file.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_clear_failure(&o, "already exists");
+}
+
+#[test]
+fn missing_port_file_directory_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("missing/ddmd_port");
+    let o = ddmd(&[
+        "--api-only",
+        "--admin-port",
+        "0",
+        "--admin-port-file",
+        port_file.to_str().unwrap(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_clear_failure(&o, "missing");
+}
+
+#[test]
+fn unusable_data_dir_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    for data_dir in [dir.path().join("nope"), file] {
+        let o = ddmd(&[
+            "--api-only",
+            "--admin-port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]);
+        assert_clear_failure(&o, "data directory");
+    }
+}
+
+#[test]
+fn port_in_use_fails_clearly() {
+    let taken = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = ddmd(&[
+        "--api-only",
+        "--admin-port",
+        &port,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_clear_failure(&o, &port);
+}
