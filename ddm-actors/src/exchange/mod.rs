@@ -4,4 +4,5 @@
 //! 2 and 3) and the conversions between them; version 3 is what the rest of
 //! the router works with.
 
+pub mod actor;
 pub mod wire;
