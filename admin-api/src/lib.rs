@@ -24,7 +24,7 @@ pub mod types;
 mod version;
 
 pub use version::{
-    openapi_document, VersionHeaderPolicy, API_VERSION_HEADER, API_VERSIONS,
+    openapi_document, VersionHeaderPolicy, API_VERSIONS, API_VERSION_HEADER,
     VERSION_1, VERSION_2, VERSION_LATEST,
 };
 

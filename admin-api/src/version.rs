@@ -1,8 +1,6 @@
 //! API versions and how a request picks one.
 
-use dropshot::{
-    Body, ClientErrorStatusCode, DynamicVersionPolicy, HttpError,
-};
+use dropshot::{Body, ClientErrorStatusCode, DynamicVersionPolicy, HttpError};
 use http::HeaderName;
 use semver::Version;
 

@@ -48,10 +48,7 @@ pub enum AdminMsg {
     /// `DELETE /prefix`.
     Withdraw(BTreeSet<Ipv6Net>, RpcReplyPort<Result<(), String>>),
     /// `PUT /tunnel_endpoint`.
-    OriginateTunnels(
-        BTreeSet<TunnelOrigin>,
-        RpcReplyPort<Result<(), String>>,
-    ),
+    OriginateTunnels(BTreeSet<TunnelOrigin>, RpcReplyPort<Result<(), String>>),
     /// `DELETE /tunnel_endpoint`.
     WithdrawTunnels(BTreeSet<TunnelOrigin>, RpcReplyPort<Result<(), String>>),
     /// `GET /peers`: answered by the supervisor.
@@ -160,10 +157,9 @@ impl Actor for Admin {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.load()).await??
         };
-        let api = ddm_admin_api::ddm_admin_api_mod::api_description::<
-            AdminApiImpl,
-        >()
-        .map_err(|e| format!("admin API description: {e}"))?;
+        let api =
+            ddm_admin_api::ddm_admin_api_mod::api_description::<AdminApiImpl>()
+                .map_err(|e| format!("admin API description: {e}"))?;
         let config = ConfigDropshot {
             bind_address: args.listen,
             default_request_body_max_bytes:
@@ -484,10 +480,8 @@ impl DdmAdminApi for AdminApiImpl {
 
     async fn get_prefixes(
         rqctx: RequestContext<AdminContext>,
-    ) -> Result<
-        HttpResponseOk<BTreeMap<String, BTreeSet<PathVector>>>,
-        HttpError,
-    > {
+    ) -> Result<HttpResponseOk<BTreeMap<String, BTreeSet<PathVector>>>, HttpError>
+    {
         Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetPrefixes).await?))
     }
 

@@ -103,7 +103,10 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 8000),
+            listen: SocketAddr::new(
+                IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                8000,
+            ),
         }
     }
 }

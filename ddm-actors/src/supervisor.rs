@@ -137,9 +137,8 @@ impl SupervisorState {
     fn schedule_restart(&mut self, myself: &SupervisorRef, child: Child) {
         let n = self.failures.entry(child).or_insert(0);
         *n = n.saturating_add(1);
-        let delay = BACKOFF_MIN
-            .saturating_mul(1 << (*n - 1).min(16))
-            .min(BACKOFF_MAX);
+        let delay =
+            BACKOFF_MIN.saturating_mul(1 << (*n - 1).min(16)).min(BACKOFF_MAX);
         info!(self.log, "restart scheduled";
             "child" => ?child, "failures" => *n,
             "delay_ms" => delay.as_millis() as u64);
@@ -170,7 +169,10 @@ impl Actor for Supervisor {
         };
         state.start_admin(&myself).await?;
         if state.config.admin_only {
-            info!(state.log, "admin-only mode: no discovery, exchange or routing");
+            info!(
+                state.log,
+                "admin-only mode: no discovery, exchange or routing"
+            );
         }
         Ok(state)
     }

@@ -155,13 +155,9 @@ mod tests {
 
     #[test]
     fn admin_only_and_addr_conflict() {
-        let e = Args::try_parse_from([
-            "ddmd",
-            "--no-state-machine",
-            "-a",
-            "eth0",
-        ])
-        .unwrap_err();
+        let e =
+            Args::try_parse_from(["ddmd", "--no-state-machine", "-a", "eth0"])
+                .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
         let text = e.to_string();
         assert!(text.contains("--no-state-machine"), "{text}");

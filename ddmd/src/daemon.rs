@@ -73,8 +73,11 @@ pub async fn run(args: Args) -> Result<(), String> {
         "admin_only" => config.admin_only,
         "data_dir" => %config.data_dir.display());
     if args.with_stats || args.oximeter_port.is_some() {
-        info!(log, "statistics flags accepted; statistics are recorded \
-                    through the admin API only");
+        info!(
+            log,
+            "statistics flags accepted; statistics are recorded \
+                    through the admin API only"
+        );
     }
 
     let mut sigterm = signal(SignalKind::terminate())

@@ -29,9 +29,8 @@ pub fn level(flag: Option<Level>) -> Level {
 /// A logger writing bunyan JSON lines to stdout, and the guard that flushes
 /// it when dropped.
 pub fn init(level: Level) -> (Logger, slog_async::AsyncGuard) {
-    let drain = slog_bunyan::with_name("ddmd", std::io::stdout())
-        .build()
-        .fuse();
+    let drain =
+        slog_bunyan::with_name("ddmd", std::io::stdout()).build().fuse();
     let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(4096)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)

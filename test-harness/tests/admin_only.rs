@@ -98,11 +98,11 @@ async fn persistence_across_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_instances_at_once() {
     let started =
-        futures::future::join_all((0..16).map(|_| DdmdInstance::start()))
-            .await;
+        futures::future::join_all((0..16).map(|_| DdmdInstance::start())).await;
     let instances: Vec<_> =
         started.into_iter().map(|r| r.expect("instance starts")).collect();
-    let ports: BTreeSet<_> = instances.iter().map(|d| d.addr().port()).collect();
+    let ports: BTreeSet<_> =
+        instances.iter().map(|d| d.addr().port()).collect();
     assert_eq!(ports.len(), 16, "every instance has its own port");
     for (i, d) in instances.iter().enumerate() {
         let mine = vec![p(&format!("fd00:{:x}::/64", i + 1))];

@@ -15,9 +15,7 @@ use uuid::Uuid;
 //
 // On the wire (discovery packets and the admin API) this is the integer
 // 0 (server) or 1 (transit).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum RouterKind {
     // A sled: announces only what it originates.
     #[default]
@@ -74,7 +72,9 @@ impl Serialize for RouterKind {
 }
 
 impl<'de> Deserialize<'de> for RouterKind {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Self, D::Error> {
         let v = u8::deserialize(d)?;
         RouterKind::from_u8(v).ok_or_else(|| {
             serde::de::Error::custom(format!(

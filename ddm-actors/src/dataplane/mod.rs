@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
 
-pub mod memory;
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 pub mod linux;
+pub mod memory;
 
 /// One way out to a destination: a peer's link-local address on an
 /// interface.
