@@ -1,11 +1,267 @@
-//! The exchange actor: one per peer (in progress).
+//! The exchange actor: one per peer (DESIGN §3).
+//!
+//! ```text
+//!                 ┌──────────── Exchange actor ─────────────┐
+//!   router ─Push/Pull─▶ pending (merged) ─▶ push task ─PUT /vN/push─▶ peer
+//!                 │                     ◀─PushDone──┘            │
+//!                 │     pull task ─GET /vN/pull─────────────────▶ peer
+//!                 │     ◀─PullDone──┘ ─PullResult─▶ router        │
+//!   timers ─Retry{gen}─▶                                          │
+//!                 └─────────────────────────────────────────────┘
+//!   peer ─PUT/GET /vN/…─▶ server task ─Import (cast)/PullFor (call)─▶ router
+//! ```
+//!
+//! On start the actor binds its [server](super::server) on
+//! `[local%ifindex]:port` and pulls the peer's full set once, handing it to
+//! the router as `PullResult`. Afterwards it pushes every update the router
+//! gives it, in order, one request at a time: while a push is in flight the
+//! updates that arrive are merged into one pending update (a later withdraw
+//! of a path cancels its pending announce and the other way round), sent
+//! when the in-flight one completes. Requests run on tasks that cast their
+//! outcome back, so the mailbox never waits on the network.
+//!
+//! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
+//! doubling, at most 5 s); a failed push is put back in front of the pending
+//! one. After [`MAX_ATTEMPTS`] consecutive failures of either kind the actor
+//! sends [`ExchangeFailed`] to `on_failure` once (the supervisor expires the
+//! peer) and keeps retrying, the update still pending. A listener that
+//! cannot be bound (address still tentative, previous actor's socket not yet
+//! closed) is retried on the same schedule forever and logged; the actor
+//! keeps pushing and pulling meanwhile.
+//!
+//! Timers and request results carry a generation; a stale one is ignored.
+//! `post_stop` aborts every task and waits for the server to close its
+//! socket, so a new exchange actor for the same peer can bind at once.
 
-use ractor::ActorRef;
+use std::collections::BTreeSet;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use ddm_admin_api::latest::RouterKind;
+use ractor::{
+    Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
+};
+use slog::{debug, error, info, o, warn, Logger};
+use tokio::task::JoinHandle;
+
+use super::client::{Client, ClientError};
+use super::server::{self, ServerCtx};
 use super::wire::v3;
+use crate::config::RouterConfig;
+use crate::discovery::PeerIdentity;
+use crate::rib::PeerId;
+use crate::router::{RouterMsg, RouterRef};
 
 /// A handle to an exchange actor.
 pub type ExchangeRef = ActorRef<ExchangeMsg>;
+
+/// First retry delay after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Consecutive failed pushes (or pulls) after which the peer is reported
+/// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
+/// time.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The delay before the next attempt, after `failures` consecutive ones.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+/// Exchange protocol version spoken with a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// Prefixes as `{addr, len}` objects, under `/v2/`.
+    V2,
+    /// Prefixes as strings, under `/v3/`.
+    V3,
+}
+
+impl Version {
+    /// The version a peer's discovery packets announce, if we speak it.
+    pub fn from_advertised(v: u8) -> Option<Version> {
+        match v {
+            2 => Some(Version::V2),
+            3 => Some(Version::V3),
+            _ => None,
+        }
+    }
+}
+
+/// Told to `on_failure` when exchange with a peer keeps failing: the peer
+/// should be expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeFailed {
+    /// The peer.
+    pub peer: PeerId,
+}
+
+/// Declares the counters once, as the live atomics and their snapshot.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// What an exchange actor has done, for tests and logs.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct ExchangeCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters, shared by the actor and its server task.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// The current values.
+            pub fn snapshot(&self) -> ExchangeCounters {
+                ExchangeCounters {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Pushes from the peer handed to the router.
+    pushes_received,
+    /// Pulls from the peer answered.
+    pulls_received,
+    /// Requests refused with 403: not from the peer's address.
+    rejected_forbidden,
+    /// Requests refused with 400: malformed JSON or an invalid prefix.
+    rejected_malformed,
+    /// Requests refused with 413: body over the bound.
+    rejected_too_large,
+    /// Requests refused otherwise: unknown path, wrong method, slow body.
+    rejected_other,
+    /// Requests answered 503 because the router was gone or slow.
+    router_unavailable,
+    /// Pushes the peer accepted.
+    pushes_sent,
+    /// Pulls the peer answered.
+    pulls_sent,
+    /// Pushes that failed (each retry counts).
+    push_failures,
+    /// Pulls that failed (each retry counts).
+    pull_failures,
+    /// Times the peer was reported failed to `on_failure`.
+    failures_reported,
+    /// Failed attempts to bind the server's listener.
+    bind_failures,
+}
+
+impl Stats {
+    /// Add one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Merge `later` into the not yet sent `pending`, as if both were sent in
+/// order. A receiver applies an update's withdraws before its announces,
+/// so `later`'s withdraws are applied first here too.
+pub fn merge(pending: &mut v3::Update, later: v3::Update) {
+    fn half<T: Ord>(
+        announce: &mut BTreeSet<T>,
+        withdraw: &mut BTreeSet<T>,
+        later_announce: BTreeSet<T>,
+        later_withdraw: BTreeSet<T>,
+    ) {
+        for x in later_withdraw {
+            announce.remove(&x);
+            withdraw.insert(x);
+        }
+        for x in later_announce {
+            withdraw.remove(&x);
+            announce.insert(x);
+        }
+    }
+    if let Some(u) = later.underlay {
+        let p = pending.underlay_mut();
+        half(&mut p.announce, &mut p.withdraw, u.announce, u.withdraw);
+    }
+    if let Some(t) = later.tunnel {
+        let p = pending.tunnel_mut();
+        half(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+    }
+}
+
+/// The exchange actor; everything it needs comes in [`ExchangeArgs`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exchange;
+
+/// What an exchange actor is started with.
+pub struct ExchangeArgs {
+    /// The peer: interface index (the scope of both addresses; 0 for none)
+    /// and its link-local address.
+    pub peer: PeerId,
+    /// The peer's name, for logs.
+    pub peer_hostname: String,
+    /// The peer's kind, for logs.
+    pub peer_kind: RouterKind,
+    /// Exchange version from the peer's discovery packets (2 or 3).
+    pub version: u8,
+    /// Our link-local address on the peer's interface; the server binds it.
+    pub local_addr: Ipv6Addr,
+    /// Port our server listens on (`--exchange-port`; 0 picks one, for
+    /// tests).
+    pub port: u16,
+    /// Port the peer's server listens on: the same as `port` in a
+    /// deployment, where both ends use `--exchange-port`.
+    pub peer_port: u16,
+    /// Bound on every request, both ways (`--exchange-timeout`).
+    pub timeout: Duration,
+    /// Where imports and pull results go, and who answers pulls.
+    pub router: RouterRef,
+    /// Told once when exchange keeps failing (the supervisor).
+    pub on_failure: Option<DerivedActorRef<ExchangeFailed>>,
+    /// Parent logger; the actor adds its component and peer.
+    pub log: Logger,
+}
+
+impl ExchangeArgs {
+    /// Arguments for the peer `identity` on interface `ifindex`, from the
+    /// router's configuration.
+    pub fn new(
+        config: &RouterConfig,
+        ifindex: u32,
+        local_addr: Ipv6Addr,
+        identity: &PeerIdentity,
+        router: RouterRef,
+        on_failure: Option<DerivedActorRef<ExchangeFailed>>,
+        log: Logger,
+    ) -> Self {
+        ExchangeArgs {
+            peer: PeerId { ifindex, addr: identity.addr },
+            peer_hostname: identity.hostname.clone(),
+            peer_kind: identity.kind,
+            version: identity.version,
+            local_addr,
+            port: config.exchange_port,
+            peer_port: config.exchange_port,
+            timeout: config.exchange_timeout,
+            router,
+            on_failure,
+            log,
+        }
+    }
+}
+
+/// What a retry timer retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// Pull the peer's full set.
+    Pull,
+    /// Send the pending update.
+    Push,
+    /// Bind the server's listener.
+    Bind,
+}
 
 /// Messages an exchange actor handles.
 pub enum ExchangeMsg {
@@ -13,4 +269,408 @@ pub enum ExchangeMsg {
     Push(v3::Update),
     /// Pull the peer's full set again and hand it to the router (sync).
     Pull,
+    /// A pull task finished (internal).
+    PullDone {
+        /// The generation the pull was started with.
+        gen: u64,
+        /// The peer's full set, in v3, or why not.
+        result: Result<v3::PullResponse, ClientError>,
+    },
+    /// A push task finished (internal).
+    PushDone {
+        /// The generation the push was started with.
+        gen: u64,
+        /// Whether the peer accepted it.
+        result: Result<(), ClientError>,
+    },
+    /// A back-off elapsed (internal).
+    Retry {
+        /// What to try again.
+        kind: RetryKind,
+        /// The generation the timer was set with.
+        gen: u64,
+    },
+    /// Where the server listens, once bound.
+    GetLocalAddr(RpcReplyPort<Option<SocketAddrV6>>),
+    /// The actor's counters.
+    GetCounters(RpcReplyPort<ExchangeCounters>),
+}
+
+/// One retried activity: its task or timer and its failure streak.
+#[derive(Default)]
+struct Track {
+    /// The request task in flight.
+    task: Option<JoinHandle<()>>,
+    /// The pending retry timer.
+    timer: Option<JoinHandle<()>>,
+    /// Generation of the task or timer that counts; others are stale.
+    gen: u64,
+    /// Consecutive failures.
+    failures: u32,
+}
+
+impl Track {
+    /// Abort the task and the timer; their handles, to await.
+    fn abort(&mut self) -> impl Iterator<Item = JoinHandle<()>> {
+        let both = [self.task.take(), self.timer.take()];
+        both.into_iter().flatten().inspect(|t| t.abort())
+    }
+}
+
+/// State of an exchange actor.
+pub struct State {
+    /// The peer.
+    peer: PeerId,
+    /// The router.
+    router: RouterRef,
+    /// Told when exchange keeps failing.
+    on_failure: Option<DerivedActorRef<ExchangeFailed>>,
+    /// Whether the current failure streak was reported.
+    reported: bool,
+    /// The peer's server.
+    client: Client,
+    /// Counters, shared with the server task.
+    stats: Arc<Stats>,
+    /// Where the server is to listen.
+    listen: SocketAddrV6,
+    /// What the server's handlers need.
+    server_ctx: Arc<ServerCtx>,
+    /// The server task and where it listens, once bound.
+    server: Option<(SocketAddrV6, JoinHandle<()>)>,
+    /// Bind retries.
+    bind: Track,
+    /// The pull in flight or waiting to be retried.
+    pull: Track,
+    /// A pull was asked for while one was in flight: pull again after it.
+    pull_again: bool,
+    /// The push in flight or waiting to be retried.
+    push: Track,
+    /// The update in flight, put back in front of `pending` if it fails.
+    in_flight: Option<Arc<v3::Update>>,
+    /// Updates not yet sent, merged into one.
+    pending: Option<v3::Update>,
+    /// Source of generations.
+    next_gen: u64,
+    /// Logger with the peer.
+    log: Logger,
+}
+
+impl State {
+    fn gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    fn schedule(&mut self, myself: &ExchangeRef, kind: RetryKind) {
+        let gen = self.gen();
+        let track = match kind {
+            RetryKind::Pull => &mut self.pull,
+            RetryKind::Push => &mut self.push,
+            RetryKind::Bind => &mut self.bind,
+        };
+        let delay = backoff(track.failures);
+        track.gen = gen;
+        let me = myself.clone();
+        track.timer = Some(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = me.cast(ExchangeMsg::Retry { kind, gen });
+        }));
+    }
+
+    fn try_bind(&mut self, myself: &ExchangeRef) {
+        let bound = server::bind(self.listen).and_then(|l| {
+            let addr = match l.local_addr()? {
+                SocketAddr::V6(a) => a,
+                SocketAddr::V4(_) => self.listen,
+            };
+            Ok((l, addr))
+        });
+        match bound {
+            Ok((listener, addr)) => {
+                info!(self.log, "exchange server listening"; "addr" => %addr);
+                self.bind.failures = 0;
+                let task = server::spawn(listener, self.server_ctx.clone());
+                self.server = Some((addr, task));
+            }
+            Err(e) => {
+                self.bind.failures += 1;
+                Stats::bump(&self.stats.bind_failures);
+                warn!(self.log, "cannot bind the exchange server; will retry";
+                    "addr" => %self.listen, "error" => %e,
+                    "failures" => self.bind.failures);
+                self.schedule(myself, RetryKind::Bind);
+            }
+        }
+    }
+
+    fn start_pull(&mut self, myself: &ExchangeRef) {
+        if self.pull.task.is_some() {
+            self.pull_again = true;
+            return;
+        }
+        if let Some(t) = self.pull.timer.take() {
+            t.abort();
+        }
+        let gen = self.gen();
+        self.pull.gen = gen;
+        let (client, me) = (self.client.clone(), myself.clone());
+        self.pull.task = Some(tokio::spawn(async move {
+            let result = client.pull().await;
+            let _ = me.cast(ExchangeMsg::PullDone { gen, result });
+        }));
+    }
+
+    fn pull_done(
+        &mut self,
+        myself: &ExchangeRef,
+        gen: u64,
+        result: Result<v3::PullResponse, ClientError>,
+    ) {
+        if gen != self.pull.gen || self.pull.task.take().is_none() {
+            return;
+        }
+        match result {
+            Ok(response) => {
+                Stats::bump(&self.stats.pulls_sent);
+                self.pull.failures = 0;
+                self.clear_report();
+                let peer = self.peer;
+                let msg = RouterMsg::PullResult { peer, response };
+                if let Err(e) = self.router.cast(msg) {
+                    warn!(self.log, "router gone; pull result dropped";
+                        "error" => %e);
+                }
+                if std::mem::take(&mut self.pull_again) {
+                    self.start_pull(myself);
+                }
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.pull_failures);
+                self.pull.failures += 1;
+                self.pull_again = false;
+                warn!(self.log, "pull failed"; "error" => %e,
+                    "failures" => self.pull.failures);
+                self.check_report();
+                self.schedule(myself, RetryKind::Pull);
+            }
+        }
+    }
+
+    fn queue(&mut self, myself: &ExchangeRef, update: v3::Update) {
+        if update.is_empty() {
+            return;
+        }
+        match &mut self.pending {
+            Some(p) => merge(p, update),
+            None => self.pending = Some(update),
+        }
+        if self.push.task.is_none() && self.push.timer.is_none() {
+            self.send_next(myself);
+        }
+    }
+
+    fn send_next(&mut self, myself: &ExchangeRef) {
+        let Some(update) = self.pending.take() else {
+            return;
+        };
+        if update.is_empty() {
+            return;
+        }
+        let update = Arc::new(update);
+        let gen = self.gen();
+        self.push.gen = gen;
+        self.in_flight = Some(update.clone());
+        let (client, me) = (self.client.clone(), myself.clone());
+        self.push.task = Some(tokio::spawn(async move {
+            let result = client.push(&update).await;
+            let _ = me.cast(ExchangeMsg::PushDone { gen, result });
+        }));
+    }
+
+    fn push_done(
+        &mut self,
+        myself: &ExchangeRef,
+        gen: u64,
+        result: Result<(), ClientError>,
+    ) {
+        if gen != self.push.gen || self.push.task.take().is_none() {
+            return;
+        }
+        let sent = self.in_flight.take();
+        match result {
+            Ok(()) => {
+                Stats::bump(&self.stats.pushes_sent);
+                self.push.failures = 0;
+                self.clear_report();
+                self.send_next(myself);
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.push_failures);
+                self.push.failures += 1;
+                warn!(self.log, "push failed"; "error" => %e,
+                    "failures" => self.push.failures);
+                if let Some(sent) = sent {
+                    let mut again =
+                        Arc::try_unwrap(sent).unwrap_or_else(|a| (*a).clone());
+                    if let Some(later) = self.pending.take() {
+                        merge(&mut again, later);
+                    }
+                    self.pending = Some(again);
+                }
+                self.check_report();
+                self.schedule(myself, RetryKind::Push);
+            }
+        }
+    }
+
+    fn check_report(&mut self) {
+        let streak = self.push.failures.max(self.pull.failures);
+        if streak < MAX_ATTEMPTS || self.reported {
+            return;
+        }
+        self.reported = true;
+        Stats::bump(&self.stats.failures_reported);
+        error!(self.log, "exchange with peer keeps failing";
+            "push_failures" => self.push.failures,
+            "pull_failures" => self.pull.failures);
+        if let Some(to) = &self.on_failure {
+            if let Err(e) = to.send_message(ExchangeFailed { peer: self.peer })
+            {
+                warn!(self.log, "cannot report the failure"; "error" => %e);
+            }
+        }
+    }
+
+    fn clear_report(&mut self) {
+        if self.push.failures.max(self.pull.failures) < MAX_ATTEMPTS {
+            self.reported = false;
+        }
+    }
+}
+
+impl Actor for Exchange {
+    type Msg = ExchangeMsg;
+    type State = State;
+    type Arguments = ExchangeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ExchangeRef,
+        args: ExchangeArgs,
+    ) -> Result<State, ActorProcessingErr> {
+        let peer = args.peer;
+        let log = args.log.new(o!(
+            "component" => "exchange",
+            "peer" => peer.to_string(),
+            "peer_hostname" => args.peer_hostname.clone(),
+        ));
+        let Some(version) = Version::from_advertised(args.version) else {
+            return Err(format!(
+                "peer {peer} advertises exchange version {}; \
+                 only 2 and 3 are spoken",
+                args.version
+            )
+            .into());
+        };
+        let stats = Arc::new(Stats::default());
+        let server_ctx = Arc::new(ServerCtx {
+            peer,
+            router: args.router.clone(),
+            timeout: args.timeout,
+            stats: stats.clone(),
+            log: log.new(o!("unit" => "server")),
+        });
+        let listen =
+            SocketAddrV6::new(args.local_addr, args.port, 0, peer.ifindex);
+        let peer_addr =
+            SocketAddrV6::new(peer.addr, args.peer_port, 0, peer.ifindex);
+        info!(log, "exchange starting"; "kind" => %args.peer_kind,
+            "version" => ?version, "peer_server" => %peer_addr);
+        let mut state = State {
+            peer,
+            router: args.router,
+            on_failure: args.on_failure,
+            reported: false,
+            client: Client::new(peer_addr, version, args.timeout),
+            stats,
+            listen,
+            server_ctx,
+            server: None,
+            bind: Track::default(),
+            pull: Track::default(),
+            pull_again: false,
+            push: Track::default(),
+            in_flight: None,
+            pending: None,
+            next_gen: 0,
+            log,
+        };
+        state.try_bind(&myself);
+        state.start_pull(&myself);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ExchangeRef,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for track in [&mut state.bind, &mut state.pull, &mut state.push] {
+            tasks.extend(track.abort());
+        }
+        if let Some((_, server)) = state.server.take() {
+            server.abort();
+            tasks.push(server);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        debug!(state.log, "exchange stopped");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ExchangeRef,
+        msg: ExchangeMsg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExchangeMsg::Push(update) => state.queue(&myself, update),
+            ExchangeMsg::Pull => state.start_pull(&myself),
+            ExchangeMsg::PullDone { gen, result } => {
+                state.pull_done(&myself, gen, result)
+            }
+            ExchangeMsg::PushDone { gen, result } => {
+                state.push_done(&myself, gen, result)
+            }
+            ExchangeMsg::Retry { kind, gen } => match kind {
+                RetryKind::Pull if gen == state.pull.gen => {
+                    state.pull.timer = None;
+                    state.start_pull(&myself);
+                }
+                RetryKind::Push if gen == state.push.gen => {
+                    state.push.timer = None;
+                    if state.push.task.is_none() {
+                        state.send_next(&myself);
+                    }
+                }
+                RetryKind::Bind
+                    if gen == state.bind.gen && state.server.is_none() =>
+                {
+                    state.bind.timer = None;
+                    state.try_bind(&myself);
+                }
+                _ => debug!(state.log, "stale timer"; "kind" => ?kind),
+            },
+            ExchangeMsg::GetLocalAddr(reply) => {
+                let _ = reply.send(state.server.as_ref().map(|(a, _)| *a));
+            }
+            ExchangeMsg::GetCounters(reply) => {
+                let _ = reply.send(state.stats.snapshot());
+            }
+        }
+        Ok(())
+    }
 }

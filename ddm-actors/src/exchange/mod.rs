@@ -5,4 +5,6 @@
 //! the router works with.
 
 pub mod actor;
+pub mod client;
+pub mod server;
 pub mod wire;

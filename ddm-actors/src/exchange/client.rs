@@ -1,0 +1,262 @@
+//! The exchange client: calls the peer's server (DESIGN §3).
+//!
+//! HTTP/1.1 over one kept-alive connection to `[peer%ifindex]:port`,
+//! speaking the version the peer advertises. The client is cheap to clone;
+//! the idle connection is shared, and a request that finds it busy or gone
+//! opens another. A request on a reused connection that fails before any
+//! answer is tried once more on a fresh one (pushes and pulls are
+//! idempotent). Every request, connecting included, is bounded by the
+//! timeout. Dropping the last clone closes the connection.
+
+use std::net::SocketAddrV6;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::actor::Version;
+use super::server::MAX_BODY;
+use super::wire::{v2, v3};
+
+/// Why a request to the peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made.
+    #[error("connecting to {addr}: {error}")]
+    Connect {
+        /// Where we tried.
+        addr: SocketAddrV6,
+        /// Why it failed.
+        error: std::io::Error,
+    },
+    /// The HTTP exchange failed (connection reset, protocol error).
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The whole request took longer than the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The peer answered with an error status.
+    #[error("peer answered {status}: {reason}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The start of the body it sent.
+        reason: String,
+    },
+    /// The answer's body exceeded the bound.
+    #[error("answer larger than {MAX_BODY} bytes")]
+    TooLarge,
+    /// The answer could not be decoded or holds an invalid prefix.
+    #[error("invalid answer: {0}")]
+    Decode(String),
+}
+
+/// An open connection and the task driving it.
+struct Conn {
+    /// Sends requests on the connection.
+    sender: http1::SendRequest<Full<Bytes>>,
+    /// Drives the connection; aborted when the connection is dropped.
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// A client of one peer's exchange server.
+#[derive(Clone)]
+pub struct Client {
+    /// The shared part.
+    inner: Arc<Inner>,
+}
+
+/// What every clone shares.
+struct Inner {
+    /// The peer's server.
+    addr: SocketAddrV6,
+    /// The version the peer speaks.
+    version: Version,
+    /// Bound on each request.
+    timeout: Duration,
+    /// The idle kept-alive connection, if any.
+    idle: Mutex<Option<Conn>>,
+}
+
+impl Client {
+    /// A client of the server at `addr` (scope id = interface index).
+    pub fn new(
+        addr: SocketAddrV6,
+        version: Version,
+        timeout: Duration,
+    ) -> Self {
+        Client {
+            inner: Arc::new(Inner {
+                addr,
+                version,
+                timeout,
+                idle: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The peer's server.
+    pub fn addr(&self) -> SocketAddrV6 {
+        self.inner.addr
+    }
+
+    /// `PUT /vN/push` of `update`.
+    pub async fn push(&self, update: &v3::Update) -> Result<(), ClientError> {
+        let (path, body) = match self.inner.version {
+            Version::V3 => ("/v3/push", serde_json::to_vec(update)),
+            Version::V2 => (
+                "/v2/push",
+                serde_json::to_vec(&v2::Update::from(update.clone())),
+            ),
+        };
+        let body = body.map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(Method::PUT, path, Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// `GET /vN/pull`, converted to v3.
+    pub async fn pull(&self) -> Result<v3::PullResponse, ClientError> {
+        match self.inner.version {
+            Version::V3 => {
+                let body =
+                    self.request(Method::GET, "/v3/pull", Bytes::new()).await?;
+                serde_json::from_slice(&body)
+                    .map_err(|e| ClientError::Decode(e.to_string()))
+            }
+            Version::V2 => {
+                let body =
+                    self.request(Method::GET, "/v2/pull", Bytes::new()).await?;
+                let r: v2::PullResponse = serde_json::from_slice(&body)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                r.try_into().map_err(|e: super::wire::WireError| {
+                    ClientError::Decode(e.to_string())
+                })
+            }
+        }
+    }
+
+    /// One request, bounded by the timeout; the answer's body on success.
+    async fn request(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let t = self.inner.timeout;
+        tokio::time::timeout(t, self.request_unbounded(method, path, body))
+            .await
+            .map_err(|_| ClientError::Timeout(t))?
+    }
+
+    async fn request_unbounded(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let reused = self.take_idle();
+        let (mut conn, fresh) = match reused {
+            Some(c) => (c, false),
+            None => (self.connect().await?, true),
+        };
+        let first = self.send(&mut conn, &method, path, body.clone()).await;
+        let (answer, conn) = match first {
+            Err(ClientError::Http(_)) if !fresh => {
+                // The peer may have closed the idle connection.
+                let mut conn = self.connect().await?;
+                let answer = self.send(&mut conn, &method, path, body).await;
+                (answer, conn)
+            }
+            other => (other, conn),
+        };
+        if answer.is_ok() {
+            self.put_idle(conn);
+        }
+        answer
+    }
+
+    async fn send(
+        &self,
+        conn: &mut Conn,
+        method: &Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let a = self.inner.addr;
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(HOST, format!("[{}]:{}", a.ip(), a.port()));
+        if !body.is_empty() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        conn.sender.ready().await?;
+        let resp = conn.sender.send_request(req).await?;
+        let status = resp.status();
+        let body =
+            match Limited::new(resp.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                    return Err(ClientError::TooLarge);
+                }
+                Err(e) => match e.downcast::<hyper::Error>() {
+                    Ok(e) => return Err(ClientError::Http(*e)),
+                    Err(e) => return Err(ClientError::Decode(e.to_string())),
+                },
+            };
+        if !status.is_success() {
+            let reason = String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string();
+            return Err(ClientError::Status { status, reason });
+        }
+        Ok(body)
+    }
+
+    async fn connect(&self) -> Result<Conn, ClientError> {
+        let addr = self.inner.addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|error| ClientError::Connect { addr, error })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn { sender, driver })
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle =
+            self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.take().filter(|c| !c.sender.is_closed())
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let mut idle =
+            self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.is_none() {
+            *idle = Some(conn);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The exchange server: what the peer calls (DESIGN §3).
+//!
+//! ```text
+//!   accept task ──▶ connection tasks (a JoinSet owned by the accept task)
+//!                      │ PUT /v{2,3}/push ──Import────▶ router (cast)
+//!                      │ GET /v{2,3}/pull ──PullFor───▶ router (call, bounded)
+//! ```
+//!
+//! One task accepts on `[local%ifindex]:port` and serves every connection on
+//! a task of its own; aborting the accept task drops the set and with it
+//! every connection, so nothing outlives the exchange actor.
+//!
+//! Only the discovered peer may call: a connection from any other address
+//! (compared without port or scope) is answered 403 on every request and
+//! closed. A body over [`MAX_BODY`] is refused with 413, malformed JSON or
+//! an invalid prefix with 400 and a short reason; nothing reaches the router
+//! then. Every refusal is counted in the actor's [`Stats`].
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use ractor::rpc::CallResult;
+use slog::{debug, warn, Logger};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::actor::{Stats, Version};
+use super::wire::{v2, v3};
+use crate::rib::PeerId;
+use crate::router::{RouterMsg, RouterRef};
+
+/// Largest request or response body accepted: 100,000 path vectors are
+/// about 7 MB of JSON, so this leaves ample room while bounding memory.
+pub const MAX_BODY: usize = 64 << 20;
+
+/// Longest reason put in a 400 answer.
+const MAX_REASON: usize = 256;
+
+/// Pause after a failed `accept` (for example out of descriptors), so the
+/// loop does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Bind a listener on `addr` with `SO_REUSEADDR`, so that a peer that comes
+/// back quickly can be served on the same port again.
+pub fn bind(addr: SocketAddrV6) -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_only_v6(true)?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// What every request handler needs.
+pub struct ServerCtx {
+    /// The only peer allowed to call.
+    pub peer: PeerId,
+    /// Where pushes go and pulls are answered.
+    pub router: RouterRef,
+    /// Bound on reading a body and on the router's answer to a pull.
+    pub timeout: Duration,
+    /// The actor's counters.
+    pub stats: Arc<Stats>,
+    /// Logger.
+    pub log: Logger,
+}
+
+/// Serve `listener` until the returned task is aborted.
+pub fn spawn(listener: TcpListener, ctx: Arc<ServerCtx>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, from)) => {
+                        let allowed = from.ip() == IpAddr::V6(ctx.peer.addr);
+                        if !allowed {
+                            debug!(ctx.log, "connection from a stranger";
+                                "from" => %from);
+                        }
+                        conns.spawn(serve_connection(
+                            stream,
+                            allowed,
+                            ctx.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        warn!(ctx.log, "accept failed"; "error" => %e);
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    })
+}
+
+/// Serve HTTP/1.1 on one connection; strangers get one 403 and a close.
+async fn serve_connection(
+    stream: TcpStream,
+    allowed: bool,
+    ctx: Arc<ServerCtx>,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc_ctx = ctx.clone();
+    let svc = service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, allowed, &ctx).await) }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(allowed)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Err(e) = conn.await {
+        debug!(ctx.log, "exchange connection ended"; "error" => %e);
+    }
+}
+
+/// What a request asks for.
+enum Op {
+    /// `PUT /vN/push`.
+    Push,
+    /// `GET /vN/pull`.
+    Pull,
+}
+
+/// Answer one request.
+pub(crate) async fn handle<B>(
+    req: Request<B>,
+    allowed: bool,
+    ctx: &ServerCtx,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if !allowed {
+        Stats::bump(&ctx.stats.rejected_forbidden);
+        return text(StatusCode::FORBIDDEN, "only the link's peer may call");
+    }
+    let (version, op) = match req.uri().path() {
+        "/v2/push" => (Version::V2, Op::Push),
+        "/v3/push" => (Version::V3, Op::Push),
+        "/v2/pull" => (Version::V2, Op::Pull),
+        "/v3/pull" => (Version::V3, Op::Pull),
+        _ => {
+            Stats::bump(&ctx.stats.rejected_other);
+            return text(StatusCode::NOT_FOUND, "no such path");
+        }
+    };
+    match (op, req.method()) {
+        (Op::Push, &Method::PUT) => push(req, version, ctx).await,
+        (Op::Pull, &Method::GET) => pull(version, ctx).await,
+        (op, _) => {
+            Stats::bump(&ctx.stats.rejected_other);
+            let allow = match op {
+                Op::Push => "PUT",
+                Op::Pull => "GET",
+            };
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "wrong method");
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+    }
+}
+
+/// Read, validate and hand a push to the router.
+async fn push<B>(
+    req: Request<B>,
+    version: Version,
+    ctx: &ServerCtx,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        Stats::bump(&ctx.stats.rejected_too_large);
+        return too_large();
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(ctx.timeout, body).await {
+        Err(_) => {
+            Stats::bump(&ctx.stats.rejected_other);
+            return text(StatusCode::REQUEST_TIMEOUT, "body too slow");
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Stats::bump(&ctx.stats.rejected_too_large);
+            return too_large();
+        }
+        Ok(Err(e)) => {
+            Stats::bump(&ctx.stats.rejected_malformed);
+            return bad_request(format!("reading body: {e}"));
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let update = match decode_update(version, &body) {
+        Ok(u) => u,
+        Err(reason) => {
+            Stats::bump(&ctx.stats.rejected_malformed);
+            debug!(ctx.log, "malformed push"; "reason" => &reason);
+            return bad_request(reason);
+        }
+    };
+    let peer = ctx.peer;
+    if let Err(e) = ctx.router.cast(RouterMsg::Import { peer, update }) {
+        Stats::bump(&ctx.stats.router_unavailable);
+        warn!(ctx.log, "router gone; push dropped"; "error" => %e);
+        return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
+    }
+    Stats::bump(&ctx.stats.pushes_received);
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()))
+        .expect("static response")
+}
+
+/// Answer a pull with what the router offers this peer.
+async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
+    let peer = ctx.peer;
+    let answer = ctx
+        .router
+        .call(|r| RouterMsg::PullFor(peer, r), Some(ctx.timeout))
+        .await;
+    let response = match answer {
+        Ok(CallResult::Success(r)) => r,
+        Ok(CallResult::Timeout) => {
+            Stats::bump(&ctx.stats.router_unavailable);
+            warn!(ctx.log, "router did not answer a pull in time");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "router timed out");
+        }
+        Ok(CallResult::SenderError) | Err(_) => {
+            Stats::bump(&ctx.stats.router_unavailable);
+            return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
+        }
+    };
+    let json = match version {
+        Version::V3 => serde_json::to_vec(&response),
+        Version::V2 => serde_json::to_vec(&v2::PullResponse::from(response)),
+    };
+    match json {
+        Ok(body) => {
+            Stats::bump(&ctx.stats.pulls_received);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response")
+        }
+        Err(e) => {
+            warn!(ctx.log, "encoding a pull response failed"; "error" => %e);
+            text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")
+        }
+    }
+}
+
+/// A push body in `version`, as the router's v3.
+pub(crate) fn decode_update(
+    version: Version,
+    body: &[u8],
+) -> Result<v3::Update, String> {
+    match version {
+        Version::V3 => serde_json::from_slice::<v3::Update>(body)
+            .map_err(|e| format!("invalid v3 update: {e}")),
+        Version::V2 => serde_json::from_slice::<v2::Update>(body)
+            .map_err(|e| format!("invalid v2 update: {e}"))?
+            .try_into()
+            .map_err(|e| format!("invalid v2 update: {e}")),
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(format!("{msg}\n"))))
+        .expect("static response")
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body larger than {MAX_BODY} bytes"),
+    )
+}
+
+fn bad_request(mut reason: String) -> Response<Full<Bytes>> {
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    text(StatusCode::BAD_REQUEST, &reason)
+}
