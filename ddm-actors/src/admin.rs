@@ -345,7 +345,17 @@ impl Actor for Admin {
             AdminMsg::GetLocalAddr(reply) => {
                 let _ = reply.send(state.local_addr);
             }
-            AdminMsg::SetRouter(router) => state.router = router,
+            AdminMsg::SetRouter(router) => {
+                // A (re)started router starts empty: hand it everything
+                // we originate.
+                if let Some(r) = &router {
+                    let _ = r.cast(RouterMsg::SetOriginated {
+                        prefixes: state.originated.prefixes.clone(),
+                        tunnels: state.originated.tunnels.clone(),
+                    });
+                }
+                state.router = router;
+            }
         }
         Ok(())
     }

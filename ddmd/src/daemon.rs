@@ -1,11 +1,17 @@
 //! Start the supervisor, publish readiness, wait for a signal, shut down.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ddm_actors::config::{AdminConfig, DaemonConfig, RouterConfig};
+use ddm_actors::config::{
+    AdminConfig, DaemonConfig, InterfaceSpec, RouterConfig,
+};
+use ddm_actors::discovery::PacketIo;
 use ddm_actors::store::Store;
-use ddm_actors::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use ddm_actors::supervisor::{
+    DataplaneFactory, Supervisor, SupervisorArgs, SupervisorMsg,
+};
 use ractor::Actor;
 use slog::{info, o, warn};
 use tokio::signal::unix::{signal, SignalKind};
@@ -26,6 +32,24 @@ fn system_hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The kernel dataplane of this platform.
+#[cfg(all(target_os = "linux", feature = "netlink"))]
+fn dataplane_factory() -> Result<DataplaneFactory, String> {
+    use ddm_actors::dataplane::{linux::LinuxDataplane, Dataplane};
+    Ok(Arc::new(|log: &slog::Logger| {
+        Ok(Box::new(LinuxDataplane::new(log.clone())?) as Box<dyn Dataplane>)
+    }))
+}
+
+/// The kernel dataplane of this platform: none in this build.
+#[cfg(not(all(target_os = "linux", feature = "netlink")))]
+fn dataplane_factory() -> Result<DataplaneFactory, String> {
+    Err("this build has no kernel dataplane (on Linux, build with the \
+         `netlink` feature); run with --no-state-machine for the admin API \
+         only"
+        .to_string())
 }
 
 fn config(args: &Args) -> DaemonConfig {
@@ -56,11 +80,8 @@ pub async fn run(args: Args) -> Result<(), String> {
                     client; it programs the host kernel only"
             .to_string());
     }
-    if !args.no_state_machine {
-        return Err("routing is not available in this build yet: run with \
-                    --no-state-machine (admin API only)"
-            .to_string());
-    }
+    let dataplane =
+        if args.no_state_machine { None } else { Some(dataplane_factory()?) };
     if let Some(path) = &args.admin_port_file {
         port_file::precheck(path)?;
     }
@@ -89,7 +110,14 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (supervisor, handle) = Actor::spawn(
         None,
         Supervisor,
-        SupervisorArgs { config, store, log: log.new(o!()) },
+        SupervisorArgs {
+            config,
+            store,
+            dataplane,
+            packet_io: Arc::new(|_: &InterfaceSpec| PacketIo::udp()),
+            watch_links: !args.no_state_machine,
+            log: log.new(o!()),
+        },
     )
     .await
     .map_err(|e| format!("cannot start: {}", root_cause(&e)))?;
