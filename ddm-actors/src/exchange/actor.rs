@@ -674,3 +674,633 @@ impl Actor for Exchange {
         Ok(())
     }
 }
+
+/// Test doubles shared by the exchange tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    /// What the fake router was told.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Seen {
+        /// `RouterMsg::Import`.
+        Import(PeerId, v3::Update),
+        /// `RouterMsg::PullResult`.
+        PullResult(PeerId, v3::PullResponse),
+        /// `RouterMsg::PullFor` (answered with the canned response).
+        PullFor(PeerId),
+    }
+
+    /// Stands in for the router: records what exchange tells it and
+    /// answers pulls with a canned response.
+    pub(crate) struct FakeRouter;
+
+    impl Actor for FakeRouter {
+        type Msg = RouterMsg;
+        type State = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
+        type Arguments = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
+
+        async fn pre_start(
+            &self,
+            _: RouterRef,
+            args: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(args)
+        }
+
+        async fn handle(
+            &self,
+            _: RouterRef,
+            msg: RouterMsg,
+            (tx, answer): &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = match msg {
+                RouterMsg::Import { peer, update } => {
+                    tx.send(Seen::Import(peer, update))
+                }
+                RouterMsg::PullResult { peer, response } => {
+                    tx.send(Seen::PullResult(peer, response))
+                }
+                RouterMsg::PullFor(peer, reply) => {
+                    let _ = reply.send(answer.clone());
+                    tx.send(Seen::PullFor(peer))
+                }
+                _ => Ok(()),
+            };
+            Ok(())
+        }
+    }
+
+    /// A fake router answering pulls with `answer`.
+    pub(crate) async fn fake_router(
+        answer: v3::PullResponse,
+    ) -> (RouterRef, mpsc::UnboundedReceiver<Seen>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (r, _) =
+            Actor::spawn(None, FakeRouter, (tx, answer)).await.unwrap();
+        (r, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{fake_router, Seen};
+    use super::*;
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use ractor::call;
+    use std::sync::Mutex;
+    use tokio::sync::{mpsc, Semaphore};
+    use tokio::time::timeout;
+
+    /// Every wait in these tests is bounded by this.
+    const DEADLINE: Duration = Duration::from_secs(15);
+
+    fn discard() -> Logger {
+        Logger::root(slog::Discard, o!())
+    }
+
+    fn pv(dest: &str, path: &str) -> v3::PathVector {
+        v3::PathVector {
+            destination: dest.parse().unwrap(),
+            path: vec![path.to_string()],
+        }
+    }
+
+    fn to(prefix: &str, vni: u32) -> v3::TunnelOrigin {
+        v3::TunnelOrigin {
+            overlay_prefix: prefix.parse().unwrap(),
+            boundary_addr: "fd00::99".parse().unwrap(),
+            vni,
+            metric: 0,
+        }
+    }
+
+    fn announce(dests: &[&str]) -> v3::Update {
+        let mut u = v3::Update::default();
+        for d in dests {
+            u.underlay_mut().announce.insert(pv(d, "x"));
+        }
+        u
+    }
+
+    fn withdraw(dests: &[&str]) -> v3::Update {
+        let mut u = v3::Update::default();
+        for d in dests {
+            u.underlay_mut().withdraw.insert(pv(d, "x"));
+        }
+        u
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let ms = |n| backoff(n).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5)],
+            [100, 200, 400, 800, 1600]
+        );
+        assert_eq!(backoff(7), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+        // The report comes after the fifth failure, i.e. after the first
+        // four back-offs: well within a few seconds.
+        let total: Duration = (1..MAX_ATTEMPTS).map(backoff).sum();
+        assert_eq!(total, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn merge_has_set_semantics() {
+        let mut p = announce(&["fd00:1::/64", "fd00:2::/64"]);
+        merge(&mut p, withdraw(&["fd00:1::/64", "fd00:3::/64"]));
+        assert_eq!(
+            p.underlay.as_ref().unwrap().announce,
+            [pv("fd00:2::/64", "x")].into()
+        );
+        assert_eq!(
+            p.underlay.as_ref().unwrap().withdraw,
+            [pv("fd00:1::/64", "x"), pv("fd00:3::/64", "x")].into()
+        );
+        merge(&mut p, announce(&["fd00:3::/64"]));
+        let u = p.underlay.as_ref().unwrap();
+        assert_eq!(
+            u.announce,
+            [pv("fd00:2::/64", "x"), pv("fd00:3::/64", "x")].into()
+        );
+        assert_eq!(u.withdraw, [pv("fd00:1::/64", "x")].into());
+        assert!(p.tunnel.is_none());
+
+        let mut later = v3::Update::default();
+        later.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
+        merge(&mut p, later);
+        let mut later = v3::Update::default();
+        later.tunnel_mut().withdraw.insert(to("10.0.0.0/8", 1));
+        later.tunnel_mut().announce.insert(to("10.1.0.0/16", 2));
+        merge(&mut p, later);
+        let t = p.tunnel.as_ref().unwrap();
+        assert_eq!(t.announce, [to("10.1.0.0/16", 2)].into());
+        assert_eq!(t.withdraw, [to("10.0.0.0/8", 1)].into());
+
+        // Within one update, withdraws come first (as a receiver applies
+        // them): a path in both ends up announced.
+        let mut p = v3::Update::default();
+        let mut both = announce(&["fd00:9::/64"]);
+        both.underlay_mut().withdraw.insert(pv("fd00:9::/64", "x"));
+        merge(&mut p, both);
+        let u = p.underlay.unwrap();
+        assert_eq!(u.announce.len(), 1);
+        assert!(u.withdraw.is_empty());
+    }
+
+    /// One request the fake peer received.
+    #[derive(Debug)]
+    struct Received {
+        method: Method,
+        path: String,
+        body: Bytes,
+    }
+
+    /// How the fake peer answers.
+    struct PeerCtl {
+        /// Body of every pull answer.
+        pull_body: Mutex<String>,
+        /// Status of every push answer.
+        push_status: Mutex<StatusCode>,
+        /// When set, each push waits for a permit before answering.
+        gate: Option<Semaphore>,
+    }
+
+    /// A fake peer exchange server on `[::1]:port`.
+    struct FakePeer {
+        port: u16,
+        ctl: Arc<PeerCtl>,
+        received: mpsc::UnboundedReceiver<Received>,
+        task: JoinHandle<()>,
+    }
+
+    impl Drop for FakePeer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl FakePeer {
+        async fn start(pull_body: &str, gated: bool) -> FakePeer {
+            let ctl = Arc::new(PeerCtl {
+                pull_body: Mutex::new(pull_body.to_string()),
+                push_status: Mutex::new(StatusCode::NO_CONTENT),
+                gate: gated.then(|| Semaphore::new(0)),
+            });
+            let listener =
+                server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0))
+                    .unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (tx, received) = mpsc::unbounded_channel();
+            let c = ctl.clone();
+            let task = tokio::spawn(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let (ctl, tx) = (c.clone(), tx.clone());
+                    let svc = hyper::service::service_fn(move |req| {
+                        fake_answer(req, ctl.clone(), tx.clone())
+                    });
+                    conns.spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc),
+                    );
+                }
+            });
+            FakePeer { port, ctl, received, task }
+        }
+
+        async fn next(&mut self) -> Received {
+            timeout(DEADLINE, self.received.recv())
+                .await
+                .expect("the peer heard nothing in time")
+                .unwrap()
+        }
+    }
+
+    async fn fake_answer(
+        req: Request<Incoming>,
+        ctl: Arc<PeerCtl>,
+        tx: mpsc::UnboundedSender<Received>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let is_push = method == Method::PUT;
+        let _ = tx.send(Received { method, path, body });
+        let (status, body) = if is_push {
+            if let Some(gate) = &ctl.gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            (*ctl.push_status.lock().unwrap(), String::new())
+        } else {
+            (StatusCode::OK, ctl.pull_body.lock().unwrap().clone())
+        };
+        Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap())
+    }
+
+    /// Stands in for the supervisor: forwards failure reports.
+    struct Collector;
+
+    impl Actor for Collector {
+        type Msg = ExchangeFailed;
+        type State = mpsc::UnboundedSender<ExchangeFailed>;
+        type Arguments = mpsc::UnboundedSender<ExchangeFailed>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<ExchangeFailed>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<ExchangeFailed>,
+            msg: ExchangeFailed,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = tx.send(msg);
+            Ok(())
+        }
+    }
+
+    fn loopback_peer() -> PeerId {
+        PeerId { ifindex: 0, addr: Ipv6Addr::LOCALHOST }
+    }
+
+    fn args(
+        peer: PeerId,
+        version: u8,
+        peer_port: u16,
+        router: RouterRef,
+        on_failure: Option<DerivedActorRef<ExchangeFailed>>,
+    ) -> ExchangeArgs {
+        ExchangeArgs {
+            peer,
+            peer_hostname: "peer".to_string(),
+            peer_kind: RouterKind::Transit,
+            version,
+            local_addr: Ipv6Addr::LOCALHOST,
+            port: 0,
+            peer_port,
+            timeout: Duration::from_secs(2),
+            router,
+            on_failure,
+            log: discard(),
+        }
+    }
+
+    async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+        timeout(DEADLINE, rx.recv()).await.expect("nothing in time").unwrap()
+    }
+
+    /// Poll the counters until `done` holds, within the deadline.
+    async fn wait_counters(
+        x: &ExchangeRef,
+        done: impl Fn(&ExchangeCounters) -> bool,
+    ) -> ExchangeCounters {
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+            if done(&c) {
+                return c;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "counters: {c:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    const PULL3: &str =
+        r#"{"underlay":[{"destination":"fd00:5::/64","path":["peer"]}]}"#;
+    const PULL2: &str = r#"{"underlay":[{"destination":{"addr":"fd00:5::","len":64},"path":["peer"]}]}"#;
+
+    fn pull_answer() -> v3::PullResponse {
+        v3::PullResponse {
+            underlay: Some([pv("fd00:5::/64", "peer")].into()),
+            tunnel: None,
+        }
+    }
+
+    /// Start: one pull, its result to the router. Then pushes in order,
+    /// merged while one is in flight; `Pull` pulls again.
+    #[tokio::test]
+    async fn pulls_at_start_then_pushes_in_order_merging() {
+        let mut fake = FakePeer::start(PULL3, true).await;
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 3, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+
+        let r = fake.next().await;
+        assert_eq!((r.method, r.path.as_str()), (Method::GET, "/v3/pull"));
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PullResult(peer, pull_answer())
+        );
+
+        // The first push is held by the peer...
+        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]))).unwrap();
+        let r = fake.next().await;
+        assert_eq!((r.method, r.path.as_str()), (Method::PUT, "/v3/push"));
+        let first: v3::Update = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(first, announce(&["fd00:1::/64"]));
+        // ...while three more arrive (the empty one is ignored).
+        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(withdraw(&["fd00:1::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(v3::Update::default())).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:3::/64"]))).unwrap();
+        let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+        assert_eq!(c.pushes_sent, 0, "the first push is still held");
+        fake.ctl.gate.as_ref().unwrap().add_permits(100);
+
+        let r = fake.next().await;
+        let second: v3::Update = serde_json::from_slice(&r.body).unwrap();
+        let mut want = announce(&["fd00:2::/64", "fd00:3::/64"]);
+        want.underlay_mut().withdraw.insert(pv("fd00:1::/64", "x"));
+        assert_eq!(second, want);
+        wait_counters(&x, |c| c.pushes_sent == 2).await;
+        assert!(fake.received.try_recv().is_err(), "exactly two pushes");
+
+        x.cast(ExchangeMsg::Pull).unwrap();
+        let r = fake.next().await;
+        assert_eq!((r.method, r.path.as_str()), (Method::GET, "/v3/pull"));
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PullResult(peer, pull_answer())
+        );
+        let c = wait_counters(&x, |c| c.pulls_sent == 2).await;
+        assert_eq!(c.push_failures + c.pull_failures, 0);
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// A version 2 peer is pulled and pushed to in version 2.
+    #[tokio::test]
+    async fn speaks_v2_to_a_v2_peer() {
+        let mut fake = FakePeer::start(PULL2, false).await;
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 2, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+        let r = fake.next().await;
+        assert_eq!(r.path, "/v2/pull");
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PullResult(peer, pull_answer())
+        );
+
+        let mut u = announce(&["fd00:1::/64"]);
+        u.tunnel_mut().announce.insert(to("10.0.0.0/8", 4));
+        x.cast(ExchangeMsg::Push(u.clone())).unwrap();
+        let r = fake.next().await;
+        assert_eq!(r.path, "/v2/push");
+        let text = std::str::from_utf8(&r.body).unwrap();
+        assert!(
+            text.contains(r#"{"V4":{"addr":"10.0.0.0","len":8}}"#),
+            "{text}"
+        );
+        let got: super::super::wire::v2::Update =
+            serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v3::Update::try_from(got).unwrap(), u);
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// A peer that refuses pushes: retried with back-off, reported once
+    /// after `MAX_ATTEMPTS`, and delivered once the peer recovers.
+    #[tokio::test]
+    async fn failing_pushes_are_retried_and_reported() {
+        let mut fake = FakePeer::start(PULL3, false).await;
+        *fake.ctl.push_status.lock().unwrap() =
+            StatusCode::INTERNAL_SERVER_ERROR;
+        let (router, _seen) = fake_router(Default::default()).await;
+        let (tx, mut failed) = mpsc::unbounded_channel();
+        let (sup, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 3, fake.port, router, Some(sup.get_derived())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.next().await.path, "/v3/pull");
+
+        let started = tokio::time::Instant::now();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]))).unwrap();
+        assert_eq!(recv(&mut failed).await, ExchangeFailed { peer });
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+        let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+        assert_eq!(c.push_failures, u64::from(MAX_ATTEMPTS));
+        assert_eq!(c.failures_reported, 1);
+        assert_eq!(c.pushes_sent, 0);
+        for _ in 0..MAX_ATTEMPTS {
+            let r = fake.next().await;
+            let u: v3::Update = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(u, announce(&["fd00:1::/64"]));
+        }
+
+        // An update queued during the back-off joins the retried one.
+        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]))).unwrap();
+        *fake.ctl.push_status.lock().unwrap() = StatusCode::NO_CONTENT;
+        let r = fake.next().await;
+        let u: v3::Update = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(u, announce(&["fd00:1::/64", "fd00:2::/64"]));
+        let c = wait_counters(&x, |c| c.pushes_sent == 1).await;
+        assert_eq!(c.failures_reported, 1);
+        assert!(failed.try_recv().is_err(), "reported once");
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// Nothing listens at the peer: the pull is retried, then reported.
+    #[tokio::test]
+    async fn unreachable_peer_is_reported() {
+        // A port that was just free: nothing listens there.
+        let l = server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0))
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let (tx, mut failed) = mpsc::unbounded_channel();
+        let (sup, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 3, port, router, Some(sup.get_derived())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(recv(&mut failed).await, ExchangeFailed { peer });
+        let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+        assert!(c.pull_failures >= u64::from(MAX_ATTEMPTS), "{c:?}");
+        assert_eq!(c.pulls_sent, 0);
+        assert!(seen.try_recv().is_err(), "no pull result");
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// The actor's own server over a real socket: the peer's push reaches
+    /// the router, its pull is answered; a stranger is refused.
+    #[tokio::test]
+    async fn serves_the_peer_and_refuses_strangers() {
+        let fake = FakePeer::start(PULL3, false).await;
+        let answer = pull_answer();
+        let (router, mut seen) = fake_router(answer.clone()).await;
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 3, fake.port, router.clone(), None),
+        )
+        .await
+        .unwrap();
+        let local = call!(x, ExchangeMsg::GetLocalAddr).unwrap().unwrap();
+        assert_ne!(local.port(), 0);
+        assert!(matches!(recv(&mut seen).await, Seen::PullResult(..)));
+
+        let as_peer = Client::new(local, Version::V3, Duration::from_secs(2));
+        let u = announce(&["fd00:8::/64"]);
+        as_peer.push(&u).await.unwrap();
+        assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
+        assert_eq!(as_peer.pull().await.unwrap(), answer);
+        assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
+        let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
+        assert_eq!(as_v2.pull().await.unwrap(), answer);
+        let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+        assert_eq!((c.pushes_received, c.pulls_received), (1, 2));
+
+        // Another exchange actor whose peer is someone else: our loopback
+        // source address is a stranger to it.
+        let other = PeerId { ifindex: 0, addr: "fd00::2".parse().unwrap() };
+        let (y, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(other, 3, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+        let local = call!(y, ExchangeMsg::GetLocalAddr).unwrap().unwrap();
+        let stranger = Client::new(local, Version::V3, Duration::from_secs(2));
+        match stranger.push(&u).await {
+            Err(ClientError::Status { status, .. }) => {
+                assert_eq!(status, StatusCode::FORBIDDEN)
+            }
+            other => panic!("expected 403, got {other:?}"),
+        }
+        let c = call!(y, ExchangeMsg::GetCounters).unwrap();
+        assert_eq!((c.rejected_forbidden, c.pushes_received), (1, 0));
+        y.stop_and_wait(None, None).await.unwrap();
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// Stopping closes the listener: a new actor can bind the same port at
+    /// once. A port in use is retried, not fatal.
+    #[tokio::test]
+    async fn stop_frees_the_port_and_busy_ports_are_retried() {
+        let fake = FakePeer::start(PULL3, false).await;
+        let (router, _seen) = fake_router(Default::default()).await;
+        let peer = loopback_peer();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(peer, 3, fake.port, router.clone(), None),
+        )
+        .await
+        .unwrap();
+        let port = call!(x, ExchangeMsg::GetLocalAddr).unwrap().unwrap().port();
+
+        // While x holds the port, a second actor on it cannot bind yet.
+        let mut same = args(peer, 3, fake.port, router.clone(), None);
+        same.port = port;
+        let (y, _) = Actor::spawn(None, Exchange, same).await.unwrap();
+        assert_eq!(call!(y, ExchangeMsg::GetLocalAddr).unwrap(), None);
+        assert!(call!(y, ExchangeMsg::GetCounters).unwrap().bind_failures >= 1);
+
+        x.stop_and_wait(None, None).await.unwrap();
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(a) = call!(y, ExchangeMsg::GetLocalAddr).unwrap() {
+                assert_eq!(a.port(), port);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "never rebound");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        y.stop_and_wait(None, None).await.unwrap();
+        // And once y is gone, the port is free right away.
+        server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn unknown_version_fails_to_start() {
+        let (router, _seen) = fake_router(Default::default()).await;
+        let r = Actor::spawn(
+            None,
+            Exchange,
+            args(loopback_peer(), 4, 1, router, None),
+        )
+        .await;
+        assert!(r.is_err());
+    }
+}

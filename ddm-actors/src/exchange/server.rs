@@ -310,3 +310,221 @@ fn bad_request(mut reason: String) -> Response<Full<Bytes>> {
     }
     text(StatusCode::BAD_REQUEST, &reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::actor::testing::{fake_router, Seen};
+    use futures::stream;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio::sync::mpsc;
+
+    fn peer() -> PeerId {
+        PeerId { ifindex: 0, addr: "fe80::2".parse().unwrap() }
+    }
+
+    async fn rig(
+        answer: v3::PullResponse,
+    ) -> (ServerCtx, mpsc::UnboundedReceiver<Seen>) {
+        let (router, seen) = fake_router(answer).await;
+        let ctx = ServerCtx {
+            peer: peer(),
+            router,
+            timeout: Duration::from_secs(5),
+            stats: Arc::new(Stats::default()),
+            log: Logger::root(slog::Discard, slog::o!()),
+        };
+        (ctx, seen)
+    }
+
+    fn req(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    async fn body_of(r: Response<Full<Bytes>>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    const PUSH3: &str = r#"{"underlay":{"announce":[{"destination":"fd00:1::/64","path":["a"]}],"withdraw":[]}}"#;
+    const PUSH2: &str = r#"{"underlay":{"announce":[{"destination":{"addr":"fd00:2::","len":64},"path":["b"]}]},"tunnel":{"withdraw":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":8}},"boundary_addr":"fd00::9","vni":5}]}}"#;
+
+    fn pv(dest: &str, path: &str) -> v3::PathVector {
+        v3::PathVector {
+            destination: dest.parse().unwrap(),
+            path: vec![path.to_string()],
+        }
+    }
+
+    #[tokio::test]
+    async fn v3_push_reaches_the_router() {
+        let (ctx, mut seen) = rig(Default::default()).await;
+        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let want = v3::Update {
+            underlay: Some(v3::UnderlayUpdate {
+                announce: [pv("fd00:1::/64", "a")].into(),
+                withdraw: Default::default(),
+            }),
+            tunnel: None,
+        };
+        assert_eq!(seen.recv().await, Some(Seen::Import(peer(), want)));
+        assert_eq!(ctx.stats.snapshot().pushes_received, 1);
+    }
+
+    #[tokio::test]
+    async fn v2_push_is_converted() {
+        let (ctx, mut seen) = rig(Default::default()).await;
+        let r = handle(req(Method::PUT, "/v2/push", PUSH2), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let Some(Seen::Import(p, u)) = seen.recv().await else {
+            panic!("no import");
+        };
+        assert_eq!(p, peer());
+        assert_eq!(
+            u.underlay.unwrap().announce,
+            [pv("fd00:2::/64", "b")].into()
+        );
+        let t = u.tunnel.unwrap();
+        assert!(t.announce.is_empty());
+        let w = t.withdraw.into_iter().next().unwrap();
+        assert_eq!(w.overlay_prefix, "10.0.0.0/8".parse().unwrap());
+        assert_eq!(w.metric, 0);
+    }
+
+    /// Every malformed body is a 400 with a reason, and nothing reaches the
+    /// router: the next good push is the first thing it sees.
+    #[tokio::test]
+    async fn malformed_pushes_are_refused() {
+        let (ctx, mut seen) = rig(Default::default()).await;
+        let bad = [
+            ("/v3/push", "{not json"),
+            (
+                "/v3/push",
+                r#"{"underlay":{"announce":[{"destination":"fd00::/129","path":[]}]}}"#,
+            ),
+            (
+                "/v3/push",
+                r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":64},"path":[]}]}}"#,
+            ),
+            (
+                "/v2/push",
+                r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":129},"path":[]}]}}"#,
+            ),
+            (
+                "/v2/push",
+                r#"{"tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::9","vni":5}]}}"#,
+            ),
+            ("/v2/push", PUSH3),
+        ];
+        for (path, body) in bad {
+            let r = handle(req(Method::PUT, path, body), true, &ctx).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path} {body}");
+            let reason = body_of(r).await;
+            assert!(reason.starts_with("invalid v"), "{reason}");
+            assert!(reason.len() <= MAX_REASON + 1);
+        }
+        let c = ctx.stats.snapshot();
+        assert_eq!(c.rejected_malformed, bad.len() as u64);
+        assert_eq!(c.pushes_received, 0);
+        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let Some(Seen::Import(_, u)) = seen.recv().await else {
+            panic!("no import");
+        };
+        assert_eq!(u.underlay.unwrap().announce.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn strangers_unknown_paths_and_wrong_methods() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        let r = handle(req(Method::PUT, "/v3/push", PUSH3), false, &ctx).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = handle(req(Method::GET, "/v3/pull", ""), false, &ctx).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = handle(req(Method::PUT, "/v4/push", PUSH3), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = handle(req(Method::GET, "/v3/push", ""), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "PUT");
+        let r = handle(req(Method::PUT, "/v2/pull", ""), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "GET");
+        let c = ctx.stats.snapshot();
+        assert_eq!(c.rejected_forbidden, 2);
+        assert_eq!(c.rejected_other, 3);
+        assert_eq!(c.pushes_received + c.pulls_received, 0);
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        // Declared too large: refused before reading.
+        let mut r = req(Method::PUT, "/v3/push", PUSH3);
+        r.headers_mut().insert(
+            CONTENT_LENGTH,
+            (MAX_BODY + 1).to_string().parse().unwrap(),
+        );
+        let resp = handle(r, true, &ctx).await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Undeclared, streamed past the bound (one shared 1 MiB chunk).
+        let chunk = Bytes::from(vec![b' '; 1 << 20]);
+        let n = MAX_BODY / chunk.len() + 1;
+        let frames = stream::iter(
+            (0..n)
+                .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+        );
+        let r = Request::builder()
+            .method(Method::PUT)
+            .uri("/v3/push")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        let resp = handle(r, true, &ctx).await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let c = ctx.stats.snapshot();
+        assert_eq!(c.rejected_too_large, 2);
+        assert_eq!(c.pushes_received, 0);
+    }
+
+    #[tokio::test]
+    async fn pulls_are_answered_in_the_requested_version() {
+        let answer = v3::PullResponse {
+            underlay: Some([pv("fd00:7::/64", "me")].into()),
+            tunnel: None,
+        };
+        let (ctx, mut seen) = rig(answer.clone()).await;
+        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let got: v3::PullResponse =
+            serde_json::from_str(&body_of(r).await).unwrap();
+        assert_eq!(got, answer);
+        assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
+
+        let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = body_of(r).await;
+        assert!(text.contains(r#"{"addr":"fd00:7::","len":64}"#), "{text}");
+        let got: v2::PullResponse = serde_json::from_str(&text).unwrap();
+        assert_eq!(v3::PullResponse::try_from(got).unwrap(), answer);
+        assert_eq!(ctx.stats.snapshot().pulls_received, 2);
+    }
+
+    #[tokio::test]
+    async fn router_gone_is_503() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        ctx.router.stop_and_wait(None, None).await.unwrap();
+        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let c = ctx.stats.snapshot();
+        assert_eq!(c.router_unavailable, 2);
+        assert_eq!(c.pushes_received + c.pulls_received, 0);
+    }
+}
