@@ -355,3 +355,254 @@ impl Actor for Router {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::memory::MemoryDataplane;
+    use crate::dataplane::Nexthop;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A stand-in exchange actor that records what the router pushes.
+    struct FakeExchange;
+
+    type Pushed = Arc<Mutex<Vec<v3::Update>>>;
+
+    impl Actor for FakeExchange {
+        type Msg = ExchangeMsg;
+        type State = Pushed;
+        type Arguments = Pushed;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<ExchangeMsg>,
+            pushed: Pushed,
+        ) -> Result<Pushed, ActorProcessingErr> {
+            Ok(pushed)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<ExchangeMsg>,
+            msg: ExchangeMsg,
+            pushed: &mut Pushed,
+        ) -> Result<(), ActorProcessingErr> {
+            if let ExchangeMsg::Push(u) = msg {
+                pushed.lock().unwrap().push(u);
+            }
+            Ok(())
+        }
+    }
+
+    fn p(s: &str) -> Ipv6Net {
+        s.parse().unwrap()
+    }
+
+    fn peer(i: u32) -> PeerId {
+        PeerId { ifindex: i, addr: format!("fe80::{i}").parse().unwrap() }
+    }
+
+    fn announce(dest: &str, path: &[&str]) -> v3::Update {
+        v3::Update {
+            underlay: Some(v3::UnderlayUpdate {
+                announce: [PathVector {
+                    destination: p(dest),
+                    path: path.iter().map(|s| s.to_string()).collect(),
+                }]
+                .into(),
+                withdraw: BTreeSet::new(),
+            }),
+            tunnel: None,
+        }
+    }
+
+    async fn router(kind: RouterKind) -> (RouterRef, MemoryDataplane) {
+        let dp = MemoryDataplane::new();
+        let args = RouterArgs {
+            hostname: "me".to_string(),
+            kind,
+            dataplane: Box::new(dp.clone()),
+            log: Logger::root(slog::Discard, o!()),
+        };
+        let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+        (r, dp)
+    }
+
+    async fn add_peer(r: &RouterRef, i: u32, kind: RouterKind) -> Pushed {
+        let pushed = Pushed::default();
+        let (x, _) =
+            Actor::spawn(None, FakeExchange, pushed.clone()).await.unwrap();
+        r.cast(RouterMsg::PeerUp { peer: peer(i), kind, exchange: x }).unwrap();
+        pushed
+    }
+
+    /// Wait (in paused time) until `f` holds.
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    fn nh(i: u32) -> Nexthop {
+        peer(i).nexthop()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn imports_program_the_dataplane_as_ecmp_sets() {
+        let (r, dp) = router(RouterKind::Server).await;
+        add_peer(&r, 1, RouterKind::Transit).await;
+        add_peer(&r, 2, RouterKind::Transit).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:9::/64", &["far", "t1"]),
+        })
+        .unwrap();
+        r.cast(RouterMsg::Import {
+            peer: peer(2),
+            update: announce("fd00:9::/64", &["far", "t2"]),
+        })
+        .unwrap();
+        until("two nexthops", || {
+            dp.tables().routes.get(&p("fd00:9::/64"))
+                == Some(&[nh(1), nh(2)].into())
+        })
+        .await;
+        // One path goes: the set shrinks; the other goes: the route goes.
+        r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+        until("one nexthop", || {
+            dp.tables().routes.get(&p("fd00:9::/64")) == Some(&[nh(2)].into())
+        })
+        .await;
+        r.cast(RouterMsg::PeerDown(peer(2))).unwrap();
+        until("no route", || dp.tables().routes.is_empty()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transit_redistributes_to_the_other_peers_only() {
+        let (r, _dp) = router(RouterKind::Transit).await;
+        let from = add_peer(&r, 1, RouterKind::Server).await;
+        let other = add_peer(&r, 2, RouterKind::Server).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:1::/64", &["s1"]),
+        })
+        .unwrap();
+        until("pushed to the other peer", || {
+            other.lock().unwrap().iter().any(|u| {
+                u.underlay.as_ref().is_some_and(|ul| {
+                    ul.announce.iter().any(|pv| {
+                        pv.destination == p("fd00:1::/64")
+                            && pv.path == ["s1", "me"]
+                    })
+                })
+            })
+        })
+        .await;
+        assert!(from.lock().unwrap().is_empty(), "never back to its source");
+        // The source expires: the other peer hears the withdrawal.
+        r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+        until("withdrawn from the other peer", || {
+            other.lock().unwrap().iter().any(|u| {
+                u.underlay.as_ref().is_some_and(|ul| !ul.withdraw.is_empty())
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_announces_what_it_originates_and_drops_loops() {
+        let (r, dp) = router(RouterKind::Server).await;
+        let t = add_peer(&r, 1, RouterKind::Transit).await;
+        r.cast(RouterMsg::Originate([p("fd00:5::/64")].into())).unwrap();
+        until("originated prefix pushed", || {
+            t.lock().unwrap().iter().any(|u| {
+                u.underlay.as_ref().is_some_and(|ul| {
+                    ul.announce.iter().any(|pv| pv.path == ["me"])
+                })
+            })
+        })
+        .await;
+        // A path through us is a loop: dropped, nothing installed.
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:6::/64", &["x", "me", "t1"]),
+        })
+        .unwrap();
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:7::/64", &["y", "t1"]),
+        })
+        .unwrap();
+        until("the good path installed", || {
+            dp.tables().routes.contains_key(&p("fd00:7::/64"))
+        })
+        .await;
+        assert!(!dp.tables().routes.contains_key(&p("fd00:6::/64")));
+        // Withdrawing what we originate is pushed too.
+        r.cast(RouterMsg::Withdraw([p("fd00:5::/64")].into())).unwrap();
+        until("withdrawal pushed", || {
+            t.lock().unwrap().iter().any(|u| {
+                u.underlay.as_ref().is_some_and(|ul| {
+                    ul.withdraw
+                        .iter()
+                        .any(|pv| pv.destination == p("fd00:5::/64"))
+                })
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn updates_from_unknown_peers_change_nothing() {
+        let (r, dp) = router(RouterKind::Server).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(9),
+            update: announce("fd00:9::/64", &["x"]),
+        })
+        .unwrap();
+        let n = ractor::call!(r, RouterMsg::GetRouteCount).unwrap();
+        assert_eq!(n, 0);
+        assert!(dp.tables().routes.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_removes_every_route() {
+        let (r, dp) = router(RouterKind::Server).await;
+        add_peer(&r, 1, RouterKind::Transit).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:9::/64", &["x"]),
+        })
+        .unwrap();
+        until("installed", || !dp.tables().routes.is_empty()).await;
+        r.stop_and_wait(None, None).await.unwrap();
+        assert!(dp.tables().routes.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_originated_reconciles() {
+        let (r, _dp) = router(RouterKind::Server).await;
+        r.cast(RouterMsg::Originate(
+            [p("fd00:1::/64"), p("fd00:2::/64")].into(),
+        ))
+        .unwrap();
+        r.cast(RouterMsg::SetOriginated {
+            prefixes: [p("fd00:2::/64"), p("fd00:3::/64")].into(),
+            tunnels: BTreeSet::new(),
+        })
+        .unwrap();
+        let pull = ractor::call!(r, RouterMsg::PullFor, peer(1)).unwrap();
+        let dests: BTreeSet<_> = pull
+            .underlay
+            .unwrap_or_default()
+            .into_iter()
+            .map(|pv| pv.destination)
+            .collect();
+        assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
+    }
+}
