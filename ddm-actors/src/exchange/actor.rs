@@ -11,9 +11,10 @@
 //!   peer ─PUT/GET /vN/…─▶ server task ─Import (cast)/PullFor (call)─▶ router
 //! ```
 //!
-//! On start the actor binds its [server](super::server) on
-//! `[local%ifindex]:port` and pulls the peer's full set once, handing it to
-//! the router as `PullResult`. Afterwards it pushes every update the router
+//! On start the actor sends the router `PeerUp` (so the router knows the
+//! peer before any of its imports arrive), binds its
+//! [server](super::server) on `[local%ifindex]:port` and pulls the peer's
+//! full set once, handing it to the router as `PullResult`. Afterwards it pushes every update the router
 //! gives it, in order, one request at a time: while a push is in flight the
 //! updates that arrive are merged into one pending update (a later withdraw
 //! of a path cancels its pending announce and the other way round), sent
@@ -605,6 +606,18 @@ impl Actor for Exchange {
             next_gen: 0,
             log,
         };
+        // Tell the router first, so that its mailbox holds `PeerUp` ahead
+        // of every `Import` and `PullResult` for this peer: nothing is
+        // bound or pulled yet. (The supervisor's own `PeerUp` after spawning
+        // us is then a no-op.)
+        let up = RouterMsg::PeerUp {
+            peer,
+            kind: args.peer_kind,
+            exchange: myself.clone(),
+        };
+        if let Err(e) = state.router.cast(up) {
+            warn!(state.log, "router gone at start"; "error" => %e);
+        }
         state.try_bind(&myself);
         state.start_pull(&myself);
         Ok(state)
@@ -684,6 +697,8 @@ pub(crate) mod testing {
     /// What the fake router was told.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub(crate) enum Seen {
+        /// `RouterMsg::PeerUp`.
+        PeerUp(PeerId, RouterKind),
         /// `RouterMsg::Import`.
         Import(PeerId, v3::Update),
         /// `RouterMsg::PullResult`.
@@ -716,6 +731,9 @@ pub(crate) mod testing {
             (tx, answer): &mut Self::State,
         ) -> Result<(), ActorProcessingErr> {
             let _ = match msg {
+                RouterMsg::PeerUp { peer, kind, .. } => {
+                    tx.send(Seen::PeerUp(peer, kind))
+                }
                 RouterMsg::Import { peer, update } => {
                     tx.send(Seen::Import(peer, update))
                 }
@@ -877,6 +895,8 @@ mod tests {
         port: u16,
         ctl: Arc<PeerCtl>,
         received: mpsc::UnboundedReceiver<Received>,
+        /// Connections accepted so far.
+        accepted: Arc<AtomicU64>,
         task: JoinHandle<()>,
     }
 
@@ -899,10 +919,13 @@ mod tests {
             let port = listener.local_addr().unwrap().port();
             let (tx, received) = mpsc::unbounded_channel();
             let c = ctl.clone();
+            let accepted = Arc::new(AtomicU64::new(0));
+            let count = accepted.clone();
             let task = tokio::spawn(async move {
                 let mut conns = tokio::task::JoinSet::new();
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
                     let (ctl, tx) = (c.clone(), tx.clone());
                     let svc = hyper::service::service_fn(move |req| {
                         fake_answer(req, ctl.clone(), tx.clone())
@@ -913,7 +936,7 @@ mod tests {
                     );
                 }
             });
-            FakePeer { port, ctl, received, task }
+            FakePeer { port, ctl, received, accepted, task }
         }
 
         async fn next(&mut self) -> Received {
@@ -1046,6 +1069,10 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
 
         let r = fake.next().await;
         assert_eq!((r.method, r.path.as_str()), (Method::GET, "/v3/pull"));
@@ -1102,6 +1129,10 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
         let r = fake.next().await;
         assert_eq!(r.path, "/v2/pull");
         assert_eq!(
@@ -1122,6 +1153,9 @@ mod tests {
         let got: super::super::wire::v2::Update =
             serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v3::Update::try_from(got).unwrap(), u);
+        wait_counters(&x, |c| c.pushes_sent == 1).await;
+        // The pull's connection was kept alive and carried the push.
+        assert_eq!(fake.accepted.load(Ordering::Relaxed), 1);
         x.stop_and_wait(None, None).await.unwrap();
     }
 
@@ -1191,6 +1225,10 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
         assert_eq!(recv(&mut failed).await, ExchangeFailed { peer });
         let c = call!(x, ExchangeMsg::GetCounters).unwrap();
         assert!(c.pull_failures >= u64::from(MAX_ATTEMPTS), "{c:?}");
@@ -1214,6 +1252,10 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
         let local = call!(x, ExchangeMsg::GetLocalAddr).unwrap().unwrap();
         assert_ne!(local.port(), 0);
         assert!(matches!(recv(&mut seen).await, Seen::PullResult(..)));

@@ -28,7 +28,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ractor::rpc::CallResult;
 use slog::{debug, warn, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -50,6 +50,10 @@ const MAX_REASON: usize = 256;
 /// Pause after a failed `accept` (for example out of descriptors), so the
 /// loop does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long the peer's kept-alive connection may sit idle (or take to send
+/// a request's headers) before it is closed.
+const PEER_IDLE: Duration = Duration::from_secs(60);
 
 /// Bind a listener on `addr` with `SO_REUSEADDR`, so that a peer that comes
 /// back quickly can be served on the same port again.
@@ -119,7 +123,12 @@ async fn serve_connection(
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, allowed, &ctx).await) }
     });
+    // The peer may keep its connection open between pushes; a stranger
+    // gets one answer. Either way a silent client is dropped in time.
+    let idle = if allowed { PEER_IDLE } else { ctx.timeout };
     let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
         .keep_alive(allowed)
         .serve_connection(TokioIo::new(stream), svc);
     if let Err(e) = conn.await {
