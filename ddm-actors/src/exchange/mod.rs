@@ -2,7 +2,8 @@
 //!
 //! [`wire`] holds the frozen JSON shapes of the push/pull protocol (versions
 //! 2 and 3) and the conversions between them; version 3 is what the rest of
-//! the router works with.
+//! the router works with. [`actor`] is the per-peer exchange actor; it
+//! serves the peer through [`server`] and calls it through [`client`].
 
 pub mod actor;
 pub mod client;
