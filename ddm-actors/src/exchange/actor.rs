@@ -12,9 +12,9 @@
 //! ```
 //!
 //! On start the actor sends the router `PeerUp` (so the router knows the
-//! peer before any of its imports arrive), binds its
-//! [`server`](super::server) on `[local%ifindex]:port` and pulls the peer's
-//! full set once, handing it to the router as `PullResult`. Afterwards it pushes every update the router
+//! peer before any of its imports arrive), binds its [`server`] on
+//! `[local%ifindex]:port` and pulls the peer's full set once, handing it to
+//! the router as `PullResult`. Afterwards it pushes every update the router
 //! gives it, in order, one request at a time: while a push is in flight the
 //! updates that arrive are merged into one pending update (a later withdraw
 //! of a path cancels its pending announce and the other way round), sent
