@@ -35,7 +35,7 @@ use crate::discovery::{
     DiscoveryState, PacketIo, PeerIdentity,
 };
 use crate::exchange::actor::{
-    Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
+    Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
 };
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
@@ -231,21 +231,28 @@ impl SupervisorState {
         };
         let (router, _) =
             Actor::spawn_linked(None, Router, args, myself.get_cell()).await?;
-        // Peers already in exchange belong to the new router too.
-        for (ifindex, rec) in &self.peers {
-            if let (Some(peer), Some(x)) = (&rec.peer, &rec.exchange) {
-                let _ = router.cast(RouterMsg::PeerUp {
-                    peer: PeerId { ifindex: *ifindex, addr: peer.addr },
-                    kind: peer.kind,
-                    exchange: x.clone(),
-                });
-                let _ = x.cast(ExchangeMsg::Pull);
-            }
-        }
         if let Some(admin) = &self.admin {
             let _ = admin.cast(AdminMsg::SetRouter(Some(router.clone())));
         }
         self.router = Some(router);
+        // Exchange actors hold the router they were started with: peers
+        // already up get fresh ones, which announce them to the new router
+        // and pull their full sets again.
+        let up: Vec<(u32, Ipv6Addr, PeerIdentity)> = self
+            .peers
+            .iter()
+            .filter(|(_, r)| r.exchange.is_some())
+            .filter_map(|(i, r)| Some((*i, r.local_addr, r.peer.clone()?)))
+            .collect();
+        for (ifindex, local_addr, peer) in up {
+            if let Some(x) =
+                self.peers.get_mut(&ifindex).and_then(|r| r.exchange.take())
+            {
+                let _ =
+                    x.stop_and_wait(None, Some(Duration::from_secs(1))).await;
+            }
+            self.start_exchange(myself, ifindex, local_addr, &peer).await;
+        }
         Ok(())
     }
 
@@ -291,12 +298,9 @@ impl SupervisorState {
         );
         match Actor::spawn_linked(None, Exchange, args, myself.get_cell()).await
         {
+            // The exchange actor announces the peer to the router itself,
+            // before anything it imports.
             Ok((x, _)) => {
-                let _ = router.cast(RouterMsg::PeerUp {
-                    peer: id,
-                    kind: peer.kind,
-                    exchange: x.clone(),
-                });
                 if let Some(rec) = self.peers.get_mut(&ifindex) {
                     rec.exchange = Some(x);
                 }
@@ -309,11 +313,17 @@ impl SupervisorState {
         }
     }
 
-    fn stop_exchange(&mut self, ifindex: u32, addr: Ipv6Addr) {
-        if let Some(x) =
-            self.peers.get_mut(&ifindex).and_then(|r| r.exchange.take())
-        {
-            x.stop(Some("peer down".to_string()));
+    /// Stop the exchange actor of a peer that went away (waiting, so its
+    /// port is free for the next one) and tell the router.
+    async fn stop_exchange(&mut self, ifindex: u32, addr: Ipv6Addr) {
+        let x = self.peers.get_mut(&ifindex).and_then(|r| r.exchange.take());
+        if let Some(x) = x {
+            let _ = x
+                .stop_and_wait(
+                    Some("peer down".to_string()),
+                    Some(Duration::from_secs(1)),
+                )
+                .await;
         }
         if let Some(router) = &self.router {
             let _ = router.cast(RouterMsg::PeerDown(PeerId { ifindex, addr }));
@@ -368,7 +378,7 @@ impl SupervisorState {
                 let old = rec.peer.replace(peer.clone());
                 if let Some(old) = old {
                     if rec.exchange.is_some() {
-                        self.stop_exchange(ifindex, old.addr);
+                        self.stop_exchange(ifindex, old.addr).await;
                     }
                 }
                 self.start_exchange(myself, ifindex, local_addr, &peer).await;
@@ -376,7 +386,7 @@ impl SupervisorState {
             DiscoveryEvent::PeerDown { ifname, ifindex, peer } => {
                 info!(self.log, "peer down"; "interface" => &ifname,
                     "peer" => %peer.addr, "host" => &peer.hostname);
-                self.stop_exchange(ifindex, peer.addr);
+                self.stop_exchange(ifindex, peer.addr).await;
             }
             DiscoveryEvent::PeerAddrChanged {
                 ifname,
@@ -387,7 +397,7 @@ impl SupervisorState {
             } => {
                 info!(self.log, "peer renumbered"; "interface" => &ifname,
                     "old" => %old_addr, "new" => %peer.addr);
-                self.stop_exchange(ifindex, old_addr);
+                self.stop_exchange(ifindex, old_addr).await;
                 if let Some(rec) = self.peers.get_mut(&ifindex) {
                     rec.peer = Some(peer.clone());
                     rec.local_addr = local_addr;
