@@ -11,6 +11,7 @@
 //! --bins` (the README's test command does). `DDMD_BIN` and `DDMADM_BIN`
 //! override the paths.
 
+pub mod fabric;
 pub mod fixture;
 pub mod netns;
 
