@@ -132,6 +132,22 @@ impl AdminState {
         Ok(())
     }
 
+    /// Make `change` durable, then tell the router (`msg`). Nothing to
+    /// change (a duplicate advertise, a withdrawal of something never
+    /// originated) touches neither.
+    async fn update(
+        &mut self,
+        change: StoreChange,
+        msg: RouterMsg,
+    ) -> Result<(), String> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        self.commit(change).await?;
+        self.tell_router(msg);
+        Ok(())
+    }
+
     fn tell_router(&self, msg: RouterMsg) {
         if let Some(router) = &self.router {
             if let Err(e) = router.cast(msg) {
@@ -218,84 +234,40 @@ impl Actor for Admin {
                 let _ = reply.send(state.originated.tunnels.clone());
             }
             AdminMsg::Originate(prefixes, reply) => {
-                let new: BTreeSet<_> = prefixes
-                    .difference(&state.originated.prefixes)
-                    .copied()
-                    .collect();
-                let r = if new.is_empty() {
-                    Ok(())
-                } else {
-                    let change = StoreChange {
-                        add_prefixes: new.clone(),
-                        ..Default::default()
-                    };
-                    let r = state.commit(change).await;
-                    if r.is_ok() {
-                        state.tell_router(RouterMsg::Originate(new));
-                    }
-                    r
+                let add = not_in(prefixes, &state.originated.prefixes);
+                let change = StoreChange {
+                    add_prefixes: add.clone(),
+                    ..Default::default()
                 };
+                let r = state.update(change, RouterMsg::Originate(add)).await;
                 let _ = reply.send(r);
             }
             AdminMsg::Withdraw(prefixes, reply) => {
-                let gone: BTreeSet<_> = prefixes
-                    .intersection(&state.originated.prefixes)
-                    .copied()
-                    .collect();
-                let r = if gone.is_empty() {
-                    Ok(())
-                } else {
-                    let change = StoreChange {
-                        remove_prefixes: gone.clone(),
-                        ..Default::default()
-                    };
-                    let r = state.commit(change).await;
-                    if r.is_ok() {
-                        state.tell_router(RouterMsg::Withdraw(gone));
-                    }
-                    r
+                let gone = only_in(prefixes, &state.originated.prefixes);
+                let change = StoreChange {
+                    remove_prefixes: gone.clone(),
+                    ..Default::default()
                 };
+                let r = state.update(change, RouterMsg::Withdraw(gone)).await;
                 let _ = reply.send(r);
             }
             AdminMsg::OriginateTunnels(tunnels, reply) => {
-                let new: BTreeSet<_> = tunnels
-                    .difference(&state.originated.tunnels)
-                    .copied()
-                    .collect();
-                let r = if new.is_empty() {
-                    Ok(())
-                } else {
-                    let change = StoreChange {
-                        add_tunnels: new.clone(),
-                        ..Default::default()
-                    };
-                    let r = state.commit(change).await;
-                    if r.is_ok() {
-                        state.tell_router(RouterMsg::OriginateTunnels(new));
-                    }
-                    r
+                let add = not_in(tunnels, &state.originated.tunnels);
+                let change = StoreChange {
+                    add_tunnels: add.clone(),
+                    ..Default::default()
                 };
-                let _ = reply.send(r);
+                let msg = RouterMsg::OriginateTunnels(add);
+                let _ = reply.send(state.update(change, msg).await);
             }
             AdminMsg::WithdrawTunnels(tunnels, reply) => {
-                let gone: BTreeSet<_> = tunnels
-                    .intersection(&state.originated.tunnels)
-                    .copied()
-                    .collect();
-                let r = if gone.is_empty() {
-                    Ok(())
-                } else {
-                    let change = StoreChange {
-                        remove_tunnels: gone.clone(),
-                        ..Default::default()
-                    };
-                    let r = state.commit(change).await;
-                    if r.is_ok() {
-                        state.tell_router(RouterMsg::WithdrawTunnels(gone));
-                    }
-                    r
+                let gone = only_in(tunnels, &state.originated.tunnels);
+                let change = StoreChange {
+                    remove_tunnels: gone.clone(),
+                    ..Default::default()
                 };
-                let _ = reply.send(r);
+                let msg = RouterMsg::WithdrawTunnels(gone);
+                let _ = reply.send(state.update(change, msg).await);
             }
             AdminMsg::GetPeers(reply) => {
                 if let Err(e) =
@@ -359,6 +331,16 @@ impl Actor for Admin {
         }
         Ok(())
     }
+}
+
+/// The members of `want` that `have` lacks.
+fn not_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.into_iter().filter(|x| !have.contains(x)).collect()
+}
+
+/// The members of `want` that `have` holds.
+fn only_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.into_iter().filter(|x| have.contains(x)).collect()
 }
 
 /// The dropshot server context: only the way to reach the admin actor.

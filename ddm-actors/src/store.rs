@@ -191,6 +191,16 @@ pub struct StoreChange {
     pub remove_tunnels: BTreeSet<TunnelOrigin>,
 }
 
+impl StoreChange {
+    /// True when the change changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.add_prefixes.is_empty()
+            && self.remove_prefixes.is_empty()
+            && self.add_tunnels.is_empty()
+            && self.remove_tunnels.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
