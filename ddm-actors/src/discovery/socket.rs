@@ -124,7 +124,11 @@ pub fn send(
     payload: &[u8],
 ) -> io::Result<()> {
     let dest = SocketAddr::V6(SocketAddrV6::new(to, port, 0, ifindex));
-    let n = link.unicast.try_send_to(payload, dest)?;
+    // Straight to the (non-blocking) socket: tokio's `try_send_to` answers
+    // WouldBlock until its reactor has first seen the socket writable, which
+    // would lose the first solicitation after every (re)open.
+    let n =
+        socket2::SockRef::from(&link.unicast).send_to(payload, &dest.into())?;
     if n != payload.len() {
         return Err(io::Error::other(format!(
             "short send: {n} of {} bytes",

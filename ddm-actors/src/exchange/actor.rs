@@ -23,9 +23,10 @@
 //!
 //! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
 //! doubling, at most 5 s); a failed push is put back in front of the pending
-//! one. After [`MAX_ATTEMPTS`] consecutive failures of either kind the actor
-//! sends [`ExchangeFailed`] to `on_failure` once (the supervisor expires the
-//! peer) and keeps retrying, the update still pending. A listener that
+//! one. After [`MAX_ATTEMPTS`] consecutive failures of either kind, spread
+//! over at least `give_up_after` (the expiry threshold), the actor sends
+//! [`ExchangeFailed`] to `on_failure` once (the supervisor expires the peer)
+//! and keeps retrying, the update still pending. A listener that
 //! cannot be bound (address still tentative, previous actor's socket not yet
 //! closed) is retried on the same schedule forever and logged; the actor
 //! keeps pushing and pulling meanwhile.
@@ -221,6 +222,12 @@ pub struct ExchangeArgs {
     pub router: RouterRef,
     /// Told once when exchange keeps failing (the supervisor).
     pub on_failure: Option<DerivedActorRef<ExchangeFailed>>,
+    /// How long exchange must have been failing, besides
+    /// [`MAX_ATTEMPTS`] attempts, before `on_failure` is told: the peer's
+    /// expiry threshold, so that a peer whose server starts a little after
+    /// ours (it reaches Exchange up to one solicit interval later) is not
+    /// expired for it.
+    pub give_up_after: Duration,
     /// Parent logger; the actor adds its component and peer.
     pub log: Logger,
 }
@@ -248,6 +255,7 @@ impl ExchangeArgs {
             timeout: config.exchange_timeout,
             router,
             on_failure,
+            give_up_after: config.expire_threshold,
             log,
         }
     }
@@ -328,6 +336,10 @@ pub struct State {
     on_failure: Option<DerivedActorRef<ExchangeFailed>>,
     /// Whether the current failure streak was reported.
     reported: bool,
+    /// When the current failure streak began.
+    failing_since: Option<tokio::time::Instant>,
+    /// How long a streak must last before it is reported.
+    give_up_after: Duration,
     /// The peer's server.
     client: Client,
     /// Counters, shared with the server task.
@@ -526,7 +538,12 @@ impl State {
 
     fn check_report(&mut self) {
         let streak = self.push.failures.max(self.pull.failures);
-        if streak < MAX_ATTEMPTS || self.reported {
+        let now = tokio::time::Instant::now();
+        let since = *self.failing_since.get_or_insert(now);
+        if streak < MAX_ATTEMPTS
+            || self.reported
+            || now.saturating_duration_since(since) < self.give_up_after
+        {
             return;
         }
         self.reported = true;
@@ -545,6 +562,9 @@ impl State {
     fn clear_report(&mut self) {
         if self.push.failures.max(self.pull.failures) < MAX_ATTEMPTS {
             self.reported = false;
+        }
+        if self.push.failures == 0 && self.pull.failures == 0 {
+            self.failing_since = None;
         }
     }
 }
@@ -592,6 +612,8 @@ impl Actor for Exchange {
             router: args.router,
             on_failure: args.on_failure,
             reported: false,
+            failing_since: None,
+            give_up_after: args.give_up_after,
             client: Client::new(peer_addr, version, args.timeout),
             stats,
             listen,
@@ -1018,6 +1040,7 @@ mod tests {
             port: 0,
             peer_port,
             timeout: Duration::from_secs(2),
+            give_up_after: Duration::ZERO,
             router,
             on_failure,
             log: discard(),
