@@ -1260,6 +1260,38 @@ mod tests {
         x.stop_and_wait(None, None).await.unwrap();
     }
 
+    /// Failures spread over less than `give_up_after` are not reported: a
+    /// peer whose server starts a little after ours is not expired for it.
+    #[tokio::test]
+    async fn short_failure_streaks_are_not_reported() {
+        let l = server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0))
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let (tx, mut failed) = mpsc::unbounded_channel();
+        let (sup, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+        let peer = loopback_peer();
+        let mut a = args(peer, 3, port, router, Some(sup.get_derived()));
+        a.give_up_after = Duration::from_secs(3600);
+        let (x, _) = Actor::spawn(None, Exchange, a).await.unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
+        let give_up = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let c = call!(x, ExchangeMsg::GetCounters).unwrap();
+            if c.pull_failures > u64::from(MAX_ATTEMPTS) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < give_up, "{c:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(failed.try_recv().is_err(), "reported too early");
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
     /// The actor's own server over a real socket: the peer's push reaches
     /// the router, its pull is answered; a stranger is refused.
     #[tokio::test]
