@@ -1,0 +1,864 @@
+#!/usr/bin/env python3
+"""Fabric benchmarks of release ddmd in network namespaces (issue 4).
+
+Builds the trio
+
+    s1 (server, fd00:1::1/64 on lo) ── t1 (transit) ── s2 (server, fd00:2::1/64 on lo)
+
+in fresh namespaces, starts one release `ddmd` in each, waits until every
+peer is in Exchange, then prints:
+
+1. single-prefix convergence: from just before the `PUT /prefix` request is
+   written to s1's admin socket until the route's RTM_NEWROUTE (proto 221)
+   arrives on a netlink socket subscribed in s2 (also: the 204, and the
+   route's arrival in t1, as stages). A different prefix each run, withdrawn
+   (and its removal from s2 awaited) between runs.
+2. 100,000 prefixes in one `PUT /prefix` on s1 until s2's kernel has
+   announced all of them (counted on the netlink socket, distinct /64s,
+   proto 221), against the wall time of `ip -6 -batch` adding the same
+   routes (via a link-local nexthop on a veth) to a scratch namespace.
+3. VmHWM and VmRSS of each daemon at 100,000 prefixes.
+4. failure: from just before the RTM_NEWLINK that downs t1's end of the
+   s1 link (sent on a netlink socket in t1) until s2's kernel reports the
+   RTM_DELROUTE of the last of s1's prefixes. The link is brought up and
+   reconvergence awaited between runs.
+
+The timing is done in this process: the HTTP and netlink sockets are opened
+inside the routers' namespaces (setns on the main thread, then back), so no
+process start-up falls inside a measurement. Netlink monitors run in
+helper processes (`bench_fabric monitor NS`, test-harness/examples) that
+stamp each datagram with CLOCK_MONOTONIC (time.perf_counter()'s clock) on
+receipt: a Python reader cannot keep up with 100,000 notifications and
+would stamp them up to a second late.
+
+Everything created (namespaces, their veths, daemons, temporary
+directories) is removed on exit, also on errors, SIGINT and SIGTERM, and
+the whole run is bounded by TOTAL_TIMEOUT seconds.
+
+Environment:
+  DDMD_BIN       ddmd to run (default target/release/ddmd)
+  MONITOR_BIN    route monitor (default target/release/examples/bench_fabric)
+                 Build both first: cargo build --release -p ddmd -p ddmadm
+                 -p ddm-test-harness --bins --example bench_fabric
+  RUNS           single-prefix runs (10)
+  FAIL_RUNS      failure runs (5)
+  FAIL_PREFIXES  prefixes s1 originates during the failure runs (3)
+  BIG            size of the big advertisement (100000)
+  LOG_LEVEL      daemons' --log-level (info); logs are kept in KEEP_LOGS
+  KEEP_LOGS      directory to copy the daemons' logs to (unset: dropped)
+  TOTAL_TIMEOUT  seconds before the run is abandoned (900)
+Must run as root.
+"""
+
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DDMD = os.environ.get("DDMD_BIN", os.path.join(ROOT, "target/release/ddmd"))
+MONITOR = os.environ.get(
+    "MONITOR_BIN", os.path.join(ROOT, "target/release/examples/bench_fabric"))
+RUNS = int(os.environ.get("RUNS", "10"))
+FAIL_RUNS = int(os.environ.get("FAIL_RUNS", "5"))
+FAIL_PREFIXES = int(os.environ.get("FAIL_PREFIXES", "3"))
+BIG = int(os.environ.get("BIG", "100000"))
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
+KEEP_LOGS = os.environ.get("KEEP_LOGS")
+TOTAL_TIMEOUT = int(os.environ.get("TOTAL_TIMEOUT", "900"))
+
+TAG = f"ddmb{os.getpid() % 100000}"
+NS = {n: f"{TAG}-{n}" for n in ("s1", "t1", "s2", "x")}
+# Interface names (<= 15 bytes; they live inside our namespaces only).
+IF_S1 = "s1-t1"   # in s1
+IF_T1A = "t1-s1"  # in t1, towards s1 (the one the failure test downs)
+IF_T1B = "t1-s2"  # in t1, towards s2
+IF_S2 = "s2-t1"   # in s2
+
+# --- netns and netlink plumbing ------------------------------------------
+
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+HOME_NS = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+
+
+class InNetns:
+    """Switch the calling thread into namespace `name` for a `with` block;
+    sockets created inside stay in that namespace."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        fd = os.open(f"/var/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"setns {self.name}: {os.strerror(e)}")
+        finally:
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        if libc.setns(HOME_NS, CLONE_NEWNET) != 0:
+            # Continuing in the wrong namespace could touch the host.
+            os._exit(3)
+        return False
+
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 24, 25
+RTMGRP_IPV6_ROUTE = 0x400
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+IFF_UP = 1
+AF_INET6 = 10
+RTA_DST = 1
+RTPROT_DDM = 221
+SO_RCVBUFFORCE = 33
+
+
+class RouteMonitor(threading.Thread):
+    """IPv6 proto-221 route events of one namespace, from the
+    `bench_fabric monitor` helper (stamped there, on receipt, with
+    CLOCK_MONOTONIC, the clock of time.perf_counter()). Keeps the events
+    it got one by one, which of those destinations are present, and the
+    helper's count of present destinations after every line."""
+
+    def __init__(self, ns):
+        super().__init__(daemon=True, name=f"mon-{ns}")
+        self.proc = subprocess.Popen([MONITOR, "monitor", ns],
+                                     stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline().strip()
+        if first != "R":
+            self.proc.kill()
+            raise RuntimeError(f"route monitor for {ns} failed to start")
+        self.cond = threading.Condition()
+        self.events = []      # (t, 'add'|'del', key) of single events
+        self.present = set()  # keys seen added one by one and not deleted
+        self.count = 0        # present destinations, as the helper counts
+        self.counts = []      # (t, count) after every line
+        self.overflow = False
+
+    def run(self):
+        for line in self.proc.stdout:
+            f = line.split()
+            with self.cond:
+                if f[0] == "E":
+                    t = int(f[1]) / 1e9
+                    key = key_of(f[3])
+                    if f[2] == "a":
+                        self.present.add(key)
+                        self.events.append((t, "add", key))
+                    else:
+                        self.present.discard(key)
+                        self.events.append((t, "del", key))
+                    self.count = int(f[4])
+                    self.counts.append((t, self.count))
+                elif f[0] == "B":
+                    self.count = int(f[5])
+                    self.counts.append((int(f[2]) / 1e9, self.count))
+                elif f[0] == "O":
+                    self.overflow = True
+                self.cond.notify_all()
+
+    def wait_for(self, pred, timeout):
+        """Wait until pred(self) (called under the lock) is true."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not pred(self):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def first_event(self, kind, key, since):
+        with self.cond:
+            for ev in self.events:
+                if ev[0] >= since and ev[1] == kind and ev[2] == key:
+                    return ev[0]
+        return None
+
+    def first_count(self, pred, since):
+        """Time of the first line at or after `since` whose count
+        satisfies pred."""
+        with self.cond:
+            for t, c in self.counts:
+                if t >= since and pred(c):
+                    return t
+        return None
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.join(2)
+
+
+def set_link(ns, ifname, up):
+    """RTM_NEWLINK changing IFF_UP, from a netlink socket in `ns`; returns
+    perf_counter() just before the request is sent."""
+    with InNetns(ns):
+        idx = socket.if_nametoindex(ifname)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        s.bind((0, 0))
+        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, idx,
+                           IFF_UP if up else 0, IFF_UP)
+        msg = struct.pack("=IHHII", 16 + len(body), RTM_NEWLINK,
+                          NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body
+        t0 = time.perf_counter()
+        s.send(msg)
+        ans = s.recv(65536)
+        ln, typ = struct.unpack_from("=IH", ans, 0)
+        if typ == NLMSG_ERROR:
+            (err,) = struct.unpack_from("=i", ans, 16)
+            if err != 0:
+                raise OSError(-err, f"link {ifname} in {ns}: "
+                              f"{os.strerror(-err)}")
+        return t0
+    finally:
+        s.close()
+
+
+def key_of(prefix):
+    addr, plen = prefix.split("/")
+    return (socket.inet_pton(socket.AF_INET6, addr), int(plen))
+
+
+class CpuSampler(threading.Thread):
+    """Samples utime/stime (clock ticks) of the daemons every `period`
+    seconds, to show which one works when (stime includes the kernel's
+    route insertion, done inside the daemons' netlink system calls)."""
+
+    def __init__(self, names, period=0.1):
+        super().__init__(daemon=True, name="cpu")
+        self.names = names
+        self.period = period
+        self.samples = []  # (t, {name: (utime, stime)})
+        self.done = threading.Event()
+
+    @staticmethod
+    def read(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]), int(rest[12])
+
+    def snap(self):
+        return (time.perf_counter(),
+                {n: self.read(DAEMONS[n][0].pid) for n in self.names})
+
+    def run(self):
+        while not self.done.is_set():
+            self.samples.append(self.snap())
+            self.done.wait(self.period)
+        self.samples.append(self.snap())
+
+    def report(self, t0, hz=os.sysconf("SC_CLK_TCK")):
+        tick = 1000 / hz
+        first = self.samples[0][1]
+        last = self.samples[-1][1]
+        print("  CPU per daemon during the run (user + system ms):")
+        for n in self.names:
+            u = (last[n][0] - first[n][0]) * tick
+            s_ = (last[n][1] - first[n][1]) * tick
+            print(f"    {n}: user {u:.0f} ms, system {s_:.0f} ms")
+        print("  timeline (ms of CPU per interval, user/system):")
+        print("    " + f"{'t (s)':>7}  " + "  ".join(
+            f"{n:>11}" for n in self.names))
+        prev = self.samples[0]
+        for cur in self.samples[1:]:
+            cells = []
+            busy = False
+            for n in self.names:
+                du = (cur[1][n][0] - prev[1][n][0]) * tick
+                ds = (cur[1][n][1] - prev[1][n][1]) * tick
+                busy = busy or du or ds
+                cells.append(f"{du:5.0f}/{ds:<5.0f}")
+            if busy:
+                print(f"    {cur[0] - t0:7.2f}  " + "  ".join(cells))
+            prev = cur
+
+
+# --- HTTP to the admin API -----------------------------------------------
+
+def admin_connect(ns, port):
+    with InNetns(ns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(120)
+    s.connect(("::1", port))
+    return s
+
+
+def http_read(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("admin closed the connection")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    chunked = False
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+        if k.strip().lower() == "transfer-encoding" and "chunked" in v:
+            chunked = True
+    if chunked:
+        while not rest.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        body, out = rest, b""
+        while body:
+            size_s, _, body = body.partition(b"\r\n")
+            size = int(size_s, 16)
+            if size == 0:
+                break
+            out += body[:size]
+            body = body[size + 2:]
+        return status, out
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, rest
+
+
+def http_request_bytes(method, path, body):
+    data = b"" if body is None else json.dumps(body).encode()
+    head = (f"{method} {path} HTTP/1.1\r\nHost: [::1]\r\n"
+            f"Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + data
+
+
+def admin(ns, port, method, path, body=None):
+    """One request on a fresh connection; returns (status, body, t0, t1)
+    where t0 is just before the request is written, t1 at the answer."""
+    req = http_request_bytes(method, path, body)
+    s = admin_connect(ns, port)
+    try:
+        t0 = time.perf_counter()
+        s.sendall(req)
+        status, out = http_read(s)
+        t1 = time.perf_counter()
+    finally:
+        s.close()
+    return status, out, t0, t1
+
+
+def admin_json(ns, port, path):
+    status, out, _, _ = admin(ns, port, "GET", path)
+    if status != 200:
+        raise RuntimeError(f"GET {path} in {ns}: {status} {out[:200]!r}")
+    return json.loads(out)
+
+
+# --- topology ------------------------------------------------------------
+
+def sh(*args, check=True, **kw):
+    r = subprocess.run(list(args), stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def ns_sysctl(ns, key, value):
+    sh("ip", "netns", "exec", NS[ns], "sysctl", "-qw", f"{key}={value}")
+
+
+def make_ns(n):
+    sh("ip", "netns", "add", NS[n])
+    CREATED.append(NS[n])
+    sh("ip", "-n", NS[n], "link", "set", "lo", "up")
+    for k in ("all", "default"):
+        ns_sysctl(n, f"net.ipv6.conf.{k}.accept_dad", 0)
+
+
+def veth(a, a_if, b, b_if):
+    sh("ip", "-n", NS[a], "link", "add", a_if, "type", "veth",
+       "peer", "name", b_if, "netns", NS[b])
+    sh("ip", "-n", NS[a], "link", "set", a_if, "up")
+    sh("ip", "-n", NS[b], "link", "set", b_if, "up")
+
+
+CREATED = []   # namespaces
+DAEMONS = {}   # name -> (Popen, dir)
+TMP = tempfile.mkdtemp(prefix="ddm-bench-fabric-")
+
+
+def start_ddmd(name, kind, ifs):
+    d = os.path.join(TMP, name)
+    os.mkdir(d)
+    log = open(os.path.join(d, "ddmd.log"), "wb")
+    cmd = ["ip", "netns", "exec", NS[name], DDMD]
+    for i in ifs:
+        cmd += ["-a", i]
+    cmd += ["--kind", kind, "--hostname", name, "--admin-addr", "::1",
+            "--admin-port", "0", "--admin-port-file",
+            os.path.join(d, "port"), "--data-dir", d,
+            "--log-level", LOG_LEVEL]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT)
+    log.close()
+    DAEMONS[name] = (p, d)
+
+
+def port_of(name):
+    p, d = DAEMONS[name]
+    path = os.path.join(d, "port")
+    end = time.monotonic() + 10
+    while not os.path.exists(path):
+        if p.poll() is not None:
+            raise RuntimeError(f"ddmd {name} exited ({p.returncode}); "
+                               f"log tail:\n{log_tail(name)}")
+        if time.monotonic() > end:
+            raise RuntimeError(f"ddmd {name}: no port file after 10 s")
+        time.sleep(0.005)
+    with open(path) as f:
+        return int(f.read().strip().rsplit(":", 1)[1])
+
+
+def log_tail(name, n=20):
+    try:
+        with open(os.path.join(DAEMONS[name][1], "ddmd.log"), "rb") as f:
+            return b"".join(f.readlines()[-n:]).decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+def log_batches(name, since):
+    """(unix time, count) of the dataplane batches a debug log reports."""
+    import datetime
+    out = []
+    try:
+        f = open(os.path.join(DAEMONS[name][1], "ddmd.log"))
+    except OSError:
+        return out
+    with f:
+        for line in f:
+            if "applied route updates" not in line:
+                continue
+            try:
+                j = json.loads(line)
+                ts = j["time"].rstrip("Z")
+                base, _, frac = ts.partition(".")
+                dt = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
+                when = dt.replace(tzinfo=datetime.timezone.utc).timestamp() \
+                    + float("0." + (frac or "0"))
+            except (ValueError, KeyError):
+                continue
+            if when >= since and j.get("count", 0) >= 1000:
+                out.append((when, j["count"]))
+    return out
+
+
+def check_alive():
+    for name, (p, _) in DAEMONS.items():
+        if p.poll() is not None:
+            raise RuntimeError(f"ddmd {name} died ({p.returncode}); "
+                               f"log tail:\n{log_tail(name)}")
+
+
+def peers_in_exchange(name, port):
+    peers = admin_json(NS[name], port, "/peers")
+    return sum(1 for v in peers.values()
+               if v.get("status", {}).get("type") == "Exchange")
+
+
+def wait_peered(ports, want, timeout=30):
+    end = time.monotonic() + timeout
+    while True:
+        check_alive()
+        got = {n: peers_in_exchange(n, ports[n]) for n in want}
+        if all(got[n] >= want[n] for n in want):
+            return time.monotonic()
+        if time.monotonic() > end:
+            raise RuntimeError(f"peers not in Exchange after {timeout} s: "
+                               f"{got} (want {want})")
+        time.sleep(0.02)
+
+
+def mem_of(name):
+    pid = DAEMONS[name][0].pid
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("Name", "VmHWM", "VmRSS"):
+                out[k] = v.strip()
+    return out
+
+
+def kib(v):
+    return int(v.split()[0])
+
+
+def route_count(ns, prefix_filter=None):
+    r = sh("ip", "-n", NS[ns], "-6", "route", "show", "proto", "221")
+    lines = r.stdout.splitlines()
+    if prefix_filter:
+        lines = [line for line in lines if line.startswith(prefix_filter)]
+    return len(lines)
+
+
+def cleanup():
+    for name, (p, _) in list(DAEMONS.items()):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for name, (p, _) in list(DAEMONS.items()):
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            print(f"  ! ddmd {name} ignored SIGTERM for 10 s; SIGKILL",
+                  file=sys.stderr)
+            p.kill()
+            p.wait()
+    DAEMONS.clear()
+    for ns in reversed(CREATED):
+        subprocess.run(["ip", "netns", "del", ns], stdin=subprocess.DEVNULL,
+                       capture_output=True)
+    CREATED.clear()
+    if KEEP_LOGS:
+        os.makedirs(KEEP_LOGS, exist_ok=True)
+        for n in ("s1", "t1", "s2"):
+            src = os.path.join(TMP, n, "ddmd.log")
+            if os.path.exists(src):
+                shutil.copy(src, os.path.join(KEEP_LOGS, f"{n}.log"))
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(f"signal {signum}")
+
+
+def ms(x):
+    return f"{x * 1000:.2f} ms"
+
+
+# --- the benchmarks ------------------------------------------------------
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("bench-fabric: must run as root")
+    for what, path in (("ddmd", DDMD), ("route monitor", MONITOR)):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"bench-fabric: no {what} at {path} (cargo build "
+                     f"--release -p ddmd -p ddmadm -p ddm-test-harness "
+                     f"--bins --example bench_fabric)")
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.alarm(TOTAL_TIMEOUT)
+
+    results = []  # (figure, value string, target string, pass bool)
+
+    print(f"bench-fabric: ddmd {DDMD}, namespaces {TAG}-*")
+    for n in ("s1", "t1", "s2"):
+        make_ns(n)
+    ns_sysctl("t1", "net.ipv6.conf.all.forwarding", 1)
+    veth("s1", IF_S1, "t1", IF_T1A)
+    veth("s2", IF_S2, "t1", IF_T1B)
+    sh("ip", "-n", NS["s1"], "addr", "add", "fd00:1::1/64", "dev", "lo")
+    sh("ip", "-n", NS["s2"], "addr", "add", "fd00:2::1/64", "dev", "lo")
+
+    mon = {n: RouteMonitor(NS[n]) for n in ("t1", "s2")}
+    for m in mon.values():
+        m.start()
+
+    t_start = time.monotonic()
+    start_ddmd("s1", "server", [IF_S1])
+    start_ddmd("t1", "transit", [IF_T1A, IF_T1B])
+    start_ddmd("s2", "server", [IF_S2])
+    ports = {n: port_of(n) for n in ("s1", "t1", "s2")}
+    t_peered = wait_peered(ports, {"s1": 1, "t1": 2, "s2": 1})
+    print(f"all peers in Exchange {t_peered - t_start:.2f} s after start")
+    idle = {n: mem_of(n) for n in ("s1", "t1", "s2")}
+    for n in ("s1", "t1", "s2"):
+        if not idle[n].get("Name", "").startswith("ddmd"):
+            raise RuntimeError(f"pid of {n} is {idle[n].get('Name')}, "
+                               f"not ddmd")
+
+    # ---- 1. single-prefix convergence ----------------------------------
+    print(f"\n1. single-prefix convergence s1 -> s2 ({RUNS} runs + 1 warm-up)")
+    conv, acks, to_t1, t1_to_s2, withdraws = [], [], [], [], []
+    for i in range(RUNS + 1):
+        check_alive()
+        prefix = f"fd20:0:0:{i + 1:x}::/64"
+        key = key_of(prefix)
+        status, body, t0, t_ack = admin(NS["s1"], ports["s1"], "PUT",
+                                        "/prefix", [prefix])
+        if status != 204:
+            raise RuntimeError(f"PUT /prefix: {status} {body[:200]!r}")
+        if not mon["s2"].wait_for(lambda m: key in m.present, 10):
+            raise RuntimeError(f"{prefix} never reached s2's kernel")
+        # t1 may program its kernel after pushing to s2: wait for it too.
+        mon["t1"].wait_for(lambda m: key in m.present, 10)
+        t_s2 = mon["s2"].first_event("add", key, t0)
+        t_t1 = mon["t1"].first_event("add", key, t0)
+        # Withdraw and wait for the removal to reach s2.
+        status, body, w0, _ = admin(NS["s1"], ports["s1"], "DELETE",
+                                    "/prefix", [prefix])
+        if status != 204:
+            raise RuntimeError(f"DELETE /prefix: {status} {body[:200]!r}")
+        if not mon["s2"].wait_for(lambda m: key not in m.present, 10):
+            raise RuntimeError(f"{prefix} never left s2's kernel")
+        w_s2 = mon["s2"].first_event("del", key, w0)
+        line = (f"  run {i:2d} {prefix:20s} total {ms(t_s2 - t0)}"
+                f"  (204 after {ms(t_ack - t0)}")
+        if t_t1 is not None:
+            line += f", t1 kernel {ms(t_t1 - t0)}, t1->s2 {ms(t_s2 - t_t1)}"
+        line += f"; withdraw {ms(w_s2 - w0)})"
+        if i == 0:
+            line += "  [warm-up, not counted]"
+        else:
+            conv.append(t_s2 - t0)
+            acks.append(t_ack - t0)
+            withdraws.append(w_s2 - w0)
+            if t_t1 is not None:
+                to_t1.append(t_t1 - t0)
+                t1_to_s2.append(t_s2 - t_t1)
+        print(line)
+        time.sleep(0.05)
+    med = statistics.median(conv)
+    print(f"  median {ms(med)}  min {ms(min(conv))}  max {ms(max(conv))}")
+    print(f"  stages (medians): PUT->204 {ms(statistics.median(acks))}, "
+          f"PUT->t1 kernel {ms(statistics.median(to_t1))}, "
+          f"t1 kernel->s2 kernel {ms(statistics.median(t1_to_s2))}; "
+          f"withdraw->s2 {ms(statistics.median(withdraws))}")
+    results.append(("single-prefix convergence (median)", ms(med),
+                    "<= 3 ms", med <= 0.003))
+
+    # ---- 4. failure (small table) ---------------------------------------
+    fail_prefixes = [f"fd30:0:0:{i + 1:x}::/64" for i in range(FAIL_PREFIXES)]
+    fail_keys = [key_of(p) for p in fail_prefixes]
+    print(f"\n4. failure: {IF_T1A} down in t1 -> s1's {FAIL_PREFIXES} "
+          f"prefixes gone from s2 ({FAIL_RUNS} runs)")
+    status, body, _, _ = admin(NS["s1"], ports["s1"], "PUT", "/prefix",
+                               fail_prefixes)
+    if status != 204:
+        raise RuntimeError(f"PUT /prefix: {status} {body[:200]!r}")
+    has_all = (lambda m: all(k in m.present for k in fail_keys))
+    has_none = (lambda m: not any(k in m.present for k in fail_keys))
+    if not mon["s2"].wait_for(has_all, 10):
+        raise RuntimeError("failure prefixes never reached s2")
+    fails, t1_gone, recov = [], [], []
+    for i in range(FAIL_RUNS):
+        check_alive()
+        t0 = set_link(NS["t1"], IF_T1A, up=False)
+        ok = mon["s2"].wait_for(has_none, 30)
+        if not ok:
+            raise RuntimeError(
+                f"run {i}: s1's prefixes still in s2 30 s after link down: "
+                f"{route_count('s2', 'fd30:')} left")
+        # (The kernel flushes t1's routes over the downed link itself,
+        # possibly without telling listeners: do not insist.)
+        mon["t1"].wait_for(has_none, 1)
+        last = max(mon["s2"].first_event("del", k, t0) for k in fail_keys)
+        fails.append(last - t0)
+        tt1 = [mon["t1"].first_event("del", k, t0) for k in fail_keys]
+        line = f"  run {i} gone from s2 after {ms(last - t0)}"
+        if all(x is not None for x in tt1):
+            t1_gone.append(max(tt1) - t0)
+            line += f" (from t1's kernel after {ms(max(tt1) - t0)})"
+        time.sleep(0.2)
+        u0 = set_link(NS["t1"], IF_T1A, up=True)
+        if not mon["s2"].wait_for(has_all, 60):
+            raise RuntimeError(f"run {i}: no reconvergence 60 s after "
+                               f"link up")
+        back = max(mon["s2"].first_event("add", k, u0) for k in fail_keys)
+        recov.append(back - u0)
+        line += f"; link up -> back in s2 after {ms(back - u0)}"
+        print(line)
+        # Let both sides settle into Exchange again before the next run.
+        wait_peered(ports, {"s1": 1, "t1": 2, "s2": 1})
+        time.sleep(0.3)
+    med_fail = statistics.median(fails)
+    print(f"  median {ms(med_fail)}  min {ms(min(fails))}  "
+          f"max {ms(max(fails))}; link-up recovery median "
+          f"{ms(statistics.median(recov))}")
+    if t1_gone:
+        print(f"  (t1's own kernel dropped the routes after "
+              f"{ms(statistics.median(t1_gone))} median)")
+    results.append(("failure: link down -> gone from s2 (median)",
+                    ms(med_fail), "<= 20 ms", med_fail <= 0.020))
+    status, body, _, _ = admin(NS["s1"], ports["s1"], "DELETE", "/prefix",
+                               fail_prefixes)
+    mon["s2"].wait_for(has_none, 10)
+
+    # ---- 2. the ip -batch reference --------------------------------------
+    big = [f"fd10:0:{i >> 16:x}:{i & 0xffff:x}::/64" for i in range(BIG)]
+    print(f"\n2. {BIG} prefixes")
+    make_ns("x")
+    veth("x", "xa", "x", "xb")
+    batch = os.path.join(TMP, "routes.batch")
+    with open(batch, "w") as f:
+        for p in big:
+            f.write(f"route add {p} via fe80::2 dev xa proto 221\n")
+    t0 = time.perf_counter()
+    r = sh("ip", "-n", NS["x"], "-6", "-batch", batch, check=False)
+    t_batch = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"ip -batch failed: {r.stderr[:300]}")
+    n_x = route_count("x")
+    print(f"  ip -6 -batch into a scratch namespace: {t_batch:.3f} s "
+          f"({n_x} routes there)")
+    # Again, into an emptied table, with a route listener like the one
+    # timing s2 (notifications cost the kernel, parsing them costs CPU).
+    sh("ip", "-n", NS["x"], "-6", "route", "flush", "proto", "221")
+    xmon = RouteMonitor(NS["x"])
+    xmon.start()
+    t0 = time.perf_counter()
+    r = sh("ip", "-n", NS["x"], "-6", "-batch", batch, check=False)
+    t_batch_mon = time.perf_counter() - t0
+    xmon.close()
+    print(f"  same, with a netlink listener in the namespace: "
+          f"{t_batch_mon:.3f} s")
+    sh("ip", "netns", "del", NS["x"])
+    CREATED.remove(NS["x"])
+
+    # ---- 2. the ddm run ---------------------------------------------------
+    base = {n: mon[n].count for n in mon}
+    cpu = CpuSampler(("s1", "t1", "s2"))
+    cpu.start()
+    time.sleep(0.15)
+    wall0, perf0 = time.time(), time.perf_counter()
+    status, body, t0, t_ack = admin(NS["s1"], ports["s1"], "PUT", "/prefix",
+                                    big)
+    if status != 204:
+        raise RuntimeError(f"PUT /prefix ({BIG}): {status} {body[:200]!r}")
+    print(f"  PUT /prefix answered 204 after {t_ack - t0:.3f} s")
+    ok = mon["s2"].wait_for(
+        lambda m: m.count >= base["s2"] + BIG or m.overflow, 300)
+    mon["t1"].wait_for(
+        lambda m: m.count >= base["t1"] + BIG or m.overflow, 10)
+    check_alive()
+    t_done = {}
+    for n in ("t1", "s2"):
+        m = mon[n]
+        first = m.first_count(lambda c, b=base[n]: c > b, t0)
+        if first is not None:
+            print(f"  {n}: first route after {first - t0:.3f} s")
+        t_done[n] = None if m.overflow else \
+            m.first_count(lambda c, b=base[n]: c >= b + BIG, t0)
+    if not ok or t_done.get("s2") is None:
+        # Fall back to polling the kernel table (coarse: 50 ms).
+        print("  ! route monitor incomplete (overflow or timeout); "
+              "polling the route table instead", file=sys.stderr)
+        end = time.monotonic() + 300
+        while route_count("s2", "fd10:") < BIG:
+            if time.monotonic() > end:
+                raise RuntimeError(f"s2 has {route_count('s2', 'fd10:')} of "
+                                   f"{BIG} after 300 s")
+            time.sleep(0.05)
+        t_done["s2"] = time.perf_counter()
+    t_big = t_done["s2"] - t0
+    if t_done.get("t1") is not None:
+        print(f"  t1: all {BIG} in its kernel after "
+              f"{t_done['t1'] - t0:.3f} s")
+    n_s2 = route_count("s2", "fd10:")
+    print(f"  s2: all {BIG} in its kernel after {t_big:.3f} s "
+          f"(table check: {n_s2} fd10: routes, proto 221)")
+    # Cross-check against the daemons' own debug logs (when enabled): the
+    # moment each dataplane worker finished a batch of routes.
+    for n in ("t1", "s2"):
+        for when, count in log_batches(n, wall0):
+            t = when - wall0 + perf0 - t0
+            if t >= 0:
+                print(f"  {n} log: dataplane applied {count} routes at "
+                      f"{t:.3f} s")
+    time.sleep(0.3)
+    cpu.done.set()
+    cpu.join()
+    cpu.report(t0)
+    ratio = t_big / t_batch
+    print(f"  ratio ddm / ip-batch = {ratio:.2f}")
+    results.append((f"{BIG} prefixes s1 -> s2 kernel", f"{t_big:.3f} s",
+                    "", None))
+    results.append((f"ip -6 -batch {BIG} routes", f"{t_batch:.3f} s", "",
+                    None))
+    results.append((f"ip -6 -batch {BIG} routes, listener",
+                    f"{t_batch_mon:.3f} s", "", None))
+    results.append(("ratio ddm / ip-batch", f"{ratio:.2f}", "<= 0.90",
+                    ratio <= 0.90))
+
+    # ---- 3. memory --------------------------------------------------------
+    time.sleep(0.5)
+    print(f"\n3. memory at {BIG} prefixes (idle after peering in brackets)")
+    for n in ("s1", "t1", "s2"):
+        m = mem_of(n)
+        hwm, rss = kib(m["VmHWM"]), kib(m["VmRSS"])
+        print(f"  {n}: VmHWM {hwm / 1024:.1f} MiB  VmRSS {rss / 1024:.1f} MiB"
+              f"  [idle VmHWM {kib(idle[n]['VmHWM']) / 1024:.1f} MiB, "
+              f"VmRSS {kib(idle[n]['VmRSS']) / 1024:.1f} MiB]")
+        results.append((f"peak RSS {n} (VmHWM)", f"{hwm / 1024:.1f} MiB",
+                        "<= 40 MiB", hwm <= 40 * 1024))
+
+    # ---- extra: withdrawing the big set ----------------------------------
+    w0 = time.perf_counter()
+    status, body, _, w_ack = admin(NS["s1"], ports["s1"], "DELETE",
+                                   "/prefix", big)
+    gone = mon["s2"].wait_for(
+        lambda m: m.count <= base["s2"] or m.overflow, 300)
+    t_gone = mon["s2"].first_count(lambda c: c <= base["s2"], w0)
+    if gone and t_gone is not None:
+        print(f"  (withdrawing all {BIG}: 204 after {w_ack - w0:.3f} s, "
+              f"gone from s2 after {t_gone - w0:.3f} s)")
+    check_alive()
+
+    # ---- shutdown check ---------------------------------------------------
+    status, body, _, _ = admin(NS["s1"], ports["s1"], "PUT", "/prefix",
+                               fail_prefixes)
+    mon["s2"].wait_for(has_all, 10)
+    for m in mon.values():
+        m.close()
+    for n in ("s1", "t1", "s2"):
+        p = DAEMONS[n][0]
+        p.send_signal(signal.SIGTERM)
+        try:
+            rc = p.wait(10)
+        except subprocess.TimeoutExpired:
+            rc = "hung (>10 s)"
+        left = route_count(n)
+        print(f"  SIGTERM {n}: exit {rc}, {left} proto-221 routes left")
+        if left or rc != 0:
+            results.append((f"clean shutdown {n}", f"exit {rc}, {left} left",
+                            "exit 0, 0 left", False))
+
+    print("\nsummary")
+    w = max(len(r[0]) for r in results)
+    for fig, val, target, ok in results:
+        verdict = "" if ok is None else ("PASS" if ok else "MISS")
+        print(f"  {fig:<{w}}  {val:>12}  {target:>10}  {verdict}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cleanup()

@@ -1,0 +1,270 @@
+//! Route monitor for `scripts/bench-fabric.py`.
+//!
+//! `bench_fabric monitor NETNS` enters the named network namespace, joins
+//! the IPv6 route multicast group of rtnetlink and reports every
+//! `RTM_NEWROUTE` / `RTM_DELROUTE` of an IPv6 route with protocol 221 (the
+//! routes `ddmd` installs), stamped with `CLOCK_MONOTONIC` at receipt (the
+//! clock behind Python's `time.perf_counter()` on Linux).
+//!
+//! The kernel sends one datagram per route, so a Python reader cannot keep
+//! up with 100,000 of them without skewing its timestamps; this program
+//! drains whatever is queued, then writes one line per group:
+//!
+//! * up to [`DETAIL`] events: one line each,
+//!   `E <mono_ns> <a|d> <addr>/<len> <present>`;
+//! * more: `B <first_mono_ns> <last_mono_ns> <adds> <dels> <present>`;
+//!
+//! where `present` is how many distinct protocol-221 IPv6 destinations the
+//! monitor believes are in the table after the event (or group). A lost
+//! notification (`ENOBUFS`) prints `O <mono_ns>`. It runs until stdin is
+//! closed or it is killed. It prints `R` once subscribed.
+//!
+//! Linux only; needs root (setns).
+
+#[cfg(target_os = "linux")]
+mod monitor {
+    use std::collections::HashSet;
+    use std::ffi::CString;
+    use std::io::{self, Write};
+    use std::net::Ipv6Addr;
+
+    const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_DELROUTE: u16 = 25;
+    const RTA_DST: u16 = 1;
+    const RTPROT_DDM: u8 = 221;
+    const AF_INET6: u8 = 10;
+    const DETAIL: usize = 16;
+
+    fn mono_ns() -> u128 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec to write to.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+    }
+
+    fn enter_netns(name: &str) -> io::Result<()> {
+        let path = CString::new(format!("/var/run/netns/{name}"))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: path is a valid NUL-terminated string.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is an open namespace file; the process has one thread.
+        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        let err = io::Error::last_os_error();
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn open_socket() -> io::Result<i32> {
+        // SAFETY: plain socket calls on values we own.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let size: libc::c_int = 1 << 30;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            addr.nl_groups = RTMGRP_IPV6_ROUTE;
+            if libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(fd)
+        }
+    }
+
+    /// One route event: (add?, destination, prefix length).
+    type Event = (bool, [u8; 16], u8);
+
+    fn parse(buf: &[u8], out: &mut Vec<Event>) {
+        let mut off = 0;
+        while off + 16 <= buf.len() {
+            let len =
+                u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap())
+                    as usize;
+            let typ = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > buf.len() {
+                break;
+            }
+            if (typ == RTM_NEWROUTE || typ == RTM_DELROUTE)
+                && len >= 28
+                && buf[off + 16] == AF_INET6
+                && buf[off + 21] == RTPROT_DDM
+            {
+                let plen = buf[off + 17];
+                let mut dst = [0u8; 16];
+                let mut a = off + 28;
+                while a + 4 <= off + len {
+                    let alen = u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap())
+                        as usize;
+                    let atyp =
+                        u16::from_ne_bytes(buf[a + 2..a + 4].try_into().unwrap());
+                    if alen < 4 {
+                        break;
+                    }
+                    if atyp == RTA_DST && alen >= 20 {
+                        dst.copy_from_slice(&buf[a + 4..a + 20]);
+                        break;
+                    }
+                    a += (alen + 3) & !3;
+                }
+                out.push((typ == RTM_NEWROUTE, dst, plen));
+            }
+            off += (len + 3) & !3;
+        }
+    }
+
+    pub fn run(ns: &str) -> io::Result<()> {
+        enter_netns(ns)?;
+        let fd = open_socket()?;
+        let stdout = io::stdout();
+        let mut w = io::BufWriter::new(stdout.lock());
+        writeln!(w, "R")?;
+        w.flush()?;
+        // Stop when our parent closes stdin (it holds the write end).
+        let mut fds = [
+            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 },
+        ];
+        let mut present: HashSet<([u8; 16], u8)> = HashSet::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut group: Vec<(u128, Event)> = Vec::new();
+        let mut events = Vec::new();
+        loop {
+            // SAFETY: fds is a valid array of two pollfds.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[1].revents != 0 {
+                let mut b = [0u8; 64];
+                // SAFETY: reading into a local buffer.
+                let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), 64) };
+                if n <= 0 {
+                    return Ok(());
+                }
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
+            // Drain everything queued, stamping each datagram.
+            group.clear();
+            loop {
+                // SAFETY: buf is valid for its length.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                let t = mono_ns();
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN) => break,
+                        Some(libc::EINTR) => continue,
+                        Some(libc::ENOBUFS) => {
+                            writeln!(w, "O {t}")?;
+                            continue;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                events.clear();
+                parse(&buf[..n as usize], &mut events);
+                for ev in events.drain(..) {
+                    group.push((t, ev));
+                }
+                if group.len() >= 4096 {
+                    break;
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            if group.len() <= DETAIL {
+                for (t, (add, dst, plen)) in &group {
+                    if *add {
+                        present.insert((*dst, *plen));
+                    } else {
+                        present.remove(&(*dst, *plen));
+                    }
+                    writeln!(
+                        w,
+                        "E {t} {} {}/{plen} {}",
+                        if *add { 'a' } else { 'd' },
+                        Ipv6Addr::from(*dst),
+                        present.len()
+                    )?;
+                }
+            } else {
+                let (mut adds, mut dels) = (0usize, 0usize);
+                for (_, (add, dst, plen)) in &group {
+                    if *add {
+                        adds += 1;
+                        present.insert((*dst, *plen));
+                    } else {
+                        dels += 1;
+                        present.remove(&(*dst, *plen));
+                    }
+                }
+                let first = group.first().map(|g| g.0).unwrap_or(0);
+                let last = group.last().map(|g| g.0).unwrap_or(0);
+                writeln!(w, "B {first} {last} {adds} {dels} {}", present.len())?;
+            }
+            w.flush()?;
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1..).unwrap_or_default() {
+        [cmd, ns] if cmd == "monitor" => {
+            if let Err(e) = monitor::run(ns) {
+                eprintln!("bench_fabric monitor {ns}: {e}");
+                std::process::exit(1);
+            }
+        }
+        _ => {
+            eprintln!("usage: bench_fabric monitor NETNS");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("bench_fabric: Linux only");
+    std::process::exit(2);
+}
