@@ -671,8 +671,10 @@ fn quartet_keeps_both_origins_of_a_prefix() {
     n.adm("s2", &["advertise-prefixes", P2]);
     n.wait_counts(&["s1", "s2", "s3", "t1"], &[1, 1, 2, 2]);
 
-    // s1 also learns s3's origin of its own prefix: the path does not
-    // name s1, so it is no loop.
+    // s3 serves s1's address too (anycast), so whichever origin the
+    // transit's multipath hash picks answers. s1 also learns s3's origin of
+    // its own prefix: the path does not name s1, so it is no loop.
+    n.f.topo().add_lo_addr("s3", &format!("{A1}/64")).unwrap();
     n.adm("s3", &["advertise-prefixes", P1]);
     n.wait_counts(&["s1", "s2", "s3", "t1"], &[2, 2, 2, 3]);
     let s2_t1 = n.port("s2", "t1").peer_ll;
@@ -695,6 +697,13 @@ fn quartet_keeps_both_origins_of_a_prefix() {
         routes.get(P1).map(|r| r.hops.clone()),
         Some(vec![n.hop("s2", "t1")])
     );
+    // Only s1 answers for its address now, and is reached.
+    n.f.topo()
+        .exec_ok(
+            "s3",
+            &["ip", "-6", "addr", "del", &format!("{A1}/64"), "dev", "lo"],
+        )
+        .unwrap();
     n.wait_ping("s2", A2, A1);
 
     n.finish();
