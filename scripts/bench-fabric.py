@@ -47,6 +47,9 @@ Environment:
   LOG_LEVEL      daemons' --log-level (info); logs are kept in KEEP_LOGS
   KEEP_LOGS      directory to copy the daemons' logs to (unset: dropped)
   TOTAL_TIMEOUT  seconds before the run is abandoned (900)
+  WRAP           diagnostics: "t1:heaptrack -o /tmp/h;s2:perf record -o F --"
+                 runs those daemons under the given commands (their memory
+                 figures then describe the wrapper, and SIGTERM goes to it)
 Must run as root.
 """
 
@@ -255,7 +258,8 @@ class CpuSampler(threading.Thread):
     def read(pid):
         with open(f"/proc/{pid}/stat") as f:
             rest = f.read().rsplit(")", 1)[1].split()
-        return int(rest[11]), int(rest[12])
+        # utime, stime (ticks), rss (pages)
+        return int(rest[11]), int(rest[12]), int(rest[21])
 
     def snap(self):
         return (time.perf_counter(),
@@ -276,9 +280,10 @@ class CpuSampler(threading.Thread):
             u = (last[n][0] - first[n][0]) * tick
             s_ = (last[n][1] - first[n][1]) * tick
             print(f"    {n}: user {u:.0f} ms, system {s_:.0f} ms")
-        print("  timeline (ms of CPU per interval, user/system):")
+        page = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+        print("  timeline (ms of CPU per interval user/system, RSS MiB):")
         print("    " + f"{'t (s)':>7}  " + "  ".join(
-            f"{n:>11}" for n in self.names))
+            f"{n:>17}" for n in self.names))
         prev = self.samples[0]
         for cur in self.samples[1:]:
             cells = []
@@ -287,7 +292,7 @@ class CpuSampler(threading.Thread):
                 du = (cur[1][n][0] - prev[1][n][0]) * tick
                 ds = (cur[1][n][1] - prev[1][n][1]) * tick
                 busy = busy or du or ds
-                cells.append(f"{du:5.0f}/{ds:<5.0f}")
+                cells.append(f"{du:5.0f}/{ds:<4.0f}{cur[1][n][2] * page:6.1f}")
             if busy:
                 print(f"    {cur[0] - t0:7.2f}  " + "  ".join(cells))
             prev = cur
@@ -409,11 +414,18 @@ DAEMONS = {}   # name -> (Popen, dir)
 TMP = tempfile.mkdtemp(prefix="ddm-bench-fabric-")
 
 
+# Diagnostics: WRAP="t1:heaptrack -o /tmp/x" runs that daemon under the
+# given command (memory figures then describe the wrapper's process).
+WRAP = dict(w.split(":", 1) for w in os.environ.get("WRAP", "").split(";")
+            if ":" in w)
+
+
 def start_ddmd(name, kind, ifs):
     d = os.path.join(TMP, name)
     os.mkdir(d)
     log = open(os.path.join(d, "ddmd.log"), "wb")
-    cmd = ["ip", "netns", "exec", NS[name], DDMD]
+    cmd = ["ip", "netns", "exec", NS[name]] + WRAP.get(name, "").split() \
+        + [DDMD]
     for i in ifs:
         cmd += ["-a", i]
     cmd += ["--kind", kind, "--hostname", name, "--admin-addr", "::1",
@@ -597,7 +609,7 @@ def main():
     print(f"all peers in Exchange {t_peered - t_start:.2f} s after start")
     idle = {n: mem_of(n) for n in ("s1", "t1", "s2")}
     for n in ("s1", "t1", "s2"):
-        if not idle[n].get("Name", "").startswith("ddmd"):
+        if n not in WRAP and not idle[n].get("Name", "").startswith("ddmd"):
             raise RuntimeError(f"pid of {n} is {idle[n].get('Name')}, "
                                f"not ddmd")
 
