@@ -102,10 +102,10 @@ mod monitor {
     fn parse(buf: &[u8], out: &mut Vec<Event>) {
         let mut off = 0;
         while off + 16 <= buf.len() {
-            let len =
-                u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap())
-                    as usize;
-            let typ = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap())
+                as usize;
+            let typ =
+                u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
             if len < 16 || off + len > buf.len() {
                 break;
             }
@@ -118,10 +118,12 @@ mod monitor {
                 let mut dst = [0u8; 16];
                 let mut a = off + 28;
                 while a + 4 <= off + len {
-                    let alen = u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap())
-                        as usize;
-                    let atyp =
-                        u16::from_ne_bytes(buf[a + 2..a + 4].try_into().unwrap());
+                    let alen =
+                        u16::from_ne_bytes(buf[a..a + 2].try_into().unwrap())
+                            as usize;
+                    let atyp = u16::from_ne_bytes(
+                        buf[a + 2..a + 4].try_into().unwrap(),
+                    );
                     if alen < 4 {
                         break;
                     }
@@ -239,7 +241,11 @@ mod monitor {
                 }
                 let first = group.first().map(|g| g.0).unwrap_or(0);
                 let last = group.last().map(|g| g.0).unwrap_or(0);
-                writeln!(w, "B {first} {last} {adds} {dels} {}", present.len())?;
+                writeln!(
+                    w,
+                    "B {first} {last} {adds} {dels} {}",
+                    present.len()
+                )?;
             }
             w.flush()?;
         }
