@@ -36,7 +36,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::actor::{Stats, Version};
-use super::wire::{v2, v3};
+use super::client::json_size_hint;
+use super::wire::{v2, v2_view, v3};
 use crate::rib::PeerId;
 use crate::router::{RouterMsg, RouterRef};
 
@@ -219,7 +220,9 @@ where
         }
         Ok(Ok(b)) => b.to_bytes(),
     };
-    let update = match decode_update(version, &body) {
+    // Only the parsed update is kept: the text is dropped before a v2
+    // update is converted and before the router gets it.
+    let update = match decode_update(version, body) {
         Ok(u) => u,
         Err(reason) => {
             Stats::bump(&ctx.stats.rejected_malformed);
@@ -259,12 +262,20 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
             return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
         }
     };
-    let json = match version {
-        Version::V3 => serde_json::to_vec(&response),
-        Version::V2 => serde_json::to_vec(&v2::PullResponse::from(response)),
+    // Written straight from the router's answer, v2 through a borrowing
+    // view: the answer is not copied on its way out.
+    let items = response.underlay.as_ref().map_or(0, |u| u.len())
+        + response.tunnel.as_ref().map_or(0, |t| t.len());
+    let mut body = Vec::with_capacity(json_size_hint(items));
+    let written = match version {
+        Version::V3 => serde_json::to_writer(&mut body, &response),
+        Version::V2 => {
+            serde_json::to_writer(&mut body, &v2_view::PullResponse(&response))
+        }
     };
-    match json {
-        Ok(body) => {
+    drop(response);
+    match written {
+        Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
             Response::builder()
                 .status(StatusCode::OK)
@@ -279,18 +290,22 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
     }
 }
 
-/// A push body in `version`, as the router's v3.
+/// A push body in `version`, as the router's v3. The body is dropped as
+/// soon as it is parsed, so that at most the text and one parsed form, or
+/// two parsed forms being converted, are alive at a time.
 pub(crate) fn decode_update(
     version: Version,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<v3::Update, String> {
     match version {
-        Version::V3 => serde_json::from_slice::<v3::Update>(body)
+        Version::V3 => serde_json::from_slice::<v3::Update>(&body)
             .map_err(|e| format!("invalid v3 update: {e}")),
-        Version::V2 => serde_json::from_slice::<v2::Update>(body)
-            .map_err(|e| format!("invalid v2 update: {e}"))?
-            .try_into()
-            .map_err(|e| format!("invalid v2 update: {e}")),
+        Version::V2 => {
+            let parsed = serde_json::from_slice::<v2::Update>(&body)
+                .map_err(|e| format!("invalid v2 update: {e}"));
+            drop(body);
+            parsed?.try_into().map_err(|e| format!("invalid v2 update: {e}"))
+        }
     }
 }
 

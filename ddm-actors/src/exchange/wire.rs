@@ -131,6 +131,18 @@ pub mod v3 {
                 })
         }
 
+        /// How many path vectors and tunnel origins the update carries,
+        /// announced and withdrawn.
+        pub fn len(&self) -> usize {
+            self.underlay
+                .as_ref()
+                .map_or(0, |u| u.announce.len() + u.withdraw.len())
+                + self
+                    .tunnel
+                    .as_ref()
+                    .map_or(0, |t| t.announce.len() + t.withdraw.len())
+        }
+
         /// The underlay half, created empty if absent (for building pushes).
         pub fn underlay_mut(&mut self) -> &mut UnderlayUpdate {
             self.underlay.get_or_insert_with(Default::default)
@@ -418,6 +430,117 @@ impl From<v3::PullResponse> for v2::PullResponse {
     }
 }
 
+// ---- v3 -> v2 by reference, for sending without a copy ----
+
+impl From<&v3::PathVector> for v2::PathVector {
+    fn from(pv: &v3::PathVector) -> Self {
+        v2::PathVector {
+            destination: pv.destination.into(),
+            path: pv.path.clone(),
+        }
+    }
+}
+
+impl From<&v3::TunnelOrigin> for v2::TunnelOrigin {
+    fn from(t: &v3::TunnelOrigin) -> Self {
+        (*t).into()
+    }
+}
+
+/// Borrowing views of v3 messages that serialise exactly as the v2 message
+/// converted from them (`v2::Update::from(update.clone())`), byte for byte,
+/// without building it: no path vector is copied on the way out.
+///
+/// The element order is the same as the converted sets': v3 prefixes order
+/// by (address, length) like v2's `{addr, len}`, and tunnel origins compare
+/// field by field in the same order in both versions.
+pub mod v2_view {
+    use serde::ser::{SerializeStruct, Serializer};
+
+    use super::*;
+
+    /// A path vector in v2 shape, borrowing its path.
+    #[derive(Serialize)]
+    struct PathVector<'a> {
+        destination: v2::Ipv6Prefix,
+        path: &'a [String],
+    }
+
+    /// A set of v3 path vectors, written as a v2 sequence.
+    struct Paths<'a>(&'a BTreeSet<v3::PathVector>);
+
+    impl Serialize for Paths<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|pv| PathVector {
+                destination: pv.destination.into(),
+                path: &pv.path,
+            }))
+        }
+    }
+
+    /// A set of v3 tunnel origins, written as a v2 sequence.
+    struct Tunnels<'a>(&'a BTreeSet<v3::TunnelOrigin>);
+
+    impl Serialize for Tunnels<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(v2::TunnelOrigin::from))
+        }
+    }
+
+    /// A v3 update, serialised as [`v2::Update`].
+    pub struct Update<'a>(pub &'a v3::Update);
+
+    impl Serialize for Update<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("Update", 2)?;
+            st.serialize_field(
+                "underlay",
+                &self.0.underlay.as_ref().map(|u| UnderlayUpdate {
+                    announce: Paths(&u.announce),
+                    withdraw: Paths(&u.withdraw),
+                }),
+            )?;
+            st.serialize_field(
+                "tunnel",
+                &self.0.tunnel.as_ref().map(|t| TunnelUpdate {
+                    announce: Tunnels(&t.announce),
+                    withdraw: Tunnels(&t.withdraw),
+                }),
+            )?;
+            st.end()
+        }
+    }
+
+    /// The underlay half of an [`Update`] view.
+    #[derive(Serialize)]
+    struct UnderlayUpdate<'a> {
+        announce: Paths<'a>,
+        withdraw: Paths<'a>,
+    }
+
+    /// The tunnel half of an [`Update`] view.
+    #[derive(Serialize)]
+    struct TunnelUpdate<'a> {
+        announce: Tunnels<'a>,
+        withdraw: Tunnels<'a>,
+    }
+
+    /// A v3 pull response, serialised as [`v2::PullResponse`].
+    pub struct PullResponse<'a>(pub &'a v3::PullResponse);
+
+    impl Serialize for PullResponse<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut st = s.serialize_struct("PullResponse", 2)?;
+            st.serialize_field(
+                "underlay",
+                &self.0.underlay.as_ref().map(Paths),
+            )?;
+            st.serialize_field("tunnel", &self.0.tunnel.as_ref().map(Tunnels))?;
+            st.end()
+        }
+    }
+}
+
 // ---- v2 -> v3 (validated; host bits cleared) ----
 
 impl TryFrom<v2::Ipv6Prefix> for Ipv6Net {
@@ -605,6 +728,8 @@ mod tests {
     fn golden_v2_update() {
         let u2 = v2::Update::from(update3());
         assert_eq!(serde_json::to_string(&u2).unwrap(), UPDATE2);
+        let view = v2_view::Update(&update3());
+        assert_eq!(serde_json::to_string(&view).unwrap(), UPDATE2);
         let back: v2::Update = serde_json::from_str(UPDATE2).unwrap();
         assert_eq!(v3::Update::try_from(back).unwrap(), update3());
     }
@@ -620,6 +745,8 @@ mod tests {
     fn golden_v2_pull() {
         let p2 = v2::PullResponse::from(pull3());
         assert_eq!(serde_json::to_string(&p2).unwrap(), PULL2);
+        let view = v2_view::PullResponse(&pull3());
+        assert_eq!(serde_json::to_string(&view).unwrap(), PULL2);
         let back: v2::PullResponse = serde_json::from_str(PULL2).unwrap();
         assert_eq!(v3::PullResponse::try_from(back).unwrap(), pull3());
     }
@@ -922,6 +1049,8 @@ mod tests {
         #[test]
         fn v3_v2_round_trip(u in arb_update()) {
             let json2 = serde_json::to_string(&v2::Update::from(u.clone())).unwrap();
+            let viewed = serde_json::to_string(&v2_view::Update(&u)).unwrap();
+            prop_assert_eq!(&viewed, &json2);
             let back2: v2::Update = serde_json::from_str(&json2).unwrap();
             prop_assert_eq!(&v3::Update::try_from(back2).unwrap(), &u);
             let json3 = serde_json::to_string(&u).unwrap();
@@ -936,6 +1065,8 @@ mod tests {
         ) {
             let p = v3::PullResponse { underlay, tunnel };
             let json2 = serde_json::to_string(&v2::PullResponse::from(p.clone())).unwrap();
+            let viewed = serde_json::to_string(&v2_view::PullResponse(&p)).unwrap();
+            prop_assert_eq!(&viewed, &json2);
             let back2: v2::PullResponse = serde_json::from_str(&json2).unwrap();
             prop_assert_eq!(v3::PullResponse::try_from(back2).unwrap(), p);
         }
