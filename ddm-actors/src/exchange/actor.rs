@@ -18,8 +18,11 @@
 //! gives it, in order, one request at a time: while a push is in flight the
 //! updates that arrive are merged into one pending update (a later withdraw
 //! of a path cancels its pending announce and the other way round), sent
-//! when the in-flight one completes. Requests run on tasks that cast their
-//! outcome back, so the mailbox never waits on the network.
+//! when the in-flight one completes. A pending update larger than
+//! [`MAX_PUSH_ITEMS`] goes out in parts ([`take_chunk`]: withdrawals first),
+//! so the peer starts on the first part while the rest follows. Requests
+//! run on tasks that cast their outcome back, so the mailbox never waits on
+//! the network.
 //!
 //! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
 //! doubling, at most 5 s); a failed push is put back in front of the pending
@@ -190,6 +193,66 @@ pub fn merge(pending: &mut v3::Update, later: v3::Update) {
     if let Some(t) = later.tunnel {
         let p = pending.tunnel_mut();
         half(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+    }
+}
+
+/// Most path vectors and tunnel origins, announced and withdrawn together,
+/// sent in one push request. A larger pending update goes out as several
+/// requests, one after the other, so that the peer imports (and passes on,
+/// and programs) the first part while the rest is still being written and
+/// read, instead of every stage of the fabric waiting for the whole update.
+/// 8,192 path vectors are about half a megabyte of JSON: a few
+/// milliseconds to write or parse, small against the per-request cost.
+pub const MAX_PUSH_ITEMS: usize = 8192;
+
+/// Take the first part of `pending` to send on its own: all of it when it
+/// holds at most `max` items, otherwise `max` items, withdrawals (underlay,
+/// then tunnel) before any announcement. Sending the part and then what is
+/// left of `pending` has the effect of sending `pending` at once: a
+/// receiver applies an update's withdraws before its announces, and no
+/// announcement leaves before every withdrawal has. What is left stays a
+/// pending update that later ones are merged into as usual.
+pub fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
+    if pending.len() <= max {
+        return std::mem::take(pending);
+    }
+    /// Move up to `*room` of the first elements of `from` into a new set.
+    fn first<T: Ord + Clone>(
+        from: &mut BTreeSet<T>,
+        room: &mut usize,
+    ) -> BTreeSet<T> {
+        let n = (*room).min(from.len());
+        *room -= n;
+        match from.iter().nth(n).cloned() {
+            // `split_off` keeps the first elements in place; swap halves.
+            Some(key) => {
+                let rest = from.split_off(&key);
+                std::mem::replace(from, rest)
+            }
+            None => std::mem::take(from),
+        }
+    }
+    let mut room = max;
+    let mut under = v3::UnderlayUpdate::default();
+    let mut tun = v3::TunnelUpdate::default();
+    if let Some(u) = &mut pending.underlay {
+        under.withdraw = first(&mut u.withdraw, &mut room);
+    }
+    if let Some(t) = &mut pending.tunnel {
+        tun.withdraw = first(&mut t.withdraw, &mut room);
+    }
+    // Any room left means every withdrawal is in this part.
+    if let Some(u) = &mut pending.underlay {
+        under.announce = first(&mut u.announce, &mut room);
+    }
+    if let Some(t) = &mut pending.tunnel {
+        tun.announce = first(&mut t.announce, &mut room);
+    }
+    v3::Update {
+        underlay: (!under.announce.is_empty() || !under.withdraw.is_empty())
+            .then_some(under),
+        tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
+            .then_some(tun),
     }
 }
 
@@ -483,9 +546,13 @@ impl State {
     }
 
     fn send_next(&mut self, myself: &ExchangeRef) {
-        let Some(update) = self.pending.take() else {
+        let Some(pending) = self.pending.as_mut() else {
             return;
         };
+        let update = take_chunk(pending, MAX_PUSH_ITEMS);
+        if pending.is_empty() {
+            self.pending = None;
+        }
         if update.is_empty() {
             return;
         }
@@ -892,6 +959,161 @@ mod tests {
         let u = p.underlay.unwrap();
         assert_eq!(u.announce.len(), 1);
         assert!(u.withdraw.is_empty());
+    }
+
+    /// An update announcing `n` paths under `fd00::/16` and withdrawing
+    /// `w` under `fd01::/16`.
+    fn big(n: usize, w: usize) -> v3::Update {
+        let mut u = v3::Update::default();
+        for i in 0..n {
+            u.underlay_mut()
+                .announce
+                .insert(pv(&format!("fd00:{i:x}::/64"), "x"));
+        }
+        for i in 0..w {
+            u.underlay_mut()
+                .withdraw
+                .insert(pv(&format!("fd01:{i:x}::/64"), "x"));
+        }
+        u
+    }
+
+    /// Check that `parts`, sent in order, are `whole` in bounded requests:
+    /// no part over the bound, their union is `whole`, and no announcement
+    /// is sent before the last withdrawal.
+    fn check_parts(parts: &[v3::Update], whole: &v3::Update) {
+        let mut union = v3::Update::default();
+        let mut announced = false;
+        for p in parts {
+            assert!(p.len() <= MAX_PUSH_ITEMS, "part of {}", p.len());
+            assert!(!p.is_empty(), "empty part");
+            let (u, t) = (p.underlay.as_ref(), p.tunnel.as_ref());
+            let withdraws = u.is_some_and(|u| !u.withdraw.is_empty())
+                || t.is_some_and(|t| !t.withdraw.is_empty());
+            assert!(!(announced && withdraws), "withdrawal after announcement");
+            announced |= u.is_some_and(|u| !u.announce.is_empty())
+                || t.is_some_and(|t| !t.announce.is_empty());
+            if let Some(u) = &p.underlay {
+                let w = &mut union.underlay_mut().withdraw;
+                w.extend(u.withdraw.iter().cloned());
+                let a = &mut union.underlay_mut().announce;
+                a.extend(u.announce.iter().cloned());
+            }
+            if let Some(t) = &p.tunnel {
+                union.tunnel_mut().withdraw.extend(t.withdraw.iter().copied());
+                union.tunnel_mut().announce.extend(t.announce.iter().copied());
+            }
+        }
+        assert_eq!(
+            union.len(),
+            parts.iter().map(v3::Update::len).sum::<usize>()
+        );
+        assert_eq!(&union, whole);
+    }
+
+    #[test]
+    fn large_updates_are_taken_in_parts_withdrawals_first() {
+        // Small: all at once, unchanged.
+        let mut p = announce(&["fd00:1::/64"]);
+        assert_eq!(
+            take_chunk(&mut p, MAX_PUSH_ITEMS),
+            announce(&["fd00:1::/64"])
+        );
+        assert!(p.is_empty());
+
+        // Withdrawals of both halves, then announcements of both.
+        let mut whole = big(3 * MAX_PUSH_ITEMS, MAX_PUSH_ITEMS + 5);
+        for i in 0..10u32 {
+            whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
+            whole.tunnel_mut().withdraw.insert(to("10.1.0.0/16", i));
+        }
+        let mut pending = whole.clone();
+        let mut parts = Vec::new();
+        while !pending.is_empty() {
+            parts.push(take_chunk(&mut pending, MAX_PUSH_ITEMS));
+        }
+        assert_eq!(parts.len(), whole.len().div_ceil(MAX_PUSH_ITEMS));
+        check_parts(&parts, &whole);
+        // The second part ends the withdrawals (the tunnel's among them)
+        // and fills up with announcements.
+        let second = &parts[1];
+        assert_eq!(second.tunnel.as_ref().unwrap().withdraw.len(), 10);
+        assert_eq!(second.len(), MAX_PUSH_ITEMS);
+        assert!(!second.underlay.as_ref().unwrap().announce.is_empty());
+        assert!(parts[0].tunnel.is_none());
+    }
+
+    /// A push of 20,000 paths reaches the peer as several requests, in
+    /// order; one mixing withdrawals and announcements sends every
+    /// withdrawal first. An update queued meanwhile joins the rest.
+    #[tokio::test]
+    async fn large_pushes_go_out_in_parts() {
+        let mut fake = FakePeer::start(PULL3, false).await;
+        let (router, _seen) = fake_router(Default::default()).await;
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(loopback_peer(), 3, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.next().await.path, "/v3/pull");
+
+        let whole = big(20_000, 0);
+        x.cast(ExchangeMsg::Push(whole.clone())).unwrap();
+        let mut parts = Vec::new();
+        while parts.iter().map(v3::Update::len).sum::<usize>() < whole.len() {
+            let r = fake.next().await;
+            assert_eq!(r.path, "/v3/push");
+            parts.push(serde_json::from_slice::<v3::Update>(&r.body).unwrap());
+        }
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        check_parts(&parts, &whole);
+        wait_counters(&x, |c| c.pushes_sent == parts.len() as u64).await;
+
+        // Withdraw those, announce as many others: withdrawals first.
+        let mut mix = big(0, 0);
+        mix.underlay_mut().withdraw = whole.underlay.clone().unwrap().announce;
+        mix.underlay_mut().announce = big(0, 12_000).underlay.unwrap().withdraw;
+        x.cast(ExchangeMsg::Push(mix.clone())).unwrap();
+        let mut parts = Vec::new();
+        while parts.iter().map(v3::Update::len).sum::<usize>() < mix.len() {
+            let r = fake.next().await;
+            parts.push(serde_json::from_slice::<v3::Update>(&r.body).unwrap());
+        }
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        check_parts(&parts, &mix);
+        wait_counters(&x, |c| c.pushes_sent >= 3 + 4).await;
+        assert!(fake.received.try_recv().is_err(), "nothing more");
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// A version 2 peer gets the same parts, in version 2.
+    #[tokio::test]
+    async fn large_v2_pushes_go_out_in_parts() {
+        let mut fake = FakePeer::start(PULL2, false).await;
+        let (router, _seen) = fake_router(Default::default()).await;
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(loopback_peer(), 2, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.next().await.path, "/v2/pull");
+        let whole = big(MAX_PUSH_ITEMS, MAX_PUSH_ITEMS / 2);
+        x.cast(ExchangeMsg::Push(whole.clone())).unwrap();
+        let mut parts = Vec::new();
+        while parts.iter().map(v3::Update::len).sum::<usize>() < whole.len() {
+            let r = fake.next().await;
+            assert_eq!(r.path, "/v2/push");
+            let u: super::super::wire::v2::Update =
+                serde_json::from_slice(&r.body).unwrap();
+            parts.push(v3::Update::try_from(u).unwrap());
+        }
+        assert_eq!(parts.len(), 2);
+        check_parts(&parts, &whole);
+        x.stop_and_wait(None, None).await.unwrap();
     }
 
     /// One request the fake peer received.
