@@ -20,7 +20,6 @@ fn main() {
 
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 mod bench {
-    use std::collections::BTreeSet;
     use std::io::Write;
     use std::net::Ipv6Addr;
     use std::os::fd::AsRawFd;
@@ -28,7 +27,7 @@ mod bench {
     use std::time::{Duration, Instant};
 
     use ddm_actors::dataplane::linux::{LinuxDataplane, RTPROT_DDM};
-    use ddm_actors::dataplane::{Dataplane, Nexthop, RouteUpdate};
+    use ddm_actors::dataplane::{Dataplane, Nexthop, Nexthops, RouteUpdate};
     use oxnet::Ipv6Net;
 
     const GATEWAY: &str = "fe80::1";
@@ -147,10 +146,10 @@ mod bench {
                     .map(|i| RouteUpdate {
                         destination: Ipv6Net::new(prefix(i), 64)
                             .expect("prefix"),
-                        nexthops: BTreeSet::from([Nexthop {
+                        nexthops: Nexthops::one(Nexthop {
                             addr: gateway,
                             ifindex,
-                        }]),
+                        }),
                     })
                     .collect();
                 let started = Instant::now();

@@ -18,7 +18,14 @@
 //! last acknowledgement arrives every failure of the packet has been read.
 //! That costs two system calls per packet instead of two per route. The
 //! socket calls block (the kernel does the work inside `sendmsg`), so they
-//! run on tokio's blocking pool.
+//! run on tokio's blocking pool. Requests are built as their packet is
+//! filled, so a batch of any size holds one packet's worth of requests.
+//!
+//! # State
+//!
+//! The dataplane keeps no copy of what it installed: the kernel has it, and
+//! our routes are found again by dumping those of protocol [`RTPROT_DDM`]
+//! (which `remove_stale` and `remove_all` do).
 //!
 //! # Tunnel endpoints
 //!
@@ -26,7 +33,7 @@
 //! that the tunnel routes program there, so [`Dataplane::set_tunnels`] only
 //! records and logs the effective set.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex};
@@ -46,7 +53,7 @@ use oxnet::Ipv6Net;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use slog::{debug, info, o, warn, Logger};
 
-use super::{Dataplane, DataplaneError, Nexthop, RouteUpdate, TunnelEntry};
+use super::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 /// The routing protocol number (`proto` in `ip route`) every route of this
 /// router carries.
@@ -100,8 +107,6 @@ pub struct LinuxDataplane {
     log: Logger,
     /// The netlink socket, shared with the blocking task using it.
     socket: Arc<Mutex<RouteSocket>>,
-    /// What this dataplane believes it installed: destination → nexthops.
-    installed: HashMap<Ipv6Net, BTreeSet<Nexthop>>,
     /// The effective tunnel endpoint set, recorded only.
     tunnels: BTreeSet<TunnelEntry>,
 }
@@ -119,15 +124,8 @@ impl LinuxDataplane {
         Ok(Self {
             log,
             socket: Arc::new(Mutex::new(socket)),
-            installed: HashMap::new(),
             tunnels: BTreeSet::new(),
         })
-    }
-
-    /// The routes this dataplane installed and has not removed, as it
-    /// believes them to be.
-    pub fn installed(&self) -> &HashMap<Ipv6Net, BTreeSet<Nexthop>> {
-        &self.installed
     }
 
     /// The tunnel endpoint set last given to [`Dataplane::set_tunnels`].
@@ -156,11 +154,10 @@ impl LinuxDataplane {
         let (found, failures) = self
             .with_socket(|s| {
                 let routes = s.dump_ddm_routes()?;
-                let mut requests: Vec<_> = routes
-                    .iter()
-                    .map(|(dst, table)| del_route(*dst, *table))
-                    .collect();
-                let failures = s.execute(&mut requests)?;
+                let failures = s.execute(routes.len(), |i| {
+                    let (dst, table) = routes[i];
+                    del_route(dst, table)
+                })?;
                 Ok::<_, io::Error>((routes, failures))
             })
             .await?
@@ -199,29 +196,26 @@ impl Dataplane for LinuxDataplane {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut requests: Vec<_> = updates.iter().map(route_request).collect();
-        let failures = self
-            .with_socket(move |s| s.execute(&mut requests))
-            .await?
+        let (updates, failures) = self
+            .with_socket(move |s| {
+                let failures =
+                    s.execute(updates.len(), |i| route_request(&updates[i]));
+                (updates, failures)
+            })
+            .await?;
+        let failures = failures
             .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
         let total = updates.len();
-        let mut failed: HashMap<usize, String> = failures.into_iter().collect();
         let mut named = Vec::new();
-        for (i, u) in updates.into_iter().enumerate() {
-            if let Some(e) = failed.remove(&i) {
-                // Whatever the kernel holds now, it is not what we asked for.
-                self.installed.remove(&u.destination);
-                warn!(self.log, "route update failed";
-                    "destination" => %u.destination,
-                    "nexthops" => u.nexthops.len(),
-                    "error" => &e);
-                named.push((u.destination.to_string(), e));
-            } else if u.nexthops.is_empty() {
-                self.installed.remove(&u.destination);
-            } else {
-                self.installed.insert(u.destination, u.nexthops);
-            }
+        for (i, e) in failures {
+            let u = &updates[i];
+            warn!(self.log, "route update failed";
+                "destination" => %u.destination,
+                "nexthops" => u.nexthops.len(),
+                "error" => &e);
+            named.push((u.destination.to_string(), e));
         }
+        drop(updates);
         debug!(self.log, "applied route updates";
             "count" => total, "failed" => named.len());
         if named.is_empty() {
@@ -245,7 +239,6 @@ impl Dataplane for LinuxDataplane {
 
     async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
         let result = self.flush().await;
-        self.installed.clear();
         self.tunnels.clear();
         if let Ok(n) = result {
             info!(self.log, "removed all routes"; "count" => n);
@@ -388,56 +381,65 @@ impl RouteSocket {
         seq
     }
 
-    /// Send every request, packed; returns (index, reason) of each one the
-    /// kernel refused. Deleting a route that is not there is no failure.
+    /// Send requests `0..count`, packed, building each (`request(i)`) as
+    /// its packet fills; returns (index, reason) of each one the kernel
+    /// refused. Deleting a route that is not there is no failure.
     ///
     /// An `Err` means the socket itself failed; the requests' fate is then
     /// unknown.
     fn execute(
         &mut self,
-        requests: &mut [NetlinkMessage<RouteNetlinkMessage>],
+        count: usize,
+        mut request: impl FnMut(usize) -> NetlinkMessage<RouteNetlinkMessage>,
     ) -> io::Result<Vec<(usize, String)>> {
         let mut failures = Vec::new();
+        let mut packet_failures = Vec::new();
+        // Whether each request of the packet is a deletion.
+        let mut deletes = Vec::with_capacity(self.batch);
         let mut start = 0;
-        while start < requests.len() {
-            // Choose the packet's requests, then write them out; only the
-            // last asks for an acknowledgement.
-            let mut end = start;
-            let mut bytes = 0;
-            while end < requests.len()
-                && end - start < self.batch
-                && bytes < MAX_BATCH_BYTES
-            {
-                bytes += requests[end].buffer_len();
-                end += 1;
-            }
+        while start < count {
+            // Fill the packet; only its last request asks for an
+            // acknowledgement.
             self.send_buf.clear();
+            deletes.clear();
             let first_seq = self.seq;
-            let mut last_seq = first_seq;
-            for (i, request) in requests[start..end].iter_mut().enumerate() {
-                last_seq = self.next_seq();
-                request.header.sequence_number = last_seq;
-                if start + i + 1 == end {
-                    request.header.flags |= NLM_F_ACK;
-                } else {
-                    request.header.flags &= !NLM_F_ACK;
-                }
-                request.finalize();
+            let mut end = start;
+            let last_seq = loop {
+                let mut r = request(end);
+                end += 1;
+                deletes.push(matches!(
+                    r.payload,
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::DelRoute(_)
+                    )
+                ));
+                let seq = self.next_seq();
+                r.header.sequence_number = seq;
                 let at = self.send_buf.len();
-                self.send_buf.resize(at + request.buffer_len(), 0);
-                request.serialize(&mut self.send_buf[at..]);
-            }
+                let len = r.buffer_len();
+                let last = end == count
+                    || end - start >= self.batch
+                    || at + len >= MAX_BATCH_BYTES;
+                if last {
+                    r.header.flags |= NLM_F_ACK;
+                } else {
+                    r.header.flags &= !NLM_F_ACK;
+                }
+                r.finalize();
+                self.send_buf.resize(at + r.buffer_len(), 0);
+                r.serialize(&mut self.send_buf[at..]);
+                if last {
+                    break seq;
+                }
+            };
             self.socket.send(&self.send_buf, 0)?;
-            self.reap(first_seq, last_seq, start, &mut failures)?;
+            packet_failures.clear();
+            self.reap(first_seq, last_seq, start, &mut packet_failures)?;
+            failures.extend(packet_failures.drain(..).filter(
+                |(i, errno, _)| !(deletes[*i - start] && *errno == libc::ESRCH),
+            ));
             start = end;
         }
-        failures.retain(|(i, errno, _)| {
-            let delete = matches!(
-                requests[*i].payload,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(_))
-            );
-            !(delete && *errno == libc::ESRCH)
-        });
         Ok(failures
             .into_iter()
             .map(|(i, errno, text)| {
@@ -694,6 +696,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::dataplane::Nexthop;
     use crate::netlink::testns::{self, Netns};
 
     fn log() -> Logger {
@@ -769,7 +772,7 @@ mod tests {
                 hops(&[("fe80::1", "a0"), ("fe80::2", "b0")]),
             )]);
             assert_eq!(ours(&ns), want);
-            assert_eq!(dp.installed()[&net(dst)].len(), 2);
+            assert_eq!(ours(&ns)[dst].len(), 2);
 
             dp.apply(vec![update(dst, &[nh("fe80::2", b0)])]).await.unwrap();
             let want =
@@ -785,7 +788,6 @@ mod tests {
             .unwrap();
             dp.apply(vec![update(dst, &[])]).await.unwrap();
             assert_eq!(ours(&ns), BTreeMap::new());
-            assert!(dp.installed().is_empty());
 
             // Deleting what is not there is not an error either.
             dp.apply(vec![update(dst, &[])]).await.unwrap();
@@ -832,7 +834,6 @@ mod tests {
             assert_eq!(ours(&ns).len(), 2);
             assert_eq!(dp.remove_all().await.unwrap(), 2);
             assert_eq!(ours(&ns), BTreeMap::new());
-            assert!(dp.installed().is_empty());
             let other = kernel_routes(&ns, "static");
             assert_eq!(
                 other,
@@ -864,7 +865,7 @@ mod tests {
                 assert!(text.contains("fd00:2::/64"), "{text}");
                 let got: Vec<String> = ours(&ns).into_keys().collect();
                 assert_eq!(got, ["fd00:1::/64", "fd00:3::/64"]);
-                assert_eq!(dp.installed().len(), 2);
+                assert_eq!(ours(&ns).len(), 2);
             },
         );
     }
@@ -886,13 +887,13 @@ mod tests {
                         0,
                         0,
                     );
-                    let mut hops = BTreeSet::from([nh("fe80::1", a0)]);
+                    let mut hops = vec![nh("fe80::1", a0)];
                     if i % 2 == 1 {
-                        hops.insert(nh("fe80::2", b0));
+                        hops.push(nh("fe80::2", b0));
                     }
                     RouteUpdate {
                         destination: Ipv6Net::new(addr, 48).expect("prefix"),
-                        nexthops: hops,
+                        nexthops: hops.into_iter().collect(),
                     }
                 })
                 .collect();

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use oxnet::Ipv6Net;
 
-use super::{Dataplane, DataplaneError, Nexthop, RouteUpdate, TunnelEntry};
+use super::{Dataplane, DataplaneError, Nexthops, RouteUpdate, TunnelEntry};
 
 /// What an in-memory dataplane holds; shared with the test that reads it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemoryTables {
     /// Installed routes.
-    pub routes: BTreeMap<Ipv6Net, BTreeSet<Nexthop>>,
+    pub routes: BTreeMap<Ipv6Net, Nexthops>,
     /// The effective tunnel endpoints.
     pub tunnels: BTreeSet<TunnelEntry>,
     /// How many `apply` batches arrived (to check batching).

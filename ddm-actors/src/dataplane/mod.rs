@@ -26,13 +26,127 @@ pub struct Nexthop {
     pub ifindex: u32,
 }
 
+/// A destination's ECMP set: distinct nexthops in ascending order.
+///
+/// A router may hold 100,000 destinations, nearly all with one nexthop, so
+/// a single nexthop is stored inline (the whole set is 24 bytes) and a
+/// larger set is one boxed slice; a B-tree set would cost a node each.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Nexthops(Repr);
+
+/// The storage of [`Nexthops`]: `One` exactly when there is one nexthop,
+/// so that equal sets are equal values.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    One(Nexthop),
+    Many(Box<[Nexthop]>),
+}
+
+impl Nexthops {
+    /// The empty set.
+    pub fn new() -> Self {
+        Nexthops(Repr::Many(Box::default()))
+    }
+
+    /// The set holding only `nh`.
+    pub fn one(nh: Nexthop) -> Self {
+        Nexthops(Repr::One(nh))
+    }
+
+    /// The nexthops, in ascending order.
+    pub fn as_slice(&self) -> &[Nexthop] {
+        match &self.0 {
+            Repr::One(nh) => std::slice::from_ref(nh),
+            Repr::Many(all) => all,
+        }
+    }
+
+    /// The nexthops, in ascending order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Nexthop> {
+        self.as_slice().iter()
+    }
+
+    /// How many nexthops there are.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// True when the set is empty (the route is to be removed).
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    /// The smallest nexthop.
+    pub fn first(&self) -> Option<&Nexthop> {
+        self.as_slice().first()
+    }
+
+    /// Whether `nh` is in the set.
+    pub fn contains(&self, nh: &Nexthop) -> bool {
+        self.as_slice().binary_search(nh).is_ok()
+    }
+
+    /// The set of an ascending, duplicate-free vector.
+    fn from_sorted(mut v: Vec<Nexthop>) -> Self {
+        match v.len() {
+            1 => Nexthops(Repr::One(v[0])),
+            _ => {
+                v.shrink_to_fit();
+                Nexthops(Repr::Many(v.into_boxed_slice()))
+            }
+        }
+    }
+}
+
+impl Default for Nexthops {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Nexthops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Nexthop> for Nexthops {
+    fn from_iter<I: IntoIterator<Item = Nexthop>>(iter: I) -> Self {
+        let mut v: Vec<Nexthop> = iter.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        Self::from_sorted(v)
+    }
+}
+
+impl<const N: usize> From<[Nexthop; N]> for Nexthops {
+    fn from(a: [Nexthop; N]) -> Self {
+        a.into_iter().collect()
+    }
+}
+
+impl From<&BTreeSet<Nexthop>> for Nexthops {
+    fn from(s: &BTreeSet<Nexthop>) -> Self {
+        Self::from_sorted(s.iter().copied().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a Nexthops {
+    type Item = &'a Nexthop;
+    type IntoIter = std::slice::Iter<'a, Nexthop>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// The desired forwarding state of one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteUpdate {
     /// The destination prefix.
     pub destination: Ipv6Net,
     /// Every nexthop of the destination's ECMP set; empty removes the route.
-    pub nexthops: BTreeSet<Nexthop>,
+    pub nexthops: Nexthops,
 }
 
 /// A tunnel endpoint route as the tunnel dataplane receives it.

@@ -21,28 +21,34 @@
 //! * per overlay prefix, tunnel routes with a positive metric win; only when
 //!   none has one are the metric-0 routes used.
 //!
-//! Cost: announcing or withdrawing k paths costs O(k log n) (times the
-//! number of peers on a transit router, to decide whom to tell). Memory:
-//! hostnames and paths are interned; each imported path is one entry in its
-//! peer's table and each route one entry in the ECMP table.
+//! Cost: announcing or withdrawing k paths costs O(k) expected (plus the
+//! number of peers on a transit router, to decide whom to tell); a peer
+//! going down costs one pass over the destination table. Memory:
+//! hostnames and paths are interned, and every destination is one entry of
+//! one hash table whose value holds its (peer, path) offers, the common
+//! single offer inline: the ECMP set and who holds a path are both read
+//! from that entry.
 
 mod intern;
+mod offers;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use ddm_admin_api::latest::{RouterKind, TunnelRoute};
 use oxnet::{IpNet, Ipv6Net};
 
-use crate::dataplane::{Nexthop, RouteUpdate, TunnelEntry};
+use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
 use crate::exchange::wire::v3::{
     PathVector, PullResponse, TunnelOrigin, Update,
 };
 use crate::exchange::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
+use offers::{Offer, Offers};
 
 /// Who a peer is: the link it is on and its address there.
 ///
@@ -114,8 +120,9 @@ pub enum RibError {
 struct PeerState {
     /// The peer's role, as its discovery packets say.
     kind: RouterKind,
-    /// Every path the peer announced and has not withdrawn, by destination.
-    underlay: BTreeSet<(Ipv6Net, Path)>,
+    /// How many paths the peer announced and has not withdrawn (they are
+    /// in [`Rib::routes`]).
+    paths: usize,
     /// Every tunnel endpoint the peer announced and has not withdrawn.
     tunnels: BTreeSet<TunnelOrigin>,
 }
@@ -150,8 +157,10 @@ impl Holders {
 /// end.
 #[derive(Default)]
 struct Pending {
-    /// ECMP set of each touched destination before the operation.
-    touched: BTreeMap<Ipv6Net, Vec<Nexthop>>,
+    /// Each destination whose ECMP set changed, with the set before the
+    /// change. A destination changed twice appears twice; its first entry
+    /// holds the set before the operation.
+    touched: Vec<RouteUpdate>,
     /// Overlay prefixes whose candidate tunnel routes changed.
     tunnel_prefixes: BTreeSet<IpNet>,
     /// Updates to push, by peer.
@@ -197,8 +206,9 @@ pub struct Rib {
     originated_tunnels: BTreeSet<TunnelOrigin>,
     /// Every peer that is up, with what it announced.
     peers: BTreeMap<PeerId, PeerState>,
-    /// Routes: for each (destination, nexthop) the number of paths using it.
-    ecmp: BTreeMap<(Ipv6Net, Nexthop), u32>,
+    /// Every imported path, by destination: a destination has a route
+    /// exactly while it is here, through the peers offering it.
+    routes: HashMap<Ipv6Net, Offers>,
     /// Candidate tunnel routes, with the number of peers offering each (two
     /// links may lead to peers with the same link-local address).
     tunnel_refs: BTreeMap<TunnelEntry, u32>,
@@ -219,7 +229,7 @@ impl Rib {
             originated: BTreeSet::new(),
             originated_tunnels: BTreeSet::new(),
             peers: BTreeMap::new(),
-            ecmp: BTreeMap::new(),
+            routes: HashMap::new(),
             tunnel_refs: BTreeMap::new(),
             effective_tunnels: BTreeSet::new(),
             interner: Interner::default(),
@@ -260,20 +270,12 @@ impl Rib {
 
     /// The current ECMP set of `destination` (empty: no route).
     pub fn ecmp_set(&self, destination: Ipv6Net) -> BTreeSet<Nexthop> {
-        self.ecmp_iter(destination).collect()
+        self.nexthops(destination).iter().copied().collect()
     }
 
     /// How many destinations have a route.
     pub fn route_count(&self) -> usize {
-        let mut n = 0;
-        let mut last = None;
-        for (dest, _) in self.ecmp.keys() {
-            if last != Some(dest) {
-                n += 1;
-                last = Some(dest);
-            }
-        }
-        n
+        self.routes.len()
     }
 
     /// How many distinct paths and hostnames are stored (memory statistics:
@@ -293,13 +295,12 @@ impl Rib {
         &self,
     ) -> BTreeMap<Ipv6Addr, BTreeSet<PathVector>> {
         let mut out: BTreeMap<Ipv6Addr, BTreeSet<PathVector>> = BTreeMap::new();
-        for (id, p) in &self.peers {
-            if p.underlay.is_empty() {
-                continue;
+        for (d, offers) in &self.routes {
+            for o in offers.as_slice() {
+                out.entry(o.peer.addr)
+                    .or_default()
+                    .insert(path_vector(*d, &o.path, None));
             }
-            out.entry(id.addr).or_default().extend(
-                p.underlay.iter().map(|(d, path)| path_vector(*d, path, None)),
-            );
         }
         out
     }
@@ -390,11 +391,7 @@ impl Rib {
     /// it, from now on. Calling it again only updates the kind.
     pub fn peer_up(&mut self, peer: PeerId, kind: RouterKind) {
         self.peers.entry(peer).and_modify(|p| p.kind = kind).or_insert_with(
-            || PeerState {
-                kind,
-                underlay: BTreeSet::new(),
-                tunnels: BTreeSet::new(),
-            },
+            || PeerState { kind, paths: 0, tunnels: BTreeSet::new() },
         );
     }
 
@@ -405,10 +402,22 @@ impl Rib {
         let Some(state) = self.peers.remove(&peer) else {
             return Effects::default();
         };
-        let nh = peer.nexthop();
         let from = Source::Peer(peer);
-        for (dest, path) in state.underlay {
-            self.ecmp_remove(dest, nh, &mut pending);
+        let mut gone: Vec<(Ipv6Net, Path)> = Vec::with_capacity(state.paths);
+        if state.paths > 0 {
+            let touched = &mut pending.touched;
+            self.routes.retain(|dest, offers| {
+                if !offers.has_peer(peer) {
+                    return true;
+                }
+                let before = offers.nexthops();
+                offers.remove_peer(peer, |path| gone.push((*dest, path)));
+                touched
+                    .push(RouteUpdate { destination: *dest, nexthops: before });
+                !offers.is_empty()
+            });
+        }
+        for (dest, path) in gone {
             if self.kind == RouterKind::Transit {
                 let holders = self.path_holders(dest, &path, from);
                 let pv = self.extended(dest, &path);
@@ -475,12 +484,17 @@ impl Rib {
         };
         let announce = response.underlay.unwrap_or_default();
         let tunnels = response.tunnel.unwrap_or_default();
-        let withdraw: BTreeSet<PathVector> = state
-            .underlay
-            .iter()
-            .map(|(d, p)| path_vector(*d, p, None))
-            .filter(|pv| !announce.contains(pv))
-            .collect();
+        let mut withdraw = BTreeSet::new();
+        if state.paths > 0 {
+            for (d, offers) in &self.routes {
+                for o in offers.as_slice().iter().filter(|o| o.peer == peer) {
+                    let pv = path_vector(*d, &o.path, None);
+                    if !announce.contains(&pv) {
+                        withdraw.insert(pv);
+                    }
+                }
+            }
+        }
         let withdraw_tunnels: BTreeSet<TunnelOrigin> =
             state.tunnels.difference(&tunnels).copied().collect();
         let update = Update {
@@ -504,14 +518,15 @@ impl Rib {
             self.originated.iter().map(|p| self.own_path(*p)).collect();
         let mut tunnel = self.originated_tunnels.clone();
         if self.kind == RouterKind::Transit {
-            for (id, state) in &self.peers {
-                if *id == peer {
-                    continue;
+            for (d, offers) in &self.routes {
+                for o in offers.as_slice().iter().filter(|o| o.peer != peer) {
+                    underlay.insert(self.extended(*d, &o.path));
                 }
-                underlay.extend(
-                    state.underlay.iter().map(|(d, p)| self.extended(*d, p)),
-                );
-                tunnel.extend(state.tunnels.iter().copied());
+            }
+            for (id, state) in &self.peers {
+                if *id != peer {
+                    tunnel.extend(state.tunnels.iter().copied());
+                }
             }
         }
         PullResponse { underlay: Some(underlay), tunnel: Some(tunnel) }
@@ -534,16 +549,37 @@ impl Rib {
             return;
         }
         let dest = normalise_v6(pv.destination);
-        let path = self.interner.intern(&pv.path);
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        if !state.underlay.insert((dest, Arc::clone(&path))) {
-            // Already known: idempotent.
-            self.interner.release(path);
-            return;
+        let path = self.interner.intern(&pv.path);
+        let offer = Offer { peer, path: Arc::clone(&path) };
+        match self.routes.entry(dest) {
+            Entry::Vacant(v) => {
+                v.insert(Offers::One(offer));
+                pending.touched.push(RouteUpdate {
+                    destination: dest,
+                    nexthops: Nexthops::new(),
+                });
+            }
+            Entry::Occupied(mut o) => {
+                let offers = o.get_mut();
+                let before =
+                    (!offers.has_peer(peer)).then(|| offers.nexthops());
+                if !offers.insert(offer) {
+                    // Already known: idempotent.
+                    self.interner.release(path);
+                    return;
+                }
+                if let Some(before) = before {
+                    pending.touched.push(RouteUpdate {
+                        destination: dest,
+                        nexthops: before,
+                    });
+                }
+            }
         }
-        self.ecmp_add(dest, peer.nexthop(), pending);
+        state.paths += 1;
         if self.kind == RouterKind::Transit {
             let from = Source::Peer(peer);
             let holders = self.path_holders(dest, &path, from);
@@ -567,10 +603,24 @@ impl Rib {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        let Some((_, stored)) = state.underlay.take(&(dest, path)) else {
+        let Some(offers) = self.routes.get_mut(&dest) else {
             return;
         };
-        self.ecmp_remove(dest, peer.nexthop(), pending);
+        let before = offers.nexthops();
+        let Some(stored) = offers.remove(peer, &path) else {
+            return;
+        };
+        // Only `stored` may keep the path alive now (see `release`).
+        drop(path);
+        state.paths -= 1;
+        if !offers.has_peer(peer) {
+            pending
+                .touched
+                .push(RouteUpdate { destination: dest, nexthops: before });
+        }
+        if offers.is_empty() {
+            self.routes.remove(&dest);
+        }
         if self.kind == RouterKind::Transit {
             let from = Source::Peer(peer);
             let holders = self.path_holders(dest, &stored, from);
@@ -582,44 +632,9 @@ impl Rib {
         self.interner.release(stored);
     }
 
-    fn ecmp_iter(&self, dest: Ipv6Net) -> impl Iterator<Item = Nexthop> + '_ {
-        let low = Nexthop { addr: Ipv6Addr::UNSPECIFIED, ifindex: 0 };
-        self.ecmp
-            .range((dest, low)..)
-            .take_while(move |((d, _), _)| *d == dest)
-            .map(|((_, nh), _)| *nh)
-    }
-
-    fn snapshot(&self, dest: Ipv6Net, pending: &mut Pending) {
-        pending
-            .touched
-            .entry(dest)
-            .or_insert_with(|| self.ecmp_iter(dest).collect());
-    }
-
-    fn ecmp_add(&mut self, dest: Ipv6Net, nh: Nexthop, pending: &mut Pending) {
-        if let Some(n) = self.ecmp.get_mut(&(dest, nh)) {
-            *n += 1;
-            return;
-        }
-        self.snapshot(dest, pending);
-        self.ecmp.insert((dest, nh), 1);
-    }
-
-    fn ecmp_remove(
-        &mut self,
-        dest: Ipv6Net,
-        nh: Nexthop,
-        pending: &mut Pending,
-    ) {
-        match self.ecmp.get_mut(&(dest, nh)) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.snapshot(dest, pending);
-                self.ecmp.remove(&(dest, nh));
-            }
-            None => {}
-        }
+    /// The ECMP set of `dest`.
+    fn nexthops(&self, dest: Ipv6Net) -> Nexthops {
+        self.routes.get(&dest).map(Offers::nexthops).unwrap_or_default()
     }
 
     /// Which peers other than `except` hold `(dest, path)` (transit only).
@@ -629,11 +644,13 @@ impl Rib {
         path: &Path,
         except: Source,
     ) -> Holders {
-        let key = (dest, Arc::clone(path));
         let mut h = Holders::None;
-        for (id, state) in &self.peers {
-            if Source::Peer(*id) != except && state.underlay.contains(&key) {
-                h = h.add(Source::Peer(*id));
+        let Some(offers) = self.routes.get(&dest) else {
+            return h;
+        };
+        for id in offers.holders_of(path) {
+            if Source::Peer(id) != except {
+                h = h.add(Source::Peer(id));
                 if h == Holders::Many {
                     break;
                 }
@@ -784,13 +801,28 @@ impl Rib {
     }
 
     fn finish(&mut self, pending: Pending) -> Effects {
-        let mut route_updates = Vec::new();
-        for (dest, before) in pending.touched {
-            let now: BTreeSet<Nexthop> = self.ecmp_iter(dest).collect();
-            if !now.iter().eq(before.iter()) {
-                route_updates
-                    .push(RouteUpdate { destination: dest, nexthops: now });
+        // Keep the first snapshot of each destination (the sort is stable)
+        // and turn it, in place, into the destination's new set.
+        let mut route_updates = pending.touched;
+        if !route_updates.is_sorted_by_key(|u| u.destination) {
+            route_updates.sort_by_key(|u| u.destination);
+        }
+        route_updates.dedup_by_key(|u| u.destination);
+        route_updates.retain_mut(|u| {
+            let now = self.nexthops(u.destination);
+            if now == u.nexthops {
+                false
+            } else {
+                u.nexthops = now;
+                true
             }
+        });
+        if route_updates.capacity() > 2 * route_updates.len() + 16 {
+            route_updates.shrink_to_fit();
+        }
+        // A table that held many more destinations gives the space back.
+        if self.routes.capacity() > 4 * self.routes.len() + 1024 {
+            self.routes.shrink_to_fit();
         }
         let mut tunnels_changed = false;
         for prefix in pending.tunnel_prefixes {

@@ -614,7 +614,7 @@ proptest! {
                 }
             };
             for r in &e.route_updates {
-                if r.nexthops.is_empty() { dataplane.remove(&r.destination); } else { dataplane.insert(r.destination, r.nexthops.clone()); }
+                if r.nexthops.is_empty() { dataplane.remove(&r.destination); } else { dataplane.insert(r.destination, r.nexthops.iter().copied().collect()); }
             }
             if let Some(ts) = &e.tunnel_set {
                 tunnel_plane = ts.clone();

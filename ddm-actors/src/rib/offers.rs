@@ -1,0 +1,140 @@
+//! The paths imported for one destination.
+//!
+//! The RIB keeps one table keyed by destination; its value lists every
+//! (peer, path) pair offering that destination. That single list answers
+//! every question the RIB asks about a destination: which peers offer it
+//! (its ECMP set), and who else holds a given path (for redistribution).
+//! Nearly every destination is offered by one peer along one path, so that
+//! case is stored inline, without an allocation of its own.
+
+use super::intern::Path;
+use super::PeerId;
+use crate::dataplane::Nexthops;
+
+/// One imported path: the peer that offers it and its hostnames.
+#[derive(Debug, Clone)]
+pub(crate) struct Offer {
+    /// Who announced it.
+    pub(crate) peer: PeerId,
+    /// The interned path.
+    pub(crate) path: Path,
+}
+
+impl Offer {
+    fn key(&self) -> (PeerId, &Path) {
+        (self.peer, &self.path)
+    }
+}
+
+/// Every path offered to one destination, ordered by peer, then path.
+///
+/// `One` exactly when there is a single offer; `Many` otherwise (empty only
+/// transiently, before the table drops the destination).
+#[derive(Debug)]
+pub(crate) enum Offers {
+    One(Offer),
+    Many(Vec<Offer>),
+}
+
+impl Offers {
+    /// The offers, ordered by peer, then path.
+    pub(crate) fn as_slice(&self) -> &[Offer] {
+        match self {
+            Offers::One(o) => std::slice::from_ref(o),
+            Offers::Many(v) => v,
+        }
+    }
+
+    /// True when nothing is offered any more.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn find(&self, peer: PeerId, path: &Path) -> Result<usize, usize> {
+        self.as_slice().binary_search_by(|o| o.key().cmp(&(peer, path)))
+    }
+
+    /// Add an offer; false (and nothing changes) if it is already there.
+    pub(crate) fn insert(&mut self, offer: Offer) -> bool {
+        let Err(at) = self.find(offer.peer, &offer.path) else {
+            return false;
+        };
+        match self {
+            Offers::Many(v) if v.is_empty() => *self = Offers::One(offer),
+            Offers::Many(v) => v.insert(at, offer),
+            Offers::One(_) => {
+                let Offers::One(old) =
+                    std::mem::replace(self, Offers::Many(Vec::new()))
+                else {
+                    unreachable!("matched One above");
+                };
+                let mut v = Vec::with_capacity(2);
+                v.push(old);
+                v.insert(at, offer);
+                *self = Offers::Many(v);
+            }
+        }
+        true
+    }
+
+    /// Remove `peer`'s offer of `path`; the stored path if it was there.
+    pub(crate) fn remove(&mut self, peer: PeerId, path: &Path) -> Option<Path> {
+        let at = self.find(peer, path).ok()?;
+        Some(self.remove_at(at).path)
+    }
+
+    fn remove_at(&mut self, at: usize) -> Offer {
+        match self {
+            Offers::One(_) => {
+                let Offers::One(old) =
+                    std::mem::replace(self, Offers::Many(Vec::new()))
+                else {
+                    unreachable!("matched One above");
+                };
+                old
+            }
+            Offers::Many(v) => {
+                let old = v.remove(at);
+                if v.len() == 1 {
+                    if let Some(last) = v.pop() {
+                        *self = Offers::One(last);
+                    }
+                }
+                old
+            }
+        }
+    }
+
+    /// Remove every offer of `peer`, handing each path to `gone`.
+    pub(crate) fn remove_peer(
+        &mut self,
+        peer: PeerId,
+        mut gone: impl FnMut(Path),
+    ) {
+        while let Some(at) = self.as_slice().iter().position(|o| o.peer == peer)
+        {
+            gone(self.remove_at(at).path);
+        }
+    }
+
+    /// Whether `peer` offers at least one path.
+    pub(crate) fn has_peer(&self, peer: PeerId) -> bool {
+        self.as_slice().iter().any(|o| o.peer == peer)
+    }
+
+    /// The ECMP set: the nexthop of every peer offering a path.
+    pub(crate) fn nexthops(&self) -> Nexthops {
+        match self {
+            Offers::One(o) => Nexthops::one(o.peer.nexthop()),
+            Offers::Many(v) => v.iter().map(|o| o.peer.nexthop()).collect(),
+        }
+    }
+
+    /// The peers that offer `path`, in order.
+    pub(crate) fn holders_of<'a>(
+        &'a self,
+        path: &'a Path,
+    ) -> impl Iterator<Item = PeerId> + 'a {
+        self.as_slice().iter().filter(move |o| o.path == *path).map(|o| o.peer)
+    }
+}
