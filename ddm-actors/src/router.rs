@@ -13,6 +13,10 @@
 //!    into one batch (latest set per destination wins).
 //!
 //! On stop the worker removes every route this router installed.
+//!
+//! After a large batch (an import of thousands of paths, or the kernel work
+//! for thousands of destinations) the freed heap is handed back to the
+//! system, so a burst does not leave the daemon's footprint at its peak.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -86,6 +90,38 @@ pub enum RouterMsg {
     PullFor(PeerId, RpcReplyPort<v3::PullResponse>),
     /// The number of installed destinations, for tests and logs.
     GetRouteCount(RpcReplyPort<usize>),
+}
+
+/// How many paths or route updates make a batch large enough to hand
+/// freed memory back to the system afterwards.
+const TRIM_AFTER: usize = 10_000;
+
+/// Hand free heap pages back to the system (glibc keeps them otherwise).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Merge the route batches queued while the worker was busy: one update per
+/// destination, the latest, ordered by destination.
+fn coalesce(mut batches: Vec<Vec<RouteUpdate>>) -> Vec<RouteUpdate> {
+    if batches.len() <= 1 {
+        // One batch from the RIB already has one update per destination.
+        return batches.pop().unwrap_or_default();
+    }
+    let mut all = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+    // Latest first, so that the stable sort keeps each destination's latest
+    // update in front of the older ones, which `dedup` then drops.
+    for batch in batches.into_iter().rev() {
+        all.extend(batch.into_iter().rev());
+    }
+    all.sort_by_key(|u: &RouteUpdate| u.destination);
+    all.dedup_by_key(|u| u.destination);
+    all
 }
 
 /// Commands of the dataplane worker.
@@ -170,27 +206,26 @@ async fn dataplane_worker(
                 None => break,
             },
         };
-        let mut routes: BTreeMap<Ipv6Net, RouteUpdate> = BTreeMap::new();
+        let mut batches = Vec::new();
         let mut tunnels = None;
         let mut absorb = |cmd| match cmd {
-            DataplaneCmd::Apply(batch) => {
-                for u in batch {
-                    routes.insert(u.destination, u);
-                }
-            }
+            DataplaneCmd::Apply(batch) => batches.push(batch),
             DataplaneCmd::Tunnels(t) => tunnels = Some(t),
         };
         absorb(first);
         while let Ok(cmd) = rx.try_recv() {
             absorb(cmd);
         }
-        if !routes.is_empty() {
-            let n = routes.len();
-            let batch: Vec<_> = routes.into_values().collect();
+        let batch = coalesce(batches);
+        if !batch.is_empty() {
+            let n = batch.len();
             match dp.apply(batch).await {
                 Ok(()) => debug!(log, "routes programmed"; "count" => n),
                 Err(e) => warn!(log, "programming routes failed";
                     "count" => n, "error" => %e),
+            }
+            if n >= TRIM_AFTER {
+                trim_heap();
             }
         }
         if let Some(t) = tunnels {
@@ -332,17 +367,28 @@ impl Actor for Router {
                 state.carry_out(e);
             }
             RouterMsg::Import { peer, update } => {
+                let size = update
+                    .underlay
+                    .as_ref()
+                    .map_or(0, |u| u.announce.len() + u.withdraw.len());
                 match state.rib.import(peer, update) {
                     Ok(e) => state.carry_out(e),
                     Err(e) => debug!(state.log, "update dropped";
                         "peer" => %peer, "reason" => %e),
                 }
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
             }
             RouterMsg::PullResult { peer, response } => {
+                let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
                 match state.rib.import_pull(peer, response) {
                     Ok(e) => state.carry_out(e),
                     Err(e) => debug!(state.log, "pull result dropped";
                         "peer" => %peer, "reason" => %e),
+                }
+                if size >= TRIM_AFTER {
+                    trim_heap();
                 }
             }
             RouterMsg::PullFor(peer, reply) => {
@@ -582,6 +628,30 @@ mod tests {
         until("installed", || !dp.tables().routes.is_empty()).await;
         r.stop_and_wait(None, None).await.unwrap();
         assert!(dp.tables().routes.is_empty());
+    }
+
+    #[test]
+    fn coalescing_keeps_the_latest_update_of_each_destination() {
+        let u = |d: &str, hops: &[u32]| RouteUpdate {
+            destination: p(d),
+            nexthops: hops.iter().map(|i| nh(*i)).collect(),
+        };
+        let merged = coalesce(vec![
+            vec![u("fd00:1::/64", &[1]), u("fd00:3::/64", &[1])],
+            vec![u("fd00:2::/64", &[2]), u("fd00:3::/64", &[1, 2])],
+            vec![u("fd00:1::/64", &[])],
+        ]);
+        assert_eq!(
+            merged,
+            [
+                u("fd00:1::/64", &[]),
+                u("fd00:2::/64", &[2]),
+                u("fd00:3::/64", &[1, 2]),
+            ]
+        );
+        let one = vec![u("fd00:1::/64", &[1])];
+        assert_eq!(coalesce(vec![one.clone()]), one);
+        assert!(coalesce(Vec::new()).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
