@@ -14,8 +14,8 @@
 //!
 //! On stop the worker removes every route this router installed.
 //!
-//! After a large batch (an import of thousands of paths, or the kernel work
-//! for thousands of destinations) the freed heap is handed back to the
+//! After a large batch (thousands of prefixes originated, withdrawn or
+//! imported, or the kernel work for thousands of destinations) the freed heap is handed back to the
 //! system, so a burst does not leave the daemon's footprint at its peak.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -322,12 +322,20 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Originate(p) => {
+                let size = p.len();
                 let e = state.rib.originate(p);
                 state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
             }
             RouterMsg::Withdraw(p) => {
+                let size = p.len();
                 let e = state.rib.withdraw_originated(p);
                 state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
             }
             RouterMsg::OriginateTunnels(t) => {
                 let e = state.rib.originate_tunnels(t);
