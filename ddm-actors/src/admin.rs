@@ -132,20 +132,47 @@ impl AdminState {
         Ok(())
     }
 
-    /// Make `change` durable, then tell the router (`msg`). Nothing to
-    /// change (a duplicate advertise, a withdrawal of something never
-    /// originated) touches neither.
-    async fn update(
-        &mut self,
-        change: StoreChange,
-        msg: RouterMsg,
-    ) -> Result<(), String> {
+    /// Carry out `change`: tell the router and make it durable, and
+    /// update the in-memory mirror once it is. The router hears first, so
+    /// the fabric starts converging while the store syncs to disk; if the
+    /// write fails, the router is told the opposite and the caller gets the
+    /// error (nothing unacknowledged stays announced, nothing acknowledged
+    /// is lost). An empty change (a duplicate advertise, a withdrawal of
+    /// something never originated) touches neither.
+    async fn update(&mut self, change: StoreChange) -> Result<(), String> {
         if change.is_empty() {
             return Ok(());
         }
-        self.commit(change).await?;
-        self.tell_router(msg);
+        self.tell_router_change(&change);
+        if let Err(e) = self.commit(change.clone()).await {
+            self.tell_router_change(&change.inverse());
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// The router messages that carry out `change`.
+    fn tell_router_change(&self, change: &StoreChange) {
+        let StoreChange {
+            add_prefixes,
+            remove_prefixes,
+            add_tunnels,
+            remove_tunnels,
+        } = change;
+        if !remove_prefixes.is_empty() {
+            self.tell_router(RouterMsg::Withdraw(remove_prefixes.clone()));
+        }
+        if !remove_tunnels.is_empty() {
+            self.tell_router(RouterMsg::WithdrawTunnels(
+                remove_tunnels.clone(),
+            ));
+        }
+        if !add_prefixes.is_empty() {
+            self.tell_router(RouterMsg::Originate(add_prefixes.clone()));
+        }
+        if !add_tunnels.is_empty() {
+            self.tell_router(RouterMsg::OriginateTunnels(add_tunnels.clone()));
+        }
     }
 
     fn tell_router(&self, msg: RouterMsg) {
@@ -234,40 +261,35 @@ impl Actor for Admin {
                 let _ = reply.send(state.originated.tunnels.clone());
             }
             AdminMsg::Originate(prefixes, reply) => {
-                let add = not_in(prefixes, &state.originated.prefixes);
                 let change = StoreChange {
-                    add_prefixes: add.clone(),
+                    add_prefixes: not_in(prefixes, &state.originated.prefixes),
                     ..Default::default()
                 };
-                let r = state.update(change, RouterMsg::Originate(add)).await;
-                let _ = reply.send(r);
+                let _ = reply.send(state.update(change).await);
             }
             AdminMsg::Withdraw(prefixes, reply) => {
-                let gone = only_in(prefixes, &state.originated.prefixes);
                 let change = StoreChange {
-                    remove_prefixes: gone.clone(),
+                    remove_prefixes: only_in(
+                        prefixes,
+                        &state.originated.prefixes,
+                    ),
                     ..Default::default()
                 };
-                let r = state.update(change, RouterMsg::Withdraw(gone)).await;
-                let _ = reply.send(r);
+                let _ = reply.send(state.update(change).await);
             }
             AdminMsg::OriginateTunnels(tunnels, reply) => {
-                let add = not_in(tunnels, &state.originated.tunnels);
                 let change = StoreChange {
-                    add_tunnels: add.clone(),
+                    add_tunnels: not_in(tunnels, &state.originated.tunnels),
                     ..Default::default()
                 };
-                let msg = RouterMsg::OriginateTunnels(add);
-                let _ = reply.send(state.update(change, msg).await);
+                let _ = reply.send(state.update(change).await);
             }
             AdminMsg::WithdrawTunnels(tunnels, reply) => {
-                let gone = only_in(tunnels, &state.originated.tunnels);
                 let change = StoreChange {
-                    remove_tunnels: gone.clone(),
+                    remove_tunnels: only_in(tunnels, &state.originated.tunnels),
                     ..Default::default()
                 };
-                let msg = RouterMsg::WithdrawTunnels(gone);
-                let _ = reply.send(state.update(change, msg).await);
+                let _ = reply.send(state.update(change).await);
             }
             AdminMsg::GetPeers(reply) => {
                 if let Err(e) =

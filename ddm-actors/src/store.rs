@@ -192,6 +192,16 @@ pub struct StoreChange {
 }
 
 impl StoreChange {
+    /// The change that undoes this one.
+    pub fn inverse(&self) -> StoreChange {
+        StoreChange {
+            add_prefixes: self.remove_prefixes.clone(),
+            remove_prefixes: self.add_prefixes.clone(),
+            add_tunnels: self.remove_tunnels.clone(),
+            remove_tunnels: self.add_tunnels.clone(),
+        }
+    }
+
     /// True when the change changes nothing.
     pub fn is_empty(&self) -> bool {
         self.add_prefixes.is_empty()
