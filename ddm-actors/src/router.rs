@@ -443,7 +443,7 @@ mod tests {
             pushed: &mut Pushed,
         ) -> Result<(), ActorProcessingErr> {
             if let ExchangeMsg::Push(u) = msg {
-                pushed.lock().unwrap().push(u);
+                pushed.lock().unwrap().push(u.to_wire());
             }
             Ok(())
         }

@@ -52,6 +52,7 @@ use slog::{debug, error, info, o, warn, Logger};
 use tokio::task::JoinHandle;
 
 use super::client::{Client, ClientError};
+use super::outgoing::{OutUnderlay, OutUpdate};
 use super::server::{self, ServerCtx};
 use super::wire::v3;
 use crate::config::RouterConfig;
@@ -170,7 +171,7 @@ impl Stats {
 /// Merge `later` into the not yet sent `pending`, as if both were sent in
 /// order. A receiver applies an update's withdraws before its announces,
 /// so `later`'s withdraws are applied first here too.
-pub fn merge(pending: &mut v3::Update, later: v3::Update) {
+pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
     fn half<T: Ord>(
         announce: &mut BTreeSet<T>,
         withdraw: &mut BTreeSet<T>,
@@ -212,7 +213,7 @@ pub const MAX_PUSH_ITEMS: usize = 8192;
 /// receiver applies an update's withdraws before its announces, and no
 /// announcement leaves before every withdrawal has. What is left stays a
 /// pending update that later ones are merged into as usual.
-pub fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
+pub fn take_chunk(pending: &mut OutUpdate, max: usize) -> OutUpdate {
     if pending.len() <= max {
         return std::mem::take(pending);
     }
@@ -233,7 +234,7 @@ pub fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
         }
     }
     let mut room = max;
-    let mut under = v3::UnderlayUpdate::default();
+    let mut under = OutUnderlay::default();
     let mut tun = v3::TunnelUpdate::default();
     if let Some(u) = &mut pending.underlay {
         under.withdraw = first(&mut u.withdraw, &mut room);
@@ -248,7 +249,7 @@ pub fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
     if let Some(t) = &mut pending.tunnel {
         tun.announce = first(&mut t.announce, &mut room);
     }
-    v3::Update {
+    OutUpdate {
         underlay: (!under.announce.is_empty() || !under.withdraw.is_empty())
             .then_some(under),
         tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
@@ -338,7 +339,7 @@ pub enum RetryKind {
 /// Messages an exchange actor handles.
 pub enum ExchangeMsg {
     /// Push this update to the peer (from the router), in order.
-    Push(v3::Update),
+    Push(OutUpdate),
     /// Pull the peer's full set again and hand it to the router (sync).
     Pull,
     /// A pull task finished (internal).
@@ -422,9 +423,9 @@ pub struct State {
     /// The push in flight or waiting to be retried.
     push: Track,
     /// The update in flight, put back in front of `pending` if it fails.
-    in_flight: Option<Arc<v3::Update>>,
+    in_flight: Option<Arc<OutUpdate>>,
     /// Updates not yet sent, merged into one.
-    pending: Option<v3::Update>,
+    pending: Option<OutUpdate>,
     /// Source of generations.
     next_gen: u64,
     /// Logger with the peer.
@@ -532,7 +533,7 @@ impl State {
         }
     }
 
-    fn queue(&mut self, myself: &ExchangeRef, update: v3::Update) {
+    fn queue(&mut self, myself: &ExchangeRef, update: OutUpdate) {
         if update.is_empty() {
             return;
         }
@@ -871,6 +872,21 @@ mod tests {
         Logger::root(slog::Discard, o!())
     }
 
+    /// [`super::merge`] on wire updates, through the compact form.
+    fn merge(pending: &mut v3::Update, later: v3::Update) {
+        let mut p = OutUpdate::from(&*pending);
+        super::merge(&mut p, later.into());
+        *pending = p.to_wire();
+    }
+
+    /// [`super::take_chunk`] on wire updates, through the compact form.
+    fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
+        let mut p = OutUpdate::from(&*pending);
+        let part = super::take_chunk(&mut p, max);
+        *pending = p.to_wire();
+        part.to_wire()
+    }
+
     fn pv(dest: &str, path: &str) -> v3::PathVector {
         v3::PathVector {
             destination: dest.parse().unwrap(),
@@ -1060,7 +1076,7 @@ mod tests {
         assert_eq!(fake.next().await.path, "/v3/pull");
 
         let whole = big(20_000, 0);
-        x.cast(ExchangeMsg::Push(whole.clone())).unwrap();
+        x.cast(ExchangeMsg::Push(whole.clone().into())).unwrap();
         let mut parts = Vec::new();
         while parts.iter().map(v3::Update::len).sum::<usize>() < whole.len() {
             let r = fake.next().await;
@@ -1075,7 +1091,7 @@ mod tests {
         let mut mix = big(0, 0);
         mix.underlay_mut().withdraw = whole.underlay.clone().unwrap().announce;
         mix.underlay_mut().announce = big(0, 12_000).underlay.unwrap().withdraw;
-        x.cast(ExchangeMsg::Push(mix.clone())).unwrap();
+        x.cast(ExchangeMsg::Push(mix.clone().into())).unwrap();
         let mut parts = Vec::new();
         while parts.iter().map(v3::Update::len).sum::<usize>() < mix.len() {
             let r = fake.next().await;
@@ -1102,7 +1118,7 @@ mod tests {
         .unwrap();
         assert_eq!(fake.next().await.path, "/v2/pull");
         let whole = big(MAX_PUSH_ITEMS, MAX_PUSH_ITEMS / 2);
-        x.cast(ExchangeMsg::Push(whole.clone())).unwrap();
+        x.cast(ExchangeMsg::Push(whole.clone().into())).unwrap();
         let mut parts = Vec::new();
         while parts.iter().map(v3::Update::len).sum::<usize>() < whole.len() {
             let r = fake.next().await;
@@ -1327,16 +1343,16 @@ mod tests {
         );
 
         // The first push is held by the peer...
-        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]).into())).unwrap();
         let r = fake.next().await;
         assert_eq!((r.method, r.path.as_str()), (Method::PUT, "/v3/push"));
         let first: v3::Update = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(first, announce(&["fd00:1::/64"]));
         // ...while three more arrive (the empty one is ignored).
-        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]))).unwrap();
-        x.cast(ExchangeMsg::Push(withdraw(&["fd00:1::/64"]))).unwrap();
-        x.cast(ExchangeMsg::Push(v3::Update::default())).unwrap();
-        x.cast(ExchangeMsg::Push(announce(&["fd00:3::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]).into())).unwrap();
+        x.cast(ExchangeMsg::Push(withdraw(&["fd00:1::/64"]).into())).unwrap();
+        x.cast(ExchangeMsg::Push(v3::Update::default().into())).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:3::/64"]).into())).unwrap();
         let c = call!(x, ExchangeMsg::GetCounters).unwrap();
         assert_eq!(c.pushes_sent, 0, "the first push is still held");
         fake.ctl.gate.as_ref().unwrap().add_permits(100);
@@ -1387,7 +1403,7 @@ mod tests {
 
         let mut u = announce(&["fd00:1::/64"]);
         u.tunnel_mut().announce.insert(to("10.0.0.0/8", 4));
-        x.cast(ExchangeMsg::Push(u.clone())).unwrap();
+        x.cast(ExchangeMsg::Push(u.clone().into())).unwrap();
         let r = fake.next().await;
         assert_eq!(r.path, "/v2/push");
         let text = std::str::from_utf8(&r.body).unwrap();
@@ -1425,7 +1441,7 @@ mod tests {
         assert_eq!(fake.next().await.path, "/v3/pull");
 
         let started = tokio::time::Instant::now();
-        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:1::/64"]).into())).unwrap();
         assert_eq!(recv(&mut failed).await, ExchangeFailed { peer });
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(1500), "{took:?}");
@@ -1440,7 +1456,7 @@ mod tests {
         }
 
         // An update queued during the back-off joins the retried one.
-        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]))).unwrap();
+        x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]).into())).unwrap();
         *fake.ctl.push_status.lock().unwrap() = StatusCode::NO_CONTENT;
         let r = fake.next().await;
         let u: v3::Update = serde_json::from_slice(&r.body).unwrap();
@@ -1539,7 +1555,7 @@ mod tests {
 
         let as_peer = Client::new(local, Version::V3, Duration::from_secs(2));
         let u = announce(&["fd00:8::/64"]);
-        as_peer.push(&u).await.unwrap();
+        as_peer.push(&(&u).into()).await.unwrap();
         assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
         assert_eq!(as_peer.pull().await.unwrap(), answer);
         assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
@@ -1560,7 +1576,7 @@ mod tests {
         .unwrap();
         let local = call!(y, ExchangeMsg::GetLocalAddr).unwrap().unwrap();
         let stranger = Client::new(local, Version::V3, Duration::from_secs(2));
-        match stranger.push(&u).await {
+        match stranger.push(&(&u).into()).await {
             Err(ClientError::Status { status, .. }) => {
                 assert_eq!(status, StatusCode::FORBIDDEN)
             }

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::actor::Version;
+use super::outgoing::{OutUpdate, V2Update};
 use super::server::MAX_BODY;
-use super::wire::{v2, v2_view, v3};
+use super::wire::{v2, v3};
 
 /// Why a request to the peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +121,9 @@ impl Client {
         self.inner.addr
     }
 
-    /// `PUT /vN/push` of `update`, serialised straight from it (v2
-    /// through a borrowing view: nothing is copied but the JSON).
-    pub async fn push(&self, update: &v3::Update) -> Result<(), ClientError> {
+    /// `PUT /vN/push` of `update`, serialised straight from its compact
+    /// form in either version: nothing is copied but the JSON.
+    pub async fn push(&self, update: &OutUpdate) -> Result<(), ClientError> {
         let mut body = Vec::with_capacity(json_size_hint(update.len()));
         let (path, written) = match self.inner.version {
             Version::V3 => {
@@ -130,7 +131,7 @@ impl Client {
             }
             Version::V2 => (
                 "/v2/push",
-                serde_json::to_writer(&mut body, &v2_view::Update(update)),
+                serde_json::to_writer(&mut body, &V2Update(update)),
             ),
         };
         written.map_err(|e| ClientError::Decode(e.to_string()))?;

@@ -3,67 +3,82 @@
 //! A rack has a few dozen routers but a RIB may hold 100,000 paths, nearly
 //! all of which repeat a handful of hostname sequences. Each distinct
 //! hostname and each distinct path is stored once and shared by reference
-//! count; an entry leaves the interner when the last path using it goes.
+//! count. The interner counts its own users, the table entries holding a
+//! path, rather than trusting the reference count, since updates being
+//! pushed share the same paths: an entry leaves the interner when the last
+//! table entry using it goes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A path vector's hostnames, originator first, shared between every
-/// destination and peer that carries the same sequence.
-pub(crate) type Path = Arc<[Arc<str>]>;
+/// destination and peer that carries the same sequence (and the updates
+/// pushed with it).
+pub(crate) type Path = crate::exchange::outgoing::Names;
 
 /// The set of hostnames and paths in use.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    /// Every hostname that appears in a stored path.
-    names: HashSet<Arc<str>>,
-    /// Every stored path.
-    paths: HashSet<Path>,
+    /// Every hostname that appears in a stored path, with the number of
+    /// stored paths' positions naming it.
+    names: HashMap<Arc<str>, usize>,
+    /// Every stored path, with the number of table entries holding it.
+    paths: HashMap<Path, usize>,
 }
 
 impl Interner {
-    /// The shared copy of `path`, created if it is new.
+    /// The shared copy of `path`, created if it is new; counts one more
+    /// holder, to give back with [`Interner::release`].
     pub(crate) fn intern(&mut self, path: &[String]) -> Path {
-        let names: Vec<Arc<str>> = path
+        if let Some(p) = self.lookup(path) {
+            if let Some(n) = self.paths.get_mut(&p) {
+                *n += 1;
+            }
+            return p;
+        }
+        let p: Path = path
             .iter()
-            .map(|n| match self.names.get(n.as_str()) {
-                Some(a) => Arc::clone(a),
-                None => {
-                    let a: Arc<str> = Arc::from(n.as_str());
-                    self.names.insert(Arc::clone(&a));
-                    a
-                }
+            .map(|n| match self.names.get_key_value(n.as_str()) {
+                Some((a, _)) => Arc::clone(a),
+                None => Arc::from(n.as_str()),
             })
             .collect();
-        if let Some(p) = self.paths.get(names.as_slice()) {
-            return Arc::clone(p);
+        for name in p.iter() {
+            *self.names.entry(Arc::clone(name)).or_insert(0) += 1;
         }
-        let p: Path = names.into();
-        self.paths.insert(Arc::clone(&p));
+        self.paths.insert(Arc::clone(&p), 1);
         p
     }
 
-    /// The shared copy of `path` if some stored entry uses it.
+    /// The shared copy of `path` if some stored entry uses it (no holder
+    /// is counted).
     pub(crate) fn lookup(&self, path: &[String]) -> Option<Path> {
         let names = path
             .iter()
-            .map(|n| self.names.get(n.as_str()).cloned())
+            .map(|n| {
+                self.names.get_key_value(n.as_str()).map(|(a, _)| a.clone())
+            })
             .collect::<Option<Vec<Arc<str>>>>()?;
-        self.paths.get(names.as_slice()).cloned()
+        self.paths.get_key_value(names.as_slice()).map(|(p, _)| p.clone())
     }
 
-    /// Give back a reference just removed from a table; frees the path (and
-    /// hostnames only it used) when nothing else holds it.
+    /// Give back a holder's reference; frees the path (and hostnames only
+    /// it used) when no holder is left.
     pub(crate) fn release(&mut self, path: Path) {
-        // One reference is ours, one the interner's: nobody else uses it.
-        if Arc::strong_count(&path) > 2 {
+        let Some(n) = self.paths.get_mut(&path) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
             return;
         }
         self.paths.remove(&path);
         for name in path.iter() {
-            // The interner's reference plus this path's.
-            if Arc::strong_count(name) <= 2 {
-                self.names.remove(name);
+            if let Some(c) = self.names.get_mut(name) {
+                *c -= 1;
+                if *c == 0 {
+                    self.names.remove(name);
+                }
             }
         }
     }

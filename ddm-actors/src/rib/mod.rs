@@ -31,11 +31,12 @@
 
 mod intern;
 mod offers;
+mod table;
 #[cfg(test)]
 mod tests;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
@@ -43,12 +44,14 @@ use ddm_admin_api::latest::{RouterKind, TunnelRoute};
 use oxnet::{IpNet, Ipv6Net};
 
 use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
+use crate::exchange::outgoing::{OutPath, OutUpdate};
 use crate::exchange::wire::v3::{
     PathVector, PullResponse, TunnelOrigin, Update,
 };
 use crate::exchange::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
 use offers::{Offer, Offers};
+use table::Table;
 
 /// Who a peer is: the link it is on and its address there.
 ///
@@ -84,8 +87,9 @@ pub struct Effects {
     pub route_updates: Vec<RouteUpdate>,
     /// The new effective tunnel endpoint set, if it changed.
     pub tunnel_set: Option<BTreeSet<TunnelEntry>>,
-    /// Updates to push, at most one per peer, ordered by peer.
-    pub pushes: Vec<(PeerId, Update)>,
+    /// Updates to push, at most one per peer, ordered by peer (in the
+    /// compact form, sharing the RIB's paths).
+    pub pushes: Vec<(PeerId, OutUpdate)>,
 }
 
 impl Effects {
@@ -164,17 +168,17 @@ struct Pending {
     /// Overlay prefixes whose candidate tunnel routes changed.
     tunnel_prefixes: BTreeSet<IpNet>,
     /// Updates to push, by peer.
-    pushes: BTreeMap<PeerId, Update>,
+    pushes: BTreeMap<PeerId, OutUpdate>,
 }
 
 impl Pending {
-    fn announce_path(&mut self, to: PeerId, pv: PathVector) {
+    fn announce_path(&mut self, to: PeerId, pv: OutPath) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
         u.withdraw.remove(&pv);
         u.announce.insert(pv);
     }
 
-    fn withdraw_path(&mut self, to: PeerId, pv: PathVector) {
+    fn withdraw_path(&mut self, to: PeerId, pv: OutPath) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
         u.announce.remove(&pv);
         u.withdraw.insert(pv);
@@ -198,6 +202,8 @@ impl Pending {
 pub struct Rib {
     /// Our name in paths: appended when redistributing, the loop detector.
     hostname: Arc<str>,
+    /// The path of what we originate: our hostname alone.
+    own: Path,
     /// Whether we redistribute what we learn.
     kind: RouterKind,
     /// Prefixes we originate (announced as `[hostname]`).
@@ -208,7 +214,7 @@ pub struct Rib {
     peers: BTreeMap<PeerId, PeerState>,
     /// Every imported path, by destination: a destination has a route
     /// exactly while it is here, through the peers offering it.
-    routes: HashMap<Ipv6Net, Offers>,
+    routes: Table,
     /// Candidate tunnel routes, with the number of peers offering each (two
     /// links may lead to peers with the same link-local address).
     tunnel_refs: BTreeMap<TunnelEntry, u32>,
@@ -223,13 +229,15 @@ pub struct Rib {
 impl Rib {
     /// An empty RIB for a router named `hostname` of the given kind.
     pub fn new(hostname: impl AsRef<str>, kind: RouterKind) -> Self {
+        let hostname: Arc<str> = Arc::from(hostname.as_ref());
         Rib {
-            hostname: Arc::from(hostname.as_ref()),
+            own: Arc::from([Arc::clone(&hostname)]),
+            hostname,
             kind,
             originated: BTreeSet::new(),
             originated_tunnels: BTreeSet::new(),
             peers: BTreeMap::new(),
-            routes: HashMap::new(),
+            routes: Table::default(),
             tunnel_refs: BTreeMap::new(),
             effective_tunnels: BTreeSet::new(),
             interner: Interner::default(),
@@ -295,11 +303,11 @@ impl Rib {
         &self,
     ) -> BTreeMap<Ipv6Addr, BTreeSet<PathVector>> {
         let mut out: BTreeMap<Ipv6Addr, BTreeSet<PathVector>> = BTreeMap::new();
-        for (d, offers) in &self.routes {
+        for (d, offers) in self.routes.iter() {
             for o in offers.as_slice() {
                 out.entry(o.peer.addr)
                     .or_default()
-                    .insert(path_vector(*d, &o.path, None));
+                    .insert(path_vector(*d, &o.path));
             }
         }
         out
@@ -486,9 +494,9 @@ impl Rib {
         let tunnels = response.tunnel.unwrap_or_default();
         let mut withdraw = BTreeSet::new();
         if state.paths > 0 {
-            for (d, offers) in &self.routes {
+            for (d, offers) in self.routes.iter() {
                 for o in offers.as_slice().iter().filter(|o| o.peer == peer) {
-                    let pv = path_vector(*d, &o.path, None);
+                    let pv = path_vector(*d, &o.path);
                     if !announce.contains(&pv) {
                         withdraw.insert(pv);
                     }
@@ -514,13 +522,16 @@ impl Rib {
     /// transit router, everything imported from other peers (path
     /// extended with our hostname). Never what came from `peer` itself.
     pub fn pull_response_for(&self, peer: PeerId) -> PullResponse {
-        let mut underlay: BTreeSet<PathVector> =
-            self.originated.iter().map(|p| self.own_path(*p)).collect();
+        let mut underlay: BTreeSet<PathVector> = self
+            .originated
+            .iter()
+            .map(|p| self.own_path(*p).to_wire())
+            .collect();
         let mut tunnel = self.originated_tunnels.clone();
         if self.kind == RouterKind::Transit {
-            for (d, offers) in &self.routes {
+            for (d, offers) in self.routes.iter() {
                 for o in offers.as_slice().iter().filter(|o| o.peer != peer) {
-                    underlay.insert(self.extended(*d, &o.path));
+                    underlay.insert(self.extended(*d, &o.path).to_wire());
                 }
             }
             for (id, state) in &self.peers {
@@ -554,7 +565,7 @@ impl Rib {
         };
         let path = self.interner.intern(&pv.path);
         let offer = Offer { peer, path: Arc::clone(&path) };
-        match self.routes.entry(dest) {
+        match self.routes.shard_mut(&dest).entry(dest) {
             Entry::Vacant(v) => {
                 v.insert(Offers::One(offer));
                 pending.touched.push(RouteUpdate {
@@ -603,7 +614,7 @@ impl Rib {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        let Some(offers) = self.routes.get_mut(&dest) else {
+        let Some(offers) = self.routes.shard_mut(&dest).get_mut(&dest) else {
             return;
         };
         let before = offers.nexthops();
@@ -660,13 +671,13 @@ impl Rib {
     }
 
     /// `[own hostname]` for an originated prefix.
-    fn own_path(&self, dest: Ipv6Net) -> PathVector {
-        PathVector { destination: dest, path: vec![self.hostname.to_string()] }
+    fn own_path(&self, dest: Ipv6Net) -> OutPath {
+        OutPath::new(dest, Arc::clone(&self.own), None)
     }
 
     /// An imported path as we re-announce it: our hostname appended.
-    fn extended(&self, dest: Ipv6Net, path: &Path) -> PathVector {
-        path_vector(dest, path, Some(&self.hostname))
+    fn extended(&self, dest: Ipv6Net, path: &Path) -> OutPath {
+        OutPath::new(dest, Arc::clone(path), Some(Arc::clone(&self.hostname)))
     }
 
     // ---- tunnels ----
@@ -821,9 +832,7 @@ impl Rib {
             route_updates.shrink_to_fit();
         }
         // A table that held many more destinations gives the space back.
-        if self.routes.capacity() > 4 * self.routes.len() + 1024 {
-            self.routes.shrink_to_fit();
-        }
+        self.routes.shrink_sparse();
         let mut tunnels_changed = false;
         for prefix in pending.tunnel_prefixes {
             let selected = self.select_tunnels(prefix);
@@ -851,13 +860,12 @@ impl Rib {
     }
 }
 
-/// A stored path as a wire path vector, optionally with a hostname appended.
-fn path_vector(dest: Ipv6Net, path: &Path, append: Option<&str>) -> PathVector {
-    let mut names =
-        Vec::with_capacity(path.len() + usize::from(append.is_some()));
-    names.extend(path.iter().map(|h| h.to_string()));
-    names.extend(append.map(str::to_string));
-    PathVector { destination: dest, path: names }
+/// A stored path as a wire path vector.
+fn path_vector(dest: Ipv6Net, path: &Path) -> PathVector {
+    PathVector {
+        destination: dest,
+        path: path.iter().map(|h| h.to_string()).collect(),
+    }
 }
 
 /// The smallest tunnel entry of `prefix`, to start range scans from.

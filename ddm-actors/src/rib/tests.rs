@@ -81,7 +81,7 @@ fn rib_with_peers(kind: RouterKind, n: u16) -> Rib {
 
 /// The pushes of `e` as a map, for order-free comparison.
 fn pushes(e: &Effects) -> BTreeMap<PeerId, Update> {
-    e.pushes.iter().cloned().collect()
+    e.pushes.iter().map(|(p, u)| (*p, u.to_wire())).collect()
 }
 
 #[test]
@@ -550,6 +550,7 @@ type Told = (BTreeSet<PathVector>, BTreeSet<TunnelOrigin>);
 
 fn apply_pushes(told: &mut BTreeMap<PeerId, Told>, e: &Effects) {
     for (to, u) in &e.pushes {
+        let u = &u.to_wire();
         let t = told.get_mut(to).expect("pushes go only to peers that are up");
         if let Some(u) = &u.underlay {
             t.0.retain(|x| !u.withdraw.contains(x));
@@ -622,6 +623,7 @@ proptest! {
             apply_pushes(&mut told, &e);
             if !transit {
                 for (_, u) in &e.pushes {
+                    let u = &u.to_wire();
                     // A server only ever speaks of its own prefixes.
                     for x in u.underlay.iter().flat_map(|u| u.announce.iter().chain(u.withdraw.iter())) {
                         prop_assert_eq!(&x.path, &vec!["me".to_string()]);

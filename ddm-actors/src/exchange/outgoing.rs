@@ -1,0 +1,358 @@
+//! What the router pushes to a peer, kept compact until it is written.
+//!
+//! A transit router that imports 100,000 paths re-announces 100,000 paths to
+//! every other peer; as wire path vectors that is two allocations per path
+//! (the list of names and each name), held until the exchange actor has
+//! sent them. [`OutPath`] instead shares the RIB's interned path and names
+//! and appends our own hostname, if it is to be appended, only when it is
+//! written. [`OutUpdate`] serialises to exactly the JSON of the
+//! [`v3::Update`] it stands for ([`OutUpdate::to_wire`]), and
+//! [`V2Update`] to exactly that of the converted [`v2::Update`]: no wire
+//! path vector is built on the way out.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use oxnet::Ipv6Net;
+use serde::ser::{SerializeStruct, Serializer};
+use serde::Serialize;
+
+use super::wire::{v2, v3};
+
+/// A path's hostnames, originator first, shared with the RIB.
+pub type Names = Arc<[Arc<str>]>;
+
+/// One path vector to push: a destination, a shared path and optionally
+/// one more hostname (ours, when re-announcing) after it.
+///
+/// Ordered, and equal, exactly as the [`v3::PathVector`] it stands for.
+#[derive(Debug, Clone)]
+pub struct OutPath {
+    /// The destination prefix.
+    destination: Ipv6Net,
+    /// The path as stored.
+    path: Names,
+    /// Appended to `path` when written.
+    suffix: Option<Arc<str>>,
+}
+
+impl OutPath {
+    /// `destination` reached along `path`, then `suffix` if any.
+    pub fn new(
+        destination: Ipv6Net,
+        path: Names,
+        suffix: Option<Arc<str>>,
+    ) -> Self {
+        OutPath { destination, path, suffix }
+    }
+
+    /// The destination prefix.
+    pub fn destination(&self) -> Ipv6Net {
+        self.destination
+    }
+
+    /// The hostnames as written, originator first.
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone + '_ {
+        self.path.iter().map(|n| &**n).chain(self.suffix.as_deref())
+    }
+
+    /// How many hostnames are written.
+    pub fn len(&self) -> usize {
+        self.path.len() + usize::from(self.suffix.is_some())
+    }
+
+    /// True when no hostname is written (never pushed by the RIB).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The wire path vector this stands for.
+    pub fn to_wire(&self) -> v3::PathVector {
+        v3::PathVector {
+            destination: self.destination,
+            path: self.names().map(str::to_string).collect(),
+        }
+    }
+}
+
+impl From<&v3::PathVector> for OutPath {
+    fn from(pv: &v3::PathVector) -> Self {
+        let path: Names =
+            pv.path.iter().map(|n| Arc::from(n.as_str())).collect();
+        OutPath { destination: pv.destination, path, suffix: None }
+    }
+}
+
+impl Ord for OutPath {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.destination
+            .cmp(&other.destination)
+            .then_with(|| self.names().cmp(other.names()))
+    }
+}
+
+impl PartialOrd for OutPath {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for OutPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for OutPath {}
+
+/// The hostnames of an [`OutPath`], written as a sequence of strings.
+struct NamesOut<'a>(&'a OutPath);
+
+impl Serialize for NamesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.names())
+    }
+}
+
+impl Serialize for OutPath {
+    /// As [`v3::PathVector`]: `{"destination": "…", "path": […]}`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("PathVector", 2)?;
+        st.serialize_field("destination", &self.destination)?;
+        st.serialize_field("path", &NamesOut(self))?;
+        st.end()
+    }
+}
+
+/// An [`OutPath`] written as [`v2::PathVector`].
+struct V2Path<'a>(&'a OutPath);
+
+impl Serialize for V2Path<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("PathVector", 2)?;
+        st.serialize_field(
+            "destination",
+            &v2::Ipv6Prefix::from(self.0.destination),
+        )?;
+        st.serialize_field("path", &NamesOut(self.0))?;
+        st.end()
+    }
+}
+
+/// The underlay half of an [`OutUpdate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutUnderlay {
+    /// Paths we now offer.
+    pub announce: BTreeSet<OutPath>,
+    /// Paths we no longer offer.
+    pub withdraw: BTreeSet<OutPath>,
+}
+
+/// An update to push: the compact form of a [`v3::Update`], serialised
+/// exactly as it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutUpdate {
+    /// Changes to underlay reachability.
+    pub underlay: Option<OutUnderlay>,
+    /// Changes to tunnel endpoint reachability.
+    pub tunnel: Option<v3::TunnelUpdate>,
+}
+
+impl OutUpdate {
+    /// True when the update carries no change at all (nothing to send).
+    pub fn is_empty(&self) -> bool {
+        self.underlay
+            .as_ref()
+            .is_none_or(|u| u.announce.is_empty() && u.withdraw.is_empty())
+            && self
+                .tunnel
+                .as_ref()
+                .is_none_or(|t| t.announce.is_empty() && t.withdraw.is_empty())
+    }
+
+    /// How many path vectors and tunnel origins the update carries,
+    /// announced and withdrawn.
+    pub fn len(&self) -> usize {
+        self.underlay
+            .as_ref()
+            .map_or(0, |u| u.announce.len() + u.withdraw.len())
+            + self
+                .tunnel
+                .as_ref()
+                .map_or(0, |t| t.announce.len() + t.withdraw.len())
+    }
+
+    /// The underlay half, created empty if absent.
+    pub fn underlay_mut(&mut self) -> &mut OutUnderlay {
+        self.underlay.get_or_insert_with(Default::default)
+    }
+
+    /// The tunnel half, created empty if absent.
+    pub fn tunnel_mut(&mut self) -> &mut v3::TunnelUpdate {
+        self.tunnel.get_or_insert_with(Default::default)
+    }
+
+    /// The wire update this stands for.
+    pub fn to_wire(&self) -> v3::Update {
+        let set =
+            |s: &BTreeSet<OutPath>| s.iter().map(OutPath::to_wire).collect();
+        v3::Update {
+            underlay: self.underlay.as_ref().map(|u| v3::UnderlayUpdate {
+                announce: set(&u.announce),
+                withdraw: set(&u.withdraw),
+            }),
+            tunnel: self.tunnel.clone(),
+        }
+    }
+}
+
+impl From<&v3::Update> for OutUpdate {
+    fn from(u: &v3::Update) -> Self {
+        let set = |s: &BTreeSet<v3::PathVector>| {
+            s.iter().map(OutPath::from).collect()
+        };
+        OutUpdate {
+            underlay: u.underlay.as_ref().map(|u| OutUnderlay {
+                announce: set(&u.announce),
+                withdraw: set(&u.withdraw),
+            }),
+            tunnel: u.tunnel.clone(),
+        }
+    }
+}
+
+impl From<v3::Update> for OutUpdate {
+    fn from(u: v3::Update) -> Self {
+        OutUpdate::from(&u)
+    }
+}
+
+/// A set of paths written as a v2 sequence.
+struct V2Paths<'a>(&'a BTreeSet<OutPath>);
+
+impl Serialize for V2Paths<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(V2Path))
+    }
+}
+
+/// A set of tunnel origins written as a v2 sequence.
+struct V2Tunnels<'a>(&'a BTreeSet<v3::TunnelOrigin>);
+
+impl Serialize for V2Tunnels<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(v2::TunnelOrigin::from))
+    }
+}
+
+/// An [`OutUpdate`] serialised exactly as the [`v2::Update`] converted
+/// from its wire form. The order is the same: v3 prefixes order by
+/// (address, length) like v2's `{addr, len}`.
+pub struct V2Update<'a>(pub &'a OutUpdate);
+
+impl Serialize for V2Update<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Underlay<'a> {
+            announce: V2Paths<'a>,
+            withdraw: V2Paths<'a>,
+        }
+        #[derive(Serialize)]
+        struct Tunnel<'a> {
+            announce: V2Tunnels<'a>,
+            withdraw: V2Tunnels<'a>,
+        }
+        let mut st = s.serialize_struct("Update", 2)?;
+        st.serialize_field(
+            "underlay",
+            &self.0.underlay.as_ref().map(|u| Underlay {
+                announce: V2Paths(&u.announce),
+                withdraw: V2Paths(&u.withdraw),
+            }),
+        )?;
+        st.serialize_field(
+            "tunnel",
+            &self.0.tunnel.as_ref().map(|t| Tunnel {
+                announce: V2Tunnels(&t.announce),
+                withdraw: V2Tunnels(&t.withdraw),
+            }),
+        )?;
+        st.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pv(d: &str, path: &[&str]) -> v3::PathVector {
+        v3::PathVector {
+            destination: d.parse().unwrap(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn names(n: &[&str]) -> Names {
+        n.iter().map(|s| Arc::from(*s)).collect()
+    }
+
+    fn sample() -> v3::Update {
+        let mut u = v3::Update::default();
+        let ul = u.underlay_mut();
+        ul.announce.insert(pv("fd00:1::/64", &["a", "b"]));
+        ul.announce.insert(pv("fd00:1::/64", &["a"]));
+        ul.announce.insert(pv("fd00:0:1::/48", &["zz", "a\"q"]));
+        ul.withdraw.insert(pv("fd00:2::/64", &["c"]));
+        u.tunnel_mut().announce.insert(v3::TunnelOrigin {
+            overlay_prefix: "10.0.0.0/8".parse().unwrap(),
+            boundary_addr: "fd00::1".parse().unwrap(),
+            vni: 7,
+            metric: 3,
+        });
+        u
+    }
+
+    #[test]
+    fn writes_the_wire_json_byte_for_byte() {
+        for u in [sample(), v3::Update::default(), {
+            let mut u = sample();
+            u.tunnel = None;
+            u
+        }] {
+            let out = OutUpdate::from(&u);
+            assert_eq!(out.to_wire(), u);
+            assert_eq!(
+                serde_json::to_string(&out).unwrap(),
+                serde_json::to_string(&u).unwrap()
+            );
+            assert_eq!(
+                serde_json::to_string(&V2Update(&out)).unwrap(),
+                serde_json::to_string(&v2::Update::from(u.clone())).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_suffix_orders_and_compares_as_the_written_path() {
+        let d: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        let split = OutPath::new(d, names(&["a"]), Some(Arc::from("b")));
+        let whole = OutPath::new(d, names(&["a", "b"]), None);
+        assert_eq!(split, whole);
+        assert_eq!(split.to_wire(), pv("fd00:1::/64", &["a", "b"]));
+        let shorter = OutPath::new(d, names(&["a"]), None);
+        let later = OutPath::new(d, names(&["a"]), Some(Arc::from("c")));
+        assert!(shorter < split && split < later);
+        assert_eq!(
+            shorter.cmp(&split),
+            pv("fd00:1::/64", &["a"]).cmp(&pv("fd00:1::/64", &["a", "b"]))
+        );
+        let mut u = OutUpdate::default();
+        u.underlay_mut().announce.insert(later);
+        u.underlay_mut().announce.insert(split);
+        assert_eq!(
+            serde_json::to_string(&u).unwrap(),
+            serde_json::to_string(&u.to_wire()).unwrap()
+        );
+    }
+}

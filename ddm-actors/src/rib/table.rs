@@ -1,0 +1,90 @@
+//! The destination table, in shards.
+//!
+//! One hash table of 100,000 destinations grows by doubling: while it
+//! moves to twice the slots, the old and the new table are both allocated,
+//! a peak of one and a half times the grown table. Split by destination
+//! into [`SHARDS`] tables, each grows on its own, so the peak is one
+//! shard's worth over the final size.
+
+use std::collections::HashMap;
+
+use oxnet::Ipv6Net;
+
+use super::offers::Offers;
+
+/// How many tables the destinations are spread over.
+const SHARDS: usize = 16;
+
+/// Every destination with its offers.
+#[derive(Debug)]
+pub(crate) struct Table {
+    shards: Box<[HashMap<Ipv6Net, Offers>]>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table { shards: (0..SHARDS).map(|_| HashMap::new()).collect() }
+    }
+}
+
+/// Which shard holds `dest`: a multiplicative hash of its bits, so that
+/// prefixes differing anywhere spread evenly.
+fn shard_of(dest: &Ipv6Net) -> usize {
+    let bits = u128::from(dest.addr()) ^ u128::from(dest.width());
+    let folded = (bits as u64) ^ ((bits >> 64) as u64);
+    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % SHARDS
+}
+
+impl Table {
+    /// The shard that holds (or would hold) `dest`.
+    pub(crate) fn shard(&self, dest: &Ipv6Net) -> &HashMap<Ipv6Net, Offers> {
+        &self.shards[shard_of(dest)]
+    }
+
+    /// The shard that holds (or would hold) `dest`, to change.
+    pub(crate) fn shard_mut(
+        &mut self,
+        dest: &Ipv6Net,
+    ) -> &mut HashMap<Ipv6Net, Offers> {
+        &mut self.shards[shard_of(dest)]
+    }
+
+    /// The offers of `dest`.
+    pub(crate) fn get(&self, dest: &Ipv6Net) -> Option<&Offers> {
+        self.shard(dest).get(dest)
+    }
+
+    /// Forget `dest`.
+    pub(crate) fn remove(&mut self, dest: &Ipv6Net) -> Option<Offers> {
+        self.shard_mut(dest).remove(dest)
+    }
+
+    /// How many destinations there are.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    /// Every destination with its offers, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Ipv6Net, &Offers)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Keep only the destinations for which `f` is true.
+    pub(crate) fn retain(
+        &mut self,
+        mut f: impl FnMut(&Ipv6Net, &mut Offers) -> bool,
+    ) {
+        for s in self.shards.iter_mut() {
+            s.retain(&mut f);
+        }
+    }
+
+    /// Give back the space of shards that held many more destinations.
+    pub(crate) fn shrink_sparse(&mut self) {
+        for s in self.shards.iter_mut() {
+            if s.capacity() > 4 * s.len() + 64 {
+                s.shrink_to_fit();
+            }
+        }
+    }
+}
