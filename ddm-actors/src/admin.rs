@@ -43,14 +43,10 @@ pub enum AdminMsg {
     GetOriginated(RpcReplyPort<BTreeSet<Ipv6Net>>),
     /// `GET /originated_tunnel_endpoints`.
     GetOriginatedTunnels(RpcReplyPort<BTreeSet<TunnelOrigin>>),
-    /// `PUT /prefix`: store durably, then tell the router.
-    Originate(BTreeSet<Ipv6Net>, RpcReplyPort<Result<(), String>>),
-    /// `DELETE /prefix`.
-    Withdraw(BTreeSet<Ipv6Net>, RpcReplyPort<Result<(), String>>),
-    /// `PUT /tunnel_endpoint`.
-    OriginateTunnels(BTreeSet<TunnelOrigin>, RpcReplyPort<Result<(), String>>),
-    /// `DELETE /tunnel_endpoint`.
-    WithdrawTunnels(BTreeSet<TunnelOrigin>, RpcReplyPort<Result<(), String>>),
+    /// `PUT`/`DELETE` of `/prefix` and `/tunnel_endpoint`: what the
+    /// request asks to add and remove; the actor keeps only what changes
+    /// something, stores it durably and tells the router.
+    Change(StoreChange, RpcReplyPort<Result<(), String>>),
     /// `GET /peers`: answered by the supervisor.
     GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
     /// `DELETE /peers/{addr}`: answered by the supervisor.
@@ -260,34 +256,16 @@ impl Actor for Admin {
             AdminMsg::GetOriginatedTunnels(reply) => {
                 let _ = reply.send(state.originated.tunnels.clone());
             }
-            AdminMsg::Originate(prefixes, reply) => {
+            AdminMsg::Change(asked, reply) => {
+                let o = &state.originated;
                 let change = StoreChange {
-                    add_prefixes: not_in(prefixes, &state.originated.prefixes),
-                    ..Default::default()
-                };
-                let _ = reply.send(state.update(change).await);
-            }
-            AdminMsg::Withdraw(prefixes, reply) => {
-                let change = StoreChange {
+                    add_prefixes: not_in(asked.add_prefixes, &o.prefixes),
                     remove_prefixes: only_in(
-                        prefixes,
-                        &state.originated.prefixes,
+                        asked.remove_prefixes,
+                        &o.prefixes,
                     ),
-                    ..Default::default()
-                };
-                let _ = reply.send(state.update(change).await);
-            }
-            AdminMsg::OriginateTunnels(tunnels, reply) => {
-                let change = StoreChange {
-                    add_tunnels: not_in(tunnels, &state.originated.tunnels),
-                    ..Default::default()
-                };
-                let _ = reply.send(state.update(change).await);
-            }
-            AdminMsg::WithdrawTunnels(tunnels, reply) => {
-                let change = StoreChange {
-                    remove_tunnels: only_in(tunnels, &state.originated.tunnels),
-                    ..Default::default()
+                    add_tunnels: not_in(asked.add_tunnels, &o.tunnels),
+                    remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
                 };
                 let _ = reply.send(state.update(change).await);
             }
@@ -389,6 +367,17 @@ impl AdminContext {
                 ))
             }
         }
+    }
+
+    /// Ask the actor to carry out a change of the originated set.
+    async fn change(
+        &self,
+        change: StoreChange,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        self.ask(|r| AdminMsg::Change(change, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
     }
 
     fn tell(&self, msg: AdminMsg) -> Result<(), HttpError> {
@@ -511,56 +500,40 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<Ipv6Net>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let prefixes = request.into_inner();
-        check_prefixes(&prefixes)?;
-        rqctx
-            .context()
-            .ask(|r| AdminMsg::Originate(prefixes, r))
-            .await?
-            .map_err(store_failed)?;
-        Ok(HttpResponseUpdatedNoContent())
+        let add_prefixes = request.into_inner();
+        check_prefixes(&add_prefixes)?;
+        let change = StoreChange { add_prefixes, ..Default::default() };
+        rqctx.context().change(change).await
     }
 
     async fn withdraw_prefixes(
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<Ipv6Net>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let prefixes = request.into_inner();
-        check_prefixes(&prefixes)?;
-        rqctx
-            .context()
-            .ask(|r| AdminMsg::Withdraw(prefixes, r))
-            .await?
-            .map_err(store_failed)?;
-        Ok(HttpResponseUpdatedNoContent())
+        let remove_prefixes = request.into_inner();
+        check_prefixes(&remove_prefixes)?;
+        let change = StoreChange { remove_prefixes, ..Default::default() };
+        rqctx.context().change(change).await
     }
 
     async fn advertise_tunnel_endpoints(
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<TunnelOrigin>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let tunnels = request.into_inner();
-        check_tunnels(&tunnels)?;
-        rqctx
-            .context()
-            .ask(|r| AdminMsg::OriginateTunnels(tunnels, r))
-            .await?
-            .map_err(store_failed)?;
-        Ok(HttpResponseUpdatedNoContent())
+        let add_tunnels = request.into_inner();
+        check_tunnels(&add_tunnels)?;
+        let change = StoreChange { add_tunnels, ..Default::default() };
+        rqctx.context().change(change).await
     }
 
     async fn withdraw_tunnel_endpoints(
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<TunnelOrigin>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let tunnels = request.into_inner();
-        check_tunnels(&tunnels)?;
-        rqctx
-            .context()
-            .ask(|r| AdminMsg::WithdrawTunnels(tunnels, r))
-            .await?
-            .map_err(store_failed)?;
-        Ok(HttpResponseUpdatedNoContent())
+        let remove_tunnels = request.into_inner();
+        check_tunnels(&remove_tunnels)?;
+        let change = StoreChange { remove_tunnels, ..Default::default() };
+        rqctx.context().change(change).await
     }
 
     async fn sync(

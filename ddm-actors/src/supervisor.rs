@@ -731,6 +731,7 @@ mod tests {
     use crate::config::{AdminConfig, RouterConfig};
     use crate::dataplane::memory::MemoryDataplane;
     use crate::discovery::MemoryPort;
+    use crate::store::StoreChange;
     use std::net::Ipv6Addr;
 
     fn log() -> Logger {
@@ -841,9 +842,9 @@ mod tests {
         let sup = start(dir.path(), false).await;
         let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
         let prefix: oxnet::Ipv6Net = "fd00:7::/64".parse().unwrap();
-        ractor::call!(admin, AdminMsg::Originate, [prefix].into())
-            .unwrap()
-            .unwrap();
+        let change =
+            StoreChange { add_prefixes: [prefix].into(), ..Default::default() };
+        ractor::call!(admin, AdminMsg::Change, change).unwrap().unwrap();
         let router =
             ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().unwrap();
         router.kill();
