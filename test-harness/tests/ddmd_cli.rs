@@ -43,36 +43,34 @@ fn unparsable_flag_exits_two() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// Admin-only on a free port with this port file, data in `dir`.
+fn api_only_with_port_file(dir: &std::path::Path, port_file: &str) -> Output {
+    ddmd(&[
+        "--api-only",
+        "--admin-port",
+        "0",
+        "--admin-port-file",
+        port_file,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn existing_port_file_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let port_file = dir.path().join("ddmd_port");
     std::fs::write(&port_file, "old").unwrap();
-    let o = ddmd(&[
-        "--api-only",
-        "--admin-port",
-        "0",
-        "--admin-port-file",
-        port_file.to_str().unwrap(),
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let o = api_only_with_port_file(dir.path(), port_file.to_str().unwrap());
     assert_clear_failure(&o, "already exists");
+    assert_eq!(std::fs::read_to_string(&port_file).unwrap(), "old");
 }
 
 #[test]
 fn missing_port_file_directory_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let port_file = dir.path().join("missing/ddmd_port");
-    let o = ddmd(&[
-        "--api-only",
-        "--admin-port",
-        "0",
-        "--admin-port-file",
-        port_file.to_str().unwrap(),
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let o = api_only_with_port_file(dir.path(), port_file.to_str().unwrap());
     assert_clear_failure(&o, "missing");
 }
 
