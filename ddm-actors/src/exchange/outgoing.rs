@@ -20,8 +20,9 @@ use serde::Serialize;
 
 use super::wire::{v2, v3};
 
-/// A path's hostnames, originator first, shared with the RIB.
-pub type Names = Arc<[Arc<str>]>;
+/// A path's hostnames, originator first, shared with the RIB (a thin
+/// pointer, to keep the RIB's table entries small).
+pub type Names = Arc<Box<[Arc<str>]>>;
 
 /// One path vector to push: a destination, a shared path and optionally
 /// one more hostname (ours, when re-announcing) after it.
@@ -79,7 +80,7 @@ impl OutPath {
 impl From<&v3::PathVector> for OutPath {
     fn from(pv: &v3::PathVector) -> Self {
         let path: Names =
-            pv.path.iter().map(|n| Arc::from(n.as_str())).collect();
+            Arc::new(pv.path.iter().map(|n| Arc::from(n.as_str())).collect());
         OutPath { destination: pv.destination, path, suffix: None }
     }
 }
@@ -294,7 +295,7 @@ mod tests {
     }
 
     fn names(n: &[&str]) -> Names {
-        n.iter().map(|s| Arc::from(*s)).collect()
+        Arc::new(n.iter().map(|s| Arc::from(*s)).collect())
     }
 
     fn sample() -> v3::Update {

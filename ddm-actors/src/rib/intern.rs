@@ -36,13 +36,14 @@ impl Interner {
             }
             return p;
         }
-        let p: Path = path
-            .iter()
-            .map(|n| match self.names.get_key_value(n.as_str()) {
-                Some((a, _)) => Arc::clone(a),
-                None => Arc::from(n.as_str()),
-            })
-            .collect();
+        let p: Path = Arc::new(
+            path.iter()
+                .map(|n| match self.names.get_key_value(n.as_str()) {
+                    Some((a, _)) => Arc::clone(a),
+                    None => Arc::from(n.as_str()),
+                })
+                .collect(),
+        );
         for name in p.iter() {
             *self.names.entry(Arc::clone(name)).or_insert(0) += 1;
         }
@@ -58,8 +59,8 @@ impl Interner {
             .map(|n| {
                 self.names.get_key_value(n.as_str()).map(|(a, _)| a.clone())
             })
-            .collect::<Option<Vec<Arc<str>>>>()?;
-        self.paths.get_key_value(names.as_slice()).map(|(p, _)| p.clone())
+            .collect::<Option<Box<[Arc<str>]>>>()?;
+        self.paths.get_key_value(&names).map(|(p, _)| p.clone())
     }
 
     /// Give back a holder's reference; frees the path (and hostnames only

@@ -25,9 +25,10 @@
 //! number of peers on a transit router, to decide whom to tell); a peer
 //! going down costs one pass over the destination table. Memory:
 //! hostnames and paths are interned, and every destination is one entry of
-//! one hash table whose value holds its (peer, path) offers, the common
-//! single offer inline: the ECMP set and who holds a path are both read
-//! from that entry.
+//! one (sharded) hash table whose value holds its (peer slot, path) offers,
+//! the common single offer inline in 16 bytes: the ECMP set and who holds a
+//! path are both read from that entry. Pushed updates share the interned
+//! paths.
 
 mod intern;
 mod offers;
@@ -50,7 +51,7 @@ use crate::exchange::wire::v3::{
 };
 use crate::exchange::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
-use offers::{Offer, Offers};
+use offers::{Offer, Offers, Slot};
 use table::Table;
 
 /// Who a peer is: the link it is on and its address there.
@@ -122,6 +123,8 @@ pub enum RibError {
 /// What the RIB knows about one peer.
 #[derive(Debug)]
 struct PeerState {
+    /// Its index in [`Rib::slots`], which the table's offers name it by.
+    slot: Slot,
     /// The peer's role, as its discovery packets say.
     kind: RouterKind,
     /// How many paths the peer announced and has not withdrawn (they are
@@ -212,6 +215,8 @@ pub struct Rib {
     originated_tunnels: BTreeSet<TunnelOrigin>,
     /// Every peer that is up, with what it announced.
     peers: BTreeMap<PeerId, PeerState>,
+    /// The peer in each slot (`None`: free, for the next peer to come up).
+    slots: Vec<Option<PeerId>>,
     /// Every imported path, by destination: a destination has a route
     /// exactly while it is here, through the peers offering it.
     routes: Table,
@@ -231,12 +236,13 @@ impl Rib {
     pub fn new(hostname: impl AsRef<str>, kind: RouterKind) -> Self {
         let hostname: Arc<str> = Arc::from(hostname.as_ref());
         Rib {
-            own: Arc::from([Arc::clone(&hostname)]),
+            own: Arc::new(Box::new([Arc::clone(&hostname)])),
             hostname,
             kind,
             originated: BTreeSet::new(),
             originated_tunnels: BTreeSet::new(),
             peers: BTreeMap::new(),
+            slots: Vec::new(),
             routes: Table::default(),
             tunnel_refs: BTreeMap::new(),
             effective_tunnels: BTreeSet::new(),
@@ -305,7 +311,7 @@ impl Rib {
         let mut out: BTreeMap<Ipv6Addr, BTreeSet<PathVector>> = BTreeMap::new();
         for (d, offers) in self.routes.iter() {
             for o in offers.as_slice() {
-                out.entry(o.peer.addr)
+                out.entry(self.peer_at(o.peer).addr)
                     .or_default()
                     .insert(path_vector(*d, &o.path));
             }
@@ -398,8 +404,24 @@ impl Rib {
     /// A peer entered exchange. Updates are accepted from it, and pushed to
     /// it, from now on. Calling it again only updates the kind.
     pub fn peer_up(&mut self, peer: PeerId, kind: RouterKind) {
-        self.peers.entry(peer).and_modify(|p| p.kind = kind).or_insert_with(
-            || PeerState { kind, paths: 0, tunnels: BTreeSet::new() },
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.kind = kind;
+            return;
+        }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(peer);
+                free
+            }
+            None => {
+                self.slots.push(Some(peer));
+                self.slots.len() - 1
+            }
+        };
+        let slot = Slot::try_from(slot).expect("fewer than 2^32 peers");
+        self.peers.insert(
+            peer,
+            PeerState { slot, kind, paths: 0, tunnels: BTreeSet::new() },
         );
     }
 
@@ -411,15 +433,17 @@ impl Rib {
             return Effects::default();
         };
         let from = Source::Peer(peer);
+        let slot = state.slot;
         let mut gone: Vec<(Ipv6Net, Path)> = Vec::with_capacity(state.paths);
         if state.paths > 0 {
             let touched = &mut pending.touched;
+            let slots = &self.slots;
             self.routes.retain(|dest, offers| {
-                if !offers.has_peer(peer) {
+                if !offers.has_peer(slot) {
                     return true;
                 }
-                let before = offers.nexthops();
-                offers.remove_peer(peer, |path| gone.push((*dest, path)));
+                let before = offers.nexthops(|s| hop(slots, s));
+                offers.remove_peer(slot, |path| gone.push((*dest, path)));
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
                 !offers.is_empty()
@@ -444,6 +468,8 @@ impl Rib {
                 }
             }
         }
+        // Nothing in the table names the slot any more.
+        self.slots[slot as usize] = None;
         self.finish(pending)
     }
 
@@ -494,8 +520,9 @@ impl Rib {
         let tunnels = response.tunnel.unwrap_or_default();
         let mut withdraw = BTreeSet::new();
         if state.paths > 0 {
+            let slot = state.slot;
             for (d, offers) in self.routes.iter() {
-                for o in offers.as_slice().iter().filter(|o| o.peer == peer) {
+                for o in offers.as_slice().iter().filter(|o| o.peer == slot) {
                     let pv = path_vector(*d, &o.path);
                     if !announce.contains(&pv) {
                         withdraw.insert(pv);
@@ -529,8 +556,11 @@ impl Rib {
             .collect();
         let mut tunnel = self.originated_tunnels.clone();
         if self.kind == RouterKind::Transit {
+            let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
-                for o in offers.as_slice().iter().filter(|o| o.peer != peer) {
+                for o in
+                    offers.as_slice().iter().filter(|o| Some(o.peer) != slot)
+                {
                     underlay.insert(self.extended(*d, &o.path).to_wire());
                 }
             }
@@ -563,8 +593,9 @@ impl Rib {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
+        let slot = state.slot;
         let path = self.interner.intern(&pv.path);
-        let offer = Offer { peer, path: Arc::clone(&path) };
+        let offer = Offer { peer: slot, path: Arc::clone(&path) };
         match self.routes.shard_mut(&dest).entry(dest) {
             Entry::Vacant(v) => {
                 v.insert(Offers::One(offer));
@@ -575,8 +606,9 @@ impl Rib {
             }
             Entry::Occupied(mut o) => {
                 let offers = o.get_mut();
-                let before =
-                    (!offers.has_peer(peer)).then(|| offers.nexthops());
+                let slots = &self.slots;
+                let before = (!offers.has_peer(slot))
+                    .then(|| offers.nexthops(|s| hop(slots, s)));
                 if !offers.insert(offer) {
                     // Already known: idempotent.
                     self.interner.release(path);
@@ -617,14 +649,15 @@ impl Rib {
         let Some(offers) = self.routes.shard_mut(&dest).get_mut(&dest) else {
             return;
         };
-        let before = offers.nexthops();
-        let Some(stored) = offers.remove(peer, &path) else {
+        let slot = state.slot;
+        let before = offers.nexthops(|s| hop(&self.slots, s));
+        let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
         // Only `stored` may keep the path alive now (see `release`).
         drop(path);
         state.paths -= 1;
-        if !offers.has_peer(peer) {
+        if !offers.has_peer(slot) {
             pending
                 .touched
                 .push(RouteUpdate { destination: dest, nexthops: before });
@@ -645,7 +678,10 @@ impl Rib {
 
     /// The ECMP set of `dest`.
     fn nexthops(&self, dest: Ipv6Net) -> Nexthops {
-        self.routes.get(&dest).map(Offers::nexthops).unwrap_or_default()
+        self.routes
+            .get(&dest)
+            .map(|o| o.nexthops(|s| hop(&self.slots, s)))
+            .unwrap_or_default()
     }
 
     /// Which peers other than `except` hold `(dest, path)` (transit only).
@@ -659,7 +695,7 @@ impl Rib {
         let Some(offers) = self.routes.get(&dest) else {
             return h;
         };
-        for id in offers.holders_of(path) {
+        for id in offers.holders_of(path).map(|s| self.peer_at(s)) {
             if Source::Peer(id) != except {
                 h = h.add(Source::Peer(id));
                 if h == Holders::Many {
@@ -668,6 +704,11 @@ impl Rib {
             }
         }
         h
+    }
+
+    /// The peer in `slot`, which some offer names.
+    fn peer_at(&self, slot: Slot) -> PeerId {
+        hop_peer(&self.slots, slot)
     }
 
     /// `[own hostname]` for an originated prefix.
@@ -866,6 +907,20 @@ fn path_vector(dest: Ipv6Net, path: &Path) -> PathVector {
         destination: dest,
         path: path.iter().map(|h| h.to_string()).collect(),
     }
+}
+
+/// The peer in `slot` of `slots`; every slot an offer names is taken.
+fn hop_peer(slots: &[Option<PeerId>], slot: Slot) -> PeerId {
+    slots
+        .get(slot as usize)
+        .copied()
+        .flatten()
+        .expect("offers name only slots of peers that are up")
+}
+
+/// The nexthop of the peer in `slot` of `slots`.
+fn hop(slots: &[Option<PeerId>], slot: Slot) -> Nexthop {
+    hop_peer(slots, slot).nexthop()
 }
 
 /// The smallest tunnel entry of `prefix`, to start range scans from.

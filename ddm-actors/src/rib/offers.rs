@@ -5,35 +5,41 @@
 //! every question the RIB asks about a destination: which peers offer it
 //! (its ECMP set), and who else holds a given path (for redistribution).
 //! Nearly every destination is offered by one peer along one path, so that
-//! case is stored inline, without an allocation of its own.
+//! case is stored inline, without an allocation of its own. An offer is
+//! 16 bytes: the peer's slot in the RIB's peer table and a thin pointer to
+//! the interned path.
 
 use super::intern::Path;
-use super::PeerId;
-use crate::dataplane::Nexthops;
+use crate::dataplane::{Nexthop, Nexthops};
+
+/// A peer's index in the RIB's table of peers that are up.
+pub(crate) type Slot = u32;
 
 /// One imported path: the peer that offers it and its hostnames.
 #[derive(Debug, Clone)]
 pub(crate) struct Offer {
     /// Who announced it.
-    pub(crate) peer: PeerId,
+    pub(crate) peer: Slot,
     /// The interned path.
     pub(crate) path: Path,
 }
 
 impl Offer {
-    fn key(&self) -> (PeerId, &Path) {
+    fn key(&self) -> (Slot, &Path) {
         (self.peer, &self.path)
     }
 }
 
-/// Every path offered to one destination, ordered by peer, then path.
+/// Every path offered to one destination, ordered by peer slot, then path.
 ///
 /// `One` exactly when there is a single offer; `Many` otherwise (empty only
-/// transiently, before the table drops the destination).
+/// transiently, before the table drops the destination). `Many` is boxed so
+/// that the common `One` sets the size of every table entry.
 #[derive(Debug)]
 pub(crate) enum Offers {
     One(Offer),
-    Many(Vec<Offer>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Offer>>),
 }
 
 impl Offers {
@@ -50,7 +56,7 @@ impl Offers {
         self.as_slice().is_empty()
     }
 
-    fn find(&self, peer: PeerId, path: &Path) -> Result<usize, usize> {
+    fn find(&self, peer: Slot, path: &Path) -> Result<usize, usize> {
         self.as_slice().binary_search_by(|o| o.key().cmp(&(peer, path)))
     }
 
@@ -64,21 +70,21 @@ impl Offers {
             Offers::Many(v) => v.insert(at, offer),
             Offers::One(_) => {
                 let Offers::One(old) =
-                    std::mem::replace(self, Offers::Many(Vec::new()))
+                    std::mem::replace(self, Offers::Many(Box::default()))
                 else {
                     unreachable!("matched One above");
                 };
                 let mut v = Vec::with_capacity(2);
                 v.push(old);
                 v.insert(at, offer);
-                *self = Offers::Many(v);
+                *self = Offers::Many(Box::new(v));
             }
         }
         true
     }
 
     /// Remove `peer`'s offer of `path`; the stored path if it was there.
-    pub(crate) fn remove(&mut self, peer: PeerId, path: &Path) -> Option<Path> {
+    pub(crate) fn remove(&mut self, peer: Slot, path: &Path) -> Option<Path> {
         let at = self.find(peer, path).ok()?;
         Some(self.remove_at(at).path)
     }
@@ -87,7 +93,7 @@ impl Offers {
         match self {
             Offers::One(_) => {
                 let Offers::One(old) =
-                    std::mem::replace(self, Offers::Many(Vec::new()))
+                    std::mem::replace(self, Offers::Many(Box::default()))
                 else {
                     unreachable!("matched One above");
                 };
@@ -108,7 +114,7 @@ impl Offers {
     /// Remove every offer of `peer`, handing each path to `gone`.
     pub(crate) fn remove_peer(
         &mut self,
-        peer: PeerId,
+        peer: Slot,
         mut gone: impl FnMut(Path),
     ) {
         while let Some(at) = self.as_slice().iter().position(|o| o.peer == peer)
@@ -118,15 +124,16 @@ impl Offers {
     }
 
     /// Whether `peer` offers at least one path.
-    pub(crate) fn has_peer(&self, peer: PeerId) -> bool {
+    pub(crate) fn has_peer(&self, peer: Slot) -> bool {
         self.as_slice().iter().any(|o| o.peer == peer)
     }
 
-    /// The ECMP set: the nexthop of every peer offering a path.
-    pub(crate) fn nexthops(&self) -> Nexthops {
+    /// The ECMP set: the nexthop of every peer offering a path, `hop`
+    /// giving a slot's.
+    pub(crate) fn nexthops(&self, hop: impl Fn(Slot) -> Nexthop) -> Nexthops {
         match self {
-            Offers::One(o) => Nexthops::one(o.peer.nexthop()),
-            Offers::Many(v) => v.iter().map(|o| o.peer.nexthop()).collect(),
+            Offers::One(o) => Nexthops::one(hop(o.peer)),
+            Offers::Many(v) => v.iter().map(|o| hop(o.peer)).collect(),
         }
     }
 
@@ -134,7 +141,7 @@ impl Offers {
     pub(crate) fn holders_of<'a>(
         &'a self,
         path: &'a Path,
-    ) -> impl Iterator<Item = PeerId> + 'a {
+    ) -> impl Iterator<Item = Slot> + 'a {
         self.as_slice().iter().filter(move |o| o.path == *path).map(|o| o.peer)
     }
 }

@@ -88,3 +88,28 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_small() {
+        // A thin path pointer and a slot: the common single offer is 16
+        // bytes, a whole entry (destination included) 40.
+        assert_eq!(std::mem::size_of::<Offers>(), 16);
+        assert!(std::mem::size_of::<(Ipv6Net, Offers)>() <= 40);
+    }
+
+    #[test]
+    fn destinations_spread_over_the_shards() {
+        let mut seen = [0usize; SHARDS];
+        for i in 0..4096u32 {
+            let a = std::net::Ipv6Addr::from(
+                (0xfd10u128 << 112) | (u128::from(i) << 64),
+            );
+            seen[shard_of(&Ipv6Net::new(a, 64).unwrap())] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 4096 / SHARDS / 2), "{seen:?}");
+    }
+}
