@@ -456,6 +456,17 @@ impl PeerFsm {
         if packet.solicit {
             self.counters.solicitations_received += 1;
             fx.push(Effect::SendAdvertisement { to: addr });
+            // A router we are not exchanging with is soliciting: it is up
+            // now, so solicit back at once instead of at our next tick.
+            // Both ends then peer within a round trip of the later one
+            // starting, not a solicit interval. In Exchange with that very
+            // router there is nothing to learn, so steady state sends no
+            // extra packets.
+            let known = self.state == DiscoveryState::Exchange
+                && self.peer.as_ref().is_some_and(|p| p.addr == addr);
+            if !known {
+                fx.push(Effect::SendSolicit);
+            }
         }
         if packet.advertise {
             self.counters.advertisements_received += 1;
@@ -609,11 +620,30 @@ mod tests {
             t0,
             Input::Datagram { from: from(peer_a()), payload: solicit("s1") },
         );
-        assert_eq!(fx, vec![Effect::SendAdvertisement { to: peer_a() }]);
+        // Answered, and solicited back at once: the sender is up now.
+        assert_eq!(
+            fx,
+            vec![
+                Effect::SendAdvertisement { to: peer_a() },
+                Effect::SendSolicit
+            ]
+        );
         assert_eq!(f.counters().solicitations_received, 1);
         // A solicitation alone does not make a peer.
         assert_eq!(f.state(), DiscoveryState::Solicit);
         assert!(f.peer().is_none());
+        // Once exchanging with that router, its solicitations are only
+        // answered.
+        f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("s1") },
+        );
+        assert_eq!(f.state(), DiscoveryState::Exchange);
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: solicit("s1") },
+        );
+        assert_eq!(fx, vec![Effect::SendAdvertisement { to: peer_a() }]);
     }
 
     #[test]
