@@ -390,10 +390,27 @@ impl Actor for Router {
             }
             RouterMsg::PullResult { peer, response } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
-                // Additive: see `Rib::import_pull`.
-                match state.rib.import_pull(peer, response) {
+                // A pull answer is added to what we hold, never used to
+                // withdraw: it was computed by the peer at some moment, and
+                // a push the peer sent after that moment reaches us through
+                // our server, which can overtake the answer on its way back
+                // through our client. Treating the answer as the peer's
+                // complete set would then withdraw a path the peer just
+                // announced. Withdrawals arrive as pushes, in order, and a
+                // peer that goes away takes all its paths with it.
+                let update = v3::Update {
+                    underlay: Some(v3::UnderlayUpdate {
+                        announce: response.underlay.unwrap_or_default(),
+                        withdraw: BTreeSet::new(),
+                    }),
+                    tunnel: Some(v3::TunnelUpdate {
+                        announce: response.tunnel.unwrap_or_default(),
+                        withdraw: BTreeSet::new(),
+                    }),
+                };
+                match state.rib.import(peer, update) {
                     Ok(e) => state.carry_out(e),
-                    Err(e) => debug!(state.log, "update dropped";
+                    Err(e) => debug!(state.log, "pull result dropped";
                         "peer" => %peer, "reason" => %e),
                 }
                 if size >= TRIM_AFTER {

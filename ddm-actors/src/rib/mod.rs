@@ -505,26 +505,41 @@ impl Rib {
         Ok(self.finish(pending))
     }
 
-    /// Apply the answer to a pull from `peer`. It only adds: the answer
-    /// is the peer's set at the moment it computed it, and a push the peer
-    /// sent after that moment can reach us before the answer does (pushes
-    /// arrive through our server, answers through our client). Taking the
-    /// answer as the peer's complete set would withdraw what that push just
-    /// announced. Withdrawals arrive as pushes, in order, and a peer that
-    /// goes down takes all its paths with it.
+    /// Apply the answer to a pull from `peer`: it is everything the peer
+    /// offers, so whatever we held from it and it no longer lists goes.
     pub fn import_pull(
         &mut self,
         peer: PeerId,
         response: PullResponse,
     ) -> Result<Effects, RibError> {
+        let response = response.normalised();
+        let Some(state) = self.peers.get(&peer) else {
+            return Err(RibError::UnknownPeer(peer));
+        };
+        let announce = response.underlay.unwrap_or_default();
+        let tunnels = response.tunnel.unwrap_or_default();
+        let mut withdraw = BTreeSet::new();
+        if state.paths > 0 {
+            let slot = state.slot;
+            for (d, offers) in self.routes.iter() {
+                for o in offers.as_slice().iter().filter(|o| o.peer == slot) {
+                    let pv = path_vector(*d, &o.path);
+                    if !announce.contains(&pv) {
+                        withdraw.insert(pv);
+                    }
+                }
+            }
+        }
+        let withdraw_tunnels: BTreeSet<TunnelOrigin> =
+            state.tunnels.difference(&tunnels).copied().collect();
         let update = Update {
             underlay: Some(crate::exchange::wire::v3::UnderlayUpdate {
-                announce: response.underlay.unwrap_or_default(),
-                withdraw: BTreeSet::new(),
+                announce,
+                withdraw,
             }),
             tunnel: Some(crate::exchange::wire::v3::TunnelUpdate {
-                announce: response.tunnel.unwrap_or_default(),
-                withdraw: BTreeSet::new(),
+                announce: tunnels,
+                withdraw: withdraw_tunnels,
             }),
         };
         self.import(peer, update)

@@ -433,7 +433,7 @@ fn host_bits_are_cleared_on_import() {
 }
 
 #[test]
-fn a_pull_adds_to_what_the_peer_offered() {
+fn a_pull_replaces_what_the_peer_offered() {
     let mut rib = rib_with_peers(RouterKind::Server, 1);
     rib.import(
         peer(1),
@@ -446,11 +446,11 @@ fn a_pull_adds_to_what_the_peer_offered() {
         ),
         tunnel: None,
     };
-    // fd00:1 may have been pushed after the peer computed its answer: it
-    // stays; fd00:2 is already known; fd00:3 is new.
     let e = rib.import_pull(peer(1), resp).unwrap();
-    assert_eq!(e.route_updates, vec![route("fd00:3::/64", &[peer(1)])]);
-    assert_eq!(rib.ecmp_set(net("fd00:1::/64")).len(), 1);
+    assert_eq!(
+        e.route_updates,
+        vec![route("fd00:1::/64", &[]), route("fd00:3::/64", &[peer(1)])]
+    );
     assert_eq!(
         rib.import_pull(peer(9), PullResponse::default()),
         Err(RibError::UnknownPeer(peer(9)))
