@@ -390,25 +390,10 @@ impl Actor for Router {
             }
             RouterMsg::PullResult { peer, response } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
-                // A pull answer is added to what we hold, never used to
-                // withdraw: it was computed by the peer at some moment, and
-                // a push the peer sent after that moment reaches us through
-                // our server, which can overtake the answer on its way back
-                // through our client. Treating the answer as the peer's
-                // complete set would then withdraw a path the peer just
-                // announced. Withdrawals arrive as pushes, in order, and a
-                // peer that goes away takes all its paths with it.
-                let update = v3::Update {
-                    underlay: Some(v3::UnderlayUpdate {
-                        announce: response.underlay.unwrap_or_default(),
-                        withdraw: BTreeSet::new(),
-                    }),
-                    tunnel: Some(v3::TunnelUpdate {
-                        announce: response.tunnel.unwrap_or_default(),
-                        withdraw: BTreeSet::new(),
-                    }),
-                };
-                match state.rib.import(peer, update) {
+                // The answer is the peer's whole set; our exchange actor
+                // holds back the peer's pushes while a pull is out, so none
+                // of them can be older than this answer.
+                match state.rib.import_pull(peer, response) {
                     Ok(e) => state.carry_out(e),
                     Err(e) => debug!(state.log, "pull result dropped";
                         "peer" => %peer, "reason" => %e),

@@ -8,7 +8,8 @@
 //!                 │     ◀─PullDone──┘ ─PullResult─▶ router        │
 //!   timers ─Retry{gen}─▶                                          │
 //!                 └─────────────────────────────────────────────┘
-//!   peer ─PUT/GET /vN/…─▶ server task ─Import (cast)/PullFor (call)─▶ router
+//!   peer ─PUT /vN/push─▶ server task ─Pushed─▶ actor ─Import─▶ router
+//!   peer ─GET /vN/pull─▶ server task ─PullFor (call)─▶ router
 //! ```
 //!
 //! On start the actor sends the router `PeerUp` (so the router knows the
@@ -33,6 +34,11 @@
 //! cannot be bound (address still tentative, previous actor's socket not yet
 //! closed) is retried on the same schedule forever and logged; the actor
 //! keeps pushing and pulling meanwhile.
+//!
+//! The peer's pushes reach the router through this actor, in one stream
+//! with the pull answers: while a pull is out they are held back and passed
+//! on right after its answer, so the router (which takes an answer as the
+//! peer's whole set) never applies an answer over a newer push.
 //!
 //! Timers and request results carry a generation; a stale one is ignored.
 //! `post_stop` aborts every task and waits for the server to close its
@@ -342,6 +348,9 @@ pub enum ExchangeMsg {
     Push(OutUpdate),
     /// Pull the peer's full set again and hand it to the router (sync).
     Pull,
+    /// The peer pushed this update to our server (from the server task).
+    /// Passed on to the router, or held back while a pull is out.
+    Pushed(v3::Update),
     /// A pull task finished (internal).
     PullDone {
         /// The generation the pull was started with.
@@ -420,6 +429,15 @@ pub struct State {
     pull: Track,
     /// A pull was asked for while one was in flight: pull again after it.
     pull_again: bool,
+    /// Pushes from the peer that arrived while a pull was out, in order.
+    ///
+    /// The peer computes a pull answer at one moment; a push it sends after
+    /// that moment reaches us through our server and could reach the router
+    /// before the answer, which comes back through our client. The router
+    /// takes an answer as the peer's whole set, so it must never see the
+    /// answer after a push the peer sent later: pushes are held here while
+    /// a pull is out and passed on right after its answer.
+    held: Option<Vec<v3::Update>>,
     /// The push in flight or waiting to be retried.
     push: Track,
     /// The update in flight, put back in front of `pending` if it fails.
@@ -490,6 +508,7 @@ impl State {
         }
         let gen = self.gen();
         self.pull.gen = gen;
+        self.held.get_or_insert_with(Vec::new);
         let (client, me) = (self.client.clone(), myself.clone());
         self.pull.task = Some(tokio::spawn(async move {
             let result = client.pull().await;
@@ -517,6 +536,7 @@ impl State {
                     warn!(self.log, "router gone; pull result dropped";
                         "error" => %e);
                 }
+                self.release_held();
                 if std::mem::take(&mut self.pull_again) {
                     self.start_pull(myself);
                 }
@@ -525,11 +545,36 @@ impl State {
                 Stats::bump(&self.stats.pull_failures);
                 self.pull.failures += 1;
                 self.pull_again = false;
+                // No answer is coming: what the peer pushed meanwhile is
+                // newer than anything it answered before.
+                self.release_held();
                 warn!(self.log, "pull failed"; "error" => %e,
                     "failures" => self.pull.failures);
                 self.check_report();
                 self.schedule(myself, RetryKind::Pull);
             }
+        }
+    }
+
+    /// A push from the peer: to the router, unless a pull is out.
+    fn pushed(&mut self, update: v3::Update) {
+        match &mut self.held {
+            Some(held) => held.push(update),
+            None => self.import(update),
+        }
+    }
+
+    /// Pass on the pushes held back while a pull was out.
+    fn release_held(&mut self) {
+        for update in self.held.take().unwrap_or_default() {
+            self.import(update);
+        }
+    }
+
+    fn import(&self, update: v3::Update) {
+        let msg = RouterMsg::Import { peer: self.peer, update };
+        if let Err(e) = self.router.cast(msg) {
+            warn!(self.log, "router gone; push dropped"; "error" => %e);
         }
     }
 
@@ -665,6 +710,7 @@ impl Actor for Exchange {
         let server_ctx = Arc::new(ServerCtx {
             peer,
             router: args.router.clone(),
+            pushes: Some(myself.clone()),
             timeout: args.timeout,
             stats: stats.clone(),
             log: log.new(o!("unit" => "server")),
@@ -690,6 +736,7 @@ impl Actor for Exchange {
             bind: Track::default(),
             pull: Track::default(),
             pull_again: false,
+            held: None,
             push: Track::default(),
             in_flight: None,
             pending: None,
@@ -742,6 +789,7 @@ impl Actor for Exchange {
         match msg {
             ExchangeMsg::Push(update) => state.queue(&myself, update),
             ExchangeMsg::Pull => state.start_pull(&myself),
+            ExchangeMsg::Pushed(update) => state.pushed(update),
             ExchangeMsg::PullDone { gen, result } => {
                 state.pull_done(&myself, gen, result)
             }
@@ -1314,6 +1362,54 @@ mod tests {
             underlay: Some([pv("fd00:5::/64", "peer")].into()),
             tunnel: None,
         }
+    }
+
+    /// A push that reaches us while our pull is out is passed on only after
+    /// the pull's answer: the answer may be older than the push.
+    #[tokio::test]
+    async fn pushes_are_held_back_while_a_pull_is_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let peer = loopback_peer();
+        let (x, _) =
+            Actor::spawn(None, Exchange, args(peer, 3, port, router, None))
+                .await
+                .unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PeerUp(peer, RouterKind::Transit)
+        );
+        // The pull arrives; we do not answer yet.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"GET /v3/pull"));
+        // Meanwhile the peer pushes; the actor has handled it once it has
+        // answered a later call (its mailbox is in order).
+        let pushed = announce(&["fd00:9::/64"]);
+        x.cast(ExchangeMsg::Pushed(pushed.clone())).unwrap();
+        call!(x, ExchangeMsg::GetCounters).unwrap();
+        assert!(seen.try_recv().is_err(), "the push was not held back");
+        // The answer, then the held push, in that order.
+        let body = PULL3.as_bytes();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(body).await.unwrap();
+        assert_eq!(
+            recv(&mut seen).await,
+            Seen::PullResult(peer, pull_answer())
+        );
+        assert_eq!(recv(&mut seen).await, Seen::Import(peer, pushed.clone()));
+        // With no pull out, pushes go straight through.
+        x.cast(ExchangeMsg::Pushed(pushed.clone())).unwrap();
+        assert_eq!(recv(&mut seen).await, Seen::Import(peer, pushed));
+        x.stop_and_wait(None, None).await.unwrap();
     }
 
     /// Start: one pull, its result to the router. Then pushes in order,

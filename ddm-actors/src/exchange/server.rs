@@ -35,7 +35,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::actor::{Stats, Version};
+use super::actor::{ExchangeMsg, ExchangeRef, Stats, Version};
 use super::client::json_size_hint;
 use super::wire::{v2, v2_view, v3};
 use crate::rib::PeerId;
@@ -72,8 +72,12 @@ pub fn bind(addr: SocketAddrV6) -> io::Result<TcpListener> {
 pub struct ServerCtx {
     /// The only peer allowed to call.
     pub peer: PeerId,
-    /// Where pushes go and pulls are answered.
+    /// Where pulls are answered (and pushes go when `pushes` is unset).
     pub router: RouterRef,
+    /// The exchange actor, which passes pushes on to the router in order
+    /// with its pull answers (held back while a pull is out). Unset in tests
+    /// that drive the server alone: pushes then go straight to the router.
+    pub pushes: Option<ExchangeRef>,
     /// Bound on reading a body and on the router's answer to a pull.
     pub timeout: Duration,
     /// The actor's counters.
@@ -231,7 +235,16 @@ where
         }
     };
     let peer = ctx.peer;
-    if let Err(e) = ctx.router.cast(RouterMsg::Import { peer, update }) {
+    let sent = match &ctx.pushes {
+        Some(x) => {
+            x.cast(ExchangeMsg::Pushed(update)).map_err(|e| e.to_string())
+        }
+        None => ctx
+            .router
+            .cast(RouterMsg::Import { peer, update })
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
         warn!(ctx.log, "router gone; push dropped"; "error" => %e);
         return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
@@ -355,6 +368,7 @@ mod tests {
         let ctx = ServerCtx {
             peer: peer(),
             router,
+            pushes: None,
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             log: Logger::root(slog::Discard, slog::o!()),
