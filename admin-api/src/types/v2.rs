@@ -76,3 +76,54 @@ impl From<PeerInfo> for v1::PeerInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn peer(status: PeerStatus) -> PeerInfo {
+        PeerInfo {
+            status,
+            addr: "fe80::1".parse().unwrap(),
+            host: "sw0".to_string(),
+            kind: RouterKind::Transit,
+        }
+    }
+
+    /// The 2.0.0 shape: status tagged by `type`, with a `{secs, nanos}`
+    /// duration; kind as a number.
+    #[test]
+    fn v2_peer_shape() {
+        let d = Duration::new(3, 500);
+        let got = serde_json::to_value(peer(PeerStatus::Exchange(d))).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "status": {"type": "Exchange", "duration": {"secs": 3, "nanos": 500}},
+                "addr": "fe80::1",
+                "host": "sw0",
+                "kind": 1,
+            })
+        );
+    }
+
+    /// The 1.0.0 shape, derived from 2.0.0: a bare status name.
+    #[test]
+    fn v1_peer_shape_from_v2() {
+        let d = Duration::from_secs(1);
+        for (status, name) in [
+            (PeerStatus::Init(d), "NoContact"),
+            (PeerStatus::Solicit(d), "NoContact"),
+            (PeerStatus::Exchange(d), "Active"),
+            (PeerStatus::Expired(d), "Expired"),
+        ] {
+            let v1: v1::PeerInfo = peer(status).into();
+            let got = serde_json::to_value(v1).unwrap();
+            assert_eq!(
+                got,
+                json!({"status": name, "addr": "fe80::1", "host": "sw0", "kind": 1})
+            );
+        }
+    }
+}
