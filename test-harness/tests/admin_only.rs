@@ -29,7 +29,14 @@ fn url(d: &DdmdInstance, path: &str) -> String {
 #[tokio::test]
 async fn control_plane_sequence() {
     let d = start().await;
-    assert!(d.log().contains(&format!("admin: listening on {}", d.addr())));
+    // Logs are written asynchronously: the line may land just after the
+    // port file.
+    let line = format!("admin: listening on {}", d.addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log().contains(&line) {
+        assert!(std::time::Instant::now() < deadline, "no {line:?} logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let c = d.client();
     assert!(c.get_originated().await.unwrap().into_inner().is_empty());
 
