@@ -55,8 +55,8 @@ pub const DEFAULT_MAX_PATH_LEN: usize = 32;
 /// Default of [`PolicyConfig::max_prefixes_per_peer`]. A large fabric's
 /// transit hears every server prefix of the fabric from each of its peers:
 /// 250,000 leaves room for thousands of racks of /64s (and admits the
-/// 100,000-prefix benchmark) while bounding what one hostile peer can make
-/// us hold (about 80 MB at this limit).
+/// 100,000-prefix benchmark) while bounding how many destinations one
+/// hostile peer can make us hold (with ordinary paths, about 80 MB).
 pub const DEFAULT_MAX_PREFIXES_PER_PEER: usize = 250_000;
 
 /// Longest hostname accepted in a path, in bytes (what discovery can
