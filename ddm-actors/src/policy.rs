@@ -1309,6 +1309,16 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_has_its_own_slot_and_name() {
+        let names: BTreeSet<&str> =
+            Refusal::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Refusal::COUNT);
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r}");
+        }
+    }
+
+    #[test]
     fn counts_print_their_non_zero_reasons() {
         let mut c = RefusalCounts::default();
         assert_eq!(c.to_string(), "");

@@ -6,10 +6,11 @@
 //! link (the only address t1's exchange server takes requests from on that
 //! link), pushes special-purpose destinations, the default route, a
 //! 100-hop path and a 300-byte hostname to t1 next to one legitimate
-//! prefix: only that prefix may reach t1's and s2's RIBs and kernels. In
-//! the second, t1 holds at most 100 prefixes from a peer: s1 originates 150
-//! more than the one it had, t1 keeps 100 without the session ever leaving Exchange, and withdrawals
-//! still pass.
+//! prefix: only that prefix (and s1's own) may reach t1's and s2's RIBs and
+//! kernels. In the second, t1 holds at most 100 prefixes from a peer: s1
+//! originates 150 more than the one it had, t1 keeps 100 without the session
+//! ever leaving Exchange, withdrawals still pass, and a new pull fills the
+//! room they made.
 //!
 //! Build the binaries first (`cargo build --workspace --bins`). Every test
 //! skips loudly without root (and fails with `DDM_REQUIRE_NETNS=1`).
