@@ -38,6 +38,7 @@ mod offers;
 mod table;
 #[cfg(test)]
 mod tests;
+mod told;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,6 +57,7 @@ use crate::exchange::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
 use offers::{Offer, Offers, Slot};
 use table::Table;
+pub use told::Told;
 
 /// Who a peer is: the link it is on and its address there.
 ///
