@@ -444,6 +444,8 @@ pub struct State {
     in_flight: Option<Arc<OutUpdate>>,
     /// Updates not yet sent, merged into one.
     pending: Option<OutUpdate>,
+    /// How many `Push` messages the router has given us.
+    received: u64,
     /// Source of generations.
     next_gen: u64,
     /// Logger with the peer.
@@ -579,7 +581,11 @@ impl State {
     }
 
     fn queue(&mut self, myself: &ExchangeRef, update: OutUpdate) {
+        self.received += 1;
         if update.is_empty() {
+            if self.pending.is_none() && self.push.task.is_none() {
+                self.report_delivered(myself);
+            }
             return;
         }
         match &mut self.pending {
@@ -629,6 +635,9 @@ impl State {
                 self.push.failures = 0;
                 self.clear_report();
                 self.send_next(myself);
+                if self.push.task.is_none() && self.pending.is_none() {
+                    self.report_delivered(myself);
+                }
             }
             Err(e) => {
                 Stats::bump(&self.stats.push_failures);
@@ -646,6 +655,20 @@ impl State {
                 self.check_report();
                 self.schedule(myself, RetryKind::Push);
             }
+        }
+    }
+
+    /// Every push the router gave us so far has reached the peer: the
+    /// router forgets the withdrawals they carried (see `rib::Told`).
+    fn report_delivered(&self, myself: &ExchangeRef) {
+        let msg = RouterMsg::Delivered {
+            peer: self.peer,
+            exchange: myself.get_id(),
+            through: self.received,
+        };
+        if let Err(e) = self.router.cast(msg) {
+            debug!(self.log, "router gone; delivery not reported";
+                "error" => %e);
         }
     }
 
@@ -740,6 +763,7 @@ impl Actor for Exchange {
             push: Track::default(),
             in_flight: None,
             pending: None,
+            received: 0,
             next_gen: 0,
             log,
         };
@@ -843,6 +867,8 @@ pub(crate) mod testing {
         PullResult(PeerId, v3::PullResponse),
         /// `RouterMsg::PullFor` (answered with the canned response).
         PullFor(PeerId),
+        /// `RouterMsg::Delivered`: pushes delivered through this count.
+        Delivered(PeerId, u64),
     }
 
     /// Stands in for the router: records what exchange tells it and
@@ -881,6 +907,9 @@ pub(crate) mod testing {
                 RouterMsg::PullFor(peer, reply) => {
                     let _ = reply.send(answer.clone());
                     tx.send(Seen::PullFor(peer))
+                }
+                RouterMsg::Delivered { peer, through, .. } => {
+                    tx.send(Seen::Delivered(peer, through))
                 }
                 _ => Ok(()),
             };
@@ -1460,6 +1489,8 @@ mod tests {
         assert_eq!(second, want);
         wait_counters(&x, |c| c.pushes_sent == 2).await;
         assert!(fake.received.try_recv().is_err(), "exactly two pushes");
+        // Only now is everything the router gave (5 pushes) delivered.
+        assert_eq!(recv(&mut seen).await, Seen::Delivered(peer, 5));
 
         x.cast(ExchangeMsg::Pull).unwrap();
         let r = fake.next().await;
