@@ -398,6 +398,21 @@ impl Fabric {
         status.map_or(reaped, Ok)
     }
 
+    /// Freezes `node`'s router with SIGSTOP until the returned guard is
+    /// dropped (which sends SIGCONT). While frozen it answers nothing: its
+    /// peers' requests wait in its sockets' buffers, its timers fire late.
+    pub fn pause_router(&self, node: &str) -> Result<PausedRouter, String> {
+        let pid = self.pid(node)?;
+        // SAFETY: kill(2) on the pid of a child that has not been reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) } != 0 {
+            return Err(format!(
+                "{node}: SIGSTOP to {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(PausedRouter { pid })
+    }
+
     /// Kills `node`'s router with SIGKILL (no clean-up: its routes stay)
     /// and reaps it.
     pub fn kill_router(&mut self, node: &str) -> Result<ExitStatus, String> {
@@ -563,6 +578,24 @@ impl Fabric {
         } else {
             Ok(index)
         }
+    }
+}
+
+/// A router frozen by [`Fabric::pause_router`]; dropping it resumes the
+/// router (SIGCONT). Drop it before the fabric, and before stopping the
+/// router: a frozen process does not act on SIGTERM.
+#[derive(Debug)]
+#[must_use = "the router resumes when this guard is dropped"]
+pub struct PausedRouter {
+    pid: u32,
+}
+
+impl Drop for PausedRouter {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a router of the fabric; the guard
+        // is documented to be dropped before that router is stopped and
+        // reaped, so the pid cannot have been reused.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) };
     }
 }
 
