@@ -18,8 +18,11 @@
 //! /prefixes`), with their maximum and mean: the "paths per destination"
 //! figure. All findings are printed before the test fails on any of them.
 //!
-//! Build the binaries first (`cargo build --workspace --bins`). The test
-//! skips loudly without root (and fails with `DDM_REQUIRE_NETNS=1`).
+//! The same checks run on one rack alone (three servers, two transits, no
+//! spine), which must keep forwarding as it always has.
+//!
+//! Build the binaries first (`cargo build --workspace --bins`). The tests
+//! skip loudly without root (and fails with `DDM_REQUIRE_NETNS=1`).
 
 use std::time::Duration;
 
