@@ -52,7 +52,7 @@ use ddm_test_harness::routes::{self, Prefix};
 /// t1's and s2's routes exactly what s1 originates. A step that settles
 /// after this has lost updates (nothing repairs them later). Whole steps
 /// took up to 3.2 s with debug builds on 2 cores; a lost step costs this
-/// much, so 8 lost steps keep the test under 90 s.
+/// much: with 8 steps lost, the test runs about 90 s.
 const STEP_DEADLINE: Duration = Duration::from_secs(8);
 
 /// How long the repair (t1 expiring s1 and pulling its whole set again)
