@@ -4,7 +4,10 @@
 //!   temporary directory, exactly as the control plane's test suite does,
 //!   and hands out a generated admin client.
 //! * [`netns`] builds network-namespace topologies for running real routers
-//!   connected by veth links.
+//!   connected by veth links, and [`fabric`] runs real `ddmd` routers in
+//!   them.
+//! * [`original`] stands in for the original DDM daemon in a namespace
+//!   node, for mixed-fabric tests.
 //!
 //! Both find the workspace's binaries next to the test executable (in
 //! `target/<profile>/`), so build them first: `cargo build --workspace
@@ -14,6 +17,7 @@
 pub mod fabric;
 pub mod fixture;
 pub mod netns;
+pub mod original;
 
 use std::path::PathBuf;
 
