@@ -24,14 +24,14 @@ use ddm_admin_api::latest::{
     PathVector, RouterKind, TunnelOrigin, TunnelRoute,
 };
 use oxnet::Ipv6Net;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::{Dataplane, RouteUpdate, TunnelEntry};
 use crate::exchange::actor::{ExchangeMsg, ExchangeRef};
 use crate::exchange::wire::v3;
-use crate::rib::{Effects, PeerId, Rib};
+use crate::rib::{Effects, PeerId, Rib, Told};
 
 /// A handle to the router actor.
 pub type RouterRef = ActorRef<RouterMsg>;
@@ -72,6 +72,17 @@ pub enum RouterMsg {
     },
     /// A peer went away: forget everything learned from it.
     PeerDown(PeerId),
+    /// A peer's exchange actor delivered every push it was given so far
+    /// (from the exchange actor, when its queue empties).
+    Delivered {
+        /// The peer.
+        peer: PeerId,
+        /// The exchange actor, so that a stopped session's late report is
+        /// not taken for the current one's.
+        exchange: ActorId,
+        /// How many pushes that actor has been given, all delivered.
+        through: u64,
+    },
     /// A peer pushed an update (from its exchange actor).
     Import {
         /// Who pushed.
@@ -153,6 +164,9 @@ pub struct RouterState {
     rib: Rib,
     /// The exchange actor of every peer in exchange.
     exchanges: HashMap<PeerId, ExchangeRef>,
+    /// What each peer may still hold from us beyond its view, so that a
+    /// new session can make the peer's view whole (see [`Told`]).
+    told: Told,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
     /// The worker; on stop it removes our routes and returns.
@@ -168,6 +182,7 @@ impl RouterState {
         for (peer, update) in effects.pushes {
             match self.exchanges.get(&peer) {
                 Some(x) => {
+                    self.told.pushed(peer, &update);
                     if let Err(e) = x.cast(ExchangeMsg::Push(update)) {
                         warn!(self.log, "exchange actor gone";
                             "peer" => %peer, "error" => %e);
@@ -186,6 +201,46 @@ impl RouterState {
         if let Some(tunnels) = effects.tunnel_set {
             let _ = self.dataplane.send(DataplaneCmd::Tunnels(tunnels));
         }
+    }
+}
+
+impl RouterState {
+    /// A session with `peer` starts (its exchange actor says so before
+    /// anything else). The peer may have kept state from an earlier session
+    /// that only our side saw end, and will not pull again: its first push
+    /// announces its whole view and withdraws whatever it may still hold
+    /// beyond it ([`Told::session_up`]).
+    fn peer_up(
+        &mut self,
+        peer: PeerId,
+        kind: RouterKind,
+        exchange: ExchangeRef,
+    ) {
+        match self.exchanges.get(&peer).map(|x| x.get_id()) {
+            Some(id) if id == exchange.get_id() => {
+                self.rib.peer_up(peer, kind);
+                return;
+            }
+            Some(_) => {
+                // Replaced without a `PeerDown`: the old session ended.
+                let view = self.rib.view_for(peer);
+                self.told.session_down(peer, view);
+            }
+            None => {}
+        }
+        info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
+        self.rib.peer_up(peer, kind);
+        let push = self.told.session_up(peer, self.rib.view_for(peer));
+        if !push.is_empty() {
+            debug!(self.log, "making the peer's view whole";
+                "peer" => %peer, "items" => push.len());
+            self.told.pushed(peer, &push);
+            if let Err(e) = exchange.cast(ExchangeMsg::Push(push)) {
+                warn!(self.log, "exchange actor gone";
+                    "peer" => %peer, "error" => %e);
+            }
+        }
+        self.exchanges.insert(peer, exchange);
     }
 }
 
@@ -274,6 +329,7 @@ impl Actor for Router {
         Ok(RouterState {
             rib: Rib::new(&args.hostname, args.kind),
             exchanges: HashMap::new(),
+            told: Told::new(),
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -363,16 +419,22 @@ impl Actor for Router {
                 }
             }
             RouterMsg::PeerUp { peer, kind, exchange } => {
-                info!(state.log, "peer up"; "peer" => %peer, "kind" => %kind);
-                state.rib.peer_up(peer, kind);
-                state.exchanges.insert(peer, exchange);
+                state.peer_up(peer, kind, exchange);
             }
             RouterMsg::PeerDown(peer) => {
                 if state.exchanges.remove(&peer).is_some() {
                     info!(state.log, "peer down"; "peer" => %peer);
+                    let view = state.rib.view_for(peer);
+                    state.told.session_down(peer, view);
                 }
                 let e = state.rib.peer_down(peer);
                 state.carry_out(e);
+            }
+            RouterMsg::Delivered { peer, exchange, through } => {
+                let current = state.exchanges.get(&peer).map(|x| x.get_id());
+                if current == Some(exchange) {
+                    state.told.delivered(peer, through);
+                }
             }
             RouterMsg::Import { peer, update } => {
                 let size = update
@@ -612,6 +674,64 @@ mod tests {
             })
         })
         .await;
+    }
+
+    /// The union of what `pushed` announced and withdrew, applied in
+    /// order: what the peer holds from us if every push arrived.
+    fn held(pushed: &Pushed) -> BTreeSet<PathVector> {
+        let mut held = BTreeSet::new();
+        for u in pushed.lock().unwrap().iter() {
+            if let Some(u) = &u.underlay {
+                for pv in &u.withdraw {
+                    held.remove(pv);
+                }
+                held.extend(u.announce.iter().cloned());
+            }
+        }
+        held
+    }
+
+    /// Our side resets the session while a withdrawal is still queued (the
+    /// old exchange actor never delivered it) and more changes happen while
+    /// the peer is down; the peer never noticed. The new session's first
+    /// push makes the peer's view whole: what it got over both sessions
+    /// equals what we originate now.
+    #[tokio::test(start_paused = true)]
+    async fn a_one_sided_reset_loses_nothing() {
+        let (r, _dp) = router(RouterKind::Server).await;
+        let old = add_peer(&r, 1, RouterKind::Transit).await;
+        r.cast(RouterMsg::Originate(
+            [p("fd00:1::/64"), p("fd00:2::/64")].into(),
+        ))
+        .unwrap();
+        r.cast(RouterMsg::Withdraw([p("fd00:2::/64")].into())).unwrap();
+        until("withdrawal handed to the old session", || {
+            old.lock().unwrap().iter().any(|u| {
+                u.underlay.as_ref().is_some_and(|u| !u.withdraw.is_empty())
+            })
+        })
+        .await;
+        // The peer got the announcements, but not the withdrawal.
+        let got: Vec<v3::Update> = old
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| {
+                u.underlay.as_ref().is_some_and(|u| u.withdraw.is_empty())
+            })
+            .cloned()
+            .collect();
+        r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+        r.cast(RouterMsg::Withdraw([p("fd00:1::/64")].into())).unwrap();
+        r.cast(RouterMsg::Originate([p("fd00:3::/64")].into())).unwrap();
+        let new = add_peer(&r, 1, RouterKind::Transit).await;
+        until("resync pushed", || !new.lock().unwrap().is_empty()).await;
+        let mut all: Vec<v3::Update> = got;
+        all.extend(new.lock().unwrap().iter().cloned());
+        let view = held(&Pushed::new(Mutex::new(all)));
+        let dests: Vec<Ipv6Net> =
+            view.iter().map(|pv| pv.destination).collect();
+        assert_eq!(dests, vec![p("fd00:3::/64")]);
     }
 
     #[tokio::test(start_paused = true)]

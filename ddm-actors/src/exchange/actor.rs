@@ -600,6 +600,8 @@ pub struct State {
     /// After the peer refused a push as too large: at most this many items
     /// per push, until one is accepted.
     split_items: Option<usize>,
+    /// How many `Push` messages the router has given us.
+    received: u64,
     /// Source of generations.
     next_gen: u64,
     /// Logger with the peer.
@@ -754,7 +756,11 @@ impl State {
     }
 
     fn queue(&mut self, myself: &ExchangeRef, update: OutUpdate) {
+        self.received += 1;
         if update.is_empty() {
+            if self.pending.is_none() && self.push.task.is_none() {
+                self.report_delivered(myself);
+            }
             return;
         }
         match &mut self.pending {
@@ -762,6 +768,11 @@ impl State {
             None => self.pending = Some(update),
         }
         self.push_if_idle(myself);
+        if self.push.task.is_none() && self.pending.is_none() {
+            // Nothing went out: the update held only items no push can
+            // carry, dropped for good.
+            self.report_delivered(myself);
+        }
     }
 
     /// Send the next part unless a push is in flight or waiting to be
@@ -828,16 +839,23 @@ impl State {
                 self.split_items = None;
                 self.clear_report();
                 self.send_next(myself);
+                if self.push.task.is_none() && self.pending.is_none() {
+                    self.report_delivered(myself);
+                }
             }
             Err(e) if e.is_refused_as_too_large() => {
                 // The peer answered, so this is no failure of the session
                 // (the original answers 400 to a body over its limit):
-                // smaller pushes go out at once.
+                // smaller pushes go out at once. A single item refused is
+                // dropped, as final as a delivery.
                 Stats::bump(&self.stats.pushes_refused);
                 if let Some(sent) = sent {
                     self.split(sent, &e);
                 }
                 self.send_next(myself);
+                if self.push.task.is_none() && self.pending.is_none() {
+                    self.report_delivered(myself);
+                }
             }
             Err(e) => {
                 Stats::bump(&self.stats.push_failures);
@@ -891,6 +909,20 @@ impl State {
             "destination" => first.map(|p| p.destination.to_string()),
             "path_len" => first.map(|p| p.path.len()),
             "tunnels" => t.map_or(0, |t| t.announce.len() + t.withdraw.len()));
+    }
+
+    /// Every push the router gave us so far has reached the peer: the
+    /// router forgets the withdrawals they carried (see `rib::Told`).
+    fn report_delivered(&self, myself: &ExchangeRef) {
+        let msg = RouterMsg::Delivered {
+            peer: self.peer,
+            exchange: myself.get_id(),
+            through: self.received,
+        };
+        if let Err(e) = self.router.cast(msg) {
+            debug!(self.log, "router gone; delivery not reported";
+                "error" => %e);
+        }
     }
 
     fn check_report(&mut self) {
@@ -987,6 +1019,7 @@ impl Actor for Exchange {
             pulled_once: false,
             push_limit: DEFAULT_PUSH_LIMIT,
             split_items: None,
+            received: 0,
             next_gen: 0,
             log,
         };
@@ -1091,6 +1124,8 @@ pub(crate) mod testing {
         PullResult(PeerId, v3::PullResponse),
         /// `RouterMsg::PullFor` (answered with the canned response).
         PullFor(PeerId),
+        /// `RouterMsg::Delivered`: pushes delivered through this count.
+        Delivered(PeerId, u64),
     }
 
     /// Stands in for the router: records what exchange tells it and
@@ -1129,6 +1164,9 @@ pub(crate) mod testing {
                 RouterMsg::PullFor(peer, reply) => {
                     let _ = reply.send(answer.clone());
                     tx.send(Seen::PullFor(peer))
+                }
+                RouterMsg::Delivered { peer, through, .. } => {
+                    tx.send(Seen::Delivered(peer, through))
                 }
                 _ => Ok(()),
             };
@@ -1619,7 +1657,7 @@ mod tests {
         let mut fake = FakePeer::start(PULL2, false).await;
         *fake.ctl.announce.lock().unwrap() = None;
         *fake.ctl.body_cap.lock().unwrap() = Some(600);
-        let (router, _seen) = fake_router(Default::default()).await;
+        let (router, mut seen) = fake_router(Default::default()).await;
         let (tx, mut failed) = mpsc::unbounded_channel();
         let (sup, _) = Actor::spawn(None, Collector, tx).await.unwrap();
         let (x, _) = Actor::spawn(
@@ -1674,6 +1712,19 @@ mod tests {
         assert!(c.pushes_refused >= refusals as u64, "{c:?}");
         assert_eq!((c.push_failures, c.failures_reported), (0, 0), "{c:?}");
         assert!(failed.try_recv().is_err(), "a refusal reported the peer");
+        // What was dropped is as final as what was delivered: the one
+        // update the router gave is reported done.
+        let peer = loopback_peer();
+        loop {
+            match recv(&mut seen).await {
+                Seen::Delivered(p, n) => {
+                    assert_eq!((p, n), (peer, 1));
+                    break;
+                }
+                Seen::PeerUp(..) | Seen::PullResult(..) => {}
+                other => panic!("{other:?}"),
+            }
+        }
         x.stop_and_wait(None, None).await.unwrap();
     }
 
@@ -2063,6 +2114,8 @@ mod tests {
         assert_eq!(second, want);
         wait_counters(&x, |c| c.pushes_sent == 2).await;
         assert!(fake.received.try_recv().is_err(), "exactly two pushes");
+        // Only now is everything the router gave (5 pushes) delivered.
+        assert_eq!(recv(&mut seen).await, Seen::Delivered(peer, 5));
 
         x.cast(ExchangeMsg::Pull).unwrap();
         let r = fake.next().await;

@@ -8,16 +8,19 @@
 //! them; nothing here does I/O, reads a clock or spawns anything, so every
 //! rule of the protocol is tested with plain function calls.
 //!
-//! Rules (see DESIGN §3):
+//! Rules:
 //! * an originated prefix is announced as `path = [own hostname]`;
 //! * a received path that already contains our hostname is a loop: dropped
 //!   and counted ([`RibStats::loops_dropped`]);
-//! * a route is a (destination, nexthop) pair; it stays while at least one
-//!   path through that nexthop remains. All nexthops of a destination form
-//!   one ECMP set, which is what [`Effects::route_updates`] carries;
-//! * a transit router re-announces what it imports to every other peer with
-//!   its own hostname appended, and withdraws it when the last peer offering
-//!   it stops; a server never redistributes;
+//! * shortest paths only: of the paths imported for a destination, only
+//!   the shortest (fewest hostnames) count. The destination's ECMP set is
+//!   the nexthops of its shortest paths, and a transit router re-announces
+//!   only those, at most [`MAX_ADVERTISED_PATHS`] of them, each to every
+//!   peer but the one it came from, with its own hostname appended. Longer
+//!   paths stay stored and take over when the shorter ones go. In a fabric
+//!   of racks this is what keeps forwarding loop-free: a path through a
+//!   spine is never equal to a direct one, so no flow is hashed back up;
+//! * a server never redistributes;
 //! * per overlay prefix, tunnel routes with a positive metric win; only when
 //!   none has one are the metric-0 routes used.
 //!
@@ -35,6 +38,7 @@ mod offers;
 mod table;
 #[cfg(test)]
 mod tests;
+mod told;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +57,7 @@ use crate::exchange::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
 use offers::{Offer, Offers, Slot};
 use table::Table;
+pub use told::Told;
 
 /// Who a peer is: the link it is on and its address there.
 ///
@@ -142,6 +147,15 @@ enum Source {
     /// A peer announced it.
     Peer(PeerId),
 }
+
+/// Most shortest paths a transit router re-announces for one destination.
+///
+/// A receiver forwards over the sender whichever of its paths it is told
+/// about, so one path would do for forwarding; a few more let a transit
+/// lose a path without first announcing a replacement, and keep the paths a
+/// server holds per destination small: 2 × 4 in a fabric of racks whatever
+/// the number of racks and spines.
+pub const MAX_ADVERTISED_PATHS: usize = 4;
 
 /// Which sources, other than the one changing, offer an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,7 +448,10 @@ impl Rib {
         };
         let from = Source::Peer(peer);
         let slot = state.slot;
-        let mut gone: Vec<(Ipv6Net, Path)> = Vec::with_capacity(state.paths);
+        let transit = self.kind == RouterKind::Transit;
+        let mut gone: Vec<Path> = Vec::with_capacity(state.paths);
+        let mut readvertise: Vec<(Ipv6Net, Vec<Offer>, Vec<Offer>)> =
+            Vec::new();
         if state.paths > 0 {
             let touched = &mut pending.touched;
             let slots = &self.slots;
@@ -443,20 +460,25 @@ impl Rib {
                     return true;
                 }
                 let before = offers.nexthops(|s| hop(slots, s));
-                offers.remove_peer(slot, |path| gone.push((*dest, path)));
+                let adv_before = if transit {
+                    offers.advertised(MAX_ADVERTISED_PATHS)
+                } else {
+                    Vec::new()
+                };
+                offers.remove_peer(slot, |path| gone.push(path));
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
+                if transit {
+                    let adv_after = offers.advertised(MAX_ADVERTISED_PATHS);
+                    readvertise.push((*dest, adv_before, adv_after));
+                }
                 !offers.is_empty()
             });
         }
-        for (dest, path) in gone {
-            if self.kind == RouterKind::Transit {
-                let holders = self.path_holders(dest, &path, from);
-                let pv = self.extended(dest, &path);
-                for to in self.targets(from, holders) {
-                    pending.withdraw_path(to, pv.clone());
-                }
-            }
+        for (dest, before, after) in readvertise {
+            self.readvertise(dest, &before, &after, &mut pending);
+        }
+        for path in gone {
             self.interner.release(path);
         }
         for t in state.tunnels {
@@ -546,22 +568,35 @@ impl Rib {
     }
 
     /// What to answer a pull from `peer`: what we originate and, on a
-    /// transit router, everything imported from other peers (path
+    /// transit router, the shortest paths imported from other peers (path
     /// extended with our hostname). Never what came from `peer` itself.
     pub fn pull_response_for(&self, peer: PeerId) -> PullResponse {
-        let mut underlay: BTreeSet<PathVector> = self
-            .originated
-            .iter()
-            .map(|p| self.own_path(*p).to_wire())
-            .collect();
+        let view = self.view_for(peer).to_wire();
+        PullResponse {
+            underlay: Some(
+                view.underlay.map(|u| u.announce).unwrap_or_default(),
+            ),
+            tunnel: Some(view.tunnel.map(|t| t.announce).unwrap_or_default()),
+        }
+    }
+
+    /// Everything `peer` should have from us, in the compact form of a
+    /// push that announces it: what a pull from it is answered with.
+    pub fn view_for(&self, peer: PeerId) -> OutUpdate {
+        let mut view = OutUpdate::default();
+        let under = view.underlay_mut();
+        under.announce =
+            self.originated.iter().map(|p| self.own_path(*p)).collect();
         let mut tunnel = self.originated_tunnels.clone();
         if self.kind == RouterKind::Transit {
             let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
-                for o in
-                    offers.as_slice().iter().filter(|o| Some(o.peer) != slot)
+                for o in offers
+                    .advertised(MAX_ADVERTISED_PATHS)
+                    .iter()
+                    .filter(|o| Some(o.peer) != slot)
                 {
-                    underlay.insert(self.extended(*d, &o.path).to_wire());
+                    under.announce.insert(self.extended(*d, &o.path));
                 }
             }
             for (id, state) in &self.peers {
@@ -570,7 +605,8 @@ impl Rib {
                 }
             }
         }
-        PullResponse { underlay: Some(underlay), tunnel: Some(tunnel) }
+        view.tunnel_mut().announce = tunnel;
+        view
     }
 
     // ---- underlay ----
@@ -594,42 +630,48 @@ impl Rib {
             return;
         };
         let slot = state.slot;
+        let transit = self.kind == RouterKind::Transit;
         let path = self.interner.intern(&pv.path);
         let offer = Offer { peer: slot, path: Arc::clone(&path) };
-        match self.routes.shard_mut(&dest).entry(dest) {
-            Entry::Vacant(v) => {
-                v.insert(Offers::One(offer));
-                pending.touched.push(RouteUpdate {
-                    destination: dest,
-                    nexthops: Nexthops::new(),
-                });
-            }
-            Entry::Occupied(mut o) => {
-                let offers = o.get_mut();
-                let slots = &self.slots;
-                let before = (!offers.has_peer(slot))
-                    .then(|| offers.nexthops(|s| hop(slots, s)));
-                if !offers.insert(offer) {
-                    // Already known: idempotent.
-                    self.interner.release(path);
-                    return;
+        let slots = &self.slots;
+        let (before, adv_before, adv_after) =
+            match self.routes.shard_mut(&dest).entry(dest) {
+                Entry::Vacant(v) => {
+                    let offers = v.insert(Offers::One(offer));
+                    let after = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    (Nexthops::new(), Vec::new(), after)
                 }
-                if let Some(before) = before {
-                    pending.touched.push(RouteUpdate {
-                        destination: dest,
-                        nexthops: before,
-                    });
+                Entry::Occupied(mut o) => {
+                    let offers = o.get_mut();
+                    let before = offers.nexthops(|s| hop(slots, s));
+                    let adv_before = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    if !offers.insert(offer) {
+                        // Already known: idempotent.
+                        self.interner.release(path);
+                        return;
+                    }
+                    let adv_after = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    (before, adv_before, adv_after)
                 }
-            }
-        }
+            };
         state.paths += 1;
-        if self.kind == RouterKind::Transit {
-            let from = Source::Peer(peer);
-            let holders = self.path_holders(dest, &path, from);
-            let out = self.extended(dest, &path);
-            for to in self.targets(from, holders) {
-                pending.announce_path(to, out.clone());
-            }
+        pending
+            .touched
+            .push(RouteUpdate { destination: dest, nexthops: before });
+        if transit {
+            self.readvertise(dest, &adv_before, &adv_after, pending);
         }
     }
 
@@ -649,31 +691,72 @@ impl Rib {
         let Some(offers) = self.routes.shard_mut(&dest).get_mut(&dest) else {
             return;
         };
+        let transit = self.kind == RouterKind::Transit;
         let slot = state.slot;
         let before = offers.nexthops(|s| hop(&self.slots, s));
+        let adv_before = if transit {
+            offers.advertised(MAX_ADVERTISED_PATHS)
+        } else {
+            Vec::new()
+        };
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
         // Only `stored` may keep the path alive now (see `release`).
         drop(path);
         state.paths -= 1;
-        if !offers.has_peer(slot) {
-            pending
-                .touched
-                .push(RouteUpdate { destination: dest, nexthops: before });
-        }
+        let adv_after = if transit {
+            offers.advertised(MAX_ADVERTISED_PATHS)
+        } else {
+            Vec::new()
+        };
         if offers.is_empty() {
             self.routes.remove(&dest);
         }
-        if self.kind == RouterKind::Transit {
-            let from = Source::Peer(peer);
-            let holders = self.path_holders(dest, &stored, from);
-            let out = self.extended(dest, &stored);
-            for to in self.targets(from, holders) {
-                pending.withdraw_path(to, out.clone());
+        pending
+            .touched
+            .push(RouteUpdate { destination: dest, nexthops: before });
+        if transit {
+            self.readvertise(dest, &adv_before, &adv_after, pending);
+        }
+        drop(adv_before);
+        self.interner.release(stored);
+    }
+
+    /// Tell every peer how our re-announcement of `dest` changed from
+    /// `before` to `after` (the advertised offers, see
+    /// [`Offers::advertised`]). A peer hears of every advertised path but
+    /// those it offered itself; it is told only what changes for it.
+    fn readvertise(
+        &self,
+        dest: Ipv6Net,
+        before: &[Offer],
+        after: &[Offer],
+        pending: &mut Pending,
+    ) {
+        if before.len() == after.len()
+            && before
+                .iter()
+                .zip(after)
+                .all(|(a, b)| a.peer == b.peer && a.path == b.path)
+        {
+            return;
+        }
+        for (id, state) in &self.peers {
+            let seen = |offers: &[Offer], path: &Path| {
+                offers.iter().any(|o| o.peer != state.slot && o.path == *path)
+            };
+            for o in before.iter().filter(|o| o.peer != state.slot) {
+                if !seen(after, &o.path) {
+                    pending.withdraw_path(*id, self.extended(dest, &o.path));
+                }
+            }
+            for o in after.iter().filter(|o| o.peer != state.slot) {
+                if !seen(before, &o.path) {
+                    pending.announce_path(*id, self.extended(dest, &o.path));
+                }
             }
         }
-        self.interner.release(stored);
     }
 
     /// The ECMP set of `dest`.
@@ -682,28 +765,6 @@ impl Rib {
             .get(&dest)
             .map(|o| o.nexthops(|s| hop(&self.slots, s)))
             .unwrap_or_default()
-    }
-
-    /// Which peers other than `except` hold `(dest, path)` (transit only).
-    fn path_holders(
-        &self,
-        dest: Ipv6Net,
-        path: &Path,
-        except: Source,
-    ) -> Holders {
-        let mut h = Holders::None;
-        let Some(offers) = self.routes.get(&dest) else {
-            return h;
-        };
-        for id in offers.holders_of(path).map(|s| self.peer_at(s)) {
-            if Source::Peer(id) != except {
-                h = h.add(Source::Peer(id));
-                if h == Holders::Many {
-                    break;
-                }
-            }
-        }
-        h
     }
 
     /// The peer in `slot`, which some offer names.

@@ -2,8 +2,8 @@
 //!
 //! The RIB keeps one table keyed by destination; its value lists every
 //! (peer, path) pair offering that destination. That single list answers
-//! every question the RIB asks about a destination: which peers offer it
-//! (its ECMP set), and who else holds a given path (for redistribution).
+//! every question the RIB asks about a destination: which peers offer a
+//! shortest path (its ECMP set), and which paths a transit re-announces.
 //! Nearly every destination is offered by one peer along one path, so that
 //! case is stored inline, without an allocation of its own. An offer is
 //! 16 bytes: the peer's slot in the RIB's peer table and a thin pointer to
@@ -128,20 +128,46 @@ impl Offers {
         self.as_slice().iter().any(|o| o.peer == peer)
     }
 
-    /// The ECMP set: the nexthop of every peer offering a path, `hop`
-    /// giving a slot's.
+    /// The length of the shortest offered path (0 when nothing is
+    /// offered).
+    pub(crate) fn shortest_len(&self) -> usize {
+        self.as_slice().iter().map(|o| o.path.len()).min().unwrap_or(0)
+    }
+
+    /// The ECMP set: the nexthop of every peer offering a shortest path,
+    /// `hop` giving a slot's. Longer paths stay stored (they take over when
+    /// the shorter ones go) but are not forwarded over.
     pub(crate) fn nexthops(&self, hop: impl Fn(Slot) -> Nexthop) -> Nexthops {
         match self {
             Offers::One(o) => Nexthops::one(hop(o.peer)),
-            Offers::Many(v) => v.iter().map(|o| hop(o.peer)).collect(),
+            Offers::Many(v) => {
+                let min = self.shortest_len();
+                v.iter()
+                    .filter(|o| o.path.len() == min)
+                    .map(|o| hop(o.peer))
+                    .collect()
+            }
         }
     }
 
-    /// The peers that offer `path`, in order.
-    pub(crate) fn holders_of<'a>(
-        &'a self,
-        path: &'a Path,
-    ) -> impl Iterator<Item = Slot> + 'a {
-        self.as_slice().iter().filter(move |o| o.path == *path).map(|o| o.peer)
+    /// What a transit router re-announces of this destination: its
+    /// shortest offers, at most `max` of them, the smallest paths first
+    /// (then the lowest slot), so the choice does not depend on the order
+    /// in which offers arrived.
+    pub(crate) fn advertised(&self, max: usize) -> Vec<Offer> {
+        match self {
+            Offers::One(o) if max > 0 => vec![o.clone()],
+            Offers::One(_) => Vec::new(),
+            Offers::Many(v) => {
+                let min = self.shortest_len();
+                let mut best: Vec<Offer> =
+                    v.iter().filter(|o| o.path.len() == min).cloned().collect();
+                best.sort_by(|a, b| {
+                    a.path.cmp(&b.path).then(a.peer.cmp(&b.peer))
+                });
+                best.truncate(max);
+                best
+            }
+        }
     }
 }

@@ -246,6 +246,317 @@ fn transit_tells_a_peer_only_when_its_view_changes() {
 }
 
 #[test]
+fn only_shortest_paths_are_forwarded_over() {
+    let mut rib = rib_with_peers(RouterKind::Server, 3);
+    let d = "fd00:1::/64";
+    let e = rib.import(peer(2), announce([pv(d, &["a", "x", "y"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(2)])]);
+    // A shorter path replaces the longer one in the ECMP set.
+    let e = rib.import(peer(1), announce([pv(d, &["a", "t"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(1)])]);
+    // One as short joins it; a longer one from a third peer does not.
+    let e = rib.import(peer(3), announce([pv(d, &["a", "u"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(1), peer(3)])]);
+    let e = rib.import(peer(2), announce([pv(d, &["a", "z", "y"])])).unwrap();
+    assert!(e.route_updates.is_empty(), "{:?}", e.route_updates);
+    // A peer offering a short and a long path is in the set once.
+    let e = rib.import(peer(2), announce([pv(d, &["a", "v"])])).unwrap();
+    assert_eq!(e.route_updates, vec![route(d, &[peer(1), peer(2), peer(3)])]);
+    // When the shortest go, the longer ones take over.
+    rib.import(peer(1), withdraw([pv(d, &["a", "t"])])).unwrap();
+    rib.import(peer(3), withdraw([pv(d, &["a", "u"])])).unwrap();
+    let e = rib.import(peer(2), withdraw([pv(d, &["a", "v"])])).unwrap();
+    assert!(e.route_updates.is_empty(), "still peer 2, along longer paths");
+    assert_eq!(rib.ecmp_set(net(d)), [peer(2).nexthop()].into());
+    let e = rib.peer_down(peer(2));
+    assert_eq!(e.route_updates, vec![route(d, &[])]);
+}
+
+#[test]
+fn transit_re_announces_only_its_shortest_paths() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    let d = "fd00:1::/64";
+    let long = pv(d, &["a", "x"]);
+    let short = pv(d, &["a"]);
+    rib.import(peer(2), announce([long.clone()])).unwrap();
+    // The direct path replaces the longer one for every other peer; the
+    // peer that offered the longer one now hears of the shorter one.
+    let e = rib.import(peer(1), announce([short.clone()])).unwrap();
+    assert_eq!(
+        pushes(&e),
+        [
+            (peer(1), withdraw([pv(d, &["a", "x", "me"])])),
+            (peer(2), announce([pv(d, &["a", "me"])])),
+            (
+                peer(3),
+                Update {
+                    underlay: Some(UnderlayUpdate {
+                        announce: [pv(d, &["a", "me"])].into(),
+                        withdraw: [pv(d, &["a", "x", "me"])].into(),
+                    }),
+                    tunnel: None,
+                }
+            ),
+        ]
+        .into()
+    );
+    assert_eq!(
+        rib.pull_response_for(peer(3)).underlay.unwrap(),
+        [pv(d, &["a", "me"])].into()
+    );
+    // Losing it brings the longer one back.
+    let e = rib.peer_down(peer(1));
+    assert_eq!(
+        pushes(&e),
+        [
+            (peer(2), withdraw([pv(d, &["a", "me"])])),
+            (
+                peer(3),
+                Update {
+                    underlay: Some(UnderlayUpdate {
+                        announce: [pv(d, &["a", "x", "me"])].into(),
+                        withdraw: [pv(d, &["a", "me"])].into(),
+                    }),
+                    tunnel: None,
+                }
+            ),
+        ]
+        .into()
+    );
+}
+
+#[test]
+fn transit_re_announces_at_most_a_few_paths() {
+    let n = u16::try_from(MAX_ADVERTISED_PATHS).unwrap() + 3;
+    let mut rib = rib_with_peers(RouterKind::Transit, n + 1);
+    let d = "fd00:1::/64";
+    for i in 1..=n {
+        let hop = format!("t{i}");
+        rib.import(peer(i), announce([pv(d, &["a", &hop])])).unwrap();
+    }
+    let told = rib.pull_response_for(peer(n + 1)).underlay.unwrap();
+    assert_eq!(told.len(), MAX_ADVERTISED_PATHS);
+    // Forwarding still uses every shortest path.
+    assert_eq!(rib.ecmp_set(net(d)).len(), usize::from(n));
+}
+
+/// A fabric of pure RIBs joined by links, exchanging effects until quiet:
+/// the protocol's rules at fabric scale without actors or sockets.
+struct Model {
+    ribs: Vec<Rib>,
+    /// For each router, its neighbours: (peer id as this router sees it,
+    /// neighbour index).
+    links: Vec<Vec<(PeerId, usize)>>,
+    /// Each router's ECMP sets as its dataplane would hold them.
+    planes: Vec<BTreeMap<Ipv6Net, BTreeSet<Nexthop>>>,
+}
+
+impl Model {
+    fn new(kinds: &[RouterKind], edges: &[(usize, usize)]) -> Model {
+        let ribs = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Rib::new(format!("r{i}"), *k))
+            .collect();
+        let mut links = vec![Vec::new(); kinds.len()];
+        for (n, (a, b)) in edges.iter().enumerate() {
+            let at = |i: usize| PeerId {
+                ifindex: u32::try_from(n).unwrap() + 1,
+                addr: Ipv6Addr::new(
+                    0xfe80,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::try_from(i).unwrap(),
+                ),
+            };
+            links[*a].push((at(*b), *b));
+            links[*b].push((at(*a), *a));
+        }
+        Model { ribs, links, planes: vec![BTreeMap::new(); kinds.len()] }
+    }
+
+    /// The neighbour of `router` reached as `peer`, and `router` as that
+    /// neighbour sees it.
+    fn across(&self, router: usize, peer: PeerId) -> (usize, PeerId) {
+        let (_, n) =
+            *self.links[router].iter().find(|(p, _)| *p == peer).unwrap();
+        let back = self.links[n].iter().find(|(_, r)| *r == router).unwrap().0;
+        (n, back)
+    }
+
+    /// Apply effects of `router`, delivering its pushes; until quiet.
+    fn run(&mut self, mut queue: Vec<(usize, Effects)>) {
+        while let Some((r, e)) = queue.pop() {
+            for u in &e.route_updates {
+                if u.nexthops.is_empty() {
+                    self.planes[r].remove(&u.destination);
+                } else {
+                    self.planes[r].insert(
+                        u.destination,
+                        u.nexthops.iter().copied().collect(),
+                    );
+                }
+            }
+            for (to, update) in e.pushes {
+                let (n, from) = self.across(r, to);
+                let e = self.ribs[n].import(from, update.to_wire()).unwrap();
+                queue.insert(0, (n, e));
+            }
+        }
+    }
+
+    fn start(&mut self) {
+        for r in 0..self.ribs.len() {
+            for (p, n) in self.links[r].clone() {
+                let kind = self.ribs[n].kind();
+                self.ribs[r].peer_up(p, kind);
+            }
+        }
+        let mut queue = Vec::new();
+        for r in 0..self.ribs.len() {
+            for (p, n) in self.links[r].clone() {
+                let back = self.across(r, p).1;
+                let answer = self.ribs[n].pull_response_for(back);
+                queue.push((r, self.ribs[r].import_pull(p, answer).unwrap()));
+            }
+        }
+        self.run(queue);
+    }
+
+    fn originate(&mut self, r: usize, prefix: Ipv6Net) {
+        let e = self.ribs[r].originate([prefix]);
+        self.run(vec![(r, e)]);
+    }
+
+    /// Hop counts from every router to `origin`.
+    fn distances(&self, origin: usize) -> Vec<Option<usize>> {
+        let mut dist = vec![None; self.ribs.len()];
+        dist[origin] = Some(0);
+        let mut frontier = std::collections::VecDeque::from([origin]);
+        while let Some(r) = frontier.pop_front() {
+            for (_, n) in &self.links[r] {
+                // Servers do not carry traffic for others.
+                if dist[*n].is_none() {
+                    dist[*n] = Some(dist[r].unwrap() + 1);
+                    if self.ribs[*n].kind() == RouterKind::Transit {
+                        frontier.push_back(*n);
+                    }
+                }
+            }
+        }
+        dist
+    }
+
+    /// Every router's nexthops towards `origin`'s prefix lead one hop
+    /// closer to it: no loop, no detour, no black hole.
+    fn check_forwarding(&self, origin: usize, prefix: Ipv6Net) {
+        let dist = self.distances(origin);
+        for r in 0..self.ribs.len() {
+            if r == origin {
+                continue;
+            }
+            let set = self.planes[r].get(&prefix).cloned().unwrap_or_default();
+            let Some(d) = dist[r] else {
+                assert!(set.is_empty(), "r{r} routes to unreachable r{origin}");
+                continue;
+            };
+            assert!(!set.is_empty(), "r{r} has no route to r{origin}");
+            for nh in set {
+                let peer = PeerId { ifindex: nh.ifindex, addr: nh.addr };
+                let (n, _) = self.across(r, peer);
+                assert_eq!(
+                    dist[n].map(|x| x + 1),
+                    Some(d),
+                    "r{r} forwards to r{origin} over r{n}, not one hop closer"
+                );
+            }
+        }
+    }
+}
+
+/// Two racks (servers wired to both rack transits) joined by two spines:
+/// every router forwards only along shortest paths, and a server holds at
+/// most 2 × MAX_ADVERTISED_PATHS paths per destination.
+#[test]
+fn a_fabric_of_racks_forwards_along_shortest_paths_only() {
+    let (racks, servers, spines) = (2, 3, 2);
+    let mut kinds = Vec::new();
+    let mut edges = Vec::new();
+    let spine0 = racks * (servers + 2);
+    for r in 0..racks {
+        let base = r * (servers + 2);
+        let (ta, tb) = (base + servers, base + servers + 1);
+        for s in 0..servers {
+            kinds.push(RouterKind::Server);
+            edges.push((base + s, ta));
+            edges.push((base + s, tb));
+        }
+        kinds.extend([RouterKind::Transit, RouterKind::Transit]);
+        for sp in 0..spines {
+            edges.push((ta, spine0 + sp));
+            edges.push((tb, spine0 + sp));
+        }
+    }
+    kinds.extend(vec![RouterKind::Transit; spines]);
+    let mut m = Model::new(&kinds, &edges);
+    m.start();
+    let mut prefixes = Vec::new();
+    for r in 0..racks {
+        for s in 0..servers {
+            let origin = r * (servers + 2) + s;
+            let prefix = Ipv6Net::new(
+                Ipv6Addr::new(
+                    0xfd00,
+                    u16::try_from(origin).unwrap(),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ),
+                64,
+            )
+            .unwrap();
+            m.originate(origin, prefix);
+            prefixes.push((origin, prefix));
+        }
+    }
+    for (origin, prefix) in &prefixes {
+        m.check_forwarding(*origin, *prefix);
+    }
+    for (r, rib) in m.ribs.iter().enumerate() {
+        let mut per_dest: BTreeMap<Ipv6Net, usize> = BTreeMap::new();
+        for pv in rib.imported_prefixes().values().flatten() {
+            *per_dest.entry(pv.destination).or_default() += 1;
+        }
+        let max = per_dest.values().copied().max().unwrap_or(0);
+        if rib.kind() == RouterKind::Server {
+            assert!(max <= 2 * MAX_ADVERTISED_PATHS, "r{r} holds {max} paths");
+        }
+    }
+    // A spine dies: the fabric reroutes through the other one.
+    let spine = spine0;
+    let gone: Vec<(PeerId, usize)> = m.links[spine].clone();
+    let mut queue = Vec::new();
+    for (_, n) in gone {
+        let back = m.links[n].iter().find(|(_, r)| *r == spine).unwrap().0;
+        queue.push((n, m.ribs[n].peer_down(back)));
+        m.links[n].retain(|(_, r)| *r != spine);
+    }
+    m.links[spine].clear();
+    m.planes[spine].clear();
+    m.run(queue);
+    for (origin, prefix) in &prefixes {
+        m.check_forwarding(*origin, *prefix);
+    }
+}
+
+#[test]
 fn server_does_not_redistribute() {
     let mut rib = rib_with_peers(RouterKind::Server, 3);
     let e = rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
@@ -639,12 +950,14 @@ proptest! {
                 .collect();
             prop_assert_eq!(&dataplane, &expected);
             prop_assert_eq!(&tunnel_plane, rib.tunnel_set());
-            // Routes are exactly the nexthops of peers holding a path.
+            // Routes are exactly the nexthops of peers holding a shortest
+            // path.
+            let imported = rib.imported_prefixes();
             for (d, set) in &expected {
-                for nh in set {
-                    let id = PeerId { ifindex: nh.ifindex, addr: nh.addr };
-                    let held = rib.imported_prefixes().get(&id.addr).is_some_and(|s| s.iter().any(|x| x.destination == *d));
-                    prop_assert!(held);
+                let shortest = imported.values().flatten().filter(|x| x.destination == *d).map(|x| x.path.len()).min();
+                for (addr, paths) in &imported {
+                    let has_shortest = paths.iter().any(|x| x.destination == *d && Some(x.path.len()) == shortest);
+                    prop_assert_eq!(set.iter().any(|nh| nh.addr == *addr), has_shortest, "{} via {}", d, addr);
                 }
             }
             for (id, t) in &told {

@@ -1,0 +1,259 @@
+//! What each peer may still hold from us: the rule that makes a one-sided
+//! session reset lose nothing.
+//!
+//! A session can end on our side only: we expire a peer (`DELETE
+//! /peers/{addr}`, a carrier flap only we saw, failing pushes) while the
+//! peer's own session with us never leaves Exchange. The peer then never
+//! pulls again, and keeps whatever we told it, including paths we withdrew
+//! while the session was down and withdrawals that were still queued in the
+//! old session's exchange actor when it stopped.
+//!
+//! So whenever a session with a peer starts, we push it its whole view
+//! ([`crate::rib::Rib::view_for`]) and withdraw everything it may still hold
+//! from us that is not in that view. "May still hold" is kept per peer, in
+//! the compact form of the pushes:
+//!
+//! * a path or tunnel endpoint we withdrew is remembered, with the sequence
+//!   number of the push that carried the withdrawal, until the session's
+//!   exchange actor reports that push delivered;
+//! * when a session ends, everything the peer's view held is remembered
+//!   (pushes of an announcement may have been delivered, and nothing of
+//!   that session will be acknowledged any more).
+//!
+//! The wire protocol is unchanged: a resync is an ordinary push, so it
+//! works with original peers too. Withdrawing a path a peer never had is a
+//! no-op at the receiver, so remembering too much costs bytes, never
+//! correctness. What is remembered for a peer is dropped once delivered, or
+//! when another peer comes up on the same interface (the old address is
+//! gone); it is at most one view per interface.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::exchange::outgoing::{OutPath, OutUpdate};
+use crate::exchange::wire::v3::TunnelOrigin;
+
+use super::PeerId;
+
+/// Sequence number of a withdrawal that no session will acknowledge.
+const UNACKED: u64 = u64::MAX;
+
+/// What one peer may hold from us beyond its current view.
+#[derive(Debug, Default)]
+struct Stale {
+    /// Pushes handed to the current session so far; the next one gets
+    /// `sent + 1`.
+    sent: u64,
+    /// Withdrawn paths, each with the push that withdrew it.
+    paths: BTreeMap<OutPath, u64>,
+    /// Withdrawn tunnel endpoints, likewise.
+    tunnels: BTreeMap<TunnelOrigin, u64>,
+}
+
+impl Stale {
+    fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.tunnels.is_empty()
+    }
+}
+
+/// Per peer, what it may still hold from us that we no longer offer it.
+#[derive(Debug, Default)]
+pub struct Told {
+    peers: HashMap<PeerId, Stale>,
+}
+
+impl Told {
+    /// An empty record.
+    pub fn new() -> Self {
+        Told::default()
+    }
+
+    /// A push to `peer`'s current session is handed to its exchange actor;
+    /// returns the push's sequence number in that session.
+    pub fn pushed(&mut self, peer: PeerId, update: &OutUpdate) -> u64 {
+        let stale = self.peers.entry(peer).or_default();
+        stale.sent += 1;
+        let seq = stale.sent;
+        if let Some(u) = &update.underlay {
+            for p in &u.announce {
+                if !stale.paths.is_empty() {
+                    stale.paths.remove(p);
+                }
+            }
+            for p in &u.withdraw {
+                stale.paths.insert(p.clone(), seq);
+            }
+        }
+        if let Some(t) = &update.tunnel {
+            for o in &t.announce {
+                stale.tunnels.remove(o);
+            }
+            for o in &t.withdraw {
+                stale.tunnels.insert(*o, seq);
+            }
+        }
+        seq
+    }
+
+    /// `peer`'s current session delivered every push up to `through`.
+    pub fn delivered(&mut self, peer: PeerId, through: u64) {
+        if let Some(stale) = self.peers.get_mut(&peer) {
+            stale.paths.retain(|_, seq| *seq > through);
+            stale.tunnels.retain(|_, seq| *seq > through);
+        }
+    }
+
+    /// `peer`'s session ended; `view` is everything it was offered, any of
+    /// which it may hold.
+    pub fn session_down(&mut self, peer: PeerId, view: OutUpdate) {
+        let stale = self.peers.entry(peer).or_default();
+        for seq in stale.paths.values_mut().chain(stale.tunnels.values_mut()) {
+            *seq = UNACKED;
+        }
+        if let Some(u) = view.underlay {
+            stale.paths.extend(u.announce.into_iter().map(|p| (p, UNACKED)));
+        }
+        if let Some(t) = view.tunnel {
+            stale.tunnels.extend(t.announce.into_iter().map(|o| (o, UNACKED)));
+        }
+        if stale.is_empty() {
+            self.peers.remove(&peer);
+        }
+    }
+
+    /// A session with `peer` starts and `view` is everything it should
+    /// have from us: returns the push that makes its view whole, to be
+    /// handed to [`Told::pushed`] and sent like any other (it is the new
+    /// session's first). It announces `view` and withdraws whatever the
+    /// peer may hold beyond it. Records of other peers on the same
+    /// interface are dropped: that address is gone.
+    pub fn session_up(&mut self, peer: PeerId, view: OutUpdate) -> OutUpdate {
+        self.peers.retain(|id, _| id.ifindex != peer.ifindex || *id == peer);
+        let stale = self.peers.entry(peer).or_default();
+        stale.sent = 0;
+        let mut push = view;
+        let withdraw: std::collections::BTreeSet<OutPath> = {
+            let announce = push.underlay.as_ref().map(|u| &u.announce);
+            stale
+                .paths
+                .keys()
+                .filter(|p| !announce.is_some_and(|a| a.contains(*p)))
+                .cloned()
+                .collect()
+        };
+        let withdraw_tunnels: std::collections::BTreeSet<TunnelOrigin> = {
+            let announce = push.tunnel.as_ref().map(|t| &t.announce);
+            stale
+                .tunnels
+                .keys()
+                .filter(|o| !announce.is_some_and(|a| a.contains(*o)))
+                .copied()
+                .collect()
+        };
+        if !withdraw.is_empty() {
+            push.underlay_mut().withdraw = withdraw;
+        }
+        if !withdraw_tunnels.is_empty() {
+            push.tunnel_mut().withdraw = withdraw_tunnels;
+        }
+        push
+    }
+
+    /// How many paths and tunnel endpoints are remembered, over all peers
+    /// (memory statistics and tests).
+    pub fn len(&self) -> usize {
+        self.peers.values().map(|s| s.paths.len() + s.tunnels.len()).sum()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+    use std::sync::Arc;
+
+    use oxnet::Ipv6Net;
+
+    use super::*;
+
+    fn peer(ifindex: u32, n: u16) -> PeerId {
+        PeerId { ifindex, addr: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n) }
+    }
+
+    fn path(n: u16) -> OutPath {
+        let dest = Ipv6Net::new(Ipv6Addr::new(0xfd00, n, 0, 0, 0, 0, 0, 0), 64)
+            .unwrap();
+        OutPath::new(dest, Arc::new(Box::new([Arc::from("s1")])), None)
+    }
+
+    fn update(announce: &[u16], withdraw: &[u16]) -> OutUpdate {
+        let mut u = OutUpdate::default();
+        let under = u.underlay_mut();
+        under.announce = announce.iter().map(|n| path(*n)).collect();
+        under.withdraw = withdraw.iter().map(|n| path(*n)).collect();
+        u
+    }
+
+    fn announced(u: &OutUpdate) -> Vec<OutPath> {
+        u.underlay.iter().flat_map(|u| u.announce.iter().cloned()).collect()
+    }
+
+    fn withdrawn(u: &OutUpdate) -> Vec<OutPath> {
+        u.underlay.iter().flat_map(|u| u.withdraw.iter().cloned()).collect()
+    }
+
+    /// The scenario of a one-sided reset: the peer got 1 and 2; a
+    /// withdrawal of 2 was queued when our side reset the session; while
+    /// it was down we withdrew 1 and originated 3. The new session's first
+    /// push announces the view (3) and withdraws 1 and 2.
+    #[test]
+    fn a_new_session_announces_the_view_and_withdraws_the_rest() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        let first = told.session_up(p, update(&[1, 2], &[]));
+        assert_eq!(told.pushed(p, &first), 1);
+        told.delivered(p, 1);
+        assert_eq!(told.pushed(p, &update(&[], &[2])), 2);
+        // Not delivered: the session ends with the withdrawal queued.
+        told.session_down(p, update(&[1], &[]));
+        let resync = told.session_up(p, update(&[3], &[]));
+        assert_eq!(announced(&resync), vec![path(3)]);
+        assert_eq!(withdrawn(&resync), vec![path(1), path(2)]);
+        assert_eq!(told.pushed(p, &resync), 1, "sequence restarts");
+        assert_eq!(told.len(), 2, "kept until delivered");
+        told.delivered(p, 1);
+        assert!(told.is_empty());
+        // Nothing stale: the next session only announces.
+        told.session_down(p, OutUpdate::default());
+        told.delivered(p, 1);
+        let again = told.session_up(p, update(&[3], &[]));
+        assert!(withdrawn(&again).is_empty());
+    }
+
+    #[test]
+    fn delivered_withdrawals_are_forgotten_and_announcements_cancel_them() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        told.session_up(p, OutUpdate::default());
+        told.pushed(p, &update(&[], &[1, 2]));
+        told.pushed(p, &update(&[], &[3]));
+        told.delivered(p, 1);
+        assert_eq!(told.len(), 1, "only the second push is outstanding");
+        told.pushed(p, &update(&[3], &[]));
+        assert!(told.is_empty(), "announced again: nothing stale");
+    }
+
+    #[test]
+    fn a_new_peer_on_the_interface_drops_the_old_ones_record() {
+        let (old, new, other) = (peer(1, 1), peer(1, 2), peer(2, 1));
+        let mut told = Told::new();
+        told.session_down(old, update(&[1], &[]));
+        told.session_down(other, update(&[2], &[]));
+        let push = told.session_up(new, OutUpdate::default());
+        assert!(withdrawn(&push).is_empty());
+        assert_eq!(told.len(), 1, "the other interface's record stays");
+    }
+}
