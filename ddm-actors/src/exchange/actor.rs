@@ -19,11 +19,26 @@
 //! gives it, in order, one request at a time: while a push is in flight the
 //! updates that arrive are merged into one pending update (a later withdraw
 //! of a path cancels its pending announce and the other way round), sent
-//! when the in-flight one completes. A pending update larger than
-//! [`MAX_PUSH_ITEMS`] goes out in parts ([`take_chunk`]: withdrawals first),
-//! so the peer starts on the first part while the rest follows. Requests
-//! run on tasks that cast their outcome back, so the mailbox never waits on
-//! the network.
+//! when the in-flight one completes. Requests run on tasks that cast their
+//! outcome back, so the mailbox never waits on the network.
+//!
+//! Every push fits the peer's body limit, which belongs to the session: the
+//! original daemon's server refuses bodies over [`DEFAULT_PUSH_LIMIT`]
+//! (1024 bytes), so that is assumed until the peer's pull answer announces
+//! more ([`server::PUSH_LIMIT_HEADER`]; our own server announces its 64 MiB).
+//! Pushes wait for the first pull to complete (answered or failed), so the
+//! limit is known before the first one goes out. A pending update goes out
+//! in parts ([`take_chunk`]: withdrawals first) of at most
+//! [`MAX_PUSH_ITEMS`] items and the limit in bytes, so the peer starts on
+//! the first part while the rest follows; between our own daemons the item
+//! bound is the one that cuts. An item too large for any push is counted
+//! and logged, and dropped.
+//!
+//! A push the peer refuses as too large (`400`, the original's answer, or
+//! `413`) is no failure: it is put back and sent again in halves (the next
+//! pushes carry at most half its items until one is accepted); a single
+//! item refused alone is dropped like an oversize one. Either way the
+//! session's failure streak is untouched.
 //!
 //! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
 //! doubling, at most 5 s); a failed push is put back in front of the pending
