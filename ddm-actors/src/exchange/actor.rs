@@ -170,6 +170,9 @@ counters! {
     rejected_other,
     /// Requests answered 503 because the router was gone or slow.
     router_unavailable,
+    /// Connections closed on accept: too many from one kind of address
+    /// were open already (see `server::MAX_PEER_CONNECTIONS`).
+    connections_refused,
     /// Pushes the peer accepted.
     pushes_sent,
     /// Pushes the peer refused as too large (400 or 413): split and sent

@@ -11,6 +11,10 @@
 //! A pull answer may announce the largest push body the peer's server
 //! takes ([`PUSH_LIMIT_HEADER`]); the client hands it to the exchange
 //! actor with the answer. The original daemon announces nothing.
+//!
+//! An answer's body is read against [`MAX_PULL_BODY`], the client's own
+//! bound (a pull answer is a whole table, far larger than any push), into
+//! one buffer of the declared length.
 
 use std::net::SocketAddrV6;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -27,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use super::actor::Version;
 use super::outgoing::{OutUpdate, V2Update};
-use super::server::{MAX_BODY, PUSH_LIMIT_HEADER};
+use super::server::{read_body, ReadError, PUSH_LIMIT_HEADER};
 use super::wire::{v2, v3};
 
 /// Why a request to the peer failed.
@@ -56,7 +60,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The answer's body exceeded the bound.
-    #[error("answer larger than {MAX_BODY} bytes")]
+    #[error("answer larger than {MAX_PULL_BODY} bytes")]
     TooLarge,
     /// The answer could not be decoded or holds an invalid prefix.
     #[error("invalid answer: {0}")]
@@ -77,6 +81,16 @@ impl ClientError {
         )
     }
 }
+
+/// Largest answer body read from a peer: a pull answer is the peer's
+/// whole table. 256 MiB admit 1,000,000 path vectors in v2 (the longer
+/// encoding) with full-length addresses and four-hop paths of 32-byte
+/// hostnames (226 bytes each: 226 MB), that is 250,000 destinations (the
+/// default `--max-prefixes-per-peer`) each heard along four paths; or
+/// 250,000 path vectors with long paths, sixteen hops of 32-byte
+/// hostnames (646 bytes each: 162 MB). Pulls are ours to start, one at a
+/// time per peer, so this bound is not multiplied by an attacker.
+pub const MAX_PULL_BODY: usize = 256 << 20;
 
 /// A pull answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,15 +282,10 @@ impl Client {
         let resp = conn.sender.send_request(req).await?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
-        let body = match Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(ClientError::TooLarge);
-            }
-            Err(e) => match e.downcast::<hyper::Error>() {
-                Ok(e) => return Err(ClientError::Http(*e)),
-                Err(e) => return Err(ClientError::Decode(e.to_string())),
-            },
+        let body = match read_body(body, MAX_PULL_BODY).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => return Err(ClientError::TooLarge),
+            Err(ReadError::Body(e)) => return Err(ClientError::Http(e)),
         };
         if !status.is_success() {
             let reason = String::from_utf8_lossy(&body[..body.len().min(200)])

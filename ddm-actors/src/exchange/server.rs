@@ -16,6 +16,21 @@
 //! an invalid prefix with 400 and a short reason; nothing reaches the router
 //! then. Every refusal is counted in the actor's [`Stats`].
 //!
+//! What one address can make the server hold is bounded, so that a sled
+//! that speaks from the peer's address cannot take the daemon's memory:
+//!
+//! * at most [`MAX_PEER_CONNECTIONS`] connections from the peer and
+//!   [`MAX_STRANGER_CONNECTIONS`] from anyone else are served at once; a
+//!   connection past that is closed as soon as it is accepted, before
+//!   anything is read from it, and counted (`connections_refused`);
+//! * a push body declared over [`MAX_BODY`] is refused before it is read;
+//! * push bodies being read hold a share of a [`BODY_BUDGET`] of bytes
+//!   (their declared length; a body of undeclared length holds all of it),
+//!   waited for and read within the exchange timeout (408 past it), and
+//!   read into one buffer of the declared size: at most [`BODY_BUDGET`]
+//!   bytes of push text are held at a time, whatever the number of
+//!   connections.
+//!
 //! Pull answers carry [`PUSH_LIMIT_HEADER`]: the largest push body this
 //! server takes, so that a peer running this daemon pushes in large parts,
 //! while one that does not announce it is pushed to within the original
@@ -30,7 +45,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -38,7 +53,9 @@ use ractor::rpc::CallResult;
 use slog::{debug, warn, Logger};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::actor::{ExchangeMsg, ExchangeRef, Stats, Version};
 use super::client::json_size_hint;
@@ -46,9 +63,36 @@ use super::wire::{v2, v2_view, v3};
 use crate::rib::PeerId;
 use crate::router::{RouterMsg, RouterRef};
 
-/// Largest request or response body accepted: 100,000 path vectors are
-/// about 7 MB of JSON, so this leaves ample room while bounding memory.
+/// Largest push body accepted, and announced in [`PUSH_LIMIT_HEADER`].
+///
+/// Our own peers cut their pushes at [`MAX_PUSH_ITEMS`] items and at the
+/// limit we announce, so for them any bound that holds one item would do.
+/// The bound is set by the original daemon instead, which pushes whatever
+/// it has to send in one request (a transit passes a whole pulled table on
+/// at once): 64 MiB holds a table at the default `--max-prefixes-per-peer`
+/// (250,000 destinations, past which the import policy refuses new ones
+/// anyway) in v2, the longer encoding, with full-length addresses and
+/// four-hop paths of 32-byte hostnames: 226 bytes each, 56.5 MB.
+///
+/// [`MAX_PUSH_ITEMS`]: super::actor::MAX_PUSH_ITEMS
 pub const MAX_BODY: usize = 64 << 20;
+
+/// Connections from the peer's address served at once. The peer's client
+/// keeps one connection open and opens another only while that one is
+/// busy (a pull overlapping a push), so four leave room to spare; more are
+/// closed on accept.
+pub const MAX_PEER_CONNECTIONS: usize = 4;
+
+/// Connections from other addresses served at once: each is answered 403
+/// without its body being read, and closed.
+pub const MAX_STRANGER_CONNECTIONS: usize = 4;
+
+/// Bytes of push bodies held at once, over all connections: two bodies of
+/// [`MAX_BODY`]. Our own pushes are far smaller (8,192 items, about half a
+/// megabyte), so many of them fit beside one large push; two of the
+/// largest keep the text held under 128 MiB, which leaves room for the
+/// rest of the daemon under 256 MiB.
+pub const BODY_BUDGET: usize = 2 * MAX_BODY;
 
 /// Response header of a pull answer announcing the largest push body (in
 /// bytes, decimal) the answering server takes.
@@ -95,10 +139,115 @@ pub struct ServerCtx {
     pub log: Logger,
 }
 
+/// A budget of bytes shared by the bodies being read: a body holds its
+/// share from before its first byte is read until its text is dropped.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    /// One permit per byte.
+    bytes: Arc<Semaphore>,
+    /// The whole budget, in bytes.
+    total: u32,
+}
+
+/// A share of a [`BodyBudget`], given back when dropped.
+#[derive(Debug)]
+pub struct BodyShare(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl BodyBudget {
+    /// A budget of `total` bytes (at most `u32::MAX`).
+    pub fn new(total: usize) -> Self {
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        BodyBudget { bytes: Arc::new(Semaphore::new(total as usize)), total }
+    }
+
+    /// A share for a body of `declared` bytes, or of unknown length (which
+    /// takes the whole budget: it may grow up to the bound, and is then
+    /// copied once), waited for until `deadline`. `None` past the deadline.
+    pub async fn reserve(
+        &self,
+        declared: Option<u64>,
+        deadline: Instant,
+    ) -> Option<BodyShare> {
+        let want = match declared {
+            Some(n) => u32::try_from(n).unwrap_or(u32::MAX).min(self.total),
+            None => self.total,
+        };
+        let acquire = self.bytes.clone().acquire_many_owned(want);
+        match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => Some(BodyShare(permit)),
+            // The semaphore is never closed; a timeout is the only refusal.
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Bytes not held by any body.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+/// How many connections of one kind are served at once: a slot is taken
+/// on accept, without waiting, and given back when the connection ends.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots(Arc<Semaphore>);
+
+impl ConnectionSlots {
+    /// At most `n` connections at once.
+    pub fn new(n: usize) -> Self {
+        ConnectionSlots(Arc::new(Semaphore::new(n)))
+    }
+
+    /// A slot, held as long as the returned permit lives; `None` when all
+    /// are taken.
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
+/// Why [`read_body`] failed.
+#[derive(Debug)]
+pub(crate) enum ReadError<E> {
+    /// More than the bound arrived.
+    TooLarge,
+    /// The body's stream failed.
+    Body(E),
+}
+
+/// Read `body` whole, failing as soon as more than `limit` bytes arrive.
+/// A body of known length is read into one buffer of that size (no growth
+/// and no final copy); one of unknown length grows, and is copied once.
+pub(crate) async fn read_body<B>(
+    body: B,
+    limit: usize,
+) -> Result<Bytes, ReadError<B::Error>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let exact = body.size_hint().exact();
+    if exact.is_some_and(|n| n > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut buf = Vec::with_capacity(exact.unwrap_or(0) as usize);
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Body)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Serve `listener` until the returned task is aborted.
 pub fn spawn(listener: TcpListener, ctx: Arc<ServerCtx>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut conns = JoinSet::new();
+        let peer_slots = ConnectionSlots::new(MAX_PEER_CONNECTIONS);
+        let stranger_slots = ConnectionSlots::new(MAX_STRANGER_CONNECTIONS);
+        let budget = BodyBudget::new(BODY_BUDGET);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -108,11 +257,26 @@ pub fn spawn(listener: TcpListener, ctx: Arc<ServerCtx>) -> JoinHandle<()> {
                             debug!(ctx.log, "connection from a stranger";
                                 "from" => %from);
                         }
-                        conns.spawn(serve_connection(
+                        let slots =
+                            if allowed { &peer_slots } else { &stranger_slots };
+                        let Some(slot) = slots.try_take() else {
+                            // Closed unread: nothing of it is buffered.
+                            Stats::bump(&ctx.stats.connections_refused);
+                            debug!(ctx.log, "too many connections; refused";
+                                "from" => %from);
+                            drop(stream);
+                            continue;
+                        };
+                        let served = serve_connection(
                             stream,
                             allowed,
                             ctx.clone(),
-                        ));
+                            budget.clone(),
+                        );
+                        conns.spawn(async move {
+                            served.await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         warn!(ctx.log, "accept failed"; "error" => %e);
@@ -130,12 +294,14 @@ async fn serve_connection(
     stream: TcpStream,
     allowed: bool,
     ctx: Arc<ServerCtx>,
+    budget: BodyBudget,
 ) {
     let _ = stream.set_nodelay(true);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, allowed, &ctx).await) }
+        let budget = budget.clone();
+        async move { Ok::<_, Infallible>(handle(req, allowed, &ctx, &budget).await) }
     });
     // The peer may keep its connection open between pushes; a stranger
     // gets one answer. Either way a silent client is dropped in time.
@@ -163,6 +329,7 @@ pub(crate) async fn handle<B>(
     req: Request<B>,
     allowed: bool,
     ctx: &ServerCtx,
+    budget: &BodyBudget,
 ) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -183,7 +350,7 @@ where
         }
     };
     match (op, req.method()) {
-        (Op::Push, &Method::PUT) => push(req, version, ctx).await,
+        (Op::Push, &Method::PUT) => push(req, version, ctx, budget).await,
         (Op::Pull, &Method::GET) => pull(version, ctx).await,
         (op, _) => {
             Stats::bump(&ctx.stats.rejected_other);
@@ -203,11 +370,13 @@ async fn push<B>(
     req: Request<B>,
     version: Version,
     ctx: &ServerCtx,
+    budget: &BodyBudget,
 ) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let deadline = Instant::now() + ctx.timeout;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -217,25 +386,32 @@ where
         Stats::bump(&ctx.stats.rejected_too_large);
         return too_large();
     }
-    let body = Limited::new(req.into_body(), MAX_BODY).collect();
-    let body = match tokio::time::timeout(ctx.timeout, body).await {
+    let Some(share) = budget.reserve(declared, deadline).await else {
+        Stats::bump(&ctx.stats.rejected_other);
+        return text(StatusCode::REQUEST_TIMEOUT, "server busy with bodies");
+    };
+    let body = read_body(req.into_body(), MAX_BODY);
+    let body = match tokio::time::timeout_at(deadline, body).await {
         Err(_) => {
             Stats::bump(&ctx.stats.rejected_other);
             return text(StatusCode::REQUEST_TIMEOUT, "body too slow");
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+        Ok(Err(ReadError::TooLarge)) => {
             Stats::bump(&ctx.stats.rejected_too_large);
             return too_large();
         }
-        Ok(Err(e)) => {
+        Ok(Err(ReadError::Body(e))) => {
             Stats::bump(&ctx.stats.rejected_malformed);
             return bad_request(format!("reading body: {e}"));
         }
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Ok(b)) => b,
     };
     // Only the parsed update is kept: the text is dropped before a v2
     // update is converted and before the router gets it.
-    let update = match decode_update(version, body) {
+    let decoded = decode_update(version, body);
+    // The text is gone: its share goes back before the router is waited on.
+    drop(share);
+    let update = match decoded {
         Ok(u) => u,
         Err(reason) => {
             Stats::bump(&ctx.stats.rejected_malformed);
@@ -386,6 +562,10 @@ mod tests {
         (ctx, seen)
     }
 
+    fn budget() -> BodyBudget {
+        BodyBudget::new(BODY_BUDGET)
+    }
+
     fn req(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
         Request::builder()
             .method(method)
@@ -412,7 +592,9 @@ mod tests {
     #[tokio::test]
     async fn v3_push_reaches_the_router() {
         let (ctx, mut seen) = rig(Default::default()).await;
-        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let want = v3::Update {
             underlay: Some(v3::UnderlayUpdate {
@@ -428,7 +610,9 @@ mod tests {
     #[tokio::test]
     async fn v2_push_is_converted() {
         let (ctx, mut seen) = rig(Default::default()).await;
-        let r = handle(req(Method::PUT, "/v2/push", PUSH2), true, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v2/push", PUSH2), true, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let Some(Seen::Import(p, u)) = seen.recv().await else {
             panic!("no import");
@@ -471,7 +655,8 @@ mod tests {
             ("/v2/push", PUSH3),
         ];
         for (path, body) in bad {
-            let r = handle(req(Method::PUT, path, body), true, &ctx).await;
+            let r = handle(req(Method::PUT, path, body), true, &ctx, &budget())
+                .await;
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path} {body}");
             let reason = body_of(r).await;
             assert!(reason.starts_with("invalid v"), "{reason}");
@@ -480,7 +665,9 @@ mod tests {
         let c = ctx.stats.snapshot();
         assert_eq!(c.rejected_malformed, bad.len() as u64);
         assert_eq!(c.pushes_received, 0);
-        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let Some(Seen::Import(_, u)) = seen.recv().await else {
             panic!("no import");
@@ -491,16 +678,24 @@ mod tests {
     #[tokio::test]
     async fn strangers_unknown_paths_and_wrong_methods() {
         let (ctx, _seen) = rig(Default::default()).await;
-        let r = handle(req(Method::PUT, "/v3/push", PUSH3), false, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), false, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        let r = handle(req(Method::GET, "/v3/pull", ""), false, &ctx).await;
+        let r =
+            handle(req(Method::GET, "/v3/pull", ""), false, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        let r = handle(req(Method::PUT, "/v4/push", PUSH3), true, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v4/push", PUSH3), true, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let r = handle(req(Method::GET, "/v3/push", ""), true, &ctx).await;
+        let r = handle(req(Method::GET, "/v3/push", ""), true, &ctx, &budget())
+            .await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[ALLOW], "PUT");
-        let r = handle(req(Method::PUT, "/v2/pull", ""), true, &ctx).await;
+        let r = handle(req(Method::PUT, "/v2/pull", ""), true, &ctx, &budget())
+            .await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[ALLOW], "GET");
         let c = ctx.stats.snapshot();
@@ -518,7 +713,7 @@ mod tests {
             CONTENT_LENGTH,
             (MAX_BODY + 1).to_string().parse().unwrap(),
         );
-        let resp = handle(r, true, &ctx).await;
+        let resp = handle(r, true, &ctx, &budget()).await;
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         // Undeclared, streamed past the bound (one shared 1 MiB chunk).
         let chunk = Bytes::from(vec![b' '; 1 << 20]);
@@ -532,7 +727,7 @@ mod tests {
             .uri("/v3/push")
             .body(StreamBody::new(frames))
             .unwrap();
-        let resp = handle(r, true, &ctx).await;
+        let resp = handle(r, true, &ctx, &budget()).await;
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let c = ctx.stats.snapshot();
         assert_eq!(c.rejected_too_large, 2);
@@ -546,7 +741,8 @@ mod tests {
             tunnel: None,
         };
         let (ctx, mut seen) = rig(answer.clone()).await;
-        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx).await;
+        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx, &budget())
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
         assert_eq!(r.headers()[PUSH_LIMIT_HEADER], MAX_BODY.to_string());
@@ -555,7 +751,8 @@ mod tests {
         assert_eq!(got, answer);
         assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
 
-        let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx).await;
+        let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx, &budget())
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[PUSH_LIMIT_HEADER], MAX_BODY.to_string());
         let text = body_of(r).await;
@@ -569,12 +766,163 @@ mod tests {
     async fn router_gone_is_503() {
         let (ctx, _seen) = rig(Default::default()).await;
         ctx.router.stop_and_wait(None, None).await.unwrap();
-        let r = handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx).await;
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
+                .await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx).await;
+        let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx, &budget())
+            .await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let c = ctx.stats.snapshot();
         assert_eq!(c.router_unavailable, 2);
         assert_eq!(c.pushes_received + c.pulls_received, 0);
+    }
+
+    #[test]
+    fn connection_slots_are_bounded_and_given_back() {
+        let slots = ConnectionSlots::new(MAX_PEER_CONNECTIONS);
+        let mut held: Vec<_> = (0..MAX_PEER_CONNECTIONS)
+            .map(|_| slots.try_take().expect("a free slot"))
+            .collect();
+        assert!(slots.try_take().is_none(), "one slot too many");
+        held.pop();
+        assert!(slots.try_take().is_some(), "a slot given back");
+    }
+
+    /// Two bodies of the largest size fit the budget; a third waits for
+    /// one of them, and is refused at its deadline if none ends.
+    #[tokio::test(start_paused = true)]
+    async fn body_budget_waits_until_the_deadline() {
+        let budget = budget();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let big = Some(MAX_BODY as u64);
+        let a = budget.reserve(big, deadline).await.expect("first");
+        let _b = budget.reserve(big, deadline).await.expect("second");
+        assert_eq!(budget.available(), 0);
+        let started = Instant::now();
+        assert!(budget.reserve(Some(1), deadline).await.is_none());
+        assert_eq!(Instant::now(), started + Duration::from_secs(3));
+
+        // A waiter gets its share as soon as one is given back.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(big, deadline).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(a);
+        let got = waiter.await.unwrap();
+        assert!(got.is_some());
+        assert!(Instant::now() < deadline);
+    }
+
+    /// A body of unknown length takes the whole budget: it waits for every
+    /// other body, and every other body waits for it.
+    #[tokio::test(start_paused = true)]
+    async fn undeclared_bodies_take_the_whole_budget() {
+        let budget = budget();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let small = budget.reserve(Some(100), deadline).await.unwrap();
+        assert!(budget.reserve(None, deadline).await.is_none());
+        drop(small);
+        let all = budget.reserve(None, deadline).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert!(budget.reserve(Some(1), deadline).await.is_none());
+        drop(all);
+        assert_eq!(budget.available(), BODY_BUDGET);
+    }
+
+    /// A push that finds the budget taken is answered 408 at the deadline
+    /// without its body being read, and counted.
+    #[tokio::test(start_paused = true)]
+    async fn push_without_budget_is_refused_in_time() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        let budget = budget();
+        let far = Instant::now() + Duration::from_secs(3600);
+        let _all = budget.reserve(None, far).await.unwrap();
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget)
+                .await;
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let c = ctx.stats.snapshot();
+        assert_eq!(c.rejected_other, 1);
+        assert_eq!(c.pushes_received, 0);
+    }
+
+    #[tokio::test]
+    async fn read_body_reads_exactly_and_bounds_the_rest() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        let got = read_body(body, 10).await.unwrap();
+        assert_eq!(&got[..], b"0123456789");
+        // Known length over the bound: refused before reading.
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert!(matches!(read_body(body, 9).await, Err(ReadError::TooLarge)));
+        // Unknown length: refused on the frame that crosses the bound.
+        let frames = stream::iter((0..4).map(|_| {
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))
+        }));
+        let r = read_body(StreamBody::new(frames), 11).await;
+        assert!(matches!(r, Err(ReadError::TooLarge)));
+        let frames = stream::iter((0..4).map(|_| {
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"abc")))
+        }));
+        assert_eq!(
+            read_body(StreamBody::new(frames), 12).await.unwrap().len(),
+            12
+        );
+    }
+
+    /// Over a real socket: past [`MAX_PEER_CONNECTIONS`] open connections
+    /// from the peer, the next is closed unread and counted; once one
+    /// closes, a new one is served.
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_on_accept() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut ctx, _seen) = rig(Default::default()).await;
+        ctx.peer.addr = std::net::Ipv6Addr::LOCALHOST;
+        let ctx = Arc::new(ctx);
+        let listener = bind("[::1]:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = spawn(listener, ctx.clone());
+        let pull = b"GET /v3/pull HTTP/1.1\r\nhost: x\r\n\r\n";
+
+        // Each held connection is known to be served: it got an answer.
+        let mut held = Vec::new();
+        for _ in 0..MAX_PEER_CONNECTIONS {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(pull).await.unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            held.push(c);
+        }
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(pull).await;
+        let mut buf = Vec::new();
+        // Closed without an answer (EOF or reset).
+        let _ = extra.read_to_end(&mut buf).await;
+        assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+        assert_eq!(ctx.stats.snapshot().connections_refused, 1);
+
+        drop(held.pop());
+        // The slot comes back when the server sees the close.
+        let served_again = async {
+            loop {
+                if let Ok(mut c) = TcpStream::connect(addr).await {
+                    let _ = c.write_all(pull).await;
+                    let mut buf = [0u8; 12];
+                    if c.read_exact(&mut buf).await.is_ok()
+                        && &buf == b"HTTP/1.1 200"
+                    {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), served_again)
+            .await
+            .expect("a connection served once a slot was given back");
+        server.abort();
     }
 }
