@@ -25,6 +25,7 @@ use ractor::{
 };
 use slog::{info, o, warn, Logger};
 
+use crate::admin_guard::{self, AdminGuard};
 use crate::exchange::wire::{normalise_ip, normalise_v6};
 use crate::router::{RouterMsg, RouterRef};
 use crate::store::{Originated, Store, StoreChange};
@@ -88,7 +89,9 @@ pub struct AdminArgs {
 
 /// The admin actor's state.
 pub struct AdminState {
-    /// The running API server.
+    /// What listens on the admin address and relays to the server.
+    guard: Option<AdminGuard>,
+    /// The running API server, on loopback behind the guard.
     server: Option<HttpServer<AdminContext>>,
     /// Where it listens.
     local_addr: SocketAddr,
@@ -199,8 +202,10 @@ impl Actor for Admin {
         let api =
             ddm_admin_api::ddm_admin_api_mod::api_description::<AdminApiImpl>()
                 .map_err(|e| format!("admin API description: {e}"))?;
+        // dropshot bounds body sizes only; it listens on loopback behind a
+        // guard that bounds connections and their idle time.
         let config = ConfigDropshot {
-            bind_address: args.listen,
+            bind_address: admin_guard::backend_bind(args.listen),
             default_request_body_max_bytes:
                 ddm_admin_api::REQUEST_BODY_MAX_BYTES,
             ..Default::default()
@@ -215,12 +220,24 @@ impl Actor for Admin {
             ddm_admin_api::VersionHeaderPolicy,
         )))
         .start()
-        .map_err(|e| format!("admin API on {}: {e}", args.listen))?;
-        let local_addr = server.local_addr();
+        .map_err(|e| format!("admin API behind {}: {e}", args.listen))?;
+        let guard = match AdminGuard::start(
+            args.listen,
+            server.local_addr(),
+            log.new(o!("unit" => "guard")),
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = server.close().await;
+                return Err(format!("admin API on {}: {e}", args.listen).into());
+            }
+        };
+        let local_addr = guard.local_addr();
         info!(log, "admin: listening on {local_addr}";
             "originated_prefixes" => originated.prefixes.len(),
             "originated_tunnels" => originated.tunnels.len());
         Ok(AdminState {
+            guard: Some(guard),
             server: Some(server),
             local_addr,
             store,
@@ -237,6 +254,7 @@ impl Actor for Admin {
         _myself: ActorRef<AdminMsg>,
         state: &mut AdminState,
     ) -> Result<(), ActorProcessingErr> {
+        drop(state.guard.take());
         if let Some(server) = state.server.take() {
             let _ = server.close().await;
         }

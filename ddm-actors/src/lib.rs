@@ -11,6 +11,7 @@
 //!   import [`policy`] and programs a [`dataplane`].
 
 pub mod admin;
+pub mod admin_guard;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;

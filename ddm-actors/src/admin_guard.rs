@@ -1,0 +1,316 @@
+//! A guard in front of the admin API, bounding what its clients can hold.
+//!
+//! dropshot 0.18, which serves the admin API, bounds a request body's size
+//! but neither how long a body may take nor how many connections are open:
+//! `ConfigDropshot` has a bind address, the body size cap, the handler task
+//! mode, headers to log and compression, and the server binds its own
+//! listener, with only hyper's 30 s deadline on request heads. A client
+//! that sends a head and then stalls mid-body holds its connection (and a
+//! descriptor) for as long as it likes, and any number of them can.
+//!
+//! So the admin address is served by this guard, which relays each
+//! connection, byte for byte, to the dropshot server listening on loopback
+//! at a port of its own:
+//!
+//! * at most [`ADMIN_MAX_CONNECTIONS`] connections are relayed at once; one
+//!   past that is closed as soon as it is accepted, before anything is read;
+//! * a connection on which nothing moves either way for [`ADMIN_IDLE`] is
+//!   closed: a client stalled mid-body, or idle between requests, or not
+//!   reading its answer.
+//!
+//! The relay copies both ways as bytes come (HTTP is not parsed again), so
+//! it adds a hop on loopback and nothing else; dropshot's own logs show the
+//! guard's loopback address as the client's.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use slog::{debug, warn, Logger};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Admin connections relayed at once. `ddmadm` opens one per command, and
+/// the control plane a few; 64 leave room for both while bounding what
+/// stalled clients hold to 64 connections (three descriptors each in the
+/// daemon: the client's, the relay's and dropshot's).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// How long nothing may move on an admin connection before it is closed.
+/// Longer than the 10 s an API handler waits for the daemon's actors before
+/// answering 503, so every request whose body has arrived is answered
+/// before its connection could be closed.
+pub const ADMIN_IDLE: Duration = Duration::from_secs(15);
+
+/// Size of each direction's relay buffer.
+const RELAY_BUFFER: usize = 16 << 10;
+
+/// Pause after a failed `accept` (for example out of descriptors).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The loopback address of `addr`'s family, port 0: where the dropshot
+/// server behind a guard on `addr` listens.
+pub fn backend_bind(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// A running guard; dropping it closes its listener and every relayed
+/// connection.
+#[derive(Debug)]
+pub struct AdminGuard {
+    /// The accept task, which owns the connections' tasks.
+    task: JoinHandle<()>,
+    /// Where the guard listens.
+    local_addr: SocketAddr,
+}
+
+impl AdminGuard {
+    /// Listen on `listen` and relay to `backend`, with the default bounds.
+    pub fn start(
+        listen: SocketAddr,
+        backend: SocketAddr,
+        log: Logger,
+    ) -> io::Result<AdminGuard> {
+        Self::start_with(
+            listen,
+            backend,
+            ADMIN_MAX_CONNECTIONS,
+            ADMIN_IDLE,
+            log,
+        )
+    }
+
+    /// Listen on `listen` and relay to `backend`: at most `max_connections`
+    /// at once, each closed after `idle` without traffic.
+    pub fn start_with(
+        listen: SocketAddr,
+        backend: SocketAddr,
+        max_connections: usize,
+        idle: Duration,
+        log: Logger,
+    ) -> io::Result<AdminGuard> {
+        let std = std::net::TcpListener::bind(listen)?;
+        std.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std)?;
+        let local_addr = listener.local_addr()?;
+        let slots = Arc::new(Semaphore::new(max_connections));
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, from)) => {
+                            let Ok(slot) = slots.clone().try_acquire_owned()
+                            else {
+                                debug!(log, "too many admin connections; \
+                                    refused"; "from" => %from);
+                                drop(client);
+                                continue;
+                            };
+                            let log = log.clone();
+                            conns.spawn(async move {
+                                if let Err(e) =
+                                    relay(client, backend, idle).await
+                                {
+                                    debug!(log, "admin connection closed";
+                                        "from" => %from, "why" => %e);
+                                }
+                                drop(slot);
+                            });
+                        }
+                        Err(e) => {
+                            warn!(log, "admin accept failed"; "error" => %e);
+                            tokio::time::sleep(ACCEPT_PAUSE).await;
+                        }
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Ok(AdminGuard { task, local_addr })
+    }
+
+    /// Where the guard listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for AdminGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one step of a relay did.
+enum Step {
+    /// Bytes went one way.
+    Moved,
+    /// The client will send no more (its half is passed on).
+    ClientDone,
+    /// The server closed: the relay is over.
+    ServerDone,
+}
+
+/// Relay `client` to a new connection to `backend` until either closes or
+/// nothing moves for `idle`.
+async fn relay(
+    mut client: TcpStream,
+    backend: SocketAddr,
+    idle: Duration,
+) -> io::Result<()> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "idle");
+    let mut server = tokio::time::timeout(idle, TcpStream::connect(backend))
+        .await
+        .map_err(|_| timed_out())??;
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+    let mut up = vec![0u8; RELAY_BUFFER];
+    let mut down = vec![0u8; RELAY_BUFFER];
+    let mut client_open = true;
+    loop {
+        // Reads are cancel-safe; each write completes within the step.
+        let step = async {
+            tokio::select! {
+                n = cr.read(&mut up), if client_open => {
+                    let n = n?;
+                    if n == 0 {
+                        sw.shutdown().await?;
+                        return Ok::<_, io::Error>(Step::ClientDone);
+                    }
+                    sw.write_all(&up[..n]).await?;
+                    Ok(Step::Moved)
+                }
+                n = sr.read(&mut down) => {
+                    let n = n?;
+                    if n == 0 {
+                        return Ok(Step::ServerDone);
+                    }
+                    cw.write_all(&down[..n]).await?;
+                    Ok(Step::Moved)
+                }
+            }
+        };
+        match tokio::time::timeout(idle, step).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(Step::Moved)) => {}
+            Ok(Ok(Step::ClientDone)) => client_open = false,
+            Ok(Ok(Step::ServerDone)) => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    /// An echo server on loopback: what the guard relays to.
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn closed(c: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 16];
+        matches!(c.read(&mut buf).await, Ok(0) | Err(_))
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_caps_connections() {
+        let backend = echo().await;
+        let listen = "[::1]:0".parse().unwrap();
+        let guard = AdminGuard::start_with(
+            listen,
+            backend,
+            2,
+            Duration::from_secs(60),
+            log(),
+        )
+        .unwrap();
+        let addr = guard.local_addr();
+        let mut held = Vec::new();
+        for i in 0..2u8 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&[i; 3]).await.unwrap();
+            let mut buf = [0u8; 3];
+            c.read_exact(&mut buf).await.unwrap();
+            assert_eq!(buf, [i; 3]);
+            held.push(c);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let _ = third.write_all(b"x").await;
+        assert!(closed(&mut third).await, "a third connection relayed");
+        // A slot comes back once a connection ends.
+        drop(held.pop());
+        let again = async {
+            loop {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                let _ = c.write_all(b"y").await;
+                let mut buf = [0u8; 1];
+                if c.read_exact(&mut buf).await.is_ok() {
+                    assert_eq!(&buf, b"y");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), again).await.unwrap();
+    }
+
+    /// A connection on which nothing moves is closed after the idle bound,
+    /// and not before (time is paused and advanced by the runtime).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_when_idle() {
+        let backend = echo().await;
+        let guard = AdminGuard::start_with(
+            "[::1]:0".parse().unwrap(),
+            backend,
+            4,
+            ADMIN_IDLE,
+            log(),
+        )
+        .unwrap();
+        let mut c = TcpStream::connect(guard.local_addr()).await.unwrap();
+        c.write_all(b"half a request").await.unwrap();
+        let mut buf = [0u8; 14];
+        c.read_exact(&mut buf).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(closed(&mut c).await);
+        let waited = start.elapsed();
+        assert!(waited >= ADMIN_IDLE, "closed after {waited:?}");
+        assert!(waited < ADMIN_IDLE + Duration::from_secs(1), "{waited:?}");
+    }
+
+    #[test]
+    fn the_backend_is_loopback_of_the_same_family() {
+        let v6 = backend_bind("[::]:8000".parse().unwrap());
+        assert_eq!(v6, "[::1]:0".parse().unwrap());
+        let v4 = backend_bind("0.0.0.0:8000".parse().unwrap());
+        assert_eq!(v4, "127.0.0.1:0".parse().unwrap());
+    }
+}
