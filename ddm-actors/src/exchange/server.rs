@@ -21,8 +21,10 @@
 //!
 //! * at most [`MAX_PEER_CONNECTIONS`] connections from the peer and
 //!   [`MAX_STRANGER_CONNECTIONS`] from anyone else are served at once; a
-//!   connection past that is closed as soon as it is accepted, before
-//!   anything is read from it, and counted (`connections_refused`);
+//!   connection from the peer past that waits, unread, for a slot until
+//!   the exchange timeout, as long as fewer than [`MAX_PEER_WAITING`]
+//!   wait already; any other is closed as soon as it is accepted, before
+//!   anything is read from it. Both are counted (`connections_refused`);
 //! * a push body declared over [`MAX_BODY`] is refused before it is read;
 //! * push bodies being read hold a share of a [`BODY_BUDGET`] of bytes
 //!   (their declared length; a body of undeclared length holds all of it),
@@ -83,8 +85,15 @@ pub const MAX_BODY: usize = 64 << 20;
 /// closed on accept.
 pub const MAX_PEER_CONNECTIONS: usize = 4;
 
+/// Connections from the peer's address that wait, unread, for one of the
+/// [`MAX_PEER_CONNECTIONS`] slots (up to the exchange timeout) instead of
+/// being closed at once: a burst of requests from an original peer, which
+/// ignores a failed push, is then delayed rather than lost. Their bytes
+/// stay in the kernel's socket buffers; the daemon holds a descriptor each.
+pub const MAX_PEER_WAITING: usize = 16;
+
 /// Connections from other addresses served at once: each is answered 403
-/// without its body being read, and closed.
+/// without its body being read, and closed. None waits.
 pub const MAX_STRANGER_CONNECTIONS: usize = 4;
 
 /// Bytes of push bodies held at once, over all connections: two bodies of
@@ -186,21 +195,38 @@ impl BodyBudget {
     }
 }
 
-/// How many connections of one kind are served at once: a slot is taken
-/// on accept, without waiting, and given back when the connection ends.
+/// How many connections of one kind are served at once, and how many may
+/// wait for a slot; a slot is given back when its connection ends.
 #[derive(Debug, Clone)]
-pub struct ConnectionSlots(Arc<Semaphore>);
+pub struct ConnectionSlots {
+    /// One permit per connection served.
+    serving: Arc<Semaphore>,
+    /// One permit per connection waiting.
+    waiting: Arc<Semaphore>,
+}
 
 impl ConnectionSlots {
-    /// At most `n` connections at once.
-    pub fn new(n: usize) -> Self {
-        ConnectionSlots(Arc::new(Semaphore::new(n)))
+    /// At most `serving` connections at once, `waiting` more waiting.
+    pub fn new(serving: usize, waiting: usize) -> Self {
+        ConnectionSlots {
+            serving: Arc::new(Semaphore::new(serving)),
+            waiting: Arc::new(Semaphore::new(waiting)),
+        }
     }
 
-    /// A slot, held as long as the returned permit lives; `None` when all
-    /// are taken.
-    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
+    /// A slot, held as long as the returned permit lives: at once if one
+    /// is free; else, if fewer than the bound already wait, the first one
+    /// given back before `deadline`. `None` when refused.
+    pub async fn take(
+        &self,
+        deadline: Instant,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.serving.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let _waiting = self.waiting.clone().try_acquire_owned().ok()?;
+        let slot = self.serving.clone().acquire_owned();
+        tokio::time::timeout_at(deadline, slot).await.ok()?.ok()
     }
 }
 
@@ -245,8 +271,9 @@ where
 pub fn spawn(listener: TcpListener, ctx: Arc<ServerCtx>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut conns = JoinSet::new();
-        let peer_slots = ConnectionSlots::new(MAX_PEER_CONNECTIONS);
-        let stranger_slots = ConnectionSlots::new(MAX_STRANGER_CONNECTIONS);
+        let peer_slots =
+            ConnectionSlots::new(MAX_PEER_CONNECTIONS, MAX_PEER_WAITING);
+        let stranger_slots = ConnectionSlots::new(MAX_STRANGER_CONNECTIONS, 0);
         let budget = BodyBudget::new(BODY_BUDGET);
         loop {
             tokio::select! {
@@ -257,24 +284,23 @@ pub fn spawn(listener: TcpListener, ctx: Arc<ServerCtx>) -> JoinHandle<()> {
                             debug!(ctx.log, "connection from a stranger";
                                 "from" => %from);
                         }
-                        let slots =
-                            if allowed { &peer_slots } else { &stranger_slots };
-                        let Some(slot) = slots.try_take() else {
-                            // Closed unread: nothing of it is buffered.
-                            Stats::bump(&ctx.stats.connections_refused);
-                            debug!(ctx.log, "too many connections; refused";
-                                "from" => %from);
-                            drop(stream);
-                            continue;
+                        let slots = if allowed {
+                            peer_slots.clone()
+                        } else {
+                            stranger_slots.clone()
                         };
-                        let served = serve_connection(
-                            stream,
-                            allowed,
-                            ctx.clone(),
-                            budget.clone(),
-                        );
+                        let (ctx, budget) = (ctx.clone(), budget.clone());
                         conns.spawn(async move {
-                            served.await;
+                            let deadline = Instant::now() + ctx.timeout;
+                            let Some(slot) = slots.take(deadline).await else {
+                                // Closed unread: nothing of it is buffered.
+                                Stats::bump(&ctx.stats.connections_refused);
+                                debug!(ctx.log, "too many connections; \
+                                    refused"; "from" => %from);
+                                return;
+                            };
+                            serve_connection(stream, allowed, ctx, budget)
+                                .await;
                             drop(slot);
                         });
                     }
@@ -778,15 +804,36 @@ mod tests {
         assert_eq!(c.pushes_received + c.pulls_received, 0);
     }
 
-    #[test]
-    fn connection_slots_are_bounded_and_given_back() {
-        let slots = ConnectionSlots::new(MAX_PEER_CONNECTIONS);
-        let mut held: Vec<_> = (0..MAX_PEER_CONNECTIONS)
-            .map(|_| slots.try_take().expect("a free slot"))
-            .collect();
-        assert!(slots.try_take().is_none(), "one slot too many");
-        held.pop();
-        assert!(slots.try_take().is_some(), "a slot given back");
+    /// Past the served bound, a few connections wait until their deadline
+    /// for a slot and take the first one given back; past the waiting
+    /// bound, a connection is refused at once.
+    #[tokio::test(start_paused = true)]
+    async fn connection_slots_serve_wait_and_refuse() {
+        let slots = ConnectionSlots::new(2, 1);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let first = slots.take(deadline).await.expect("a free slot");
+        let _second = slots.take(deadline).await.expect("a free slot");
+
+        // One waits; meanwhile another is refused at once.
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(deadline).await })
+        };
+        tokio::task::yield_now().await;
+        let now = Instant::now();
+        assert!(slots.take(deadline).await.is_none(), "two waiting");
+        assert_eq!(Instant::now(), now, "refused without waiting");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        let got = waiter.await.unwrap();
+        assert!(got.is_some(), "the waiter took the slot given back");
+        assert!(Instant::now() < deadline);
+
+        // No slot comes back: a waiter is refused at its deadline.
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(3);
+        assert!(slots.take(deadline).await.is_none());
+        assert_eq!(Instant::now(), deadline);
     }
 
     /// Two bodies of the largest size fit the budget; a third waits for
@@ -873,13 +920,15 @@ mod tests {
     }
 
     /// Over a real socket: past [`MAX_PEER_CONNECTIONS`] open connections
-    /// from the peer, the next is closed unread and counted; once one
-    /// closes, a new one is served.
+    /// from the peer, [`MAX_PEER_WAITING`] more wait unanswered and the
+    /// next is closed unread, all counted; once a served one closes, a
+    /// new one is served.
     #[tokio::test]
-    async fn connections_past_the_cap_are_closed_on_accept() {
+    async fn connections_past_the_cap_wait_or_are_closed() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut ctx, _seen) = rig(Default::default()).await;
         ctx.peer.addr = std::net::Ipv6Addr::LOCALHOST;
+        ctx.timeout = Duration::from_millis(300);
         let ctx = Arc::new(ctx);
         let listener = bind("[::1]:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -896,13 +945,23 @@ mod tests {
             assert_eq!(&buf, b"HTTP/1.1 200");
             held.push(c);
         }
-        let mut extra = TcpStream::connect(addr).await.unwrap();
-        let _ = extra.write_all(pull).await;
-        let mut buf = Vec::new();
-        // Closed without an answer (EOF or reset).
-        let _ = extra.read_to_end(&mut buf).await;
-        assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
-        assert_eq!(ctx.stats.snapshot().connections_refused, 1);
+        // The waiting ones and one more: none is answered, all are closed
+        // (the waiting ones at their deadline).
+        let mut extra = Vec::new();
+        for _ in 0..=MAX_PEER_WAITING {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let _ = c.write_all(pull).await;
+            extra.push(c);
+        }
+        for mut c in extra {
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf).await;
+            assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+        }
+        assert_eq!(
+            ctx.stats.snapshot().connections_refused,
+            MAX_PEER_WAITING as u64 + 1
+        );
 
         drop(held.pop());
         // The slot comes back when the server sees the close.
