@@ -160,7 +160,10 @@ pub struct BodyBudget {
 
 /// A share of a [`BodyBudget`], given back when dropped.
 #[derive(Debug)]
-pub struct BodyShare(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct BodyShare {
+    /// The bytes held, given back when dropped.
+    _bytes: OwnedSemaphorePermit,
+}
 
 impl BodyBudget {
     /// A budget of `total` bytes (at most `u32::MAX`).
@@ -183,7 +186,7 @@ impl BodyBudget {
         };
         let acquire = self.bytes.clone().acquire_many_owned(want);
         match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(Ok(permit)) => Some(BodyShare(permit)),
+            Ok(Ok(permit)) => Some(BodyShare { _bytes: permit }),
             // The semaphore is never closed; a timeout is the only refusal.
             Ok(Err(_)) | Err(_) => None,
         }
