@@ -210,6 +210,9 @@ pub struct Counters {
     pub address_changes: u64,
     /// Datagrams dropped, by reason.
     pub drops: DropCounters,
+    /// Peer up/down/renumbered log lines held back by the rate limit (kept
+    /// by the actor; always 0 in the machine's own copy).
+    pub peer_log_lines_suppressed: u64,
 }
 
 /// What a send was, for [`PeerFsm::record_send`].
