@@ -85,7 +85,9 @@ async fn originated(d: &DdmdInstance) -> BTreeSet<Ipv6Net> {
 
 #[tokio::test]
 async fn a_full_data_directory_answers_507_and_recovers_without_restart() {
-    if !require_netns("store_full::a_full_data_directory_answers_507") {
+    if !require_netns(
+        "a_full_data_directory_answers_507_and_recovers_without_restart",
+    ) {
         return;
     }
     let dir = tempfile::Builder::new().prefix("ddmd-full-").tempdir().unwrap();
