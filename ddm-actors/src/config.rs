@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use ddm_admin_api::latest::RouterKind;
 
+use crate::policy::PolicyConfig;
+
 /// An interface named on the command line: `IFNAME` or `IFNAME/TAG` (the
 /// illumos address-object form; the tag is kept for display only).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +77,8 @@ pub struct RouterConfig {
     pub exchange_timeout: Duration,
     /// TCP port of the exchange protocol.
     pub exchange_port: u16,
+    /// What peers may put in the RIB.
+    pub policy: PolicyConfig,
 }
 
 impl Default for RouterConfig {
@@ -89,6 +93,7 @@ impl Default for RouterConfig {
             ip_addr_wait: Duration::from_millis(1000),
             exchange_timeout: Duration::from_millis(3000),
             exchange_port: 0xdddd,
+            policy: PolicyConfig::default(),
         }
     }
 }

@@ -7,7 +7,8 @@
 //! * [`admin`] serves the admin API and owns the durable [`store`];
 //! * [`discovery`] finds the one peer on each interface;
 //! * [`exchange`] trades path vectors with one peer;
-//! * [`router`] owns the RIB ([`rib`]) and programs a [`dataplane`].
+//! * [`router`] owns the RIB ([`rib`]), filters what peers send through the
+//!   import [`policy`] and programs a [`dataplane`].
 
 pub mod admin;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod discovery;
 pub mod exchange;
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 pub mod netlink;
+pub mod policy;
 pub mod rib;
 pub mod router;
 pub mod store;

@@ -12,6 +12,11 @@
 //!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
 //!    into one batch (latest set per destination wins).
 //!
+//! What peers push and answer passes the [`ImportPolicy`] first: only the
+//! part it accepts reaches the RIB. Its refusals are counted by reason
+//! (`GetPolicyCounters`) and logged as `import refused`, at most once a
+//! minute per peer and reason.
+//!
 //! On stop the worker removes every route this router installed.
 //!
 //! After a large batch (thousands of prefixes originated, withdrawn or
@@ -27,10 +32,14 @@ use oxnet::Ipv6Net;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::dataplane::{Dataplane, RouteUpdate, TunnelEntry};
 use crate::exchange::actor::{ExchangeMsg, ExchangeRef};
 use crate::exchange::wire::v3;
+use crate::policy::{
+    ImportPolicy, PolicyConfig, PolicyCounters, RefusalNote, RibHoldings,
+};
 use crate::rib::{Effects, PeerId, Rib, Told};
 
 /// A handle to the router actor.
@@ -101,6 +110,8 @@ pub enum RouterMsg {
     PullFor(PeerId, RpcReplyPort<v3::PullResponse>),
     /// The number of installed destinations, for tests and logs.
     GetRouteCount(RpcReplyPort<usize>),
+    /// What the import policy refused, by reason, in total and per peer.
+    GetPolicyCounters(RpcReplyPort<PolicyCounters>),
 }
 
 /// How many paths or route updates make a batch large enough to hand
@@ -154,6 +165,8 @@ pub struct RouterArgs {
     pub kind: RouterKind,
     /// The forwarding plane to program.
     pub dataplane: Box<dyn Dataplane>,
+    /// What peers may put in the RIB.
+    pub policy: PolicyConfig,
     /// Logger.
     pub log: Logger,
 }
@@ -162,6 +175,8 @@ pub struct RouterArgs {
 pub struct RouterState {
     /// The routing information base.
     rib: Rib,
+    /// What peers may put in it, and what they were refused.
+    policy: ImportPolicy,
     /// The exchange actor of every peer in exchange.
     exchanges: HashMap<PeerId, ExchangeRef>,
     /// What each peer may still hold from us beyond its view, so that a
@@ -178,6 +193,73 @@ pub struct RouterState {
 }
 
 impl RouterState {
+    /// Filter an update pushed by `peer` and import what is accepted.
+    fn import(&mut self, peer: PeerId, update: v3::Update) {
+        if !self.exchanges.contains_key(&peer) {
+            debug!(self.log, "update dropped";
+                "peer" => %peer, "reason" => "peer is not up");
+            return;
+        }
+        let now = Instant::now();
+        let held = RibHoldings { rib: &self.rib, peer };
+        let verdict = self.policy.filter_update(peer, update, &held, now);
+        self.log_refusals(&verdict.notes);
+        self.import_accepted(peer, verdict.accepted);
+        if !verdict.deferred.is_empty() {
+            // New items that waited for the update's withdrawals to make
+            // room under the per-peer limit.
+            let held = RibHoldings { rib: &self.rib, peer };
+            let more =
+                self.policy.admit_deferred(peer, verdict.deferred, &held, now);
+            self.log_refusals(&more.notes);
+            self.import_accepted(peer, more.accepted);
+        }
+    }
+
+    fn import_accepted(&mut self, peer: PeerId, update: v3::Update) {
+        if update.is_empty() {
+            return;
+        }
+        match self.rib.import(peer, update) {
+            Ok(e) => self.carry_out(e),
+            Err(e) => debug!(self.log, "update dropped";
+                "peer" => %peer, "reason" => %e),
+        }
+    }
+
+    /// Filter the answer to a pull from `peer` and take what is accepted
+    /// as its whole set (refused items are left out, so withdrawn if held).
+    fn import_pull(&mut self, peer: PeerId, response: v3::PullResponse) {
+        if !self.exchanges.contains_key(&peer) {
+            debug!(self.log, "pull result dropped";
+                "peer" => %peer, "reason" => "peer is not up");
+            return;
+        }
+        let held = RibHoldings { rib: &self.rib, peer };
+        let verdict =
+            self.policy.filter_pull(peer, response, &held, Instant::now());
+        self.log_refusals(&verdict.notes);
+        // The answer is the peer's whole set; our exchange actor holds back
+        // the peer's pushes while a pull is out, so none of them can be
+        // older than this answer.
+        match self.rib.import_pull(peer, verdict.accepted) {
+            Ok(e) => self.carry_out(e),
+            Err(e) => debug!(self.log, "pull result dropped";
+                "peer" => %peer, "reason" => %e),
+        }
+    }
+
+    fn log_refusals(&self, notes: &[RefusalNote]) {
+        for n in notes {
+            warn!(self.log, "import refused";
+                "peer" => %n.peer,
+                "reason" => n.reason.name(),
+                "example" => &n.example,
+                "refused" => n.refused,
+                "unlogged" => n.unlogged);
+        }
+    }
+
     fn carry_out(&mut self, effects: Effects) {
         for (peer, update) in effects.pushes {
             match self.exchanges.get(&peer) {
@@ -317,7 +399,10 @@ impl Actor for Router {
                 "error" => %e, "dataplane" => dp.name()),
         }
         info!(log, "router started"; "hostname" => &args.hostname,
-            "kind" => %args.kind, "dataplane" => dp.name());
+            "kind" => %args.kind, "dataplane" => dp.name(),
+            "accept_default_route" => args.policy.accept_default_route,
+            "max_path_len" => args.policy.max_path_len,
+            "max_prefixes_per_peer" => args.policy.max_prefixes_per_peer);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let worker = tokio::spawn(dataplane_worker(
@@ -328,6 +413,7 @@ impl Actor for Router {
         ));
         Ok(RouterState {
             rib: Rib::new(&args.hostname, args.kind),
+            policy: ImportPolicy::new(args.policy),
             exchanges: HashMap::new(),
             told: Told::new(),
             dataplane: tx,
@@ -419,6 +505,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::PeerUp { peer, kind, exchange } => {
+                state.policy.peer_up(peer, Instant::now());
                 state.peer_up(peer, kind, exchange);
             }
             RouterMsg::PeerDown(peer) => {
@@ -426,6 +513,10 @@ impl Actor for Router {
                     info!(state.log, "peer down"; "peer" => %peer);
                     let view = state.rib.view_for(peer);
                     state.told.session_down(peer, view);
+                }
+                if let Some(c) = state.policy.peer_down(peer, Instant::now()) {
+                    info!(state.log, "import refusals of a departed peer";
+                        "peer" => %peer, "refused" => %c);
                 }
                 let e = state.rib.peer_down(peer);
                 state.carry_out(e);
@@ -441,25 +532,14 @@ impl Actor for Router {
                     .underlay
                     .as_ref()
                     .map_or(0, |u| u.announce.len() + u.withdraw.len());
-                match state.rib.import(peer, update) {
-                    Ok(e) => state.carry_out(e),
-                    Err(e) => debug!(state.log, "update dropped";
-                        "peer" => %peer, "reason" => %e),
-                }
+                state.import(peer, update);
                 if size >= TRIM_AFTER {
                     trim_heap();
                 }
             }
             RouterMsg::PullResult { peer, response } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
-                // The answer is the peer's whole set; our exchange actor
-                // holds back the peer's pushes while a pull is out, so none
-                // of them can be older than this answer.
-                match state.rib.import_pull(peer, response) {
-                    Ok(e) => state.carry_out(e),
-                    Err(e) => debug!(state.log, "pull result dropped";
-                        "peer" => %peer, "reason" => %e),
-                }
+                state.import_pull(peer, response);
                 if size >= TRIM_AFTER {
                     trim_heap();
                 }
@@ -469,6 +549,9 @@ impl Actor for Router {
             }
             RouterMsg::GetRouteCount(reply) => {
                 let _ = reply.send(state.rib.route_count());
+            }
+            RouterMsg::GetPolicyCounters(reply) => {
+                let _ = reply.send(state.policy.counters());
             }
         }
         Ok(())
@@ -537,11 +620,19 @@ mod tests {
     }
 
     async fn router(kind: RouterKind) -> (RouterRef, MemoryDataplane) {
+        router_with(kind, PolicyConfig::default()).await
+    }
+
+    async fn router_with(
+        kind: RouterKind,
+        policy: PolicyConfig,
+    ) -> (RouterRef, MemoryDataplane) {
         let dp = MemoryDataplane::new();
         let args = RouterArgs {
             hostname: "me".to_string(),
             kind,
             dataplane: Box::new(dp.clone()),
+            policy,
             log: Logger::root(slog::Discard, o!()),
         };
         let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
@@ -805,5 +896,166 @@ mod tests {
             .map(|pv| pv.destination)
             .collect();
         assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
+    }
+
+    fn announce_all(pvs: &[(&str, &[&str])]) -> v3::Update {
+        v3::Update {
+            underlay: Some(v3::UnderlayUpdate {
+                announce: pvs
+                    .iter()
+                    .map(|(d, path)| PathVector {
+                        destination: p(d),
+                        path: path.iter().map(|s| s.to_string()).collect(),
+                    })
+                    .collect(),
+                withdraw: BTreeSet::new(),
+            }),
+            tunnel: None,
+        }
+    }
+
+    fn nth(i: usize) -> String {
+        format!("fd00:{i:x}::/64")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
+        use crate::policy::Refusal;
+        let (r, dp) = router(RouterKind::Transit).await;
+        let other = add_peer(&r, 2, RouterKind::Server).await;
+        add_peer(&r, 1, RouterKind::Server).await;
+        let long: Vec<String> = (0..100).map(|i| format!("h{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let big = "h".repeat(300);
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce_all(&[
+                ("::/0", &["s1"]),
+                ("fe80::/10", &["s1"]),
+                ("ff02::/16", &["s1"]),
+                ("::/1", &["s1"]),
+                ("fd00:aa::/64", &long),
+                ("fd00:bb::/64", &[&big]),
+                ("fd00:1::/64", &["s1"]),
+            ]),
+        })
+        .unwrap();
+        until("the legitimate prefix installed", || {
+            dp.tables().routes.contains_key(&p("fd00:1::/64"))
+        })
+        .await;
+        assert_eq!(dp.tables().routes.len(), 1, "{:?}", dp.tables().routes);
+        let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+        let mine = c.per_peer[&peer(1)];
+        assert_eq!(mine.get(Refusal::DefaultRoute), 1);
+        assert_eq!(mine.get(Refusal::SpecialDestination), 3);
+        assert_eq!(mine.get(Refusal::PathTooLong), 1);
+        assert_eq!(mine.get(Refusal::HostnameTooLong), 1);
+        assert_eq!(c.total, mine);
+        // Only the legitimate prefix is redistributed.
+        until("redistributed", || !other.lock().unwrap().is_empty()).await;
+        let told: Vec<Ipv6Net> = other
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|u| u.underlay.iter().flat_map(|u| u.announce.iter()))
+            .map(|pv| pv.destination)
+            .collect();
+        assert_eq!(told, [p("fd00:1::/64")]);
+        // A pull answer is filtered too: the refused items are left out,
+        // so what was held and is now refused goes.
+        r.cast(RouterMsg::PullResult {
+            peer: peer(1),
+            response: v3::PullResponse {
+                underlay: Some(
+                    announce_all(&[
+                        ("fd00:2::/64", &["s1"]),
+                        ("::1/128", &["s1"]),
+                    ])
+                    .underlay
+                    .unwrap()
+                    .announce,
+                ),
+                tunnel: None,
+            },
+        })
+        .unwrap();
+        until("the pull replaced the set", || {
+            let t = dp.tables();
+            t.routes.len() == 1 && t.routes.contains_key(&p("fd00:2::/64"))
+        })
+        .await;
+        let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+        assert_eq!(c.total.get(Refusal::SpecialDestination), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_per_peer_limit_refuses_new_destinations_only() {
+        use crate::policy::Refusal;
+        let (r, dp) = router_with(
+            RouterKind::Server,
+            PolicyConfig { max_prefixes_per_peer: 10, ..Default::default() },
+        )
+        .await;
+        add_peer(&r, 1, RouterKind::Transit).await;
+        add_peer(&r, 2, RouterKind::Transit).await;
+        let names: Vec<String> = (0..15).map(nth).collect();
+        let all: Vec<(&str, &[&str])> =
+            names.iter().map(|d| (d.as_str(), &["s1"][..])).collect();
+        r.cast(RouterMsg::Import { peer: peer(1), update: announce_all(&all) })
+            .unwrap();
+        until("ten installed", || dp.tables().routes.len() == 10).await;
+        let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+        assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 5);
+        // Another peer has its own limit.
+        r.cast(RouterMsg::Import {
+            peer: peer(2),
+            update: announce_all(&all[10..]),
+        })
+        .unwrap();
+        until("the other peer's five", || dp.tables().routes.len() == 15).await;
+        // A held destination takes a new path; a new one is refused.
+        let held = dp
+            .tables()
+            .routes
+            .keys()
+            .copied()
+            .find(|d| dp.tables().routes[d] == [nh(1)].into());
+        let held = held.unwrap().to_string();
+        let extra = nth(99);
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce_all(&[
+                (held.as_str(), &["x", "s1"]),
+                (extra.as_str(), &["s1"]),
+            ]),
+        })
+        .unwrap();
+        let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+        assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 6);
+        let prefixes = ractor::call!(r, RouterMsg::GetPrefixes).unwrap();
+        let from1 = &prefixes[&peer(1).addr.to_string()];
+        assert_eq!(from1.len(), 11, "ten destinations, one with two paths");
+        assert!(!from1.iter().any(|pv| pv.destination == p(&extra)));
+        // Withdrawing one and announcing a new one in the same update: the
+        // withdrawal makes room.
+        let mut u = announce_all(&[(extra.as_str(), &["s1"])]);
+        u.underlay_mut().withdraw = [
+            PathVector { destination: p(&held), path: vec!["s1".to_string()] },
+            PathVector {
+                destination: p(&held),
+                path: vec!["x".to_string(), "s1".to_string()],
+            },
+        ]
+        .into();
+        r.cast(RouterMsg::Import { peer: peer(1), update: u }).unwrap();
+        until("the new one installed", || {
+            dp.tables().routes.contains_key(&p(&extra))
+        })
+        .await;
+        let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+        assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 6);
+        let prefixes = ractor::call!(r, RouterMsg::GetPrefixes).unwrap();
+        assert_eq!(prefixes[&peer(1).addr.to_string()].len(), 10);
     }
 }

@@ -227,6 +227,7 @@ impl SupervisorState {
             hostname: self.config.router.hostname.clone(),
             kind: self.config.router.kind,
             dataplane,
+            policy: self.config.router.policy.clone(),
             log: self.root_log.clone(),
         };
         let (router, _) =

@@ -46,6 +46,35 @@ pub struct Args {
     #[arg(long, default_value_t = 0xdddd)]
     pub exchange_port: u16,
 
+    /// Accept the default route (::/0) from peers. Without it, ::/0 is
+    /// refused like every destination overlapping a special-purpose range
+    /// (::/128, ::1/128, fe80::/10, ff00::/8, ::ffff:0:0/96), which stay
+    /// refused either way.
+    #[arg(long)]
+    pub accept_default_route: bool,
+
+    /// Longest path accepted from a peer, in hostnames; longer paths are
+    /// refused and counted.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ddm_actors::policy::DEFAULT_MAX_PATH_LEN as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_path_len: u32,
+
+    /// Most distinct destinations (and, separately, tunnel endpoints) held
+    /// from one peer. Past it, the peer's new destinations are refused and
+    /// counted while the session stays up; withdrawals and destinations it
+    /// already has still pass.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ddm_actors::policy::DEFAULT_MAX_PREFIXES_PER_PEER as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_prefixes_per_peer: u32,
+
     /// Address the admin API listens on.
     #[arg(long, default_value = "::1")]
     pub admin_addr: IpAddr,
@@ -134,6 +163,22 @@ mod tests {
     use clap::error::ErrorKind;
 
     #[test]
+    fn import_policy_flags_parse() {
+        let a = Args::try_parse_from([
+            "ddmd",
+            "--accept-default-route",
+            "--max-path-len",
+            "8",
+            "--max-prefixes-per-peer",
+            "100",
+        ])
+        .unwrap();
+        assert!(a.accept_default_route);
+        assert_eq!(a.max_path_len, 8);
+        assert_eq!(a.max_prefixes_per_peer, 100);
+    }
+
+    #[test]
     fn fixture_spawn_line_parses() {
         let a = Args::try_parse_from([
             "ddmd",
@@ -172,6 +217,9 @@ mod tests {
         assert_eq!(a.expire_threshold, 5000);
         assert_eq!(a.exchange_port, 56797);
         assert_eq!(a.admin_port, 8000);
+        assert!(!a.accept_default_route);
+        assert_eq!(a.max_path_len, 32);
+        assert_eq!(a.max_prefixes_per_peer, 250_000);
         assert_eq!(a.addresses[0].ifname, "eth0");
         assert_eq!(a.addresses[0].tag.as_deref(), Some("ll"));
     }
@@ -184,6 +232,10 @@ mod tests {
             &["ddmd", "--admin-addr", "localhost"],
             &["ddmd", "--log-level", "loud"],
             &["ddmd", "-a", ""],
+            &["ddmd", "--max-path-len", "0"],
+            &["ddmd", "--max-path-len", "-1"],
+            &["ddmd", "--max-prefixes-per-peer", "0"],
+            &["ddmd", "--max-prefixes-per-peer", "many"],
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
         }

@@ -8,6 +8,7 @@ use ddm_actors::config::{
     AdminConfig, DaemonConfig, InterfaceSpec, RouterConfig,
 };
 use ddm_actors::discovery::PacketIo;
+use ddm_actors::policy::PolicyConfig;
 use ddm_actors::store::Store;
 use ddm_actors::supervisor::{
     DataplaneFactory, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -69,6 +70,11 @@ fn config(args: &Args) -> DaemonConfig {
             ip_addr_wait: Args::ms(args.ip_addr_wait),
             exchange_timeout: Args::ms(args.exchange_timeout),
             exchange_port: args.exchange_port,
+            policy: PolicyConfig {
+                accept_default_route: args.accept_default_route,
+                max_path_len: args.max_path_len as usize,
+                max_prefixes_per_peer: args.max_prefixes_per_peer as usize,
+            },
         },
     }
 }

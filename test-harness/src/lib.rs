@@ -5,8 +5,12 @@
 //!   and hands out a generated admin client.
 //! * [`netns`] builds network-namespace topologies for running real routers
 //!   connected by veth links.
+//! * [`fabric`] runs real `ddmd` routers in the nodes of a topology.
+//! * [`racks`] builds fabrics of racks (servers, rack transits, spines) of
+//!   such routers.
+//! * [`routes`] reads the kernel's routes as `ip -6 route show` prints them.
 //!
-//! Both find the workspace's binaries next to the test executable (in
+//! The fixtures that run `ddmd` find the workspace's binaries next to the test executable (in
 //! `target/<profile>/`), so build them first: `cargo build --workspace
 //! --bins` (the README's test command does). `DDMD_BIN` and `DDMADM_BIN`
 //! override the paths.
@@ -14,6 +18,8 @@
 pub mod fabric;
 pub mod fixture;
 pub mod netns;
+pub mod racks;
+pub mod routes;
 
 use std::path::PathBuf;
 

@@ -135,6 +135,9 @@ struct PeerState {
     /// How many paths the peer announced and has not withdrawn (they are
     /// in [`Rib::routes`]).
     paths: usize,
+    /// How many distinct destinations those paths lead to (for the import
+    /// policy's per-peer limit).
+    destinations: usize,
     /// Every tunnel endpoint the peer announced and has not withdrawn.
     tunnels: BTreeSet<TunnelOrigin>,
 }
@@ -312,6 +315,43 @@ impl Rib {
         (self.interner.path_count(), self.interner.name_count())
     }
 
+    /// How many distinct destinations `peer` offers a path to (0 for a
+    /// peer that is not up).
+    pub fn peer_destination_count(&self, peer: PeerId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.destinations)
+    }
+
+    /// Whether `peer` offers at least one path to `destination` (host bits
+    /// ignored).
+    pub fn peer_offers(&self, peer: PeerId, destination: Ipv6Net) -> bool {
+        let Some(state) = self.peers.get(&peer) else {
+            return false;
+        };
+        self.routes
+            .get(&normalise_v6(destination))
+            .is_some_and(|o| o.has_peer(state.slot))
+    }
+
+    /// How many tunnel endpoints `peer` offers (0 for a peer that is not
+    /// up).
+    pub fn peer_tunnel_count(&self, peer: PeerId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.tunnels.len())
+    }
+
+    /// Whether `peer` offers the tunnel endpoint `origin` (overlay host bits
+    /// ignored).
+    pub fn peer_offers_tunnel(
+        &self,
+        peer: PeerId,
+        origin: &TunnelOrigin,
+    ) -> bool {
+        let origin = TunnelOrigin {
+            overlay_prefix: normalise_ip(origin.overlay_prefix),
+            ..*origin
+        };
+        self.peers.get(&peer).is_some_and(|p| p.tunnels.contains(&origin))
+    }
+
     /// The effective tunnel endpoint set (what the dataplane should have).
     pub fn tunnel_set(&self) -> &BTreeSet<TunnelEntry> {
         &self.effective_tunnels
@@ -435,7 +475,13 @@ impl Rib {
         let slot = Slot::try_from(slot).expect("fewer than 2^32 peers");
         self.peers.insert(
             peer,
-            PeerState { slot, kind, paths: 0, tunnels: BTreeSet::new() },
+            PeerState {
+                slot,
+                kind,
+                paths: 0,
+                destinations: 0,
+                tunnels: BTreeSet::new(),
+            },
         );
     }
 
@@ -634,7 +680,7 @@ impl Rib {
         let path = self.interner.intern(&pv.path);
         let offer = Offer { peer: slot, path: Arc::clone(&path) };
         let slots = &self.slots;
-        let (before, adv_before, adv_after) =
+        let (before, adv_before, adv_after, new_dest) =
             match self.routes.shard_mut(&dest).entry(dest) {
                 Entry::Vacant(v) => {
                     let offers = v.insert(Offers::One(offer));
@@ -643,10 +689,11 @@ impl Rib {
                     } else {
                         Vec::new()
                     };
-                    (Nexthops::new(), Vec::new(), after)
+                    (Nexthops::new(), Vec::new(), after, true)
                 }
                 Entry::Occupied(mut o) => {
                     let offers = o.get_mut();
+                    let had = offers.has_peer(slot);
                     let before = offers.nexthops(|s| hop(slots, s));
                     let adv_before = if transit {
                         offers.advertised(MAX_ADVERTISED_PATHS)
@@ -663,10 +710,13 @@ impl Rib {
                     } else {
                         Vec::new()
                     };
-                    (before, adv_before, adv_after)
+                    (before, adv_before, adv_after, !had)
                 }
             };
         state.paths += 1;
+        if new_dest {
+            state.destinations += 1;
+        }
         pending
             .touched
             .push(RouteUpdate { destination: dest, nexthops: before });
@@ -705,6 +755,9 @@ impl Rib {
         // Only `stored` may keep the path alive now (see `release`).
         drop(path);
         state.paths -= 1;
+        if !offers.has_peer(slot) {
+            state.destinations -= 1;
+        }
         let adv_after = if transit {
             offers.advertised(MAX_ADVERTISED_PATHS)
         } else {

@@ -971,3 +971,95 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn per_peer_holdings_count_distinct_destinations() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 2);
+    let (a, b) = (peer(1), peer(2));
+    // Two paths to one destination and one to another: two destinations.
+    rib.import(
+        a,
+        announce([
+            pv("fd00:1::/64", &["x"]),
+            pv("fd00:1::/64", &["y", "z"]),
+            pv("fd00:2::/64", &["x"]),
+        ]),
+    )
+    .unwrap();
+    rib.import(b, announce([pv("fd00:1::/64", &["w"])])).unwrap();
+    assert_eq!(rib.peer_destination_count(a), 2);
+    assert_eq!(rib.peer_destination_count(b), 1);
+    assert!(rib.peer_offers(a, net("fd00:1::/64")));
+    assert!(rib.peer_offers(a, net("fd00:2::5/64")), "host bits ignored");
+    assert!(!rib.peer_offers(b, net("fd00:2::/64")));
+    // Withdrawing one of two paths keeps the destination; the last goes.
+    rib.import(a, withdraw([pv("fd00:1::/64", &["x"])])).unwrap();
+    assert_eq!(rib.peer_destination_count(a), 2);
+    rib.import(a, withdraw([pv("fd00:1::/64", &["y", "z"])])).unwrap();
+    assert_eq!(rib.peer_destination_count(a), 1);
+    assert!(!rib.peer_offers(a, net("fd00:1::/64")));
+    // A pull replaces the set; a peer going down holds nothing.
+    rib.import_pull(
+        a,
+        PullResponse {
+            underlay: Some(
+                [pv("fd00:3::/64", &["x"]), pv("fd00:4::/64", &["x"])].into(),
+            ),
+            tunnel: Some([tunnel("10.0.0.0/8", 1, 0)].into()),
+        },
+    )
+    .unwrap();
+    assert_eq!(rib.peer_destination_count(a), 2);
+    assert_eq!(rib.peer_tunnel_count(a), 1);
+    assert!(rib.peer_offers_tunnel(a, &tunnel("10.0.0.5/8", 1, 0)));
+    assert!(!rib.peer_offers_tunnel(b, &tunnel("10.0.0.0/8", 1, 0)));
+    rib.peer_down(a);
+    assert_eq!(rib.peer_destination_count(a), 0);
+    assert_eq!(rib.peer_tunnel_count(a), 0);
+    assert!(!rib.peer_offers(a, net("fd00:3::/64")));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Whatever peers announce and withdraw, each peer's destination count
+    /// is the number of distinct destinations it offers.
+    #[test]
+    fn per_peer_destination_counts_stay_exact(
+        ops in prop::collection::vec(arb_op(), 1..40),
+    ) {
+        let mut rib = Rib::new("me", RouterKind::Transit);
+        for op in ops {
+            match op {
+                Op::Up(p) => rib.peer_up(peer(p), RouterKind::Server),
+                Op::Down(p) => {
+                    rib.peer_down(peer(p));
+                }
+                Op::Import(p, u, _) => {
+                    let mut upd = Update::default();
+                    for (ann, d, path) in u {
+                        let x = op_pv(d, path);
+                        let half = upd.underlay_mut();
+                        if ann { half.announce.insert(x); } else { half.withdraw.insert(x); }
+                    }
+                    let _ = rib.import(peer(p), upd);
+                }
+                _ => {}
+            }
+            let imported = rib.imported_prefixes();
+            for p in 1u16..5 {
+                let dests: BTreeSet<Ipv6Net> = imported
+                    .get(&peer(p).addr)
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.destination)
+                    .collect();
+                prop_assert_eq!(rib.peer_destination_count(peer(p)), dests.len());
+                for d in 0..4u8 {
+                    let d = op_pv(d, 0).destination;
+                    prop_assert_eq!(rib.peer_offers(peer(p), d), dests.contains(&d));
+                }
+            }
+        }
+    }
+}
