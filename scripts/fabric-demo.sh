@@ -25,19 +25,37 @@ if [ -z "$bin" ]; then
     cargo build --release -p ddmd -p ddmadm
     bin=target/release
 fi
-tag="ddmdemo$$"
+tag="${DDM_DEMO_TAG:-ddmdemo$$}"
 work="$(mktemp -d)"
 nodes=(s1 t1 s2)
 pids=()
 
+# Each daemon is started by `ip netns exec` directly (no shell function or
+# subshell in between), so the recorded pid is the daemon's own: `ip` execs
+# it. SIGTERM lets each router remove its routes; whatever still runs in a
+# namespace after a grace period is killed before the namespace goes.
 cleanup() {
     set +e
+    trap - EXIT INT TERM
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for n in "${nodes[@]}"; do
+        if [ -e "/run/netns/$tag-$n" ]; then
+            ip netns pids "$tag-$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+            ip netns del "$tag-$n" 2>/dev/null
+        fi
+    done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    for n in "${nodes[@]}"; do ip netns del "$tag-$n" 2>/dev/null; done
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ns() { ip netns exec "$tag-$1" "${@:2}"; }
@@ -67,8 +85,9 @@ start() {
     local node=$1 kind=$2; shift 2
     local args=()
     for ifname in "$@"; do args+=(-a "$ifname"); done
-    ns "$node" "$bin/ddmd" "${args[@]}" --kind "$kind" --hostname "$node" \
-        --admin-port 0 --admin-port-file "$work/$node/port" \
+    ip netns exec "$tag-$node" "$bin/ddmd" "${args[@]}" --kind "$kind" \
+        --hostname "$node" --admin-port 0 \
+        --admin-port-file "$work/$node/port" \
         --data-dir "$work/$node" >"$work/$node/ddmd.log" 2>&1 &
     pids+=($!)
 }

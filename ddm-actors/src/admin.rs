@@ -16,16 +16,17 @@ use ddm_admin_api::latest::{
 };
 use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap};
 use dropshot::{
-    ClientErrorStatusCode, ConfigDropshot, ErrorStatusCode, HttpError,
-    HttpResponseOk, HttpResponseUpdatedNoContent, HttpServer, Path,
-    RequestContext, ServerBuilder, TypedBody, VersionPolicy,
+    ConfigDropshot, ErrorStatusCode, HttpError, HttpResponseOk,
+    HttpResponseUpdatedNoContent, HttpServer, Path, RequestContext,
+    ServerBuilder, TypedBody, VersionPolicy,
 };
-use oxnet::{IpNet, Ipv6Net};
+use oxnet::Ipv6Net;
 use ractor::{
     rpc::CallResult, Actor, ActorProcessingErr, ActorRef, RpcReplyPort,
 };
 use slog::{info, o, warn, Logger};
 
+use crate::exchange::wire::{normalise_ip, normalise_v6};
 use crate::router::{RouterMsg, RouterRef};
 use crate::store::{Originated, Store, StoreChange, StoreError};
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -432,47 +433,43 @@ impl AdminContext {
     }
 }
 
-fn bad_request(message: String) -> HttpError {
-    HttpError::for_client_error(
-        Some("InvalidRequest".to_string()),
-        ClientErrorStatusCode::BAD_REQUEST,
-        message,
-    )
+/// `prefixes` in canonical form: a prefix with host bits set stands for
+/// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
+/// takes it; each such prefix is logged as a warning.
+fn canonical_prefixes(
+    log: &Logger,
+    prefixes: BTreeSet<Ipv6Net>,
+) -> BTreeSet<Ipv6Net> {
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let net = normalise_v6(p);
+            if net != p {
+                warn!(log, "prefix has host bits set; using its network";
+                    "given" => %p, "network" => %net);
+            }
+            net
+        })
+        .collect()
 }
 
-/// Reject prefixes with host bits set: the kernel would refuse to route
-/// them and peers would disagree about what they mean.
-fn check_prefixes<'a>(
-    prefixes: impl IntoIterator<Item = &'a Ipv6Net>,
-) -> Result<(), HttpError> {
-    for p in prefixes {
-        if p.addr() != p.prefix() {
-            return Err(bad_request(format!(
-                "prefix {p} has host bits set (the network is {}/{})",
-                p.prefix(),
-                p.width()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_tunnels<'a>(
-    tunnels: impl IntoIterator<Item = &'a TunnelOrigin>,
-) -> Result<(), HttpError> {
-    for t in tunnels {
-        let clean = match t.overlay_prefix {
-            IpNet::V4(n) => n.addr() == n.prefix(),
-            IpNet::V6(n) => n.addr() == n.prefix(),
-        };
-        if !clean {
-            return Err(bad_request(format!(
-                "overlay prefix {} has host bits set",
-                t.overlay_prefix
-            )));
-        }
-    }
-    Ok(())
+/// `tunnels` with their overlay prefixes in canonical form (see
+/// [`canonical_prefixes`]).
+fn canonical_tunnels(
+    log: &Logger,
+    tunnels: BTreeSet<TunnelOrigin>,
+) -> BTreeSet<TunnelOrigin> {
+    tunnels
+        .into_iter()
+        .map(|t| {
+            let net = normalise_ip(t.overlay_prefix);
+            if net != t.overlay_prefix {
+                warn!(log, "overlay prefix has host bits set; using its network";
+                    "given" => %t.overlay_prefix, "network" => %net);
+            }
+            TunnelOrigin { overlay_prefix: net, ..t }
+        })
+        .collect()
 }
 
 /// A failed store write: 507 Insufficient Storage when the data directory
@@ -558,8 +555,7 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<Ipv6Net>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let add_prefixes = request.into_inner();
-        check_prefixes(&add_prefixes)?;
+        let add_prefixes = canonical_prefixes(&rqctx.log, request.into_inner());
         let change = StoreChange { add_prefixes, ..Default::default() };
         rqctx.context().change(change).await
     }
@@ -568,8 +564,8 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<Ipv6Net>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let remove_prefixes = request.into_inner();
-        check_prefixes(&remove_prefixes)?;
+        let remove_prefixes =
+            canonical_prefixes(&rqctx.log, request.into_inner());
         let change = StoreChange { remove_prefixes, ..Default::default() };
         rqctx.context().change(change).await
     }
@@ -578,8 +574,7 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<TunnelOrigin>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let add_tunnels = request.into_inner();
-        check_tunnels(&add_tunnels)?;
+        let add_tunnels = canonical_tunnels(&rqctx.log, request.into_inner());
         let change = StoreChange { add_tunnels, ..Default::default() };
         rqctx.context().change(change).await
     }
@@ -588,8 +583,8 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<BTreeSet<TunnelOrigin>>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let remove_tunnels = request.into_inner();
-        check_tunnels(&remove_tunnels)?;
+        let remove_tunnels =
+            canonical_tunnels(&rqctx.log, request.into_inner());
         let change = StoreChange { remove_tunnels, ..Default::default() };
         rqctx.context().change(change).await
     }
@@ -775,5 +770,35 @@ mod tests {
         assert_eq!(broken.status_code, ErrorStatusCode::SERVICE_UNAVAILABLE);
         assert!(broken.external_message.contains("/var/ddm/ddmdb"));
         assert!(broken.external_message.contains("Input/output error"));
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, o!())
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_duplicates_merge() {
+        let given: BTreeSet<Ipv6Net> =
+            ["fd00:1::1/64", "fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect();
+        let want: BTreeSet<Ipv6Net> =
+            ["fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect();
+        assert_eq!(canonical_prefixes(&log(), given), want);
+
+        let t = |prefix: &str| TunnelOrigin {
+            overlay_prefix: prefix.parse().unwrap(),
+            boundary_addr: "fd00::1".parse().unwrap(),
+            vni: 7,
+            metric: 0,
+        };
+        let given =
+            [t("10.1.2.3/8"), t("fd00:9::9/64"), t("10.0.0.0/8")].into();
+        let want = [t("10.0.0.0/8"), t("fd00:9::/64")].into();
+        assert_eq!(canonical_tunnels(&log(), given), want);
     }
 }

@@ -9,6 +9,8 @@
 //! * [`racks`] builds fabrics of racks (servers, rack transits, spines) of
 //!   such routers.
 //! * [`routes`] reads the kernel's routes as `ip -6 route show` prints them.
+//! * [`original`] stands in for the original DDM daemon in a namespace
+//!   node, for mixed-fabric tests.
 //!
 //! The fixtures that run `ddmd` find the workspace's binaries next to the test executable (in
 //! `target/<profile>/`), so build them first: `cargo build --workspace
@@ -18,6 +20,7 @@
 pub mod fabric;
 pub mod fixture;
 pub mod netns;
+pub mod original;
 pub mod racks;
 pub mod routes;
 

@@ -143,7 +143,8 @@ pub enum Effect {
 pub struct DropCounters {
     /// Shorter than its length fields say.
     pub truncated: u64,
-    /// Version outside 2..=3.
+    /// Advertisements of a version outside 2..=3 (solicitations of any
+    /// version are answered).
     pub unknown_version: u64,
     /// Router kind other than server or transit.
     pub unknown_kind: u64,
@@ -178,7 +179,6 @@ impl DropCounters {
     fn count(&mut self, e: DecodeError) {
         match e {
             DecodeError::Truncated => self.truncated += 1,
-            DecodeError::UnknownVersion(_) => self.unknown_version += 1,
             DecodeError::UnknownKind(_) => self.unknown_kind += 1,
             DecodeError::BadHostname => self.bad_hostname += 1,
             DecodeError::NoKindFlags => self.no_kind_flags += 1,
@@ -486,8 +486,14 @@ impl PeerFsm {
             }
         }
         if packet.advertise {
-            self.counters.advertisements_received += 1;
-            self.advertisement(now, addr, packet, fx);
+            // The sender would become our peer, and exchange speaks its
+            // version: only 2 and 3 will do.
+            if packet.version_supported() {
+                self.counters.advertisements_received += 1;
+                self.advertisement(now, addr, packet, fx);
+            } else {
+                self.counters.drops.unknown_version += 1;
+            }
         }
     }
 
@@ -709,6 +715,60 @@ mod tests {
         assert_eq!(fx, vec![Effect::SendAdvertisement { to: peer_a() }]);
     }
 
+    /// A solicitation of any version is answered, as the original daemon
+    /// answers them; an advertisement of a version we do not speak makes
+    /// no peer and is counted. One packet that is both is answered and
+    /// still makes no peer.
+    #[test]
+    fn solicitations_of_any_version_are_answered() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        for v in [0u8, 1, 4, 7, 0xff] {
+            let mut p = solicit("odd");
+            p[0] = v;
+            let fx = f.handle(
+                t0,
+                Input::Datagram { from: from(peer_a()), payload: p },
+            );
+            assert_eq!(
+                fx,
+                vec![
+                    Effect::SendAdvertisement { to: peer_a() },
+                    Effect::SendSolicit
+                ],
+                "version {v}"
+            );
+        }
+        assert_eq!(f.counters().solicitations_received, 5);
+        let mut p = advert("odd");
+        p[0] = 7;
+        let fx =
+            f.handle(t0, Input::Datagram { from: from(peer_a()), payload: p });
+        assert!(fx.is_empty(), "{fx:?}");
+        let mut both = advert("odd");
+        both[0] = 7;
+        both[1] = 0x03;
+        let fx = f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: both },
+        );
+        assert_eq!(
+            fx,
+            vec![
+                Effect::SendAdvertisement { to: peer_a() },
+                Effect::SendSolicit
+            ]
+        );
+        let c = f.counters();
+        assert_eq!(
+            (c.drops.unknown_version, c.advertisements_received),
+            (2, 0)
+        );
+        assert_eq!(c.solicitations_received, 6);
+        assert!(f.peer().is_none());
+        assert_eq!(f.state(), DiscoveryState::Solicit);
+    }
+
     #[test]
     fn advertisement_brings_peer_up_and_refreshes_expiry() {
         let t0 = Instant::now();
@@ -874,7 +934,7 @@ mod tests {
         d(&mut f, from("fd00::1".parse().unwrap()), advert("x"));
         d(&mut f, from(local()), advert("x"));
         d(&mut f, from(peer_a()), vec![2]);
-        d(&mut f, from(peer_a()), vec![9, 1, 0, 0]);
+        d(&mut f, from(peer_a()), vec![9, 2, 0, 0]);
         d(&mut f, from(peer_a()), vec![2, 1, 5, 0]);
         d(&mut f, from(peer_a()), vec![2, 1, 0, 1, 0xff]);
         d(&mut f, from(peer_a()), vec![2, 0, 0, 0]);
