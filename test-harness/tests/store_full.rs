@@ -85,10 +85,8 @@ async fn originated(d: &DdmdInstance) -> BTreeSet<Ipv6Net> {
 }
 
 #[tokio::test]
-async fn a_full_data_directory_answers_507_and_recovers_without_restart() {
-    if !require_netns(
-        "a_full_data_directory_answers_507_and_recovers_without_restart",
-    ) {
+async fn full_data_dir_answers_507_then_recovers() {
+    if !require_netns("full_data_dir_answers_507_then_recovers") {
         return;
     }
     let dir = tempfile::Builder::new().prefix("ddmd-full-").tempdir().unwrap();

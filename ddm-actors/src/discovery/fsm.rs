@@ -723,11 +723,12 @@ mod tests {
     fn solicitations_of_any_version_are_answered() {
         let t0 = Instant::now();
         let mut f = up_fsm(t0);
-        for v in [0u8, 1, 4, 7, 0xff] {
+        // A second apart, within the per-source answer rate.
+        for (i, v) in [0u8, 1, 4, 7, 0xff].into_iter().enumerate() {
             let mut p = solicit("odd");
             p[0] = v;
             let fx = f.handle(
-                t0,
+                t0 + Duration::from_secs(i as u64),
                 Input::Datagram { from: from(peer_a()), payload: p },
             );
             assert_eq!(
@@ -740,16 +741,17 @@ mod tests {
             );
         }
         assert_eq!(f.counters().solicitations_received, 5);
+        let t5 = t0 + Duration::from_secs(5);
         let mut p = advert("odd");
         p[0] = 7;
         let fx =
-            f.handle(t0, Input::Datagram { from: from(peer_a()), payload: p });
+            f.handle(t5, Input::Datagram { from: from(peer_a()), payload: p });
         assert!(fx.is_empty(), "{fx:?}");
         let mut both = advert("odd");
         both[0] = 7;
         both[1] = 0x03;
         let fx = f.handle(
-            t0,
+            t5,
             Input::Datagram { from: from(peer_a()), payload: both },
         );
         assert_eq!(
