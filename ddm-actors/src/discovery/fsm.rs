@@ -3,7 +3,7 @@
 //! Pure: [`PeerFsm::handle`] takes the time and one [`Input`] and returns the
 //! [`Effect`]s the caller must carry out (send, schedule, report). It never
 //! reads a clock, touches a socket or spawns anything, so every rule of
-//! DESIGN §2 is tested here without actors.
+//! The discovery protocol is tested here without actors.
 //!
 //! ```text
 //!            LinkUp                 advertisement

@@ -1,4 +1,4 @@
-//! Discovery: finding the one peer on each interface (DESIGN §2).
+//! Discovery: finding the one peer on each interface.
 //!
 //! * [`packet`] is the wire codec;
 //! * [`fsm`] is the per-interface peer state machine (pure: inputs in,
