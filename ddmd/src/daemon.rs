@@ -79,15 +79,43 @@ fn config(args: &Args) -> DaemonConfig {
     }
 }
 
+/// The switch dataplane: dpd at `--dpd-host`:`--dpd-port`, with the
+/// interfaces of `-a` mapped to switch ports by name.
+fn dpd_factory(args: &Args) -> DataplaneFactory {
+    use ddm_actors::dataplane::dpd::{DpdConfig, DpdDataplane};
+    use ddm_actors::dataplane::Dataplane;
+    let names: Vec<String> =
+        args.addresses.iter().map(|a| a.ifname.clone()).collect();
+    // Indexes are looked up when a nexthop needs them, so an interface
+    // created (or re-created) after the start still maps.
+    let interfaces = Arc::new(move |ifindex: u32| {
+        names.iter().find(|n| if_index(n) == Some(ifindex)).cloned()
+    });
+    let config =
+        DpdConfig::new(args.dpd_host.clone(), args.dpd_port, interfaces);
+    Arc::new(move |log: &slog::Logger| {
+        Ok(Box::new(DpdDataplane::new(config.clone(), log.new(o!())))
+            as Box<dyn Dataplane>)
+    })
+}
+
+/// The index of interface `name`, if it exists.
+fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), String> {
-    if args.dendrite {
-        return Err("--dendrite: this build has no switch dataplane (dpd) \
-                    client; it programs the host kernel only"
-            .to_string());
-    }
-    let dataplane =
-        if args.no_state_machine { None } else { Some(dataplane_factory()?) };
+    let dataplane = if args.no_state_machine {
+        None
+    } else if args.dendrite {
+        Some(dpd_factory(&args))
+    } else {
+        Some(dataplane_factory()?)
+    };
     if let Some(path) = &args.admin_port_file {
         port_file::precheck(path)?;
     }
