@@ -13,6 +13,7 @@ use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
 
 pub mod dpd;
+pub mod illumos;
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 pub mod linux;
 pub mod memory;
