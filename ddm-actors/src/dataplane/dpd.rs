@@ -722,7 +722,7 @@ async fn watch(
         tick.tick().await;
         n += 1;
         let Some(inner) = inner.upgrade() else { return };
-        inner.lock().await.watch_once(n % every == 0).await;
+        inner.lock().await.watch_once(n.is_multiple_of(every)).await;
     }
 }
 
