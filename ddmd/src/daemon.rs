@@ -48,8 +48,8 @@ fn dataplane_factory() -> Result<DataplaneFactory, String> {
 #[cfg(not(all(target_os = "linux", feature = "netlink")))]
 fn dataplane_factory() -> Result<DataplaneFactory, String> {
     Err("this build has no kernel dataplane (on Linux, build with the \
-         `netlink` feature); run with --no-state-machine for the admin API \
-         only"
+         `netlink` feature); run with --dendrite to program a switch through \
+         dpd, or with --no-state-machine for the admin API only"
         .to_string())
 }
 
