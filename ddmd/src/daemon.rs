@@ -37,16 +37,40 @@ fn system_hostname() -> String {
 
 /// The kernel dataplane of this platform.
 #[cfg(all(target_os = "linux", feature = "netlink"))]
-fn dataplane_factory() -> Result<DataplaneFactory, String> {
+fn dataplane_factory(_args: &Args) -> Result<DataplaneFactory, String> {
     use ddm_actors::dataplane::{linux::LinuxDataplane, Dataplane};
     Ok(Arc::new(|log: &slog::Logger| {
         Ok(Box::new(LinuxDataplane::new(log.clone())?) as Box<dyn Dataplane>)
     }))
 }
 
+/// The kernel dataplane of this platform: the routing socket and OPTE.
+/// (Type-checked for illumos only through the dataplane module; see the
+/// README.)
+#[cfg(all(target_os = "illumos", feature = "illumos"))]
+fn dataplane_factory(args: &Args) -> Result<DataplaneFactory, String> {
+    use ddm_actors::dataplane::illumos::kernel::KernelDataplane;
+    use ddm_actors::dataplane::illumos::sys::{RtSocket, Xde};
+    use ddm_actors::dataplane::Dataplane;
+    let data_dir = args.data_dir.clone();
+    let api_version = args.opte_api_version;
+    Ok(Arc::new(move |log: &slog::Logger| {
+        let opte = Xde::open(api_version).unwrap_or_else(|e| {
+            warn!(log, "cannot open the encapsulation driver; tunnel \
+                endpoints are recorded only"; "error" => %e);
+            None
+        });
+        let dp = KernelDataplane::new(RtSocket, opte, &data_dir, log.clone())?;
+        Ok(Box::new(dp) as Box<dyn Dataplane>)
+    }))
+}
+
 /// The kernel dataplane of this platform: none in this build.
-#[cfg(not(all(target_os = "linux", feature = "netlink")))]
-fn dataplane_factory() -> Result<DataplaneFactory, String> {
+#[cfg(not(any(
+    all(target_os = "linux", feature = "netlink"),
+    all(target_os = "illumos", feature = "illumos")
+)))]
+fn dataplane_factory(_args: &Args) -> Result<DataplaneFactory, String> {
     Err("this build has no kernel dataplane (on Linux, build with the \
          `netlink` feature); run with --dendrite to program a switch through \
          dpd, or with --no-state-machine for the admin API only"
@@ -114,7 +138,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     } else if args.dendrite {
         Some(dpd_factory(&args))
     } else {
-        Some(dataplane_factory()?)
+        Some(dataplane_factory(&args)?)
     };
     if let Some(path) = &args.admin_port_file {
         port_file::precheck(path)?;

@@ -136,6 +136,36 @@ pub fn is_no_resp(resp: &[u8]) -> bool {
     resp == [0]
 }
 
+/// Reads one postcard varint from the front of `b`.
+fn read_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The driver's API version from its error answer to an API version
+/// mismatch (`BadApiVersion { user, kernel }`: after the variant, our
+/// version then the driver's, as postcard varints). `None` when the answer
+/// does not hold our version followed by another number.
+pub fn mismatched_version(resp: &[u8], ours: u64) -> Option<u64> {
+    let mut b = resp;
+    let mut prev = read_varint(&mut b)?;
+    while let Some(v) = read_varint(&mut b) {
+        if prev == ours {
+            return Some(v);
+        }
+        prev = v;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +234,11 @@ mod tests {
             Err(EncodeError::PrefixLen(33))
         );
         assert!(is_no_resp(&[0]));
+        // A mismatch answer: some variant, our version, the driver's.
+        assert_eq!(mismatched_version(&[7, 41, 0xac, 0x02], 41), Some(300));
+        assert_eq!(mismatched_version(&[7, 40, 42], 41), None);
+        assert_eq!(mismatched_version(&[0xff; 20], 41), None);
+        assert_eq!(mismatched_version(&[], 41), None);
         assert!(!is_no_resp(&[]));
     }
 }
