@@ -6,6 +6,7 @@
 # Needs root (network namespaces), iproute2 and ping. Usage:
 #     sudo scripts/fabric-demo.sh            # builds release binaries first
 #     DDM_BIN=target/debug scripts/fabric-demo.sh   # use already-built ones
+#     DDM_DEMO_HOLD=1 scripts/fabric-demo.sh   # keep the fabric up until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,19 +26,37 @@ if [ -z "$bin" ]; then
     cargo build --release -p ddmd -p ddmadm
     bin=target/release
 fi
-tag="ddmdemo$$"
+tag="${DDM_DEMO_TAG:-ddmdemo$$}"
 work="$(mktemp -d)"
 nodes=(s1 t1 s2)
 pids=()
 
+# Each daemon is started by `ip netns exec` directly (no shell function or
+# subshell in between), so the recorded pid is the daemon's own: `ip` execs
+# it. SIGTERM lets each router remove its routes; whatever still runs in a
+# namespace after a grace period is killed before the namespace goes.
 cleanup() {
     set +e
+    trap - EXIT INT TERM
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for n in "${nodes[@]}"; do
+        if [ -e "/run/netns/$tag-$n" ]; then
+            ip netns pids "$tag-$n" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+            ip netns del "$tag-$n" 2>/dev/null
+        fi
+    done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    for n in "${nodes[@]}"; do ip netns del "$tag-$n" 2>/dev/null; done
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ns() { ip netns exec "$tag-$1" "${@:2}"; }
@@ -67,8 +86,9 @@ start() {
     local node=$1 kind=$2; shift 2
     local args=()
     for ifname in "$@"; do args+=(-a "$ifname"); done
-    ns "$node" "$bin/ddmd" "${args[@]}" --kind "$kind" --hostname "$node" \
-        --admin-port 0 --admin-port-file "$work/$node/port" \
+    ip netns exec "$tag-$node" "$bin/ddmd" "${args[@]}" --kind "$kind" \
+        --hostname "$node" --admin-port 0 \
+        --admin-port-file "$work/$node/port" \
         --data-dir "$work/$node" >"$work/$node/ddmd.log" 2>&1 &
     pids+=($!)
 }
@@ -107,5 +127,10 @@ done
 
 say "ping fd00:2::1 from fd00:1::1 (s1 → t1 → s2)"
 ns s1 ping -6 -c 3 -i 0.2 -I fd00:1::1 fd00:2::1
+
+if [ -n "${DDM_DEMO_HOLD:-}" ]; then
+    say "the fabric stays up (namespaces $tag-*); Ctrl-C tears it down"
+    while true; do sleep 1; done
+fi
 
 say "done; tearing down"

@@ -38,6 +38,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -397,6 +398,21 @@ impl Fabric {
         status.map_or(reaped, Ok)
     }
 
+    /// Freezes `node`'s router with SIGSTOP until the returned guard is
+    /// dropped (which sends SIGCONT). While frozen it answers nothing: its
+    /// peers' requests wait in its sockets' buffers, its timers fire late.
+    pub fn pause_router(&self, node: &str) -> Result<PausedRouter, String> {
+        let pid = self.pid(node)?;
+        // SAFETY: kill(2) on the pid of a child that has not been reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) } != 0 {
+            return Err(format!(
+                "{node}: SIGSTOP to {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(PausedRouter { pid })
+    }
+
     /// Kills `node`'s router with SIGKILL (no clean-up: its routes stay)
     /// and reaps it.
     pub fn kill_router(&mut self, node: &str) -> Result<ExitStatus, String> {
@@ -457,6 +473,35 @@ impl Fabric {
         }
         serde_json::from_str(&text).map_err(|e| {
             format!("{node}: ddmadm {} printed non-JSON ({e}): {text}", args[0])
+        })
+    }
+
+    /// Runs `f` with a generated client of `node`'s admin API and returns
+    /// what its future yields.
+    ///
+    /// The future runs to completion on a fresh thread that has joined
+    /// `node`'s namespace, on a current-thread tokio runtime, so every
+    /// connection the client opens is made in that namespace. Unlike
+    /// [`Fabric::adm`] no process is started per request: use it where
+    /// requests must follow each other within milliseconds, or carry large
+    /// bodies (e.g. tens of thousands of prefixes in one `PUT /prefix`).
+    pub fn with_admin<T, F, Fut>(&self, node: &str, f: F) -> Result<T, String>
+    where
+        T: Send,
+        F: FnOnce(ddm_admin_client::Client) -> Fut + Send,
+        Fut: Future<Output = T>,
+    {
+        let port = self.admin_port(node)?;
+        let addr = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+        self.topo.ns(node)?;
+        self.topo.in_node(node, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("building a tokio runtime: {e}"))?;
+            let log = slog::Logger::root(slog::Discard, slog::o!());
+            let client = ddm_admin_client::new_client(addr, log);
+            Ok(rt.block_on(f(client)))
         })
     }
 
@@ -533,6 +578,24 @@ impl Fabric {
         } else {
             Ok(index)
         }
+    }
+}
+
+/// A router frozen by [`Fabric::pause_router`]; dropping it resumes the
+/// router (SIGCONT). Drop it before the fabric, and before stopping the
+/// router: a frozen process does not act on SIGTERM.
+#[derive(Debug)]
+#[must_use = "the router resumes when this guard is dropped"]
+pub struct PausedRouter {
+    pid: u32,
+}
+
+impl Drop for PausedRouter {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a router of the fabric; the guard
+        // is documented to be dropped before that router is stopped and
+        // reaped, so the pid cannot have been reused.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) };
     }
 }
 

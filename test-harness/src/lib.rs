@@ -6,8 +6,14 @@
 //! * [`mock_dpd`] mocks the switch dataplane daemon's route API.
 //! * [`netns`] builds network-namespace topologies for running real routers
 //!   connected by veth links.
+//! * [`fabric`] runs real `ddmd` routers in the nodes of a topology.
+//! * [`racks`] builds fabrics of racks (servers, rack transits, spines) of
+//!   such routers.
+//! * [`routes`] reads the kernel's routes as `ip -6 route show` prints them.
+//! * [`original`] stands in for the original DDM daemon in a namespace
+//!   node, for mixed-fabric tests.
 //!
-//! Both find the workspace's binaries next to the test executable (in
+//! The fixtures that run `ddmd` find the workspace's binaries next to the test executable (in
 //! `target/<profile>/`), so build them first: `cargo build --workspace
 //! --bins` (the README's test command does). `DDMD_BIN` and `DDMADM_BIN`
 //! override the paths.
@@ -16,6 +22,9 @@ pub mod fabric;
 pub mod fixture;
 pub mod mock_dpd;
 pub mod netns;
+pub mod original;
+pub mod racks;
+pub mod routes;
 
 use std::path::PathBuf;
 

@@ -168,7 +168,6 @@ async fn bad_bodies_are_rejected_and_change_nothing() {
         ("PUT", "/prefix", "[\"fd00:zz::/64\"]".into()),
         ("PUT", "/prefix", "[\"fd00:1::/129\"]".into()),
         ("PUT", "/prefix", "[\"10.0.0.0/8\"]".into()),
-        ("PUT", "/prefix", "[\"fd00:1::1/64\"]".into()),
         ("PUT", "/prefix", "{\"prefix\": \"fd00:1::/64\"}".into()),
         ("DELETE", "/prefix", "[\"fd00:aa::/200\"]".into()),
         ("PUT", "/prefix", huge),
@@ -201,6 +200,54 @@ async fn bad_bodies_are_rejected_and_change_nothing() {
     assert_eq!(got, keep, "nothing stored by the rejected requests");
     let tunnels = d.client().get_originated_tunnel_endpoints().await.unwrap();
     assert!(tunnels.into_inner().is_empty());
+    d.cleanup();
+}
+
+/// Prefixes and overlay prefixes with host bits set are taken as their
+/// networks, as the original daemon takes them: stored, listed and
+/// withdrawn in canonical form, with a warning in the log.
+#[tokio::test]
+async fn host_bits_are_cleared_not_refused() {
+    let d = start().await;
+    let h = http();
+    let send = |method: &str, path: &str, body: &str| {
+        h.request(method.parse().unwrap(), url(&d, path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = send("PUT", "/prefix", "[\"fd00:1::1/64\", \"fd00:2::/64\"]")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let got = d.client().get_originated().await.unwrap().into_inner();
+    let want: BTreeSet<Ipv6Net> = [p("fd00:1::/64"), p("fd00:2::/64")].into();
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), want);
+
+    let tunnel = r#"[{"overlay_prefix": "10.1.2.3/8",
+        "boundary_addr": "fd00::1", "vni": 9}]"#;
+    let r = send("PUT", "/tunnel_endpoint", tunnel).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let got = d.client().get_originated_tunnel_endpoints().await.unwrap();
+    let got: Vec<TunnelOrigin> = got.into_inner().into_iter().collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].overlay_prefix, "10.0.0.0/8".parse().unwrap());
+
+    // Withdrawing with other host bits withdraws the same networks.
+    let r = send("DELETE", "/prefix", "[\"fd00:1::ffff/64\"]").await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = send("DELETE", "/tunnel_endpoint", tunnel).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let got = d.client().get_originated().await.unwrap().into_inner();
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), vec![p("fd00:2::/64")]);
+    let got = d.client().get_originated_tunnel_endpoints().await.unwrap();
+    assert!(got.into_inner().is_empty());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("host bits set") {
+        assert!(std::time::Instant::now() < deadline, "no warning logged");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     d.cleanup();
 }
 

@@ -1,6 +1,6 @@
 //! The discovery packet: encoding and decoding, nothing else.
 //!
-//! FROZEN wire format (DESIGN §2); deployed routers depend on it byte for
+//! FROZEN wire format; deployed routers depend on it byte for
 //! byte:
 //!
 //! ```text
@@ -15,7 +15,10 @@
 //! Decoding is total: any byte string yields a packet or a [`DecodeError`],
 //! never a panic. Reserved flag bits are ignored, and so are bytes after the
 //! hostname (a future version may append fields; today's routers must still
-//! understand the part they know).
+//! understand the part they know). The version byte is decoded whatever it
+//! is: a solicitation of any version is answered, as the original daemon
+//! does, and only an advertisement must carry a version we speak
+//! ([`DiscoveryPacket::version_supported`]), since exchange uses it.
 
 use ddm_admin_api::latest::RouterKind;
 
@@ -57,9 +60,6 @@ pub enum DecodeError {
     /// Shorter than the header, or than the hostname length it declares.
     #[error("truncated packet")]
     Truncated,
-    /// A version outside 2..=3.
-    #[error("unknown version {0}")]
-    UnknownVersion(u8),
     /// A router kind other than 0 (server) or 1 (transit).
     #[error("unknown router kind {0}")]
     UnknownKind(u8),
@@ -102,6 +102,12 @@ impl DiscoveryPacket {
         }
     }
 
+    /// Whether the sender speaks an exchange version we speak (2 or 3):
+    /// required of an advertisement, whose sender becomes our peer.
+    pub fn version_supported(&self) -> bool {
+        (VERSION_MIN..=VERSION_MAX).contains(&self.version)
+    }
+
     /// The flags byte of this packet.
     pub fn flags(&self) -> u8 {
         let mut f = 0;
@@ -134,9 +140,6 @@ impl DiscoveryPacket {
         let [version, flags, kind, len, rest @ ..] = buf else {
             return Err(DecodeError::Truncated);
         };
-        if !(VERSION_MIN..=VERSION_MAX).contains(version) {
-            return Err(DecodeError::UnknownVersion(*version));
-        }
         let solicit = flags & FLAG_SOLICIT != 0;
         let advertise = flags & FLAG_ADVERTISE != 0;
         if !solicit && !advertise {
@@ -188,6 +191,17 @@ mod tests {
         assert_eq!(p.kind, RouterKind::Transit);
     }
 
+    /// Any version decodes; only 2 and 3 are spoken.
+    #[test]
+    fn every_version_decodes() {
+        for v in [0, 1, 2, 3, 4, 7, 0xff] {
+            let p = DiscoveryPacket::decode(&[v, 0x01, 0, 1, b'x']).unwrap();
+            assert_eq!(p.version, v);
+            assert!(p.solicit);
+            assert_eq!(p.version_supported(), v == 2 || v == 3, "{v}");
+        }
+    }
+
     #[test]
     fn reserved_flags_and_trailing_bytes_ignored() {
         let p = DiscoveryPacket::decode(&[2, 0xfe, 0, 2, b'a', b'b', 9, 9])
@@ -209,8 +223,6 @@ mod tests {
             (&[], Truncated),
             (&[2, 1, 0], Truncated),
             (&[2, 1, 0, 3, b'a', b'b'], Truncated),
-            (&[1, 1, 0, 0], UnknownVersion(1)),
-            (&[4, 1, 0, 0], UnknownVersion(4)),
             (&[2, 0, 0, 0], NoKindFlags),
             (&[2, 0xfc, 0, 0], NoKindFlags),
             (&[2, 1, 2, 0], UnknownKind(2)),

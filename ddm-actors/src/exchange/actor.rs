@@ -19,11 +19,26 @@
 //! gives it, in order, one request at a time: while a push is in flight the
 //! updates that arrive are merged into one pending update (a later withdraw
 //! of a path cancels its pending announce and the other way round), sent
-//! when the in-flight one completes. A pending update larger than
-//! [`MAX_PUSH_ITEMS`] goes out in parts ([`take_chunk`]: withdrawals first),
-//! so the peer starts on the first part while the rest follows. Requests
-//! run on tasks that cast their outcome back, so the mailbox never waits on
-//! the network.
+//! when the in-flight one completes. Requests run on tasks that cast their
+//! outcome back, so the mailbox never waits on the network.
+//!
+//! Every push fits the peer's body limit, which belongs to the session: the
+//! original daemon's server refuses bodies over [`DEFAULT_PUSH_LIMIT`]
+//! (1024 bytes), so that is assumed until the peer's pull answer announces
+//! more ([`server::PUSH_LIMIT_HEADER`]; our own server announces its 64 MiB).
+//! Pushes wait for the first pull to complete (answered or failed), so the
+//! limit is known before the first one goes out. A pending update goes out
+//! in parts ([`take_chunk`]: withdrawals first) of at most
+//! [`MAX_PUSH_ITEMS`] items and the limit in bytes, so the peer starts on
+//! the first part while the rest follows; between our own daemons the item
+//! bound is the one that cuts. An item too large for any push is counted
+//! and logged, and dropped.
+//!
+//! A push the peer refuses as too large (`400`, the original's answer, or
+//! `413`) is no failure: it is put back and sent again in halves (the next
+//! pushes carry at most half its items until one is accepted); a single
+//! item refused alone is dropped like an oversize one. Either way the
+//! session's failure streak is untouched.
 //!
 //! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
 //! doubling, at most 5 s); a failed push is put back in front of the pending
@@ -57,8 +72,10 @@ use ractor::{
 use slog::{debug, error, info, o, warn, Logger};
 use tokio::task::JoinHandle;
 
-use super::client::{Client, ClientError};
-use super::outgoing::{OutUnderlay, OutUpdate};
+use super::client::{Client, ClientError, Pulled};
+use super::outgoing::{
+    json_len, tunnel_json_len, OutPath, OutUnderlay, OutUpdate, V2Update,
+};
 use super::server::{self, ServerCtx};
 use super::wire::v3;
 use crate::config::RouterConfig;
@@ -155,6 +172,12 @@ counters! {
     router_unavailable,
     /// Pushes the peer accepted.
     pushes_sent,
+    /// Pushes the peer refused as too large (400 or 413): split and sent
+    /// again, or dropped when they held a single item.
+    pushes_refused,
+    /// Path vectors and tunnel origins never sent because no push the
+    /// peer takes can carry them, even alone (logged).
+    items_dropped_oversize,
     /// Pulls the peer answered.
     pulls_sent,
     /// Pushes that failed (each retry counts).
@@ -212,15 +235,151 @@ pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
 /// milliseconds to write or parse, small against the per-request cost.
 pub const MAX_PUSH_ITEMS: usize = 8192;
 
-/// Take the first part of `pending` to send on its own: all of it when it
-/// holds at most `max` items, otherwise `max` items, withdrawals (underlay,
-/// then tunnel) before any announcement. Sending the part and then what is
-/// left of `pending` has the effect of sending `pending` at once: a
-/// receiver applies an update's withdraws before its announces, and no
-/// announcement leaves before every withdrawal has. What is left stays a
-/// pending update that later ones are merged into as usual.
-pub fn take_chunk(pending: &mut OutUpdate, max: usize) -> OutUpdate {
-    if pending.len() <= max {
+/// The push body limit assumed for a peer that has not announced its own:
+/// the original daemon's exchange server refuses bodies over 1024 bytes
+/// (its HTTP framework's default), and every DDM server takes at least
+/// that. A peer announces a larger limit in the
+/// [`server::PUSH_LIMIT_HEADER`] of its pull answers; a smaller announced
+/// value is raised to this one (a refusal still splits the push).
+pub const DEFAULT_PUSH_LIMIT: usize = 1024;
+
+/// Bounds on one push request to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushBounds {
+    /// Most path vectors and tunnel origins.
+    pub items: usize,
+    /// Most bytes of JSON body.
+    pub bytes: usize,
+    /// The version the body is written in (v2 items are longer).
+    pub version: Version,
+}
+
+impl PushBounds {
+    /// Bounds of [`MAX_PUSH_ITEMS`] items and `bytes` bytes in `version`.
+    pub fn new(bytes: usize, version: Version) -> Self {
+        PushBounds { items: MAX_PUSH_ITEMS, bytes, version }
+    }
+}
+
+/// What [`take_chunk`] takes from a pending update.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The part to send next.
+    pub part: OutUpdate,
+    /// Items that no push within the bounds can carry, even alone: they
+    /// are taken out of the pending update so that the rest can go.
+    pub oversize: OutUpdate,
+}
+
+/// One item of a pending update, in the order [`take_chunk`] takes them.
+enum Item<'a> {
+    /// A path vector.
+    Path(&'a OutPath),
+    /// A tunnel origin.
+    Tunnel(&'a v3::TunnelOrigin),
+}
+
+impl Item<'_> {
+    /// Its exact size in a body of `version`.
+    fn len(&self, version: Version) -> usize {
+        match self {
+            Item::Path(p) => p.json_len(version),
+            Item::Tunnel(t) => tunnel_json_len(t, version),
+        }
+    }
+
+    /// At least its size in a body of `version`, cheaply.
+    fn bound(&self, version: Version) -> usize {
+        match self {
+            Item::Path(p) => p.json_len_bound(),
+            Item::Tunnel(t) => tunnel_json_len(t, version),
+        }
+    }
+}
+
+/// The items of `u` in sending order: withdrawals (underlay, then tunnel),
+/// then announcements (underlay, then tunnel).
+fn items(u: &OutUpdate) -> impl Iterator<Item = Item<'_>> {
+    fn paths(s: Option<&BTreeSet<OutPath>>) -> impl Iterator<Item = Item<'_>> {
+        s.into_iter().flatten().map(Item::Path)
+    }
+    fn tunnels(
+        s: Option<&BTreeSet<v3::TunnelOrigin>>,
+    ) -> impl Iterator<Item = Item<'_>> {
+        s.into_iter().flatten().map(Item::Tunnel)
+    }
+    let under = u.underlay.as_ref();
+    let tun = u.tunnel.as_ref();
+    paths(under.map(|u| &u.withdraw))
+        .chain(tunnels(tun.map(|t| &t.withdraw)))
+        .chain(paths(under.map(|u| &u.announce)))
+        .chain(tunnels(tun.map(|t| &t.announce)))
+}
+
+/// The body of a push carrying no item: both halves present, every list
+/// empty. A body with items is at most this plus each item and one comma
+/// per item; the lists' first items need no comma and an absent half is
+/// shorter (`null`), so the estimate is at most a few dozen bytes high.
+fn empty_body_len(version: Version) -> usize {
+    let mut empty = OutUpdate::default();
+    empty.underlay_mut();
+    empty.tunnel_mut();
+    match version {
+        Version::V3 => json_len(&empty),
+        Version::V2 => json_len(&V2Update(&empty)),
+    }
+}
+
+/// Take the first part of `pending` to send on its own: as many items as
+/// fit `bounds` (at most `bounds.items`, and a JSON body of at most
+/// `bounds.bytes`), withdrawals (underlay, then tunnel) before any
+/// announcement. Sending the part and then what is left of `pending` has
+/// the effect of sending `pending` at once: a receiver applies an update's
+/// withdraws before its announces, and no announcement leaves before every
+/// withdrawal has. What is left stays a pending update that later ones are
+/// merged into as usual.
+///
+/// Sizes are first bounded from the hostnames' lengths alone; only when
+/// that bound does not show that `bounds.items` items fit (a small limit,
+/// as an original peer's) is each item measured exactly. An item that
+/// does not fit even in an otherwise empty body is moved to
+/// [`Chunk::oversize`] instead.
+pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
+    let version = bounds.version;
+    let budget = bounds.bytes.saturating_sub(empty_body_len(version));
+    let mut oversize = OutUpdate::default();
+    loop {
+        let head = items(pending).next().map(|i| i.len(version));
+        match head {
+            Some(size) if size.saturating_add(1) > budget => {
+                let alone = take_first(pending, 1);
+                merge(&mut oversize, alone);
+            }
+            _ => break,
+        }
+    }
+    let most = bounds.items.min(pending.len());
+    let fitting = |size: &dyn Fn(&Item) -> usize| {
+        let mut used = 0usize;
+        items(pending)
+            .take(most)
+            .take_while(|i| {
+                used = used.saturating_add(size(i)).saturating_add(1);
+                used <= budget
+            })
+            .count()
+    };
+    let mut n = fitting(&|i| i.bound(version));
+    if n < most {
+        n = fitting(&|i| i.len(version));
+    }
+    Chunk { part: take_first(pending, n), oversize }
+}
+
+/// Take the first `n` items of `pending` in sending order (all of it when
+/// it holds at most `n`).
+fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
+    if pending.len() <= n {
         return std::mem::take(pending);
     }
     /// Move up to `*room` of the first elements of `from` into a new set.
@@ -239,7 +398,7 @@ pub fn take_chunk(pending: &mut OutUpdate, max: usize) -> OutUpdate {
             None => std::mem::take(from),
         }
     }
-    let mut room = max;
+    let mut room = n;
     let mut under = OutUnderlay::default();
     let mut tun = v3::TunnelUpdate::default();
     if let Some(u) = &mut pending.underlay {
@@ -355,8 +514,8 @@ pub enum ExchangeMsg {
     PullDone {
         /// The generation the pull was started with.
         gen: u64,
-        /// The peer's full set, in v3, or why not.
-        result: Result<v3::PullResponse, ClientError>,
+        /// The peer's full set, in v3, and its push limit, or why not.
+        result: Result<Pulled, ClientError>,
     },
     /// A push task finished (internal).
     PushDone {
@@ -376,6 +535,9 @@ pub enum ExchangeMsg {
     GetLocalAddr(RpcReplyPort<Option<SocketAddrV6>>),
     /// The actor's counters.
     GetCounters(RpcReplyPort<ExchangeCounters>),
+    /// The body limit pushes to the peer are held to: what its last pull
+    /// answer announced, else [`DEFAULT_PUSH_LIMIT`].
+    GetPushLimit(RpcReplyPort<usize>),
 }
 
 /// One retried activity: its task or timer and its failure streak.
@@ -444,6 +606,15 @@ pub struct State {
     in_flight: Option<Arc<OutUpdate>>,
     /// Updates not yet sent, merged into one.
     pending: Option<OutUpdate>,
+    /// Whether a pull has completed (answered or failed): pushes wait for
+    /// it, so that they are cut to the limit its answer announces.
+    pulled_once: bool,
+    /// The largest push body the peer takes, for this session: announced
+    /// in its pull answers, else [`DEFAULT_PUSH_LIMIT`].
+    push_limit: usize,
+    /// After the peer refused a push as too large: at most this many items
+    /// per push, until one is accepted.
+    split_items: Option<usize>,
     /// How many `Push` messages the router has given us.
     received: u64,
     /// Source of generations.
@@ -522,14 +693,16 @@ impl State {
         &mut self,
         myself: &ExchangeRef,
         gen: u64,
-        result: Result<v3::PullResponse, ClientError>,
+        result: Result<Pulled, ClientError>,
     ) {
         if gen != self.pull.gen || self.pull.task.take().is_none() {
             return;
         }
+        let first = !std::mem::replace(&mut self.pulled_once, true);
         match result {
-            Ok(response) => {
+            Ok(Pulled { response, push_limit }) => {
                 Stats::bump(&self.stats.pulls_sent);
+                self.learn_push_limit(push_limit);
                 self.pull.failures = 0;
                 self.clear_report();
                 let peer = self.peer;
@@ -555,6 +728,23 @@ impl State {
                 self.check_report();
                 self.schedule(myself, RetryKind::Pull);
             }
+        }
+        if first {
+            // The limit is known (or, without an answer, assumed): the
+            // pushes queued meanwhile can go.
+            self.push_if_idle(myself);
+        }
+    }
+
+    /// Take the push limit a pull answer announced (none: the default).
+    fn learn_push_limit(&mut self, announced: Option<usize>) {
+        let limit =
+            announced.map_or(DEFAULT_PUSH_LIMIT, |l| l.max(DEFAULT_PUSH_LIMIT));
+        if limit != self.push_limit {
+            info!(self.log, "push limit for this peer";
+                "bytes" => limit, "was" => self.push_limit,
+                "announced" => announced.is_some());
+            self.push_limit = limit;
         }
     }
 
@@ -592,18 +782,46 @@ impl State {
             Some(p) => merge(p, update),
             None => self.pending = Some(update),
         }
-        if self.push.task.is_none() && self.push.timer.is_none() {
+        self.push_if_idle(myself);
+        if self.push.task.is_none() && self.pending.is_none() {
+            // Nothing went out: the update held only items no push can
+            // carry, dropped for good.
+            self.report_delivered(myself);
+        }
+    }
+
+    /// Send the next part unless a push is in flight or waiting to be
+    /// retried, or the first pull has not completed yet.
+    fn push_if_idle(&mut self, myself: &ExchangeRef) {
+        if self.pulled_once
+            && self.push.task.is_none()
+            && self.push.timer.is_none()
+        {
             self.send_next(myself);
         }
     }
 
+    /// What one push may carry now.
+    fn push_bounds(&self) -> PushBounds {
+        let mut bounds =
+            PushBounds::new(self.push_limit, self.client.version());
+        if let Some(n) = self.split_items {
+            bounds.items = bounds.items.min(n);
+        }
+        bounds
+    }
+
     fn send_next(&mut self, myself: &ExchangeRef) {
+        let bounds = self.push_bounds();
         let Some(pending) = self.pending.as_mut() else {
             return;
         };
-        let update = take_chunk(pending, MAX_PUSH_ITEMS);
+        let Chunk { part: update, oversize } = take_chunk(pending, bounds);
         if pending.is_empty() {
             self.pending = None;
+        }
+        if !oversize.is_empty() {
+            self.drop_oversize(&oversize, "larger than the peer's push limit");
         }
         if update.is_empty() {
             return;
@@ -633,7 +851,22 @@ impl State {
             Ok(()) => {
                 Stats::bump(&self.stats.pushes_sent);
                 self.push.failures = 0;
+                self.split_items = None;
                 self.clear_report();
+                self.send_next(myself);
+                if self.push.task.is_none() && self.pending.is_none() {
+                    self.report_delivered(myself);
+                }
+            }
+            Err(e) if e.is_refused_as_too_large() => {
+                // The peer answered, so this is no failure of the session
+                // (the original answers 400 to a body over its limit):
+                // smaller pushes go out at once. A single item refused is
+                // dropped, as final as a delivery.
+                Stats::bump(&self.stats.pushes_refused);
+                if let Some(sent) = sent {
+                    self.split(sent, &e);
+                }
                 self.send_next(myself);
                 if self.push.task.is_none() && self.pending.is_none() {
                     self.report_delivered(myself);
@@ -645,17 +878,52 @@ impl State {
                 warn!(self.log, "push failed"; "error" => %e,
                     "failures" => self.push.failures);
                 if let Some(sent) = sent {
-                    let mut again =
-                        Arc::try_unwrap(sent).unwrap_or_else(|a| (*a).clone());
-                    if let Some(later) = self.pending.take() {
-                        merge(&mut again, later);
-                    }
-                    self.pending = Some(again);
+                    self.put_back(sent);
                 }
                 self.check_report();
                 self.schedule(myself, RetryKind::Push);
             }
         }
+    }
+
+    /// Put an update that was not delivered back in front of the pending
+    /// one.
+    fn put_back(&mut self, sent: Arc<OutUpdate>) {
+        let mut again = Arc::try_unwrap(sent).unwrap_or_else(|a| (*a).clone());
+        if let Some(later) = self.pending.take() {
+            merge(&mut again, later);
+        }
+        self.pending = Some(again);
+    }
+
+    /// The peer refused `sent` as too large: send it again in halves (the
+    /// next pushes carry at most half as many items until one is
+    /// accepted), or drop it if it is a single item.
+    fn split(&mut self, sent: Arc<OutUpdate>, e: &ClientError) {
+        let items = sent.len();
+        if items <= 1 {
+            self.drop_oversize(&sent, "refused by the peer even alone");
+            return;
+        }
+        let half = items / 2;
+        info!(self.log, "push refused as too large; sending it in halves";
+            "items" => items, "half" => half, "error" => %e);
+        self.split_items = Some(half);
+        self.put_back(sent);
+    }
+
+    /// Count and log items that no push to this peer can carry.
+    fn drop_oversize(&self, dropped: &OutUpdate, why: &str) {
+        let n = dropped.len() as u64;
+        self.stats.items_dropped_oversize.fetch_add(n, Ordering::Relaxed);
+        let wire = dropped.to_wire();
+        let (u, t) = (wire.underlay.unwrap_or_default(), wire.tunnel);
+        let first = u.withdraw.iter().chain(&u.announce).next();
+        error!(self.log, "dropping an update no push can carry";
+            "why" => why, "items" => n, "limit" => self.push_limit,
+            "destination" => first.map(|p| p.destination.to_string()),
+            "path_len" => first.map(|p| p.path.len()),
+            "tunnels" => t.map_or(0, |t| t.announce.len() + t.withdraw.len()));
     }
 
     /// Every push the router gave us so far has reached the peer: the
@@ -763,6 +1031,9 @@ impl Actor for Exchange {
             push: Track::default(),
             in_flight: None,
             pending: None,
+            pulled_once: false,
+            push_limit: DEFAULT_PUSH_LIMIT,
+            split_items: None,
             received: 0,
             next_gen: 0,
             log,
@@ -827,9 +1098,7 @@ impl Actor for Exchange {
                 }
                 RetryKind::Push if gen == state.push.gen => {
                     state.push.timer = None;
-                    if state.push.task.is_none() {
-                        state.send_next(&myself);
-                    }
+                    state.push_if_idle(&myself);
                 }
                 RetryKind::Bind
                     if gen == state.bind.gen && state.server.is_none() =>
@@ -844,6 +1113,9 @@ impl Actor for Exchange {
             }
             ExchangeMsg::GetCounters(reply) => {
                 let _ = reply.send(state.stats.snapshot());
+            }
+            ExchangeMsg::GetPushLimit(reply) => {
+                let _ = reply.send(state.push_limit);
             }
         }
         Ok(())
@@ -956,12 +1228,35 @@ mod tests {
         *pending = p.to_wire();
     }
 
-    /// [`super::take_chunk`] on wire updates, through the compact form.
+    /// [`super::take_chunk`] on wire updates, through the compact form,
+    /// with at most `max` items and no byte bound to speak of.
     fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
+        let bounds =
+            PushBounds { items: max, bytes: usize::MAX, version: Version::V3 };
+        let (part, oversize) = take_bounded(pending, bounds);
+        assert!(oversize.is_empty());
+        part
+    }
+
+    /// [`super::take_chunk`] on wire updates: the part and the oversize
+    /// items.
+    fn take_bounded(
+        pending: &mut v3::Update,
+        bounds: PushBounds,
+    ) -> (v3::Update, v3::Update) {
         let mut p = OutUpdate::from(&*pending);
-        let part = super::take_chunk(&mut p, max);
+        let chunk = super::take_chunk(&mut p, bounds);
         *pending = p.to_wire();
-        part.to_wire()
+        (chunk.part.to_wire(), chunk.oversize.to_wire())
+    }
+
+    /// The body a push of `u` in `version` sends.
+    fn body(u: &v3::Update, version: Version) -> Vec<u8> {
+        let out = OutUpdate::from(u);
+        match version {
+            Version::V3 => serde_json::to_vec(&out).unwrap(),
+            Version::V2 => serde_json::to_vec(&V2Update(&out)).unwrap(),
+        }
     }
 
     fn pv(dest: &str, path: &str) -> v3::PathVector {
@@ -1136,6 +1431,318 @@ mod tests {
         assert!(parts[0].tunnel.is_none());
     }
 
+    /// A path vector to `dest` along `hops` hostnames of `name_len` bytes.
+    fn long_pv(dest: &str, hops: usize, name_len: usize) -> v3::PathVector {
+        v3::PathVector {
+            destination: dest.parse().unwrap(),
+            path: (0..hops)
+                .map(|i| format!("{i:02}{}", "n".repeat(name_len - 2)))
+                .collect(),
+        }
+    }
+
+    /// Everything sent by taking parts of `whole` within `bounds` until
+    /// nothing is left: the parts and what was set aside.
+    fn all_parts(
+        whole: &v3::Update,
+        bounds: PushBounds,
+    ) -> (Vec<v3::Update>, v3::Update) {
+        let mut pending = whole.clone();
+        let mut parts = Vec::new();
+        let mut oversize = v3::Update::default();
+        while !pending.is_empty() {
+            let (part, over) = take_bounded(&mut pending, bounds);
+            merge(&mut oversize, over);
+            if !part.is_empty() {
+                parts.push(part);
+            }
+        }
+        (parts, oversize)
+    }
+
+    /// Within a small byte limit every part's body, in either version,
+    /// fits; the parts are the whole, withdrawals first, and nearly full.
+    #[test]
+    fn parts_are_bounded_in_bytes_too() {
+        let mut whole = big(300, 40);
+        for i in 0..12u32 {
+            whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
+            whole.tunnel_mut().withdraw.insert(to("fd00:77::/64", i));
+        }
+        whole.underlay_mut().announce.insert(long_pv("fd02::/64", 8, 60));
+        for version in [Version::V3, Version::V2] {
+            let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, version);
+            let (parts, oversize) = all_parts(&whole, bounds);
+            assert!(oversize.is_empty(), "{version:?}: {oversize:?}");
+            check_parts(&parts, &whole);
+            let sizes: Vec<usize> =
+                parts.iter().map(|p| body(p, version).len()).collect();
+            assert!(
+                sizes.iter().all(|&n| n <= DEFAULT_PUSH_LIMIT),
+                "{version:?}: {sizes:?}"
+            );
+            // Nearly full: no more parts than the items' bytes need, with
+            // a part's fixed part and slack taken off its room.
+            let items: usize = sizes.iter().sum::<usize>()
+                - parts.len() * empty_body_len(version);
+            let room = DEFAULT_PUSH_LIMIT - empty_body_len(version) - 140;
+            assert!(
+                parts.len() <= items.div_ceil(room),
+                "{version:?}: {} parts for {items} bytes",
+                parts.len()
+            );
+        }
+        // The same in small item bounds: the smaller bound wins.
+        let bounds =
+            PushBounds { items: 3, ..PushBounds::new(1 << 20, Version::V2) };
+        let (parts, _) = all_parts(&whole, bounds);
+        assert!(parts.iter().all(|p| p.len() <= 3));
+        check_parts(&parts, &whole);
+    }
+
+    /// With the limit our own peers announce, parts are cut by count
+    /// alone, exactly as before the byte bound existed: a fabric of our
+    /// own daemons sends the same requests.
+    #[test]
+    fn a_large_limit_cuts_by_count_alone() {
+        let whole = big(3 * MAX_PUSH_ITEMS + 7, MAX_PUSH_ITEMS / 3);
+        for version in [Version::V3, Version::V2] {
+            let bounds = PushBounds::new(server::MAX_BODY, version);
+            let (parts, oversize) = all_parts(&whole, bounds);
+            assert!(oversize.is_empty());
+            let mut pending = whole.clone();
+            for part in &parts {
+                assert_eq!(part, &take_chunk(&mut pending, MAX_PUSH_ITEMS));
+            }
+            assert!(pending.is_empty());
+        }
+    }
+
+    /// An item that fits no push, even alone, is set aside once, wherever
+    /// it is; the rest goes out as usual.
+    #[test]
+    fn oversize_items_are_set_aside() {
+        let mut whole = big(50, 10);
+        let huge = long_pv("fd02:1::/64", 20, 60);
+        let fits = long_pv("fd02:2::/64", 12, 60);
+        let gone = long_pv("fd01:ffff::/64", 30, 60);
+        whole.underlay_mut().announce.insert(huge.clone());
+        whole.underlay_mut().announce.insert(fits.clone());
+        whole.underlay_mut().withdraw.insert(gone.clone());
+        let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, Version::V3);
+        let (parts, oversize) = all_parts(&whole, bounds);
+        let o = oversize.underlay.as_ref().unwrap();
+        assert_eq!(o.announce, [huge.clone()].into());
+        assert_eq!(o.withdraw, [gone.clone()].into());
+        let mut rest = whole.clone();
+        rest.underlay_mut().announce.remove(&huge);
+        rest.underlay_mut().withdraw.remove(&gone);
+        check_parts(&parts, &rest);
+        assert!(parts.iter().any(|p| p
+            .underlay
+            .as_ref()
+            .is_some_and(|u| u.announce.contains(&fits))));
+        // A limit below any body sets everything aside, and ends.
+        let tiny = PushBounds::new(10, Version::V3);
+        let (parts, oversize) = all_parts(&whole, tiny);
+        assert!(parts.is_empty());
+        assert_eq!(oversize, whole);
+    }
+
+    /// A 300-prefix update to a peer that announces no limit goes out in
+    /// pushes of at most 1024 bytes, none refused.
+    #[tokio::test]
+    async fn a_peer_without_a_limit_gets_1024_byte_pushes() {
+        for (version, pull) in [(2, PULL2), (3, PULL3)] {
+            let mut fake = FakePeer::start(pull, false).await;
+            *fake.ctl.announce.lock().unwrap() = None;
+            *fake.ctl.body_cap.lock().unwrap() = Some(DEFAULT_PUSH_LIMIT);
+            let (router, _seen) = fake_router(Default::default()).await;
+            let (x, _) = Actor::spawn(
+                None,
+                Exchange,
+                args(loopback_peer(), version, fake.port, router, None),
+            )
+            .await
+            .unwrap();
+            assert!(fake.next().await.path.ends_with("/pull"));
+            let whole = big(300, 0);
+            x.cast(ExchangeMsg::Push(whole.clone().into())).unwrap();
+            let parts = receive_parts(&mut fake, version, whole.len()).await;
+            check_parts(
+                &parts.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>(),
+                &whole,
+            );
+            assert!(parts.iter().all(|(_, n)| *n <= DEFAULT_PUSH_LIMIT));
+            let c = wait_counters(&x, |c| c.pushes_sent == parts.len() as u64)
+                .await;
+            assert_eq!((c.pushes_refused, c.push_failures), (0, 0));
+            assert_eq!(
+                call!(x, ExchangeMsg::GetPushLimit).unwrap(),
+                DEFAULT_PUSH_LIMIT
+            );
+            println!("v{version}: 300 prefixes in {} pushes", parts.len());
+            x.stop_and_wait(None, None).await.unwrap();
+        }
+    }
+
+    /// Pushes received by `fake` in `version` until they carry `items`
+    /// items, with their body sizes.
+    async fn receive_parts(
+        fake: &mut FakePeer,
+        version: u8,
+        items: usize,
+    ) -> Vec<(v3::Update, usize)> {
+        let mut parts = Vec::new();
+        while parts
+            .iter()
+            .map(|(u, _): &(v3::Update, usize)| u.len())
+            .sum::<usize>()
+            < items
+        {
+            let r = fake.next().await;
+            assert_eq!(r.path, format!("/v{version}/push"));
+            let u = if version == 2 {
+                let u: super::super::wire::v2::Update =
+                    serde_json::from_slice(&r.body).unwrap();
+                v3::Update::try_from(u).unwrap()
+            } else {
+                serde_json::from_slice(&r.body).unwrap()
+            };
+            parts.push((u, r.body.len()));
+        }
+        parts
+    }
+
+    /// Pushes wait for the first pull's answer, then are cut to the limit
+    /// it announces; the limit belongs to the session's latest answer.
+    #[tokio::test]
+    async fn pushes_wait_for_the_first_pull_and_its_limit() {
+        let mut fake = FakePeer::start_with(PULL3, false, true).await;
+        *fake.ctl.announce.lock().unwrap() = Some(4096);
+        let (router, _seen) = fake_router(Default::default()).await;
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(loopback_peer(), 3, fake.port, router, None),
+        )
+        .await
+        .unwrap();
+        let whole = big(400, 0);
+        x.cast(ExchangeMsg::Push(whole.clone().into())).unwrap();
+        assert_eq!(fake.next().await.path, "/v3/pull");
+        // A new session starts at the default, and waits.
+        assert_eq!(
+            call!(x, ExchangeMsg::GetPushLimit).unwrap(),
+            DEFAULT_PUSH_LIMIT
+        );
+        fake.ctl.pull_gate.as_ref().unwrap().add_permits(1);
+        let parts = receive_parts(&mut fake, 3, whole.len()).await;
+        // Cut to 4096 bytes, not 1024: the push waited for the answer.
+        assert!(parts[0].1 > DEFAULT_PUSH_LIMIT, "{}", parts[0].1);
+        assert!(parts.iter().all(|(_, n)| *n <= 4096));
+        let parts: Vec<_> = parts.into_iter().map(|(u, _)| u).collect();
+        check_parts(&parts, &whole);
+        assert_eq!(call!(x, ExchangeMsg::GetPushLimit).unwrap(), 4096);
+
+        // A later answer without the header: back to the default. One
+        // below the default is raised to it.
+        for (announce, want) in [
+            (None, DEFAULT_PUSH_LIMIT),
+            (Some(100), DEFAULT_PUSH_LIMIT),
+            (Some(1 << 20), 1 << 20),
+        ] {
+            *fake.ctl.announce.lock().unwrap() = announce;
+            let before = call!(x, ExchangeMsg::GetCounters).unwrap().pulls_sent;
+            x.cast(ExchangeMsg::Pull).unwrap();
+            fake.ctl.pull_gate.as_ref().unwrap().add_permits(1);
+            assert_eq!(fake.next().await.path, "/v3/pull");
+            wait_counters(&x, |c| c.pulls_sent == before + 1).await;
+            assert_eq!(call!(x, ExchangeMsg::GetPushLimit).unwrap(), want);
+        }
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// A peer refusing bodies over 600 bytes with 400 while we assume
+    /// 1024: each refused push is resent in halves, a single item it
+    /// refuses alone is dropped, and one larger than 1024 is never sent.
+    /// None of it counts as a failure: the peer is not reported.
+    #[tokio::test]
+    async fn refused_pushes_are_split_and_single_items_dropped() {
+        let mut fake = FakePeer::start(PULL2, false).await;
+        *fake.ctl.announce.lock().unwrap() = None;
+        *fake.ctl.body_cap.lock().unwrap() = Some(600);
+        let (router, mut seen) = fake_router(Default::default()).await;
+        let (tx, mut failed) = mpsc::unbounded_channel();
+        let (sup, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+        let (x, _) = Actor::spawn(
+            None,
+            Exchange,
+            args(
+                loopback_peer(),
+                2,
+                fake.port,
+                router,
+                Some(sup.get_derived()),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(fake.next().await.path, "/v2/pull");
+        let mut whole = big(200, 30);
+        let refused = long_pv("fd02:1::/64", 9, 60);
+        let never = long_pv("fd02:2::/64", 20, 60);
+        whole.underlay_mut().announce.insert(refused.clone());
+        whole.underlay_mut().announce.insert(never.clone());
+        x.cast(ExchangeMsg::Push(whole.clone().into())).unwrap();
+
+        let mut want = whole.clone();
+        want.underlay_mut().announce.remove(&refused);
+        want.underlay_mut().announce.remove(&never);
+        let mut accepted = Vec::new();
+        let mut delivered = 0;
+        let mut refusals = 0;
+        while delivered < want.len() {
+            let r = fake.next().await;
+            let u: super::super::wire::v2::Update =
+                serde_json::from_slice(&r.body).unwrap();
+            let u = v3::Update::try_from(u).unwrap();
+            let text = String::from_utf8_lossy(&r.body);
+            assert!(!text.contains("fd02:2::"), "sent the oversize item");
+            assert!(r.body.len() <= DEFAULT_PUSH_LIMIT);
+            if r.body.len() > 600 {
+                refusals += 1;
+                continue;
+            }
+            delivered += u.len();
+            accepted.push(u);
+        }
+        check_parts(&accepted, &want);
+        let c = wait_counters(&x, |c| {
+            c.pushes_sent == accepted.len() as u64
+                && c.items_dropped_oversize == 2
+        })
+        .await;
+        assert!(refusals >= MAX_ATTEMPTS as usize, "{refusals}");
+        assert!(c.pushes_refused >= refusals as u64, "{c:?}");
+        assert_eq!((c.push_failures, c.failures_reported), (0, 0), "{c:?}");
+        assert!(failed.try_recv().is_err(), "a refusal reported the peer");
+        // What was dropped is as final as what was delivered: the one
+        // update the router gave is reported done.
+        let peer = loopback_peer();
+        loop {
+            match recv(&mut seen).await {
+                Seen::Delivered(p, n) => {
+                    assert_eq!((p, n), (peer, 1));
+                    break;
+                }
+                Seen::PeerUp(..) | Seen::PullResult(..) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        x.stop_and_wait(None, None).await.unwrap();
+    }
+
     /// A push of 20,000 paths reaches the peer as several requests, in
     /// order; one mixing withdrawals and announcements sends every
     /// withdrawal first. An update queued meanwhile joins the rest.
@@ -1221,10 +1828,18 @@ mod tests {
     struct PeerCtl {
         /// Body of every pull answer.
         pull_body: Mutex<String>,
+        /// The push limit its pull answers announce, if any (by default
+        /// our own server's).
+        announce: Mutex<Option<usize>>,
         /// Status of every push answer.
         push_status: Mutex<StatusCode>,
+        /// A push body over this many bytes is refused with 400, as the
+        /// original daemon refuses one over 1024.
+        body_cap: Mutex<Option<usize>>,
         /// When set, each push waits for a permit before answering.
         gate: Option<Semaphore>,
+        /// When set, each pull waits for a permit before answering.
+        pull_gate: Option<Semaphore>,
     }
 
     /// A fake peer exchange server on `[::1]:port`.
@@ -1245,10 +1860,21 @@ mod tests {
 
     impl FakePeer {
         async fn start(pull_body: &str, gated: bool) -> FakePeer {
+            Self::start_with(pull_body, gated, false).await
+        }
+
+        async fn start_with(
+            pull_body: &str,
+            gated: bool,
+            pull_gated: bool,
+        ) -> FakePeer {
             let ctl = Arc::new(PeerCtl {
                 pull_body: Mutex::new(pull_body.to_string()),
+                announce: Mutex::new(Some(server::MAX_BODY)),
                 push_status: Mutex::new(StatusCode::NO_CONTENT),
+                body_cap: Mutex::new(None),
                 gate: gated.then(|| Semaphore::new(0)),
+                pull_gate: pull_gated.then(|| Semaphore::new(0)),
             });
             let listener =
                 server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0))
@@ -1293,19 +1919,33 @@ mod tests {
         let path = req.uri().path().to_string();
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let is_push = method == Method::PUT;
+        let size = body.len();
         let _ = tx.send(Received { method, path, body });
+        let mut answer = Response::builder();
         let (status, body) = if is_push {
             if let Some(gate) = &ctl.gate {
                 gate.acquire().await.unwrap().forget();
             }
-            (*ctl.push_status.lock().unwrap(), String::new())
+            match *ctl.body_cap.lock().unwrap() {
+                Some(cap) if size > cap => (
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{{\"request_id\":\"1\",\"message\":\"request body \
+                         exceeded maximum size of {cap} bytes\"}}"
+                    ),
+                ),
+                _ => (*ctl.push_status.lock().unwrap(), String::new()),
+            }
         } else {
+            if let Some(gate) = &ctl.pull_gate {
+                gate.acquire().await.unwrap().forget();
+            }
+            if let Some(limit) = *ctl.announce.lock().unwrap() {
+                answer = answer.header(server::PUSH_LIMIT_HEADER, limit);
+            }
             (StatusCode::OK, ctl.pull_body.lock().unwrap().clone())
         };
-        Ok(Response::builder()
-            .status(status)
-            .body(Full::new(Bytes::from(body)))
-            .unwrap())
+        Ok(answer.status(status).body(Full::new(Bytes::from(body))).unwrap())
     }
 
     /// Stands in for the supervisor: forwards failure reports.
@@ -1684,10 +2324,12 @@ mod tests {
         let u = announce(&["fd00:8::/64"]);
         as_peer.push(&(&u).into()).await.unwrap();
         assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
-        assert_eq!(as_peer.pull().await.unwrap(), answer);
+        let pulled = as_peer.pull().await.unwrap();
+        assert_eq!(pulled.response, answer);
+        assert_eq!(pulled.push_limit, Some(server::MAX_BODY));
         assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
         let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
-        assert_eq!(as_v2.pull().await.unwrap(), answer);
+        assert_eq!(as_v2.pull().await.unwrap().response, answer);
         let c = call!(x, ExchangeMsg::GetCounters).unwrap();
         assert_eq!((c.pushes_received, c.pulls_received), (1, 2));
 

@@ -7,6 +7,10 @@
 //! answer is tried once more on a fresh one (pushes and pulls are
 //! idempotent). Every request, connecting included, is bounded by the
 //! timeout. Dropping the last clone closes the connection.
+//!
+//! A pull answer may announce the largest push body the peer's server
+//! takes ([`PUSH_LIMIT_HEADER`]); the client hands it to the exchange
+//! actor with the answer. The original daemon announces nothing.
 
 use std::net::SocketAddrV6;
 use std::sync::{Arc, Mutex};
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
-use http::{Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -23,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::actor::Version;
 use super::outgoing::{OutUpdate, V2Update};
-use super::server::MAX_BODY;
+use super::server::{MAX_BODY, PUSH_LIMIT_HEADER};
 use super::wire::{v2, v3};
 
 /// Why a request to the peer failed.
@@ -57,6 +61,37 @@ pub enum ClientError {
     /// The answer could not be decoded or holds an invalid prefix.
     #[error("invalid answer: {0}")]
     Decode(String),
+}
+
+impl ClientError {
+    /// Whether the peer refused a request as too large: `413`, or `400`,
+    /// which is what the original daemon answers to a body over its limit
+    /// (its framework's "request body exceeded maximum size"). A refused
+    /// push is split, never retried as it was.
+    pub fn is_refused_as_too_large(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Status { status, .. }
+                if *status == StatusCode::BAD_REQUEST
+                    || *status == StatusCode::PAYLOAD_TOO_LARGE
+        )
+    }
+}
+
+/// A pull answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// The peer's full set, in v3.
+    pub response: v3::PullResponse,
+    /// The largest push body the peer announced it takes, if it did.
+    pub push_limit: Option<usize>,
+}
+
+/// The push limit announced in `headers`, if one is there and is a number.
+fn announced_push_limit(headers: &HeaderMap) -> Option<usize> {
+    let value = headers.get(PUSH_LIMIT_HEADER)?.to_str().ok()?;
+    let bytes: u64 = value.trim().parse().ok()?;
+    Some(usize::try_from(bytes).unwrap_or(usize::MAX))
 }
 
 /// A first guess at the JSON size of `items` path vectors or tunnel
@@ -121,6 +156,11 @@ impl Client {
         self.inner.addr
     }
 
+    /// The version spoken with the peer.
+    pub fn version(&self) -> Version {
+        self.inner.version
+    }
+
     /// `PUT /vN/push` of `update`, serialised straight from its compact
     /// form in either version: nothing is copied but the JSON.
     pub async fn push(&self, update: &OutUpdate) -> Result<(), ClientError> {
@@ -139,36 +179,40 @@ impl Client {
         Ok(())
     }
 
-    /// `GET /vN/pull`, converted to v3.
-    pub async fn pull(&self) -> Result<v3::PullResponse, ClientError> {
-        match self.inner.version {
-            Version::V3 => {
-                let body =
-                    self.request(Method::GET, "/v3/pull", Bytes::new()).await?;
-                serde_json::from_slice(&body)
-                    .map_err(|e| ClientError::Decode(e.to_string()))
-            }
+    /// `GET /vN/pull`, converted to v3, with the push limit the peer
+    /// announced.
+    pub async fn pull(&self) -> Result<Pulled, ClientError> {
+        let path = match self.inner.version {
+            Version::V3 => "/v3/pull",
+            Version::V2 => "/v2/pull",
+        };
+        let (headers, body) =
+            self.request(Method::GET, path, Bytes::new()).await?;
+        let push_limit = announced_push_limit(&headers);
+        let response = match self.inner.version {
+            Version::V3 => serde_json::from_slice(&body)
+                .map_err(|e| ClientError::Decode(e.to_string()))?,
             Version::V2 => {
-                let body =
-                    self.request(Method::GET, "/v2/pull", Bytes::new()).await?;
                 let r: v2::PullResponse = serde_json::from_slice(&body)
                     .map_err(|e| ClientError::Decode(e.to_string()))?;
                 // The text is no longer needed while converting.
                 drop(body);
                 r.try_into().map_err(|e: super::wire::WireError| {
                     ClientError::Decode(e.to_string())
-                })
+                })?
             }
-        }
+        };
+        Ok(Pulled { response, push_limit })
     }
 
-    /// One request, bounded by the timeout; the answer's body on success.
+    /// One request, bounded by the timeout; the answer's headers and body
+    /// on success.
     async fn request(
         &self,
         method: Method,
         path: &'static str,
         body: Bytes,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
         let t = self.inner.timeout;
         tokio::time::timeout(t, self.request_unbounded(method, path, body))
             .await
@@ -180,7 +224,7 @@ impl Client {
         method: Method,
         path: &'static str,
         body: Bytes,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
         let reused = self.take_idle();
         let (mut conn, fresh) = match reused {
             Some(c) => (c, false),
@@ -208,7 +252,7 @@ impl Client {
         method: &Method,
         path: &'static str,
         body: Bytes,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
         let a = self.inner.addr;
         let mut req = Request::builder()
             .method(method.clone())
@@ -223,24 +267,24 @@ impl Client {
         conn.sender.ready().await?;
         let resp = conn.sender.send_request(req).await?;
         let status = resp.status();
-        let body =
-            match Limited::new(resp.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                    return Err(ClientError::TooLarge);
-                }
-                Err(e) => match e.downcast::<hyper::Error>() {
-                    Ok(e) => return Err(ClientError::Http(*e)),
-                    Err(e) => return Err(ClientError::Decode(e.to_string())),
-                },
-            };
+        let (parts, body) = resp.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ClientError::TooLarge);
+            }
+            Err(e) => match e.downcast::<hyper::Error>() {
+                Ok(e) => return Err(ClientError::Http(*e)),
+                Err(e) => return Err(ClientError::Decode(e.to_string())),
+            },
+        };
         if !status.is_success() {
             let reason = String::from_utf8_lossy(&body[..body.len().min(200)])
                 .trim()
                 .to_string();
             return Err(ClientError::Status { status, reason });
         }
-        Ok(body)
+        Ok((parts.headers, body))
     }
 
     async fn connect(&self) -> Result<Conn, ClientError> {

@@ -9,6 +9,12 @@
 //! [`v3::Update`] it stands for ([`OutUpdate::to_wire`]), and
 //! [`V2Update`] to exactly that of the converted [`v2::Update`]: no wire
 //! path vector is built on the way out.
+//!
+//! The exchange actor bounds each push by the peer's body limit, so every
+//! item's written size is measured here too: exactly ([`OutPath::json_len`],
+//! [`tunnel_json_len`]: the item serialised into a byte counter, nothing
+//! stored), or bounded from the hostnames' lengths alone
+//! ([`OutPath::json_len_bound`]), which costs no formatting at all.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -18,7 +24,46 @@ use oxnet::Ipv6Net;
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 
+use super::actor::Version;
 use super::wire::{v2, v3};
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How many bytes `value` takes as compact JSON (what `serde_json` writes),
+/// measured without storing them.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut count = ByteCount(0);
+    // Counting cannot fail; a value that refuses to serialise fails the
+    // push itself when it is written, so what was counted is good enough.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// How many bytes a tunnel origin takes in a push body of `version`.
+pub fn tunnel_json_len(t: &v3::TunnelOrigin, version: Version) -> usize {
+    match version {
+        Version::V3 => json_len(t),
+        Version::V2 => json_len(&v2::TunnelOrigin::from(t)),
+    }
+}
+
+/// The most bytes a path vector's fixed part takes in either version: v2's
+/// `{"destination":{"addr":"…","len":…},"path":[…]}` with the longest
+/// address (39 bytes) and length (3) is 86 bytes; v3's
+/// `{"destination":"…/…","path":[…]}` is at most 71.
+const PATH_FIXED_MAX: usize = 86;
 
 /// A path's hostnames, originator first, shared with the RIB (a thin
 /// pointer, to keep the RIB's table entries small).
@@ -66,6 +111,26 @@ impl OutPath {
     /// True when no hostname is written (never pushed by the RIB).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many bytes this path vector takes in a push body of `version`,
+    /// exactly.
+    pub fn json_len(&self, version: Version) -> usize {
+        match version {
+            Version::V3 => json_len(self),
+            Version::V2 => json_len(&V2Path(self)),
+        }
+    }
+
+    /// At least [`OutPath::json_len`] in either version, computed from the
+    /// hostnames' lengths alone: a name byte is written as at most six (a
+    /// control character as `\u00XX`), plus its quotes and a comma.
+    pub fn json_len_bound(&self) -> usize {
+        PATH_FIXED_MAX
+            + self
+                .names()
+                .map(|n| n.len().saturating_mul(6).saturating_add(3))
+                .fold(0usize, usize::saturating_add)
     }
 
     /// The wire path vector this stands for.
@@ -330,6 +395,49 @@ mod tests {
             assert_eq!(
                 serde_json::to_string(&V2Update(&out)).unwrap(),
                 serde_json::to_string(&v2::Update::from(u.clone())).unwrap()
+            );
+        }
+    }
+
+    /// Measured sizes are the written sizes, in both versions; the bound
+    /// holds even for the longest address, escaped names and a suffix.
+    #[test]
+    fn sizes_are_exact_and_bounds_hold() {
+        let long = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128";
+        let odd = "q\"\\\u{1}\n\u{7f}é\u{1F600}";
+        let paths = [
+            OutPath::from(&pv("fd00:1::/64", &["a"])),
+            OutPath::from(&pv(long, &[odd, "", "sled-12"])),
+            OutPath::new(
+                long.parse().unwrap(),
+                names(&[odd, odd]),
+                Some(Arc::from(odd)),
+            ),
+            OutPath::from(&pv("::/0", &[])),
+        ];
+        for p in &paths {
+            let v3 = serde_json::to_string(p).unwrap();
+            let v2 = serde_json::to_string(&v2::PathVector::from(p.to_wire()))
+                .unwrap();
+            assert_eq!(p.json_len(Version::V3), v3.len(), "{v3}");
+            assert_eq!(p.json_len(Version::V2), v2.len(), "{v2}");
+            assert!(p.json_len_bound() >= v2.len().max(v3.len()), "{v2}");
+        }
+        // The fixed part is as large as it gets for the longest address.
+        let bare = OutPath::from(&pv(long, &[]));
+        assert_eq!(bare.json_len(Version::V2), PATH_FIXED_MAX);
+        assert!(bare.json_len(Version::V3) <= PATH_FIXED_MAX);
+        let u = sample();
+        for t in &u.tunnel.as_ref().unwrap().announce {
+            assert_eq!(
+                tunnel_json_len(t, Version::V3),
+                serde_json::to_string(t).unwrap().len()
+            );
+            assert_eq!(
+                tunnel_json_len(t, Version::V2),
+                serde_json::to_string(&v2::TunnelOrigin::from(t))
+                    .unwrap()
+                    .len()
             );
         }
     }

@@ -15,6 +15,11 @@
 //! closed. A body over [`MAX_BODY`] is refused with 413, malformed JSON or
 //! an invalid prefix with 400 and a short reason; nothing reaches the router
 //! then. Every refusal is counted in the actor's [`Stats`].
+//!
+//! Pull answers carry [`PUSH_LIMIT_HEADER`]: the largest push body this
+//! server takes, so that a peer running this daemon pushes in large parts,
+//! while one that does not announce it is pushed to within the original
+//! daemon's 1024 bytes. The original ignores the header.
 
 use std::convert::Infallible;
 use std::io;
@@ -44,6 +49,10 @@ use crate::router::{RouterMsg, RouterRef};
 /// Largest request or response body accepted: 100,000 path vectors are
 /// about 7 MB of JSON, so this leaves ample room while bounding memory.
 pub const MAX_BODY: usize = 64 << 20;
+
+/// Response header of a pull answer announcing the largest push body (in
+/// bytes, decimal) the answering server takes.
+pub const PUSH_LIMIT_HEADER: &str = "x-ddm-max-push-bytes";
 
 /// Longest reason put in a 400 answer.
 const MAX_REASON: usize = 256;
@@ -293,6 +302,7 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
+                .header(PUSH_LIMIT_HEADER, MAX_BODY)
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response")
         }
@@ -539,6 +549,7 @@ mod tests {
         let r = handle(req(Method::GET, "/v3/pull", ""), true, &ctx).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[PUSH_LIMIT_HEADER], MAX_BODY.to_string());
         let got: v3::PullResponse =
             serde_json::from_str(&body_of(r).await).unwrap();
         assert_eq!(got, answer);
@@ -546,6 +557,7 @@ mod tests {
 
         let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx).await;
         assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[PUSH_LIMIT_HEADER], MAX_BODY.to_string());
         let text = body_of(r).await;
         assert!(text.contains(r#"{"addr":"fd00:7::","len":64}"#), "{text}");
         let got: v2::PullResponse = serde_json::from_str(&text).unwrap();
