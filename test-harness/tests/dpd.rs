@@ -42,96 +42,58 @@ fn reference_doc() -> Option<Value> {
     }
 }
 
-fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
-    match schema.get("$ref").and_then(Value::as_str) {
-        Some(r) => {
-            let name = r.strip_prefix("#/components/schemas/").expect(r);
-            &doc["components"]["schemas"][name]
+/// OpenAPI 3.0's `nullable: true` as JSON Schema: `null` added to `type`.
+fn nullable_to_type(mut v: Value) -> Value {
+    match &mut v {
+        Value::Object(o) => {
+            if o.get("nullable") == Some(&json!(true)) {
+                if let Some(t) = o.get("type").cloned() {
+                    o.insert("type".into(), json!([t, "null"]));
+                }
+                o.remove("nullable");
+            }
+            for val in o.values_mut() {
+                *val = nullable_to_type(val.take());
+            }
         }
-        None => schema,
+        Value::Array(a) => {
+            for val in a.iter_mut() {
+                *val = nullable_to_type(val.take());
+            }
+        }
+        _ => {}
     }
+    v
 }
 
-/// Checks `v` against `schema` (the subset of OpenAPI 3.0 schemas the dpd
-/// document uses).
+/// A JSON Schema validator of `schema` (which may `$ref` the document's
+/// `#/components/schemas/…`).
+fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
+    let mut root = nullable_to_type(schema.clone());
+    root["components"] = nullable_to_type(doc["components"].clone());
+    // Formats (`ipv6`) are checked too; unknown ones (`uint8`) are not.
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("schema {schema}: {e}"))
+}
+
+/// Checks `v` against `schema`; the error lists every violation.
 fn validate(
     doc: &Value,
     schema: &Value,
     v: &Value,
     at: &str,
 ) -> Result<(), String> {
-    let s = resolve(doc, schema);
-    if s.get("nullable") == Some(&json!(true)) && v.is_null() {
-        return Ok(());
+    let errors: Vec<String> = validator(doc, schema)
+        .iter_errors(v)
+        .map(|e| format!("{at}: {e}"))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
     }
-    if let Some(all) = s.get("allOf").and_then(Value::as_array) {
-        for sub in all {
-            validate(doc, sub, v, at)?;
-        }
-    }
-    if let Some(one) = s.get("oneOf").and_then(Value::as_array) {
-        let n = one.iter().filter(|sub| validate(doc, sub, v, at).is_ok());
-        if n.count() != 1 {
-            return Err(format!("{at}: {v} matches not exactly one variant"));
-        }
-    }
-    match s.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let o = v.as_object().ok_or(format!("{at}: not an object"))?;
-            for r in s["required"].as_array().into_iter().flatten() {
-                let r = r.as_str().unwrap();
-                if !o.contains_key(r) {
-                    return Err(format!("{at}: missing {r}"));
-                }
-            }
-            let props = s["properties"].as_object();
-            for (k, val) in o {
-                let p = props
-                    .and_then(|p| p.get(k))
-                    .ok_or(format!("{at}: unknown field {k}"))?;
-                validate(doc, p, val, &format!("{at}.{k}"))?;
-            }
-        }
-        Some("array") => {
-            let a = v.as_array().ok_or(format!("{at}: not an array"))?;
-            for (i, item) in a.iter().enumerate() {
-                validate(doc, &s["items"], item, &format!("{at}[{i}]"))?;
-            }
-        }
-        Some("string") => {
-            let t = v.as_str().ok_or(format!("{at}: not a string"))?;
-            if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-                let re = regress::Regex::new(p).expect("pattern compiles");
-                if re.find(t).is_none() {
-                    return Err(format!("{at}: {t:?} does not match {p}"));
-                }
-            }
-            if s.get("format") == Some(&json!("ipv6"))
-                && t.parse::<Ipv6Addr>().is_err()
-            {
-                return Err(format!("{at}: {t:?} is not IPv6"));
-            }
-        }
-        Some("integer") => {
-            let n = v.as_u64().ok_or(format!("{at}: not an unsigned int"))?;
-            let max = match s.get("format").and_then(Value::as_str) {
-                Some("uint8") => u8::MAX as u64,
-                Some("uint16") => u16::MAX as u64,
-                Some("uint32") => u32::MAX as u64,
-                _ => u64::MAX,
-            };
-            let min = s.get("minimum").and_then(Value::as_u64).unwrap_or(0);
-            if n > max || n < min {
-                return Err(format!("{at}: {n} out of range"));
-            }
-        }
-        Some("boolean") => {
-            v.as_bool().ok_or(format!("{at}: not a boolean"))?;
-        }
-        Some(other) => panic!("validator lacks type {other}"),
-        None => {}
-    }
-    Ok(())
 }
 
 /// Whether `path` (no query) matches an OpenAPI path template: `{cidr}`
@@ -578,6 +540,12 @@ fn validator_rejects_what_the_document_rejects() {
     let s = json!({ "$ref": "#/components/schemas/Ipv6RouteUpdate" });
     let good = update("fd00:1::/64", "rear3", "fe80::1", false);
     validate(&doc, &s, &good, "body").unwrap();
+    // `vlan_id` is nullable.
+    let mut vlan = good.clone();
+    vlan["target"]["vlan_id"] = Value::Null;
+    validate(&doc, &s, &vlan, "body").unwrap();
+    vlan["target"]["vlan_id"] = json!("x");
+    assert!(validate(&doc, &s, &vlan, "body").is_err());
     let mut no_tag = good.clone();
     no_tag["target"].as_object_mut().unwrap().remove("tag");
     for bad in [
