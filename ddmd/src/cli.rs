@@ -108,6 +108,11 @@ pub struct Args {
     #[arg(long, default_value_t = 12224)]
     pub dpd_port: u16,
 
+    /// API version of the OPTE encapsulation driver (illumos); must equal
+    /// the running driver's exactly.
+    #[arg(long, default_value_t = ddm_actors::dataplane::illumos::opte::DEFAULT_API_VERSION)]
+    pub opte_api_version: u64,
+
     /// Report statistics (accepted for compatibility).
     #[arg(long)]
     pub with_stats: bool,

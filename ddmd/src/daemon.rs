@@ -37,19 +37,43 @@ fn system_hostname() -> String {
 
 /// The kernel dataplane of this platform.
 #[cfg(all(target_os = "linux", feature = "netlink"))]
-fn dataplane_factory() -> Result<DataplaneFactory, String> {
+fn dataplane_factory(_args: &Args) -> Result<DataplaneFactory, String> {
     use ddm_actors::dataplane::{linux::LinuxDataplane, Dataplane};
     Ok(Arc::new(|log: &slog::Logger| {
         Ok(Box::new(LinuxDataplane::new(log.clone())?) as Box<dyn Dataplane>)
     }))
 }
 
+/// The kernel dataplane of this platform: the routing socket and OPTE.
+/// (Type-checked for illumos only through the dataplane module; see the
+/// README.)
+#[cfg(all(target_os = "illumos", feature = "illumos"))]
+fn dataplane_factory(args: &Args) -> Result<DataplaneFactory, String> {
+    use ddm_actors::dataplane::illumos::kernel::KernelDataplane;
+    use ddm_actors::dataplane::illumos::sys::{RtSocket, Xde};
+    use ddm_actors::dataplane::Dataplane;
+    let data_dir = args.data_dir.clone();
+    let api_version = args.opte_api_version;
+    Ok(Arc::new(move |log: &slog::Logger| {
+        let opte = Xde::open(api_version).unwrap_or_else(|e| {
+            warn!(log, "cannot open the encapsulation driver; tunnel \
+                endpoints are recorded only"; "error" => %e);
+            None
+        });
+        let dp = KernelDataplane::new(RtSocket, opte, &data_dir, log.clone())?;
+        Ok(Box::new(dp) as Box<dyn Dataplane>)
+    }))
+}
+
 /// The kernel dataplane of this platform: none in this build.
-#[cfg(not(all(target_os = "linux", feature = "netlink")))]
-fn dataplane_factory() -> Result<DataplaneFactory, String> {
+#[cfg(not(any(
+    all(target_os = "linux", feature = "netlink"),
+    all(target_os = "illumos", feature = "illumos")
+)))]
+fn dataplane_factory(_args: &Args) -> Result<DataplaneFactory, String> {
     Err("this build has no kernel dataplane (on Linux, build with the \
-         `netlink` feature); run with --no-state-machine for the admin API \
-         only"
+         `netlink` feature); run with --dendrite to program a switch through \
+         dpd, or with --no-state-machine for the admin API only"
         .to_string())
 }
 
@@ -79,15 +103,43 @@ fn config(args: &Args) -> DaemonConfig {
     }
 }
 
+/// The switch dataplane: dpd at `--dpd-host`:`--dpd-port`, with the
+/// interfaces of `-a` mapped to switch ports by name.
+fn dpd_factory(args: &Args) -> DataplaneFactory {
+    use ddm_actors::dataplane::dpd::{DpdConfig, DpdDataplane};
+    use ddm_actors::dataplane::Dataplane;
+    let names: Vec<String> =
+        args.addresses.iter().map(|a| a.ifname.clone()).collect();
+    // Indexes are looked up when a nexthop needs them, so an interface
+    // created (or re-created) after the start still maps.
+    let interfaces = Arc::new(move |ifindex: u32| {
+        names.iter().find(|n| if_index(n) == Some(ifindex)).cloned()
+    });
+    let config =
+        DpdConfig::new(args.dpd_host.clone(), args.dpd_port, interfaces);
+    Arc::new(move |log: &slog::Logger| {
+        Ok(Box::new(DpdDataplane::new(config.clone(), log.new(o!())))
+            as Box<dyn Dataplane>)
+    })
+}
+
+/// The index of interface `name`, if it exists.
+fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> Result<(), String> {
-    if args.dendrite {
-        return Err("--dendrite: this build has no switch dataplane (dpd) \
-                    client; it programs the host kernel only"
-            .to_string());
-    }
-    let dataplane =
-        if args.no_state_machine { None } else { Some(dataplane_factory()?) };
+    let dataplane = if args.no_state_machine {
+        None
+    } else if args.dendrite {
+        Some(dpd_factory(&args))
+    } else {
+        Some(dataplane_factory(&args)?)
+    };
     if let Some(path) = &args.admin_port_file {
         port_file::precheck(path)?;
     }

@@ -3,6 +3,7 @@
 //! * [`fixture`] spawns the real `ddmd` binary in admin-only mode in a fresh
 //!   temporary directory, exactly as the control plane's test suite does,
 //!   and hands out a generated admin client.
+//! * [`mock_dpd`] mocks the switch dataplane daemon's route API.
 //! * [`netns`] builds network-namespace topologies for running real routers
 //!   connected by veth links.
 //! * [`fabric`] runs real `ddmd` routers in the nodes of a topology.
@@ -19,6 +20,7 @@
 
 pub mod fabric;
 pub mod fixture;
+pub mod mock_dpd;
 pub mod netns;
 pub mod original;
 pub mod racks;

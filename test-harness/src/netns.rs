@@ -382,18 +382,41 @@ impl Topology {
     /// Connects nodes `a` and `b` with a veth pair, one end in each
     /// namespace, both up. Interface names are unique and at most 15 bytes.
     pub fn link(&mut self, a: &str, b: &str) -> Result<Link, String> {
+        self.link_named(a, b, None, None)
+    }
+
+    /// Like [`Topology::link`], but names the end in `a` `a_if` and the end
+    /// in `b` `b_if` where given (e.g. `tfportrear0_0`, the switch's port
+    /// names). A name must be at most 15 bytes and new in its node.
+    pub fn link_named(
+        &mut self,
+        a: &str,
+        b: &str,
+        a_if: Option<&str>,
+        b_if: Option<&str>,
+    ) -> Result<Link, String> {
         if a == b {
             return Err(format!("cannot link node {a} to itself"));
         }
         let ns_a = self.ns(a)?.to_string();
         let ns_b = self.ns(b)?.to_string();
         let index = self.links.len();
-        let a_if = format!("{}{index}a", self.if_prefix);
-        let b_if = format!("{}{index}b", self.if_prefix);
-        if a_if.len() > IFNAME_MAX {
-            return Err(format!(
-                "interface name {a_if} exceeds {IFNAME_MAX} bytes"
-            ));
+        let a_if = a_if
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}{index}a", self.if_prefix));
+        let b_if = b_if
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}{index}b", self.if_prefix));
+        for name in [&a_if, &b_if] {
+            if name.is_empty()
+                || name.len() > IFNAME_MAX
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!(
+                    "interface name {name:?} must be 1-{IFNAME_MAX} bytes of \
+                     [A-Za-z0-9_]"
+                ));
+            }
         }
         // Create both ends directly inside their namespaces: the names never
         // exist in the root namespace, and nothing is left there on failure.

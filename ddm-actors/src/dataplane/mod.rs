@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
 
+pub mod dpd;
+pub mod illumos;
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 pub mod linux;
 pub mod memory;

@@ -1,0 +1,466 @@
+//! The illumos kernel dataplane: one route per (prefix, nexthop,
+//! interface), added and deleted by difference through the routing socket
+//! (the kernel spreads traffic over several routes to one destination),
+//! each bound to the interface of its link-local nexthop; tunnel endpoints
+//! to OPTE ([`super::tunnels`]).
+//!
+//! The routes we own are the ones recorded under the data directory
+//! ([`super::record`]) before they were added: at start the recorded routes
+//! a previous run left are removed (a listing, where the kernel offers
+//! `RTM_GETALL`, only confirms which still exist), a route we did not
+//! record is never touched, and an add that finds its route already there
+//! (`EEXIST`: someone else's) is struck from the record. Every route goes at
+//! shutdown.
+//!
+//! The logic is platform-independent and tested with a fake socket; the
+//! socket itself ([`RouteSocket`]) is illumos-only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use oxnet::Ipv6Net;
+use slog::{info, warn, Logger};
+
+use super::record::RouteRecord;
+use super::rtsock::{KernelRoute, WriteOutcome};
+use super::tunnels::{OpteDriver, Tunnels};
+use crate::dataplane::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
+
+/// The kernel's routing socket, as the dataplane uses it (blocking calls;
+/// the dataplane runs them off the async runtime).
+pub trait RouteSocket: Send + 'static {
+    /// Adds a route; the outcome of the write.
+    fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome>;
+    /// Deletes a route; the outcome of the write.
+    fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome>;
+    /// Every IPv6 gateway route in the kernel, or an error where the kernel
+    /// cannot list (no `RTM_GETALL`).
+    fn list(&mut self) -> std::io::Result<Vec<KernelRoute>>;
+}
+
+/// Counters of the kernel dataplane.
+#[derive(Debug, Default)]
+pub struct KernelStats {
+    /// Adds that found the route already there (not ours; left alone).
+    pub foreign: AtomicU64,
+    /// Nexthops whose interface index does not fit the routing socket.
+    pub skipped: AtomicU64,
+    /// Writes the kernel refused.
+    pub refused: AtomicU64,
+    /// Malformed lines of the route record.
+    pub bad_record_lines: AtomicU64,
+}
+
+/// The illumos kernel dataplane over a routing socket `S` and an OPTE
+/// driver `D`.
+pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
+    /// `None` only while a blocking batch holds it.
+    sock: Option<S>,
+    record: RouteRecord,
+    /// What we installed, per destination.
+    installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
+    tunnels: Tunnels<D>,
+    stats: Arc<KernelStats>,
+    log: Logger,
+}
+
+/// What one batch of writes did.
+struct Done {
+    added: Vec<KernelRoute>,
+    foreign: Vec<KernelRoute>,
+    /// Deleted, or found gone already.
+    deleted: Vec<KernelRoute>,
+    /// How many deletes removed a route that was there.
+    removed: usize,
+    failures: Vec<String>,
+}
+
+fn run_batch<S: RouteSocket>(
+    sock: &mut S,
+    adds: &[KernelRoute],
+    dels: &[KernelRoute],
+) -> Done {
+    let mut d = Done {
+        added: Vec::new(),
+        foreign: Vec::new(),
+        deleted: Vec::new(),
+        removed: 0,
+        failures: Vec::new(),
+    };
+    for r in adds {
+        match sock.add(r) {
+            Ok(WriteOutcome::Done) => d.added.push(*r),
+            Ok(WriteOutcome::AlreadyPresent) => d.foreign.push(*r),
+            Ok(o) => d.failures.push(format!("add {r:?}: {o:?}")),
+            Err(e) => d.failures.push(format!("add {r:?}: {e}")),
+        }
+    }
+    for r in dels {
+        match sock.delete(r) {
+            Ok(WriteOutcome::Done) => {
+                d.deleted.push(*r);
+                d.removed += 1;
+            }
+            Ok(WriteOutcome::AlreadyGone) => d.deleted.push(*r),
+            Ok(o) => d.failures.push(format!("delete {r:?}: {o:?}")),
+            Err(e) => d.failures.push(format!("delete {r:?}: {e}")),
+        }
+    }
+    d
+}
+
+impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
+    /// A dataplane over `sock`, recording its routes in `data_dir`, with
+    /// tunnel endpoints to `opte` (none: recorded only).
+    pub fn new(
+        sock: S,
+        opte: Option<D>,
+        data_dir: &Path,
+        log: Logger,
+    ) -> Result<Self, DataplaneError> {
+        let (record, bad) = RouteRecord::open(data_dir).map_err(|e| {
+            DataplaneError::Unavailable(format!(
+                "route record in {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let stats = Arc::new(KernelStats::default());
+        if bad > 0 {
+            warn!(log, "skipped malformed lines of the route record";
+                "count" => bad);
+            stats.bad_record_lines.fetch_add(bad as u64, Ordering::Relaxed);
+        }
+        Ok(KernelDataplane {
+            sock: Some(sock),
+            record,
+            installed: BTreeMap::new(),
+            tunnels: Tunnels::new(opte, log.clone()),
+            stats,
+            log,
+        })
+    }
+
+    /// The dataplane's counters.
+    pub fn stats(&self) -> Arc<KernelStats> {
+        self.stats.clone()
+    }
+
+    /// Runs adds then deletes off the async runtime, keeping the record:
+    /// adds are recorded before they are written, deletes after.
+    async fn write(
+        &mut self,
+        adds: Vec<KernelRoute>,
+        dels: Vec<KernelRoute>,
+    ) -> Result<Done, DataplaneError> {
+        self.record.add(&adds).map_err(|e| {
+            DataplaneError::Request(format!("recording routes: {e}"))
+        })?;
+        let mut sock = self.sock.take().ok_or_else(|| {
+            DataplaneError::Unavailable("routing socket lost".into())
+        })?;
+        let (sock, done) = tokio::task::spawn_blocking(move || {
+            let done = run_batch(&mut sock, &adds, &dels);
+            (sock, done)
+        })
+        .await
+        .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
+        self.sock = Some(sock);
+        // Routes that were there before us are not ours.
+        let mut gone = done.deleted.clone();
+        gone.extend(done.foreign.iter().copied());
+        if let Err(e) = self.record.remove(&gone) {
+            warn!(self.log, "could not update the route record";
+                "error" => %e);
+        }
+        if !done.foreign.is_empty() {
+            self.stats
+                .foreign
+                .fetch_add(done.foreign.len() as u64, Ordering::Relaxed);
+            info!(self.log, "routes already present are left to their owner";
+                "count" => done.foreign.len(), "first" => ?done.foreign[0]);
+        }
+        if !done.failures.is_empty() {
+            self.stats
+                .refused
+                .fetch_add(done.failures.len() as u64, Ordering::Relaxed);
+            for f in done.failures.iter().take(5) {
+                warn!(self.log, "the kernel refused a route change";
+                    "detail" => f);
+            }
+        }
+        Ok(done)
+    }
+
+    fn result(done: &Done) -> Result<(), DataplaneError> {
+        match done.failures.first() {
+            None => Ok(()),
+            Some(f) => Err(DataplaneError::Request(format!(
+                "{} route changes failed, first: {f}",
+                done.failures.len()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
+    fn name(&self) -> &'static str {
+        "illumos"
+    }
+
+    async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
+        let recorded: Vec<KernelRoute> =
+            self.record.routes().iter().copied().collect();
+        if recorded.is_empty() {
+            return Ok(0);
+        }
+        // Where the kernel can list, only routes still there need a delete.
+        let listed = match self.sock.as_mut().map(|s| s.list()) {
+            Some(Ok(l)) => Some(l.into_iter().collect::<BTreeSet<_>>()),
+            _ => None,
+        };
+        let (present, absent): (Vec<_>, Vec<_>) = recorded
+            .into_iter()
+            .partition(|r| listed.as_ref().is_none_or(|l| l.contains(r)));
+        if let Err(e) = self.record.remove(&absent) {
+            warn!(self.log, "could not update the route record";
+                "error" => %e);
+        }
+        let done = self.write(Vec::new(), present).await?;
+        Self::result(&done)?;
+        Ok(done.removed)
+    }
+
+    async fn apply(
+        &mut self,
+        updates: Vec<RouteUpdate>,
+    ) -> Result<(), DataplaneError> {
+        let mut adds = Vec::new();
+        let mut dels = Vec::new();
+        let empty = BTreeSet::new();
+        for u in &updates {
+            let dest = Ipv6Net::new_unchecked(
+                u.destination.prefix(),
+                u.destination.width(),
+            );
+            let mut want = BTreeSet::new();
+            for nh in u.nexthops.iter() {
+                match u16::try_from(nh.ifindex) {
+                    Ok(ifindex) => {
+                        want.insert(KernelRoute {
+                            dest,
+                            gateway: nh.addr,
+                            ifindex,
+                        });
+                    }
+                    Err(_) => {
+                        self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let have = self.installed.get(&dest).unwrap_or(&empty);
+            adds.extend(want.difference(have).copied());
+            dels.extend(have.difference(&want).copied());
+        }
+        let done = self.write(adds, dels).await?;
+        for r in &done.added {
+            self.installed.entry(r.dest).or_default().insert(*r);
+        }
+        for r in &done.deleted {
+            if let Some(s) = self.installed.get_mut(&r.dest) {
+                s.remove(r);
+                if s.is_empty() {
+                    self.installed.remove(&r.dest);
+                }
+            }
+        }
+        Self::result(&done)
+    }
+
+    async fn set_tunnels(
+        &mut self,
+        tunnels: BTreeSet<TunnelEntry>,
+    ) -> Result<(), DataplaneError> {
+        self.tunnels.set(&tunnels)
+    }
+
+    async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
+        let tunnels = self.tunnels.clear_all();
+        // Everything recorded: what we installed, and anything a failed
+        // delete left.
+        let all: Vec<KernelRoute> =
+            self.record.routes().iter().copied().collect();
+        let done = self.write(Vec::new(), all).await?;
+        self.installed.clear();
+        Self::result(&done)?;
+        tunnels?;
+        Ok(done.removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Nexthop, Nexthops};
+    use std::sync::Mutex;
+
+    /// A kernel table: routes, with an owner name for the test.
+    #[derive(Clone, Default)]
+    struct FakeKernel {
+        table: Arc<Mutex<BTreeSet<KernelRoute>>>,
+        can_list: bool,
+        refuse: Arc<Mutex<BTreeSet<KernelRoute>>>,
+    }
+
+    impl RouteSocket for FakeKernel {
+        fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            if self.refuse.lock().unwrap().contains(r) {
+                return Ok(WriteOutcome::Failed(22));
+            }
+            Ok(if self.table.lock().unwrap().insert(*r) {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::AlreadyPresent
+            })
+        }
+        fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            Ok(if self.table.lock().unwrap().remove(r) {
+                WriteOutcome::Done
+            } else {
+                WriteOutcome::AlreadyGone
+            })
+        }
+        fn list(&mut self) -> std::io::Result<Vec<KernelRoute>> {
+            if !self.can_list {
+                return Err(std::io::Error::other("no RTM_GETALL"));
+            }
+            Ok(self.table.lock().unwrap().iter().copied().collect())
+        }
+    }
+
+    struct NoOpte;
+    impl OpteDriver for NoOpte {
+        fn send(
+            &mut self,
+            _: super::super::tunnels::V2bCmd,
+            _: &[u8],
+        ) -> Result<(), super::super::tunnels::OpteError> {
+            Ok(())
+        }
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn kr(dest: &str, gw: &str, ifindex: u16) -> KernelRoute {
+        KernelRoute {
+            dest: dest.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            ifindex,
+        }
+    }
+
+    fn upd(dest: &str, nhs: &[(&str, u32)]) -> RouteUpdate {
+        RouteUpdate {
+            destination: dest.parse().unwrap(),
+            nexthops: nhs
+                .iter()
+                .map(|(a, i)| Nexthop { addr: a.parse().unwrap(), ifindex: *i })
+                .collect::<Nexthops>(),
+        }
+    }
+
+    fn dp(k: &FakeKernel, dir: &Path) -> KernelDataplane<FakeKernel, NoOpte> {
+        KernelDataplane::new(k.clone(), None, dir, log()).unwrap()
+    }
+
+    fn table(k: &FakeKernel) -> Vec<KernelRoute> {
+        k.table.lock().unwrap().iter().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn ecmp_sets_become_one_route_per_nexthop_by_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        let mut d = dp(&k, dir.path());
+        d.apply(vec![upd("fd00:1::/64", &[("fe80::a", 2), ("fe80::b", 3)])])
+            .await
+            .unwrap();
+        assert_eq!(
+            table(&k),
+            [kr("fd00:1::/64", "fe80::a", 2), kr("fd00:1::/64", "fe80::b", 3)]
+        );
+        d.apply(vec![upd("fd00:1::/64", &[("fe80::b", 3)])]).await.unwrap();
+        assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::b", 3)]);
+        d.apply(vec![upd("fd00:1::/64", &[])]).await.unwrap();
+        assert!(table(&k).is_empty());
+    }
+
+    #[tokio::test]
+    async fn operator_routes_survive_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        let operators = kr("fd00:9::/64", "fe80::9", 2);
+        k.table.lock().unwrap().insert(operators);
+        let mut d = dp(&k, dir.path());
+        // We want the same route: it is there already, so not ours.
+        d.apply(vec![
+            upd("fd00:9::/64", &[("fe80::9", 2)]),
+            upd("fd00:1::/64", &[("fe80::a", 2)]),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(d.stats().foreign.load(Ordering::Relaxed), 1);
+        assert_eq!(d.remove_all().await.unwrap(), 1);
+        assert_eq!(table(&k), [operators]);
+    }
+
+    #[tokio::test]
+    async fn a_restart_removes_what_the_last_run_recorded() {
+        for can_list in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let k = FakeKernel { can_list, ..FakeKernel::default() };
+            let operators = kr("fd00:9::/64", "fe80::9", 2);
+            k.table.lock().unwrap().insert(operators);
+            {
+                // A run that dies without cleaning up (kill -9).
+                let mut d = dp(&k, dir.path());
+                d.apply(vec![
+                    upd("fd00:1::/64", &[("fe80::a", 2)]),
+                    upd("fd00:2::/64", &[("fe80::b", 3)]),
+                ])
+                .await
+                .unwrap();
+            }
+            // Meanwhile someone removed one of them.
+            k.table.lock().unwrap().remove(&kr("fd00:2::/64", "fe80::b", 3));
+            let mut d = dp(&k, dir.path());
+            assert_eq!(d.remove_stale().await.unwrap(), 1, "list {can_list}");
+            assert_eq!(table(&k), [operators]);
+            // Nothing left recorded.
+            drop(d);
+            let d = dp(&k, dir.path());
+            assert!(d.record.routes().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_adds_are_errors_and_stay_recorded_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        k.refuse.lock().unwrap().insert(kr("fd00:1::/64", "fe80::a", 2));
+        let mut d = dp(&k, dir.path());
+        let r = d.apply(vec![upd("fd00:1::/64", &[("fe80::a", 2)])]).await;
+        assert!(matches!(r, Err(DataplaneError::Request(_))), "{r:?}");
+        assert!(table(&k).is_empty());
+        assert_eq!(d.stats().refused.load(Ordering::Relaxed), 1);
+        // Shutdown deletes what is recorded (ESRCH is fine) and clears the
+        // record.
+        d.remove_all().await.unwrap();
+        assert!(d.record.routes().is_empty());
+    }
+}

@@ -1,0 +1,268 @@
+//! Tunnel endpoints to OPTE: the effective tunnel set, programmed per
+//! overlay prefix by difference (set what is new, clear what went), through
+//! a driver handle ([`OpteDriver`]; the ioctl itself is illumos-only).
+//!
+//! Where the driver is absent (a switch zone has none) this says so once and
+//! stands aside for the rest of the run; the set stays recorded and visible
+//! through the admin API either way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use oxnet::IpNet;
+use slog::{info, warn, Logger};
+
+use super::opte::{encode_v2b, Tep};
+use crate::dataplane::{DataplaneError, TunnelEntry};
+
+/// Why a driver request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpteError {
+    /// There is no driver here (`/dev/xde` does not exist).
+    #[error("no encapsulation driver (/dev/xde)")]
+    Absent,
+    /// The driver speaks another API version.
+    #[error(
+        "OPTE API version mismatch: we speak {ours}, the driver {}",
+        driver.map_or("another".to_string(), |d| d.to_string())
+    )]
+    Version {
+        /// `--opte-api-version`.
+        ours: u64,
+        /// The driver's, when it said.
+        driver: Option<u64>,
+    },
+    /// Any other failure.
+    #[error("OPTE request failed: {0}")]
+    Other(String),
+}
+
+/// One OPTE command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V2bCmd {
+    /// Add endpoints to a prefix.
+    Set,
+    /// Remove endpoints from a prefix (the prefix goes when it has none).
+    Clear,
+}
+
+/// A handle on the encapsulation driver.
+pub trait OpteDriver: Send + 'static {
+    /// Sends one encoded set or clear request.
+    fn send(&mut self, cmd: V2bCmd, request: &[u8]) -> Result<(), OpteError>;
+}
+
+/// The overlay prefix's address (host bits cleared) and length.
+fn key(net: &IpNet) -> (IpAddr, u8) {
+    (net.prefix(), net.width())
+}
+
+/// The tunnel endpoints programmed in OPTE.
+pub struct Tunnels<D: OpteDriver> {
+    /// `None` once the driver was found absent.
+    driver: Option<D>,
+    /// What OPTE holds from us, per overlay prefix.
+    programmed: BTreeMap<(IpAddr, u8), BTreeSet<Tep>>,
+    log: Logger,
+}
+
+impl<D: OpteDriver> Tunnels<D> {
+    /// Programs through `driver`, or records only when there is none.
+    pub fn new(driver: Option<D>, log: Logger) -> Self {
+        if driver.is_none() {
+            info!(
+                log,
+                "no encapsulation driver: tunnel endpoints are \
+                recorded, not programmed"
+            );
+        }
+        Tunnels { driver, programmed: BTreeMap::new(), log }
+    }
+
+    /// What OPTE holds from us.
+    pub fn programmed(&self) -> &BTreeMap<(IpAddr, u8), BTreeSet<Tep>> {
+        &self.programmed
+    }
+
+    /// Makes OPTE hold exactly `tunnels` (grouped per overlay prefix).
+    pub fn set(
+        &mut self,
+        tunnels: &BTreeSet<TunnelEntry>,
+    ) -> Result<(), DataplaneError> {
+        let mut want: BTreeMap<(IpAddr, u8), BTreeSet<Tep>> = BTreeMap::new();
+        for t in tunnels {
+            want.entry(key(&t.origin.overlay_prefix))
+                .or_default()
+                .insert(Tep { ip: t.origin.boundary_addr, vni: t.origin.vni });
+        }
+        self.converge(want)
+    }
+
+    /// Clears everything we programmed.
+    pub fn clear_all(&mut self) -> Result<usize, DataplaneError> {
+        let n = self.programmed.values().map(BTreeSet::len).sum();
+        self.converge(BTreeMap::new()).map(|()| n)
+    }
+
+    fn converge(
+        &mut self,
+        want: BTreeMap<(IpAddr, u8), BTreeSet<Tep>>,
+    ) -> Result<(), DataplaneError> {
+        let Some(driver) = self.driver.as_mut() else { return Ok(()) };
+        let empty = BTreeSet::new();
+        let keys: BTreeSet<_> =
+            want.keys().chain(self.programmed.keys()).copied().collect();
+        let mut failures = Vec::new();
+        for k in keys {
+            let new = want.get(&k).unwrap_or(&empty);
+            let old = self.programmed.get(&k).cloned().unwrap_or_default();
+            let add: Vec<Tep> = new.difference(&old).copied().collect();
+            let del: Vec<Tep> = old.difference(new).copied().collect();
+            let mut now = old.clone();
+            for (cmd, teps) in [(V2bCmd::Set, add), (V2bCmd::Clear, del)] {
+                if teps.is_empty() {
+                    continue;
+                }
+                let req = match encode_v2b(k.0, k.1, &teps) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failures.push(format!("{}/{}: {e}", k.0, k.1));
+                        continue;
+                    }
+                };
+                match driver.send(cmd, &req) {
+                    Ok(()) => {
+                        for t in &teps {
+                            if cmd == V2bCmd::Set {
+                                now.insert(*t);
+                            } else {
+                                now.remove(t);
+                            }
+                        }
+                    }
+                    Err(OpteError::Absent) => {
+                        warn!(
+                            self.log,
+                            "the encapsulation driver went \
+                            away; tunnel endpoints are recorded only"
+                        );
+                        self.driver = None;
+                        self.programmed.clear();
+                        return Err(DataplaneError::Unavailable(
+                            OpteError::Absent.to_string(),
+                        ));
+                    }
+                    Err(e) => failures.push(format!("{}/{}: {e}", k.0, k.1)),
+                }
+            }
+            if now.is_empty() {
+                self.programmed.remove(&k);
+            } else {
+                self.programmed.insert(k, now);
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Request(format!(
+                "{} tunnel changes failed, first: {}",
+                failures.len(),
+                failures[0]
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddm_admin_api::latest::TunnelOrigin;
+    use std::sync::{Arc, Mutex};
+
+    /// Requests a fake driver received.
+    type Sent = Arc<Mutex<Vec<(V2bCmd, Vec<u8>)>>>;
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        sent: Sent,
+        fail: Option<OpteError>,
+    }
+
+    impl OpteDriver for Fake {
+        fn send(&mut self, cmd: V2bCmd, req: &[u8]) -> Result<(), OpteError> {
+            if let Some(e) = &self.fail {
+                return Err(e.clone());
+            }
+            self.sent.lock().unwrap().push((cmd, req.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn entry(prefix: &str, boundary: &str, vni: u32, via: &str) -> TunnelEntry {
+        TunnelEntry {
+            origin: TunnelOrigin {
+                overlay_prefix: prefix.parse().unwrap(),
+                boundary_addr: boundary.parse().unwrap(),
+                vni,
+                metric: 0,
+            },
+            nexthop: via.parse().unwrap(),
+        }
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[test]
+    fn only_the_difference_is_sent() {
+        let fake = Fake::default();
+        let mut t = Tunnels::new(Some(fake.clone()), log());
+        let a = entry("0.0.0.0/0", "fd00:a::1", 99, "fe80::1");
+        let b = entry("0.0.0.0/0", "fd00:a::2", 99, "fe80::2");
+        t.set(&BTreeSet::from([a])).unwrap();
+        {
+            let sent = fake.sent.lock().unwrap();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].0, V2bCmd::Set);
+            // The golden request of the facts.
+            assert_eq!(sent[0].1[..7], [0, 0, 0, 0, 0, 0, 1]);
+        }
+        // The same endpoint through two peers is one endpoint: no request.
+        let a2 = entry("0.0.0.0/0", "fd00:a::1", 99, "fe80::9");
+        t.set(&BTreeSet::from([a, a2])).unwrap();
+        assert_eq!(fake.sent.lock().unwrap().len(), 1);
+        // Swap a for b: one set (b), one clear (a).
+        t.set(&BTreeSet::from([b])).unwrap();
+        let cmds: Vec<_> =
+            fake.sent.lock().unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(cmds, [V2bCmd::Set, V2bCmd::Set, V2bCmd::Clear]);
+        assert_eq!(t.clear_all().unwrap(), 1);
+        assert!(t.programmed().is_empty());
+        assert_eq!(fake.sent.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn an_absent_driver_stands_aside() {
+        let fake = Fake { fail: Some(OpteError::Absent), ..Fake::default() };
+        let mut t = Tunnels::new(Some(fake), log());
+        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        assert!(t.set(&BTreeSet::from([a])).is_err());
+        // From then on: recorded only, no errors.
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert_eq!(t.clear_all().unwrap(), 0);
+        let mut none: Tunnels<Fake> = Tunnels::new(None, log());
+        none.set(&BTreeSet::from([a])).unwrap();
+    }
+
+    #[test]
+    fn a_version_mismatch_names_both_versions() {
+        let e = OpteError::Version { ours: 41, driver: Some(42) };
+        let fake = Fake { fail: Some(e), ..Fake::default() };
+        let mut t = Tunnels::new(Some(fake), log());
+        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        let err = t.set(&BTreeSet::from([a])).unwrap_err().to_string();
+        assert!(err.contains("41") && err.contains("42"), "{err}");
+        assert!(t.programmed().is_empty());
+    }
+}
