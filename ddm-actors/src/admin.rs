@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ddm_admin_api::latest::{
@@ -26,6 +27,7 @@ use ractor::{
 use slog::{info, o, warn, Logger};
 
 use crate::exchange::wire::{normalise_ip, normalise_v6};
+use crate::metrics::StoreCounters;
 use crate::router::{RouterMsg, RouterRef};
 use crate::store::{Originated, Store, StoreChange};
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -82,6 +84,8 @@ pub struct AdminArgs {
     pub supervisor: SupervisorRef,
     /// The router, if the routing state machine runs.
     pub router: Option<RouterRef>,
+    /// Store writes counted, for the metrics listener.
+    pub store_counters: Arc<StoreCounters>,
     /// Logger.
     pub log: Logger,
 }
@@ -102,13 +106,17 @@ pub struct AdminState {
     router: Option<RouterRef>,
     /// Statistics identity from `POST /enable-stats`.
     stats: Option<EnableStatsRequest>,
+    /// Store writes counted, for the metrics listener.
+    store_counters: Arc<StoreCounters>,
     /// Logger.
     log: Logger,
 }
 
 impl AdminState {
     async fn commit(&mut self, change: StoreChange) -> Result<(), String> {
-        self.store.apply_async(change.clone()).await.map_err(|e| {
+        let written = self.store.apply_async(change.clone()).await;
+        self.store_counters.record(written.is_ok());
+        written.map_err(|e| {
             warn!(self.log, "store write failed"; "error" => %e);
             e.to_string()
         })?;
@@ -228,6 +236,7 @@ impl Actor for Admin {
             supervisor: args.supervisor,
             router: args.router,
             stats: None,
+            store_counters: args.store_counters,
             log,
         })
     }

@@ -144,6 +144,16 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
+        impl ExchangeCounters {
+            /// Every counter by name.
+            pub fn named(&self) -> std::collections::BTreeMap<String, u64> {
+                [$((stringify!($name), self.$name),)*]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            }
+        }
+
         impl Stats {
             /// The current values.
             pub fn snapshot(&self) -> ExchangeCounters {
