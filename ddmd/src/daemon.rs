@@ -8,6 +8,7 @@ use ddm_actors::config::{
     AdminConfig, DaemonConfig, InterfaceSpec, RouterConfig,
 };
 use ddm_actors::discovery::PacketIo;
+use ddm_actors::metrics;
 use ddm_actors::policy::PolicyConfig;
 use ddm_actors::store::Store;
 use ddm_actors::supervisor::{
@@ -137,11 +138,33 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let metrics = match args.metrics_addr {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(listener) => {
+                let local = listener.local_addr().map_or(addr, |a| a);
+                info!(log, "metrics: listening on {local}");
+                Some(metrics::serve(
+                    listener,
+                    supervisor.clone(),
+                    log.new(o!("component" => "metrics")),
+                ))
+            }
+            Err(e) => {
+                supervisor.stop(None);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
         _ = sigint.recv() => "SIGINT",
     };
     info!(log, "shutting down"; "signal" => which);
+    if let Some(m) = metrics {
+        m.abort();
+    }
     supervisor.stop(Some(format!("{which} received")));
     if tokio::time::timeout(SHUTDOWN_GRACE, handle).await.is_err() {
         warn!(log, "shutdown took too long; exiting anyway");
