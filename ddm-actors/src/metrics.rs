@@ -48,8 +48,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::admin::{AdminMsg, AdminRef};
-use crate::discovery::{Counters as DiscoveryCounters, DiscoveryMsg};
 use crate::discovery::DiscoveryRef;
+use crate::discovery::{Counters as DiscoveryCounters, DiscoveryMsg};
 use crate::exchange::actor::{ExchangeMsg, ExchangeRef};
 use crate::router::{RouterMsg, RouterRef};
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -163,18 +163,18 @@ pub async fn gather(
     let src = ask(supervisor, SupervisorMsg::GetCounterSources, timeout)
         .await
         .ok_or("the supervisor did not answer in time")?;
-    let mut report = CountersReport {
-        store: src.store.named(),
-        ..Default::default()
-    };
-    let discovery = join_all(src.discovery.iter().map(|(name, d)| async move {
-        (name, ask(d, DiscoveryMsg::GetCounters, timeout).await)
-    }));
-    let exchange =
-        join_all(src.exchange.iter().map(|(name, ifindex, peer, x)| async move {
+    let mut report =
+        CountersReport { store: src.store.named(), ..Default::default() };
+    let discovery =
+        join_all(src.discovery.iter().map(|(name, d)| async move {
+            (name, ask(d, DiscoveryMsg::GetCounters, timeout).await)
+        }));
+    let exchange = join_all(src.exchange.iter().map(
+        |(name, ifindex, peer, x)| async move {
             let c = ask(x, ExchangeMsg::GetCounters, timeout).await;
             (name, *ifindex, *peer, c)
-        }));
+        },
+    ));
     let router = async {
         match &src.router {
             Some(r) => Some((
@@ -286,8 +286,7 @@ impl Families {
 /// The report in the Prometheus (OpenMetrics) text format. Every metric
 /// is prefixed `ddm_`; counters end in `_total`.
 pub fn render_prometheus(report: &CountersReport) -> String {
-    let mut constant: Vec<(Cow<'static, str>, Cow<'static, str>)> =
-        Vec::new();
+    let mut constant: Vec<(Cow<'static, str>, Cow<'static, str>)> = Vec::new();
     if let Some(rack) = report.rack_id {
         constant.push(("rack_id".into(), rack.to_string().into()));
     }
@@ -452,7 +451,11 @@ async fn answer<B>(
         }
     };
     if path == "/metrics" {
-        response(StatusCode::OK, METRICS_CONTENT_TYPE, render_prometheus(&report))
+        response(
+            StatusCode::OK,
+            METRICS_CONTENT_TYPE,
+            render_prometheus(&report),
+        )
     } else {
         match serde_json::to_vec(&report) {
             Ok(body) => response(StatusCode::OK, "application/json", body),

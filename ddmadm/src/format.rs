@@ -261,17 +261,14 @@ mod tests {
             "rack 00000000-0000-0000-0000-000000000001, \
              sled 00000000-0000-0000-0000-000000000002"
         );
-        assert_eq!(lines[1], "Scope                  Counter                Value");
         assert_eq!(
-            lines[2],
-            "discovery eth0         solicitations_sent     3"
+            lines[1],
+            "Scope                  Counter                Value"
         );
+        assert_eq!(lines[2], "discovery eth0         solicitations_sent     3");
         assert_eq!(lines[3], "discovery eth0         dropped truncated      1");
         assert_eq!(lines[4], "exchange fe80::2%eth0  pushes_sent            4");
-        assert_eq!(
-            lines[5],
-            "import fe80::2%2       refused default_route  9"
-        );
+        assert_eq!(lines[5], "import fe80::2%2       refused default_route  9");
         assert_eq!(lines[6], "store                  commits                5");
         assert_eq!(lines[7], "not answered in time: router");
         assert_eq!(lines.len(), 8, "{text}");

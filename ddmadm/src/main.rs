@@ -267,10 +267,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Counters(m) = &cli.command else { panic!() };
-        assert_eq!(
-            cli.metrics_endpoint(m),
-            "[fd00::1]:9100".parse().unwrap()
-        );
+        assert_eq!(cli.metrics_endpoint(m), "[fd00::1]:9100".parse().unwrap());
         let cli = Cli::try_parse_from([
             "ddmadm",
             "counters",
