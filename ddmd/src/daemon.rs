@@ -114,6 +114,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot watch SIGINT: {e}"))?;
 
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    // Bound before anything starts, so that an address in use fails like
+    // an unusable data directory.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (supervisor, handle) = Actor::spawn(
         None,
         Supervisor,
@@ -129,6 +135,19 @@ pub async fn run(args: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start: {}", root_cause(&e)))?;
 
+    // Serving before the port file is written: a ready daemon answers on
+    // both listeners.
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(local) = listener.local_addr() {
+            info!(log, "metrics: listening on {local}");
+        }
+        metrics::serve(
+            listener,
+            supervisor.clone(),
+            log.new(o!("component" => "metrics")),
+        )
+    });
+
     let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
         .map_err(|e| format!("supervisor did not answer: {e}"))?;
     if let Some(path) = &args.admin_port_file {
@@ -137,25 +156,6 @@ pub async fn run(args: Args) -> Result<(), String> {
             return Err(e);
         }
     }
-
-    let metrics = match args.metrics_addr {
-        Some(addr) => match metrics::bind(addr).await {
-            Ok(listener) => {
-                let local = listener.local_addr().map_or(addr, |a| a);
-                info!(log, "metrics: listening on {local}");
-                Some(metrics::serve(
-                    listener,
-                    supervisor.clone(),
-                    log.new(o!("component" => "metrics")),
-                ))
-            }
-            Err(e) => {
-                supervisor.stop(None);
-                return Err(e);
-            }
-        },
-        None => None,
-    };
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
