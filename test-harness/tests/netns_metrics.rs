@@ -4,10 +4,11 @@
 //! A pair s1 (server) — t1 (transit), each serving its counters on
 //! `[::1]:9100` of its own namespace. The test provokes each kind of
 //! counter and waits for it to move, reading `ddmadm counters --json`:
-//! s1 originating prefixes (pushes sent by s1, received by t1, routes and
-//! dataplane batches at t1, store commits at s1), truncated discovery
-//! datagrams sent to t1 (its discovery drop counter) and a push of the
-//! default route to t1 from s1's address (t1's import refusal counter).
+//! s1 originating prefixes (pushes and their bytes sent by s1 and received
+//! by t1, routes and dataplane batches at t1, store commits at s1),
+//! truncated discovery datagrams sent to t1 (its discovery drop counter)
+//! and a push of the default route to t1 from s1's address (t1's import
+//! refusal counter).
 //! Then it scrapes t1's `/metrics` and checks metric names, labels (the
 //! rack and sled ids of `enable-stats` among them) and values.
 //!
@@ -233,6 +234,11 @@ fn counters_move_and_metrics_are_served() {
         exchange(c, t1_ll, "pushes_sent")
             > exchange(&s1_before, t1_ll, "pushes_sent")
     });
+    assert!(
+        exchange(&s1_after, t1_ll, "push_bytes_sent")
+            > exchange(&s1_before, t1_ll, "push_bytes_sent"),
+        "{s1_after:?}"
+    );
     assert_eq!(s1_after.store["commits"], 1, "{s1_after:?}");
     assert_eq!(s1_after.store["failures"], 0, "{s1_after:?}");
     let t1_after = wait_counters(&f, "t1", "routes installed", |c| {
@@ -243,6 +249,11 @@ fn counters_move_and_metrics_are_served() {
     assert!(
         exchange(&t1_after, s1_ll, "pushes_received")
             > exchange(&t1_before, s1_ll, "pushes_received"),
+        "{t1_before:?}\n{t1_after:?}"
+    );
+    assert!(
+        exchange(&t1_after, s1_ll, "push_bytes_received")
+            > exchange(&t1_before, s1_ll, "push_bytes_received"),
         "{t1_before:?}\n{t1_after:?}"
     );
     assert!(
