@@ -6,6 +6,7 @@
 # Needs root (network namespaces), iproute2 and ping. Usage:
 #     sudo scripts/fabric-demo.sh            # builds release binaries first
 #     DDM_BIN=target/debug scripts/fabric-demo.sh   # use already-built ones
+#     DDM_DEMO_HOLD=1 scripts/fabric-demo.sh   # keep the fabric up until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -126,5 +127,10 @@ done
 
 say "ping fd00:2::1 from fd00:1::1 (s1 → t1 → s2)"
 ns s1 ping -6 -c 3 -i 0.2 -I fd00:1::1 fd00:2::1
+
+if [ -n "${DDM_DEMO_HOLD:-}" ]; then
+    say "the fabric stays up (namespaces $tag-*); Ctrl-C tears it down"
+    while true; do sleep 1; done
+fi
 
 say "done; tearing down"

@@ -17,8 +17,9 @@ use ddm_admin_api::latest::{
 };
 use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap};
 use dropshot::{
-    ConfigDropshot, HttpError, HttpResponseOk, HttpResponseUpdatedNoContent,
-    HttpServer, Path, RequestContext, ServerBuilder, TypedBody, VersionPolicy,
+    ConfigDropshot, ErrorStatusCode, HttpError, HttpResponseOk,
+    HttpResponseUpdatedNoContent, HttpServer, Path, RequestContext,
+    ServerBuilder, TypedBody, VersionPolicy,
 };
 use oxnet::Ipv6Net;
 use ractor::{
@@ -29,7 +30,7 @@ use slog::{info, o, warn, Logger};
 use crate::exchange::wire::{normalise_ip, normalise_v6};
 use crate::metrics::StoreCounters;
 use crate::router::{RouterMsg, RouterRef};
-use crate::store::{Originated, Store, StoreChange};
+use crate::store::{Originated, Store, StoreChange, StoreError};
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
 
 /// A handle to the admin actor.
@@ -48,7 +49,7 @@ pub enum AdminMsg {
     /// `PUT`/`DELETE` of `/prefix` and `/tunnel_endpoint`: what the
     /// request asks to add and remove; the actor keeps only what changes
     /// something, stores it durably and tells the router.
-    Change(StoreChange, RpcReplyPort<Result<(), String>>),
+    Change(StoreChange, RpcReplyPort<Result<(), StoreError>>),
     /// `GET /peers`: answered by the supervisor.
     GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
     /// `DELETE /peers/{addr}`: answered by the supervisor.
@@ -113,12 +114,12 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    async fn commit(&mut self, change: StoreChange) -> Result<(), String> {
+    async fn commit(&mut self, change: StoreChange) -> Result<(), StoreError> {
         let written = self.store.apply_async(change.clone()).await;
         self.store_counters.record(written.is_ok());
         written.map_err(|e| {
             warn!(self.log, "store write failed"; "error" => %e);
-            e.to_string()
+            e
         })?;
         let o = &mut self.originated;
         for p in &change.add_prefixes {
@@ -137,14 +138,25 @@ impl AdminState {
     }
 
     /// Carry out `change`: tell the router and make it durable, and
-    /// update the in-memory mirror once it is. The router hears first, so
-    /// the fabric starts converging while the store syncs to disk; if the
-    /// write fails, the router is told the opposite and the caller gets the
-    /// error (nothing unacknowledged stays announced, nothing acknowledged
-    /// is lost). An empty change (a duplicate advertise, a withdrawal of
+    /// update the in-memory mirror once it is. While the store works, the
+    /// router hears first, so the fabric starts converging while the store
+    /// syncs to disk; if the write fails, the router is told the opposite
+    /// and the caller gets the error (nothing unacknowledged stays
+    /// announced, nothing acknowledged is lost). While the store is failing
+    /// (the last write failed), the write comes first and the router hears
+    /// only once it succeeds, so client retries against a full disk do not
+    /// make the fabric see the change announced and withdrawn again and
+    /// again. An empty change (a duplicate advertise, a withdrawal of
     /// something never originated) touches neither.
-    async fn update(&mut self, change: StoreChange) -> Result<(), String> {
+    async fn update(&mut self, change: StoreChange) -> Result<(), StoreError> {
         if change.is_empty() {
+            return Ok(());
+        }
+        if self.store.failing().is_some() {
+            self.commit(change.clone()).await?;
+            info!(self.log, "store writes succeed again");
+            self.reconcile().await;
+            self.tell_router_change(&change);
             return Ok(());
         }
         self.tell_router_change(&change);
@@ -153,6 +165,37 @@ impl AdminState {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// After the store recovered from a failure, make the mirror (and the
+    /// router) equal to what the store holds, in case a write reported as
+    /// failed reached the disk after all (a transaction is all or nothing,
+    /// so this is a whole change, never part of one).
+    async fn reconcile(&mut self) {
+        let store = self.store.clone();
+        let loaded =
+            match tokio::task::spawn_blocking(move || store.load()).await {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(e)) => {
+                    warn!(self.log, "cannot re-read the store"; "error" => %e);
+                    return;
+                }
+                Err(e) => {
+                    warn!(self.log, "cannot re-read the store"; "error" => %e);
+                    return;
+                }
+            };
+        if loaded != self.originated {
+            warn!(self.log, "the store holds a change reported as failed; \
+                following the store";
+                "prefixes" => loaded.prefixes.len(),
+                "tunnels" => loaded.tunnels.len());
+            self.originated = loaded;
+            self.tell_router(RouterMsg::SetOriginated {
+                prefixes: self.originated.prefixes.clone(),
+                tunnels: self.originated.tunnels.clone(),
+            });
+        }
     }
 
     /// The router messages that carry out `change`.
@@ -438,8 +481,24 @@ fn canonical_tunnels(
         .collect()
 }
 
-fn store_failed(message: String) -> HttpError {
-    HttpError::for_internal_error(format!("store write failed: {message}"))
+/// A failed store write: 507 Insufficient Storage when the data directory
+/// is full, 503 Service Unavailable for any other I/O failure, with the
+/// store's message (which names the directory and the cause) for the
+/// client as well as the log.
+fn store_failed(e: StoreError) -> HttpError {
+    let (status_code, code) = if e.is_no_space() {
+        (ErrorStatusCode::INSUFFICIENT_STORAGE, "StoreFull")
+    } else {
+        (ErrorStatusCode::SERVICE_UNAVAILABLE, "StoreFailed")
+    };
+    let message = format!("store write failed: {e}");
+    HttpError {
+        status_code,
+        error_code: Some(code.to_string()),
+        external_message: message.clone(),
+        internal_message: message,
+        headers: None,
+    }
 }
 
 /// The implementation of the API trait.
@@ -565,6 +624,166 @@ impl DdmAdminApi for AdminApiImpl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Faults;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    /// Stands in for the router: forwards what it hears to the test.
+    struct Recorder;
+
+    impl Actor for Recorder {
+        type Msg = RouterMsg;
+        type State = mpsc::UnboundedSender<String>;
+        type Arguments = mpsc::UnboundedSender<String>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<RouterMsg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<RouterMsg>,
+            msg: RouterMsg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            let text = match msg {
+                RouterMsg::Originate(p) => format!("originate {}", text(&p)),
+                RouterMsg::Withdraw(p) => format!("withdraw {}", text(&p)),
+                RouterMsg::SetOriginated { prefixes, .. } => {
+                    format!("set {}", text(&prefixes))
+                }
+                RouterMsg::Sync => "sync".to_string(),
+                _ => "other".to_string(),
+            };
+            let _ = tx.send(text);
+            Ok(())
+        }
+    }
+
+    fn text(prefixes: &BTreeSet<Ipv6Net>) -> String {
+        let all: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        format!("{{{}}}", all.join(","))
+    }
+
+    /// Stands in for the supervisor, which these tests never ask.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Msg = SupervisorMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<SupervisorMsg>,
+            _: (),
+        ) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// Everything the router heard up to now (a `Sync` marks the end).
+    async fn heard(
+        router: &RouterRef,
+        rx: &mut mpsc::UnboundedReceiver<String>,
+    ) -> Vec<String> {
+        router.cast(RouterMsg::Sync).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match rx.recv().await.unwrap() {
+                s if s == "sync" => return out,
+                s => out.push(s),
+            }
+        }
+    }
+
+    fn add(prefix: &str) -> StoreChange {
+        StoreChange {
+            add_prefixes: [prefix.parse().unwrap()].into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_refuses_changes_before_the_router_hears() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (router, router_task) =
+            Actor::spawn(None, Recorder, tx).await.unwrap();
+        let (supervisor, sup_task) =
+            Actor::spawn(None, Sink, ()).await.unwrap();
+        let mut state = AdminState {
+            server: None,
+            local_addr: "[::1]:0".parse().unwrap(),
+            store: store.clone(),
+            originated: Originated::default(),
+            supervisor: supervisor.clone(),
+            router: Some(router.clone()),
+            stats: None,
+            store_counters: Arc::new(StoreCounters::default()),
+            log: Logger::root(slog::Discard, o!()),
+        };
+
+        state.update(add("fd00:1::/64")).await.unwrap();
+        assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:1::/64}"]);
+
+        // The first failure is found out after the router heard: it is
+        // undone once.
+        faults.fail_writes(libc::ENOSPC);
+        let err = state.update(add("fd00:2::/64")).await.unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert_eq!(
+            heard(&router, &mut rx).await,
+            ["originate {fd00:2::/64}", "withdraw {fd00:2::/64}"]
+        );
+        // Retries while the store is failing never reach the router.
+        for _ in 0..3 {
+            let err = state.update(add("fd00:2::/64")).await.unwrap_err();
+            assert!(err.is_no_space(), "{err}");
+        }
+        assert!(heard(&router, &mut rx).await.is_empty());
+        assert_eq!(state.originated.prefixes.len(), 1);
+
+        // Space returns: the next change is written, then told.
+        faults.fail_writes(0);
+        state.update(add("fd00:2::/64")).await.unwrap();
+        assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:2::/64}"]);
+        assert_eq!(state.originated, store.load().unwrap());
+        assert_eq!(state.originated.prefixes.len(), 2);
+        // Every write attempt was counted: two committed, four failed.
+        let counted = state.store_counters.named();
+        assert_eq!((counted["commits"], counted["failures"]), (2, 4));
+
+        router.stop(None);
+        supervisor.stop(None);
+        router_task.await.unwrap();
+        sup_task.await.unwrap();
+    }
+
+    #[test]
+    fn store_failures_answer_507_or_503_with_the_cause() {
+        let full = store_failed(StoreError::NoSpace(
+            "/var/ddm".into(),
+            "No space left on device (os error 28)".into(),
+        ));
+        assert_eq!(full.status_code, ErrorStatusCode::INSUFFICIENT_STORAGE);
+        assert!(full.external_message.contains("/var/ddm"));
+        assert!(full.external_message.contains("No space left"));
+        let broken = store_failed(StoreError::Io(
+            "/var/ddm/ddmdb".into(),
+            "Input/output error (os error 5)".into(),
+        ));
+        assert_eq!(broken.status_code, ErrorStatusCode::SERVICE_UNAVAILABLE);
+        assert!(broken.external_message.contains("/var/ddm/ddmdb"));
+        assert!(broken.external_message.contains("Input/output error"));
+    }
 
     fn log() -> Logger {
         Logger::root(slog::Discard, o!())

@@ -8,14 +8,35 @@
 //!
 //! redb calls block on file I/O, so every operation runs on tokio's blocking
 //! pool and the calling actor awaits it without stalling its runtime thread.
+//!
+//! # Faults
+//!
+//! A write can fail because the data directory is full (`ENOSPC`, `EDQUOT`:
+//! [`StoreError::NoSpace`]) or for another I/O reason ([`StoreError::Io`]).
+//! A redb database that met an I/O error refuses every later operation
+//! ("Previous I/O error occurred"), so after a failed write the store closes
+//! the database, and the next write reopens it (redb recovers the file to
+//! its last commit) before trying again: once space returns, writes succeed
+//! without a restart. A failed transaction is never half-applied: redb
+//! commits atomically, so the file holds either all of a change or none.
+//!
+//! The file is reached through [`FaultyFile`], a thin wrapper around redb's
+//! file backend whose [`Faults`] switch lets a test make writes fail with a
+//! chosen `errno` and then succeed again.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::backends::FileBackend;
+use redb::{
+    BackendError, ReadableDatabase, ReadableTable, StorageBackend,
+    TableDefinition,
+};
 
 /// Originated underlay prefixes, keyed by their text form (`fd00:1::/64`).
 const PREFIXES: TableDefinition<&str, ()> = TableDefinition::new("prefixes");
@@ -26,7 +47,7 @@ const TUNNELS: TableDefinition<&str, ()> = TableDefinition::new("tunnels");
 pub const DB_FILE: &str = "ddmdb";
 
 /// Why the store failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The data directory is missing or not a directory.
     #[error("data directory {0}: {1}")]
@@ -34,22 +55,161 @@ pub enum StoreError {
     /// The database could not be opened or created.
     #[error("cannot open store {0}: {1}")]
     Open(PathBuf, String),
-    /// A read or write failed.
-    #[error("store {0} failed: {1}")]
+    /// The data directory (first field) has no space left, or the quota
+    /// is exhausted; the second field is the cause.
+    #[error(
+        "data directory {0} is full ({1}); the change was not made: free \
+         space there and retry"
+    )]
+    NoSpace(PathBuf, String),
+    /// A read or write failed for another reason.
+    #[error("store {0} failed: {1}; the change was not made")]
     Io(PathBuf, String),
     /// An entry on disk could not be parsed (it is skipped and reported).
     #[error("store {0} holds an unreadable entry {1:?}")]
     Corrupt(PathBuf, String),
 }
 
+impl StoreError {
+    /// True when the failure is a lack of space (answered 507); other
+    /// failures are answered 503.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::NoSpace(..))
+    }
+}
+
+/// A switch that makes the store's file writes fail, for tests. Shared
+/// between a test and the [`FaultyFile`] backends the store opens.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The `errno` every write, resize and sync fails with; 0 for none.
+    errno: AtomicI32,
+}
+
+impl Faults {
+    /// Make every later write, resize and sync fail with `errno`
+    /// (e.g. `libc::ENOSPC`); 0 lets them succeed again.
+    pub fn fail_writes(&self, errno: i32) {
+        self.errno.store(errno, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        match self.errno.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// redb's file backend, with writes that a [`Faults`] switch can make fail.
+/// Reads and locks pass straight through.
+#[derive(Debug)]
+pub struct FaultyFile {
+    /// The real backend.
+    file: FileBackend,
+    /// The switch.
+    faults: Arc<Faults>,
+}
+
+impl StorageBackend for FaultyFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.faults.check()?;
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.faults.check()?;
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.faults.check()?;
+        self.file.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+
+    fn try_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+/// The database and what the last write did to it.
+struct Inner {
+    /// The open database; `None` after a failed write closed it (the next
+    /// write reopens it).
+    db: Option<redb::Database>,
+    /// The failure of the last write, while no write has succeeded since.
+    failing: Option<StoreError>,
+}
+
 /// A handle to the store; cheap to clone, safe to share between the
 /// blocking tasks that run its transactions.
 #[derive(Clone)]
 pub struct Store {
-    /// The open database.
-    db: Arc<redb::Database>,
-    /// Where it lives, for error messages.
+    /// The database, behind a lock so that a failed write can close it and
+    /// the next one reopen it.
+    inner: Arc<Mutex<Inner>>,
+    /// The data directory, named in errors about space.
+    dir: PathBuf,
+    /// The database file.
     path: PathBuf,
+    /// The fault switch its backends share.
+    faults: Arc<Faults>,
 }
 
 impl std::fmt::Debug for Store {
@@ -71,10 +231,25 @@ fn tunnel_key(t: &TunnelOrigin) -> String {
     serde_json::to_string(t).expect("a tunnel origin always serialises")
 }
 
+/// True for the `errno`s that mean "no space": a full file system or an
+/// exhausted quota.
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == std::io::ErrorKind::StorageFull
+}
+
 impl Store {
     /// Open (creating if needed) the store in `data_dir`. The directory must
     /// exist and be writable.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_faults(data_dir, Arc::default())
+    }
+
+    /// [`Store::open`] with a fault switch a test holds.
+    pub fn open_with_faults(
+        data_dir: &Path,
+        faults: Arc<Faults>,
+    ) -> Result<Store, StoreError> {
         let meta = std::fs::metadata(data_dir).map_err(|e| {
             StoreError::DataDir(data_dir.to_path_buf(), e.to_string())
         })?;
@@ -85,9 +260,20 @@ impl Store {
             ));
         }
         let path = data_dir.join(DB_FILE);
-        let db = redb::Database::create(&path)
-            .map_err(|e| StoreError::Open(path.clone(), e.to_string()))?;
-        let store = Store { db: Arc::new(db), path };
+        let store = Store {
+            inner: Arc::new(Mutex::new(Inner { db: None, failing: None })),
+            dir: data_dir.to_path_buf(),
+            path,
+            faults,
+        };
+        let db = store.open_db().map_err(|e| match e {
+            StoreError::NoSpace(..) => e,
+            StoreError::Io(_, cause) => {
+                StoreError::Open(store.path.clone(), cause)
+            }
+            e => e,
+        })?;
+        store.lock().db = Some(db);
         // Create both tables up front so that reads never meet a missing
         // table, and so that an unwritable directory fails now, not at the
         // first PUT.
@@ -104,37 +290,100 @@ impl Store {
         &self.path
     }
 
-    fn io(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io(self.path.clone(), e.to_string())
+    /// The failure of the last write, if no write has succeeded since.
+    pub fn failing(&self) -> Option<StoreError> {
+        self.lock().failing.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves nothing half-done that
+        // redb has not already guarded against; carry on.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open the database file through the fault-injecting backend.
+    fn open_db(&self) -> Result<redb::Database, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.path)
+            .map_err(|e| self.classify(redb::Error::Io(e)))?;
+        let file = FileBackend::new(file).map_err(|e| self.classify(e))?;
+        let backend = FaultyFile { file, faults: self.faults.clone() };
+        redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Turn a redb error into a [`StoreError`] that says whether space ran
+    /// out.
+    fn classify(&self, e: impl Into<redb::Error>) -> StoreError {
+        match e.into() {
+            redb::Error::Io(io) if is_no_space(&io) => {
+                StoreError::NoSpace(self.dir.clone(), io.to_string())
+            }
+            e => StoreError::Io(self.path.clone(), e.to_string()),
+        }
     }
 
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
     ) -> Result<T, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
-        let out = f(&txn).map_err(|e| self.io(e))?;
-        txn.commit().map_err(|e| self.io(e))?;
+        let mut inner = self.lock();
+        let result = self.write_locked(&mut inner, f);
+        match &result {
+            Ok(_) => inner.failing = None,
+            Err(e) => {
+                // redb refuses everything after an I/O error: close it
+                // now so that the next write starts from a fresh open.
+                inner.db = None;
+                inner.failing = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    fn write_locked<T>(
+        &self,
+        inner: &mut Inner,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        if inner.db.is_none() {
+            inner.db = Some(self.open_db()?);
+        }
+        let db = inner.db.as_ref().expect("opened above");
+        let txn = db.begin_write().map_err(|e| self.classify(e))?;
+        let out = f(&txn).map_err(|e| self.classify(e))?;
+        txn.commit().map_err(|e| self.classify(e))?;
         Ok(out)
     }
 
-    /// Read everything (at start-up). Unparsable entries are reported, not
-    /// silently dropped.
+    /// Read everything (at start-up, and after a write recovered from a
+    /// failure). Unparsable entries are reported, not silently dropped.
     pub fn load(&self) -> Result<Originated, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let mut inner = self.lock();
+        if inner.db.is_none() {
+            inner.db = Some(self.open_db()?);
+        }
+        let db = inner.db.as_ref().expect("opened above");
+        let txn = db.begin_read().map_err(|e| self.classify(e))?;
         let mut out = Originated::default();
-        let prefixes = txn.open_table(PREFIXES).map_err(|e| self.io(e))?;
-        for entry in prefixes.iter().map_err(|e| self.io(e))? {
-            let (k, _) = entry.map_err(|e| self.io(e))?;
+        let prefixes =
+            txn.open_table(PREFIXES).map_err(|e| self.classify(e))?;
+        for entry in prefixes.iter().map_err(|e| self.classify(e))? {
+            let (k, _) = entry.map_err(|e| self.classify(e))?;
             let k = k.value();
             let p = k.parse().map_err(|_| {
                 StoreError::Corrupt(self.path.clone(), k.to_string())
             })?;
             out.prefixes.insert(p);
         }
-        let tunnels = txn.open_table(TUNNELS).map_err(|e| self.io(e))?;
-        for entry in tunnels.iter().map_err(|e| self.io(e))? {
-            let (k, _) = entry.map_err(|e| self.io(e))?;
+        let tunnels = txn.open_table(TUNNELS).map_err(|e| self.classify(e))?;
+        for entry in tunnels.iter().map_err(|e| self.classify(e))? {
+            let (k, _) = entry.map_err(|e| self.classify(e))?;
             let k = k.value();
             let t = serde_json::from_str(k).map_err(|_| {
                 StoreError::Corrupt(self.path.clone(), k.to_string())
@@ -174,7 +423,12 @@ impl Store {
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.apply(&change))
             .await
-            .map_err(|e| self.io(format!("store task failed: {e}")))?
+            .map_err(|e| {
+                StoreError::Io(
+                    self.path.clone(),
+                    format!("store task failed: {e}"),
+                )
+            })?
     }
 }
 
@@ -247,6 +501,63 @@ mod tests {
         let loaded = again.load().unwrap();
         assert_eq!(loaded.prefixes, [p("fd00:1::/64")].into());
         assert_eq!(loaded.tunnels, [tunnel].into());
+    }
+
+    fn add(prefix: &str) -> StoreChange {
+        StoreChange { add_prefixes: [p(prefix)].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_full_disk_is_named_and_the_store_recovers_without_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        store.apply(&add("fd00:1::/64")).unwrap();
+        assert!(store.failing().is_none());
+
+        faults.fail_writes(libc::ENOSPC);
+        let err = store.apply(&add("fd00:2::/64")).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains("No space left"), "{text}");
+        assert!(store.failing().is_some());
+        // A retry while still full says the same, not redb's "previous
+        // I/O error".
+        let again = store.apply(&add("fd00:2::/64")).unwrap_err();
+        assert!(again.is_no_space(), "{again}");
+
+        // Space returns: the next write succeeds on the same handle.
+        faults.fail_writes(0);
+        store.apply(&add("fd00:3::/64")).unwrap();
+        assert!(store.failing().is_none());
+        let loaded = store.load().unwrap();
+        assert_eq!(
+            loaded.prefixes,
+            [p("fd00:1::/64"), p("fd00:3::/64")].into()
+        );
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.load().unwrap(), loaded);
+    }
+
+    #[test]
+    fn other_io_errors_and_quota_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        faults.fail_writes(libc::EIO);
+        let err = store.apply(&add("fd00:1::/64")).unwrap_err();
+        assert!(matches!(err, StoreError::Io(..)), "{err}");
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        faults.fail_writes(libc::EDQUOT);
+        let err = store.apply(&add("fd00:1::/64")).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        faults.fail_writes(0);
+        store.apply(&add("fd00:1::/64")).unwrap();
+        assert_eq!(store.load().unwrap().prefixes, [p("fd00:1::/64")].into());
     }
 
     #[test]

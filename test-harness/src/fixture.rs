@@ -38,7 +38,7 @@ pub struct DdmdInstance {
     client: Client,
 }
 
-fn spawn_in(bin: &Path, dir: &Path) -> Result<Child, String> {
+fn spawn_in(bin: &Path, dir: &Path, data_dir: &Path) -> Result<Child, String> {
     let stdout = std::fs::File::create(dir.join("ddmd.log"))
         .map_err(|e| format!("creating log file: {e}"))?;
     let stderr = std::fs::File::create(dir.join("ddmd.stderr"))
@@ -52,7 +52,7 @@ fn spawn_in(bin: &Path, dir: &Path) -> Result<Child, String> {
         .arg(dir.join(PORT_FILE))
         .arg("--api-only")
         .arg("--data-dir")
-        .arg(dir)
+        .arg(data_dir)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -114,8 +114,19 @@ impl DdmdInstance {
     pub async fn start_in(
         dir: tempfile::TempDir,
     ) -> Result<DdmdInstance, String> {
+        let data_dir = dir.path().to_path_buf();
+        Self::start_with_data_dir(dir, &data_dir).await
+    }
+
+    /// Spawn `ddmd` with its port file and logs in `dir` but its store in
+    /// `data_dir` (for tests that fill or break the data directory while
+    /// the logs keep being written).
+    pub async fn start_with_data_dir(
+        dir: tempfile::TempDir,
+        data_dir: &Path,
+    ) -> Result<DdmdInstance, String> {
         let bin = crate::ddmd_bin();
-        let mut child = spawn_in(&bin, dir.path())?;
+        let mut child = spawn_in(&bin, dir.path(), data_dir)?;
         let addr =
             match wait_for_port_file(&mut child, dir.path(), START_TIMEOUT)
                 .await
@@ -141,7 +152,8 @@ impl DdmdInstance {
         &self.client
     }
 
-    /// The data directory.
+    /// The instance directory: port file, logs and (unless started with
+    /// [`DdmdInstance::start_with_data_dir`]) the data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.as_ref().expect("directory kept until cleanup").path()
     }

@@ -8,6 +8,7 @@
 //! lie under that `TMPDIR`) even after their namespaces are gone.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -27,7 +28,7 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(name: &str) -> Demo {
+    fn start(name: &str, hold: bool) -> Demo {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let bin_dir: PathBuf =
             ddmd_bin().parent().expect("ddmd lives in a directory").into();
@@ -38,9 +39,13 @@ impl Demo {
             .env("DDM_BIN", &bin_dir)
             .env("DDM_DEMO_TAG", &tag)
             .env("TMPDIR", tmp.path())
+            .env("DDM_DEMO_HOLD", if hold { "1" } else { "" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group, like a job in a terminal: Ctrl-C
+            // signals the whole group.
+            .process_group(0)
             .spawn()
             .expect("the demo starts");
         let out = child.stdout.take().expect("piped stdout");
@@ -140,7 +145,7 @@ fn the_demo_leaves_nothing_behind_when_it_finishes() {
     if !require_netns("the_demo_leaves_nothing_behind_when_it_finishes") {
         return;
     }
-    let mut demo = Demo::start("a");
+    let mut demo = Demo::start("a", false);
     let code = demo.wait_exit();
     demo.assert_clean();
     assert_eq!(code, Some(0), "the demo failed");
@@ -151,12 +156,14 @@ fn the_demo_leaves_nothing_behind_on_ctrl_c() {
     if !require_netns("the_demo_leaves_nothing_behind_on_ctrl_c") {
         return;
     }
-    let mut demo = Demo::start("b");
-    // The routers are running once peering is awaited.
-    demo.wait_line("waiting for peering");
+    let mut demo = Demo::start("b", true);
+    // The whole fabric is up and held until Ctrl-C.
+    demo.wait_line("Ctrl-C tears it down");
     let pid = i32::try_from(demo.child.id()).expect("pid fits");
-    // SAFETY: kill(2) on our own child; no memory involved.
-    unsafe { libc::kill(pid, libc::SIGINT) };
+    // Ctrl-C: SIGINT to the demo's process group (the script and whatever
+    // it runs in the foreground), as a terminal sends it.
+    // SAFETY: kill(2) on our own child's group; no memory involved.
+    unsafe { libc::kill(-pid, libc::SIGINT) };
     let code = demo.wait_exit();
     demo.assert_clean();
     assert_eq!(code, Some(130), "Ctrl-C ends the demo with 130");

@@ -1,7 +1,7 @@
 //! Discovery and peering over real sockets, proven in network namespaces.
 //!
 //! Each test runs real `ddmd` routers (see [`Fabric`]) in namespaces joined
-//! by veth pairs and checks what DESIGN §2 promises: routers find each other
+//! by veth pairs and checks what the discovery protocol promises: routers find each other
 //! by link-local multicast, a link going down expires the peer on both sides
 //! at once, a dead router expires after the threshold, a renumbered peer
 //! stays up, garbage is dropped, and hand-built packets from a plain socket
@@ -42,7 +42,7 @@ fn packet(version: u8, flags: u8, kind: u8, host: &str) -> Vec<u8> {
     p
 }
 
-/// Whether `p` is a well-formed discovery packet (DESIGN §2: bytes after
+/// Whether `p` is a well-formed discovery packet (the discovery packet layout: bytes after
 /// the hostname are ignored, reserved flag bits too).
 fn is_valid_packet(p: &[u8]) -> bool {
     p.len() >= 4

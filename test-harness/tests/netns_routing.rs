@@ -2,7 +2,7 @@
 //! namespaces.
 //!
 //! Each test runs real `ddmd` routers (see [`Fabric`]) in namespaces joined
-//! by veth pairs and checks what DESIGN §3 promises: originated prefixes
+//! by veth pairs and checks what the exchange protocol promises: originated prefixes
 //! reach every router with their path vectors, the kernel gets one route per
 //! destination (one multipath route across equal-cost nexthops), packets
 //! really flow between the servers' own addresses through the transit

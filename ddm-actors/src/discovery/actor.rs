@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::fsm::{Effect, Input, PeerFsm, Sent, TimerKind};
 use super::io::{LinkTx, PacketIo};
+use super::limit::{LogLimiter, LogVerdict};
 use super::packet::DiscoveryPacket;
 use super::socket::DISCOVERY_GROUP;
 use super::{Counters, DiscoveryEvent, PeerSnapshot};
@@ -167,6 +168,8 @@ pub struct State {
     solicitation: Vec<u8>,
     /// Encoded advertisement (constant).
     advertisement: Vec<u8>,
+    /// Bounds the peer up/down/renumbered log lines.
+    churn_log: LogLimiter,
 }
 
 impl State {
@@ -221,8 +224,10 @@ impl State {
                 }
             }
             Effect::PeerUp(peer) => {
-                info!(self.log, "peer up"; "peer" => %peer.addr, "host" => &peer.hostname,
-                      "kind" => %peer.kind, "version" => peer.version);
+                if self.churn_log_allowed() {
+                    info!(self.log, "peer up"; "peer" => %peer.addr, "host" => &peer.hostname,
+                          "kind" => %peer.kind, "version" => peer.version);
+                }
                 self.emit(DiscoveryEvent::PeerUp {
                     ifname,
                     ifindex,
@@ -231,12 +236,16 @@ impl State {
                 });
             }
             Effect::PeerDown(peer) => {
-                info!(self.log, "peer down"; "peer" => %peer.addr, "host" => &peer.hostname);
+                if self.churn_log_allowed() {
+                    info!(self.log, "peer down"; "peer" => %peer.addr, "host" => &peer.hostname);
+                }
                 self.emit(DiscoveryEvent::PeerDown { ifname, ifindex, peer });
             }
             Effect::PeerAddrChanged { old, peer } => {
-                info!(self.log, "peer renumbered"; "old" => %old, "new" => %peer.addr,
-                      "host" => &peer.hostname);
+                if self.churn_log_allowed() {
+                    info!(self.log, "peer renumbered"; "old" => %old, "new" => %peer.addr,
+                          "host" => &peer.hostname);
+                }
                 self.emit(DiscoveryEvent::PeerAddrChanged {
                     ifname,
                     ifindex,
@@ -254,6 +263,23 @@ impl State {
                     since,
                 });
             }
+        }
+    }
+
+    /// Whether a peer-churn line may be logged now: a few per minute, so
+    /// a link partner that keeps changing its name or kind cannot fill the
+    /// log. The first line of a new minute reports how many were held
+    /// back.
+    fn churn_log_allowed(&mut self) -> bool {
+        match self.churn_log.check(Instant::now()) {
+            LogVerdict::Show { held_before } => {
+                if held_before > 0 {
+                    warn!(self.log, "peer changes not logged (rate limit)";
+                          "suppressed" => held_before);
+                }
+                true
+            }
+            LogVerdict::Hold => false,
         }
     }
 
@@ -435,6 +461,7 @@ impl Actor for Discovery {
             retry: None,
             solicitation,
             advertisement,
+            churn_log: LogLimiter::new(),
         };
         state.try_open(&myself);
         Ok(state)
@@ -510,7 +537,10 @@ impl Actor for Discovery {
                 }
             }
             DiscoveryMsg::GetCounters(reply) => {
-                let _ = reply.send(*state.fsm.counters());
+                let mut counters = *state.fsm.counters();
+                counters.peer_log_lines_suppressed =
+                    state.churn_log.total_held();
+                let _ = reply.send(counters);
             }
             DiscoveryMsg::GetPeer(reply) => {
                 let _ = reply.send(state.snapshot());
@@ -875,6 +905,27 @@ mod tests {
                     );
                     break;
                 }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_churn_log_lines_are_rate_limited_and_counted() {
+        let mut r = rig().await;
+        // 50 advertisements alternating the name: each one replaces the
+        // peer (a down and an up), 99 churn lines in all.
+        for i in 0..50 {
+            r.remote.send(ours(), advert(if i % 2 == 0 { "x" } else { "y" }));
+        }
+        let c = r.counters_when(|c| c.advertisements_received == 50).await;
+        assert_eq!(c.peer_ups, 50);
+        let limit = u64::from(crate::discovery::limit::LOG_LINES_PER_MINUTE);
+        assert_eq!(c.peer_log_lines_suppressed, 99 - limit);
+        // Events still flow in full: only the log is limited.
+        let mut ups = 0;
+        while ups < 50 {
+            if let DiscoveryEvent::PeerUp { .. } = r.peer_event().await {
+                ups += 1;
             }
         }
     }

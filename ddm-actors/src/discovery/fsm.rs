@@ -3,7 +3,7 @@
 //! Pure: [`PeerFsm::handle`] takes the time and one [`Input`] and returns the
 //! [`Effect`]s the caller must carry out (send, schedule, report). It never
 //! reads a clock, touches a socket or spawns anything, so every rule of
-//! DESIGN §2 is tested here without actors.
+//! The discovery protocol is tested here without actors.
 //!
 //! ```text
 //!            LinkUp                 advertisement
@@ -26,6 +26,7 @@ use std::time::Duration;
 use ddm_admin_api::latest::PeerStatus;
 use tokio::time::Instant;
 
+use super::limit::AnswerLimiter;
 use super::packet::{DecodeError, DiscoveryPacket};
 use super::PeerIdentity;
 
@@ -192,6 +193,9 @@ pub struct Counters {
     pub solicitations_sent: u64,
     /// Valid solicitations received.
     pub solicitations_received: u64,
+    /// Valid solicitations left unanswered because their source (or all
+    /// sources together) exceeded the answer rate (see [`super::limit`]).
+    pub solicitations_rate_limited: u64,
     /// Advertisements handed to the socket successfully.
     pub advertisements_sent: u64,
     /// Valid advertisements received.
@@ -206,6 +210,9 @@ pub struct Counters {
     pub address_changes: u64,
     /// Datagrams dropped, by reason.
     pub drops: DropCounters,
+    /// Peer up/down/renumbered log lines held back by the rate limit (kept
+    /// by the actor; always 0 in the machine's own copy).
+    pub peer_log_lines_suppressed: u64,
 }
 
 /// What a send was, for [`PeerFsm::record_send`].
@@ -245,6 +252,8 @@ pub struct PeerFsm {
     expire_gen: u64,
     /// Statistics.
     counters: Counters,
+    /// Bounds the answers to solicitations.
+    answers: AnswerLimiter,
 }
 
 impl PeerFsm {
@@ -267,6 +276,7 @@ impl PeerFsm {
             solicit_gen: 0,
             expire_gen: 0,
             counters: Counters::default(),
+            answers: AnswerLimiter::new(now, solicit_interval),
         }
     }
 
@@ -455,17 +465,24 @@ impl PeerFsm {
         };
         if packet.solicit {
             self.counters.solicitations_received += 1;
-            fx.push(Effect::SendAdvertisement { to: addr });
-            // A router we are not exchanging with is soliciting: it is up
-            // now, so solicit back at once instead of at our next tick.
-            // Both ends then peer within a round trip of the later one
-            // starting, not a solicit interval. In Exchange with that very
-            // router there is nothing to learn, so steady state sends no
-            // extra packets.
-            let known = self.state == DiscoveryState::Exchange
-                && self.peer.as_ref().is_some_and(|p| p.addr == addr);
-            if !known {
-                fx.push(Effect::SendSolicit);
+            // Answers are rate-limited per source (and for strangers all
+            // together), so a flood of solicitations draws a trickle of
+            // advertisements, never one each.
+            let peer = self.peer.as_ref().is_some_and(|p| p.addr == addr);
+            if self.answers.allow(now, addr, peer) {
+                fx.push(Effect::SendAdvertisement { to: addr });
+                // A router we are not exchanging with is soliciting: it is
+                // up now, so solicit back at once instead of at our next
+                // tick. Both ends then peer within a round trip of the
+                // later one starting, not a solicit interval. In Exchange
+                // with that very router there is nothing to learn, so
+                // steady state sends no extra packets.
+                let known = peer && self.state == DiscoveryState::Exchange;
+                if !known {
+                    fx.push(Effect::SendSolicit);
+                }
+            } else {
+                self.counters.solicitations_rate_limited += 1;
             }
         }
         if packet.advertise {
@@ -619,6 +636,52 @@ mod tests {
     }
 
     #[test]
+    fn a_solicitation_flood_is_answered_at_a_bounded_rate() {
+        let t0 = Instant::now();
+        let mut f = up_fsm(t0);
+        // The peer comes up.
+        f.handle(
+            t0,
+            Input::Datagram { from: from(peer_a()), payload: advert("s1") },
+        );
+        // 5,000 solicitations in one second from another source.
+        let mut adverts = 0;
+        let mut solicits = 0;
+        for i in 0..5000u64 {
+            let now = t0 + Duration::from_micros(200 * i);
+            let fx = f.handle(
+                now,
+                Input::Datagram { from: from(peer_b()), payload: solicit("x") },
+            );
+            for e in fx {
+                match e {
+                    Effect::SendAdvertisement { to } => {
+                        assert_eq!(to, peer_b());
+                        adverts += 1;
+                    }
+                    Effect::SendSolicit => solicits += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        // Burst 4 and 2 per second: 6 at most in the first second.
+        assert!((4..=6).contains(&adverts), "{adverts}");
+        assert_eq!(solicits, adverts, "one solicit-back per answer at most");
+        let c = f.counters();
+        assert_eq!(c.solicitations_received, 5000);
+        assert_eq!(c.solicitations_rate_limited, 5000 - adverts);
+        // The peer is still answered, and still the peer.
+        let t1 = t0 + Duration::from_secs(1);
+        let fx = f.handle(
+            t1,
+            Input::Datagram { from: from(peer_a()), payload: solicit("s1") },
+        );
+        assert_eq!(fx, vec![Effect::SendAdvertisement { to: peer_a() }]);
+        assert_eq!(f.state(), DiscoveryState::Exchange);
+        assert_eq!(f.peer().unwrap().addr, peer_a());
+    }
+
+    #[test]
     fn solicitation_is_answered_to_its_sender() {
         let t0 = Instant::now();
         let mut f = up_fsm(t0);
@@ -660,11 +723,12 @@ mod tests {
     fn solicitations_of_any_version_are_answered() {
         let t0 = Instant::now();
         let mut f = up_fsm(t0);
-        for v in [0u8, 1, 4, 7, 0xff] {
+        // A second apart, within the per-source answer rate.
+        for (i, v) in [0u8, 1, 4, 7, 0xff].into_iter().enumerate() {
             let mut p = solicit("odd");
             p[0] = v;
             let fx = f.handle(
-                t0,
+                t0 + Duration::from_secs(i as u64),
                 Input::Datagram { from: from(peer_a()), payload: p },
             );
             assert_eq!(
@@ -677,16 +741,17 @@ mod tests {
             );
         }
         assert_eq!(f.counters().solicitations_received, 5);
+        let t5 = t0 + Duration::from_secs(5);
         let mut p = advert("odd");
         p[0] = 7;
         let fx =
-            f.handle(t0, Input::Datagram { from: from(peer_a()), payload: p });
+            f.handle(t5, Input::Datagram { from: from(peer_a()), payload: p });
         assert!(fx.is_empty(), "{fx:?}");
         let mut both = advert("odd");
         both[0] = 7;
         both[1] = 0x03;
         let fx = f.handle(
-            t0,
+            t5,
             Input::Datagram { from: from(peer_a()), payload: both },
         );
         assert_eq!(

@@ -1,8 +1,10 @@
-//! Discovery: finding the one peer on each interface (DESIGN §2).
+//! Discovery: finding the one peer on each interface.
 //!
 //! * [`packet`] is the wire codec;
 //! * [`fsm`] is the per-interface peer state machine (pure: inputs in,
 //!   effects out, time passed in);
+//! * [`limit`] bounds the answers to solicitations and the peer-churn log
+//!   lines (pure too);
 //! * [`actor`] runs the machine for one interface, over the packet I/O seam
 //!   of [`io`] (real sockets in [`socket`], interface lookup in [`iface`],
 //!   or an in-memory link), and reports [`DiscoveryEvent`]s to whoever
@@ -12,6 +14,7 @@ pub mod actor;
 pub mod fsm;
 pub mod iface;
 pub mod io;
+pub mod limit;
 pub mod packet;
 pub mod socket;
 

@@ -1,6 +1,6 @@
 //! The discovery packet: encoding and decoding, nothing else.
 //!
-//! FROZEN wire format (DESIGN §2); deployed routers depend on it byte for
+//! FROZEN wire format; deployed routers depend on it byte for
 //! byte:
 //!
 //! ```text
