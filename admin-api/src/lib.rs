@@ -20,6 +20,7 @@ use oxnet::Ipv6Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod counters;
 pub mod types;
 mod version;
 

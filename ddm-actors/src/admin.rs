@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ddm_admin_api::latest::{
@@ -28,6 +29,7 @@ use slog::{info, o, warn, Logger};
 
 use crate::admin_guard::{self, AdminGuard};
 use crate::exchange::wire::{normalise_ip, normalise_v6};
+use crate::metrics::StoreCounters;
 use crate::router::{RouterMsg, RouterRef};
 use crate::store::{Originated, Store, StoreChange, StoreError};
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -84,6 +86,8 @@ pub struct AdminArgs {
     pub supervisor: SupervisorRef,
     /// The router, if the routing state machine runs.
     pub router: Option<RouterRef>,
+    /// Store writes counted, for the metrics listener.
+    pub store_counters: Arc<StoreCounters>,
     /// Logger.
     pub log: Logger,
 }
@@ -106,13 +110,17 @@ pub struct AdminState {
     router: Option<RouterRef>,
     /// Statistics identity from `POST /enable-stats`.
     stats: Option<EnableStatsRequest>,
+    /// Store writes counted, for the metrics listener.
+    store_counters: Arc<StoreCounters>,
     /// Logger.
     log: Logger,
 }
 
 impl AdminState {
     async fn commit(&mut self, change: StoreChange) -> Result<(), StoreError> {
-        self.store.apply_async(change.clone()).await.map_err(|e| {
+        let written = self.store.apply_async(change.clone()).await;
+        self.store_counters.record(written.is_ok());
+        written.map_err(|e| {
             warn!(self.log, "store write failed"; "error" => %e);
             e
         })?;
@@ -288,6 +296,7 @@ impl Actor for Admin {
             supervisor: args.supervisor,
             router: args.router,
             stats: None,
+            store_counters: args.store_counters,
             log,
         })
     }
@@ -737,6 +746,7 @@ mod tests {
             supervisor: supervisor.clone(),
             router: Some(router.clone()),
             stats: None,
+            store_counters: Arc::new(StoreCounters::default()),
             log: Logger::root(slog::Discard, o!()),
         };
 
@@ -766,6 +776,9 @@ mod tests {
         assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:2::/64}"]);
         assert_eq!(state.originated, store.load().unwrap());
         assert_eq!(state.originated.prefixes.len(), 2);
+        // Every write attempt was counted: two committed, four failed.
+        let counted = state.store_counters.named();
+        assert_eq!((counted["commits"], counted["failures"]), (2, 4));
 
         router.stop(None);
         supervisor.stop(None);

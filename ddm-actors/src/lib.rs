@@ -8,7 +8,8 @@
 //! * [`discovery`] finds the one peer on each interface;
 //! * [`exchange`] trades path vectors with one peer;
 //! * [`router`] owns the RIB ([`rib`]), filters what peers send through the
-//!   import [`policy`] and programs a [`dataplane`].
+//!   import [`policy`] and programs a [`dataplane`];
+//! * [`metrics`] serves every actor's counters on a listener of its own.
 
 pub mod admin;
 pub mod admin_guard;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dataplane;
 pub mod discovery;
 pub mod exchange;
+pub mod metrics;
 #[cfg(all(target_os = "linux", feature = "netlink"))]
 pub mod netlink;
 pub mod policy;

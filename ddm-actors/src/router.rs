@@ -24,6 +24,8 @@
 //! system, so a burst does not leave the daemon's footprint at its peak.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ddm_admin_api::latest::{
     PathVector, RouterKind, TunnelOrigin, TunnelRoute,
@@ -112,6 +114,62 @@ pub enum RouterMsg {
     GetRouteCount(RpcReplyPort<usize>),
     /// What the import policy refused, by reason, in total and per peer.
     GetPolicyCounters(RpcReplyPort<PolicyCounters>),
+    /// The router's own counters (routes, dataplane work, loops dropped).
+    GetCounters(RpcReplyPort<RouterCounters>),
+}
+
+/// The router's counters, for the metrics listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Destinations with a route now (a gauge, not a counter).
+    pub routes: u64,
+    /// Paths dropped because they held this router's own name.
+    pub loops_dropped: u64,
+    /// Route batches handed to the dataplane.
+    pub dataplane_batches: u64,
+    /// Of those, the ones the dataplane reported failed.
+    pub dataplane_batch_errors: u64,
+    /// Destination updates (installs, replacements, removals) handed to
+    /// the dataplane, in batches that succeeded.
+    pub route_updates_applied: u64,
+    /// Tunnel sets handed to the dataplane.
+    pub tunnel_updates: u64,
+    /// Of those, the ones the dataplane reported failed.
+    pub tunnel_update_errors: u64,
+}
+
+impl RouterCounters {
+    /// Every counter by name (`routes` is a gauge; the rest only grow).
+    pub fn named(&self) -> BTreeMap<String, u64> {
+        [
+            ("routes", self.routes),
+            ("loops_dropped", self.loops_dropped),
+            ("dataplane_batches", self.dataplane_batches),
+            ("dataplane_batch_errors", self.dataplane_batch_errors),
+            ("route_updates_applied", self.route_updates_applied),
+            ("tunnel_updates", self.tunnel_updates),
+            ("tunnel_update_errors", self.tunnel_update_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// What the dataplane worker counts, shared with the router actor.
+#[derive(Debug, Default)]
+struct DataplaneStats {
+    batches: AtomicU64,
+    batch_errors: AtomicU64,
+    updates_applied: AtomicU64,
+    tunnel_updates: AtomicU64,
+    tunnel_errors: AtomicU64,
+}
+
+impl DataplaneStats {
+    fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// How many paths or route updates make a batch large enough to hand
@@ -188,6 +246,8 @@ pub struct RouterState {
     worker: Option<tokio::task::JoinHandle<()>>,
     /// Tells the worker to remove everything and finish.
     shutdown: Option<oneshot::Sender<()>>,
+    /// What the worker counts.
+    dp_stats: Arc<DataplaneStats>,
     /// Logger.
     log: Logger,
 }
@@ -332,6 +392,7 @@ async fn dataplane_worker(
     mut dp: Box<dyn Dataplane>,
     mut rx: mpsc::UnboundedReceiver<DataplaneCmd>,
     mut shutdown: oneshot::Receiver<()>,
+    stats: Arc<DataplaneStats>,
     log: Logger,
 ) {
     loop {
@@ -356,10 +417,17 @@ async fn dataplane_worker(
         let batch = coalesce(batches);
         if !batch.is_empty() {
             let n = batch.len();
+            DataplaneStats::bump(&stats.batches, 1);
             match dp.apply(batch).await {
-                Ok(()) => debug!(log, "routes programmed"; "count" => n),
-                Err(e) => warn!(log, "programming routes failed";
-                    "count" => n, "error" => %e),
+                Ok(()) => {
+                    DataplaneStats::bump(&stats.updates_applied, n as u64);
+                    debug!(log, "routes programmed"; "count" => n)
+                }
+                Err(e) => {
+                    DataplaneStats::bump(&stats.batch_errors, 1);
+                    warn!(log, "programming routes failed";
+                        "count" => n, "error" => %e)
+                }
             }
             if n >= TRIM_AFTER {
                 trim_heap();
@@ -367,7 +435,9 @@ async fn dataplane_worker(
         }
         if let Some(t) = tunnels {
             let n = t.len();
+            DataplaneStats::bump(&stats.tunnel_updates, 1);
             if let Err(e) = dp.set_tunnels(t).await {
+                DataplaneStats::bump(&stats.tunnel_errors, 1);
                 warn!(log, "programming tunnels failed";
                     "count" => n, "error" => %e);
             }
@@ -405,10 +475,12 @@ impl Actor for Router {
             "max_prefixes_per_peer" => args.policy.max_prefixes_per_peer);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let dp_stats = Arc::new(DataplaneStats::default());
         let worker = tokio::spawn(dataplane_worker(
             dp,
             rx,
             stop_rx,
+            dp_stats.clone(),
             log.new(o!("unit" => "dataplane")),
         ));
         Ok(RouterState {
@@ -419,6 +491,7 @@ impl Actor for Router {
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
+            dp_stats,
             log,
         })
     }
@@ -552,6 +625,19 @@ impl Actor for Router {
             }
             RouterMsg::GetPolicyCounters(reply) => {
                 let _ = reply.send(state.policy.counters());
+            }
+            RouterMsg::GetCounters(reply) => {
+                let d = &state.dp_stats;
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let _ = reply.send(RouterCounters {
+                    routes: state.rib.route_count() as u64,
+                    loops_dropped: state.rib.stats().loops_dropped,
+                    dataplane_batches: get(&d.batches),
+                    dataplane_batch_errors: get(&d.batch_errors),
+                    route_updates_applied: get(&d.updates_applied),
+                    tunnel_updates: get(&d.tunnel_updates),
+                    tunnel_update_errors: get(&d.tunnel_errors),
+                });
             }
         }
         Ok(())
@@ -850,6 +936,100 @@ mod tests {
         until("installed", || !dp.tables().routes.is_empty()).await;
         r.stop_and_wait(None, None).await.unwrap();
         assert!(dp.tables().routes.is_empty());
+    }
+
+    /// Poll the router's counters until `done` holds.
+    async fn counters_until(
+        r: &RouterRef,
+        done: impl Fn(&RouterCounters) -> bool,
+    ) -> RouterCounters {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = ractor::call!(r, RouterMsg::GetCounters).unwrap();
+            if done(&c) {
+                return c;
+            }
+            assert!(std::time::Instant::now() < deadline, "counters: {c:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn counters_count_routes_batches_and_loops() {
+        let (r, _dp) = router(RouterKind::Server).await;
+        let before = ractor::call!(r, RouterMsg::GetCounters).unwrap();
+        assert_eq!(before, RouterCounters::default());
+        add_peer(&r, 1, RouterKind::Transit).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce_all(&[
+                ("fd00:1::/64", &["x"]),
+                ("fd00:2::/64", &["x"]),
+                ("fd00:3::/64", &["x", "me"]),
+            ]),
+        })
+        .unwrap();
+        let c = counters_until(&r, |c| c.route_updates_applied >= 2).await;
+        assert_eq!(c.routes, 2);
+        assert_eq!(c.loops_dropped, 1);
+        assert!(c.dataplane_batches >= 1);
+        assert_eq!(c.dataplane_batch_errors, 0);
+        assert_eq!(c.named()["routes"], 2);
+        r.stop_and_wait(None, None).await.unwrap();
+    }
+
+    /// A dataplane that refuses every request.
+    struct BrokenDataplane;
+
+    #[async_trait::async_trait]
+    impl Dataplane for BrokenDataplane {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        async fn remove_stale(
+            &mut self,
+        ) -> Result<usize, crate::dataplane::DataplaneError> {
+            Ok(0)
+        }
+        async fn apply(
+            &mut self,
+            _: Vec<RouteUpdate>,
+        ) -> Result<(), crate::dataplane::DataplaneError> {
+            Err(crate::dataplane::DataplaneError::Request("no".into()))
+        }
+        async fn set_tunnels(
+            &mut self,
+            _: BTreeSet<TunnelEntry>,
+        ) -> Result<(), crate::dataplane::DataplaneError> {
+            Err(crate::dataplane::DataplaneError::Request("no".into()))
+        }
+        async fn remove_all(
+            &mut self,
+        ) -> Result<usize, crate::dataplane::DataplaneError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_dataplane_batches_are_counted() {
+        let args = RouterArgs {
+            hostname: "me".to_string(),
+            kind: RouterKind::Server,
+            dataplane: Box::new(BrokenDataplane),
+            policy: PolicyConfig::default(),
+            log: Logger::root(slog::Discard, o!()),
+        };
+        let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+        add_peer(&r, 1, RouterKind::Transit).await;
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:9::/64", &["x"]),
+        })
+        .unwrap();
+        let c = counters_until(&r, |c| c.dataplane_batch_errors >= 1).await;
+        assert_eq!(c.dataplane_batch_errors, c.dataplane_batches);
+        assert_eq!(c.route_updates_applied, 0);
+        r.stop_and_wait(None, None).await.unwrap();
     }
 
     #[test]

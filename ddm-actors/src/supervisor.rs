@@ -37,6 +37,7 @@ use crate::discovery::{
 use crate::exchange::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
 };
+use crate::metrics::{CounterSources, StoreCounters};
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
 use crate::store::Store;
@@ -83,6 +84,8 @@ pub enum SupervisorMsg {
     GetRouter(RpcReplyPort<Option<RouterRef>>),
     /// Where the admin API listens.
     GetAdminAddr(RpcReplyPort<SocketAddr>),
+    /// Every child that keeps counters, for the metrics listener.
+    GetCounterSources(RpcReplyPort<CounterSources>),
     /// A restart back-off elapsed: start this child again.
     Restart(Child),
     /// A discovery actor reports on its interface.
@@ -168,6 +171,8 @@ pub struct SupervisorState {
     config: DaemonConfig,
     /// The store, handed to each admin actor started.
     store: Store,
+    /// Store writes counted by the admin actors.
+    store_counters: Arc<StoreCounters>,
     /// Makes dataplanes.
     dataplane: Option<DataplaneFactory>,
     /// Makes discovery I/O.
@@ -205,6 +210,7 @@ impl SupervisorState {
             store: self.store.clone(),
             supervisor: myself.clone(),
             router: self.router.clone(),
+            store_counters: self.store_counters.clone(),
             log: self.root_log.clone(),
         };
         let (admin, _) =
@@ -408,6 +414,28 @@ impl SupervisorState {
         }
     }
 
+    fn counter_sources(&self) -> CounterSources {
+        CounterSources {
+            discovery: self
+                .discovery
+                .iter()
+                .map(|(name, d)| (name.clone(), d.clone()))
+                .collect(),
+            exchange: self
+                .peers
+                .iter()
+                .filter_map(|(ifindex, r)| {
+                    let x = r.exchange.clone()?;
+                    let addr = r.peer.as_ref()?.addr;
+                    Some((r.ifname.clone(), *ifindex, addr, x))
+                })
+                .collect(),
+            router: self.router.clone(),
+            admin: self.admin.clone(),
+            store: self.store_counters.clone(),
+        }
+    }
+
     fn peer_map(&self) -> PeerMap<PeerInfo> {
         let now = Instant::now();
         self.peers
@@ -606,6 +634,7 @@ impl Actor for Supervisor {
             admin_addr: args.config.admin.listen,
             config: args.config,
             store: args.store,
+            store_counters: Arc::new(StoreCounters::default()),
             dataplane: args.dataplane,
             packet_io: args.packet_io,
             admin: None,
@@ -690,6 +719,9 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::GetAdminAddr(reply) => {
                 let _ = reply.send(state.admin_addr);
+            }
+            SupervisorMsg::GetCounterSources(reply) => {
+                let _ = reply.send(state.counter_sources());
             }
             SupervisorMsg::Restart(child) => {
                 state.restart(&myself, child).await;

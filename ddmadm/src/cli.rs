@@ -49,6 +49,15 @@ impl Cli {
     pub fn endpoint(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.port)
     }
+
+    /// The metrics listener `m` names: its address, or its port on the
+    /// admin API's host.
+    pub fn metrics_endpoint(&self, m: &MetricsEndpoint) -> SocketAddr {
+        match (m.metrics_addr, m.metrics_port) {
+            (Some(addr), _) => addr,
+            (None, port) => SocketAddr::new(self.address, port.unwrap_or(0)),
+        }
+    }
 }
 
 /// The subcommands.
@@ -97,6 +106,26 @@ pub enum Command {
 
     /// Pull everything again from every peer.
     Sync,
+
+    /// Show the daemon's counters: discovery per interface, exchange per
+    /// peer, import refusals, router and store.
+    ///
+    /// They are read from the daemon's metrics listener (`ddmd
+    /// --metrics-addr`), not from the admin API: name it with
+    /// --metrics-addr, or with --metrics-port on the host of -a/--address.
+    Counters(MetricsEndpoint),
+}
+
+/// Where `ddmd --metrics-addr` listens.
+#[derive(Debug, Args)]
+pub struct MetricsEndpoint {
+    /// The metrics listener's address, e.g. [::1]:9100.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "metrics_port")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// The metrics listener's port, on the host of -a/--address.
+    #[arg(long, value_name = "PORT", required_unless_present = "metrics_addr")]
+    pub metrics_port: Option<u16>,
 }
 
 /// A tunnel endpoint: an overlay prefix reachable through a boundary address.

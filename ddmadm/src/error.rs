@@ -63,6 +63,37 @@ impl Failure {
         Failure(one_line(&text))
     }
 
+    /// Describe `err`, a failure to read the counters from the metrics
+    /// listener at `addr`.
+    pub fn from_metrics(addr: SocketAddr, err: reqwest::Error) -> Self {
+        let text = if err.is_connect() {
+            format!(
+                "cannot reach the metrics listener of ddmd at {addr}: {} (is \
+                 ddmd running with --metrics-addr?)",
+                io_cause(&err)
+            )
+        } else if err.is_timeout() {
+            format!("the metrics listener at {addr} did not answer in time")
+        } else if err.is_decode() {
+            format!(
+                "the metrics listener at {addr} sent counters ddmadm cannot \
+                 read: {}",
+                chain(&err)
+            )
+        } else {
+            format!("reading counters from {addr} failed: {}", chain(&err))
+        };
+        Failure(one_line(&text))
+    }
+
+    /// The metrics listener at `addr` answered `status` with `body`.
+    pub fn metrics_status(addr: SocketAddr, status: u16, body: &str) -> Self {
+        Failure(one_line(&format!(
+            "the metrics listener at {addr} answered HTTP {status}: {}",
+            body.chars().take(200).collect::<String>()
+        )))
+    }
+
     /// Output could not be written.
     pub fn output(err: std::io::Error) -> Self {
         Failure(format!("cannot write output: {err}"))

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
+use ddm_admin_api::counters::CountersReport;
 use ddm_admin_api::latest::{PathVector, PeerInfo, TunnelOrigin, TunnelRoute};
 use oxnet::Ipv6Net;
 use serde::Serialize;
@@ -151,6 +152,58 @@ pub fn tunnel_imported_table(routes: &[TunnelRoute]) -> String {
     table(&["Overlay", "Boundary", "VNI", "Metric", "Next hop"], &rows)
 }
 
+/// The `counters` table: one row per counter, grouped by what counts it
+/// (an interface's discovery, a peer's exchange, a peer's import refusals,
+/// the router, the store). Refusal reasons that never happened are left
+/// out; every other counter is shown, zero or not. A first line names the
+/// rack and sled when statistics are enabled, a last one the actors that
+/// did not answer in time.
+pub fn counters_table(r: &CountersReport) -> String {
+    let mut rows = Vec::new();
+    let mut row = |scope: &str, name: &str, v: u64| {
+        rows.push(vec![scope.to_string(), name.to_string(), v.to_string()]);
+    };
+    for i in &r.discovery {
+        let scope = format!("discovery {}", i.interface);
+        for (name, v) in &i.counters {
+            row(&scope, name, *v);
+        }
+        for (reason, v) in &i.drops {
+            row(&scope, &format!("dropped {reason}"), *v);
+        }
+    }
+    for p in &r.exchange {
+        let scope = format!("exchange {}%{}", p.peer, p.interface);
+        for (name, v) in &p.counters {
+            row(&scope, name, *v);
+        }
+    }
+    for p in &r.import_refusals {
+        let scope = format!("import {}%{}", p.peer, p.ifindex);
+        for (reason, v) in p.reasons.iter().filter(|(_, v)| **v > 0) {
+            row(&scope, &format!("refused {reason}"), *v);
+        }
+    }
+    for (name, v) in r.router.iter().flatten() {
+        row("router", name, *v);
+    }
+    for (name, v) in &r.store {
+        row("store", name, *v);
+    }
+    let mut out = String::new();
+    if let (Some(rack), Some(sled)) = (r.rack_id, r.sled_id) {
+        out.push_str(&format!("rack {rack}, sled {sled}\n"));
+    }
+    out.push_str(&table(&["Scope", "Counter", "Value"], &rows));
+    if !r.unanswered.is_empty() {
+        out.push_str(&format!(
+            "not answered in time: {}\n",
+            sanitize(&r.unanswered.join(", "))
+        ));
+    }
+    out
+}
+
 /// `value` as pretty JSON (two-space indent) with object keys sorted and a
 /// final newline: the `--json` output.
 pub fn json<T: Serialize>(value: &T) -> String {
@@ -168,6 +221,58 @@ pub fn json<T: Serialize>(value: &T) -> String {
 mod tests {
     use super::*;
     use ddm_admin_api::latest::{PeerStatus, RouterKind};
+
+    #[test]
+    fn counters_table_lists_every_scope() {
+        use ddm_admin_api::counters::{
+            InterfaceCounters, PeerCounters, PeerRefusals,
+        };
+        use std::collections::BTreeMap;
+        let m = |kv: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        let r = CountersReport {
+            rack_id: Some(uuid::Uuid::from_u128(1)),
+            sled_id: Some(uuid::Uuid::from_u128(2)),
+            unanswered: vec!["router".to_string()],
+            discovery: vec![InterfaceCounters {
+                interface: "eth0".to_string(),
+                counters: m(&[("solicitations_sent", 3)]),
+                drops: m(&[("truncated", 1)]),
+            }],
+            exchange: vec![PeerCounters {
+                interface: "eth0".to_string(),
+                ifindex: 2,
+                peer: "fe80::2".parse().unwrap(),
+                counters: m(&[("pushes_sent", 4)]),
+            }],
+            import_refusals: vec![PeerRefusals {
+                ifindex: 2,
+                peer: "fe80::2".parse().unwrap(),
+                reasons: m(&[("default_route", 9), ("empty_path", 0)]),
+            }],
+            router: None,
+            store: m(&[("commits", 5)]),
+        };
+        let text = counters_table(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "rack 00000000-0000-0000-0000-000000000001, \
+             sled 00000000-0000-0000-0000-000000000002"
+        );
+        assert_eq!(
+            lines[1],
+            "Scope                  Counter                Value"
+        );
+        assert_eq!(lines[2], "discovery eth0         solicitations_sent     3");
+        assert_eq!(lines[3], "discovery eth0         dropped truncated      1");
+        assert_eq!(lines[4], "exchange fe80::2%eth0  pushes_sent            4");
+        assert_eq!(lines[5], "import fe80::2%2       refused default_route  9");
+        assert_eq!(lines[6], "store                  commits                5");
+        assert_eq!(lines[7], "not answered in time: router");
+        assert_eq!(lines.len(), 8, "{text}");
+    }
 
     #[test]
     fn durations_for_people() {

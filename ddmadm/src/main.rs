@@ -50,6 +50,14 @@ fn emit(text: &str) -> Result<(), Failure> {
 
 /// Run the command `cli` names and return what to print.
 async fn execute(cli: &Cli) -> Result<String, Failure> {
+    if let Command::Counters(m) = &cli.command {
+        let report = counters(cli.metrics_endpoint(m)).await?;
+        return Ok(if cli.json {
+            format::json(&report)
+        } else {
+            format::counters_table(&report)
+        });
+    }
     let addr = cli.endpoint();
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let client = new_client(addr, log);
@@ -136,8 +144,37 @@ async fn run(
             client.sync().await?;
             String::new()
         }
+        // Read from the metrics listener by `execute`, never through the
+        // admin API.
+        Command::Counters(_) => String::new(),
     };
     Ok(text)
+}
+
+/// How long `ddmadm counters` waits for the metrics listener.
+const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /counters` from the metrics listener at `addr` (not the admin API:
+/// no `api-version` header is involved).
+async fn counters(
+    addr: std::net::SocketAddr,
+) -> Result<ddm_admin_api::counters::CountersReport, Failure> {
+    let client = reqwest::Client::builder()
+        .timeout(METRICS_TIMEOUT)
+        .no_proxy()
+        .build()
+        .map_err(|e| Failure::from_metrics(addr, e))?;
+    let answer = client
+        .get(format!("http://{addr}/counters"))
+        .send()
+        .await
+        .map_err(|e| Failure::from_metrics(addr, e))?;
+    let status = answer.status();
+    if !status.is_success() {
+        let body = answer.text().await.unwrap_or_default();
+        return Err(Failure::metrics_status(addr, status.as_u16(), &body));
+    }
+    answer.json().await.map_err(|e| Failure::from_metrics(addr, e))
 }
 
 /// The name of the local interface with index `index`, if there is one.
@@ -195,6 +232,51 @@ mod tests {
         let err = execute(&cli).await.unwrap_err().to_string();
         assert!(err.starts_with("cannot reach ddmd at [::1]:"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn counters_without_a_listener_say_where_they_looked() {
+        let port = closed_port();
+        let cli = Cli::try_parse_from([
+            "ddmadm",
+            "counters",
+            "--metrics-port",
+            &port.to_string(),
+        ])
+        .unwrap();
+        let err = execute(&cli).await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot reach the metrics listener of ddmd at [::1]:{port}: \
+                 connection refused (is ddmd running with --metrics-addr?)"
+            )
+        );
+    }
+
+    #[test]
+    fn counters_need_a_metrics_endpoint() {
+        assert!(Cli::try_parse_from(["ddmadm", "counters"]).is_err());
+        let cli = Cli::try_parse_from([
+            "ddmadm",
+            "-a",
+            "fd00::1",
+            "counters",
+            "--metrics-port",
+            "9100",
+        ])
+        .unwrap();
+        let Command::Counters(m) = &cli.command else { panic!() };
+        assert_eq!(cli.metrics_endpoint(m), "[fd00::1]:9100".parse().unwrap());
+        let cli = Cli::try_parse_from([
+            "ddmadm",
+            "counters",
+            "--metrics-addr",
+            "[::1]:9200",
+        ])
+        .unwrap();
+        let Command::Counters(m) = &cli.command else { panic!() };
+        assert_eq!(cli.metrics_endpoint(m), "[::1]:9200".parse().unwrap());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The command line.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +87,13 @@ pub struct Args {
     /// must not exist yet; its directory must).
     #[arg(long, value_name = "PATH")]
     pub admin_port_file: Option<PathBuf>,
+
+    /// Serve the counters on this address, apart from the admin API: `GET
+    /// /metrics` (Prometheus text format) and `GET /counters` (JSON, read by
+    /// `ddmadm counters`). Off by default. IPv6 addresses go in brackets:
+    /// `[::1]:9100`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Directory of the durable store (kept in DIR/ddmdb).
     #[arg(long, default_value = "/var/run", value_name = "DIR")]
@@ -227,6 +234,18 @@ mod tests {
         assert_eq!(a.max_prefixes_per_peer, 250_000);
         assert_eq!(a.addresses[0].ifname, "eth0");
         assert_eq!(a.addresses[0].tag.as_deref(), Some("ll"));
+    }
+
+    #[test]
+    fn metrics_addr_is_off_by_default_and_parses() {
+        let a = Args::try_parse_from(["ddmd"]).unwrap();
+        assert_eq!(a.metrics_addr, None);
+        let a = Args::try_parse_from(["ddmd", "--metrics-addr", "[::1]:9100"])
+            .unwrap();
+        assert_eq!(a.metrics_addr, Some("[::1]:9100".parse().unwrap()));
+        assert!(
+            Args::try_parse_from(["ddmd", "--metrics-addr", "::1"]).is_err()
+        );
     }
 
     #[test]

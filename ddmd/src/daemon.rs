@@ -8,6 +8,7 @@ use ddm_actors::config::{
     AdminConfig, DaemonConfig, InterfaceSpec, RouterConfig,
 };
 use ddm_actors::discovery::PacketIo;
+use ddm_actors::metrics;
 use ddm_actors::policy::PolicyConfig;
 use ddm_actors::store::Store;
 use ddm_actors::supervisor::{
@@ -165,6 +166,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot watch SIGINT: {e}"))?;
 
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    // Bound before anything starts, so that an address in use fails like
+    // an unusable data directory.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (supervisor, handle) = Actor::spawn(
         None,
         Supervisor,
@@ -180,6 +187,19 @@ pub async fn run(args: Args) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start: {}", root_cause(&e)))?;
 
+    // Serving before the port file is written: a ready daemon answers on
+    // both listeners.
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(local) = listener.local_addr() {
+            info!(log, "metrics: listening on {local}");
+        }
+        metrics::serve(
+            listener,
+            supervisor.clone(),
+            log.new(o!("component" => "metrics")),
+        )
+    });
+
     let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
         .map_err(|e| format!("supervisor did not answer: {e}"))?;
     if let Some(path) = &args.admin_port_file {
@@ -194,6 +214,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         _ = sigint.recv() => "SIGINT",
     };
     info!(log, "shutting down"; "signal" => which);
+    if let Some(m) = metrics {
+        m.abort();
+    }
     supervisor.stop(Some(format!("{which} received")));
     if tokio::time::timeout(SHUTDOWN_GRACE, handle).await.is_err() {
         warn!(log, "shutdown took too long; exiting anyway");

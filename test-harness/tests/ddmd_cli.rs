@@ -105,3 +105,20 @@ fn port_in_use_fails_clearly() {
     ]);
     assert_clear_failure(&o, &port);
 }
+
+#[test]
+fn metrics_address_in_use_fails_clearly() {
+    let taken = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let o = ddmd(&[
+        "--api-only",
+        "--admin-port",
+        "0",
+        "--metrics-addr",
+        &addr,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_clear_failure(&o, &format!("metrics listener on {addr}"));
+}

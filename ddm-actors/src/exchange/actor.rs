@@ -144,6 +144,16 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
+        impl ExchangeCounters {
+            /// Every counter by name.
+            pub fn named(&self) -> std::collections::BTreeMap<String, u64> {
+                [$((stringify!($name), self.$name),)*]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            }
+        }
+
         impl Stats {
             /// The current values.
             pub fn snapshot(&self) -> ExchangeCounters {
@@ -160,6 +170,11 @@ counters! {
     pushes_received,
     /// Pulls from the peer answered.
     pulls_received,
+    /// Body bytes of the pushes received from the peer (accepted or not,
+    /// once read whole).
+    push_bytes_received,
+    /// Body bytes of the pull answers sent to the peer.
+    pull_bytes_sent,
     /// Requests refused with 403: not from the peer's address.
     rejected_forbidden,
     /// Requests refused with 400: malformed JSON or an invalid prefix.
@@ -183,6 +198,10 @@ counters! {
     items_dropped_oversize,
     /// Pulls the peer answered.
     pulls_sent,
+    /// Body bytes of the pushes the peer accepted.
+    push_bytes_sent,
+    /// Body bytes of the pull answers the peer sent.
+    pull_bytes_received,
     /// Pushes that failed (each retry counts).
     push_failures,
     /// Pulls that failed (each retry counts).
@@ -197,6 +216,11 @@ impl Stats {
     /// Add one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -524,8 +548,8 @@ pub enum ExchangeMsg {
     PushDone {
         /// The generation the push was started with.
         gen: u64,
-        /// Whether the peer accepted it.
-        result: Result<(), ClientError>,
+        /// Whether the peer accepted it, and if so the body's bytes.
+        result: Result<usize, ClientError>,
     },
     /// A back-off elapsed (internal).
     Retry {
@@ -703,8 +727,9 @@ impl State {
         }
         let first = !std::mem::replace(&mut self.pulled_once, true);
         match result {
-            Ok(Pulled { response, push_limit }) => {
+            Ok(Pulled { response, push_limit, bytes }) => {
                 Stats::bump(&self.stats.pulls_sent);
+                Stats::add(&self.stats.pull_bytes_received, bytes);
                 self.learn_push_limit(push_limit);
                 self.pull.failures = 0;
                 self.clear_report();
@@ -844,15 +869,16 @@ impl State {
         &mut self,
         myself: &ExchangeRef,
         gen: u64,
-        result: Result<(), ClientError>,
+        result: Result<usize, ClientError>,
     ) {
         if gen != self.push.gen || self.push.task.take().is_none() {
             return;
         }
         let sent = self.in_flight.take();
         match result {
-            Ok(()) => {
+            Ok(bytes) => {
                 Stats::bump(&self.stats.pushes_sent);
+                Stats::add(&self.stats.push_bytes_sent, bytes);
                 self.push.failures = 0;
                 self.split_items = None;
                 self.clear_report();
@@ -2116,6 +2142,7 @@ mod tests {
         assert_eq!((r.method, r.path.as_str()), (Method::PUT, "/v3/push"));
         let first: v3::Update = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(first, announce(&["fd00:1::/64"]));
+        let first_len = r.body.len();
         // ...while three more arrive (the empty one is ignored).
         x.cast(ExchangeMsg::Push(announce(&["fd00:2::/64"]).into())).unwrap();
         x.cast(ExchangeMsg::Push(withdraw(&["fd00:1::/64"]).into())).unwrap();
@@ -2127,6 +2154,7 @@ mod tests {
 
         let r = fake.next().await;
         let second: v3::Update = serde_json::from_slice(&r.body).unwrap();
+        let r2_len = r.body.len();
         let mut want = announce(&["fd00:2::/64", "fd00:3::/64"]);
         want.underlay_mut().withdraw.insert(pv("fd00:1::/64", "x"));
         assert_eq!(second, want);
@@ -2144,6 +2172,8 @@ mod tests {
         );
         let c = wait_counters(&x, |c| c.pulls_sent == 2).await;
         assert_eq!(c.push_failures + c.pull_failures, 0);
+        assert_eq!(c.push_bytes_sent, (first_len + r2_len) as u64);
+        assert_eq!(c.pull_bytes_received, 2 * PULL3.len() as u64);
         x.stop_and_wait(None, None).await.unwrap();
     }
 
@@ -2325,16 +2355,20 @@ mod tests {
 
         let as_peer = Client::new(local, Version::V3, Duration::from_secs(2));
         let u = announce(&["fd00:8::/64"]);
-        as_peer.push(&(&u).into()).await.unwrap();
+        let pushed = as_peer.push(&(&u).into()).await.unwrap();
         assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
         let pulled = as_peer.pull().await.unwrap();
         assert_eq!(pulled.response, answer);
         assert_eq!(pulled.push_limit, Some(server::MAX_BODY));
         assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
         let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
-        assert_eq!(as_v2.pull().await.unwrap().response, answer);
+        let pulled_v2 = as_v2.pull().await.unwrap();
+        assert_eq!(pulled_v2.response, answer);
         let c = call!(x, ExchangeMsg::GetCounters).unwrap();
         assert_eq!((c.pushes_received, c.pulls_received), (1, 2));
+        assert!(pushed > 0 && pulled.bytes > 0 && pulled_v2.bytes > 0);
+        assert_eq!(c.push_bytes_received, pushed as u64);
+        assert_eq!(c.pull_bytes_sent, (pulled.bytes + pulled_v2.bytes) as u64);
 
         // Another exchange actor whose peer is someone else: our loopback
         // source address is a stranger to it.

@@ -99,6 +99,8 @@ pub struct Pulled {
     pub response: v3::PullResponse,
     /// The largest push body the peer announced it takes, if it did.
     pub push_limit: Option<usize>,
+    /// The answer's body size in bytes.
+    pub bytes: usize,
 }
 
 /// The push limit announced in `headers`, if one is there and is a number.
@@ -176,8 +178,9 @@ impl Client {
     }
 
     /// `PUT /vN/push` of `update`, serialised straight from its compact
-    /// form in either version: nothing is copied but the JSON.
-    pub async fn push(&self, update: &OutUpdate) -> Result<(), ClientError> {
+    /// form in either version: nothing is copied but the JSON. Returns the
+    /// body's size in bytes.
+    pub async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
         let mut body = Vec::with_capacity(json_size_hint(update.len()));
         let (path, written) = match self.inner.version {
             Version::V3 => {
@@ -189,8 +192,9 @@ impl Client {
             ),
         };
         written.map_err(|e| ClientError::Decode(e.to_string()))?;
+        let bytes = body.len();
         self.request(Method::PUT, path, Bytes::from(body)).await?;
-        Ok(())
+        Ok(bytes)
     }
 
     /// `GET /vN/pull`, converted to v3, with the push limit the peer
@@ -203,6 +207,7 @@ impl Client {
         let (headers, body) =
             self.request(Method::GET, path, Bytes::new()).await?;
         let push_limit = announced_push_limit(&headers);
+        let bytes = body.len();
         let response = match self.inner.version {
             Version::V3 => serde_json::from_slice(&body)
                 .map_err(|e| ClientError::Decode(e.to_string()))?,
@@ -216,7 +221,7 @@ impl Client {
                 })?
             }
         };
-        Ok(Pulled { response, push_limit })
+        Ok(Pulled { response, push_limit, bytes })
     }
 
     /// One request, bounded by the timeout; the answer's headers and body

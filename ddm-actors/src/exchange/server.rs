@@ -435,6 +435,7 @@ where
         }
         Ok(Ok(b)) => b,
     };
+    Stats::add(&ctx.stats.push_bytes_received, body.len());
     // Only the parsed update is kept: the text is dropped before a v2
     // update is converted and before the router gets it.
     let decoded = decode_update(version, body);
@@ -504,6 +505,7 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
     match written {
         Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
+            Stats::add(&ctx.stats.pull_bytes_sent, body.len());
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
