@@ -69,7 +69,10 @@ impl Trio {
         f.adm("s1", &["advertise-prefixes", P1]).unwrap();
         f.spawn_router("s2", "server", &[&b.a_if], &[]).unwrap();
         let t1_ifs = [a.b_if.as_str(), b.b_if.as_str()];
-        f.spawn_router("t1", "transit", &t1_ifs, t1_extra).unwrap();
+        // t1 serves its counters, to tell when its first pull of s1 is in.
+        let mut t1_args = t1_extra.to_vec();
+        t1_args.extend(["--metrics-addr", "[::1]:9100"]);
+        f.spawn_router("t1", "transit", &t1_ifs, &t1_args).unwrap();
         for node in ["s2", "t1"] {
             f.wait_ready(node).unwrap();
         }
@@ -78,12 +81,27 @@ impl Trio {
             t.f.wait_peer_state(node, n, "Exchange", DEADLINE)
                 .unwrap_or_else(|e| t.fail(&e));
         }
-        t.wait("t1 to pull s1's prefix", || {
+        t.wait("t1 to hold s1's prefix", || {
             let got = t.paths("t1")?;
             got.iter()
                 .any(|(_, d, _)| d == P1)
                 .then_some(())
                 .ok_or(format!("{got:?}"))
+        });
+        // s1 pushes its whole view when the session starts, so holding P1
+        // does not mean t1's own pull of s1 is in. That answer is taken as
+        // s1's whole set, so a push accepted before it would be withdrawn
+        // by it: wait for it.
+        t.wait("t1's first pull of s1 to complete", || {
+            let v = t.f.adm("t1", &["counters", "--metrics-port", "9100"])?;
+            let pulls = v["exchange"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["peer"] == t.s1_ll.to_string())
+                .filter_map(|p| p["counters"]["pulls_sent"].as_u64())
+                .sum::<u64>();
+            (pulls >= 1).then_some(()).ok_or(format!("pulls_sent {pulls}"))
         });
         t
     }
