@@ -1048,7 +1048,8 @@ impl Actor for Exchange {
             reported: false,
             failing_since: None,
             give_up_after: args.give_up_after,
-            client: Client::new(peer_addr, version, args.timeout),
+            client: Client::new(peer_addr, version, args.timeout)
+                .bound_to(args.local_addr),
             stats,
             listen,
             server_ctx,

@@ -142,6 +142,8 @@ pub struct Client {
 struct Inner {
     /// The peer's server.
     addr: SocketAddrV6,
+    /// Our address to connect from, if bound.
+    local: Option<std::net::Ipv6Addr>,
     /// The version the peer speaks.
     version: Version,
     /// Bound on each request.
@@ -160,11 +162,29 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 addr,
+                local: None,
                 version,
                 timeout,
                 idle: Mutex::new(None),
             }),
         }
+    }
+
+    /// The same client, its connections made from `local` (port 0: any).
+    ///
+    /// The peer's server accepts only the address it discovered us by; a
+    /// second link-local address on the interface (an operator's, a
+    /// renumbering in progress) would otherwise be the kernel's choice of
+    /// source, and every request would be refused.
+    pub fn bound_to(self, local: std::net::Ipv6Addr) -> Self {
+        let inner = Inner {
+            addr: self.inner.addr,
+            local: Some(local),
+            version: self.inner.version,
+            timeout: self.inner.timeout,
+            idle: Mutex::new(None),
+        };
+        Client { inner: Arc::new(inner) }
     }
 
     /// The peer's server.
@@ -303,7 +323,16 @@ impl Client {
 
     async fn connect(&self) -> Result<Conn, ClientError> {
         let addr = self.inner.addr;
-        let stream = TcpStream::connect(addr)
+        let connect = async {
+            let Some(local) = self.inner.local else {
+                return TcpStream::connect(addr).await;
+            };
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket
+                .bind(SocketAddrV6::new(local, 0, 0, addr.scope_id()).into())?;
+            socket.connect(addr.into()).await
+        };
+        let stream = connect
             .await
             .map_err(|error| ClientError::Connect { addr, error })?;
         let _ = stream.set_nodelay(true);
