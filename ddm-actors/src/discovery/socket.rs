@@ -138,21 +138,19 @@ pub fn send(
     Ok(())
 }
 
-#[cfg(all(test, target_os = "linux"))]
+/// The socket tests run in a namespace of their own, made by the netlink
+/// test support.
+#[cfg(all(test, target_os = "linux", feature = "netlink"))]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The first interface with a usable link-local address, if the host
-    /// has one (containers without IPv6 do not: the test then does nothing;
-    /// the namespace suite covers real links).
-    fn some_link() -> Option<(u32, Ipv6Addr)> {
-        let text = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
-        text.lines().find_map(|l| {
-            let idx =
-                u32::from_str_radix(l.split_whitespace().nth(1)?, 16).ok()?;
-            Some((idx, crate::discovery::iface::parse_if_inet6(&text, idx)?))
-        })
+    /// The link-local address of interface `ifindex` once it is usable,
+    /// read from the calling thread's own namespace.
+    fn link_local(ifindex: u32) -> Option<Ipv6Addr> {
+        let text =
+            std::fs::read_to_string("/proc/thread-self/net/if_inet6").ok()?;
+        crate::discovery::iface::parse_if_inet6(&text, ifindex)
     }
 
     fn free_port(ifindex: u32, addr: Ipv6Addr) -> u16 {
@@ -162,12 +160,32 @@ mod tests {
         s.local_addr().unwrap().port()
     }
 
-    #[tokio::test]
-    async fn unicast_and_multicast_reach_the_link() {
-        let Some((ifindex, ll)) = some_link() else {
-            eprintln!("no interface with a link-local address; skipped");
-            return;
-        };
+    /// In a namespace of its own (veth `a0`), so nothing leaves the
+    /// machine and the test never depends on the host's interfaces.
+    #[test]
+    fn unicast_and_multicast_reach_the_link() {
+        crate::netlink::testns::run(
+            "unicast_and_multicast_reach_the_link",
+            |ns| async move {
+                let ifindex = ns.ifindex("a0");
+                let deadline =
+                    tokio::time::Instant::now() + Duration::from_secs(10);
+                let ll = loop {
+                    if let Some(ll) = link_local(ifindex) {
+                        break ll;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "a0 never got a usable link-local address"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                reach_the_link(ifindex, ll).await;
+            },
+        );
+    }
+
+    async fn reach_the_link(ifindex: u32, ll: Ipv6Addr) {
         let port = free_port(ifindex, ll);
         let link = open(ifindex, ll, port).unwrap();
 

@@ -1,4 +1,4 @@
-//! The exchange actor: one per peer (DESIGN §3).
+//! The exchange actor: one per peer.
 //!
 //! ```text
 //!                 ┌──────────── Exchange actor ─────────────┐
@@ -1070,8 +1070,9 @@ impl Actor for Exchange {
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead
         // of every `Import` and `PullResult` for this peer: nothing is
-        // bound or pulled yet. (The supervisor's own `PeerUp` after spawning
-        // us is then a no-op.)
+        // bound or pulled yet. This is the only `PeerUp` the router gets
+        // for this session; its answer is the push that makes the peer's
+        // view of us whole (see `rib::Told`).
         let up = RouterMsg::PeerUp {
             peer,
             kind: args.peer_kind,

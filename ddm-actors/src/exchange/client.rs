@@ -1,4 +1,4 @@
-//! The exchange client: calls the peer's server (DESIGN §3).
+//! The exchange client: calls the peer's server.
 //!
 //! HTTP/1.1 over one kept-alive connection to `[peer%ifindex]:port`,
 //! speaking the version the peer advertises. The client is cheap to clone;

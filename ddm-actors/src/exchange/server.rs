@@ -1,4 +1,4 @@
-//! The exchange server: what the peer calls (DESIGN §3).
+//! The exchange server: what the peer calls.
 //!
 //! ```text
 //!   accept task ──▶ connection tasks (a JoinSet owned by the accept task)
