@@ -314,7 +314,10 @@ fn stalled_admin_clients_are_bounded() {
          s1 for them, all closed after {took:?}",
         clients.len()
     );
-    let bound = ADMIN_MAX_CONNECTIONS * FDS_PER_ADMIN_CONNECTION;
+    // The daemon's other descriptors come and go meanwhile (a connection
+    // accepted only to be closed over the cap, its exchange and store
+    // work): a little slack, far below what 200 held connections cost.
+    let bound = ADMIN_MAX_CONNECTIONS * FDS_PER_ADMIN_CONNECTION + 16;
     assert!(most <= bound, "s1 held {most} descriptors, over {bound}");
     assert!(most > 0, "no stalled connection was ever held");
     // Every client sees its connection closed.
