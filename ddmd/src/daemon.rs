@@ -46,23 +46,14 @@ fn dataplane_factory(_args: &Args) -> Result<DataplaneFactory, String> {
 }
 
 /// The kernel dataplane of this platform: the routing socket and OPTE.
-/// (Type-checked for illumos only through the dataplane module; see the
-/// README.)
+/// (Type-checked for illumos only through `ddm-dataplane`, which holds the
+/// body; see the README.)
 #[cfg(all(target_os = "illumos", feature = "illumos"))]
 fn dataplane_factory(args: &Args) -> Result<DataplaneFactory, String> {
-    use ddm_actors::dataplane::illumos::kernel::KernelDataplane;
-    use ddm_actors::dataplane::illumos::sys::{RtSocket, Xde};
-    use ddm_actors::dataplane::Dataplane;
     let data_dir = args.data_dir.clone();
     let api_version = args.opte_api_version;
     Ok(Arc::new(move |log: &slog::Logger| {
-        let opte = Xde::open(api_version).unwrap_or_else(|e| {
-            warn!(log, "cannot open the encapsulation driver; tunnel \
-                endpoints are recorded only"; "error" => %e);
-            None
-        });
-        let dp = KernelDataplane::new(RtSocket, opte, &data_dir, log.clone())?;
-        Ok(Box::new(dp) as Box<dyn Dataplane>)
+        ddm_actors::dataplane::illumos::sys::open(&data_dir, api_version, log)
     }))
 }
 

@@ -6,7 +6,7 @@
 
 use std::net::Ipv6Addr;
 
-use oxnet::{IpNet, Ipv6Net};
+use oxnet::Ipv6Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -139,27 +139,9 @@ pub struct PathVector {
     pub path: Vec<String>,
 }
 
-// An overlay prefix reachable through a boundary (tunnel endpoint) address.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-)]
-pub struct TunnelOrigin {
-    pub overlay_prefix: IpNet,
-    pub boundary_addr: Ipv6Addr,
-    pub vni: u32,
-    #[serde(default)]
-    pub metric: u64,
-}
+// An overlay prefix reachable through a boundary (tunnel endpoint) address;
+// defined in ddm-types so that the dataplanes can use it without dropshot.
+pub use ddm_types::TunnelOrigin;
 
 // A tunnel endpoint learned from a peer, with the peer it came through.
 #[derive(

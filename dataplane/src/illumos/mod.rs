@@ -9,13 +9,14 @@
 //! * [`kernel`] is the dataplane (routes by difference, the record, OPTE
 //!   through [`tunnels`]), written against two small traits so that its
 //!   logic is tested on every platform with fakes.
-//! * `sys` (illumos only) implements those traits with the real routing
-//!   socket and `/dev/xde` ioctl.
+//! * `sys` (illumos with the `illumos` feature only) implements those
+//!   traits with the real routing socket and `/dev/xde` ioctl, and opens
+//!   the whole dataplane ([`open`] there).
 
 pub mod kernel;
 pub mod opte;
 pub mod record;
 pub mod rtsock;
-#[cfg(target_os = "illumos")]
+#[cfg(all(target_os = "illumos", feature = "illumos"))]
 pub mod sys;
 pub mod tunnels;

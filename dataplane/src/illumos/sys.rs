@@ -9,7 +9,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use super::kernel::RouteSocket;
+use std::path::Path;
+
+use slog::{warn, Logger};
+
+use super::kernel::{KernelDataplane, RouteSocket};
 use super::opte::{
     mismatched_version, OpteCmdIoctl, FLAG_ERROR, RESPONSE_LEN,
     XDE_IOC_OPTE_CMD,
@@ -19,6 +23,25 @@ use super::rtsock::{
     WriteOutcome, AF_ROUTE, RTM_GET,
 };
 use super::tunnels::{OpteDriver, OpteError, V2bCmd};
+use crate::{Dataplane, DataplaneError};
+
+/// The illumos kernel dataplane of a daemon: routes through the routing
+/// socket, recorded under `data_dir`, and tunnel endpoints through OPTE
+/// when its driver (at `api_version`) is present; where it is absent or
+/// cannot be opened, tunnel endpoints are recorded only.
+pub fn open(
+    data_dir: &Path,
+    api_version: u64,
+    log: &Logger,
+) -> Result<Box<dyn Dataplane>, DataplaneError> {
+    let opte = Xde::open(api_version).unwrap_or_else(|e| {
+        warn!(log, "cannot open the encapsulation driver; tunnel \
+            endpoints are recorded only"; "error" => %e);
+        None
+    });
+    let dp = KernelDataplane::new(RtSocket, opte, data_dir, log.clone())?;
+    Ok(Box::new(dp))
+}
 
 /// Sequence numbers of our routing messages.
 static SEQ: AtomicI32 = AtomicI32::new(1);

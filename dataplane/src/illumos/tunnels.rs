@@ -13,7 +13,7 @@ use oxnet::IpNet;
 use slog::{info, warn, Logger};
 
 use super::opte::{encode_v2b, Tep};
-use crate::dataplane::{DataplaneError, TunnelEntry};
+use crate::{DataplaneError, TunnelEntry};
 
 /// Why a driver request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -176,7 +176,7 @@ impl<D: OpteDriver> Tunnels<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ddm_admin_api::latest::TunnelOrigin;
+    use crate::TunnelOrigin;
     use std::sync::{Arc, Mutex};
 
     /// Requests a fake driver received.

@@ -27,7 +27,7 @@ use slog::{info, warn, Logger};
 use super::record::RouteRecord;
 use super::rtsock::{KernelRoute, WriteOutcome};
 use super::tunnels::{OpteDriver, Tunnels};
-use crate::dataplane::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
+use crate::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 /// The kernel's routing socket, as the dataplane uses it (blocking calls;
 /// the dataplane runs them off the async runtime).
@@ -304,7 +304,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{Nexthop, Nexthops};
+    use crate::{Nexthop, Nexthops};
     use std::sync::Mutex;
 
     /// A kernel table: routes, with an owner name for the test.
