@@ -20,6 +20,8 @@
 //! # Ok(())
 //! # }
 //! ```
+// The generated client has no doc comments of its own.
+#![allow(missing_docs)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
