@@ -473,7 +473,7 @@ fn items(u: &OutUpdate) -> impl Iterator<Item = Item<'_>> {
 /// empty. A body with items is at most this plus each item and one comma
 /// per item; the lists' first items need no comma and an absent half is
 /// shorter (`null`), so the estimate is at most a few dozen bytes high.
-pub fn empty_body_len(version: Version) -> usize {
+fn empty_body_len(version: Version) -> usize {
     let mut empty = OutUpdate::default();
     empty.underlay_mut();
     empty.tunnel_mut();
@@ -574,6 +574,9 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
             .then_some(tun),
     }
 }
+
+#[cfg(test)]
+mod rules_tests;
 
 #[cfg(test)]
 mod tests {
