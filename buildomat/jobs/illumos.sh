@@ -8,7 +8,7 @@
 #
 # The illumos build: everything in the workspace that can be built for
 # x86_64-unknown-illumos here (the `ddm-dataplane` crate with its `illumos`
-# feature, and `ddm-types`), type-checked with clippy's lints as errors,
+# feature, the protocol floor `ddm-proto`, and `ddm-types`), type-checked with clippy's lints as errors,
 # then built in release mode for that target. It is a cross build from
 # Linux: the rest of the workspace depends on dropshot, whose TLS backend
 # compiles C for the target, which needs an illumos C toolchain. Nothing is

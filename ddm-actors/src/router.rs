@@ -745,6 +745,7 @@ mod tests {
     }
 
     fn nh(i: u32) -> Nexthop {
+        use crate::rib::PeerNexthop;
         peer(i).nexthop()
     }
 

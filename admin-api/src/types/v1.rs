@@ -6,7 +6,6 @@
 
 use std::net::Ipv6Addr;
 
-use oxnet::Ipv6Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -120,24 +119,9 @@ pub struct PeerInfo {
     pub kind: RouterKind,
 }
 
-// A path to an underlay destination: the routers an announcement crossed,
-// originator first.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-)]
-pub struct PathVector {
-    pub destination: Ipv6Net,
-    pub path: Vec<String>,
-}
+// A path to an underlay destination; defined in ddm-types so that the
+// protocol floor (ddm-proto) can use it without dropshot.
+pub use ddm_types::PathVector;
 
 // An overlay prefix reachable through a boundary (tunnel endpoint) address;
 // defined in ddm-types so that the dataplanes can use it without dropshot.

@@ -59,7 +59,6 @@
 //! `post_stop` aborts every task and waits for the server to close its
 //! socket, so a new exchange actor for the same peer can bind at once.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -73,15 +72,20 @@ use slog::{debug, error, info, o, warn, Logger};
 use tokio::task::JoinHandle;
 
 use super::client::{Client, ClientError, Pulled};
-use super::outgoing::{
-    json_len, tunnel_json_len, OutPath, OutUnderlay, OutUpdate, V2Update,
+use ddm_proto::outgoing::OutUpdate;
+// The push rules and the version live in the protocol floor; they stay
+// reachable here, where the session uses them.
+pub use ddm_proto::outgoing::{
+    merge, take_chunk, Chunk, PushBounds, DEFAULT_PUSH_LIMIT, MAX_PUSH_ITEMS,
 };
+pub use ddm_proto::Version;
+
 use super::server::{self, ServerCtx};
 use super::wire::v3;
 use crate::config::RouterConfig;
 use crate::discovery::PeerIdentity;
-use crate::rib::PeerId;
 use crate::router::{RouterMsg, RouterRef};
+use ddm_proto::PeerId;
 
 /// A handle to an exchange actor.
 pub type ExchangeRef = ActorRef<ExchangeMsg>;
@@ -99,26 +103,6 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
-}
-
-/// Exchange protocol version spoken with a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// Prefixes as `{addr, len}` objects, under `/v2/`.
-    V2,
-    /// Prefixes as strings, under `/v3/`.
-    V3,
-}
-
-impl Version {
-    /// The version a peer's discovery packets announce, if we speak it.
-    pub fn from_advertised(v: u8) -> Option<Version> {
-        match v {
-            2 => Some(Version::V2),
-            3 => Some(Version::V3),
-            _ => None,
-        }
-    }
 }
 
 /// Told to `on_failure` when exchange with a peer keeps failing: the peer
@@ -221,231 +205,6 @@ impl Stats {
     /// Add `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
-/// Merge `later` into the not yet sent `pending`, as if both were sent in
-/// order. A receiver applies an update's withdraws before its announces,
-/// so `later`'s withdraws are applied first here too.
-pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
-    fn half<T: Ord>(
-        announce: &mut BTreeSet<T>,
-        withdraw: &mut BTreeSet<T>,
-        later_announce: BTreeSet<T>,
-        later_withdraw: BTreeSet<T>,
-    ) {
-        for x in later_withdraw {
-            announce.remove(&x);
-            withdraw.insert(x);
-        }
-        for x in later_announce {
-            withdraw.remove(&x);
-            announce.insert(x);
-        }
-    }
-    if let Some(u) = later.underlay {
-        let p = pending.underlay_mut();
-        half(&mut p.announce, &mut p.withdraw, u.announce, u.withdraw);
-    }
-    if let Some(t) = later.tunnel {
-        let p = pending.tunnel_mut();
-        half(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
-    }
-}
-
-/// Most path vectors and tunnel origins, announced and withdrawn together,
-/// sent in one push request. A larger pending update goes out as several
-/// requests, one after the other, so that the peer imports (and passes on,
-/// and programs) the first part while the rest is still being written and
-/// read, instead of every stage of the fabric waiting for the whole update.
-/// 8,192 path vectors are about half a megabyte of JSON: a few
-/// milliseconds to write or parse, small against the per-request cost.
-pub const MAX_PUSH_ITEMS: usize = 8192;
-
-/// The push body limit assumed for a peer that has not announced its own:
-/// the original daemon's exchange server refuses bodies over 1024 bytes
-/// (its HTTP framework's default), and every DDM server takes at least
-/// that. A peer announces a larger limit in the
-/// [`server::PUSH_LIMIT_HEADER`] of its pull answers; a smaller announced
-/// value is raised to this one (a refusal still splits the push).
-pub const DEFAULT_PUSH_LIMIT: usize = 1024;
-
-/// Bounds on one push request to a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PushBounds {
-    /// Most path vectors and tunnel origins.
-    pub items: usize,
-    /// Most bytes of JSON body.
-    pub bytes: usize,
-    /// The version the body is written in (v2 items are longer).
-    pub version: Version,
-}
-
-impl PushBounds {
-    /// Bounds of [`MAX_PUSH_ITEMS`] items and `bytes` bytes in `version`.
-    pub fn new(bytes: usize, version: Version) -> Self {
-        PushBounds { items: MAX_PUSH_ITEMS, bytes, version }
-    }
-}
-
-/// What [`take_chunk`] takes from a pending update.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Chunk {
-    /// The part to send next.
-    pub part: OutUpdate,
-    /// Items that no push within the bounds can carry, even alone: they
-    /// are taken out of the pending update so that the rest can go.
-    pub oversize: OutUpdate,
-}
-
-/// One item of a pending update, in the order [`take_chunk`] takes them.
-enum Item<'a> {
-    /// A path vector.
-    Path(&'a OutPath),
-    /// A tunnel origin.
-    Tunnel(&'a v3::TunnelOrigin),
-}
-
-impl Item<'_> {
-    /// Its exact size in a body of `version`.
-    fn len(&self, version: Version) -> usize {
-        match self {
-            Item::Path(p) => p.json_len(version),
-            Item::Tunnel(t) => tunnel_json_len(t, version),
-        }
-    }
-
-    /// At least its size in a body of `version`, cheaply.
-    fn bound(&self, version: Version) -> usize {
-        match self {
-            Item::Path(p) => p.json_len_bound(),
-            Item::Tunnel(t) => tunnel_json_len(t, version),
-        }
-    }
-}
-
-/// The items of `u` in sending order: withdrawals (underlay, then tunnel),
-/// then announcements (underlay, then tunnel).
-fn items(u: &OutUpdate) -> impl Iterator<Item = Item<'_>> {
-    fn paths(s: Option<&BTreeSet<OutPath>>) -> impl Iterator<Item = Item<'_>> {
-        s.into_iter().flatten().map(Item::Path)
-    }
-    fn tunnels(
-        s: Option<&BTreeSet<v3::TunnelOrigin>>,
-    ) -> impl Iterator<Item = Item<'_>> {
-        s.into_iter().flatten().map(Item::Tunnel)
-    }
-    let under = u.underlay.as_ref();
-    let tun = u.tunnel.as_ref();
-    paths(under.map(|u| &u.withdraw))
-        .chain(tunnels(tun.map(|t| &t.withdraw)))
-        .chain(paths(under.map(|u| &u.announce)))
-        .chain(tunnels(tun.map(|t| &t.announce)))
-}
-
-/// The body of a push carrying no item: both halves present, every list
-/// empty. A body with items is at most this plus each item and one comma
-/// per item; the lists' first items need no comma and an absent half is
-/// shorter (`null`), so the estimate is at most a few dozen bytes high.
-fn empty_body_len(version: Version) -> usize {
-    let mut empty = OutUpdate::default();
-    empty.underlay_mut();
-    empty.tunnel_mut();
-    match version {
-        Version::V3 => json_len(&empty),
-        Version::V2 => json_len(&V2Update(&empty)),
-    }
-}
-
-/// Take the first part of `pending` to send on its own: as many items as
-/// fit `bounds` (at most `bounds.items`, and a JSON body of at most
-/// `bounds.bytes`), withdrawals (underlay, then tunnel) before any
-/// announcement. Sending the part and then what is left of `pending` has
-/// the effect of sending `pending` at once: a receiver applies an update's
-/// withdraws before its announces, and no announcement leaves before every
-/// withdrawal has. What is left stays a pending update that later ones are
-/// merged into as usual.
-///
-/// Sizes are first bounded from the hostnames' lengths alone; only when
-/// that bound does not show that `bounds.items` items fit (a small limit,
-/// as an original peer's) is each item measured exactly. An item that
-/// does not fit even in an otherwise empty body is moved to
-/// [`Chunk::oversize`] instead.
-pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
-    let version = bounds.version;
-    let budget = bounds.bytes.saturating_sub(empty_body_len(version));
-    let mut oversize = OutUpdate::default();
-    loop {
-        let head = items(pending).next().map(|i| i.len(version));
-        match head {
-            Some(size) if size.saturating_add(1) > budget => {
-                let alone = take_first(pending, 1);
-                merge(&mut oversize, alone);
-            }
-            _ => break,
-        }
-    }
-    let most = bounds.items.min(pending.len());
-    let fitting = |size: &dyn Fn(&Item) -> usize| {
-        let mut used = 0usize;
-        items(pending)
-            .take(most)
-            .take_while(|i| {
-                used = used.saturating_add(size(i)).saturating_add(1);
-                used <= budget
-            })
-            .count()
-    };
-    let mut n = fitting(&|i| i.bound(version));
-    if n < most {
-        n = fitting(&|i| i.len(version));
-    }
-    Chunk { part: take_first(pending, n), oversize }
-}
-
-/// Take the first `n` items of `pending` in sending order (all of it when
-/// it holds at most `n`).
-fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
-    if pending.len() <= n {
-        return std::mem::take(pending);
-    }
-    /// Move up to `*room` of the first elements of `from` into a new set.
-    fn first<T: Ord + Clone>(
-        from: &mut BTreeSet<T>,
-        room: &mut usize,
-    ) -> BTreeSet<T> {
-        let n = (*room).min(from.len());
-        *room -= n;
-        match from.iter().nth(n).cloned() {
-            // `split_off` keeps the first elements in place; swap halves.
-            Some(key) => {
-                let rest = from.split_off(&key);
-                std::mem::replace(from, rest)
-            }
-            None => std::mem::take(from),
-        }
-    }
-    let mut room = n;
-    let mut under = OutUnderlay::default();
-    let mut tun = v3::TunnelUpdate::default();
-    if let Some(u) = &mut pending.underlay {
-        under.withdraw = first(&mut u.withdraw, &mut room);
-    }
-    if let Some(t) = &mut pending.tunnel {
-        tun.withdraw = first(&mut t.withdraw, &mut room);
-    }
-    // Any room left means every withdrawal is in this part.
-    if let Some(u) = &mut pending.underlay {
-        under.announce = first(&mut u.announce, &mut room);
-    }
-    if let Some(t) = &mut pending.tunnel {
-        tun.announce = first(&mut t.announce, &mut room);
-    }
-    OutUpdate {
-        underlay: (!under.announce.is_empty() || !under.withdraw.is_empty())
-            .then_some(under),
-        tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
-            .then_some(tun),
     }
 }
 
@@ -1252,44 +1011,6 @@ mod tests {
         Logger::root(slog::Discard, o!())
     }
 
-    /// [`super::merge`] on wire updates, through the compact form.
-    fn merge(pending: &mut v3::Update, later: v3::Update) {
-        let mut p = OutUpdate::from(&*pending);
-        super::merge(&mut p, later.into());
-        *pending = p.to_wire();
-    }
-
-    /// [`super::take_chunk`] on wire updates, through the compact form,
-    /// with at most `max` items and no byte bound to speak of.
-    fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
-        let bounds =
-            PushBounds { items: max, bytes: usize::MAX, version: Version::V3 };
-        let (part, oversize) = take_bounded(pending, bounds);
-        assert!(oversize.is_empty());
-        part
-    }
-
-    /// [`super::take_chunk`] on wire updates: the part and the oversize
-    /// items.
-    fn take_bounded(
-        pending: &mut v3::Update,
-        bounds: PushBounds,
-    ) -> (v3::Update, v3::Update) {
-        let mut p = OutUpdate::from(&*pending);
-        let chunk = super::take_chunk(&mut p, bounds);
-        *pending = p.to_wire();
-        (chunk.part.to_wire(), chunk.oversize.to_wire())
-    }
-
-    /// The body a push of `u` in `version` sends.
-    fn body(u: &v3::Update, version: Version) -> Vec<u8> {
-        let out = OutUpdate::from(u);
-        match version {
-            Version::V3 => serde_json::to_vec(&out).unwrap(),
-            Version::V2 => serde_json::to_vec(&V2Update(&out)).unwrap(),
-        }
-    }
-
     fn pv(dest: &str, path: &str) -> v3::PathVector {
         v3::PathVector {
             destination: dest.parse().unwrap(),
@@ -1335,49 +1056,6 @@ mod tests {
         // four back-offs: well within a few seconds.
         let total: Duration = (1..MAX_ATTEMPTS).map(backoff).sum();
         assert_eq!(total, Duration::from_millis(1500));
-    }
-
-    #[test]
-    fn merge_has_set_semantics() {
-        let mut p = announce(&["fd00:1::/64", "fd00:2::/64"]);
-        merge(&mut p, withdraw(&["fd00:1::/64", "fd00:3::/64"]));
-        assert_eq!(
-            p.underlay.as_ref().unwrap().announce,
-            [pv("fd00:2::/64", "x")].into()
-        );
-        assert_eq!(
-            p.underlay.as_ref().unwrap().withdraw,
-            [pv("fd00:1::/64", "x"), pv("fd00:3::/64", "x")].into()
-        );
-        merge(&mut p, announce(&["fd00:3::/64"]));
-        let u = p.underlay.as_ref().unwrap();
-        assert_eq!(
-            u.announce,
-            [pv("fd00:2::/64", "x"), pv("fd00:3::/64", "x")].into()
-        );
-        assert_eq!(u.withdraw, [pv("fd00:1::/64", "x")].into());
-        assert!(p.tunnel.is_none());
-
-        let mut later = v3::Update::default();
-        later.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
-        merge(&mut p, later);
-        let mut later = v3::Update::default();
-        later.tunnel_mut().withdraw.insert(to("10.0.0.0/8", 1));
-        later.tunnel_mut().announce.insert(to("10.1.0.0/16", 2));
-        merge(&mut p, later);
-        let t = p.tunnel.as_ref().unwrap();
-        assert_eq!(t.announce, [to("10.1.0.0/16", 2)].into());
-        assert_eq!(t.withdraw, [to("10.0.0.0/8", 1)].into());
-
-        // Within one update, withdraws come first (as a receiver applies
-        // them): a path in both ends up announced.
-        let mut p = v3::Update::default();
-        let mut both = announce(&["fd00:9::/64"]);
-        both.underlay_mut().withdraw.insert(pv("fd00:9::/64", "x"));
-        merge(&mut p, both);
-        let u = p.underlay.unwrap();
-        assert_eq!(u.announce.len(), 1);
-        assert!(u.withdraw.is_empty());
     }
 
     /// An update announcing `n` paths under `fd00::/16` and withdrawing
@@ -1430,38 +1108,6 @@ mod tests {
         assert_eq!(&union, whole);
     }
 
-    #[test]
-    fn large_updates_are_taken_in_parts_withdrawals_first() {
-        // Small: all at once, unchanged.
-        let mut p = announce(&["fd00:1::/64"]);
-        assert_eq!(
-            take_chunk(&mut p, MAX_PUSH_ITEMS),
-            announce(&["fd00:1::/64"])
-        );
-        assert!(p.is_empty());
-
-        // Withdrawals of both halves, then announcements of both.
-        let mut whole = big(3 * MAX_PUSH_ITEMS, MAX_PUSH_ITEMS + 5);
-        for i in 0..10u32 {
-            whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
-            whole.tunnel_mut().withdraw.insert(to("10.1.0.0/16", i));
-        }
-        let mut pending = whole.clone();
-        let mut parts = Vec::new();
-        while !pending.is_empty() {
-            parts.push(take_chunk(&mut pending, MAX_PUSH_ITEMS));
-        }
-        assert_eq!(parts.len(), whole.len().div_ceil(MAX_PUSH_ITEMS));
-        check_parts(&parts, &whole);
-        // The second part ends the withdrawals (the tunnel's among them)
-        // and fills up with announcements.
-        let second = &parts[1];
-        assert_eq!(second.tunnel.as_ref().unwrap().withdraw.len(), 10);
-        assert_eq!(second.len(), MAX_PUSH_ITEMS);
-        assert!(!second.underlay.as_ref().unwrap().announce.is_empty());
-        assert!(parts[0].tunnel.is_none());
-    }
-
     /// A path vector to `dest` along `hops` hostnames of `name_len` bytes.
     fn long_pv(dest: &str, hops: usize, name_len: usize) -> v3::PathVector {
         v3::PathVector {
@@ -1470,114 +1116,6 @@ mod tests {
                 .map(|i| format!("{i:02}{}", "n".repeat(name_len - 2)))
                 .collect(),
         }
-    }
-
-    /// Everything sent by taking parts of `whole` within `bounds` until
-    /// nothing is left: the parts and what was set aside.
-    fn all_parts(
-        whole: &v3::Update,
-        bounds: PushBounds,
-    ) -> (Vec<v3::Update>, v3::Update) {
-        let mut pending = whole.clone();
-        let mut parts = Vec::new();
-        let mut oversize = v3::Update::default();
-        while !pending.is_empty() {
-            let (part, over) = take_bounded(&mut pending, bounds);
-            merge(&mut oversize, over);
-            if !part.is_empty() {
-                parts.push(part);
-            }
-        }
-        (parts, oversize)
-    }
-
-    /// Within a small byte limit every part's body, in either version,
-    /// fits; the parts are the whole, withdrawals first, and nearly full.
-    #[test]
-    fn parts_are_bounded_in_bytes_too() {
-        let mut whole = big(300, 40);
-        for i in 0..12u32 {
-            whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
-            whole.tunnel_mut().withdraw.insert(to("fd00:77::/64", i));
-        }
-        whole.underlay_mut().announce.insert(long_pv("fd02::/64", 8, 60));
-        for version in [Version::V3, Version::V2] {
-            let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, version);
-            let (parts, oversize) = all_parts(&whole, bounds);
-            assert!(oversize.is_empty(), "{version:?}: {oversize:?}");
-            check_parts(&parts, &whole);
-            let sizes: Vec<usize> =
-                parts.iter().map(|p| body(p, version).len()).collect();
-            assert!(
-                sizes.iter().all(|&n| n <= DEFAULT_PUSH_LIMIT),
-                "{version:?}: {sizes:?}"
-            );
-            // Nearly full: no more parts than the items' bytes need, with
-            // a part's fixed part and slack taken off its room.
-            let items: usize = sizes.iter().sum::<usize>()
-                - parts.len() * empty_body_len(version);
-            let room = DEFAULT_PUSH_LIMIT - empty_body_len(version) - 140;
-            assert!(
-                parts.len() <= items.div_ceil(room),
-                "{version:?}: {} parts for {items} bytes",
-                parts.len()
-            );
-        }
-        // The same in small item bounds: the smaller bound wins.
-        let bounds =
-            PushBounds { items: 3, ..PushBounds::new(1 << 20, Version::V2) };
-        let (parts, _) = all_parts(&whole, bounds);
-        assert!(parts.iter().all(|p| p.len() <= 3));
-        check_parts(&parts, &whole);
-    }
-
-    /// With the limit our own peers announce, parts are cut by count
-    /// alone, exactly as before the byte bound existed: a fabric of our
-    /// own daemons sends the same requests.
-    #[test]
-    fn a_large_limit_cuts_by_count_alone() {
-        let whole = big(3 * MAX_PUSH_ITEMS + 7, MAX_PUSH_ITEMS / 3);
-        for version in [Version::V3, Version::V2] {
-            let bounds = PushBounds::new(server::MAX_BODY, version);
-            let (parts, oversize) = all_parts(&whole, bounds);
-            assert!(oversize.is_empty());
-            let mut pending = whole.clone();
-            for part in &parts {
-                assert_eq!(part, &take_chunk(&mut pending, MAX_PUSH_ITEMS));
-            }
-            assert!(pending.is_empty());
-        }
-    }
-
-    /// An item that fits no push, even alone, is set aside once, wherever
-    /// it is; the rest goes out as usual.
-    #[test]
-    fn oversize_items_are_set_aside() {
-        let mut whole = big(50, 10);
-        let huge = long_pv("fd02:1::/64", 20, 60);
-        let fits = long_pv("fd02:2::/64", 12, 60);
-        let gone = long_pv("fd01:ffff::/64", 30, 60);
-        whole.underlay_mut().announce.insert(huge.clone());
-        whole.underlay_mut().announce.insert(fits.clone());
-        whole.underlay_mut().withdraw.insert(gone.clone());
-        let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, Version::V3);
-        let (parts, oversize) = all_parts(&whole, bounds);
-        let o = oversize.underlay.as_ref().unwrap();
-        assert_eq!(o.announce, [huge.clone()].into());
-        assert_eq!(o.withdraw, [gone.clone()].into());
-        let mut rest = whole.clone();
-        rest.underlay_mut().announce.remove(&huge);
-        rest.underlay_mut().withdraw.remove(&gone);
-        check_parts(&parts, &rest);
-        assert!(parts.iter().any(|p| p
-            .underlay
-            .as_ref()
-            .is_some_and(|u| u.announce.contains(&fits))));
-        // A limit below any body sets everything aside, and ends.
-        let tiny = PushBounds::new(10, Version::V3);
-        let (parts, oversize) = all_parts(&whole, tiny);
-        assert!(parts.is_empty());
-        assert_eq!(oversize, whole);
     }
 
     /// A 300-prefix update to a peer that announces no limit goes out in

@@ -29,10 +29,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::actor::Version;
 use super::outgoing::{OutUpdate, V2Update};
 use super::server::{read_body, ReadError, PUSH_LIMIT_HEADER};
 use super::wire::{v2, v3};
+use ddm_proto::Version;
 
 /// Why a request to the peer failed.
 #[derive(Debug, thiserror::Error)]

@@ -59,11 +59,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::actor::{ExchangeMsg, ExchangeRef, Stats, Version};
+use super::actor::{ExchangeMsg, ExchangeRef, Stats};
 use super::client::json_size_hint;
 use super::wire::{v2, v2_view, v3};
-use crate::rib::PeerId;
 use crate::router::{RouterMsg, RouterRef};
+use ddm_proto::PeerId;
+use ddm_proto::Version;
 
 /// Largest push body accepted, and announced in [`PUSH_LIMIT_HEADER`].
 ///

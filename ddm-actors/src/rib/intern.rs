@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// A path vector's hostnames, originator first, shared between every
 /// destination and peer that carries the same sequence (and the updates
 /// pushed with it).
-pub(crate) type Path = crate::exchange::outgoing::Names;
+pub(crate) type Path = ddm_proto::outgoing::Names;
 
 /// The set of hostnames and paths in use.
 #[derive(Debug, Default)]

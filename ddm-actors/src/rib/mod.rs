@@ -49,39 +49,27 @@ use ddm_admin_api::latest::{RouterKind, TunnelRoute};
 use oxnet::{IpNet, Ipv6Net};
 
 use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
-use crate::exchange::outgoing::{OutPath, OutUpdate};
-use crate::exchange::wire::v3::{
-    PathVector, PullResponse, TunnelOrigin, Update,
-};
-use crate::exchange::wire::{normalise_ip, normalise_v6};
+use ddm_proto::outgoing::{OutPath, OutUpdate};
+use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin, Update};
+use ddm_proto::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
 use offers::{Offer, Offers, Slot};
 use table::Table;
 pub use told::Told;
 
-/// Who a peer is: the link it is on and its address there.
-///
-/// Links are point-to-point, so the pair names one peer and is also the
-/// nexthop of every route learned from it. A peer that renumbers is, to the
-/// RIB, a peer going down and another coming up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId {
-    /// Index of the interface the peer is reached through.
-    pub ifindex: u32,
-    /// The peer's link-local address on that interface.
-    pub addr: Ipv6Addr,
-}
+pub use ddm_proto::PeerId;
 
-impl PeerId {
+/// A peer's address as a dataplane nexthop: links are point-to-point, so
+/// the peer names the nexthop of every route learned from it. (An extension
+/// trait: [`PeerId`] lives in the protocol floor, which knows no dataplane.)
+pub trait PeerNexthop {
     /// The nexthop of routes learned from this peer.
-    pub fn nexthop(&self) -> Nexthop {
-        Nexthop { addr: self.addr, ifindex: self.ifindex }
-    }
+    fn nexthop(&self) -> Nexthop;
 }
 
-impl std::fmt::Display for PeerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}%{}", self.addr, self.ifindex)
+impl PeerNexthop for PeerId {
+    fn nexthop(&self) -> Nexthop {
+        Nexthop { addr: self.addr, ifindex: self.ifindex }
     }
 }
 
@@ -601,11 +589,11 @@ impl Rib {
         let withdraw_tunnels: BTreeSet<TunnelOrigin> =
             state.tunnels.difference(&tunnels).copied().collect();
         let update = Update {
-            underlay: Some(crate::exchange::wire::v3::UnderlayUpdate {
+            underlay: Some(ddm_proto::wire::v3::UnderlayUpdate {
                 announce,
                 withdraw,
             }),
-            tunnel: Some(crate::exchange::wire::v3::TunnelUpdate {
+            tunnel: Some(ddm_proto::wire::v3::TunnelUpdate {
                 announce: tunnels,
                 withdraw: withdraw_tunnels,
             }),

@@ -29,8 +29,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::exchange::outgoing::{OutPath, OutUpdate};
-use crate::exchange::wire::v3::TunnelOrigin;
+use ddm_proto::outgoing::{OutPath, OutUpdate};
+use ddm_proto::wire::v3::TunnelOrigin;
 
 use super::PeerId;
 

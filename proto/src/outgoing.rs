@@ -24,8 +24,8 @@ use oxnet::Ipv6Net;
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 
-use super::actor::Version;
-use super::wire::{v2, v3};
+use crate::version::Version;
+use crate::wire::{v2, v3};
 
 /// A writer that only counts what it is given.
 struct ByteCount(usize);
@@ -347,6 +347,236 @@ impl Serialize for V2Update<'_> {
         st.end()
     }
 }
+
+// ---- the rules of a pending update ----
+
+/// Merge `later` into the not yet sent `pending`, as if both were sent in
+/// order. A receiver applies an update's withdraws before its announces,
+/// so `later`'s withdraws are applied first here too.
+pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
+    fn half<T: Ord>(
+        announce: &mut BTreeSet<T>,
+        withdraw: &mut BTreeSet<T>,
+        later_announce: BTreeSet<T>,
+        later_withdraw: BTreeSet<T>,
+    ) {
+        for x in later_withdraw {
+            announce.remove(&x);
+            withdraw.insert(x);
+        }
+        for x in later_announce {
+            withdraw.remove(&x);
+            announce.insert(x);
+        }
+    }
+    if let Some(u) = later.underlay {
+        let p = pending.underlay_mut();
+        half(&mut p.announce, &mut p.withdraw, u.announce, u.withdraw);
+    }
+    if let Some(t) = later.tunnel {
+        let p = pending.tunnel_mut();
+        half(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+    }
+}
+
+/// Most path vectors and tunnel origins, announced and withdrawn together,
+/// sent in one push request. A larger pending update goes out as several
+/// requests, one after the other, so that the peer imports (and passes on,
+/// and programs) the first part while the rest is still being written and
+/// read, instead of every stage of the fabric waiting for the whole update.
+/// 8,192 path vectors are about half a megabyte of JSON: a few
+/// milliseconds to write or parse, small against the per-request cost.
+pub const MAX_PUSH_ITEMS: usize = 8192;
+
+/// The push body limit assumed for a peer that has not announced its own:
+/// the original daemon's exchange server refuses bodies over 1024 bytes
+/// (its HTTP framework's default), and every DDM server takes at least
+/// that. A peer announces a larger limit in the
+/// push-limit header (the exchange server's `PUSH_LIMIT_HEADER`) of its pull answers; a smaller announced
+/// value is raised to this one (a refusal still splits the push).
+pub const DEFAULT_PUSH_LIMIT: usize = 1024;
+
+/// Bounds on one push request to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushBounds {
+    /// Most path vectors and tunnel origins.
+    pub items: usize,
+    /// Most bytes of JSON body.
+    pub bytes: usize,
+    /// The version the body is written in (v2 items are longer).
+    pub version: Version,
+}
+
+impl PushBounds {
+    /// Bounds of [`MAX_PUSH_ITEMS`] items and `bytes` bytes in `version`.
+    pub fn new(bytes: usize, version: Version) -> Self {
+        PushBounds { items: MAX_PUSH_ITEMS, bytes, version }
+    }
+}
+
+/// What [`take_chunk`] takes from a pending update.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// The part to send next.
+    pub part: OutUpdate,
+    /// Items that no push within the bounds can carry, even alone: they
+    /// are taken out of the pending update so that the rest can go.
+    pub oversize: OutUpdate,
+}
+
+/// One item of a pending update, in the order [`take_chunk`] takes them.
+enum Item<'a> {
+    /// A path vector.
+    Path(&'a OutPath),
+    /// A tunnel origin.
+    Tunnel(&'a v3::TunnelOrigin),
+}
+
+impl Item<'_> {
+    /// Its exact size in a body of `version`.
+    fn len(&self, version: Version) -> usize {
+        match self {
+            Item::Path(p) => p.json_len(version),
+            Item::Tunnel(t) => tunnel_json_len(t, version),
+        }
+    }
+
+    /// At least its size in a body of `version`, cheaply.
+    fn bound(&self, version: Version) -> usize {
+        match self {
+            Item::Path(p) => p.json_len_bound(),
+            Item::Tunnel(t) => tunnel_json_len(t, version),
+        }
+    }
+}
+
+/// The items of `u` in sending order: withdrawals (underlay, then tunnel),
+/// then announcements (underlay, then tunnel).
+fn items(u: &OutUpdate) -> impl Iterator<Item = Item<'_>> {
+    fn paths(s: Option<&BTreeSet<OutPath>>) -> impl Iterator<Item = Item<'_>> {
+        s.into_iter().flatten().map(Item::Path)
+    }
+    fn tunnels(
+        s: Option<&BTreeSet<v3::TunnelOrigin>>,
+    ) -> impl Iterator<Item = Item<'_>> {
+        s.into_iter().flatten().map(Item::Tunnel)
+    }
+    let under = u.underlay.as_ref();
+    let tun = u.tunnel.as_ref();
+    paths(under.map(|u| &u.withdraw))
+        .chain(tunnels(tun.map(|t| &t.withdraw)))
+        .chain(paths(under.map(|u| &u.announce)))
+        .chain(tunnels(tun.map(|t| &t.announce)))
+}
+
+/// The body of a push carrying no item: both halves present, every list
+/// empty. A body with items is at most this plus each item and one comma
+/// per item; the lists' first items need no comma and an absent half is
+/// shorter (`null`), so the estimate is at most a few dozen bytes high.
+fn empty_body_len(version: Version) -> usize {
+    let mut empty = OutUpdate::default();
+    empty.underlay_mut();
+    empty.tunnel_mut();
+    match version {
+        Version::V3 => json_len(&empty),
+        Version::V2 => json_len(&V2Update(&empty)),
+    }
+}
+
+/// Take the first part of `pending` to send on its own: as many items as
+/// fit `bounds` (at most `bounds.items`, and a JSON body of at most
+/// `bounds.bytes`), withdrawals (underlay, then tunnel) before any
+/// announcement. Sending the part and then what is left of `pending` has
+/// the effect of sending `pending` at once: a receiver applies an update's
+/// withdraws before its announces, and no announcement leaves before every
+/// withdrawal has. What is left stays a pending update that later ones are
+/// merged into as usual.
+///
+/// Sizes are first bounded from the hostnames' lengths alone; only when
+/// that bound does not show that `bounds.items` items fit (a small limit,
+/// as an original peer's) is each item measured exactly. An item that
+/// does not fit even in an otherwise empty body is moved to
+/// [`Chunk::oversize`] instead.
+pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
+    let version = bounds.version;
+    let budget = bounds.bytes.saturating_sub(empty_body_len(version));
+    let mut oversize = OutUpdate::default();
+    loop {
+        let head = items(pending).next().map(|i| i.len(version));
+        match head {
+            Some(size) if size.saturating_add(1) > budget => {
+                let alone = take_first(pending, 1);
+                merge(&mut oversize, alone);
+            }
+            _ => break,
+        }
+    }
+    let most = bounds.items.min(pending.len());
+    let fitting = |size: &dyn Fn(&Item) -> usize| {
+        let mut used = 0usize;
+        items(pending)
+            .take(most)
+            .take_while(|i| {
+                used = used.saturating_add(size(i)).saturating_add(1);
+                used <= budget
+            })
+            .count()
+    };
+    let mut n = fitting(&|i| i.bound(version));
+    if n < most {
+        n = fitting(&|i| i.len(version));
+    }
+    Chunk { part: take_first(pending, n), oversize }
+}
+
+/// Take the first `n` items of `pending` in sending order (all of it when
+/// it holds at most `n`).
+fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
+    if pending.len() <= n {
+        return std::mem::take(pending);
+    }
+    /// Move up to `*room` of the first elements of `from` into a new set.
+    fn first<T: Ord + Clone>(
+        from: &mut BTreeSet<T>,
+        room: &mut usize,
+    ) -> BTreeSet<T> {
+        let n = (*room).min(from.len());
+        *room -= n;
+        match from.iter().nth(n).cloned() {
+            // `split_off` keeps the first elements in place; swap halves.
+            Some(key) => {
+                let rest = from.split_off(&key);
+                std::mem::replace(from, rest)
+            }
+            None => std::mem::take(from),
+        }
+    }
+    let mut room = n;
+    let mut under = OutUnderlay::default();
+    let mut tun = v3::TunnelUpdate::default();
+    if let Some(u) = &mut pending.underlay {
+        under.withdraw = first(&mut u.withdraw, &mut room);
+    }
+    if let Some(t) = &mut pending.tunnel {
+        tun.withdraw = first(&mut t.withdraw, &mut room);
+    }
+    // Any room left means every withdrawal is in this part.
+    if let Some(u) = &mut pending.underlay {
+        under.announce = first(&mut u.announce, &mut room);
+    }
+    if let Some(t) = &mut pending.tunnel {
+        tun.announce = first(&mut t.announce, &mut room);
+    }
+    OutUpdate {
+        underlay: (!under.announce.is_empty() || !under.withdraw.is_empty())
+            .then_some(under),
+        tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
+            .then_some(tun),
+    }
+}
+
+#[cfg(test)]
+mod rules_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,309 @@
+//! The rules of a pending update ([`merge`], [`take_chunk`]) on wire
+//! updates, through the compact form.
+
+use super::*;
+
+/// [`merge`](super::merge) on wire updates, through the compact form.
+fn merge(pending: &mut v3::Update, later: v3::Update) {
+    let mut p = OutUpdate::from(&*pending);
+    super::merge(&mut p, later.into());
+    *pending = p.to_wire();
+}
+
+/// [`take_chunk`](super::take_chunk) on wire updates, through the compact form,
+/// with at most `max` items and no byte bound to speak of.
+fn take_chunk(pending: &mut v3::Update, max: usize) -> v3::Update {
+    let bounds =
+        PushBounds { items: max, bytes: usize::MAX, version: Version::V3 };
+    let (part, oversize) = take_bounded(pending, bounds);
+    assert!(oversize.is_empty());
+    part
+}
+
+/// [`take_chunk`](super::take_chunk) on wire updates: the part and the oversize
+/// items.
+fn take_bounded(
+    pending: &mut v3::Update,
+    bounds: PushBounds,
+) -> (v3::Update, v3::Update) {
+    let mut p = OutUpdate::from(&*pending);
+    let chunk = super::take_chunk(&mut p, bounds);
+    *pending = p.to_wire();
+    (chunk.part.to_wire(), chunk.oversize.to_wire())
+}
+
+/// The body a push of `u` in `version` sends.
+fn body(u: &v3::Update, version: Version) -> Vec<u8> {
+    let out = OutUpdate::from(u);
+    match version {
+        Version::V3 => serde_json::to_vec(&out).unwrap(),
+        Version::V2 => serde_json::to_vec(&V2Update(&out)).unwrap(),
+    }
+}
+
+fn pv(dest: &str, path: &str) -> v3::PathVector {
+    v3::PathVector {
+        destination: dest.parse().unwrap(),
+        path: vec![path.to_string()],
+    }
+}
+
+fn to(prefix: &str, vni: u32) -> v3::TunnelOrigin {
+    v3::TunnelOrigin {
+        overlay_prefix: prefix.parse().unwrap(),
+        boundary_addr: "fd00::99".parse().unwrap(),
+        vni,
+        metric: 0,
+    }
+}
+
+fn announce(dests: &[&str]) -> v3::Update {
+    let mut u = v3::Update::default();
+    for d in dests {
+        u.underlay_mut().announce.insert(pv(d, "x"));
+    }
+    u
+}
+
+fn withdraw(dests: &[&str]) -> v3::Update {
+    let mut u = v3::Update::default();
+    for d in dests {
+        u.underlay_mut().withdraw.insert(pv(d, "x"));
+    }
+    u
+}
+
+#[test]
+fn merge_has_set_semantics() {
+    let mut p = announce(&["fd00:1::/64", "fd00:2::/64"]);
+    merge(&mut p, withdraw(&["fd00:1::/64", "fd00:3::/64"]));
+    assert_eq!(
+        p.underlay.as_ref().unwrap().announce,
+        [pv("fd00:2::/64", "x")].into()
+    );
+    assert_eq!(
+        p.underlay.as_ref().unwrap().withdraw,
+        [pv("fd00:1::/64", "x"), pv("fd00:3::/64", "x")].into()
+    );
+    merge(&mut p, announce(&["fd00:3::/64"]));
+    let u = p.underlay.as_ref().unwrap();
+    assert_eq!(
+        u.announce,
+        [pv("fd00:2::/64", "x"), pv("fd00:3::/64", "x")].into()
+    );
+    assert_eq!(u.withdraw, [pv("fd00:1::/64", "x")].into());
+    assert!(p.tunnel.is_none());
+
+    let mut later = v3::Update::default();
+    later.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
+    merge(&mut p, later);
+    let mut later = v3::Update::default();
+    later.tunnel_mut().withdraw.insert(to("10.0.0.0/8", 1));
+    later.tunnel_mut().announce.insert(to("10.1.0.0/16", 2));
+    merge(&mut p, later);
+    let t = p.tunnel.as_ref().unwrap();
+    assert_eq!(t.announce, [to("10.1.0.0/16", 2)].into());
+    assert_eq!(t.withdraw, [to("10.0.0.0/8", 1)].into());
+
+    // Within one update, withdraws come first (as a receiver applies
+    // them): a path in both ends up announced.
+    let mut p = v3::Update::default();
+    let mut both = announce(&["fd00:9::/64"]);
+    both.underlay_mut().withdraw.insert(pv("fd00:9::/64", "x"));
+    merge(&mut p, both);
+    let u = p.underlay.unwrap();
+    assert_eq!(u.announce.len(), 1);
+    assert!(u.withdraw.is_empty());
+}
+
+/// An update announcing `n` paths under `fd00::/16` and withdrawing
+/// `w` under `fd01::/16`.
+fn big(n: usize, w: usize) -> v3::Update {
+    let mut u = v3::Update::default();
+    for i in 0..n {
+        u.underlay_mut().announce.insert(pv(&format!("fd00:{i:x}::/64"), "x"));
+    }
+    for i in 0..w {
+        u.underlay_mut().withdraw.insert(pv(&format!("fd01:{i:x}::/64"), "x"));
+    }
+    u
+}
+
+/// Check that `parts`, sent in order, are `whole` in bounded requests:
+/// no part over the bound, their union is `whole`, and no announcement
+/// is sent before the last withdrawal.
+fn check_parts(parts: &[v3::Update], whole: &v3::Update) {
+    let mut union = v3::Update::default();
+    let mut announced = false;
+    for p in parts {
+        assert!(p.len() <= MAX_PUSH_ITEMS, "part of {}", p.len());
+        assert!(!p.is_empty(), "empty part");
+        let (u, t) = (p.underlay.as_ref(), p.tunnel.as_ref());
+        let withdraws = u.is_some_and(|u| !u.withdraw.is_empty())
+            || t.is_some_and(|t| !t.withdraw.is_empty());
+        assert!(!(announced && withdraws), "withdrawal after announcement");
+        announced |= u.is_some_and(|u| !u.announce.is_empty())
+            || t.is_some_and(|t| !t.announce.is_empty());
+        if let Some(u) = &p.underlay {
+            let w = &mut union.underlay_mut().withdraw;
+            w.extend(u.withdraw.iter().cloned());
+            let a = &mut union.underlay_mut().announce;
+            a.extend(u.announce.iter().cloned());
+        }
+        if let Some(t) = &p.tunnel {
+            union.tunnel_mut().withdraw.extend(t.withdraw.iter().copied());
+            union.tunnel_mut().announce.extend(t.announce.iter().copied());
+        }
+    }
+    assert_eq!(union.len(), parts.iter().map(v3::Update::len).sum::<usize>());
+    assert_eq!(&union, whole);
+}
+
+#[test]
+fn large_updates_are_taken_in_parts_withdrawals_first() {
+    // Small: all at once, unchanged.
+    let mut p = announce(&["fd00:1::/64"]);
+    assert_eq!(take_chunk(&mut p, MAX_PUSH_ITEMS), announce(&["fd00:1::/64"]));
+    assert!(p.is_empty());
+
+    // Withdrawals of both halves, then announcements of both.
+    let mut whole = big(3 * MAX_PUSH_ITEMS, MAX_PUSH_ITEMS + 5);
+    for i in 0..10u32 {
+        whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
+        whole.tunnel_mut().withdraw.insert(to("10.1.0.0/16", i));
+    }
+    let mut pending = whole.clone();
+    let mut parts = Vec::new();
+    while !pending.is_empty() {
+        parts.push(take_chunk(&mut pending, MAX_PUSH_ITEMS));
+    }
+    assert_eq!(parts.len(), whole.len().div_ceil(MAX_PUSH_ITEMS));
+    check_parts(&parts, &whole);
+    // The second part ends the withdrawals (the tunnel's among them)
+    // and fills up with announcements.
+    let second = &parts[1];
+    assert_eq!(second.tunnel.as_ref().unwrap().withdraw.len(), 10);
+    assert_eq!(second.len(), MAX_PUSH_ITEMS);
+    assert!(!second.underlay.as_ref().unwrap().announce.is_empty());
+    assert!(parts[0].tunnel.is_none());
+}
+
+/// A path vector to `dest` along `hops` hostnames of `name_len` bytes.
+fn long_pv(dest: &str, hops: usize, name_len: usize) -> v3::PathVector {
+    v3::PathVector {
+        destination: dest.parse().unwrap(),
+        path: (0..hops)
+            .map(|i| format!("{i:02}{}", "n".repeat(name_len - 2)))
+            .collect(),
+    }
+}
+
+/// Everything sent by taking parts of `whole` within `bounds` until
+/// nothing is left: the parts and what was set aside.
+fn all_parts(
+    whole: &v3::Update,
+    bounds: PushBounds,
+) -> (Vec<v3::Update>, v3::Update) {
+    let mut pending = whole.clone();
+    let mut parts = Vec::new();
+    let mut oversize = v3::Update::default();
+    while !pending.is_empty() {
+        let (part, over) = take_bounded(&mut pending, bounds);
+        merge(&mut oversize, over);
+        if !part.is_empty() {
+            parts.push(part);
+        }
+    }
+    (parts, oversize)
+}
+
+/// Within a small byte limit every part's body, in either version,
+/// fits; the parts are the whole, withdrawals first, and nearly full.
+#[test]
+fn parts_are_bounded_in_bytes_too() {
+    let mut whole = big(300, 40);
+    for i in 0..12u32 {
+        whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i));
+        whole.tunnel_mut().withdraw.insert(to("fd00:77::/64", i));
+    }
+    whole.underlay_mut().announce.insert(long_pv("fd02::/64", 8, 60));
+    for version in [Version::V3, Version::V2] {
+        let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, version);
+        let (parts, oversize) = all_parts(&whole, bounds);
+        assert!(oversize.is_empty(), "{version:?}: {oversize:?}");
+        check_parts(&parts, &whole);
+        let sizes: Vec<usize> =
+            parts.iter().map(|p| body(p, version).len()).collect();
+        assert!(
+            sizes.iter().all(|&n| n <= DEFAULT_PUSH_LIMIT),
+            "{version:?}: {sizes:?}"
+        );
+        // Nearly full: no more parts than the items' bytes need, with
+        // a part's fixed part and slack taken off its room.
+        let items: usize =
+            sizes.iter().sum::<usize>() - parts.len() * empty_body_len(version);
+        let room = DEFAULT_PUSH_LIMIT - empty_body_len(version) - 140;
+        assert!(
+            parts.len() <= items.div_ceil(room),
+            "{version:?}: {} parts for {items} bytes",
+            parts.len()
+        );
+    }
+    // The same in small item bounds: the smaller bound wins.
+    let bounds =
+        PushBounds { items: 3, ..PushBounds::new(1 << 20, Version::V2) };
+    let (parts, _) = all_parts(&whole, bounds);
+    assert!(parts.iter().all(|p| p.len() <= 3));
+    check_parts(&parts, &whole);
+}
+
+/// With the limit our own peers announce, parts are cut by count
+/// alone, exactly as before the byte bound existed: a fabric of our
+/// own daemons sends the same requests.
+#[test]
+fn a_large_limit_cuts_by_count_alone() {
+    // The limit our own exchange servers announce (their `MAX_BODY`).
+    const OUR_LIMIT: usize = 64 << 20;
+    let whole = big(3 * MAX_PUSH_ITEMS + 7, MAX_PUSH_ITEMS / 3);
+    for version in [Version::V3, Version::V2] {
+        let bounds = PushBounds::new(OUR_LIMIT, version);
+        let (parts, oversize) = all_parts(&whole, bounds);
+        assert!(oversize.is_empty());
+        let mut pending = whole.clone();
+        for part in &parts {
+            assert_eq!(part, &take_chunk(&mut pending, MAX_PUSH_ITEMS));
+        }
+        assert!(pending.is_empty());
+    }
+}
+
+/// An item that fits no push, even alone, is set aside once, wherever
+/// it is; the rest goes out as usual.
+#[test]
+fn oversize_items_are_set_aside() {
+    let mut whole = big(50, 10);
+    let huge = long_pv("fd02:1::/64", 20, 60);
+    let fits = long_pv("fd02:2::/64", 12, 60);
+    let gone = long_pv("fd01:ffff::/64", 30, 60);
+    whole.underlay_mut().announce.insert(huge.clone());
+    whole.underlay_mut().announce.insert(fits.clone());
+    whole.underlay_mut().withdraw.insert(gone.clone());
+    let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, Version::V3);
+    let (parts, oversize) = all_parts(&whole, bounds);
+    let o = oversize.underlay.as_ref().unwrap();
+    assert_eq!(o.announce, [huge.clone()].into());
+    assert_eq!(o.withdraw, [gone.clone()].into());
+    let mut rest = whole.clone();
+    rest.underlay_mut().announce.remove(&huge);
+    rest.underlay_mut().withdraw.remove(&gone);
+    check_parts(&parts, &rest);
+    assert!(parts.iter().any(|p| p
+        .underlay
+        .as_ref()
+        .is_some_and(|u| u.announce.contains(&fits))));
+    // A limit below any body sets everything aside, and ends.
+    let tiny = PushBounds::new(10, Version::V3);
+    let (parts, oversize) = all_parts(&whole, tiny);
+    assert!(parts.is_empty());
+    assert_eq!(oversize, whole);
+}
