@@ -9,7 +9,7 @@
 # The Linux tests: the README's test command as root with
 # DDM_REQUIRE_NETNS=1, so that the network-namespace suites run (a suite
 # that cannot run fails instead of skipping), and a check that every
-# namespace test ran (scripts/run-tests.sh, as in .ci/run). Installs
+# namespace test ran (it runs .ci/run). Installs
 # iproute2, iputils-ping and procps with apt-get.
 #
 # The namespace suites need root: run as a user, the job re-runs itself
@@ -30,4 +30,4 @@ fi
 rustc --version
 cargo --version
 export DDM_REQUIRE_NETNS=1
-scripts/run-tests.sh
+bash .ci/run
