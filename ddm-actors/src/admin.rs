@@ -23,16 +23,15 @@ use dropshot::{
 };
 use oxnet::Ipv6Net;
 use ractor::{
-    rpc::CallResult, Actor, ActorProcessingErr, ActorRef, RpcReplyPort,
+    rpc::CallResult, Actor, ActorProcessingErr, ActorRef, DerivedActorRef,
+    RpcReplyPort,
 };
 use slog::{info, o, warn, Logger};
 
 use crate::admin_guard::{self, AdminGuard};
-use crate::exchange::wire::{normalise_ip, normalise_v6};
-use crate::metrics::StoreCounters;
 use crate::router::{RouterMsg, RouterRef};
-use crate::store::{Originated, Store, StoreChange, StoreError};
-use crate::supervisor::{SupervisorMsg, SupervisorRef};
+use crate::store::{Originated, Store, StoreChange, StoreCounters, StoreError};
+use ddm_proto::wire::{normalise_ip, normalise_v6};
 
 /// A handle to the admin actor.
 pub type AdminRef = ActorRef<AdminMsg>;
@@ -67,23 +66,38 @@ pub enum AdminMsg {
     DisableStats,
     /// The statistics identity currently recorded.
     GetStats(RpcReplyPort<Option<EnableStatsRequest>>),
-    /// The address the API server is bound to.
-    GetLocalAddr(RpcReplyPort<SocketAddr>),
+    /// The address the API server is bound to (`None` without one).
+    GetLocalAddr(RpcReplyPort<Option<SocketAddr>>),
     /// The supervisor (re)started the router, or it is gone.
     SetRouter(Option<RouterRef>),
 }
+
+/// The peer questions the admin actor forwards, with their reply ports, to
+/// whoever keeps the peer table (the supervisor, whose message type
+/// converts from this one).
+#[derive(Debug)]
+pub enum PeerQuery {
+    /// `GET /peers`: one entry per interface with a peer.
+    GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
+    /// `DELETE /peers/{addr}`: expire that peer now (no-op if unknown).
+    ExpirePeer(Ipv6Addr, RpcReplyPort<()>),
+}
+
+/// Whoever answers [`PeerQuery`]s (the supervisor).
+pub type PeersRef = DerivedActorRef<PeerQuery>;
 
 /// The admin actor; it holds nothing mutable itself.
 pub struct Admin;
 
 /// What the supervisor hands the admin actor.
 pub struct AdminArgs {
-    /// Where to listen (port 0 picks a free one).
-    pub listen: SocketAddr,
+    /// Where to listen (port 0 picks a free one); `None` runs no HTTP
+    /// server, and the API's operations answer only by message.
+    pub listen: Option<SocketAddr>,
     /// The durable store.
     pub store: Store,
     /// The supervisor, which answers peer questions.
-    pub supervisor: SupervisorRef,
+    pub supervisor: PeersRef,
     /// The router, if the routing state machine runs.
     pub router: Option<RouterRef>,
     /// Store writes counted, for the metrics listener.
@@ -98,14 +112,14 @@ pub struct AdminState {
     guard: Option<AdminGuard>,
     /// The running API server, on loopback behind the guard.
     server: Option<HttpServer<AdminContext>>,
-    /// Where it listens.
-    local_addr: SocketAddr,
+    /// Where it listens, if it does.
+    local_addr: Option<SocketAddr>,
     /// The store and its in-memory mirror.
     store: Store,
     /// What is originated (always equal to the store's contents).
     originated: Originated,
-    /// The supervisor.
-    supervisor: SupervisorRef,
+    /// The supervisor, for peer questions.
+    supervisor: PeersRef,
     /// The router, if any.
     router: Option<RouterRef>,
     /// Statistics identity from `POST /enable-stats`.
@@ -175,19 +189,13 @@ impl AdminState {
     /// failed reached the disk after all (a transaction is all or nothing,
     /// so this is a whole change, never part of one).
     async fn reconcile(&mut self) {
-        let store = self.store.clone();
-        let loaded =
-            match tokio::task::spawn_blocking(move || store.load()).await {
-                Ok(Ok(loaded)) => loaded,
-                Ok(Err(e)) => {
-                    warn!(self.log, "cannot re-read the store"; "error" => %e);
-                    return;
-                }
-                Err(e) => {
-                    warn!(self.log, "cannot re-read the store"; "error" => %e);
-                    return;
-                }
-            };
+        let loaded = match self.store.load_async().await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                warn!(self.log, "cannot re-read the store"; "error" => %e);
+                return;
+            }
+        };
         if loaded != self.originated {
             warn!(self.log, "the store holds a change reported as failed; \
                 following the store";
@@ -234,6 +242,48 @@ impl AdminState {
     }
 }
 
+/// Start the API server on loopback and the guard on `listen` in front of
+/// it.
+async fn serve(
+    listen: SocketAddr,
+    admin: AdminRef,
+    log: &Logger,
+) -> Result<(AdminGuard, HttpServer<AdminContext>), ActorProcessingErr> {
+    let api =
+        ddm_admin_api::ddm_admin_api_mod::api_description::<AdminApiImpl>()
+            .map_err(|e| format!("admin API description: {e}"))?;
+    // dropshot bounds body sizes only; it listens on loopback behind a
+    // guard that bounds connections and their idle time.
+    let config = ConfigDropshot {
+        bind_address: admin_guard::backend_bind(listen),
+        default_request_body_max_bytes: ddm_admin_api::REQUEST_BODY_MAX_BYTES,
+        ..Default::default()
+    };
+    let server = ServerBuilder::new(
+        api,
+        AdminContext { admin },
+        log.new(o!("unit" => "dropshot")),
+    )
+    .config(config)
+    .version_policy(VersionPolicy::Dynamic(Box::new(
+        ddm_admin_api::VersionHeaderPolicy,
+    )))
+    .start()
+    .map_err(|e| format!("admin API behind {}: {e}", listen))?;
+    let guard = match AdminGuard::start(
+        listen,
+        server.local_addr(),
+        log.new(o!("unit" => "guard")),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = server.close().await;
+            return Err(format!("admin API on {}: {e}", listen).into());
+        }
+    };
+    Ok((guard, server))
+}
+
 impl Actor for Admin {
     type Msg = AdminMsg;
     type State = AdminState;
@@ -246,50 +296,26 @@ impl Actor for Admin {
     ) -> Result<AdminState, ActorProcessingErr> {
         let log = args.log.new(o!("component" => "admin"));
         let store = args.store;
-        let originated = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.load()).await??
-        };
-        let api =
-            ddm_admin_api::ddm_admin_api_mod::api_description::<AdminApiImpl>()
-                .map_err(|e| format!("admin API description: {e}"))?;
-        // dropshot bounds body sizes only; it listens on loopback behind a
-        // guard that bounds connections and their idle time.
-        let config = ConfigDropshot {
-            bind_address: admin_guard::backend_bind(args.listen),
-            default_request_body_max_bytes:
-                ddm_admin_api::REQUEST_BODY_MAX_BYTES,
-            ..Default::default()
-        };
-        let server = ServerBuilder::new(
-            api,
-            AdminContext { admin: myself },
-            log.new(o!("unit" => "dropshot")),
-        )
-        .config(config)
-        .version_policy(VersionPolicy::Dynamic(Box::new(
-            ddm_admin_api::VersionHeaderPolicy,
-        )))
-        .start()
-        .map_err(|e| format!("admin API behind {}: {e}", args.listen))?;
-        let guard = match AdminGuard::start(
-            args.listen,
-            server.local_addr(),
-            log.new(o!("unit" => "guard")),
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = server.close().await;
-                return Err(format!("admin API on {}: {e}", args.listen).into());
+        let originated = store.load_async().await?;
+        let (guard, server, local_addr) = match args.listen {
+            Some(listen) => {
+                let (guard, server) = serve(listen, myself, &log).await?;
+                let addr = guard.local_addr();
+                info!(log, "admin: listening on {addr}";
+                    "originated_prefixes" => originated.prefixes.len(),
+                    "originated_tunnels" => originated.tunnels.len());
+                (Some(guard), Some(server), Some(addr))
+            }
+            None => {
+                info!(log, "admin: no listener; answering by message";
+                    "originated_prefixes" => originated.prefixes.len(),
+                    "originated_tunnels" => originated.tunnels.len());
+                (None, None, None)
             }
         };
-        let local_addr = guard.local_addr();
-        info!(log, "admin: listening on {local_addr}";
-            "originated_prefixes" => originated.prefixes.len(),
-            "originated_tunnels" => originated.tunnels.len());
         Ok(AdminState {
-            guard: Some(guard),
-            server: Some(server),
+            guard,
+            server,
             local_addr,
             store,
             originated,
@@ -341,7 +367,7 @@ impl Actor for Admin {
             }
             AdminMsg::GetPeers(reply) => {
                 if let Err(e) =
-                    state.supervisor.cast(SupervisorMsg::GetPeers(reply))
+                    state.supervisor.send_message(PeerQuery::GetPeers(reply))
                 {
                     warn!(state.log, "supervisor unreachable"; "error" => %e);
                 }
@@ -349,7 +375,7 @@ impl Actor for Admin {
             AdminMsg::ExpirePeer(addr, reply) => {
                 if let Err(e) = state
                     .supervisor
-                    .cast(SupervisorMsg::ExpirePeer(addr, reply))
+                    .send_message(PeerQuery::ExpirePeer(addr, reply))
                 {
                     warn!(state.log, "supervisor unreachable"; "error" => %e);
                 }
@@ -691,13 +717,13 @@ mod tests {
     struct Sink;
 
     impl Actor for Sink {
-        type Msg = SupervisorMsg;
+        type Msg = PeerQuery;
         type State = ();
         type Arguments = ();
 
         async fn pre_start(
             &self,
-            _myself: ActorRef<SupervisorMsg>,
+            _myself: ActorRef<PeerQuery>,
             _: (),
         ) -> Result<(), ActorProcessingErr> {
             Ok(())
@@ -728,10 +754,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_store_refuses_changes_before_the_router_hears() {
-        let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(Faults::default());
-        let store =
-            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let store = Store::in_memory_with_faults(faults.clone());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (router, router_task) =
             Actor::spawn(None, Recorder, tx).await.unwrap();
@@ -740,10 +764,10 @@ mod tests {
         let mut state = AdminState {
             guard: None,
             server: None,
-            local_addr: "[::1]:0".parse().unwrap(),
+            local_addr: None,
             store: store.clone(),
             originated: Originated::default(),
-            supervisor: supervisor.clone(),
+            supervisor: supervisor.get_derived(),
             router: Some(router.clone()),
             stats: None,
             store_counters: Arc::new(StoreCounters::default()),

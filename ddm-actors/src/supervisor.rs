@@ -27,7 +27,7 @@ use ractor::{
 use slog::{error, info, o, warn, Logger};
 use tokio::time::Instant;
 
-use crate::admin::{Admin, AdminArgs, AdminMsg, AdminRef};
+use crate::admin::{Admin, AdminArgs, AdminMsg, AdminRef, PeerQuery};
 use crate::config::{DaemonConfig, InterfaceSpec};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::discovery::{
@@ -37,10 +37,9 @@ use crate::discovery::{
 use crate::exchange::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
 };
-use crate::metrics::{CounterSources, StoreCounters};
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
-use crate::store::Store;
+use crate::store::{Store, StoreCounters};
 
 /// A handle to the supervisor.
 pub type SupervisorRef = ActorRef<SupervisorMsg>;
@@ -82,8 +81,8 @@ pub enum SupervisorMsg {
     GetAdmin(RpcReplyPort<AdminRef>),
     /// The current router, if one runs.
     GetRouter(RpcReplyPort<Option<RouterRef>>),
-    /// Where the admin API listens.
-    GetAdminAddr(RpcReplyPort<SocketAddr>),
+    /// Where the admin API listens (`None` without a listener).
+    GetAdminAddr(RpcReplyPort<Option<SocketAddr>>),
     /// Every child that keeps counters, for the metrics listener.
     GetCounterSources(RpcReplyPort<CounterSources>),
     /// A restart back-off elapsed: start this child again.
@@ -95,6 +94,45 @@ pub enum SupervisorMsg {
     /// The kernel reports a link change.
     #[cfg(all(target_os = "linux", feature = "netlink"))]
     Link(crate::netlink::LinkEvent),
+}
+
+/// Who to ask for counters, from the supervisor.
+pub struct CounterSources {
+    /// Discovery actors by interface name.
+    pub discovery: Vec<(String, DiscoveryRef)>,
+    /// Exchange actors: interface name, index, peer address, actor.
+    pub exchange: Vec<(String, u32, Ipv6Addr, ExchangeRef)>,
+    /// The router, if one runs.
+    pub router: Option<RouterRef>,
+    /// The admin actor, if it runs (it knows the statistics identity).
+    pub admin: Option<AdminRef>,
+    /// The store's counters.
+    pub store: Arc<StoreCounters>,
+}
+
+impl From<PeerQuery> for SupervisorMsg {
+    fn from(q: PeerQuery) -> Self {
+        match q {
+            PeerQuery::GetPeers(reply) => SupervisorMsg::GetPeers(reply),
+            PeerQuery::ExpirePeer(addr, reply) => {
+                SupervisorMsg::ExpirePeer(addr, reply)
+            }
+        }
+    }
+}
+
+impl TryFrom<SupervisorMsg> for PeerQuery {
+    type Error = SupervisorMsg;
+
+    fn try_from(m: SupervisorMsg) -> Result<Self, SupervisorMsg> {
+        match m {
+            SupervisorMsg::GetPeers(reply) => Ok(PeerQuery::GetPeers(reply)),
+            SupervisorMsg::ExpirePeer(addr, reply) => {
+                Ok(PeerQuery::ExpirePeer(addr, reply))
+            }
+            other => Err(other),
+        }
+    }
 }
 
 impl From<DiscoveryEvent> for SupervisorMsg {
@@ -181,7 +219,7 @@ pub struct SupervisorState {
     admin: Option<AdminRef>,
     /// Where the admin API listens; kept across restarts so the port
     /// does not change.
-    admin_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     /// The router, while it runs.
     router: Option<RouterRef>,
     /// Discovery actors by interface name.
@@ -208,7 +246,7 @@ impl SupervisorState {
         let args = AdminArgs {
             listen: self.admin_addr,
             store: self.store.clone(),
-            supervisor: myself.clone(),
+            supervisor: myself.get_derived(),
             router: self.router.clone(),
             store_counters: self.store_counters.clone(),
             log: self.root_log.clone(),
@@ -771,13 +809,16 @@ mod tests {
         Logger::root(slog::Discard, o!())
     }
 
-    fn config(dir: &std::path::Path, admin_only: bool) -> DaemonConfig {
+    /// A configuration; `listen` serves the admin API on a free port.
+    fn config(admin_only: bool, listen: bool) -> DaemonConfig {
         DaemonConfig {
             admin_only,
             admin: AdminConfig {
-                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
+                listen: listen
+                    .then(|| SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
             },
-            data_dir: dir.to_path_buf(),
+            // The store is in memory: nothing reads this.
+            data_dir: "/nonexistent".into(),
             router: RouterConfig {
                 hostname: "sup-test".to_string(),
                 interfaces: vec!["ddmtest0".parse().unwrap()],
@@ -786,8 +827,8 @@ mod tests {
         }
     }
 
-    async fn start(dir: &std::path::Path, admin_only: bool) -> SupervisorRef {
-        let store = Store::open(dir).unwrap();
+    async fn start(admin_only: bool, listen: bool) -> SupervisorRef {
+        let store = Store::in_memory();
         let dp = MemoryDataplane::new();
         let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
             Ok(Box::new(dp.clone()) as Box<dyn Dataplane>)
@@ -799,7 +840,7 @@ mod tests {
         let packet_io: PacketIoFactory =
             Arc::new(move |_spec: &InterfaceSpec| PacketIo::Memory(a.clone()));
         let args = SupervisorArgs {
-            config: config(dir, admin_only),
+            config: config(admin_only, listen),
             store,
             dataplane: Some(factory),
             packet_io,
@@ -827,9 +868,13 @@ mod tests {
 
     #[tokio::test]
     async fn admin_only_starts_only_the_admin_actor() {
-        let dir = tempfile::tempdir().unwrap();
-        let sup = start(dir.path(), true).await;
+        let sup = start(true, false).await;
         assert_eq!(sup.get_children().len(), 1);
+        // No listener: the admin actor answers by message only.
+        assert_eq!(
+            ractor::call!(sup, SupervisorMsg::GetAdminAddr).unwrap(),
+            None
+        );
         let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
         assert_eq!(sup.get_children()[0].get_id(), admin.get_id());
         assert!(ractor::call!(sup, SupervisorMsg::GetRouter)
@@ -842,8 +887,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_mode_starts_router_and_one_discovery_per_interface() {
-        let dir = tempfile::tempdir().unwrap();
-        let sup = start(dir.path(), false).await;
+        let sup = start(false, false).await;
         // admin + router + one discovery actor
         assert_eq!(sup.get_children().len(), 3);
         assert!(ractor::call!(sup, SupervisorMsg::GetRouter)
@@ -854,10 +898,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_admin_is_restarted_on_the_same_port() {
-        let dir = tempfile::tempdir().unwrap();
-        let sup = start(dir.path(), true).await;
+        let sup = start(true, true).await;
         let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
         let addr = ractor::call!(admin, AdminMsg::GetLocalAddr).unwrap();
+        assert!(addr.is_some());
         admin.kill();
         let again = eventually("a new admin actor", || async {
             let a = ractor::call!(sup, SupervisorMsg::GetAdmin).ok()?;
@@ -871,8 +915,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let sup = start(dir.path(), false).await;
+        let sup = start(false, false).await;
         let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
         let prefix: oxnet::Ipv6Net = "fd00:7::/64".parse().unwrap();
         let change =
