@@ -376,14 +376,7 @@ impl Rib {
         prefixes: impl IntoIterator<Item = Ipv6Net>,
     ) -> Effects {
         let mut pending = Pending::default();
-        for p in prefixes {
-            if self.originated.insert(p) {
-                let pv = self.own_path(p);
-                for id in self.peers.keys() {
-                    pending.announce_path(*id, pv.clone());
-                }
-            }
-        }
+        self.originate_into(&mut pending, prefixes);
         self.finish(pending)
     }
 
@@ -393,14 +386,7 @@ impl Rib {
         prefixes: impl IntoIterator<Item = Ipv6Net>,
     ) -> Effects {
         let mut pending = Pending::default();
-        for p in prefixes {
-            if self.originated.remove(&p) {
-                let pv = self.own_path(p);
-                for id in self.peers.keys() {
-                    pending.withdraw_path(*id, pv.clone());
-                }
-            }
-        }
+        self.withdraw_originated_into(&mut pending, prefixes);
         self.finish(pending)
     }
 
@@ -411,16 +397,7 @@ impl Rib {
         origins: impl IntoIterator<Item = TunnelOrigin>,
     ) -> Effects {
         let mut pending = Pending::default();
-        for t in origins {
-            if self.originated_tunnels.contains(&t) {
-                continue;
-            }
-            let holders = self.tunnel_holders(&t, Source::Local);
-            self.originated_tunnels.insert(t);
-            for to in self.targets(Source::Local, holders) {
-                pending.announce_tunnel(to, t);
-            }
-        }
+        self.originate_tunnels_into(&mut pending, origins);
         self.finish(pending)
     }
 
@@ -431,6 +408,83 @@ impl Rib {
         origins: impl IntoIterator<Item = TunnelOrigin>,
     ) -> Effects {
         let mut pending = Pending::default();
+        self.withdraw_tunnels_into(&mut pending, origins);
+        self.finish(pending)
+    }
+
+    /// Make the originated prefixes and tunnel endpoints exactly these
+    /// (the whole set the admin actor hands a started router): withdraws
+    /// what is no longer in them, then originates what is new, all in one
+    /// set of effects (at most one push per peer).
+    pub fn set_originated(
+        &mut self,
+        prefixes: BTreeSet<Ipv6Net>,
+        tunnels: BTreeSet<TunnelOrigin>,
+    ) -> Effects {
+        let stale: Vec<Ipv6Net> =
+            self.originated.difference(&prefixes).copied().collect();
+        let stale_tunnels: Vec<TunnelOrigin> =
+            self.originated_tunnels.difference(&tunnels).copied().collect();
+        let mut pending = Pending::default();
+        self.withdraw_originated_into(&mut pending, stale);
+        self.withdraw_tunnels_into(&mut pending, stale_tunnels);
+        self.originate_into(&mut pending, prefixes);
+        self.originate_tunnels_into(&mut pending, tunnels);
+        self.finish(pending)
+    }
+
+    fn originate_into(
+        &mut self,
+        pending: &mut Pending,
+        prefixes: impl IntoIterator<Item = Ipv6Net>,
+    ) {
+        for p in prefixes {
+            if self.originated.insert(p) {
+                let pv = self.own_path(p);
+                for id in self.peers.keys() {
+                    pending.announce_path(*id, pv.clone());
+                }
+            }
+        }
+    }
+
+    fn withdraw_originated_into(
+        &mut self,
+        pending: &mut Pending,
+        prefixes: impl IntoIterator<Item = Ipv6Net>,
+    ) {
+        for p in prefixes {
+            if self.originated.remove(&p) {
+                let pv = self.own_path(p);
+                for id in self.peers.keys() {
+                    pending.withdraw_path(*id, pv.clone());
+                }
+            }
+        }
+    }
+
+    fn originate_tunnels_into(
+        &mut self,
+        pending: &mut Pending,
+        origins: impl IntoIterator<Item = TunnelOrigin>,
+    ) {
+        for t in origins {
+            if self.originated_tunnels.contains(&t) {
+                continue;
+            }
+            let holders = self.tunnel_holders(&t, Source::Local);
+            self.originated_tunnels.insert(t);
+            for to in self.targets(Source::Local, holders) {
+                pending.announce_tunnel(to, t);
+            }
+        }
+    }
+
+    fn withdraw_tunnels_into(
+        &mut self,
+        pending: &mut Pending,
+        origins: impl IntoIterator<Item = TunnelOrigin>,
+    ) {
         for t in origins {
             if !self.originated_tunnels.remove(&t) {
                 continue;
@@ -440,7 +494,6 @@ impl Rib {
                 pending.withdraw_tunnel(to, t);
             }
         }
-        self.finish(pending)
     }
 
     /// A peer entered exchange. Updates are accepted from it, and pushed to

@@ -417,22 +417,11 @@ impl Actor for Router {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::SetOriginated { prefixes, tunnels } => {
-                let rib = &mut state.rib;
-                let stale: Vec<_> =
-                    rib.originated().difference(&prefixes).copied().collect();
-                let stale_tunnels: Vec<_> = rib
-                    .originated_tunnels()
-                    .difference(&tunnels)
-                    .copied()
-                    .collect();
-                let mut all = vec![
-                    rib.withdraw_originated(stale),
-                    rib.withdraw_tunnels(stale_tunnels),
-                    rib.originate(prefixes),
-                    rib.originate_tunnels(tunnels),
-                ];
-                for e in all.drain(..) {
-                    state.carry_out(e);
+                let size = prefixes.len();
+                let e = state.rib.set_originated(prefixes, tunnels);
+                state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
                 }
             }
             RouterMsg::Originate(p) => {
