@@ -5,7 +5,9 @@
 //! interface, spawns an exchange actor for each peer discovery reports and
 //! stops it when the peer goes away, and forwards link events (carrier
 //! loss, links coming back) to the discovery actor of that interface. It
-//! keeps the one record per peer that `GET /peers` reports.
+//! keeps the one record per peer that `GET /peers` reports in its peer
+//! table ([`table::PeerTable`], pure: events in, [`table::Action`]s out),
+//! and carries out the table's actions.
 //!
 //! A child that fails is restarted after a back-off that doubles with each
 //! consecutive failure. An exchange actor that fails (or reports that its
@@ -13,7 +15,7 @@
 //! and discovery brings it back, with a fresh exchange actor, once it
 //! advertises again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +34,7 @@ use crate::config::{DaemonConfig, InterfaceSpec};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::discovery::{
     Discovery, DiscoveryArgs, DiscoveryEvent, DiscoveryMsg, DiscoveryRef,
-    DiscoveryState, PacketIo, PeerIdentity,
+    PacketIo, PeerIdentity,
 };
 use crate::exchange::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
@@ -40,6 +42,10 @@ use crate::exchange::actor::{
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
 use crate::store::{Store, StoreCounters};
+
+pub mod table;
+
+use table::{Action, PeerTable};
 
 /// A handle to the supervisor.
 pub type SupervisorRef = ActorRef<SupervisorMsg>;
@@ -187,22 +193,6 @@ pub struct SupervisorArgs {
     pub log: Logger,
 }
 
-/// What the supervisor knows of the peer on one interface.
-struct PeerRecord {
-    /// The interface's name.
-    ifname: String,
-    /// Our link-local address there.
-    local_addr: Ipv6Addr,
-    /// The peer, once one advertised.
-    peer: Option<PeerIdentity>,
-    /// The interface's discovery state and since when.
-    state: DiscoveryState,
-    /// When the state was entered.
-    since: Instant,
-    /// The exchange actor while the peer is up.
-    exchange: Option<ExchangeRef>,
-}
-
 /// The supervisor's state.
 pub struct SupervisorState {
     /// Configuration.
@@ -224,8 +214,10 @@ pub struct SupervisorState {
     router: Option<RouterRef>,
     /// Discovery actors by interface name.
     discovery: BTreeMap<String, DiscoveryRef>,
-    /// Peer records by interface index.
-    peers: BTreeMap<u32, PeerRecord>,
+    /// The peer table (pure): one record per interface.
+    table: PeerTable,
+    /// The exchange actor of each interface whose peer is up.
+    exchanges: BTreeMap<u32, ExchangeRef>,
     /// The link watcher and the task forwarding its events.
     link_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Consecutive failures per child, for the back-off.
@@ -281,23 +273,9 @@ impl SupervisorState {
         }
         self.router = Some(router);
         // Exchange actors hold the router they were started with: peers
-        // already up get fresh ones, which announce them to the new router
-        // and pull their full sets again.
-        let up: Vec<(u32, Ipv6Addr, PeerIdentity)> = self
-            .peers
-            .iter()
-            .filter(|(_, r)| r.exchange.is_some())
-            .filter_map(|(i, r)| Some((*i, r.local_addr, r.peer.clone()?)))
-            .collect();
-        for (ifindex, local_addr, peer) in up {
-            if let Some(x) =
-                self.peers.get_mut(&ifindex).and_then(|r| r.exchange.take())
-            {
-                let _ =
-                    x.stop_and_wait(None, Some(Duration::from_secs(1))).await;
-            }
-            self.start_exchange(myself, ifindex, local_addr, &peer).await;
-        }
+        // already up get fresh ones.
+        let actions = self.table.router_restarted();
+        self.run(myself, actions).await;
         Ok(())
     }
 
@@ -321,15 +299,54 @@ impl SupervisorState {
         Ok(())
     }
 
+    /// Carry out the peer table's actions, in order (and those that their
+    /// outcomes lead to).
+    async fn run(&mut self, myself: &SupervisorRef, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::StartExchange { ifindex, local_addr, peer } => {
+                    if !self
+                        .start_exchange(myself, ifindex, local_addr, &peer)
+                        .await
+                    {
+                        queue.extend(
+                            self.table.exchange_start_failed(peer.addr),
+                        );
+                    }
+                }
+                Action::StopExchange { ifindex } => {
+                    // Waiting, so that its port is free for the next one.
+                    if let Some(x) = self.exchanges.remove(&ifindex) {
+                        let _ = x
+                            .stop_and_wait(
+                                Some("peer down".to_string()),
+                                Some(Duration::from_secs(1)),
+                            )
+                            .await;
+                    }
+                }
+                Action::PeerDown(peer) => {
+                    if let Some(router) = &self.router {
+                        let _ = router.cast(RouterMsg::PeerDown(peer));
+                    }
+                }
+                Action::Expire { addr } => self.expire(&addr),
+            }
+        }
+    }
+
+    /// Start an exchange actor; false if that failed (without a router,
+    /// none is started, which is not a failure).
     async fn start_exchange(
         &mut self,
         myself: &SupervisorRef,
         ifindex: u32,
         local_addr: Ipv6Addr,
         peer: &PeerIdentity,
-    ) {
+    ) -> bool {
         let Some(router) = self.router.clone() else {
-            return;
+            return true;
         };
         let id = PeerId { ifindex, addr: peer.addr };
         let args = ExchangeArgs::new(
@@ -346,32 +363,15 @@ impl SupervisorState {
             // The exchange actor announces the peer to the router itself,
             // before anything it imports.
             Ok((x, _)) => {
-                if let Some(rec) = self.peers.get_mut(&ifindex) {
-                    rec.exchange = Some(x);
-                }
+                self.exchanges.insert(ifindex, x);
+                self.table.exchange_started(ifindex);
+                true
             }
             Err(e) => {
                 error!(self.log, "cannot start exchange; expiring peer";
                     "peer" => %id, "error" => %e);
-                self.expire(&peer.addr);
+                false
             }
-        }
-    }
-
-    /// Stop the exchange actor of a peer that went away (waiting, so its
-    /// port is free for the next one) and tell the router.
-    async fn stop_exchange(&mut self, ifindex: u32, addr: Ipv6Addr) {
-        let x = self.peers.get_mut(&ifindex).and_then(|r| r.exchange.take());
-        if let Some(x) = x {
-            let _ = x
-                .stop_and_wait(
-                    Some("peer down".to_string()),
-                    Some(Duration::from_secs(1)),
-                )
-                .await;
-        }
-        if let Some(router) = &self.router {
-            let _ = router.cast(RouterMsg::PeerDown(PeerId { ifindex, addr }));
         }
     }
 
@@ -388,68 +388,26 @@ impl SupervisorState {
         myself: &SupervisorRef,
         e: DiscoveryEvent,
     ) {
-        match e {
-            DiscoveryEvent::Status { ifname, ifindex, state, since } => {
-                let rec =
-                    self.peers.entry(ifindex).or_insert_with(|| PeerRecord {
-                        ifname: ifname.clone(),
-                        local_addr: Ipv6Addr::UNSPECIFIED,
-                        peer: None,
-                        state,
-                        since,
-                        exchange: None,
-                    });
-                rec.ifname = ifname;
-                rec.state = state;
-                rec.since = since;
-            }
-            DiscoveryEvent::PeerUp { ifname, ifindex, local_addr, peer } => {
-                info!(self.log, "peer up"; "interface" => &ifname,
+        match &e {
+            DiscoveryEvent::Status { .. } => {}
+            DiscoveryEvent::PeerUp { ifname, peer, .. } => {
+                info!(self.log, "peer up"; "interface" => ifname,
                     "peer" => %peer.addr, "host" => &peer.hostname,
                     "kind" => %peer.kind, "version" => peer.version);
-                // An interface re-created under a new index: forget the
-                // records of its old index.
-                self.peers.retain(|i, r| *i == ifindex || r.ifname != ifname);
-                let rec =
-                    self.peers.entry(ifindex).or_insert_with(|| PeerRecord {
-                        ifname: ifname.clone(),
-                        local_addr,
-                        peer: None,
-                        state: DiscoveryState::Exchange,
-                        since: Instant::now(),
-                        exchange: None,
-                    });
-                rec.local_addr = local_addr;
-                let old = rec.peer.replace(peer.clone());
-                if let Some(old) = old {
-                    if rec.exchange.is_some() {
-                        self.stop_exchange(ifindex, old.addr).await;
-                    }
-                }
-                self.start_exchange(myself, ifindex, local_addr, &peer).await;
             }
-            DiscoveryEvent::PeerDown { ifname, ifindex, peer } => {
-                info!(self.log, "peer down"; "interface" => &ifname,
+            DiscoveryEvent::PeerDown { ifname, peer, .. } => {
+                info!(self.log, "peer down"; "interface" => ifname,
                     "peer" => %peer.addr, "host" => &peer.hostname);
-                self.stop_exchange(ifindex, peer.addr).await;
             }
             DiscoveryEvent::PeerAddrChanged {
-                ifname,
-                ifindex,
-                local_addr,
-                old_addr,
-                peer,
+                ifname, old_addr, peer, ..
             } => {
-                info!(self.log, "peer renumbered"; "interface" => &ifname,
+                info!(self.log, "peer renumbered"; "interface" => ifname,
                     "old" => %old_addr, "new" => %peer.addr);
-                self.stop_exchange(ifindex, old_addr).await;
-                if let Some(rec) = self.peers.get_mut(&ifindex) {
-                    rec.peer = Some(peer.clone());
-                    rec.local_addr = local_addr;
-                }
-                self.start_exchange(myself, ifindex, local_addr, &peer).await;
             }
         }
+        let actions = self.table.on_discovery(e, Instant::now());
+        self.run(myself, actions).await;
     }
 
     fn counter_sources(&self) -> CounterSources {
@@ -460,39 +418,17 @@ impl SupervisorState {
                 .map(|(name, d)| (name.clone(), d.clone()))
                 .collect(),
             exchange: self
-                .peers
+                .exchanges
                 .iter()
-                .filter_map(|(ifindex, r)| {
-                    let x = r.exchange.clone()?;
-                    let addr = r.peer.as_ref()?.addr;
-                    Some((r.ifname.clone(), *ifindex, addr, x))
+                .filter_map(|(ifindex, x)| {
+                    let (ifname, addr) = self.table.peer_of(*ifindex)?;
+                    Some((ifname.to_string(), *ifindex, addr, x.clone()))
                 })
                 .collect(),
             router: self.router.clone(),
             admin: self.admin.clone(),
             store: self.store_counters.clone(),
         }
-    }
-
-    fn peer_map(&self) -> PeerMap<PeerInfo> {
-        let now = Instant::now();
-        self.peers
-            .iter()
-            .filter_map(|(ifindex, rec)| {
-                let peer = rec.peer.as_ref()?;
-                Some((
-                    *ifindex,
-                    PeerInfo {
-                        status: rec
-                            .state
-                            .status(now.saturating_duration_since(rec.since)),
-                        addr: peer.addr,
-                        host: peer.hostname.clone(),
-                        kind: peer.kind,
-                    },
-                ))
-            })
-            .collect()
     }
 
     fn which(&self, cell: &ActorCell) -> Option<Child> {
@@ -509,34 +445,28 @@ impl SupervisorState {
             .map(|(name, _)| Child::Discovery(name.clone()))
     }
 
-    fn exchange_of(&self, cell: &ActorCell) -> Option<(u32, Ipv6Addr)> {
+    /// The interface whose exchange actor this is.
+    fn exchange_of(&self, cell: &ActorCell) -> Option<u32> {
         let id = cell.get_id();
-        self.peers.iter().find_map(|(ifindex, rec)| {
-            let x = rec.exchange.as_ref()?;
-            let addr = rec.peer.as_ref()?.addr;
-            (x.get_id() == id).then_some((*ifindex, addr))
-        })
+        self.exchanges
+            .iter()
+            .find_map(|(ifindex, x)| (x.get_id() == id).then_some(*ifindex))
     }
 
-    fn child_gone(
+    async fn child_gone(
         &mut self,
         myself: &SupervisorRef,
         cell: &ActorCell,
         why: String,
     ) {
-        if let Some((ifindex, addr)) = self.exchange_of(cell) {
-            if let Some(rec) = self.peers.get_mut(&ifindex) {
-                rec.exchange = None;
-            }
-            if !self.stopping {
+        if let Some(ifindex) = self.exchange_of(cell) {
+            self.exchanges.remove(&ifindex);
+            let actions = self.table.exchange_stopped(ifindex, self.stopping);
+            if !actions.is_empty() {
                 warn!(self.log, "exchange stopped; expiring its peer";
-                    "peer" => %addr, "reason" => why);
-                if let Some(router) = &self.router {
-                    let _ = router
-                        .cast(RouterMsg::PeerDown(PeerId { ifindex, addr }));
-                }
-                self.expire(&addr);
+                    "interface" => ifindex, "reason" => why);
             }
+            self.run(myself, actions).await;
             return;
         }
         let Some(child) = self.which(cell) else {
@@ -678,7 +608,8 @@ impl Actor for Supervisor {
             admin: None,
             router: None,
             discovery: BTreeMap::new(),
-            peers: BTreeMap::new(),
+            table: PeerTable::new(),
+            exchanges: BTreeMap::new(),
             link_tasks: Vec::new(),
             failures: BTreeMap::new(),
             stopping: false,
@@ -716,10 +647,8 @@ impl Actor for Supervisor {
         for (_, d) in std::mem::take(&mut state.discovery) {
             let _ = d.stop_and_wait(None, grace).await;
         }
-        for rec in state.peers.values_mut() {
-            if let Some(x) = rec.exchange.take() {
-                let _ = x.stop_and_wait(None, grace).await;
-            }
+        for (_, x) in std::mem::take(&mut state.exchanges) {
+            let _ = x.stop_and_wait(None, grace).await;
         }
         // The router removes its routes as it stops.
         if let Some(router) = state.router.take() {
@@ -741,10 +670,11 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::GetPeers(reply) => {
-                let _ = reply.send(state.peer_map());
+                let _ = reply.send(state.table.peers(Instant::now()));
             }
             SupervisorMsg::ExpirePeer(addr, reply) => {
-                state.expire(&addr);
+                let actions = state.table.expire(addr);
+                state.run(&myself, actions).await;
                 let _ = reply.send(());
             }
             SupervisorMsg::GetAdmin(reply) => {
@@ -768,7 +698,8 @@ impl Actor for Supervisor {
             SupervisorMsg::ExchangeFailed(f) => {
                 warn!(state.log, "peer stopped answering exchange; expiring";
                     "peer" => %f.peer);
-                state.expire(&f.peer.addr);
+                let actions = state.table.exchange_failed(f.peer);
+                state.run(&myself, actions).await;
             }
             #[cfg(all(target_os = "linux", feature = "netlink"))]
             SupervisorMsg::Link(e) => state.on_link(e),
@@ -785,10 +716,10 @@ impl Actor for Supervisor {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let why = reason.unwrap_or_else(|| "stopped".to_string());
-                state.child_gone(&myself, &cell, why);
+                state.child_gone(&myself, &cell, why).await;
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                state.child_gone(&myself, &cell, err.to_string());
+                state.child_gone(&myself, &cell, err.to_string()).await;
             }
             _ => {}
         }
@@ -797,144 +728,4 @@ impl Actor for Supervisor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{AdminConfig, RouterConfig};
-    use crate::dataplane::memory::MemoryDataplane;
-    use crate::discovery::MemoryPort;
-    use crate::store::StoreChange;
-    use std::net::Ipv6Addr;
-
-    fn log() -> Logger {
-        Logger::root(slog::Discard, o!())
-    }
-
-    /// A configuration; `listen` serves the admin API on a free port.
-    fn config(admin_only: bool, listen: bool) -> DaemonConfig {
-        DaemonConfig {
-            admin_only,
-            admin: AdminConfig {
-                listen: listen
-                    .then(|| SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
-            },
-            // The store is in memory: nothing reads this.
-            data_dir: "/nonexistent".into(),
-            router: RouterConfig {
-                hostname: "sup-test".to_string(),
-                interfaces: vec!["ddmtest0".parse().unwrap()],
-                ..Default::default()
-            },
-        }
-    }
-
-    async fn start(admin_only: bool, listen: bool) -> SupervisorRef {
-        let store = Store::in_memory();
-        let dp = MemoryDataplane::new();
-        let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-            Ok(Box::new(dp.clone()) as Box<dyn Dataplane>)
-        });
-        let (a, _b) = MemoryPort::pair(
-            (1, "fe80::1".parse().unwrap()),
-            (2, "fe80::2".parse().unwrap()),
-        );
-        let packet_io: PacketIoFactory =
-            Arc::new(move |_spec: &InterfaceSpec| PacketIo::Memory(a.clone()));
-        let args = SupervisorArgs {
-            config: config(admin_only, listen),
-            store,
-            dataplane: Some(factory),
-            packet_io,
-            watch_links: false,
-            log: log(),
-        };
-        Actor::spawn(None, Supervisor, args).await.unwrap().0
-    }
-
-    /// Poll `f` until it yields `Some`, for at most ten seconds.
-    async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn admin_only_starts_only_the_admin_actor() {
-        let sup = start(true, false).await;
-        assert_eq!(sup.get_children().len(), 1);
-        // No listener: the admin actor answers by message only.
-        assert_eq!(
-            ractor::call!(sup, SupervisorMsg::GetAdminAddr).unwrap(),
-            None
-        );
-        let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
-        assert_eq!(sup.get_children()[0].get_id(), admin.get_id());
-        assert!(ractor::call!(sup, SupervisorMsg::GetRouter)
-            .unwrap()
-            .is_none());
-        let peers = ractor::call!(sup, SupervisorMsg::GetPeers).unwrap();
-        assert!(peers.is_empty());
-        sup.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn full_mode_starts_router_and_one_discovery_per_interface() {
-        let sup = start(false, false).await;
-        // admin + router + one discovery actor
-        assert_eq!(sup.get_children().len(), 3);
-        assert!(ractor::call!(sup, SupervisorMsg::GetRouter)
-            .unwrap()
-            .is_some());
-        sup.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_killed_admin_is_restarted_on_the_same_port() {
-        let sup = start(true, true).await;
-        let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
-        let addr = ractor::call!(admin, AdminMsg::GetLocalAddr).unwrap();
-        assert!(addr.is_some());
-        admin.kill();
-        let again = eventually("a new admin actor", || async {
-            let a = ractor::call!(sup, SupervisorMsg::GetAdmin).ok()?;
-            (a.get_id() != admin.get_id()).then_some(a)
-        })
-        .await;
-        let addr2 = ractor::call!(again, AdminMsg::GetLocalAddr).unwrap();
-        assert_eq!(addr, addr2);
-        sup.stop_and_wait(None, None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
-        let sup = start(false, false).await;
-        let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
-        let prefix: oxnet::Ipv6Net = "fd00:7::/64".parse().unwrap();
-        let change =
-            StoreChange { add_prefixes: [prefix].into(), ..Default::default() };
-        ractor::call!(admin, AdminMsg::Change, change).unwrap().unwrap();
-        let router =
-            ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().unwrap();
-        router.kill();
-        let anyone = PeerId { ifindex: 0, addr: Ipv6Addr::UNSPECIFIED };
-        eventually("the new router announces the stored prefix", || async {
-            let r = ractor::call!(sup, SupervisorMsg::GetRouter).ok()??;
-            if r.get_id() == router.get_id() {
-                return None;
-            }
-            let pull = ractor::call!(r, RouterMsg::PullFor, anyone).ok()?;
-            let announced = pull.underlay.unwrap_or_default();
-            announced.iter().any(|pv| pv.destination == prefix).then_some(())
-        })
-        .await;
-        sup.stop_and_wait(None, None).await.unwrap();
-    }
-}
+mod tests;
