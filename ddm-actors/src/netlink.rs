@@ -31,7 +31,7 @@ use slog::{debug, info, o, warn, Logger};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use crate::dataplane::DataplaneError;
+use ddm_dataplane::DataplaneError;
 
 /// A change of a link or of one of its IPv6 addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

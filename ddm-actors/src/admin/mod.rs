@@ -1,7 +1,9 @@
 //! The admin actor: serves the admin API and owns the durable store.
 //!
-//! The actor runs a dropshot server whose handlers never touch state: each
-//! one sends a message to this actor and awaits the reply. This actor owns
+//! The actor runs a dropshot server (`http.rs`) whose handlers never touch
+//! state: each one sends a message to this actor and awaits the reply.
+//! Without a listen address it runs no server, and the same messages are
+//! the only way in (as in a simulation). This actor owns
 //! the originated configuration (in memory and in the [`Store`]) and the
 //! statistics identity; questions about peers go to the supervisor and
 //! questions about routes to the router, by handing them the reply port so
