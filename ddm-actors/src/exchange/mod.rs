@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod client;
 pub mod server;
+pub mod session;
 
 // The wire types and the outgoing update are the protocol floor's
 // (`ddm-proto`), which the RIB uses too; re-exported at their old paths.
