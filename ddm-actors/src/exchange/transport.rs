@@ -388,3 +388,7 @@ impl ExchangeClient for MemClient {
         Ok(Pulled { response, push_limit, bytes: body.len() })
     }
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;
