@@ -10,6 +10,7 @@ pub mod actor;
 pub mod client;
 pub mod server;
 pub mod session;
+pub mod session_io;
 pub mod transport;
 
 // The wire types and the outgoing update are the protocol floor's
