@@ -748,21 +748,6 @@ mod tests {
         u
     }
 
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let ms = |n| backoff(n).as_millis();
-        assert_eq!(
-            [ms(1), ms(2), ms(3), ms(4), ms(5)],
-            [100, 200, 400, 800, 1600]
-        );
-        assert_eq!(backoff(7), BACKOFF_MAX);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-        // The report comes after the fifth failure, i.e. after the first
-        // four back-offs: well within a few seconds.
-        let total: Duration = (1..MAX_ATTEMPTS).map(backoff).sum();
-        assert_eq!(total, Duration::from_millis(1500));
-    }
-
     /// An update announcing `n` paths under `fd00::/16` and withdrawing
     /// `w` under `fd01::/16`.
     fn big(n: usize, w: usize) -> v3::Update {

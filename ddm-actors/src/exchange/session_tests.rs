@@ -101,11 +101,14 @@ fn step_files_replay() {
 
 #[test]
 fn backoff_doubles_and_is_capped() {
-    assert_eq!(backoff(1), BACKOFF_MIN);
-    assert_eq!(backoff(2), BACKOFF_MIN * 2);
-    assert_eq!(backoff(3), BACKOFF_MIN * 4);
-    assert_eq!(backoff(100), BACKOFF_MAX);
-    assert_eq!(backoff(0), BACKOFF_MIN);
+    let ms = |n| backoff(n).as_millis();
+    assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5)], [100, 200, 400, 800, 1600]);
+    assert_eq!(backoff(7), BACKOFF_MAX);
+    assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    // The report comes after the fifth failure, i.e. after the first
+    // four back-offs: well within a few seconds.
+    let total: Duration = (1..MAX_ATTEMPTS).map(backoff).sum();
+    assert_eq!(total, Duration::from_millis(1500));
 }
 
 /// Every step file's inputs, round-tripped through JSON, are the same
@@ -121,4 +124,22 @@ fn inputs_and_effects_round_trip() {
         assert_eq!(back.input, step.input);
         assert_eq!(back.effects, step.effects);
     }
+}
+
+/// A step whose expected effects differ is reported with its file, index,
+/// expected and got.
+#[test]
+fn a_mismatch_names_the_file_and_step() {
+    let mut file: StepFile = serde_json::from_str(
+        &std::fs::read_to_string(steps_dir().join("bind_retries.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    file.steps[1].effects.pop();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("changed.json");
+    std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+    let e = replay(&path, false).unwrap_err();
+    assert!(e.contains("changed.json: step 1"), "{e}");
+    assert!(e.contains("expected:") && e.contains("got:"), "{e}");
 }
