@@ -429,15 +429,21 @@ impl State {
                         "cannot bind the exchange server; will retry";
                         "addr" => %self.listen, "error" => error,
                         "failures" => failures),
-                    _ => warn!(self.log, "request failed"; "op" => ?op,
+                    TimerKind::Push => warn!(self.log, "push failed";
+                        "error" => error, "failures" => failures),
+                    TimerKind::Pull => warn!(self.log, "pull failed";
                         "error" => error, "failures" => failures),
                 }
             }
             Effect::Refused { items, error } => {
                 Stats::bump(&self.stats.pushes_refused);
-                info!(self.log, "push refused as too large; \
-                    sending it in halves unless single";
-                    "items" => items, "error" => error);
+                // A single item is dropped instead (`Effect::Dropped`).
+                if items > 1 {
+                    info!(self.log,
+                        "push refused as too large; sending it in halves";
+                        "items" => items, "half" => items / 2,
+                        "error" => error);
+                }
             }
             Effect::Dropped { why, limit, update } => {
                 let n = update.len() as u64;
