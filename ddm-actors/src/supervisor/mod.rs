@@ -39,6 +39,7 @@ use crate::discovery::{
 use crate::exchange::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
 };
+use crate::exchange::transport::ExchangeTransport;
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
 use crate::store::{Store, StoreCounters};
@@ -191,6 +192,8 @@ pub struct SupervisorArgs {
     pub packet_io: PacketIoFactory,
     /// Watch the kernel's link events (Linux with netlink only).
     pub watch_links: bool,
+    /// The exchange actors' network side (HTTP in a deployment).
+    pub exchange_net: ExchangeTransport,
     /// Logger.
     pub log: Logger,
 }
@@ -228,6 +231,8 @@ pub struct SupervisorState {
     stopping: bool,
     /// The daemon's root logger, handed to children.
     root_log: Logger,
+    /// The exchange actors' network side.
+    exchange_net: ExchangeTransport,
     /// This actor's logger.
     log: Logger,
 }
@@ -259,6 +264,7 @@ impl Actor for Supervisor {
             failures: BTreeMap::new(),
             stopping: false,
             root_log: args.log,
+            exchange_net: args.exchange_net,
             log,
         };
         state.start_admin(&myself).await?;

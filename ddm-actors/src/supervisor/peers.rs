@@ -58,7 +58,7 @@ impl SupervisorState {
             return true;
         };
         let id = PeerId { ifindex, addr: peer.addr };
-        let args = ExchangeArgs::new(
+        let mut args = ExchangeArgs::new(
             &self.config.router,
             ifindex,
             local_addr,
@@ -67,6 +67,7 @@ impl SupervisorState {
             Some(myself.get_derived()),
             self.root_log.clone(),
         );
+        args.transport = self.exchange_net.clone();
         match Actor::spawn_linked(None, Exchange, args, myself.get_cell()).await
         {
             // The exchange actor announces the peer to the router itself,

@@ -47,6 +47,7 @@ async fn start(admin_only: bool, listen: bool) -> SupervisorRef {
         dataplane: Some(factory),
         packet_io,
         watch_links: false,
+        exchange_net: Default::default(),
         log: log(),
     };
     Actor::spawn(None, Supervisor, args).await.unwrap().0
