@@ -41,7 +41,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    Emitable, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_ALIGNTO,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CREATE, NLM_F_DUMP,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::route::{
@@ -88,13 +90,8 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many failed destinations an error message names.
 const ERRORS_SHOWN: usize = 5;
 
-/// `NLMSG_ERROR` (an error or an acknowledgement).
-const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE` (end of a dump).
-const NLMSG_DONE: u16 = 3;
-/// `NLM_F_ACK_TLVS`: the error message carries extended-ack attributes.
-const NLM_F_ACK_TLVS: u16 = 0x200;
-/// `NLMSGERR_ATTR_MSG`: the extended-ack attribute holding a text.
+/// `NLMSGERR_ATTR_MSG`: the extended-ack attribute holding a text (not
+/// among netlink-packet-core's constants).
 const NLMSGERR_ATTR_MSG: u16 = 1;
 
 /// The Linux kernel dataplane.
@@ -465,16 +462,20 @@ impl RouteSocket {
         loop {
             let n = self.recv()?;
             let mut done = false;
-            for (kind, seq, flags, payload) in messages(&self.recv_buf[..n]) {
-                if kind != NLMSG_ERROR {
+            for (header, raw) in messages(&self.recv_buf[..n]) {
+                if header.message_type != NLMSG_ERROR {
                     continue;
                 }
+                let seq = header.sequence_number;
                 let offset = seq.wrapping_sub(first_seq) as usize;
                 if offset > last_seq.wrapping_sub(first_seq) as usize {
                     // A late answer to an earlier, abandoned packet.
                     continue;
                 }
-                let code = parse_error(payload, flags);
+                let code = parse_error(
+                    NetlinkBuffer::new(raw).payload(),
+                    header.flags,
+                );
                 if let Some((errno, text)) = code {
                     failures.push((start + offset, errno, text));
                 }
@@ -524,40 +525,30 @@ impl RouteSocket {
         let mut seen = HashSet::new();
         loop {
             let n = self.recv()?;
-            let mut at = 0;
-            while let Some(len) = message_len(&self.recv_buf[at..n]) {
-                let raw = &self.recv_buf[at..at + len];
-                at += align4(len);
-                let (kind, mseq) = (header_kind(raw), header_seq(raw));
-                if mseq != seq {
+            for (header, raw) in messages(&self.recv_buf[..n]) {
+                if header.sequence_number != seq {
                     continue;
                 }
-                match kind {
-                    NLMSG_DONE => return Ok(found),
-                    NLMSG_ERROR => {
-                        if let Some((errno, _)) = parse_error(&raw[16..], 0) {
-                            return Err(io::Error::from_raw_os_error(errno));
-                        }
+                let parsed =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+                        .map_err(|e| {
+                            io::Error::new(io::ErrorKind::InvalidData, e)
+                        })?;
+                match parsed.payload {
+                    NetlinkPayload::Done(_) => return Ok(found),
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(e.to_io());
                     }
-                    _ => {
-                        let parsed =
-                            NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                                raw,
-                            )
-                            .map_err(|e| {
-                                io::Error::new(io::ErrorKind::InvalidData, e)
-                            })?;
-                        if let NetlinkPayload::InnerMessage(
-                            RouteNetlinkMessage::NewRoute(route),
-                        ) = parsed.payload
-                        {
-                            if let Some(key) = ddm_route_key(&route) {
-                                if seen.insert(key) {
-                                    found.push(key);
-                                }
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewRoute(route),
+                    ) => {
+                        if let Some(key) = ddm_route_key(&route) {
+                            if seen.insert(key) {
+                                found.push(key);
                             }
                         }
                     }
+                    _ => {}
                 }
             }
         }
@@ -628,60 +619,44 @@ fn set_option<T>(
 
 /// Round up to netlink's 4-byte alignment.
 fn align4(n: usize) -> usize {
-    (n + 3) & !3
+    let a = usize::from(NLMSG_ALIGNTO);
+    (n + a - 1) & !(a - 1)
 }
 
-/// Length of the netlink message at the start of `buf`, if a whole one is
-/// there.
-fn message_len(buf: &[u8]) -> Option<usize> {
-    let len = u32::from_ne_bytes(buf.get(0..4)?.try_into().ok()?) as usize;
-    (len >= 16 && len <= buf.len()).then_some(len)
-}
-
-fn header_kind(raw: &[u8]) -> u16 {
-    u16::from_ne_bytes([raw[4], raw[5]])
-}
-
-fn header_seq(raw: &[u8]) -> u32 {
-    u32::from_ne_bytes([raw[8], raw[9], raw[10], raw[11]])
-}
-
-/// The messages of a datagram: (type, sequence, flags, payload).
-fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u32, u16, &[u8])> {
+/// The messages of a datagram, each its header and its raw bytes (header
+/// included), framed by netlink-packet-core's [`NetlinkBuffer`]; the walk
+/// stops at the first message that is cut short or malformed.
+fn messages(buf: &[u8]) -> impl Iterator<Item = (NetlinkHeader, &[u8])> {
     let mut at = 0;
     std::iter::from_fn(move || {
-        let len = message_len(&buf[at..])?;
-        let raw = &buf[at..at + len];
-        at += align4(len).min(buf.len() - at);
-        let flags = u16::from_ne_bytes([raw[6], raw[7]]);
-        Some((header_kind(raw), header_seq(raw), flags, &raw[16..]))
+        let rest = buf.get(at..)?;
+        let framed = NetlinkBuffer::new_checked(rest).ok()?;
+        let header = NetlinkHeader::parse(&framed).ok()?;
+        let len = header.length as usize;
+        at += align4(len).min(rest.len());
+        Some((header, &rest[..len]))
     })
 }
 
-/// The errno of an `NLMSG_ERROR` payload (None for an acknowledgement) and
-/// the kernel's explanation if it gave one.
+/// The errno of an `NLMSG_ERROR` payload (None for an acknowledgement or
+/// a payload too short to hold a code) and the kernel's explanation if it
+/// gave one (an extended-ack attribute).
 fn parse_error(payload: &[u8], flags: u16) -> Option<(i32, Option<String>)> {
-    let code = i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?);
-    if code == 0 {
-        return None;
-    }
+    let error =
+        ErrorMessage::parse(&ErrorBuffer::new_checked(&payload).ok()?).ok()?;
+    let code = error.code?.get();
     let mut text = None;
     if flags & NLM_F_ACK_TLVS != 0 {
-        // With NETLINK_CAP_ACK the echoed request is its header alone.
-        let mut at = 4 + 16;
-        while let Some(tlv) = payload.get(at..at + 4) {
-            let len = u16::from_ne_bytes([tlv[0], tlv[1]]) as usize;
-            let kind = u16::from_ne_bytes([tlv[2], tlv[3]]) & 0x3fff;
-            if len < 4 {
-                break;
+        // With NETLINK_CAP_ACK the echoed request is its header alone;
+        // the attributes follow it.
+        let echoed = NetlinkHeader::default().buffer_len();
+        let tlvs = error.header.get(echoed..).unwrap_or_default();
+        for nla in NlasIterator::new(tlvs).flatten() {
+            if nla.kind() == NLMSGERR_ATTR_MSG {
+                let raw = nla.value();
+                let s = raw.split(|b| *b == 0).next().unwrap_or(raw);
+                text = Some(String::from_utf8_lossy(s).into_owned());
             }
-            if kind == NLMSGERR_ATTR_MSG {
-                if let Some(raw) = payload.get(at + 4..at + len) {
-                    let s = raw.split(|b| *b == 0).next().unwrap_or(raw);
-                    text = Some(String::from_utf8_lossy(s).into_owned());
-                }
-            }
-            at += align4(len);
         }
     }
     Some((-code, text))
