@@ -365,3 +365,78 @@ impl Client {
         Ok((parts.headers, body))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use http::Response;
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A server on `[::1]` that answers every request with an empty v3
+    /// pull answer; counts the connections it accepted and records the
+    /// last peer address.
+    async fn server(
+    ) -> (SocketAddrV6, Arc<AtomicUsize>, Arc<Mutex<Option<SocketAddr>>>) {
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let SocketAddr::V6(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to an IPv6 address")
+        };
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let from = Arc::new(Mutex::new(None));
+        let (a, f) = (Arc::clone(&accepted), Arc::clone(&from));
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                *f.lock().unwrap() = Some(peer);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(
+                            Full::new(Bytes::from_static(b"{}")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted, from)
+    }
+
+    /// Requests in turn share one kept-alive connection of the pool, made
+    /// from the bound address.
+    #[tokio::test]
+    async fn requests_reuse_one_connection_from_the_bound_address() {
+        let (addr, accepted, from) = server().await;
+        let client = Client::new(addr, Version::V3, Duration::from_secs(5))
+            .bound_to(Ipv6Addr::LOCALHOST);
+        for _ in 0..3 {
+            let pulled = client.pull().await.unwrap();
+            assert_eq!(pulled.response, v3::PullResponse::default());
+            assert_eq!(pulled.bytes, 2);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let peer = from.lock().unwrap().expect("a connection");
+        assert_eq!(peer.ip(), std::net::IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    /// Nobody listening is a connection error naming the address.
+    #[tokio::test]
+    async fn nobody_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let SocketAddr::V6(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to an IPv6 address")
+        };
+        drop(listener);
+        let client = Client::new(addr, Version::V3, Duration::from_secs(5));
+        match client.pull().await {
+            Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+}
