@@ -101,17 +101,19 @@ impl Default for RouterConfig {
 /// Where the admin API listens.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// Listen address (port 0 picks a free port).
-    pub listen: SocketAddr,
+    /// Listen address (port 0 picks a free port); `None` serves no HTTP
+    /// (the admin actor then answers only by message, as in a
+    /// simulation).
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::new(
+            listen: Some(SocketAddr::new(
                 IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
                 8000,
-            ),
+            )),
         }
     }
 }

@@ -22,8 +22,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,13 +46,12 @@ use slog::{debug, warn, Logger};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::admin::{AdminMsg, AdminRef};
-use crate::discovery::DiscoveryRef;
+use crate::admin::AdminMsg;
 use crate::discovery::{
     Counters as DiscoveryCounters, DiscoveryMsg, DropCounters,
 };
-use crate::exchange::actor::{ExchangeMsg, ExchangeRef};
-use crate::router::{RouterMsg, RouterRef};
+use crate::exchange::actor::ExchangeMsg;
+use crate::router::RouterMsg;
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
 
 /// How long one request waits for each actor's answer.
@@ -69,43 +67,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const METRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Store writes counted by the admin actor (shared, so that the counts
-/// survive an admin restart).
-#[derive(Debug, Default)]
-pub struct StoreCounters {
-    commits: AtomicU64,
-    failures: AtomicU64,
-}
-
-impl StoreCounters {
-    /// Count one store write: committed (`true`) or failed.
-    pub fn record(&self, committed: bool) {
-        let c = if committed { &self.commits } else { &self.failures };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counts by name.
-    pub fn named(&self) -> BTreeMap<String, u64> {
-        BTreeMap::from([
-            ("commits".to_string(), self.commits.load(Ordering::Relaxed)),
-            ("failures".to_string(), self.failures.load(Ordering::Relaxed)),
-        ])
-    }
-}
-
-/// Who to ask for counters, from the supervisor.
-pub struct CounterSources {
-    /// Discovery actors by interface name.
-    pub discovery: Vec<(String, DiscoveryRef)>,
-    /// Exchange actors: interface name, index, peer address, actor.
-    pub exchange: Vec<(String, u32, Ipv6Addr, ExchangeRef)>,
-    /// The router, if one runs.
-    pub router: Option<RouterRef>,
-    /// The admin actor, if it runs (it knows the statistics identity).
-    pub admin: Option<AdminRef>,
-    /// The store's counters.
-    pub store: Arc<StoreCounters>,
-}
+pub use crate::store::StoreCounters;
+pub use crate::supervisor::CounterSources;
 
 /// The discovery counters by name, and the drops by reason. (Every field
 /// is named here: a counter added to discovery fails to compile until it

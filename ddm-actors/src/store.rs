@@ -6,8 +6,14 @@
 //! committed with immediate durability (fsync) before the admin API answers
 //! 204, so anything acknowledged is on disk.
 //!
-//! redb calls block on file I/O, so every operation runs on tokio's blocking
-//! pool and the calling actor awaits it without stalling its runtime thread.
+//! redb calls block on file I/O, so on a file every operation the admin
+//! actor awaits ([`Store::apply_async`], [`Store::load_async`]) runs on
+//! tokio's blocking pool, without stalling the actor's runtime thread.
+//!
+//! [`Store::in_memory`] keeps the database in memory (redb's
+//! `InMemoryBackend`), for tests and simulations with no file system: its
+//! operations never block on I/O, so they run inline, and a simulation on
+//! a single-threaded runtime drives them deterministically.
 //!
 //! # Faults
 //!
@@ -24,15 +30,16 @@
 //! file backend whose [`Faults`] switch lets a test make writes fail with a
 //! chosen `errno` and then succeed again.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
-use redb::backends::FileBackend;
+use redb::backends::{FileBackend, InMemoryBackend};
 use redb::{
     BackendError, ReadableDatabase, ReadableTable, StorageBackend,
     TableDefinition,
@@ -101,12 +108,12 @@ impl Faults {
     }
 }
 
-/// redb's file backend, with writes that a [`Faults`] switch can make fail.
-/// Reads and locks pass straight through.
+/// redb's file backend (or a shared in-memory one), with writes that a
+/// [`Faults`] switch can make fail. Reads and locks pass straight through.
 #[derive(Debug)]
 pub struct FaultyFile {
     /// The real backend.
-    file: FileBackend,
+    file: Box<dyn StorageBackend>,
     /// The switch.
     faults: Arc<Faults>,
 }
@@ -188,6 +195,70 @@ impl StorageBackend for FaultyFile {
     }
 }
 
+/// An in-memory backend the store keeps across reopens (a failed write
+/// closes the database; the next one reopens it on the same bytes).
+#[derive(Debug, Clone)]
+struct SharedMemory(Arc<InMemoryBackend>);
+
+impl StorageBackend for SharedMemory {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
+}
+
+/// Where the database lives.
+#[derive(Clone)]
+enum Medium {
+    /// A file in the data directory.
+    File,
+    /// Memory only (tests, simulations).
+    Memory(SharedMemory),
+}
+
+/// Store writes counted by the admin actor (shared, so that the counts
+/// survive an admin restart).
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    commits: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl StoreCounters {
+    /// Count one store write: committed (`true`) or failed.
+    pub fn record(&self, committed: bool) {
+        let c = if committed { &self.commits } else { &self.failures };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts by name.
+    pub fn named(&self) -> BTreeMap<String, u64> {
+        BTreeMap::from([
+            ("commits".to_string(), self.commits.load(Ordering::Relaxed)),
+            ("failures".to_string(), self.failures.load(Ordering::Relaxed)),
+        ])
+    }
+}
+
 /// The database and what the last write did to it.
 struct Inner {
     /// The open database; `None` after a failed write closed it (the next
@@ -210,6 +281,8 @@ pub struct Store {
     path: PathBuf,
     /// The fault switch its backends share.
     faults: Arc<Faults>,
+    /// File or memory.
+    medium: Medium,
 }
 
 impl std::fmt::Debug for Store {
@@ -265,6 +338,7 @@ impl Store {
             dir: data_dir.to_path_buf(),
             path,
             faults,
+            medium: Medium::File,
         };
         let db = store.open_db().map_err(|e| match e {
             StoreError::NoSpace(..) => e,
@@ -285,6 +359,39 @@ impl Store {
         Ok(store)
     }
 
+    /// A store in memory only: nothing touches a file system, and its
+    /// operations run inline (see the module docs). Empty when made.
+    pub fn in_memory() -> Store {
+        Store::in_memory_with_faults(Arc::default())
+    }
+
+    /// [`Store::in_memory`] with a fault switch a test holds.
+    pub fn in_memory_with_faults(faults: Arc<Faults>) -> Store {
+        let name = PathBuf::from("(memory)");
+        let store = Store {
+            inner: Arc::new(Mutex::new(Inner { db: None, failing: None })),
+            dir: name.clone(),
+            path: name,
+            faults,
+            medium: Medium::Memory(SharedMemory(Arc::new(
+                InMemoryBackend::new(),
+            ))),
+        };
+        // The tables are made lazily by the first write or load if this
+        // fails (it cannot, unless the fault switch is already on).
+        let _ = store.write(|txn| {
+            txn.open_table(PREFIXES)?;
+            txn.open_table(TUNNELS)?;
+            Ok(())
+        });
+        store
+    }
+
+    /// True when the database is in memory (its operations run inline).
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.medium, Medium::Memory(_))
+    }
+
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -301,8 +408,20 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open the database file through the fault-injecting backend.
+    /// Open the database through the fault-injecting backend.
     fn open_db(&self) -> Result<redb::Database, StoreError> {
+        let file: Box<dyn StorageBackend> = match &self.medium {
+            Medium::Memory(m) => Box::new(m.clone()),
+            Medium::File => Box::new(self.open_file()?),
+        };
+        let backend = FaultyFile { file, faults: self.faults.clone() };
+        redb::Builder::new()
+            .create_with_backend(backend)
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Open (creating if needed) the database file.
+    fn open_file(&self) -> Result<FileBackend, StoreError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -310,11 +429,7 @@ impl Store {
             .truncate(false)
             .open(&self.path)
             .map_err(|e| self.classify(redb::Error::Io(e)))?;
-        let file = FileBackend::new(file).map_err(|e| self.classify(e))?;
-        let backend = FaultyFile { file, faults: self.faults.clone() };
-        redb::Builder::new()
-            .create_with_backend(backend)
-            .map_err(|e| self.classify(e))
+        FileBackend::new(file).map_err(|e| self.classify(e))
     }
 
     /// Turn a redb error into a [`StoreError`] that says whether space ran
@@ -415,20 +530,35 @@ impl Store {
         })
     }
 
-    /// [`Store::apply`] on tokio's blocking pool.
+    /// [`Store::apply`] for an actor: on tokio's blocking pool for a file,
+    /// inline for memory.
     pub async fn apply_async(
         &self,
         change: StoreChange,
     ) -> Result<(), StoreError> {
+        self.off_thread(move |store| store.apply(&change)).await
+    }
+
+    /// [`Store::load`] for an actor: on tokio's blocking pool for a file,
+    /// inline for memory.
+    pub async fn load_async(&self) -> Result<Originated, StoreError> {
+        self.off_thread(|store| store.load()).await
+    }
+
+    /// Run `f` where it may block: the blocking pool for a file, here for
+    /// memory (which never blocks on I/O, and so stays deterministic on a
+    /// single-threaded runtime).
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.is_in_memory() {
+            return f(self);
+        }
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.apply(&change))
-            .await
-            .map_err(|e| {
-                StoreError::Io(
-                    self.path.clone(),
-                    format!("store task failed: {e}"),
-                )
-            })?
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| {
+            StoreError::Io(self.path.clone(), format!("store task failed: {e}"))
+        })?
     }
 }
 
@@ -543,11 +673,42 @@ mod tests {
     }
 
     #[test]
-    fn other_io_errors_and_quota_are_told_apart() {
-        let dir = tempfile::tempdir().unwrap();
+    fn a_store_in_memory_keeps_changes_and_recovers_from_faults() {
         let faults = Arc::new(Faults::default());
-        let store =
-            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let store = Store::in_memory_with_faults(faults.clone());
+        assert!(store.is_in_memory());
+        assert_eq!(store.load().unwrap(), Originated::default());
+        store.apply(&add("fd00:1::/64")).unwrap();
+        faults.fail_writes(libc::ENOSPC);
+        let err = store.apply(&add("fd00:2::/64")).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        // The failed write closed the database; the next one reopens it on
+        // the same bytes, which hold the earlier commit.
+        faults.fail_writes(0);
+        store.apply(&add("fd00:3::/64")).unwrap();
+        let clone = store.clone();
+        assert_eq!(
+            clone.load().unwrap().prefixes,
+            [p("fd00:1::/64"), p("fd00:3::/64")].into()
+        );
+    }
+
+    #[test]
+    fn a_store_in_memory_answers_actors_inline() {
+        use futures::FutureExt;
+        // Complete on the first poll, with no runtime at all: nothing is
+        // handed to a blocking pool.
+        let store = Store::in_memory();
+        let done = store.apply_async(add("fd00:1::/64")).now_or_never();
+        done.expect("ran inline").unwrap();
+        let loaded = store.load_async().now_or_never().expect("ran inline");
+        assert_eq!(loaded.unwrap().prefixes, [p("fd00:1::/64")].into());
+    }
+
+    #[test]
+    fn other_io_errors_and_quota_are_told_apart() {
+        let faults = Arc::new(Faults::default());
+        let store = Store::in_memory_with_faults(faults.clone());
         faults.fail_writes(libc::EIO);
         let err = store.apply(&add("fd00:1::/64")).unwrap_err();
         assert!(matches!(err, StoreError::Io(..)), "{err}");

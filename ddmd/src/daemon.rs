@@ -73,7 +73,7 @@ fn config(args: &Args) -> DaemonConfig {
     DaemonConfig {
         admin_only: args.no_state_machine,
         admin: AdminConfig {
-            listen: SocketAddr::new(args.admin_addr, args.admin_port),
+            listen: Some(SocketAddr::new(args.admin_addr, args.admin_port)),
         },
         data_dir: args.data_dir.clone(),
         router: RouterConfig {
@@ -192,7 +192,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     });
 
     let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
-        .map_err(|e| format!("supervisor did not answer: {e}"))?;
+        .map_err(|e| format!("supervisor did not answer: {e}"))?
+        .ok_or("the admin API is not listening")?;
     if let Some(path) = &args.admin_port_file {
         if let Err(e) = port_file::write(path, addr) {
             supervisor.stop(None);

@@ -84,7 +84,7 @@ use super::server::{self, ServerCtx};
 use super::wire::v3;
 use crate::config::RouterConfig;
 use crate::discovery::PeerIdentity;
-use crate::router::{RouterMsg, RouterRef};
+use crate::router::{PeerCmd, RouterMsg, RouterRef};
 use ddm_proto::PeerId;
 
 /// A handle to an exchange actor.
@@ -324,6 +324,27 @@ pub enum ExchangeMsg {
     /// The body limit pushes to the peer are held to: what its last pull
     /// answer announced, else [`DEFAULT_PUSH_LIMIT`].
     GetPushLimit(RpcReplyPort<usize>),
+}
+
+impl From<PeerCmd> for ExchangeMsg {
+    fn from(cmd: PeerCmd) -> Self {
+        match cmd {
+            PeerCmd::Push(update) => ExchangeMsg::Push(update),
+            PeerCmd::Pull => ExchangeMsg::Pull,
+        }
+    }
+}
+
+impl TryFrom<ExchangeMsg> for PeerCmd {
+    type Error = ExchangeMsg;
+
+    fn try_from(msg: ExchangeMsg) -> Result<Self, ExchangeMsg> {
+        match msg {
+            ExchangeMsg::Push(update) => Ok(PeerCmd::Push(update)),
+            ExchangeMsg::Pull => Ok(PeerCmd::Pull),
+            other => Err(other),
+        }
+    }
 }
 
 /// One retried activity: its task or timer and its failure streak.
@@ -835,7 +856,7 @@ impl Actor for Exchange {
         let up = RouterMsg::PeerUp {
             peer,
             kind: args.peer_kind,
-            exchange: myself.clone(),
+            exchange: myself.get_derived(),
         };
         if let Err(e) = state.router.cast(up) {
             warn!(state.log, "router gone at start"; "error" => %e);

@@ -1,6 +1,7 @@
 //! Tests of [`super`] (`metrics.rs`).
 
 use super::*;
+use std::net::Ipv6Addr;
 use uuid::Uuid;
 
 fn report() -> CountersReport {
@@ -169,7 +170,7 @@ async fn supervisor(dir: &std::path::Path) -> SupervisorRef {
         config: DaemonConfig {
             admin_only: false,
             admin: AdminConfig {
-                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
+                listen: Some(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
             },
             data_dir: dir.to_path_buf(),
             router: RouterConfig {

@@ -85,6 +85,78 @@ fn pushes(e: &Effects) -> BTreeMap<PeerId, Update> {
 }
 
 #[test]
+fn set_originated_withdraws_the_stale_and_originates_the_new_at_once() {
+    let (t1, t2) = (tunnel("10.1.0.0/16", 1, 0), tunnel("10.2.0.0/16", 2, 0));
+    let start = || {
+        let mut rib = rib_with_peers(RouterKind::Server, 1);
+        rib.originate([net("fd00:1::/64"), net("fd00:2::/64")]);
+        rib.originate_tunnels([t1]);
+        rib
+    };
+    let (mut rib, mut twin) = (start(), start());
+
+    let e = rib.set_originated(
+        [net("fd00:2::/64"), net("fd00:3::/64")].into(),
+        [t2].into(),
+    );
+    assert_eq!(
+        rib.originated(),
+        &BTreeSet::from([net("fd00:2::/64"), net("fd00:3::/64")])
+    );
+    assert_eq!(rib.originated_tunnels(), &BTreeSet::from([t2]));
+    // One push: the stale prefix and tunnel withdrawn, the new announced,
+    // the kept one not repeated.
+    let want = Update {
+        underlay: Some(UnderlayUpdate {
+            announce: [pv("fd00:3::/64", &["me"])].into(),
+            withdraw: [pv("fd00:1::/64", &["me"])].into(),
+        }),
+        tunnel: Some(TunnelUpdate {
+            announce: [t2].into(),
+            withdraw: [t1].into(),
+        }),
+    };
+    assert_eq!(pushes(&e), [(peer(1), want.clone())].into());
+    assert!(e.route_updates.is_empty());
+    assert_eq!(e.tunnel_set, None, "own tunnels are not routes here");
+
+    // The same as the four steps the router used to take one by one.
+    let steps = [
+        twin.withdraw_originated([net("fd00:1::/64")]),
+        twin.withdraw_tunnels([t1]),
+        twin.originate([net("fd00:2::/64"), net("fd00:3::/64")]),
+        twin.originate_tunnels([t2]),
+    ];
+    let mut merged = Update::default();
+    for s in &steps {
+        for (_, u) in pushes(s) {
+            let (mu, mt) = (
+                merged.underlay.get_or_insert_with(Default::default),
+                u.underlay,
+            );
+            if let Some(x) = mt {
+                mu.announce.extend(x.announce);
+                mu.withdraw.extend(x.withdraw);
+            }
+            if let Some(x) = u.tunnel {
+                let m = merged.tunnel.get_or_insert_with(Default::default);
+                m.announce.extend(x.announce);
+                m.withdraw.extend(x.withdraw);
+            }
+        }
+    }
+    assert_eq!(merged, want);
+    assert_eq!(twin.originated(), rib.originated());
+
+    // Setting the same sets again changes nothing.
+    let again = rib.set_originated(
+        [net("fd00:2::/64"), net("fd00:3::/64")].into(),
+        [t2].into(),
+    );
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
 fn originate_and_withdraw_push_to_every_peer() {
     for kind in [RouterKind::Server, RouterKind::Transit] {
         let mut rib = rib_with_peers(kind, 2);

@@ -1,0 +1,274 @@
+//! The admin API over HTTP: the dropshot server (on loopback, behind the
+//! connection guard on the admin address) and its handlers, each of which
+//! sends the admin actor a message and awaits the reply. The actor runs
+//! without it when it has no listen address.
+
+use super::*;
+
+/// Start the API server on loopback and the guard on `listen` in front of
+/// it.
+pub(super) async fn serve(
+    listen: SocketAddr,
+    admin: AdminRef,
+    log: &Logger,
+) -> Result<(AdminGuard, HttpServer<AdminContext>), ActorProcessingErr> {
+    let api =
+        ddm_admin_api::ddm_admin_api_mod::api_description::<AdminApiImpl>()
+            .map_err(|e| format!("admin API description: {e}"))?;
+    // dropshot bounds body sizes only; it listens on loopback behind a
+    // guard that bounds connections and their idle time.
+    let config = ConfigDropshot {
+        bind_address: admin_guard::backend_bind(listen),
+        default_request_body_max_bytes: ddm_admin_api::REQUEST_BODY_MAX_BYTES,
+        ..Default::default()
+    };
+    let server = ServerBuilder::new(
+        api,
+        AdminContext { admin },
+        log.new(o!("unit" => "dropshot")),
+    )
+    .config(config)
+    .version_policy(VersionPolicy::Dynamic(Box::new(
+        ddm_admin_api::VersionHeaderPolicy,
+    )))
+    .start()
+    .map_err(|e| format!("admin API behind {}: {e}", listen))?;
+    let guard = match AdminGuard::start(
+        listen,
+        server.local_addr(),
+        log.new(o!("unit" => "guard")),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = server.close().await;
+            return Err(format!("admin API on {}: {e}", listen).into());
+        }
+    };
+    Ok((guard, server))
+}
+
+/// The dropshot server context: only the way to reach the admin actor.
+pub struct AdminContext {
+    /// The admin actor.
+    admin: AdminRef,
+}
+
+impl AdminContext {
+    async fn ask<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
+    ) -> Result<T, HttpError> {
+        match self.admin.call(msg, Some(CALL_TIMEOUT)).await {
+            Ok(CallResult::Success(v)) => Ok(v),
+            Ok(CallResult::Timeout) => Err(HttpError::for_unavail(
+                None,
+                "the router did not answer in time".to_string(),
+            )),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(HttpError::for_unavail(
+                    None,
+                    "the router is restarting; try again".to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Ask the actor to carry out a change of the originated set.
+    async fn change(
+        &self,
+        change: StoreChange,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        self.ask(|r| AdminMsg::Change(change, r))
+            .await?
+            .map_err(store_failed)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    fn tell(&self, msg: AdminMsg) -> Result<(), HttpError> {
+        self.admin.cast(msg).map_err(|_| {
+            HttpError::for_unavail(
+                None,
+                "the router is restarting; try again".to_string(),
+            )
+        })
+    }
+}
+
+/// `prefixes` in canonical form: a prefix with host bits set stands for
+/// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
+/// takes it; each such prefix is logged as a warning.
+pub(super) fn canonical_prefixes(
+    log: &Logger,
+    prefixes: BTreeSet<Ipv6Net>,
+) -> BTreeSet<Ipv6Net> {
+    prefixes
+        .into_iter()
+        .map(|p| {
+            let net = normalise_v6(p);
+            if net != p {
+                warn!(log, "prefix has host bits set; using its network";
+                    "given" => %p, "network" => %net);
+            }
+            net
+        })
+        .collect()
+}
+
+/// `tunnels` with their overlay prefixes in canonical form (see
+/// [`canonical_prefixes`]).
+pub(super) fn canonical_tunnels(
+    log: &Logger,
+    tunnels: BTreeSet<TunnelOrigin>,
+) -> BTreeSet<TunnelOrigin> {
+    tunnels
+        .into_iter()
+        .map(|t| {
+            let net = normalise_ip(t.overlay_prefix);
+            if net != t.overlay_prefix {
+                warn!(log, "overlay prefix has host bits set; using its network";
+                    "given" => %t.overlay_prefix, "network" => %net);
+            }
+            TunnelOrigin { overlay_prefix: net, ..t }
+        })
+        .collect()
+}
+
+/// A failed store write: 507 Insufficient Storage when the data directory
+/// is full, 503 Service Unavailable for any other I/O failure, with the
+/// store's message (which names the directory and the cause) for the
+/// client as well as the log.
+pub(super) fn store_failed(e: StoreError) -> HttpError {
+    let (status_code, code) = if e.is_no_space() {
+        (ErrorStatusCode::INSUFFICIENT_STORAGE, "StoreFull")
+    } else {
+        (ErrorStatusCode::SERVICE_UNAVAILABLE, "StoreFailed")
+    };
+    let message = format!("store write failed: {e}");
+    HttpError {
+        status_code,
+        error_code: Some(code.to_string()),
+        external_message: message.clone(),
+        internal_message: message,
+        headers: None,
+    }
+}
+
+/// The implementation of the API trait.
+pub enum AdminApiImpl {}
+
+impl DdmAdminApi for AdminApiImpl {
+    type Context = AdminContext;
+
+    async fn get_peers_v1(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<PeerMap<v1::PeerInfo>>, HttpError> {
+        let peers = rqctx.context().ask(AdminMsg::GetPeers).await?;
+        Ok(HttpResponseOk(
+            peers.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        ))
+    }
+
+    async fn get_peers(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<PeerMap<PeerInfo>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetPeers).await?))
+    }
+
+    async fn expire_peer(
+        rqctx: RequestContext<AdminContext>,
+        params: Path<PeerAddr>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let addr = params.into_inner().addr;
+        rqctx.context().ask(|r| AdminMsg::ExpirePeer(addr, r)).await?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn get_originated(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<Ipv6Net>>, HttpError> {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetOriginated).await?))
+    }
+
+    async fn get_originated_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<TunnelOrigin>>, HttpError> {
+        Ok(HttpResponseOk(
+            rqctx.context().ask(AdminMsg::GetOriginatedTunnels).await?,
+        ))
+    }
+
+    async fn get_prefixes(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeMap<String, BTreeSet<PathVector>>>, HttpError>
+    {
+        Ok(HttpResponseOk(rqctx.context().ask(AdminMsg::GetPrefixes).await?))
+    }
+
+    async fn get_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseOk<BTreeSet<TunnelRoute>>, HttpError> {
+        Ok(HttpResponseOk(
+            rqctx.context().ask(AdminMsg::GetTunnelEndpoints).await?,
+        ))
+    }
+
+    async fn advertise_prefixes(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let add_prefixes = canonical_prefixes(&rqctx.log, request.into_inner());
+        let change = StoreChange { add_prefixes, ..Default::default() };
+        rqctx.context().change(change).await
+    }
+
+    async fn withdraw_prefixes(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<Ipv6Net>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let remove_prefixes =
+            canonical_prefixes(&rqctx.log, request.into_inner());
+        let change = StoreChange { remove_prefixes, ..Default::default() };
+        rqctx.context().change(change).await
+    }
+
+    async fn advertise_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let add_tunnels = canonical_tunnels(&rqctx.log, request.into_inner());
+        let change = StoreChange { add_tunnels, ..Default::default() };
+        rqctx.context().change(change).await
+    }
+
+    async fn withdraw_tunnel_endpoints(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<BTreeSet<TunnelOrigin>>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let remove_tunnels =
+            canonical_tunnels(&rqctx.log, request.into_inner());
+        let change = StoreChange { remove_tunnels, ..Default::default() };
+        rqctx.context().change(change).await
+    }
+
+    async fn sync(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::Sync)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn enable_stats(
+        rqctx: RequestContext<AdminContext>,
+        request: TypedBody<EnableStatsRequest>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::EnableStats(request.into_inner()))?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+
+    async fn disable_stats(
+        rqctx: RequestContext<AdminContext>,
+    ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        rqctx.context().tell(AdminMsg::DisableStats)?;
+        Ok(HttpResponseUpdatedNoContent())
+    }
+}

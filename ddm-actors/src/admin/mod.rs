@@ -1,0 +1,406 @@
+//! The admin actor: serves the admin API and owns the durable store.
+//!
+//! The actor runs a dropshot server (`http.rs`) whose handlers never touch
+//! state: each one sends a message to this actor and awaits the reply.
+//! Without a listen address it runs no server, and the same messages are
+//! the only way in (as in a simulation). This actor owns
+//! the originated configuration (in memory and in the [`Store`]) and the
+//! statistics identity; questions about peers go to the supervisor and
+//! questions about routes to the router, by handing them the reply port so
+//! that this actor never waits on another.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ddm_admin_api::latest::{
+    EnableStatsRequest, PathVector, PeerInfo, TunnelOrigin, TunnelRoute,
+};
+use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap};
+use dropshot::{
+    ConfigDropshot, ErrorStatusCode, HttpError, HttpResponseOk,
+    HttpResponseUpdatedNoContent, HttpServer, Path, RequestContext,
+    ServerBuilder, TypedBody, VersionPolicy,
+};
+use oxnet::Ipv6Net;
+use ractor::{
+    rpc::CallResult, Actor, ActorProcessingErr, ActorRef, DerivedActorRef,
+    RpcReplyPort,
+};
+use slog::{info, o, warn, Logger};
+
+use crate::admin_guard::{self, AdminGuard};
+use crate::router::{RouterMsg, RouterRef};
+use crate::store::{Originated, Store, StoreChange, StoreCounters, StoreError};
+use ddm_proto::wire::{normalise_ip, normalise_v6};
+use http::serve;
+pub use http::{AdminApiImpl, AdminContext};
+
+/// A handle to the admin actor.
+pub type AdminRef = ActorRef<AdminMsg>;
+
+/// How long an API handler waits for the actors before giving up with 503.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages the admin actor handles. Most come from the API handlers and
+/// carry the port to answer on.
+pub enum AdminMsg {
+    /// `GET /originated`.
+    GetOriginated(RpcReplyPort<BTreeSet<Ipv6Net>>),
+    /// `GET /originated_tunnel_endpoints`.
+    GetOriginatedTunnels(RpcReplyPort<BTreeSet<TunnelOrigin>>),
+    /// `PUT`/`DELETE` of `/prefix` and `/tunnel_endpoint`: what the
+    /// request asks to add and remove; the actor keeps only what changes
+    /// something, stores it durably and tells the router.
+    Change(StoreChange, RpcReplyPort<Result<(), StoreError>>),
+    /// `GET /peers`: answered by the supervisor.
+    GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
+    /// `DELETE /peers/{addr}`: answered by the supervisor.
+    ExpirePeer(Ipv6Addr, RpcReplyPort<()>),
+    /// `GET /prefixes`: answered by the router, if there is one.
+    GetPrefixes(RpcReplyPort<BTreeMap<String, BTreeSet<PathVector>>>),
+    /// `GET /tunnel_endpoints`: answered by the router, if there is one.
+    GetTunnelEndpoints(RpcReplyPort<BTreeSet<TunnelRoute>>),
+    /// `PUT /sync`: re-pull every peer.
+    Sync,
+    /// `POST /enable-stats`.
+    EnableStats(EnableStatsRequest),
+    /// `POST /disable-stats`.
+    DisableStats,
+    /// The statistics identity currently recorded.
+    GetStats(RpcReplyPort<Option<EnableStatsRequest>>),
+    /// The address the API server is bound to (`None` without one).
+    GetLocalAddr(RpcReplyPort<Option<SocketAddr>>),
+    /// The supervisor (re)started the router, or it is gone.
+    SetRouter(Option<RouterRef>),
+}
+
+/// The peer questions the admin actor forwards, with their reply ports, to
+/// whoever keeps the peer table (the supervisor, whose message type
+/// converts from this one).
+#[derive(Debug)]
+pub enum PeerQuery {
+    /// `GET /peers`: one entry per interface with a peer.
+    GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
+    /// `DELETE /peers/{addr}`: expire that peer now (no-op if unknown).
+    ExpirePeer(Ipv6Addr, RpcReplyPort<()>),
+}
+
+/// Whoever answers [`PeerQuery`]s (the supervisor).
+pub type PeersRef = DerivedActorRef<PeerQuery>;
+
+/// The admin actor; it holds nothing mutable itself.
+pub struct Admin;
+
+/// What the supervisor hands the admin actor.
+pub struct AdminArgs {
+    /// Where to listen (port 0 picks a free one); `None` runs no HTTP
+    /// server, and the API's operations answer only by message.
+    pub listen: Option<SocketAddr>,
+    /// The durable store.
+    pub store: Store,
+    /// The supervisor, which answers peer questions.
+    pub supervisor: PeersRef,
+    /// The router, if the routing state machine runs.
+    pub router: Option<RouterRef>,
+    /// Store writes counted, for the metrics listener.
+    pub store_counters: Arc<StoreCounters>,
+    /// Logger.
+    pub log: Logger,
+}
+
+/// The admin actor's state.
+pub struct AdminState {
+    /// What listens on the admin address and relays to the server.
+    guard: Option<AdminGuard>,
+    /// The running API server, on loopback behind the guard.
+    server: Option<HttpServer<AdminContext>>,
+    /// Where it listens, if it does.
+    local_addr: Option<SocketAddr>,
+    /// The store and its in-memory mirror.
+    store: Store,
+    /// What is originated (always equal to the store's contents).
+    originated: Originated,
+    /// The supervisor, for peer questions.
+    supervisor: PeersRef,
+    /// The router, if any.
+    router: Option<RouterRef>,
+    /// Statistics identity from `POST /enable-stats`.
+    stats: Option<EnableStatsRequest>,
+    /// Store writes counted, for the metrics listener.
+    store_counters: Arc<StoreCounters>,
+    /// Logger.
+    log: Logger,
+}
+
+impl AdminState {
+    async fn commit(&mut self, change: StoreChange) -> Result<(), StoreError> {
+        let written = self.store.apply_async(change.clone()).await;
+        self.store_counters.record(written.is_ok());
+        written.map_err(|e| {
+            warn!(self.log, "store write failed"; "error" => %e);
+            e
+        })?;
+        let o = &mut self.originated;
+        for p in &change.add_prefixes {
+            o.prefixes.insert(*p);
+        }
+        for p in &change.remove_prefixes {
+            o.prefixes.remove(p);
+        }
+        for t in &change.add_tunnels {
+            o.tunnels.insert(*t);
+        }
+        for t in &change.remove_tunnels {
+            o.tunnels.remove(t);
+        }
+        Ok(())
+    }
+
+    /// Carry out `change`: tell the router and make it durable, and
+    /// update the in-memory mirror once it is. While the store works, the
+    /// router hears first, so the fabric starts converging while the store
+    /// syncs to disk; if the write fails, the router is told the opposite
+    /// and the caller gets the error (nothing unacknowledged stays
+    /// announced, nothing acknowledged is lost). While the store is failing
+    /// (the last write failed), the write comes first and the router hears
+    /// only once it succeeds, so client retries against a full disk do not
+    /// make the fabric see the change announced and withdrawn again and
+    /// again. An empty change (a duplicate advertise, a withdrawal of
+    /// something never originated) touches neither.
+    async fn update(&mut self, change: StoreChange) -> Result<(), StoreError> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        if self.store.failing().is_some() {
+            self.commit(change.clone()).await?;
+            info!(self.log, "store writes succeed again");
+            self.reconcile().await;
+            self.tell_router_change(&change);
+            return Ok(());
+        }
+        self.tell_router_change(&change);
+        if let Err(e) = self.commit(change.clone()).await {
+            self.tell_router_change(&change.inverse());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// After the store recovered from a failure, make the mirror (and the
+    /// router) equal to what the store holds, in case a write reported as
+    /// failed reached the disk after all (a transaction is all or nothing,
+    /// so this is a whole change, never part of one).
+    async fn reconcile(&mut self) {
+        let loaded = match self.store.load_async().await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                warn!(self.log, "cannot re-read the store"; "error" => %e);
+                return;
+            }
+        };
+        if loaded != self.originated {
+            warn!(self.log, "the store holds a change reported as failed; \
+                following the store";
+                "prefixes" => loaded.prefixes.len(),
+                "tunnels" => loaded.tunnels.len());
+            self.originated = loaded;
+            self.tell_router(RouterMsg::SetOriginated {
+                prefixes: self.originated.prefixes.clone(),
+                tunnels: self.originated.tunnels.clone(),
+            });
+        }
+    }
+
+    /// The router messages that carry out `change`.
+    fn tell_router_change(&self, change: &StoreChange) {
+        let StoreChange {
+            add_prefixes,
+            remove_prefixes,
+            add_tunnels,
+            remove_tunnels,
+        } = change;
+        if !remove_prefixes.is_empty() {
+            self.tell_router(RouterMsg::Withdraw(remove_prefixes.clone()));
+        }
+        if !remove_tunnels.is_empty() {
+            self.tell_router(RouterMsg::WithdrawTunnels(
+                remove_tunnels.clone(),
+            ));
+        }
+        if !add_prefixes.is_empty() {
+            self.tell_router(RouterMsg::Originate(add_prefixes.clone()));
+        }
+        if !add_tunnels.is_empty() {
+            self.tell_router(RouterMsg::OriginateTunnels(add_tunnels.clone()));
+        }
+    }
+
+    fn tell_router(&self, msg: RouterMsg) {
+        if let Some(router) = &self.router {
+            if let Err(e) = router.cast(msg) {
+                warn!(self.log, "router unreachable"; "error" => %e);
+            }
+        }
+    }
+}
+
+impl Actor for Admin {
+    type Msg = AdminMsg;
+    type State = AdminState;
+    type Arguments = AdminArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AdminMsg>,
+        args: AdminArgs,
+    ) -> Result<AdminState, ActorProcessingErr> {
+        let log = args.log.new(o!("component" => "admin"));
+        let store = args.store;
+        let originated = store.load_async().await?;
+        let (guard, server, local_addr) = match args.listen {
+            Some(listen) => {
+                let (guard, server) = serve(listen, myself, &log).await?;
+                let addr = guard.local_addr();
+                info!(log, "admin: listening on {addr}";
+                    "originated_prefixes" => originated.prefixes.len(),
+                    "originated_tunnels" => originated.tunnels.len());
+                (Some(guard), Some(server), Some(addr))
+            }
+            None => {
+                info!(log, "admin: no listener; answering by message";
+                    "originated_prefixes" => originated.prefixes.len(),
+                    "originated_tunnels" => originated.tunnels.len());
+                (None, None, None)
+            }
+        };
+        Ok(AdminState {
+            guard,
+            server,
+            local_addr,
+            store,
+            originated,
+            supervisor: args.supervisor,
+            router: args.router,
+            stats: None,
+            store_counters: args.store_counters,
+            log,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AdminMsg>,
+        state: &mut AdminState,
+    ) -> Result<(), ActorProcessingErr> {
+        drop(state.guard.take());
+        if let Some(server) = state.server.take() {
+            let _ = server.close().await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AdminMsg>,
+        msg: AdminMsg,
+        state: &mut AdminState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AdminMsg::GetOriginated(reply) => {
+                let _ = reply.send(state.originated.prefixes.clone());
+            }
+            AdminMsg::GetOriginatedTunnels(reply) => {
+                let _ = reply.send(state.originated.tunnels.clone());
+            }
+            AdminMsg::Change(asked, reply) => {
+                let o = &state.originated;
+                let change = StoreChange {
+                    add_prefixes: not_in(asked.add_prefixes, &o.prefixes),
+                    remove_prefixes: only_in(
+                        asked.remove_prefixes,
+                        &o.prefixes,
+                    ),
+                    add_tunnels: not_in(asked.add_tunnels, &o.tunnels),
+                    remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
+                };
+                let _ = reply.send(state.update(change).await);
+            }
+            AdminMsg::GetPeers(reply) => {
+                if let Err(e) =
+                    state.supervisor.send_message(PeerQuery::GetPeers(reply))
+                {
+                    warn!(state.log, "supervisor unreachable"; "error" => %e);
+                }
+            }
+            AdminMsg::ExpirePeer(addr, reply) => {
+                if let Err(e) = state
+                    .supervisor
+                    .send_message(PeerQuery::ExpirePeer(addr, reply))
+                {
+                    warn!(state.log, "supervisor unreachable"; "error" => %e);
+                }
+            }
+            AdminMsg::GetPrefixes(reply) => match &state.router {
+                Some(r) => {
+                    let _ = r.cast(RouterMsg::GetPrefixes(reply));
+                }
+                None => {
+                    let _ = reply.send(BTreeMap::new());
+                }
+            },
+            AdminMsg::GetTunnelEndpoints(reply) => match &state.router {
+                Some(r) => {
+                    let _ = r.cast(RouterMsg::GetTunnelEndpoints(reply));
+                }
+                None => {
+                    let _ = reply.send(BTreeSet::new());
+                }
+            },
+            AdminMsg::Sync => state.tell_router(RouterMsg::Sync),
+            AdminMsg::EnableStats(req) => {
+                info!(state.log, "statistics enabled";
+                    "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
+                state.stats = Some(req);
+            }
+            AdminMsg::DisableStats => {
+                if state.stats.take().is_some() {
+                    info!(state.log, "statistics disabled");
+                }
+            }
+            AdminMsg::GetStats(reply) => {
+                let _ = reply.send(state.stats);
+            }
+            AdminMsg::GetLocalAddr(reply) => {
+                let _ = reply.send(state.local_addr);
+            }
+            AdminMsg::SetRouter(router) => {
+                // A (re)started router starts empty: hand it everything
+                // we originate.
+                if let Some(r) = &router {
+                    let _ = r.cast(RouterMsg::SetOriginated {
+                        prefixes: state.originated.prefixes.clone(),
+                        tunnels: state.originated.tunnels.clone(),
+                    });
+                }
+                state.router = router;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The members of `want` that `have` lacks.
+fn not_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.into_iter().filter(|x| !have.contains(x)).collect()
+}
+
+/// The members of `want` that `have` holds.
+fn only_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.into_iter().filter(|x| have.contains(x)).collect()
+}
+
+mod http;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! Tests of the admin actor and its HTTP helpers.
+
+use super::http::{canonical_prefixes, canonical_tunnels, store_failed};
+use super::*;
+use crate::store::Faults;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Stands in for the router: forwards what it hears to the test.
+struct Recorder;
+
+impl Actor for Recorder {
+    type Msg = RouterMsg;
+    type State = mpsc::UnboundedSender<String>;
+    type Arguments = mpsc::UnboundedSender<String>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let text = match msg {
+            RouterMsg::Originate(p) => format!("originate {}", text(&p)),
+            RouterMsg::Withdraw(p) => format!("withdraw {}", text(&p)),
+            RouterMsg::SetOriginated { prefixes, .. } => {
+                format!("set {}", text(&prefixes))
+            }
+            RouterMsg::Sync => "sync".to_string(),
+            _ => "other".to_string(),
+        };
+        let _ = tx.send(text);
+        Ok(())
+    }
+}
+
+fn text(prefixes: &BTreeSet<Ipv6Net>) -> String {
+    let all: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+    format!("{{{}}}", all.join(","))
+}
+
+/// Stands in for the supervisor, which these tests never ask.
+struct Sink;
+
+impl Actor for Sink {
+    type Msg = PeerQuery;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<PeerQuery>,
+        _: (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+/// Everything the router heard up to now (a `Sync` marks the end).
+async fn heard(
+    router: &RouterRef,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+) -> Vec<String> {
+    router.cast(RouterMsg::Sync).unwrap();
+    let mut out = Vec::new();
+    loop {
+        match rx.recv().await.unwrap() {
+            s if s == "sync" => return out,
+            s => out.push(s),
+        }
+    }
+}
+
+fn add(prefix: &str) -> StoreChange {
+    StoreChange {
+        add_prefixes: [prefix.parse().unwrap()].into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_changes_before_the_router_hears() {
+    let faults = Arc::new(Faults::default());
+    let store = Store::in_memory_with_faults(faults.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (router, router_task) = Actor::spawn(None, Recorder, tx).await.unwrap();
+    let (supervisor, sup_task) = Actor::spawn(None, Sink, ()).await.unwrap();
+    let mut state = AdminState {
+        guard: None,
+        server: None,
+        local_addr: None,
+        store: store.clone(),
+        originated: Originated::default(),
+        supervisor: supervisor.get_derived(),
+        router: Some(router.clone()),
+        stats: None,
+        store_counters: Arc::new(StoreCounters::default()),
+        log: Logger::root(slog::Discard, o!()),
+    };
+
+    state.update(add("fd00:1::/64")).await.unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:1::/64}"]);
+
+    // The first failure is found out after the router heard: it is
+    // undone once.
+    faults.fail_writes(libc::ENOSPC);
+    let err = state.update(add("fd00:2::/64")).await.unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    assert_eq!(
+        heard(&router, &mut rx).await,
+        ["originate {fd00:2::/64}", "withdraw {fd00:2::/64}"]
+    );
+    // Retries while the store is failing never reach the router.
+    for _ in 0..3 {
+        let err = state.update(add("fd00:2::/64")).await.unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+    }
+    assert!(heard(&router, &mut rx).await.is_empty());
+    assert_eq!(state.originated.prefixes.len(), 1);
+
+    // Space returns: the next change is written, then told.
+    faults.fail_writes(0);
+    state.update(add("fd00:2::/64")).await.unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:2::/64}"]);
+    assert_eq!(state.originated, store.load().unwrap());
+    assert_eq!(state.originated.prefixes.len(), 2);
+    // Every write attempt was counted: two committed, four failed.
+    let counted = state.store_counters.named();
+    assert_eq!((counted["commits"], counted["failures"]), (2, 4));
+
+    router.stop(None);
+    supervisor.stop(None);
+    router_task.await.unwrap();
+    sup_task.await.unwrap();
+}
+
+#[test]
+fn store_failures_answer_507_or_503_with_the_cause() {
+    let full = store_failed(StoreError::NoSpace(
+        "/var/ddm".into(),
+        "No space left on device (os error 28)".into(),
+    ));
+    assert_eq!(full.status_code, ErrorStatusCode::INSUFFICIENT_STORAGE);
+    assert!(full.external_message.contains("/var/ddm"));
+    assert!(full.external_message.contains("No space left"));
+    let broken = store_failed(StoreError::Io(
+        "/var/ddm/ddmdb".into(),
+        "Input/output error (os error 5)".into(),
+    ));
+    assert_eq!(broken.status_code, ErrorStatusCode::SERVICE_UNAVAILABLE);
+    assert!(broken.external_message.contains("/var/ddm/ddmdb"));
+    assert!(broken.external_message.contains("Input/output error"));
+}
+
+fn log() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+#[test]
+fn host_bits_are_cleared_and_duplicates_merge() {
+    let given: BTreeSet<Ipv6Net> =
+        ["fd00:1::1/64", "fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+    let want: BTreeSet<Ipv6Net> =
+        ["fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect();
+    assert_eq!(canonical_prefixes(&log(), given), want);
+
+    let t = |prefix: &str| TunnelOrigin {
+        overlay_prefix: prefix.parse().unwrap(),
+        boundary_addr: "fd00::1".parse().unwrap(),
+        vni: 7,
+        metric: 0,
+    };
+    let given = [t("10.1.2.3/8"), t("fd00:9::9/64"), t("10.0.0.0/8")].into();
+    let want = [t("10.0.0.0/8"), t("fd00:9::/64")].into();
+    assert_eq!(canonical_tunnels(&log(), given), want);
+}

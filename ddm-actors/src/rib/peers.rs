@@ -1,0 +1,208 @@
+//! Peers coming and going, what they push and answer, and what each one
+//! should hear from us.
+
+use super::*;
+
+impl Rib {
+    /// A peer entered exchange. Updates are accepted from it, and pushed to
+    /// it, from now on. Calling it again only updates the kind.
+    pub fn peer_up(&mut self, peer: PeerId, kind: RouterKind) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.kind = kind;
+            return;
+        }
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(peer);
+                free
+            }
+            None => {
+                self.slots.push(Some(peer));
+                self.slots.len() - 1
+            }
+        };
+        let slot = Slot::try_from(slot).expect("fewer than 2^32 peers");
+        self.peers.insert(
+            peer,
+            PeerState {
+                slot,
+                kind,
+                paths: 0,
+                destinations: 0,
+                tunnels: BTreeSet::new(),
+            },
+        );
+    }
+
+    /// A peer expired: forget everything learned from it (and, on a transit
+    /// router, withdraw it from the other peers). Unknown peers are ignored.
+    pub fn peer_down(&mut self, peer: PeerId) -> Effects {
+        let mut pending = Pending::default();
+        let Some(state) = self.peers.remove(&peer) else {
+            return Effects::default();
+        };
+        let from = Source::Peer(peer);
+        let slot = state.slot;
+        let transit = self.kind == RouterKind::Transit;
+        let mut gone: Vec<Path> = Vec::with_capacity(state.paths);
+        let mut readvertise: Vec<(Ipv6Net, Vec<Offer>, Vec<Offer>)> =
+            Vec::new();
+        if state.paths > 0 {
+            let touched = &mut pending.touched;
+            let slots = &self.slots;
+            self.routes.retain(|dest, offers| {
+                if !offers.has_peer(slot) {
+                    return true;
+                }
+                let before = offers.nexthops(|s| hop(slots, s));
+                let adv_before = if transit {
+                    offers.advertised(MAX_ADVERTISED_PATHS)
+                } else {
+                    Vec::new()
+                };
+                offers.remove_peer(slot, |path| gone.push(path));
+                touched
+                    .push(RouteUpdate { destination: *dest, nexthops: before });
+                if transit {
+                    let adv_after = offers.advertised(MAX_ADVERTISED_PATHS);
+                    readvertise.push((*dest, adv_before, adv_after));
+                }
+                !offers.is_empty()
+            });
+        }
+        for (dest, before, after) in readvertise {
+            self.readvertise(dest, &before, &after, &mut pending);
+        }
+        for path in gone {
+            self.interner.release(path);
+        }
+        for t in state.tunnels {
+            self.tunnel_remove(t, peer.addr, &mut pending);
+            if self.kind == RouterKind::Transit {
+                let holders = self.tunnel_holders(&t, from);
+                for to in self.targets(from, holders) {
+                    pending.withdraw_tunnel(to, t);
+                }
+            }
+        }
+        // Nothing in the table names the slot any more.
+        self.slots[slot as usize] = None;
+        self.finish(pending)
+    }
+
+    /// Apply an update pushed by `peer`.
+    ///
+    /// Withdrawals are applied before announcements, so an item in both
+    /// ends up announced. Prefixes have their host bits cleared.
+    pub fn import(
+        &mut self,
+        peer: PeerId,
+        update: Update,
+    ) -> Result<Effects, RibError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(RibError::UnknownPeer(peer));
+        }
+        let mut pending = Pending::default();
+        if let Some(u) = update.underlay {
+            for pv in u.withdraw {
+                self.underlay_withdraw(peer, pv, &mut pending);
+            }
+            for pv in u.announce {
+                self.underlay_announce(peer, pv, &mut pending);
+            }
+        }
+        if let Some(t) = update.tunnel {
+            for o in t.withdraw {
+                self.tunnel_withdraw(peer, o, &mut pending);
+            }
+            for o in t.announce {
+                self.tunnel_announce(peer, o, &mut pending);
+            }
+        }
+        Ok(self.finish(pending))
+    }
+
+    /// Apply the answer to a pull from `peer`: it is everything the peer
+    /// offers, so whatever we held from it and it no longer lists goes.
+    pub fn import_pull(
+        &mut self,
+        peer: PeerId,
+        response: PullResponse,
+    ) -> Result<Effects, RibError> {
+        let response = response.normalised();
+        let Some(state) = self.peers.get(&peer) else {
+            return Err(RibError::UnknownPeer(peer));
+        };
+        let announce = response.underlay.unwrap_or_default();
+        let tunnels = response.tunnel.unwrap_or_default();
+        let mut withdraw = BTreeSet::new();
+        if state.paths > 0 {
+            let slot = state.slot;
+            for (d, offers) in self.routes.iter() {
+                for o in offers.as_slice().iter().filter(|o| o.peer == slot) {
+                    let pv = path_vector(*d, &o.path);
+                    if !announce.contains(&pv) {
+                        withdraw.insert(pv);
+                    }
+                }
+            }
+        }
+        let withdraw_tunnels: BTreeSet<TunnelOrigin> =
+            state.tunnels.difference(&tunnels).copied().collect();
+        let update = Update {
+            underlay: Some(ddm_proto::wire::v3::UnderlayUpdate {
+                announce,
+                withdraw,
+            }),
+            tunnel: Some(ddm_proto::wire::v3::TunnelUpdate {
+                announce: tunnels,
+                withdraw: withdraw_tunnels,
+            }),
+        };
+        self.import(peer, update)
+    }
+
+    /// What to answer a pull from `peer`: what we originate and, on a
+    /// transit router, the shortest paths imported from other peers (path
+    /// extended with our hostname). Never what came from `peer` itself.
+    pub fn pull_response_for(&self, peer: PeerId) -> PullResponse {
+        let view = self.view_for(peer).to_wire();
+        PullResponse {
+            underlay: Some(
+                view.underlay.map(|u| u.announce).unwrap_or_default(),
+            ),
+            tunnel: Some(view.tunnel.map(|t| t.announce).unwrap_or_default()),
+        }
+    }
+
+    /// Everything `peer` should have from us, in the compact form of a
+    /// push that announces it: what a pull from it is answered with.
+    pub fn view_for(&self, peer: PeerId) -> OutUpdate {
+        let mut view = OutUpdate::default();
+        let under = view.underlay_mut();
+        under.announce =
+            self.originated.iter().map(|p| self.own_path(*p)).collect();
+        let mut tunnel = self.originated_tunnels.clone();
+        if self.kind == RouterKind::Transit {
+            let slot = self.peers.get(&peer).map(|p| p.slot);
+            for (d, offers) in self.routes.iter() {
+                for o in offers
+                    .advertised(MAX_ADVERTISED_PATHS)
+                    .iter()
+                    .filter(|o| Some(o.peer) != slot)
+                {
+                    under.announce.insert(self.extended(*d, &o.path));
+                }
+            }
+            for (id, state) in &self.peers {
+                if *id != peer {
+                    tunnel.extend(state.tunnels.iter().copied());
+                }
+            }
+        }
+        view.tunnel_mut().announce = tunnel;
+        view
+    }
+
+    // ---- underlay ----
+}

@@ -1,0 +1,160 @@
+//! Underlay paths: announcing, withdrawing and re-advertising them.
+
+use super::*;
+
+impl Rib {
+    pub(super) fn underlay_announce(
+        &mut self,
+        peer: PeerId,
+        pv: PathVector,
+        pending: &mut Pending,
+    ) {
+        if pv.path.is_empty() {
+            self.stats.invalid_dropped += 1;
+            return;
+        }
+        if pv.path.iter().any(|h| **h == *self.hostname) {
+            self.stats.loops_dropped += 1;
+            return;
+        }
+        let dest = normalise_v6(pv.destination);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let slot = state.slot;
+        let transit = self.kind == RouterKind::Transit;
+        let path = self.interner.intern(&pv.path);
+        let offer = Offer { peer: slot, path: Arc::clone(&path) };
+        let slots = &self.slots;
+        let (before, adv_before, adv_after, new_dest) =
+            match self.routes.shard_mut(&dest).entry(dest) {
+                Entry::Vacant(v) => {
+                    let offers = v.insert(Offers::One(offer));
+                    let after = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    (Nexthops::new(), Vec::new(), after, true)
+                }
+                Entry::Occupied(mut o) => {
+                    let offers = o.get_mut();
+                    let had = offers.has_peer(slot);
+                    let before = offers.nexthops(|s| hop(slots, s));
+                    let adv_before = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    if !offers.insert(offer) {
+                        // Already known: idempotent.
+                        self.interner.release(path);
+                        return;
+                    }
+                    let adv_after = if transit {
+                        offers.advertised(MAX_ADVERTISED_PATHS)
+                    } else {
+                        Vec::new()
+                    };
+                    (before, adv_before, adv_after, !had)
+                }
+            };
+        state.paths += 1;
+        if new_dest {
+            state.destinations += 1;
+        }
+        pending
+            .touched
+            .push(RouteUpdate { destination: dest, nexthops: before });
+        if transit {
+            self.readvertise(dest, &adv_before, &adv_after, pending);
+        }
+    }
+
+    pub(super) fn underlay_withdraw(
+        &mut self,
+        peer: PeerId,
+        pv: PathVector,
+        pending: &mut Pending,
+    ) {
+        let Some(path) = self.interner.lookup(&pv.path) else {
+            return;
+        };
+        let dest = normalise_v6(pv.destination);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(offers) = self.routes.shard_mut(&dest).get_mut(&dest) else {
+            return;
+        };
+        let transit = self.kind == RouterKind::Transit;
+        let slot = state.slot;
+        let before = offers.nexthops(|s| hop(&self.slots, s));
+        let adv_before = if transit {
+            offers.advertised(MAX_ADVERTISED_PATHS)
+        } else {
+            Vec::new()
+        };
+        let Some(stored) = offers.remove(slot, &path) else {
+            return;
+        };
+        // Only `stored` may keep the path alive now (see `release`).
+        drop(path);
+        state.paths -= 1;
+        if !offers.has_peer(slot) {
+            state.destinations -= 1;
+        }
+        let adv_after = if transit {
+            offers.advertised(MAX_ADVERTISED_PATHS)
+        } else {
+            Vec::new()
+        };
+        if offers.is_empty() {
+            self.routes.remove(&dest);
+        }
+        pending
+            .touched
+            .push(RouteUpdate { destination: dest, nexthops: before });
+        if transit {
+            self.readvertise(dest, &adv_before, &adv_after, pending);
+        }
+        drop(adv_before);
+        self.interner.release(stored);
+    }
+
+    /// Tell every peer how our re-announcement of `dest` changed from
+    /// `before` to `after` (the advertised offers, see
+    /// [`Offers::advertised`]). A peer hears of every advertised path but
+    /// those it offered itself; it is told only what changes for it.
+    pub(super) fn readvertise(
+        &self,
+        dest: Ipv6Net,
+        before: &[Offer],
+        after: &[Offer],
+        pending: &mut Pending,
+    ) {
+        if before.len() == after.len()
+            && before
+                .iter()
+                .zip(after)
+                .all(|(a, b)| a.peer == b.peer && a.path == b.path)
+        {
+            return;
+        }
+        for (id, state) in &self.peers {
+            let seen = |offers: &[Offer], path: &Path| {
+                offers.iter().any(|o| o.peer != state.slot && o.path == *path)
+            };
+            for o in before.iter().filter(|o| o.peer != state.slot) {
+                if !seen(after, &o.path) {
+                    pending.withdraw_path(*id, self.extended(dest, &o.path));
+                }
+            }
+            for o in after.iter().filter(|o| o.peer != state.slot) {
+                if !seen(before, &o.path) {
+                    pending.announce_path(*id, self.extended(dest, &o.path));
+                }
+            }
+        }
+    }
+}

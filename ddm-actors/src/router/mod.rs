@@ -1,0 +1,536 @@
+//! The router actor: owner of the RIB and of the dataplane it programs.
+//!
+//! Every input that changes routing state arrives here as a message: what
+//! the admin actor originates or withdraws, peers coming and going (from
+//! the supervisor), updates pushed by peers and answers to pulls (from the
+//! exchange actors). The [`Rib`] turns each into effects, which the router
+//! carries out in this order:
+//!
+//! 1. pushes to the exchange actors, so the rest of the fabric hears of the
+//!    change before this router's own kernel work starts;
+//! 2. route updates and the tunnel set to the dataplane worker, a task that
+//!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
+//!    into one batch (latest set per destination wins).
+//!
+//! What peers push and answer passes the [`ImportPolicy`] first: only the
+//! part it accepts reaches the RIB. Its refusals are counted by reason
+//! (`GetPolicyCounters`) and logged as `import refused`, at most once a
+//! minute per peer and reason.
+//!
+//! On stop the worker removes every route this router installed.
+//!
+//! After a large batch (thousands of prefixes originated, withdrawn or
+//! imported, or the kernel work for thousands of destinations) the freed heap is handed back to the
+//! system, so a burst does not leave the daemon's footprint at its peak.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ddm_proto::outgoing::OutUpdate;
+use ddm_proto::wire::v3;
+
+use ddm_admin_api::latest::{
+    PathVector, RouterKind, TunnelOrigin, TunnelRoute,
+};
+use oxnet::Ipv6Net;
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
+};
+use slog::{debug, info, o, warn, Logger};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::dataplane::Dataplane;
+use crate::policy::{
+    ImportPolicy, PolicyConfig, PolicyCounters, RefusalNote, RibHoldings,
+};
+use crate::rib::{Effects, PeerId, Rib, Told};
+
+mod worker;
+
+use worker::{
+    dataplane_worker, trim_heap, DataplaneCmd, DataplaneStats, TRIM_AFTER,
+};
+
+/// What the router asks of a peer's exchange actor. The exchange actor's
+/// own message type converts from it, so the router reaches it through a
+/// [`PeerRef`] without knowing that type.
+#[derive(Debug)]
+pub enum PeerCmd {
+    /// Push this update to the peer, in order.
+    Push(OutUpdate),
+    /// Pull the peer's full set again (sync).
+    Pull,
+}
+
+/// A peer's exchange actor, as the router sees it.
+pub type PeerRef = DerivedActorRef<PeerCmd>;
+
+/// A handle to the router actor.
+pub type RouterRef = ActorRef<RouterMsg>;
+
+/// Messages the router actor handles.
+pub enum RouterMsg {
+    /// Make the originated set exactly this (sent by the admin actor whenever
+    /// a router starts, so a restarted router catches up).
+    SetOriginated {
+        /// Every originated prefix.
+        prefixes: BTreeSet<Ipv6Net>,
+        /// Every originated tunnel endpoint.
+        tunnels: BTreeSet<TunnelOrigin>,
+    },
+    /// Start originating these prefixes (already stored durably).
+    Originate(BTreeSet<Ipv6Net>),
+    /// Stop originating these prefixes (already removed from the store).
+    Withdraw(BTreeSet<Ipv6Net>),
+    /// Start originating these tunnel endpoints.
+    OriginateTunnels(BTreeSet<TunnelOrigin>),
+    /// Stop originating these tunnel endpoints.
+    WithdrawTunnels(BTreeSet<TunnelOrigin>),
+    /// Imported paths by nexthop, for `GET /prefixes`.
+    GetPrefixes(RpcReplyPort<BTreeMap<String, BTreeSet<PathVector>>>),
+    /// Imported tunnel endpoints, for `GET /tunnel_endpoints`.
+    GetTunnelEndpoints(RpcReplyPort<BTreeSet<TunnelRoute>>),
+    /// Re-pull every peer (`PUT /sync`).
+    Sync,
+    /// A peer entered exchange; `exchange` talks to it (from the
+    /// supervisor).
+    PeerUp {
+        /// The peer.
+        peer: PeerId,
+        /// Its kind, from discovery.
+        kind: RouterKind,
+        /// Its exchange actor.
+        exchange: PeerRef,
+    },
+    /// A peer went away: forget everything learned from it.
+    PeerDown(PeerId),
+    /// A peer's exchange actor delivered every push it was given so far
+    /// (from the exchange actor, when its queue empties).
+    Delivered {
+        /// The peer.
+        peer: PeerId,
+        /// The exchange actor, so that a stopped session's late report is
+        /// not taken for the current one's.
+        exchange: ActorId,
+        /// How many pushes that actor has been given, all delivered.
+        through: u64,
+    },
+    /// A peer pushed an update (from its exchange actor).
+    Import {
+        /// Who pushed.
+        peer: PeerId,
+        /// What it pushed, validated and in v3 form.
+        update: v3::Update,
+    },
+    /// A pull of a peer's full set completed (from its exchange actor).
+    PullResult {
+        /// Who answered.
+        peer: PeerId,
+        /// Its full set.
+        response: v3::PullResponse,
+    },
+    /// A peer pulls from us: answer with what it should hear.
+    PullFor(PeerId, RpcReplyPort<v3::PullResponse>),
+    /// The number of installed destinations, for tests and logs.
+    GetRouteCount(RpcReplyPort<usize>),
+    /// What the import policy refused, by reason, in total and per peer.
+    GetPolicyCounters(RpcReplyPort<PolicyCounters>),
+    /// The router's own counters (routes, dataplane work, loops dropped).
+    GetCounters(RpcReplyPort<RouterCounters>),
+}
+
+/// The router's counters, for the metrics listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Destinations with a route now (a gauge, not a counter).
+    pub routes: u64,
+    /// Paths dropped because they held this router's own name.
+    pub loops_dropped: u64,
+    /// Route batches handed to the dataplane.
+    pub dataplane_batches: u64,
+    /// Of those, the ones the dataplane reported failed.
+    pub dataplane_batch_errors: u64,
+    /// Destination updates (installs, replacements, removals) handed to
+    /// the dataplane, in batches that succeeded.
+    pub route_updates_applied: u64,
+    /// Tunnel sets handed to the dataplane.
+    pub tunnel_updates: u64,
+    /// Of those, the ones the dataplane reported failed.
+    pub tunnel_update_errors: u64,
+}
+
+impl RouterCounters {
+    /// Every counter by name (`routes` is a gauge; the rest only grow).
+    pub fn named(&self) -> BTreeMap<String, u64> {
+        [
+            ("routes", self.routes),
+            ("loops_dropped", self.loops_dropped),
+            ("dataplane_batches", self.dataplane_batches),
+            ("dataplane_batch_errors", self.dataplane_batch_errors),
+            ("route_updates_applied", self.route_updates_applied),
+            ("tunnel_updates", self.tunnel_updates),
+            ("tunnel_update_errors", self.tunnel_update_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+/// The router actor.
+pub struct Router;
+
+/// What the supervisor hands a router.
+pub struct RouterArgs {
+    /// This router's name in paths.
+    pub hostname: String,
+    /// Server or transit.
+    pub kind: RouterKind,
+    /// The forwarding plane to program.
+    pub dataplane: Box<dyn Dataplane>,
+    /// What peers may put in the RIB.
+    pub policy: PolicyConfig,
+    /// Logger.
+    pub log: Logger,
+}
+
+/// The router's state.
+pub struct RouterState {
+    /// The routing information base.
+    rib: Rib,
+    /// What peers may put in it, and what they were refused.
+    policy: ImportPolicy,
+    /// The exchange actor of every peer in exchange.
+    exchanges: HashMap<PeerId, PeerRef>,
+    /// What each peer may still hold from us beyond its view, so that a
+    /// new session can make the peer's view whole (see [`Told`]).
+    told: Told,
+    /// Commands to the dataplane worker.
+    dataplane: mpsc::UnboundedSender<DataplaneCmd>,
+    /// The worker; on stop it removes our routes and returns.
+    worker: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the worker to remove everything and finish.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// What the worker counts.
+    dp_stats: Arc<DataplaneStats>,
+    /// Logger.
+    log: Logger,
+}
+
+impl RouterState {
+    /// Filter an update pushed by `peer` and import what is accepted.
+    fn import(&mut self, peer: PeerId, update: v3::Update) {
+        if !self.exchanges.contains_key(&peer) {
+            debug!(self.log, "update dropped";
+                "peer" => %peer, "reason" => "peer is not up");
+            return;
+        }
+        let now = Instant::now();
+        let held = RibHoldings { rib: &self.rib, peer };
+        let verdict = self.policy.filter_update(peer, update, &held, now);
+        self.log_refusals(&verdict.notes);
+        self.import_accepted(peer, verdict.accepted);
+        if !verdict.deferred.is_empty() {
+            // New items that waited for the update's withdrawals to make
+            // room under the per-peer limit.
+            let held = RibHoldings { rib: &self.rib, peer };
+            let more =
+                self.policy.admit_deferred(peer, verdict.deferred, &held, now);
+            self.log_refusals(&more.notes);
+            self.import_accepted(peer, more.accepted);
+        }
+    }
+
+    fn import_accepted(&mut self, peer: PeerId, update: v3::Update) {
+        if update.is_empty() {
+            return;
+        }
+        match self.rib.import(peer, update) {
+            Ok(e) => self.carry_out(e),
+            Err(e) => debug!(self.log, "update dropped";
+                "peer" => %peer, "reason" => %e),
+        }
+    }
+
+    /// Filter the answer to a pull from `peer` and take what is accepted
+    /// as its whole set (refused items are left out, so withdrawn if held).
+    fn import_pull(&mut self, peer: PeerId, response: v3::PullResponse) {
+        if !self.exchanges.contains_key(&peer) {
+            debug!(self.log, "pull result dropped";
+                "peer" => %peer, "reason" => "peer is not up");
+            return;
+        }
+        let held = RibHoldings { rib: &self.rib, peer };
+        let verdict =
+            self.policy.filter_pull(peer, response, &held, Instant::now());
+        self.log_refusals(&verdict.notes);
+        // The answer is the peer's whole set; our exchange actor holds back
+        // the peer's pushes while a pull is out, so none of them can be
+        // older than this answer.
+        match self.rib.import_pull(peer, verdict.accepted) {
+            Ok(e) => self.carry_out(e),
+            Err(e) => debug!(self.log, "pull result dropped";
+                "peer" => %peer, "reason" => %e),
+        }
+    }
+
+    fn log_refusals(&self, notes: &[RefusalNote]) {
+        for n in notes {
+            warn!(self.log, "import refused";
+                "peer" => %n.peer,
+                "reason" => n.reason.name(),
+                "example" => &n.example,
+                "refused" => n.refused,
+                "unlogged" => n.unlogged);
+        }
+    }
+
+    fn carry_out(&mut self, effects: Effects) {
+        for (peer, update) in effects.pushes {
+            match self.exchanges.get(&peer) {
+                Some(x) => {
+                    self.told.pushed(peer, &update);
+                    if let Err(e) = x.send_message(PeerCmd::Push(update)) {
+                        warn!(self.log, "exchange actor gone";
+                            "peer" => %peer, "error" => %e);
+                    }
+                }
+                None => {
+                    debug!(self.log, "push to a peer without exchange";
+                        "peer" => %peer);
+                }
+            }
+        }
+        if !effects.route_updates.is_empty() {
+            let _ =
+                self.dataplane.send(DataplaneCmd::Apply(effects.route_updates));
+        }
+        if let Some(tunnels) = effects.tunnel_set {
+            let _ = self.dataplane.send(DataplaneCmd::Tunnels(tunnels));
+        }
+    }
+}
+
+impl RouterState {
+    /// A session with `peer` starts (its exchange actor says so before
+    /// anything else). The peer may have kept state from an earlier session
+    /// that only our side saw end, and will not pull again: its first push
+    /// announces its whole view and withdraws whatever it may still hold
+    /// beyond it ([`Told::session_up`]).
+    fn peer_up(&mut self, peer: PeerId, kind: RouterKind, exchange: PeerRef) {
+        match self.exchanges.get(&peer).map(|x| x.get_id()) {
+            Some(id) if id == exchange.get_id() => {
+                self.rib.peer_up(peer, kind);
+                return;
+            }
+            Some(_) => {
+                // Replaced without a `PeerDown`: the old session ended.
+                let view = self.rib.view_for(peer);
+                self.told.session_down(peer, view);
+            }
+            None => {}
+        }
+        info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
+        self.rib.peer_up(peer, kind);
+        let push = self.told.session_up(peer, self.rib.view_for(peer));
+        if !push.is_empty() {
+            debug!(self.log, "making the peer's view whole";
+                "peer" => %peer, "items" => push.len());
+            self.told.pushed(peer, &push);
+            if let Err(e) = exchange.send_message(PeerCmd::Push(push)) {
+                warn!(self.log, "exchange actor gone";
+                    "peer" => %peer, "error" => %e);
+            }
+        }
+        self.exchanges.insert(peer, exchange);
+    }
+}
+
+impl Actor for Router {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = RouterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: RouterRef,
+        args: RouterArgs,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        let log = args.log.new(o!("component" => "router"));
+        let mut dp = args.dataplane;
+        match dp.remove_stale().await {
+            Ok(0) => {}
+            Ok(n) => info!(log, "removed routes left by a previous run";
+                "count" => n, "dataplane" => dp.name()),
+            Err(e) => warn!(log, "could not remove stale routes";
+                "error" => %e, "dataplane" => dp.name()),
+        }
+        info!(log, "router started"; "hostname" => &args.hostname,
+            "kind" => %args.kind, "dataplane" => dp.name(),
+            "accept_default_route" => args.policy.accept_default_route,
+            "max_path_len" => args.policy.max_path_len,
+            "max_prefixes_per_peer" => args.policy.max_prefixes_per_peer);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let dp_stats = Arc::new(DataplaneStats::default());
+        let worker = tokio::spawn(dataplane_worker(
+            dp,
+            rx,
+            stop_rx,
+            dp_stats.clone(),
+            log.new(o!("unit" => "dataplane")),
+        ));
+        Ok(RouterState {
+            rib: Rib::new(&args.hostname, args.kind),
+            policy: ImportPolicy::new(args.policy),
+            exchanges: HashMap::new(),
+            told: Told::new(),
+            dataplane: tx,
+            worker: Some(worker),
+            shutdown: Some(stop_tx),
+            dp_stats,
+            log,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: RouterRef,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(stop) = state.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(worker) = state.worker.take() {
+            let _ = worker.await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: RouterRef,
+        msg: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::SetOriginated { prefixes, tunnels } => {
+                let size = prefixes.len();
+                let e = state.rib.set_originated(prefixes, tunnels);
+                state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
+            }
+            RouterMsg::Originate(p) => {
+                let size = p.len();
+                let e = state.rib.originate(p);
+                state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
+            }
+            RouterMsg::Withdraw(p) => {
+                let size = p.len();
+                let e = state.rib.withdraw_originated(p);
+                state.carry_out(e);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
+            }
+            RouterMsg::OriginateTunnels(t) => {
+                let e = state.rib.originate_tunnels(t);
+                state.carry_out(e);
+            }
+            RouterMsg::WithdrawTunnels(t) => {
+                let e = state.rib.withdraw_tunnels(t);
+                state.carry_out(e);
+            }
+            RouterMsg::GetPrefixes(reply) => {
+                let by_nexthop = state
+                    .rib
+                    .imported_prefixes()
+                    .into_iter()
+                    .map(|(nh, paths)| (nh.to_string(), paths))
+                    .collect();
+                let _ = reply.send(by_nexthop);
+            }
+            RouterMsg::GetTunnelEndpoints(reply) => {
+                let _ = reply.send(state.rib.imported_tunnels());
+            }
+            RouterMsg::Sync => {
+                for x in state.exchanges.values() {
+                    let _ = x.send_message(PeerCmd::Pull);
+                }
+            }
+            RouterMsg::PeerUp { peer, kind, exchange } => {
+                state.policy.peer_up(peer, Instant::now());
+                state.peer_up(peer, kind, exchange);
+            }
+            RouterMsg::PeerDown(peer) => {
+                if state.exchanges.remove(&peer).is_some() {
+                    info!(state.log, "peer down"; "peer" => %peer);
+                    let view = state.rib.view_for(peer);
+                    state.told.session_down(peer, view);
+                }
+                if let Some(c) = state.policy.peer_down(peer, Instant::now()) {
+                    info!(state.log, "import refusals of a departed peer";
+                        "peer" => %peer, "refused" => %c);
+                }
+                let e = state.rib.peer_down(peer);
+                state.carry_out(e);
+            }
+            RouterMsg::Delivered { peer, exchange, through } => {
+                let current = state.exchanges.get(&peer).map(|x| x.get_id());
+                if current == Some(exchange) {
+                    state.told.delivered(peer, through);
+                }
+            }
+            RouterMsg::Import { peer, update } => {
+                let size = update
+                    .underlay
+                    .as_ref()
+                    .map_or(0, |u| u.announce.len() + u.withdraw.len());
+                state.import(peer, update);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
+            }
+            RouterMsg::PullResult { peer, response } => {
+                let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
+                state.import_pull(peer, response);
+                if size >= TRIM_AFTER {
+                    trim_heap();
+                }
+            }
+            RouterMsg::PullFor(peer, reply) => {
+                let _ = reply.send(state.rib.pull_response_for(peer));
+            }
+            RouterMsg::GetRouteCount(reply) => {
+                let _ = reply.send(state.rib.route_count());
+            }
+            RouterMsg::GetPolicyCounters(reply) => {
+                let _ = reply.send(state.policy.counters());
+            }
+            RouterMsg::GetCounters(reply) => {
+                let d = &state.dp_stats;
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let _ = reply.send(RouterCounters {
+                    routes: state.rib.route_count() as u64,
+                    loops_dropped: state.rib.stats().loops_dropped,
+                    dataplane_batches: get(&d.batches),
+                    dataplane_batch_errors: get(&d.batch_errors),
+                    route_updates_applied: get(&d.updates_applied),
+                    tunnel_updates: get(&d.tunnel_updates),
+                    tunnel_update_errors: get(&d.tunnel_errors),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

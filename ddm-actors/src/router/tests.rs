@@ -1,0 +1,590 @@
+//! Tests of the router actor.
+
+use super::worker::coalesce;
+use super::*;
+use crate::dataplane::memory::MemoryDataplane;
+use crate::dataplane::Nexthop;
+use crate::dataplane::{RouteUpdate, TunnelEntry};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A stand-in exchange actor that records what the router pushes.
+struct FakeExchange;
+
+type Pushed = Arc<Mutex<Vec<v3::Update>>>;
+
+impl Actor for FakeExchange {
+    type Msg = PeerCmd;
+    type State = Pushed;
+    type Arguments = Pushed;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<PeerCmd>,
+        pushed: Pushed,
+    ) -> Result<Pushed, ActorProcessingErr> {
+        Ok(pushed)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<PeerCmd>,
+        msg: PeerCmd,
+        pushed: &mut Pushed,
+    ) -> Result<(), ActorProcessingErr> {
+        if let PeerCmd::Push(u) = msg {
+            pushed.lock().unwrap().push(u.to_wire());
+        }
+        Ok(())
+    }
+}
+
+fn p(s: &str) -> Ipv6Net {
+    s.parse().unwrap()
+}
+
+fn peer(i: u32) -> PeerId {
+    PeerId { ifindex: i, addr: format!("fe80::{i}").parse().unwrap() }
+}
+
+fn announce(dest: &str, path: &[&str]) -> v3::Update {
+    v3::Update {
+        underlay: Some(v3::UnderlayUpdate {
+            announce: [PathVector {
+                destination: p(dest),
+                path: path.iter().map(|s| s.to_string()).collect(),
+            }]
+            .into(),
+            withdraw: BTreeSet::new(),
+        }),
+        tunnel: None,
+    }
+}
+
+async fn router(kind: RouterKind) -> (RouterRef, MemoryDataplane) {
+    router_with(kind, PolicyConfig::default()).await
+}
+
+async fn router_with(
+    kind: RouterKind,
+    policy: PolicyConfig,
+) -> (RouterRef, MemoryDataplane) {
+    let dp = MemoryDataplane::new();
+    let args = RouterArgs {
+        hostname: "me".to_string(),
+        kind,
+        dataplane: Box::new(dp.clone()),
+        policy,
+        log: Logger::root(slog::Discard, o!()),
+    };
+    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+    (r, dp)
+}
+
+async fn add_peer(r: &RouterRef, i: u32, kind: RouterKind) -> Pushed {
+    let pushed = Pushed::default();
+    let (x, _) =
+        Actor::spawn(None, FakeExchange, pushed.clone()).await.unwrap();
+    r.cast(RouterMsg::PeerUp {
+        peer: peer(i),
+        kind,
+        exchange: x.get_derived(),
+    })
+    .unwrap();
+    pushed
+}
+
+/// Wait (in paused time) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn nh(i: u32) -> Nexthop {
+    use crate::rib::PeerNexthop;
+    peer(i).nexthop()
+}
+
+#[tokio::test(start_paused = true)]
+async fn imports_program_the_dataplane_as_ecmp_sets() {
+    let (r, dp) = router(RouterKind::Server).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    add_peer(&r, 2, RouterKind::Transit).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:9::/64", &["far", "t1"]),
+    })
+    .unwrap();
+    r.cast(RouterMsg::Import {
+        peer: peer(2),
+        update: announce("fd00:9::/64", &["far", "t2"]),
+    })
+    .unwrap();
+    until("two nexthops", || {
+        dp.tables().routes.get(&p("fd00:9::/64"))
+            == Some(&[nh(1), nh(2)].into())
+    })
+    .await;
+    // One path goes: the set shrinks; the other goes: the route goes.
+    r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+    until("one nexthop", || {
+        dp.tables().routes.get(&p("fd00:9::/64")) == Some(&[nh(2)].into())
+    })
+    .await;
+    r.cast(RouterMsg::PeerDown(peer(2))).unwrap();
+    until("no route", || dp.tables().routes.is_empty()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transit_redistributes_to_the_other_peers_only() {
+    let (r, _dp) = router(RouterKind::Transit).await;
+    let from = add_peer(&r, 1, RouterKind::Server).await;
+    let other = add_peer(&r, 2, RouterKind::Server).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:1::/64", &["s1"]),
+    })
+    .unwrap();
+    until("pushed to the other peer", || {
+        other.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|ul| {
+                ul.announce.iter().any(|pv| {
+                    pv.destination == p("fd00:1::/64")
+                        && pv.path == ["s1", "me"]
+                })
+            })
+        })
+    })
+    .await;
+    assert!(from.lock().unwrap().is_empty(), "never back to its source");
+    // The source expires: the other peer hears the withdrawal.
+    r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+    until("withdrawn from the other peer", || {
+        other.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|ul| !ul.withdraw.is_empty())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_announces_what_it_originates_and_drops_loops() {
+    let (r, dp) = router(RouterKind::Server).await;
+    let t = add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Originate([p("fd00:5::/64")].into())).unwrap();
+    until("originated prefix pushed", || {
+        t.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|ul| {
+                ul.announce.iter().any(|pv| pv.path == ["me"])
+            })
+        })
+    })
+    .await;
+    // A path through us is a loop: dropped, nothing installed.
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:6::/64", &["x", "me", "t1"]),
+    })
+    .unwrap();
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:7::/64", &["y", "t1"]),
+    })
+    .unwrap();
+    until("the good path installed", || {
+        dp.tables().routes.contains_key(&p("fd00:7::/64"))
+    })
+    .await;
+    assert!(!dp.tables().routes.contains_key(&p("fd00:6::/64")));
+    // Withdrawing what we originate is pushed too.
+    r.cast(RouterMsg::Withdraw([p("fd00:5::/64")].into())).unwrap();
+    until("withdrawal pushed", || {
+        t.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|ul| {
+                ul.withdraw.iter().any(|pv| pv.destination == p("fd00:5::/64"))
+            })
+        })
+    })
+    .await;
+}
+
+/// The union of what `pushed` announced and withdrew, applied in
+/// order: what the peer holds from us if every push arrived.
+fn held(pushed: &Pushed) -> BTreeSet<PathVector> {
+    let mut held = BTreeSet::new();
+    for u in pushed.lock().unwrap().iter() {
+        if let Some(u) = &u.underlay {
+            for pv in &u.withdraw {
+                held.remove(pv);
+            }
+            held.extend(u.announce.iter().cloned());
+        }
+    }
+    held
+}
+
+/// Our side resets the session while a withdrawal is still queued (the
+/// old exchange actor never delivered it) and more changes happen while
+/// the peer is down; the peer never noticed. The new session's first
+/// push makes the peer's view whole: what it got over both sessions
+/// equals what we originate now.
+#[tokio::test(start_paused = true)]
+async fn a_one_sided_reset_loses_nothing() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let old = add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Originate([p("fd00:1::/64"), p("fd00:2::/64")].into()))
+        .unwrap();
+    r.cast(RouterMsg::Withdraw([p("fd00:2::/64")].into())).unwrap();
+    until("withdrawal handed to the old session", || {
+        old.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|u| !u.withdraw.is_empty())
+        })
+    })
+    .await;
+    // The peer got the announcements, but not the withdrawal.
+    let got: Vec<v3::Update> = old
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| u.underlay.as_ref().is_some_and(|u| u.withdraw.is_empty()))
+        .cloned()
+        .collect();
+    r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+    r.cast(RouterMsg::Withdraw([p("fd00:1::/64")].into())).unwrap();
+    r.cast(RouterMsg::Originate([p("fd00:3::/64")].into())).unwrap();
+    let new = add_peer(&r, 1, RouterKind::Transit).await;
+    until("resync pushed", || !new.lock().unwrap().is_empty()).await;
+    let mut all: Vec<v3::Update> = got;
+    all.extend(new.lock().unwrap().iter().cloned());
+    let view = held(&Pushed::new(Mutex::new(all)));
+    let dests: Vec<Ipv6Net> = view.iter().map(|pv| pv.destination).collect();
+    assert_eq!(dests, vec![p("fd00:3::/64")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_from_unknown_peers_change_nothing() {
+    let (r, dp) = router(RouterKind::Server).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(9),
+        update: announce("fd00:9::/64", &["x"]),
+    })
+    .unwrap();
+    let n = ractor::call!(r, RouterMsg::GetRouteCount).unwrap();
+    assert_eq!(n, 0);
+    assert!(dp.tables().routes.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_removes_every_route() {
+    let (r, dp) = router(RouterKind::Server).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:9::/64", &["x"]),
+    })
+    .unwrap();
+    until("installed", || !dp.tables().routes.is_empty()).await;
+    r.stop_and_wait(None, None).await.unwrap();
+    assert!(dp.tables().routes.is_empty());
+}
+
+/// Poll the router's counters until `done` holds.
+async fn counters_until(
+    r: &RouterRef,
+    done: impl Fn(&RouterCounters) -> bool,
+) -> RouterCounters {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = ractor::call!(r, RouterMsg::GetCounters).unwrap();
+        if done(&c) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters: {c:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn counters_count_routes_batches_and_loops() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let before = ractor::call!(r, RouterMsg::GetCounters).unwrap();
+    assert_eq!(before, RouterCounters::default());
+    add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce_all(&[
+            ("fd00:1::/64", &["x"]),
+            ("fd00:2::/64", &["x"]),
+            ("fd00:3::/64", &["x", "me"]),
+        ]),
+    })
+    .unwrap();
+    let c = counters_until(&r, |c| c.route_updates_applied >= 2).await;
+    assert_eq!(c.routes, 2);
+    assert_eq!(c.loops_dropped, 1);
+    assert!(c.dataplane_batches >= 1);
+    assert_eq!(c.dataplane_batch_errors, 0);
+    assert_eq!(c.named()["routes"], 2);
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A dataplane that refuses every request.
+struct BrokenDataplane;
+
+#[async_trait::async_trait]
+impl Dataplane for BrokenDataplane {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    async fn remove_stale(
+        &mut self,
+    ) -> Result<usize, crate::dataplane::DataplaneError> {
+        Ok(0)
+    }
+    async fn apply(
+        &mut self,
+        _: Vec<RouteUpdate>,
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        Err(crate::dataplane::DataplaneError::Request("no".into()))
+    }
+    async fn set_tunnels(
+        &mut self,
+        _: BTreeSet<TunnelEntry>,
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        Err(crate::dataplane::DataplaneError::Request("no".into()))
+    }
+    async fn remove_all(
+        &mut self,
+    ) -> Result<usize, crate::dataplane::DataplaneError> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn failed_dataplane_batches_are_counted() {
+    let args = RouterArgs {
+        hostname: "me".to_string(),
+        kind: RouterKind::Server,
+        dataplane: Box::new(BrokenDataplane),
+        policy: PolicyConfig::default(),
+        log: Logger::root(slog::Discard, o!()),
+    };
+    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+    add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:9::/64", &["x"]),
+    })
+    .unwrap();
+    let c = counters_until(&r, |c| c.dataplane_batch_errors >= 1).await;
+    assert_eq!(c.dataplane_batch_errors, c.dataplane_batches);
+    assert_eq!(c.route_updates_applied, 0);
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
+#[test]
+fn coalescing_keeps_the_latest_update_of_each_destination() {
+    let u = |d: &str, hops: &[u32]| RouteUpdate {
+        destination: p(d),
+        nexthops: hops.iter().map(|i| nh(*i)).collect(),
+    };
+    let merged = coalesce(vec![
+        vec![u("fd00:1::/64", &[1]), u("fd00:3::/64", &[1])],
+        vec![u("fd00:2::/64", &[2]), u("fd00:3::/64", &[1, 2])],
+        vec![u("fd00:1::/64", &[])],
+    ]);
+    assert_eq!(
+        merged,
+        [
+            u("fd00:1::/64", &[]),
+            u("fd00:2::/64", &[2]),
+            u("fd00:3::/64", &[1, 2]),
+        ]
+    );
+    let one = vec![u("fd00:1::/64", &[1])];
+    assert_eq!(coalesce(vec![one.clone()]), one);
+    assert!(coalesce(Vec::new()).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_originated_reconciles() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    r.cast(RouterMsg::Originate([p("fd00:1::/64"), p("fd00:2::/64")].into()))
+        .unwrap();
+    r.cast(RouterMsg::SetOriginated {
+        prefixes: [p("fd00:2::/64"), p("fd00:3::/64")].into(),
+        tunnels: BTreeSet::new(),
+    })
+    .unwrap();
+    let pull = ractor::call!(r, RouterMsg::PullFor, peer(1)).unwrap();
+    let dests: BTreeSet<_> = pull
+        .underlay
+        .unwrap_or_default()
+        .into_iter()
+        .map(|pv| pv.destination)
+        .collect();
+    assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
+}
+
+fn announce_all(pvs: &[(&str, &[&str])]) -> v3::Update {
+    v3::Update {
+        underlay: Some(v3::UnderlayUpdate {
+            announce: pvs
+                .iter()
+                .map(|(d, path)| PathVector {
+                    destination: p(d),
+                    path: path.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
+            withdraw: BTreeSet::new(),
+        }),
+        tunnel: None,
+    }
+}
+
+fn nth(i: usize) -> String {
+    format!("fd00:{i:x}::/64")
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
+    use crate::policy::Refusal;
+    let (r, dp) = router(RouterKind::Transit).await;
+    let other = add_peer(&r, 2, RouterKind::Server).await;
+    add_peer(&r, 1, RouterKind::Server).await;
+    let long: Vec<String> = (0..100).map(|i| format!("h{i}")).collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let big = "h".repeat(300);
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce_all(&[
+            ("::/0", &["s1"]),
+            ("fe80::/10", &["s1"]),
+            ("ff02::/16", &["s1"]),
+            ("::/1", &["s1"]),
+            ("fd00:aa::/64", &long),
+            ("fd00:bb::/64", &[&big]),
+            ("fd00:1::/64", &["s1"]),
+        ]),
+    })
+    .unwrap();
+    until("the legitimate prefix installed", || {
+        dp.tables().routes.contains_key(&p("fd00:1::/64"))
+    })
+    .await;
+    assert_eq!(dp.tables().routes.len(), 1, "{:?}", dp.tables().routes);
+    let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+    let mine = c.per_peer[&peer(1)];
+    assert_eq!(mine.get(Refusal::DefaultRoute), 1);
+    assert_eq!(mine.get(Refusal::SpecialDestination), 3);
+    assert_eq!(mine.get(Refusal::PathTooLong), 1);
+    assert_eq!(mine.get(Refusal::HostnameTooLong), 1);
+    assert_eq!(c.total, mine);
+    // Only the legitimate prefix is redistributed.
+    until("redistributed", || !other.lock().unwrap().is_empty()).await;
+    let told: Vec<Ipv6Net> = other
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|u| u.underlay.iter().flat_map(|u| u.announce.iter()))
+        .map(|pv| pv.destination)
+        .collect();
+    assert_eq!(told, [p("fd00:1::/64")]);
+    // A pull answer is filtered too: the refused items are left out,
+    // so what was held and is now refused goes.
+    r.cast(RouterMsg::PullResult {
+        peer: peer(1),
+        response: v3::PullResponse {
+            underlay: Some(
+                announce_all(&[("fd00:2::/64", &["s1"]), ("::1/128", &["s1"])])
+                    .underlay
+                    .unwrap()
+                    .announce,
+            ),
+            tunnel: None,
+        },
+    })
+    .unwrap();
+    until("the pull replaced the set", || {
+        let t = dp.tables();
+        t.routes.len() == 1 && t.routes.contains_key(&p("fd00:2::/64"))
+    })
+    .await;
+    let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+    assert_eq!(c.total.get(Refusal::SpecialDestination), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_peer_limit_refuses_new_destinations_only() {
+    use crate::policy::Refusal;
+    let (r, dp) = router_with(
+        RouterKind::Server,
+        PolicyConfig { max_prefixes_per_peer: 10, ..Default::default() },
+    )
+    .await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    add_peer(&r, 2, RouterKind::Transit).await;
+    let names: Vec<String> = (0..15).map(nth).collect();
+    let all: Vec<(&str, &[&str])> =
+        names.iter().map(|d| (d.as_str(), &["s1"][..])).collect();
+    r.cast(RouterMsg::Import { peer: peer(1), update: announce_all(&all) })
+        .unwrap();
+    until("ten installed", || dp.tables().routes.len() == 10).await;
+    let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+    assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 5);
+    // Another peer has its own limit.
+    r.cast(RouterMsg::Import {
+        peer: peer(2),
+        update: announce_all(&all[10..]),
+    })
+    .unwrap();
+    until("the other peer's five", || dp.tables().routes.len() == 15).await;
+    // A held destination takes a new path; a new one is refused.
+    let held = dp
+        .tables()
+        .routes
+        .keys()
+        .copied()
+        .find(|d| dp.tables().routes[d] == [nh(1)].into());
+    let held = held.unwrap().to_string();
+    let extra = nth(99);
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce_all(&[
+            (held.as_str(), &["x", "s1"]),
+            (extra.as_str(), &["s1"]),
+        ]),
+    })
+    .unwrap();
+    let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+    assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 6);
+    let prefixes = ractor::call!(r, RouterMsg::GetPrefixes).unwrap();
+    let from1 = &prefixes[&peer(1).addr.to_string()];
+    assert_eq!(from1.len(), 11, "ten destinations, one with two paths");
+    assert!(!from1.iter().any(|pv| pv.destination == p(&extra)));
+    // Withdrawing one and announcing a new one in the same update: the
+    // withdrawal makes room.
+    let mut u = announce_all(&[(extra.as_str(), &["s1"])]);
+    u.underlay_mut().withdraw = [
+        PathVector { destination: p(&held), path: vec!["s1".to_string()] },
+        PathVector {
+            destination: p(&held),
+            path: vec!["x".to_string(), "s1".to_string()],
+        },
+    ]
+    .into();
+    r.cast(RouterMsg::Import { peer: peer(1), update: u }).unwrap();
+    until("the new one installed", || {
+        dp.tables().routes.contains_key(&p(&extra))
+    })
+    .await;
+    let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
+    assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 6);
+    let prefixes = ractor::call!(r, RouterMsg::GetPrefixes).unwrap();
+    assert_eq!(prefixes[&peer(1).addr.to_string()].len(), 10);
+}

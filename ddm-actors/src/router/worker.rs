@@ -1,0 +1,131 @@
+//! The router's dataplane worker: a task that owns the [`Dataplane`] and
+//! applies route batches and tunnel sets in order, coalescing whatever
+//! queued while the previous batch was in the kernel.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use slog::{debug, info, warn, Logger};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dataplane::{Dataplane, RouteUpdate, TunnelEntry};
+
+/// What the dataplane worker counts, shared with the router actor.
+#[derive(Debug, Default)]
+pub(super) struct DataplaneStats {
+    pub(super) batches: AtomicU64,
+    pub(super) batch_errors: AtomicU64,
+    pub(super) updates_applied: AtomicU64,
+    pub(super) tunnel_updates: AtomicU64,
+    pub(super) tunnel_errors: AtomicU64,
+}
+
+impl DataplaneStats {
+    pub(super) fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How many paths or route updates make a batch large enough to hand
+/// freed memory back to the system afterwards.
+pub(super) const TRIM_AFTER: usize = 10_000;
+
+/// Hand free heap pages back to the system (glibc keeps them otherwise).
+pub(super) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Merge the route batches queued while the worker was busy: one update per
+/// destination, the latest, ordered by destination.
+pub(super) fn coalesce(mut batches: Vec<Vec<RouteUpdate>>) -> Vec<RouteUpdate> {
+    if batches.len() <= 1 {
+        // One batch from the RIB already has one update per destination.
+        return batches.pop().unwrap_or_default();
+    }
+    let mut all = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+    // Latest first, so that the stable sort keeps each destination's latest
+    // update in front of the older ones, which `dedup` then drops.
+    for batch in batches.into_iter().rev() {
+        all.extend(batch.into_iter().rev());
+    }
+    all.sort_by_key(|u: &RouteUpdate| u.destination);
+    all.dedup_by_key(|u| u.destination);
+    all
+}
+
+/// Commands of the dataplane worker.
+pub(super) enum DataplaneCmd {
+    /// Program these destinations.
+    Apply(Vec<RouteUpdate>),
+    /// Replace the tunnel set.
+    Tunnels(BTreeSet<TunnelEntry>),
+}
+
+/// The dataplane worker: applies commands in order, coalescing whatever
+/// queued while the previous batch was in the kernel.
+pub(super) async fn dataplane_worker(
+    mut dp: Box<dyn Dataplane>,
+    mut rx: mpsc::UnboundedReceiver<DataplaneCmd>,
+    mut shutdown: oneshot::Receiver<()>,
+    stats: Arc<DataplaneStats>,
+    log: Logger,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            cmd = rx.recv() => match cmd {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        let mut batches = Vec::new();
+        let mut tunnels = None;
+        let mut absorb = |cmd| match cmd {
+            DataplaneCmd::Apply(batch) => batches.push(batch),
+            DataplaneCmd::Tunnels(t) => tunnels = Some(t),
+        };
+        absorb(first);
+        while let Ok(cmd) = rx.try_recv() {
+            absorb(cmd);
+        }
+        let batch = coalesce(batches);
+        if !batch.is_empty() {
+            let n = batch.len();
+            DataplaneStats::bump(&stats.batches, 1);
+            match dp.apply(batch).await {
+                Ok(()) => {
+                    DataplaneStats::bump(&stats.updates_applied, n as u64);
+                    debug!(log, "routes programmed"; "count" => n)
+                }
+                Err(e) => {
+                    DataplaneStats::bump(&stats.batch_errors, 1);
+                    warn!(log, "programming routes failed";
+                        "count" => n, "error" => %e)
+                }
+            }
+            if n >= TRIM_AFTER {
+                trim_heap();
+            }
+        }
+        if let Some(t) = tunnels {
+            let n = t.len();
+            DataplaneStats::bump(&stats.tunnel_updates, 1);
+            if let Err(e) = dp.set_tunnels(t).await {
+                DataplaneStats::bump(&stats.tunnel_errors, 1);
+                warn!(log, "programming tunnels failed";
+                    "count" => n, "error" => %e);
+            }
+        }
+    }
+    match dp.remove_all().await {
+        Ok(n) => info!(log, "removed our routes"; "count" => n),
+        Err(e) => warn!(log, "removing our routes failed"; "error" => %e),
+    }
+}

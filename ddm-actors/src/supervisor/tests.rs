@@ -1,0 +1,133 @@
+//! Tests of the supervisor actor.
+
+use super::*;
+use crate::config::{AdminConfig, RouterConfig};
+use crate::dataplane::memory::MemoryDataplane;
+use crate::discovery::MemoryPort;
+use crate::store::StoreChange;
+use std::net::Ipv6Addr;
+
+fn log() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+/// A configuration; `listen` serves the admin API on a free port.
+fn config(admin_only: bool, listen: bool) -> DaemonConfig {
+    DaemonConfig {
+        admin_only,
+        admin: AdminConfig {
+            listen: listen
+                .then(|| SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0)),
+        },
+        // The store is in memory: nothing reads this.
+        data_dir: "/nonexistent".into(),
+        router: RouterConfig {
+            hostname: "sup-test".to_string(),
+            interfaces: vec!["ddmtest0".parse().unwrap()],
+            ..Default::default()
+        },
+    }
+}
+
+async fn start(admin_only: bool, listen: bool) -> SupervisorRef {
+    let store = Store::in_memory();
+    let dp = MemoryDataplane::new();
+    let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
+        Ok(Box::new(dp.clone()) as Box<dyn Dataplane>)
+    });
+    let (a, _b) = MemoryPort::pair(
+        (1, "fe80::1".parse().unwrap()),
+        (2, "fe80::2".parse().unwrap()),
+    );
+    let packet_io: PacketIoFactory =
+        Arc::new(move |_spec: &InterfaceSpec| PacketIo::Memory(a.clone()));
+    let args = SupervisorArgs {
+        config: config(admin_only, listen),
+        store,
+        dataplane: Some(factory),
+        packet_io,
+        watch_links: false,
+        log: log(),
+    };
+    Actor::spawn(None, Supervisor, args).await.unwrap().0
+}
+
+/// Poll `f` until it yields `Some`, for at most ten seconds.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_only_starts_only_the_admin_actor() {
+    let sup = start(true, false).await;
+    assert_eq!(sup.get_children().len(), 1);
+    // No listener: the admin actor answers by message only.
+    assert_eq!(ractor::call!(sup, SupervisorMsg::GetAdminAddr).unwrap(), None);
+    let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
+    assert_eq!(sup.get_children()[0].get_id(), admin.get_id());
+    assert!(ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().is_none());
+    let peers = ractor::call!(sup, SupervisorMsg::GetPeers).unwrap();
+    assert!(peers.is_empty());
+    sup.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn full_mode_starts_router_and_one_discovery_per_interface() {
+    let sup = start(false, false).await;
+    // admin + router + one discovery actor
+    assert_eq!(sup.get_children().len(), 3);
+    assert!(ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().is_some());
+    sup.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_admin_is_restarted_on_the_same_port() {
+    let sup = start(true, true).await;
+    let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
+    let addr = ractor::call!(admin, AdminMsg::GetLocalAddr).unwrap();
+    assert!(addr.is_some());
+    admin.kill();
+    let again = eventually("a new admin actor", || async {
+        let a = ractor::call!(sup, SupervisorMsg::GetAdmin).ok()?;
+        (a.get_id() != admin.get_id()).then_some(a)
+    })
+    .await;
+    let addr2 = ractor::call!(again, AdminMsg::GetLocalAddr).unwrap();
+    assert_eq!(addr, addr2);
+    sup.stop_and_wait(None, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
+    let sup = start(false, false).await;
+    let admin = ractor::call!(sup, SupervisorMsg::GetAdmin).unwrap();
+    let prefix: oxnet::Ipv6Net = "fd00:7::/64".parse().unwrap();
+    let change =
+        StoreChange { add_prefixes: [prefix].into(), ..Default::default() };
+    ractor::call!(admin, AdminMsg::Change, change).unwrap().unwrap();
+    let router = ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().unwrap();
+    router.kill();
+    let anyone = PeerId { ifindex: 0, addr: Ipv6Addr::UNSPECIFIED };
+    eventually("the new router announces the stored prefix", || async {
+        let r = ractor::call!(sup, SupervisorMsg::GetRouter).ok()??;
+        if r.get_id() == router.get_id() {
+            return None;
+        }
+        let pull = ractor::call!(r, RouterMsg::PullFor, anyone).ok()?;
+        let announced = pull.underlay.unwrap_or_default();
+        announced.iter().any(|pv| pv.destination == prefix).then_some(())
+    })
+    .await;
+    sup.stop_and_wait(None, None).await.unwrap();
+}
