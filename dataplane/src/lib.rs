@@ -5,14 +5,14 @@
 //! destination is gone). Implementations turn that into kernel (or switch)
 //! state; they never see individual paths.
 //!
-//! This crate holds the trait, its update types and every dataplane that
-//! needs nothing of the daemon: the switch through dpd ([`dpd`]), illumos
-//! ([`illumos`]) and an in-memory one for tests ([`memory`]). The Linux
-//! netlink dataplane lives in `ddm-actors`, next to the netlink code it
-//! shares. It does not depend on dropshot (whose TLS backend compiles C and
-//! cannot be built for illumos here), so it can be checked for illumos:
-//! `cargo check -p ddm-dataplane --features illumos --target
-//! x86_64-unknown-illumos`.
+//! This crate holds the trait, its update types and every dataplane: the
+//! switch through dpd ([`dpd`]), illumos ([`illumos`]), an in-memory one
+//! for tests ([`memory`]) and, on Linux with the `netlink` feature, the
+//! kernel's over rtnetlink (`linux`) with the kernel's link and address
+//! events that the daemon watches (`netlink`). It does not depend on
+//! dropshot (whose TLS backend compiles C and cannot be built for illumos
+//! here), so it can be checked for illumos: `cargo check -p ddm-dataplane
+//! --features illumos --target x86_64-unknown-illumos`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
@@ -24,7 +24,13 @@ pub use ddm_types::TunnelOrigin;
 
 pub mod dpd;
 pub mod illumos;
+#[cfg(all(target_os = "linux", feature = "netlink"))]
+pub mod linux;
 pub mod memory;
+#[cfg(all(target_os = "linux", feature = "netlink"))]
+pub mod netlink;
+#[cfg(all(target_os = "linux", any(test, feature = "testns")))]
+pub mod testns;
 
 /// One way out to a destination: a peer's link-local address on an
 /// interface.

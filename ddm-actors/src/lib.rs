@@ -23,8 +23,10 @@ pub mod dataplane;
 pub mod discovery;
 pub mod exchange;
 pub mod metrics;
+/// Link and address events from the Linux kernel (in `ddm-dataplane`,
+/// re-exported at its old path).
 #[cfg(all(target_os = "linux", feature = "netlink"))]
-pub mod netlink;
+pub use ddm_dataplane::netlink;
 pub mod policy;
 pub mod rib;
 pub mod router;

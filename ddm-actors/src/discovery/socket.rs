@@ -164,7 +164,7 @@ mod tests {
     /// machine and the test never depends on the host's interfaces.
     #[test]
     fn unicast_and_multicast_reach_the_link() {
-        crate::netlink::testns::run(
+        ddm_dataplane::testns::run(
             "unicast_and_multicast_reach_the_link",
             |ns| async move {
                 let ifindex = ns.ifindex("a0");

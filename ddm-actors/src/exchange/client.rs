@@ -1,12 +1,16 @@
 //! The exchange client: calls the peer's server.
 //!
-//! HTTP/1.1 over one kept-alive connection to `[peer%ifindex]:port`,
-//! speaking the version the peer advertises. The client is cheap to clone;
-//! the idle connection is shared, and a request that finds it busy or gone
-//! opens another. A request on a reused connection that fails before any
-//! answer is tried once more on a fresh one (pushes and pulls are
-//! idempotent). Every request, connecting included, is bounded by the
-//! timeout. Dropping the last clone closes the connection.
+//! HTTP/1.1 through hyper-util's pooled client to `[peer%ifindex]:port`,
+//! speaking the version the peer advertises. A connector of our own
+//! ([`Dialer`]) dials the peer's link-local address with its scope id,
+//! from our bound address when there is one. The pool keeps at most one
+//! idle kept-alive connection; the client is cheap to clone and its clones
+//! share the pool, and a request that finds the connection busy or gone
+//! opens another. A request on a reused connection that the peer closed
+//! before it was sent is tried once more on a fresh one (hyper-util's
+//! retry of canceled requests; pushes and pulls are idempotent). Every
+//! request, connecting included, is bounded by the timeout. Dropping the
+//! last clone closes the connection.
 //!
 //! A pull answer may announce the largest push body the peer's server
 //! takes ([`PUSH_LIMIT_HEADER`]); the client hands it to the exchange
@@ -16,18 +20,19 @@
 //! bound (a pull answer is a whole table, far larger than any push), into
 //! one buffer of the declared length.
 
-use std::net::SocketAddrV6;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 use super::outgoing::{OutUpdate, V2Update};
 use super::server::{read_body, ReadError, PUSH_LIMIT_HEADER};
@@ -45,9 +50,13 @@ pub enum ClientError {
         /// Why it failed.
         error: std::io::Error,
     },
-    /// The HTTP exchange failed (connection reset, protocol error).
+    /// Reading the answer failed (connection reset, protocol error).
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    /// The request failed in hyper-util's client (the connection closed
+    /// or broke before an answer, a protocol error).
+    #[error("HTTP request: {0}")]
+    Request(hyper_util::client::legacy::Error),
     /// The whole request took longer than the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -117,17 +126,47 @@ pub(crate) fn json_size_hint(items: usize) -> usize {
     items.saturating_mul(80).saturating_add(64)
 }
 
-/// An open connection and the task driving it.
-struct Conn {
-    /// Sends requests on the connection.
-    sender: http1::SendRequest<Full<Bytes>>,
-    /// Drives the connection; aborted when the connection is dropped.
-    driver: JoinHandle<()>,
+/// Dials the peer for hyper-util's pool: the peer's link-local
+/// `SocketAddrV6` with its scope id, from our bound address if there is
+/// one. The URI the pool hands over only names the pool's key; the
+/// address dialled is always this one.
+#[derive(Clone, Debug)]
+struct Dialer {
+    /// The peer's server.
+    addr: SocketAddrV6,
+    /// Our address to connect from, if bound.
+    local: Option<Ipv6Addr>,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<
+        Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (addr, local) = (self.addr, self.local);
+        Box::pin(async move {
+            let stream = match local {
+                None => TcpStream::connect(addr).await?,
+                Some(local) => {
+                    let socket = tokio::net::TcpSocket::new_v6()?;
+                    let from = SocketAddrV6::new(local, 0, 0, addr.scope_id());
+                    socket.bind(from.into())?;
+                    socket.connect(addr.into()).await?
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
     }
 }
 
@@ -142,14 +181,55 @@ pub struct Client {
 struct Inner {
     /// The peer's server.
     addr: SocketAddrV6,
-    /// Our address to connect from, if bound.
-    local: Option<std::net::Ipv6Addr>,
     /// The version the peer speaks.
     version: Version,
     /// Bound on each request.
     timeout: Duration,
-    /// The idle kept-alive connection, if any.
-    idle: Mutex<Option<Conn>>,
+    /// hyper-util's pooled client: at most one idle kept-alive
+    /// connection, dialled by [`Dialer`].
+    http: HttpClient<Dialer, Full<Bytes>>,
+    /// `http://[addr]:port/vN/push`, built once.
+    push_uri: Uri,
+    /// `http://[addr]:port/vN/pull`, built once.
+    pull_uri: Uri,
+    /// `[addr]:port`, the `Host` header, built once.
+    host: HeaderValue,
+}
+
+impl Inner {
+    /// The shared part for the server at `addr`, dialled from `local`.
+    fn new(
+        addr: SocketAddrV6,
+        local: Option<Ipv6Addr>,
+        version: Version,
+        timeout: Duration,
+    ) -> Inner {
+        let http = HttpClient::builder(TokioExecutor::new())
+            // One kept-alive connection per peer, kept until the peer
+            // closes it or the last clone is dropped.
+            .pool_max_idle_per_host(1)
+            .pool_idle_timeout(None)
+            .build(Dialer { addr, local });
+        let authority = format!("[{}]:{}", addr.ip(), addr.port());
+        let (push, pull) = match version {
+            Version::V3 => ("/v3/push", "/v3/pull"),
+            Version::V2 => ("/v2/push", "/v2/pull"),
+        };
+        let uri = |path: &str| {
+            Uri::try_from(format!("http://{authority}{path}"))
+                .expect("an IPv6 address and a port make a valid URI")
+        };
+        Inner {
+            addr,
+            version,
+            timeout,
+            http,
+            push_uri: uri(push),
+            pull_uri: uri(pull),
+            host: HeaderValue::try_from(authority)
+                .expect("an IPv6 address and a port make a valid header"),
+        }
+    }
 }
 
 impl Client {
@@ -159,15 +239,7 @@ impl Client {
         version: Version,
         timeout: Duration,
     ) -> Self {
-        Client {
-            inner: Arc::new(Inner {
-                addr,
-                local: None,
-                version,
-                timeout,
-                idle: Mutex::new(None),
-            }),
-        }
+        Client { inner: Arc::new(Inner::new(addr, None, version, timeout)) }
     }
 
     /// The same client, its connections made from `local` (port 0: any).
@@ -177,13 +249,8 @@ impl Client {
     /// renumbering in progress) would otherwise be the kernel's choice of
     /// source, and every request would be refused.
     pub fn bound_to(self, local: std::net::Ipv6Addr) -> Self {
-        let inner = Inner {
-            addr: self.inner.addr,
-            local: Some(local),
-            version: self.inner.version,
-            timeout: self.inner.timeout,
-            idle: Mutex::new(None),
-        };
+        let i = &self.inner;
+        let inner = Inner::new(i.addr, Some(local), i.version, i.timeout);
         Client { inner: Arc::new(inner) }
     }
 
@@ -202,30 +269,23 @@ impl Client {
     /// body's size in bytes.
     pub async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
         let mut body = Vec::with_capacity(json_size_hint(update.len()));
-        let (path, written) = match self.inner.version {
-            Version::V3 => {
-                ("/v3/push", serde_json::to_writer(&mut body, update))
-            }
-            Version::V2 => (
-                "/v2/push",
-                serde_json::to_writer(&mut body, &V2Update(update)),
-            ),
+        let written = match self.inner.version {
+            Version::V3 => serde_json::to_writer(&mut body, update),
+            Version::V2 => serde_json::to_writer(&mut body, &V2Update(update)),
         };
         written.map_err(|e| ClientError::Decode(e.to_string()))?;
         let bytes = body.len();
-        self.request(Method::PUT, path, Bytes::from(body)).await?;
+        let uri = self.inner.push_uri.clone();
+        self.request(Method::PUT, uri, Bytes::from(body)).await?;
         Ok(bytes)
     }
 
     /// `GET /vN/pull`, converted to v3, with the push limit the peer
     /// announced.
     pub async fn pull(&self) -> Result<Pulled, ClientError> {
-        let path = match self.inner.version {
-            Version::V3 => "/v3/pull",
-            Version::V2 => "/v2/pull",
-        };
+        let uri = self.inner.pull_uri.clone();
         let (headers, body) =
-            self.request(Method::GET, path, Bytes::new()).await?;
+            self.request(Method::GET, uri, Bytes::new()).await?;
         let push_limit = announced_push_limit(&headers);
         let bytes = body.len();
         let response = match self.inner.version {
@@ -244,67 +304,51 @@ impl Client {
         Ok(Pulled { response, push_limit, bytes })
     }
 
-    /// One request, bounded by the timeout; the answer's headers and body
-    /// on success.
+    /// One request, bounded by the timeout (connecting and reading the
+    /// answer included); the answer's headers and body on success.
     async fn request(
         &self,
         method: Method,
-        path: &'static str,
+        uri: Uri,
         body: Bytes,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let t = self.inner.timeout;
-        tokio::time::timeout(t, self.request_unbounded(method, path, body))
+        tokio::time::timeout(t, self.request_unbounded(method, uri, body))
             .await
             .map_err(|_| ClientError::Timeout(t))?
     }
 
+    /// One request through the pool. A request on a reused connection
+    /// that the peer closed before it was sent is retried on a fresh one
+    /// by hyper-util (pushes and pulls are idempotent).
     async fn request_unbounded(
         &self,
         method: Method,
-        path: &'static str,
+        uri: Uri,
         body: Bytes,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
-        let reused = self.take_idle();
-        let (mut conn, fresh) = match reused {
-            Some(c) => (c, false),
-            None => (self.connect().await?, true),
-        };
-        let first = self.send(&mut conn, &method, path, body.clone()).await;
-        let (answer, conn) = match first {
-            Err(ClientError::Http(_)) if !fresh => {
-                // The peer may have closed the idle connection.
-                let mut conn = self.connect().await?;
-                let answer = self.send(&mut conn, &method, path, body).await;
-                (answer, conn)
-            }
-            other => (other, conn),
-        };
-        if answer.is_ok() {
-            self.put_idle(conn);
-        }
-        answer
-    }
-
-    async fn send(
-        &self,
-        conn: &mut Conn,
-        method: &Method,
-        path: &'static str,
-        body: Bytes,
-    ) -> Result<(HeaderMap, Bytes), ClientError> {
-        let a = self.inner.addr;
         let mut req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(HOST, format!("[{}]:{}", a.ip(), a.port()));
+            .method(method)
+            .uri(uri)
+            .header(HOST, self.inner.host.clone());
         if !body.is_empty() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
-        conn.sender.ready().await?;
-        let resp = conn.sender.send_request(req).await?;
+        let resp = self.inner.http.request(req).await.map_err(|e| {
+            if !e.is_connect() {
+                return ClientError::Request(e);
+            }
+            let error = match std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+            {
+                Some(io) => std::io::Error::new(io.kind(), io.to_string()),
+                None => std::io::Error::other(e.to_string()),
+            };
+            ClientError::Connect { addr: self.inner.addr, error }
+        })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         let body = match read_body(body, MAX_PULL_BODY).await {
@@ -320,44 +364,79 @@ impl Client {
         }
         Ok((parts.headers, body))
     }
+}
 
-    async fn connect(&self) -> Result<Conn, ClientError> {
-        let addr = self.inner.addr;
-        let connect = async {
-            let Some(local) = self.inner.local else {
-                return TcpStream::connect(addr).await;
-            };
-            let socket = tokio::net::TcpSocket::new_v6()?;
-            socket
-                .bind(SocketAddrV6::new(local, 0, 0, addr.scope_id()).into())?;
-            socket.connect(addr.into()).await
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use http::Response;
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A server on `[::1]` that answers every request with an empty v3
+    /// pull answer; counts the connections it accepted and records the
+    /// last peer address.
+    async fn server(
+    ) -> (SocketAddrV6, Arc<AtomicUsize>, Arc<Mutex<Option<SocketAddr>>>) {
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let SocketAddr::V6(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to an IPv6 address")
         };
-        let stream = connect
-            .await
-            .map_err(|error| ClientError::Connect { addr, error })?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let from = Arc::new(Mutex::new(None));
+        let (a, f) = (Arc::clone(&accepted), Arc::clone(&from));
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                *f.lock().unwrap() = Some(peer);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(
+                            Full::new(Bytes::from_static(b"{}")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
         });
-        Ok(Conn { sender, driver })
+        (addr, accepted, from)
     }
 
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle =
-            self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.take().filter(|c| !c.sender.is_closed())
-    }
-
-    fn put_idle(&self, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
+    /// Requests in turn share one kept-alive connection of the pool, made
+    /// from the bound address.
+    #[tokio::test]
+    async fn requests_reuse_one_connection_from_the_bound_address() {
+        let (addr, accepted, from) = server().await;
+        let client = Client::new(addr, Version::V3, Duration::from_secs(5))
+            .bound_to(Ipv6Addr::LOCALHOST);
+        for _ in 0..3 {
+            let pulled = client.pull().await.unwrap();
+            assert_eq!(pulled.response, v3::PullResponse::default());
+            assert_eq!(pulled.bytes, 2);
         }
-        let mut idle =
-            self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_none() {
-            *idle = Some(conn);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let peer = from.lock().unwrap().expect("a connection");
+        assert_eq!(peer.ip(), std::net::IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    /// Nobody listening is a connection error naming the address.
+    #[tokio::test]
+    async fn nobody_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let SocketAddr::V6(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to an IPv6 address")
+        };
+        drop(listener);
+        let client = Client::new(addr, Version::V3, Duration::from_secs(5));
+        match client.pull().await {
+            Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
+            other => panic!("expected a connect error, got {other:?}"),
         }
     }
 }

@@ -1,0 +1,213 @@
+//! The Linux dataplane against a kernel of its own (a network namespace,
+//! through the one `require_netns` gate).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
+
+use oxnet::Ipv6Net;
+use serde_json::Value;
+
+use super::*;
+use crate::testns::{self, Netns};
+use crate::Nexthop;
+
+fn log() -> Logger {
+    Logger::root(slog::Discard, o!())
+}
+
+fn net(s: &str) -> Ipv6Net {
+    s.parse().expect("prefix")
+}
+
+fn nh(addr: &str, ifindex: u32) -> Nexthop {
+    Nexthop { addr: addr.parse().expect("address"), ifindex }
+}
+
+fn update(dst: &str, nexthops: &[Nexthop]) -> RouteUpdate {
+    RouteUpdate {
+        destination: net(dst),
+        nexthops: nexthops.iter().copied().collect(),
+    }
+}
+
+/// `ip -6 route show proto <ours>` as destination → {(gateway, dev)}.
+fn kernel_routes(
+    ns: &Netns,
+    proto: &str,
+) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    let out = ns.ip(&["-j", "-6", "route", "show", "proto", proto]);
+    let routes: Vec<Value> = serde_json::from_str(&out).expect("ip json");
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    routes
+        .iter()
+        .map(|r| {
+            let hops = match r["nexthops"].as_array() {
+                Some(hops) => hops
+                    .iter()
+                    .map(|h| (s(h, "gateway"), s(h, "dev")))
+                    .collect(),
+                None => [(s(r, "gateway"), s(r, "dev"))].into(),
+            };
+            (s(r, "dst"), hops)
+        })
+        .collect()
+}
+
+fn ours(ns: &Netns) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    kernel_routes(ns, &RTPROT_DDM.to_string())
+}
+
+fn hops(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    list.iter().map(|(g, d)| (g.to_string(), d.to_string())).collect()
+}
+
+#[test]
+fn single_multi_shrink_delete() {
+    testns::run("single_multi_shrink_delete", |ns| async move {
+        let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        let dst = "fd00:1::/64";
+
+        dp.apply(vec![update(dst, &[nh("fe80::1", a0)])]).await.unwrap();
+        let want = BTreeMap::from([(dst.into(), hops(&[("fe80::1", "a0")]))]);
+        assert_eq!(ours(&ns), want);
+
+        dp.apply(vec![update(dst, &[nh("fe80::1", a0), nh("fe80::2", b0)])])
+            .await
+            .unwrap();
+        let want = BTreeMap::from([(
+            dst.into(),
+            hops(&[("fe80::1", "a0"), ("fe80::2", "b0")]),
+        )]);
+        assert_eq!(ours(&ns), want);
+        assert_eq!(ours(&ns)[dst].len(), 2);
+
+        dp.apply(vec![update(dst, &[nh("fe80::2", b0)])]).await.unwrap();
+        let want = BTreeMap::from([(dst.into(), hops(&[("fe80::2", "b0")]))]);
+        assert_eq!(ours(&ns), want);
+
+        // Grow again, then delete the multipath route in one request.
+        dp.apply(vec![update(dst, &[nh("fe80::1", a0), nh("fe80::2", b0)])])
+            .await
+            .unwrap();
+        dp.apply(vec![update(dst, &[])]).await.unwrap();
+        assert_eq!(ours(&ns), BTreeMap::new());
+
+        // Deleting what is not there is not an error either.
+        dp.apply(vec![update(dst, &[])]).await.unwrap();
+    });
+}
+
+#[test]
+fn remove_stale_and_remove_all_spare_other_routes() {
+    let test = "remove_stale_and_remove_all_spare_other_routes";
+    testns::run(test, |ns| async move {
+        let p = RTPROT_DDM;
+        let add = |route: &str| ns.ip_line(&format!("-6 route add {route}"));
+        add(&format!("fd00:1::/64 via fe80::1 dev a0 proto {p}"));
+        add(&format!(
+            "fd00:2::/64 proto {p} \
+             nexthop via fe80::1 dev a0 nexthop via fe80::2 dev b0"
+        ));
+        add(&format!("fd00:3::/64 via fe80::1 dev a0 table 100 proto {p}"));
+        add(&format!("fd00:3::/64 via fe80::1 dev a0 table 70000 proto {p}"));
+        // Somebody else's route.
+        add("fd00:9::/64 via fe80::9 dev b0 proto static");
+        assert_eq!(ours(&ns).len(), 2);
+
+        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        assert_eq!(dp.remove_stale().await.unwrap(), 4);
+        assert_eq!(ours(&ns), BTreeMap::new());
+        for table in ["100", "70000"] {
+            let left =
+                ns.ip_line(&format!("-6 route show table {table} proto {p}"));
+            assert_eq!(left.trim(), "", "table {table}");
+        }
+        assert_eq!(dp.remove_stale().await.unwrap(), 0);
+
+        let a0 = ns.ifindex("a0");
+        dp.apply(vec![
+            update("fd00:4::/64", &[nh("fe80::4", a0)]),
+            update("fd00:5::/64", &[nh("fe80::5", a0)]),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(ours(&ns).len(), 2);
+        assert_eq!(dp.remove_all().await.unwrap(), 2);
+        assert_eq!(ours(&ns), BTreeMap::new());
+        let other = kernel_routes(&ns, "static");
+        assert_eq!(
+            other,
+            BTreeMap::from([(
+                "fd00:9::/64".into(),
+                hops(&[("fe80::9", "b0")])
+            )])
+        );
+    });
+}
+
+#[test]
+fn failures_are_summarised_and_the_rest_applied() {
+    testns::run(
+        "failures_are_summarised_and_the_rest_applied",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            let err = dp
+                .apply(vec![
+                    update("fd00:1::/64", &[nh("fe80::1", a0)]),
+                    update("fd00:2::/64", &[nh("fe80::1", 9999)]),
+                    update("fd00:3::/64", &[nh("fe80::1", a0)]),
+                ])
+                .await
+                .expect_err("a nexthop on a missing interface");
+            let text = err.to_string();
+            assert!(text.contains("1 of 3 route updates failed"), "{text}");
+            assert!(text.contains("fd00:2::/64"), "{text}");
+            let got: Vec<String> = ours(&ns).into_keys().collect();
+            assert_eq!(got, ["fd00:1::/64", "fd00:3::/64"]);
+            assert_eq!(ours(&ns).len(), 2);
+        },
+    );
+}
+
+#[test]
+fn ten_thousand_routes_in_one_batch() {
+    testns::run("ten_thousand_routes_in_one_batch", |ns| async move {
+        let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        let updates: Vec<RouteUpdate> = (0..10_000u32)
+            .map(|i| {
+                let addr = Ipv6Addr::new(
+                    0xfd00,
+                    (i >> 16) as u16,
+                    i as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                let mut hops = vec![nh("fe80::1", a0)];
+                if i % 2 == 1 {
+                    hops.push(nh("fe80::2", b0));
+                }
+                RouteUpdate {
+                    destination: Ipv6Net::new(addr, 48).expect("prefix"),
+                    nexthops: hops.into_iter().collect(),
+                }
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        dp.apply(updates.clone()).await.unwrap();
+        eprintln!("10,000 routes applied in {:?}", started.elapsed());
+        let got = ours(&ns);
+        assert_eq!(got.len(), 10_000);
+        for u in &updates {
+            let key = u.destination.to_string();
+            assert_eq!(got[&key].len(), u.nexthops.len(), "{key}");
+        }
+        assert_eq!(dp.remove_all().await.unwrap(), 10_000);
+        assert!(ours(&ns).is_empty());
+    });
+}
