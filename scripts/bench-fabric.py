@@ -821,9 +821,10 @@ def main():
     print(f"all peers in Exchange {t_peered - t_start:.2f} s after start")
     idle = {n: mem_of(n) for n in ("s1", "t1", "s2")}
     for n in ("s1", "t1", "s2"):
-        if n not in WRAP and not idle[n].get("Name", "").startswith("ddmd"):
+        want = os.path.basename(DDMD)[:15]
+        if n not in WRAP and idle[n].get("Name", "") != want:
             raise RuntimeError(f"pid of {n} is {idle[n].get('Name')}, "
-                               f"not ddmd")
+                               f"not {want}")
 
     # ---- 1. single-prefix convergence ----------------------------------
     print(f"\n1. single-prefix convergence s1 -> s2 ({RUNS} runs + 1 warm-up)")
