@@ -761,9 +761,11 @@ def size_round(size, ports, mon, results):
                             f"<= {MEM_TARGET_MIB[n]} MiB, every run "
                             f"{'yes' if every else 'no'}",
                             m <= MEM_TARGET_MIB[n]))
-            results.append((f"peak RSS {n}, spread over runs",
-                            f"{spread:.1f} MiB", f"<= {MEM_SPREAD_MIB} MiB",
-                            spread <= MEM_SPREAD_MIB))
+            if len(runs) > 1:
+                results.append((f"peak RSS {n}, spread over runs",
+                                f"{spread:.1f} MiB",
+                                f"<= {MEM_SPREAD_MIB} MiB",
+                                spread <= MEM_SPREAD_MIB))
     return {"size": size, "floor_add": med("floor_add"),
             "floor_del": med("floor_del"), "add": med("add"),
             "del": med("del"), "cpu": {n: med("cpu", n) for n in NAMES},
