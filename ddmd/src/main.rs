@@ -2,15 +2,24 @@
 
 use std::process::ExitCode;
 
+mod alloc;
 mod cli;
 mod daemon;
 mod logging;
 mod port_file;
 
+/// Most threads tokio's blocking pool may run at once.
+const BLOCKING_THREADS: usize = 4;
+
 fn main() -> ExitCode {
+    alloc::tune();
     let args = cli::Args::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The blocking pool runs the netlink socket (one at a time, behind
+        // a lock) and the store: a few threads suffice, and each one costs
+        // a stack and allocator state.
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {

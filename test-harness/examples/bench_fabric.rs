@@ -19,6 +19,15 @@
 //! notification (`ENOBUFS`) prints `O <mono_ns>`. It runs until stdin is
 //! closed or it is killed. It prints `R` once subscribed.
 //!
+//! `bench_fabric floor add|del N NETNS:IFNAME...` is the kernel floor the
+//! benchmark compares `ddmd` with: a bare netlink client that adds (or
+//! deletes) the same `N` routes as the benchmark's big advertisement
+//! (`fd10:0:<i/65536>:<i%65536>::/64 via fe80::2 dev IFNAME proto 221`) in
+//! each named namespace at once, one thread per namespace, 256 requests
+//! per `send` and one acknowledgement per send. It prints
+//! `F <seconds> <errors>`: the wall time from the common start until the
+//! last table is done, and how many requests the kernels refused.
+//!
 //! Linux only; needs root (setns).
 
 #[cfg(target_os = "linux")]
@@ -253,6 +262,254 @@ mod monitor {
 }
 
 #[cfg(target_os = "linux")]
+mod floor {
+    use std::io;
+    use std::sync::{Arc, Barrier};
+    use std::time::Instant;
+
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_DELROUTE: u16 = 25;
+    const NLMSG_ERROR: u16 = 2;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const NLM_F_EXCL: u16 = 0x200;
+    const NLM_F_CREATE: u16 = 0x400;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RT_TABLE_MAIN: u8 = 254;
+    const RTPROT_DDM: u8 = 221;
+    const RTN_UNICAST: u8 = 1;
+    const AF_INET6: u8 = 10;
+    /// Requests per `send`, as the issue's floor prescribes.
+    pub const PER_SEND: usize = 256;
+    /// One request: header 16, rtmsg 12, dst 20, gateway 20, oif 8.
+    const MSG_LEN: usize = 76;
+
+    fn attr(buf: &mut Vec<u8>, typ: u16, data: &[u8]) {
+        buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        buf.extend_from_slice(&typ.to_ne_bytes());
+        buf.extend_from_slice(data);
+    }
+
+    /// Route `i` of the benchmark's big advertisement.
+    fn dst(i: usize) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[0] = 0xfd;
+        d[1] = 0x10;
+        d[4..6].copy_from_slice(&((i >> 16) as u16).to_be_bytes());
+        d[6..8].copy_from_slice(&((i & 0xffff) as u16).to_be_bytes());
+        d
+    }
+
+    fn request(
+        buf: &mut Vec<u8>,
+        add: bool,
+        i: usize,
+        seq: u32,
+        ack: bool,
+        oif: u32,
+    ) {
+        let (typ, mut flags) = if add {
+            (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL)
+        } else {
+            (RTM_DELROUTE, NLM_F_REQUEST)
+        };
+        if ack {
+            flags |= NLM_F_ACK;
+        }
+        buf.extend_from_slice(&(MSG_LEN as u32).to_ne_bytes());
+        buf.extend_from_slice(&typ.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        // rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
+        // type, flags (u32).
+        buf.extend_from_slice(&[
+            AF_INET6,
+            64,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            RTPROT_DDM,
+            0,
+            RTN_UNICAST,
+        ]);
+        buf.extend_from_slice(&0u32.to_ne_bytes());
+        attr(buf, RTA_DST, &dst(i));
+        let gw = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        attr(buf, RTA_GATEWAY, &gw);
+        attr(buf, RTA_OIF, &oif.to_ne_bytes());
+    }
+
+    fn enter(ns: &str) -> io::Result<()> {
+        let f = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: f is an open namespace file; this moves only the
+        // calling thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn socket() -> io::Result<i32> {
+        // SAFETY: plain socket calls on values we own.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let size: libc::c_int = 4 << 20;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            Ok(fd)
+        }
+    }
+
+    /// Send `batch`, then read until the acknowledgement of `last_seq`;
+    /// returns how many requests were refused.
+    fn exchange(
+        fd: i32,
+        batch: &[u8],
+        last_seq: u32,
+        rbuf: &mut [u8],
+    ) -> io::Result<usize> {
+        // SAFETY: batch is valid for its length.
+        let n =
+            unsafe { libc::send(fd, batch.as_ptr().cast(), batch.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut errors = 0;
+        loop {
+            // SAFETY: rbuf is valid for its length.
+            let n = unsafe {
+                libc::recv(fd, rbuf.as_mut_ptr().cast(), rbuf.len(), 0)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let buf = &rbuf[..n as usize];
+            let mut off = 0;
+            let mut done = false;
+            while off + 20 <= buf.len() {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap())
+                        as usize;
+                let typ = u16::from_ne_bytes(
+                    buf[off + 4..off + 6].try_into().unwrap(),
+                );
+                let seq = u32::from_ne_bytes(
+                    buf[off + 8..off + 12].try_into().unwrap(),
+                );
+                if len < 16 {
+                    break;
+                }
+                if typ == NLMSG_ERROR {
+                    let err = i32::from_ne_bytes(
+                        buf[off + 16..off + 20].try_into().unwrap(),
+                    );
+                    if err != 0 {
+                        errors += 1;
+                    }
+                    if seq == last_seq {
+                        done = true;
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+            if done {
+                return Ok(errors);
+            }
+        }
+    }
+
+    /// Fill (or empty) one table: runs in its own thread.
+    fn one(
+        ns: &str,
+        ifname: &str,
+        add: bool,
+        n: usize,
+        start: &Barrier,
+    ) -> io::Result<usize> {
+        enter(ns)?;
+        let fd = socket()?;
+        let name = std::ffi::CString::new(ifname)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: name is a valid NUL-terminated string.
+        let oif = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if oif == 0 {
+            start.wait();
+            return Err(io::Error::last_os_error());
+        }
+        let mut batch = Vec::with_capacity(PER_SEND * MSG_LEN);
+        let mut rbuf = vec![0u8; 1 << 16];
+        let mut errors = 0;
+        start.wait();
+        let mut i = 0;
+        let mut seq = 0u32;
+        while i < n {
+            let end = (i + PER_SEND).min(n);
+            batch.clear();
+            for k in i..end {
+                seq += 1;
+                request(&mut batch, add, k, seq, k + 1 == end, oif);
+            }
+            errors += exchange(fd, &batch, seq, &mut rbuf)?;
+            i = end;
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        Ok(errors)
+    }
+
+    pub fn run(
+        add: bool,
+        n: usize,
+        targets: &[String],
+    ) -> io::Result<(f64, usize)> {
+        let start = Arc::new(Barrier::new(targets.len() + 1));
+        let mut threads = Vec::new();
+        for t in targets {
+            let (ns, ifname) = t.split_once(':').ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{t}: want NETNS:IFNAME"),
+                )
+            })?;
+            let (ns, ifname) = (ns.to_string(), ifname.to_string());
+            let start = Arc::clone(&start);
+            threads.push(std::thread::spawn(move || {
+                one(&ns, &ifname, add, n, &start)
+            }));
+        }
+        start.wait();
+        let t0 = Instant::now();
+        let mut errors = 0;
+        for t in threads {
+            errors += t
+                .join()
+                .map_err(|_| io::Error::other("floor thread panicked"))??;
+        }
+        Ok((t0.elapsed().as_secs_f64(), errors))
+    }
+}
+
+#[cfg(target_os = "linux")]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1..).unwrap_or_default() {
@@ -262,8 +519,28 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        [cmd, op, n, targets @ ..]
+            if cmd == "floor"
+                && (op == "add" || op == "del")
+                && !targets.is_empty() =>
+        {
+            let Ok(n) = n.parse::<usize>() else {
+                eprintln!("bench_fabric floor: bad count {n}");
+                std::process::exit(2);
+            };
+            match floor::run(op == "add", n, targets) {
+                Ok((secs, errors)) => println!("F {secs:.6} {errors}"),
+                Err(e) => {
+                    eprintln!("bench_fabric floor: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: bench_fabric monitor NETNS");
+            eprintln!(
+                "usage: bench_fabric monitor NETNS\n       \
+                 bench_fabric floor add|del N NETNS:IFNAME..."
+            );
             std::process::exit(2);
         }
     }
