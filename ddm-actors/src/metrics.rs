@@ -681,6 +681,7 @@ mod tests {
             dataplane: Some(dataplane),
             packet_io,
             watch_links: false,
+            exchange_net: Default::default(),
             log: Logger::root(slog::Discard, slog::o!()),
         };
         ractor::Actor::spawn(None, Supervisor, args).await.unwrap().0

@@ -37,6 +37,7 @@ use crate::discovery::{
 use crate::exchange::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeRef,
 };
+use crate::exchange::transport::ExchangeTransport;
 use crate::metrics::{CounterSources, StoreCounters};
 use crate::rib::PeerId;
 use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
@@ -145,6 +146,8 @@ pub struct SupervisorArgs {
     pub packet_io: PacketIoFactory,
     /// Watch the kernel's link events (Linux with netlink only).
     pub watch_links: bool,
+    /// The exchange actors' network side (HTTP in a deployment).
+    pub exchange_net: ExchangeTransport,
     /// Logger.
     pub log: Logger,
 }
@@ -196,6 +199,8 @@ pub struct SupervisorState {
     stopping: bool,
     /// The daemon's root logger, handed to children.
     root_log: Logger,
+    /// The exchange actors' network side.
+    exchange_net: ExchangeTransport,
     /// This actor's logger.
     log: Logger,
 }
@@ -294,7 +299,7 @@ impl SupervisorState {
             return;
         };
         let id = PeerId { ifindex, addr: peer.addr };
-        let args = ExchangeArgs::new(
+        let mut args = ExchangeArgs::new(
             &self.config.router,
             ifindex,
             local_addr,
@@ -303,6 +308,7 @@ impl SupervisorState {
             Some(myself.get_derived()),
             self.root_log.clone(),
         );
+        args.transport = self.exchange_net.clone();
         match Actor::spawn_linked(None, Exchange, args, myself.get_cell()).await
         {
             // The exchange actor announces the peer to the router itself,
@@ -645,6 +651,7 @@ impl Actor for Supervisor {
             failures: BTreeMap::new(),
             stopping: false,
             root_log: args.log,
+            exchange_net: args.exchange_net,
             log,
         };
         state.start_admin(&myself).await?;
@@ -804,6 +811,7 @@ mod tests {
             dataplane: Some(factory),
             packet_io,
             watch_links: false,
+            exchange_net: Default::default(),
             log: log(),
         };
         Actor::spawn(None, Supervisor, args).await.unwrap().0

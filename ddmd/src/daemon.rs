@@ -8,6 +8,7 @@ use ddm_actors::config::{
     AdminConfig, DaemonConfig, InterfaceSpec, RouterConfig,
 };
 use ddm_actors::discovery::PacketIo;
+use ddm_actors::exchange::transport::ExchangeTransport;
 use ddm_actors::metrics;
 use ddm_actors::policy::PolicyConfig;
 use ddm_actors::store::Store;
@@ -172,6 +173,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             dataplane,
             packet_io: Arc::new(|_: &InterfaceSpec| PacketIo::udp()),
             watch_links: !args.no_state_machine,
+            exchange_net: ExchangeTransport::http(),
             log: log.new(o!()),
         },
     )

@@ -1,65 +1,35 @@
-//! The exchange actor: one per peer.
+//! The exchange actor: one per peer, the glue around its [`Session`].
 //!
 //! ```text
 //!                 ┌──────────── Exchange actor ─────────────┐
-//!   router ─Push/Pull─▶ pending (merged) ─▶ push task ─PUT /vN/push─▶ peer
-//!                 │                     ◀─PushDone──┘            │
-//!                 │     pull task ─GET /vN/pull─────────────────▶ peer
-//!                 │     ◀─PullDone──┘ ─PullResult─▶ router        │
-//!   timers ─Retry{gen}─▶                                          │
+//!   router ─Push/Pull─▶ Session::handle ─effects─▶ push task ─push─▶ peer
+//!                 │         ▲ ◀─PushDone──┘                       │
+//!                 │         │   pull task ─pull──────────────────▶ peer
+//!                 │         │ ◀─PullDone──┘   ─PullResult/Import─▶ router
+//!   timers ─Retry{gen}─▶    │                                     │
 //!                 └─────────────────────────────────────────────┘
-//!   peer ─PUT /vN/push─▶ server task ─Pushed─▶ actor ─Import─▶ router
-//!   peer ─GET /vN/pull─▶ server task ─PullFor (call)─▶ router
+//!   peer ─push─▶ server (transport) ─Pushed─▶ actor ─Import─▶ router
+//!   peer ─pull─▶ server (transport) ─PullFor (call)─▶ router
 //! ```
 //!
+//! Every rule of the session (pushes held during a pull, pushes waiting
+//! for the first pull and its limit, merging, parts, splitting on a refusal,
+//! back-off, when a failing peer is reported, `Delivered`) is in
+//! [`super::session`], a pure state machine tested by replaying step files.
+//! This actor turns its messages into session inputs and carries out the
+//! effects: it starts the request tasks and timers, binds the server through
+//! the [`Transport`] (HTTP in production, [`super::transport::ExchangeNet`]
+//! in tests and simulations), casts to the router and to `on_failure`,
+//! counts and logs. Requests run on tasks that cast their outcome back, so
+//! the mailbox never waits on the network.
+//!
 //! On start the actor sends the router `PeerUp` (so the router knows the
-//! peer before any of its imports arrive), binds its [`server`] on
-//! `[local%ifindex]:port` and pulls the peer's full set once, handing it to
-//! the router as `PullResult`. Afterwards it pushes every update the router
-//! gives it, in order, one request at a time: while a push is in flight the
-//! updates that arrive are merged into one pending update (a later withdraw
-//! of a path cancels its pending announce and the other way round), sent
-//! when the in-flight one completes. Requests run on tasks that cast their
-//! outcome back, so the mailbox never waits on the network.
-//!
-//! Every push fits the peer's body limit, which belongs to the session: the
-//! original daemon's server refuses bodies over [`DEFAULT_PUSH_LIMIT`]
-//! (1024 bytes), so that is assumed until the peer's pull answer announces
-//! more ([`server::PUSH_LIMIT_HEADER`]; our own server announces its 64 MiB).
-//! Pushes wait for the first pull to complete (answered or failed), so the
-//! limit is known before the first one goes out. A pending update goes out
-//! in parts ([`take_chunk`]: withdrawals first) of at most
-//! [`MAX_PUSH_ITEMS`] items and the limit in bytes, so the peer starts on
-//! the first part while the rest follows; between our own daemons the item
-//! bound is the one that cuts. An item too large for any push is counted
-//! and logged, and dropped.
-//!
-//! A push the peer refuses as too large (`400`, the original's answer, or
-//! `413`) is no failure: it is put back and sent again in halves (the next
-//! pushes carry at most half its items until one is accepted); a single
-//! item refused alone is dropped like an oversize one. Either way the
-//! session's failure streak is untouched.
-//!
-//! Failures: a failed push or pull is retried after [`backoff`] (100 ms,
-//! doubling, at most 5 s); a failed push is put back in front of the pending
-//! one. After [`MAX_ATTEMPTS`] consecutive failures of either kind, spread
-//! over at least `give_up_after` (the expiry threshold), the actor sends
-//! [`ExchangeFailed`] to `on_failure` once (the supervisor expires the peer)
-//! and keeps retrying, the update still pending. A listener that
-//! cannot be bound (address still tentative, previous actor's socket not yet
-//! closed) is retried on the same schedule forever and logged; the actor
-//! keeps pushing and pulling meanwhile.
-//!
-//! The peer's pushes reach the router through this actor, in one stream
-//! with the pull answers: while a pull is out they are held back and passed
-//! on right after its answer, so the router (which takes an answer as the
-//! peer's whole set) never applies an answer over a newer push.
-//!
-//! Timers and request results carry a generation; a stale one is ignored.
-//! `post_stop` aborts every task and waits for the server to close its
-//! socket, so a new exchange actor for the same peer can bind at once.
+//! peer before any of its imports arrive), then starts the session (bind,
+//! first pull). `post_stop` aborts every task and waits for the server to
+//! close, so a new exchange actor for the same peer can bind at once.
 
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv6Addr, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +41,7 @@ use ractor::{
 use slog::{debug, error, info, o, warn, Logger};
 use tokio::task::JoinHandle;
 
-use super::client::{Client, ClientError, Pulled};
+use super::client::{ClientError, Pulled};
 use ddm_proto::outgoing::OutUpdate;
 // The push rules and the version live in the protocol floor; they stay
 // reachable here, where the session uses them.
@@ -80,7 +50,14 @@ pub use ddm_proto::outgoing::{
 };
 pub use ddm_proto::Version;
 
-use super::server::{self, ServerCtx};
+use super::server::ServerCtx;
+pub use super::session::{
+    backoff, TimerKind as RetryKind, BACKOFF_MAX, BACKOFF_MIN, MAX_ATTEMPTS,
+};
+use super::session::{
+    Counter, Effect, Failure, Input, PullAnswer, Session, TimerKind,
+};
+use super::transport::{ExchangeClient, ExchangeTransport, Serving};
 use super::wire::v3;
 use crate::config::RouterConfig;
 use crate::discovery::PeerIdentity;
@@ -89,22 +66,6 @@ use ddm_proto::PeerId;
 
 /// A handle to an exchange actor.
 pub type ExchangeRef = ActorRef<ExchangeMsg>;
-
-/// First retry delay after a failure.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Consecutive failed pushes (or pulls) after which the peer is reported
-/// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
-/// time.
-pub const MAX_ATTEMPTS: u32 = 5;
-
-/// The delay before the next attempt, after `failures` consecutive ones.
-pub fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
-}
-
 /// Told to `on_failure` when exchange with a peer keeps failing: the peer
 /// should be expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +206,8 @@ pub struct ExchangeArgs {
     pub give_up_after: Duration,
     /// Parent logger; the actor adds its component and peer.
     pub log: Logger,
+    /// The network side: HTTP in production, in-memory in tests.
+    pub transport: ExchangeTransport,
 }
 
 impl ExchangeArgs {
@@ -272,19 +235,9 @@ impl ExchangeArgs {
             on_failure,
             give_up_after: config.expire_threshold,
             log,
+            transport: ExchangeTransport::http(),
         }
     }
-}
-
-/// What a retry timer retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryKind {
-    /// Pull the peer's full set.
-    Pull,
-    /// Send the pending update.
-    Push,
-    /// Bind the server's listener.
-    Bind,
 }
 
 /// Messages an exchange actor handles.
@@ -326,437 +279,198 @@ pub enum ExchangeMsg {
     GetPushLimit(RpcReplyPort<usize>),
 }
 
-/// One retried activity: its task or timer and its failure streak.
-#[derive(Default)]
-struct Track {
-    /// The request task in flight.
-    task: Option<JoinHandle<()>>,
-    /// The pending retry timer.
-    timer: Option<JoinHandle<()>>,
-    /// Generation of the task or timer that counts; others are stale.
-    gen: u64,
-    /// Consecutive failures.
-    failures: u32,
-}
-
-impl Track {
-    /// Abort the task and the timer; their handles, to await.
-    fn abort(&mut self) -> impl Iterator<Item = JoinHandle<()>> {
-        let both = [self.task.take(), self.timer.take()];
-        both.into_iter().flatten().inspect(|t| t.abort())
+/// A request failure as the session sees it.
+fn failure(e: ClientError) -> Failure {
+    if e.is_refused_as_too_large() {
+        Failure::TooLarge(e.to_string())
+    } else {
+        Failure::Other(e.to_string())
     }
 }
 
 /// State of an exchange actor.
 pub struct State {
+    /// The session's rules.
+    session: Session,
+    /// When the session started (its clock's zero).
+    started: tokio::time::Instant,
     /// The peer.
     peer: PeerId,
     /// The router.
     router: RouterRef,
     /// Told when exchange keeps failing.
     on_failure: Option<DerivedActorRef<ExchangeFailed>>,
-    /// Whether the current failure streak was reported.
-    reported: bool,
-    /// When the current failure streak began.
-    failing_since: Option<tokio::time::Instant>,
-    /// How long a streak must last before it is reported.
-    give_up_after: Duration,
     /// The peer's server.
-    client: Client,
-    /// Counters, shared with the server task.
+    client: Arc<dyn ExchangeClient>,
+    /// Serves the peer.
+    transport: ExchangeTransport,
+    /// Counters, shared with the server.
     stats: Arc<Stats>,
     /// Where the server is to listen.
     listen: SocketAddrV6,
     /// What the server's handlers need.
     server_ctx: Arc<ServerCtx>,
-    /// The server task and where it listens, once bound.
-    server: Option<(SocketAddrV6, JoinHandle<()>)>,
-    /// Bind retries.
-    bind: Track,
-    /// The pull in flight or waiting to be retried.
-    pull: Track,
-    /// A pull was asked for while one was in flight: pull again after it.
-    pull_again: bool,
-    /// Pushes from the peer that arrived while a pull was out, in order.
-    ///
-    /// The peer computes a pull answer at one moment; a push it sends after
-    /// that moment reaches us through our server and could reach the router
-    /// before the answer, which comes back through our client. The router
-    /// takes an answer as the peer's whole set, so it must never see the
-    /// answer after a push the peer sent later: pushes are held here while
-    /// a pull is out and passed on right after its answer.
-    held: Option<Vec<v3::Update>>,
-    /// The push in flight or waiting to be retried.
-    push: Track,
-    /// The update in flight, put back in front of `pending` if it fails.
-    in_flight: Option<Arc<OutUpdate>>,
-    /// Updates not yet sent, merged into one.
-    pending: Option<OutUpdate>,
-    /// Whether a pull has completed (answered or failed): pushes wait for
-    /// it, so that they are cut to the limit its answer announces.
-    pulled_once: bool,
-    /// The largest push body the peer takes, for this session: announced
-    /// in its pull answers, else [`DEFAULT_PUSH_LIMIT`].
-    push_limit: usize,
-    /// After the peer refused a push as too large: at most this many items
-    /// per push, until one is accepted.
-    split_items: Option<usize>,
-    /// How many `Push` messages the router has given us.
-    received: u64,
-    /// Source of generations.
-    next_gen: u64,
+    /// The server, once bound.
+    server: Option<Serving>,
+    /// The pull task in flight.
+    pull_task: Option<JoinHandle<()>>,
+    /// The push task in flight.
+    push_task: Option<JoinHandle<()>>,
+    /// The latest timer of each kind (an earlier one is stale anyway).
+    timers: HashMap<TimerKind, JoinHandle<()>>,
     /// Logger with the peer.
     log: Logger,
 }
 
 impl State {
-    fn gen(&mut self) -> u64 {
-        self.next_gen += 1;
-        self.next_gen
-    }
-
-    fn schedule(&mut self, myself: &ExchangeRef, kind: RetryKind) {
-        let gen = self.gen();
-        let track = match kind {
-            RetryKind::Pull => &mut self.pull,
-            RetryKind::Push => &mut self.push,
-            RetryKind::Bind => &mut self.bind,
-        };
-        let delay = backoff(track.failures);
-        track.gen = gen;
-        let me = myself.clone();
-        track.timer = Some(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = me.cast(ExchangeMsg::Retry { kind, gen });
-        }));
-    }
-
-    fn try_bind(&mut self, myself: &ExchangeRef) {
-        let bound = server::bind(self.listen).and_then(|l| {
-            let addr = match l.local_addr()? {
-                SocketAddr::V6(a) => a,
-                SocketAddr::V4(_) => self.listen,
-            };
-            Ok((l, addr))
-        });
-        match bound {
-            Ok((listener, addr)) => {
-                info!(self.log, "exchange server listening"; "addr" => %addr);
-                self.bind.failures = 0;
-                let task = server::spawn(listener, self.server_ctx.clone());
-                self.server = Some((addr, task));
-            }
-            Err(e) => {
-                self.bind.failures += 1;
-                Stats::bump(&self.stats.bind_failures);
-                warn!(self.log, "cannot bind the exchange server; will retry";
-                    "addr" => %self.listen, "error" => %e,
-                    "failures" => self.bind.failures);
-                self.schedule(myself, RetryKind::Bind);
+    /// Feed `input` to the session and carry out what it asks, including
+    /// the inputs that carrying it out produces at once (a bind's result).
+    fn step(&mut self, myself: &ExchangeRef, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.started.elapsed();
+            for effect in self.session.handle(now, input) {
+                inputs.extend(self.execute(myself, effect));
             }
         }
     }
 
-    fn start_pull(&mut self, myself: &ExchangeRef) {
-        if self.pull.task.is_some() {
-            self.pull_again = true;
-            return;
-        }
-        if let Some(t) = self.pull.timer.take() {
-            t.abort();
-        }
-        let gen = self.gen();
-        self.pull.gen = gen;
-        self.held.get_or_insert_with(Vec::new);
-        let (client, me) = (self.client.clone(), myself.clone());
-        self.pull.task = Some(tokio::spawn(async move {
-            let result = client.pull().await;
-            let _ = me.cast(ExchangeMsg::PullDone { gen, result });
-        }));
-    }
-
-    fn pull_done(
+    fn execute(
         &mut self,
         myself: &ExchangeRef,
-        gen: u64,
-        result: Result<Pulled, ClientError>,
-    ) {
-        if gen != self.pull.gen || self.pull.task.take().is_none() {
-            return;
-        }
-        let first = !std::mem::replace(&mut self.pulled_once, true);
-        match result {
-            Ok(Pulled { response, push_limit, bytes }) => {
-                Stats::bump(&self.stats.pulls_sent);
-                Stats::add(&self.stats.pull_bytes_received, bytes);
-                self.learn_push_limit(push_limit);
-                self.pull.failures = 0;
-                self.clear_report();
-                let peer = self.peer;
-                let msg = RouterMsg::PullResult { peer, response };
+        effect: Effect,
+    ) -> Option<Input> {
+        match effect {
+            Effect::Bind => return Some(self.bind()),
+            Effect::Pull { gen } => {
+                let (client, me) = (self.client.clone(), myself.clone());
+                self.pull_task = Some(tokio::spawn(async move {
+                    let result = client.pull().await;
+                    let _ = me.cast(ExchangeMsg::PullDone { gen, result });
+                }));
+            }
+            Effect::Push { gen, update } => {
+                let (client, me) = (self.client.clone(), myself.clone());
+                self.push_task = Some(tokio::spawn(async move {
+                    let result = client.push(&update).await;
+                    let _ = me.cast(ExchangeMsg::PushDone { gen, result });
+                }));
+            }
+            Effect::StartTimer { kind, gen, after_ms } => {
+                let me = myself.clone();
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                    let _ = me.cast(ExchangeMsg::Retry { kind, gen });
+                });
+                if let Some(old) = self.timers.insert(kind, timer) {
+                    old.abort();
+                }
+            }
+            Effect::Import(update) => {
+                let msg = RouterMsg::Import { peer: self.peer, update };
+                if let Err(e) = self.router.cast(msg) {
+                    warn!(self.log, "router gone; push dropped"; "error" => %e);
+                }
+            }
+            Effect::PullResult(response) => {
+                let msg = RouterMsg::PullResult { peer: self.peer, response };
                 if let Err(e) = self.router.cast(msg) {
                     warn!(self.log, "router gone; pull result dropped";
                         "error" => %e);
                 }
-                self.release_held();
-                if std::mem::take(&mut self.pull_again) {
-                    self.start_pull(myself);
+            }
+            Effect::Delivered { through } => {
+                // Every push the router gave so far has reached the peer:
+                // the router forgets the withdrawals they carried (see
+                // `rib::Told`).
+                let msg = RouterMsg::Delivered {
+                    peer: self.peer,
+                    exchange: myself.get_id(),
+                    through,
+                };
+                if let Err(e) = self.router.cast(msg) {
+                    debug!(self.log, "router gone; delivery not reported";
+                        "error" => %e);
                 }
             }
-            Err(e) => {
-                Stats::bump(&self.stats.pull_failures);
-                self.pull.failures += 1;
-                self.pull_again = false;
-                // No answer is coming: what the peer pushed meanwhile is
-                // newer than anything it answered before.
-                self.release_held();
-                warn!(self.log, "pull failed"; "error" => %e,
-                    "failures" => self.pull.failures);
-                self.check_report();
-                self.schedule(myself, RetryKind::Pull);
-            }
-        }
-        if first {
-            // The limit is known (or, without an answer, assumed): the
-            // pushes queued meanwhile can go.
-            self.push_if_idle(myself);
-        }
-    }
-
-    /// Take the push limit a pull answer announced (none: the default).
-    fn learn_push_limit(&mut self, announced: Option<usize>) {
-        let limit =
-            announced.map_or(DEFAULT_PUSH_LIMIT, |l| l.max(DEFAULT_PUSH_LIMIT));
-        if limit != self.push_limit {
-            info!(self.log, "push limit for this peer";
-                "bytes" => limit, "was" => self.push_limit,
-                "announced" => announced.is_some());
-            self.push_limit = limit;
-        }
-    }
-
-    /// A push from the peer: to the router, unless a pull is out.
-    fn pushed(&mut self, update: v3::Update) {
-        match &mut self.held {
-            Some(held) => held.push(update),
-            None => self.import(update),
-        }
-    }
-
-    /// Pass on the pushes held back while a pull was out.
-    fn release_held(&mut self) {
-        for update in self.held.take().unwrap_or_default() {
-            self.import(update);
-        }
-    }
-
-    fn import(&self, update: v3::Update) {
-        let msg = RouterMsg::Import { peer: self.peer, update };
-        if let Err(e) = self.router.cast(msg) {
-            warn!(self.log, "router gone; push dropped"; "error" => %e);
-        }
-    }
-
-    fn queue(&mut self, myself: &ExchangeRef, update: OutUpdate) {
-        self.received += 1;
-        if update.is_empty() {
-            if self.pending.is_none() && self.push.task.is_none() {
-                self.report_delivered(myself);
-            }
-            return;
-        }
-        match &mut self.pending {
-            Some(p) => merge(p, update),
-            None => self.pending = Some(update),
-        }
-        self.push_if_idle(myself);
-        if self.push.task.is_none() && self.pending.is_none() {
-            // Nothing went out: the update held only items no push can
-            // carry, dropped for good.
-            self.report_delivered(myself);
-        }
-    }
-
-    /// Send the next part unless a push is in flight or waiting to be
-    /// retried, or the first pull has not completed yet.
-    fn push_if_idle(&mut self, myself: &ExchangeRef) {
-        if self.pulled_once
-            && self.push.task.is_none()
-            && self.push.timer.is_none()
-        {
-            self.send_next(myself);
-        }
-    }
-
-    /// What one push may carry now.
-    fn push_bounds(&self) -> PushBounds {
-        let mut bounds =
-            PushBounds::new(self.push_limit, self.client.version());
-        if let Some(n) = self.split_items {
-            bounds.items = bounds.items.min(n);
-        }
-        bounds
-    }
-
-    fn send_next(&mut self, myself: &ExchangeRef) {
-        let bounds = self.push_bounds();
-        let Some(pending) = self.pending.as_mut() else {
-            return;
-        };
-        let Chunk { part: update, oversize } = take_chunk(pending, bounds);
-        if pending.is_empty() {
-            self.pending = None;
-        }
-        if !oversize.is_empty() {
-            self.drop_oversize(&oversize, "larger than the peer's push limit");
-        }
-        if update.is_empty() {
-            return;
-        }
-        let update = Arc::new(update);
-        let gen = self.gen();
-        self.push.gen = gen;
-        self.in_flight = Some(update.clone());
-        let (client, me) = (self.client.clone(), myself.clone());
-        self.push.task = Some(tokio::spawn(async move {
-            let result = client.push(&update).await;
-            let _ = me.cast(ExchangeMsg::PushDone { gen, result });
-        }));
-    }
-
-    fn push_done(
-        &mut self,
-        myself: &ExchangeRef,
-        gen: u64,
-        result: Result<usize, ClientError>,
-    ) {
-        if gen != self.push.gen || self.push.task.take().is_none() {
-            return;
-        }
-        let sent = self.in_flight.take();
-        match result {
-            Ok(bytes) => {
-                Stats::bump(&self.stats.pushes_sent);
-                Stats::add(&self.stats.push_bytes_sent, bytes);
-                self.push.failures = 0;
-                self.split_items = None;
-                self.clear_report();
-                self.send_next(myself);
-                if self.push.task.is_none() && self.pending.is_none() {
-                    self.report_delivered(myself);
+            Effect::ReportFailure { push_failures, pull_failures } => {
+                Stats::bump(&self.stats.failures_reported);
+                error!(self.log, "exchange with peer keeps failing";
+                    "push_failures" => push_failures,
+                    "pull_failures" => pull_failures);
+                if let Some(to) = &self.on_failure {
+                    let failed = ExchangeFailed { peer: self.peer };
+                    if let Err(e) = to.send_message(failed) {
+                        warn!(self.log, "cannot report the failure";
+                            "error" => %e);
+                    }
                 }
             }
-            Err(e) if e.is_refused_as_too_large() => {
-                // The peer answered, so this is no failure of the session
-                // (the original answers 400 to a body over its limit):
-                // smaller pushes go out at once. A single item refused is
-                // dropped, as final as a delivery.
+            Effect::Count { counter, n } => {
+                let c = match counter {
+                    Counter::PushesSent => &self.stats.pushes_sent,
+                    Counter::PushBytesSent => &self.stats.push_bytes_sent,
+                    Counter::PullsSent => &self.stats.pulls_sent,
+                    Counter::PullBytesReceived => {
+                        &self.stats.pull_bytes_received
+                    }
+                };
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+            Effect::Failed { op, failures, error } => {
+                let c = match op {
+                    TimerKind::Push => &self.stats.push_failures,
+                    TimerKind::Pull => &self.stats.pull_failures,
+                    TimerKind::Bind => &self.stats.bind_failures,
+                };
+                Stats::bump(c);
+                match op {
+                    TimerKind::Bind => warn!(self.log,
+                        "cannot bind the exchange server; will retry";
+                        "addr" => %self.listen, "error" => error,
+                        "failures" => failures),
+                    _ => warn!(self.log, "request failed"; "op" => ?op,
+                        "error" => error, "failures" => failures),
+                }
+            }
+            Effect::Refused { items, error } => {
                 Stats::bump(&self.stats.pushes_refused);
-                if let Some(sent) = sent {
-                    self.split(sent, &e);
-                }
-                self.send_next(myself);
-                if self.push.task.is_none() && self.pending.is_none() {
-                    self.report_delivered(myself);
-                }
+                info!(self.log, "push refused as too large; \
+                    sending it in halves unless single";
+                    "items" => items, "error" => error);
             }
-            Err(e) => {
-                Stats::bump(&self.stats.push_failures);
-                self.push.failures += 1;
-                warn!(self.log, "push failed"; "error" => %e,
-                    "failures" => self.push.failures);
-                if let Some(sent) = sent {
-                    self.put_back(sent);
-                }
-                self.check_report();
-                self.schedule(myself, RetryKind::Push);
+            Effect::Dropped { why, limit, update } => {
+                let n = update.len() as u64;
+                self.stats
+                    .items_dropped_oversize
+                    .fetch_add(n, Ordering::Relaxed);
+                let wire = update.to_wire();
+                let (u, t) = (wire.underlay.unwrap_or_default(), wire.tunnel);
+                let first = u.withdraw.iter().chain(&u.announce).next();
+                error!(self.log, "dropping an update no push can carry";
+                    "why" => ?why, "items" => n, "limit" => limit,
+                    "destination" => first.map(|p| p.destination.to_string()),
+                    "path_len" => first.map(|p| p.path.len()),
+                    "tunnels" => t.map_or(0, |t| t.announce.len() + t.withdraw.len()));
             }
-        }
-    }
-
-    /// Put an update that was not delivered back in front of the pending
-    /// one.
-    fn put_back(&mut self, sent: Arc<OutUpdate>) {
-        let mut again = Arc::try_unwrap(sent).unwrap_or_else(|a| (*a).clone());
-        if let Some(later) = self.pending.take() {
-            merge(&mut again, later);
-        }
-        self.pending = Some(again);
-    }
-
-    /// The peer refused `sent` as too large: send it again in halves (the
-    /// next pushes carry at most half as many items until one is
-    /// accepted), or drop it if it is a single item.
-    fn split(&mut self, sent: Arc<OutUpdate>, e: &ClientError) {
-        let items = sent.len();
-        if items <= 1 {
-            self.drop_oversize(&sent, "refused by the peer even alone");
-            return;
-        }
-        let half = items / 2;
-        info!(self.log, "push refused as too large; sending it in halves";
-            "items" => items, "half" => half, "error" => %e);
-        self.split_items = Some(half);
-        self.put_back(sent);
-    }
-
-    /// Count and log items that no push to this peer can carry.
-    fn drop_oversize(&self, dropped: &OutUpdate, why: &str) {
-        let n = dropped.len() as u64;
-        self.stats.items_dropped_oversize.fetch_add(n, Ordering::Relaxed);
-        let wire = dropped.to_wire();
-        let (u, t) = (wire.underlay.unwrap_or_default(), wire.tunnel);
-        let first = u.withdraw.iter().chain(&u.announce).next();
-        error!(self.log, "dropping an update no push can carry";
-            "why" => why, "items" => n, "limit" => self.push_limit,
-            "destination" => first.map(|p| p.destination.to_string()),
-            "path_len" => first.map(|p| p.path.len()),
-            "tunnels" => t.map_or(0, |t| t.announce.len() + t.withdraw.len()));
-    }
-
-    /// Every push the router gave us so far has reached the peer: the
-    /// router forgets the withdrawals they carried (see `rib::Told`).
-    fn report_delivered(&self, myself: &ExchangeRef) {
-        let msg = RouterMsg::Delivered {
-            peer: self.peer,
-            exchange: myself.get_id(),
-            through: self.received,
-        };
-        if let Err(e) = self.router.cast(msg) {
-            debug!(self.log, "router gone; delivery not reported";
-                "error" => %e);
-        }
-    }
-
-    fn check_report(&mut self) {
-        let streak = self.push.failures.max(self.pull.failures);
-        let now = tokio::time::Instant::now();
-        let since = *self.failing_since.get_or_insert(now);
-        if streak < MAX_ATTEMPTS
-            || self.reported
-            || now.saturating_duration_since(since) < self.give_up_after
-        {
-            return;
-        }
-        self.reported = true;
-        Stats::bump(&self.stats.failures_reported);
-        error!(self.log, "exchange with peer keeps failing";
-            "push_failures" => self.push.failures,
-            "pull_failures" => self.pull.failures);
-        if let Some(to) = &self.on_failure {
-            if let Err(e) = to.send_message(ExchangeFailed { peer: self.peer })
-            {
-                warn!(self.log, "cannot report the failure"; "error" => %e);
+            Effect::PushLimit { bytes, was } => {
+                info!(self.log, "push limit for this peer";
+                    "bytes" => bytes, "was" => was);
             }
         }
+        None
     }
 
-    fn clear_report(&mut self) {
-        if self.push.failures.max(self.pull.failures) < MAX_ATTEMPTS {
-            self.reported = false;
-        }
-        if self.push.failures == 0 && self.pull.failures == 0 {
-            self.failing_since = None;
+    /// Bind the server now; the outcome for the session.
+    fn bind(&mut self) -> Input {
+        match self.transport.0.serve(self.listen, self.server_ctx.clone()) {
+            Ok(serving) => {
+                info!(self.log, "exchange server listening";
+                    "addr" => %serving.addr);
+                self.server = Some(serving);
+                Input::Bound(Ok(()))
+            }
+            Err(e) => Input::Bound(Err(e.to_string())),
         }
     }
 }
@@ -800,31 +514,27 @@ impl Actor for Exchange {
             SocketAddrV6::new(peer.addr, args.peer_port, 0, peer.ifindex);
         info!(log, "exchange starting"; "kind" => %args.peer_kind,
             "version" => ?version, "peer_server" => %peer_addr);
+        let client = args.transport.0.client(
+            peer_addr,
+            args.local_addr,
+            version,
+            args.timeout,
+        );
         let mut state = State {
+            session: Session::new(version, args.give_up_after),
+            started: tokio::time::Instant::now(),
             peer,
             router: args.router,
             on_failure: args.on_failure,
-            reported: false,
-            failing_since: None,
-            give_up_after: args.give_up_after,
-            client: Client::new(peer_addr, version, args.timeout)
-                .bound_to(args.local_addr),
+            client,
+            transport: args.transport,
             stats,
             listen,
             server_ctx,
             server: None,
-            bind: Track::default(),
-            pull: Track::default(),
-            pull_again: false,
-            held: None,
-            push: Track::default(),
-            in_flight: None,
-            pending: None,
-            pulled_once: false,
-            push_limit: DEFAULT_PUSH_LIMIT,
-            split_items: None,
-            received: 0,
-            next_gen: 0,
+            pull_task: None,
+            push_task: None,
+            timers: HashMap::new(),
             log,
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead
@@ -840,8 +550,7 @@ impl Actor for Exchange {
         if let Err(e) = state.router.cast(up) {
             warn!(state.log, "router gone at start"; "error" => %e);
         }
-        state.try_bind(&myself);
-        state.start_pull(&myself);
+        state.step(&myself, Input::Start);
         Ok(state)
     }
 
@@ -851,12 +560,12 @@ impl Actor for Exchange {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        for track in [&mut state.bind, &mut state.pull, &mut state.push] {
-            tasks.extend(track.abort());
-        }
-        if let Some((_, server)) = state.server.take() {
-            server.abort();
-            tasks.push(server);
+        tasks.extend(state.pull_task.take());
+        tasks.extend(state.push_task.take());
+        tasks.extend(state.timers.drain().map(|(_, t)| t));
+        tasks.extend(state.server.take().map(|s| s.task));
+        for t in &tasks {
+            t.abort();
         }
         for t in tasks {
             let _ = t.await;
@@ -871,43 +580,37 @@ impl Actor for Exchange {
         msg: ExchangeMsg,
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ExchangeMsg::Push(update) => state.queue(&myself, update),
-            ExchangeMsg::Pull => state.start_pull(&myself),
-            ExchangeMsg::Pushed(update) => state.pushed(update),
-            ExchangeMsg::PullDone { gen, result } => {
-                state.pull_done(&myself, gen, result)
-            }
-            ExchangeMsg::PushDone { gen, result } => {
-                state.push_done(&myself, gen, result)
-            }
-            ExchangeMsg::Retry { kind, gen } => match kind {
-                RetryKind::Pull if gen == state.pull.gen => {
-                    state.pull.timer = None;
-                    state.start_pull(&myself);
+        let input =
+            match msg {
+                ExchangeMsg::Push(update) => Input::Push(update),
+                ExchangeMsg::Pull => Input::Pull,
+                ExchangeMsg::Pushed(update) => Input::Pushed(update),
+                ExchangeMsg::PullDone { gen, result } => Input::PullDone {
+                    gen,
+                    result: result
+                        .map(|Pulled { response, push_limit, bytes }| {
+                            PullAnswer { response, push_limit, bytes }
+                        })
+                        .map_err(failure),
+                },
+                ExchangeMsg::PushDone { gen, result } => {
+                    Input::PushDone { gen, result: result.map_err(failure) }
                 }
-                RetryKind::Push if gen == state.push.gen => {
-                    state.push.timer = None;
-                    state.push_if_idle(&myself);
+                ExchangeMsg::Retry { kind, gen } => Input::Timer { kind, gen },
+                ExchangeMsg::GetLocalAddr(reply) => {
+                    let _ = reply.send(state.server.as_ref().map(|s| s.addr));
+                    return Ok(());
                 }
-                RetryKind::Bind
-                    if gen == state.bind.gen && state.server.is_none() =>
-                {
-                    state.bind.timer = None;
-                    state.try_bind(&myself);
+                ExchangeMsg::GetCounters(reply) => {
+                    let _ = reply.send(state.stats.snapshot());
+                    return Ok(());
                 }
-                _ => debug!(state.log, "stale timer"; "kind" => ?kind),
-            },
-            ExchangeMsg::GetLocalAddr(reply) => {
-                let _ = reply.send(state.server.as_ref().map(|(a, _)| *a));
-            }
-            ExchangeMsg::GetCounters(reply) => {
-                let _ = reply.send(state.stats.snapshot());
-            }
-            ExchangeMsg::GetPushLimit(reply) => {
-                let _ = reply.send(state.push_limit);
-            }
-        }
+                ExchangeMsg::GetPushLimit(reply) => {
+                    let _ = reply.send(state.session.push_limit());
+                    return Ok(());
+                }
+            };
+        state.step(&myself, input);
         Ok(())
     }
 }
@@ -992,6 +695,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::super::client::Client;
+    use super::super::server;
     use super::testing::{fake_router, Seen};
     use super::*;
     use bytes::Bytes;
@@ -1568,6 +1273,7 @@ mod tests {
             router,
             on_failure,
             log: discard(),
+            transport: ExchangeTransport::http(),
         }
     }
 

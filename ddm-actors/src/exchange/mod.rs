@@ -9,6 +9,9 @@
 pub mod actor;
 pub mod client;
 pub mod server;
+pub mod session;
+pub mod session_io;
+pub mod transport;
 
 // The wire types and the outgoing update are the protocol floor's
 // (`ddm-proto`), which the RIB uses too; re-exported at their old paths.

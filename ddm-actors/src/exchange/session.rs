@@ -1,0 +1,451 @@
+//! The exchange session with one peer, as a pure state machine.
+//!
+//! [`Session::handle`] takes the time since the session started and one
+//! [`Input`] (the router's pushes and pull requests, the peer's pushes,
+//! the outcome of a request, a timer) and returns the [`Effect`]s the
+//! exchange actor carries out (start a request, set a timer, hand something
+//! to the router, count, log). It spawns nothing and reads no clock, so
+//! every rule is tested by replaying inputs (`steps/*.json`, one file per
+//! rule). The rules:
+//!
+//! * **Start**: bind the server ([`Effect::Bind`]) and pull the peer's
+//!   whole set once.
+//! * **Pushes from the peer are held while a pull is out** and handed on
+//!   right after its answer (or its failure): the router takes an answer
+//!   as the peer's whole set, so it never sees an answer after a push the
+//!   peer sent later. A pull asked for while one is out is made again after
+//!   it.
+//! * **Pushes to the peer wait for the first pull** (answered or failed),
+//!   which tells the peer's body limit ([`DEFAULT_PUSH_LIMIT`], 1024 bytes,
+//!   unless the answer announces more). Updates from the router are merged
+//!   into one pending update ([`merge`]: a later withdraw cancels a pending
+//!   announce) and go out one request at a time, in parts cut by
+//!   [`take_chunk`]; an item no push can carry is dropped and counted.
+//! * **A push refused as too large** (400 or 413) is no failure: it is put
+//!   back and sent in halves until one is accepted; a single item refused
+//!   is dropped (counted). The failure streak is untouched.
+//! * **Failures**: a failed push is put back in front of the pending one;
+//!   a failed push or pull is retried after [`backoff`]. After
+//!   [`MAX_ATTEMPTS`] consecutive failures, spread over at least
+//!   `give_up_after`, the peer is reported once ([`Effect::ReportFailure`])
+//!   and retries go on. A bind that fails is retried on the same schedule.
+//! * **Delivered**: when nothing is pending or in flight, the router is
+//!   told how many of its pushes were handled ([`Effect::Delivered`]).
+//! * Requests and timers carry a generation; a stale one is ignored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use super::session_io::{
+    Counter, DropReason, Effect, Failure, Input, PullAnswer, TimerKind,
+};
+use ddm_proto::outgoing::{
+    merge, take_chunk, Chunk, OutUpdate, PushBounds, DEFAULT_PUSH_LIMIT,
+};
+use ddm_proto::wire::v3;
+use ddm_proto::Version;
+
+/// First retry delay after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Consecutive failed pushes (or pulls) after which the peer is reported
+/// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
+/// time.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The delay before the next attempt, after `failures` consecutive ones.
+pub fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+/// One retried activity: whether its request or timer is out, and its
+/// failure streak.
+#[derive(Debug, Default, Clone)]
+struct Activity {
+    /// A request is in flight.
+    busy: bool,
+    /// A retry timer is pending.
+    timer: bool,
+    /// Generation of the request or timer that counts.
+    gen: u64,
+    /// Consecutive failures.
+    failures: u32,
+}
+
+/// The session with one peer; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The version spoken: what pushes are measured in.
+    version: Version,
+    /// How long a streak must last before it is reported.
+    give_up_after: Duration,
+    /// Source of generations.
+    next_gen: u64,
+    /// Bind retries.
+    bind: Activity,
+    /// Whether the server is bound.
+    bound: bool,
+    /// The pull.
+    pull: Activity,
+    /// A pull was asked for while one was out: pull again after it.
+    pull_again: bool,
+    /// The peer's pushes held while a pull is out (`Some` while it is).
+    held: Option<Vec<v3::Update>>,
+    /// The push.
+    push: Activity,
+    /// The part in flight, put back in front of `pending` if it fails.
+    in_flight: Option<Arc<OutUpdate>>,
+    /// Updates not yet sent, merged into one.
+    pending: Option<OutUpdate>,
+    /// Whether a pull has completed (answered or failed).
+    pulled_once: bool,
+    /// The largest push body the peer takes.
+    push_limit: usize,
+    /// After a refusal as too large: at most this many items per push.
+    split_items: Option<usize>,
+    /// How many pushes the router gave.
+    received: u64,
+    /// Whether the current failure streak was reported.
+    reported: bool,
+    /// When the current failure streak began.
+    failing_since: Option<Duration>,
+}
+
+impl Session {
+    /// A session speaking `version`, reporting a failing peer only after
+    /// `give_up_after`.
+    pub fn new(version: Version, give_up_after: Duration) -> Self {
+        Session {
+            version,
+            give_up_after,
+            next_gen: 0,
+            bind: Activity::default(),
+            bound: false,
+            pull: Activity::default(),
+            pull_again: false,
+            held: None,
+            push: Activity::default(),
+            in_flight: None,
+            pending: None,
+            pulled_once: false,
+            push_limit: DEFAULT_PUSH_LIMIT,
+            split_items: None,
+            received: 0,
+            reported: false,
+            failing_since: None,
+        }
+    }
+
+    /// The body limit pushes are held to.
+    pub fn push_limit(&self) -> usize {
+        self.push_limit
+    }
+
+    /// Take `input` at `now` (time since the session started); what to do.
+    pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match input {
+            Input::Start => {
+                out.push(Effect::Bind);
+                self.start_pull(&mut out);
+            }
+            Input::Push(update) => self.queue(update, &mut out),
+            Input::Pull => self.start_pull(&mut out),
+            Input::Pushed(update) => match &mut self.held {
+                Some(held) => held.push(update),
+                None => out.push(Effect::Import(update)),
+            },
+            Input::Bound(Ok(())) => {
+                self.bound = true;
+                self.bind.failures = 0;
+            }
+            Input::Bound(Err(error)) => {
+                self.bind.failures += 1;
+                let failures = self.bind.failures;
+                out.push(Effect::Failed {
+                    op: TimerKind::Bind,
+                    failures,
+                    error,
+                });
+                self.schedule(TimerKind::Bind, &mut out);
+            }
+            Input::PullDone { gen, result } => {
+                self.pull_done(now, gen, result, &mut out)
+            }
+            Input::PushDone { gen, result } => {
+                self.push_done(now, gen, result, &mut out)
+            }
+            Input::Timer { kind, gen } => self.timer(kind, gen, &mut out),
+        }
+        out
+    }
+
+    fn activity(&mut self, kind: TimerKind) -> &mut Activity {
+        match kind {
+            TimerKind::Pull => &mut self.pull,
+            TimerKind::Push => &mut self.push,
+            TimerKind::Bind => &mut self.bind,
+        }
+    }
+
+    fn gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    fn schedule(&mut self, kind: TimerKind, out: &mut Vec<Effect>) {
+        let gen = self.gen();
+        let a = self.activity(kind);
+        a.gen = gen;
+        a.timer = true;
+        let after_ms = backoff(a.failures).as_millis() as u64;
+        out.push(Effect::StartTimer { kind, gen, after_ms });
+    }
+
+    fn timer(&mut self, kind: TimerKind, gen: u64, out: &mut Vec<Effect>) {
+        let bound = self.bound;
+        let a = self.activity(kind);
+        if gen != a.gen || !a.timer {
+            return;
+        }
+        a.timer = false;
+        match kind {
+            TimerKind::Pull => self.start_pull(out),
+            TimerKind::Push => self.push_if_idle(out),
+            TimerKind::Bind if !bound => out.push(Effect::Bind),
+            TimerKind::Bind => {}
+        }
+    }
+
+    fn start_pull(&mut self, out: &mut Vec<Effect>) {
+        if self.pull.busy {
+            self.pull_again = true;
+            return;
+        }
+        let gen = self.gen();
+        self.pull = Activity { busy: true, timer: false, gen, ..self.pull };
+        self.held.get_or_insert_with(Vec::new);
+        out.push(Effect::Pull { gen });
+    }
+
+    fn release_held(&mut self, out: &mut Vec<Effect>) {
+        let held = self.held.take().unwrap_or_default();
+        out.extend(held.into_iter().map(Effect::Import));
+    }
+
+    fn pull_done(
+        &mut self,
+        now: Duration,
+        gen: u64,
+        result: Result<PullAnswer, Failure>,
+        out: &mut Vec<Effect>,
+    ) {
+        if gen != self.pull.gen || !self.pull.busy {
+            return;
+        }
+        self.pull.busy = false;
+        let first = !std::mem::replace(&mut self.pulled_once, true);
+        match result {
+            Ok(PullAnswer { response, push_limit, bytes }) => {
+                let count = |counter, n| Effect::Count { counter, n };
+                out.push(count(Counter::PullsSent, 1));
+                out.push(count(Counter::PullBytesReceived, bytes as u64));
+                let limit = push_limit
+                    .map_or(DEFAULT_PUSH_LIMIT, |l| l.max(DEFAULT_PUSH_LIMIT));
+                if limit != self.push_limit {
+                    let was = std::mem::replace(&mut self.push_limit, limit);
+                    out.push(Effect::PushLimit { bytes: limit, was });
+                }
+                self.pull.failures = 0;
+                self.clear_report();
+                out.push(Effect::PullResult(response));
+                self.release_held(out);
+                if std::mem::take(&mut self.pull_again) {
+                    self.start_pull(out);
+                }
+            }
+            Err(e) => {
+                self.pull.failures += 1;
+                self.pull_again = false;
+                out.push(Effect::Failed {
+                    op: TimerKind::Pull,
+                    failures: self.pull.failures,
+                    error: failure_text(e),
+                });
+                // No answer is coming: what the peer pushed meanwhile is
+                // newer than anything it answered before.
+                self.release_held(out);
+                self.check_report(now, out);
+                self.schedule(TimerKind::Pull, out);
+            }
+        }
+        if first {
+            // The limit is known (or assumed): queued pushes can go.
+            self.push_if_idle(out);
+        }
+    }
+
+    fn queue(&mut self, update: OutUpdate, out: &mut Vec<Effect>) {
+        self.received += 1;
+        if !update.is_empty() {
+            match &mut self.pending {
+                Some(p) => merge(p, update),
+                None => self.pending = Some(update),
+            }
+            self.push_if_idle(out);
+        }
+        self.delivered_if_drained(out);
+    }
+
+    /// Tell the router its pushes are handled, if nothing is left.
+    fn delivered_if_drained(&self, out: &mut Vec<Effect>) {
+        if !self.push.busy && self.pending.is_none() {
+            out.push(Effect::Delivered { through: self.received });
+        }
+    }
+
+    fn push_if_idle(&mut self, out: &mut Vec<Effect>) {
+        if self.pulled_once && !self.push.busy && !self.push.timer {
+            self.send_next(out);
+        }
+    }
+
+    fn send_next(&mut self, out: &mut Vec<Effect>) {
+        let mut bounds = PushBounds::new(self.push_limit, self.version);
+        if let Some(n) = self.split_items {
+            bounds.items = bounds.items.min(n);
+        }
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        let Chunk { part, oversize } = take_chunk(pending, bounds);
+        if pending.is_empty() {
+            self.pending = None;
+        }
+        if !oversize.is_empty() {
+            out.push(Effect::Dropped {
+                why: DropReason::OverLimit,
+                limit: self.push_limit,
+                update: oversize,
+            });
+        }
+        if part.is_empty() {
+            return;
+        }
+        let update = Arc::new(part);
+        let gen = self.gen();
+        self.push.gen = gen;
+        self.push.busy = true;
+        self.in_flight = Some(update.clone());
+        out.push(Effect::Push { gen, update });
+    }
+
+    fn push_done(
+        &mut self,
+        now: Duration,
+        gen: u64,
+        result: Result<usize, Failure>,
+        out: &mut Vec<Effect>,
+    ) {
+        if gen != self.push.gen || !self.push.busy {
+            return;
+        }
+        self.push.busy = false;
+        let sent = self.in_flight.take();
+        match result {
+            Ok(bytes) => {
+                let count = |counter, n| Effect::Count { counter, n };
+                out.push(count(Counter::PushesSent, 1));
+                out.push(count(Counter::PushBytesSent, bytes as u64));
+                self.push.failures = 0;
+                self.split_items = None;
+                self.clear_report();
+                self.send_next(out);
+                self.delivered_if_drained(out);
+            }
+            Err(Failure::TooLarge(error)) => {
+                // The peer answered, so the session is not failing.
+                if let Some(sent) = sent {
+                    let items = sent.len();
+                    out.push(Effect::Refused { items, error });
+                    if items <= 1 {
+                        out.push(Effect::Dropped {
+                            why: DropReason::RefusedAlone,
+                            limit: self.push_limit,
+                            update: unshare(sent),
+                        });
+                    } else {
+                        self.split_items = Some(items / 2);
+                        self.put_back(sent);
+                    }
+                }
+                self.send_next(out);
+                self.delivered_if_drained(out);
+            }
+            Err(Failure::Other(error)) => {
+                self.push.failures += 1;
+                let failures = self.push.failures;
+                out.push(Effect::Failed {
+                    op: TimerKind::Push,
+                    failures,
+                    error,
+                });
+                if let Some(sent) = sent {
+                    self.put_back(sent);
+                }
+                self.check_report(now, out);
+                self.schedule(TimerKind::Push, out);
+            }
+        }
+    }
+
+    /// Put an undelivered part back in front of the pending update.
+    fn put_back(&mut self, sent: Arc<OutUpdate>) {
+        let mut again = unshare(sent);
+        if let Some(later) = self.pending.take() {
+            merge(&mut again, later);
+        }
+        self.pending = Some(again);
+    }
+
+    fn check_report(&mut self, now: Duration, out: &mut Vec<Effect>) {
+        let streak = self.push.failures.max(self.pull.failures);
+        let since = *self.failing_since.get_or_insert(now);
+        if streak < MAX_ATTEMPTS
+            || self.reported
+            || now.saturating_sub(since) < self.give_up_after
+        {
+            return;
+        }
+        self.reported = true;
+        out.push(Effect::ReportFailure {
+            push_failures: self.push.failures,
+            pull_failures: self.pull.failures,
+        });
+    }
+
+    fn clear_report(&mut self) {
+        if self.push.failures.max(self.pull.failures) < MAX_ATTEMPTS {
+            self.reported = false;
+        }
+        if self.push.failures == 0 && self.pull.failures == 0 {
+            self.failing_since = None;
+        }
+    }
+}
+
+fn unshare(u: Arc<OutUpdate>) -> OutUpdate {
+    Arc::try_unwrap(u).unwrap_or_else(|a| (*a).clone())
+}
+
+fn failure_text(f: Failure) -> String {
+    match f {
+        Failure::TooLarge(s) | Failure::Other(s) => s,
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

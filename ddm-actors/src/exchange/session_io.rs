@@ -1,0 +1,230 @@
+//! The exchange session's inputs and effects: serde enums, so that a
+//! session's history is data (the step files in `steps/` hold them). An
+//! update travels as its compact [`OutUpdate`], written and read as its
+//! wire form ([`v3::Update`]).
+
+use std::sync::Arc;
+
+use ddm_proto::outgoing::OutUpdate;
+use ddm_proto::wire::v3;
+use serde::{Deserialize, Serialize};
+
+/// What a timer retries (and which request failed, in [`Effect::Failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerKind {
+    /// Pull the peer's full set.
+    Pull,
+    /// Send the pending update.
+    Push,
+    /// Bind the server's listener.
+    Bind,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The peer refused the push as too large (400 or 413).
+    TooLarge(String),
+    /// Anything else: no connection, a timeout, another status.
+    Other(String),
+}
+
+/// A pull answer, as the session needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullAnswer {
+    /// The peer's full set, in v3.
+    pub response: v3::PullResponse,
+    /// The largest push body the peer announced, if it did.
+    #[serde(default)]
+    pub push_limit: Option<usize>,
+    /// The answer's body size in bytes.
+    pub bytes: usize,
+}
+
+/// Counters the session bumps through [`Effect::Count`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counter {
+    /// Pushes the peer accepted.
+    PushesSent,
+    /// Body bytes of the pushes the peer accepted.
+    PushBytesSent,
+    /// Pulls the peer answered.
+    PullsSent,
+    /// Body bytes of the pull answers the peer sent.
+    PullBytesReceived,
+}
+
+/// Why items were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Larger than the peer's push limit, even alone.
+    OverLimit,
+    /// Refused by the peer as too large, even alone.
+    RefusedAlone,
+}
+
+/// What the session is told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// The session begins.
+    Start,
+    /// Push this update to the peer (from the router), in order.
+    Push(#[serde(with = "wire_update")] OutUpdate),
+    /// Pull the peer's full set again (from the router).
+    Pull,
+    /// The peer pushed this update to our server.
+    Pushed(v3::Update),
+    /// The outcome of [`Effect::Bind`]: the error's text if it failed.
+    Bound(Result<(), String>),
+    /// A pull finished.
+    PullDone {
+        /// The generation it was started with.
+        gen: u64,
+        /// The answer, or why none came.
+        result: Result<PullAnswer, Failure>,
+    },
+    /// A push finished.
+    PushDone {
+        /// The generation it was started with.
+        gen: u64,
+        /// The body's bytes if the peer accepted it, or why not.
+        result: Result<usize, Failure>,
+    },
+    /// A timer elapsed.
+    Timer {
+        /// What it retries.
+        kind: TimerKind,
+        /// The generation it was set with.
+        gen: u64,
+    },
+}
+
+/// What the session asks the actor to do, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Bind the server now and answer with [`Input::Bound`].
+    Bind,
+    /// Pull the peer's full set; answer with [`Input::PullDone`].
+    Pull {
+        /// Generation to answer with.
+        gen: u64,
+    },
+    /// Push `update`; answer with [`Input::PushDone`].
+    Push {
+        /// Generation to answer with.
+        gen: u64,
+        /// The part to send.
+        #[serde(with = "wire_arc_update")]
+        update: Arc<OutUpdate>,
+    },
+    /// Answer with [`Input::Timer`] after `after_ms` milliseconds.
+    StartTimer {
+        /// What it retries.
+        kind: TimerKind,
+        /// Generation to answer with.
+        gen: u64,
+        /// The delay, in milliseconds.
+        after_ms: u64,
+    },
+    /// Hand the peer's push to the router.
+    Import(v3::Update),
+    /// Hand the peer's pull answer to the router.
+    PullResult(v3::PullResponse),
+    /// Every push the router gave so far has been handled.
+    Delivered {
+        /// How many pushes the router gave.
+        through: u64,
+    },
+    /// Exchange keeps failing: report the peer (once per streak).
+    ReportFailure {
+        /// Consecutive failed pushes.
+        push_failures: u32,
+        /// Consecutive failed pulls.
+        pull_failures: u32,
+    },
+    /// Add `n` to `counter`.
+    Count {
+        /// The counter.
+        counter: Counter,
+        /// How much.
+        n: u64,
+    },
+    /// A request failed (count it per kind, log it).
+    Failed {
+        /// Which.
+        op: TimerKind,
+        /// Consecutive failures of that kind, this one included.
+        failures: u32,
+        /// Why.
+        error: String,
+    },
+    /// The peer refused a push of `items` items as too large (count,
+    /// log); it is split, or dropped if single.
+    Refused {
+        /// Items in the refused push.
+        items: usize,
+        /// The peer's answer.
+        error: String,
+    },
+    /// Items no push can carry, dropped for good (count, log).
+    Dropped {
+        /// Why.
+        why: DropReason,
+        /// The push limit at the time.
+        limit: usize,
+        /// What was dropped.
+        #[serde(with = "wire_update")]
+        update: OutUpdate,
+    },
+    /// The peer's push limit changed (log).
+    PushLimit {
+        /// The new limit, in bytes.
+        bytes: usize,
+        /// The old one.
+        was: usize,
+    },
+}
+
+/// Serialises an [`OutUpdate`] as its wire form.
+mod wire_update {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        u: &OutUpdate,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        u.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<OutUpdate, D::Error> {
+        v3::Update::deserialize(d).map(OutUpdate::from)
+    }
+}
+
+/// Serialises a shared [`OutUpdate`] as its wire form.
+mod wire_arc_update {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        u: &Arc<OutUpdate>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        u.as_ref().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<OutUpdate>, D::Error> {
+        super::wire_update::deserialize(d).map(Arc::new)
+    }
+}

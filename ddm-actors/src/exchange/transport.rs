@@ -1,0 +1,394 @@
+//! The exchange's network side, behind a trait.
+//!
+//! A [`Transport`] serves the peer ([`Transport::serve`]: our server, its
+//! requests answered through a [`ServerCtx`]) and calls it
+//! ([`Transport::client`]: pull and push). Production speaks HTTP over TCP
+//! ([`Http`]: [`server::bind`]/[`server::spawn`] and [`Client`]); tests and
+//! the fabric simulation use [`ExchangeNet`], an in-memory registry where
+//! a client's request is answered by the bound server's own request
+//! handler (the same checks, limits and counters as over HTTP), with
+//! faults a test can inject. Both run on tokio time only.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::task::JoinHandle;
+
+use super::client::{Client, ClientError, Pulled, MAX_PULL_BODY};
+use super::server::{
+    self, BodyBudget, ServerCtx, BODY_BUDGET, PUSH_LIMIT_HEADER,
+};
+use super::wire::{v2, v3};
+use ddm_proto::outgoing::{OutUpdate, V2Update};
+use ddm_proto::Version;
+
+/// A server being served: where, and the task to abort to stop it.
+#[derive(Debug)]
+pub struct Serving {
+    /// Where it listens.
+    pub addr: SocketAddrV6,
+    /// Serves until aborted; awaiting it after the abort waits until the
+    /// address is free again.
+    pub task: JoinHandle<()>,
+}
+
+/// Calls one peer's server.
+#[async_trait]
+pub trait ExchangeClient: Send + Sync {
+    /// Push `update`; the body's size in bytes.
+    async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError>;
+    /// Pull the peer's full set.
+    async fn pull(&self) -> Result<Pulled, ClientError>;
+}
+
+/// The exchange's network side.
+pub trait Transport: Send + Sync {
+    /// Serve `listen` (port 0: pick one), answering through `ctx`.
+    fn serve(
+        &self,
+        listen: SocketAddrV6,
+        ctx: Arc<ServerCtx>,
+    ) -> io::Result<Serving>;
+
+    /// A client of the server at `peer`, calling from `local`.
+    fn client(
+        &self,
+        peer: SocketAddrV6,
+        local: Ipv6Addr,
+        version: Version,
+        timeout: Duration,
+    ) -> Arc<dyn ExchangeClient>;
+}
+
+/// The transport an exchange actor uses: HTTP unless told otherwise.
+#[derive(Clone)]
+pub struct ExchangeTransport(pub Arc<dyn Transport>);
+
+impl ExchangeTransport {
+    /// HTTP over TCP, as deployed.
+    pub fn http() -> Self {
+        ExchangeTransport(Arc::new(Http))
+    }
+
+    /// The in-memory network `net`.
+    pub fn memory(net: ExchangeNet) -> Self {
+        ExchangeTransport(Arc::new(net))
+    }
+}
+
+impl Default for ExchangeTransport {
+    fn default() -> Self {
+        Self::http()
+    }
+}
+
+impl std::fmt::Debug for ExchangeTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeTransport")
+    }
+}
+
+/// HTTP over TCP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+impl Transport for Http {
+    fn serve(
+        &self,
+        listen: SocketAddrV6,
+        ctx: Arc<ServerCtx>,
+    ) -> io::Result<Serving> {
+        let listener = server::bind(listen)?;
+        let addr = match listener.local_addr()? {
+            SocketAddr::V6(a) => a,
+            SocketAddr::V4(_) => listen,
+        };
+        Ok(Serving { addr, task: server::spawn(listener, ctx) })
+    }
+
+    fn client(
+        &self,
+        peer: SocketAddrV6,
+        local: Ipv6Addr,
+        version: Version,
+        timeout: Duration,
+    ) -> Arc<dyn ExchangeClient> {
+        Arc::new(Client::new(peer, version, timeout).bound_to(local))
+    }
+}
+
+#[async_trait]
+impl ExchangeClient for Client {
+    async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
+        Client::push(self, update).await
+    }
+
+    async fn pull(&self) -> Result<Pulled, ClientError> {
+        Client::pull(self).await
+    }
+}
+
+/// A fault injected on the requests from one address to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection is refused: nothing is delivered.
+    Refuse,
+    /// No answer: the request times out, and nothing is delivered.
+    Timeout,
+    /// Delivered after this delay (a timeout if longer than the client's;
+    /// then nothing is delivered).
+    Delay(Duration),
+}
+
+/// A bound in-memory server.
+struct Registered {
+    /// Tells this registration from a later one at the same address.
+    id: u64,
+    /// What the server's handler needs.
+    ctx: Arc<ServerCtx>,
+    /// Its push body budget.
+    budget: BodyBudget,
+}
+
+/// What the registry holds.
+#[derive(Default)]
+struct NetState {
+    /// Bound servers by address and port (the scope is not compared: every
+    /// interface of a simulated fabric has its own link-local address).
+    servers: HashMap<(Ipv6Addr, u16), Registered>,
+    /// Faults by (from, to) address.
+    faults: HashMap<(Ipv6Addr, Ipv6Addr), Fault>,
+    /// Source of registration ids and picked ports.
+    next: u64,
+}
+
+/// An in-memory exchange network shared by the exchange actors of one
+/// process (cloning shares it).
+///
+/// The state sits behind a `std` mutex, locked only for a lookup or an
+/// insertion and never across an await: requests are answered by the
+/// server's handler outside it.
+#[derive(Clone, Default)]
+pub struct ExchangeNet {
+    /// The registry.
+    state: Arc<Mutex<NetState>>,
+}
+
+impl ExchangeNet {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inject `fault` on requests from `from` to `to` (replacing any).
+    pub fn set_fault(&self, from: Ipv6Addr, to: Ipv6Addr, fault: Fault) {
+        self.lock().faults.insert((from, to), fault);
+    }
+
+    /// Remove the fault from `from` to `to`.
+    pub fn clear_fault(&self, from: Ipv6Addr, to: Ipv6Addr) {
+        self.lock().faults.remove(&(from, to));
+    }
+
+    /// Whether a server is bound at `addr`.
+    pub fn is_bound(&self, addr: SocketAddrV6) -> bool {
+        self.lock().servers.contains_key(&(*addr.ip(), addr.port()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        // A panic while holding the lock leaves the maps consistent (every
+        // change is one insert or remove), so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a registration when the serving task ends or is aborted.
+struct Unregister {
+    /// The network.
+    net: ExchangeNet,
+    /// The address.
+    key: (Ipv6Addr, u16),
+    /// The registration.
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let mut state = self.net.lock();
+        if state.servers.get(&self.key).is_some_and(|r| r.id == self.id) {
+            state.servers.remove(&self.key);
+        }
+    }
+}
+
+impl Transport for ExchangeNet {
+    fn serve(
+        &self,
+        listen: SocketAddrV6,
+        ctx: Arc<ServerCtx>,
+    ) -> io::Result<Serving> {
+        let mut state = self.lock();
+        state.next += 1;
+        let id = state.next;
+        let port = match listen.port() {
+            0 => 49152 + (id % 16384) as u16,
+            p => p,
+        };
+        let key = (*listen.ip(), port);
+        if state.servers.contains_key(&key) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        let budget = BodyBudget::new(BODY_BUDGET);
+        state.servers.insert(key, Registered { id, ctx, budget });
+        drop(state);
+        let guard = Unregister { net: self.clone(), key, id };
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        let addr = SocketAddrV6::new(key.0, port, 0, listen.scope_id());
+        Ok(Serving { addr, task })
+    }
+
+    fn client(
+        &self,
+        peer: SocketAddrV6,
+        local: Ipv6Addr,
+        version: Version,
+        timeout: Duration,
+    ) -> Arc<dyn ExchangeClient> {
+        Arc::new(MemClient { net: self.clone(), peer, local, version, timeout })
+    }
+}
+
+/// A client over an [`ExchangeNet`].
+struct MemClient {
+    /// The network.
+    net: ExchangeNet,
+    /// The peer's server.
+    peer: SocketAddrV6,
+    /// Our address.
+    local: Ipv6Addr,
+    /// The version spoken.
+    version: Version,
+    /// Bound on each request.
+    timeout: Duration,
+}
+
+impl MemClient {
+    /// One request, answered by the peer's handler, within the timeout.
+    async fn request(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
+        let t = self.timeout;
+        tokio::time::timeout(t, self.request_unbounded(method, path, body))
+            .await
+            .map_err(|_| ClientError::Timeout(t))?
+    }
+
+    async fn request_unbounded(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<(HeaderMap, Bytes), ClientError> {
+        let refused = || ClientError::Connect {
+            addr: self.peer,
+            error: io::ErrorKind::ConnectionRefused.into(),
+        };
+        let fault =
+            self.net.lock().faults.get(&(self.local, *self.peer.ip())).copied();
+        match fault {
+            Some(Fault::Refuse) => return Err(refused()),
+            Some(Fault::Timeout) => std::future::pending::<()>().await,
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
+        let (ctx, budget) = {
+            let state = self.net.lock();
+            let key = (*self.peer.ip(), self.peer.port());
+            let r = state.servers.get(&key).ok_or_else(refused)?;
+            (r.ctx.clone(), r.budget.clone())
+        };
+        let allowed = self.local == ctx.peer.addr;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(CONTENT_LENGTH, body.len())
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = server::handle(req, allowed, &ctx, &budget).await;
+        let (parts, body) = resp.into_parts();
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        };
+        if !parts.status.is_success() {
+            return Err(status_error(parts.status, &bytes));
+        }
+        if bytes.len() > MAX_PULL_BODY {
+            return Err(ClientError::TooLarge);
+        }
+        Ok((parts.headers, bytes))
+    }
+}
+
+fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    ClientError::Status { status, reason: text.trim().to_string() }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(b).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+#[async_trait]
+impl ExchangeClient for MemClient {
+    async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
+        let (path, body) = match self.version {
+            Version::V3 => ("/v3/push", serde_json::to_vec(update)),
+            Version::V2 => ("/v2/push", serde_json::to_vec(&V2Update(update))),
+        };
+        let body = body.map_err(|e| ClientError::Decode(e.to_string()))?;
+        let bytes = body.len();
+        self.request(Method::PUT, path, Bytes::from(body)).await?;
+        Ok(bytes)
+    }
+
+    async fn pull(&self) -> Result<Pulled, ClientError> {
+        let path = match self.version {
+            Version::V3 => "/v3/pull",
+            Version::V2 => "/v2/pull",
+        };
+        let (headers, body) =
+            self.request(Method::GET, path, Bytes::new()).await?;
+        let push_limit = headers
+            .get(PUSH_LIMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let response: v3::PullResponse = match self.version {
+            Version::V3 => decode(&body)?,
+            Version::V2 => decode::<v2::PullResponse>(&body)?
+                .try_into()
+                .map_err(|e: super::wire::WireError| {
+                    ClientError::Decode(e.to_string())
+                })?,
+        };
+        Ok(Pulled { response, push_limit, bytes: body.len() })
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;

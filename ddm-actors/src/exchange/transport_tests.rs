@@ -1,0 +1,248 @@
+//! Two exchange actors over the in-memory transport, on paused time.
+
+use std::collections::BTreeSet;
+
+use ddm_admin_api::latest::RouterKind;
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use slog::Logger;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::super::actor::testing::{fake_router, Seen};
+use super::super::actor::{
+    Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
+    MAX_ATTEMPTS,
+};
+use super::*;
+use crate::router::RouterRef;
+use ddm_proto::PeerId;
+
+/// Longer than anything waited for here (virtual time).
+const DEADLINE: Duration = Duration::from_secs(60);
+const PORT: u16 = 9000;
+
+fn addr(n: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n)
+}
+
+fn pv(dest: &str, path: &[&str]) -> v3::PathVector {
+    v3::PathVector {
+        destination: dest.parse().unwrap(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn announce(dests: &[&str]) -> v3::Update {
+    let mut u = v3::Update::default();
+    u.underlay_mut().announce =
+        dests.iter().map(|d| pv(d, &["a"])).collect::<BTreeSet<_>>();
+    u
+}
+
+fn answer(dest: &str) -> v3::PullResponse {
+    v3::PullResponse {
+        underlay: Some([pv(dest, &["x"])].into_iter().collect()),
+        tunnel: None,
+    }
+}
+
+/// Forwards failure reports.
+struct Collector;
+
+impl Actor for Collector {
+    type Msg = ExchangeFailed;
+    type State = mpsc::UnboundedSender<ExchangeFailed>;
+    type Arguments = mpsc::UnboundedSender<ExchangeFailed>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ExchangeFailed>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ExchangeFailed>,
+        msg: ExchangeFailed,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(msg);
+        Ok(())
+    }
+}
+
+/// One side: its exchange actor (peer `them`), its fake router's record.
+struct Side {
+    x: ExchangeRef,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    failed: mpsc::UnboundedReceiver<ExchangeFailed>,
+}
+
+async fn side(
+    net: &ExchangeNet,
+    us: u16,
+    them: u16,
+    offer: &str,
+    give_up_after: Duration,
+) -> Side {
+    let (router, seen): (RouterRef, _) = fake_router(answer(offer)).await;
+    let (tx, failed) = mpsc::unbounded_channel();
+    let (c, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+    let on_failure: DerivedActorRef<ExchangeFailed> = c.get_derived();
+    let args = ExchangeArgs {
+        peer: PeerId { ifindex: u32::from(us), addr: addr(them) },
+        peer_hostname: format!("r{them}"),
+        peer_kind: RouterKind::Server,
+        version: 3,
+        local_addr: addr(us),
+        port: PORT,
+        peer_port: PORT,
+        timeout: Duration::from_secs(1),
+        router,
+        on_failure: Some(on_failure),
+        give_up_after,
+        log: Logger::root(slog::Discard, slog::o!()),
+        transport: ExchangeTransport::memory(net.clone()),
+    };
+    let (x, _) = Actor::spawn(None, Exchange, args).await.unwrap();
+    Side { x, seen, failed }
+}
+
+/// The next thing seen that `pick` takes, skipping the rest.
+async fn until<T>(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    mut pick: impl FnMut(Seen) -> Option<T>,
+) -> T {
+    timeout(DEADLINE, async {
+        loop {
+            if let Some(t) = pick(rx.recv().await.expect("router gone")) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("nothing in time")
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_exchanges_pull_and_push_in_memory() {
+    let net = ExchangeNet::new();
+    let mut a = side(&net, 1, 2, "fd00:a::/64", Duration::ZERO).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    // Each pulls the other's set (a pull that found no server yet is
+    // retried after the back-off).
+    let got = until(&mut a.seen, |s| match s {
+        Seen::PullResult(_, r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, answer("fd00:b::/64"));
+    let got = until(&mut b.seen, |s| match s {
+        Seen::PullResult(_, r) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, answer("fd00:a::/64"));
+    assert!(net.is_bound(SocketAddrV6::new(addr(1), PORT, 0, 1)));
+
+    // A's router pushes; B's router imports it, and A reports delivery.
+    let update = announce(&["fd00:1::/64", "fd00:2::/64"]);
+    a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    let imported = until(&mut b.seen, |s| match s {
+        Seen::Import(p, u) => Some((p, u)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(imported, (PeerId { ifindex: 2, addr: addr(1) }, update));
+    let through = until(&mut a.seen, |s| match s {
+        Seen::Delivered(_, n) => Some(n),
+        _ => None,
+    })
+    .await;
+    assert_eq!(through, 1);
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.pushes_received, 1);
+    assert!(a.failed.try_recv().is_err());
+    a.x.stop(None);
+    b.x.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn injected_faults_fail_without_losing_a_push() {
+    let net = ExchangeNet::new();
+    let give_up = Duration::from_secs(1);
+    let mut a = side(&net, 1, 2, "fd00:a::/64", give_up).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", give_up).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+
+    // Refused, then timing out: A retries, reports B once, and keeps the
+    // update; B's router sees nothing meanwhile.
+    net.set_fault(addr(1), addr(2), Fault::Refuse);
+    let update = announce(&["fd00:1::/64"]);
+    a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    net.set_fault(addr(1), addr(2), Fault::Timeout);
+    let failed = timeout(DEADLINE, a.failed.recv()).await.unwrap().unwrap();
+    assert_eq!(failed.peer.addr, addr(2));
+    let c = ractor::call!(a.x, ExchangeMsg::GetCounters).unwrap();
+    assert!(c.push_failures >= u64::from(MAX_ATTEMPTS), "{c:?}");
+    assert_eq!(c.failures_reported, 1);
+
+    // Healed (with a delay): delivered exactly once.
+    net.set_fault(addr(1), addr(2), Fault::Delay(Duration::from_millis(50)));
+    let imported = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(imported, update);
+    until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
+        .await;
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.pushes_received, 1);
+    net.clear_fault(addr(1), addr(2));
+
+    // A stopped: its server leaves the network, and B's pulls are refused.
+    a.x.stop_and_wait(None, None).await.unwrap();
+    assert!(!net.is_bound(SocketAddrV6::new(addr(1), PORT, 0, 1)));
+    b.x.cast(ExchangeMsg::Pull).unwrap();
+    let c = loop {
+        let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+        if c.pull_failures > 0 {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(c.pull_failures, 1);
+    b.x.stop(None);
+}
+
+/// A stranger (any address but the peer's) is refused 403 in memory as
+/// over HTTP, and nothing reaches the router.
+#[tokio::test(start_paused = true)]
+async fn strangers_are_refused_in_memory() {
+    let net = ExchangeNet::new();
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    let to_b = SocketAddrV6::new(addr(2), PORT, 0, 0);
+    timeout(DEADLINE, async {
+        while !net.is_bound(to_b) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let stranger =
+        net.client(to_b, addr(7), Version::V3, Duration::from_secs(1));
+    let e = stranger.pull().await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Status { status, .. } if status == StatusCode::FORBIDDEN),
+        "{e}"
+    );
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.rejected_forbidden, 1);
+    assert!(b.seen.try_recv().map_or(true, |s| !matches!(s, Seen::Import(..))));
+    b.x.stop(None);
+}
