@@ -78,6 +78,18 @@ pub enum Command {
     /// List the underlay prefixes this router originates.
     GetOriginated,
 
+    /// Print the fabric this router sees as Graphviz DOT: the routers and
+    /// links on the paths it holds (`ddmadm fabric-dot | dot -Tsvg >
+    /// fabric.svg`).
+    ///
+    /// A router holding only shortest paths sees only the links on them,
+    /// so the picture is part of the fabric. --json is ignored.
+    FabricDot {
+        /// The name to draw this router under (its hostname).
+        #[arg(long, default_value = "this router")]
+        me: String,
+    },
+
     /// Originate underlay prefixes.
     AdvertisePrefixes {
         /// IPv6 prefixes, e.g. fd00:1122:3344:101::/64.
@@ -261,6 +273,7 @@ mod tests {
             "tunnel-advertise",
             "tunnel-withdraw",
             "sync",
+            "fabric-dot",
         ] {
             assert!(names.iter().any(|n| n == want), "missing {want}");
         }

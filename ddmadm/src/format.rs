@@ -217,6 +217,80 @@ pub fn json<T: Serialize>(value: &T) -> String {
     text
 }
 
+/// The fabric a router sees, as Graphviz DOT (`ddmadm fabric-dot`): nodes
+/// and links reconstructed from the paths it holds. Each path vector
+/// (originator first, then every transit it crossed) is a chain of links,
+/// and its last router is linked to `me`, the viewing router. Originators
+/// are boxes labelled with the prefixes they originate; `me` is drawn
+/// bold. A router that holds only shortest paths sees only the links on
+/// them: the picture is part of the fabric, not all of it.
+pub fn fabric_dot(
+    me: &str,
+    prefixes: &HashMap<String, Vec<PathVector>>,
+) -> String {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::fmt::Write as _;
+
+    let mut nodes: BTreeSet<&str> = BTreeSet::from([me]);
+    let mut origins: BTreeMap<&str, BTreeSet<Ipv6Net>> = BTreeMap::new();
+    let mut links: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for pv in prefixes.values().flatten() {
+        let Some(first) = pv.path.first() else { continue };
+        origins.entry(first).or_default().insert(pv.destination);
+        nodes.extend(pv.path.iter().map(String::as_str));
+        let mut hops: Vec<&str> = pv.path.iter().map(String::as_str).collect();
+        hops.push(me);
+        for w in hops.windows(2) {
+            let (a, b) = (w[0].min(w[1]), w[0].max(w[1]));
+            if a != b {
+                links.insert((a, b));
+            }
+        }
+    }
+
+    // DOT's quoted strings escape `"` and `\`; control characters (a
+    // hostile hostname's) become `?`.
+    let esc = |s: &str| {
+        let mut q = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '"' | '\\' => {
+                    q.push('\\');
+                    q.push(c);
+                }
+                c if c.is_control() => q.push('?'),
+                c => q.push(c),
+            }
+        }
+        q
+    };
+    let quote = |s: &str| format!("\"{}\"", esc(s));
+    let mut out = String::from("graph fabric {\n  node [shape=ellipse];\n");
+    for n in &nodes {
+        let mut attrs = Vec::new();
+        if let Some(ps) = origins.get(n) {
+            // The name, then one line per prefix (DOT's `\n` escape).
+            let label: Vec<String> = std::iter::once(esc(n))
+                .chain(ps.iter().map(|p| p.to_string()))
+                .collect();
+            attrs.push(format!("shape=box, label=\"{}\"", label.join("\\n")));
+        }
+        if *n == me {
+            attrs.push("style=bold".to_string());
+        }
+        if attrs.is_empty() {
+            let _ = writeln!(out, "  {};", quote(n));
+        } else {
+            let _ = writeln!(out, "  {} [{}];", quote(n), attrs.join(", "));
+        }
+    }
+    for (a, b) in &links {
+        let _ = writeln!(out, "  {} -- {};", quote(a), quote(b));
+    }
+    out.push_str("}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +543,82 @@ mod tests {
                 "status": {"type": "Init", "duration": {"secs": 1, "nanos": 5}},
             })
         );
+    }
+
+    fn pv(dest: &str, path: &[&str]) -> PathVector {
+        PathVector {
+            destination: dest.parse().unwrap(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn fabric_dot_reconstructs_nodes_and_links_from_paths() {
+        // s0 in a rack of two transits sees s1 and s2 through both, and
+        // r1s0 (another rack) only through t0 and spine0.
+        let prefixes = HashMap::from([
+            (
+                "fe80::1%2".to_string(),
+                vec![
+                    pv("fd00:0:1::/64", &["s1", "t0"]),
+                    pv("fd00:0:2::/64", &["s2", "t0"]),
+                    pv("fd00:1::/64", &["r1s0", "r1t0", "spine0", "t0"]),
+                ],
+            ),
+            (
+                "fe80::2%3".to_string(),
+                vec![
+                    pv("fd00:0:1::/64", &["s1", "t1"]),
+                    pv("fd00:0:2::/64", &["s2", "t1"]),
+                ],
+            ),
+        ]);
+        let dot = fabric_dot("s0", &prefixes);
+        let want = "graph fabric {
+  node [shape=ellipse];
+  \"r1s0\" [shape=box, label=\"r1s0\\nfd00:1::/64\"];
+  \"r1t0\";
+  \"s0\" [style=bold];
+  \"s1\" [shape=box, label=\"s1\\nfd00:0:1::/64\"];
+  \"s2\" [shape=box, label=\"s2\\nfd00:0:2::/64\"];
+  \"spine0\";
+  \"t0\";
+  \"t1\";
+  \"r1s0\" -- \"r1t0\";
+  \"r1t0\" -- \"spine0\";
+  \"s0\" -- \"t0\";
+  \"s0\" -- \"t1\";
+  \"s1\" -- \"t0\";
+  \"s1\" -- \"t1\";
+  \"s2\" -- \"t0\";
+  \"s2\" -- \"t1\";
+  \"spine0\" -- \"t0\";
+}
+";
+        assert_eq!(dot, want);
+        // r1t1, spine1 and the other racks' servers exist but are on no
+        // shortest path s0 holds: they are not drawn.
+        assert!(!dot.contains("spine1"));
+    }
+
+    #[test]
+    fn fabric_dot_of_nothing_is_the_router_alone() {
+        assert_eq!(
+            fabric_dot("me", &HashMap::new()),
+            "graph fabric {\n  node [shape=ellipse];\n  \"me\" [style=bold];\n}\n"
+        );
+    }
+
+    #[test]
+    fn fabric_dot_quotes_hostile_names() {
+        let prefixes = HashMap::from([(
+            "x".to_string(),
+            vec![pv("fd00::/64", &["a\"b", "c\\d\te"]), pv("fd00:1::/64", &[])],
+        )]);
+        let dot = fabric_dot("me", &prefixes);
+        assert!(dot.contains(r#""a\"b" [shape=box"#), "{dot}");
+        assert!(dot.contains(r#""c\\d?e""#), "{dot}");
+        // The empty path is skipped, not a panic.
+        assert!(!dot.contains("fd00:1::/64"), "{dot}");
     }
 }

@@ -95,6 +95,10 @@ async fn run(
                 format::prefixes_table(&prefixes)
             }
         }
+        Command::FabricDot { me } => {
+            let prefixes = client.get_prefixes().await?.into_inner();
+            format::fabric_dot(me, &prefixes)
+        }
         Command::GetOriginated => {
             let prefixes = client.get_originated().await?.into_inner();
             if json {

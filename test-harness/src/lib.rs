@@ -10,6 +10,8 @@
 //! * [`racks`] builds fabrics of racks (servers, rack transits, spines) of
 //!   such routers.
 //! * [`routes`] reads the kernel's routes as `ip -6 route show` prints them.
+//! * [`sim`] runs many routers in one process over in-memory links, with
+//!   invariants and seeded faults.
 //! * [`original`] stands in for the original DDM daemon in a namespace
 //!   node, for mixed-fabric tests.
 //!
@@ -25,6 +27,7 @@ pub mod netns;
 pub mod original;
 pub mod racks;
 pub mod routes;
+pub mod sim;
 
 use std::path::PathBuf;
 

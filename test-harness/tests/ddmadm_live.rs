@@ -202,6 +202,17 @@ async fn learned_state_is_empty() {
     d.cleanup();
 }
 
+/// `fabric-dot` over a router that learned nothing draws the router alone.
+#[tokio::test]
+async fn fabric_dot_of_a_lone_router() {
+    let d = start().await;
+    assert_eq!(
+        ok(&d, &["fabric-dot", "--me", "lone"]),
+        "graph fabric {\n  node [shape=ellipse];\n  \"lone\" [style=bold];\n}\n"
+    );
+    d.cleanup();
+}
+
 #[tokio::test]
 async fn sync_and_expire_peer_are_accepted() {
     let d = start().await;

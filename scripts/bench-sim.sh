@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Figures of the simulated fabric (issue 11): for each topology, one line
+# per event (cold start, a spine crash, a rack transit crash):
+#   topology=NAME event=E routers=N converge_wall_s=X converge_virtual_s=Y
+#   peak_rss_mib=Z ... invariants=ok
+# Usage: scripts/bench-sim.sh [TOPOLOGY...]   (default: rack racks-16 thousand)
+# TOPOLOGY is rack, racks-N or thousand. PROFILE=release (default) or dev.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-release}
+flag=()
+[ "$profile" = release ] && flag=(--release)
+topologies=("$@")
+[ ${#topologies[@]} -eq 0 ] && topologies=(rack racks-16 thousand)
+cargo test "${flag[@]}" -p ddm-test-harness --test sim_bench --no-run >&2
+for t in "${topologies[@]}"; do
+    # A failed run (a broken invariant, a fabric that does not converge)
+    # prints all it said and stops the script.
+    if ! out=$(DDM_SIM_TOPOLOGY=$t cargo test "${flag[@]}" -q \
+        -p ddm-test-harness --test sim_bench -- --ignored --nocapture \
+        --test-threads 1 2>&1); then
+        printf '%s\n' "$out" >&2
+        echo "bench-sim: $t failed" >&2
+        exit 1
+    fi
+    printf '%s\n' "$out" | grep '^topology='
+done

@@ -1,0 +1,72 @@
+//! The simulated fabric: real routers in one process over in-memory links,
+//! on a current-thread runtime with paused time.
+
+use std::time::{Duration, Instant};
+
+use ddm_test_harness::sim::topology::Topology;
+use ddm_test_harness::sim::SimFabric;
+
+/// Start `topo`, converge within `limit` of virtual time, check the
+/// invariants; print the figures.
+async fn converges(topo: Topology, limit: Duration) -> SimFabric {
+    let name = topo.name.clone();
+    let routers = topo.routers.len();
+    let wall = Instant::now();
+    let fabric = SimFabric::start(topo).await.expect("the fabric starts");
+    let virt = fabric
+        .converge(Duration::from_millis(100), limit)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!(
+        "topology={name} routers={routers} converge_wall_s={:.3} \
+         converge_virtual_s={:.3} invariants=ok",
+        wall.elapsed().as_secs_f64(),
+        virt.as_secs_f64()
+    );
+    fabric
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_rack_converges() {
+    let f = converges(Topology::rack(4, 2), Duration::from_secs(60)).await;
+    // Each server routes to the three others over both transits.
+    let snap = f.snapshot().await.unwrap();
+    let s0 = f.topology().router("s0").unwrap();
+    let routes = &snap.routers[s0].as_ref().unwrap().routes;
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    assert!(routes.values().all(|nhs| nhs.len() == 2), "{routes:?}");
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_rack_converges() {
+    let f = converges(Topology::rack(32, 2), Duration::from_secs(60)).await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_racks_and_two_spines_converge() {
+    let f =
+        converges(Topology::racks(2, 4, 2, 2), Duration::from_secs(60)).await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_transit_is_routed_around_and_comes_back() {
+    let mut f = converges(Topology::rack(4, 2), Duration::from_secs(60)).await;
+    let t1 = f.topology().router("t1").unwrap();
+    f.crash(t1).await;
+    let virt = f
+        .converge(Duration::from_millis(100), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("after t1 crashed: {e}"));
+    eprintln!(
+        "event=transit-crash reconverge_virtual_s={:.3}",
+        virt.as_secs_f64()
+    );
+    f.restart(t1).await.unwrap();
+    f.converge(Duration::from_millis(100), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("after t1 restarted: {e}"));
+    f.stop().await;
+}
