@@ -1,7 +1,7 @@
 //! Network namespaces for tests that need a kernel of their own: the
 //! Linux dataplane's and the link watcher's here, discovery's socket test
 //! in `ddm-actors` (through the `testns` feature). Every run goes through
-//! the one gate, `ddm_test_harness::netns::require_netns`.
+//! the one gate, `ddm_netns::require_netns`.
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -69,7 +69,7 @@ where
     // The one gate of every namespace test: a loud SKIP on a developer's
     // machine, a failure where DDM_REQUIRE_NETNS=1 (CI), and the name
     // recorded for CI's count of tests that ran.
-    if !ddm_test_harness::netns::require_netns(test) {
+    if !ddm_netns::require_netns(test) {
         return;
     }
     static COUNT: AtomicUsize = AtomicUsize::new(0);

@@ -23,7 +23,7 @@
 pub mod fabric;
 pub mod fixture;
 pub mod mock_dpd;
-pub mod netns;
+pub use ddm_netns as netns;
 pub mod original;
 pub mod racks;
 pub mod routes;

@@ -15,7 +15,7 @@
 //! on `[::1]:0` that the simulation never uses (queries go by message).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub struct SimFabric {
     /// Per router: its interfaces' link ends by name.
     ports: Vec<Arc<HashMap<String, MemoryPort>>>,
     /// Per router: its data directory (kept across a crash).
-    dirs: Vec<tempfile::TempDir>,
+    stores: Vec<Store>,
     /// Per router: the far end's address → our interface index.
     ifindex_of: Vec<HashMap<Ipv6Addr, u32>>,
     /// The exchange network.
@@ -87,13 +87,14 @@ impl SimFabric {
             ifindex_of[l.a.router].insert(l.b.addr, l.a.ifindex);
             ifindex_of[l.b.router].insert(l.a.addr, l.b.ifindex);
         }
-        let dirs = (0..topo.routers.len())
-            .map(|_| tempfile::tempdir().map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Each router's durable store lives in memory and outlives its
+        // crashes, as a data directory would.
+        let stores =
+            (0..topo.routers.len()).map(|_| Store::in_memory()).collect();
         let mut fabric = SimFabric {
             routers: Vec::new(),
             ports: ports.into_iter().map(Arc::new).collect(),
-            dirs,
+            stores,
             ifindex_of,
             net: ExchangeNet::new(),
             dead_links: BTreeSet::new(),
@@ -127,9 +128,7 @@ impl SimFabric {
 
     async fn start_router(&self, i: usize) -> Result<SimRouter, SimError> {
         let spec = &self.topo.routers[i];
-        let dir = self.dirs[i].path();
-        let store =
-            Store::open(dir).map_err(|e| format!("{}: {e}", spec.name))?;
+        let store = self.stores[i].clone();
         let dataplane = MemoryDataplane::new();
         let dp = dataplane.clone();
         let factory: DataplaneFactory = Arc::new(move |_: &Logger| {
@@ -157,10 +156,9 @@ impl SimFabric {
         interfaces.sort();
         let config = DaemonConfig {
             admin_only: false,
-            admin: AdminConfig {
-                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
-            },
-            data_dir: dir.to_path_buf(),
+            // No listener: the admin actor answers by message only.
+            admin: AdminConfig { listen: None },
+            data_dir: std::path::PathBuf::new(),
             router: RouterConfig {
                 hostname: spec.name.clone(),
                 kind: match spec.kind {

@@ -14,7 +14,7 @@
 //! `DDM_REQUIRE_NETNS=1`, so CI cannot silently skip the suite.
 //!
 //! ```no_run
-//! use ddm_test_harness::netns::{require_netns, Topology};
+//! use ddm_netns::{require_netns, Topology};
 //! use std::time::Duration;
 //!
 //! if require_netns("two_nodes") {
