@@ -249,6 +249,11 @@ pub enum ExchangeMsg {
     /// The peer pushed this update to our server (from the server task).
     /// Passed on to the router, or held back while a pull is out.
     Pushed(v3::Update),
+    /// Our server answered a pull from the peer (from the server task).
+    PeerPulled {
+        /// The pulling session's id (`server::SESSION_HEADER`), if sent.
+        session: Option<u64>,
+    },
     /// A pull task finished (internal).
     PullDone {
         /// The generation the pull was started with.
@@ -365,8 +370,9 @@ impl State {
             Effect::Bind => return Some(self.bind()),
             Effect::Pull { gen } => {
                 let (client, me) = (self.client.clone(), myself.clone());
+                let id = self.server_ctx.session;
                 self.pull_task = Some(tokio::spawn(async move {
-                    let result = client.pull().await;
+                    let result = client.pull(Some(id)).await;
                     let _ = me.cast(ExchangeMsg::PullDone { gen, result });
                 }));
             }
@@ -531,6 +537,9 @@ impl Actor for Exchange {
             peer,
             router: args.router.clone(),
             pushes: Some(myself.clone()),
+            // Random, so that a restarted daemon's sessions differ from
+            // its earlier process's.
+            session: uuid::Uuid::new_v4().as_u64_pair().0,
             timeout: args.timeout,
             stats: stats.clone(),
             log: log.new(o!("unit" => "server")),
@@ -607,36 +616,41 @@ impl Actor for Exchange {
         msg: ExchangeMsg,
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        let input =
-            match msg {
-                ExchangeMsg::Push(update) => Input::Push(update),
-                ExchangeMsg::Pull => Input::Pull,
-                ExchangeMsg::Pushed(update) => Input::Pushed(update),
-                ExchangeMsg::PullDone { gen, result } => Input::PullDone {
-                    gen,
-                    result: result
-                        .map(|Pulled { response, push_limit, bytes }| {
-                            PullAnswer { response, push_limit, bytes }
-                        })
-                        .map_err(failure),
-                },
-                ExchangeMsg::PushDone { gen, result } => {
-                    Input::PushDone { gen, result: result.map_err(failure) }
-                }
-                ExchangeMsg::Retry { kind, gen } => Input::Timer { kind, gen },
-                ExchangeMsg::GetLocalAddr(reply) => {
-                    let _ = reply.send(state.server.as_ref().map(|s| s.addr));
-                    return Ok(());
-                }
-                ExchangeMsg::GetCounters(reply) => {
-                    let _ = reply.send(state.stats.snapshot());
-                    return Ok(());
-                }
-                ExchangeMsg::GetPushLimit(reply) => {
-                    let _ = reply.send(state.session.push_limit());
-                    return Ok(());
-                }
-            };
+        let input = match msg {
+            ExchangeMsg::Push(update) => Input::Push(update),
+            ExchangeMsg::Pull => Input::Pull,
+            ExchangeMsg::Pushed(update) => Input::Pushed(update),
+            ExchangeMsg::PeerPulled { session } => {
+                Input::PeerPulled { session }
+            }
+            ExchangeMsg::PullDone { gen, result } => Input::PullDone {
+                gen,
+                result: result
+                    .map(|p| PullAnswer {
+                        response: p.response,
+                        push_limit: p.push_limit,
+                        bytes: p.bytes,
+                        session: p.session,
+                    })
+                    .map_err(failure),
+            },
+            ExchangeMsg::PushDone { gen, result } => {
+                Input::PushDone { gen, result: result.map_err(failure) }
+            }
+            ExchangeMsg::Retry { kind, gen } => Input::Timer { kind, gen },
+            ExchangeMsg::GetLocalAddr(reply) => {
+                let _ = reply.send(state.server.as_ref().map(|s| s.addr));
+                return Ok(());
+            }
+            ExchangeMsg::GetCounters(reply) => {
+                let _ = reply.send(state.stats.snapshot());
+                return Ok(());
+            }
+            ExchangeMsg::GetPushLimit(reply) => {
+                let _ = reply.send(state.session.push_limit());
+                return Ok(());
+            }
+        };
         state.step(&myself, input);
         Ok(())
     }
@@ -1107,6 +1121,8 @@ mod tests {
     struct Received {
         method: Method,
         path: String,
+        /// The session id the request named.
+        session: Option<u64>,
         body: Bytes,
     }
 
@@ -1203,10 +1219,11 @@ mod tests {
     ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let session = server::session_id(req.headers());
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let is_push = method == Method::PUT;
         let size = body.len();
-        let _ = tx.send(Received { method, path, body });
+        let _ = tx.send(Received { method, path, session, body });
         let mut answer = Response::builder();
         let (status, body) = if is_push {
             if let Some(gate) = &ctl.gate {
@@ -1592,7 +1609,7 @@ mod tests {
     /// the router, its pull is answered; a stranger is refused.
     #[tokio::test]
     async fn serves_the_peer_and_refuses_strangers() {
-        let fake = FakePeer::start(PULL3, false).await;
+        let mut fake = FakePeer::start(PULL3, false).await;
         let answer = pull_answer();
         let (router, mut seen) = fake_router(answer.clone()).await;
         let peer = loopback_peer();
@@ -1615,12 +1632,20 @@ mod tests {
         let u = announce(&["fd00:8::/64"]);
         let pushed = as_peer.push(&(&u).into()).await.unwrap();
         assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
-        let pulled = as_peer.pull().await.unwrap();
+        let pulled = as_peer.pull(None).await.unwrap();
         assert_eq!(pulled.response, answer);
         assert_eq!(pulled.push_limit, Some(server::MAX_BODY));
+        // The answer names the actor's session, the same one its own
+        // pulls name.
+        let ours = pulled.session.expect("a session id");
+        let first = fake.next().await;
+        assert_eq!(
+            (first.path.as_str(), first.session),
+            ("/v3/pull", Some(ours))
+        );
         assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
         let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
-        let pulled_v2 = as_v2.pull().await.unwrap();
+        let pulled_v2 = as_v2.pull(None).await.unwrap();
         assert_eq!(pulled_v2.response, answer);
         let c = call!(x, ExchangeMsg::GetCounters).unwrap();
         assert_eq!((c.pushes_received, c.pulls_received), (1, 2));

@@ -108,6 +108,19 @@ pub const BODY_BUDGET: usize = 2 * MAX_BODY;
 /// bytes, decimal) the answering server takes.
 pub const PUSH_LIMIT_HEADER: &str = "x-ddm-max-push-bytes";
 
+/// Header of a pull and of a pull answer: the id of the exchange session
+/// (one per exchange actor) that sends it, a decimal `u64`. A pull from a
+/// session other than the one whose answer we hold may be the first pull
+/// of a restarted peer, and is answered by a pull back (see
+/// [`Input::PeerPulled`](super::session::Input::PeerPulled)). The original
+/// daemon neither sends nor reads it.
+pub const SESSION_HEADER: &str = "x-ddm-session";
+
+/// The session id in `headers`, if there is one and it is a number.
+pub(crate) fn session_id(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(SESSION_HEADER)?.to_str().ok()?.trim().parse().ok()
+}
+
 /// Longest reason put in a 400 answer.
 const MAX_REASON: usize = 256;
 
@@ -141,6 +154,8 @@ pub struct ServerCtx {
     /// with its pull answers (held back while a pull is out). Unset in tests
     /// that drive the server alone: pushes then go straight to the router.
     pub pushes: Option<ExchangeRef>,
+    /// Our session's id, sent on pull answers ([`SESSION_HEADER`]).
+    pub session: u64,
     /// Bound on reading a body and on the router's answer to a pull.
     pub timeout: Duration,
     /// The actor's counters.
@@ -381,7 +396,9 @@ where
     };
     match (op, req.method()) {
         (Op::Push, &Method::PUT) => push(req, version, ctx, budget).await,
-        (Op::Pull, &Method::GET) => pull(version, ctx).await,
+        (Op::Pull, &Method::GET) => {
+            pull(version, session_id(req.headers()), ctx).await
+        }
         (op, _) => {
             Stats::bump(&ctx.stats.rejected_other);
             let allow = match op {
@@ -472,8 +489,13 @@ where
         .expect("static response")
 }
 
-/// Answer a pull with what the router offers this peer.
-async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
+/// Answer a pull with what the router offers this peer; once answered,
+/// tell the exchange actor (`PeerPulled`), which may pull the peer back.
+async fn pull(
+    version: Version,
+    session: Option<u64>,
+    ctx: &ServerCtx,
+) -> Response<Full<Bytes>> {
     let peer = ctx.peer;
     let answer = ctx
         .router
@@ -507,10 +529,15 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
         Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
             Stats::add(&ctx.stats.pull_bytes_sent, body.len());
+            if let Some(x) = &ctx.pushes {
+                // The actor is stopping if this fails: nothing to do.
+                let _ = x.cast(ExchangeMsg::PeerPulled { session });
+            }
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
                 .header(PUSH_LIMIT_HEADER, MAX_BODY)
+                .header(SESSION_HEADER, ctx.session)
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response")
         }
@@ -587,6 +614,7 @@ mod tests {
             peer: peer(),
             router,
             pushes: None,
+            session: 7,
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             log: Logger::root(slog::Discard, slog::o!()),
