@@ -18,6 +18,9 @@ pub mod session;
 pub mod session_io;
 pub mod transport;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 // The wire types and the outgoing update are the protocol floor's
 // (`ddm-proto`), which the RIB uses too; re-exported at their old paths.
 pub use ddm_proto::{outgoing, wire};

@@ -8,11 +8,11 @@ use slog::Logger;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::super::actor::testing::{fake_router, Seen};
 use super::super::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
     MAX_ATTEMPTS,
 };
+use super::super::testing::{fake_router, Seen};
 use super::super::wire::v3;
 use super::*;
 use crate::router::RouterRef;
