@@ -62,6 +62,7 @@ use super::wire::v3;
 use crate::config::RouterConfig;
 use crate::discovery::PeerIdentity;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
+use crate::timer::{abort_and_wait, cast_after, replace_task};
 use ddm_proto::PeerId;
 
 /// A handle to an exchange actor.
@@ -343,7 +344,7 @@ pub struct State {
     /// The push task in flight.
     push_task: Option<JoinHandle<()>>,
     /// The latest timer of each kind (an earlier one is stale anyway).
-    timers: HashMap<TimerKind, JoinHandle<()>>,
+    timers: HashMap<TimerKind, Option<JoinHandle<()>>>,
     /// Logger with the peer.
     log: Logger,
 }
@@ -384,14 +385,10 @@ impl State {
                 }));
             }
             Effect::StartTimer { kind, gen, after_ms } => {
-                let me = myself.clone();
-                let timer = tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                    let _ = me.cast(ExchangeMsg::Retry { kind, gen });
-                });
-                if let Some(old) = self.timers.insert(kind, timer) {
-                    old.abort();
-                }
+                let after = Duration::from_millis(after_ms);
+                let timer =
+                    cast_after(myself, after, ExchangeMsg::Retry { kind, gen });
+                replace_task(self.timers.entry(kind).or_default(), timer);
             }
             Effect::Import(update) => {
                 let msg = RouterMsg::Import { peer: self.peer, update };
@@ -595,17 +592,13 @@ impl Actor for Exchange {
         _myself: ExchangeRef,
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-        tasks.extend(state.pull_task.take());
-        tasks.extend(state.push_task.take());
-        tasks.extend(state.timers.drain().map(|(_, t)| t));
-        tasks.extend(state.server.take().map(|s| s.task));
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+        let timers = state.timers.drain().filter_map(|(_, t)| t);
+        let tasks = [state.pull_task.take(), state.push_task.take()]
+            .into_iter()
+            .flatten()
+            .chain(timers)
+            .chain(state.server.take().map(|s| s.task));
+        abort_and_wait(tasks).await;
         debug!(state.log, "exchange stopped");
         Ok(())
     }

@@ -60,20 +60,13 @@ use ddm_proto::outgoing::{
 use ddm_proto::wire::v3;
 use ddm_proto::Version;
 
-/// First retry delay after a failure.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+// The back-off is the crate's one (`crate::timer`), re-exported here
+// where the session's rules use it.
+pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
 /// Consecutive failed pushes (or pulls) after which the peer is reported
 /// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
 /// time.
 pub const MAX_ATTEMPTS: u32 = 5;
-
-/// The delay before the next attempt, after `failures` consecutive ones.
-pub fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
-}
 
 /// One retried activity: whether its request or timer is out, and its
 /// failure streak.
