@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use ractor::call;
+use std::sync::atomic::AtomicU64;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 

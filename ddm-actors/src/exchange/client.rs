@@ -2,7 +2,7 @@
 //!
 //! HTTP/1.1 through hyper-util's pooled client to `[peer%ifindex]:port`,
 //! speaking the version the peer advertises. A connector of our own
-//! ([`Dialer`]) dials the peer's link-local address with its scope id,
+//! (`Dialer`) dials the peer's link-local address with its scope id,
 //! from our bound address when there is one. The pool keeps at most one
 //! idle kept-alive connection; the client is cheap to clone and its clones
 //! share the pool, and a request that finds the connection busy or gone
