@@ -321,3 +321,44 @@ async fn a_restarted_peer_is_pulled_back() {
     a.x.stop(None);
     b.x.stop(None);
 }
+
+/// A push that reaches us while our pull is out is handed to the router
+/// only after the pull's answer (which the router takes as the peer's
+/// whole set, and which may be older than the push).
+#[tokio::test(start_paused = true)]
+async fn pushes_are_held_while_a_pull_is_out() {
+    let net = ExchangeNet::new();
+    let mut a = side(&net, 1, 2, "fd00:a::/64", Duration::ZERO).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    until(&mut b.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    // B's next pull of A takes a while; A pushes to B meanwhile.
+    net.set_fault(addr(2), addr(1), Fault::Delay(Duration::from_millis(500)));
+    b.x.cast(ExchangeMsg::Pull).unwrap();
+    ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    let update = announce(&["fd00:1::/64"]);
+    a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
+        .await;
+    // Accepted by B's server, yet not handed on: the pull is still out.
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!((c.pushes_received, c.pulls_sent), (1, 1), "{c:?}");
+    assert!(b.seen.try_recv().is_err(), "the push was not held");
+    let first = until(&mut b.seen, |s| match s {
+        Seen::PullResult(..) | Seen::Import(..) => Some(s),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(first, Seen::PullResult(..)), "{first:?}");
+    let next = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, update);
+    net.clear_fault(addr(2), addr(1));
+    a.x.stop(None);
+    b.x.stop(None);
+}
