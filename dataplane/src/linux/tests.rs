@@ -100,50 +100,55 @@ fn single_multi_shrink_delete() {
 
 #[test]
 fn remove_stale_and_remove_all_spare_other_routes() {
-    let test = "remove_stale_and_remove_all_spare_other_routes";
-    testns::run(test, |ns| async move {
-        let p = RTPROT_DDM;
-        let add = |route: &str| ns.ip_line(&format!("-6 route add {route}"));
-        add(&format!("fd00:1::/64 via fe80::1 dev a0 proto {p}"));
-        add(&format!(
-            "fd00:2::/64 proto {p} \
+    testns::run(
+        "remove_stale_and_remove_all_spare_other_routes",
+        |ns| async move {
+            let p = RTPROT_DDM;
+            let add =
+                |route: &str| ns.ip_line(&format!("-6 route add {route}"));
+            add(&format!("fd00:1::/64 via fe80::1 dev a0 proto {p}"));
+            add(&format!(
+                "fd00:2::/64 proto {p} \
              nexthop via fe80::1 dev a0 nexthop via fe80::2 dev b0"
-        ));
-        add(&format!("fd00:3::/64 via fe80::1 dev a0 table 100 proto {p}"));
-        add(&format!("fd00:3::/64 via fe80::1 dev a0 table 70000 proto {p}"));
-        // Somebody else's route.
-        add("fd00:9::/64 via fe80::9 dev b0 proto static");
-        assert_eq!(ours(&ns).len(), 2);
+            ));
+            add(&format!("fd00:3::/64 via fe80::1 dev a0 table 100 proto {p}"));
+            add(&format!(
+                "fd00:3::/64 via fe80::1 dev a0 table 70000 proto {p}"
+            ));
+            // Somebody else's route.
+            add("fd00:9::/64 via fe80::9 dev b0 proto static");
+            assert_eq!(ours(&ns).len(), 2);
 
-        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-        assert_eq!(dp.remove_stale().await.unwrap(), 4);
-        assert_eq!(ours(&ns), BTreeMap::new());
-        for table in ["100", "70000"] {
-            let left =
-                ns.ip_line(&format!("-6 route show table {table} proto {p}"));
-            assert_eq!(left.trim(), "", "table {table}");
-        }
-        assert_eq!(dp.remove_stale().await.unwrap(), 0);
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            assert_eq!(dp.remove_stale().await.unwrap(), 4);
+            assert_eq!(ours(&ns), BTreeMap::new());
+            for table in ["100", "70000"] {
+                let left = ns
+                    .ip_line(&format!("-6 route show table {table} proto {p}"));
+                assert_eq!(left.trim(), "", "table {table}");
+            }
+            assert_eq!(dp.remove_stale().await.unwrap(), 0);
 
-        let a0 = ns.ifindex("a0");
-        dp.apply(vec![
-            update("fd00:4::/64", &[nh("fe80::4", a0)]),
-            update("fd00:5::/64", &[nh("fe80::5", a0)]),
-        ])
-        .await
-        .unwrap();
-        assert_eq!(ours(&ns).len(), 2);
-        assert_eq!(dp.remove_all().await.unwrap(), 2);
-        assert_eq!(ours(&ns), BTreeMap::new());
-        let other = kernel_routes(&ns, "static");
-        assert_eq!(
-            other,
-            BTreeMap::from([(
-                "fd00:9::/64".into(),
-                hops(&[("fe80::9", "b0")])
-            )])
-        );
-    });
+            let a0 = ns.ifindex("a0");
+            dp.apply(vec![
+                update("fd00:4::/64", &[nh("fe80::4", a0)]),
+                update("fd00:5::/64", &[nh("fe80::5", a0)]),
+            ])
+            .await
+            .unwrap();
+            assert_eq!(ours(&ns).len(), 2);
+            assert_eq!(dp.remove_all().await.unwrap(), 2);
+            assert_eq!(ours(&ns), BTreeMap::new());
+            let other = kernel_routes(&ns, "static");
+            assert_eq!(
+                other,
+                BTreeMap::from([(
+                    "fd00:9::/64".into(),
+                    hops(&[("fe80::9", "b0")])
+                )])
+            );
+        },
+    );
 }
 
 #[test]
