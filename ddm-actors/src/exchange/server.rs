@@ -661,6 +661,44 @@ mod tests {
         PeerId { ifindex: 0, addr: "fe80::2".parse().unwrap() }
     }
 
+    /// A pushed v3 body decodes exactly as serde's derive reads it, with
+    /// no spare room in any path; missing halves and fields, `null` halves
+    /// and malformed path vectors are taken or refused as before.
+    #[test]
+    fn pushed_paths_are_decoded_at_their_exact_length() {
+        let bodies = [
+            r#"{"underlay":{"announce":[
+                {"destination":"fd00:1::/64","path":["s1","t1"]},
+                {"destination":"fd00:3::/64","path":["s3"]}],
+              "withdraw":[{"destination":"fd00:2::/64","path":["s1"]}]},
+              "tunnel":{"announce":[],"withdraw":[]}}"#,
+            "{}",
+            r#"{"underlay":null,"tunnel":null}"#,
+            r#"{"underlay":{"withdraw":[]}}"#,
+        ];
+        for body in bodies {
+            let want: v3::Update = serde_json::from_str(body).unwrap();
+            let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+            assert_eq!(got, want, "{body}");
+            for pv in got
+                .underlay
+                .iter()
+                .flat_map(|u| u.announce.iter().chain(&u.withdraw))
+            {
+                assert_eq!(pv.path.capacity(), pv.path.len());
+            }
+        }
+        for bad in [
+            r#"{"underlay":{"announce":[{"destination":"fd00:1::/64"}]}}"#,
+            r#"{"underlay":{"announce":{}}}"#,
+            r#"{"underlay":{"announce":[{"destination":"x","path":[]}]}}"#,
+        ] {
+            assert!(serde_json::from_str::<v3::Update>(bad).is_err());
+            let got = decode_update(Version::V3, Bytes::from(bad));
+            assert!(got.is_err_and(|e| e.starts_with("invalid v3 update")));
+        }
+    }
+
     async fn rig(
         answer: v3::PullResponse,
     ) -> (ServerCtx, mpsc::UnboundedReceiver<Seen>) {
