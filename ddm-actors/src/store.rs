@@ -531,10 +531,10 @@ impl Store {
     }
 
     /// [`Store::apply`] for an actor: on tokio's blocking pool for a file,
-    /// inline for memory.
+    /// inline for memory. The change is shared with the caller, not copied.
     pub async fn apply_async(
         &self,
-        change: StoreChange,
+        change: Arc<StoreChange>,
     ) -> Result<(), StoreError> {
         self.off_thread(move |store| store.apply(&change)).await
     }
@@ -699,7 +699,8 @@ mod tests {
         // Complete on the first poll, with no runtime at all: nothing is
         // handed to a blocking pool.
         let store = Store::in_memory();
-        let done = store.apply_async(add("fd00:1::/64")).now_or_never();
+        let done =
+            store.apply_async(Arc::new(add("fd00:1::/64"))).now_or_never();
         done.expect("ran inline").unwrap();
         let loaded = store.load_async().now_or_never().expect("ran inline");
         assert_eq!(loaded.unwrap().prefixes, [p("fd00:1::/64")].into());

@@ -96,11 +96,15 @@ impl AdminContext {
 
 /// `prefixes` in canonical form: a prefix with host bits set stands for
 /// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
-/// takes it; each such prefix is logged as a warning.
+/// takes it; each such prefix is logged as a warning. A set already in
+/// canonical form (the usual case) is returned as it is, not rebuilt.
 pub(super) fn canonical_prefixes(
     log: &Logger,
     prefixes: BTreeSet<Ipv6Net>,
 ) -> BTreeSet<Ipv6Net> {
+    if prefixes.iter().all(|p| normalise_v6(*p) == *p) {
+        return prefixes;
+    }
     prefixes
         .into_iter()
         .map(|p| {
@@ -120,6 +124,12 @@ pub(super) fn canonical_tunnels(
     log: &Logger,
     tunnels: BTreeSet<TunnelOrigin>,
 ) -> BTreeSet<TunnelOrigin> {
+    if tunnels
+        .iter()
+        .all(|t| normalise_ip(t.overlay_prefix) == t.overlay_prefix)
+    {
+        return tunnels;
+    }
     tunnels
         .into_iter()
         .map(|t| {

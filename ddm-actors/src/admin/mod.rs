@@ -135,8 +135,13 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    async fn commit(&mut self, change: StoreChange) -> Result<(), StoreError> {
-        let written = self.store.apply_async(change.clone()).await;
+    /// Write `change` durably (the store's task shares it: a change of
+    /// 100,000 prefixes is not copied), then apply it to the mirror.
+    async fn commit(
+        &mut self,
+        change: &Arc<StoreChange>,
+    ) -> Result<(), StoreError> {
+        let written = self.store.apply_async(Arc::clone(change)).await;
         self.store_counters.record(written.is_ok());
         written.map_err(|e| {
             warn!(self.log, "store write failed"; "error" => %e);
@@ -173,15 +178,16 @@ impl AdminState {
         if change.is_empty() {
             return Ok(());
         }
+        let change = Arc::new(change);
         if self.store.failing().is_some() {
-            self.commit(change.clone()).await?;
+            self.commit(&change).await?;
             info!(self.log, "store writes succeed again");
             self.reconcile().await;
             self.tell_router_change(&change);
             return Ok(());
         }
         self.tell_router_change(&change);
-        if let Err(e) = self.commit(change.clone()).await {
+        if let Err(e) = self.commit(&change).await {
             self.tell_router_change(&change.inverse());
             return Err(e);
         }
@@ -391,14 +397,17 @@ impl Actor for Admin {
     }
 }
 
-/// The members of `want` that `have` lacks.
-fn not_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
-    want.into_iter().filter(|x| !have.contains(x)).collect()
+/// The members of `want` that `have` lacks (in place: a body of 100,000
+/// prefixes is not built into a second set).
+fn not_in<T: Ord>(mut want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.retain(|x| !have.contains(x));
+    want
 }
 
-/// The members of `want` that `have` holds.
-fn only_in<T: Ord>(want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
-    want.into_iter().filter(|x| have.contains(x)).collect()
+/// The members of `want` that `have` holds (in place, as [`not_in`]).
+fn only_in<T: Ord>(mut want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
+    want.retain(|x| have.contains(x));
+    want
 }
 
 mod http;

@@ -545,7 +545,8 @@ pub(crate) fn decode_update(
     body: Bytes,
 ) -> Result<v3::Update, String> {
     match version {
-        Version::V3 => serde_json::from_slice::<v3::Update>(&body)
+        Version::V3 => serde_json::from_slice::<exact::Update>(&body)
+            .map(v3::Update::from)
             .map_err(|e| format!("invalid v3 update: {e}")),
         Version::V2 => {
             let parsed = serde_json::from_slice::<v2::Update>(&body)
@@ -553,6 +554,87 @@ pub(crate) fn decode_update(
             drop(body);
             parsed?.try_into().map_err(|e| format!("invalid v2 update: {e}"))
         }
+    }
+}
+
+/// A v3 push as it is read: the fields of [`v3::Update`], with each path's
+/// hostnames kept at their exact length. serde's `Vec` leaves room for
+/// four hostnames in every path vector (it has no length to go by), and a
+/// push of thousands of them is held whole until the router takes it.
+mod exact {
+    use std::collections::BTreeSet;
+    use std::fmt;
+
+    use oxnet::Ipv6Net;
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    use super::v3;
+
+    /// [`v3::Update`], read with exact paths.
+    #[derive(Deserialize)]
+    pub(super) struct Update {
+        #[serde(default)]
+        underlay: Option<Underlay>,
+        #[serde(default)]
+        tunnel: Option<v3::TunnelUpdate>,
+    }
+
+    /// [`v3::UnderlayUpdate`], read with exact paths.
+    #[derive(Deserialize)]
+    struct Underlay {
+        #[serde(default, deserialize_with = "paths")]
+        announce: BTreeSet<v3::PathVector>,
+        #[serde(default, deserialize_with = "paths")]
+        withdraw: BTreeSet<v3::PathVector>,
+    }
+
+    /// One path vector as written.
+    #[derive(Deserialize)]
+    struct Path {
+        destination: Ipv6Net,
+        path: Vec<String>,
+    }
+
+    impl From<Update> for v3::Update {
+        fn from(u: Update) -> v3::Update {
+            v3::Update {
+                underlay: u.underlay.map(|u| v3::UnderlayUpdate {
+                    announce: u.announce,
+                    withdraw: u.withdraw,
+                }),
+                tunnel: u.tunnel,
+            }
+        }
+    }
+
+    /// A set of path vectors, each path shrunk to its length as it is read.
+    fn paths<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeSet<v3::PathVector>, D::Error> {
+        struct Paths;
+        impl<'de> Visitor<'de> for Paths {
+            type Value = BTreeSet<v3::PathVector>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of path vectors")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeSet::new();
+                while let Some(Path { destination, mut path }) =
+                    seq.next_element()?
+                {
+                    path.shrink_to_fit();
+                    out.insert(v3::PathVector { destination, path });
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Paths)
     }
 }
 
@@ -593,6 +675,44 @@ mod tests {
 
     fn peer() -> PeerId {
         PeerId { ifindex: 0, addr: "fe80::2".parse().unwrap() }
+    }
+
+    /// A pushed v3 body decodes exactly as serde's derive reads it, with
+    /// no spare room in any path; missing halves and fields, `null` halves
+    /// and malformed path vectors are taken or refused as before.
+    #[test]
+    fn pushed_paths_are_decoded_at_their_exact_length() {
+        let bodies = [
+            r#"{"underlay":{"announce":[
+                {"destination":"fd00:1::/64","path":["s1","t1"]},
+                {"destination":"fd00:3::/64","path":["s3"]}],
+              "withdraw":[{"destination":"fd00:2::/64","path":["s1"]}]},
+              "tunnel":{"announce":[],"withdraw":[]}}"#,
+            "{}",
+            r#"{"underlay":null,"tunnel":null}"#,
+            r#"{"underlay":{"withdraw":[]}}"#,
+        ];
+        for body in bodies {
+            let want: v3::Update = serde_json::from_str(body).unwrap();
+            let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+            assert_eq!(got, want, "{body}");
+            for pv in got
+                .underlay
+                .iter()
+                .flat_map(|u| u.announce.iter().chain(&u.withdraw))
+            {
+                assert_eq!(pv.path.capacity(), pv.path.len());
+            }
+        }
+        for bad in [
+            r#"{"underlay":{"announce":[{"destination":"fd00:1::/64"}]}}"#,
+            r#"{"underlay":{"announce":{}}}"#,
+            r#"{"underlay":{"announce":[{"destination":"x","path":[]}]}}"#,
+        ] {
+            assert!(serde_json::from_str::<v3::Update>(bad).is_err());
+            let got = decode_update(Version::V3, Bytes::from(bad));
+            assert!(got.is_err_and(|e| e.starts_with("invalid v3 update")));
+        }
     }
 
     async fn rig(

@@ -27,7 +27,7 @@
 //! when another peer comes up on the same interface (the old address is
 //! gone); it is at most one view per interface.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ddm_proto::outgoing::{OutPath, OutUpdate};
 use ddm_proto::wire::v3::TunnelOrigin;
@@ -43,15 +43,35 @@ struct Stale {
     /// Pushes handed to the current session so far; the next one gets
     /// `sent + 1`.
     sent: u64,
-    /// Withdrawn paths, each with the push that withdrew it.
-    paths: BTreeMap<OutPath, u64>,
-    /// Withdrawn tunnel endpoints, likewise.
+    /// The paths withdrawn by each push of the current session that is not
+    /// yet delivered, oldest first, with the push's sequence number. A
+    /// push's withdrawals are kept as one list of exactly their size (48
+    /// bytes a path, where a map entry costs twice that): a withdrawal of
+    /// 100,000 paths is remembered until its delivery without doubling
+    /// what the push itself holds.
+    in_flight: VecDeque<(u64, Vec<OutPath>)>,
+    /// Paths an ended session may have left with the peer (no push will
+    /// report them delivered).
+    paths: BTreeSet<OutPath>,
+    /// Withdrawn tunnel endpoints, each with the push that withdrew it.
     tunnels: BTreeMap<TunnelOrigin, u64>,
 }
 
 impl Stale {
     fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.tunnels.is_empty()
+        self.in_flight.is_empty()
+            && self.paths.is_empty()
+            && self.tunnels.is_empty()
+    }
+
+    /// The session ended: nothing in flight will be acknowledged now.
+    fn unacked(&mut self) {
+        for (_, paths) in self.in_flight.drain(..) {
+            self.paths.extend(paths);
+        }
+        for seq in self.tunnels.values_mut() {
+            *seq = UNACKED;
+        }
     }
 }
 
@@ -69,18 +89,25 @@ impl Told {
 
     /// A push to `peer`'s current session is handed to its exchange actor;
     /// returns the push's sequence number in that session.
+    ///
+    /// A path it announces is no longer remembered from an ended session;
+    /// a withdrawal of it still in flight stays remembered until delivered
+    /// (finding it there would cost a search per announcement). That costs
+    /// bytes only: a new session withdraws only what is not in its view.
     pub fn pushed(&mut self, peer: PeerId, update: &OutUpdate) -> u64 {
         let stale = self.peers.entry(peer).or_default();
         stale.sent += 1;
         let seq = stale.sent;
         if let Some(u) = &update.underlay {
-            for p in &u.announce {
-                if !stale.paths.is_empty() {
+            if !stale.paths.is_empty() {
+                for p in &u.announce {
                     stale.paths.remove(p);
                 }
             }
-            for p in &u.withdraw {
-                stale.paths.insert(p.clone(), seq);
+            if !u.withdraw.is_empty() {
+                stale
+                    .in_flight
+                    .push_back((seq, u.withdraw.iter().cloned().collect()));
             }
         }
         if let Some(t) = &update.tunnel {
@@ -97,7 +124,9 @@ impl Told {
     /// `peer`'s current session delivered every push up to `through`.
     pub fn delivered(&mut self, peer: PeerId, through: u64) {
         if let Some(stale) = self.peers.get_mut(&peer) {
-            stale.paths.retain(|_, seq| *seq > through);
+            while stale.in_flight.front().is_some_and(|(s, _)| *s <= through) {
+                stale.in_flight.pop_front();
+            }
             stale.tunnels.retain(|_, seq| *seq > through);
         }
     }
@@ -106,11 +135,9 @@ impl Told {
     /// which it may hold.
     pub fn session_down(&mut self, peer: PeerId, view: OutUpdate) {
         let stale = self.peers.entry(peer).or_default();
-        for seq in stale.paths.values_mut().chain(stale.tunnels.values_mut()) {
-            *seq = UNACKED;
-        }
+        stale.unacked();
         if let Some(u) = view.underlay {
-            stale.paths.extend(u.announce.into_iter().map(|p| (p, UNACKED)));
+            stale.paths.extend(u.announce);
         }
         if let Some(t) = view.tunnel {
             stale.tunnels.extend(t.announce.into_iter().map(|o| (o, UNACKED)));
@@ -129,18 +156,19 @@ impl Told {
     pub fn session_up(&mut self, peer: PeerId, view: OutUpdate) -> OutUpdate {
         self.peers.retain(|id, _| id.ifindex != peer.ifindex || *id == peer);
         let stale = self.peers.entry(peer).or_default();
+        // Whatever the last session had in flight is now unacknowledged.
+        stale.unacked();
         stale.sent = 0;
         let mut push = view;
-        let withdraw: std::collections::BTreeSet<OutPath> = {
+        // What the peer may hold beyond the view is withdrawn by this push,
+        // and remembered again, as in flight, once it is handed over.
+        let withdraw: BTreeSet<OutPath> = {
             let announce = push.underlay.as_ref().map(|u| &u.announce);
-            stale
-                .paths
-                .keys()
-                .filter(|p| !announce.is_some_and(|a| a.contains(*p)))
-                .cloned()
-                .collect()
+            let mut left = std::mem::take(&mut stale.paths);
+            left.retain(|p| !announce.is_some_and(|a| a.contains(p)));
+            left
         };
-        let withdraw_tunnels: std::collections::BTreeSet<TunnelOrigin> = {
+        let withdraw_tunnels: BTreeSet<TunnelOrigin> = {
             let announce = push.tunnel.as_ref().map(|t| &t.announce);
             stale
                 .tunnels
@@ -159,14 +187,22 @@ impl Told {
     }
 
     /// How many paths and tunnel endpoints are remembered, over all peers
-    /// (memory statistics and tests).
+    /// (memory statistics and tests; a path withdrawn by two pushes in
+    /// flight counts twice).
     pub fn len(&self) -> usize {
-        self.peers.values().map(|s| s.paths.len() + s.tunnels.len()).sum()
+        self.peers
+            .values()
+            .map(|s| {
+                s.paths.len()
+                    + s.tunnels.len()
+                    + s.in_flight.iter().map(|(_, p)| p.len()).sum::<usize>()
+            })
+            .sum()
     }
 
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.peers.values().all(Stale::is_empty)
     }
 }
 
@@ -234,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn delivered_withdrawals_are_forgotten_and_announcements_cancel_them() {
+    fn delivered_withdrawals_are_forgotten() {
         let p = peer(1, 1);
         let mut told = Told::new();
         told.session_up(p, OutUpdate::default());
@@ -243,7 +279,37 @@ mod tests {
         told.delivered(p, 1);
         assert_eq!(told.len(), 1, "only the second push is outstanding");
         told.pushed(p, &update(&[3], &[]));
-        assert!(told.is_empty(), "announced again: nothing stale");
+        told.delivered(p, 3);
+        assert!(told.is_empty(), "everything delivered: nothing stale");
+    }
+
+    /// A path withdrawn and announced again while the withdrawal is in
+    /// flight is not withdrawn by the next session if the view has it.
+    #[test]
+    fn an_announcement_after_a_withdrawal_in_flight_is_not_withdrawn() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        told.session_up(p, OutUpdate::default());
+        told.pushed(p, &update(&[], &[1, 2]));
+        told.pushed(p, &update(&[1], &[]));
+        told.session_down(p, update(&[1], &[]));
+        let resync = told.session_up(p, update(&[1], &[]));
+        assert_eq!(announced(&resync), vec![path(1)]);
+        assert_eq!(withdrawn(&resync), vec![path(2)]);
+    }
+
+    /// What a resync withdraws is forgotten once that push is delivered.
+    #[test]
+    fn a_delivered_resync_leaves_nothing_stale() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        told.session_down(p, update(&[1, 2], &[]));
+        let resync = told.session_up(p, update(&[1], &[]));
+        assert_eq!(withdrawn(&resync), vec![path(2)]);
+        assert_eq!(told.pushed(p, &resync), 1);
+        assert_eq!(told.len(), 1);
+        told.delivered(p, 1);
+        assert!(told.is_empty());
     }
 
     #[test]
