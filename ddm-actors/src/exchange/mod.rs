@@ -8,12 +8,14 @@
 //! session rule (its [`session_io`] inputs and effects are serde enums; the
 //! step files in `steps/` replay one rule each). The actor reaches the
 //! network through a [`transport`]: HTTP in production (it serves the peer
-//! through [`server`] and calls it through [`client`]), or the in-memory
+//! through [`server`], which reads push bodies with `decode.rs`, and calls
+//! it through [`client`]), or the in-memory
 //! [`transport::ExchangeNet`] for tests and simulated fabrics. The
 //! counters the actor and its server share are in [`stats`].
 
 pub mod actor;
 pub mod client;
+mod decode;
 pub mod server;
 pub mod session;
 pub mod session_io;
