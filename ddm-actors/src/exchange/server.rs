@@ -566,9 +566,9 @@ fn bad_request(mut reason: String) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use crate::exchange::wire::{v2, v3};
     use super::*;
     use crate::exchange::testing::{fake_router_and_exchange, Seen};
+    use crate::exchange::wire::{v2, v3};
     use futures::stream;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
