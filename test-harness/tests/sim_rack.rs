@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use ddm_test_harness::sim::topology::Topology;
 use ddm_test_harness::sim::SimFabric;
 
+const STEP: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_secs(1);
+
 /// Start `topo`, converge within `limit` of virtual time, check the
 /// invariants; print the figures.
 async fn converges(topo: Topology, limit: Duration) -> SimFabric {
@@ -14,9 +17,10 @@ async fn converges(topo: Topology, limit: Duration) -> SimFabric {
     let wall = Instant::now();
     let fabric = SimFabric::start(topo).await.expect("the fabric starts");
     let virt = fabric
-        .converge(Duration::from_millis(100), limit)
+        .converge(STEP, QUIET, limit)
         .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .virtual_time;
     eprintln!(
         "topology={name} routers={routers} converge_wall_s={:.3} \
          converge_virtual_s={:.3} invariants=ok",
@@ -57,15 +61,16 @@ async fn a_crashed_transit_is_routed_around_and_comes_back() {
     let t1 = f.topology().router("t1").unwrap();
     f.crash(t1).await;
     let virt = f
-        .converge(Duration::from_millis(100), Duration::from_secs(60))
+        .converge(STEP, QUIET, Duration::from_secs(60))
         .await
-        .unwrap_or_else(|e| panic!("after t1 crashed: {e}"));
+        .unwrap_or_else(|e| panic!("after t1 crashed: {e}"))
+        .virtual_time;
     eprintln!(
         "event=transit-crash reconverge_virtual_s={:.3}",
         virt.as_secs_f64()
     );
     f.restart(t1).await.unwrap();
-    f.converge(Duration::from_millis(100), Duration::from_secs(60))
+    f.converge(STEP, QUIET, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("after t1 restarted: {e}"));
     f.stop().await;
