@@ -75,3 +75,34 @@ async fn a_crashed_transit_is_routed_around_and_comes_back() {
         .unwrap_or_else(|e| panic!("after t1 restarted: {e}"));
     f.stop().await;
 }
+
+/// A cut cable: both ends expire each other and route around it; mended,
+/// the link carries again. A one-sided session reset is healed by the
+/// next discovery.
+#[tokio::test(start_paused = true)]
+async fn a_cut_link_is_routed_around_and_mended() {
+    use ddm_test_harness::sim::faults::Fault;
+    let mut f = converges(Topology::rack(4, 2), Duration::from_secs(60)).await;
+    let t = f.topology().clone();
+    let (s0, t1) = (t.router("s0").unwrap(), t.router("t1").unwrap());
+    let link = t
+        .links
+        .iter()
+        .position(|l| l.ends_at(s0).is_some_and(|(_, far)| far.router == t1))
+        .unwrap();
+    let nexthops = |snap: &ddm_test_harness::sim::invariants::Snapshot| {
+        let v = snap.routers[s0].as_ref().unwrap();
+        v.routes.values().map(|n| n.len()).collect::<Vec<_>>()
+    };
+    f.apply(&Fault::LinkDown { link }).await.unwrap();
+    let c = f.converge(STEP, QUIET, Duration::from_secs(60)).await.unwrap();
+    assert!(c.virtual_time > Duration::ZERO);
+    assert_eq!(nexthops(&f.snapshot().await.unwrap()), vec![1, 1, 1]);
+    f.apply(&Fault::LinkUp { link }).await.unwrap();
+    f.converge(STEP, QUIET, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(nexthops(&f.snapshot().await.unwrap()), vec![2, 2, 2]);
+    f.apply(&Fault::SessionReset { router: s0, link }).await.unwrap();
+    f.converge(STEP, QUIET, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(nexthops(&f.snapshot().await.unwrap()), vec![2, 2, 2]);
+    f.stop().await;
+}
