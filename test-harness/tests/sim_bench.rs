@@ -73,6 +73,8 @@ async fn bench_sim() {
     let routers = topo.routers.len();
     let (step, quiet) = (Duration::from_millis(100), Duration::from_secs(1));
     let limit = Duration::from_secs(120);
+    // libtest printed `test bench_sim ... ` without a newline.
+    println!();
     let wall = Instant::now();
     let mut f = SimFabric::start(topo).await.expect("the fabric starts");
     let c =

@@ -244,6 +244,19 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     }
 
     // 4. No loop, no black hole; 5. shortest paths.
+    // Per router: the shortest path held per (destination, peer).
+    let shortest_held: Vec<HashMap<(Ipv6Net, Nexthop), usize>> = snap
+        .routers
+        .iter()
+        .map(|v| {
+            let mut m: HashMap<(Ipv6Net, Nexthop), usize> = HashMap::new();
+            for p in v.iter().flat_map(|v| &v.paths) {
+                let e = m.entry((p.destination, p.via)).or_insert(usize::MAX);
+                *e = (*e).min(p.path.len());
+            }
+            m
+        })
+        .collect();
     for (&d, &o) in &origin {
         // 0 unvisited, 1 on the current walk, 2 reaches `o`.
         let mut mark = vec![0u8; topo.routers.len()];
@@ -281,12 +294,7 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
                         name(o)
                     ));
                 }
-                let held = view
-                    .paths
-                    .iter()
-                    .filter(|p| p.destination == d && p.via == *nh)
-                    .map(|p| p.path.len())
-                    .min();
+                let held = shortest_held[r].get(&(d, *nh)).copied();
                 if let Some(len) = held {
                     if len != want {
                         return Err(format!(
