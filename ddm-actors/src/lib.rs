@@ -32,3 +32,4 @@ pub mod rib;
 pub mod router;
 pub mod store;
 pub mod supervisor;
+pub mod timer;

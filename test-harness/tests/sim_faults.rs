@@ -13,9 +13,9 @@ use ddm_test_harness::sim::faults::{seed_from_env, Schedule, SEED_ENV};
 use ddm_test_harness::sim::topology::Topology;
 use ddm_test_harness::sim::SimFabric;
 
-/// The seeds CI runs. Seed 2 is left out: it finds a bug (see
-/// [`seed_2_a_transit_restarting_before_expiry_leaves_stale_paths`]).
-const SEEDS: &[u64] = &[1, 3, 4];
+/// The seeds CI runs. Seed 2 found a bug (see
+/// [`seed_2_a_transit_restarting_before_expiry_leaves_no_stale_paths`]).
+const SEEDS: &[u64] = &[1, 2, 3, 4];
 
 const STEP: Duration = Duration::from_millis(100);
 const QUIET: Duration = Duration::from_secs(1);
@@ -56,13 +56,12 @@ async fn run(topo: Topology, seed: u64, faults: usize) -> u64 {
 /// What the simulation found (issue 11): on a rack of 6+2, s0 crashes,
 /// then t1 crashes and restarts 0.56 s later, before s1's discovery
 /// expires it (5 s). s1 never sees t1 go down, keeps the session, and
-/// keeps the path `s0 → t1` learned from t1's earlier life: the new t1
-/// never knew it, so never withdraws it. A one-sided reset needs a resync
-/// (the exchange's re-pull when the peer pulls: branch `p2-exchange`);
-/// until it lands this fails.
+/// kept the path `s0 → t1` learned from t1's earlier life: the new t1
+/// never knew it, so never withdrew it. Fixed in the exchange: when a
+/// restarted peer pulls from us, our session pulls it back, and the answer
+/// replaces what we held from it.
 #[tokio::test(start_paused = true)]
-#[ignore = "finds a bug: stale paths after a one-sided restart (issue 11)"]
-async fn seed_2_a_transit_restarting_before_expiry_leaves_stale_paths() {
+async fn seed_2_a_transit_restarting_before_expiry_leaves_no_stale_paths() {
     run(Topology::rack(6, 2), 2, 24).await;
 }
 

@@ -32,6 +32,7 @@ use super::packet::DiscoveryPacket;
 use super::socket::DISCOVERY_GROUP;
 use super::{Counters, DiscoveryEvent, PeerSnapshot};
 use crate::config::{InterfaceSpec, RouterConfig};
+use crate::timer::{cast_after, replace_task};
 
 /// Handle on a discovery actor.
 pub type DiscoveryRef = ActorRef<DiscoveryMsg>;
@@ -219,9 +220,7 @@ impl State {
                     TimerKind::Solicit => &mut self.solicit_timer,
                     TimerKind::Expire => &mut self.expire_timer,
                 };
-                if let Some(old) = slot.replace(task) {
-                    old.abort();
-                }
+                replace_task(slot, task);
             }
             Effect::PeerUp(peer) => {
                 if self.churn_log_allowed() {
@@ -340,9 +339,7 @@ impl State {
     fn schedule_retry(&mut self, myself: &DiscoveryRef) {
         let task =
             cast_after(myself, self.args.ip_addr_wait, DiscoveryMsg::RetryOpen);
-        if let Some(old) = self.retry.replace(task) {
-            old.abort();
-        }
+        replace_task(&mut self.retry, task);
     }
 
     /// Whether the open link still matches the interface (or there is no
@@ -407,20 +404,6 @@ impl State {
             link.reader.abort();
         }
     }
-}
-
-/// Cast `msg` to `myself` after `after`, unless the task is aborted first.
-fn cast_after(
-    myself: &DiscoveryRef,
-    after: Duration,
-    msg: DiscoveryMsg,
-) -> JoinHandle<()> {
-    let me = myself.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
-        // The actor may be gone by then; nothing to do about it.
-        let _ = me.cast(msg);
-    })
 }
 
 impl Actor for Discovery {

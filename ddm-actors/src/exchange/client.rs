@@ -2,7 +2,7 @@
 //!
 //! HTTP/1.1 through hyper-util's pooled client to `[peer%ifindex]:port`,
 //! speaking the version the peer advertises. A connector of our own
-//! ([`Dialer`]) dials the peer's link-local address with its scope id,
+//! (`Dialer`) dials the peer's link-local address with its scope id,
 //! from our bound address when there is one. The pool keeps at most one
 //! idle kept-alive connection; the client is cheap to clone and its clones
 //! share the pool, and a request that finds the connection busy or gone
@@ -35,7 +35,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::outgoing::{OutUpdate, V2Update};
-use super::server::{read_body, ReadError, PUSH_LIMIT_HEADER};
+use super::server::{
+    read_body, session_id, ReadError, PUSH_LIMIT_HEADER, SESSION_HEADER,
+};
 use super::wire::{v2, v3};
 use ddm_proto::Version;
 
@@ -110,6 +112,9 @@ pub struct Pulled {
     pub push_limit: Option<usize>,
     /// The answer's body size in bytes.
     pub bytes: usize,
+    /// The id of the peer's session that answered (`SESSION_HEADER`), if
+    /// it sent one.
+    pub session: Option<u64>,
 }
 
 /// The push limit announced in `headers`, if one is there and is a number.
@@ -117,6 +122,55 @@ fn announced_push_limit(headers: &HeaderMap) -> Option<usize> {
     let value = headers.get(PUSH_LIMIT_HEADER)?.to_str().ok()?;
     let bytes: u64 = value.trim().parse().ok()?;
     Some(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
+/// The push and pull paths of `version`.
+pub(crate) fn paths(version: Version) -> (&'static str, &'static str) {
+    match version {
+        Version::V3 => ("/v3/push", "/v3/pull"),
+        Version::V2 => ("/v2/push", "/v2/pull"),
+    }
+}
+
+/// The body of a push of `update` in `version`, written straight from its
+/// compact form.
+pub(crate) fn encode_push(
+    version: Version,
+    update: &OutUpdate,
+) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::with_capacity(json_size_hint(update.len()));
+    let written = match version {
+        Version::V3 => serde_json::to_writer(&mut body, update),
+        Version::V2 => serde_json::to_writer(&mut body, &V2Update(update)),
+    };
+    written.map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok(body)
+}
+
+/// A pull answer in `version` (its headers and body), as v3 with the push
+/// limit it announces.
+pub(crate) fn decode_pull(
+    version: Version,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Pulled, ClientError> {
+    let push_limit = announced_push_limit(headers);
+    let session = session_id(headers);
+    let bytes = body.len();
+    let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
+    let response = match version {
+        Version::V3 => serde_json::from_slice(&body).map_err(decode)?,
+        Version::V2 => {
+            let r: v2::PullResponse =
+                serde_json::from_slice(&body).map_err(decode)?;
+            // The text is no longer needed while converting.
+            drop(body);
+            r.try_into().map_err(|e: super::wire::WireError| {
+                ClientError::Decode(e.to_string())
+            })?
+        }
+    };
+    Ok(Pulled { response, push_limit, bytes, session })
 }
 
 /// A first guess at the JSON size of `items` path vectors or tunnel
@@ -211,10 +265,7 @@ impl Inner {
             .pool_idle_timeout(None)
             .build(Dialer { addr, local });
         let authority = format!("[{}]:{}", addr.ip(), addr.port());
-        let (push, pull) = match version {
-            Version::V3 => ("/v3/push", "/v3/pull"),
-            Version::V2 => ("/v2/push", "/v2/pull"),
-        };
+        let (push, pull) = paths(version);
         let uri = |path: &str| {
             Uri::try_from(format!("http://{authority}{path}"))
                 .expect("an IPv6 address and a port make a valid URI")
@@ -268,40 +319,24 @@ impl Client {
     /// form in either version: nothing is copied but the JSON. Returns the
     /// body's size in bytes.
     pub async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
-        let mut body = Vec::with_capacity(json_size_hint(update.len()));
-        let written = match self.inner.version {
-            Version::V3 => serde_json::to_writer(&mut body, update),
-            Version::V2 => serde_json::to_writer(&mut body, &V2Update(update)),
-        };
-        written.map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = encode_push(self.inner.version, update)?;
         let bytes = body.len();
         let uri = self.inner.push_uri.clone();
-        self.request(Method::PUT, uri, Bytes::from(body)).await?;
+        self.request(Method::PUT, uri, Bytes::from(body), None).await?;
         Ok(bytes)
     }
 
-    /// `GET /vN/pull`, converted to v3, with the push limit the peer
-    /// announced.
-    pub async fn pull(&self) -> Result<Pulled, ClientError> {
+    /// `GET /vN/pull`, converted to v3, with the push limit and the
+    /// session id the peer announced; `session`, our session's id, is
+    /// sent as [`SESSION_HEADER`].
+    pub async fn pull(
+        &self,
+        session: Option<u64>,
+    ) -> Result<Pulled, ClientError> {
         let uri = self.inner.pull_uri.clone();
         let (headers, body) =
-            self.request(Method::GET, uri, Bytes::new()).await?;
-        let push_limit = announced_push_limit(&headers);
-        let bytes = body.len();
-        let response = match self.inner.version {
-            Version::V3 => serde_json::from_slice(&body)
-                .map_err(|e| ClientError::Decode(e.to_string()))?,
-            Version::V2 => {
-                let r: v2::PullResponse = serde_json::from_slice(&body)
-                    .map_err(|e| ClientError::Decode(e.to_string()))?;
-                // The text is no longer needed while converting.
-                drop(body);
-                r.try_into().map_err(|e: super::wire::WireError| {
-                    ClientError::Decode(e.to_string())
-                })?
-            }
-        };
-        Ok(Pulled { response, push_limit, bytes })
+            self.request(Method::GET, uri, Bytes::new(), session).await?;
+        decode_pull(self.inner.version, &headers, body)
     }
 
     /// One request, bounded by the timeout (connecting and reading the
@@ -311,9 +346,11 @@ impl Client {
         method: Method,
         uri: Uri,
         body: Bytes,
+        session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let t = self.inner.timeout;
-        tokio::time::timeout(t, self.request_unbounded(method, uri, body))
+        let req = self.request_unbounded(method, uri, body, session);
+        tokio::time::timeout(t, req)
             .await
             .map_err(|_| ClientError::Timeout(t))?
     }
@@ -326,6 +363,7 @@ impl Client {
         method: Method,
         uri: Uri,
         body: Bytes,
+        session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let mut req = Request::builder()
             .method(method)
@@ -333,6 +371,9 @@ impl Client {
             .header(HOST, self.inner.host.clone());
         if !body.is_empty() {
             req = req.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(id) = session {
+            req = req.header(SESSION_HEADER, id);
         }
         let req = req
             .body(Full::new(body))
@@ -416,7 +457,7 @@ mod tests {
         let client = Client::new(addr, Version::V3, Duration::from_secs(5))
             .bound_to(Ipv6Addr::LOCALHOST);
         for _ in 0..3 {
-            let pulled = client.pull().await.unwrap();
+            let pulled = client.pull(None).await.unwrap();
             assert_eq!(pulled.response, v3::PullResponse::default());
             assert_eq!(pulled.bytes, 2);
         }
@@ -434,7 +475,7 @@ mod tests {
         };
         drop(listener);
         let client = Client::new(addr, Version::V3, Duration::from_secs(5));
-        match client.pull().await {
+        match client.pull(None).await {
             Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
             other => panic!("expected a connect error, got {other:?}"),
         }

@@ -9,14 +9,19 @@
 //! step files in `steps/` replay one rule each). The actor reaches the
 //! network through a [`transport`]: HTTP in production (it serves the peer
 //! through [`server`] and calls it through [`client`]), or the in-memory
-//! [`transport::ExchangeNet`] for tests and simulated fabrics.
+//! [`transport::ExchangeNet`] for tests and simulated fabrics. The
+//! counters the actor and its server share are in [`stats`].
 
 pub mod actor;
 pub mod client;
 pub mod server;
 pub mod session;
 pub mod session_io;
+pub mod stats;
 pub mod transport;
+
+#[cfg(test)]
+pub(crate) mod testing;
 
 // The wire types and the outgoing update are the protocol floor's
 // (`ddm-proto`), which the RIB uses too; re-exported at their old paths.

@@ -108,6 +108,19 @@ pub const BODY_BUDGET: usize = 2 * MAX_BODY;
 /// bytes, decimal) the answering server takes.
 pub const PUSH_LIMIT_HEADER: &str = "x-ddm-max-push-bytes";
 
+/// Header of a pull and of a pull answer: the id of the exchange session
+/// (one per exchange actor) that sends it, a decimal `u64`. A pull from a
+/// session other than the one whose answer we hold may be the first pull
+/// of a restarted peer, and is answered by a pull back (see
+/// [`Input::PeerPulled`](super::session::Input::PeerPulled)). The original
+/// daemon neither sends nor reads it.
+pub const SESSION_HEADER: &str = "x-ddm-session";
+
+/// The session id in `headers`, if there is one and it is a number.
+pub(crate) fn session_id(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(SESSION_HEADER)?.to_str().ok()?.trim().parse().ok()
+}
+
 /// Longest reason put in a 400 answer.
 const MAX_REASON: usize = 256;
 
@@ -135,12 +148,14 @@ pub fn bind(addr: SocketAddrV6) -> io::Result<TcpListener> {
 pub struct ServerCtx {
     /// The only peer allowed to call.
     pub peer: PeerId,
-    /// Where pulls are answered (and pushes go when `pushes` is unset).
+    /// Where pulls are answered.
     pub router: RouterRef,
     /// The exchange actor, which passes pushes on to the router in order
-    /// with its pull answers (held back while a pull is out). Unset in tests
-    /// that drive the server alone: pushes then go straight to the router.
-    pub pushes: Option<ExchangeRef>,
+    /// with its pull answers (held back while a pull is out), and hears of
+    /// every pull answered (it may pull the peer back).
+    pub exchange: ExchangeRef,
+    /// Our session's id, sent on pull answers ([`SESSION_HEADER`]).
+    pub session: u64,
     /// Bound on reading a body and on the router's answer to a pull.
     pub timeout: Duration,
     /// The actor's counters.
@@ -381,7 +396,9 @@ where
     };
     match (op, req.method()) {
         (Op::Push, &Method::PUT) => push(req, version, ctx, budget).await,
-        (Op::Pull, &Method::GET) => pull(version, ctx).await,
+        (Op::Pull, &Method::GET) => {
+            pull(version, session_id(req.headers()), ctx).await
+        }
         (op, _) => {
             Stats::bump(&ctx.stats.rejected_other);
             let allow = match op {
@@ -450,19 +467,10 @@ where
             return bad_request(reason);
         }
     };
-    let peer = ctx.peer;
-    let sent = match &ctx.pushes {
-        Some(x) => {
-            x.cast(ExchangeMsg::Pushed(update)).map_err(|e| e.to_string())
-        }
-        None => ctx
-            .router
-            .cast(RouterMsg::Import { peer, update })
-            .map_err(|e| e.to_string()),
-    };
+    let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update));
     if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
-        warn!(ctx.log, "router gone; push dropped"; "error" => %e);
+        warn!(ctx.log, "exchange actor gone; push dropped"; "error" => %e);
         return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
     }
     Stats::bump(&ctx.stats.pushes_received);
@@ -472,8 +480,13 @@ where
         .expect("static response")
 }
 
-/// Answer a pull with what the router offers this peer.
-async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
+/// Answer a pull with what the router offers this peer; once answered,
+/// tell the exchange actor (`PeerPulled`), which may pull the peer back.
+async fn pull(
+    version: Version,
+    session: Option<u64>,
+    ctx: &ServerCtx,
+) -> Response<Full<Bytes>> {
     let peer = ctx.peer;
     let answer = ctx
         .router
@@ -507,10 +520,13 @@ async fn pull(version: Version, ctx: &ServerCtx) -> Response<Full<Bytes>> {
         Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
             Stats::add(&ctx.stats.pull_bytes_sent, body.len());
+            // The actor is stopping if this fails: nothing to do.
+            let _ = ctx.exchange.cast(ExchangeMsg::PeerPulled { session });
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
                 .header(PUSH_LIMIT_HEADER, MAX_BODY)
+                .header(SESSION_HEADER, ctx.session)
                 .body(Full::new(Bytes::from(body)))
                 .expect("static response")
         }
@@ -569,7 +585,7 @@ fn bad_request(mut reason: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::actor::testing::{fake_router, Seen};
+    use crate::exchange::testing::{fake_router_and_exchange, Seen};
     use futures::stream;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
@@ -582,11 +598,12 @@ mod tests {
     async fn rig(
         answer: v3::PullResponse,
     ) -> (ServerCtx, mpsc::UnboundedReceiver<Seen>) {
-        let (router, seen) = fake_router(answer).await;
+        let (router, exchange, seen) = fake_router_and_exchange(answer).await;
         let ctx = ServerCtx {
             peer: peer(),
             router,
-            pushes: None,
+            exchange,
+            session: 7,
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             log: Logger::root(slog::Discard, slog::o!()),
@@ -635,7 +652,7 @@ mod tests {
             }),
             tunnel: None,
         };
-        assert_eq!(seen.recv().await, Some(Seen::Import(peer(), want)));
+        assert_eq!(seen.recv().await, Some(Seen::Pushed(want)));
         assert_eq!(ctx.stats.snapshot().pushes_received, 1);
     }
 
@@ -646,10 +663,9 @@ mod tests {
             handle(req(Method::PUT, "/v2/push", PUSH2), true, &ctx, &budget())
                 .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        let Some(Seen::Import(p, u)) = seen.recv().await else {
-            panic!("no import");
+        let Some(Seen::Pushed(u)) = seen.recv().await else {
+            panic!("no push");
         };
-        assert_eq!(p, peer());
         assert_eq!(
             u.underlay.unwrap().announce,
             [pv("fd00:2::/64", "b")].into()
@@ -701,8 +717,8 @@ mod tests {
             handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
                 .await;
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        let Some(Seen::Import(_, u)) = seen.recv().await else {
-            panic!("no import");
+        let Some(Seen::Pushed(u)) = seen.recv().await else {
+            panic!("no push");
         };
         assert_eq!(u.underlay.unwrap().announce.len(), 1);
     }
@@ -782,6 +798,7 @@ mod tests {
             serde_json::from_str(&body_of(r).await).unwrap();
         assert_eq!(got, answer);
         assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
+        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(None)));
 
         let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx, &budget())
             .await;
@@ -794,9 +811,26 @@ mod tests {
         assert_eq!(ctx.stats.snapshot().pulls_received, 2);
     }
 
+    /// A pull names the pulling session to the exchange actor, and the
+    /// answer names ours.
+    #[tokio::test]
+    async fn pulls_carry_session_ids_both_ways() {
+        let (ctx, mut seen) = rig(Default::default()).await;
+        let mut r = req(Method::GET, "/v3/pull", "");
+        r.headers_mut().insert(SESSION_HEADER, HeaderValue::from(42u64));
+        let r = handle(r, true, &ctx, &budget()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(session_id(r.headers()), Some(ctx.session));
+        assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
+        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(Some(42))));
+    }
+
+    /// With the router gone a pull is 503 and the exchange actor hears
+    /// nothing of it; with the exchange actor gone, a push is 503.
     #[tokio::test]
     async fn router_gone_is_503() {
-        let (ctx, _seen) = rig(Default::default()).await;
+        let (ctx, mut seen) = rig(Default::default()).await;
+        ctx.exchange.stop_and_wait(None, None).await.unwrap();
         ctx.router.stop_and_wait(None, None).await.unwrap();
         let r =
             handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
@@ -808,6 +842,7 @@ mod tests {
         let c = ctx.stats.snapshot();
         assert_eq!(c.router_unavailable, 2);
         assert_eq!(c.pushes_received + c.pulls_received, 0);
+        assert_eq!(seen.try_recv().ok(), None);
     }
 
     /// Past the served bound, a few connections wait until their deadline

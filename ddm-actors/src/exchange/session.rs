@@ -15,6 +15,21 @@
 //!   as the peer's whole set, so it never sees an answer after a push the
 //!   peer sent later. A pull asked for while one is out is made again after
 //!   it.
+//! * **A restarted peer is pulled again**: a new session of the peer
+//!   starts with the peer pulling us, and a peer that restarted quickly
+//!   may do so while our session goes on, its new process knowing nothing
+//!   of what the old one told us (and so never withdrawing it). Our own
+//!   daemons send their session's id with every pull and every pull answer
+//!   (`server::SESSION_HEADER`). When our server answers a pull from the
+//!   peer ([`Input::PeerPulled`]), we pull the peer again unless the
+//!   answer we hold comes from the session that pulled; the answer, taken
+//!   as the peer's whole set, drops what an old process told us. While a
+//!   pull of ours is out (or due after a failure), its answer is compared
+//!   when it comes instead, and pulled again after if it differs. A pull
+//!   without an id (the original daemon's) is answered by one pull back,
+//!   unless it comes before our first answer (which is then the peer's
+//!   current set). So a pull back is at most one per pull the peer makes,
+//!   and two of our daemons never pull each other back and forth.
 //! * **Pushes to the peer wait for the first pull** (answered or failed),
 //!   which tells the peer's body limit ([`DEFAULT_PUSH_LIMIT`], 1024 bytes,
 //!   unless the answer announces more). Updates from the router are merged
@@ -45,20 +60,13 @@ use ddm_proto::outgoing::{
 use ddm_proto::wire::v3;
 use ddm_proto::Version;
 
-/// First retry delay after a failure.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+// The back-off is the crate's one (`crate::timer`), re-exported here
+// where the session's rules use it.
+pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
 /// Consecutive failed pushes (or pulls) after which the peer is reported
 /// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
 /// time.
 pub const MAX_ATTEMPTS: u32 = 5;
-
-/// The delay before the next attempt, after `failures` consecutive ones.
-pub fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
-}
 
 /// One retried activity: whether its request or timer is out, and its
 /// failure streak.
@@ -101,6 +109,12 @@ pub struct Session {
     pending: Option<OutUpdate>,
     /// Whether a pull has completed (answered or failed).
     pulled_once: bool,
+    /// Once a pull of ours was answered: the id of the peer's session
+    /// that answered the last one (`None` inside if it sent none).
+    answered: Option<Option<u64>>,
+    /// The peer pulled us while our answer was out or due: the pulling
+    /// session's id, compared with that answer when it comes.
+    pull_back: Option<Option<u64>>,
     /// The largest push body the peer takes.
     push_limit: usize,
     /// After a refusal as too large: at most this many items per push.
@@ -130,6 +144,8 @@ impl Session {
             in_flight: None,
             pending: None,
             pulled_once: false,
+            answered: None,
+            pull_back: None,
             push_limit: DEFAULT_PUSH_LIMIT,
             split_items: None,
             received: 0,
@@ -153,6 +169,9 @@ impl Session {
             }
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
+            Input::PeerPulled { session } => {
+                self.peer_pulled(session, &mut out)
+            }
             Input::Pushed(update) => match &mut self.held {
                 Some(held) => held.push(update),
                 None => out.push(Effect::Import(update)),
@@ -230,6 +249,21 @@ impl Session {
         out.push(Effect::Pull { gen });
     }
 
+    fn peer_pulled(&mut self, session: Option<u64>, out: &mut Vec<Effect>) {
+        if self.pull.busy || self.answered.is_none() {
+            // An answer is out or due: compare it when it comes. A pull
+            // without an id before our first answer needs nothing: that
+            // answer is the peer's current set.
+            if session.is_some() || self.answered.is_some() {
+                self.pull_back = Some(session);
+            }
+            return;
+        }
+        if session.is_none() || self.answered != Some(session) {
+            self.start_pull(out);
+        }
+    }
+
     fn release_held(&mut self, out: &mut Vec<Effect>) {
         let held = self.held.take().unwrap_or_default();
         out.extend(held.into_iter().map(Effect::Import));
@@ -248,7 +282,7 @@ impl Session {
         self.pull.busy = false;
         let first = !std::mem::replace(&mut self.pulled_once, true);
         match result {
-            Ok(PullAnswer { response, push_limit, bytes }) => {
+            Ok(PullAnswer { response, push_limit, bytes, session }) => {
                 let count = |counter, n| Effect::Count { counter, n };
                 out.push(count(Counter::PullsSent, 1));
                 out.push(count(Counter::PullBytesReceived, bytes as u64));
@@ -259,10 +293,17 @@ impl Session {
                     out.push(Effect::PushLimit { bytes: limit, was });
                 }
                 self.pull.failures = 0;
+                self.answered = Some(session);
                 self.clear_report();
                 out.push(Effect::PullResult(response));
                 self.release_held(out);
-                if std::mem::take(&mut self.pull_again) {
+                // The peer pulled meanwhile: pull again unless this answer
+                // comes from the session that pulled.
+                let back = self
+                    .pull_back
+                    .take()
+                    .is_some_and(|s| s.is_none() || s != session);
+                if std::mem::take(&mut self.pull_again) || back {
                     self.start_pull(out);
                 }
             }

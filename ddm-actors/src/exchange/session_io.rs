@@ -41,6 +41,12 @@ pub struct PullAnswer {
     pub push_limit: Option<usize>,
     /// The answer's body size in bytes.
     pub bytes: usize,
+    /// The id of the peer's session that answered ([`SESSION_HEADER`]),
+    /// if it sent one.
+    ///
+    /// [`SESSION_HEADER`]: super::server::SESSION_HEADER
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
 }
 
 /// Counters the session bumps through [`Effect::Count`].
@@ -79,6 +85,18 @@ pub enum Input {
     Pull,
     /// The peer pushed this update to our server.
     Pushed(v3::Update),
+    /// Our server answered a pull from the peer. It may be the first pull
+    /// of a restarted peer's new session, whose process knows nothing of
+    /// what the old one told us: unless the answer we hold comes from the
+    /// session that pulled, pull the peer again.
+    PeerPulled {
+        /// The pulling session's id ([`SESSION_HEADER`]), if it sent one
+        /// (the original daemon does not).
+        ///
+        /// [`SESSION_HEADER`]: super::server::SESSION_HEADER
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
+    },
     /// The outcome of [`Effect::Bind`]: the error's text if it failed.
     Bound(Result<(), String>),
     /// A pull finished.

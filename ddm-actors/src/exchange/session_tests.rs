@@ -143,3 +143,72 @@ fn a_mismatch_names_the_file_and_step() {
     assert!(e.contains("changed.json: step 1"), "{e}");
     assert!(e.contains("expected:") && e.contains("got:"), "{e}");
 }
+
+/// Two sessions wired to each other: each `Pull` effect is answered by
+/// the other side's server (whose session hears `PeerPulled` with the
+/// puller's id, and whose answer carries its own id), in either order.
+/// Starting together costs no pull back, a restart of one side exactly
+/// one, and nothing ever ping-pongs.
+#[test]
+fn pulls_back_never_ping_pong() {
+    struct Sides {
+        s: [Session; 2],
+        ids: [u64; 2],
+        next_id: u64,
+    }
+    impl Sides {
+        fn restart(&mut self, side: usize) {
+            self.next_id += 1;
+            self.ids[side] = self.next_id;
+            self.s[side] = Session::new(Version::V3, Duration::ZERO);
+        }
+        /// Run until quiet; the pulls each side made. `answer_first`:
+        /// a pull's answer reaches the puller before the other side's
+        /// session hears of the pull.
+        fn run(
+            &mut self,
+            mut queue: Vec<(usize, Input)>,
+            answer_first: bool,
+        ) -> [u32; 2] {
+            let mut pulls = [0; 2];
+            while !queue.is_empty() {
+                let (side, input) = queue.remove(0);
+                for e in self.s[side].handle(Duration::ZERO, input) {
+                    let Effect::Pull { gen } = e else { continue };
+                    pulls[side] += 1;
+                    assert!(pulls[side] < 10, "ping-pong: {pulls:?}");
+                    let other = 1 - side;
+                    let heard = (
+                        other,
+                        Input::PeerPulled { session: Some(self.ids[side]) },
+                    );
+                    let answer = PullAnswer {
+                        response: v3::PullResponse::default(),
+                        push_limit: None,
+                        bytes: 2,
+                        session: Some(self.ids[other]),
+                    };
+                    let done =
+                        (side, Input::PullDone { gen, result: Ok(answer) });
+                    if answer_first {
+                        queue.extend([done, heard]);
+                    } else {
+                        queue.extend([heard, done]);
+                    }
+                }
+            }
+            pulls
+        }
+    }
+    for answer_first in [false, true] {
+        let fresh = || Session::new(Version::V3, Duration::ZERO);
+        let mut x = Sides { s: [fresh(), fresh()], ids: [1, 2], next_id: 2 };
+        let start = vec![(0, Input::Start), (1, Input::Start)];
+        assert_eq!(x.run(start, answer_first), [1, 1]);
+        // Side 0 restarts, side 1's session goes on: side 1 pulls back.
+        x.restart(0);
+        assert_eq!(x.run(vec![(0, Input::Start)], answer_first), [1, 1]);
+        // A later pull of side 0 (a sync) needs no pull back.
+        assert_eq!(x.run(vec![(0, Input::Pull)], answer_first), [1, 0]);
+    }
+}

@@ -22,12 +22,11 @@ use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::task::JoinHandle;
 
-use super::client::{Client, ClientError, Pulled, MAX_PULL_BODY};
-use super::server::{
-    self, BodyBudget, ServerCtx, BODY_BUDGET, PUSH_LIMIT_HEADER,
+use super::client::{
+    decode_pull, encode_push, paths, Client, ClientError, Pulled, MAX_PULL_BODY,
 };
-use super::wire::{v2, v3};
-use ddm_proto::outgoing::{OutUpdate, V2Update};
+use super::server::{self, BodyBudget, ServerCtx, BODY_BUDGET, SESSION_HEADER};
+use ddm_proto::outgoing::OutUpdate;
 use ddm_proto::Version;
 
 /// A server being served: where, and the task to abort to stop it.
@@ -45,8 +44,9 @@ pub struct Serving {
 pub trait ExchangeClient: Send + Sync {
     /// Push `update`; the body's size in bytes.
     async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError>;
-    /// Pull the peer's full set.
-    async fn pull(&self) -> Result<Pulled, ClientError>;
+    /// Pull the peer's full set, sending our session's id
+    /// (`server::SESSION_HEADER`) if given.
+    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError>;
 }
 
 /// The exchange's network side.
@@ -131,8 +131,8 @@ impl ExchangeClient for Client {
         Client::push(self, update).await
     }
 
-    async fn pull(&self) -> Result<Pulled, ClientError> {
-        Client::pull(self).await
+    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError> {
+        Client::pull(self, session).await
     }
 }
 
@@ -379,9 +379,11 @@ impl MemClient {
         method: Method,
         path: &'static str,
         body: Bytes,
+        session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let t = self.timeout;
-        tokio::time::timeout(t, self.request_unbounded(method, path, body))
+        let req = self.request_unbounded(method, path, body, session);
+        tokio::time::timeout(t, req)
             .await
             .map_err(|_| ClientError::Timeout(t))?
     }
@@ -391,6 +393,7 @@ impl MemClient {
         method: Method,
         path: &'static str,
         body: Bytes,
+        session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let refused = || ClientError::Connect {
             addr: self.peer,
@@ -420,10 +423,14 @@ impl MemClient {
         };
         let allowed = self.local == ctx.peer.addr;
         let sent = body.len();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(CONTENT_LENGTH, body.len())
+            .header(CONTENT_LENGTH, body.len());
+        if let Some(id) = session {
+            req = req.header(SESSION_HEADER, id);
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         let resp = server::handle(req, allowed, &ctx, &budget).await;
@@ -462,43 +469,21 @@ fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
     ClientError::Status { status, reason: text.trim().to_string() }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(b).map_err(|e| ClientError::Decode(e.to_string()))
-}
-
 #[async_trait]
 impl ExchangeClient for MemClient {
     async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError> {
-        let (path, body) = match self.version {
-            Version::V3 => ("/v3/push", serde_json::to_vec(update)),
-            Version::V2 => ("/v2/push", serde_json::to_vec(&V2Update(update))),
-        };
-        let body = body.map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = encode_push(self.version, update)?;
         let bytes = body.len();
-        self.request(Method::PUT, path, Bytes::from(body)).await?;
+        let (path, _) = paths(self.version);
+        self.request(Method::PUT, path, Bytes::from(body), None).await?;
         Ok(bytes)
     }
 
-    async fn pull(&self) -> Result<Pulled, ClientError> {
-        let path = match self.version {
-            Version::V3 => "/v3/pull",
-            Version::V2 => "/v2/pull",
-        };
+    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError> {
+        let (_, path) = paths(self.version);
         let (headers, body) =
-            self.request(Method::GET, path, Bytes::new()).await?;
-        let push_limit = headers
-            .get(PUSH_LIMIT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        let response: v3::PullResponse = match self.version {
-            Version::V3 => decode(&body)?,
-            Version::V2 => decode::<v2::PullResponse>(&body)?
-                .try_into()
-                .map_err(|e: super::wire::WireError| {
-                    ClientError::Decode(e.to_string())
-                })?,
-        };
-        Ok(Pulled { response, push_limit, bytes: body.len() })
+            self.request(Method::GET, path, Bytes::new(), session).await?;
+        decode_pull(self.version, &headers, body)
     }
 }
 

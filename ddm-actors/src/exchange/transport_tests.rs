@@ -8,11 +8,12 @@ use slog::Logger;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::super::actor::testing::{fake_router, Seen};
 use super::super::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
     MAX_ATTEMPTS,
 };
+use super::super::testing::{fake_router, Seen};
+use super::super::wire::v3;
 use super::*;
 use crate::router::RouterRef;
 use ddm_proto::PeerId;
@@ -40,8 +41,13 @@ fn announce(dests: &[&str]) -> v3::Update {
 }
 
 fn answer(dest: &str) -> v3::PullResponse {
+    offer(&[dest])
+}
+
+/// A pull answer offering `dests`.
+fn offer(dests: &[&str]) -> v3::PullResponse {
     v3::PullResponse {
-        underlay: Some([pv(dest, &["x"])].into_iter().collect()),
+        underlay: Some(dests.iter().map(|d| pv(d, &["x"])).collect()),
         tunnel: None,
     }
 }
@@ -84,10 +90,21 @@ async fn side(
     net: &ExchangeNet,
     us: u16,
     them: u16,
-    offer: &str,
+    offering: &str,
     give_up_after: Duration,
 ) -> Side {
-    let (router, seen): (RouterRef, _) = fake_router(answer(offer)).await;
+    side_offering(net, us, them, &[offering], give_up_after).await
+}
+
+/// A side whose router offers `dests` to the peer.
+async fn side_offering(
+    net: &ExchangeNet,
+    us: u16,
+    them: u16,
+    dests: &[&str],
+    give_up_after: Duration,
+) -> Side {
+    let (router, seen): (RouterRef, _) = fake_router(offer(dests)).await;
     let (tx, failed) = mpsc::unbounded_channel();
     let (c, _) = Actor::spawn(None, Collector, tx).await.unwrap();
     let on_failure: DerivedActorRef<ExchangeFailed> = c.get_derived();
@@ -236,7 +253,7 @@ async fn strangers_are_refused_in_memory() {
     .unwrap();
     let stranger =
         net.client(to_b, addr(7), Version::V3, Duration::from_secs(1));
-    let e = stranger.pull().await.unwrap_err();
+    let e = stranger.pull(None).await.unwrap_err();
     assert!(
         matches!(e, ClientError::Status { status, .. } if status == StatusCode::FORBIDDEN),
         "{e}"
@@ -244,6 +261,105 @@ async fn strangers_are_refused_in_memory() {
     let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
     assert_eq!(c.rejected_forbidden, 1);
     assert!(b.seen.try_recv().map_or(true, |s| !matches!(s, Seen::Import(..))));
+    b.x.stop(None);
+}
+
+/// A peer that restarts before we notice it went down (its new process
+/// holds less): its new session pulls us, we pull it back, and its answer
+/// replaces what the old process told us. Then all is quiet: no pull
+/// ping-pong between the two.
+#[tokio::test(start_paused = true)]
+async fn a_restarted_peer_is_pulled_back() {
+    let net = ExchangeNet::new();
+    let old = ["fd00:a::/64", "fd00:b::/64"];
+    let a = side_offering(&net, 1, 2, &old, Duration::ZERO).await;
+    let mut b = side(&net, 2, 1, "fd00:c::/64", Duration::ZERO).await;
+    // What B's router holds from A: pull answers replace, pushes apply.
+    let mut view = BTreeSet::new();
+    let follow = |s: Seen, view: &mut BTreeSet<v3::PathVector>| match s {
+        Seen::PullResult(_, r) => {
+            *view = r.underlay.unwrap_or_default().into_iter().collect();
+        }
+        Seen::Import(_, u) => {
+            let u = u.underlay.unwrap_or_default();
+            u.withdraw.iter().for_each(|p| {
+                view.remove(p);
+            });
+            view.extend(u.announce);
+        }
+        _ => {}
+    };
+    let want_old = offer(&old).underlay.unwrap().into_iter().collect();
+    until(&mut b.seen, |s| {
+        follow(s, &mut view);
+        (view == want_old).then_some(())
+    })
+    .await;
+
+    // A's process is replaced before B's discovery notices anything.
+    a.x.stop_and_wait(None, None).await.unwrap();
+    let fresh = ["fd00:a::/64"];
+    let a = side_offering(&net, 1, 2, &fresh, Duration::ZERO).await;
+    let want_fresh = offer(&fresh).underlay.unwrap().into_iter().collect();
+    until(&mut b.seen, |s| {
+        follow(s, &mut view);
+        (view == want_fresh).then_some(())
+    })
+    .await;
+
+    // Quiet afterwards: A pulled once, B pulled A twice in all (its first
+    // pull, and the pull back), and both stay there.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let ca = ractor::call!(a.x, ExchangeMsg::GetCounters).unwrap();
+    let cb = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!((ca.pulls_sent, ca.pulls_received), (1, 1), "{ca:?}");
+    assert_eq!(cb.pulls_sent, 2, "{cb:?}");
+    while let Ok(s) = b.seen.try_recv() {
+        follow(s, &mut view);
+    }
+    assert_eq!(view, want_fresh);
+    a.x.stop(None);
+    b.x.stop(None);
+}
+
+/// A push that reaches us while our pull is out is handed to the router
+/// only after the pull's answer (which the router takes as the peer's
+/// whole set, and which may be older than the push).
+#[tokio::test(start_paused = true)]
+async fn pushes_are_held_while_a_pull_is_out() {
+    let net = ExchangeNet::new();
+    let mut a = side(&net, 1, 2, "fd00:a::/64", Duration::ZERO).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    until(&mut b.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    // B's next pull of A takes a while; A pushes to B meanwhile.
+    net.set_fault(addr(2), addr(1), Fault::Delay(Duration::from_millis(500)));
+    b.x.cast(ExchangeMsg::Pull).unwrap();
+    ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    let update = announce(&["fd00:1::/64"]);
+    a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
+        .await;
+    // Accepted by B's server, yet not handed on: the pull is still out.
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!((c.pushes_received, c.pulls_sent), (1, 1), "{c:?}");
+    assert!(b.seen.try_recv().is_err(), "the push was not held");
+    let first = until(&mut b.seen, |s| match s {
+        Seen::PullResult(..) | Seen::Import(..) => Some(s),
+        _ => None,
+    })
+    .await;
+    assert!(matches!(first, Seen::PullResult(..)), "{first:?}");
+    let next = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, update);
+    net.clear_fault(addr(2), addr(1));
+    a.x.stop(None);
     b.x.stop(None);
 }
 

@@ -140,8 +140,7 @@ impl SupervisorState {
     ) {
         let n = self.failures.entry(child.clone()).or_insert(0);
         *n = n.saturating_add(1);
-        let delay =
-            BACKOFF_MIN.saturating_mul(1 << (*n - 1).min(16)).min(BACKOFF_MAX);
+        let delay = crate::timer::backoff(*n);
         info!(self.log, "restart scheduled";
             "child" => ?child, "failures" => *n,
             "delay_ms" => delay.as_millis() as u64);

@@ -64,11 +64,6 @@ pub type DataplaneFactory = Arc<
 pub type PacketIoFactory =
     Arc<dyn Fn(&InterfaceSpec) -> PacketIo + Send + Sync>;
 
-/// First restart delay of a failed child.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest restart delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// The children the supervisor restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Child {

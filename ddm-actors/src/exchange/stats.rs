@@ -1,0 +1,99 @@
+//! An exchange actor's counters: the live atomics its server task and the
+//! actor share ([`Stats`]), and their snapshot ([`ExchangeCounters`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Declares the counters once, as the live atomics and their snapshot.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// What an exchange actor has done, for tests and logs.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct ExchangeCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// The live counters, shared by the actor and its server task.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl ExchangeCounters {
+            /// Every counter by name.
+            pub fn named(&self) -> std::collections::BTreeMap<String, u64> {
+                [$((stringify!($name), self.$name),)*]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect()
+            }
+        }
+
+        impl Stats {
+            /// The current values.
+            pub fn snapshot(&self) -> ExchangeCounters {
+                ExchangeCounters {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Pushes from the peer handed to the router.
+    pushes_received,
+    /// Pulls from the peer answered.
+    pulls_received,
+    /// Body bytes of the pushes received from the peer (accepted or not,
+    /// once read whole).
+    push_bytes_received,
+    /// Body bytes of the pull answers sent to the peer.
+    pull_bytes_sent,
+    /// Requests refused with 403: not from the peer's address.
+    rejected_forbidden,
+    /// Requests refused with 400: malformed JSON or an invalid prefix.
+    rejected_malformed,
+    /// Requests refused with 413: body over the bound.
+    rejected_too_large,
+    /// Requests refused otherwise: unknown path, wrong method, slow body.
+    rejected_other,
+    /// Requests answered 503 because the router was gone or slow.
+    router_unavailable,
+    /// Connections closed on accept: too many from one kind of address
+    /// were open already (see `server::MAX_PEER_CONNECTIONS`).
+    connections_refused,
+    /// Pushes the peer accepted.
+    pushes_sent,
+    /// Pushes the peer refused as too large (400 or 413): split and sent
+    /// again, or dropped when they held a single item.
+    pushes_refused,
+    /// Path vectors and tunnel origins never sent because no push the
+    /// peer takes can carry them, even alone (logged).
+    items_dropped_oversize,
+    /// Pulls the peer answered.
+    pulls_sent,
+    /// Body bytes of the pushes the peer accepted.
+    push_bytes_sent,
+    /// Body bytes of the pull answers the peer sent.
+    pull_bytes_received,
+    /// Pushes that failed (each retry counts).
+    push_failures,
+    /// Pulls that failed (each retry counts).
+    pull_failures,
+    /// Times the peer was reported failed to `on_failure`.
+    failures_reported,
+    /// Failed attempts to bind the server's listener.
+    bind_failures,
+}
+
+impl Stats {
+    /// Add one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,131 @@
+//! Test doubles shared by the exchange tests: a fake router and a fake
+//! exchange actor that record what they are told.
+
+use ddm_admin_api::latest::RouterKind;
+use ractor::{Actor, ActorProcessingErr};
+use tokio::sync::mpsc;
+
+use super::actor::{ExchangeMsg, ExchangeRef};
+use super::wire::v3;
+use crate::router::{RouterMsg, RouterRef};
+use ddm_proto::PeerId;
+
+/// What the fake router was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// `RouterMsg::PeerUp`.
+    PeerUp(PeerId, RouterKind),
+    /// `RouterMsg::Import`.
+    Import(PeerId, v3::Update),
+    /// `RouterMsg::PullResult`.
+    PullResult(PeerId, v3::PullResponse),
+    /// `RouterMsg::PullFor` (answered with the canned response).
+    PullFor(PeerId),
+    /// `RouterMsg::Delivered`: pushes delivered through this count.
+    Delivered(PeerId, u64),
+    /// `ExchangeMsg::Pushed`, to a fake exchange actor.
+    Pushed(v3::Update),
+    /// `ExchangeMsg::PeerPulled`, to a fake exchange actor.
+    PeerPulled(Option<u64>),
+}
+
+/// Stands in for the router: records what exchange tells it and
+/// answers pulls with a canned response.
+pub(crate) struct FakeRouter;
+
+impl Actor for FakeRouter {
+    type Msg = RouterMsg;
+    type State = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
+    type Arguments = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
+
+    async fn pre_start(
+        &self,
+        _: RouterRef,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: RouterRef,
+        msg: RouterMsg,
+        (tx, answer): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = match msg {
+            RouterMsg::PeerUp { peer, kind, .. } => {
+                tx.send(Seen::PeerUp(peer, kind))
+            }
+            RouterMsg::Import { peer, update } => {
+                tx.send(Seen::Import(peer, update))
+            }
+            RouterMsg::PullResult { peer, response } => {
+                tx.send(Seen::PullResult(peer, response))
+            }
+            RouterMsg::PullFor(peer, reply) => {
+                let _ = reply.send(answer.clone());
+                tx.send(Seen::PullFor(peer))
+            }
+            RouterMsg::Delivered { peer, through, .. } => {
+                tx.send(Seen::Delivered(peer, through))
+            }
+            _ => Ok(()),
+        };
+        Ok(())
+    }
+}
+
+/// A fake router answering pulls with `answer`.
+pub(crate) async fn fake_router(
+    answer: v3::PullResponse,
+) -> (RouterRef, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (r, _) = Actor::spawn(None, FakeRouter, (tx, answer)).await.unwrap();
+    (r, rx)
+}
+
+/// Stands in for the exchange actor, for the server alone: records what
+/// the server tells it.
+pub(crate) struct FakeExchange;
+
+impl Actor for FakeExchange {
+    type Msg = ExchangeMsg;
+    type State = mpsc::UnboundedSender<Seen>;
+    type Arguments = mpsc::UnboundedSender<Seen>;
+
+    async fn pre_start(
+        &self,
+        _: ExchangeRef,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _: ExchangeRef,
+        msg: ExchangeMsg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = match msg {
+            ExchangeMsg::Pushed(u) => tx.send(Seen::Pushed(u)),
+            ExchangeMsg::PeerPulled { session } => {
+                tx.send(Seen::PeerPulled(session))
+            }
+            _ => Ok(()),
+        };
+        Ok(())
+    }
+}
+
+/// A fake router answering pulls with `answer` and a fake exchange actor,
+/// both recording into one channel.
+pub(crate) async fn fake_router_and_exchange(
+    answer: v3::PullResponse,
+) -> (RouterRef, ExchangeRef, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (r, _) =
+        Actor::spawn(None, FakeRouter, (tx.clone(), answer)).await.unwrap();
+    let (x, _) = Actor::spawn(None, FakeExchange, tx).await.unwrap();
+    (r, x, rx)
+}
