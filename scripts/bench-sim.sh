@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Figures of the simulated fabric (issue 11): for each topology, one line
-# per event (cold start, a spine crash, a rack transit crash):
+# per event (cold-start, held: paths per destination and memory, idle: 10 s
+# of virtual time after converging, crash-spine0 / crash-r0t0 / crash-t0):
 #   topology=NAME event=E routers=N converge_wall_s=X converge_virtual_s=Y
-#   peak_rss_mib=Z ... invariants=ok
+#   peak_rss_mib=Z msgs_per_router=M bytes_per_router=B
+#   datagrams_per_router=D snapshots=K invariants=ok
 # Usage: scripts/bench-sim.sh [TOPOLOGY...]   (default: rack racks-16 thousand)
 # TOPOLOGY is rack, racks-N or thousand. PROFILE=release (default) or dev.
 set -euo pipefail

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use ddm_test_harness::sim::topology::{RouterKind, Topology};
-use ddm_test_harness::sim::SimFabric;
+use ddm_test_harness::sim::{Converged, SimFabric, Traffic};
 
 fn topology() -> Topology {
     let name = std::env::var("DDM_SIM_TOPOLOGY").unwrap_or("rack".into());
@@ -39,20 +39,51 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb: f64| kb / 1024.0)
 }
 
+/// The figures of one event: from `before` (traffic when it began) to now.
+fn line(
+    f: &SimFabric,
+    event: &str,
+    wall: Instant,
+    c: Converged,
+    before: Traffic,
+) -> String {
+    let routers = f.topology().routers.len() as f64;
+    let now = f.traffic();
+    format!(
+        "topology={} event={event} routers={routers} converge_wall_s={:.3} \
+         converge_virtual_s={:.3} peak_rss_mib={:.1} msgs_per_router={:.1} \
+         bytes_per_router={:.0} datagrams_per_router={:.1} snapshots={} \
+         invariants=ok",
+        f.topology().name,
+        wall.elapsed().as_secs_f64(),
+        c.virtual_time.as_secs_f64(),
+        peak_rss_mib(),
+        (now.exchange.requests - before.exchange.requests) as f64 / routers,
+        (now.exchange.bytes - before.exchange.bytes) as f64 / routers,
+        (now.datagrams - before.datagrams) as f64 / routers,
+        c.snapshots,
+    )
+}
+
 #[tokio::test(start_paused = true)]
 #[ignore = "a benchmark: scripts/bench-sim.sh"]
 async fn bench_sim() {
     let topo = topology();
     let name = topo.name.clone();
     let routers = topo.routers.len();
-    let step = Duration::from_millis(100);
+    let (step, quiet) = (Duration::from_millis(100), Duration::from_secs(1));
     let limit = Duration::from_secs(120);
+    // libtest printed `test bench_sim ... ` without a newline.
+    println!();
     let wall = Instant::now();
     let mut f = SimFabric::start(topo).await.expect("the fabric starts");
-    let virt = f.converge(step, limit).await.unwrap_or_else(|e| panic!("{e}"));
+    let c =
+        f.converge(step, quiet, limit).await.unwrap_or_else(|e| panic!("{e}"));
+    println!("{}", line(&f, "cold-start", wall, c, Traffic::default()));
     let snap = f.snapshot().await.unwrap();
     let t = f.topology().clone();
-    // Paths held per destination, on average over the servers.
+    // Paths held per destination and routes, on average over the servers;
+    // memory per router.
     let (mut paths, mut dests) = (0usize, 0usize);
     for (i, v) in snap.routers.iter().enumerate() {
         if let (Some(v), RouterKind::Server) = (v, t.routers[i].kind) {
@@ -60,16 +91,30 @@ async fn bench_sim() {
             dests += v.routes.len();
         }
     }
+    drop(snap);
     println!(
-        "topology={name} event=cold-start routers={routers} \
-         converge_wall_s={:.3} converge_virtual_s={:.3} \
-         peak_rss_mib={:.1} rss_per_router_kib={:.0} \
-         server_paths_per_destination={:.2} invariants=ok",
-        wall.elapsed().as_secs_f64(),
-        virt.as_secs_f64(),
+        "topology={name} event=held routers={routers} \
+         server_paths_per_destination={:.2} peak_rss_mib={:.1} \
+         rss_per_router_kib={:.0}",
+        paths as f64 / dests.max(1) as f64,
         peak_rss_mib(),
         peak_rss_mib() * 1024.0 / routers as f64,
-        paths as f64 / dests.max(1) as f64,
+    );
+    // Idle: what a converged fabric does between solicitations.
+    let idle = Duration::from_secs(10);
+    let (before, wall) = (f.traffic(), Instant::now());
+    tokio::time::sleep(idle).await;
+    let after = f.traffic();
+    println!(
+        "topology={name} event=idle routers={routers} virtual_s={} \
+         wall_ms_per_virtual_s={:.1} exchange_requests={} \
+         datagrams_per_router_per_s={:.2}",
+        idle.as_secs(),
+        wall.elapsed().as_secs_f64() * 1000.0 / idle.as_secs_f64(),
+        after.exchange.requests - before.exchange.requests,
+        (after.datagrams - before.datagrams) as f64
+            / routers as f64
+            / idle.as_secs_f64(),
     );
     // A spine (if any) dies, then a rack transit.
     let victims = ["spine0", "r0t0", "t0"]
@@ -77,18 +122,13 @@ async fn bench_sim() {
         .filter_map(|n| t.router(n).map(|i| (*n, i)))
         .collect::<Vec<_>>();
     for (what, i) in victims {
-        let wall = Instant::now();
+        let (before, wall) = (f.traffic(), Instant::now());
         f.crash(i).await;
-        let virt =
-            f.converge(step, limit).await.unwrap_or_else(|e| panic!("{e}"));
-        println!(
-            "topology={name} event=crash-{what} routers={routers} \
-             converge_wall_s={:.3} converge_virtual_s={:.3} \
-             peak_rss_mib={:.1} invariants=ok",
-            wall.elapsed().as_secs_f64(),
-            virt.as_secs_f64(),
-            peak_rss_mib(),
-        );
+        let c = f
+            .converge(step, quiet, limit)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        println!("{}", line(&f, &format!("crash-{what}"), wall, c, before));
     }
     f.stop().await;
 }

@@ -14,6 +14,8 @@
 
 use std::io;
 use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
@@ -183,6 +185,18 @@ pub struct MemoryPort {
     remote_ifindex: u32,
     /// The other end's address (unicast to anything else is lost).
     remote_addr: Ipv6Addr,
+    /// The cable, shared by both ends: whether it carries, and what it
+    /// carried.
+    wire: Arc<Wire>,
+}
+
+/// The state both ends of a memory link share.
+#[derive(Debug)]
+struct Wire {
+    /// Whether the link carries anything (a cut cable does not).
+    up: AtomicBool,
+    /// Datagrams delivered so far, both ways.
+    carried: AtomicU64,
 }
 
 impl MemoryPort {
@@ -194,6 +208,10 @@ impl MemoryPort {
     ) -> (MemoryPort, MemoryPort) {
         let (a_in, _) = broadcast::channel(MEMORY_LINK_DEPTH);
         let (b_in, _) = broadcast::channel(MEMORY_LINK_DEPTH);
+        let wire = Arc::new(Wire {
+            up: AtomicBool::new(true),
+            carried: AtomicU64::new(0),
+        });
         (
             MemoryPort {
                 ifindex: a.0,
@@ -202,6 +220,7 @@ impl MemoryPort {
                 remote: b_in.clone(),
                 remote_ifindex: b.0,
                 remote_addr: b.1,
+                wire: wire.clone(),
             },
             MemoryPort {
                 ifindex: b.0,
@@ -210,6 +229,7 @@ impl MemoryPort {
                 remote: a_in,
                 remote_ifindex: a.0,
                 remote_addr: a.1,
+                wire,
             },
         )
     }
@@ -225,6 +245,12 @@ impl MemoryPort {
         if to != DISCOVERY_GROUP && to != self.remote_addr {
             return;
         }
+        if !self.is_up() {
+            // A cut cable: lost, and no carrier change is reported (the
+            // far end learns it only from its peer falling silent).
+            return;
+        }
+        self.wire.carried.fetch_add(1, Ordering::Relaxed);
         // No receiver yet is like no one listening on the wire.
         let _ = self.remote.send(MemoryDatagram {
             from: SocketAddrV6::new(
@@ -238,8 +264,51 @@ impl MemoryPort {
         });
     }
 
+    /// Cut (`false`) or mend (`true`) the link, for both ends: while cut,
+    /// nothing sent either way is delivered. Datagrams already delivered
+    /// to a receiver's queue stay there, as on a wire.
+    pub fn set_up(&self, up: bool) {
+        self.wire.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the link carries (see [`MemoryPort::set_up`]).
+    pub fn is_up(&self) -> bool {
+        self.wire.up.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams the link delivered so far, both ways.
+    pub fn carried(&self) -> u64 {
+        self.wire.carried.load(Ordering::Relaxed)
+    }
+
     /// Everything this end receives from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<MemoryDatagram> {
         self.inbound.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_memory_link_carries_nothing_either_way_until_mended() {
+        let a: Ipv6Addr = "fe80::a".parse().unwrap();
+        let b: Ipv6Addr = "fe80::b".parse().unwrap();
+        let (pa, pb) = MemoryPort::pair((1, a), (2, b));
+        let (mut ra, mut rb) = (pa.subscribe(), pb.subscribe());
+        pa.send(b, vec![1]);
+        assert_eq!(rb.try_recv().unwrap().payload, vec![1]);
+        // Either end (or a clone) cuts the cable for both.
+        pb.clone().set_up(false);
+        assert!(!pa.is_up());
+        pa.send(DISCOVERY_GROUP, vec![2]);
+        pb.send(a, vec![3]);
+        assert!(rb.try_recv().is_err());
+        assert!(ra.try_recv().is_err());
+        pa.set_up(true);
+        pb.send(a, vec![4]);
+        assert_eq!(ra.try_recv().unwrap().payload, vec![4]);
+        assert_eq!(pa.carried(), 2);
     }
 }

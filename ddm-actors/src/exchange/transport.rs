@@ -146,6 +146,25 @@ pub enum Fault {
     /// Delivered after this delay (a timeout if longer than the client's;
     /// then nothing is delivered).
     Delay(Duration),
+    /// Delivered and handled, but the connection resets before the answer
+    /// comes back: the requester sees an error and cannot tell whether the
+    /// request took effect (so an acknowledged push is never lost).
+    Reset,
+    /// Delivered after a delay drawn for each request, up to this much, so
+    /// that requests overtake each other. The draw is deterministic (a
+    /// counter of the network), so a simulation replays.
+    Jitter(Duration),
+}
+
+/// What an [`ExchangeNet`] delivered so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Requests handed to a server's handler.
+    pub requests: u64,
+    /// Bytes of those requests' bodies and of their answers' bodies.
+    pub bytes: u64,
+    /// When the last one was handled (tokio time).
+    pub last: Option<tokio::time::Instant>,
 }
 
 /// A bound in-memory server.
@@ -166,6 +185,12 @@ struct NetState {
     servers: HashMap<(Ipv6Addr, u16), Registered>,
     /// Faults by (from, to) address.
     faults: HashMap<(Ipv6Addr, Ipv6Addr), Fault>,
+    /// Faults for the next so many requests, by (from, to) address.
+    counted: HashMap<(Ipv6Addr, Ipv6Addr), (Fault, u32)>,
+    /// What was delivered.
+    stats: NetStats,
+    /// Draws of [`Fault::Jitter`] so far.
+    draws: u64,
     /// Source of registration ids and picked ports.
     next: u64,
 }
@@ -196,6 +221,70 @@ impl ExchangeNet {
     /// Remove the fault from `from` to `to`.
     pub fn clear_fault(&self, from: Ipv6Addr, to: Ipv6Addr) {
         self.lock().faults.remove(&(from, to));
+    }
+
+    /// Inject `fault` on the next `count` requests from `from` to `to`
+    /// (replacing any counted fault there). A standing [`Fault::Refuse`]
+    /// (a cut link) wins over it and does not use it up; otherwise it wins
+    /// over the standing fault.
+    pub fn set_fault_count(
+        &self,
+        from: Ipv6Addr,
+        to: Ipv6Addr,
+        fault: Fault,
+        count: u32,
+    ) {
+        let mut state = self.lock();
+        if count == 0 {
+            state.counted.remove(&(from, to));
+        } else {
+            state.counted.insert((from, to), (fault, count));
+        }
+    }
+
+    /// What was delivered so far.
+    pub fn stats(&self) -> NetStats {
+        self.lock().stats
+    }
+
+    /// The fault the next request from `from` to `to` meets, using up one
+    /// of a counted fault.
+    fn next_fault(&self, from: Ipv6Addr, to: Ipv6Addr) -> Option<Fault> {
+        let mut state = self.lock();
+        let key = (from, to);
+        let standing = state.faults.get(&key).copied();
+        if standing == Some(Fault::Refuse) {
+            return standing;
+        }
+        let counted = match state.counted.get_mut(&key) {
+            Some((f, n)) => {
+                let f = *f;
+                *n -= 1;
+                if *n == 0 {
+                    state.counted.remove(&key);
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        let fault = counted.or(standing);
+        match fault {
+            Some(Fault::Jitter(max)) => {
+                state.draws += 1;
+                let d = splitmix64(state.draws);
+                let max = max.as_micros().max(1) as u64;
+                Some(Fault::Delay(Duration::from_micros(d % max)))
+            }
+            f => f,
+        }
+    }
+
+    /// Count one handled request.
+    fn delivered(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.stats.requests += 1;
+        state.stats.bytes += bytes as u64;
+        state.stats.last = Some(tokio::time::Instant::now());
     }
 
     /// Whether a server is bound at `addr`.
@@ -310,13 +399,21 @@ impl MemClient {
             addr: self.peer,
             error: io::ErrorKind::ConnectionRefused.into(),
         };
-        let fault =
-            self.net.lock().faults.get(&(self.local, *self.peer.ip())).copied();
+        let fault = self.net.next_fault(self.local, *self.peer.ip());
         match fault {
             Some(Fault::Refuse) => return Err(refused()),
             Some(Fault::Timeout) => std::future::pending::<()>().await,
-            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-            None => {}
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                // The cable was cut while the request was on its way.
+                let cut =
+                    self.net.lock().faults.get(&(self.local, *self.peer.ip()))
+                        == Some(&Fault::Refuse);
+                if cut {
+                    return Err(ClientError::Timeout(self.timeout));
+                }
+            }
+            Some(Fault::Reset | Fault::Jitter(_)) | None => {}
         }
         let (ctx, budget) = {
             let state = self.net.lock();
@@ -325,6 +422,7 @@ impl MemClient {
             (r.ctx.clone(), r.budget.clone())
         };
         let allowed = self.local == ctx.peer.addr;
+        let sent = body.len();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -341,6 +439,13 @@ impl MemClient {
             Ok(b) => b.to_bytes(),
             Err(never) => match never {},
         };
+        self.net.delivered(sent + bytes.len());
+        if fault == Some(Fault::Reset) {
+            return Err(ClientError::Connect {
+                addr: self.peer,
+                error: io::ErrorKind::ConnectionReset.into(),
+            });
+        }
         if !parts.status.is_success() {
             return Err(status_error(parts.status, &bytes));
         }
@@ -349,6 +454,14 @@ impl MemClient {
         }
         Ok((parts.headers, bytes))
     }
+}
+
+/// A well-mixed 64-bit value from a counter (splitmix64).
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn status_error(status: StatusCode, body: &[u8]) -> ClientError {

@@ -362,3 +362,52 @@ async fn pushes_are_held_while_a_pull_is_out() {
     a.x.stop(None);
     b.x.stop(None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_before_the_answer_is_retried_and_counted_faults_run_out() {
+    let net = ExchangeNet::new();
+    let give_up = Duration::from_secs(30);
+    let mut a = side(&net, 1, 2, "fd00:a::/64", give_up).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", give_up).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    let before = net.stats();
+    assert!(before.requests > 0 && before.bytes > 0, "{before:?}");
+
+    // The first push is handled by B but A sees the connection reset: A
+    // cannot tell, so it pushes again; B holds the update either way.
+    net.set_fault_count(addr(1), addr(2), Fault::Reset, 1);
+    let update = announce(&["fd00:1::/64"]);
+    a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    let imported = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(imported, update);
+    until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
+        .await;
+    let c = ractor::call!(a.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.push_failures, 1, "{c:?}");
+    let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.pushes_received, 2, "{c:?}");
+    let after = net.stats();
+    assert_eq!(after.requests, before.requests + 2);
+
+    // A cut link (standing refusal) wins over a counted fault and leaves
+    // it for later.
+    net.set_fault(addr(1), addr(2), Fault::Refuse);
+    net.set_fault_count(addr(1), addr(2), Fault::Timeout, 1);
+    assert_eq!(net.next_fault(addr(1), addr(2)), Some(Fault::Refuse));
+    net.clear_fault(addr(1), addr(2));
+    assert_eq!(net.next_fault(addr(1), addr(2)), Some(Fault::Timeout));
+    assert_eq!(net.next_fault(addr(1), addr(2)), None);
+    // Jitter draws a delay within its bound.
+    net.set_fault(addr(1), addr(2), Fault::Jitter(Duration::from_millis(5)));
+    for _ in 0..20 {
+        match net.next_fault(addr(1), addr(2)) {
+            Some(Fault::Delay(d)) => assert!(d < Duration::from_millis(5)),
+            f => panic!("{f:?}"),
+        }
+    }
+}

@@ -19,7 +19,10 @@
 //!    holds a route reaches the originator: no loop, no black hole;
 //! 5. every installed path is a shortest one: each installed nexthop is one
 //!    hop closer to the originator (BFS over live links), and the shortest
-//!    path held through it is as long as the router's distance.
+//!    path held through it is as long as the router's distance;
+//! 6. a server holding a route installs every shortest nexthop (every live
+//!    transit one hop closer), so that a mended link or a restarted transit
+//!    counts as converged only once it carries traffic again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -241,6 +244,19 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     }
 
     // 4. No loop, no black hole; 5. shortest paths.
+    // Per router: the shortest path held per (destination, peer).
+    let shortest_held: Vec<HashMap<(Ipv6Net, Nexthop), usize>> = snap
+        .routers
+        .iter()
+        .map(|v| {
+            let mut m: HashMap<(Ipv6Net, Nexthop), usize> = HashMap::new();
+            for p in v.iter().flat_map(|v| &v.paths) {
+                let e = m.entry((p.destination, p.via)).or_insert(usize::MAX);
+                *e = (*e).min(p.path.len());
+            }
+            m
+        })
+        .collect();
     for (&d, &o) in &origin {
         // 0 unvisited, 1 on the current walk, 2 reaches `o`.
         let mut mark = vec![0u8; topo.routers.len()];
@@ -278,12 +294,7 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
                         name(o)
                     ));
                 }
-                let held = view
-                    .paths
-                    .iter()
-                    .filter(|p| p.destination == d && p.via == *nh)
-                    .map(|p| p.path.len())
-                    .min();
+                let held = shortest_held[r].get(&(d, *nh)).copied();
                 if let Some(len) = held {
                     if len != want {
                         return Err(format!(
@@ -293,6 +304,30 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
                             name(far)
                         ));
                     }
+                }
+            }
+            // 6. A server installs every shortest nexthop (its transits all
+            //    announce every destination they reach).
+            if topo.routers[r].kind != RouterKind::Server {
+                continue;
+            }
+            for (l, near, far) in &adj[r] {
+                let usable = !snap.dead_links.contains(l)
+                    && !dead.contains(&far.router)
+                    && (far.router == o
+                        || topo.routers[far.router].kind
+                            == RouterKind::Transit);
+                let nh = Nexthop { addr: far.addr, ifindex: near.ifindex };
+                if usable
+                    && dist[far.router][o] == Some(want - 1)
+                    && !nhs.contains(&nh)
+                {
+                    return Err(format!(
+                        "{} routes {d} without {}, on a shortest path \
+                         ({want} hops)",
+                        name(r),
+                        name(far.router)
+                    ));
                 }
             }
         }
@@ -568,6 +603,18 @@ mod tests {
             e.contains("t0 → s1 → t0") || e.contains("s1 → t0 → s1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_missing_shortest_nexthop_on_a_server_fails() {
+        let (t, mut s) = rack();
+        let d = prefix_of(&t, "s2");
+        let t1 = nh_to(&t, "s0", "t1");
+        let v = view(&t, &mut s, "s0");
+        v.routes.get_mut(&d).unwrap().remove(&t1);
+        v.paths.retain(|p| !(p.destination == d && p.via == t1));
+        let e = check(&t, &s).unwrap_err();
+        assert!(e.starts_with("s0 routes fd00:0:2::/64 without t1"), "{e}");
     }
 
     #[test]
