@@ -38,6 +38,7 @@ pids=()
 cleanup() {
     set +e
     trap - EXIT INT TERM
+    [ -n "${hold:-}" ] && kill "$hold" 2>/dev/null
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     for _ in $(seq 50); do
         alive=0
@@ -130,7 +131,11 @@ ns s1 ping -6 -c 3 -i 0.2 -I fd00:1::1 fd00:2::1
 
 if [ -n "${DDM_DEMO_HOLD:-}" ]; then
     say "the fabric stays up (namespaces $tag-*); Ctrl-C tears it down"
-    while true; do sleep 1; done
+    # `wait` on a background sleep returns as soon as a trapped signal
+    # arrives (a foreground command would first have to finish).
+    sleep infinity &
+    hold=$!
+    wait "$hold"
 fi
 
 say "done; tearing down"
