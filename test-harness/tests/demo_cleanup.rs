@@ -34,7 +34,20 @@ impl Demo {
             ddmd_bin().parent().expect("ddmd lives in a directory").into();
         let tmp = tempfile::tempdir().expect("temporary directory");
         let tag = format!("ddmdt{}{name}", std::process::id() % 100_000);
-        let mut child = Command::new("bash")
+        let mut cmd = Command::new("bash");
+        // A job started from a terminal takes Ctrl-C. Whoever started this
+        // test may have left SIGINT ignored (a non-interactive shell does
+        // that to a background command), and a shell started with SIGINT
+        // ignored cannot trap it: give the demo the default disposition.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .arg(root.join("scripts/fabric-demo.sh"))
             .env("DDM_BIN", &bin_dir)
             .env("DDM_DEMO_TAG", &tag)
@@ -84,8 +97,14 @@ impl Demo {
             status.is_some()
         });
         if waited.is_err() {
-            let _ = self.child.kill();
+            // The whole group (the script, its sleep, whatever it runs),
+            // then what it started elsewhere: a failing test leaves
+            // nothing behind either.
+            let pid = i32::try_from(self.child.id()).expect("pid fits");
+            // SAFETY: kill(2) on our own child's group; no memory involved.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             let _ = self.child.wait();
+            self.remove_leftovers();
             panic!("the demo did not exit within {RUN_TIMEOUT:?}");
         }
         status.and_then(|s| s.code())
@@ -122,6 +141,13 @@ impl Demo {
     /// Kill whatever is left (so a failing test leaves nothing either),
     /// then fail if anything was.
     fn assert_clean(&self) {
+        let left = self.remove_leftovers();
+        assert!(left.is_empty(), "the demo left behind: {left:#?}");
+    }
+
+    /// Kill the processes and delete the namespaces the demo left; what
+    /// they were.
+    fn remove_leftovers(&self) -> Vec<String> {
         let left = self.leftovers();
         for l in &left {
             if let Some(pid) = l
@@ -136,7 +162,7 @@ impl Demo {
                 let _ = Command::new("ip").args(["netns", "del", ns]).status();
             }
         }
-        assert!(left.is_empty(), "the demo left behind: {left:#?}");
+        left
     }
 }
 
