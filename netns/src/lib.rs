@@ -211,6 +211,25 @@ pub fn require_netns(test_name: &str) -> bool {
     }
 }
 
+/// Moves the calling thread (only it) into the network namespace named
+/// `ns` (as listed by `ip netns list`).
+pub fn enter_netns(ns: &str) -> std::io::Result<()> {
+    let path = format!("{NETNS_RUN_DIR}/{ns}");
+    let file = File::open(&path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot open {path}: {e}"))
+    })?;
+    // SAFETY: `file` is an open namespace file for the whole call; setns
+    // only changes the namespace of the calling thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("setns({path}): {e}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `f` on a fresh thread that has joined the network namespace named
 /// `ns` (as listed by `ip netns list`), and returns its result.
 ///
@@ -218,19 +237,9 @@ pub fn require_netns(test_name: &str) -> bool {
 /// after they are returned to the caller. Panics if the namespace cannot be
 /// entered, and re-raises a panic of `f`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("{NETNS_RUN_DIR}/{ns}");
-    let file =
-        File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
     std::thread::scope(|scope| {
         let handle = scope.spawn(move || {
-            // SAFETY: `file` is an open namespace file for the whole call;
-            // setns only changes the namespace of this thread.
-            let rc =
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                panic!("setns({path}): {}", std::io::Error::last_os_error());
-            }
-            drop(file);
+            enter_netns(ns).unwrap_or_else(|e| panic!("{e}"));
             f()
         });
         match handle.join() {

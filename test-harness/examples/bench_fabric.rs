@@ -33,7 +33,6 @@
 #[cfg(target_os = "linux")]
 mod monitor {
     use std::collections::HashSet;
-    use std::ffi::CString;
     use std::io::{self, Write};
     use std::net::Ipv6Addr;
 
@@ -52,44 +51,12 @@ mod monitor {
         ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
     }
 
-    fn enter_netns(name: &str) -> io::Result<()> {
-        let path = CString::new(format!("/var/run/netns/{name}"))
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: path is a valid NUL-terminated string.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is an open namespace file; the process has one thread.
-        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-        let err = io::Error::last_os_error();
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
-        if rc != 0 {
-            return Err(err);
-        }
-        Ok(())
-    }
+    use ddm_test_harness::netns::enter_netns;
 
     fn open_socket() -> io::Result<i32> {
+        let fd = super::netlink_socket(1 << 30)?;
         // SAFETY: plain socket calls on values we own.
         unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let size: libc::c_int = 1 << 30;
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
             let mut addr: libc::sockaddr_nl = std::mem::zeroed();
             addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
             addr.nl_groups = RTMGRP_IPV6_ROUTE;
@@ -261,6 +228,31 @@ mod monitor {
     }
 }
 
+/// A netlink route socket with a receive buffer of `rcvbuf` bytes (forced:
+/// the benchmark runs as root).
+#[cfg(target_os = "linux")]
+fn netlink_socket(rcvbuf: libc::c_int) -> std::io::Result<i32> {
+    // SAFETY: plain socket calls on values we own.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        Ok(fd)
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod floor {
     use std::io;
@@ -342,38 +334,8 @@ mod floor {
         attr(buf, RTA_OIF, &oif.to_ne_bytes());
     }
 
-    fn enter(ns: &str) -> io::Result<()> {
-        let f = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: f is an open namespace file; this moves only the
-        // calling thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     fn socket() -> io::Result<i32> {
-        // SAFETY: plain socket calls on values we own.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            );
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let size: libc::c_int = 4 << 20;
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-            Ok(fd)
-        }
+        super::netlink_socket(4 << 20)
     }
 
     /// Send `batch`, then read until the acknowledgement of `last_seq`;
@@ -446,7 +408,7 @@ mod floor {
         n: usize,
         start: &Barrier,
     ) -> io::Result<usize> {
-        enter(ns)?;
+        ddm_test_harness::netns::enter_netns(ns)?;
         let fd = socket()?;
         let name = std::ffi::CString::new(ifname)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
