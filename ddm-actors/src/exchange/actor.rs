@@ -387,7 +387,7 @@ impl State {
                     "why" => ?why, "items" => n, "limit" => limit,
                     "destination" => first.map(|p| p.destination.to_string()),
                     "path_len" => first.map(|p| p.path.len()),
-                    "tunnels" => t.map_or(0, |t| t.announce.len() + t.withdraw.len()));
+                    "tunnels" => t.map_or(0, |t| t.len()));
             }
             Effect::PushLimit { bytes, was } => {
                 info!(self.log, "push limit for this peer";

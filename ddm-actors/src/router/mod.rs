@@ -489,10 +489,8 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Import { peer, update } => {
-                let size = update
-                    .underlay
-                    .as_ref()
-                    .map_or(0, |u| u.announce.len() + u.withdraw.len());
+                let size =
+                    update.underlay.as_ref().map_or(0, v3::UnderlayUpdate::len);
                 state.import(peer, update);
                 if size >= TRIM_AFTER {
                     trim_heap();

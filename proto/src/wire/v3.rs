@@ -50,28 +50,41 @@ pub struct PullResponse {
     pub tunnel: Option<BTreeSet<TunnelOrigin>>,
 }
 
+impl UnderlayUpdate {
+    /// How many items the half carries, announced and withdrawn.
+    pub fn len(&self) -> usize {
+        self.announce.len() + self.withdraw.len()
+    }
+
+    /// True when the half carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TunnelUpdate {
+    /// How many items the half carries, announced and withdrawn.
+    pub fn len(&self) -> usize {
+        self.announce.len() + self.withdraw.len()
+    }
+
+    /// True when the half carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Update {
     /// True when the update carries no change at all (nothing to send).
     pub fn is_empty(&self) -> bool {
-        self.underlay
-            .as_ref()
-            .is_none_or(|u| u.announce.is_empty() && u.withdraw.is_empty())
-            && self
-                .tunnel
-                .as_ref()
-                .is_none_or(|t| t.announce.is_empty() && t.withdraw.is_empty())
+        self.len() == 0
     }
 
     /// How many path vectors and tunnel origins the update carries,
     /// announced and withdrawn.
     pub fn len(&self) -> usize {
-        self.underlay
-            .as_ref()
-            .map_or(0, |u| u.announce.len() + u.withdraw.len())
-            + self
-                .tunnel
-                .as_ref()
-                .map_or(0, |t| t.announce.len() + t.withdraw.len())
+        self.underlay.as_ref().map_or(0, |u| u.len())
+            + self.tunnel.as_ref().map_or(0, v3::TunnelUpdate::len)
     }
 
     /// The underlay half, created empty if absent (for building pushes).
