@@ -33,3 +33,6 @@ pub mod router;
 pub mod store;
 pub mod supervisor;
 pub mod timer;
+
+#[cfg(test)]
+mod test_actors;

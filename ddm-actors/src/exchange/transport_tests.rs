@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use ddm_admin_api::latest::RouterKind;
-use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
+use ractor::{Actor, DerivedActorRef};
 use slog::Logger;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -16,6 +16,7 @@ use super::super::testing::{fake_router, Seen};
 use super::super::wire::v3;
 use super::*;
 use crate::router::RouterRef;
+use crate::test_actors::Forward;
 use ddm_proto::PeerId;
 
 /// Longer than anything waited for here (virtual time).
@@ -52,33 +53,6 @@ fn offer(dests: &[&str]) -> v3::PullResponse {
     }
 }
 
-/// Forwards failure reports.
-struct Collector;
-
-impl Actor for Collector {
-    type Msg = ExchangeFailed;
-    type State = mpsc::UnboundedSender<ExchangeFailed>;
-    type Arguments = mpsc::UnboundedSender<ExchangeFailed>;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<ExchangeFailed>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<ExchangeFailed>,
-        msg: ExchangeFailed,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = tx.send(msg);
-        Ok(())
-    }
-}
-
 /// One side: its exchange actor (peer `them`), its fake router's record.
 struct Side {
     x: ExchangeRef,
@@ -106,7 +80,8 @@ async fn side_offering(
 ) -> Side {
     let (router, seen): (RouterRef, _) = fake_router(offer(dests)).await;
     let (tx, failed) = mpsc::unbounded_channel();
-    let (c, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+    let (c, _) =
+        Actor::spawn(None, Forward::<ExchangeFailed>::new(), tx).await.unwrap();
     let on_failure: DerivedActorRef<ExchangeFailed> = c.get_derived();
     let args = ExchangeArgs {
         peer: PeerId { ifindex: u32::from(us), addr: addr(them) },

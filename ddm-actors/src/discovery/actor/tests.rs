@@ -3,6 +3,7 @@
 use super::*;
 use crate::discovery::io::{MemoryDatagram, MemoryPort};
 use crate::discovery::{DiscoveryState, PeerIdentity};
+use crate::test_actors::Forward;
 use ractor::call;
 use tokio::sync::{broadcast, mpsc};
 
@@ -16,33 +17,6 @@ fn ours() -> Ipv6Addr {
 }
 fn theirs() -> Ipv6Addr {
     "fe80::2".parse().unwrap()
-}
-
-/// Stands in for the supervisor: forwards every event to the test.
-struct Collector;
-
-impl Actor for Collector {
-    type Msg = DiscoveryEvent;
-    type State = mpsc::UnboundedSender<DiscoveryEvent>;
-    type Arguments = mpsc::UnboundedSender<DiscoveryEvent>;
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<DiscoveryEvent>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<DiscoveryEvent>,
-        ev: DiscoveryEvent,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let _ = tx.send(ev);
-        Ok(())
-    }
 }
 
 struct Rig {
@@ -60,7 +34,8 @@ async fn start_with(
     hostname: &str,
 ) -> (DiscoveryRef, mpsc::UnboundedReceiver<DiscoveryEvent>) {
     let (tx, events) = mpsc::unbounded_channel();
-    let (collector, _) = Actor::spawn(None, Collector, tx).await.unwrap();
+    let (collector, _) =
+        Actor::spawn(None, Forward::<DiscoveryEvent>::new(), tx).await.unwrap();
     let args = DiscoveryArgs {
         interface: "ddm-none0".parse().unwrap(),
         hostname: hostname.into(),
