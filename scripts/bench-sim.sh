@@ -6,12 +6,12 @@
 #   peak_rss_mib=Z msgs_per_router=M bytes_per_router=B
 #   datagrams_per_router=D snapshots=K invariants=ok
 # Usage: scripts/bench-sim.sh [TOPOLOGY...]   (default: rack racks-16 thousand)
-# TOPOLOGY is rack, racks-N or thousand. PROFILE=release (default) or dev.
+# TOPOLOGY is rack, racks-N or thousand. PROFILE=sim (default: release
+# optimisation without LTO, see Cargo.toml), release or dev.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile=${PROFILE:-release}
-flag=()
-[ "$profile" = release ] && flag=(--release)
+profile=${PROFILE:-sim}
+flag=(--profile "$profile")
 topologies=("$@")
 [ ${#topologies[@]} -eq 0 ] && topologies=(rack racks-16 thousand)
 cargo test "${flag[@]}" -p ddm-test-harness --test sim_bench --no-run >&2

@@ -191,6 +191,8 @@ struct NetState {
     stats: NetStats,
     /// Draws of [`Fault::Jitter`] so far.
     draws: u64,
+    /// One-way latency of every request and of its answer.
+    latency: Duration,
     /// Source of registration ids and picked ports.
     next: u64,
 }
@@ -240,6 +242,13 @@ impl ExchangeNet {
         } else {
             state.counted.insert((from, to), (fault, count));
         }
+    }
+
+    /// Give every request, and every answer, this one-way latency (zero
+    /// by default), as a network does: what a session queues while its
+    /// push is on the way merges into its next push, as over TCP.
+    pub fn set_latency(&self, one_way: Duration) {
+        self.lock().latency = one_way;
     }
 
     /// What was delivered so far.
@@ -400,11 +409,12 @@ impl MemClient {
             error: io::ErrorKind::ConnectionRefused.into(),
         };
         let fault = self.net.next_fault(self.local, *self.peer.ip());
+        let latency = self.net.lock().latency;
         match fault {
             Some(Fault::Refuse) => return Err(refused()),
             Some(Fault::Timeout) => std::future::pending::<()>().await,
             Some(Fault::Delay(d)) => {
-                tokio::time::sleep(d).await;
+                tokio::time::sleep(d + latency).await;
                 // The cable was cut while the request was on its way.
                 let cut =
                     self.net.lock().faults.get(&(self.local, *self.peer.ip()))
@@ -413,7 +423,11 @@ impl MemClient {
                     return Err(ClientError::Timeout(self.timeout));
                 }
             }
-            Some(Fault::Reset | Fault::Jitter(_)) | None => {}
+            Some(Fault::Reset | Fault::Jitter(_)) | None => {
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+            }
         }
         let (ctx, budget) = {
             let state = self.net.lock();
@@ -440,6 +454,9 @@ impl MemClient {
             Err(never) => match never {},
         };
         self.net.delivered(sent + bytes.len());
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         if fault == Some(Fault::Reset) {
             return Err(ClientError::Connect {
                 addr: self.peer,

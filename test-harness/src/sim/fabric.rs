@@ -47,6 +47,13 @@ use super::faults::{Fault, FaultState, RequestFailure};
 use super::invariants::{self, HeldPath, RouterView, Snapshot};
 use super::topology::{RouterKind, Topology};
 
+/// One-way latency of every exchange request and answer: a request over
+/// a link takes a round trip of twice this (HTTP over TCP between
+/// neighbours in a rack takes about that). Without it an in-memory push
+/// would complete in the same instant it was sent, and a session would
+/// never merge what queued behind it, as a real one does.
+pub const EXCHANGE_LATENCY: Duration = Duration::from_micros(100);
+
 /// When any router's dataplane last changed (tokio time), shared by the
 /// fabric's dataplanes.
 type LastChange = Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
@@ -184,7 +191,11 @@ impl SimFabric {
             ports: ports.into_iter().map(Arc::new).collect(),
             stores,
             ifindex_of,
-            net: ExchangeNet::new(),
+            net: {
+                let net = ExchangeNet::new();
+                net.set_latency(EXCHANGE_LATENCY);
+                net
+            },
             cables,
             state: FaultState::default(),
             slow: BTreeMap::new(),
