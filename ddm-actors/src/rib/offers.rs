@@ -9,6 +9,8 @@
 //! 16 bytes: the peer's slot in the RIB's peer table and a thin pointer to
 //! the interned path.
 
+use oxnet::Ipv6Net;
+
 use super::intern::Path;
 use crate::dataplane::{Nexthop, Nexthops};
 
@@ -150,24 +152,44 @@ impl Offers {
         }
     }
 
-    /// What a transit router re-announces of this destination: its
-    /// shortest offers, at most `max` of them, the smallest paths first
-    /// (then the lowest slot), so the choice does not depend on the order
-    /// in which offers arrived.
-    pub(crate) fn advertised(&self, max: usize) -> Vec<Offer> {
+    /// What a transit router re-announces of `dest`: its shortest offers,
+    /// at most `max` of them, chosen by a hash of the destination and the
+    /// path (then the lowest slot). The choice does not depend on the order
+    /// in which offers arrived, and it differs from destination to
+    /// destination, so that a spine or transit going away touches only its
+    /// share of the destinations rather than every one (a choice by path
+    /// order would put the same spine first for all of them).
+    pub(crate) fn advertised(&self, dest: &Ipv6Net, max: usize) -> Vec<Offer> {
         match self {
             Offers::One(o) if max > 0 => vec![o.clone()],
             Offers::One(_) => Vec::new(),
             Offers::Many(v) => {
                 let min = self.shortest_len();
-                let mut best: Vec<Offer> =
-                    v.iter().filter(|o| o.path.len() == min).cloned().collect();
-                best.sort_by(|a, b| {
-                    a.path.cmp(&b.path).then(a.peer.cmp(&b.peer))
-                });
-                best.truncate(max);
-                best
+                let mut best: Vec<(u64, &Offer)> = v
+                    .iter()
+                    .filter(|o| o.path.len() == min)
+                    .map(|o| (spread(dest, &o.path), o))
+                    .collect();
+                if best.len() > max {
+                    best.sort_by(|a, b| {
+                        a.0.cmp(&b.0)
+                            .then_with(|| a.1.path.cmp(&b.1.path))
+                            .then(a.1.peer.cmp(&b.1.peer))
+                    });
+                    best.truncate(max);
+                }
+                best.into_iter().map(|(_, o)| o.clone()).collect()
             }
         }
     }
+}
+
+/// A hash of a destination and a path, the same in every process of one
+/// build (std's SipHash with fixed keys).
+fn spread(dest: &Ipv6Net, path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    dest.hash(&mut h);
+    path.hash(&mut h);
+    h.finish()
 }

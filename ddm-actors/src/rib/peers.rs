@@ -56,7 +56,7 @@ impl Rib {
                 }
                 let before = offers.nexthops(|s| hop(slots, s));
                 let adv_before = if transit {
-                    offers.advertised(MAX_ADVERTISED_PATHS)
+                    offers.advertised(dest, MAX_ADVERTISED_PATHS)
                 } else {
                     Vec::new()
                 };
@@ -64,7 +64,7 @@ impl Rib {
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
                 if transit {
-                    let adv_after = offers.advertised(MAX_ADVERTISED_PATHS);
+                    let adv_after = offers.advertised(dest, MAX_ADVERTISED_PATHS);
                     readvertise.push((*dest, adv_before, adv_after));
                 }
                 !offers.is_empty()
@@ -187,7 +187,7 @@ impl Rib {
             let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
                 for o in offers
-                    .advertised(MAX_ADVERTISED_PATHS)
+                    .advertised(d, MAX_ADVERTISED_PATHS)
                     .iter()
                     .filter(|o| Some(o.peer) != slot)
                 {

@@ -31,7 +31,7 @@ impl Rib {
                 Entry::Vacant(v) => {
                     let offers = v.insert(Offers::One(offer));
                     let after = if transit {
-                        offers.advertised(MAX_ADVERTISED_PATHS)
+                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
                     } else {
                         Vec::new()
                     };
@@ -42,7 +42,7 @@ impl Rib {
                     let had = offers.has_peer(slot);
                     let before = offers.nexthops(|s| hop(slots, s));
                     let adv_before = if transit {
-                        offers.advertised(MAX_ADVERTISED_PATHS)
+                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
                     } else {
                         Vec::new()
                     };
@@ -52,7 +52,7 @@ impl Rib {
                         return;
                     }
                     let adv_after = if transit {
-                        offers.advertised(MAX_ADVERTISED_PATHS)
+                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
                     } else {
                         Vec::new()
                     };
@@ -91,7 +91,7 @@ impl Rib {
         let slot = state.slot;
         let before = offers.nexthops(|s| hop(&self.slots, s));
         let adv_before = if transit {
-            offers.advertised(MAX_ADVERTISED_PATHS)
+            offers.advertised(&dest, MAX_ADVERTISED_PATHS)
         } else {
             Vec::new()
         };
@@ -105,7 +105,7 @@ impl Rib {
             state.destinations -= 1;
         }
         let adv_after = if transit {
-            offers.advertised(MAX_ADVERTISED_PATHS)
+            offers.advertised(&dest, MAX_ADVERTISED_PATHS)
         } else {
             Vec::new()
         };

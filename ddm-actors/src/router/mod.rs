@@ -45,7 +45,7 @@ use crate::dataplane::Dataplane;
 use crate::policy::{
     ImportPolicy, PolicyConfig, PolicyCounters, RefusalNote, RibHoldings,
 };
-use crate::rib::{Effects, PeerId, Rib, Told};
+use crate::rib::{Effects, ImportedPath, PeerId, Rib, Told};
 
 mod worker;
 
@@ -90,6 +90,9 @@ pub enum RouterMsg {
     WithdrawTunnels(BTreeSet<TunnelOrigin>),
     /// Imported paths by nexthop, for `GET /prefixes`.
     GetPrefixes(RpcReplyPort<BTreeMap<String, BTreeSet<PathVector>>>),
+    /// Every imported path, sharing the RIB's hostnames (for simulations:
+    /// `GetPrefixes` copies every name).
+    GetPaths(RpcReplyPort<Vec<ImportedPath>>),
     /// Imported tunnel endpoints, for `GET /tunnel_endpoints`.
     GetTunnelEndpoints(RpcReplyPort<BTreeSet<TunnelRoute>>),
     /// Re-pull every peer (`PUT /sync`).
@@ -456,6 +459,9 @@ impl Actor for Router {
                     .map(|(nh, paths)| (nh.to_string(), paths))
                     .collect();
                 let _ = reply.send(by_nexthop);
+            }
+            RouterMsg::GetPaths(reply) => {
+                let _ = reply.send(state.rib.imported_paths().collect());
             }
             RouterMsg::GetTunnelEndpoints(reply) => {
                 let _ = reply.send(state.rib.imported_tunnels());

@@ -34,6 +34,7 @@ use ddm_actors::discovery::{MemoryPort, PacketIo};
 use ddm_actors::exchange::transport::{
     ExchangeNet, ExchangeTransport, Fault as NetFault, NetStats,
 };
+use ddm_actors::router::RouterMsg;
 use ddm_actors::store::{Store, StoreChange};
 use ddm_actors::supervisor::{
     DataplaneFactory, PacketIoFactory, Supervisor, SupervisorArgs,
@@ -149,6 +150,9 @@ pub struct Converged {
     pub virtual_time: Duration,
     /// Snapshots taken (each costs a query of every router).
     pub snapshots: u32,
+    /// Wall time spent taking those snapshots and checking them: the
+    /// harness's cost, not the fabric's.
+    pub check_wall: Duration,
 }
 
 /// Traffic counters of the fabric.
@@ -328,25 +332,27 @@ impl SimFabric {
             let admin = self.admin(i).await?;
             let originated = ractor::call!(admin, AdminMsg::GetOriginated)
                 .map_err(|e| format!("{name}: {e}"))?;
-            let held = ractor::call!(admin, AdminMsg::GetPrefixes)
+            let router = ractor::call!(r.sup, SupervisorMsg::GetRouter)
+                .map_err(|e| format!("{name}: {e}"))?
+                .ok_or_else(|| format!("{name}: its router is restarting"))?;
+            let held = ractor::call!(router, RouterMsg::GetPaths)
                 .map_err(|e| format!("{name}: {e}"))?;
-            let mut paths = Vec::new();
-            for (peer, pvs) in held {
-                let addr: Ipv6Addr = peer
-                    .parse()
-                    .map_err(|_| format!("{name}: peer key {peer:?}"))?;
-                // A peer not on any of our links shows as interface 0,
-                // which the invariants report.
-                let ifindex =
-                    self.ifindex_of[i].get(&addr).copied().unwrap_or(0);
-                for pv in pvs {
-                    paths.push(HeldPath {
-                        destination: pv.destination,
-                        via: Nexthop { addr, ifindex },
-                        path: pv.path,
-                    });
-                }
-            }
+            let paths = held
+                .into_iter()
+                .map(|p| HeldPath {
+                    destination: p.destination,
+                    // A peer not on any of our links shows as interface 0,
+                    // which the invariants report.
+                    via: Nexthop {
+                        addr: p.from,
+                        ifindex: self.ifindex_of[i]
+                            .get(&p.from)
+                            .copied()
+                            .unwrap_or(0),
+                    },
+                    path: p.path,
+                })
+                .collect();
             let routes = r
                 .dataplane
                 .tables()
@@ -379,6 +385,7 @@ impl SimFabric {
             tokio::time::Instant,
         )> = None;
         let mut backoff = quiet;
+        let mut check_wall = Duration::ZERO;
         loop {
             let now = tokio::time::Instant::now();
             let last = self.last_activity(start);
@@ -388,13 +395,21 @@ impl SimFabric {
                 Some((seen, at)) => seen != last || now - at >= backoff,
             };
             if since >= quiet && due {
+                let wall = std::time::Instant::now();
                 let snap = self.snapshot().await?;
                 snapshots += 1;
-                match invariants::check(&self.topo, &snap) {
+                let verdict = invariants::check(&self.topo, &snap);
+                drop(snap);
+                check_wall += wall.elapsed();
+                match verdict {
                     Ok(()) => {
                         let virtual_time =
                             last.map_or(Duration::ZERO, |t| t - start);
-                        return Ok(Converged { virtual_time, snapshots });
+                        return Ok(Converged {
+                            virtual_time,
+                            snapshots,
+                            check_wall,
+                        });
                     }
                     Err(e) if start.elapsed() >= limit => {
                         return Err(format!(

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use ddm_dataplane::Nexthop;
+pub use ddm_proto::outgoing::Names;
 use oxnet::Ipv6Net;
 
 use super::topology::{RouterKind, Topology};
@@ -39,8 +40,8 @@ pub struct HeldPath {
     pub destination: Ipv6Net,
     /// The peer it was learned from (its address and our interface).
     pub via: Nexthop,
-    /// The path vector, originator first.
-    pub path: Vec<String>,
+    /// The path vector, originator first (the router's own shared names).
+    pub path: Names,
 }
 
 /// What one live router holds.
@@ -120,7 +121,7 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
                 ));
             }
             let mut seen = BTreeSet::new();
-            for h in &p.path {
+            for h in p.path.iter() {
                 if !seen.insert(h) {
                     return Err(format!(
                         "{} holds a path to {} naming {h} twice: {}",
@@ -170,7 +171,7 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     for (r, view) in live() {
         for p in &view.paths {
             if let Some(h) = p.path.iter().find(|h| {
-                names.get(h.as_str()).is_some_and(|i| dead.contains(i))
+                names.get(&***h).is_some_and(|i| dead.contains(i))
             }) {
                 return Err(format!(
                     "{} holds a path to {} through dead router {h}: {}",
@@ -400,6 +401,11 @@ fn show_nh(nh: &Nexthop) -> String {
 mod tests {
     use super::*;
 
+    /// A path vector of these names.
+    fn names<S: AsRef<str>>(path: &[S]) -> Names {
+        std::sync::Arc::new(path.iter().map(|h| h.as_ref().into()).collect())
+    }
+
     /// The converged state of `topo`, computed by BFS: every router holds
     /// every shortest nexthop to every other server's prefixes, with the
     /// path vector each would have announced.
@@ -456,7 +462,7 @@ mod tests {
                         view.paths.push(HeldPath {
                             destination: *d,
                             via: nh,
-                            path,
+                            path: names(&path),
                         });
                     }
                 }
@@ -563,7 +569,7 @@ mod tests {
         view(&t, &mut s, "s0").paths.push(HeldPath {
             destination: d,
             via: nh_to(&t, "s0", "t0"),
-            path: vec!["s2".into(), "t1".into(), "t0".into()],
+            path: names(&["s2", "t1", "t0"]),
         });
         let e = check(&t, &s).unwrap_err();
         assert!(e.contains("through dead router t1"), "{e}");
@@ -584,7 +590,7 @@ mod tests {
         view(&t, &mut s, "s0").paths.push(HeldPath {
             destination: d,
             via: nh_to(&t, "s0", "t0"),
-            path: vec!["s2".into(), "t1".into(), "s2".into(), "t0".into()],
+            path: names(&["s2", "t1", "s2", "t0"]),
         });
         let e = check(&t, &s).unwrap_err();
         assert!(e.contains("naming s2 twice"), "{e}");
@@ -667,7 +673,7 @@ mod tests {
         let d = prefix_of(&t, "s2");
         let v = view(&t, &mut s, "s0");
         for p in v.paths.iter_mut().filter(|p| p.destination == d) {
-            p.path = vec!["s2".into(), "x".into(), "y".into()];
+            p.path = names(&["s2", "x", "y"]);
         }
         let e = check(&t, &s).unwrap_err();
         assert!(e.contains("installs a 3-hop path"), "{e}");
