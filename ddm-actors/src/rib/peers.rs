@@ -64,7 +64,8 @@ impl Rib {
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
                 if transit {
-                    let adv_after = offers.advertised(dest, MAX_ADVERTISED_PATHS);
+                    let adv_after =
+                        offers.advertised(dest, MAX_ADVERTISED_PATHS);
                     readvertise.push((*dest, adv_before, adv_after));
                 }
                 !offers.is_empty()

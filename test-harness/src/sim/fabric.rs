@@ -550,7 +550,11 @@ impl SimFabric {
     /// A digest of what every router holds now and of what the fabric
     /// carried: two runs of one seed must give the same.
     pub async fn digest(&self) -> Result<u64, SimError> {
-        let snap = self.snapshot().await?;
+        let mut snap = self.snapshot().await?;
+        // A router lists its paths in its table's (hash) order.
+        for v in snap.routers.iter_mut().flatten() {
+            v.paths.sort_unstable();
+        }
         let t = self.traffic();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         format!("{snap:?}").hash(&mut h);

@@ -51,7 +51,7 @@ pub struct RouterView {
     pub originated: BTreeSet<Ipv6Net>,
     /// Its installed routes.
     pub routes: BTreeMap<Ipv6Net, BTreeSet<Nexthop>>,
-    /// The paths it holds.
+    /// The paths it holds, in no particular order.
     pub paths: Vec<HeldPath>,
 }
 
@@ -170,9 +170,11 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     };
     for (r, view) in live() {
         for p in &view.paths {
-            if let Some(h) = p.path.iter().find(|h| {
-                names.get(&***h).is_some_and(|i| dead.contains(i))
-            }) {
+            if let Some(h) = p
+                .path
+                .iter()
+                .find(|h| names.get(&***h).is_some_and(|i| dead.contains(i)))
+            {
                 return Err(format!(
                     "{} holds a path to {} through dead router {h}: {}",
                     name(r),
