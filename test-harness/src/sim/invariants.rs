@@ -120,9 +120,10 @@ pub fn check(topo: &Topology, snap: &Snapshot) -> Result<(), String> {
                     show_nh(&p.via)
                 ));
             }
-            let mut seen = BTreeSet::new();
-            for h in p.path.iter() {
-                if !seen.insert(h) {
+            // Paths are a few names long: comparing each with those
+            // before it beats a set.
+            for (k, h) in p.path.iter().enumerate() {
+                if p.path[..k].contains(h) {
                     return Err(format!(
                         "{} holds a path to {} naming {h} twice: {}",
                         name(r),
