@@ -358,9 +358,31 @@ pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
     fn half<T: Ord>(
         announce: &mut BTreeSet<T>,
         withdraw: &mut BTreeSet<T>,
-        later_announce: BTreeSet<T>,
-        later_withdraw: BTreeSet<T>,
+        mut later_announce: BTreeSet<T>,
+        mut later_withdraw: BTreeSet<T>,
     ) {
+        if later_announce.len() + later_withdraw.len()
+            >= announce.len() + withdraw.len()
+        {
+            // Fold the smaller pending update into the later one: what
+            // `later` names wins, the rest of `pending` stays. An item
+            // `later` both withdraws and announces ends up announced; in
+            // `pending` no item is both (merging keeps it so).
+            later_withdraw.retain(|x| !later_announce.contains(x));
+            for x in std::mem::take(announce) {
+                if !later_withdraw.contains(&x) {
+                    later_announce.insert(x);
+                }
+            }
+            for x in std::mem::take(withdraw) {
+                if !later_announce.contains(&x) {
+                    later_withdraw.insert(x);
+                }
+            }
+            *announce = later_announce;
+            *withdraw = later_withdraw;
+            return;
+        }
         for x in later_withdraw {
             announce.remove(&x);
             withdraw.insert(x);

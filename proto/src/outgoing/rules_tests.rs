@@ -116,6 +116,59 @@ fn merge_has_set_semantics() {
     assert!(u.withdraw.is_empty());
 }
 
+proptest::proptest! {
+    /// Merging a sequence of updates leaves each item as the last update
+    /// naming it left it (withdraws before announces within one update),
+    /// whichever of the two ways `merge` takes (folding the later update
+    /// into the pending one, or the pending one into the later).
+    #[test]
+    fn merge_is_the_last_word_on_each_item(
+        updates in proptest::collection::vec(
+            proptest::collection::vec((0u8..12, 0u8..3), 0..10),
+            1..8,
+        )
+    ) {
+        let mut merged = v3::Update::default();
+        let mut last: std::collections::BTreeMap<u8, bool> =
+            std::collections::BTreeMap::new();
+        for ops in &updates {
+            let mut u = v3::Update::default();
+            for &(item, op) in ops {
+                let p = pv(&format!("fd00:{item}::/64"), "x");
+                let under = u.underlay_mut();
+                // 0: withdraw, 1: announce, 2: both.
+                if op != 1 {
+                    under.withdraw.insert(p.clone());
+                }
+                if op != 0 {
+                    under.announce.insert(p);
+                }
+            }
+            for item in 0u8..12 {
+                let p = pv(&format!("fd00:{item}::/64"), "x");
+                let Some(under) = u.underlay.as_ref() else { break };
+                if under.announce.contains(&p) {
+                    last.insert(item, true);
+                } else if under.withdraw.contains(&p) {
+                    last.insert(item, false);
+                }
+            }
+            merge(&mut merged, u);
+        }
+        let under = merged.underlay.unwrap_or_default();
+        for item in 0u8..12 {
+            let p = pv(&format!("fd00:{item}::/64"), "x");
+            let got = match (under.announce.contains(&p), under.withdraw.contains(&p)) {
+                (true, true) => panic!("{p:?} both announced and withdrawn"),
+                (true, false) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            };
+            proptest::prop_assert_eq!(got, last.get(&item).copied(), "item {}", item);
+        }
+    }
+}
+
 /// An update announcing `n` paths under `fd00::/16` and withdrawing
 /// `w` under `fd01::/16`.
 fn big(n: usize, w: usize) -> v3::Update {
