@@ -27,16 +27,32 @@ fn topology() -> Topology {
     }
 }
 
-/// The peak resident set of this process, in MiB (Linux).
-fn peak_rss_mib() -> f64 {
+/// A figure of this process's `/proc/self/status`, in MiB (Linux).
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| {
+            s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| {
                 v.trim().trim_end_matches("kB").trim().parse().ok()
             })
         })
         .map_or(0.0, |kb: f64| kb / 1024.0)
+}
+
+/// The peak resident set of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// The resident set now, after handing freed heap back: what the
+/// converged routers hold, without the peak's requests in flight.
+fn held_rss_mib() -> f64 {
+    // SAFETY: malloc_trim only returns free memory to the system.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    status_mib("VmRSS:")
 }
 
 /// The figures of one event: from `before` (traffic when it began) to now.
@@ -94,13 +110,14 @@ async fn bench_sim() {
         }
     }
     drop(snap);
+    let held = held_rss_mib();
     println!(
         "topology={name} event=held routers={routers} \
          server_paths_per_destination={:.2} peak_rss_mib={:.1} \
-         rss_per_router_kib={:.0}",
+         held_rss_mib={held:.1} held_kib_per_router={:.0}",
         paths as f64 / dests.max(1) as f64,
         peak_rss_mib(),
-        peak_rss_mib() * 1024.0 / routers as f64,
+        held * 1024.0 / routers as f64,
     );
     // Idle: what a converged fabric does between solicitations.
     let idle = Duration::from_secs(10);
