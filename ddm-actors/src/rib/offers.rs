@@ -12,6 +12,7 @@
 use oxnet::Ipv6Net;
 
 use super::intern::Path;
+use super::MAX_ADVERTISED_PATHS;
 use crate::dataplane::{Nexthop, Nexthops};
 
 /// A peer's index in the RIB's table of peers that are up.
@@ -153,13 +154,17 @@ impl Offers {
     }
 
     /// What a transit router re-announces of `dest`: its shortest offers,
-    /// at most `max` of them, chosen by a hash of the destination and the
-    /// path (then the lowest slot). The choice does not depend on the order
-    /// in which offers arrived, and it differs from destination to
-    /// destination, so that a spine or transit going away touches only its
-    /// share of the destinations rather than every one (a choice by path
-    /// order would put the same spine first for all of them).
-    pub(crate) fn advertised(&self, dest: &Ipv6Net, max: usize) -> Vec<Offer> {
+    /// at most [`MAX_ADVERTISED_PATHS`] of them, chosen by a hash of `seed`
+    /// (the router's own, from its hostname), the destination and the path
+    /// (then the lowest slot). The choice does not depend on the order in
+    /// which offers arrived; it differs from destination to destination,
+    /// so that a spine or transit going away touches only its share of the
+    /// destinations (a choice by path order put the same spine first for
+    /// all of them); and it differs between the transits of one rack, which
+    /// hold the same candidates, so that one spine's death rarely takes the
+    /// paths both of them announce for a destination.
+    pub(crate) fn advertised(&self, seed: u64, dest: &Ipv6Net) -> Vec<Offer> {
+        let max = MAX_ADVERTISED_PATHS;
         match self {
             Offers::One(o) if max > 0 => vec![o.clone()],
             Offers::One(_) => Vec::new(),
@@ -168,7 +173,7 @@ impl Offers {
                 let mut best: Vec<(u64, &Offer)> = v
                     .iter()
                     .filter(|o| o.path.len() == min)
-                    .map(|o| (spread(dest, &o.path), o))
+                    .map(|o| (spread(seed, dest, &o.path), o))
                     .collect();
                 if best.len() > max {
                     best.sort_by(|a, b| {
@@ -184,11 +189,12 @@ impl Offers {
     }
 }
 
-/// A hash of a destination and a path, the same in every process of one
-/// build (std's SipHash with fixed keys).
-fn spread(dest: &Ipv6Net, path: &Path) -> u64 {
+/// A hash of a seed, a destination and a path, the same in every process
+/// of one build (std's SipHash with fixed keys).
+fn spread(seed: u64, dest: &Ipv6Net, path: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
+    seed.hash(&mut h);
     dest.hash(&mut h);
     path.hash(&mut h);
     h.finish()

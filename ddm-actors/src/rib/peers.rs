@@ -48,6 +48,7 @@ impl Rib {
         let mut readvertise: Vec<(Ipv6Net, Vec<Offer>, Vec<Offer>)> =
             Vec::new();
         if state.paths > 0 {
+            let seed = self.seed;
             let touched = &mut pending.touched;
             let slots = &self.slots;
             self.routes.retain(|dest, offers| {
@@ -56,7 +57,7 @@ impl Rib {
                 }
                 let before = offers.nexthops(|s| hop(slots, s));
                 let adv_before = if transit {
-                    offers.advertised(dest, MAX_ADVERTISED_PATHS)
+                    offers.advertised(seed, dest)
                 } else {
                     Vec::new()
                 };
@@ -64,8 +65,7 @@ impl Rib {
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
                 if transit {
-                    let adv_after =
-                        offers.advertised(dest, MAX_ADVERTISED_PATHS);
+                    let adv_after = offers.advertised(seed, dest);
                     readvertise.push((*dest, adv_before, adv_after));
                 }
                 !offers.is_empty()
@@ -188,7 +188,7 @@ impl Rib {
             let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
                 for o in offers
-                    .advertised(d, MAX_ADVERTISED_PATHS)
+                    .advertised(self.seed, d)
                     .iter()
                     .filter(|o| Some(o.peer) != slot)
                 {

@@ -301,14 +301,22 @@ fn transit_tells_a_peer_only_when_its_view_changes() {
         pushes(&e).keys().copied().collect::<Vec<_>>(),
         vec![peer(2), peer(3)]
     );
+    // The same path again: the transit still announces one offer of it
+    // (the lowest slot's, peer 1's), so no one's view changes.
     let e = rib.import(peer(2), announce([p.clone()])).unwrap();
+    assert!(pushes(&e).is_empty(), "{:?}", pushes(&e));
+    // Peer 1 stops: peer 2's offer is announced now, which is news only to
+    // peer 1 (peer 3 holds the same path vector already), and peer 2 loses
+    // the path it heard from peer 1's offer.
+    let e = rib.import(peer(1), withdraw([p.clone()])).unwrap();
     assert_eq!(
         pushes(&e),
-        [(peer(1), announce([out.clone()]))].into(),
-        "peer 1 now has a source besides itself"
+        [
+            (peer(1), announce([out.clone()])),
+            (peer(2), withdraw([out.clone()]))
+        ]
+        .into()
     );
-    let e = rib.import(peer(1), withdraw([p.clone()])).unwrap();
-    assert_eq!(pushes(&e), [(peer(2), withdraw([out.clone()]))].into());
     let e = rib.peer_down(peer(2));
     assert_eq!(
         pushes(&e),
@@ -651,7 +659,8 @@ fn peer_down_removes_everything_learned_from_it() {
         announce([pv("fd00:1::/64", &["a"]), pv("fd00:2::/64", &["a"])]),
     )
     .unwrap();
-    rib.import(peer(2), announce([pv("fd00:2::/64", &["b"])])).unwrap();
+    // A longer path: peer 1's is the one announced until it goes.
+    rib.import(peer(2), announce([pv("fd00:2::/64", &["b", "c"])])).unwrap();
     rib.import(peer(1), tunnels(&[tunnel("10.0.0.0/8", 1, 0)], &[])).unwrap();
     let e = rib.peer_down(peer(1));
     assert_eq!(
@@ -673,7 +682,9 @@ fn peer_down_removes_everything_learned_from_it() {
             withdraw: [tunnel("10.0.0.0/8", 1, 0)].into(),
         }),
     };
-    assert_eq!(pushes(&e), [(peer(2), out.clone()), (peer(3), out)].into());
+    let mut to_3 = out.clone();
+    to_3.underlay_mut().announce.insert(pv("fd00:2::/64", &["b", "c", "me"]));
+    assert_eq!(pushes(&e), [(peer(2), out), (peer(3), to_3)].into());
     assert!(rib.peer_down(peer(1)).is_empty(), "second down is a no-op");
     assert_eq!(
         rib.import(peer(1), announce([])),

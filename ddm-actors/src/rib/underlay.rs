@@ -18,6 +18,7 @@ impl Rib {
             return;
         }
         let dest = normalise_v6(pv.destination);
+        let seed = self.seed;
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -31,7 +32,7 @@ impl Rib {
                 Entry::Vacant(v) => {
                     let offers = v.insert(Offers::One(offer));
                     let after = if transit {
-                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
+                        offers.advertised(seed, &dest)
                     } else {
                         Vec::new()
                     };
@@ -42,7 +43,7 @@ impl Rib {
                     let had = offers.has_peer(slot);
                     let before = offers.nexthops(|s| hop(slots, s));
                     let adv_before = if transit {
-                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
+                        offers.advertised(seed, &dest)
                     } else {
                         Vec::new()
                     };
@@ -52,7 +53,7 @@ impl Rib {
                         return;
                     }
                     let adv_after = if transit {
-                        offers.advertised(&dest, MAX_ADVERTISED_PATHS)
+                        offers.advertised(seed, &dest)
                     } else {
                         Vec::new()
                     };
@@ -81,6 +82,7 @@ impl Rib {
             return;
         };
         let dest = normalise_v6(pv.destination);
+        let seed = self.seed;
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -90,11 +92,8 @@ impl Rib {
         let transit = self.kind == RouterKind::Transit;
         let slot = state.slot;
         let before = offers.nexthops(|s| hop(&self.slots, s));
-        let adv_before = if transit {
-            offers.advertised(&dest, MAX_ADVERTISED_PATHS)
-        } else {
-            Vec::new()
-        };
+        let adv_before =
+            if transit { offers.advertised(seed, &dest) } else { Vec::new() };
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
@@ -104,11 +103,8 @@ impl Rib {
         if !offers.has_peer(slot) {
             state.destinations -= 1;
         }
-        let adv_after = if transit {
-            offers.advertised(&dest, MAX_ADVERTISED_PATHS)
-        } else {
-            Vec::new()
-        };
+        let adv_after =
+            if transit { offers.advertised(seed, &dest) } else { Vec::new() };
         if offers.is_empty() {
             self.routes.remove(&dest);
         }
