@@ -7,7 +7,9 @@
 //! carries out in this order:
 //!
 //! 1. pushes to the exchange actors, so the rest of the fabric hears of the
-//!    change before this router's own kernel work starts;
+//!    change before this router's own kernel work starts (collected per
+//!    peer and handed over once the messages queued behind the first one
+//!    are handled: `Flush`, sent to itself);
 //! 2. route updates and the tunnel set to the dataplane worker, a task that
 //!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
 //!    into one batch (latest set per destination wins).
@@ -142,6 +144,9 @@ pub enum RouterMsg {
     GetPolicyCounters(RpcReplyPort<PolicyCounters>),
     /// The router's own counters (routes, dataplane work, loops dropped).
     GetCounters(RpcReplyPort<RouterCounters>),
+    /// Hand the pushes collected so far to the exchange actors (sent to
+    /// itself, behind whatever was queued when the first was collected).
+    Flush,
 }
 
 /// The router's counters, for the metrics listener.
@@ -210,6 +215,15 @@ pub struct RouterState {
     /// What each peer may still hold from us beyond its view, so that a
     /// new session can make the peer's view whole (see [`Told`]).
     told: Told,
+    /// Pushes collected and not yet handed to the exchange actors, merged
+    /// per peer: everything queued behind the first one is handled before
+    /// they go ([`RouterMsg::Flush`]), so that a burst of imports (a
+    /// transit hearing every spine at once) becomes one push per peer
+    /// rather than one per import, with the paths that lost in between
+    /// never sent.
+    unsent: BTreeMap<PeerId, OutUpdate>,
+    /// Whether a [`RouterMsg::Flush`] is queued.
+    flush_queued: bool,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
     /// The worker; on stop it removes our routes and returns.
@@ -292,18 +306,18 @@ impl RouterState {
 
     fn carry_out(&mut self, effects: Effects) {
         for (peer, update) in effects.pushes {
-            match self.exchanges.get(&peer) {
-                Some(x) => {
-                    self.told.pushed(peer, &update);
-                    if let Err(e) = x.send_message(PeerCmd::Push(update)) {
-                        warn!(self.log, "exchange actor gone";
-                            "peer" => %peer, "error" => %e);
+            if self.exchanges.contains_key(&peer) {
+                match self.unsent.entry(peer) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(update);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        ddm_proto::outgoing::merge(o.get_mut(), update);
                     }
                 }
-                None => {
-                    debug!(self.log, "push to a peer without exchange";
-                        "peer" => %peer);
-                }
+            } else {
+                debug!(self.log, "push to a peer without exchange";
+                    "peer" => %peer);
             }
         }
         if !effects.route_updates.is_empty() {
@@ -317,6 +331,21 @@ impl RouterState {
 }
 
 impl RouterState {
+    /// Hand every collected push to its peer's exchange actor.
+    fn flush(&mut self) {
+        for (peer, update) in std::mem::take(&mut self.unsent) {
+            if update.is_empty() {
+                continue;
+            }
+            let Some(x) = self.exchanges.get(&peer) else { continue };
+            self.told.pushed(peer, &update);
+            if let Err(e) = x.send_message(PeerCmd::Push(update)) {
+                warn!(self.log, "exchange actor gone";
+                    "peer" => %peer, "error" => %e);
+            }
+        }
+    }
+
     /// A session with `peer` starts (its exchange actor says so before
     /// anything else). The peer may have kept state from an earlier session
     /// that only our side saw end, and will not pull again: its first push
@@ -336,6 +365,8 @@ impl RouterState {
             None => {}
         }
         info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
+        // What was collected for an earlier session is in the view.
+        self.unsent.remove(&peer);
         self.rib.peer_up(peer, kind);
         let push = self.told.session_up(peer, self.rib.view_for(peer));
         if !push.is_empty() {
@@ -390,6 +421,8 @@ impl Actor for Router {
             policy: ImportPolicy::new(args.policy),
             exchanges: HashMap::new(),
             told: Told::new(),
+            unsent: BTreeMap::new(),
+            flush_queued: false,
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -414,7 +447,7 @@ impl Actor for Router {
 
     async fn handle(
         &self,
-        _myself: RouterRef,
+        myself: RouterRef,
         msg: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
@@ -476,6 +509,7 @@ impl Actor for Router {
                 state.peer_up(peer, kind, exchange);
             }
             RouterMsg::PeerDown(peer) => {
+                state.unsent.remove(&peer);
                 if state.exchanges.remove(&peer).is_some() {
                     info!(state.log, "peer down"; "peer" => %peer);
                     let view = state.rib.view_for(peer);
@@ -530,6 +564,17 @@ impl Actor for Router {
                     tunnel_updates: get(&d.tunnel_updates),
                     tunnel_update_errors: get(&d.tunnel_errors),
                 });
+            }
+            RouterMsg::Flush => {
+                state.flush_queued = false;
+                state.flush();
+            }
+        }
+        if !state.unsent.is_empty() && !state.flush_queued {
+            state.flush_queued = true;
+            if myself.send_message(RouterMsg::Flush).is_err() {
+                // Stopping: nothing will be pushed any more.
+                state.unsent.clear();
             }
         }
         Ok(())
