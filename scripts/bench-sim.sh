@@ -17,9 +17,10 @@ topologies=("$@")
 cargo test "${flag[@]}" -p ddm-test-harness --test sim_bench --no-run >&2
 # A simulation allocates and frees gigabytes in bursts (every router's
 # pushes are in flight in the same virtual instant): one arena, and freed
-# memory kept for reuse instead of handed back and faulted in again. The
-# kernel zeroing pages was 28 % of a 1,024-router cold start; with these
-# settings it took 27.4 s instead of 33.6 s (same build, one run each).
+# memory kept for reuse instead of handed back and faulted in again. Page
+# faults are most of the kernel time of a 1,024-router cold start (7-10 s
+# of system time here); with these settings it took 15.5 and 16.4 s, with
+# glibc's defaults 17.1 and 18.7 s (same build, runs alternated).
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864}
 for t in "${topologies[@]}"; do
     # A failed run (a broken invariant, a fabric that does not converge)
