@@ -162,6 +162,41 @@ async fn two_exchanges_pull_and_push_in_memory() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn requests_take_the_latency_and_what_queues_meanwhile_merges() {
+    let net = ExchangeNet::new();
+    let latency = Duration::from_millis(5);
+    net.set_latency(latency);
+    let mut a = side(&net, 1, 2, "fd00:a::/64", Duration::ZERO).await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    for s in [&mut a.seen, &mut b.seen] {
+        until(s, |s| matches!(s, Seen::PullResult(..)).then_some(())).await;
+    }
+    // The first push is on its way for one latency; the two queued behind
+    // it go together, one round trip after it.
+    let sent = tokio::time::Instant::now();
+    for d in ["fd00:1::/64", "fd00:2::/64", "fd00:3::/64"] {
+        let update = announce(&[d]);
+        a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    }
+    let first = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first, announce(&["fd00:1::/64"]));
+    assert!(sent.elapsed() >= latency, "{:?}", sent.elapsed());
+    let second = until(&mut b.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(second, announce(&["fd00:2::/64", "fd00:3::/64"]));
+    assert!(sent.elapsed() >= latency * 3, "{:?}", sent.elapsed());
+    a.x.stop(None);
+    b.x.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn injected_faults_fail_without_losing_a_push() {
     let net = ExchangeNet::new();
     let give_up = Duration::from_secs(1);

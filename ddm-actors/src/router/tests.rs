@@ -173,6 +173,56 @@ async fn a_transit_redistributes_to_the_other_peers_only() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn imports_queued_together_become_one_push_per_peer() {
+    let (r, _dp) = router(RouterKind::Transit).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    add_peer(&r, 2, RouterKind::Transit).await;
+    let other = add_peer(&r, 3, RouterKind::Server).await;
+    // Both imports are in the mailbox before the router handles either;
+    // the first path to fd00:2 loses to the shorter second one before
+    // anything is pushed, so peer 3 is never told of it (only that it is
+    // withdrawn: an earlier push might have told it).
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce_all(&[
+            ("fd00:1::/64", &["a"]),
+            ("fd00:2::/64", &["b", "x"]),
+        ]),
+    })
+    .unwrap();
+    r.cast(RouterMsg::Import {
+        peer: peer(2),
+        update: announce("fd00:2::/64", &["b"]),
+    })
+    .unwrap();
+    until("pushed to peer 3", || !other.lock().unwrap().is_empty()).await;
+    // Nothing more is on its way.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let pushed = other.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 1, "one push: {pushed:?}");
+    let under = pushed[0].underlay.clone().unwrap_or_default();
+    assert_eq!(
+        under.announce,
+        [
+            PathVector {
+                destination: p("fd00:1::/64"),
+                path: vec!["a".into(), "me".into()],
+            },
+            PathVector {
+                destination: p("fd00:2::/64"),
+                path: vec!["b".into(), "me".into()],
+            },
+        ]
+        .into()
+    );
+    assert!(
+        under.withdraw.iter().all(|pv| pv.path == ["b", "x", "me"]),
+        "{:?}",
+        under.withdraw
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_server_announces_what_it_originates_and_drops_loops() {
     let (r, dp) = router(RouterKind::Server).await;
     let t = add_peer(&r, 1, RouterKind::Transit).await;
