@@ -15,8 +15,9 @@
 //! * shortest paths only: of the paths imported for a destination, only
 //!   the shortest (fewest hostnames) count. The destination's ECMP set is
 //!   the nexthops of its shortest paths, and a transit router re-announces
-//!   only those, at most [`MAX_ADVERTISED_PATHS`] of them, each to every
-//!   peer but the one it came from, with its own hostname appended. Longer
+//!   only those, with its own hostname appended: each peer hears the first
+//!   [`MAX_ADVERTISED_PATHS`] of them, in a ranking by hash, that it did
+//!   not offer itself. Longer
 //!   paths stay stored and take over when the shorter ones go. In a fabric
 //!   of racks this is what keeps forwarding loop-free: a path through a
 //!   spine is never equal to a direct one, so no flow is hashed back up;
@@ -59,7 +60,7 @@ use ddm_proto::outgoing::{OutPath, OutUpdate};
 use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin, Update};
 use ddm_proto::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};
-use offers::{Offer, Offers, Slot};
+use offers::{for_peer, Offer, Offers, Slot};
 use table::Table;
 pub use told::Told;
 
@@ -160,9 +161,11 @@ enum Source {
 ///
 /// A receiver forwards over the sender whichever of its paths it is told
 /// about, so one path does for forwarding, and the transit itself still
-/// forwards over all of its shortest paths. When the announced path goes,
-/// the transit withdraws it and announces a replacement in the same update
-/// (a receiver applies both at once, so its route does not move). Each
+/// forwards over all of its shortest paths. The peer whose path ranks
+/// first hears the next one from another peer (a second origin of an
+/// anycast prefix, say). When the announced path goes, the transit
+/// withdraws it and announces a replacement in the same update (a
+/// receiver applies both at once, so its route does not move). Each
 /// path re-announced costs every peer's memory and every push: in the
 /// simulated fabric of 1,024 routers, 4 made a server hold 7.8 paths per
 /// destination and its cold start take 30 s and 0.8 MB per router; 1

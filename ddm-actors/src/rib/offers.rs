@@ -153,21 +153,20 @@ impl Offers {
         }
     }
 
-    /// What a transit router re-announces of `dest`: its shortest offers,
-    /// at most [`MAX_ADVERTISED_PATHS`] of them, chosen by a hash of `seed`
-    /// (the router's own, from its hostname), the destination and the path
-    /// (then the lowest slot). The choice does not depend on the order in
-    /// which offers arrived; it differs from destination to destination,
-    /// so that a spine or transit going away touches only its share of the
-    /// destinations (a choice by path order put the same spine first for
-    /// all of them); and it differs between the transits of one rack, which
-    /// hold the same candidates, so that one spine's death rarely takes the
-    /// paths both of them announce for a destination.
+    /// The candidates a transit router re-announces of `dest`: its shortest
+    /// offers, ranked by a hash of `seed` (the router's own, from its
+    /// hostname), the destination and the path (then the path, then the
+    /// lowest slot). Each peer hears the first [`MAX_ADVERTISED_PATHS`] of
+    /// them that it did not offer itself ([`for_peer`]). The ranking does
+    /// not depend on the order in which offers arrived; it differs from
+    /// destination to destination, so that a spine or transit going away
+    /// touches only its share of the destinations (ranking by path order
+    /// put the same spine first for all of them); and it differs between
+    /// the transits of one rack, which hold the same candidates, so that
+    /// one spine's death rarely takes the paths both of them announce.
     pub(crate) fn advertised(&self, seed: u64, dest: &Ipv6Net) -> Vec<Offer> {
-        let max = MAX_ADVERTISED_PATHS;
         match self {
-            Offers::One(o) if max > 0 => vec![o.clone()],
-            Offers::One(_) => Vec::new(),
+            Offers::One(o) => vec![o.clone()],
             Offers::Many(v) => {
                 let min = self.shortest_len();
                 let mut best: Vec<(u64, &Offer)> = v
@@ -175,18 +174,26 @@ impl Offers {
                     .filter(|o| o.path.len() == min)
                     .map(|o| (spread(seed, dest, &o.path), o))
                     .collect();
-                if best.len() > max {
-                    best.sort_by(|a, b| {
-                        a.0.cmp(&b.0)
-                            .then_with(|| a.1.path.cmp(&b.1.path))
-                            .then(a.1.peer.cmp(&b.1.peer))
-                    });
-                    best.truncate(max);
-                }
+                best.sort_by(|a, b| {
+                    a.0.cmp(&b.0)
+                        .then_with(|| a.1.path.cmp(&b.1.path))
+                        .then(a.1.peer.cmp(&b.1.peer))
+                });
                 best.into_iter().map(|(_, o)| o.clone()).collect()
             }
         }
     }
+}
+
+/// What the peer in `slot` hears of the ranked candidates `ranked`
+/// ([`Offers::advertised`]): the first [`MAX_ADVERTISED_PATHS`] it did not
+/// offer itself. The peer whose path ranks first still hears another
+/// origin's or transit's path, as long as there is one.
+pub(crate) fn for_peer(
+    ranked: &[Offer],
+    slot: Slot,
+) -> impl Iterator<Item = &Offer> + '_ {
+    ranked.iter().filter(move |o| o.peer != slot).take(MAX_ADVERTISED_PATHS)
 }
 
 /// A hash of a seed, a destination and a path, the same in every process

@@ -187,11 +187,12 @@ impl Rib {
         if self.kind == RouterKind::Transit {
             let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
-                for o in offers
-                    .advertised(self.seed, d)
-                    .iter()
-                    .filter(|o| Some(o.peer) != slot)
-                {
+                let ranked = offers.advertised(self.seed, d);
+                let picked = match slot {
+                    Some(slot) => for_peer(&ranked, slot).collect::<Vec<_>>(),
+                    None => ranked.iter().take(MAX_ADVERTISED_PATHS).collect(),
+                };
+                for o in picked {
                     under.announce.insert(self.extended(*d, &o.path));
                 }
             }

@@ -290,6 +290,25 @@ fn transit_redistributes_to_other_peers_with_hostname_appended() {
 }
 
 #[test]
+fn each_origin_of_an_anycast_prefix_hears_the_other() {
+    // Peers 1 and 3 both originate fd00:1: each hears the other's path
+    // (it did not offer that one), and peer 2 hears one of the two.
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    rib.import(peer(1), announce([pv("fd00:1::/64", &["s1"])])).unwrap();
+    rib.import(peer(3), announce([pv("fd00:1::/64", &["s3"])])).unwrap();
+    let view = |i: u16| rib.view_for(peer(i)).to_wire().underlay.unwrap();
+    assert_eq!(view(1).announce, [pv("fd00:1::/64", &["s3", "me"])].into());
+    assert_eq!(view(3).announce, [pv("fd00:1::/64", &["s1", "me"])].into());
+    let to_2 = view(2).announce;
+    assert_eq!(to_2.len(), MAX_ADVERTISED_PATHS, "{to_2:?}");
+    assert!(
+        to_2.iter()
+            .all(|pv| pv.path == ["s1", "me"] || pv.path == ["s3", "me"]),
+        "{to_2:?}"
+    );
+}
+
+#[test]
 fn transit_tells_a_peer_only_when_its_view_changes() {
     // Two peers offer the same path (parallel links): the third hears of it
     // once and loses it only when both stop.
@@ -301,22 +320,14 @@ fn transit_tells_a_peer_only_when_its_view_changes() {
         pushes(&e).keys().copied().collect::<Vec<_>>(),
         vec![peer(2), peer(3)]
     );
-    // The same path again: the transit still announces one offer of it
-    // (the lowest slot's, peer 1's), so no one's view changes.
     let e = rib.import(peer(2), announce([p.clone()])).unwrap();
-    assert!(pushes(&e).is_empty(), "{:?}", pushes(&e));
-    // Peer 1 stops: peer 2's offer is announced now, which is news only to
-    // peer 1 (peer 3 holds the same path vector already), and peer 2 loses
-    // the path it heard from peer 1's offer.
-    let e = rib.import(peer(1), withdraw([p.clone()])).unwrap();
     assert_eq!(
         pushes(&e),
-        [
-            (peer(1), announce([out.clone()])),
-            (peer(2), withdraw([out.clone()]))
-        ]
-        .into()
+        [(peer(1), announce([out.clone()]))].into(),
+        "peer 1 now has a source besides itself"
     );
+    let e = rib.import(peer(1), withdraw([p.clone()])).unwrap();
+    assert_eq!(pushes(&e), [(peer(2), withdraw([out.clone()]))].into());
     let e = rib.peer_down(peer(2));
     assert_eq!(
         pushes(&e),

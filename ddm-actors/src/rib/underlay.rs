@@ -119,9 +119,9 @@ impl Rib {
     }
 
     /// Tell every peer how our re-announcement of `dest` changed from
-    /// `before` to `after` (the advertised offers, see
-    /// [`Offers::advertised`]). A peer hears of every advertised path but
-    /// those it offered itself; it is told only what changes for it.
+    /// `before` to `after` (the ranked candidates, see
+    /// [`Offers::advertised`]; a peer hears what [`for_peer`] picks for
+    /// it); it is told only what changes for it.
     pub(super) fn readvertise(
         &self,
         dest: Ipv6Net,
@@ -139,14 +139,14 @@ impl Rib {
         }
         for (id, state) in &self.peers {
             let seen = |offers: &[Offer], path: &Path| {
-                offers.iter().any(|o| o.peer != state.slot && o.path == *path)
+                for_peer(offers, state.slot).any(|o| o.path == *path)
             };
-            for o in before.iter().filter(|o| o.peer != state.slot) {
+            for o in for_peer(before, state.slot) {
                 if !seen(after, &o.path) {
                     pending.withdraw_path(*id, self.extended(dest, &o.path));
                 }
             }
-            for o in after.iter().filter(|o| o.peer != state.slot) {
+            for o in for_peer(after, state.slot) {
                 if !seen(before, &o.path) {
                     pending.announce_path(*id, self.extended(dest, &o.path));
                 }
