@@ -51,9 +51,7 @@ use crate::rib::{Effects, ImportedPath, PeerId, Rib, Told};
 
 mod worker;
 
-use worker::{
-    dataplane_worker, trim_heap, DataplaneCmd, DataplaneStats, TRIM_AFTER,
-};
+use worker::{dataplane_worker, trim_after, DataplaneCmd, DataplaneStats};
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a
@@ -456,25 +454,19 @@ impl Actor for Router {
                 let size = prefixes.len();
                 let e = state.rib.set_originated(prefixes, tunnels);
                 state.carry_out(e);
-                if size >= TRIM_AFTER {
-                    trim_heap();
-                }
+                trim_after(size);
             }
             RouterMsg::Originate(p) => {
                 let size = p.len();
                 let e = state.rib.originate(p);
                 state.carry_out(e);
-                if size >= TRIM_AFTER {
-                    trim_heap();
-                }
+                trim_after(size);
             }
             RouterMsg::Withdraw(p) => {
                 let size = p.len();
                 let e = state.rib.withdraw_originated(p);
                 state.carry_out(e);
-                if size >= TRIM_AFTER {
-                    trim_heap();
-                }
+                trim_after(size);
             }
             RouterMsg::OriginateTunnels(t) => {
                 let e = state.rib.originate_tunnels(t);
@@ -532,16 +524,12 @@ impl Actor for Router {
                 let size =
                     update.underlay.as_ref().map_or(0, v3::UnderlayUpdate::len);
                 state.import(peer, update);
-                if size >= TRIM_AFTER {
-                    trim_heap();
-                }
+                trim_after(size);
             }
             RouterMsg::PullResult { peer, response } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
                 state.import_pull(peer, response);
-                if size >= TRIM_AFTER {
-                    trim_heap();
-                }
+                trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => {
                 let _ = reply.send(state.rib.pull_response_for(peer));

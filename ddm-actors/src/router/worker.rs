@@ -29,10 +29,14 @@ impl DataplaneStats {
 
 /// How many paths or route updates make a batch large enough to hand
 /// freed memory back to the system afterwards.
-pub(super) const TRIM_AFTER: usize = 10_000;
+const TRIM_AFTER: usize = 10_000;
 
-/// Hand free heap pages back to the system (glibc keeps them otherwise).
-pub(super) fn trim_heap() {
+/// After a batch of `size` paths or route updates: if it was large, hand
+/// free heap pages back to the system (glibc keeps them otherwise).
+pub(super) fn trim_after(size: usize) {
+    if size < TRIM_AFTER {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's own
     // arenas; it has no preconditions.
@@ -110,9 +114,7 @@ pub(super) async fn dataplane_worker(
                         "count" => n, "error" => %e)
                 }
             }
-            if n >= TRIM_AFTER {
-                trim_heap();
-            }
+            trim_after(n);
         }
         if let Some(t) = tunnels {
             let n = t.len();
