@@ -106,11 +106,8 @@ impl Rib {
             if self.originated_tunnels.contains(&t) {
                 continue;
             }
-            let holders = self.tunnel_holders(&t, Source::Local);
             self.originated_tunnels.insert(t);
-            for to in self.targets(Source::Local, holders) {
-                pending.announce_tunnel(to, t);
-            }
+            self.tell_tunnel(Source::Local, t, true, pending);
         }
     }
 
@@ -123,10 +120,7 @@ impl Rib {
             if !self.originated_tunnels.remove(&t) {
                 continue;
             }
-            let holders = self.tunnel_holders(&t, Source::Local);
-            for to in self.targets(Source::Local, holders) {
-                pending.withdraw_tunnel(to, t);
-            }
+            self.tell_tunnel(Source::Local, t, false, pending);
         }
     }
 }

@@ -80,10 +80,7 @@ impl Rib {
         for t in state.tunnels {
             self.tunnel_remove(t, peer.addr, &mut pending);
             if self.kind == RouterKind::Transit {
-                let holders = self.tunnel_holders(&t, from);
-                for to in self.targets(from, holders) {
-                    pending.withdraw_tunnel(to, t);
-                }
+                self.tell_tunnel(from, t, false, &mut pending);
             }
         }
         // Nothing in the table names the slot any more.

@@ -24,11 +24,7 @@ impl Rib {
         *self.tunnel_refs.entry(entry).or_insert(0) += 1;
         pending.tunnel_prefixes.insert(t.overlay_prefix);
         if self.kind == RouterKind::Transit {
-            let from = Source::Peer(peer);
-            let holders = self.tunnel_holders(&t, from);
-            for to in self.targets(from, holders) {
-                pending.announce_tunnel(to, t);
-            }
+            self.tell_tunnel(Source::Peer(peer), t, true, pending);
         }
     }
 
@@ -50,11 +46,7 @@ impl Rib {
         }
         self.tunnel_remove(t, peer.addr, pending);
         if self.kind == RouterKind::Transit {
-            let from = Source::Peer(peer);
-            let holders = self.tunnel_holders(&t, from);
-            for to in self.targets(from, holders) {
-                pending.withdraw_tunnel(to, t);
-            }
+            self.tell_tunnel(Source::Peer(peer), t, false, pending);
         }
     }
 
@@ -119,6 +111,25 @@ impl Rib {
     }
 
     // ---- redistribution and results ----
+
+    /// Tell the peers whose view of `t` changes that `from` now offers it
+    /// (`announce`) or no longer does.
+    pub(super) fn tell_tunnel(
+        &self,
+        from: Source,
+        t: TunnelOrigin,
+        announce: bool,
+        pending: &mut Pending,
+    ) {
+        let holders = self.tunnel_holders(&t, from);
+        for to in self.targets(from, holders) {
+            if announce {
+                pending.announce_tunnel(to, t);
+            } else {
+                pending.withdraw_tunnel(to, t);
+            }
+        }
+    }
 
     /// The peers whose view of an item changes when `changer` starts or
     /// stops offering it, given the other sources that offer it.
