@@ -468,10 +468,7 @@ impl Topology {
         node: &str,
         argv: &[S],
     ) -> Result<Output, String> {
-        let ns = self.ns(node)?;
-        let mut cmd = ip(["netns", "exec", ns]);
-        cmd.args(argv);
-        run(&mut cmd)
+        run(&mut self.exec_cmd(node, argv)?)
     }
 
     /// Like [`Topology::exec`], but fails unless the command succeeds.
@@ -480,10 +477,18 @@ impl Topology {
         node: &str,
         argv: &[S],
     ) -> Result<Output, String> {
-        let ns = self.ns(node)?;
-        let mut cmd = ip(["netns", "exec", ns]);
+        run_ok(&mut self.exec_cmd(node, argv)?)
+    }
+
+    /// `ip netns exec` of `argv` inside `node`.
+    fn exec_cmd<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        argv: &[S],
+    ) -> Result<Command, String> {
+        let mut cmd = ip(["netns", "exec", self.ns(node)?]);
         cmd.args(argv);
-        run_ok(&mut cmd)
+        Ok(cmd)
     }
 
     /// Spawns a long-running process (such as `ddmd`) inside `node`. The
