@@ -258,12 +258,25 @@ impl ExchangeNet {
 
     /// The fault the next request from `from` to `to` meets, using up one
     /// of a counted fault.
+    #[cfg(test)]
     fn next_fault(&self, from: Ipv6Addr, to: Ipv6Addr) -> Option<Fault> {
+        self.next_request(from, to).0
+    }
+
+    /// What the next request from `from` to `to` meets: its fault (using up
+    /// one of a counted fault) and the network's one-way latency, in one
+    /// look at the registry.
+    fn next_request(
+        &self,
+        from: Ipv6Addr,
+        to: Ipv6Addr,
+    ) -> (Option<Fault>, Duration) {
         let mut state = self.lock();
+        let latency = state.latency;
         let key = (from, to);
         let standing = state.faults.get(&key).copied();
         if standing == Some(Fault::Refuse) {
-            return standing;
+            return (standing, latency);
         }
         let counted = match state.counted.get_mut(&key) {
             Some((f, n)) => {
@@ -276,8 +289,7 @@ impl ExchangeNet {
             }
             None => None,
         };
-        let fault = counted.or(standing);
-        match fault {
+        let fault = match counted.or(standing) {
             Some(Fault::Jitter(max)) => {
                 state.draws += 1;
                 let d = splitmix64(state.draws);
@@ -285,7 +297,8 @@ impl ExchangeNet {
                 Some(Fault::Delay(Duration::from_micros(d % max)))
             }
             f => f,
-        }
+        };
+        (fault, latency)
     }
 
     /// Count one handled request.
@@ -408,8 +421,8 @@ impl MemClient {
             addr: self.peer,
             error: io::ErrorKind::ConnectionRefused.into(),
         };
-        let fault = self.net.next_fault(self.local, *self.peer.ip());
-        let latency = self.net.lock().latency;
+        let (fault, latency) =
+            self.net.next_request(self.local, *self.peer.ip());
         match fault {
             Some(Fault::Refuse) => return Err(refused()),
             Some(Fault::Timeout) => std::future::pending::<()>().await,
