@@ -267,14 +267,8 @@ impl Rib {
     /// An empty RIB for a router named `hostname` of the given kind.
     pub fn new(hostname: impl AsRef<str>, kind: RouterKind) -> Self {
         let hostname: Arc<str> = Arc::from(hostname.as_ref());
-        let seed = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            hostname.hash(&mut h);
-            h.finish()
-        };
         Rib {
-            seed,
+            seed: offers::stable_hash(&hostname),
             own: Arc::new(Box::new([Arc::clone(&hostname)])),
             hostname,
             kind,

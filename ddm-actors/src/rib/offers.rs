@@ -196,13 +196,16 @@ pub(crate) fn for_peer(
     ranked.iter().filter(move |o| o.peer != slot).take(MAX_ADVERTISED_PATHS)
 }
 
-/// A hash of a seed, a destination and a path, the same in every process
-/// of one build (std's SipHash with fixed keys).
+/// A hash of a seed, a destination and a path.
 fn spread(seed: u64, dest: &Ipv6Net, path: &Path) -> u64 {
-    use std::hash::{Hash, Hasher};
+    stable_hash(&(seed, dest, path))
+}
+
+/// A hash of `x`, the same in every process of one build (std's SipHash
+/// with fixed keys), so that choices made by it replay.
+pub(crate) fn stable_hash(x: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::hash::DefaultHasher::new();
-    seed.hash(&mut h);
-    dest.hash(&mut h);
-    path.hash(&mut h);
+    x.hash(&mut h);
     h.finish()
 }
