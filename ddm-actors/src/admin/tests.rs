@@ -3,42 +3,20 @@
 use super::http::{canonical_prefixes, canonical_tunnels, store_failed};
 use super::*;
 use crate::store::Faults;
+use crate::test_actors::Forward;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Stands in for the router: forwards what it hears to the test.
-struct Recorder;
-
-impl Actor for Recorder {
-    type Msg = RouterMsg;
-    type State = mpsc::UnboundedSender<String>;
-    type Arguments = mpsc::UnboundedSender<String>;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<RouterMsg>,
-        tx: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tx)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<RouterMsg>,
-        msg: RouterMsg,
-        tx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let text = match msg {
-            RouterMsg::Originate(p) => format!("originate {}", text(&p)),
-            RouterMsg::Withdraw(p) => format!("withdraw {}", text(&p)),
-            RouterMsg::SetOriginated { prefixes, .. } => {
-                format!("set {}", text(&prefixes))
-            }
-            RouterMsg::Sync => "sync".to_string(),
-            _ => "other".to_string(),
-        };
-        let _ = tx.send(text);
-        Ok(())
+/// What the router heard, as the tests compare it.
+fn describe(msg: RouterMsg) -> String {
+    match msg {
+        RouterMsg::Originate(p) => format!("originate {}", text(&p)),
+        RouterMsg::Withdraw(p) => format!("withdraw {}", text(&p)),
+        RouterMsg::SetOriginated { prefixes, .. } => {
+            format!("set {}", text(&prefixes))
+        }
+        RouterMsg::Sync => "sync".to_string(),
+        _ => "other".to_string(),
     }
 }
 
@@ -67,12 +45,12 @@ impl Actor for Sink {
 /// Everything the router heard up to now (a `Sync` marks the end).
 async fn heard(
     router: &RouterRef,
-    rx: &mut mpsc::UnboundedReceiver<String>,
+    rx: &mut mpsc::UnboundedReceiver<RouterMsg>,
 ) -> Vec<String> {
     router.cast(RouterMsg::Sync).unwrap();
     let mut out = Vec::new();
     loop {
-        match rx.recv().await.unwrap() {
+        match describe(rx.recv().await.unwrap()) {
             s if s == "sync" => return out,
             s => out.push(s),
         }
@@ -91,7 +69,8 @@ async fn a_failing_store_refuses_changes_before_the_router_hears() {
     let faults = Arc::new(Faults::default());
     let store = Store::in_memory_with_faults(faults.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (router, router_task) = Actor::spawn(None, Recorder, tx).await.unwrap();
+    let (router, router_task) =
+        Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
     let (supervisor, sup_task) = Actor::spawn(None, Sink, ()).await.unwrap();
     let mut state = AdminState {
         guard: None,
