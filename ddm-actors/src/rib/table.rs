@@ -10,7 +10,11 @@ use std::collections::HashMap;
 
 use oxnet::Ipv6Net;
 
+use super::intern::Seeded;
 use super::offers::Offers;
+
+/// One shard: destinations hashed with the RIB's seeded hasher.
+type Shard = HashMap<Ipv6Net, Offers, Seeded>;
 
 /// How many tables the destinations are spread over.
 const SHARDS: usize = 16;
@@ -18,12 +22,12 @@ const SHARDS: usize = 16;
 /// Every destination with its offers.
 #[derive(Debug)]
 pub(crate) struct Table {
-    shards: Box<[HashMap<Ipv6Net, Offers>]>,
+    shards: Box<[Shard]>,
 }
 
 impl Default for Table {
     fn default() -> Self {
-        Table { shards: (0..SHARDS).map(|_| HashMap::new()).collect() }
+        Table { shards: (0..SHARDS).map(|_| Shard::default()).collect() }
     }
 }
 
@@ -37,15 +41,12 @@ fn shard_of(dest: &Ipv6Net) -> usize {
 
 impl Table {
     /// The shard that holds (or would hold) `dest`.
-    pub(crate) fn shard(&self, dest: &Ipv6Net) -> &HashMap<Ipv6Net, Offers> {
+    pub(crate) fn shard(&self, dest: &Ipv6Net) -> &Shard {
         &self.shards[shard_of(dest)]
     }
 
     /// The shard that holds (or would hold) `dest`, to change.
-    pub(crate) fn shard_mut(
-        &mut self,
-        dest: &Ipv6Net,
-    ) -> &mut HashMap<Ipv6Net, Offers> {
+    pub(crate) fn shard_mut(&mut self, dest: &Ipv6Net) -> &mut Shard {
         &mut self.shards[shard_of(dest)]
     }
 
