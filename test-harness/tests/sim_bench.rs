@@ -55,21 +55,43 @@ fn held_rss_mib() -> f64 {
     status_mib("VmRSS:")
 }
 
+/// This process's CPU time so far (user, system) and its minor page
+/// faults: apart from the wall time, which on a virtual machine moves
+/// with the cost of a page fault.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    sys: f64,
+    faults: i64,
+}
+
+fn cpu() -> Cpu {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Cpu::default();
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cpu { user: secs(u.ru_utime), sys: secs(u.ru_stime), faults: u.ru_minflt }
+}
+
 /// The figures of one event: from `before` (traffic when it began) to now.
 fn line(
     f: &SimFabric,
     event: &str,
-    wall: Instant,
+    (wall, cpu0): (Instant, Cpu),
     c: Converged,
     before: Traffic,
 ) -> String {
     let routers = f.topology().routers.len() as f64;
     let now = f.traffic();
+    let cpu1 = cpu();
     format!(
         "topology={} event={event} routers={routers} converge_wall_s={:.3} \
          converge_virtual_s={:.3} peak_rss_mib={:.1} msgs_per_router={:.1} \
          bytes_per_router={:.0} datagrams_per_router={:.1} snapshots={} \
-         check_wall_s={:.3} invariants=ok",
+         check_wall_s={:.3} cpu_user_s={:.2} cpu_sys_s={:.2} \
+         page_faults={} invariants=ok",
         f.topology().name,
         // The fabric's time: the harness's snapshots and checks are apart.
         (wall.elapsed() - c.check_wall).as_secs_f64(),
@@ -80,6 +102,9 @@ fn line(
         (now.datagrams - before.datagrams) as f64 / routers,
         c.snapshots,
         c.check_wall.as_secs_f64(),
+        cpu1.user - cpu0.user,
+        cpu1.sys - cpu0.sys,
+        cpu1.faults - cpu0.faults,
     )
 }
 
@@ -93,7 +118,7 @@ async fn bench_sim() {
     let limit = Duration::from_secs(120);
     // libtest printed `test bench_sim ... ` without a newline.
     println!();
-    let wall = Instant::now();
+    let wall = (Instant::now(), cpu());
     let mut f = SimFabric::start(topo).await.expect("the fabric starts");
     let c =
         f.converge(step, quiet, limit).await.unwrap_or_else(|e| panic!("{e}"));
@@ -141,7 +166,7 @@ async fn bench_sim() {
         .filter_map(|n| t.router(n).map(|i| (*n, i)))
         .collect::<Vec<_>>();
     for (what, i) in victims {
-        let (before, wall) = (f.traffic(), Instant::now());
+        let (before, wall) = (f.traffic(), (Instant::now(), cpu()));
         f.crash(i).await;
         let c = f
             .converge(step, quiet, limit)
