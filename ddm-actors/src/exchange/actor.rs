@@ -39,6 +39,7 @@ use ractor::{
     Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
 };
 use slog::{debug, error, info, o, warn, Logger};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::client::{ClientError, Pulled};
@@ -50,7 +51,7 @@ pub use ddm_proto::outgoing::{
 };
 pub use ddm_proto::Version;
 
-use super::server::ServerCtx;
+use super::server::{ImportPermit, ServerCtx, IMPORTS_IN_FLIGHT};
 pub use super::session::{
     backoff, TimerKind as RetryKind, BACKOFF_MAX, BACKOFF_MIN, MAX_ATTEMPTS,
 };
@@ -154,8 +155,9 @@ pub enum ExchangeMsg {
     /// Pull the peer's full set again and hand it to the router (sync).
     Pull,
     /// The peer pushed this update to our server (from the server task).
-    /// Passed on to the router, or held back while a pull is out.
-    Pushed(v3::Update),
+    /// Passed on to the router with its permit, or held back while a pull
+    /// is out (the permit is given back then).
+    Pushed(v3::Update, ImportPermit),
     /// Our server answered a pull from the peer (from the server task).
     PeerPulled {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.
@@ -251,6 +253,8 @@ pub struct State {
     push_task: Option<JoinHandle<()>>,
     /// The latest timer of each kind (an earlier one is stale anyway).
     timers: HashMap<TimerKind, Option<JoinHandle<()>>>,
+    /// The permit of the push being stepped, for the router to give back.
+    permit: Option<ImportPermit>,
     /// Logger with the peer.
     log: Logger,
 }
@@ -297,7 +301,8 @@ impl State {
                 replace_task(self.timers.entry(kind).or_default(), timer);
             }
             Effect::Import(update) => {
-                let msg = RouterMsg::Import { peer: self.peer, update };
+                let permit = self.permit.take();
+                let msg = RouterMsg::Import { peer: self.peer, update, permit };
                 if let Err(e) = self.router.cast(msg) {
                     warn!(self.log, "router gone; push dropped"; "error" => %e);
                 }
@@ -445,6 +450,7 @@ impl Actor for Exchange {
             session: uuid::Uuid::new_v4().as_u64_pair().0,
             timeout: args.timeout,
             stats: stats.clone(),
+            imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
             log: log.new(o!("unit" => "server")),
         });
         let listen =
@@ -474,6 +480,7 @@ impl Actor for Exchange {
             pull_task: None,
             push_task: None,
             timers: HashMap::new(),
+            permit: None,
             log,
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead
@@ -518,7 +525,10 @@ impl Actor for Exchange {
         let input = match msg {
             ExchangeMsg::Push(update) => Input::Push(update),
             ExchangeMsg::Pull => Input::Pull,
-            ExchangeMsg::Pushed(update) => Input::Pushed(update),
+            ExchangeMsg::Pushed(update, permit) => {
+                state.permit = Some(permit);
+                Input::Pushed(update)
+            }
             ExchangeMsg::PeerPulled { session } => {
                 Input::PeerPulled { session }
             }
@@ -551,6 +561,8 @@ impl Actor for Exchange {
             }
         };
         state.step(&myself, input);
+        // Held back (or dropped): no longer counted against the peer.
+        state.permit = None;
         Ok(())
     }
 }

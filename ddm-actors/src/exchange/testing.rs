@@ -56,7 +56,7 @@ impl Actor for FakeRouter {
             RouterMsg::PeerUp { peer, kind, .. } => {
                 tx.send(Seen::PeerUp(peer, kind))
             }
-            RouterMsg::Import { peer, update } => {
+            RouterMsg::Import { peer, update, .. } => {
                 tx.send(Seen::Import(peer, update))
             }
             RouterMsg::PullResult { peer, response } => {
@@ -108,7 +108,7 @@ impl Actor for FakeExchange {
         tx: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
-            ExchangeMsg::Pushed(u) => tx.send(Seen::Pushed(u)),
+            ExchangeMsg::Pushed(u, _) => tx.send(Seen::Pushed(u)),
             ExchangeMsg::PeerPulled { session } => {
                 tx.send(Seen::PeerPulled(session))
             }

@@ -44,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::dataplane::Dataplane;
+use crate::exchange::server::ImportPermit;
 use crate::policy::{
     ImportPolicy, PolicyConfig, PolicyCounters, RefusalNote, RibHoldings,
 };
@@ -126,6 +127,9 @@ pub enum RouterMsg {
         peer: PeerId,
         /// What it pushed, validated and in v3 form.
         update: v3::Update,
+        /// Counts the update against the peer's pushes in flight until it
+        /// is imported (`exchange::server::IMPORTS_IN_FLIGHT`).
+        permit: Option<ImportPermit>,
     },
     /// A pull of a peer's full set completed (from its exchange actor).
     PullResult {
@@ -520,10 +524,12 @@ impl Actor for Router {
                     state.told.delivered(peer, through);
                 }
             }
-            RouterMsg::Import { peer, update } => {
+            RouterMsg::Import { peer, update, permit } => {
                 let size =
                     update.underlay.as_ref().map_or(0, v3::UnderlayUpdate::len);
                 state.import(peer, update);
+                // Imported: the peer's server may take its next push.
+                drop(permit);
                 trim_after(size);
             }
             RouterMsg::PullResult { peer, response } => {

@@ -118,11 +118,13 @@ async fn imports_program_the_dataplane_as_ecmp_sets() {
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:9::/64", &["far", "t1"]),
+        permit: None,
     })
     .unwrap();
     r.cast(RouterMsg::Import {
         peer: peer(2),
         update: announce("fd00:9::/64", &["far", "t2"]),
+        permit: None,
     })
     .unwrap();
     until("two nexthops", || {
@@ -140,6 +142,31 @@ async fn imports_program_the_dataplane_as_ecmp_sets() {
     until("no route", || dp.tables().routes.is_empty()).await;
 }
 
+/// The permit a pushed update carries comes back once it is imported: the
+/// peer's server reads its next push only then.
+#[tokio::test(start_paused = true)]
+async fn an_import_gives_its_permit_back() {
+    let (r, dp) = router(RouterKind::Server).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let permit = permits.clone().try_acquire_owned().unwrap();
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:9::/64", &["far", "t1"]),
+        permit: Some(permit),
+    })
+    .unwrap();
+    let back = permits.acquire();
+    let back = tokio::time::timeout(Duration::from_secs(5), back).await;
+    assert!(back.is_ok(), "the permit never came back");
+    // And the update was imported.
+    assert_eq!(
+        r.call(RouterMsg::GetRouteCount, None).await.unwrap().unwrap(),
+        1
+    );
+    drop(dp);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transit_redistributes_to_the_other_peers_only() {
     let (r, _dp) = router(RouterKind::Transit).await;
@@ -148,6 +175,7 @@ async fn a_transit_redistributes_to_the_other_peers_only() {
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:1::/64", &["s1"]),
+        permit: None,
     })
     .unwrap();
     until("pushed to the other peer", || {
@@ -188,11 +216,13 @@ async fn imports_queued_together_become_one_push_per_peer() {
             ("fd00:1::/64", &["a"]),
             ("fd00:2::/64", &["b", "x"]),
         ]),
+        permit: None,
     })
     .unwrap();
     r.cast(RouterMsg::Import {
         peer: peer(2),
         update: announce("fd00:2::/64", &["b"]),
+        permit: None,
     })
     .unwrap();
     until("pushed to peer 3", || !other.lock().unwrap().is_empty()).await;
@@ -239,11 +269,13 @@ async fn a_server_announces_what_it_originates_and_drops_loops() {
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:6::/64", &["x", "me", "t1"]),
+        permit: None,
     })
     .unwrap();
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:7::/64", &["y", "t1"]),
+        permit: None,
     })
     .unwrap();
     until("the good path installed", || {
@@ -322,6 +354,7 @@ async fn updates_from_unknown_peers_change_nothing() {
     r.cast(RouterMsg::Import {
         peer: peer(9),
         update: announce("fd00:9::/64", &["x"]),
+        permit: None,
     })
     .unwrap();
     let n = ractor::call!(r, RouterMsg::GetRouteCount).unwrap();
@@ -336,6 +369,7 @@ async fn stopping_removes_every_route() {
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:9::/64", &["x"]),
+        permit: None,
     })
     .unwrap();
     until("installed", || !dp.tables().routes.is_empty()).await;
@@ -372,6 +406,7 @@ async fn counters_count_routes_batches_and_loops() {
             ("fd00:2::/64", &["x"]),
             ("fd00:3::/64", &["x", "me"]),
         ]),
+        permit: None,
     })
     .unwrap();
     let c = counters_until(&r, |c| c.route_updates_applied >= 2).await;
@@ -429,6 +464,7 @@ async fn failed_dataplane_batches_are_counted() {
     r.cast(RouterMsg::Import {
         peer: peer(1),
         update: announce("fd00:9::/64", &["x"]),
+        permit: None,
     })
     .unwrap();
     let c = counters_until(&r, |c| c.dataplane_batch_errors >= 1).await;
@@ -521,6 +557,7 @@ async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
             ("fd00:bb::/64", &[&big]),
             ("fd00:1::/64", &["s1"]),
         ]),
+        permit: None,
     })
     .unwrap();
     until("the legitimate prefix installed", || {
@@ -582,8 +619,12 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
     let names: Vec<String> = (0..15).map(nth).collect();
     let all: Vec<(&str, &[&str])> =
         names.iter().map(|d| (d.as_str(), &["s1"][..])).collect();
-    r.cast(RouterMsg::Import { peer: peer(1), update: announce_all(&all) })
-        .unwrap();
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce_all(&all),
+        permit: None,
+    })
+    .unwrap();
     until("ten installed", || dp.tables().routes.len() == 10).await;
     let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
     assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 5);
@@ -591,6 +632,7 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
     r.cast(RouterMsg::Import {
         peer: peer(2),
         update: announce_all(&all[10..]),
+        permit: None,
     })
     .unwrap();
     until("the other peer's five", || dp.tables().routes.len() == 15).await;
@@ -609,6 +651,7 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
             (held.as_str(), &["x", "s1"]),
             (extra.as_str(), &["s1"]),
         ]),
+        permit: None,
     })
     .unwrap();
     let c = ractor::call!(r, RouterMsg::GetPolicyCounters).unwrap();
@@ -628,7 +671,8 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
         },
     ]
     .into();
-    r.cast(RouterMsg::Import { peer: peer(1), update: u }).unwrap();
+    r.cast(RouterMsg::Import { peer: peer(1), update: u, permit: None })
+        .unwrap();
     until("the new one installed", || {
         dp.tables().routes.contains_key(&p(&extra))
     })
