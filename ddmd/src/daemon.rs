@@ -202,6 +202,8 @@ pub async fn run(args: Args) -> Result<(), String> {
             return Err(e);
         }
     }
+    // Started: what startup alone ran need not stay resident.
+    crate::alloc::shed_startup_pages();
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",
