@@ -646,6 +646,51 @@ mod tests {
         }
     }
 
+    /// A v2 body is read straight into v3, with exact paths, to the same
+    /// update as parsing it in v2 and converting it (host bits cleared,
+    /// duplicates that leaves merged); what does not convert is refused.
+    #[test]
+    fn v2_pushes_are_read_straight_into_v3() {
+        let bodies = [
+            r#"{"underlay":{"announce":[
+                {"destination":{"addr":"fd00:1::","len":64},"path":["s1","t1","x","y","z"]},
+                {"destination":{"addr":"fd00:3::1","len":64},"path":["s3"]},
+                {"destination":{"addr":"fd00:3::","len":64},"path":["s3"]}],
+              "withdraw":[{"destination":{"addr":"fd00:2::","len":48},"path":["s1"]}]},
+              "tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":8}},
+                "boundary_addr":"fd00::1","vni":7}],"withdraw":[]}}"#,
+            "{}",
+            r#"{"underlay":null,"tunnel":null}"#,
+            r#"{"underlay":{"withdraw":[]}}"#,
+        ];
+        for body in bodies {
+            let v2: v2::Update = serde_json::from_str(body).unwrap();
+            let want = v3::Update::try_from(v2).unwrap();
+            let got = decode_update(Version::V2, Bytes::from(body)).unwrap();
+            assert_eq!(got, want, "{body}");
+            for pv in got
+                .underlay
+                .iter()
+                .flat_map(|u| u.announce.iter().chain(&u.withdraw))
+            {
+                assert_eq!(pv.path.capacity(), pv.path.len());
+            }
+        }
+        for bad in [
+            // A prefix length past 128, in a path and in a tunnel.
+            r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":129},"path":["a"]}]}}"#,
+            r#"{"tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::1","vni":7}]}}"#,
+            r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":64}}]}}"#,
+            r#"{"underlay":{"announce":[{"destination":"fd00::/64","path":["a"]}]}}"#,
+        ] {
+            let got = decode_update(Version::V2, Bytes::from(bad));
+            assert!(
+                got.is_err_and(|e| e.starts_with("invalid v2 update")),
+                "{bad}"
+            );
+        }
+    }
+
     async fn rig(
         answer: v3::PullResponse,
     ) -> (ServerCtx, mpsc::UnboundedReceiver<Seen>) {
