@@ -608,6 +608,21 @@ mod tests {
         PeerId { ifindex: 0, addr: "fe80::2".parse().unwrap() }
     }
 
+    /// `body` in `version` decodes to `want`, with no spare room in any
+    /// path.
+    fn decodes_exactly(version: Version, body: &str, want: &v3::Update) {
+        let got = decode_update(version, Bytes::from(body.to_string()));
+        let got = got.unwrap();
+        assert_eq!(&got, want, "{body}");
+        for pv in got
+            .underlay
+            .iter()
+            .flat_map(|u| u.announce.iter().chain(&u.withdraw))
+        {
+            assert_eq!(pv.path.capacity(), pv.path.len(), "{body}");
+        }
+    }
+
     /// A pushed v3 body decodes exactly as serde's derive reads it, with
     /// no spare room in any path; missing halves and fields, `null` halves
     /// and malformed path vectors are taken or refused as before.
@@ -625,15 +640,7 @@ mod tests {
         ];
         for body in bodies {
             let want: v3::Update = serde_json::from_str(body).unwrap();
-            let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
-            assert_eq!(got, want, "{body}");
-            for pv in got
-                .underlay
-                .iter()
-                .flat_map(|u| u.announce.iter().chain(&u.withdraw))
-            {
-                assert_eq!(pv.path.capacity(), pv.path.len());
-            }
+            decodes_exactly(Version::V3, body, &want);
         }
         for bad in [
             r#"{"underlay":{"announce":[{"destination":"fd00:1::/64"}]}}"#,
@@ -665,16 +672,11 @@ mod tests {
         ];
         for body in bodies {
             let v2: v2::Update = serde_json::from_str(body).unwrap();
-            let want = v3::Update::try_from(v2).unwrap();
-            let got = decode_update(Version::V2, Bytes::from(body)).unwrap();
-            assert_eq!(got, want, "{body}");
-            for pv in got
-                .underlay
-                .iter()
-                .flat_map(|u| u.announce.iter().chain(&u.withdraw))
-            {
-                assert_eq!(pv.path.capacity(), pv.path.len());
-            }
+            decodes_exactly(
+                Version::V2,
+                body,
+                &v3::Update::try_from(v2).unwrap(),
+            );
         }
         for bad in [
             // A prefix length past 128, in a path and in a tunnel.
