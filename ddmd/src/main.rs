@@ -13,6 +13,7 @@ const BLOCKING_THREADS: usize = 4;
 
 fn main() -> ExitCode {
     alloc::tune();
+    alloc::note_startup_files();
     let args = cli::Args::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -157,7 +157,7 @@ pub enum ExchangeMsg {
     /// The peer pushed this update to our server (from the server task).
     /// Passed on to the router with its permit, or held back while a pull
     /// is out (the permit is given back then).
-    Pushed(v3::Update, ImportPermit),
+    Pushed(v3::Update, Option<ImportPermit>),
     /// Our server answered a pull from the peer (from the server task).
     PeerPulled {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.
@@ -526,7 +526,7 @@ impl Actor for Exchange {
             ExchangeMsg::Push(update) => Input::Push(update),
             ExchangeMsg::Pull => Input::Pull,
             ExchangeMsg::Pushed(update, permit) => {
-                state.permit = Some(permit);
+                state.permit = permit;
                 Input::Pushed(update)
             }
             ExchangeMsg::PeerPulled { session } => {

@@ -7,9 +7,7 @@ use ddm_proto::Version;
 
 /// A push body in `version`, as the router's v3: each path vector read
 /// straight into its v3 form at its exact length (a v2 destination is
-/// converted as it is read), and each half's set built from its sorted
-/// items at the end, so that its nodes are full (inserted one by one, in
-/// the order a peer writes them, they were half empty). Before, a v2 body
+/// converted as it is read) and inserted into its half's set. Before, a v2 body
 /// was parsed into v2 sets, then converted into v3 sets: both were alive
 /// at once, and a decoded update held about twice the memory it needs.
 pub(crate) fn decode_update(
