@@ -472,6 +472,9 @@ where
         .await
         .ok()
         .and_then(Result::ok);
+    if permit.is_none() {
+        Stats::bump(&ctx.stats.pushes_unpaced);
+    }
     let Some(share) = budget.reserve(declared, deadline).await else {
         Stats::bump(&ctx.stats.rejected_other);
         return text(StatusCode::REQUEST_TIMEOUT, "server busy with bodies");
@@ -1066,6 +1069,7 @@ mod tests {
         assert!(matches!(seen.recv().await, Some(Seen::Pushed(_))));
         let c = ctx.stats.snapshot();
         assert_eq!((c.pushes_received, c.rejected_other), (2, 0));
+        assert_eq!(c.pushes_unpaced, 1);
     }
 
     /// A push that finds the budget taken is answered 408 at the deadline

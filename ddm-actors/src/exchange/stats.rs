@@ -59,6 +59,10 @@ counters! {
     rejected_other,
     /// Requests answered 503 because the router was gone or slow.
     router_unavailable,
+    /// Pushes taken without an import permit: the router had not imported
+    /// the peer's earlier pushes within half the exchange timeout (see
+    /// `server::IMPORTS_IN_FLIGHT`). The router is the bottleneck then.
+    pushes_unpaced,
     /// Connections closed on accept: too many from one kind of address
     /// were open already (see `server::MAX_PEER_CONNECTIONS`).
     connections_refused,
