@@ -284,6 +284,12 @@ impl Rib {
         }
     }
 
+    /// The seed of our re-announcements ([`Offers::advertised`]): only a
+    /// transit router has one.
+    fn readvertise_seed(&self) -> Option<u64> {
+        (self.kind == RouterKind::Transit).then_some(self.seed)
+    }
+
     /// Our hostname.
     pub fn hostname(&self) -> &str {
         &self.hostname

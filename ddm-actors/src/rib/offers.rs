@@ -164,36 +164,51 @@ impl Offers {
     /// put the same spine first for all of them); and it differs between
     /// the transits of one rack, which hold the same candidates, so that
     /// one spine's death rarely takes the paths both of them announce.
-    pub(crate) fn advertised(&self, seed: u64, dest: &Ipv6Net) -> Vec<Offer> {
-        match self {
-            Offers::One(o) => vec![o.clone()],
-            Offers::Many(v) => {
-                let min = self.shortest_len();
-                let mut best: Vec<(u64, &Offer)> = v
-                    .iter()
-                    .filter(|o| o.path.len() == min)
-                    .map(|o| (spread(seed, dest, &o.path), o))
-                    .collect();
-                best.sort_by(|a, b| {
-                    a.0.cmp(&b.0)
-                        .then_with(|| a.1.path.cmp(&b.1.path))
-                        .then(a.1.peer.cmp(&b.1.peer))
-                });
-                best.into_iter().map(|(_, o)| o.clone()).collect()
+    /// Without a seed (a server, which re-announces nothing): none.
+    pub(crate) fn advertised(
+        &self,
+        seed: Option<u64>,
+        dest: &Ipv6Net,
+    ) -> Vec<Offer> {
+        let Some(seed) = seed else {
+            return Vec::new();
+        };
+        let min = self.shortest_len();
+        let mut best: Vec<(u64, &Offer)> = self
+            .as_slice()
+            .iter()
+            .filter(|o| o.path.len() == min)
+            .map(|o| (0, o))
+            .collect();
+        if best.len() > 1 {
+            // One candidate needs no ranking (and no hashing).
+            for (h, o) in &mut best {
+                *h = spread(seed, dest, &o.path);
             }
+            best.sort_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| a.1.path.cmp(&b.1.path))
+                    .then(a.1.peer.cmp(&b.1.peer))
+            });
         }
+        best.into_iter().map(|(_, o)| o.clone()).collect()
     }
 }
 
 /// What the peer in `slot` hears of the ranked candidates `ranked`
 /// ([`Offers::advertised`]): the first [`MAX_ADVERTISED_PATHS`] it did not
 /// offer itself. The peer whose path ranks first still hears another
-/// origin's or transit's path, as long as there is one.
+/// origin's or transit's path, as long as there is one. With no slot (not
+/// a peer that is up), the first ones.
 pub(crate) fn for_peer(
     ranked: &[Offer],
-    slot: Slot,
+    slot: impl Into<Option<Slot>>,
 ) -> impl Iterator<Item = &Offer> + '_ {
-    ranked.iter().filter(move |o| o.peer != slot).take(MAX_ADVERTISED_PATHS)
+    let slot = slot.into();
+    ranked
+        .iter()
+        .filter(move |o| Some(o.peer) != slot)
+        .take(MAX_ADVERTISED_PATHS)
 }
 
 /// A hash of a seed, a destination and a path.

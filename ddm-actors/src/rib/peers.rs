@@ -48,7 +48,7 @@ impl Rib {
         let mut readvertise: Vec<(Ipv6Net, Vec<Offer>, Vec<Offer>)> =
             Vec::new();
         if state.paths > 0 {
-            let seed = self.seed;
+            let seed = self.readvertise_seed();
             let touched = &mut pending.touched;
             let slots = &self.slots;
             self.routes.retain(|dest, offers| {
@@ -56,11 +56,7 @@ impl Rib {
                     return true;
                 }
                 let before = offers.nexthops(|s| hop(slots, s));
-                let adv_before = if transit {
-                    offers.advertised(seed, dest)
-                } else {
-                    Vec::new()
-                };
+                let adv_before = offers.advertised(seed, dest);
                 offers.remove_peer(slot, |path| gone.push(path));
                 touched
                     .push(RouteUpdate { destination: *dest, nexthops: before });
@@ -184,12 +180,8 @@ impl Rib {
         if self.kind == RouterKind::Transit {
             let slot = self.peers.get(&peer).map(|p| p.slot);
             for (d, offers) in self.routes.iter() {
-                let ranked = offers.advertised(self.seed, d);
-                let picked = match slot {
-                    Some(slot) => for_peer(&ranked, slot).collect::<Vec<_>>(),
-                    None => ranked.iter().take(MAX_ADVERTISED_PATHS).collect(),
-                };
-                for o in picked {
+                let ranked = offers.advertised(Some(self.seed), d);
+                for o in for_peer(&ranked, slot) {
                     under.announce.insert(self.extended(*d, &o.path));
                 }
             }

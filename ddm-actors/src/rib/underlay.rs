@@ -18,7 +18,7 @@ impl Rib {
             return;
         }
         let dest = normalise_v6(pv.destination);
-        let seed = self.seed;
+        let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -31,32 +31,20 @@ impl Rib {
             match self.routes.shard_mut(&dest).entry(dest) {
                 Entry::Vacant(v) => {
                     let offers = v.insert(Offers::One(offer));
-                    let after = if transit {
-                        offers.advertised(seed, &dest)
-                    } else {
-                        Vec::new()
-                    };
+                    let after = offers.advertised(seed, &dest);
                     (Nexthops::new(), Vec::new(), after, true)
                 }
                 Entry::Occupied(mut o) => {
                     let offers = o.get_mut();
                     let had = offers.has_peer(slot);
                     let before = offers.nexthops(|s| hop(slots, s));
-                    let adv_before = if transit {
-                        offers.advertised(seed, &dest)
-                    } else {
-                        Vec::new()
-                    };
+                    let adv_before = offers.advertised(seed, &dest);
                     if !offers.insert(offer) {
                         // Already known: idempotent.
                         self.interner.release(path);
                         return;
                     }
-                    let adv_after = if transit {
-                        offers.advertised(seed, &dest)
-                    } else {
-                        Vec::new()
-                    };
+                    let adv_after = offers.advertised(seed, &dest);
                     (before, adv_before, adv_after, !had)
                 }
             };
@@ -82,7 +70,7 @@ impl Rib {
             return;
         };
         let dest = normalise_v6(pv.destination);
-        let seed = self.seed;
+        let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -92,8 +80,7 @@ impl Rib {
         let transit = self.kind == RouterKind::Transit;
         let slot = state.slot;
         let before = offers.nexthops(|s| hop(&self.slots, s));
-        let adv_before =
-            if transit { offers.advertised(seed, &dest) } else { Vec::new() };
+        let adv_before = offers.advertised(seed, &dest);
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
@@ -103,8 +90,7 @@ impl Rib {
         if !offers.has_peer(slot) {
             state.destinations -= 1;
         }
-        let adv_after =
-            if transit { offers.advertised(seed, &dest) } else { Vec::new() };
+        let adv_after = offers.advertised(seed, &dest);
         if offers.is_empty() {
             self.routes.remove(&dest);
         }
