@@ -333,17 +333,13 @@ impl RouterState {
 }
 
 impl RouterState {
-    /// Hand every collected push to its peer's exchange actor.
+    /// Hand every collected push to its peer's exchange actor (every
+    /// peer in `unsent` has one: a peer going down or coming up again
+    /// leaves it).
     fn flush(&mut self) {
         for (peer, update) in std::mem::take(&mut self.unsent) {
-            if update.is_empty() {
-                continue;
-            }
-            let Some(x) = self.exchanges.get(&peer) else { continue };
-            self.told.pushed(peer, &update);
-            if let Err(e) = x.send_message(PeerCmd::Push(update)) {
-                warn!(self.log, "exchange actor gone";
-                    "peer" => %peer, "error" => %e);
+            if let Some(x) = self.exchanges.get(&peer) {
+                send_push(&mut self.told, &self.log, peer, x, update);
             }
         }
     }
@@ -374,13 +370,24 @@ impl RouterState {
         if !push.is_empty() {
             debug!(self.log, "making the peer's view whole";
                 "peer" => %peer, "items" => push.len());
-            self.told.pushed(peer, &push);
-            if let Err(e) = exchange.send_message(PeerCmd::Push(push)) {
-                warn!(self.log, "exchange actor gone";
-                    "peer" => %peer, "error" => %e);
-            }
+            send_push(&mut self.told, &self.log, peer, &exchange, push);
         }
         self.exchanges.insert(peer, exchange);
+    }
+}
+
+/// Push `update` to `peer` through its exchange actor `x`, recording in
+/// `told` what the push withdraws.
+fn send_push(
+    told: &mut Told,
+    log: &Logger,
+    peer: PeerId,
+    x: &PeerRef,
+    update: OutUpdate,
+) {
+    told.pushed(peer, &update);
+    if let Err(e) = x.send_message(PeerCmd::Push(update)) {
+        warn!(log, "exchange actor gone"; "peer" => %peer, "error" => %e);
     }
 }
 
