@@ -224,23 +224,23 @@ impl SparseImage {
         &self,
         offset: u64,
         n: usize,
-    ) -> std::io::Result<Vec<(u64, usize, usize, usize)>> {
+    ) -> std::io::Result<impl Iterator<Item = (u64, usize, usize, usize)>> {
         if offset.checked_add(n as u64).is_none_or(|end| end > self.len) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "beyond the end of the in-memory database",
             ));
         }
-        let mut out = Vec::new();
         let mut done = 0;
-        while done < n {
-            let at = offset + done as u64;
-            let within = (at % IMAGE_PAGE) as usize;
-            let k = (IMAGE_PAGE as usize - within).min(n - done);
-            out.push((at / IMAGE_PAGE, within, done, k));
-            done += k;
-        }
-        Ok(out)
+        Ok(std::iter::from_fn(move || {
+            (done < n).then(|| {
+                let at = offset + done as u64;
+                let within = (at % IMAGE_PAGE) as usize;
+                let k = (IMAGE_PAGE as usize - within).min(n - done);
+                done += k;
+                (at / IMAGE_PAGE, within, done - k, k)
+            })
+        }))
     }
 }
 
