@@ -99,12 +99,8 @@ mod exact {
     pub(super) struct Update<W: Wire> {
         #[serde(default)]
         underlay: Option<Underlay<W>>,
-        #[serde(default = "none")]
+        #[serde(default)]
         tunnel: Option<W::Tunnel>,
-    }
-
-    fn none<T>() -> Option<T> {
-        None
     }
 
     /// The underlay half, read with exact v3 paths.
