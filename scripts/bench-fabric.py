@@ -633,7 +633,7 @@ def idle_admin_only_rss():
     """VmRSS (KiB) of a fresh admin-only ddmd 0.5 s after it is ready, and
     0.5 s after it then answered one admin call: (fresh, after a call).
     (ddmd unmaps what startup left of its code once ready, see
-    ddmd/src/alloc.rs: the first figure is that, the second what serving
+    ddmd/src/pages.rs: the first figure is that, the second what serving
     brings back.)"""
     d = tempfile.mkdtemp(dir=TMP)
     port = os.path.join(d, "port")

@@ -203,7 +203,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
     }
     // Started: what startup alone ran need not stay resident.
-    crate::alloc::shed_startup_pages();
+    crate::pages::shed_startup_pages();
 
     let which = tokio::select! {
         _ = sigterm.recv() => "SIGTERM",

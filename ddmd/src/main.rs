@@ -6,6 +6,7 @@ mod alloc;
 mod cli;
 mod daemon;
 mod logging;
+mod pages;
 mod port_file;
 
 /// Most threads tokio's blocking pool may run at once.
@@ -13,7 +14,7 @@ const BLOCKING_THREADS: usize = 4;
 
 fn main() -> ExitCode {
     alloc::tune();
-    alloc::note_startup_files();
+    pages::note_startup_files();
     let args = cli::Args::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
