@@ -16,6 +16,7 @@
 //! stored), or bounded from the hostnames' lengths alone
 //! ([`OutPath::json_len_bound`]), which costs no formatting at all.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -101,6 +102,17 @@ impl OutPath {
     /// The hostnames as written, originator first.
     pub fn names(&self) -> impl Iterator<Item = &str> + Clone + '_ {
         self.path.iter().map(|n| &**n).chain(self.suffix.as_deref())
+    }
+
+    /// The hostnames as written, as one slice: the stored path itself when
+    /// nothing is appended (every path read from a peer), else a copy.
+    pub fn hostnames(&self) -> Cow<'_, [Arc<str>]> {
+        match &self.suffix {
+            None => Cow::Borrowed(&self.path[..]),
+            Some(s) => {
+                Cow::Owned(self.path.iter().chain([s]).cloned().collect())
+            }
+        }
     }
 
     /// How many hostnames are written.

@@ -60,7 +60,6 @@ use super::session::{
 };
 pub use super::stats::{ExchangeCounters, Stats};
 use super::transport::{ExchangeClient, ExchangeTransport, Serving};
-use super::wire::v3;
 use crate::config::RouterConfig;
 use crate::discovery::PeerIdentity;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
@@ -157,7 +156,7 @@ pub enum ExchangeMsg {
     /// The peer pushed this update to our server (from the server task).
     /// Passed on to the router with its permit, or held back while a pull
     /// is out (the permit is given back then).
-    Pushed(v3::Update, Option<ImportPermit>),
+    Pushed(OutUpdate, Option<ImportPermit>),
     /// Our server answered a pull from the peer (from the server task).
     PeerPulled {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.

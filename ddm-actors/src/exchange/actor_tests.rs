@@ -7,6 +7,7 @@ use super::super::client::Client;
 use super::super::server;
 use super::super::testing::{fake_router, Seen};
 use super::*;
+use crate::exchange::wire::v3;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -619,23 +619,27 @@ mod tests {
         PeerId { ifindex: 0, addr: "fe80::2".parse().unwrap() }
     }
 
-    /// `body` in `version` decodes to `want`, with no spare room in any
-    /// path.
+    /// `body` in `version` decodes to `want`, each hostname stored once
+    /// and a path equal to the one before it shared.
     fn decodes_exactly(version: Version, body: &str, want: &v3::Update) {
         let got = decode_update(version, Bytes::from(body.to_string()));
         let got = got.unwrap();
-        assert_eq!(&got, want, "{body}");
-        for pv in got
-            .underlay
-            .iter()
-            .flat_map(|u| u.announce.iter().chain(&u.withdraw))
-        {
-            assert_eq!(pv.path.capacity(), pv.path.len(), "{body}");
+        assert_eq!(&got.to_wire(), want, "{body}");
+        let mut names: Vec<Arc<str>> = Vec::new();
+        for u in got.underlay.iter() {
+            for p in u.announce.iter().chain(&u.withdraw) {
+                for n in p.hostnames().iter() {
+                    match names.iter().find(|m| **m == *n) {
+                        Some(m) => assert!(Arc::ptr_eq(m, n), "{n}: {body}"),
+                        None => names.push(Arc::clone(n)),
+                    }
+                }
+            }
         }
     }
 
-    /// A pushed v3 body decodes exactly as serde's derive reads it, with
-    /// no spare room in any path; missing halves and fields, `null` halves
+    /// A pushed v3 body decodes exactly as serde's derive reads it, its
+    /// hostnames shared; missing halves and fields, `null` halves
     /// and malformed path vectors are taken or refused as before.
     #[test]
     fn pushed_paths_are_decoded_at_their_exact_length() {
@@ -664,7 +668,23 @@ mod tests {
         }
     }
 
-    /// A v2 body is read straight into v3, with exact paths, to the same
+    /// The paths of one origin's prefixes, written one after another, are
+    /// one path in the decoded update.
+    #[test]
+    fn equal_paths_in_a_row_are_one_path() {
+        let body = r#"{"underlay":{"announce":[
+            {"destination":"fd00:1::/64","path":["s1","t1"]},
+            {"destination":"fd00:2::/64","path":["s1","t1"]},
+            {"destination":"fd00:3::/64","path":["s1"]}]}}"#;
+        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+        let paths: Vec<_> =
+            got.underlay.as_ref().unwrap().announce.iter().collect();
+        let ptr = |i: usize| paths[i].hostnames().as_ptr();
+        assert_eq!(ptr(0), ptr(1), "the same path");
+        assert_ne!(ptr(1), ptr(2), "another path");
+    }
+
+    /// A v2 body is read straight into v3, its hostnames shared, to the same
     /// update as parsing it in v2 and converting it (host bits cleared,
     /// duplicates that leaves merged); what does not convert is refused.
     #[test]

@@ -57,7 +57,6 @@ pub use super::session_io::{
 use ddm_proto::outgoing::{
     merge, take_chunk, Chunk, OutUpdate, PushBounds, DEFAULT_PUSH_LIMIT,
 };
-use ddm_proto::wire::v3;
 use ddm_proto::Version;
 
 // The back-off is the crate's one (`crate::timer`), re-exported here
@@ -100,7 +99,7 @@ pub struct Session {
     /// A pull was asked for while one was out: pull again after it.
     pull_again: bool,
     /// The peer's pushes held while a pull is out (`Some` while it is).
-    held: Option<Vec<v3::Update>>,
+    held: Option<Vec<OutUpdate>>,
     /// The push.
     push: Activity,
     /// The part in flight, put back in front of `pending` if it fails.

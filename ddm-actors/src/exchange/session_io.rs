@@ -84,7 +84,7 @@ pub enum Input {
     /// Pull the peer's full set again (from the router).
     Pull,
     /// The peer pushed this update to our server.
-    Pushed(v3::Update),
+    Pushed(#[serde(with = "wire_update")] OutUpdate),
     /// Our server answered a pull from the peer. It may be the first pull
     /// of a restarted peer's new session, whose process knows nothing of
     /// what the old one told us: unless the answer we hold comes from the
@@ -151,7 +151,7 @@ pub enum Effect {
         after_ms: u64,
     },
     /// Hand the peer's push to the router.
-    Import(v3::Update),
+    Import(#[serde(with = "wire_update")] OutUpdate),
     /// Hand the peer's pull answer to the router.
     PullResult(v3::PullResponse),
     /// Every push the router gave so far has been handled.

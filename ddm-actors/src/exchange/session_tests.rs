@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use ddm_proto::wire::v3;
 
 /// One step of a file.
 #[derive(Debug, Serialize, Deserialize)]

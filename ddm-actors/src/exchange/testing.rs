@@ -57,7 +57,7 @@ impl Actor for FakeRouter {
                 tx.send(Seen::PeerUp(peer, kind))
             }
             RouterMsg::Import { peer, update, .. } => {
-                tx.send(Seen::Import(peer, update))
+                tx.send(Seen::Import(peer, update.to_wire()))
             }
             RouterMsg::PullResult { peer, response } => {
                 tx.send(Seen::PullResult(peer, response))
@@ -108,7 +108,7 @@ impl Actor for FakeExchange {
         tx: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
-            ExchangeMsg::Pushed(u, _) => tx.send(Seen::Pushed(u)),
+            ExchangeMsg::Pushed(u, _) => tx.send(Seen::Pushed(u.to_wire())),
             ExchangeMsg::PeerPulled { session } => {
                 tx.send(Seen::PeerPulled(session))
             }

@@ -41,7 +41,8 @@ use std::time::Duration;
 use oxnet::Ipv6Net;
 use tokio::time::Instant;
 
-use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin, Update};
+use ddm_proto::outgoing::{OutPath, OutUpdate};
+use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin};
 use ddm_proto::wire::{normalise_ip, normalise_v6};
 
 use crate::rib::{PeerId, Rib};
@@ -155,12 +156,12 @@ impl Holdings for RibHoldings<'_> {
 pub struct UpdateVerdict {
     /// What may reach the RIB: every withdrawal, the acceptable
     /// announcements.
-    pub accepted: Update,
+    pub accepted: OutUpdate,
     /// Announcements of new items that did not fit under the per-peer limit
     /// while the same update also withdraws: the withdrawals may make room.
     /// Import `accepted` first, then pass this to
     /// [`ImportPolicy::admit_deferred`]. Empty otherwise.
-    pub deferred: Update,
+    pub deferred: OutUpdate,
     /// What this call refused, by reason.
     pub refused: RefusalCounts,
     /// What to log now.
@@ -222,13 +223,41 @@ impl Tally {
     }
 }
 
+/// A path vector as the policy judges it: as read from a pull's answer,
+/// or in the compact form a push is read into.
+trait Judged {
+    /// Its destination, as written.
+    fn destination(&self) -> Ipv6Net;
+    /// Its hostnames, originator first.
+    fn hostnames(&self) -> impl Iterator<Item = &str>;
+}
+
+impl Judged for PathVector {
+    fn destination(&self) -> Ipv6Net {
+        self.destination
+    }
+    fn hostnames(&self) -> impl Iterator<Item = &str> {
+        self.path.iter().map(String::as_str)
+    }
+}
+
+impl Judged for OutPath {
+    fn destination(&self) -> Ipv6Net {
+        OutPath::destination(self)
+    }
+    fn hostnames(&self) -> impl Iterator<Item = &str> {
+        self.names()
+    }
+}
+
 /// A path vector, briefly: its destination and the shape of its path.
-fn describe_path(pv: &PathVector) -> String {
-    let longest = pv.path.iter().map(String::len).max().unwrap_or(0);
+fn describe_path(pv: &impl Judged) -> String {
+    let (count, longest) =
+        pv.hostnames().fold((0, 0), |(c, l), h| (c + 1, l.max(h.len())));
     format!(
         "{} (path of {} hostnames, longest {} bytes)",
-        pv.destination,
-        pv.path.len(),
+        pv.destination(),
+        count,
         longest
     )
 }
@@ -315,11 +344,11 @@ impl ImportPolicy {
     pub fn filter_update(
         &mut self,
         peer: PeerId,
-        update: Update,
+        update: impl Into<OutUpdate>,
         held: &impl Holdings,
         now: Instant,
     ) -> UpdateVerdict {
-        self.filter_push(peer, update, held, now, true)
+        self.filter_push(peer, update.into(), held, now, true)
     }
 
     /// Admit what [`ImportPolicy::filter_update`] deferred, once the
@@ -328,7 +357,7 @@ impl ImportPolicy {
     pub fn admit_deferred(
         &mut self,
         peer: PeerId,
-        deferred: Update,
+        deferred: OutUpdate,
         held: &impl Holdings,
         now: Instant,
     ) -> UpdateVerdict {
@@ -338,13 +367,13 @@ impl ImportPolicy {
     fn filter_push(
         &mut self,
         peer: PeerId,
-        mut update: Update,
+        mut update: OutUpdate,
         held: &impl Holdings,
         now: Instant,
         may_defer: bool,
     ) -> UpdateVerdict {
         let mut tally = Tally::default();
-        let mut deferred = Update::default();
+        let mut deferred = OutUpdate::default();
         let limit = self.config.max_prefixes_per_peer;
         if let Some(u) = &mut update.underlay {
             let defer = may_defer && !u.withdraw.is_empty();
@@ -500,8 +529,8 @@ impl ImportPolicy {
 
     /// The destination of an acceptable path vector (host bits cleared),
     /// or why it is refused.
-    fn judge_path(&self, pv: &PathVector) -> Result<Ipv6Net, Refusal> {
-        let dest = normalise_v6(pv.destination);
+    fn judge_path(&self, pv: &impl Judged) -> Result<Ipv6Net, Refusal> {
+        let dest = normalise_v6(pv.destination());
         if dest.width() == 0 {
             if !self.config.accept_default_route {
                 return Err(Refusal::DefaultRoute);
@@ -509,13 +538,14 @@ impl ImportPolicy {
         } else if overlaps_special_purpose(&dest) {
             return Err(Refusal::SpecialDestination);
         }
-        if pv.path.is_empty() {
+        let len = pv.hostnames().count();
+        if len == 0 {
             return Err(Refusal::EmptyPath);
         }
-        if pv.path.len() > self.config.max_path_len {
+        if len > self.config.max_path_len {
             return Err(Refusal::PathTooLong);
         }
-        for h in &pv.path {
+        for h in pv.hostnames() {
             if h.is_empty() {
                 return Err(Refusal::EmptyHostname);
             }

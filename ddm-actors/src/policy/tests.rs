@@ -2,7 +2,7 @@
 
 use super::*;
 use ddm_admin_api::latest::RouterKind;
-use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate};
+use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate, Update};
 
 fn net(s: &str) -> Ipv6Net {
     s.parse().unwrap()
@@ -63,6 +63,65 @@ impl Holdings for Held {
     }
 }
 
+/// An [`UpdateVerdict`] with its updates in wire form, as the tests write
+/// them.
+struct WireVerdict {
+    accepted: Update,
+    deferred: Update,
+    refused: RefusalCounts,
+    notes: Vec<RefusalNote>,
+}
+
+impl From<UpdateVerdict> for WireVerdict {
+    fn from(v: UpdateVerdict) -> Self {
+        WireVerdict {
+            accepted: v.accepted.to_wire(),
+            deferred: v.deferred.to_wire(),
+            refused: v.refused,
+            notes: v.notes,
+        }
+    }
+}
+
+/// The policy's push filters over wire updates.
+trait FilterWire {
+    fn filter_wire(
+        &mut self,
+        peer: PeerId,
+        update: Update,
+        held: &impl Holdings,
+        now: Instant,
+    ) -> WireVerdict;
+    fn admit_wire(
+        &mut self,
+        peer: PeerId,
+        deferred: Update,
+        held: &impl Holdings,
+        now: Instant,
+    ) -> WireVerdict;
+}
+
+impl FilterWire for ImportPolicy {
+    fn filter_wire(
+        &mut self,
+        peer: PeerId,
+        update: Update,
+        held: &impl Holdings,
+        now: Instant,
+    ) -> WireVerdict {
+        self.filter_update(peer, update, held, now).into()
+    }
+    fn admit_wire(
+        &mut self,
+        peer: PeerId,
+        deferred: Update,
+        held: &impl Holdings,
+        now: Instant,
+    ) -> WireVerdict {
+        self.admit_deferred(peer, deferred.into(), held, now).into()
+    }
+}
+
 fn policy() -> ImportPolicy {
     ImportPolicy::new(PolicyConfig::default())
 }
@@ -70,7 +129,7 @@ fn policy() -> ImportPolicy {
 /// What `policy` refuses of one announced destination with a sane
 /// path (None: accepted).
 fn verdict_on(policy: &mut ImportPolicy, dest: &str) -> Option<Refusal> {
-    let v = policy.filter_update(
+    let v = policy.filter_wire(
         peer(1),
         announce([pv(dest, &["s1"])]),
         &Held::default(),
@@ -177,7 +236,7 @@ fn the_default_route_needs_the_flag() {
         );
     }
     // The path is still judged.
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([pv("::/0", &[])]),
         &Held::default(),
@@ -206,12 +265,8 @@ fn paths_are_bounded_in_length_and_hostnames() {
         (pv("fd00:6::/64", &["a", &name_256]), Some(Refusal::HostnameTooLong)),
     ];
     let all: Vec<PathVector> = cases.iter().map(|(x, _)| x.clone()).collect();
-    let v = p.filter_update(
-        peer(1),
-        announce(all),
-        &Held::default(),
-        Instant::now(),
-    );
+    let v =
+        p.filter_wire(peer(1), announce(all), &Held::default(), Instant::now());
     let kept = v.accepted.underlay.unwrap().announce;
     for (x, why) in &cases {
         assert_eq!(kept.contains(x), why.is_none(), "{x:?}");
@@ -235,7 +290,7 @@ fn the_default_path_limit_is_32() {
         destination: net(&format!("fd00:{n}::/64")),
         path: names[..n].to_vec(),
     };
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([path(32), path(33)]),
         &Held::default(),
@@ -263,7 +318,7 @@ fn withdrawals_always_pass() {
             withdraw: [tun("::1", 1 << 30)].into(),
         }),
     };
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         update.clone(),
         &Held::default(),
@@ -289,7 +344,7 @@ fn tunnel_endpoints_need_a_24_bit_vni_and_an_ordinary_boundary() {
     let mut announce: BTreeSet<TunnelOrigin> = good.into();
     announce.insert(big_vni);
     announce.extend(special);
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         Update {
             underlay: None,
@@ -333,7 +388,7 @@ fn past_the_limit_new_destinations_are_refused_held_ones_kept() {
     let mut held = Held::default();
     // Two held; of three new ones only one fits.
     held.dests.extend([dest(1).destination, dest(2).destination]);
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([
             dest(1),
@@ -354,7 +409,7 @@ fn past_the_limit_new_destinations_are_refused_held_ones_kept() {
     assert!(v.deferred.is_empty(), "no withdrawal: nothing deferred");
     // A second path to a new destination counts once.
     let mut p = limited(1);
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([dest(7), pv("fd00:7::/64", &["t", "s"]), dest(8)]),
         &Held::default(),
@@ -378,7 +433,7 @@ fn at_the_limit_withdrawals_pass_and_make_room() {
         tunnel: None,
     };
     let now = Instant::now();
-    let v = p.filter_update(peer(1), update, &held, now);
+    let v = p.filter_wire(peer(1), update, &held, now);
     let u = v.accepted.underlay.unwrap();
     assert_eq!(u.withdraw, [dest(1)].into());
     assert!(u.announce.is_empty());
@@ -389,7 +444,7 @@ fn at_the_limit_withdrawals_pass_and_make_room() {
     );
     // The RIB applied the withdrawal: one of the two now fits.
     held.dests.remove(&dest(1).destination);
-    let v2 = p.admit_deferred(peer(1), v.deferred, &held, now);
+    let v2 = p.admit_wire(peer(1), v.deferred, &held, now);
     assert_eq!(v2.accepted.underlay.unwrap().announce, [dest(3)].into());
     assert_eq!(v2.refused.get(Refusal::PrefixLimit), 1);
     assert!(v2.deferred.is_empty());
@@ -441,7 +496,7 @@ fn tunnel_endpoints_have_their_own_limit() {
     held.dests.insert(dest(1).destination);
     let a = tun("fd00:99::1", 1);
     let b = tun("fd00:99::2", 2);
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         Update {
             underlay: None,
@@ -472,7 +527,7 @@ fn refusals_are_logged_once_a_minute_per_peer_and_reason() {
     let bad = |i: u16| announce([pv(&format!("ff0{i}::/16"), &["x"])]);
     let held = Held::default();
     // First refusal: logged.
-    let v = p.filter_update(peer(1), bad(1), &held, t0);
+    let v = p.filter_wire(peer(1), bad(1), &held, t0);
     assert_eq!(v.notes.len(), 1);
     assert_eq!(v.notes[0].reason, Refusal::SpecialDestination);
     assert_eq!((v.notes[0].refused, v.notes[0].unlogged), (1, 1));
@@ -482,17 +537,13 @@ fn refusals_are_logged_once_a_minute_per_peer_and_reason() {
     );
     // Within the minute: counted, not logged.
     for s in [1, 30, 59] {
-        let v = p.filter_update(
-            peer(1),
-            bad(2),
-            &held,
-            t0 + Duration::from_secs(s),
-        );
+        let v =
+            p.filter_wire(peer(1), bad(2), &held, t0 + Duration::from_secs(s));
         assert_eq!(v.refused.total(), 1);
         assert!(v.notes.is_empty(), "at {s} s");
     }
     // Another reason, or another peer, has its own limiter.
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([pv("::/0", &["x"])]),
         &held,
@@ -500,11 +551,10 @@ fn refusals_are_logged_once_a_minute_per_peer_and_reason() {
     );
     assert_eq!(v.notes.len(), 1);
     assert_eq!(v.notes[0].reason, Refusal::DefaultRoute);
-    let v =
-        p.filter_update(peer(2), bad(3), &held, t0 + Duration::from_secs(3));
+    let v = p.filter_wire(peer(2), bad(3), &held, t0 + Duration::from_secs(3));
     assert_eq!(v.notes.len(), 1);
     // A minute on: logged again, standing for the three suppressed.
-    let v = p.filter_update(peer(1), bad(4), &held, t0 + LOG_INTERVAL);
+    let v = p.filter_wire(peer(1), bad(4), &held, t0 + LOG_INTERVAL);
     assert_eq!(v.notes.len(), 1);
     assert_eq!((v.notes[0].refused, v.notes[0].unlogged), (5, 4));
     let c = p.counters();
@@ -520,16 +570,12 @@ fn a_flapping_peer_is_not_logged_more_often() {
     let t0 = Instant::now();
     let held = Held::default();
     let bad = announce([pv("ff02::/16", &["x"])]);
-    assert_eq!(p.filter_update(peer(1), bad.clone(), &held, t0).notes.len(), 1);
+    assert_eq!(p.filter_wire(peer(1), bad.clone(), &held, t0).notes.len(), 1);
     let gone = p.peer_down(peer(1), t0 + Duration::from_secs(1));
     assert_eq!(gone.map(|c| c.total()), Some(1));
     p.peer_up(peer(1), t0 + Duration::from_secs(2));
-    let v = p.filter_update(
-        peer(1),
-        bad.clone(),
-        &held,
-        t0 + Duration::from_secs(3),
-    );
+    let v =
+        p.filter_wire(peer(1), bad.clone(), &held, t0 + Duration::from_secs(3));
     assert!(v.notes.is_empty());
     // Once down for longer than the interval, its record goes; the
     // total stays.
@@ -556,7 +602,7 @@ fn the_rib_view_counts_what_a_peer_holds() {
     assert!(held.holds_destination(dest(2).destination));
     assert!(!held.holds_destination(dest(3).destination));
     let mut p = limited(2);
-    let v = p.filter_update(
+    let v = p.filter_wire(
         peer(1),
         announce([dest(1), dest(3)]),
         &held,

@@ -91,18 +91,31 @@ impl Rib {
     pub fn import(
         &mut self,
         peer: PeerId,
-        update: Update,
+        update: impl Into<OutUpdate>,
     ) -> Result<Effects, RibError> {
         if !self.peers.contains_key(&peer) {
             return Err(RibError::UnknownPeer(peer));
         }
+        let update = update.into();
         let mut pending = Pending::default();
         if let Some(u) = update.underlay {
-            for pv in u.withdraw {
-                self.underlay_withdraw(peer, pv, &mut pending);
+            for p in &u.withdraw {
+                let path = p.hostnames();
+                self.underlay_withdraw(
+                    peer,
+                    p.destination(),
+                    &path,
+                    &mut pending,
+                );
             }
-            for pv in u.announce {
-                self.underlay_announce(peer, pv, &mut pending);
+            for p in &u.announce {
+                let path = p.hostnames();
+                self.underlay_announce(
+                    peer,
+                    p.destination(),
+                    &path,
+                    &mut pending,
+                );
             }
         }
         if let Some(t) = update.tunnel {
@@ -127,24 +140,25 @@ impl Rib {
         let Some(state) = self.peers.get(&peer) else {
             return Err(RibError::UnknownPeer(peer));
         };
-        let announce = response.underlay.unwrap_or_default();
+        let announce: BTreeSet<OutPath> =
+            response.underlay.iter().flatten().map(OutPath::from).collect();
         let tunnels = response.tunnel.unwrap_or_default();
         let mut withdraw = BTreeSet::new();
         if state.paths > 0 {
             let slot = state.slot;
             for (d, offers) in self.routes.iter() {
                 for o in offers.as_slice().iter().filter(|o| o.peer == slot) {
-                    let pv = path_vector(*d, &o.path);
-                    if !announce.contains(&pv) {
-                        withdraw.insert(pv);
+                    let p = OutPath::new(*d, Arc::clone(&o.path), None);
+                    if !announce.contains(&p) {
+                        withdraw.insert(p);
                     }
                 }
             }
         }
         let withdraw_tunnels: BTreeSet<TunnelOrigin> =
             state.tunnels.difference(&tunnels).copied().collect();
-        let update = Update {
-            underlay: Some(ddm_proto::wire::v3::UnderlayUpdate {
+        let update = OutUpdate {
+            underlay: Some(ddm_proto::outgoing::OutUnderlay {
                 announce,
                 withdraw,
             }),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate};
+use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate, Update};
 
 fn peer(n: u16) -> PeerId {
     PeerId {

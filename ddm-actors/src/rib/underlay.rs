@@ -3,28 +3,29 @@
 use super::*;
 
 impl Rib {
-    pub(super) fn underlay_announce(
+    pub(super) fn underlay_announce<S: Hostname>(
         &mut self,
         peer: PeerId,
-        pv: PathVector,
+        destination: Ipv6Net,
+        path: &[S],
         pending: &mut Pending,
     ) {
-        if pv.path.is_empty() {
+        if path.is_empty() {
             self.stats.invalid_dropped += 1;
             return;
         }
-        if pv.path.iter().any(|h| **h == *self.hostname) {
+        if path.iter().any(|h| *h.as_ref() == *self.hostname) {
             self.stats.loops_dropped += 1;
             return;
         }
-        let dest = normalise_v6(pv.destination);
+        let dest = normalise_v6(destination);
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
         let slot = state.slot;
         let transit = self.kind == RouterKind::Transit;
-        let path = self.interner.intern(&pv.path);
+        let path = self.interner.intern(path);
         let offer = Offer { peer: slot, path: Arc::clone(&path) };
         let slots = &self.slots;
         let (before, adv_before, adv_after, new_dest) =
@@ -63,13 +64,14 @@ impl Rib {
     pub(super) fn underlay_withdraw(
         &mut self,
         peer: PeerId,
-        pv: PathVector,
+        destination: Ipv6Net,
+        path: &[impl AsRef<str>],
         pending: &mut Pending,
     ) {
-        let Some(path) = self.interner.lookup(&pv.path) else {
+        let Some(path) = self.interner.lookup(path) else {
             return;
         };
-        let dest = normalise_v6(pv.destination);
+        let dest = normalise_v6(destination);
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;

@@ -125,8 +125,8 @@ pub enum RouterMsg {
     Import {
         /// Who pushed.
         peer: PeerId,
-        /// What it pushed, validated and in v3 form.
-        update: v3::Update,
+        /// What it pushed, read into the compact form.
+        update: OutUpdate,
         /// Counts the update against the peer's pushes in flight until it
         /// is imported (`exchange::server::IMPORTS_IN_FLIGHT`).
         permit: Option<ImportPermit>,
@@ -240,7 +240,7 @@ pub struct RouterState {
 
 impl RouterState {
     /// Filter an update pushed by `peer` and import what is accepted.
-    fn import(&mut self, peer: PeerId, update: v3::Update) {
+    fn import(&mut self, peer: PeerId, update: OutUpdate) {
         if !self.exchanges.contains_key(&peer) {
             debug!(self.log, "update dropped";
                 "peer" => %peer, "reason" => "peer is not up");
@@ -262,7 +262,7 @@ impl RouterState {
         }
     }
 
-    fn import_accepted(&mut self, peer: PeerId, update: v3::Update) {
+    fn import_accepted(&mut self, peer: PeerId, update: OutUpdate) {
         if update.is_empty() {
             return;
         }
@@ -532,8 +532,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Import { peer, update, permit } => {
-                let size =
-                    update.underlay.as_ref().map_or(0, v3::UnderlayUpdate::len);
+                let size = update.len();
                 state.import(peer, update);
                 // Imported: the peer's server may take its next push.
                 drop(permit);

@@ -47,8 +47,8 @@ fn peer(i: u32) -> PeerId {
     PeerId { ifindex: i, addr: format!("fe80::{i}").parse().unwrap() }
 }
 
-fn announce(dest: &str, path: &[&str]) -> v3::Update {
-    v3::Update {
+fn announce(dest: &str, path: &[&str]) -> OutUpdate {
+    OutUpdate::from(v3::Update {
         underlay: Some(v3::UnderlayUpdate {
             announce: [PathVector {
                 destination: p(dest),
@@ -58,7 +58,7 @@ fn announce(dest: &str, path: &[&str]) -> v3::Update {
             withdraw: BTreeSet::new(),
         }),
         tunnel: None,
-    }
+    })
 }
 
 async fn router(kind: RouterKind) -> (RouterRef, MemoryDataplane) {
@@ -517,8 +517,8 @@ async fn set_originated_reconciles() {
     assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
 }
 
-fn announce_all(pvs: &[(&str, &[&str])]) -> v3::Update {
-    v3::Update {
+fn announce_all(pvs: &[(&str, &[&str])]) -> OutUpdate {
+    OutUpdate::from(v3::Update {
         underlay: Some(v3::UnderlayUpdate {
             announce: pvs
                 .iter()
@@ -530,7 +530,7 @@ fn announce_all(pvs: &[(&str, &[&str])]) -> v3::Update {
             withdraw: BTreeSet::new(),
         }),
         tunnel: None,
-    }
+    })
 }
 
 fn nth(i: usize) -> String {
@@ -589,6 +589,7 @@ async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
         response: v3::PullResponse {
             underlay: Some(
                 announce_all(&[("fd00:2::/64", &["s1"]), ("::1/128", &["s1"])])
+                    .to_wire()
                     .underlay
                     .unwrap()
                     .announce,
@@ -662,7 +663,7 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
     assert!(!from1.iter().any(|pv| pv.destination == p(&extra)));
     // Withdrawing one and announcing a new one in the same update: the
     // withdrawal makes room.
-    let mut u = announce_all(&[(extra.as_str(), &["s1"])]);
+    let mut u = announce_all(&[(extra.as_str(), &["s1"])]).to_wire();
     u.underlay_mut().withdraw = [
         PathVector { destination: p(&held), path: vec!["s1".to_string()] },
         PathVector {
@@ -671,7 +672,7 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
         },
     ]
     .into();
-    r.cast(RouterMsg::Import { peer: peer(1), update: u, permit: None })
+    r.cast(RouterMsg::Import { peer: peer(1), update: u.into(), permit: None })
         .unwrap();
     until("the new one installed", || {
         dp.tables().routes.contains_key(&p(&extra))
