@@ -32,7 +32,7 @@ pub fn init(level: Level) -> (Logger, slog_async::AsyncGuard) {
     let drain =
         slog_bunyan::with_name("ddmd", std::io::stdout()).build().fuse();
     let (drain, guard) = slog_async::Async::new(drain)
-        .chan_size(4096)
+        .chan_size(1024)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .thread_name("ddmd-log".to_string())
         .build_with_guard();

@@ -33,7 +33,7 @@
 //! The requests to s1 are made from inside its namespace by one client (no
 //! process start between them). Knobs, for investigating:
 //! `DDM_RESYNC_STEPS` (K, default 8), `DDM_RESYNC_PREFIXES` (N, default
-//! 10,000: more than one push part of 8,192), `DDM_RESYNC_FREEZE` and
+//! 10,000: more than one push part of 2,048), `DDM_RESYNC_FREEZE` and
 //! `DDM_RESYNC_DELAY_MS` (above).
 //!
 //! Build the binaries first (`cargo build --workspace --bins`). The test

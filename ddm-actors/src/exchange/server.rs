@@ -110,8 +110,8 @@ pub const MAX_PEER_WAITING: usize = 16;
 pub const MAX_STRANGER_CONNECTIONS: usize = 4;
 
 /// Bytes of push bodies held at once, over all connections: two bodies of
-/// [`MAX_BODY`]. Our own pushes are far smaller (8,192 items, about half a
-/// megabyte), so many of them fit beside one large push; two of the
+/// [`MAX_BODY`]. Our own pushes are far smaller (2,048 items, about 150
+/// KB), so many of them fit beside one large push; two of the
 /// largest keep the text held under 128 MiB, which leaves room for the
 /// rest of the daemon under 256 MiB.
 pub const BODY_BUDGET: usize = 2 * MAX_BODY;
