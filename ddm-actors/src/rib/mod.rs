@@ -232,8 +232,9 @@ impl Pending {
 /// The routing information base of one router.
 #[derive(Debug)]
 pub struct Rib {
-    /// Our name in paths: appended when redistributing, the loop detector.
-    hostname: Arc<str>,
+    /// Our name in paths: appended when redistributing (behind the thin
+    /// pointer an [`OutPath`] keeps), the loop detector.
+    hostname: ddm_proto::outgoing::Suffix,
     /// A hash of the hostname: which shortest paths we re-announce
     /// ([`Offers::advertised`]).
     seed: u64,
@@ -270,7 +271,7 @@ impl Rib {
         Rib {
             seed: offers::stable_hash(&hostname),
             own: Arc::new(Box::new([Arc::clone(&hostname)])),
-            hostname,
+            hostname: Arc::new(hostname),
             kind,
             originated: BTreeSet::new(),
             originated_tunnels: BTreeSet::new(),

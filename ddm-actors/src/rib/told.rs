@@ -45,7 +45,7 @@ struct Stale {
     sent: u64,
     /// The paths withdrawn by each push of the current session that is not
     /// yet delivered, oldest first, with the push's sequence number. A
-    /// push's withdrawals are kept as one list of exactly their size (48
+    /// push's withdrawals are kept as one list of exactly their size (40
     /// bytes a path, where a map entry costs twice that): a withdrawal of
     /// 100,000 paths is remembered until its delivery without doubling
     /// what the push itself holds.

@@ -14,7 +14,7 @@ impl Rib {
             self.stats.invalid_dropped += 1;
             return;
         }
-        if path.iter().any(|h| *h.as_ref() == *self.hostname) {
+        if path.iter().any(|h| h.as_ref() == self.hostname()) {
             self.stats.loops_dropped += 1;
             return;
         }
