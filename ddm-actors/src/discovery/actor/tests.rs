@@ -320,9 +320,13 @@ async fn two_routers_find_each_other() {
 async fn peer_churn_log_lines_are_rate_limited_and_counted() {
     let mut r = rig().await;
     // 50 advertisements alternating the name: each one replaces the
-    // peer (a down and an up), 99 churn lines in all.
-    for i in 0..50 {
+    // peer (a down and an up), 99 churn lines in all. Sent ten at a time,
+    // within what a memory link buffers.
+    for i in 0..50u64 {
         r.remote.send(ours(), advert(if i % 2 == 0 { "x" } else { "y" }));
+        if i % 10 == 9 {
+            r.counters_when(|c| c.advertisements_received == i + 1).await;
+        }
     }
     let c = r.counters_when(|c| c.advertisements_received == 50).await;
     assert_eq!(c.peer_ups, 50);
