@@ -105,7 +105,9 @@ mod exact {
     };
     use serde::Deserialize;
 
-    use ddm_proto::outgoing::{Names, OutPath, OutUnderlay, OutUpdate};
+    use ddm_proto::outgoing::{
+        Names, OutPath, OutUnderlay, OutUpdate, MAX_PUSH_ITEMS,
+    };
     use ddm_proto::wire::{v2, v3};
 
     use super::SHARED;
@@ -254,13 +256,19 @@ mod exact {
                 self,
                 mut seq: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut out = BTreeSet::new();
+                let mut read = Vec::with_capacity(
+                    seq.size_hint().unwrap_or(0).min(MAX_PUSH_ITEMS),
+                );
                 while let Some(p) = seq.next_element::<WirePath<W>>()? {
                     let d = W::destination(p.destination)
                         .map_err(A::Error::custom)?;
-                    out.insert(OutPath::new(d, p.path.0, None));
+                    read.push(OutPath::new(d, p.path.0, None));
                 }
-                Ok(out)
+                // Built from the whole list (sorted, then packed into full
+                // nodes), not inserted one by one: a peer writes its
+                // paths in order, and ordered inserts leave every B-tree
+                // node a little over half full.
+                Ok(read.into_iter().collect())
             }
         }
         d.deserialize_seq(Paths::<W>(PhantomData))
