@@ -1,4 +1,6 @@
-//! What the router pushes to a peer, kept compact until it is written.
+//! What the router pushes to a peer, kept compact until it is written;
+//! also the form a peer's push is read into (`ddm-actors`' exchange
+//! decoder), so that it waits for the router just as compactly.
 //!
 //! A transit router that imports 100,000 paths re-announces 100,000 paths to
 //! every other peer; as wire path vectors that is two allocations per path
@@ -66,12 +68,14 @@ pub fn tunnel_json_len(t: &v3::TunnelOrigin, version: Version) -> usize {
 /// `{"destination":"…/…","path":[…]}` is at most 71.
 const PATH_FIXED_MAX: usize = 86;
 
-/// A path's hostnames, originator first, shared with the RIB (a thin
-/// pointer, to keep the RIB's table entries small).
+/// A path's hostnames, originator first, shared with the RIB (or, in an
+/// update read from a peer, between that update's paths); a thin pointer,
+/// to keep the RIB's table entries small.
 pub type Names = Arc<Box<[Arc<str>]>>;
 
-/// One path vector to push: a destination, a shared path and optionally
-/// one more hostname (ours, when re-announcing) after it.
+/// One path vector to push (or read from a peer's push): a destination, a
+/// shared path and optionally one more hostname (ours, when re-announcing)
+/// after it.
 ///
 /// Ordered, and equal, exactly as the [`v3::PathVector`] it stands for.
 #[derive(Debug, Clone)]
@@ -250,8 +254,8 @@ impl OutUnderlay {
     }
 }
 
-/// An update to push: the compact form of a [`v3::Update`], serialised
-/// exactly as it.
+/// An update to push, or a peer's push as read: the compact form of a
+/// [`v3::Update`], serialised exactly as it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutUpdate {
     /// Changes to underlay reachability.

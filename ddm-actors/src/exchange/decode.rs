@@ -48,6 +48,9 @@ thread_local! {
     static SHARED: RefCell<Shared> = RefCell::default();
 }
 
+/// Most distinct hostnames one body's table shares.
+const SHARED_NAMES: usize = 1 << 16;
+
 /// What the paths of one body share.
 #[derive(Default)]
 struct Shared {
@@ -64,13 +67,17 @@ impl Shared {
         *self = Shared::default();
     }
 
-    /// The shared copy of hostname `n`.
+    /// The shared copy of hostname `n`. Past [`SHARED_NAMES`] distinct
+    /// names (no fabric has that many routers; a hostile body may) a new
+    /// name is its own copy, so the table stays small whatever the body.
     fn name(&mut self, n: &str) -> Arc<str> {
         if let Some(a) = self.names.get(n) {
             return Arc::clone(a);
         }
         let a: Arc<str> = Arc::from(n);
-        self.names.insert(Arc::clone(&a));
+        if self.names.len() < SHARED_NAMES {
+            self.names.insert(Arc::clone(&a));
+        }
         a
     }
 
@@ -105,9 +112,7 @@ mod exact {
     };
     use serde::Deserialize;
 
-    use ddm_proto::outgoing::{
-        Names, OutPath, OutUnderlay, OutUpdate, MAX_PUSH_ITEMS,
-    };
+    use ddm_proto::outgoing::{Names, OutPath, OutUnderlay, OutUpdate};
     use ddm_proto::wire::{v2, v3};
 
     use super::SHARED;
@@ -256,9 +261,7 @@ mod exact {
                 self,
                 mut seq: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut read = Vec::with_capacity(
-                    seq.size_hint().unwrap_or(0).min(MAX_PUSH_ITEMS),
-                );
+                let mut read = Vec::new();
                 while let Some(p) = seq.next_element::<WirePath<W>>()? {
                     let d = W::destination(p.destination)
                         .map_err(A::Error::custom)?;
@@ -272,5 +275,37 @@ mod exact {
             }
         }
         d.deserialize_seq(Paths::<W>(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past its bound the table shares no new name, yet every name read
+    /// is right; nothing stays behind once a body is read.
+    #[test]
+    fn the_name_table_is_bounded_and_emptied() {
+        let mut s = Shared::default();
+        for i in 0..SHARED_NAMES {
+            s.name(&format!("h{i}"));
+        }
+        let again = s.name("h7");
+        assert!(Arc::ptr_eq(&again, s.names.get("h7").unwrap()));
+        assert_eq!(&*s.name("past-the-bound"), "past-the-bound");
+        assert_eq!(s.names.len(), SHARED_NAMES);
+
+        let body = r#"{"underlay":{"announce":[
+            {"destination":"fd00:1::/64","path":["a","b"]}]}}"#;
+        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(SHARED.with(|s| {
+            let s = s.borrow();
+            s.names.is_empty() && s.last.is_none() && s.path.is_empty()
+        }));
+        let bad = r#"{"underlay":{"announce":[
+            {"destination":"fd00:1::/64","path":["a","b",7]}]}}"#;
+        assert!(decode_update(Version::V3, Bytes::from(bad)).is_err());
+        assert!(SHARED.with(|s| s.borrow().path.is_empty()));
     }
 }

@@ -496,8 +496,8 @@ where
         Ok(Ok(b)) => b,
     };
     Stats::add(&ctx.stats.push_bytes_received, body.len());
-    // Only the parsed update is kept: the text is dropped before a v2
-    // update is converted and before the router gets it.
+    // Only the parsed update is kept: the text is dropped before the
+    // router gets it.
     let decoded = decode_update(version, body);
     // The text is gone: its share goes back before the router is waited on.
     drop(share);
@@ -642,7 +642,7 @@ mod tests {
     /// hostnames shared; missing halves and fields, `null` halves
     /// and malformed path vectors are taken or refused as before.
     #[test]
-    fn pushed_paths_are_decoded_at_their_exact_length() {
+    fn pushed_bodies_decode_as_the_wire_types_read_them() {
         let bodies = [
             r#"{"underlay":{"announce":[
                 {"destination":"fd00:1::/64","path":["s1","t1"]},

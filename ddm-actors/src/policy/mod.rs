@@ -229,15 +229,20 @@ trait Judged {
     /// Its destination, as written.
     fn destination(&self) -> Ipv6Net;
     /// Its hostnames, originator first.
-    fn hostnames(&self) -> impl Iterator<Item = &str>;
+    fn names(&self) -> impl Iterator<Item = &str>;
+    /// How many hostnames it has.
+    fn len(&self) -> usize;
 }
 
 impl Judged for PathVector {
     fn destination(&self) -> Ipv6Net {
         self.destination
     }
-    fn hostnames(&self) -> impl Iterator<Item = &str> {
+    fn names(&self) -> impl Iterator<Item = &str> {
         self.path.iter().map(String::as_str)
+    }
+    fn len(&self) -> usize {
+        self.path.len()
     }
 }
 
@@ -245,15 +250,18 @@ impl Judged for OutPath {
     fn destination(&self) -> Ipv6Net {
         OutPath::destination(self)
     }
-    fn hostnames(&self) -> impl Iterator<Item = &str> {
-        self.names()
+    fn names(&self) -> impl Iterator<Item = &str> {
+        OutPath::names(self)
+    }
+    fn len(&self) -> usize {
+        OutPath::len(self)
     }
 }
 
 /// A path vector, briefly: its destination and the shape of its path.
 fn describe_path(pv: &impl Judged) -> String {
     let (count, longest) =
-        pv.hostnames().fold((0, 0), |(c, l), h| (c + 1, l.max(h.len())));
+        pv.names().fold((0, 0), |(c, l), h| (c + 1, l.max(h.len())));
     format!(
         "{} (path of {} hostnames, longest {} bytes)",
         pv.destination(),
@@ -538,14 +546,14 @@ impl ImportPolicy {
         } else if overlaps_special_purpose(&dest) {
             return Err(Refusal::SpecialDestination);
         }
-        let len = pv.hostnames().count();
+        let len = Judged::len(pv);
         if len == 0 {
             return Err(Refusal::EmptyPath);
         }
         if len > self.config.max_path_len {
             return Err(Refusal::PathTooLong);
         }
-        for h in pv.hostnames() {
+        for h in pv.names() {
             if h.is_empty() {
                 return Err(Refusal::EmptyHostname);
             }

@@ -68,29 +68,12 @@ fn same<S: AsRef<str>>(p: &Path, path: &[S]) -> bool {
     p.len() == path.len() && p.iter().zip(path).all(|(a, b)| **a == *b.as_ref())
 }
 
-/// A hostname as a path to intern holds it: a peer's update read off the
-/// wire shares its names already, and a new one is stored as it is.
-pub(crate) trait Hostname: AsRef<str> {
-    /// The name to store.
-    fn to_shared(&self) -> Arc<str>;
-}
-
-impl Hostname for Arc<str> {
-    fn to_shared(&self) -> Arc<str> {
-        Arc::clone(self)
-    }
-}
-
-impl Hostname for String {
-    fn to_shared(&self) -> Arc<str> {
-        Arc::from(self.as_str())
-    }
-}
-
 impl Interner {
     /// The shared copy of `path`, created if it is new; counts one more
     /// holder, to give back with [`Interner::release`].
-    pub(crate) fn intern<S: Hostname>(&mut self, path: &[S]) -> Path {
+    /// A name new to the interner is stored as given (a peer's update
+    /// read off the wire shares its names already), not copied.
+    pub(crate) fn intern(&mut self, path: &[Arc<str>]) -> Path {
         let state = &self.state;
         let hash = path_hash(state, path.iter().map(AsRef::as_ref));
         if let Some((p, n)) = self.paths.find_mut(hash, |(p, _)| same(p, path))
@@ -109,7 +92,7 @@ impl Interner {
                             |(a, _)| **a == *n,
                             |(a, _)| state.hash_one(&**a),
                         )
-                        .or_insert_with(|| (h.to_shared(), 0))
+                        .or_insert_with(|| (Arc::clone(h), 0))
                         .into_mut();
                     *count += 1;
                     Arc::clone(name)
@@ -124,7 +107,7 @@ impl Interner {
 
     /// The shared copy of `path` if some stored entry uses it (no holder
     /// is counted).
-    pub(crate) fn lookup<S: AsRef<str>>(&self, path: &[S]) -> Option<Path> {
+    pub(crate) fn lookup(&self, path: &[Arc<str>]) -> Option<Path> {
         let hash = path_hash(&self.state, path.iter().map(AsRef::as_ref));
         self.paths
             .find(hash, |(p, _)| same(p, path))

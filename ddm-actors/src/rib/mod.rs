@@ -59,7 +59,7 @@ use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
 use ddm_proto::outgoing::{OutPath, OutUpdate};
 use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin};
 use ddm_proto::wire::{normalise_ip, normalise_v6};
-use intern::{Hostname, Interner, Path};
+use intern::{Interner, Path};
 use offers::{for_peer, Offer, Offers, Slot};
 use table::Table;
 pub use told::Told;

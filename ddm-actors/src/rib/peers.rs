@@ -140,8 +140,14 @@ impl Rib {
         let Some(state) = self.peers.get(&peer) else {
             return Err(RibError::UnknownPeer(peer));
         };
-        let announce: BTreeSet<OutPath> =
-            response.underlay.iter().flatten().map(OutPath::from).collect();
+        // Moved out of the answer, so each path vector is freed as it is
+        // converted.
+        let announce: BTreeSet<OutPath> = response
+            .underlay
+            .into_iter()
+            .flatten()
+            .map(|pv| OutPath::from(&pv))
+            .collect();
         let tunnels = response.tunnel.unwrap_or_default();
         let mut withdraw = BTreeSet::new();
         if state.paths > 0 {

@@ -3,18 +3,18 @@
 use super::*;
 
 impl Rib {
-    pub(super) fn underlay_announce<S: Hostname>(
+    pub(super) fn underlay_announce(
         &mut self,
         peer: PeerId,
         destination: Ipv6Net,
-        path: &[S],
+        path: &[Arc<str>],
         pending: &mut Pending,
     ) {
         if path.is_empty() {
             self.stats.invalid_dropped += 1;
             return;
         }
-        if path.iter().any(|h| h.as_ref() == self.hostname()) {
+        if path.iter().any(|h| **h == *self.hostname()) {
             self.stats.loops_dropped += 1;
             return;
         }
@@ -65,7 +65,7 @@ impl Rib {
         &mut self,
         peer: PeerId,
         destination: Ipv6Net,
-        path: &[impl AsRef<str>],
+        path: &[Arc<str>],
         pending: &mut Pending,
     ) {
         let Some(path) = self.interner.lookup(path) else {

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ddm_proto::outgoing::OutUpdate;
+use ddm_proto::outgoing::{OutUnderlay, OutUpdate};
 use ddm_proto::wire::v3;
 
 use ddm_admin_api::latest::{
@@ -532,7 +532,7 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Import { peer, update, permit } => {
-                let size = update.len();
+                let size = update.underlay.as_ref().map_or(0, OutUnderlay::len);
                 state.import(peer, update);
                 // Imported: the peer's server may take its next push.
                 drop(permit);
