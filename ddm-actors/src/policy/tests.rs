@@ -84,24 +84,7 @@ impl From<UpdateVerdict> for WireVerdict {
 }
 
 /// The policy's push filters over wire updates.
-trait FilterWire {
-    fn filter_wire(
-        &mut self,
-        peer: PeerId,
-        update: Update,
-        held: &impl Holdings,
-        now: Instant,
-    ) -> WireVerdict;
-    fn admit_wire(
-        &mut self,
-        peer: PeerId,
-        deferred: Update,
-        held: &impl Holdings,
-        now: Instant,
-    ) -> WireVerdict;
-}
-
-impl FilterWire for ImportPolicy {
+impl ImportPolicy {
     fn filter_wire(
         &mut self,
         peer: PeerId,
