@@ -3,10 +3,12 @@
 # per event (cold-start, held: paths per destination and memory, idle: 10 s
 # of virtual time after converging, crash-spine0 / crash-r0t0 / crash-t0):
 #   topology=NAME event=E routers=N converge_wall_s=X converge_virtual_s=Y
-#   peak_rss_mib=Z msgs_per_router=M bytes_per_router=B
-#   datagrams_per_router=D snapshots=K check_wall_s=C cpu_user_s=U
-#   cpu_sys_s=S page_faults=F invariants=ok (CPU and faults of the whole
-#   process over the event, the harness's checks included)
+#   peak_rss_mib=Z fabric_peak_rss_mib=P msgs_per_router=M
+#   bytes_per_router=B datagrams_per_router=D snapshots=K check_wall_s=C
+#   cpu_user_s=U cpu_sys_s=S page_faults=F invariants=ok (peak_rss_mib,
+#   CPU and faults: the whole process over the event, the harness's
+#   checks included; fabric_peak_rss_mib: the peak just before the
+#   harness's last snapshot, i.e. without it)
 # Usage: scripts/bench-sim.sh [TOPOLOGY...]   (default: rack racks-16 thousand)
 # TOPOLOGY is rack, racks-N or thousand. PROFILE=sim (default: release
 # optimisation without LTO, see Cargo.toml), release or dev.

@@ -88,7 +88,8 @@ fn line(
     let cpu1 = cpu();
     format!(
         "topology={} event={event} routers={routers} converge_wall_s={:.3} \
-         converge_virtual_s={:.3} peak_rss_mib={:.1} msgs_per_router={:.1} \
+         converge_virtual_s={:.3} peak_rss_mib={:.1} \
+         fabric_peak_rss_mib={:.1} msgs_per_router={:.1} \
          bytes_per_router={:.0} datagrams_per_router={:.1} snapshots={} \
          check_wall_s={:.3} cpu_user_s={:.2} cpu_sys_s={:.2} \
          page_faults={} invariants=ok",
@@ -97,6 +98,7 @@ fn line(
         (wall.elapsed() - c.check_wall).as_secs_f64(),
         c.virtual_time.as_secs_f64(),
         peak_rss_mib(),
+        c.peak_kib_before_check.map_or(0.0, |k| k as f64 / 1024.0),
         (now.exchange.requests - before.exchange.requests) as f64 / routers,
         (now.exchange.bytes - before.exchange.bytes) as f64 / routers,
         (now.datagrams - before.datagrams) as f64 / routers,

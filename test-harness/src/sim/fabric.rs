@@ -153,6 +153,18 @@ pub struct Converged {
     /// Wall time spent taking those snapshots and checking them: the
     /// harness's cost, not the fabric's.
     pub check_wall: Duration,
+    /// This process's peak resident set (`VmHWM`, KiB) just before the
+    /// last snapshot: the fabric's peak without the harness's snapshot
+    /// and check, which at a thousand routers reach higher (`None` where
+    /// `/proc` does not say).
+    pub peak_kib_before_check: Option<u64>,
+}
+
+/// This process's peak resident set so far, in KiB (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let v = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    v.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Traffic counters of the fabric.
@@ -395,6 +407,7 @@ impl SimFabric {
                 Some((seen, at)) => seen != last || now - at >= backoff,
             };
             if since >= quiet && due {
+                let peak_kib_before_check = peak_rss_kib();
                 let wall = std::time::Instant::now();
                 let snap = self.snapshot().await?;
                 snapshots += 1;
@@ -409,6 +422,7 @@ impl SimFabric {
                             virtual_time,
                             snapshots,
                             check_wall,
+                            peak_kib_before_check,
                         });
                     }
                     Err(e) if start.elapsed() >= limit => {
