@@ -148,9 +148,7 @@ impl AdminState {
             e
         })?;
         let o = &mut self.originated;
-        for p in &change.add_prefixes {
-            o.prefixes.insert(*p);
-        }
+        crate::rib::extend_packed(&mut o.prefixes, change.add_prefixes.clone());
         for p in &change.remove_prefixes {
             o.prefixes.remove(p);
         }

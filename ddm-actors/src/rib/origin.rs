@@ -72,14 +72,16 @@ impl Rib {
         pending: &mut Pending,
         prefixes: impl IntoIterator<Item = Ipv6Net>,
     ) {
+        let mut added = BTreeSet::new();
         for p in prefixes {
-            if self.originated.insert(p) {
+            if !self.originated.contains(&p) && added.insert(p) {
                 let pv = self.own_path(p);
                 for id in self.peers.keys() {
                     pending.announce_path(*id, pv.clone());
                 }
             }
         }
+        extend_packed(&mut self.originated, added);
     }
 
     pub(super) fn withdraw_originated_into(

@@ -1157,3 +1157,16 @@ proptest! {
         }
     }
 }
+
+/// Both ways of adding to a set give the union: a few one by one, many
+/// merged into packed nodes.
+#[test]
+fn extend_packed_is_the_union() {
+    for (have, more) in [(1000u32, 3u32), (10, 500), (0, 7), (5, 0)] {
+        let mut set: BTreeSet<u32> = (0..have).map(|i| i * 2).collect();
+        let add: BTreeSet<u32> = (0..more).map(|i| i * 3).collect();
+        let want: BTreeSet<u32> = set.union(&add).copied().collect();
+        extend_packed(&mut set, add);
+        assert_eq!(set, want, "{have} + {more}");
+    }
+}
