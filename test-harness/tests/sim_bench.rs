@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use ddm_test_harness::sim::topology::{RouterKind, Topology};
-use ddm_test_harness::sim::{Converged, SimFabric, Traffic};
+use ddm_test_harness::sim::{status_kib, Converged, SimFabric, Traffic};
 
 fn topology() -> Topology {
     let name = std::env::var("DDM_SIM_TOPOLOGY").unwrap_or("rack".into());
@@ -29,14 +29,7 @@ fn topology() -> Topology {
 
 /// A figure of this process's `/proc/self/status`, in MiB (Linux).
 fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| {
-                v.trim().trim_end_matches("kB").trim().parse().ok()
-            })
-        })
-        .map_or(0.0, |kb: f64| kb / 1024.0)
+    status_kib(field).map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 /// The peak resident set of this process, in MiB.

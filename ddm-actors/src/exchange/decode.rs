@@ -180,7 +180,8 @@ mod exact {
                     self,
                     mut seq: A,
                 ) -> Result<SharedPath, A::Error> {
-                    SHARED.with(|s| s.borrow_mut().path.clear());
+                    // `path` is empty: the last path took it, and `read`
+                    // empties the table after a failed body.
                     while let Some(Hostname(n)) = seq.next_element()? {
                         SHARED.with(|s| s.borrow_mut().path.push(n));
                     }

@@ -260,12 +260,11 @@ impl Judged for OutPath {
 
 /// A path vector, briefly: its destination and the shape of its path.
 fn describe_path(pv: &impl Judged) -> String {
-    let (count, longest) =
-        pv.names().fold((0, 0), |(c, l), h| (c + 1, l.max(h.len())));
+    let longest = pv.names().map(str::len).max().unwrap_or(0);
     format!(
         "{} (path of {} hostnames, longest {} bytes)",
         pv.destination(),
-        count,
+        pv.len(),
         longest
     )
 }
@@ -352,11 +351,11 @@ impl ImportPolicy {
     pub fn filter_update(
         &mut self,
         peer: PeerId,
-        update: impl Into<OutUpdate>,
+        update: OutUpdate,
         held: &impl Holdings,
         now: Instant,
     ) -> UpdateVerdict {
-        self.filter_push(peer, update.into(), held, now, true)
+        self.filter_push(peer, update, held, now, true)
     }
 
     /// Admit what [`ImportPolicy::filter_update`] deferred, once the

@@ -92,7 +92,7 @@ impl ImportPolicy {
         held: &impl Holdings,
         now: Instant,
     ) -> WireVerdict {
-        self.filter_update(peer, update, held, now).into()
+        self.filter_update(peer, update.into(), held, now).into()
     }
     fn admit_wire(
         &mut self,

@@ -100,22 +100,10 @@ impl Rib {
         let mut pending = Pending::default();
         if let Some(u) = update.underlay {
             for p in &u.withdraw {
-                let path = p.hostnames();
-                self.underlay_withdraw(
-                    peer,
-                    p.destination(),
-                    &path,
-                    &mut pending,
-                );
+                self.underlay_withdraw(peer, p, &mut pending);
             }
             for p in &u.announce {
-                let path = p.hostnames();
-                self.underlay_announce(
-                    peer,
-                    p.destination(),
-                    &path,
-                    &mut pending,
-                );
+                self.underlay_announce(peer, p, &mut pending);
             }
         }
         if let Some(t) = update.tunnel {

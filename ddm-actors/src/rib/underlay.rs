@@ -6,10 +6,10 @@ impl Rib {
     pub(super) fn underlay_announce(
         &mut self,
         peer: PeerId,
-        destination: Ipv6Net,
-        path: &[Arc<str>],
+        announced: &OutPath,
         pending: &mut Pending,
     ) {
+        let path = &*announced.hostnames();
         if path.is_empty() {
             self.stats.invalid_dropped += 1;
             return;
@@ -18,7 +18,7 @@ impl Rib {
             self.stats.loops_dropped += 1;
             return;
         }
-        let dest = normalise_v6(destination);
+        let dest = normalise_v6(announced.destination());
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
@@ -64,14 +64,13 @@ impl Rib {
     pub(super) fn underlay_withdraw(
         &mut self,
         peer: PeerId,
-        destination: Ipv6Net,
-        path: &[Arc<str>],
+        withdrawn: &OutPath,
         pending: &mut Pending,
     ) {
-        let Some(path) = self.interner.lookup(path) else {
+        let Some(path) = self.interner.lookup(&withdrawn.hostnames()) else {
             return;
         };
-        let dest = normalise_v6(destination);
+        let dest = normalise_v6(withdrawn.destination());
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;

@@ -160,10 +160,11 @@ pub struct Converged {
     pub peak_kib_before_check: Option<u64>,
 }
 
-/// This process's peak resident set so far, in KiB (Linux).
-fn peak_rss_kib() -> Option<u64> {
+/// A figure of this process's `/proc/self/status` in KiB, such as
+/// `"VmHWM:"` (Linux; `None` elsewhere).
+pub fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let v = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let v = status.lines().find_map(|l| l.strip_prefix(field))?;
     v.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
@@ -407,7 +408,7 @@ impl SimFabric {
                 Some((seen, at)) => seen != last || now - at >= backoff,
             };
             if since >= quiet && due {
-                let peak_kib_before_check = peak_rss_kib();
+                let peak_kib_before_check = status_kib("VmHWM:");
                 let wall = std::time::Instant::now();
                 let snap = self.snapshot().await?;
                 snapshots += 1;

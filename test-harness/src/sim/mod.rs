@@ -10,4 +10,4 @@ pub mod faults;
 pub mod invariants;
 pub mod topology;
 
-pub use fabric::{Converged, SimFabric, Traffic};
+pub use fabric::{status_kib, Converged, SimFabric, Traffic};
