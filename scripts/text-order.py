@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Print the functions of one program that callgrind saw run, one mangled
+name per line, as the linker's symbol-ordering file for ddmd (see
+ddmd/build.rs and scripts/text-order.sh), in three groups:
+
+1. what an idle daemon runs to answer admin calls (--first), hottest
+   first, so that the pages one call brings back are few;
+2. the rest of what running daemons ran (--then), hottest first;
+3. what ran only while the daemon started (--startup, less the first
+   group): the daemon drops those pages once started, so they go last.
+
+Hotness is the instructions executed in the function itself, summed over
+the group's profiles, which must come from
+`valgrind --tool=callgrind --demangle=no`.
+
+Usage: text-order.py PROGRAM --first P... --then P... --startup P...
+"""
+import collections
+import re
+import sys
+
+NAMED = re.compile(r"^(c?ob|c?fn|c?fl|fi|fe)=(?:\((\d+)\))?\s*(.*)$")
+
+
+def self_costs(path, cost):
+    """Add each (object, function)'s own instruction count in one
+    callgrind profile (name compression and call records understood)."""
+    objects, functions = {}, {}
+    ob = fn = None
+    after_call = False
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if after_call:
+                # The line after `calls=` is the callee's inclusive cost.
+                after_call = False
+                continue
+            m = NAMED.match(line)
+            if m:
+                kind, ident, name = m.groups()
+                table = (objects if kind.endswith("ob")
+                         else functions if kind.endswith("fn") else None)
+                if table is None:
+                    continue
+                if ident and name:
+                    table[ident] = name
+                value = table.get(ident, name) if ident else name
+                if kind == "ob":
+                    ob = value
+                elif kind == "fn":
+                    fn = value
+                    cost[(ob, fn)] += 0
+                continue
+            if line.startswith("calls="):
+                after_call = True
+                continue
+            parts = line.split()
+            if (fn is not None and len(parts) >= 2 and parts[1].isdigit()
+                    and re.match(r"^([+-]?\d+|\*)$", parts[0])):
+                cost[(ob, fn)] += int(parts[1])
+
+
+def ranked(program, profiles):
+    """The program's functions that ran in `profiles`, by their own
+    instruction count, highest first."""
+    cost = collections.Counter()
+    for p in profiles:
+        self_costs(p, cost)
+    name = program.split("/")[-1]
+    ours = collections.Counter()
+    for (ob, fn), c in cost.items():
+        if ob == program or (ob and ob.split("/")[-1] == name):
+            ours[fn] += c
+    return [fn for fn, _ in sorted(ours.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def main():
+    args = sys.argv[1:]
+    if len(args) < 2 or args[1] != "--first":
+        sys.exit(__doc__)
+    program, groups, current = args[0], {}, None
+    for a in args[1:]:
+        if a in ("--first", "--then", "--startup"):
+            current = groups.setdefault(a, [])
+        else:
+            current.append(a)
+    first = ranked(program, groups.get("--first", []))
+    then = ranked(program, groups.get("--then", []))
+    startup = set(ranked(program, groups.get("--startup", []))) - set(first)
+    seen = set()
+    out = []
+    for fn in first + [f for f in then if f not in startup] + \
+            [f for f in then if f in startup] + sorted(startup):
+        if fn not in seen:
+            seen.add(fn)
+            out.append(fn)
+    print("\n".join(out))
+    print(f"text-order: {len(out)} functions of {program} ran "
+          f"({len(first)} answering admin calls, {len(startup)} only at "
+          f"startup)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
