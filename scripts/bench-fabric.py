@@ -53,8 +53,11 @@ Environment:
   DDMD_BIN       ddmd to run (default target/release/ddmd)
   MONITOR_BIN    route monitor and floor client (default
                  target/release/examples/bench_fabric)
-                 Build both first: cargo build --release -p ddmd -p ddmadm
-                 -p ddm-test-harness --bins --example bench_fabric
+                 Build both first, in two steps (ddmd as the demo and the
+                 release job build it, see ddmd/build.rs):
+                 cargo build --release -p ddmd -p ddmadm &&
+                 cargo build --release -p ddm-test-harness --bins
+                 --example bench_fabric
   RUNS           single-prefix runs (10)
   FAIL_RUNS      failure runs (5)
   FAIL_PREFIXES  prefixes s1 originates during the failure runs (3)
@@ -802,8 +805,9 @@ def main():
     for what, path in (("ddmd", DDMD), ("route monitor", MONITOR)):
         if not os.access(path, os.X_OK):
             sys.exit(f"bench-fabric: no {what} at {path} (cargo build "
-                     f"--release -p ddmd -p ddmadm -p ddm-test-harness "
-                     f"--bins --example bench_fabric)")
+                     f"--release -p ddmd -p ddmadm && cargo build "
+                     f"--release -p ddm-test-harness --bins --example "
+                     f"bench_fabric)")
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)

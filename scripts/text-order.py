@@ -6,8 +6,10 @@ ddmd/build.rs and scripts/text-order.sh), in three groups:
 1. what an idle daemon runs to answer admin calls (--first), hottest
    first, so that the pages one call brings back are few;
 2. the rest of what running daemons ran (--then), hottest first;
-3. what ran only while the daemon started (--startup, less the first
-   group): the daemon drops those pages once started, so they go last.
+3. what ran while the daemon started (--startup) and neither answering
+   calls nor much beyond startup in the running daemons (at most three
+   times the startup's count: three daemons started): the daemon drops
+   those pages once started, so they go last.
 
 Hotness is the instructions executed in the function itself, summed over
 the group's profiles, which must come from
@@ -19,6 +21,8 @@ import collections
 import re
 import sys
 
+# callgrind names a function's recursive activations NAME'2, NAME'3, ...
+RECURSION = re.compile(r"'\d+$")
 NAMED = re.compile(r"^(c?ob|c?fn|c?fl|fi|fe)=(?:\((\d+)\))?\s*(.*)$")
 
 
@@ -51,6 +55,13 @@ def self_costs(path, cost):
                     fn = value
                     cost[(ob, fn)] += 0
                 continue
+            if line.startswith(("events:", "positions:")):
+                key, _, value = line.partition(":")
+                want = "Ir" if key == "events" else "line"
+                if value.split()[:1] != [want]:
+                    sys.exit(f"text-order: {path}: {key} {value.strip()!r}, "
+                             f"expected {want} first (callgrind's default)")
+                continue
             if line.startswith("calls="):
                 after_call = True
                 continue
@@ -60,18 +71,28 @@ def self_costs(path, cost):
                 cost[(ob, fn)] += int(parts[1])
 
 
-def ranked(program, profiles):
-    """The program's functions that ran in `profiles`, by their own
-    instruction count, highest first."""
+def costs(program, profiles):
+    """The own instruction counts of the program's functions that ran in
+    `profiles`, by mangled name (addresses callgrind could not name, and
+    its pseudo-functions, left out)."""
     cost = collections.Counter()
     for p in profiles:
         self_costs(p, cost)
     name = program.split("/")[-1]
     ours = collections.Counter()
     for (ob, fn), c in cost.items():
-        if ob == program or (ob and ob.split("/")[-1] == name):
-            ours[fn] += c
-    return [fn for fn, _ in sorted(ours.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if ob != program and not (ob and ob.split("/")[-1] == name):
+            continue
+        fn = RECURSION.sub("", fn)
+        if fn.startswith("0x") or "(" in fn or " " in fn:
+            continue
+        ours[fn] += c
+    return ours
+
+
+def ranked(cost):
+    """Names by cost, highest first."""
+    return [fn for fn, _ in sorted(cost.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def main():
@@ -84,13 +105,16 @@ def main():
             current = groups.setdefault(a, [])
         else:
             current.append(a)
-    first = ranked(program, groups.get("--first", []))
-    then = ranked(program, groups.get("--then", []))
-    startup = set(ranked(program, groups.get("--startup", []))) - set(first)
+    first = costs(program, groups.get("--first", []))
+    then = costs(program, groups.get("--then", []))
+    startup = {
+        fn for fn, c in costs(program, groups.get("--startup", [])).items()
+        if fn not in first and then.get(fn, 0) <= 3 * c
+    }
     seen = set()
     out = []
-    for fn in first + [f for f in then if f not in startup] + \
-            [f for f in then if f in startup] + sorted(startup):
+    for fn in ranked(first) + [f for f in ranked(then) if f not in startup] \
+            + sorted(startup):
         if fn not in seen:
             seen.add(fn)
             out.append(fn)

@@ -17,8 +17,9 @@
 //! with an error whether or not it asked for an acknowledgement, so once the
 //! last acknowledgement arrives every failure of the packet has been read.
 //! That costs two system calls per packet instead of two per route. The
-//! socket calls block (the kernel does the work inside `sendmsg`), so they
-//! run on tokio's blocking pool. Requests are built as their packet is
+//! socket calls block (the kernel does the work inside `sendmsg`), so a
+//! batch runs on tokio's blocking pool, unless it is a few routes (one
+//! packet, tens of microseconds: see [`INLINE_REQUESTS`]). Requests are built as their packet is
 //! filled, so a batch of any size holds one packet's worth of requests.
 //!
 //! # State
@@ -116,27 +117,38 @@ impl LinuxDataplane {
         &self.tunnels
     }
 
-    /// Run `f` with the socket: on tokio's blocking pool, or here when it
-    /// asks for at most [`INLINE_REQUESTS`] route changes.
+    /// Run `f` with the socket: on tokio's blocking pool, or on this task
+    /// when it asks for at most [`INLINE_REQUESTS`] route changes (inside
+    /// `block_in_place` on a multi-threaded runtime, so that the thread's
+    /// other tasks move on meanwhile). A panic of `f` is this batch's
+    /// error either way, not the worker's end.
     async fn with_socket<T: Send + 'static>(
         &self,
         requests: usize,
         f: impl FnOnce(&mut RouteSocket) -> T + Send + 'static,
     ) -> Result<T, DataplaneError> {
-        if requests <= INLINE_REQUESTS {
-            let mut guard =
-                self.socket.lock().unwrap_or_else(|e| e.into_inner());
-            return Ok(f(&mut guard));
-        }
         let socket = Arc::clone(&self.socket);
-        tokio::task::spawn_blocking(move || {
+        let run = move || {
             let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut guard)
-        })
-        .await
-        .map_err(|e| {
+        };
+        let failed = |e: &dyn std::fmt::Display| {
             DataplaneError::Request(format!("netlink worker failed: {e}"))
-        })
+        };
+        if requests > INLINE_REQUESTS {
+            return tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| failed(&e));
+        }
+        let caught =
+            || std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+        let done = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(caught)
+            }
+            _ => caught(),
+        };
+        done.map_err(|_| failed(&"panicked"))
     }
 
     /// Delete every route carrying [`RTPROT_DDM`]; how many went.
