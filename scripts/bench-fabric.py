@@ -53,11 +53,7 @@ Environment:
   DDMD_BIN       ddmd to run (default target/release/ddmd)
   MONITOR_BIN    route monitor and floor client (default
                  target/release/examples/bench_fabric)
-                 Build both first, in two steps (ddmd as the demo and the
-                 release job build it, see ddmd/build.rs):
-                 cargo build --release -p ddmd -p ddmadm &&
-                 cargo build --release -p ddm-test-harness --bins
-                 --example bench_fabric
+                 Build both first: scripts/build-release.sh --bench
   RUNS           single-prefix runs (10)
   FAIL_RUNS      failure runs (5)
   FAIL_PREFIXES  prefixes s1 originates during the failure runs (3)
@@ -804,10 +800,8 @@ def main():
         sys.exit("bench-fabric: must run as root")
     for what, path in (("ddmd", DDMD), ("route monitor", MONITOR)):
         if not os.access(path, os.X_OK):
-            sys.exit(f"bench-fabric: no {what} at {path} (cargo build "
-                     f"--release -p ddmd -p ddmadm && cargo build "
-                     f"--release -p ddm-test-harness --bins --example "
-                     f"bench_fabric)")
+            sys.exit(f"bench-fabric: no {what} at {path} "
+                     f"(scripts/build-release.sh --bench)")
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)

@@ -21,9 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ -z "${DDMD_BIN:-}" ]]; then
-	# As the demo and the release job build it: ddmd's text order
-	# (ddmd/build.rs) names the symbols of this build.
-	cargo build --release -p ddmd -p ddmadm
+	scripts/build-release.sh
 	DDMD_BIN="$PWD/target/release/ddmd"
 fi
 export DDMD_BIN

@@ -23,7 +23,7 @@ done
 
 bin="${DDM_BIN:-}"
 if [ -z "$bin" ]; then
-    cargo build --release -p ddmd -p ddmadm
+    scripts/build-release.sh
     bin=target/release
 fi
 tag="${DDM_DEMO_TAG:-ddmdemo$$}"

@@ -81,7 +81,7 @@ def costs(program, profiles):
     name = program.split("/")[-1]
     ours = collections.Counter()
     for (ob, fn), c in cost.items():
-        if ob != program and not (ob and ob.split("/")[-1] == name):
+        if not ob or ob.split("/")[-1] != name:
             continue
         fn = RECURSION.sub("", fn)
         if fn.startswith("0x") or "(" in fn or " " in fn:

@@ -6,16 +6,14 @@
 #     prefixes: discovery, exchange, the RIB, netlink, the admin API), and
 #   * an admin-only daemon starting, then answering each ddmadm query and
 #     change once.
-# ddmd is built as the demo and the release job build it (-p ddmd -p
-# ddmadm): symbol names carry hashes of the dependencies' features, which
-# follow the set of packages built together. Run as root (namespaces),
+# ddmd is built by scripts/build-release.sh, whose symbols the file names.
+# Run as root (namespaces),
 # after a change that moves much code; about a minute after the builds.
 # Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "text-order: needs valgrind" >&2; exit 1; }
-cargo build --release -p ddmd -p ddmadm >&2
-cargo build --release -p ddm-test-harness --bins --example bench_fabric >&2
+scripts/build-release.sh --bench >&2
 work=$(mktemp -d)
 pids=()
 cleanup() {

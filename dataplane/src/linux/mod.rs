@@ -19,8 +19,9 @@
 //! That costs two system calls per packet instead of two per route. The
 //! socket calls block (the kernel does the work inside `sendmsg`), so a
 //! batch runs on tokio's blocking pool, unless it is a few routes (one
-//! packet, tens of microseconds: see [`INLINE_REQUESTS`]). Requests are built as their packet is
-//! filled, so a batch of any size holds one packet's worth of requests.
+//! packet, tens of microseconds: see [`INLINE_REQUESTS`]). Requests are
+//! built as their packet is filled, so a batch of any size holds one
+//! packet's worth of requests.
 //!
 //! # State
 //!
