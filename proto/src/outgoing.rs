@@ -234,18 +234,68 @@ impl Serialize for V2Path<'_> {
 }
 
 /// The underlay half of an [`OutUpdate`].
+///
+/// As an update waiting to be sent (the RIB's pushes, the router's and the
+/// session's pending ones), it also knows which of its announcements the
+/// peer may hold already (`held`, never written): the rest of `announce`
+/// the peer holds not, so a later withdrawal of one of them cancels it
+/// instead of being sent ([`OutUnderlay::withdraw_path`]). Without that, a
+/// transit that re-announced one path and then, before it was sent,
+/// another instead sent the peer a withdrawal of a path it never had: in
+/// the simulated fabric of 1,024 routers, every withdrawal received in
+/// the cold start was one (about half of all path vectors written).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutUnderlay {
     /// Paths we now offer.
     pub announce: BTreeSet<OutPath>,
     /// Paths we no longer offer.
     pub withdraw: BTreeSet<OutPath>,
+    /// Of `announce`, those the peer may hold already: announced again
+    /// after a withdrawal that is not sent yet, re-announced to a new
+    /// session of a peer that may have kept them, or put back after a
+    /// push that failed and may have been applied. Not part of the wire
+    /// update.
+    #[serde(skip)]
+    pub held: BTreeSet<OutPath>,
 }
 
 impl OutUnderlay {
     /// How many items the half carries, announced and withdrawn.
     pub fn len(&self) -> usize {
         self.announce.len() + self.withdraw.len()
+    }
+
+    /// Announce `p` after this update. `held`: whether the peer may hold
+    /// `p` already, if this update does not name it (if it does, the
+    /// update knows: `p` withdrawn here is held, `p` announced here keeps
+    /// its mark).
+    pub fn announce_path(&mut self, p: OutPath, held: bool) {
+        // `announce` and `withdraw` never share a path.
+        if self.withdraw.remove(&p) {
+            self.held.insert(p.clone());
+            self.announce.insert(p);
+        } else if held {
+            if self.announce.insert(p.clone()) {
+                self.held.insert(p);
+            }
+        } else {
+            self.announce.insert(p);
+        }
+    }
+
+    /// Withdraw `p` after this update: cancels an announcement of `p` the
+    /// peer does not hold yet; otherwise `p` is withdrawn.
+    pub fn withdraw_path(&mut self, p: OutPath) {
+        if self.announce.remove(&p) && !self.held.remove(&p) {
+            return;
+        }
+        self.withdraw.insert(p);
+    }
+
+    /// Every announcement of this update may be held by the peer (a push
+    /// that failed may have been applied all the same).
+    pub fn mark_held(&mut self) {
+        self.held = self.announce.clone();
     }
 
     /// True when the half carries nothing.
@@ -310,6 +360,7 @@ impl From<&v3::Update> for OutUpdate {
             underlay: u.underlay.as_ref().map(|u| OutUnderlay {
                 announce: set(&u.announce),
                 withdraw: set(&u.withdraw),
+                held: BTreeSet::new(),
             }),
             tunnel: u.tunnel.clone(),
         }
@@ -381,51 +432,115 @@ impl Serialize for V2Update<'_> {
 /// Merge `later` into the not yet sent `pending`, as if both were sent in
 /// order. A receiver applies an update's withdraws before its announces,
 /// so `later`'s withdraws are applied first here too.
+///
+/// Underlay paths keep what the peer may hold ([`OutUnderlay::held`]): a
+/// path `pending` announces fresh and `later` withdraws is sent neither
+/// way. Tunnel origins carry no such mark: a withdrawal after an
+/// announcement of one is always sent.
 pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
-    fn half<T: Ord>(
-        announce: &mut BTreeSet<T>,
-        withdraw: &mut BTreeSet<T>,
-        mut later_announce: BTreeSet<T>,
-        mut later_withdraw: BTreeSet<T>,
-    ) {
-        if later_announce.len() + later_withdraw.len()
-            >= announce.len() + withdraw.len()
-        {
-            // Fold the smaller pending update into the later one: what
-            // `later` names wins, the rest of `pending` stays. An item
-            // `later` both withdraws and announces ends up announced; in
-            // `pending` no item is both (merging keeps it so).
-            later_withdraw.retain(|x| !later_announce.contains(x));
-            for x in std::mem::take(announce) {
-                if !later_withdraw.contains(&x) {
-                    later_announce.insert(x);
-                }
-            }
-            for x in std::mem::take(withdraw) {
-                if !later_announce.contains(&x) {
-                    later_withdraw.insert(x);
-                }
-            }
-            *announce = later_announce;
-            *withdraw = later_withdraw;
-            return;
-        }
-        for x in later_withdraw {
-            announce.remove(&x);
-            withdraw.insert(x);
-        }
-        for x in later_announce {
-            withdraw.remove(&x);
-            announce.insert(x);
-        }
-    }
     if let Some(u) = later.underlay {
-        let p = pending.underlay_mut();
-        half(&mut p.announce, &mut p.withdraw, u.announce, u.withdraw);
+        merge_underlay(pending.underlay_mut(), u);
     }
     if let Some(t) = later.tunnel {
         let p = pending.tunnel_mut();
-        half(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+        merge_tunnels(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+    }
+}
+
+/// [`merge`] of the underlay halves.
+fn merge_underlay(pending: &mut OutUnderlay, later: OutUnderlay) {
+    if later.len() < pending.len() {
+        for p in later.withdraw {
+            pending.withdraw_path(p);
+        }
+        for p in later.announce {
+            let held = !later.held.is_empty() && later.held.contains(&p);
+            pending.announce_path(p, held);
+        }
+        return;
+    }
+    // Fold the smaller pending update into the later one: what `later`
+    // names wins (whether the peer may hold a path before both is still
+    // `pending`'s to say), the rest of `pending` stays.
+    let mut merged = later;
+    // A path `later` both withdraws and announces (withdraws come first)
+    // is announced, and the peer may hold it.
+    if !merged.withdraw.is_empty() && !merged.announce.is_empty() {
+        let both: Vec<OutPath> = merged
+            .withdraw
+            .iter()
+            .filter(|p| merged.announce.contains(*p))
+            .cloned()
+            .collect();
+        for p in both {
+            merged.withdraw.remove(&p);
+            merged.held.insert(p);
+        }
+    }
+    let held = std::mem::take(&mut pending.held);
+    for p in std::mem::take(&mut pending.announce) {
+        let was_held = !held.is_empty() && held.contains(&p);
+        if !merged.withdraw.is_empty() && merged.withdraw.contains(&p) {
+            if !was_held {
+                // Announced fresh, then withdrawn: the peer never had it.
+                merged.withdraw.remove(&p);
+            }
+        } else if was_held {
+            merged.held.insert(p.clone());
+            merged.announce.insert(p);
+        } else {
+            if !merged.held.is_empty() {
+                merged.held.remove(&p);
+            }
+            merged.announce.insert(p);
+        }
+    }
+    for p in std::mem::take(&mut pending.withdraw) {
+        if merged.announce.contains(&p) {
+            merged.held.insert(p);
+        } else {
+            merged.withdraw.insert(p);
+        }
+    }
+    *pending = merged;
+}
+
+/// [`merge`] of the tunnel halves: a later item replaces an earlier one.
+fn merge_tunnels<T: Ord>(
+    announce: &mut BTreeSet<T>,
+    withdraw: &mut BTreeSet<T>,
+    mut later_announce: BTreeSet<T>,
+    mut later_withdraw: BTreeSet<T>,
+) {
+    if later_announce.len() + later_withdraw.len()
+        >= announce.len() + withdraw.len()
+    {
+        // Fold the smaller pending update into the later one: what
+        // `later` names wins, the rest of `pending` stays. An item `later`
+        // both withdraws and announces ends up announced; in `pending` no
+        // item is both (merging keeps it so).
+        later_withdraw.retain(|x| !later_announce.contains(x));
+        for x in std::mem::take(announce) {
+            if !later_withdraw.contains(&x) {
+                later_announce.insert(x);
+            }
+        }
+        for x in std::mem::take(withdraw) {
+            if !later_announce.contains(&x) {
+                later_withdraw.insert(x);
+            }
+        }
+        *announce = later_announce;
+        *withdraw = later_withdraw;
+        return;
+    }
+    for x in later_withdraw {
+        announce.remove(&x);
+        withdraw.insert(x);
+    }
+    for x in later_announce {
+        withdraw.remove(&x);
+        announce.insert(x);
     }
 }
 
@@ -586,7 +701,12 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
 /// it holds at most `n`).
 fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
     if pending.len() <= n {
-        return std::mem::take(pending);
+        let mut all = std::mem::take(pending);
+        // A part is what is sent: it marks nothing.
+        if let Some(u) = &mut all.underlay {
+            u.held.clear();
+        }
+        return all;
     }
     /// Move up to `*room` of the first elements of `from` into a new set.
     fn first<T: Ord + Clone>(
@@ -616,6 +736,12 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
     // Any room left means every withdrawal is in this part.
     if let Some(u) = &mut pending.underlay {
         under.announce = first(&mut u.announce, &mut room);
+        // The paths sent are no longer the pending update's to mark.
+        if !u.held.is_empty() {
+            for p in &under.announce {
+                u.held.remove(p);
+            }
+        }
     }
     if let Some(t) = &mut pending.tunnel {
         tun.announce = first(&mut t.announce, &mut room);

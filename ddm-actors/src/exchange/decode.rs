@@ -240,6 +240,7 @@ mod exact {
                 underlay: u.underlay.map(|u| OutUnderlay {
                     announce: u.announce,
                     withdraw: u.withdraw,
+                    held: Default::default(),
                 }),
                 tunnel: u.tunnel.map(W::tunnel).transpose()?,
             })

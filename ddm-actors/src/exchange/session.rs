@@ -34,12 +34,14 @@
 //!   which tells the peer's body limit ([`DEFAULT_PUSH_LIMIT`], 1024 bytes,
 //!   unless the answer announces more). Updates from the router are merged
 //!   into one pending update ([`merge`]: a later withdraw cancels a pending
-//!   announce) and go out one request at a time, in parts cut by
-//!   [`take_chunk`]; an item no push can carry is dropped and counted.
+//!   announce, and of a path the peer does not hold yet nothing is sent)
+//!   and go out one request at a time, in parts cut by [`take_chunk`]; an
+//!   item no push can carry is dropped and counted.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
-//! * **Failures**: a failed push is put back in front of the pending one;
+//! * **Failures**: a failed push is put back in front of the pending one,
+//!   its announcements marked as possibly held (it may have been applied);
 //!   a failed push or pull is retried after [`backoff`]. After
 //!   [`MAX_ATTEMPTS`] consecutive failures, spread over at least
 //!   `give_up_after`, the peer is reported once ([`Effect::ReportFailure`])
@@ -444,6 +446,11 @@ impl Session {
     /// Put an undelivered part back in front of the pending update.
     fn put_back(&mut self, sent: Arc<OutUpdate>) {
         let mut again = unshare(sent);
+        // It may have been applied all the same: the peer may hold what
+        // it announced, so withdrawing that later is no longer a no-op.
+        if let Some(u) = &mut again.underlay {
+            u.mark_held();
+        }
         if let Some(later) = self.pending.take() {
             merge(&mut again, later);
         }

@@ -217,16 +217,17 @@ struct Pending {
 }
 
 impl Pending {
+    /// `pv` enters the peer's view: it does not hold it (every earlier
+    /// push to it withdrew what left its view).
     fn announce_path(&mut self, to: PeerId, pv: OutPath) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        u.withdraw.remove(&pv);
-        u.announce.insert(pv);
+        u.announce_path(pv, false);
     }
 
+    /// `pv` leaves the peer's view.
     fn withdraw_path(&mut self, to: PeerId, pv: OutPath) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        u.announce.remove(&pv);
-        u.withdraw.insert(pv);
+        u.withdraw_path(pv);
     }
 
     fn announce_tunnel(&mut self, to: PeerId, t: TunnelOrigin) {

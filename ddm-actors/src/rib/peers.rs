@@ -155,6 +155,7 @@ impl Rib {
             underlay: Some(ddm_proto::outgoing::OutUnderlay {
                 announce,
                 withdraw,
+                held: BTreeSet::new(),
             }),
             tunnel: Some(ddm_proto::wire::v3::TunnelUpdate {
                 announce: tunnels,

@@ -161,13 +161,18 @@ impl Told {
         stale.sent = 0;
         let mut push = view;
         // What the peer may hold beyond the view is withdrawn by this push,
-        // and remembered again, as in flight, once it is handed over.
-        let withdraw: BTreeSet<OutPath> = {
+        // and remembered again, as in flight, once it is handed over. What
+        // it may hold of the view is marked so: withdrawing it later is
+        // not a no-op.
+        let (held, withdraw): (BTreeSet<OutPath>, BTreeSet<OutPath>) = {
             let announce = push.underlay.as_ref().map(|u| &u.announce);
-            let mut left = std::mem::take(&mut stale.paths);
-            left.retain(|p| !announce.is_some_and(|a| a.contains(p)));
-            left
+            std::mem::take(&mut stale.paths)
+                .into_iter()
+                .partition(|p| announce.is_some_and(|a| a.contains(p)))
         };
+        if !held.is_empty() {
+            push.underlay_mut().held = held;
+        }
         let withdraw_tunnels: BTreeSet<TunnelOrigin> = {
             let announce = push.tunnel.as_ref().map(|t| &t.announce);
             stale

@@ -321,6 +321,12 @@ async fn a_one_sided_reset_loses_nothing() {
     let old = add_peer(&r, 1, RouterKind::Transit).await;
     r.cast(RouterMsg::Originate([p("fd00:1::/64"), p("fd00:2::/64")].into()))
         .unwrap();
+    // Handed over first: withdrawn while still unsent, fd00:2 would never
+    // reach the peer (nor would its withdrawal).
+    until("announcements handed to the old session", || {
+        !old.lock().unwrap().is_empty()
+    })
+    .await;
     r.cast(RouterMsg::Withdraw([p("fd00:2::/64")].into())).unwrap();
     until("withdrawal handed to the old session", || {
         old.lock().unwrap().iter().any(|u| {

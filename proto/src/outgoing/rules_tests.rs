@@ -3,8 +3,9 @@
 
 use super::*;
 
-/// [`merge`](super::merge) on wire updates, through the compact form.
-fn merge(pending: &mut v3::Update, later: v3::Update) {
+/// [`merge`](super::merge) on wire updates, through the compact form
+/// (every announcement fresh).
+fn merge_wire(pending: &mut v3::Update, later: v3::Update) {
     let mut p = OutUpdate::from(&*pending);
     super::merge(&mut p, later.into());
     *pending = p.to_wire();
@@ -73,99 +74,119 @@ fn withdraw(dests: &[&str]) -> v3::Update {
     u
 }
 
+/// The compact form of `u`, as the RIB hands it over: every path it
+/// announces is fresh (the peer does not hold it).
+fn out(u: v3::Update) -> OutUpdate {
+    u.into()
+}
+
 #[test]
 fn merge_has_set_semantics() {
-    let mut p = announce(&["fd00:1::/64", "fd00:2::/64"]);
-    merge(&mut p, withdraw(&["fd00:1::/64", "fd00:3::/64"]));
-    assert_eq!(
-        p.underlay.as_ref().unwrap().announce,
-        [pv("fd00:2::/64", "x")].into()
-    );
-    assert_eq!(
-        p.underlay.as_ref().unwrap().withdraw,
-        [pv("fd00:1::/64", "x"), pv("fd00:3::/64", "x")].into()
-    );
-    merge(&mut p, announce(&["fd00:3::/64"]));
-    let u = p.underlay.as_ref().unwrap();
+    let mut p = out(announce(&["fd00:1::/64", "fd00:2::/64"]));
+    super::merge(&mut p, out(withdraw(&["fd00:1::/64", "fd00:3::/64"])));
+    // fd00:1 was never sent: neither its announcement nor its withdrawal
+    // is.
+    let u = p.to_wire().underlay.unwrap();
+    assert_eq!(u.announce, [pv("fd00:2::/64", "x")].into());
+    assert_eq!(u.withdraw, [pv("fd00:3::/64", "x")].into());
+    // Announced again before its withdrawal was sent: the peer may hold
+    // it, so withdrawing it once more is sent.
+    super::merge(&mut p, out(announce(&["fd00:3::/64"])));
+    let u = p.to_wire().underlay.unwrap();
     assert_eq!(
         u.announce,
         [pv("fd00:2::/64", "x"), pv("fd00:3::/64", "x")].into()
     );
-    assert_eq!(u.withdraw, [pv("fd00:1::/64", "x")].into());
-    assert!(p.tunnel.is_none());
+    assert!(u.withdraw.is_empty());
+    super::merge(&mut p, out(withdraw(&["fd00:3::/64"])));
+    assert_eq!(
+        p.to_wire().underlay.unwrap().withdraw,
+        [pv("fd00:3::/64", "x")].into()
+    );
+    // Marked held (a failed push put back): withdrawn.
+    let mut p = out(announce(&["fd00:4::/64"]));
+    p.underlay_mut().mark_held();
+    super::merge(&mut p, out(withdraw(&["fd00:4::/64"])));
+    assert_eq!(
+        p.to_wire().underlay.unwrap().withdraw,
+        [pv("fd00:4::/64", "x")].into()
+    );
 
+    // Tunnel origins carry no mark: a withdrawal is always sent.
+    let mut p = v3::Update::default();
     let mut later = v3::Update::default();
     later.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
-    merge(&mut p, later);
+    merge_wire(&mut p, later);
     let mut later = v3::Update::default();
     later.tunnel_mut().withdraw.insert(to("10.0.0.0/8", 1));
     later.tunnel_mut().announce.insert(to("10.1.0.0/16", 2));
-    merge(&mut p, later);
+    merge_wire(&mut p, later);
     let t = p.tunnel.as_ref().unwrap();
     assert_eq!(t.announce, [to("10.1.0.0/16", 2)].into());
     assert_eq!(t.withdraw, [to("10.0.0.0/8", 1)].into());
+    assert!(p.underlay.is_none());
 
     // Within one update, withdraws come first (as a receiver applies
     // them): a path in both ends up announced.
     let mut p = v3::Update::default();
     let mut both = announce(&["fd00:9::/64"]);
     both.underlay_mut().withdraw.insert(pv("fd00:9::/64", "x"));
-    merge(&mut p, both);
+    merge_wire(&mut p, both);
     let u = p.underlay.unwrap();
     assert_eq!(u.announce.len(), 1);
     assert!(u.withdraw.is_empty());
 }
 
 proptest::proptest! {
-    /// Merging a sequence of updates leaves each item as the last update
-    /// naming it left it (withdraws before announces within one update),
-    /// whichever of the two ways `merge` takes (folding the later update
-    /// into the pending one, or the pending one into the later).
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// Whatever the peer held before, sending the merged update leaves it
+    /// holding exactly what sending every update in order would, whichever
+    /// of the two ways `merge` takes (folding the later update into the
+    /// pending one, or the pending one into the later). Each update is
+    /// built as the RIB builds its pushes, item by item; an announcement
+    /// is fresh only when the peer does not hold the path after all that
+    /// came before it, as the RIB's are, and otherwise marked held.
     #[test]
-    fn merge_is_the_last_word_on_each_item(
+    fn merge_leaves_the_peer_as_every_update_would(
+        start in proptest::collection::btree_set(0u8..5, 0..5),
         updates in proptest::collection::vec(
-            proptest::collection::vec((0u8..12, 0u8..3), 0..10),
+            proptest::collection::vec((0u8..5, 0u8..3), 0..8),
             1..8,
         )
     ) {
-        let mut merged = v3::Update::default();
-        let mut last: std::collections::BTreeMap<u8, bool> =
-            std::collections::BTreeMap::new();
+        let path = |item: u8| OutPath::from(&pv(&format!("fd00:{item}::/64"), "x"));
+        let mut truth = start.clone();
+        let mut merged = OutUpdate::default();
         for ops in &updates {
-            let mut u = v3::Update::default();
+            let mut u = OutUnderlay::default();
             for &(item, op) in ops {
-                let p = pv(&format!("fd00:{item}::/64"), "x");
-                let under = u.underlay_mut();
-                // 0: withdraw, 1: announce, 2: both.
-                if op != 1 {
-                    under.withdraw.insert(p.clone());
-                }
-                if op != 0 {
-                    under.announce.insert(p);
-                }
-            }
-            for item in 0u8..12 {
-                let p = pv(&format!("fd00:{item}::/64"), "x");
-                let Some(under) = u.underlay.as_ref() else { break };
-                if under.announce.contains(&p) {
-                    last.insert(item, true);
-                } else if under.withdraw.contains(&p) {
-                    last.insert(item, false);
+                // 0: withdraw; 1: announce, fresh if the peer does not
+                // hold it; 2: announce, marked held.
+                if op == 0 {
+                    u.withdraw_path(path(item));
+                    truth.remove(&item);
+                } else {
+                    let fresh = op == 1 && !truth.contains(&item);
+                    u.announce_path(path(item), !fresh);
+                    truth.insert(item);
                 }
             }
-            merge(&mut merged, u);
+            merge(&mut merged, OutUpdate { underlay: Some(u), tunnel: None });
         }
         let under = merged.underlay.unwrap_or_default();
-        for item in 0u8..12 {
-            let p = pv(&format!("fd00:{item}::/64"), "x");
-            let got = match (under.announce.contains(&p), under.withdraw.contains(&p)) {
-                (true, true) => panic!("{p:?} both announced and withdrawn"),
-                (true, false) => Some(true),
-                (false, true) => Some(false),
-                (false, false) => None,
-            };
-            proptest::prop_assert_eq!(got, last.get(&item).copied(), "item {}", item);
+        proptest::prop_assert!(under.held.is_subset(&under.announce));
+        let mut peer = start;
+        for item in 0u8..5 {
+            let (a, w) = (under.announce.contains(&path(item)), under.withdraw.contains(&path(item)));
+            proptest::prop_assert!(!(a && w), "item {} both announced and withdrawn", item);
+            if w {
+                peer.remove(&item);
+            }
+            if a {
+                peer.insert(item);
+            }
         }
+        proptest::prop_assert_eq!(peer, truth);
     }
 }
 
@@ -262,7 +283,7 @@ fn all_parts(
     let mut oversize = v3::Update::default();
     while !pending.is_empty() {
         let (part, over) = take_bounded(&mut pending, bounds);
-        merge(&mut oversize, over);
+        merge_wire(&mut oversize, over);
         if !part.is_empty() {
             parts.push(part);
         }
