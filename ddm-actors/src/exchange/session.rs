@@ -34,7 +34,9 @@
 //!   which tells the peer's body limit ([`DEFAULT_PUSH_LIMIT`], 1024 bytes,
 //!   unless the answer announces more). Updates from the router are merged
 //!   into one pending update ([`merge`]: a later withdraw cancels a pending
-//!   announce, and of a path the peer does not hold yet nothing is sent)
+//!   announce, and of a path the peer does not hold yet nothing is sent;
+//!   once our server has answered a pull of the peer, which carried
+//!   everything we offer, every pending announcement counts as held)
 //!   and go out one request at a time, in parts cut by [`take_chunk`]; an
 //!   item no push can carry is dropped and counted.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
@@ -171,6 +173,7 @@ impl Session {
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
             Input::PeerPulled { session } => {
+                self.answered_pull();
                 self.peer_pulled(session, &mut out)
             }
             Input::Pushed(update) => match &mut self.held {
@@ -248,6 +251,16 @@ impl Session {
         self.pull = Activity { busy: true, timer: false, gen, ..self.pull };
         self.held.get_or_insert_with(Vec::new);
         out.push(Effect::Pull { gen });
+    }
+
+    /// Our server answered a pull of the peer with everything we offer it,
+    /// including what is pending here: the peer may hold that now, so a
+    /// later withdrawal of it must be sent.
+    fn answered_pull(&mut self) {
+        if let Some(u) = self.pending.as_mut().and_then(|p| p.underlay.as_mut())
+        {
+            u.mark_held();
+        }
     }
 
     fn peer_pulled(&mut self, session: Option<u64>, out: &mut Vec<Effect>) {

@@ -544,6 +544,16 @@ impl Actor for Router {
                 trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => {
+                // The answer holds what is still unsent: the peer may hold
+                // it now (the exchange actor marks its own pending update
+                // when its server has sent the answer).
+                if let Some(u) = state
+                    .unsent
+                    .get_mut(&peer)
+                    .and_then(|u| u.underlay.as_mut())
+                {
+                    u.mark_held();
+                }
                 let _ = reply.send(state.rib.pull_response_for(peer));
             }
             RouterMsg::GetRouteCount(reply) => {

@@ -354,6 +354,30 @@ async fn a_one_sided_reset_loses_nothing() {
     assert_eq!(dests, vec![p("fd00:3::/64")]);
 }
 
+/// A pull answered while an announcement is still unsent carries it: its
+/// withdrawal is then sent, though the announcement itself never was.
+#[tokio::test(start_paused = true)]
+async fn a_pull_answer_makes_unsent_announcements_held() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let x = add_peer(&r, 1, RouterKind::Transit).await;
+    // Queued together: the pull is answered between the origination and
+    // the push it collected, and the withdrawal merges into that push.
+    r.cast(RouterMsg::Originate([p("fd00:1::/64")].into())).unwrap();
+    let (tx, rx) = ractor::concurrency::oneshot();
+    r.cast(RouterMsg::PullFor(peer(1), tx.into())).unwrap();
+    r.cast(RouterMsg::Withdraw([p("fd00:1::/64")].into())).unwrap();
+    let answer = rx.await.unwrap().underlay.unwrap();
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    until("the withdrawal pushed", || {
+        x.lock().unwrap().iter().any(|u| {
+            u.underlay.as_ref().is_some_and(|u| {
+                u.withdraw.iter().any(|pv| pv.destination == p("fd00:1::/64"))
+            })
+        })
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn updates_from_unknown_peers_change_nothing() {
     let (r, dp) = router(RouterKind::Server).await;
