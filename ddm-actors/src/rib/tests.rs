@@ -416,6 +416,34 @@ fn transit_re_announces_only_its_shortest_paths() {
     );
 }
 
+/// A path longer than one held comes and goes without a route change or a
+/// push, but is stored: it takes over when the shorter one goes.
+#[test]
+fn a_longer_path_changes_nothing_until_it_is_the_shortest() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 3);
+    let d = "fd00:1::/64";
+    rib.import(peer(1), announce([pv(d, &["a"])])).unwrap();
+    for (p, path) in [(2, ["a", "x"]), (3, ["a", "y"])] {
+        let e = rib.import(peer(p), announce([pv(d, &path)])).unwrap();
+        assert!(e.is_empty(), "{e:?}");
+    }
+    let e = rib.import(peer(3), withdraw([pv(d, &["a", "y"])])).unwrap();
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(rib.imported_paths().count(), 2);
+    let e = rib.peer_down(peer(1));
+    assert_eq!(e.route_updates, vec![route(d, &[peer(2)])]);
+    assert_eq!(
+        pushes(&e).get(&peer(3)),
+        Some(&Update {
+            underlay: Some(UnderlayUpdate {
+                announce: [pv(d, &["a", "x", "me"])].into(),
+                withdraw: [pv(d, &["a", "me"])].into(),
+            }),
+            tunnel: None,
+        })
+    );
+}
+
 #[test]
 fn transit_re_announces_at_most_a_few_paths() {
     let n = u16::try_from(MAX_ADVERTISED_PATHS).unwrap() + 3;

@@ -38,6 +38,20 @@ impl Rib {
                 Entry::Occupied(mut o) => {
                     let offers = o.get_mut();
                     let had = offers.has_peer(slot);
+                    if path.len() > offers.shortest_len() {
+                        // Longer than a path held: neither the ECMP set nor
+                        // what is re-announced changes (a spine hears
+                        // every other rack's detour of each destination).
+                        if !offers.insert(offer) {
+                            self.interner.release(path);
+                            return;
+                        }
+                        state.paths += 1;
+                        if !had {
+                            state.destinations += 1;
+                        }
+                        return;
+                    }
                     let before = offers.nexthops(|s| hop(slots, s));
                     let adv_before = offers.advertised(seed, &dest);
                     if !offers.insert(offer) {
@@ -80,8 +94,17 @@ impl Rib {
         };
         let transit = self.kind == RouterKind::Transit;
         let slot = state.slot;
-        let before = offers.nexthops(|s| hop(&self.slots, s));
-        let adv_before = offers.advertised(seed, &dest);
+        // A path longer than the shortest held changes neither the ECMP set
+        // nor what is re-announced.
+        let longer = path.len() > offers.shortest_len();
+        let (before, adv_before) = if longer {
+            (Nexthops::new(), Vec::new())
+        } else {
+            (
+                offers.nexthops(|s| hop(&self.slots, s)),
+                offers.advertised(seed, &dest),
+            )
+        };
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
@@ -90,6 +113,10 @@ impl Rib {
         state.paths -= 1;
         if !offers.has_peer(slot) {
             state.destinations -= 1;
+        }
+        if longer {
+            self.interner.release(stored);
+            return;
         }
         let adv_after = offers.advertised(seed, &dest);
         if offers.is_empty() {
