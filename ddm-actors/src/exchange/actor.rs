@@ -153,6 +153,8 @@ pub enum ExchangeMsg {
     Push(OutUpdate),
     /// Pull the peer's full set again and hand it to the router (sync).
     Pull,
+    /// The router answered a pull of the peer ([`PeerCmd::Answered`]).
+    Answered,
     /// The peer pushed this update to our server (from the server task).
     /// Passed on to the router with its permit, or held back while a pull
     /// is out (the permit is given back then).
@@ -197,6 +199,7 @@ impl From<PeerCmd> for ExchangeMsg {
         match cmd {
             PeerCmd::Push(update) => ExchangeMsg::Push(update),
             PeerCmd::Pull => ExchangeMsg::Pull,
+            PeerCmd::Answered => ExchangeMsg::Answered,
         }
     }
 }
@@ -208,6 +211,7 @@ impl TryFrom<ExchangeMsg> for PeerCmd {
         match msg {
             ExchangeMsg::Push(update) => Ok(PeerCmd::Push(update)),
             ExchangeMsg::Pull => Ok(PeerCmd::Pull),
+            ExchangeMsg::Answered => Ok(PeerCmd::Answered),
             other => Err(other),
         }
     }
@@ -524,6 +528,7 @@ impl Actor for Exchange {
         let input = match msg {
             ExchangeMsg::Push(update) => Input::Push(update),
             ExchangeMsg::Pull => Input::Pull,
+            ExchangeMsg::Answered => Input::Answered,
             ExchangeMsg::Pushed(update, permit) => {
                 state.permit = permit;
                 Input::Pushed(update)

@@ -35,10 +35,13 @@
 //!   unless the answer announces more). Updates from the router are merged
 //!   into one pending update ([`merge`]: a later withdraw cancels a pending
 //!   announce, and of a path the peer does not hold yet nothing is sent;
-//!   once our server has answered a pull of the peer, which carried
-//!   everything we offer, every pending announcement counts as held)
+//!   once the router has answered a pull of the peer, which carried
+//!   everything we offer, every pending announcement counts as held:
+//!   [`Input::Answered`], in order with the router's pushes)
 //!   and go out one request at a time, in parts cut by [`take_chunk`]; an
-//!   item no push can carry is dropped and counted.
+//!   item no push can carry is dropped and counted (a path whose
+//!   withdrawal was dropped is marked held when announced again: the peer
+//!   may still hold it).
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -52,20 +55,28 @@
 //!   told how many of its pushes were handled ([`Effect::Delivered`]).
 //! * Requests and timers carry a generation; a stale one is ignored.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::session_io::{
     Counter, DropReason, Effect, Failure, Input, PullAnswer, TimerKind,
 };
+
 use ddm_proto::outgoing::{
-    merge, take_chunk, Chunk, OutUpdate, PushBounds, DEFAULT_PUSH_LIMIT,
+    merge, take_chunk, Chunk, OutPath, OutUpdate, PushBounds,
+    DEFAULT_PUSH_LIMIT,
 };
 use ddm_proto::Version;
 
 // The back-off is the crate's one (`crate::timer`), re-exported here
 // where the session's rules use it.
 pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
+/// Most paths whose dropped withdrawal a session remembers one by one
+/// ([`Session`]'s `dropped`); past it, every later announcement counts as
+/// held, which costs bytes only.
+const MAX_DROPPED: usize = 65_536;
+
 /// Consecutive failed pushes (or pulls) after which the peer is reported
 /// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
 /// time.
@@ -122,6 +133,10 @@ pub struct Session {
     push_limit: usize,
     /// After a refusal as too large: at most this many items per push.
     split_items: Option<usize>,
+    /// Paths whose withdrawal was dropped (no push could carry it): the
+    /// peer may still hold them, so an announcement of one is marked held.
+    /// Past [`MAX_DROPPED`] paths, every announcement is (`None`).
+    dropped: Option<BTreeSet<OutPath>>,
     /// How many pushes the router gave.
     received: u64,
     /// Whether the current failure streak was reported.
@@ -151,6 +166,7 @@ impl Session {
             pull_back: None,
             push_limit: DEFAULT_PUSH_LIMIT,
             split_items: None,
+            dropped: Some(BTreeSet::new()),
             received: 0,
             reported: false,
             failing_since: None,
@@ -172,8 +188,8 @@ impl Session {
             }
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
+            Input::Answered => self.answered_pull(),
             Input::PeerPulled { session } => {
-                self.answered_pull();
                 self.peer_pulled(session, &mut out)
             }
             Input::Pushed(update) => match &mut self.held {
@@ -253,7 +269,7 @@ impl Session {
         out.push(Effect::Pull { gen });
     }
 
-    /// Our server answered a pull of the peer with everything we offer it,
+    /// The router answered a pull of the peer with everything we offer it,
     /// including what is pending here: the peer may hold that now, so a
     /// later withdrawal of it must be sent.
     fn answered_pull(&mut self) {
@@ -342,8 +358,21 @@ impl Session {
         }
     }
 
-    fn queue(&mut self, update: OutUpdate, out: &mut Vec<Effect>) {
+    fn queue(&mut self, mut update: OutUpdate, out: &mut Vec<Effect>) {
         self.received += 1;
+        if let Some(u) = update.underlay.as_mut() {
+            match &mut self.dropped {
+                None => u.mark_held(),
+                Some(d) if d.is_empty() => {}
+                Some(d) => {
+                    for p in &u.announce {
+                        if d.remove(p) {
+                            u.held.insert(p.clone());
+                        }
+                    }
+                }
+            }
+        }
         if !update.is_empty() {
             match &mut self.pending {
                 Some(p) => merge(p, update),
@@ -380,6 +409,7 @@ impl Session {
             self.pending = None;
         }
         if !oversize.is_empty() {
+            self.remember_dropped(&oversize);
             out.push(Effect::Dropped {
                 why: DropReason::OverLimit,
                 limit: self.push_limit,
@@ -426,6 +456,7 @@ impl Session {
                     let items = sent.len();
                     out.push(Effect::Refused { items, error });
                     if items <= 1 {
+                        self.remember_dropped(&sent);
                         out.push(Effect::Dropped {
                             why: DropReason::RefusedAlone,
                             limit: self.push_limit,
@@ -453,6 +484,17 @@ impl Session {
                 self.check_report(now, out);
                 self.schedule(TimerKind::Push, out);
             }
+        }
+    }
+
+    /// Remember the paths `dropped` withdraws (see [`Session::dropped`]).
+    fn remember_dropped(&mut self, dropped: &OutUpdate) {
+        let (Some(u), Some(d)) = (&dropped.underlay, &mut self.dropped) else {
+            return;
+        };
+        d.extend(u.withdraw.iter().cloned());
+        if d.len() > MAX_DROPPED {
+            self.dropped = None;
         }
     }
 

@@ -83,6 +83,10 @@ pub enum Input {
     Push(#[serde(with = "wire_update")] OutUpdate),
     /// Pull the peer's full set again (from the router).
     Pull,
+    /// The router answered a pull of the peer (in order with its pushes):
+    /// the answer carried everything handed over before, so the peer may
+    /// hold what that announces.
+    Answered,
     /// The peer pushed this update to our server.
     Pushed(#[serde(with = "wire_update")] OutUpdate),
     /// Our server answered a pull from the peer. It may be the first pull

@@ -63,6 +63,10 @@ pub enum PeerCmd {
     Push(OutUpdate),
     /// Pull the peer's full set again (sync).
     Pull,
+    /// The router answered a pull of the peer: every push handed over
+    /// before this was in the answer, so the peer may hold what they
+    /// announce (in order with the pushes; see `Session`).
+    Answered,
 }
 
 /// A peer's exchange actor, as the router sees it.
@@ -333,6 +337,15 @@ impl RouterState {
 }
 
 impl RouterState {
+    /// Drop what was collected for `peer`'s session, which ended: what it
+    /// withdraws the peer may still hold, so it is remembered as if
+    /// handed over ([`Told`]), for the next session to withdraw.
+    fn drop_unsent(&mut self, peer: PeerId) {
+        if let Some(u) = self.unsent.remove(&peer) {
+            self.told.pushed(peer, &u);
+        }
+    }
+
     /// Hand every collected push to its peer's exchange actor (every
     /// peer in `unsent` has one: a peer going down or coming up again
     /// leaves it).
@@ -357,6 +370,7 @@ impl RouterState {
             }
             Some(_) => {
                 // Replaced without a `PeerDown`: the old session ended.
+                self.drop_unsent(peer);
                 let view = self.rib.view_for(peer);
                 self.told.session_down(peer, view);
             }
@@ -364,7 +378,7 @@ impl RouterState {
         }
         info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
         // What was collected for an earlier session is in the view.
-        self.unsent.remove(&peer);
+        self.drop_unsent(peer);
         self.rib.peer_up(peer, kind);
         let push = self.told.session_up(peer, self.rib.view_for(peer));
         if !push.is_empty() {
@@ -512,7 +526,7 @@ impl Actor for Router {
                 state.peer_up(peer, kind, exchange);
             }
             RouterMsg::PeerDown(peer) => {
-                state.unsent.remove(&peer);
+                state.drop_unsent(peer);
                 if state.exchanges.remove(&peer).is_some() {
                     info!(state.log, "peer down"; "peer" => %peer);
                     let view = state.rib.view_for(peer);
@@ -544,15 +558,19 @@ impl Actor for Router {
                 trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => {
-                // The answer holds what is still unsent: the peer may hold
-                // it now (the exchange actor marks its own pending update
-                // when its server has sent the answer).
+                // The answer holds everything we offer, including what is
+                // still unsent here or pending in the exchange actor: the
+                // peer may hold that now. The exchange actor hears it in
+                // order with the pushes handed over so far.
                 if let Some(u) = state
                     .unsent
                     .get_mut(&peer)
                     .and_then(|u| u.underlay.as_mut())
                 {
                     u.mark_held();
+                }
+                if let Some(x) = state.exchanges.get(&peer) {
+                    let _ = x.send_message(PeerCmd::Answered);
                 }
                 let _ = reply.send(state.rib.pull_response_for(peer));
             }

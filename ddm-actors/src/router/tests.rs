@@ -8,7 +8,9 @@ use crate::dataplane::{RouteUpdate, TunnelEntry};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A stand-in exchange actor that records what the router pushes.
+/// A stand-in exchange actor that records what the router pushes, and an
+/// empty update where the router says it answered a pull
+/// ([`PeerCmd::Answered`]; the router never pushes an empty update).
 struct FakeExchange;
 
 type Pushed = Arc<Mutex<Vec<v3::Update>>>;
@@ -32,8 +34,12 @@ impl Actor for FakeExchange {
         msg: PeerCmd,
         pushed: &mut Pushed,
     ) -> Result<(), ActorProcessingErr> {
-        if let PeerCmd::Push(u) = msg {
-            pushed.lock().unwrap().push(u.to_wire());
+        match msg {
+            PeerCmd::Push(u) => pushed.lock().unwrap().push(u.to_wire()),
+            PeerCmd::Answered => {
+                pushed.lock().unwrap().push(v3::Update::default())
+            }
+            PeerCmd::Pull => {}
         }
         Ok(())
     }
@@ -376,6 +382,56 @@ async fn a_pull_answer_makes_unsent_announcements_held() {
         })
     })
     .await;
+}
+
+/// The exchange actor hears that a pull was answered in order with the
+/// pushes: after every push handed over before the answer, before any
+/// handed over after it.
+#[tokio::test(start_paused = true)]
+async fn a_pull_answer_is_told_in_order_with_the_pushes() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let x = add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Originate([p("fd00:1::/64")].into())).unwrap();
+    until("pushed", || !x.lock().unwrap().is_empty()).await;
+    ractor::call!(r, RouterMsg::PullFor, peer(1)).unwrap();
+    r.cast(RouterMsg::Originate([p("fd00:2::/64")].into())).unwrap();
+    until("pushed again", || x.lock().unwrap().len() == 3).await;
+    let got = x.lock().unwrap().clone();
+    let dests = |u: &v3::Update| -> Vec<Ipv6Net> {
+        u.underlay
+            .iter()
+            .flat_map(|u| &u.announce)
+            .map(|pv| pv.destination)
+            .collect()
+    };
+    assert_eq!(dests(&got[0]), [p("fd00:1::/64")]);
+    assert_eq!(got[1], v3::Update::default(), "the answer's mark");
+    assert_eq!(dests(&got[2]), [p("fd00:2::/64")]);
+}
+
+/// A withdrawal collected but not handed over when the session ends is
+/// remembered: the next session withdraws it (the peer may hold the path
+/// from the session before).
+#[tokio::test(start_paused = true)]
+async fn a_withdrawal_unsent_at_session_end_is_sent_to_the_next() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let old = add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Originate([p("fd00:1::/64"), p("fd00:2::/64")].into()))
+        .unwrap();
+    until("announced", || !old.lock().unwrap().is_empty()).await;
+    // Queued together: the peer goes down before the withdrawal's push is
+    // handed over.
+    r.cast(RouterMsg::Withdraw([p("fd00:1::/64")].into())).unwrap();
+    r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+    let new = add_peer(&r, 1, RouterKind::Transit).await;
+    until("resync pushed", || !new.lock().unwrap().is_empty()).await;
+    let first = new.lock().unwrap()[0].clone();
+    let u = first.underlay.unwrap();
+    let dests = |s: &BTreeSet<PathVector>| {
+        s.iter().map(|pv| pv.destination).collect::<Vec<_>>()
+    };
+    assert_eq!(dests(&u.withdraw), [p("fd00:1::/64")]);
+    assert_eq!(dests(&u.announce), [p("fd00:2::/64")]);
 }
 
 #[tokio::test(start_paused = true)]
