@@ -190,6 +190,84 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+    /// The whole life of a pending update against a model peer: updates
+    /// merged in as the RIB builds them, parts sent, parts that fail
+    /// (applied by the peer or not) and are put back marked held, and pull
+    /// answers (the peer takes our whole view, the pending update is
+    /// marked held). Once all is sent, the peer holds exactly our view.
+    #[test]
+    fn a_pending_update_leaves_the_peer_with_our_view(
+        start in proptest::collection::btree_set(0u8..5, 0..5),
+        ops in proptest::collection::vec((0u8..6, 0u8..5, proptest::bool::ANY), 0..40),
+    ) {
+        let path = |item: u8| OutPath::from(&pv(&format!("fd00:{item}::/64"), "x"));
+        let item_of = |p: &OutPath| -> u8 {
+            let seg = p.destination().addr().segments()[1];
+            u8::try_from(seg).unwrap()
+        };
+        let apply = |peer: &mut BTreeSet<u8>, u: &OutUpdate| {
+            if let Some(u) = &u.underlay {
+                assert!(u.announce.is_disjoint(&u.withdraw));
+                for p in &u.withdraw {
+                    peer.remove(&item_of(p));
+                }
+                for p in &u.announce {
+                    peer.insert(item_of(p));
+                }
+            }
+        };
+        let bounds = |items| PushBounds { items, bytes: usize::MAX, version: Version::V3 };
+        // What the peer holds, and our view: what it holds once all is sent.
+        let (mut peer, mut view) = (start.clone(), start);
+        let mut pending = OutUpdate::default();
+        for (op, item, flag) in ops {
+            let mut u = OutUnderlay::default();
+            match op {
+                0 => {
+                    u.withdraw_path(path(item));
+                    view.remove(&item);
+                }
+                1 | 2 => {
+                    let fresh = op == 1 && !view.contains(&item);
+                    u.announce_path(path(item), !fresh);
+                    view.insert(item);
+                }
+                3 => {
+                    peer = view.clone();
+                    if let Some(u) = pending.underlay.as_mut() {
+                        u.mark_held();
+                    }
+                }
+                _ => {
+                    let part = super::take_chunk(&mut pending, bounds(usize::from(item) + 1)).part;
+                    // 4: delivered; 5: failed, applied by the peer or not.
+                    if op == 4 || flag {
+                        apply(&mut peer, &part);
+                    }
+                    if op == 5 {
+                        let mut again = part;
+                        if let Some(u) = again.underlay.as_mut() {
+                            u.mark_held();
+                        }
+                        merge(&mut again, std::mem::take(&mut pending));
+                        pending = again;
+                    }
+                }
+            }
+            if !u.is_empty() {
+                merge(&mut pending, OutUpdate { underlay: Some(u), tunnel: None });
+            }
+        }
+        while !pending.is_empty() {
+            let part = super::take_chunk(&mut pending, bounds(2)).part;
+            apply(&mut peer, &part);
+        }
+        proptest::prop_assert_eq!(peer, view);
+    }
+}
+
 /// An update announcing `n` paths under `fd00::/16` and withdrawing
 /// `w` under `fd01::/16`.
 fn big(n: usize, w: usize) -> v3::Update {
