@@ -214,7 +214,14 @@ struct Pending {
     tunnel_prefixes: BTreeSet<IpNet>,
     /// Updates to push, by peer.
     pushes: BTreeMap<PeerId, OutUpdate>,
+    /// Destinations whose re-announced candidates changed, with them
+    /// before and after the step ([`Rib::readvertise`], at the end).
+    readvertised: Vec<Readvertised>,
 }
+
+/// A destination and its ranked re-announced candidates before and after
+/// one step of an operation.
+type Readvertised = (Ipv6Net, Vec<Offer>, Vec<Offer>);
 
 impl Pending {
     /// `pv` enters the peer's view: it does not hold it (every earlier
@@ -454,7 +461,9 @@ impl Rib {
 
     // ---- tunnels ----
 
-    fn finish(&mut self, pending: Pending) -> Effects {
+    fn finish(&mut self, mut pending: Pending) -> Effects {
+        let readvertised = std::mem::take(&mut pending.readvertised);
+        self.readvertise(readvertised, &mut pending);
         // Keep the first snapshot of each destination (the sort is stable)
         // and turn it, in place, into the destination's new set.
         let mut route_updates = pending.touched;

@@ -45,11 +45,10 @@ impl Rib {
         let slot = state.slot;
         let transit = self.kind == RouterKind::Transit;
         let mut gone: Vec<Path> = Vec::with_capacity(state.paths);
-        let mut readvertise: Vec<(Ipv6Net, Vec<Offer>, Vec<Offer>)> =
-            Vec::new();
         if state.paths > 0 {
             let seed = self.readvertise_seed();
             let touched = &mut pending.touched;
+            let readvertised = &mut pending.readvertised;
             let slots = &self.slots;
             self.routes.retain(|dest, offers| {
                 if !offers.has_peer(slot) {
@@ -62,13 +61,10 @@ impl Rib {
                     .push(RouteUpdate { destination: *dest, nexthops: before });
                 if transit {
                     let adv_after = offers.advertised(seed, dest);
-                    readvertise.push((*dest, adv_before, adv_after));
+                    readvertised.push((*dest, adv_before, adv_after));
                 }
                 !offers.is_empty()
             });
-        }
-        for (dest, before, after) in readvertise {
-            self.readvertise(dest, &before, &after, &mut pending);
         }
         for path in gone {
             self.interner.release(path);
