@@ -487,14 +487,31 @@ impl Session {
         }
     }
 
-    /// Remember the paths `dropped` withdraws (see [`Session::dropped`]).
+    /// The paths `dropped` withdraws may stay with the peer: an
+    /// announcement of one already pending is marked held, and one queued
+    /// later will be (see [`Session::dropped`]).
     fn remember_dropped(&mut self, dropped: &OutUpdate) {
-        let (Some(u), Some(d)) = (&dropped.underlay, &mut self.dropped) else {
+        let Some(u) = &dropped.underlay else {
             return;
         };
-        d.extend(u.withdraw.iter().cloned());
-        if d.len() > MAX_DROPPED {
-            self.dropped = None;
+        let mut pending =
+            self.pending.as_mut().and_then(|p| p.underlay.as_mut());
+        for p in &u.withdraw {
+            match pending.as_deref_mut() {
+                Some(q) if q.announce.contains(p) => {
+                    q.held.insert(p.clone());
+                }
+                _ => {
+                    let Some(d) = &mut self.dropped else {
+                        return;
+                    };
+                    if d.len() >= MAX_DROPPED {
+                        self.dropped = None;
+                        return;
+                    }
+                    d.insert(p.clone());
+                }
+            }
         }
     }
 

@@ -25,8 +25,9 @@
 //! * per overlay prefix, tunnel routes with a positive metric win; only when
 //!   none has one are the metric-0 routes used.
 //!
-//! Cost: announcing or withdrawing k paths costs O(k) expected (plus the
-//! number of peers on a transit router, to decide whom to tell); a peer
+//! Cost: announcing or withdrawing k paths costs O(k) expected, plus, on a
+//! transit router, sorting the destinations whose re-announcement changed
+//! (usually already in order) and telling each peer of them; a peer
 //! going down costs one pass over the destination table. Memory:
 //! hostnames and paths are interned, and every destination is one entry of
 //! one (sharded) hash table whose value holds its (peer slot, path) offers,

@@ -5,8 +5,8 @@
 //! /peers/{addr}`, a carrier flap only we saw, failing pushes) while the
 //! peer's own session with us never leaves Exchange. The peer then never
 //! pulls again, and keeps whatever we told it, including paths we withdrew
-//! while the session was down and withdrawals that were still queued in the
-//! old session's exchange actor when it stopped.
+//! while the session was down and withdrawals that were still queued (in
+//! the router, or in the old session's exchange actor) when it stopped.
 //!
 //! So whenever a session with a peer starts, we push it its whole view
 //! ([`crate::rib::Rib::view_for`]) and withdraw everything it may still hold
@@ -87,8 +87,10 @@ impl Told {
         Told::default()
     }
 
-    /// A push to `peer`'s current session is handed to its exchange actor;
-    /// returns the push's sequence number in that session.
+    /// A push to `peer`'s current session is handed to its exchange actor
+    /// (or, collected when the session ended, dropped unsent: what it
+    /// withdraws is remembered all the same); returns the push's sequence
+    /// number in that session.
     ///
     /// A path it announces is no longer remembered from an ended session;
     /// a withdrawal of it still in flight stays remembered until delivered

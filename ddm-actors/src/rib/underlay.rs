@@ -109,7 +109,8 @@ impl Rib {
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
-        // Only `stored` may keep the path alive now (see `release`).
+        // The interner counts its holders itself (see `release`): the
+        // candidates kept for re-announcing may hold the path a while yet.
         drop(path);
         state.paths -= 1;
         if !offers.has_peer(slot) {
