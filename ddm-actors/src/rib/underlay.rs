@@ -29,45 +29,44 @@ impl Rib {
         let path = self.interner.intern(path);
         let offer = Offer { peer: slot, path: Arc::clone(&path) };
         let slots = &self.slots;
-        let (before, adv_before, adv_after, new_dest) =
-            match self.routes.shard_mut(&dest).entry(dest) {
-                Entry::Vacant(v) => {
-                    let offers = v.insert(Offers::One(offer));
-                    let after = offers.advertised(seed, &dest);
-                    (Nexthops::new(), Vec::new(), after, true)
+        // The ECMP set and the re-announced candidates before the path
+        // joins, and after: none for a path longer than one held, which
+        // changes neither (a spine hears every other rack's detour of
+        // each destination).
+        let (change, new_dest) = match self.routes.shard_mut(&dest).entry(dest)
+        {
+            Entry::Vacant(v) => {
+                let offers = v.insert(Offers::One(offer));
+                let after = offers.advertised(seed, &dest);
+                (Some((Nexthops::new(), Vec::new(), after)), true)
+            }
+            Entry::Occupied(mut o) => {
+                let offers = o.get_mut();
+                let had = offers.has_peer(slot);
+                let before = (path.len() <= offers.shortest_len()).then(|| {
+                    (
+                        offers.nexthops(|s| hop(slots, s)),
+                        offers.advertised(seed, &dest),
+                    )
+                });
+                if !offers.insert(offer) {
+                    // Already known: idempotent.
+                    self.interner.release(path);
+                    return;
                 }
-                Entry::Occupied(mut o) => {
-                    let offers = o.get_mut();
-                    let had = offers.has_peer(slot);
-                    if path.len() > offers.shortest_len() {
-                        // Longer than a path held: neither the ECMP set nor
-                        // what is re-announced changes (a spine hears
-                        // every other rack's detour of each destination).
-                        if !offers.insert(offer) {
-                            self.interner.release(path);
-                            return;
-                        }
-                        state.paths += 1;
-                        if !had {
-                            state.destinations += 1;
-                        }
-                        return;
-                    }
-                    let before = offers.nexthops(|s| hop(slots, s));
-                    let adv_before = offers.advertised(seed, &dest);
-                    if !offers.insert(offer) {
-                        // Already known: idempotent.
-                        self.interner.release(path);
-                        return;
-                    }
-                    let adv_after = offers.advertised(seed, &dest);
-                    (before, adv_before, adv_after, !had)
-                }
-            };
+                let change = before.map(|(nexthops, adv)| {
+                    (nexthops, adv, offers.advertised(seed, &dest))
+                });
+                (change, !had)
+            }
+        };
         state.paths += 1;
         if new_dest {
             state.destinations += 1;
         }
+        let Some((before, adv_before, adv_after)) = change else {
+            return;
+        };
         pending
             .touched
             .push(RouteUpdate { destination: dest, nexthops: before });
@@ -96,16 +95,13 @@ impl Rib {
         let transit = self.kind == RouterKind::Transit;
         let slot = state.slot;
         // A path longer than the shortest held changes neither the ECMP set
-        // nor what is re-announced.
-        let longer = path.len() > offers.shortest_len();
-        let (before, adv_before) = if longer {
-            (Nexthops::new(), Vec::new())
-        } else {
+        // nor what is re-announced: nothing to compare before and after.
+        let before = (path.len() <= offers.shortest_len()).then(|| {
             (
                 offers.nexthops(|s| hop(&self.slots, s)),
                 offers.advertised(seed, &dest),
             )
-        };
+        });
         let Some(stored) = offers.remove(slot, &path) else {
             return;
         };
@@ -116,19 +112,17 @@ impl Rib {
         if !offers.has_peer(slot) {
             state.destinations -= 1;
         }
-        if longer {
-            self.interner.release(stored);
-            return;
-        }
-        let adv_after = offers.advertised(seed, &dest);
-        if offers.is_empty() {
-            self.routes.remove(&dest);
-        }
-        pending
-            .touched
-            .push(RouteUpdate { destination: dest, nexthops: before });
-        if transit {
-            pending.readvertised.push((dest, adv_before, adv_after));
+        if let Some((before, adv_before)) = before {
+            let adv_after = offers.advertised(seed, &dest);
+            if offers.is_empty() {
+                self.routes.remove(&dest);
+            }
+            pending
+                .touched
+                .push(RouteUpdate { destination: dest, nexthops: before });
+            if transit {
+                pending.readvertised.push((dest, adv_before, adv_after));
+            }
         }
         self.interner.release(stored);
     }
