@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use oxnet::Ipv6Net;
@@ -327,6 +327,14 @@ impl OutUpdate {
             + self.tunnel.as_ref().map_or(0, v3::TunnelUpdate::len)
     }
 
+    /// Every path this update announces may be held by the peer already
+    /// ([`OutUnderlay::mark_held`]).
+    pub fn mark_held(&mut self) {
+        if let Some(u) = &mut self.underlay {
+            u.mark_held();
+        }
+    }
+
     /// The underlay half, created empty if absent.
     pub fn underlay_mut(&mut self) -> &mut OutUnderlay {
         self.underlay.get_or_insert_with(Default::default)
@@ -444,6 +452,21 @@ pub fn merge(pending: &mut OutUpdate, later: OutUpdate) {
     if let Some(t) = later.tunnel {
         let p = pending.tunnel_mut();
         merge_tunnels(&mut p.announce, &mut p.withdraw, t.announce, t.withdraw);
+    }
+}
+
+/// [`merge`] `later` into the update `updates` holds for `key`, or make it
+/// that update.
+pub fn merge_into<K: Ord>(
+    updates: &mut BTreeMap<K, OutUpdate>,
+    key: K,
+    later: OutUpdate,
+) {
+    match updates.entry(key) {
+        btree_map::Entry::Vacant(v) => {
+            v.insert(later);
+        }
+        btree_map::Entry::Occupied(mut o) => merge(o.get_mut(), later),
     }
 }
 

@@ -273,9 +273,8 @@ impl Session {
     /// including what is pending here: the peer may hold that now, so a
     /// later withdrawal of it must be sent.
     fn answered_pull(&mut self) {
-        if let Some(u) = self.pending.as_mut().and_then(|p| p.underlay.as_mut())
-        {
-            u.mark_held();
+        if let Some(p) = &mut self.pending {
+            p.mark_held();
         }
     }
 
@@ -520,9 +519,7 @@ impl Session {
         let mut again = unshare(sent);
         // It may have been applied all the same: the peer may hold what
         // it announced, so withdrawing that later is no longer a no-op.
-        if let Some(u) = &mut again.underlay {
-            u.mark_held();
-        }
+        again.mark_held();
         if let Some(later) = self.pending.take() {
             merge(&mut again, later);
         }

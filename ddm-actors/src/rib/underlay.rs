@@ -1,7 +1,7 @@
 //! Underlay paths: announcing, withdrawing and re-advertising them.
 
 use super::*;
-use ddm_proto::outgoing::{merge, OutUnderlay};
+use ddm_proto::outgoing::{merge_into, OutUnderlay};
 
 impl Rib {
     pub(super) fn underlay_announce(
@@ -199,14 +199,7 @@ impl Rib {
                 }),
                 tunnel: None,
             };
-            match pending.pushes.entry(*id) {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(told);
-                }
-                std::collections::btree_map::Entry::Occupied(mut o) => {
-                    merge(o.get_mut(), told);
-                }
-            }
+            merge_into(&mut pending.pushes, *id, told);
         }
     }
 }

@@ -313,14 +313,7 @@ impl RouterState {
     fn carry_out(&mut self, effects: Effects) {
         for (peer, update) in effects.pushes {
             if self.exchanges.contains_key(&peer) {
-                match self.unsent.entry(peer) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(update);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        ddm_proto::outgoing::merge(o.get_mut(), update);
-                    }
-                }
+                ddm_proto::outgoing::merge_into(&mut self.unsent, peer, update);
             } else {
                 debug!(self.log, "push to a peer without exchange";
                     "peer" => %peer);
@@ -351,9 +344,14 @@ impl RouterState {
     /// leaves it).
     fn flush(&mut self) {
         for (peer, update) in std::mem::take(&mut self.unsent) {
-            if let Some(x) = self.exchanges.get(&peer) {
-                send_push(&mut self.told, &self.log, peer, x, update);
-            }
+            self.hand_over(peer, update);
+        }
+    }
+
+    /// Hand `update` to `peer`'s exchange actor, if it has one.
+    fn hand_over(&mut self, peer: PeerId, update: OutUpdate) {
+        if let Some(x) = self.exchanges.get(&peer) {
+            send_push(&mut self.told, &self.log, peer, x, update);
         }
     }
 
@@ -560,14 +558,12 @@ impl Actor for Router {
             RouterMsg::PullFor(peer, reply) => {
                 // The answer holds everything we offer, including what is
                 // still unsent here or pending in the exchange actor: the
-                // peer may hold that now. The exchange actor hears it in
-                // order with the pushes handed over so far.
-                if let Some(u) = state
-                    .unsent
-                    .get_mut(&peer)
-                    .and_then(|u| u.underlay.as_mut())
-                {
-                    u.mark_held();
+                // peer may hold that now. What is collected for it is
+                // handed over first, and the exchange actor, which marks
+                // its pending update held, hears of the answer in order
+                // after it.
+                if let Some(u) = state.unsent.remove(&peer) {
+                    state.hand_over(peer, u);
                 }
                 if let Some(x) = state.exchanges.get(&peer) {
                     let _ = x.send_message(PeerCmd::Answered);
