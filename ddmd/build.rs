@@ -48,10 +48,11 @@ fn main() {
 }
 
 /// Whether rustc links this target with its own LLD: Rust 1.90 or later,
-/// and no linker chosen by the configuration or the flags.
+/// and no linker chosen by the configuration or the flags (Cargo resolves
+/// a configured linker, from the environment or a config file, into
+/// `RUSTC_LINKER`).
 fn links_with_rust_lld() -> bool {
-    let chosen = env::var_os("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER")
-        .is_some()
+    let chosen = env::var_os("RUSTC_LINKER").is_some()
         || env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| {
             ["linker", "fuse-ld", "link-self-contained"]
                 .iter()

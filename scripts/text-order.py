@@ -24,6 +24,7 @@ import sys
 # callgrind names a function's recursive activations NAME'2, NAME'3, ...
 RECURSION = re.compile(r"'\d+$")
 NAMED = re.compile(r"^(c?ob|c?fn|c?fl|fi|fe)=(?:\((\d+)\))?\s*(.*)$")
+POSITION = re.compile(r"^([+-]?\d+|\*)$")
 
 
 def self_costs(path, cost):
@@ -67,7 +68,7 @@ def self_costs(path, cost):
                 continue
             parts = line.split()
             if (fn is not None and len(parts) >= 2 and parts[1].isdigit()
-                    and re.match(r"^([+-]?\d+|\*)$", parts[0])):
+                    and POSITION.match(parts[0])):
                 cost[(ob, fn)] += int(parts[1])
 
 
