@@ -37,9 +37,10 @@
 //! Pushes are paced by the router: a push is read and decoded once it has
 //! one of [`IMPORTS_IN_FLIGHT`] permits per peer, which the update carries
 //! to the router and which is given back once the router has imported it
-//! (or dropped, if the update is). A peer whose pushes the router has not
-//! taken in yet waits, unread, so decoded updates do not pile up in the
-//! actors' mailboxes. It waits at most half the exchange timeout
+//! and its dataplane worker has taken the routes that changed (or dropped,
+//! if the update is). A peer whose pushes the router has not taken in yet
+//! waits, unread, so decoded updates do not pile up in the actors'
+//! mailboxes, nor route changes in front of a kernel that is behind. It waits at most half the exchange timeout
 //! ([`PACING_WAIT`]): a push is never refused for a slow router (the peer would
 //! count that as a failure, and enough of them end the session), it is
 //! taken without a permit instead, as before pacing.
@@ -172,15 +173,16 @@ pub struct ServerCtx {
     pub timeout: Duration,
     /// The actor's counters.
     pub stats: Arc<Stats>,
-    /// [`IMPORTS_IN_FLIGHT`] permits: pushes decoded and not yet imported.
+    /// [`IMPORTS_IN_FLIGHT`] permits: pushes decoded and not yet imported
+    /// (with their routes taken by the dataplane worker).
     pub imports: Arc<Semaphore>,
     /// Logger.
     pub log: Logger,
 }
 
 /// How many pushes of one peer may be decoded and not yet imported by the
-/// router: two, so that the peer sends its next push while the router
-/// imports the last.
+/// router (and their routes taken by its dataplane worker): two, so that
+/// the peer sends its next push while the router imports the last.
 ///
 /// Before, a push was answered as soon as it was decoded, and nothing
 /// bounded how many decoded updates waited in the exchange actor's and the

@@ -546,8 +546,11 @@ impl Actor for Router {
             RouterMsg::Import { peer, update, permit } => {
                 let size = update.underlay.as_ref().map_or(0, OutUnderlay::len);
                 state.import(peer, update);
-                // Imported: the peer's server may take its next push.
-                drop(permit);
+                // The peer's server may take its next push once the routes
+                // this import changed are programmed.
+                if let Some(p) = permit {
+                    let _ = state.dataplane.send(DataplaneCmd::Release(p));
+                }
                 trim_after(size);
             }
             RouterMsg::PullResult { peer, response } => {

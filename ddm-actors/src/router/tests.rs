@@ -173,6 +173,99 @@ async fn an_import_gives_its_permit_back() {
     drop(dp);
 }
 
+/// A dataplane whose every batch waits for one permit of `gate` (then
+/// lands in the memory dataplane): a kernel that is behind.
+struct GatedDataplane {
+    gate: Arc<tokio::sync::Semaphore>,
+    inner: MemoryDataplane,
+}
+
+#[async_trait::async_trait]
+impl Dataplane for GatedDataplane {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    async fn remove_stale(
+        &mut self,
+    ) -> Result<usize, crate::dataplane::DataplaneError> {
+        Ok(0)
+    }
+    async fn apply(
+        &mut self,
+        updates: Vec<RouteUpdate>,
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        self.gate.acquire().await.expect("gate open").forget();
+        self.inner.apply(updates).await
+    }
+    async fn set_tunnels(
+        &mut self,
+        t: BTreeSet<TunnelEntry>,
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        self.inner.set_tunnels(t).await
+    }
+    async fn remove_all(
+        &mut self,
+    ) -> Result<usize, crate::dataplane::DataplaneError> {
+        self.inner.remove_all().await
+    }
+}
+
+/// While the dataplane is busy with a batch, the permit of an import
+/// queued behind it stays out: the peer's next push waits rather than its
+/// routes piling up in front of a slow kernel. It comes back once the
+/// worker takes the queued routes.
+#[tokio::test(start_paused = true)]
+async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let dp = MemoryDataplane::new();
+    let args = RouterArgs {
+        hostname: "me".to_string(),
+        kind: RouterKind::Server,
+        dataplane: Box::new(GatedDataplane {
+            gate: gate.clone(),
+            inner: dp.clone(),
+        }),
+        policy: PolicyConfig::default(),
+        log: Logger::root(slog::Discard, o!()),
+    };
+    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+    add_peer(&r, 1, RouterKind::Transit).await;
+    // One permit: each import's comes back before the next can be had.
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let import = |dest: &str, permit| RouterMsg::Import {
+        peer: peer(1),
+        update: announce(dest, &["far", "t1"]),
+        permit: Some(permit),
+    };
+    let back = || {
+        let p = permits.clone().acquire_owned();
+        tokio::time::timeout(Duration::from_secs(5), p)
+    };
+    let first = permits.clone().try_acquire_owned().unwrap();
+    r.cast(import("fd00:1::/64", first)).unwrap();
+    // The worker took the first batch (its permit is back) and waits in
+    // the dataplane.
+    let second = back().await.expect("the first permit came back").unwrap();
+    r.cast(import("fd00:2::/64", second)).unwrap();
+    // Both imported, the second's routes queued: its permit stays out.
+    assert_eq!(
+        r.call(RouterMsg::GetRouteCount, None).await.unwrap().unwrap(),
+        2
+    );
+    let held = permits.acquire();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), held).await.is_err(),
+        "a permit came back while its routes waited for the dataplane"
+    );
+    // The first batch lands; the worker takes the second and gives its
+    // permit back.
+    gate.add_permits(1);
+    let _third = back().await.expect("the second permit came back").unwrap();
+    gate.add_permits(1);
+    until("both programmed", || dp.tables().routes.len() == 2).await;
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transit_redistributes_to_the_other_peers_only() {
     let (r, _dp) = router(RouterKind::Transit).await;

@@ -10,6 +10,7 @@ use slog::{debug, info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::{Dataplane, RouteUpdate, TunnelEntry};
+use crate::exchange::server::ImportPermit;
 
 /// What the dataplane worker counts, shared with the router actor.
 #[derive(Debug, Default)]
@@ -69,6 +70,12 @@ pub(super) enum DataplaneCmd {
     Apply(Vec<RouteUpdate>),
     /// Replace the tunnel set.
     Tunnels(BTreeSet<TunnelEntry>),
+    /// Give a peer's import permit back once the worker takes everything
+    /// handed over before it: a peer's server reads its next push only
+    /// then, so the routes waiting for the kernel are at most the batch
+    /// in the kernel and the imports of the peers' permits (a transit's
+    /// queue no longer grows with the kernel's lag).
+    Release(ImportPermit),
 }
 
 /// The dataplane worker: applies commands in order, coalescing whatever
@@ -91,14 +98,19 @@ pub(super) async fn dataplane_worker(
         };
         let mut batches = Vec::new();
         let mut tunnels = None;
+        let mut permits = Vec::new();
         let mut absorb = |cmd| match cmd {
             DataplaneCmd::Apply(batch) => batches.push(batch),
             DataplaneCmd::Tunnels(t) => tunnels = Some(t),
+            DataplaneCmd::Release(p) => permits.push(p),
         };
         absorb(first);
         while let Ok(cmd) = rx.try_recv() {
             absorb(cmd);
         }
+        // Everything queued before the permits is taken: their peers may
+        // send the next pushes while this batch is in the kernel.
+        drop(permits);
         let batch = coalesce(batches);
         if !batch.is_empty() {
             let n = batch.len();
