@@ -173,43 +173,6 @@ async fn an_import_gives_its_permit_back() {
     drop(dp);
 }
 
-/// A dataplane whose every batch waits for one permit of `gate` (then
-/// lands in the memory dataplane): a kernel that is behind.
-struct GatedDataplane {
-    gate: Arc<tokio::sync::Semaphore>,
-    inner: MemoryDataplane,
-}
-
-#[async_trait::async_trait]
-impl Dataplane for GatedDataplane {
-    fn name(&self) -> &'static str {
-        "gated"
-    }
-    async fn remove_stale(
-        &mut self,
-    ) -> Result<usize, crate::dataplane::DataplaneError> {
-        Ok(0)
-    }
-    async fn apply(
-        &mut self,
-        updates: Vec<RouteUpdate>,
-    ) -> Result<(), crate::dataplane::DataplaneError> {
-        self.gate.acquire().await.expect("gate open").forget();
-        self.inner.apply(updates).await
-    }
-    async fn set_tunnels(
-        &mut self,
-        t: BTreeSet<TunnelEntry>,
-    ) -> Result<(), crate::dataplane::DataplaneError> {
-        self.inner.set_tunnels(t).await
-    }
-    async fn remove_all(
-        &mut self,
-    ) -> Result<usize, crate::dataplane::DataplaneError> {
-        self.inner.remove_all().await
-    }
-}
-
 /// While the dataplane is busy with a batch, the permit of an import
 /// queued behind it stays out: the peer's next push waits rather than its
 /// routes piling up in front of a slow kernel. It comes back once the
@@ -221,7 +184,7 @@ async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
     let args = RouterArgs {
         hostname: "me".to_string(),
         kind: RouterKind::Server,
-        dataplane: Box::new(GatedDataplane {
+        dataplane: Box::new(TestDataplane::Gated {
             gate: gate.clone(),
             inner: dp.clone(),
         }),
@@ -597,35 +560,57 @@ async fn counters_count_routes_batches_and_loops() {
     r.stop_and_wait(None, None).await.unwrap();
 }
 
-/// A dataplane that refuses every request.
-struct BrokenDataplane;
+/// Dataplane doubles.
+enum TestDataplane {
+    /// Refuses every request.
+    Broken,
+    /// Every batch waits for one permit of `gate`, then lands in `inner`:
+    /// a kernel that is behind.
+    Gated { gate: Arc<tokio::sync::Semaphore>, inner: MemoryDataplane },
+}
+
+type DpResult<T> = Result<T, crate::dataplane::DataplaneError>;
+
+fn refused<T>() -> DpResult<T> {
+    Err(crate::dataplane::DataplaneError::Request("no".into()))
+}
 
 #[async_trait::async_trait]
-impl Dataplane for BrokenDataplane {
+impl Dataplane for TestDataplane {
     fn name(&self) -> &'static str {
-        "broken"
+        match self {
+            TestDataplane::Broken => "broken",
+            TestDataplane::Gated { .. } => "gated",
+        }
     }
-    async fn remove_stale(
-        &mut self,
-    ) -> Result<usize, crate::dataplane::DataplaneError> {
+    async fn remove_stale(&mut self) -> DpResult<usize> {
         Ok(0)
     }
-    async fn apply(
-        &mut self,
-        _: Vec<RouteUpdate>,
-    ) -> Result<(), crate::dataplane::DataplaneError> {
-        Err(crate::dataplane::DataplaneError::Request("no".into()))
+    async fn apply(&mut self, updates: Vec<RouteUpdate>) -> DpResult<()> {
+        match self {
+            TestDataplane::Broken => refused(),
+            TestDataplane::Gated { gate, inner } => {
+                gate.acquire().await.expect("gate open").forget();
+                inner.apply(updates).await
+            }
+        }
     }
     async fn set_tunnels(
         &mut self,
-        _: BTreeSet<TunnelEntry>,
-    ) -> Result<(), crate::dataplane::DataplaneError> {
-        Err(crate::dataplane::DataplaneError::Request("no".into()))
+        tunnels: BTreeSet<TunnelEntry>,
+    ) -> DpResult<()> {
+        match self {
+            TestDataplane::Broken => refused(),
+            TestDataplane::Gated { inner, .. } => {
+                inner.set_tunnels(tunnels).await
+            }
+        }
     }
-    async fn remove_all(
-        &mut self,
-    ) -> Result<usize, crate::dataplane::DataplaneError> {
-        Ok(0)
+    async fn remove_all(&mut self) -> DpResult<usize> {
+        match self {
+            TestDataplane::Broken => Ok(0),
+            TestDataplane::Gated { inner, .. } => inner.remove_all().await,
+        }
     }
 }
 
@@ -634,7 +619,7 @@ async fn failed_dataplane_batches_are_counted() {
     let args = RouterArgs {
         hostname: "me".to_string(),
         kind: RouterKind::Server,
-        dataplane: Box::new(BrokenDataplane),
+        dataplane: Box::new(TestDataplane::Broken),
         policy: PolicyConfig::default(),
         log: Logger::root(slog::Discard, o!()),
     };
