@@ -256,7 +256,8 @@ pub struct State {
     push_task: Option<JoinHandle<()>>,
     /// The latest timer of each kind (an earlier one is stale anyway).
     timers: HashMap<TimerKind, Option<JoinHandle<()>>>,
-    /// The permit of the push being stepped, for the router to give back.
+    /// The permit of the push being stepped, passed on to the router (which
+    /// gives it back through its dataplane worker).
     permit: Option<ImportPermit>,
     /// Logger with the peer.
     log: Logger,

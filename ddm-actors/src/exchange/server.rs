@@ -181,8 +181,9 @@ pub struct ServerCtx {
 }
 
 /// How many pushes of one peer may be decoded and not yet imported by the
-/// router (and their routes taken by its dataplane worker): two, so that
-/// the peer sends its next push while the router imports the last.
+/// router (or imported with their route changes still queued for its
+/// dataplane worker): two, so that the peer sends its next push while the
+/// router imports the last.
 ///
 /// Before, a push was answered as soon as it was decoded, and nothing
 /// bounded how many decoded updates waited in the exchange actor's and the
@@ -196,7 +197,8 @@ pub const IMPORTS_IN_FLIGHT: usize = 2;
 pub const PACING_WAIT: u32 = 2;
 
 /// Held by a pushed update from before it is read until the router has
-/// imported it (see [`IMPORTS_IN_FLIGHT`]).
+/// imported it and its dataplane worker has taken the route changes it
+/// made (see [`IMPORTS_IN_FLIGHT`]).
 pub type ImportPermit = tokio::sync::OwnedSemaphorePermit;
 
 /// A budget of bytes shared by the bodies being read: a body holds its
@@ -1052,9 +1054,10 @@ mod tests {
         assert_eq!(budget.available(), BODY_BUDGET);
     }
 
-    /// A push is read only when the router has imported all but
-    /// [`IMPORTS_IN_FLIGHT`] - 1 of the peer's earlier ones, or once half
-    /// the timeout has passed: never refused for a slow router.
+    /// A push is read only when the router has taken in all but
+    /// [`IMPORTS_IN_FLIGHT`] - 1 of the peer's earlier ones (imported, their
+    /// routes taken by the dataplane worker), or once half the timeout has
+    /// passed: never refused for a slow router.
     #[tokio::test(start_paused = true)]
     async fn a_push_waits_for_the_router_to_import_those_before_it() {
         let (ctx, mut seen) = rig(Default::default()).await;
@@ -1075,7 +1078,7 @@ mod tests {
         assert!(early.await.is_err(), "answered while the router was behind");
         assert_eq!(ctx.stats.snapshot().pushes_received, 0);
         // ... until it catches up; the update carries its permit on (the
-        // stand-in exchange drops it, as a router that imported it would).
+        // stand-in exchange drops it, as a router that took it in would).
         drop(busy);
         assert_eq!(push.await.status(), StatusCode::NO_CONTENT);
         assert!(matches!(seen.recv().await, Some(Seen::Pushed(_))));

@@ -59,9 +59,11 @@ counters! {
     rejected_other,
     /// Requests answered 503 because the router was gone or slow.
     router_unavailable,
-    /// Pushes taken without an import permit: the router had not imported
-    /// the peer's earlier pushes within half the exchange timeout (see
-    /// `server::IMPORTS_IN_FLIGHT`). The router is the bottleneck then.
+    /// Pushes taken without an import permit: the router had not taken in
+    /// the peer's earlier pushes (imported them, and its dataplane worker
+    /// taken their route changes) within half the exchange timeout (see
+    /// `server::IMPORTS_IN_FLIGHT`). The router or the kernel under it is
+    /// the bottleneck then.
     pushes_unpaced,
     /// Connections closed on accept: too many from one kind of address
     /// were open already (see `server::MAX_PEER_CONNECTIONS`).

@@ -7,7 +7,7 @@
 //! carries out in this order:
 //!
 //! 1. pushes to the exchange actors, so the rest of the fabric hears of the
-//!    change before this router's own kernel work starts (collected per
+//!    change before this router's own kernel work on it starts (collected per
 //!    peer and handed over once the messages queued behind the first one
 //!    are handled: `Flush`, sent to itself);
 //! 2. route updates and the tunnel set to the dataplane worker, a task that
@@ -132,7 +132,8 @@ pub enum RouterMsg {
         /// What it pushed, read into the compact form.
         update: OutUpdate,
         /// Counts the update against the peer's pushes in flight until it
-        /// is imported (`exchange::server::IMPORTS_IN_FLIGHT`).
+        /// is imported and the dataplane worker has taken the route changes
+        /// it made (`exchange::server::IMPORTS_IN_FLIGHT`).
         permit: Option<ImportPermit>,
     },
     /// A pull of a peer's full set completed (from its exchange actor).
@@ -232,6 +233,9 @@ pub struct RouterState {
     flush_queued: bool,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
+    /// Route batches and tunnel sets handed to the worker so far (an
+    /// import's permit waits behind them only if it queued one).
+    dataplane_sent: u64,
     /// The worker; on stop it removes our routes and returns.
     worker: Option<tokio::task::JoinHandle<()>>,
     /// Tells the worker to remove everything and finish.
@@ -320,10 +324,12 @@ impl RouterState {
             }
         }
         if !effects.route_updates.is_empty() {
+            self.dataplane_sent += 1;
             let _ =
                 self.dataplane.send(DataplaneCmd::Apply(effects.route_updates));
         }
         if let Some(tunnels) = effects.tunnel_set {
+            self.dataplane_sent += 1;
             let _ = self.dataplane.send(DataplaneCmd::Tunnels(tunnels));
         }
     }
@@ -445,6 +451,7 @@ impl Actor for Router {
             unsent: BTreeMap::new(),
             flush_queued: false,
             dataplane: tx,
+            dataplane_sent: 0,
             worker: Some(worker),
             shutdown: Some(stop_tx),
             dp_stats,
@@ -545,11 +552,16 @@ impl Actor for Router {
             }
             RouterMsg::Import { peer, update, permit } => {
                 let size = update.underlay.as_ref().map_or(0, OutUnderlay::len);
+                let sent = state.dataplane_sent;
                 state.import(peer, update);
-                // The peer's server may take its next push once the routes
-                // this import changed are programmed.
+                // The peer's server may take its next push once the
+                // dataplane worker takes what this import queued (and
+                // whatever was queued before it); at once if it queued
+                // nothing.
                 if let Some(p) = permit {
-                    let _ = state.dataplane.send(DataplaneCmd::Release(p));
+                    if state.dataplane_sent != sent {
+                        let _ = state.dataplane.send(DataplaneCmd::Release(p));
+                    }
                 }
                 trim_after(size);
             }

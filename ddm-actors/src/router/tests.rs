@@ -148,8 +148,9 @@ async fn imports_program_the_dataplane_as_ecmp_sets() {
     until("no route", || dp.tables().routes.is_empty()).await;
 }
 
-/// The permit a pushed update carries comes back once it is imported: the
-/// peer's server reads its next push only then.
+/// The permit a pushed update carries comes back once it is imported and
+/// its routes are taken by the dataplane worker: the peer's server reads
+/// its next push only then.
 #[tokio::test(start_paused = true)]
 async fn an_import_gives_its_permit_back() {
     let (r, dp) = router(RouterKind::Server).await;
@@ -220,10 +221,26 @@ async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
         tokio::time::timeout(Duration::from_secs(30), held).await.is_err(),
         "a permit came back while its routes waited for the dataplane"
     );
+    // An import that queues nothing (its peer is not up) gives its permit
+    // back at once, busy dataplane or not.
+    let other = Arc::new(tokio::sync::Semaphore::new(1));
+    r.cast(RouterMsg::Import {
+        peer: peer(9),
+        update: announce("fd00:3::/64", &["x"]),
+        permit: Some(other.clone().try_acquire_owned().unwrap()),
+    })
+    .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), other.acquire());
+    assert!(
+        again.await.is_ok(),
+        "an import that queued nothing kept its permit"
+    );
     // The first batch lands; the worker takes the second and gives its
     // permit back.
     gate.add_permits(1);
     let _third = back().await.expect("the second permit came back").unwrap();
+    // Taken, not yet programmed.
+    assert_eq!(dp.tables().routes.len(), 1);
     gate.add_permits(1);
     until("both programmed", || dp.tables().routes.len() == 2).await;
     r.stop_and_wait(None, None).await.unwrap();

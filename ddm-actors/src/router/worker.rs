@@ -138,6 +138,8 @@ pub(super) async fn dataplane_worker(
             }
         }
     }
+    // Permits still queued go back now, not after the removal.
+    drop(rx);
     match dp.remove_all().await {
         Ok(n) => info!(log, "removed our routes"; "count" => n),
         Err(e) => warn!(log, "removing our routes failed"; "error" => %e),
