@@ -40,10 +40,11 @@
 //! and its dataplane worker has taken the routes that changed (or dropped,
 //! if the update is). A peer whose pushes the router has not taken in yet
 //! waits, unread, so decoded updates do not pile up in the actors'
-//! mailboxes, nor route changes in front of a kernel that is behind. It waits at most half the exchange timeout
-//! ([`PACING_WAIT`]): a push is never refused for a slow router (the peer would
-//! count that as a failure, and enough of them end the session), it is
-//! taken without a permit instead, as before pacing.
+//! mailboxes, nor route changes in front of a kernel that is behind. It
+//! waits at most half the exchange timeout ([`PACING_WAIT`]): a push is
+//! never refused for a slow router (the peer would count that as a failure,
+//! and enough of them end the session), it is taken without a permit
+//! instead, as before pacing.
 //!
 //! Pull answers carry [`PUSH_LIMIT_HEADER`]: the largest push body this
 //! server takes, so that a peer running this daemon pushes in large parts,

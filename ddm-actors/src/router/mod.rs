@@ -233,9 +233,6 @@ pub struct RouterState {
     flush_queued: bool,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
-    /// Route batches and tunnel sets handed to the worker so far (an
-    /// import's permit waits behind them only if it queued one).
-    dataplane_sent: u64,
     /// The worker; on stop it removes our routes and returns.
     worker: Option<tokio::task::JoinHandle<()>>,
     /// Tells the worker to remove everything and finish.
@@ -247,18 +244,19 @@ pub struct RouterState {
 }
 
 impl RouterState {
-    /// Filter an update pushed by `peer` and import what is accepted.
-    fn import(&mut self, peer: PeerId, update: OutUpdate) {
+    /// Filter an update pushed by `peer` and import what is accepted;
+    /// whether that queued work for the dataplane worker.
+    fn import(&mut self, peer: PeerId, update: OutUpdate) -> bool {
         if !self.exchanges.contains_key(&peer) {
             debug!(self.log, "update dropped";
                 "peer" => %peer, "reason" => "peer is not up");
-            return;
+            return false;
         }
         let now = Instant::now();
         let held = RibHoldings { rib: &self.rib, peer };
         let verdict = self.policy.filter_update(peer, update, &held, now);
         self.log_refusals(&verdict.notes);
-        self.import_accepted(peer, verdict.accepted);
+        let mut queued = self.import_accepted(peer, verdict.accepted);
         if !verdict.deferred.is_empty() {
             // New items that waited for the update's withdrawals to make
             // room under the per-peer limit.
@@ -266,18 +264,24 @@ impl RouterState {
             let more =
                 self.policy.admit_deferred(peer, verdict.deferred, &held, now);
             self.log_refusals(&more.notes);
-            self.import_accepted(peer, more.accepted);
+            queued |= self.import_accepted(peer, more.accepted);
         }
+        queued
     }
 
-    fn import_accepted(&mut self, peer: PeerId, update: OutUpdate) {
+    /// Import `update` (accepted by the policy); whether that queued work
+    /// for the dataplane worker.
+    fn import_accepted(&mut self, peer: PeerId, update: OutUpdate) -> bool {
         if update.is_empty() {
-            return;
+            return false;
         }
         match self.rib.import(peer, update) {
             Ok(e) => self.carry_out(e),
-            Err(e) => debug!(self.log, "update dropped";
-                "peer" => %peer, "reason" => %e),
+            Err(e) => {
+                debug!(self.log, "update dropped";
+                    "peer" => %peer, "reason" => %e);
+                false
+            }
         }
     }
 
@@ -297,7 +301,9 @@ impl RouterState {
         // the peer's pushes while a pull is out, so none of them can be
         // older than this answer.
         match self.rib.import_pull(peer, verdict.accepted) {
-            Ok(e) => self.carry_out(e),
+            Ok(e) => {
+                self.carry_out(e);
+            }
             Err(e) => debug!(self.log, "pull result dropped";
                 "peer" => %peer, "reason" => %e),
         }
@@ -314,7 +320,10 @@ impl RouterState {
         }
     }
 
-    fn carry_out(&mut self, effects: Effects) {
+    /// Carry out `effects` (pushes collected for the next flush, then the
+    /// dataplane's work); whether any work was queued for the dataplane
+    /// worker.
+    fn carry_out(&mut self, effects: Effects) -> bool {
         for (peer, update) in effects.pushes {
             if self.exchanges.contains_key(&peer) {
                 ddm_proto::outgoing::merge_into(&mut self.unsent, peer, update);
@@ -323,15 +332,17 @@ impl RouterState {
                     "peer" => %peer);
             }
         }
+        let mut queued = false;
         if !effects.route_updates.is_empty() {
-            self.dataplane_sent += 1;
+            queued = true;
             let _ =
                 self.dataplane.send(DataplaneCmd::Apply(effects.route_updates));
         }
         if let Some(tunnels) = effects.tunnel_set {
-            self.dataplane_sent += 1;
+            queued = true;
             let _ = self.dataplane.send(DataplaneCmd::Tunnels(tunnels));
         }
+        queued
     }
 }
 
@@ -451,7 +462,6 @@ impl Actor for Router {
             unsent: BTreeMap::new(),
             flush_queued: false,
             dataplane: tx,
-            dataplane_sent: 0,
             worker: Some(worker),
             shutdown: Some(stop_tx),
             dp_stats,
@@ -552,16 +562,13 @@ impl Actor for Router {
             }
             RouterMsg::Import { peer, update, permit } => {
                 let size = update.underlay.as_ref().map_or(0, OutUnderlay::len);
-                let sent = state.dataplane_sent;
-                state.import(peer, update);
+                let queued = state.import(peer, update);
                 // The peer's server may take its next push once the
                 // dataplane worker takes what this import queued (and
                 // whatever was queued before it); at once if it queued
                 // nothing.
-                if let Some(p) = permit {
-                    if state.dataplane_sent != sent {
-                        let _ = state.dataplane.send(DataplaneCmd::Release(p));
-                    }
+                if let (true, Some(p)) = (queued, permit) {
+                    let _ = state.dataplane.send(DataplaneCmd::Release(p));
                 }
                 trim_after(size);
             }

@@ -76,15 +76,23 @@ async fn router_with(
     policy: PolicyConfig,
 ) -> (RouterRef, MemoryDataplane) {
     let dp = MemoryDataplane::new();
+    (router_on(kind, policy, Box::new(dp.clone())).await, dp)
+}
+
+/// A router named "me" programming `dataplane`.
+async fn router_on(
+    kind: RouterKind,
+    policy: PolicyConfig,
+    dataplane: Box<dyn Dataplane>,
+) -> RouterRef {
     let args = RouterArgs {
         hostname: "me".to_string(),
         kind,
-        dataplane: Box::new(dp.clone()),
+        dataplane,
         policy,
         log: Logger::root(slog::Discard, o!()),
     };
-    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
-    (r, dp)
+    Actor::spawn(None, Router, args).await.unwrap().0
 }
 
 async fn add_peer(r: &RouterRef, i: u32, kind: RouterKind) -> Pushed {
@@ -182,17 +190,9 @@ async fn an_import_gives_its_permit_back() {
 async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let dp = MemoryDataplane::new();
-    let args = RouterArgs {
-        hostname: "me".to_string(),
-        kind: RouterKind::Server,
-        dataplane: Box::new(TestDataplane::Gated {
-            gate: gate.clone(),
-            inner: dp.clone(),
-        }),
-        policy: PolicyConfig::default(),
-        log: Logger::root(slog::Discard, o!()),
-    };
-    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+    let gated = TestDataplane::Gated { gate: gate.clone(), inner: dp.clone() };
+    let r = router_on(RouterKind::Server, Default::default(), Box::new(gated))
+        .await;
     add_peer(&r, 1, RouterKind::Transit).await;
     // One permit: each import's comes back before the next can be had.
     let permits = Arc::new(tokio::sync::Semaphore::new(1));
@@ -633,14 +633,8 @@ impl Dataplane for TestDataplane {
 
 #[tokio::test]
 async fn failed_dataplane_batches_are_counted() {
-    let args = RouterArgs {
-        hostname: "me".to_string(),
-        kind: RouterKind::Server,
-        dataplane: Box::new(TestDataplane::Broken),
-        policy: PolicyConfig::default(),
-        log: Logger::root(slog::Discard, o!()),
-    };
-    let (r, _) = Actor::spawn(None, Router, args).await.unwrap();
+    let broken = Box::new(TestDataplane::Broken);
+    let r = router_on(RouterKind::Server, Default::default(), broken).await;
     add_peer(&r, 1, RouterKind::Transit).await;
     r.cast(RouterMsg::Import {
         peer: peer(1),
