@@ -335,6 +335,37 @@ impl OutUpdate {
         }
     }
 
+    /// Take out of this update the paths and tunnel origins `other`
+    /// names (announces or withdraws), as an update of their own, with
+    /// their `held` marks. A session merges what a later push says of an
+    /// item still pending in an earlier batch into that batch.
+    pub fn take_named_by(&mut self, other: &OutUpdate) -> OutUpdate {
+        let mut out = OutUpdate::default();
+        if let (Some(u), Some(o)) = (&mut self.underlay, &other.underlay) {
+            let (announce, withdraw) = take_named(
+                &mut u.announce,
+                &mut u.withdraw,
+                [&o.announce, &o.withdraw],
+            );
+            if !announce.is_empty() || !withdraw.is_empty() {
+                let held =
+                    announce.iter().filter_map(|p| u.held.take(p)).collect();
+                out.underlay = Some(OutUnderlay { announce, withdraw, held });
+            }
+        }
+        if let (Some(t), Some(o)) = (&mut self.tunnel, &other.tunnel) {
+            let (announce, withdraw) = take_named(
+                &mut t.announce,
+                &mut t.withdraw,
+                [&o.announce, &o.withdraw],
+            );
+            if !announce.is_empty() || !withdraw.is_empty() {
+                out.tunnel = Some(v3::TunnelUpdate { announce, withdraw });
+            }
+        }
+        out
+    }
+
     /// The underlay half, created empty if absent.
     pub fn underlay_mut(&mut self) -> &mut OutUnderlay {
         self.underlay.get_or_insert_with(Default::default)
@@ -526,6 +557,36 @@ fn merge_underlay(pending: &mut OutUnderlay, later: OutUnderlay) {
         }
     }
     *pending = merged;
+}
+
+/// Take out of `announce` and `withdraw` the items either set of `other`
+/// holds; searched from the smaller side.
+fn take_named<T: Ord + Clone>(
+    announce: &mut BTreeSet<T>,
+    withdraw: &mut BTreeSet<T>,
+    other: [&BTreeSet<T>; 2],
+) -> (BTreeSet<T>, BTreeSet<T>) {
+    if other.iter().all(|o| o.is_empty()) {
+        return Default::default();
+    }
+    let take = |set: &mut BTreeSet<T>| -> BTreeSet<T> {
+        let mut taken = BTreeSet::new();
+        if set.len() <= other[0].len() + other[1].len() {
+            set.retain(|x| {
+                let named = other.iter().any(|o| o.contains(x));
+                if named {
+                    taken.insert(x.clone());
+                }
+                !named
+            });
+        } else {
+            for x in other.iter().flat_map(|o| o.iter()) {
+                taken.extend(set.take(x));
+            }
+        }
+        taken
+    };
+    (take(announce), take(withdraw))
 }
 
 /// [`merge`] of the tunnel halves: a later item replaces an earlier one.

@@ -319,8 +319,8 @@ impl State {
                 }
             }
             Effect::Delivered { through } => {
-                // Every push the router gave so far has reached the peer:
-                // the router forgets the withdrawals they carried (see
+                // The router's pushes through `through` have reached the
+                // peer: it forgets the withdrawals they carried (see
                 // `rib::Told`).
                 let msg = RouterMsg::Delivered {
                     peer: self.peer,

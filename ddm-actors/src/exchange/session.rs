@@ -33,7 +33,7 @@
 //! * **Pushes to the peer wait for the first pull** (answered or failed),
 //!   which tells the peer's body limit ([`DEFAULT_PUSH_LIMIT`], 1024 bytes,
 //!   unless the answer announces more). Updates from the router are merged
-//!   into one pending update ([`merge`]: a later withdraw cancels a pending
+//!   into a pending update ([`merge`]: a later withdraw cancels a pending
 //!   announce, and of a path the peer does not hold yet nothing is sent;
 //!   once the router has answered a pull of the peer, which carried
 //!   everything we offer, every pending announcement counts as held:
@@ -51,8 +51,15 @@
 //!   [`MAX_ATTEMPTS`] consecutive failures, spread over at least
 //!   `give_up_after`, the peer is reported once ([`Effect::ReportFailure`])
 //!   and retries go on. A bind that fails is retried on the same schedule.
-//! * **Delivered**: when nothing is pending or in flight, the router is
-//!   told how many of its pushes were handled ([`Effect::Delivered`]).
+//! * **Delivered in batches**: the pending update is cut into batches. The
+//!   router's pushes given while a part is in flight wait in the next
+//!   batch, except what they say of a path the batch going out still holds
+//!   (merged there, so that everything unsent of a path is in one place).
+//!   When a batch's last part is delivered, the router is told its last
+//!   push ([`Effect::Delivered`]; when nothing is left, the last push
+//!   given), so that it forgets the withdrawals it remembers for a reset
+//!   (`rib::Told`) while it keeps pushing, not only once the peer has
+//!   caught up. A failed part puts everything unsent back into one batch.
 //! * Requests and timers carry a generation; a stale one is ignored.
 
 use std::collections::BTreeSet;
@@ -119,8 +126,17 @@ pub struct Session {
     push: Activity,
     /// The part in flight, put back in front of `pending` if it fails.
     in_flight: Option<Arc<OutUpdate>>,
-    /// Updates not yet sent, merged into one.
+    /// If the part in flight is the last of `pending`'s batch: the batch's
+    /// last push, delivered with it.
+    completes: Option<u64>,
+    /// The batch going out: the router's pushes through `pending_through`
+    /// not yet sent, merged into one.
     pending: Option<OutUpdate>,
+    /// The last push `pending` holds a part of.
+    pending_through: u64,
+    /// The next batch: the pushes given while a part was in flight, merged
+    /// into one, sent once `pending` is.
+    next: Option<OutUpdate>,
     /// Whether a pull has completed (answered or failed).
     pulled_once: bool,
     /// Once a pull of ours was answered: the id of the peer's session
@@ -139,6 +155,8 @@ pub struct Session {
     dropped: Option<BTreeSet<OutPath>>,
     /// How many pushes the router gave.
     received: u64,
+    /// The last push reported delivered.
+    delivered: u64,
     /// Whether the current failure streak was reported.
     reported: bool,
     /// When the current failure streak began.
@@ -160,7 +178,10 @@ impl Session {
             held: None,
             push: Activity::default(),
             in_flight: None,
+            completes: None,
             pending: None,
+            pending_through: 0,
+            next: None,
             pulled_once: false,
             answered: None,
             pull_back: None,
@@ -168,6 +189,7 @@ impl Session {
             split_items: None,
             dropped: Some(BTreeSet::new()),
             received: 0,
+            delivered: 0,
             reported: false,
             failing_since: None,
         }
@@ -273,7 +295,7 @@ impl Session {
     /// including what is pending here: the peer may hold that now, so a
     /// later withdrawal of it must be sent.
     fn answered_pull(&mut self) {
-        if let Some(p) = &mut self.pending {
+        for p in self.pending.iter_mut().chain(&mut self.next) {
             p.mark_held();
         }
     }
@@ -372,20 +394,41 @@ impl Session {
                 }
             }
         }
-        if !update.is_empty() {
-            match &mut self.pending {
-                Some(p) => merge(p, update),
-                None => self.pending = Some(update),
+        if self.push.busy {
+            // While a part is in flight, the batch it belongs to is closed:
+            // its pushes are reported delivered with its last part, however
+            // long the router keeps pushing. What the push says of an item
+            // the batch still holds is merged there all the same, so that
+            // everything unsent of one path is in one place (an
+            // announcement withdrawn before it went out is never sent).
+            if let Some(p) = &mut self.pending {
+                let named = update.take_named_by(p);
+                if !named.is_empty() {
+                    merge(p, named);
+                }
             }
+            merge_batch(&mut self.next, update);
+        } else if !update.is_empty() {
+            self.pending_through = self.received;
+            merge_batch(&mut self.pending, update);
             self.push_if_idle(out);
         }
         self.delivered_if_drained(out);
     }
 
     /// Tell the router its pushes are handled, if nothing is left.
-    fn delivered_if_drained(&self, out: &mut Vec<Effect>) {
-        if !self.push.busy && self.pending.is_none() {
-            out.push(Effect::Delivered { through: self.received });
+    fn delivered_if_drained(&mut self, out: &mut Vec<Effect>) {
+        if !self.push.busy && self.pending.is_none() && self.next.is_none() {
+            self.deliver(self.received, out);
+        }
+    }
+
+    /// Tell the router its pushes through `through` are handled, unless
+    /// it knows.
+    fn deliver(&mut self, through: u64, out: &mut Vec<Effect>) {
+        if through > self.delivered {
+            self.delivered = through;
+            out.push(Effect::Delivered { through });
         }
     }
 
@@ -400,30 +443,46 @@ impl Session {
         if let Some(n) = self.split_items {
             bounds.items = bounds.items.min(n);
         }
-        let Some(pending) = self.pending.as_mut() else {
+        loop {
+            if self.pending.is_none() {
+                // Everything before is sent: the next batch goes out.
+                self.pending = self.next.take();
+                self.pending_through = self.received;
+            }
+            let Some(pending) = self.pending.as_mut() else {
+                return;
+            };
+            let Chunk { part, oversize } = take_chunk(pending, bounds);
+            let completes = pending.is_empty().then_some(self.pending_through);
+            if completes.is_some() {
+                self.pending = None;
+            }
+            if !oversize.is_empty() {
+                self.remember_dropped(&oversize);
+                out.push(Effect::Dropped {
+                    why: DropReason::OverLimit,
+                    limit: self.push_limit,
+                    update: oversize,
+                });
+            }
+            if part.is_empty() {
+                // Nothing of the batch left to send (all of it dropped):
+                // it is done; the next one may go.
+                match completes {
+                    Some(through) => self.deliver(through, out),
+                    None => return,
+                }
+                continue;
+            }
+            let update = Arc::new(part);
+            let gen = self.gen();
+            self.push.gen = gen;
+            self.push.busy = true;
+            self.in_flight = Some(update.clone());
+            self.completes = completes;
+            out.push(Effect::Push { gen, update });
             return;
-        };
-        let Chunk { part, oversize } = take_chunk(pending, bounds);
-        if pending.is_empty() {
-            self.pending = None;
         }
-        if !oversize.is_empty() {
-            self.remember_dropped(&oversize);
-            out.push(Effect::Dropped {
-                why: DropReason::OverLimit,
-                limit: self.push_limit,
-                update: oversize,
-            });
-        }
-        if part.is_empty() {
-            return;
-        }
-        let update = Arc::new(part);
-        let gen = self.gen();
-        self.push.gen = gen;
-        self.push.busy = true;
-        self.in_flight = Some(update.clone());
-        out.push(Effect::Push { gen, update });
     }
 
     fn push_done(
@@ -438,6 +497,7 @@ impl Session {
         }
         self.push.busy = false;
         let sent = self.in_flight.take();
+        let completes = self.completes.take();
         match result {
             Ok(bytes) => {
                 let count = |counter, n| Effect::Count { counter, n };
@@ -446,11 +506,11 @@ impl Session {
                 self.push.failures = 0;
                 self.split_items = None;
                 self.clear_report();
-                self.send_next(out);
-                self.delivered_if_drained(out);
+                self.sent_on(completes, out);
             }
             Err(Failure::TooLarge(error)) => {
                 // The peer answered, so the session is not failing.
+                let mut done = None;
                 if let Some(sent) = sent {
                     let items = sent.len();
                     out.push(Effect::Refused { items, error });
@@ -461,13 +521,13 @@ impl Session {
                             limit: self.push_limit,
                             update: unshare(sent),
                         });
+                        done = completes;
                     } else {
                         self.split_items = Some(items / 2);
                         self.put_back(sent);
                     }
                 }
-                self.send_next(out);
-                self.delivered_if_drained(out);
+                self.sent_on(done, out);
             }
             Err(Failure::Other(error)) => {
                 self.push.failures += 1;
@@ -493,14 +553,18 @@ impl Session {
         let Some(u) = &dropped.underlay else {
             return;
         };
-        let mut pending =
-            self.pending.as_mut().and_then(|p| p.underlay.as_mut());
         for p in &u.withdraw {
-            match pending.as_deref_mut() {
-                Some(q) if q.announce.contains(p) => {
+            let announced = self
+                .pending
+                .iter_mut()
+                .chain(&mut self.next)
+                .filter_map(|q| q.underlay.as_mut())
+                .find(|q| q.announce.contains(p));
+            match announced {
+                Some(q) => {
                     q.held.insert(p.clone());
                 }
-                _ => {
+                None => {
                     let Some(d) = &mut self.dropped else {
                         return;
                     };
@@ -514,16 +578,32 @@ impl Session {
         }
     }
 
-    /// Put an undelivered part back in front of the pending update.
+    /// A part is done with (`completes`: the batch it ended, if any): send
+    /// the next, and report what is delivered.
+    fn sent_on(&mut self, completes: Option<u64>, out: &mut Vec<Effect>) {
+        self.send_next(out);
+        // Drained, everything is; otherwise the batch the part ended, if
+        // it ended one.
+        self.delivered_if_drained(out);
+        if let Some(through) = completes {
+            self.deliver(through, out);
+        }
+    }
+
+    /// Put an undelivered part back in front of everything unsent, which
+    /// becomes one batch again: a retry carries as much as it can.
     fn put_back(&mut self, sent: Arc<OutUpdate>) {
         let mut again = unshare(sent);
         // It may have been applied all the same: the peer may hold what
         // it announced, so withdrawing that later is no longer a no-op.
         again.mark_held();
-        if let Some(later) = self.pending.take() {
+        for later in
+            [self.pending.take(), self.next.take()].into_iter().flatten()
+        {
             merge(&mut again, later);
         }
         self.pending = Some(again);
+        self.pending_through = self.received;
     }
 
     fn check_report(&mut self, now: Duration, out: &mut Vec<Effect>) {
@@ -549,6 +629,16 @@ impl Session {
         if self.push.failures == 0 && self.pull.failures == 0 {
             self.failing_since = None;
         }
+    }
+}
+
+/// Merge `later` into `batch`, which it starts if there is none (and an
+/// empty update does not).
+fn merge_batch(batch: &mut Option<OutUpdate>, later: OutUpdate) {
+    match batch {
+        Some(b) => merge(b, later),
+        None if later.is_empty() => {}
+        None => *batch = Some(later),
     }
 }
 

@@ -158,9 +158,10 @@ pub enum Effect {
     Import(#[serde(with = "wire_update")] OutUpdate),
     /// Hand the peer's pull answer to the router.
     PullResult(v3::PullResponse),
-    /// Every push the router gave so far has been handled.
+    /// Every push the router gave, up to and including the `through`th,
+    /// has been handled (reported once per value, in increasing order).
     Delivered {
-        /// How many pushes the router gave.
+        /// How many of the router's pushes, counted from the first.
         through: u64,
     },
     /// Exchange keeps failing: report the peer (once per streak).

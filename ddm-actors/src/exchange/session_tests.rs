@@ -213,3 +213,153 @@ fn pulls_back_never_ping_pong() {
         assert_eq!(x.run(vec![(0, Input::Pull)], answer_first), [1, 0]);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+    /// A session against a model peer, with parts of two or three items
+    /// (the original's 1024-byte limit): the router's pushes (as the RIB
+    /// builds them), parts delivered, failed (applied by the peer or not),
+    /// refused as too large, retried, and pull answers (the peer takes our
+    /// whole view). Whenever the session reports pushes delivered through
+    /// `n`, the peer holds what the last of them said of every path no
+    /// later push names (what `rib::Told` forgets is really gone); once all
+    /// is sent, the peer holds exactly our view and every push is reported.
+    #[test]
+    fn delivered_pushes_are_with_the_peer(
+        ops in proptest::collection::vec((0u8..8, 0u8..6, proptest::bool::ANY), 0..60),
+    ) {
+        use std::collections::BTreeSet;
+        let name = "h".repeat(300);
+        let path = |item: u8| OutPath::from(&v3::PathVector {
+            destination: format!("fd00:{item}::/64").parse().unwrap(),
+            path: vec![name.clone()],
+        });
+        let item_of = |p: &OutPath| p.destination().addr().segments()[1] as u8;
+        let now = Duration::ZERO;
+        let mut s = Session::new(Version::V3, Duration::from_secs(1));
+        s.handle(now, Input::Start);
+        let answer = PullAnswer {
+            response: v3::PullResponse::default(),
+            push_limit: None,
+            bytes: 2,
+            session: None,
+        };
+        s.handle(now, Input::PullDone { gen: 1, result: Ok(answer) });
+        // Our view, the model peer, every push given (item, announced),
+        // the part in flight, a retry due, the last delivery reported.
+        let (mut view, mut peer) = (BTreeSet::new(), BTreeSet::new());
+        let mut pushes: Vec<Vec<(u8, bool)>> = Vec::new();
+        let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
+        let mut timer: Option<u64> = None;
+        let mut delivered = 0u64;
+        let apply = |peer: &mut BTreeSet<u8>, u: &OutUpdate| {
+            let u = u.underlay.as_ref().unwrap();
+            assert!(u.announce.is_disjoint(&u.withdraw));
+            for p in &u.withdraw {
+                peer.remove(&item_of(p));
+            }
+            for p in &u.announce {
+                peer.insert(item_of(p));
+            }
+        };
+        let mut step = |s: &mut Session,
+                        input: Input,
+                        peer: &BTreeSet<u8>,
+                        pushes: &[Vec<(u8, bool)>],
+                        in_flight: &mut Option<(u64, Arc<OutUpdate>)>,
+                        timer: &mut Option<u64>|
+         -> Result<(), proptest::test_runner::TestCaseError> {
+            for e in s.handle(now, input) {
+                match e {
+                    Effect::Push { gen, update } => {
+                        proptest::prop_assert!(in_flight.is_none());
+                        *in_flight = Some((gen, update));
+                    }
+                    Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
+                        *timer = Some(gen)
+                    }
+                    Effect::Delivered { through } => {
+                        proptest::prop_assert!(through > delivered);
+                        proptest::prop_assert!(through <= pushes.len() as u64);
+                        delivered = through;
+                        let (done, later) = pushes.split_at(through as usize);
+                        for item in 0u8..6 {
+                            let named_later = later.iter().flatten().any(|(i, _)| *i == item);
+                            let last = done.iter().flatten().rev().find(|(i, _)| *i == item);
+                            if let (false, Some((_, present))) = (named_later, last) {
+                                proptest::prop_assert_eq!(
+                                    peer.contains(&item), *present,
+                                    "item {} after delivery through {}", item, through
+                                );
+                            }
+                        }
+                    }
+                    Effect::Dropped { .. } => proptest::prop_assert!(false, "dropped: {:?}", e),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        for (op, item, flag) in ops {
+            let input = match op {
+                0..=2 => {
+                    let mut u = ddm_proto::outgoing::OutUnderlay::default();
+                    if op == 0 {
+                        u.withdraw_path(path(item));
+                        view.remove(&item);
+                    } else {
+                        let fresh = op == 1 && !view.contains(&item);
+                        u.announce_path(path(item), !fresh);
+                        view.insert(item);
+                    }
+                    pushes.push(vec![(item, op != 0)]);
+                    Input::Push(OutUpdate { underlay: Some(u), tunnel: None })
+                }
+                3 => {
+                    peer = view.clone();
+                    Input::Answered
+                }
+                4..=6 => {
+                    let Some((gen, part)) = in_flight.take() else { continue };
+                    let result = match op {
+                        4 => {
+                            apply(&mut peer, &part);
+                            Ok(100)
+                        }
+                        5 => {
+                            if flag {
+                                apply(&mut peer, &part);
+                            }
+                            Err(Failure::Other("reset".into()))
+                        }
+                        _ if part.len() > 1 => Err(Failure::TooLarge("413".into())),
+                        _ => {
+                            in_flight = Some((gen, part));
+                            continue;
+                        }
+                    };
+                    Input::PushDone { gen, result }
+                }
+                _ => {
+                    let Some(gen) = timer.take() else { continue };
+                    Input::Timer { kind: TimerKind::Push, gen }
+                }
+            };
+            step(&mut s, input, &peer, &pushes, &mut in_flight, &mut timer)?;
+        }
+        // Deliver everything.
+        for _ in 0..1000 {
+            let input = if let Some((gen, part)) = in_flight.take() {
+                apply(&mut peer, &part);
+                Input::PushDone { gen, result: Ok(100) }
+            } else if let Some(gen) = timer.take() {
+                Input::Timer { kind: TimerKind::Push, gen }
+            } else {
+                break;
+            };
+            step(&mut s, input, &peer, &pushes, &mut in_flight, &mut timer)?;
+        }
+        proptest::prop_assert_eq!(&peer, &view);
+        proptest::prop_assert_eq!(delivered, pushes.len() as u64);
+    }
+}

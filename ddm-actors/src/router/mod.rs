@@ -114,15 +114,17 @@ pub enum RouterMsg {
     },
     /// A peer went away: forget everything learned from it.
     PeerDown(PeerId),
-    /// A peer's exchange actor delivered every push it was given so far
-    /// (from the exchange actor, when its queue empties).
+    /// A peer's exchange actor delivered every push it was given up to
+    /// `through` (from the exchange actor, as each batch of its pending
+    /// update is delivered).
     Delivered {
         /// The peer.
         peer: PeerId,
         /// The exchange actor, so that a stopped session's late report is
         /// not taken for the current one's.
         exchange: ActorId,
-        /// How many pushes that actor has been given, all delivered.
+        /// How many of the pushes that actor was given are delivered,
+        /// counted from its first.
         through: u64,
     },
     /// A peer pushed an update (from its exchange actor).

@@ -80,6 +80,52 @@ fn out(u: v3::Update) -> OutUpdate {
     u.into()
 }
 
+/// What another update names is taken out, marks and tunnels too,
+/// whichever side is searched from; the rest stays.
+#[test]
+fn take_named_by_takes_exactly_what_the_other_names() {
+    let mut other = out(announce(&["fd00:1::/64", "fd00:9::/64"]));
+    super::merge(&mut other, out(withdraw(&["fd00:2::/64"])));
+    other.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
+    let path = |d: &str| OutPath::from(&pv(d, "x"));
+    // With 0 more items the taken update's sets are searched through;
+    // with 20, the other's are looked up in them.
+    for more in [0, 20] {
+        let mut later = out(announce(&["fd00:2::/64", "fd00:3::/64"]));
+        for i in 0..more {
+            let d = format!("fd01:{i:x}::/64");
+            super::merge(&mut later, out(announce(&[&d])));
+        }
+        later.underlay_mut().mark_held();
+        let w = withdraw(&["fd00:1::/64", "fd00:4::/64"]);
+        super::merge(&mut later, out(w));
+        later.tunnel_mut().withdraw.insert(to("10.0.0.0/8", 1));
+        later.tunnel_mut().withdraw.insert(to("10.1.0.0/16", 2));
+        let mut rest = later.clone();
+        let taken = rest.take_named_by(&other);
+        let u = taken.underlay.as_ref().unwrap();
+        assert_eq!(u.announce, [path("fd00:2::/64")].into());
+        assert_eq!(u.held, u.announce, "the mark goes with the path");
+        assert_eq!(u.withdraw, [path("fd00:1::/64")].into());
+        let t = taken.tunnel.as_ref().unwrap();
+        assert_eq!(t.withdraw, [to("10.0.0.0/8", 1)].into());
+        assert!(t.announce.is_empty());
+        let r = rest.underlay.as_ref().unwrap();
+        assert_eq!(r.announce.len(), 1 + more);
+        assert!(r.announce.contains(&path("fd00:3::/64")));
+        assert_eq!(r.held, r.announce);
+        assert_eq!(r.withdraw, [path("fd00:4::/64")].into());
+        let t = rest.tunnel.as_ref().unwrap();
+        assert_eq!(t.withdraw, [to("10.1.0.0/16", 2)].into());
+        assert_eq!(taken.len() + rest.len(), later.len());
+        // Nothing named: nothing taken.
+        let mut same = later.clone();
+        let none = out(announce(&["fd00:7::/64"]));
+        assert!(same.take_named_by(&none).is_empty());
+        assert_eq!(same, later);
+    }
+}
+
 #[test]
 fn merge_has_set_semantics() {
     let mut p = out(announce(&["fd00:1::/64", "fd00:2::/64"]));
