@@ -31,7 +31,9 @@ peer is in Exchange, then prints:
      distinct /64s, proto 221), then withdrawn until all are gone;
    * CPU (user + system) of each daemon over the announce and withdrawal,
      and each daemon's peak RSS (VmHWM, reset through clear_refs before
-     the run).
+     the run); the pushes each daemon sent over the run (and their body
+     KiB) and the peers' pushes it took without an import permit
+     (`pushes_unpaced`), from its metrics listener.
    Targets: announce and withdrawal each <= 1.25x the floor of the same
    run; at 100,000 peak RSS <= 32 MiB (s1), <= 16 MiB (t1, s2), within
    1 MiB across runs. The summary gives medians and whether every run met
@@ -104,6 +106,9 @@ CHUNK = int(os.environ.get("CHUNK", "100000"))
 TIMELINE = os.environ.get("TIMELINE") == "1"
 # The per-peer limit must admit the largest size (its default is 250,000).
 MAX_PREFIXES = max(250000, 2 * max(SIZES))
+# Each daemon's metrics listener, on ::1 in its namespace: the exchange
+# counters (pushes sent, taken unpaced) of each run are read from it.
+METRICS_PORT = 9184
 NAMES = ("s1", "t1", "s2")
 # Targets of issue 12.
 RATIO_TARGET = 1.25        # ddm / kernel floor, announce and withdraw
@@ -414,6 +419,16 @@ def admin(ns, port, method, path, body=None):
     return status, out, t0, t1
 
 
+def exchange_totals(name):
+    """The daemon's exchange counters, summed over its peers (from its
+    metrics listener's GET /counters)."""
+    totals = {}
+    for peer in admin_json(NS[name], METRICS_PORT, "/counters")["exchange"]:
+        for k, v in peer["counters"].items():
+            totals[k] = totals.get(k, 0) + v
+    return totals
+
+
 def admin_json(ns, port, path):
     status, out, _, _ = admin(ns, port, "GET", path)
     if status != 200:
@@ -474,6 +489,7 @@ def start_ddmd(name, kind, ifs):
             "--admin-port", "0", "--admin-port-file",
             os.path.join(d, "port"), "--data-dir", d,
             "--log-level", LOG_LEVEL,
+            "--metrics-addr", f"[::1]:{METRICS_PORT}",
             "--max-prefixes-per-peer", str(MAX_PREFIXES)]
     # Own process group: signals reach the daemon also through a WRAP.
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
@@ -714,6 +730,7 @@ def size_round(size, ports, mon, results):
             raise RuntimeError(f"ip -batch failed: {r.stderr[:300]}")
         sh("ip", "-n", NS["x1"], "-6", "route", "flush", "proto", "221")
         base = {n: mon[n].count for n in mon}
+        ex0 = {n: exchange_totals(n) for n in NAMES}
         for n in NAMES:
             reset_hwm(n)
         cpu = CpuSampler(NAMES)
@@ -733,6 +750,8 @@ def size_round(size, ports, mon, results):
         cpu.done.set()
         cpu.join()
         hwm = {n: kib(mem_of(n)["VmHWM"]) for n in NAMES}
+        ex = {n: {k: v - ex0[n].get(k, 0)
+                  for k, v in exchange_totals(n).items()} for n in NAMES}
         run = {"floor_add": f_add, "floor_del": f_del, "batch": t_batch,
                "add": t_s2 - t0, "del": g_s2 - w0, "cpu": cpu.totals(),
                "hwm": hwm, "hwm_add": hwm_add}
@@ -749,6 +768,11 @@ def size_round(size, ports, mon, results):
                   f"{n} {hwm[n] / 1024:.1f} MiB" for n in NAMES)
               + " (after the announce: " + ", ".join(
                   f"{hwm_add[n] / 1024:.1f}" for n in NAMES) + ")")
+        print("    pushes sent (KiB) " + ", ".join(
+            f"{n} {ex[n].get('pushes_sent', 0)} "
+            f"({ex[n].get('push_bytes_sent', 0) / 1024:.0f})" for n in NAMES)
+              + "; taken unpaced " + ", ".join(
+                  f"{n} {ex[n].get('pushes_unpaced', 0)}" for n in NAMES))
         cpu.report(t0)
 
     def med(key, n=None):
