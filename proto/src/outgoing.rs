@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use oxnet::Ipv6Net;
 use serde::ser::{SerializeStruct, Serializer};
@@ -292,6 +292,24 @@ impl OutUnderlay {
         self.withdraw.insert(p);
     }
 
+    /// Whether the half announces or withdraws a path to `destination`.
+    pub fn names_destination(&self, destination: Ipv6Net) -> bool {
+        // Paths sort by destination first: the first path from the one
+        // with no hostnames on is the destination's, if it has any.
+        static NO_NAMES: LazyLock<Names> = LazyLock::new(Names::default);
+        let from = OutPath::new(destination, NO_NAMES.clone(), None);
+        [&self.announce, &self.withdraw].into_iter().any(|set| {
+            let in_range = set.first().zip(set.last()).is_some_and(|(a, z)| {
+                a.destination <= destination && destination <= z.destination
+            });
+            in_range
+                && set
+                    .range(&from..)
+                    .next()
+                    .is_some_and(|p| p.destination == destination)
+        })
+    }
+
     /// Every announcement of this update may be held by the peer (a push
     /// that failed may have been applied all the same).
     pub fn mark_held(&mut self) {
@@ -335,18 +353,19 @@ impl OutUpdate {
         }
     }
 
-    /// Take out of this update the paths and tunnel origins `other`
-    /// names (announces or withdraws), as an update of their own, with
-    /// their `held` marks. A session merges what a later push says of an
-    /// item still pending in an earlier batch into that batch.
+    /// Take out of this update the paths to every destination `other`
+    /// names (announces or withdraws a path to) and the tunnel origins it
+    /// names, as an update of their own, with their `held` marks. A
+    /// session merges what a later push says of a destination still
+    /// pending in an earlier batch into that batch, so that a path and its
+    /// replacement go out together.
     pub fn take_named_by(&mut self, other: &OutUpdate) -> OutUpdate {
         let mut out = OutUpdate::default();
         if let (Some(u), Some(o)) = (&mut self.underlay, &other.underlay) {
-            let (announce, withdraw) = take_named(
-                &mut u.announce,
-                &mut u.withdraw,
-                [&o.announce, &o.withdraw],
-            );
+            let (announce, withdraw) =
+                take_if(&mut u.announce, &mut u.withdraw, |p| {
+                    o.names_destination(p.destination)
+                });
             if !announce.is_empty() || !withdraw.is_empty() {
                 let held =
                     announce.iter().filter_map(|p| u.held.take(p)).collect();
@@ -354,11 +373,10 @@ impl OutUpdate {
             }
         }
         if let (Some(t), Some(o)) = (&mut self.tunnel, &other.tunnel) {
-            let (announce, withdraw) = take_named(
-                &mut t.announce,
-                &mut t.withdraw,
-                [&o.announce, &o.withdraw],
-            );
+            let (announce, withdraw) =
+                take_if(&mut t.announce, &mut t.withdraw, |x| {
+                    o.announce.contains(x) || o.withdraw.contains(x)
+                });
             if !announce.is_empty() || !withdraw.is_empty() {
                 out.tunnel = Some(v3::TunnelUpdate { announce, withdraw });
             }
@@ -559,31 +577,21 @@ fn merge_underlay(pending: &mut OutUnderlay, later: OutUnderlay) {
     *pending = merged;
 }
 
-/// Take out of `announce` and `withdraw` the items either set of `other`
-/// holds; searched from the smaller side.
-fn take_named<T: Ord + Clone>(
+/// Take out of `announce` and `withdraw` the items `named` picks.
+fn take_if<T: Ord + Clone>(
     announce: &mut BTreeSet<T>,
     withdraw: &mut BTreeSet<T>,
-    other: [&BTreeSet<T>; 2],
+    named: impl Fn(&T) -> bool,
 ) -> (BTreeSet<T>, BTreeSet<T>) {
-    if other.iter().all(|o| o.is_empty()) {
-        return Default::default();
-    }
-    let take = |set: &mut BTreeSet<T>| -> BTreeSet<T> {
+    let take = |set: &mut BTreeSet<T>| {
         let mut taken = BTreeSet::new();
-        if set.len() <= other[0].len() + other[1].len() {
-            set.retain(|x| {
-                let named = other.iter().any(|o| o.contains(x));
-                if named {
-                    taken.insert(x.clone());
-                }
-                !named
-            });
-        } else {
-            for x in other.iter().flat_map(|o| o.iter()) {
-                taken.extend(set.take(x));
+        set.retain(|x| {
+            let n = named(x);
+            if n {
+                taken.insert(x.clone());
             }
-        }
+            !n
+        });
         taken
     };
     (take(announce), take(withdraw))

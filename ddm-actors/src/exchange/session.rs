@@ -72,7 +72,7 @@ pub use super::session_io::{
 
 use ddm_proto::outgoing::{
     merge, take_chunk, Chunk, OutPath, OutUpdate, PushBounds,
-    DEFAULT_PUSH_LIMIT,
+    DEFAULT_PUSH_LIMIT, MAX_PUSH_ITEMS,
 };
 use ddm_proto::Version;
 
@@ -124,18 +124,22 @@ pub struct Session {
     held: Option<Vec<OutUpdate>>,
     /// The push.
     push: Activity,
-    /// The part in flight, put back in front of `pending` if it fails.
+    /// The part in flight; if it fails, it and everything unsent become
+    /// one batch again.
     in_flight: Option<Arc<OutUpdate>>,
-    /// If the part in flight is the last of `pending`'s batch: the batch's
-    /// last push, delivered with it.
+    /// If the part in flight is the last of its batch: the batch's last
+    /// push, delivered with it.
     completes: Option<u64>,
-    /// The batch going out: the router's pushes through `pending_through`
-    /// not yet sent, merged into one.
+    /// The batch going out: what is unsent of the router's pushes through
+    /// `pending_through`, merged into one, and what later pushes said of
+    /// the destinations it holds.
     pending: Option<OutUpdate>,
-    /// The last push `pending` holds a part of.
+    /// The last push whose unsent items are all in `pending` (or in the
+    /// part in flight).
     pending_through: u64,
-    /// The next batch: the pushes given while a part was in flight, merged
-    /// into one, sent once `pending` is.
+    /// The next batch: the pushes given while a part was in flight and
+    /// `pending` was closed (needed more than one more part), merged into
+    /// one, sent once `pending` is.
     next: Option<OutUpdate>,
     /// Whether a pull has completed (answered or failed).
     pulled_once: bool,
@@ -394,21 +398,29 @@ impl Session {
                 }
             }
         }
-        if self.push.busy {
-            // While a part is in flight, the batch it belongs to is closed:
-            // its pushes are reported delivered with its last part, however
-            // long the router keeps pushing. What the push says of an item
-            // the batch still holds is merged there all the same, so that
-            // everything unsent of one path is in one place (an
-            // announcement withdrawn before it went out is never sent).
+        // A batch going out that needs more than one more part is closed.
+        // A part that left some of its batch behind was full: the next
+        // holds as many items; otherwise the bound on items.
+        let part = match (&self.in_flight, self.completes) {
+            (Some(p), None) => p.len(),
+            _ => self.split_items.unwrap_or(MAX_PUSH_ITEMS),
+        };
+        let pending = self.pending.as_ref().map_or(0, OutUpdate::len);
+        if self.push.busy && (self.next.is_some() || pending >= part) {
+            // Closed, so that the batch's pushes are reported delivered
+            // with its last part however long the router keeps pushing.
+            // What the push says of a destination the batch still holds is
+            // merged there all the same: everything unsent of one
+            // destination is in one batch (an announcement withdrawn
+            // before it went out is never sent, a path and its replacement
+            // go out together).
             if let Some(p) = &mut self.pending {
-                let named = update.take_named_by(p);
-                if !named.is_empty() {
-                    merge(p, named);
-                }
+                merge(p, update.take_named_by(p));
             }
             merge_batch(&mut self.next, update);
         } else if !update.is_empty() {
+            // Idle, or a small batch going out (no next one): it takes
+            // the push, which goes out in its next part, withdrawals first.
             self.pending_through = self.received;
             merge_batch(&mut self.pending, update);
             self.push_if_idle(out);

@@ -218,23 +218,30 @@ proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
     /// A session against a model peer, with parts of two or three items
     /// (the original's 1024-byte limit): the router's pushes (as the RIB
-    /// builds them), parts delivered, failed (applied by the peer or not),
-    /// refused as too large, retried, and pull answers (the peer takes our
-    /// whole view). Whenever the session reports pushes delivered through
-    /// `n`, the peer holds what the last of them said of every path no
-    /// later push names (what `rib::Told` forgets is really gone); once all
-    /// is sent, the peer holds exactly our view and every push is reported.
+    /// builds them: paths to 4 destinations along 2 paths each, a path
+    /// replaced by the other in one push), parts delivered, failed
+    /// (applied by the peer or not), refused as too large, retried, and
+    /// pull answers (the peer takes our whole view). Whenever the session
+    /// reports pushes delivered through `n`, the peer holds what the last
+    /// of them said of every path no later push names (what `rib::Told`
+    /// forgets is really gone); once all is sent, the peer holds exactly
+    /// our view and every push is reported.
     #[test]
     fn delivered_pushes_are_with_the_peer(
-        ops in proptest::collection::vec((0u8..8, 0u8..6, proptest::bool::ANY), 0..60),
+        ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
     ) {
         use std::collections::BTreeSet;
-        let name = "h".repeat(300);
-        let path = |item: u8| OutPath::from(&v3::PathVector {
-            destination: format!("fd00:{item}::/64").parse().unwrap(),
-            path: vec![name.clone()],
+        use ddm_proto::outgoing::OutUnderlay;
+        type Key = (u8, u8);
+        let name = |v: u8| format!("{v}").repeat(300);
+        let path = |(d, v): Key| OutPath::from(&v3::PathVector {
+            destination: format!("fd00:{d}::/64").parse().unwrap(),
+            path: vec![name(v)],
         });
-        let item_of = |p: &OutPath| p.destination().addr().segments()[1] as u8;
+        let key_of = |p: &OutPath| -> Key {
+            let d = p.destination().addr().segments()[1] as u8;
+            (d, p.names().next().unwrap().as_bytes()[0] - b'0')
+        };
         let now = Duration::ZERO;
         let mut s = Session::new(Version::V3, Duration::from_secs(1));
         s.handle(now, Input::Start);
@@ -245,27 +252,27 @@ proptest::proptest! {
             session: None,
         };
         s.handle(now, Input::PullDone { gen: 1, result: Ok(answer) });
-        // Our view, the model peer, every push given (item, announced),
+        // Our view, the model peer, every push given (path, announced),
         // the part in flight, a retry due, the last delivery reported.
-        let (mut view, mut peer) = (BTreeSet::new(), BTreeSet::new());
-        let mut pushes: Vec<Vec<(u8, bool)>> = Vec::new();
+        let (mut view, mut peer) = (BTreeSet::<Key>::new(), BTreeSet::<Key>::new());
+        let mut pushes: Vec<Vec<(Key, bool)>> = Vec::new();
         let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
         let mut timer: Option<u64> = None;
         let mut delivered = 0u64;
-        let apply = |peer: &mut BTreeSet<u8>, u: &OutUpdate| {
+        let apply = |peer: &mut BTreeSet<Key>, u: &OutUpdate| {
             let u = u.underlay.as_ref().unwrap();
             assert!(u.announce.is_disjoint(&u.withdraw));
             for p in &u.withdraw {
-                peer.remove(&item_of(p));
+                peer.remove(&key_of(p));
             }
             for p in &u.announce {
-                peer.insert(item_of(p));
+                peer.insert(key_of(p));
             }
         };
         let mut step = |s: &mut Session,
                         input: Input,
-                        peer: &BTreeSet<u8>,
-                        pushes: &[Vec<(u8, bool)>],
+                        peer: &BTreeSet<Key>,
+                        pushes: &[Vec<(Key, bool)>],
                         in_flight: &mut Option<(u64, Arc<OutUpdate>)>,
                         timer: &mut Option<u64>|
          -> Result<(), proptest::test_runner::TestCaseError> {
@@ -283,14 +290,17 @@ proptest::proptest! {
                         proptest::prop_assert!(through <= pushes.len() as u64);
                         delivered = through;
                         let (done, later) = pushes.split_at(through as usize);
-                        for item in 0u8..6 {
-                            let named_later = later.iter().flatten().any(|(i, _)| *i == item);
-                            let last = done.iter().flatten().rev().find(|(i, _)| *i == item);
-                            if let (false, Some((_, present))) = (named_later, last) {
-                                proptest::prop_assert_eq!(
-                                    peer.contains(&item), *present,
-                                    "item {} after delivery through {}", item, through
-                                );
+                        for d in 0u8..4 {
+                            for v in 0u8..2 {
+                                let k = (d, v);
+                                let named_later = later.iter().flatten().any(|(i, _)| *i == k);
+                                let last = done.iter().flatten().rev().find(|(i, _)| *i == k);
+                                if let (false, Some((_, present))) = (named_later, last) {
+                                    proptest::prop_assert_eq!(
+                                        peer.contains(&k), *present,
+                                        "{:?} after delivery through {}", k, through
+                                    );
+                                }
                             }
                         }
                     }
@@ -301,18 +311,29 @@ proptest::proptest! {
             Ok(())
         };
         for (op, item, flag) in ops {
+            let k: Key = (item % 4, item / 4);
             let input = match op {
                 0..=2 => {
-                    let mut u = ddm_proto::outgoing::OutUnderlay::default();
+                    let mut u = OutUnderlay::default();
+                    let mut said = Vec::new();
                     if op == 0 {
-                        u.withdraw_path(path(item));
-                        view.remove(&item);
+                        u.withdraw_path(path(k));
+                        view.remove(&k);
+                        said.push((k, false));
                     } else {
-                        let fresh = op == 1 && !view.contains(&item);
-                        u.announce_path(path(item), !fresh);
-                        view.insert(item);
+                        // With `flag`, the other path to the destination
+                        // is replaced by this one.
+                        let other = (k.0, 1 - k.1);
+                        if flag && view.remove(&other) {
+                            u.withdraw_path(path(other));
+                            said.push((other, false));
+                        }
+                        let fresh = op == 1 && !view.contains(&k);
+                        u.announce_path(path(k), !fresh);
+                        view.insert(k);
+                        said.push((k, true));
                     }
-                    pushes.push(vec![(item, op != 0)]);
+                    pushes.push(said);
                     Input::Push(OutUpdate { underlay: Some(u), tunnel: None })
                 }
                 3 => {

@@ -80,16 +80,15 @@ fn out(u: v3::Update) -> OutUpdate {
     u.into()
 }
 
-/// What another update names is taken out, marks and tunnels too,
-/// whichever side is searched from; the rest stays.
+/// What another update names (by destination for paths, exactly for
+/// tunnel origins) is taken out, marks too; the rest stays.
 #[test]
 fn take_named_by_takes_exactly_what_the_other_names() {
     let mut other = out(announce(&["fd00:1::/64", "fd00:9::/64"]));
     super::merge(&mut other, out(withdraw(&["fd00:2::/64"])));
     other.tunnel_mut().announce.insert(to("10.0.0.0/8", 1));
     let path = |d: &str| OutPath::from(&pv(d, "x"));
-    // With 0 more items the taken update's sets are searched through;
-    // with 20, the other's are looked up in them.
+    // With 20 more items, which `other` does not name: they stay.
     for more in [0, 20] {
         let mut later = out(announce(&["fd00:2::/64", "fd00:3::/64"]));
         for i in 0..more {
@@ -118,6 +117,16 @@ fn take_named_by_takes_exactly_what_the_other_names() {
         let t = rest.tunnel.as_ref().unwrap();
         assert_eq!(t.withdraw, [to("10.1.0.0/16", 2)].into());
         assert_eq!(taken.len() + rest.len(), later.len());
+        // A destination named by any path: a path and its replacement
+        // are taken together.
+        let mut replaced = out(withdraw(&["fd00:9::/64"]));
+        let other_path = OutPath::from(&pv("fd00:9::/64", "y"));
+        replaced.underlay_mut().announce_path(other_path.clone(), false);
+        let taken = replaced.take_named_by(&other);
+        let u = taken.underlay.as_ref().unwrap();
+        assert_eq!(u.withdraw, [path("fd00:9::/64")].into());
+        assert_eq!(u.announce, [other_path].into());
+        assert!(replaced.is_empty());
         // Nothing named: nothing taken.
         let mut same = later.clone();
         let none = out(announce(&["fd00:7::/64"]));
