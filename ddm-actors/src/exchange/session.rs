@@ -51,15 +51,17 @@
 //!   [`MAX_ATTEMPTS`] consecutive failures, spread over at least
 //!   `give_up_after`, the peer is reported once ([`Effect::ReportFailure`])
 //!   and retries go on. A bind that fails is retried on the same schedule.
-//! * **Delivered in batches**: the pending update is cut into batches. The
-//!   router's pushes given while a part is in flight wait in the next
-//!   batch, except what they say of a path the batch going out still holds
-//!   (merged there, so that everything unsent of a path is in one place).
-//!   When a batch's last part is delivered, the router is told its last
-//!   push ([`Effect::Delivered`]; when nothing is left, the last push
-//!   given), so that it forgets the withdrawals it remembers for a reset
-//!   (`rib::Told`) while it keeps pushing, not only once the peer has
-//!   caught up. A failed part puts everything unsent back into one batch.
+//! * **Delivered in batches**: the pending update is cut into batches.
+//!   While a part is in flight, a batch going out that needs more than one
+//!   more part is closed: the router's pushes wait in the next batch,
+//!   except what they say of a destination the closed batch still holds
+//!   (merged there, so that everything unsent of a destination is in one
+//!   place). When a batch's last part is delivered, the router is told
+//!   its last push ([`Effect::Delivered`]; when nothing is left, the last
+//!   push given), so that it forgets the withdrawals it remembers for a
+//!   reset (`rib::Told`) while it keeps pushing, not only once the peer
+//!   has caught up. A failed part puts everything unsent back into one
+//!   batch.
 //! * Requests and timers carry a generation; a stale one is ignored.
 
 use std::collections::BTreeSet;
