@@ -299,15 +299,18 @@ impl OutUnderlay {
         static NO_NAMES: LazyLock<Names> = LazyLock::new(Names::default);
         let from = OutPath::new(destination, NO_NAMES.clone(), None);
         [&self.announce, &self.withdraw].into_iter().any(|set| {
-            let in_range = set.first().zip(set.last()).is_some_and(|(a, z)| {
-                a.destination <= destination && destination <= z.destination
-            });
-            in_range
-                && set
-                    .range(&from..)
-                    .next()
-                    .is_some_and(|p| p.destination == destination)
+            set.range(&from..)
+                .next()
+                .is_some_and(|p| p.destination == destination)
         })
+    }
+
+    /// The lowest and highest destination the half names, if any.
+    fn destination_range(&self) -> Option<(Ipv6Net, Ipv6Net)> {
+        let sets = [&self.announce, &self.withdraw];
+        let first = sets.iter().filter_map(|s| s.first()).min()?;
+        let last = sets.iter().filter_map(|s| s.last()).max()?;
+        Some((first.destination, last.destination))
     }
 
     /// Every announcement of this update may be held by the peer (a push
@@ -362,9 +365,14 @@ impl OutUpdate {
     pub fn take_named_by(&mut self, other: &OutUpdate) -> OutUpdate {
         let mut out = OutUpdate::default();
         if let (Some(u), Some(o)) = (&mut self.underlay, &other.underlay) {
+            // Most pushes name none of `other`'s destinations: one look at
+            // their range spares a search per path.
+            let range = o.destination_range();
             let (announce, withdraw) =
                 take_if(&mut u.announce, &mut u.withdraw, |p| {
-                    o.names_destination(p.destination)
+                    let d = p.destination;
+                    range.is_some_and(|(a, z)| a <= d && d <= z)
+                        && o.names_destination(d)
                 });
             if !announce.is_empty() || !withdraw.is_empty() {
                 let held =

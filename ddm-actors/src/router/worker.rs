@@ -98,19 +98,18 @@ pub(super) async fn dataplane_worker(
         };
         let mut batches = Vec::new();
         let mut tunnels = None;
-        let mut permits = Vec::new();
         let mut absorb = |cmd| match cmd {
             DataplaneCmd::Apply(batch) => batches.push(batch),
             DataplaneCmd::Tunnels(t) => tunnels = Some(t),
-            DataplaneCmd::Release(p) => permits.push(p),
+            // Everything queued before the permit is taken (commands are
+            // absorbed in order): its peer may send the next push while
+            // this batch is in the kernel.
+            DataplaneCmd::Release(p) => drop(p),
         };
         absorb(first);
         while let Ok(cmd) = rx.try_recv() {
             absorb(cmd);
         }
-        // Everything queued before the permits is taken: their peers may
-        // send the next pushes while this batch is in the kernel.
-        drop(permits);
         let batch = coalesce(batches);
         if !batch.is_empty() {
             let n = batch.len();
