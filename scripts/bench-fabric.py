@@ -34,6 +34,10 @@ peer is in Exchange, then prints:
      the run); the pushes each daemon sent over the run (and their body
      KiB) and the peers' pushes it took without an import permit
      (`pushes_unpaced`), from its metrics listener.
+   * what the target leaves to spend: this machine's cores x 1.25 x the
+     floor's time, in core-seconds, beside the CPU the floor's own kernel
+     work took (both threads) and the CPU of ddm's three daemons, for the
+     announce and the withdrawal apart.
    Targets: announce and withdrawal each <= 1.25x the floor of the same
    run; at 100,000 peak RSS <= 32 MiB (s1), <= 16 MiB (t1, s2), within
    1 MiB across runs. The summary gives medians and whether every run met
@@ -112,6 +116,7 @@ METRICS_PORT = 9184
 NAMES = ("s1", "t1", "s2")
 # Targets of issue 12.
 RATIO_TARGET = 1.25        # ddm / kernel floor, announce and withdraw
+CORES = len(os.sched_getaffinity(0))
 MEM_TARGET_MIB = {"s1": 32, "t1": 16, "s2": 16}   # peak RSS at 100,000
 MEM_SPREAD_MIB = 1         # peak RSS across runs
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
@@ -309,9 +314,11 @@ class CpuSampler(threading.Thread):
             self.done.wait(self.period)
         self.samples.append(self.snap())
 
-    def totals(self, hz=os.sysconf("SC_CLK_TCK")):
-        """CPU seconds (user + system) of each daemon over the run."""
-        first, last = self.samples[0][1], self.samples[-1][1]
+    def totals(self, first=None, last=None, hz=os.sysconf("SC_CLK_TCK")):
+        """CPU seconds (user + system) of each daemon between two snaps
+        (by default over the run)."""
+        first = (first or self.samples[0])[1]
+        last = (last or self.samples[-1])[1]
         return {n: (last[n][0] - first[n][0] + last[n][1] - first[n][1]) / hz
                 for n in self.names}
 
@@ -627,15 +634,16 @@ def prefixes(size):
 
 def floor_run(op, size):
     """The kernel floor: `bench_fabric floor` adding (or deleting) `size`
-    routes in both scratch namespaces at once; returns its seconds."""
+    routes in both scratch namespaces at once; returns its seconds and the
+    CPU seconds (user + system, both threads) it used in them."""
     r = sh(MONITOR, "floor", op, str(size), f"{NS['x1']}:xa",
            f"{NS['x2']}:xa", check=False)
     if r.returncode != 0:
         raise RuntimeError(f"floor {op}: {r.stderr.strip()}")
-    _, secs, errors = r.stdout.split()
+    _, secs, errors, cpu = r.stdout.split()
     if int(errors):
         raise RuntimeError(f"floor {op}: the kernel refused {errors} routes")
-    return float(secs)
+    return float(secs), float(cpu)
 
 
 def reset_hwm(name):
@@ -721,8 +729,8 @@ def size_round(size, ports, mon, results):
     runs = []
     for rep in range(REPEAT):
         check_alive()
-        f_add = floor_run("add", size)
-        f_del = floor_run("del", size)
+        f_add, fc_add = floor_run("add", size)
+        f_del, fc_del = floor_run("del", size)
         t0 = time.perf_counter()
         r = sh("ip", "-n", NS["x1"], "-6", "-batch", batch, check=False)
         t_batch = time.perf_counter() - t0
@@ -743,6 +751,7 @@ def size_round(size, ports, mon, results):
                           t0, 10)
         time.sleep(0.3)
         hwm_add = {n: kib(mem_of(n)["VmHWM"]) for n in NAMES}
+        mid = cpu.snap()
         w0, w_ack = admin_chunks("DELETE", routes)
         g_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c <= b, w0,
                           timeout)
@@ -754,7 +763,10 @@ def size_round(size, ports, mon, results):
                   for k, v in exchange_totals(n).items()} for n in NAMES}
         run = {"floor_add": f_add, "floor_del": f_del, "batch": t_batch,
                "add": t_s2 - t0, "del": g_s2 - w0, "cpu": cpu.totals(),
-               "hwm": hwm, "hwm_add": hwm_add}
+               "hwm": hwm, "hwm_add": hwm_add,
+               "fcpu_add": fc_add, "fcpu_del": fc_del,
+               "dcpu_add": sum(cpu.totals(last=mid).values()),
+               "dcpu_del": sum(cpu.totals(first=mid).values())}
         runs.append(run)
         print(f"  run {rep}: floor add {f_add:.3f} s, del {f_del:.3f} s; "
               f"ip -batch (one table) {t_batch:.3f} s; ddm: 204 after "
@@ -773,6 +785,12 @@ def size_round(size, ports, mon, results):
             f"({ex[n].get('push_bytes_sent', 0) / 1024:.0f})" for n in NAMES)
               + "; taken unpaced " + ", ".join(
                   f"{n} {ex[n].get('pushes_unpaced', 0)}" for n in NAMES))
+        print("    CPU at the target: " + "; ".join(
+            f"{what}: {CORES} cores x {RATIO_TARGET} x floor = "
+            f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
+            f"floor's kernel work {run[f'fcpu_{k}']:.2f}, ddm's three "
+            f"daemons {run[f'dcpu_{k}']:.2f}"
+            for what, k in (("announce", "add"), ("withdraw", "del"))))
         cpu.report(t0)
 
     def med(key, n=None):
@@ -788,6 +806,13 @@ def size_round(size, ports, mon, results):
         results.append((f"{size} {what} / floor", f"{m:.2f}x "
                         f"({med(key):.3f} s)", f"<= {RATIO_TARGET}x, every "
                         f"run {'yes' if every else 'no'}", m <= RATIO_TARGET))
+        # What the machine's cores can do in the target's time, against
+        # what the floor's kernel work alone and ddm's daemons used.
+        window = CORES * RATIO_TARGET * med(fkey)
+        results.append((f"{size} {key} CPU: floor / ddm / {CORES} cores "
+                        f"x {RATIO_TARGET} x floor",
+                        f"{med('fcpu_' + key):.2f} / {med('dcpu_' + key):.2f}"
+                        f" / {window:.2f} core-s", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
     if size == 100000:
