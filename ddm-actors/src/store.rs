@@ -499,6 +499,7 @@ impl Store {
         };
         let backend = FaultyFile { file, faults: self.faults.clone() };
         redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(|e| self.classify(e))
     }
@@ -654,6 +655,17 @@ impl Store {
         })?
     }
 }
+
+/// The most redb keeps of the file in memory (its page cache and write
+/// buffer). redb's default is 1 GiB, so every page it ever read or wrote
+/// stayed resident: the whole table, a second copy of what the router
+/// already holds. Measured on 100,000 prefixes added then removed, three
+/// times (a scratch program, glibc tuned as `ddmd` tunes it): 14.9 MiB
+/// peak RSS with the default, 13.0 with 4 MiB, 9.9–11.0 with 1 MiB, with
+/// no slower adds (127–167 ms against 143–193) or removals (35–57 ms
+/// against 38–53). The operating system's page cache still holds the
+/// file.
+const CACHE_BYTES: usize = 1 << 20;
 
 /// A removal of at least one in this many of the table's prefixes (counted
 /// after the change's additions) is made in one pass over the table rather
