@@ -94,6 +94,29 @@ pub fn extend_packed<T: Ord>(set: &mut BTreeSet<T>, mut more: BTreeSet<T>) {
     }
 }
 
+/// The set of `sorted` (ascending, each once) in packed B-tree nodes,
+/// built without holding every item twice: in parts of a quarter of what
+/// is built so far (at least [`PACK_PART`]), each collected, packed and
+/// appended. Inserted one by one, 100,000 own paths took 7.5 MiB at the
+/// originator; packed they take about 4.4, and the largest part's list
+/// with its tree adds about half of that while it is built (one list of
+/// them all, sorted and packed at once, would add 3.8 MiB).
+pub fn packed<T: Ord>(sorted: impl IntoIterator<Item = T>) -> BTreeSet<T> {
+    let mut set = BTreeSet::new();
+    let mut items = sorted.into_iter();
+    loop {
+        let want = (set.len() / 4).max(PACK_PART);
+        let mut part: BTreeSet<T> = items.by_ref().take(want).collect();
+        if part.is_empty() {
+            return set;
+        }
+        set.append(&mut part);
+    }
+}
+
+/// The fewest items [`packed`] collects at a time.
+const PACK_PART: usize = 1024;
+
 /// What the router must do after a RIB operation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -225,17 +248,33 @@ struct Pending {
 type Readvertised = (Ipv6Net, Vec<Offer>, Vec<Offer>);
 
 impl Pending {
-    /// `pv` enters the peer's view: it does not hold it (every earlier
-    /// push to it withdrew what left its view).
-    fn announce_path(&mut self, to: PeerId, pv: OutPath) {
+    /// Every path of `paths` enters the peer's view: it does not hold
+    /// them (every earlier push to it withdrew what left its view). Taken
+    /// whole (packed, see [`packed`]) while nothing is pending for the
+    /// peer.
+    fn announce_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        u.announce_path(pv, false);
+        if u.is_empty() {
+            u.announce = paths;
+        } else {
+            for pv in paths {
+                u.announce_path(pv, false);
+            }
+        }
     }
 
-    /// `pv` leaves the peer's view.
-    fn withdraw_path(&mut self, to: PeerId, pv: OutPath) {
+    /// Every path of `paths` leaves the peer's view. Taken whole (packed)
+    /// while nothing is pending for the peer, so there is no announcement
+    /// to cancel.
+    fn withdraw_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        u.withdraw_path(pv);
+        if u.is_empty() {
+            u.withdraw = paths;
+        } else {
+            for pv in paths {
+                u.withdraw_path(pv);
+            }
+        }
     }
 
     fn announce_tunnel(&mut self, to: PeerId, t: TunnelOrigin) {

@@ -7,20 +7,20 @@ impl Rib {
     /// Start originating `prefixes`; announces the new ones to every peer.
     pub fn originate(
         &mut self,
-        prefixes: impl IntoIterator<Item = Ipv6Net>,
+        prefixes: impl Into<BTreeSet<Ipv6Net>>,
     ) -> Effects {
         let mut pending = Pending::default();
-        self.originate_into(&mut pending, prefixes);
+        self.originate_into(&mut pending, prefixes.into());
         self.finish(pending)
     }
 
     /// Stop originating `prefixes`; withdraws them from every peer.
     pub fn withdraw_originated(
         &mut self,
-        prefixes: impl IntoIterator<Item = Ipv6Net>,
+        prefixes: impl Into<BTreeSet<Ipv6Net>>,
     ) -> Effects {
         let mut pending = Pending::default();
-        self.withdraw_originated_into(&mut pending, prefixes);
+        self.withdraw_originated_into(&mut pending, prefixes.into());
         self.finish(pending)
     }
 
@@ -55,7 +55,7 @@ impl Rib {
         prefixes: BTreeSet<Ipv6Net>,
         tunnels: BTreeSet<TunnelOrigin>,
     ) -> Effects {
-        let stale: Vec<Ipv6Net> =
+        let stale: BTreeSet<Ipv6Net> =
             self.originated.difference(&prefixes).copied().collect();
         let stale_tunnels: Vec<TunnelOrigin> =
             self.originated_tunnels.difference(&tunnels).copied().collect();
@@ -67,34 +67,50 @@ impl Rib {
         self.finish(pending)
     }
 
+    /// `prefixes` (owned: what is new of them is kept in their own
+    /// nodes, not copied) originated; every peer hears of the new ones,
+    /// their paths built once, packed, for all of them.
     pub(super) fn originate_into(
         &mut self,
         pending: &mut Pending,
-        prefixes: impl IntoIterator<Item = Ipv6Net>,
+        mut prefixes: BTreeSet<Ipv6Net>,
     ) {
-        let mut added = BTreeSet::new();
-        for p in prefixes {
-            if !self.originated.contains(&p) && added.insert(p) {
-                let pv = self.own_path(p);
-                for id in self.peers.keys() {
-                    pending.announce_path(*id, pv.clone());
-                }
-            }
-        }
-        extend_packed(&mut self.originated, added);
+        prefixes.retain(|p| !self.originated.contains(p));
+        self.tell_peers(pending, &prefixes, Pending::announce_paths);
+        extend_packed(&mut self.originated, prefixes);
     }
 
+    /// `prefixes` no longer originated; every peer hears the withdrawal of
+    /// those that were.
     pub(super) fn withdraw_originated_into(
         &mut self,
         pending: &mut Pending,
-        prefixes: impl IntoIterator<Item = Ipv6Net>,
+        mut prefixes: BTreeSet<Ipv6Net>,
     ) {
-        for p in prefixes {
-            if self.originated.remove(&p) {
-                let pv = self.own_path(p);
-                for id in self.peers.keys() {
-                    pending.withdraw_path(*id, pv.clone());
-                }
+        prefixes.retain(|p| self.originated.remove(p));
+        self.tell_peers(pending, &prefixes, Pending::withdraw_paths);
+    }
+
+    /// Hand every peer our own paths to `prefixes` through `tell`: the
+    /// last peer takes the set, the others a copy (of the same packed
+    /// shape).
+    fn tell_peers(
+        &self,
+        pending: &mut Pending,
+        prefixes: &BTreeSet<Ipv6Net>,
+        tell: fn(&mut Pending, PeerId, BTreeSet<OutPath>),
+    ) {
+        if prefixes.is_empty() || self.peers.is_empty() {
+            return;
+        }
+        let paths = packed(prefixes.iter().map(|p| self.own_path(*p)));
+        let mut peers = self.peers.keys().copied().peekable();
+        while let Some(id) = peers.next() {
+            if peers.peek().is_some() {
+                tell(pending, id, paths.clone());
+            } else {
+                tell(pending, id, paths);
+                return;
             }
         }
     }

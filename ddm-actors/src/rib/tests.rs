@@ -1198,3 +1198,14 @@ fn extend_packed_is_the_union() {
         assert_eq!(set, want, "{have} + {more}");
     }
 }
+
+#[test]
+fn packed_holds_exactly_its_items() {
+    for n in [0u32, 1, 1023, 1024, 1025, 1281, 6000] {
+        let want: BTreeSet<u32> = (0..n).map(|i| i * 3).collect();
+        assert_eq!(packed(want.iter().copied()), want, "{n} in order");
+        // Out of order and repeated: still the set, only less packed.
+        let mixed = (0..n).rev().chain(0..n / 2).map(|i| i * 3);
+        assert_eq!(packed(mixed), want, "{n} out of order");
+    }
+}
