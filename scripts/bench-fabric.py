@@ -34,10 +34,12 @@ peer is in Exchange, then prints:
      the run); the pushes each daemon sent over the run (and their body
      KiB) and the peers' pushes it took without an import permit
      (`pushes_unpaced`), from its metrics listener.
-   * what the target leaves to spend: this machine's cores x 1.25 x the
-     floor's time, in core-seconds, beside the CPU the floor's own kernel
-     work took (both threads) and the CPU of ddm's three daemons, for the
-     announce and the withdrawal apart.
+   * what the target leaves to spend: this machine's cores (the script's
+     CPU affinity; a cgroup quota is not seen) x 1.25 x the floor's time,
+     in core-seconds ("target's core-s"), beside the CPU the floor client
+     used (user + system, both threads: nearly all of it the kernel's route
+     work) and the CPU of ddm's three daemons, for the announce and the
+     withdrawal apart.
    Targets: announce and withdrawal each <= 1.25x the floor of the same
    run; at 100,000 peak RSS <= 32 MiB (s1), <= 16 MiB (t1, s2), within
    1 MiB across runs. The summary gives medians and whether every run met
@@ -640,7 +642,11 @@ def floor_run(op, size):
            f"{NS['x2']}:xa", check=False)
     if r.returncode != 0:
         raise RuntimeError(f"floor {op}: {r.stderr.strip()}")
-    _, secs, errors, cpu = r.stdout.split()
+    fields = r.stdout.split()
+    if len(fields) != 4:
+        raise RuntimeError(f"floor {op}: unexpected output {r.stdout!r} "
+                           f"(rebuild it: scripts/build-release.sh --bench)")
+    _, secs, errors, cpu = fields
     if int(errors):
         raise RuntimeError(f"floor {op}: the kernel refused {errors} routes")
     return float(secs), float(cpu)
@@ -788,7 +794,7 @@ def size_round(size, ports, mon, results):
         print("    CPU at the target: " + "; ".join(
             f"{what}: {CORES} cores x {RATIO_TARGET} x floor = "
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
-            f"floor's kernel work {run[f'fcpu_{k}']:.2f}, ddm's three "
+            f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
             f"daemons {run[f'dcpu_{k}']:.2f}"
             for what, k in (("announce", "add"), ("withdraw", "del"))))
         cpu.report(t0)
@@ -807,12 +813,12 @@ def size_round(size, ports, mon, results):
                         f"({med(key):.3f} s)", f"<= {RATIO_TARGET}x, every "
                         f"run {'yes' if every else 'no'}", m <= RATIO_TARGET))
         # What the machine's cores can do in the target's time, against
-        # what the floor's kernel work alone and ddm's daemons used.
+        # what the floor client and ddm's daemons used.
         window = CORES * RATIO_TARGET * med(fkey)
-        results.append((f"{size} {key} CPU: floor / ddm / {CORES} cores "
-                        f"x {RATIO_TARGET} x floor",
+        results.append((f"{size} {what.split()[0]}: CPU floor / ddm / "
+                        f"target's core-s",
                         f"{med('fcpu_' + key):.2f} / {med('dcpu_' + key):.2f}"
-                        f" / {window:.2f} core-s", "", None))
+                        f" / {window:.2f}", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
     if size == 100000:

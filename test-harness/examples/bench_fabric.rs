@@ -25,8 +25,9 @@
 //! (`fd10:0:<i/65536>:<i%65536>::/64 via fe80::2 dev IFNAME proto 221`) in
 //! each named namespace at once, one thread per namespace, 256 requests
 //! per `send` and one acknowledgement per send. It prints
-//! `F <seconds> <errors>`: the wall time from the common start until the
-//! last table is done, and how many requests the kernels refused.
+//! `F <seconds> <errors> <cpu>`: the wall time from the common start until
+//! the last table is done, how many requests the kernels refused, and the
+//! CPU seconds (user + system) all its threads used in that time.
 //!
 //! Linux only; needs root (setns).
 

@@ -94,16 +94,17 @@ pub fn extend_packed<T: Ord>(set: &mut BTreeSet<T>, mut more: BTreeSet<T>) {
     }
 }
 
-/// The set of `sorted` (ascending, each once) in packed B-tree nodes,
-/// built without holding every item twice: in parts of a quarter of what
-/// is built so far (at least [`PACK_PART`]), each collected, packed and
-/// appended. Inserted one by one, 100,000 own paths took 7.5 MiB at the
-/// originator; packed they take about 4.4, and the largest part's list
-/// with its tree adds about half of that while it is built (one list of
-/// them all, sorted and packed at once, would add 3.8 MiB).
-pub fn packed<T: Ord>(sorted: impl IntoIterator<Item = T>) -> BTreeSet<T> {
+/// The set of `items`, in packed B-tree nodes when they come in ascending
+/// order (any order gives the right set), built without holding every
+/// item twice: in parts of a quarter of what is built so far (at least
+/// [`PACK_PART`]), each collected, packed and appended (about five moves
+/// per item in all). Inserted one by one, 100,000 own paths took 7.5 MiB
+/// at the originator; packed they take about 4.4, and the largest part's
+/// list with its tree adds about half of that while it is built (one list
+/// of them all, sorted and packed at once, would add 3.8 MiB).
+pub fn packed<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
     let mut set = BTreeSet::new();
-    let mut items = sorted.into_iter();
+    let mut items = items.into_iter();
     loop {
         let want = (set.len() / 4).max(PACK_PART);
         let mut part: BTreeSet<T> = items.by_ref().take(want).collect();
@@ -249,12 +250,21 @@ type Readvertised = (Ipv6Net, Vec<Offer>, Vec<Offer>);
 
 impl Pending {
     /// Every path of `paths` enters the peer's view: it does not hold
-    /// them (every earlier push to it withdrew what left its view). Taken
-    /// whole (packed, see [`packed`]) while nothing is pending for the
-    /// peer.
+    /// them (every earlier push to it withdrew what left its view). As
+    /// [`ddm_proto::outgoing::OutUnderlay::announce_path`] path by path, but while the update
+    /// announces nothing yet `paths` becomes its announcements whole
+    /// (packed, see [`packed`]), those it withdrew marked held.
     fn announce_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        if u.is_empty() {
+        if u.announce.is_empty() {
+            // `held` is a subset of `announce`: empty too.
+            if !u.withdraw.is_empty() {
+                u.held = paths
+                    .iter()
+                    .filter(|pv| u.withdraw.remove(*pv))
+                    .cloned()
+                    .collect();
+            }
             u.announce = paths;
         } else {
             for pv in paths {
@@ -263,12 +273,18 @@ impl Pending {
         }
     }
 
-    /// Every path of `paths` leaves the peer's view. Taken whole (packed)
-    /// while nothing is pending for the peer, so there is no announcement
-    /// to cancel.
-    fn withdraw_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
+    /// Every path of `paths` leaves the peer's view. As
+    /// [`ddm_proto::outgoing::OutUnderlay::withdraw_path`] path by path, but while the update
+    /// withdraws nothing yet `paths` becomes its withdrawals whole
+    /// (packed), less the announcements it cancels.
+    fn withdraw_paths(&mut self, to: PeerId, mut paths: BTreeSet<OutPath>) {
         let u = self.pushes.entry(to).or_default().underlay_mut();
-        if u.is_empty() {
+        if u.withdraw.is_empty() {
+            if !u.announce.is_empty() {
+                // Kept unless it cancels an announcement the peer does not
+                // hold.
+                paths.retain(|pv| !u.announce.remove(pv) || u.held.remove(pv));
+            }
             u.withdraw = paths;
         } else {
             for pv in paths {

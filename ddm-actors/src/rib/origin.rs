@@ -55,8 +55,7 @@ impl Rib {
         prefixes: BTreeSet<Ipv6Net>,
         tunnels: BTreeSet<TunnelOrigin>,
     ) -> Effects {
-        let stale: BTreeSet<Ipv6Net> =
-            self.originated.difference(&prefixes).copied().collect();
+        let stale = packed(self.originated.difference(&prefixes).copied());
         let stale_tunnels: Vec<TunnelOrigin> =
             self.originated_tunnels.difference(&tunnels).copied().collect();
         let mut pending = Pending::default();
@@ -67,9 +66,9 @@ impl Rib {
         self.finish(pending)
     }
 
-    /// `prefixes` (owned: what is new of them is kept in their own
-    /// nodes, not copied) originated; every peer hears of the new ones,
-    /// their paths built once, packed, for all of them.
+    /// `prefixes` originated (the set is moved into ours, not cloned);
+    /// every peer hears of the new ones, their paths built once, packed,
+    /// for all of them.
     pub(super) fn originate_into(
         &mut self,
         pending: &mut Pending,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use ddm_proto::outgoing::{Names, OutUnderlay};
 use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate, Update};
 
 fn peer(n: u16) -> PeerId {
@@ -1207,5 +1208,53 @@ fn packed_holds_exactly_its_items() {
         // Out of order and repeated: still the set, only less packed.
         let mixed = (0..n).rev().chain(0..n / 2).map(|i| i * 3);
         assert_eq!(packed(mixed), want, "{n} out of order");
+    }
+}
+
+proptest! {
+    /// A whole set announced or withdrawn at once leaves a peer's pending
+    /// update exactly as the same paths one by one would, whatever the
+    /// update held before (announced, withdrawn, held).
+    #[test]
+    fn paths_at_once_are_paths_one_by_one(
+        before in proptest::collection::vec((0u8..24, 0u8..3), 0..24),
+        paths in proptest::collection::btree_set(0u8..24, 0..24),
+        announce in any::<bool>(),
+    ) {
+        let names: Names = Arc::new(vec![Arc::from("a")].into_boxed_slice());
+        let path = |i: u8| {
+            let d = Ipv6Net::new(Ipv6Addr::new(0xfd00, u16::from(i), 0, 0, 0, 0, 0, 0), 64)
+                .unwrap();
+            OutPath::new(d, names.clone(), None)
+        };
+        let mut start = OutUnderlay::default();
+        for (i, op) in before {
+            match op {
+                0 => start.announce_path(path(i), false),
+                1 => start.announce_path(path(i), true),
+                _ => start.withdraw_path(path(i)),
+            }
+        }
+        let mut one_by_one = start.clone();
+        for i in &paths {
+            if announce {
+                one_by_one.announce_path(path(*i), false);
+            } else {
+                one_by_one.withdraw_path(path(*i));
+            }
+        }
+        let to = peer(1);
+        let mut pending = Pending::default();
+        *pending.pushes.entry(to).or_default().underlay_mut() = start;
+        let set: BTreeSet<OutPath> = paths.iter().map(|i| path(*i)).collect();
+        if announce {
+            pending.announce_paths(to, set);
+        } else {
+            pending.withdraw_paths(to, set);
+        }
+        let got = pending.pushes[&to].underlay.clone().unwrap();
+        prop_assert_eq!(&got.announce, &one_by_one.announce);
+        prop_assert_eq!(&got.withdraw, &one_by_one.withdraw);
+        prop_assert_eq!(&got.held, &one_by_one.held);
     }
 }
