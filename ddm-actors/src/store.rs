@@ -659,9 +659,10 @@ impl Store {
 /// About the most redb keeps of the file in memory (its page cache and
 /// write buffer, which may pass it briefly; a write buffer past half of it
 /// is written to the file before the commit, so running out of space can
-/// also show in an insert or removal, classified as at the commit). redb's default is 1 GiB, so every page it ever read or wrote
-/// stayed resident: the whole table, a second copy of what the router
-/// already holds. Measured on 100,000 prefixes added then removed, three
+/// also show in an insert or removal, classified as at the commit).
+/// redb's default is 1 GiB, so every page it ever read or wrote stayed
+/// resident: the whole table, a second copy of what the router already
+/// holds. Measured on 100,000 prefixes added then removed, three
 /// times (a scratch program, glibc tuned as `ddmd` tunes it): 14.9 MiB
 /// peak RSS with the default, 13.0 with 4 MiB, 9.9–11.0 with 1 MiB, with
 /// no slower adds (127–167 ms against 143–193) or removals (35–57 ms

@@ -106,6 +106,14 @@ impl OutPath {
         OutPath { destination, path, suffix }
     }
 
+    /// The lowest path to `destination` in path order (no hostnames), a
+    /// bound to search a set of paths from: paths sort by destination
+    /// first.
+    fn lowest_to(destination: Ipv6Net) -> OutPath {
+        static NO_NAMES: LazyLock<Names> = LazyLock::new(Names::default);
+        OutPath::new(destination, NO_NAMES.clone(), None)
+    }
+
     /// The destination prefix.
     pub fn destination(&self) -> Ipv6Net {
         self.destination
@@ -294,15 +302,25 @@ impl OutUnderlay {
 
     /// Whether the half announces or withdraws a path to `destination`.
     pub fn names_destination(&self, destination: Ipv6Net) -> bool {
-        // Paths sort by destination first: the first path from the one
-        // with no hostnames on is the destination's, if it has any.
-        static NO_NAMES: LazyLock<Names> = LazyLock::new(Names::default);
-        let from = OutPath::new(destination, NO_NAMES.clone(), None);
+        let from = OutPath::lowest_to(destination);
         [&self.announce, &self.withdraw].into_iter().any(|set| {
             set.range(&from..)
                 .next()
                 .is_some_and(|p| p.destination == destination)
         })
+    }
+
+    /// The destinations the half names, each once, in order.
+    fn destinations(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let mut all: Vec<Ipv6Net> = self
+            .announce
+            .iter()
+            .chain(&self.withdraw)
+            .map(|p| p.destination)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
     }
 
     /// The lowest and highest destination the half names, if any.
@@ -365,15 +383,26 @@ impl OutUpdate {
     pub fn take_named_by(&mut self, other: &OutUpdate) -> OutUpdate {
         let mut out = OutUpdate::default();
         if let (Some(u), Some(o)) = (&mut self.underlay, &other.underlay) {
-            // Most pushes name none of `other`'s destinations: one look at
-            // their range spares a search per path.
-            let range = o.destination_range();
-            let (announce, withdraw) =
+            // Searched from the smaller side: a push of a few paths against
+            // a batch of many looks up each of its destinations; a large
+            // push against a small batch looks up each path's.
+            let (announce, withdraw) = if o.len() < u.len() {
+                let mut taken = (BTreeSet::new(), BTreeSet::new());
+                for d in o.destinations() {
+                    take_destination(&mut u.announce, d, &mut taken.0);
+                    take_destination(&mut u.withdraw, d, &mut taken.1);
+                }
+                taken
+            } else {
+                // Most pushes name none of the batch's destinations: one
+                // look at their range spares a search per path.
+                let range = o.destination_range();
                 take_if(&mut u.announce, &mut u.withdraw, |p| {
                     let d = p.destination;
                     range.is_some_and(|(a, z)| a <= d && d <= z)
                         && o.names_destination(d)
-                });
+                })
+            };
             if !announce.is_empty() || !withdraw.is_empty() {
                 let held =
                     announce.iter().filter_map(|p| u.held.take(p)).collect();
@@ -583,6 +612,24 @@ fn merge_underlay(pending: &mut OutUnderlay, later: OutUnderlay) {
         }
     }
     *pending = merged;
+}
+
+/// Move the paths to `destination` from `set` into `into`.
+fn take_destination(
+    set: &mut BTreeSet<OutPath>,
+    destination: Ipv6Net,
+    into: &mut BTreeSet<OutPath>,
+) {
+    let from = OutPath::lowest_to(destination);
+    while let Some(p) = set
+        .range(&from..)
+        .next()
+        .filter(|p| p.destination == destination)
+        .cloned()
+    {
+        set.remove(&p);
+        into.insert(p);
+    }
 }
 
 /// Take out of `announce` and `withdraw` the items `named` picks.

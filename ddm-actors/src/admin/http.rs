@@ -94,40 +94,24 @@ impl AdminContext {
     }
 }
 
-/// Sets read from a request larger than this are packed (see
-/// [`canonical_prefixes`]).
-const PACK_FROM: usize = 1024;
-
 /// `prefixes` in canonical form: a prefix with host bits set stands for
 /// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
-/// takes it; each such prefix is logged as a warning. A set already in
-/// canonical form (the usual case) is not rebuilt prefix by prefix, only
-/// packed when large.
+/// takes it; each such prefix is logged as a warning. Read one by one in
+/// order, the request's set has B-tree nodes just over half full; this set
+/// and its copies (the router's, the admin actor's mirror) are kept, so it
+/// is packed once ([`crate::rib::packed`]).
 pub(super) fn canonical_prefixes(
     log: &Logger,
     prefixes: BTreeSet<Ipv6Net>,
 ) -> BTreeSet<Ipv6Net> {
-    if prefixes.iter().all(|p| normalise_v6(*p) == *p) {
-        // Read one by one in order, the set's B-tree nodes are just over
-        // half full; this set and its copies (the router's, the admin
-        // actor's mirror) are kept, so pack it once.
-        return if prefixes.len() > PACK_FROM {
-            prefixes.into_iter().collect()
-        } else {
-            prefixes
-        };
-    }
-    prefixes
-        .into_iter()
-        .map(|p| {
-            let net = normalise_v6(p);
-            if net != p {
-                warn!(log, "prefix has host bits set; using its network";
-                    "given" => %p, "network" => %net);
-            }
-            net
-        })
-        .collect()
+    crate::rib::packed(prefixes.into_iter().map(|p| {
+        let net = normalise_v6(p);
+        if net != p {
+            warn!(log, "prefix has host bits set; using its network";
+                "given" => %p, "network" => %net);
+        }
+        net
+    }))
 }
 
 /// `tunnels` with their overlay prefixes in canonical form (see

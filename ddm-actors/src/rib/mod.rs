@@ -97,7 +97,7 @@ pub fn extend_packed<T: Ord>(set: &mut BTreeSet<T>, mut more: BTreeSet<T>) {
 /// The set of `items`, in packed B-tree nodes when they come in ascending
 /// order (any order gives the right set), built without holding every
 /// item twice: in parts of a quarter of what is built so far (at least
-/// [`PACK_PART`]), each collected, packed and appended (about five moves
+/// `PACK_PART`), each collected, packed and appended (about five moves
 /// per item in all). Inserted one by one, 100,000 own paths took 7.5 MiB
 /// at the originator; packed they take about 4.4, and the largest part's
 /// list with its tree adds about half of that while it is built (one list
@@ -251,7 +251,8 @@ type Readvertised = (Ipv6Net, Vec<Offer>, Vec<Offer>);
 impl Pending {
     /// Every path of `paths` enters the peer's view: it does not hold
     /// them (every earlier push to it withdrew what left its view). As
-    /// [`ddm_proto::outgoing::OutUnderlay::announce_path`] path by path, but while the update
+    /// [`OutUnderlay::announce_path`](ddm_proto::outgoing::OutUnderlay::announce_path)
+    /// path by path, but while the update
     /// announces nothing yet `paths` becomes its announcements whole
     /// (packed, see [`packed`]), those it withdrew marked held.
     fn announce_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
@@ -274,7 +275,8 @@ impl Pending {
     }
 
     /// Every path of `paths` leaves the peer's view. As
-    /// [`ddm_proto::outgoing::OutUnderlay::withdraw_path`] path by path, but while the update
+    /// [`OutUnderlay::withdraw_path`](ddm_proto::outgoing::OutUnderlay::withdraw_path)
+    /// path by path, but while the update
     /// withdraws nothing yet `paths` becomes its withdrawals whole
     /// (packed), less the announcements it cancels.
     fn withdraw_paths(&mut self, to: PeerId, mut paths: BTreeSet<OutPath>) {
