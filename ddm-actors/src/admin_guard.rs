@@ -20,7 +20,12 @@
 //!
 //! The relay copies both ways as bytes come (HTTP is not parsed again), so
 //! it adds a hop on loopback and nothing else; dropshot's own logs show the
-//! guard's loopback address as the client's.
+//! guard's loopback address as the client's. The guard keeps one
+//! connection to the server made ahead of the next client (a spare), so a
+//! client's request is relayed as soon as it is accepted, not after a
+//! connect and the server's own accept: `ddmadm` and the control plane
+//! open a connection per request, and on a fresh connection that wait
+//! was most of what the guard added (figures in the README).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,7 +41,8 @@ use tokio::task::{JoinHandle, JoinSet};
 /// Admin connections relayed at once. `ddmadm` opens one per command, and
 /// the control plane a few; 64 leave room for both while bounding what
 /// stalled clients hold to 64 connections (three descriptors each in the
-/// daemon: the client's, the relay's and dropshot's).
+/// daemon: the client's, the relay's and dropshot's), besides the spare
+/// (two).
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// How long nothing may move on an admin connection before it is closed.
@@ -103,8 +109,22 @@ impl AdminGuard {
         let slots = Arc::new(Semaphore::new(max_connections));
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
+            // The spare: made at the start and again after each client
+            // takes it (never in a loop, so a server that refuses costs
+            // one attempt per client).
+            let mut spare: Option<TcpStream> = None;
+            let connecting = connect(backend, idle);
+            tokio::pin!(connecting);
+            let mut making_spare = true;
             loop {
                 tokio::select! {
+                    // A spare just made is taken by the client accepted
+                    // in the same turn.
+                    biased;
+                    made = &mut connecting, if making_spare => {
+                        making_spare = false;
+                        spare = made.ok();
+                    }
                     accepted = listener.accept() => match accepted {
                         Ok((client, from)) => {
                             let Ok(slot) = slots.clone().try_acquire_owned()
@@ -114,10 +134,15 @@ impl AdminGuard {
                                 drop(client);
                                 continue;
                             };
+                            let server = spare.take().filter(usable);
+                            if !making_spare {
+                                connecting.set(connect(backend, idle));
+                                making_spare = true;
+                            }
                             let log = log.clone();
                             conns.spawn(async move {
                                 if let Err(e) =
-                                    relay(client, backend, idle).await
+                                    relay(client, server, backend, idle).await
                                 {
                                     debug!(log, "admin connection closed";
                                         "from" => %from, "why" => %e);
@@ -159,19 +184,43 @@ enum Step {
     ServerDone,
 }
 
-/// Relay `client` to a new connection to `backend` until either closes or
-/// nothing moves for `idle`.
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "idle")
+}
+
+/// A connection to `backend`, within `idle`.
+async fn connect(backend: SocketAddr, idle: Duration) -> io::Result<TcpStream> {
+    let server = tokio::time::timeout(idle, TcpStream::connect(backend))
+        .await
+        .map_err(|_| timed_out())??;
+    let _ = server.set_nodelay(true);
+    Ok(server)
+}
+
+/// Whether a spare connection can still carry a request: the server has
+/// neither closed it nor sent anything on it (an HTTP server speaks only
+/// when asked). The socket is asked itself (a peek, which does not wait:
+/// it is non-blocking), not the runtime's note of its readiness, which
+/// may not have seen a close that just came.
+fn usable(spare: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(socket2::SockRef::from(spare).peek(&mut byte),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Relay `client` to `server` (or, without one, a new connection to
+/// `backend`) until either closes or nothing moves for `idle`.
 async fn relay(
     mut client: TcpStream,
+    server: Option<TcpStream>,
     backend: SocketAddr,
     idle: Duration,
 ) -> io::Result<()> {
-    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "idle");
-    let mut server = tokio::time::timeout(idle, TcpStream::connect(backend))
-        .await
-        .map_err(|_| timed_out())??;
+    let mut server = match server {
+        Some(s) => s,
+        None => connect(backend, idle).await?,
+    };
     let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
     let mut up = vec![0u8; RELAY_BUFFER];
@@ -304,6 +353,92 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= ADMIN_IDLE, "closed after {waited:?}");
         assert!(waited < ADMIN_IDLE + Duration::from_secs(1), "{waited:?}");
+    }
+
+    /// A server that answers what it reads with the number of the
+    /// connection it came on (in the order accepted) and the bytes; it
+    /// closes the connections numbered in `close` as soon as it accepts
+    /// them. Returns its address, and how many it accepted so far.
+    async fn numbering(
+        close: &'static [usize],
+    ) -> (SocketAddr, tokio::sync::watch::Receiver<usize>) {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (count, seen) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut s, _) = l.accept().await.unwrap();
+                if close.contains(&n) {
+                    drop(s);
+                } else {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 64];
+                        while let Ok(k) = s.read(&mut buf).await {
+                            if k == 0 {
+                                break;
+                            }
+                            let mut out = vec![n as u8];
+                            out.extend_from_slice(&buf[..k]);
+                            if s.write_all(&out).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                count.send_replace(n + 1);
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn accepted(
+        seen: &mut tokio::sync::watch::Receiver<usize>,
+        n: usize,
+    ) {
+        let at_least = seen.wait_for(|&k| k >= n);
+        tokio::time::timeout(Duration::from_secs(10), at_least)
+            .await
+            .expect("the server never accepted enough connections")
+            .unwrap();
+    }
+
+    async fn ask(addr: SocketAddr, what: &[u8]) -> Vec<u8> {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(what).await.unwrap();
+        let mut answer = vec![0u8; what.len() + 1];
+        c.read_exact(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// Each client is relayed over the spare made before it came, and a
+    /// new spare is made after it.
+    #[tokio::test]
+    async fn a_client_takes_the_connection_made_before_it() {
+        let (backend, mut seen) = numbering(&[]).await;
+        let guard =
+            AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
+                .unwrap();
+        // The spare is made with no client in sight.
+        accepted(&mut seen, 1).await;
+        assert_eq!(*seen.borrow(), 1);
+        assert_eq!(ask(guard.local_addr(), b"a").await, b"\0a");
+        accepted(&mut seen, 2).await;
+        assert_eq!(ask(guard.local_addr(), b"b").await, b"\x01b");
+        accepted(&mut seen, 3).await;
+    }
+
+    /// A spare the server closed is not used: the client is relayed over
+    /// a new connection.
+    #[tokio::test]
+    async fn a_spare_the_server_closed_is_passed_over() {
+        let (backend, mut seen) = numbering(&[0]).await;
+        let guard =
+            AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
+                .unwrap();
+        accepted(&mut seen, 1).await;
+        let answer = ask(guard.local_addr(), b"x").await;
+        assert_eq!(&answer[1..], b"x");
+        assert_ne!(answer[0], 0, "relayed over the closed spare");
     }
 
     #[test]
