@@ -35,7 +35,7 @@ use std::time::Duration;
 use slog::{debug, warn, Logger};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Admin connections relayed at once. `ddmadm` opens one per command, and
@@ -109,13 +109,16 @@ impl AdminGuard {
         let slots = Arc::new(Semaphore::new(max_connections));
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
-            // The spare: made at the start and again after each client
-            // takes it (never in a loop, so a server that refuses costs
-            // one attempt per client).
+            // The spare: made at the start, and again once the client
+            // that took it has its answer coming (or its relay ended), so
+            // that making it (a connect, and the server's accept) does
+            // not hold up that client's request. Never in a loop: a
+            // server that refuses costs one attempt per client.
             let mut spare: Option<TcpStream> = None;
             let connecting = connect(backend, idle);
             tokio::pin!(connecting);
             let mut making_spare = true;
+            let need_spare = Arc::new(Notify::new());
             loop {
                 tokio::select! {
                     // A spare just made is taken by the client accepted
@@ -124,6 +127,12 @@ impl AdminGuard {
                     made = &mut connecting, if making_spare => {
                         making_spare = false;
                         spare = made.ok();
+                    }
+                    _ = need_spare.notified(), if !making_spare => {
+                        if spare.is_none() {
+                            connecting.set(connect(backend, idle));
+                            making_spare = true;
+                        }
                     }
                     accepted = listener.accept() => match accepted {
                         Ok((client, from)) => {
@@ -135,18 +144,17 @@ impl AdminGuard {
                                 continue;
                             };
                             let server = spare.take().filter(usable);
-                            if !making_spare {
-                                connecting.set(connect(backend, idle));
-                                making_spare = true;
-                            }
+                            let answered = Arc::clone(&need_spare);
                             let log = log.clone();
                             conns.spawn(async move {
-                                if let Err(e) =
-                                    relay(client, server, backend, idle).await
-                                {
+                                let relayed = relay(
+                                    client, server, backend, idle, &answered,
+                                );
+                                if let Err(e) = relayed.await {
                                     debug!(log, "admin connection closed";
                                         "from" => %from, "why" => %e);
                                 }
+                                answered.notify_one();
                                 drop(slot);
                             });
                         }
@@ -176,8 +184,10 @@ impl Drop for AdminGuard {
 
 /// What one step of a relay did.
 enum Step {
-    /// Bytes went one way.
+    /// Bytes went from the client to the server.
     Moved,
+    /// Bytes went from the server to the client.
+    Answered,
     /// The client will send no more (its half is passed on).
     ClientDone,
     /// The server closed: the relay is over.
@@ -209,12 +219,14 @@ fn usable(spare: &TcpStream) -> bool {
 }
 
 /// Relay `client` to `server` (or, without one, a new connection to
-/// `backend`) until either closes or nothing moves for `idle`.
+/// `backend`) until either closes or nothing moves for `idle`; `answered`
+/// is notified when the server first answers.
 async fn relay(
     mut client: TcpStream,
     server: Option<TcpStream>,
     backend: SocketAddr,
     idle: Duration,
+    answered: &Notify,
 ) -> io::Result<()> {
     let mut server = match server {
         Some(s) => s,
@@ -226,6 +238,7 @@ async fn relay(
     let mut up = vec![0u8; RELAY_BUFFER];
     let mut down = vec![0u8; RELAY_BUFFER];
     let mut client_open = true;
+    let mut told = false;
     loop {
         // Reads are cancel-safe; each write completes within the step.
         let step = async {
@@ -245,7 +258,7 @@ async fn relay(
                         return Ok(Step::ServerDone);
                     }
                     cw.write_all(&down[..n]).await?;
-                    Ok(Step::Moved)
+                    Ok(Step::Answered)
                 }
             }
         };
@@ -253,6 +266,12 @@ async fn relay(
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(Step::Moved)) => {}
+            Ok(Ok(Step::Answered)) => {
+                if !told {
+                    told = true;
+                    answered.notify_one();
+                }
+            }
             Ok(Ok(Step::ClientDone)) => client_open = false,
             Ok(Ok(Step::ServerDone)) => return Ok(()),
         }

@@ -12,7 +12,8 @@
 //!    are handled: `Flush`, sent to itself);
 //! 2. route updates and the tunnel set to the dataplane worker, a task that
 //!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
-//!    into one batch (latest set per destination wins).
+//!    into one batch (latest set per destination wins); collected with the
+//!    pushes and sent right after them at the same `Flush`.
 //!
 //! What peers push and answer passes the [`ImportPolicy`] first: only the
 //! part it accepts reaches the RIB. Its refusals are counted by reason
@@ -153,8 +154,9 @@ pub enum RouterMsg {
     GetPolicyCounters(RpcReplyPort<PolicyCounters>),
     /// The router's own counters (routes, dataplane work, loops dropped).
     GetCounters(RpcReplyPort<RouterCounters>),
-    /// Hand the pushes collected so far to the exchange actors (sent to
-    /// itself, behind whatever was queued when the first was collected).
+    /// Hand the pushes collected so far to the exchange actors, then the
+    /// dataplane work to its worker (sent to itself, behind whatever was
+    /// queued when the first was collected).
     Flush,
 }
 
@@ -231,6 +233,11 @@ pub struct RouterState {
     /// rather than one per import, with the paths that lost in between
     /// never sent.
     unsent: BTreeMap<PeerId, OutUpdate>,
+    /// Work for the dataplane worker collected with `unsent`, sent in
+    /// order right after those pushes are handed over, so that peers hear
+    /// of a change before this router's kernel work on it starts (one
+    /// route's kernel work took longer than a push to leave).
+    dataplane_unsent: Vec<DataplaneCmd>,
     /// Whether a [`RouterMsg::Flush`] is queued.
     flush_queued: bool,
     /// Commands to the dataplane worker.
@@ -322,8 +329,8 @@ impl RouterState {
         }
     }
 
-    /// Carry out `effects` (pushes collected for the next flush, then the
-    /// dataplane's work); whether any work was queued for the dataplane
+    /// Carry out `effects` (pushes, then the dataplane's work, collected
+    /// for the next flush); whether any work was queued for the dataplane
     /// worker.
     fn carry_out(&mut self, effects: Effects) -> bool {
         for (peer, update) in effects.pushes {
@@ -337,12 +344,12 @@ impl RouterState {
         let mut queued = false;
         if !effects.route_updates.is_empty() {
             queued = true;
-            let _ =
-                self.dataplane.send(DataplaneCmd::Apply(effects.route_updates));
+            self.dataplane_unsent
+                .push(DataplaneCmd::Apply(effects.route_updates));
         }
         if let Some(tunnels) = effects.tunnel_set {
             queued = true;
-            let _ = self.dataplane.send(DataplaneCmd::Tunnels(tunnels));
+            self.dataplane_unsent.push(DataplaneCmd::Tunnels(tunnels));
         }
         queued
     }
@@ -360,11 +367,19 @@ impl RouterState {
 
     /// Hand every collected push to its peer's exchange actor (every
     /// peer in `unsent` has one: a peer going down or coming up again
-    /// leaves it).
+    /// leaves it), then the collected work to the dataplane worker.
     fn flush(&mut self) {
         for (peer, update) in std::mem::take(&mut self.unsent) {
             self.hand_over(peer, update);
         }
+        for cmd in self.dataplane_unsent.drain(..) {
+            let _ = self.dataplane.send(cmd);
+        }
+    }
+
+    /// Whether anything waits for the next flush.
+    fn has_unsent(&self) -> bool {
+        !self.unsent.is_empty() || !self.dataplane_unsent.is_empty()
     }
 
     /// Hand `update` to `peer`'s exchange actor, if it has one.
@@ -462,6 +477,7 @@ impl Actor for Router {
             exchanges: HashMap::new(),
             told: Told::new(),
             unsent: BTreeMap::new(),
+            dataplane_unsent: Vec::new(),
             flush_queued: false,
             dataplane: tx,
             worker: Some(worker),
@@ -570,7 +586,7 @@ impl Actor for Router {
                 // whatever was queued before it); at once if it queued
                 // nothing.
                 if let (true, Some(p)) = (queued, permit) {
-                    let _ = state.dataplane.send(DataplaneCmd::Release(p));
+                    state.dataplane_unsent.push(DataplaneCmd::Release(p));
                 }
                 trim_after(size);
             }
@@ -618,11 +634,12 @@ impl Actor for Router {
                 state.flush();
             }
         }
-        if !state.unsent.is_empty() && !state.flush_queued {
+        if state.has_unsent() && !state.flush_queued {
             state.flush_queued = true;
             if myself.send_message(RouterMsg::Flush).is_err() {
-                // Stopping: nothing will be pushed any more.
+                // Stopping: nothing will be pushed or programmed any more.
                 state.unsent.clear();
+                state.dataplane_unsent.clear();
             }
         }
         Ok(())
