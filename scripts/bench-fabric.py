@@ -71,6 +71,10 @@ Environment:
   REPEAT         runs per size (5)
   CHUNK          most prefixes per admin request (100000)
   TIMELINE       1: print each run's CPU/RSS timeline (100 ms samples)
+  T1_MONITOR     1: keep t1's route monitor through the size rounds (it
+                 times "t1 done" but takes CPU from the daemons: by
+                 default only s2's monitors them, and t1's table is
+                 counted by a dump once s2 is done)
   LOG_LEVEL      daemons' --log-level (info); logs are kept in KEEP_LOGS
   KEEP_LOGS      directory to copy the daemons' logs to (unset: dropped)
   TOTAL_TIMEOUT  seconds before the run is abandoned (900; raise it for
@@ -119,6 +123,8 @@ NAMES = ("s1", "t1", "s2")
 # Targets of issue 12.
 RATIO_TARGET = 1.25        # ddm / kernel floor, announce and withdraw
 CORES = len(os.sched_getaffinity(0))
+MACHINE = "(machine)"        # CpuSampler's key for the whole machine
+T1_MONITOR = os.environ.get("T1_MONITOR") == "1"
 MEM_TARGET_MIB = {"s1": 32, "t1": 16, "s2": 16}   # peak RSS at 100,000
 MEM_SPREAD_MIB = 1         # peak RSS across runs
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
@@ -292,9 +298,12 @@ class CpuSampler(threading.Thread):
     seconds, to show which one works when (stime includes the kernel's
     route insertion, done inside the daemons' netlink system calls)."""
 
-    def __init__(self, names, period=0.1):
+    def __init__(self, names, others=None, period=0.1):
         super().__init__(daemon=True, name="cpu")
         self.names = names
+        # Other processes sampled alike ({name: pid}; the route monitors),
+        # counted apart from the daemons.
+        self.others = others or {}
         self.period = period
         self.samples = []  # (t, {name: (utime, stime)})
         self.done = threading.Event()
@@ -306,9 +315,20 @@ class CpuSampler(threading.Thread):
         # utime, stime (ticks), rss (pages)
         return int(rest[11]), int(rest[12]), int(rest[21])
 
+    @staticmethod
+    def machine():
+        """The whole machine's busy ticks (every CPU, every process and
+        the kernel: all but idle and iowait), as (busy, 0, 0)."""
+        with open("/proc/stat") as f:
+            t = [int(x) for x in f.readline().split()[1:]]
+        return sum(t[:8]) - t[3] - t[4], 0, 0
+
     def snap(self):
-        return (time.perf_counter(),
-                {n: self.read(DAEMONS[n][0].pid) for n in self.names})
+        now = {n: self.read(DAEMONS[n][0].pid) for n in self.names}
+        for n, pid in self.others.items():
+            now[n] = self.read(pid)
+        now[MACHINE] = self.machine()
+        return time.perf_counter(), now
 
     def run(self):
         while not self.done.is_set():
@@ -316,13 +336,21 @@ class CpuSampler(threading.Thread):
             self.done.wait(self.period)
         self.samples.append(self.snap())
 
-    def totals(self, first=None, last=None, hz=os.sysconf("SC_CLK_TCK")):
-        """CPU seconds (user + system) of each daemon between two snaps
-        (by default over the run)."""
+    def totals(self, first=None, last=None, names=None,
+               hz=os.sysconf("SC_CLK_TCK")):
+        """CPU seconds (user + system) of each daemon (or of `names`)
+        between two snaps (by default over the run)."""
         first = (first or self.samples[0])[1]
         last = (last or self.samples[-1])[1]
         return {n: (last[n][0] - first[n][0] + last[n][1] - first[n][1]) / hz
-                for n in self.names}
+                for n in (names or self.names)}
+
+    def spent(self, first=None, last=None):
+        """(the daemons', the others', the whole machine's) CPU seconds
+        between two snaps."""
+        return (sum(self.totals(first, last).values()),
+                sum(self.totals(first, last, list(self.others)).values()),
+                self.totals(first, last, [MACHINE])[MACHINE])
 
     def report(self, t0, hz=os.sysconf("SC_CLK_TCK")):
         tick = 1000 / hz
@@ -336,9 +364,10 @@ class CpuSampler(threading.Thread):
         if not TIMELINE:
             return
         page = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-        print("  timeline (ms of CPU per interval user/system, RSS MiB):")
+        print("  timeline (ms of CPU per interval user/system, RSS MiB; "
+              "the whole machine's busy share of its cores):")
         print("    " + f"{'t (s)':>7}  " + "  ".join(
-            f"{n:>17}" for n in self.names))
+            f"{n:>17}" for n in self.names) + f"  {'machine':>7}")
         prev = self.samples[0]
         for cur in self.samples[1:]:
             cells = []
@@ -348,6 +377,9 @@ class CpuSampler(threading.Thread):
                 ds = (cur[1][n][1] - prev[1][n][1]) * tick
                 busy = busy or du or ds
                 cells.append(f"{du:5.0f}/{ds:<4.0f}{cur[1][n][2] * page:6.1f}")
+            dt = (cur[0] - prev[0]) * CORES
+            busy_m = (cur[1][MACHINE][0] - prev[1][MACHINE][0]) * tick / 1000
+            cells.append(f"{100 * busy_m / dt:6.0f}%" if dt else "")
             if busy:
                 print(f"    {cur[0] - t0:7.2f}  " + "  ".join(cells))
             prev = cur
@@ -722,6 +754,26 @@ def wait_count(mon, name, pred, since, timeout):
     return m.first_count(pred, since)
 
 
+def kernel_routes(name):
+    """Proto-221 IPv6 destinations in the named router's kernel table (a
+    dump: used outside the timed windows only)."""
+    out = sh("ip", "-n", NS[name], "-6", "route", "show", "proto", "221").stdout
+    return sum(1 for line in out.splitlines() if line[:1] not in ("", " ", "\t"))
+
+
+def wait_kernel_routes(name, pred, timeout):
+    """Wait (polling a dump every 50 ms, within `timeout`) until the count
+    of `name`'s table satisfies pred."""
+    end = time.monotonic() + timeout
+    while True:
+        n = kernel_routes(name)
+        if pred(n):
+            return n
+        if time.monotonic() > end:
+            raise RuntimeError(f"{name}: {n} routes after {timeout} s")
+        time.sleep(0.05)
+
+
 def size_round(size, ports, mon, results):
     """REPEAT runs at `size` prefixes: the floor, `ip -6 -batch`, ddm
     announce and withdraw, CPU and peak RSS; returns the medians."""
@@ -744,17 +796,25 @@ def size_round(size, ports, mon, results):
             raise RuntimeError(f"ip -batch failed: {r.stderr[:300]}")
         sh("ip", "-n", NS["x1"], "-6", "route", "flush", "proto", "221")
         base = {n: mon[n].count for n in mon}
+        if "t1" not in mon:
+            base["t1"] = kernel_routes("t1")
         ex0 = {n: exchange_totals(n) for n in NAMES}
         for n in NAMES:
             reset_hwm(n)
-        cpu = CpuSampler(NAMES)
+        cpu = CpuSampler(NAMES, {f"mon-{n}": m.proc.pid
+                                 for n, m in mon.items()})
         cpu.start()
         time.sleep(0.15)
         t0, t_ack = admin_chunks("PUT", routes)
         t_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c >= b + size,
                           t0, timeout)
-        t_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c >= b + size,
-                          t0, 10)
+        if "t1" in mon:
+            t_t1 = wait_count(mon, "t1",
+                              lambda c, b=base["t1"]: c >= b + size, t0, 10)
+        else:
+            wait_kernel_routes("t1", lambda c, b=base["t1"]: c >= b + size,
+                               10 + size / 20000)
+            t_t1 = None
         time.sleep(0.3)
         hwm_add = {n: kib(mem_of(n)["VmHWM"]) for n in NAMES}
         mid = cpu.snap()
@@ -771,15 +831,23 @@ def size_round(size, ports, mon, results):
                "add": t_s2 - t0, "del": g_s2 - w0, "cpu": cpu.totals(),
                "hwm": hwm, "hwm_add": hwm_add,
                "fcpu_add": fc_add, "fcpu_del": fc_del,
-               "dcpu_add": sum(cpu.totals(last=mid).values()),
-               "dcpu_del": sum(cpu.totals(first=mid).values())}
+               "spent_add": cpu.spent(last=mid),
+               "spent_del": cpu.spent(first=mid)}
+        for k in ("add", "del"):
+            run[f"dcpu_{k}"], run[f"mcpu_{k}"], run[f"busy_{k}"] = \
+                run[f"spent_{k}"]
+        # The sampled spans (each phase with the pauses around it).
+        run["span_add"] = mid[0] - cpu.samples[0][0]
+        run["span_del"] = cpu.samples[-1][0] - mid[0]
         runs.append(run)
         print(f"  run {rep}: floor add {f_add:.3f} s, del {f_del:.3f} s; "
               f"ip -batch (one table) {t_batch:.3f} s; ddm: 204 after "
-              f"{t_ack - t0:.3f} s, t1 done {t_t1 - t0:.3f} s, s2 done "
+              f"{t_ack - t0:.3f} s, t1 done "
+              f"{'None' if t_t1 is None else f'{t_t1 - t0:.3f}'} s, s2 done "
               f"{t_s2 - t0:.3f} s ({run['add'] / f_add:.2f}x floor); "
               f"withdrawn: 204 after {w_ack - w0:.3f} s, gone from s2 "
-              f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)")
+              f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)"
+              .replace("t1 done None s", "t1 complete"))
         print("    CPU " + ", ".join(f"{n} {run['cpu'][n]:.2f} s"
                                       for n in NAMES)
               + "; peak RSS " + ", ".join(
@@ -795,7 +863,10 @@ def size_round(size, ports, mon, results):
             f"{what}: {CORES} cores x {RATIO_TARGET} x floor = "
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
             f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
-            f"daemons {run[f'dcpu_{k}']:.2f}"
+            f"daemons {run[f'dcpu_{k}']:.2f} (the route monitors "
+            f"{run[f'mcpu_{k}']:.2f}; the whole machine was busy "
+            f"{run[f'busy_{k}']:.2f} of {CORES * run[f'span_{k}']:.2f} "
+            f"core-s sampled)"
             for what, k in (("announce", "add"), ("withdraw", "del"))))
         cpu.report(t0)
 
@@ -819,6 +890,10 @@ def size_round(size, ports, mon, results):
                         f"target's core-s",
                         f"{med('fcpu_' + key):.2f} / {med('dcpu_' + key):.2f}"
                         f" / {window:.2f}", "", None))
+        results.append((f"{size} {what.split()[0]}: CPU monitors / machine "
+                        f"busy / sampled core-s",
+                        f"{med('mcpu_' + key):.2f} / {med('busy_' + key):.2f}"
+                        f" / {CORES * med('span_' + key):.2f}", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
     if size == 100000:
@@ -1013,6 +1088,15 @@ def main():
                     f"{idle_admin / 1024:.1f} MiB",
                     "<= 6 MiB", idle_admin <= 6 * 1024))
     growth = []
+    if not T1_MONITOR:
+        # The route monitors are part of the measurement's cost: each takes
+        # every notification of 100,000 routes (the kernel's broadcast and
+        # one receive each), about 0.2-0.3 core-s per phase on this
+        # machine's two cores, which the floor client does not share. Only
+        # s2's is needed for the windows; t1's table is counted afterwards.
+        mon.pop("t1").close()
+        print("\n(t1's route monitor stopped for the size rounds; "
+              "T1_MONITOR=1 keeps it)")
     for size in SIZES:
         growth.append(size_round(size, ports, mon, results))
     print(f"\ngrowth (medians of {REPEAT} runs; CPU = user + system)")
