@@ -429,6 +429,30 @@ mod tests {
         answer
     }
 
+    /// Wait until a connection to `backend` has taken the server's close
+    /// (the kernel reports it in CLOSE_WAIT), so the guard's peek sees it.
+    #[cfg(target_os = "linux")]
+    async fn close_seen(backend: SocketAddr) {
+        let port = format!(":{:04X}", backend.port());
+        let seen = async {
+            loop {
+                let table = std::fs::read_to_string("/proc/net/tcp6")
+                    .unwrap_or_default();
+                let closing = table.lines().skip(1).any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[2].ends_with(&port) && f[3] == "08"
+                });
+                if closing {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .expect("the spare never took the server's close");
+    }
+
     /// Each client is relayed over the spare made before it came, and a
     /// new spare is made after it.
     #[tokio::test]
@@ -455,6 +479,8 @@ mod tests {
             AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
                 .unwrap();
         accepted(&mut seen, 1).await;
+        #[cfg(target_os = "linux")]
+        close_seen(backend).await;
         let answer = ask(guard.local_addr(), b"x").await;
         assert_eq!(&answer[1..], b"x");
         assert_ne!(answer[0], 0, "relayed over the closed spare");

@@ -304,7 +304,9 @@ fn stalled_admin_clients_are_bounded() {
         || {
             let held = open_fds(pid).saturating_sub(idle_fds);
             most = most.max(held);
-            held == 0
+            // The guard's spare connection to dropshot (two descriptors)
+            // may have been made after the idle count, or again since.
+            held <= 2
         },
     )
     .unwrap_or_else(|e| panic!("{e}; most held {most}"));

@@ -492,6 +492,9 @@ impl Actor for Router {
         _myself: RouterRef,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
+        // Never sent: its routes were never installed, and its import
+        // permits go back now, not after the worker's removal.
+        state.dataplane_unsent.clear();
         if let Some(stop) = state.shutdown.take() {
             let _ = stop.send(());
         }
