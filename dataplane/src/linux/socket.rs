@@ -124,7 +124,10 @@ impl RouteSocket {
                 let seq = self.next_seq();
                 r.header.sequence_number = seq;
                 let at = self.send_buf.len();
-                let len = r.buffer_len();
+                // The length, measured once (each measure walks every
+                // attribute): the flags set below do not change it.
+                r.finalize();
+                let len = r.header.length as usize;
                 let last = end == count
                     || end - start >= self.batch
                     || at + len >= MAX_BATCH_BYTES;
@@ -133,8 +136,7 @@ impl RouteSocket {
                 } else {
                     r.header.flags &= !NLM_F_ACK;
                 }
-                r.finalize();
-                self.send_buf.resize(at + r.buffer_len(), 0);
+                self.send_buf.resize(at + len, 0);
                 r.serialize(&mut self.send_buf[at..]);
                 if last {
                     break seq;
