@@ -610,8 +610,12 @@ def kib(v):
 
 
 def route_count(ns, prefix_filter=None):
+    """Proto-221 IPv6 destinations in the namespace's table (a dump: for
+    use outside the timed windows; a multipath route's nexthop lines are
+    not counted)."""
     r = sh("ip", "-n", NS[ns], "-6", "route", "show", "proto", "221")
-    lines = r.stdout.splitlines()
+    lines = [line for line in r.stdout.splitlines()
+             if line[:1] not in ("", " ", "\t")]
     if prefix_filter:
         lines = [line for line in lines if line.startswith(prefix_filter)]
     return len(lines)
@@ -760,20 +764,14 @@ def wait_count(mon, name, pred, since, timeout):
     return m.first_count(pred, since)
 
 
-def kernel_routes(name):
-    """Proto-221 IPv6 destinations in the named router's kernel table (a
-    dump: used outside the timed windows only, but its CPU falls in the
-    sampled span of the announce, in the whole machine's busy time)."""
-    out = sh("ip", "-n", NS[name], "-6", "route", "show", "proto", "221").stdout
-    return sum(1 for line in out.splitlines() if line[:1] not in ("", " ", "\t"))
-
-
 def wait_kernel_routes(name, pred, timeout):
     """Wait (polling a dump every 50 ms, within `timeout`) until the count
-    of `name`'s table satisfies pred."""
+    of `name`'s table satisfies pred. Outside the timed windows, but its
+    CPU falls in the sampled span of the announce (in the machine's busy
+    time)."""
     end = time.monotonic() + timeout
     while True:
-        n = kernel_routes(name)
+        n = route_count(name)
         if pred(n):
             return n
         if time.monotonic() > end:
@@ -804,7 +802,7 @@ def size_round(size, ports, mon, results):
         sh("ip", "-n", NS["x1"], "-6", "route", "flush", "proto", "221")
         base = {n: mon[n].count for n in mon}
         if "t1" not in mon:
-            base["t1"] = kernel_routes("t1")
+            base["t1"] = route_count("t1")
         ex0 = {n: exchange_totals(n) for n in NAMES}
         for n in NAMES:
             reset_hwm(n)
@@ -837,24 +835,22 @@ def size_round(size, ports, mon, results):
         run = {"floor_add": f_add, "floor_del": f_del, "batch": t_batch,
                "add": t_s2 - t0, "del": g_s2 - w0, "cpu": cpu.totals(),
                "hwm": hwm, "hwm_add": hwm_add,
-               "fcpu_add": fc_add, "fcpu_del": fc_del,
-               "spent_add": cpu.spent(last=mid),
-               "spent_del": cpu.spent(first=mid)}
-        for k in ("add", "del"):
+               "fcpu_add": fc_add, "fcpu_del": fc_del}
+        for k, span in (("add", {"last": mid}), ("del", {"first": mid})):
             run[f"dcpu_{k}"], run[f"mcpu_{k}"], run[f"busy_{k}"] = \
-                run[f"spent_{k}"]
+                cpu.spent(**span)
         # The sampled spans (each phase with the pauses around it).
         run["span_add"] = mid[0] - cpu.samples[0][0]
         run["span_del"] = cpu.samples[-1][0] - mid[0]
         runs.append(run)
         print(f"  run {rep}: floor add {f_add:.3f} s, del {f_del:.3f} s; "
               f"ip -batch (one table) {t_batch:.3f} s; ddm: 204 after "
-              f"{t_ack - t0:.3f} s, t1 done "
-              f"{'None' if t_t1 is None else f'{t_t1 - t0:.3f}'} s, s2 done "
+              f"{t_ack - t0:.3f} s, "
+              f"{'t1 complete' if t_t1 is None else f't1 done {t_t1 - t0:.3f} s'}"
+              f", s2 done "
               f"{t_s2 - t0:.3f} s ({run['add'] / f_add:.2f}x floor); "
               f"withdrawn: 204 after {w_ack - w0:.3f} s, gone from s2 "
-              f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)"
-              .replace("t1 done None s", "t1 complete"))
+              f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)")
         print("    CPU " + ", ".join(f"{n} {run['cpu'][n]:.2f} s"
                                       for n in NAMES)
               + "; peak RSS " + ", ".join(

@@ -300,6 +300,46 @@ impl OutUnderlay {
         self.withdraw.insert(p);
     }
 
+    /// [`OutUnderlay::announce_path`] for each of `paths` (none of them
+    /// held): while the update announces nothing yet, `paths` becomes its
+    /// announcements whole, keeping the set's packed nodes, and those it
+    /// withdrew are marked held.
+    pub fn announce_paths(&mut self, paths: BTreeSet<OutPath>) {
+        if !self.announce.is_empty() {
+            for p in paths {
+                self.announce_path(p, false);
+            }
+            return;
+        }
+        // `held` is a subset of `announce`: empty too.
+        if !self.withdraw.is_empty() {
+            self.held = paths
+                .iter()
+                .filter(|p| self.withdraw.remove(*p))
+                .cloned()
+                .collect();
+        }
+        self.announce = paths;
+    }
+
+    /// [`OutUnderlay::withdraw_path`] for each of `paths`: while the
+    /// update withdraws nothing yet, `paths` becomes its withdrawals whole
+    /// (packed), less the announcements it cancels.
+    pub fn withdraw_paths(&mut self, mut paths: BTreeSet<OutPath>) {
+        if !self.withdraw.is_empty() {
+            for p in paths {
+                self.withdraw_path(p);
+            }
+            return;
+        }
+        if !self.announce.is_empty() {
+            // Kept unless it cancels an announcement the peer does not
+            // hold.
+            paths.retain(|p| !self.announce.remove(p) || self.held.remove(p));
+        }
+        self.withdraw = paths;
+    }
+
     /// Whether the half announces or withdraws a path to `destination`.
     pub fn names_destination(&self, destination: Ipv6Net) -> bool {
         let from = OutPath::lowest_to(destination);
@@ -310,17 +350,15 @@ impl OutUnderlay {
         })
     }
 
-    /// The destinations the half names, each once, in order.
+    /// The destinations the half names: each half's in order, each once
+    /// per half (a destination both announced and withdrawn comes twice).
     fn destinations(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
-        let mut all: Vec<Ipv6Net> = self
-            .announce
+        let mut last = None;
+        self.announce
             .iter()
             .chain(&self.withdraw)
             .map(|p| p.destination)
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all.into_iter()
+            .filter(move |d| last.replace(*d) != Some(*d))
     }
 
     /// The lowest and highest destination the half names, if any.
@@ -388,6 +426,7 @@ impl OutUpdate {
             // push against a small batch looks up each path's.
             let (announce, withdraw) = if o.len() < u.len() {
                 let mut taken = (BTreeSet::new(), BTreeSet::new());
+                // A destination named twice finds nothing the second time.
                 for d in o.destinations() {
                     take_destination(&mut u.announce, d, &mut taken.0);
                     take_destination(&mut u.withdraw, d, &mut taken.1);

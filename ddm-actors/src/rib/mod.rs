@@ -250,49 +250,14 @@ type Readvertised = (Ipv6Net, Vec<Offer>, Vec<Offer>);
 
 impl Pending {
     /// Every path of `paths` enters the peer's view: it does not hold
-    /// them (every earlier push to it withdrew what left its view). As
-    /// [`OutUnderlay::announce_path`](ddm_proto::outgoing::OutUnderlay::announce_path)
-    /// path by path, but while the update
-    /// announces nothing yet `paths` becomes its announcements whole
-    /// (packed, see [`packed`]), those it withdrew marked held.
+    /// them (every earlier push to it withdrew what left its view).
     fn announce_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
-        let u = self.pushes.entry(to).or_default().underlay_mut();
-        if u.announce.is_empty() {
-            // `held` is a subset of `announce`: empty too.
-            if !u.withdraw.is_empty() {
-                u.held = paths
-                    .iter()
-                    .filter(|pv| u.withdraw.remove(*pv))
-                    .cloned()
-                    .collect();
-            }
-            u.announce = paths;
-        } else {
-            for pv in paths {
-                u.announce_path(pv, false);
-            }
-        }
+        self.pushes.entry(to).or_default().underlay_mut().announce_paths(paths);
     }
 
-    /// Every path of `paths` leaves the peer's view. As
-    /// [`OutUnderlay::withdraw_path`](ddm_proto::outgoing::OutUnderlay::withdraw_path)
-    /// path by path, but while the update
-    /// withdraws nothing yet `paths` becomes its withdrawals whole
-    /// (packed), less the announcements it cancels.
-    fn withdraw_paths(&mut self, to: PeerId, mut paths: BTreeSet<OutPath>) {
-        let u = self.pushes.entry(to).or_default().underlay_mut();
-        if u.withdraw.is_empty() {
-            if !u.announce.is_empty() {
-                // Kept unless it cancels an announcement the peer does not
-                // hold.
-                paths.retain(|pv| !u.announce.remove(pv) || u.held.remove(pv));
-            }
-            u.withdraw = paths;
-        } else {
-            for pv in paths {
-                u.withdraw_path(pv);
-            }
-        }
+    /// Every path of `paths` leaves the peer's view.
+    fn withdraw_paths(&mut self, to: PeerId, paths: BTreeSet<OutPath>) {
+        self.pushes.entry(to).or_default().underlay_mut().withdraw_paths(paths);
     }
 
     fn announce_tunnel(&mut self, to: PeerId, t: TunnelOrigin) {
