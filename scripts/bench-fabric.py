@@ -27,8 +27,13 @@ peer is in Exchange, then prints:
      as t1 and s2 must;
    * `ip -6 -batch` adding them to one scratch table (for reference);
    * ddm: the prefixes advertised on s1 (in requests of at most CHUNK)
-     until s2's kernel has all of them (counted on a netlink socket,
-     distinct /64s, proto 221), then withdrawn until all are gone;
+     until s2's kernel has all of them, then withdrawn until all are
+     gone; t1's kernel is timed alike. Both are counted by the kernel's
+     own route count, polled every millisecond (`bench_fabric count`:
+     fib_rt_entries of /proc/net/rt6_stats), which costs the machine next
+     to nothing: the netlink monitors of stages 1 and 4 are stopped first,
+     since receiving 100,000 notifications each took 0.1-0.3 core-s per
+     phase of the two cores the floor client has to itself;
    * CPU (user + system) of each daemon over the announce and withdrawal,
      and each daemon's peak RSS (VmHWM, reset through clear_refs before
      the run); the pushes each daemon sent over the run (and their body
@@ -71,10 +76,6 @@ Environment:
   REPEAT         runs per size (5)
   CHUNK          most prefixes per admin request (100000)
   TIMELINE       1: print each run's CPU/RSS timeline (100 ms samples)
-  T1_MONITOR     1: keep t1's route monitor through the size rounds (it
-                 times "t1 done" but takes CPU from the daemons: by
-                 default only s2's monitors them, and t1's table is
-                 counted by a dump once s2 is done)
   LOG_LEVEL      daemons' --log-level (info); logs are kept in KEEP_LOGS
   KEEP_LOGS      directory to copy the daemons' logs to (unset: dropped)
   TOTAL_TIMEOUT  seconds before the run is abandoned (900; raise it for
@@ -127,7 +128,6 @@ CORES = len(os.sched_getaffinity(0))
 with open("/proc/stat") as _f:
     ONLINE = sum(1 for _l in _f if _l[:3] == "cpu" and _l[3:4].isdigit())
 MACHINE = "(machine)"        # CpuSampler's key for the whole machine
-T1_MONITOR = os.environ.get("T1_MONITOR") == "1"
 MEM_TARGET_MIB = {"s1": 32, "t1": 16, "s2": 16}   # peak RSS at 100,000
 MEM_SPREAD_MIB = 1         # peak RSS across runs
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
@@ -184,25 +184,32 @@ SO_RCVBUFFORCE = 33
 
 
 class RouteMonitor(threading.Thread):
-    """IPv6 proto-221 route events of one namespace, from the
-    `bench_fabric monitor` helper (stamped there, on receipt, with
-    CLOCK_MONOTONIC, the clock of time.perf_counter()). Keeps the events
-    it got one by one, which of those destinations are present, and the
-    helper's count of present destinations after every line."""
+    """Routes of one namespace as a `bench_fabric` helper reports them
+    (stamped there with CLOCK_MONOTONIC, the clock of time.perf_counter()).
 
-    def __init__(self, ns):
-        super().__init__(daemon=True, name=f"mon-{ns}")
-        self.proc = subprocess.Popen([MONITOR, "monitor", ns],
+    kind "monitor": IPv6 proto-221 route events, on receipt. Keeps the
+    events it got one by one, which of those destinations are present, and
+    the helper's count of present destinations after every line.
+    kind "count": the kernel's count of every IPv6 route in the namespace,
+    polled every millisecond; `count` and `counts` only."""
+
+    def __init__(self, ns, kind="monitor"):
+        super().__init__(daemon=True, name=f"{kind}-{ns}")
+        self.proc = subprocess.Popen([MONITOR, kind, ns],
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
-        first = self.proc.stdout.readline().strip()
-        if first != "R":
+        first = self.proc.stdout.readline().split()
+        if first[:1] != ["R"]:
             self.proc.kill()
-            raise RuntimeError(f"route monitor for {ns} failed to start")
+            raise RuntimeError(f"route {kind} for {ns} failed to start "
+                               f"(rebuild it: scripts/build-release.sh "
+                               f"--bench)")
         self.cond = threading.Condition()
         self.events = []      # (t, 'add'|'del', key) of single events
         self.present = set()  # keys seen added one by one and not deleted
-        self.count = 0        # present destinations, as the helper counts
+        # Present destinations as the helper counts them (all routes, for
+        # a counter).
+        self.count = int(first[1]) if len(first) > 1 else 0
         self.counts = []      # (t, count) after every line
         self.overflow = False
 
@@ -224,6 +231,9 @@ class RouteMonitor(threading.Thread):
                 elif f[0] == "B":
                     self.count = int(f[5])
                     self.counts.append((int(f[2]) / 1e9, self.count))
+                elif f[0] == "C":
+                    self.count = int(f[2])
+                    self.counts.append((int(f[1]) / 1e9, self.count))
                 elif f[0] == "O":
                     self.overflow = True
                 self.cond.notify_all()
@@ -764,21 +774,6 @@ def wait_count(mon, name, pred, since, timeout):
     return m.first_count(pred, since)
 
 
-def wait_kernel_routes(name, pred, timeout):
-    """Wait (polling a dump every 50 ms, within `timeout`) until the count
-    of `name`'s table satisfies pred. Outside the timed windows, but its
-    CPU falls in the sampled span of the announce (in the machine's busy
-    time)."""
-    end = time.monotonic() + timeout
-    while True:
-        n = route_count(name)
-        if pred(n):
-            return n
-        if time.monotonic() > end:
-            raise RuntimeError(f"{name}: {n} routes after {timeout} s")
-        time.sleep(0.05)
-
-
 def size_round(size, ports, mon, results):
     """REPEAT runs at `size` prefixes: the floor, `ip -6 -batch`, ddm
     announce and withdraw, CPU and peak RSS; returns the medians."""
@@ -801,31 +796,24 @@ def size_round(size, ports, mon, results):
             raise RuntimeError(f"ip -batch failed: {r.stderr[:300]}")
         sh("ip", "-n", NS["x1"], "-6", "route", "flush", "proto", "221")
         base = {n: mon[n].count for n in mon}
-        if "t1" not in mon:
-            base["t1"] = route_count("t1")
         ex0 = {n: exchange_totals(n) for n in NAMES}
         for n in NAMES:
             reset_hwm(n)
-        cpu = CpuSampler(NAMES, {f"mon-{n}": m.proc.pid
-                                 for n, m in mon.items()})
+        cpu = CpuSampler(NAMES, {m.name: m.proc.pid for m in mon.values()})
         cpu.start()
         time.sleep(0.15)
         t0, t_ack = admin_chunks("PUT", routes)
         t_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c >= b + size,
                           t0, timeout)
-        if "t1" in mon:
-            t_t1 = wait_count(mon, "t1",
-                              lambda c, b=base["t1"]: c >= b + size, t0, 10)
-        else:
-            wait_kernel_routes("t1", lambda c, b=base["t1"]: c >= b + size,
-                               10 + size / 20000)
-            t_t1 = None
+        t_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c >= b + size,
+                          t0, 10)
         time.sleep(0.3)
         hwm_add = {n: kib(mem_of(n)["VmHWM"]) for n in NAMES}
         mid = cpu.snap()
         w0, w_ack = admin_chunks("DELETE", routes)
         g_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c <= b, w0,
                           timeout)
+        g_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c <= b, w0, 10)
         time.sleep(0.3)
         cpu.done.set()
         cpu.join()
@@ -846,10 +834,10 @@ def size_round(size, ports, mon, results):
         print(f"  run {rep}: floor add {f_add:.3f} s, del {f_del:.3f} s; "
               f"ip -batch (one table) {t_batch:.3f} s; ddm: 204 after "
               f"{t_ack - t0:.3f} s, "
-              f"{'t1 complete' if t_t1 is None else f't1 done {t_t1 - t0:.3f} s'}"
-              f", s2 done "
+              f"t1 done {t_t1 - t0:.3f} s, s2 done "
               f"{t_s2 - t0:.3f} s ({run['add'] / f_add:.2f}x floor); "
-              f"withdrawn: 204 after {w_ack - w0:.3f} s, gone from s2 "
+              f"withdrawn: 204 after {w_ack - w0:.3f} s, gone from t1 "
+              f"{g_t1 - w0:.3f} s, from s2 "
               f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)")
         print("    CPU " + ", ".join(f"{n} {run['cpu'][n]:.2f} s"
                                       for n in NAMES)
@@ -1091,15 +1079,14 @@ def main():
                     f"{idle_admin / 1024:.1f} MiB",
                     "<= 6 MiB", idle_admin <= 6 * 1024))
     growth = []
-    if not T1_MONITOR:
-        # The route monitors are part of the measurement's cost: each takes
-        # every notification of 100,000 routes (the kernel's broadcast and
-        # one receive each), about 0.2-0.3 core-s per phase on this
-        # machine's two cores, which the floor client does not share. Only
-        # s2's is needed for the windows; t1's table is counted afterwards.
-        mon.pop("t1").close()
-        print("\n(t1's route monitor stopped for the size rounds; "
-              "T1_MONITOR=1 keeps it)")
+    # The netlink monitors would take every notification of the size
+    # rounds' routes, CPU the floor client does not share: the kernel's
+    # route counters time those rounds instead.
+    for m in mon.values():
+        m.close()
+    mon = {n: RouteMonitor(NS[n], "count") for n in ("t1", "s2")}
+    for m in mon.values():
+        m.start()
     for size in SIZES:
         growth.append(size_round(size, ports, mon, results))
     print(f"\ngrowth (medians of {REPEAT} runs; CPU = user + system)")
@@ -1112,9 +1099,10 @@ def main():
               + " " + "/".join(f"{g['hwm'][n] / 1024:.1f}" for n in NAMES))
 
     # ---- shutdown check ---------------------------------------------------
+    before = mon["s2"].count
     status, body, _, _ = admin(NS["s1"], ports["s1"], "PUT", "/prefix",
                                fail_prefixes)
-    mon["s2"].wait_for(has_all, 10)
+    mon["s2"].wait_for(lambda m: m.count >= before + len(fail_prefixes), 10)
     for m in mon.values():
         m.close()
     for n in ("s1", "t1", "s2"):

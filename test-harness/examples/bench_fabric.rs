@@ -19,6 +19,15 @@
 //! notification (`ENOBUFS`) prints `O <mono_ns>`. It runs until stdin is
 //! closed or it is killed. It prints `R` once subscribed.
 //!
+//! `bench_fabric count NETNS` enters the named network namespace and polls
+//! the kernel's own count of IPv6 routes every millisecond: the fourth
+//! field (`fib_rt_entries`) of `/proc/net/rt6_stats`, every route of every
+//! table in the namespace, a multipath route once per nexthop. It prints
+//! `R <count>` once it has read it, then `C <mono_ns> <count>` whenever
+//! the count changed (stamped when read), until stdin is closed. Unlike
+//! the monitor it costs the kernel and the machine next to nothing: no
+//! notification is received, and a read is a few counters.
+//!
 //! `bench_fabric floor add|del N NETNS:IFNAME...` is the kernel floor the
 //! benchmark compares `ddmd` with: a bare netlink client that adds (or
 //! deletes) the same `N` routes as the benchmark's big advertisement
@@ -45,13 +54,7 @@ mod monitor {
     const AF_INET6: u8 = 10;
     const DETAIL: usize = 16;
 
-    fn mono_ns() -> u128 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: ts is a valid timespec to write to.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
-    }
-
+    use super::mono_ns;
     use ddm_test_harness::netns::enter_netns;
 
     fn open_socket() -> io::Result<i32> {
@@ -227,6 +230,71 @@ mod monitor {
             w.flush()?;
         }
     }
+}
+
+#[cfg(target_os = "linux")]
+mod count {
+    use std::fs::File;
+    use std::io::{self, Write};
+    use std::os::unix::fs::FileExt;
+
+    use ddm_test_harness::netns::enter_netns;
+
+    /// `fib_rt_entries`, the fourth hexadecimal field of `rt6_stats`.
+    fn entries(f: &File, buf: &mut [u8]) -> io::Result<u64> {
+        // A seq_file read at offset 0 shows the counters afresh.
+        let n = f.read_at(buf, 0)?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(3))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "bad rt6_stats")
+            })
+    }
+
+    pub fn run(ns: &str) -> io::Result<()> {
+        enter_netns(ns)?;
+        // /proc/self/net is the namespace this (still single-threaded)
+        // process has just entered.
+        let f = File::open("/proc/self/net/rt6_stats")?;
+        let mut buf = [0u8; 256];
+        let mut last = entries(&f, &mut buf)?;
+        let stdout = io::stdout();
+        let mut w = io::BufWriter::new(stdout.lock());
+        writeln!(w, "R {last}")?;
+        w.flush()?;
+        let mut stdin = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+        loop {
+            // One millisecond between reads; stop when stdin closes.
+            // SAFETY: stdin is a valid pollfd.
+            let rc = unsafe { libc::poll(&mut stdin, 1, 1) };
+            if rc > 0 {
+                let mut b = [0u8; 64];
+                // SAFETY: reading into a local buffer.
+                let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), 64) };
+                if n <= 0 {
+                    return Ok(());
+                }
+            }
+            let now = entries(&f, &mut buf)?;
+            if now != last {
+                last = now;
+                writeln!(w, "C {} {now}", super::mono_ns())?;
+                w.flush()?;
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of Python's
+/// `time.perf_counter()` on Linux).
+#[cfg(target_os = "linux")]
+fn mono_ns() -> u128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 /// A netlink route socket with a receive buffer of `rcvbuf` bytes (forced:
@@ -498,6 +566,12 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        [cmd, ns] if cmd == "count" => {
+            if let Err(e) = count::run(ns) {
+                eprintln!("bench_fabric count {ns}: {e}");
+                std::process::exit(1);
+            }
+        }
         [cmd, op, n, targets @ ..]
             if cmd == "floor"
                 && (op == "add" || op == "del")
@@ -520,6 +594,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: bench_fabric monitor NETNS\n       \
+                 bench_fabric count NETNS\n       \
                  bench_fabric floor add|del N NETNS:IFNAME..."
             );
             std::process::exit(2);
