@@ -264,7 +264,8 @@ mod count {
         let mut w = io::BufWriter::new(stdout.lock());
         writeln!(w, "R {last}")?;
         w.flush()?;
-        let mut stdin = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+        let mut stdin =
+            libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
         loop {
             // One millisecond between reads; stop when stdin closes.
             // SAFETY: stdin is a valid pollfd.
