@@ -210,6 +210,7 @@ class RouteMonitor(threading.Thread):
         # Present destinations as the helper counts them (all routes, for
         # a counter).
         self.count = int(first[1]) if len(first) > 1 else 0
+        self.initial = self.count
         self.counts = []      # (t, count) after every line
         self.overflow = False
 
@@ -264,6 +265,16 @@ class RouteMonitor(threading.Thread):
                 if t >= since and pred(c):
                     return t
         return None
+
+    def counts_at(self, t):
+        """The count as of time t (the last line at or before it)."""
+        with self.cond:
+            c = self.initial
+            for tt, cc in self.counts:
+                if tt > t:
+                    break
+                c = cc
+        return c
 
     def close(self):
         try:
@@ -774,6 +785,28 @@ def wait_count(mon, name, pred, since, timeout):
     return m.first_count(pred, since)
 
 
+def progress(mon, base, what, t0, t_ack, size, step=0.02):
+    """Print how many of the `size` routes each counted kernel has taken in
+    (or let go of) every `step` seconds after t0, with the 204 marked."""
+    print(f"  {what}: routes done in " + ", ".join(mon) + f" (of {size}; "
+          f"the 204 after {t_ack - t0:.3f} s)")
+    t = step
+    while True:
+        line = []
+        done = True
+        for n, m in mon.items():
+            c = m.counts_at(t0 + t)
+            moved = abs(c - base[n])
+            if what != "announce":
+                moved = size - moved
+            line.append(f"{moved:>7}")
+            done = done and moved >= size
+        print(f"    {t:5.2f} s " + " ".join(line))
+        if done or t > 5:
+            break
+        t += step
+
+
 def size_round(size, ports, mon, results):
     """REPEAT runs at `size` prefixes: the floor, `ip -6 -batch`, ddm
     announce and withdraw, CPU and peak RSS; returns the medians."""
@@ -860,6 +893,10 @@ def size_round(size, ports, mon, results):
             f"core-s sampled)"
             for what, k in (("announce", "add"), ("withdraw", "del"))))
         cpu.report(t0)
+        if TIMELINE:
+            for what, start, ack in (("announce", t0, t_ack),
+                                     ("withdrawal", w0, w_ack)):
+                progress(mon, base, what, start, ack, size)
 
     def med(key, n=None):
         return statistics.median(r[key] if n is None else r[key][n]
