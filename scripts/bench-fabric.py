@@ -30,10 +30,12 @@ peer is in Exchange, then prints:
      until s2's kernel has all of them, then withdrawn until all are
      gone; t1's kernel is timed alike. Both are counted by the kernel's
      own route count, polled every millisecond (`bench_fabric count`:
-     fib_rt_entries of /proc/net/rt6_stats), which costs the machine next
-     to nothing: the netlink monitors of stages 1 and 4 are stopped first,
-     since receiving 100,000 notifications each took 0.1-0.3 core-s per
-     phase of the two cores the floor client has to itself;
+     fib_rt_entries of /proc/net/rt6_stats; the two counters took
+     0.04-0.05 core-s per 100,000-route phase, shown as "CPU counters";
+     this script's own reader threads are not sampled). The netlink
+     monitors of stages 1 and 4 are stopped first: receiving 100,000
+     notifications each took 0.1-0.3 core-s per phase of the two cores
+     the floor client has to itself;
    * CPU (user + system) of each daemon over the announce and withdrawal,
      and each daemon's peak RSS (VmHWM, reset through clear_refs before
      the run); the pushes each daemon sent over the run (and their body
@@ -52,11 +54,13 @@ peer is in Exchange, then prints:
 
 The timing is done in this process: the HTTP and netlink sockets are opened
 inside the routers' namespaces (setns on the main thread, then back), so no
-process start-up falls inside a measurement. Netlink monitors run in
-helper processes (`bench_fabric monitor NS`, test-harness/examples) that
-stamp each datagram with CLOCK_MONOTONIC (time.perf_counter()'s clock) on
-receipt: a Python reader cannot keep up with 100,000 notifications and
-would stamp them up to a second late.
+process start-up falls inside a measurement. Stages 1 and 4 are timed by
+netlink monitors in helper processes (`bench_fabric monitor NS`,
+test-harness/examples) that stamp each datagram with CLOCK_MONOTONIC
+(time.perf_counter()'s clock) on receipt. The size rounds are timed by
+route counters (`bench_fabric count NS`), helpers that read the kernel's
+route count every millisecond and stamp each change when read, up to a
+millisecond after it happened (a few percent of the floor at 10,000).
 
 Everything created (namespaces, their veths, daemons, temporary
 directories) is removed on exit, also on errors, SIGINT and SIGTERM, and
@@ -64,7 +68,7 @@ the whole run is bounded by TOTAL_TIMEOUT seconds.
 
 Environment:
   DDMD_BIN       ddmd to run (default target/release/ddmd)
-  MONITOR_BIN    route monitor and floor client (default
+  MONITOR_BIN    route monitor, route counter and floor client (default
                  target/release/examples/bench_fabric)
                  Build both first: scripts/build-release.sh --bench
   RUNS           single-prefix runs (10)
@@ -76,6 +80,8 @@ Environment:
   REPEAT         runs per size (5)
   CHUNK          most prefixes per admin request (100000)
   TIMELINE       1: print each run's CPU/RSS timeline (100 ms samples)
+                 and how many routes t1's and s2's kernels had taken in
+                 (or let go of) every 20 ms of the announce and withdrawal
   LOG_LEVEL      daemons' --log-level (info); logs are kept in KEEP_LOGS
   KEEP_LOGS      directory to copy the daemons' logs to (unset: dropped)
   TOTAL_TIMEOUT  seconds before the run is abandoned (900; raise it for
@@ -88,6 +94,7 @@ size), so the policy admits the largest size.
 Must run as root.
 """
 
+import bisect
 import ctypes
 import json
 import os
@@ -269,12 +276,8 @@ class RouteMonitor(threading.Thread):
     def counts_at(self, t):
         """The count as of time t (the last line at or before it)."""
         with self.cond:
-            c = self.initial
-            for tt, cc in self.counts:
-                if tt > t:
-                    break
-                c = cc
-        return c
+            i = bisect.bisect_right(self.counts, (t, float("inf")))
+            return self.counts[i - 1][1] if i else self.initial
 
     def close(self):
         try:
@@ -319,7 +322,8 @@ def key_of(prefix):
 
 class CpuSampler(threading.Thread):
     """Samples utime/stime (clock ticks) of the daemons (and of the other
-    processes named, the route monitors) every `period` seconds, to show
+    processes named, the route monitors or counters) every `period`
+    seconds, to show
     which one works when (stime includes the kernel's route insertion,
     done inside the daemons' netlink system calls), and the whole
     machine's busy ticks."""
@@ -327,7 +331,7 @@ class CpuSampler(threading.Thread):
     def __init__(self, names, others=None, period=0.1):
         super().__init__(daemon=True, name="cpu")
         self.names = names
-        # Other processes sampled alike ({name: pid}; the route monitors),
+        # Other processes sampled alike ({name: pid}; the route counters),
         # counted apart from the daemons.
         self.others = others or {}
         self.period = period
@@ -785,24 +789,24 @@ def wait_count(mon, name, pred, since, timeout):
     return m.first_count(pred, since)
 
 
-def progress(mon, base, what, t0, t_ack, size, step=0.02):
+def progress(mon, base, what, t0, t_ack, size, step=0.02, upto=5):
     """Print how many of the `size` routes each counted kernel has taken in
-    (or let go of) every `step` seconds after t0, with the 204 marked."""
+    (or let go of) every `step` seconds after t0, for at most `upto`
+    seconds (the 204's time is in the heading)."""
     print(f"  {what}: routes done in " + ", ".join(mon) + f" (of {size}; "
           f"the 204 after {t_ack - t0:.3f} s)")
     t = step
     while True:
-        line = []
-        done = True
+        done = {}
         for n, m in mon.items():
             c = m.counts_at(t0 + t)
-            moved = abs(c - base[n])
-            if what != "announce":
-                moved = size - moved
-            line.append(f"{moved:>7}")
-            done = done and moved >= size
-        print(f"    {t:5.2f} s " + " ".join(line))
-        if done or t > 5:
+            done[n] = c - base[n] if what == "announce" else \
+                base[n] + size - c
+        print(f"    {t:5.2f} s " + " ".join(f"{d:>7}" for d in done.values()))
+        if all(d >= size for d in done.values()):
+            break
+        if t >= upto:
+            print(f"    (cut off after {upto} s)")
             break
         t += step
 
@@ -839,14 +843,15 @@ def size_round(size, ports, mon, results):
         t_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c >= b + size,
                           t0, timeout)
         t_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c >= b + size,
-                          t0, 10)
+                          t0, timeout)
         time.sleep(0.3)
         hwm_add = {n: kib(mem_of(n)["VmHWM"]) for n in NAMES}
         mid = cpu.snap()
         w0, w_ack = admin_chunks("DELETE", routes)
         g_s2 = wait_count(mon, "s2", lambda c, b=base["s2"]: c <= b, w0,
                           timeout)
-        g_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c <= b, w0, 10)
+        g_t1 = wait_count(mon, "t1", lambda c, b=base["t1"]: c <= b, w0,
+                          timeout)
         time.sleep(0.3)
         cpu.done.set()
         cpu.join()
@@ -887,7 +892,7 @@ def size_round(size, ports, mon, results):
             f"{what}: {CORES} cores x {RATIO_TARGET} x floor = "
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
             f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
-            f"daemons {run[f'dcpu_{k}']:.2f} (the route monitors "
+            f"daemons {run[f'dcpu_{k}']:.2f} (the route counters "
             f"{run[f'mcpu_{k}']:.2f}; the whole machine was busy "
             f"{run[f'busy_{k}']:.2f} of {ONLINE * run[f'span_{k}']:.2f} "
             f"core-s sampled)"
@@ -918,7 +923,7 @@ def size_round(size, ports, mon, results):
                         f"target's core-s",
                         f"{med('fcpu_' + key):.2f} / {med('dcpu_' + key):.2f}"
                         f" / {window:.2f}", "", None))
-        results.append((f"{size} {what.split()[0]}: CPU monitors / machine "
+        results.append((f"{size} {what.split()[0]}: CPU counters / machine "
                         f"busy / sampled core-s",
                         f"{med('mcpu_' + key):.2f} / {med('busy_' + key):.2f}"
                         f" / {ONLINE * med('span_' + key):.2f}", "", None))
