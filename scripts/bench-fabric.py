@@ -796,6 +796,7 @@ def progress(mon, base, what, t0, t_ack, size, step=0.02, upto=5):
     print(f"  {what}: routes done in " + ", ".join(mon) + f" (of {size}; "
           f"the 204 after {t_ack - t0:.3f} s)")
     t = step
+    behind = 0
     while True:
         done = {}
         for n, m in mon.items():
@@ -803,12 +804,16 @@ def progress(mon, base, what, t0, t_ack, size, step=0.02, upto=5):
             done[n] = c - base[n] if what == "announce" else \
                 base[n] + size - c
         print(f"    {t:5.2f} s " + " ".join(f"{d:>7}" for d in done.values()))
+        behind = max(behind, done["t1"] - done["s2"])
         if all(d >= size for d in done.values()):
             break
         if t >= upto:
             print(f"    (cut off after {upto} s)")
             break
         t += step
+    # What t1 has done and s2 not yet is (about) t1's backlog toward s2,
+    # held in its exchange actor (and, for withdrawals, in rib::Told).
+    print(f"    s2 trailed t1 by at most {behind} routes")
 
 
 def size_round(size, ports, mon, results):
