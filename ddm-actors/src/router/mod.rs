@@ -51,8 +51,10 @@ use crate::policy::{
 };
 use crate::rib::{Effects, ImportedPath, PeerId, Rib, Told};
 
+mod hold;
 mod worker;
 
+use hold::Hold;
 use worker::{dataplane_worker, trim_after, DataplaneCmd, DataplaneStats};
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
@@ -136,7 +138,8 @@ pub enum RouterMsg {
         update: OutUpdate,
         /// Counts the update against the peer's pushes in flight until it
         /// is imported and the dataplane worker has taken the route changes
-        /// it made (`exchange::server::IMPORTS_IN_FLIGHT`).
+        /// it made (`exchange::server::IMPORTS_IN_FLIGHT`), and no other
+        /// peer lags (see [`hold`]).
         permit: Option<ImportPermit>,
     },
     /// A pull of a peer's full set completed (from its exchange actor).
@@ -158,6 +161,9 @@ pub enum RouterMsg {
     /// dataplane work to its worker (sent to itself, behind whatever was
     /// queued when the first was collected).
     Flush,
+    /// Give back the import permits whose hold is over (sent to itself,
+    /// see [`hold`]).
+    HoldDue,
 }
 
 /// The router's counters, for the metrics listener.
@@ -226,6 +232,11 @@ pub struct RouterState {
     /// What each peer may still hold from us beyond its view, so that a
     /// new session can make the peer's view whole (see [`Told`]).
     told: Told,
+    /// What each peer's exchange actor has undelivered, and the import
+    /// permits held while another peer lags ([`hold`]).
+    hold: Hold<ImportPermit>,
+    /// Whether a [`RouterMsg::HoldDue`] is scheduled.
+    hold_timer: bool,
     /// Pushes collected and not yet handed to the exchange actors, merged
     /// per peer: everything queued behind the first one is handled before
     /// they go ([`RouterMsg::Flush`]), so that a burst of imports (a
@@ -377,6 +388,14 @@ impl RouterState {
         }
     }
 
+    /// Give back the held import permits whose hold is over, behind the
+    /// dataplane work queued so far (their imports' among it).
+    fn permits_due(&mut self) {
+        for p in self.hold.due(Instant::now()) {
+            self.dataplane_unsent.push(DataplaneCmd::Release(p));
+        }
+    }
+
     /// Whether anything waits for the next flush.
     fn has_unsent(&self) -> bool {
         !self.unsent.is_empty() || !self.dataplane_unsent.is_empty()
@@ -385,7 +404,14 @@ impl RouterState {
     /// Hand `update` to `peer`'s exchange actor, if it has one.
     fn hand_over(&mut self, peer: PeerId, update: OutUpdate) {
         if let Some(x) = self.exchanges.get(&peer) {
-            send_push(&mut self.told, &self.log, peer, x, update);
+            send_push(
+                &mut self.told,
+                &mut self.hold,
+                &self.log,
+                peer,
+                x,
+                update,
+            );
         }
     }
 
@@ -411,12 +437,20 @@ impl RouterState {
         info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
         // What was collected for an earlier session is in the view.
         self.drop_unsent(peer);
+        self.hold.session_ended(peer);
         self.rib.peer_up(peer, kind);
         let push = self.told.session_up(peer, self.rib.view_for(peer));
         if !push.is_empty() {
             debug!(self.log, "making the peer's view whole";
                 "peer" => %peer, "items" => push.len());
-            send_push(&mut self.told, &self.log, peer, &exchange, push);
+            send_push(
+                &mut self.told,
+                &mut self.hold,
+                &self.log,
+                peer,
+                &exchange,
+                push,
+            );
         }
         self.exchanges.insert(peer, exchange);
     }
@@ -426,12 +460,14 @@ impl RouterState {
 /// `told` what the push withdraws.
 fn send_push(
     told: &mut Told,
+    hold: &mut Hold<ImportPermit>,
     log: &Logger,
     peer: PeerId,
     x: &PeerRef,
     update: OutUpdate,
 ) {
-    told.pushed(peer, &update);
+    let seq = told.pushed(peer, &update);
+    hold.pushed(peer, seq, update.len());
     if let Err(e) = x.send_message(PeerCmd::Push(update)) {
         warn!(log, "exchange actor gone"; "peer" => %peer, "error" => %e);
     }
@@ -476,6 +512,8 @@ impl Actor for Router {
             policy: ImportPolicy::new(args.policy),
             exchanges: HashMap::new(),
             told: Told::new(),
+            hold: Hold::default(),
+            hold_timer: false,
             unsent: BTreeMap::new(),
             dataplane_unsent: Vec::new(),
             flush_queued: false,
@@ -493,8 +531,10 @@ impl Actor for Router {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         // Never sent: its routes were never installed, and its import
-        // permits go back now, not after the worker's removal.
+        // permits (and those held) go back now, not after the worker's
+        // removal.
         state.dataplane_unsent.clear();
+        state.hold = Hold::default();
         if let Some(stop) = state.shutdown.take() {
             let _ = stop.send(());
         }
@@ -567,6 +607,8 @@ impl Actor for Router {
                     info!(state.log, "peer down"; "peer" => %peer);
                     let view = state.rib.view_for(peer);
                     state.told.session_down(peer, view);
+                    state.hold.session_ended(peer);
+                    state.permits_due();
                 }
                 if let Some(c) = state.policy.peer_down(peer, Instant::now()) {
                     info!(state.log, "import refusals of a departed peer";
@@ -579,6 +621,8 @@ impl Actor for Router {
                 let current = state.exchanges.get(&peer).map(|x| x.get_id());
                 if current == Some(exchange) {
                     state.told.delivered(peer, through);
+                    state.hold.delivered(peer, through);
+                    state.permits_due();
                 }
             }
             RouterMsg::Import { peer, update, permit } => {
@@ -587,9 +631,13 @@ impl Actor for Router {
                 // The peer's server may take its next push once the
                 // dataplane worker takes what this import queued (and
                 // whatever was queued before it); at once if it queued
-                // nothing.
-                if let (true, Some(p)) = (queued, permit) {
-                    state.dataplane_unsent.push(DataplaneCmd::Release(p));
+                // nothing; later while another peer lags ([`hold`]).
+                let now = Instant::now();
+                match permit.and_then(|p| state.hold.take(peer, p, now)) {
+                    Some(p) if queued => {
+                        state.dataplane_unsent.push(DataplaneCmd::Release(p))
+                    }
+                    _ => {}
                 }
                 trim_after(size);
             }
@@ -635,6 +683,17 @@ impl Actor for Router {
             RouterMsg::Flush => {
                 state.flush_queued = false;
                 state.flush();
+            }
+            RouterMsg::HoldDue => {
+                state.hold_timer = false;
+                state.permits_due();
+            }
+        }
+        if !state.hold_timer {
+            if let Some(at) = state.hold.next_due() {
+                state.hold_timer = true;
+                let wait = at.saturating_duration_since(Instant::now());
+                myself.send_after(wait, || RouterMsg::HoldDue);
             }
         }
         if state.has_unsent() && !state.flush_queued {

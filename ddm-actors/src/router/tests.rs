@@ -96,6 +96,15 @@ async fn router_on(
 }
 
 async fn add_peer(r: &RouterRef, i: u32, kind: RouterKind) -> Pushed {
+    add_peer_with_id(r, i, kind).await.0
+}
+
+/// As [`add_peer`], with the stand-in's id (for `Delivered`).
+async fn add_peer_with_id(
+    r: &RouterRef,
+    i: u32,
+    kind: RouterKind,
+) -> (Pushed, ractor::ActorId) {
     let pushed = Pushed::default();
     let (x, _) =
         Actor::spawn(None, FakeExchange, pushed.clone()).await.unwrap();
@@ -105,7 +114,7 @@ async fn add_peer(r: &RouterRef, i: u32, kind: RouterKind) -> Pushed {
         exchange: x.get_derived(),
     })
     .unwrap();
-    pushed
+    (pushed, x.get_id())
 }
 
 /// Wait (in paused time) until `f` holds.
@@ -180,6 +189,57 @@ async fn an_import_gives_its_permit_back() {
         1
     );
     drop(dp);
+}
+
+/// A transit whose other peer has not taken what it was pushed holds the
+/// importing peer's permits: until that peer's backlog is delivered, or
+/// for [`hold::HOLD_MAX`] at most, whatever it does.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_peer_holds_imports_for_a_while() {
+    let (r, _dp) = router(RouterKind::Transit).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    let (to_2, id_2) = add_peer_with_id(&r, 2, RouterKind::Server).await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(3));
+    let import = |update: OutUpdate| RouterMsg::Import {
+        peer: peer(1),
+        update,
+        permit: Some(permits.clone().try_acquire_owned().unwrap()),
+    };
+    // More than the limit, passed on to peer 2, which never reports it
+    // delivered.
+    let many: Vec<PathVector> = (0..=hold::BACKLOG_LIMIT)
+        .map(|i| PathVector {
+            destination: p(&format!("fd00:{i:x}::/64")),
+            path: vec!["far".into(), "t1".into()],
+        })
+        .collect();
+    let many = OutUpdate::from(v3::Update {
+        underlay: Some(v3::UnderlayUpdate {
+            announce: many.into_iter().collect(),
+            withdraw: BTreeSet::new(),
+        }),
+        tunnel: None,
+    });
+    r.cast(import(many)).unwrap();
+    until("pushed to peer 2", || !to_2.lock().unwrap().is_empty()).await;
+    until("the first permit back", || permits.available_permits() == 3).await;
+
+    // The next import's permit is held for the bound.
+    let t0 = tokio::time::Instant::now();
+    r.cast(import(announce("fd01::/64", &["far", "t1"]))).unwrap();
+    until("the held permit back", || permits.available_permits() == 3).await;
+    let held = t0.elapsed();
+    assert!(held >= hold::HOLD_MAX, "back after {held:?}");
+
+    // Peer 2 reports everything delivered: a held permit goes back then.
+    let t0 = tokio::time::Instant::now();
+    r.cast(import(announce("fd02::/64", &["far", "t1"]))).unwrap();
+    tokio::time::sleep(hold::HOLD_MAX / 4).await;
+    assert_eq!(permits.available_permits(), 2, "held");
+    r.cast(RouterMsg::Delivered { peer: peer(2), exchange: id_2, through: 99 })
+        .unwrap();
+    until("the permit back", || permits.available_permits() == 3).await;
+    assert!(t0.elapsed() < hold::HOLD_MAX, "back after {:?}", t0.elapsed());
 }
 
 /// While the dataplane is busy with a batch, the permit of an import
