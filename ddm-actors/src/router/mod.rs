@@ -139,7 +139,7 @@ pub enum RouterMsg {
         /// Counts the update against the peer's pushes in flight until it
         /// is imported and the dataplane worker has taken the route changes
         /// it made (`exchange::server::IMPORTS_IN_FLIGHT`), and no other
-        /// peer lags (see [`hold`]).
+        /// peer lags (`router/hold.rs`).
         permit: Option<ImportPermit>,
     },
     /// A pull of a peer's full set completed (from its exchange actor).
@@ -162,7 +162,7 @@ pub enum RouterMsg {
     /// queued when the first was collected).
     Flush,
     /// Give back the import permits whose hold is over (sent to itself,
-    /// see [`hold`]).
+    /// see `router/hold.rs`).
     HoldDue,
 }
 
