@@ -38,10 +38,10 @@
 //! one of [`IMPORTS_IN_FLIGHT`] permits per peer, which the update carries
 //! to the router and which is given back once the router has imported it
 //! and its dataplane worker has taken the routes that changed (or dropped,
-//! if the update is; held a little longer while another peer lags behind
-//! what the router passed on to it, `router/hold.rs`). A peer whose pushes
-//! the router has not taken in yet
-//! waits, unread, so decoded updates do not pile up in the actors'
+//! if the update is; on a transit, held a little longer while another
+//! peer lags behind what the router passed on to it, `router/hold.rs`). A
+//! peer whose pushes the router has not taken in yet waits, unread, so
+//! decoded updates do not pile up in the actors'
 //! mailboxes, nor route changes in front of a kernel that is behind. It
 //! waits at most half the exchange timeout ([`PACING_WAIT`]): a push is
 //! never refused for a slow router (the peer would count that as a failure,

@@ -12,16 +12,19 @@
 //! 1.8 MiB from run to run (3 MiB once); with the hold, by up to 15,000
 //! routes and 0.5 MiB, in the same time.
 //!
-//! So an import's permit is also held while this router has more than
-//! [`BACKLOG_LIMIT`] items handed to another peer's exchange actor and not
-//! yet reported delivered; it goes back as soon as that backlog is under
-//! the limit, and after [`HOLD_MAX`] whatever the peer does. The bound
-//! keeps a dead or stalled peer, or two transits each waiting for the
-//! other, from doing more than slowing imports to two pushes per
-//! [`HOLD_MAX`] per peer (about 200,000 items a second at 2,048 items a
-//! push) until the session ends. The importing peer's own backlog does not
-//! hold its permits: what we push back to it does not grow with what it
-//! pushes us.
+//! So on a transit an import's permit is also held while more than
+//! [`BACKLOG_LIMIT`] items handed to another peer's exchange actor are not
+//! yet reported delivered; it goes back as soon as that backlog is back to
+//! the limit, and after [`HOLD_MAX`] whatever the peer does (its `Release`
+//! then still goes to the dataplane worker behind the work queued before
+//! it). A server passes nothing on, so its permits are never held. The
+//! bound keeps a dead or stalled peer, a peer still taking a new session's
+//! first push (one batch, delivered only at its end), or two transits each
+//! waiting for the other from doing more than slowing imports to about two
+//! pushes per [`HOLD_MAX`] per peer (at most 200,000 items a second at
+//! 2,048 items a push) until the backlog is delivered or the session ends.
+//! The importing peer's own backlog does not hold its permits: what we push
+//! back to it does not grow with what it pushes us.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

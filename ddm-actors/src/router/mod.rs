@@ -139,7 +139,7 @@ pub enum RouterMsg {
         /// Counts the update against the peer's pushes in flight until it
         /// is imported and the dataplane worker has taken the route changes
         /// it made (`exchange::server::IMPORTS_IN_FLIGHT`), and no other
-        /// peer lags (`router/hold.rs`).
+        /// peer lags, on a transit (`router/hold.rs`).
         permit: Option<ImportPermit>,
     },
     /// A pull of a peer's full set completed (from its exchange actor).
@@ -438,6 +438,7 @@ impl RouterState {
         // What was collected for an earlier session is in the view.
         self.drop_unsent(peer);
         self.hold.session_ended(peer);
+        self.permits_due();
         self.rib.peer_up(peer, kind);
         let push = self.told.session_up(peer, self.rib.view_for(peer));
         if !push.is_empty() {
@@ -631,9 +632,18 @@ impl Actor for Router {
                 // The peer's server may take its next push once the
                 // dataplane worker takes what this import queued (and
                 // whatever was queued before it); at once if it queued
-                // nothing; later while another peer lags ([`hold`]).
+                // nothing; on a transit, later while another peer lags
+                // behind what it passes on ([`hold`]; a server passes
+                // nothing on).
                 let now = Instant::now();
-                match permit.and_then(|p| state.hold.take(peer, p, now)) {
+                let transit = state.rib.kind() == RouterKind::Transit;
+                match permit.and_then(|p| {
+                    if transit {
+                        state.hold.take(peer, p, now)
+                    } else {
+                        Some(p)
+                    }
+                }) {
                     Some(p) if queued => {
                         state.dataplane_unsent.push(DataplaneCmd::Release(p))
                     }

@@ -242,6 +242,30 @@ async fn a_lagging_peer_holds_imports_for_a_while() {
     assert!(t0.elapsed() < hold::HOLD_MAX, "back after {:?}", t0.elapsed());
 }
 
+/// A server passes nothing on: its own pushes lagging (a large origination
+/// not yet delivered) never hold a peer's permits.
+#[tokio::test(start_paused = true)]
+async fn a_server_never_holds_imports() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    let to_2 = add_peer(&r, 2, RouterKind::Transit).await;
+    let own: BTreeSet<Ipv6Net> = (0..=hold::BACKLOG_LIMIT)
+        .map(|i| p(&format!("fd00:{i:x}::/64")))
+        .collect();
+    r.cast(RouterMsg::Originate(own)).unwrap();
+    until("pushed to peer 2", || !to_2.lock().unwrap().is_empty()).await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let t0 = tokio::time::Instant::now();
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd01::/64", &["far", "t1"]),
+        permit: Some(permits.clone().try_acquire_owned().unwrap()),
+    })
+    .unwrap();
+    until("the permit back", || permits.available_permits() == 1).await;
+    assert!(t0.elapsed() < hold::HOLD_MAX, "back after {:?}", t0.elapsed());
+}
+
 /// While the dataplane is busy with a batch, the permit of an import
 /// queued behind it stays out: the peer's next push waits rather than its
 /// routes piling up in front of a slow kernel. It comes back once the
