@@ -398,13 +398,13 @@ impl Actor for Admin {
 /// The members of `want` that `have` lacks (in place: a body of 100,000
 /// prefixes is not built into a second set).
 fn not_in<T: Ord>(mut want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
-    want.retain(|x| !have.contains(x));
+    crate::rib::retain_present(&mut want, have, false);
     want
 }
 
 /// The members of `want` that `have` holds (in place, as [`not_in`]).
 fn only_in<T: Ord>(mut want: BTreeSet<T>, have: &BTreeSet<T>) -> BTreeSet<T> {
-    want.retain(|x| have.contains(x));
+    crate::rib::retain_present(&mut want, have, true);
     want
 }
 

@@ -115,6 +115,27 @@ pub fn packed<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
     }
 }
 
+/// Keep the members of `want` that `have` holds (`present`), or lacks.
+/// Against a set not much larger, one walk over both in order replaces a
+/// lookup per member: withdrawing 100,000 of as many took 10 ms of
+/// lookups at the admin actor, before the router could start.
+pub fn retain_present<T: Ord>(
+    want: &mut BTreeSet<T>,
+    have: &BTreeSet<T>,
+    present: bool,
+) {
+    if want.len().saturating_mul(8) < have.len() {
+        want.retain(|x| have.contains(x) == present);
+    } else {
+        // `retain` visits `want` in ascending order.
+        let mut have = have.iter().peekable();
+        want.retain(|x| {
+            while have.next_if(|y| *y < x).is_some() {}
+            (have.peek() == Some(&x)) == present
+        });
+    }
+}
+
 /// The fewest items [`packed`] collects at a time.
 const PACK_PART: usize = 1024;
 

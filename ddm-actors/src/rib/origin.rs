@@ -74,7 +74,7 @@ impl Rib {
         pending: &mut Pending,
         mut prefixes: BTreeSet<Ipv6Net>,
     ) {
-        prefixes.retain(|p| !self.originated.contains(p));
+        retain_present(&mut prefixes, &self.originated, false);
         self.tell_peers(pending, &prefixes, Pending::announce_paths);
         extend_packed(&mut self.originated, prefixes);
     }
@@ -86,7 +86,16 @@ impl Rib {
         pending: &mut Pending,
         mut prefixes: BTreeSet<Ipv6Net>,
     ) {
-        prefixes.retain(|p| self.originated.remove(p));
+        if prefixes.len().saturating_mul(8) < self.originated.len() {
+            prefixes.retain(|p| self.originated.remove(p));
+        } else {
+            // Most of the set: what stays is rebuilt (packed) in one walk,
+            // not removed one lookup at a time (100,000 of as many took
+            // about 12 ms, before the first push could leave).
+            retain_present(&mut prefixes, &self.originated, true);
+            self.originated =
+                packed(self.originated.difference(&prefixes).copied());
+        }
         self.tell_peers(pending, &prefixes, Pending::withdraw_paths);
     }
 

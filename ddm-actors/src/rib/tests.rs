@@ -193,6 +193,33 @@ fn originate_and_withdraw_push_to_every_peer() {
 }
 
 #[test]
+fn withdrawing_few_or_most_of_the_originated_is_the_same() {
+    let all: BTreeSet<Ipv6Net> =
+        (0..20u16).map(|i| net(&format!("fd00:{i:x}::/64"))).collect();
+    let mut rib = rib_with_peers(RouterKind::Server, 1);
+    rib.originate(all.clone());
+    // One of twenty (a lookup each), then most of the rest and one never
+    // originated (one walk): only what was originated is withdrawn.
+    for gone in [
+        BTreeSet::from([net("fd00:3::/64")]),
+        all.iter().copied().skip(5).chain([net("fd00:99::/64")]).collect(),
+    ] {
+        let had = rib.originated().clone();
+        let e = rib.withdraw_originated(gone.clone());
+        let want: BTreeSet<Ipv6Net> =
+            had.intersection(&gone).copied().collect();
+        let pv = |p: &Ipv6Net| pv(&p.to_string(), &["me"]);
+        assert_eq!(
+            pushes(&e),
+            [(peer(1), withdraw(want.iter().map(pv)))].into()
+        );
+        let left: BTreeSet<Ipv6Net> = had.difference(&gone).copied().collect();
+        assert_eq!(rib.originated(), &left);
+    }
+    assert_eq!(rib.originated().len(), 4);
+}
+
+#[test]
 fn import_creates_a_route_through_the_peer() {
     let mut rib = rib_with_peers(RouterKind::Server, 1);
     let e = rib.import(peer(1), announce([pv("fd00:1::/64", &["a"])])).unwrap();
@@ -1256,5 +1283,25 @@ proptest! {
         prop_assert_eq!(&got.announce, &one_by_one.announce);
         prop_assert_eq!(&got.withdraw, &one_by_one.withdraw);
         prop_assert_eq!(&got.held, &one_by_one.held);
+    }
+}
+
+proptest! {
+    /// The walk and the lookups keep the same members, whichever is used.
+    #[test]
+    fn retain_present_is_membership(
+        want in proptest::collection::btree_set(0u16..300, 0..120),
+        have in proptest::collection::btree_set(0u16..300, 0..300),
+    ) {
+        for present in [true, false] {
+            let mut kept = want.clone();
+            retain_present(&mut kept, &have, present);
+            let naive: BTreeSet<u16> = want
+                .iter()
+                .filter(|x| have.contains(x) == present)
+                .copied()
+                .collect();
+            prop_assert_eq!(kept, naive);
+        }
     }
 }
