@@ -635,19 +635,14 @@ impl Actor for Router {
                 // nothing; on a transit, later while another peer lags
                 // behind what it passes on ([`hold`]; a server passes
                 // nothing on).
-                let now = Instant::now();
-                let transit = state.rib.kind() == RouterKind::Transit;
-                match permit.and_then(|p| {
-                    if transit {
-                        state.hold.take(peer, p, now)
-                    } else {
-                        Some(p)
+                let permit = match permit {
+                    Some(p) if state.rib.kind() == RouterKind::Transit => {
+                        state.hold.take(peer, p, Instant::now())
                     }
-                }) {
-                    Some(p) if queued => {
-                        state.dataplane_unsent.push(DataplaneCmd::Release(p))
-                    }
-                    _ => {}
+                    p => p,
+                };
+                if let (true, Some(p)) = (queued, permit) {
+                    state.dataplane_unsent.push(DataplaneCmd::Release(p));
                 }
                 trim_after(size);
             }
