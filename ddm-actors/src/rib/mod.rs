@@ -87,7 +87,7 @@ impl PeerNexthop for PeerId {
 /// just over half full: 100,000 originated prefixes took 2.9 MB that way
 /// against about 1.9 MB packed, in the admin actor's mirror and in the RIB.
 pub fn extend_packed<T: Ord>(set: &mut BTreeSet<T>, mut more: BTreeSet<T>) {
-    if more.len().saturating_mul(8) < set.len() {
+    if few_of(&more, set) {
         set.extend(more);
     } else {
         set.append(&mut more);
@@ -124,7 +124,7 @@ pub fn retain_present<T: Ord>(
     have: &BTreeSet<T>,
     present: bool,
 ) {
-    if want.len().saturating_mul(8) < have.len() {
+    if few_of(want, have) {
         want.retain(|x| have.contains(x) == present);
     } else {
         // `retain` visits `want` in ascending order.
@@ -134,6 +134,13 @@ pub fn retain_present<T: Ord>(
             (have.peek() == Some(&x)) == present
         });
     }
+}
+
+/// Whether `some` is so much smaller than `all` that a lookup, insertion
+/// or removal per member of `some` beats one walk over both (the rule of
+/// [`extend_packed`] and [`retain_present`]).
+pub(crate) fn few_of<T>(some: &BTreeSet<T>, all: &BTreeSet<T>) -> bool {
+    some.len().saturating_mul(8) < all.len()
 }
 
 /// The fewest items [`packed`] collects at a time.

@@ -86,7 +86,7 @@ impl Rib {
         pending: &mut Pending,
         mut prefixes: BTreeSet<Ipv6Net>,
     ) {
-        if prefixes.len().saturating_mul(8) < self.originated.len() {
+        if few_of(&prefixes, &self.originated) {
             prefixes.retain(|p| self.originated.remove(p));
         } else {
             // Most of the set: what stays is rebuilt (packed) in one walk,

@@ -55,6 +55,11 @@ struct Stale {
     paths: BTreeSet<OutPath>,
     /// Withdrawn tunnel endpoints, each with the push that withdrew it.
     tunnels: BTreeMap<TunnelOrigin, u64>,
+    /// The items of each push of the current session not yet delivered,
+    /// oldest first, with the push's sequence number, and their sum: how
+    /// far the peer's exchange actor is behind (`router/hold.rs`).
+    undelivered: VecDeque<(u64, usize)>,
+    undelivered_items: usize,
 }
 
 impl Stale {
@@ -66,6 +71,8 @@ impl Stale {
 
     /// The session ended: nothing in flight will be acknowledged now.
     fn unacked(&mut self) {
+        self.undelivered.clear();
+        self.undelivered_items = 0;
         for (_, paths) in self.in_flight.drain(..) {
             self.paths.extend(paths);
         }
@@ -100,6 +107,8 @@ impl Told {
         let stale = self.peers.entry(peer).or_default();
         stale.sent += 1;
         let seq = stale.sent;
+        stale.undelivered.push_back((seq, update.len()));
+        stale.undelivered_items += update.len();
         if let Some(u) = &update.underlay {
             if !stale.paths.is_empty() {
                 for p in &u.announce {
@@ -128,6 +137,13 @@ impl Told {
         if let Some(stale) = self.peers.get_mut(&peer) {
             while stale.in_flight.front().is_some_and(|(s, _)| *s <= through) {
                 stale.in_flight.pop_front();
+            }
+            while let Some(&(seq, items)) = stale.undelivered.front() {
+                if seq > through {
+                    break;
+                }
+                stale.undelivered.pop_front();
+                stale.undelivered_items -= items;
             }
             stale.tunnels.retain(|_, seq| *seq > through);
         }
@@ -205,6 +221,14 @@ impl Told {
                     + s.in_flight.iter().map(|(_, p)| p.len()).sum::<usize>()
             })
             .sum()
+    }
+
+    /// Whether a peer other than `besides` has more than `limit` items of
+    /// its current session's pushes not yet reported delivered.
+    pub fn lags(&self, besides: PeerId, limit: usize) -> bool {
+        self.peers
+            .iter()
+            .any(|(p, s)| *p != besides && s.undelivered_items > limit)
     }
 
     /// True when nothing is remembered.
@@ -288,6 +312,31 @@ mod tests {
         told.pushed(p, &update(&[3], &[]));
         told.delivered(p, 3);
         assert!(told.is_empty(), "everything delivered: nothing stale");
+    }
+
+    /// A peer lags while more than the limit of what its session was
+    /// pushed is undelivered; not once delivered, nor once the session
+    /// ended; a peer never lags for itself.
+    #[test]
+    fn a_peer_lags_by_its_undelivered_items() {
+        let (p, q) = (peer(1, 1), peer(2, 2));
+        let mut told = Told::new();
+        told.session_up(p, OutUpdate::default());
+        told.pushed(p, &update(&[1, 2], &[]));
+        assert!(!told.lags(q, 2), "at the limit");
+        told.pushed(p, &update(&[], &[3]));
+        assert!(told.lags(q, 2));
+        assert!(!told.lags(p, 2), "its own backlog");
+        told.delivered(p, 1);
+        assert!(told.lags(q, 0), "the second push is outstanding");
+        assert!(!told.lags(q, 1));
+        told.pushed(p, &update(&[4, 5], &[]));
+        assert!(told.lags(q, 2));
+        told.session_down(p, OutUpdate::default());
+        assert!(!told.lags(q, 0), "nothing of an ended session lags");
+        told.session_up(p, OutUpdate::default());
+        told.delivered(p, 9);
+        assert!(!told.lags(q, 0));
     }
 
     /// A path withdrawn and announced again while the withdrawal is in

@@ -14,7 +14,8 @@
 //!
 //! So on a transit an import's permit is also held while more than
 //! [`BACKLOG_LIMIT`] items handed to another peer's exchange actor are not
-//! yet reported delivered; it goes back as soon as that backlog is back to
+//! yet reported delivered (`rib::Told` counts them, by the pushes' sequence
+//! numbers it already keeps for a reset); it goes back as soon as that backlog is back to
 //! the limit, and after [`HOLD_MAX`] whatever the peer does (its `Release`
 //! then still goes to the dataplane worker behind the work queued before
 //! it). A server passes nothing on, so its permits are never held. The
@@ -26,7 +27,7 @@
 //! The importing peer's own backlog does not hold its permits: what we push
 //! back to it does not grow with what it pushes us.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -40,13 +41,10 @@ pub(super) const BACKLOG_LIMIT: usize = 4096;
 /// The longest a permit is held for a lagging peer.
 pub(super) const HOLD_MAX: Duration = Duration::from_millis(20);
 
-/// What each peer's exchange actor holds undelivered, and the permits held
-/// for it.
+/// The import permits held while another peer lags. `lagging(from)` says
+/// whether a peer other than `from` is more than [`BACKLOG_LIMIT`] behind.
 #[derive(Debug)]
 pub(super) struct Hold<P> {
-    /// Per peer: the undelivered pushes of its current session (sequence
-    /// number, items), oldest first, and their items in all.
-    backlog: HashMap<PeerId, (VecDeque<(u64, usize)>, usize)>,
     /// Held permits, oldest first: the importing peer, when the permit
     /// goes back at the latest, the permit.
     held: VecDeque<(PeerId, Instant, P)>,
@@ -54,52 +52,21 @@ pub(super) struct Hold<P> {
 
 impl<P> Default for Hold<P> {
     fn default() -> Self {
-        Hold { backlog: HashMap::new(), held: VecDeque::new() }
+        Hold { held: VecDeque::new() }
     }
 }
 
 impl<P> Hold<P> {
-    /// Push `seq` of `peer`'s current session, of `items` items, is handed
-    /// to its exchange actor.
-    pub fn pushed(&mut self, peer: PeerId, seq: u64, items: usize) {
-        let (pushes, total) = self.backlog.entry(peer).or_default();
-        pushes.push_back((seq, items));
-        *total += items;
-    }
-
-    /// `peer`'s exchange actor delivered its pushes through `through`.
-    pub fn delivered(&mut self, peer: PeerId, through: u64) {
-        if let Some((pushes, total)) = self.backlog.get_mut(&peer) {
-            while let Some(&(seq, items)) = pushes.front() {
-                if seq > through {
-                    break;
-                }
-                pushes.pop_front();
-                *total -= items;
-            }
-            if pushes.is_empty() {
-                self.backlog.remove(&peer);
-            }
-        }
-    }
-
-    /// `peer`'s session ended or a new one started: nothing of the old one
-    /// will be reported delivered.
-    pub fn session_ended(&mut self, peer: PeerId) {
-        self.backlog.remove(&peer);
-    }
-
-    /// Whether a permit of `from` is to be held now.
-    fn lagging(&self, from: PeerId) -> bool {
-        self.backlog
-            .iter()
-            .any(|(peer, (_, items))| *peer != from && *items > BACKLOG_LIMIT)
-    }
-
     /// The permit of an import from `from`: back at once (`Some`) or held
     /// (`None`; [`Hold::due`] gives it back).
-    pub fn take(&mut self, from: PeerId, permit: P, now: Instant) -> Option<P> {
-        if self.lagging(from) {
+    pub fn take(
+        &mut self,
+        from: PeerId,
+        permit: P,
+        now: Instant,
+        lagging: impl Fn(PeerId) -> bool,
+    ) -> Option<P> {
+        if lagging(from) {
             self.held.push_back((from, now + HOLD_MAX, permit));
             None
         } else {
@@ -109,11 +76,15 @@ impl<P> Hold<P> {
 
     /// The held permits that go back now, oldest first: their time is up,
     /// or no other peer lags any more.
-    pub fn due(&mut self, now: Instant) -> Vec<P> {
+    pub fn due(
+        &mut self,
+        now: Instant,
+        lagging: impl Fn(PeerId) -> bool,
+    ) -> Vec<P> {
         let mut back = Vec::new();
         let mut kept = VecDeque::new();
         for (from, until, permit) in std::mem::take(&mut self.held) {
-            if until <= now || !self.lagging(from) {
+            if until <= now || !lagging(from) {
                 back.push(permit);
             } else {
                 kept.push_back((from, until, permit));
@@ -127,17 +98,12 @@ impl<P> Hold<P> {
     pub fn next_due(&self) -> Option<Instant> {
         self.held.iter().map(|(_, until, _)| *until).min()
     }
-
-    /// How many permits are held (tests).
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.held.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
 
     fn peer(i: u32) -> PeerId {
         PeerId { ifindex: i, addr: format!("fe80::{i}").parse().unwrap() }
@@ -147,41 +113,34 @@ mod tests {
     fn a_permit_is_held_only_while_another_peer_lags() {
         let now = Instant::now();
         let mut h: Hold<u32> = Hold::default();
-        // Nothing undelivered: back at once.
-        assert_eq!(h.take(peer(1), 1, now), Some(1));
-        // Peer 2 lags by more than the limit: peer 1's permits are held,
-        // peer 2's own are not.
-        h.pushed(peer(2), 1, BACKLOG_LIMIT);
-        assert_eq!(h.take(peer(1), 2, now), Some(2), "at the limit");
-        h.pushed(peer(2), 2, 1);
-        assert_eq!(h.take(peer(1), 3, now), None);
-        assert_eq!(h.take(peer(2), 4, now), Some(4), "its own backlog");
-        assert_eq!(h.held(), 1);
-        assert!(h.due(now).is_empty());
+        // Peer 2 lags: imports from any other peer are held.
+        let lags = Cell::new(false);
+        let lagging = |from| lags.get() && from != peer(2);
+        assert_eq!(h.take(peer(1), 1, now, lagging), Some(1));
+        lags.set(true);
+        assert_eq!(h.take(peer(1), 3, now, lagging), None);
+        assert_eq!(h.take(peer(2), 4, now, lagging), Some(4), "its own");
+        assert!(h.due(now, lagging).is_empty());
         assert_eq!(h.next_due(), Some(now + HOLD_MAX));
-        // Its first push delivered: under the limit, the permit goes back.
-        h.delivered(peer(2), 1);
-        assert_eq!(h.due(now), vec![3]);
+        // It catches up: the permit goes back.
+        lags.set(false);
+        assert_eq!(h.due(now, lagging), vec![3]);
         assert_eq!(h.next_due(), None);
     }
 
     #[test]
-    fn a_held_permit_goes_back_after_the_bound_or_when_the_session_ends() {
+    fn a_held_permit_goes_back_after_the_bound() {
         let now = Instant::now();
         let mut h: Hold<u32> = Hold::default();
-        h.pushed(peer(2), 1, BACKLOG_LIMIT + 1);
-        assert_eq!(h.take(peer(1), 1, now), None);
+        let lagging = |_| true;
+        assert_eq!(h.take(peer(1), 1, now, lagging), None);
         let later = now + HOLD_MAX / 2;
-        assert_eq!(h.take(peer(1), 2, later), None);
+        assert_eq!(h.take(peer(1), 2, later, lagging), None);
         // A peer that never delivers holds each permit for the bound.
-        assert!(h.due(now + HOLD_MAX - Duration::from_millis(1)).is_empty());
-        assert_eq!(h.due(now + HOLD_MAX), vec![1]);
+        let before = now + HOLD_MAX - Duration::from_millis(1);
+        assert!(h.due(before, lagging).is_empty());
+        assert_eq!(h.due(now + HOLD_MAX, lagging), vec![1]);
         assert_eq!(h.next_due(), Some(later + HOLD_MAX));
-        // Its session ends: nothing of it will be delivered, nothing held.
-        h.session_ended(peer(2));
-        assert_eq!(h.due(later), vec![2]);
-        // Delivery reports of a session that ended change nothing.
-        h.delivered(peer(2), 9);
-        assert_eq!(h.take(peer(1), 3, later), Some(3));
+        assert_eq!(h.due(later + HOLD_MAX, lagging), vec![2]);
     }
 }

@@ -232,8 +232,8 @@ pub struct RouterState {
     /// What each peer may still hold from us beyond its view, so that a
     /// new session can make the peer's view whole (see [`Told`]).
     told: Told,
-    /// What each peer's exchange actor has undelivered, and the import
-    /// permits held while another peer lags ([`hold`]).
+    /// The import permits held while another peer lags ([`hold`]; what
+    /// each peer's exchange actor has undelivered is counted in `told`).
     hold: Hold<ImportPermit>,
     /// Whether a [`RouterMsg::HoldDue`] is scheduled.
     hold_timer: bool,
@@ -391,7 +391,9 @@ impl RouterState {
     /// Give back the held import permits whose hold is over, behind the
     /// dataplane work queued so far (their imports' among it).
     fn permits_due(&mut self) {
-        for p in self.hold.due(Instant::now()) {
+        let told = &self.told;
+        let lagging = |from| told.lags(from, hold::BACKLOG_LIMIT);
+        for p in self.hold.due(Instant::now(), lagging) {
             self.dataplane_unsent.push(DataplaneCmd::Release(p));
         }
     }
@@ -404,14 +406,7 @@ impl RouterState {
     /// Hand `update` to `peer`'s exchange actor, if it has one.
     fn hand_over(&mut self, peer: PeerId, update: OutUpdate) {
         if let Some(x) = self.exchanges.get(&peer) {
-            send_push(
-                &mut self.told,
-                &mut self.hold,
-                &self.log,
-                peer,
-                x,
-                update,
-            );
+            send_push(&mut self.told, &self.log, peer, x, update);
         }
     }
 
@@ -437,21 +432,14 @@ impl RouterState {
         info!(self.log, "peer up"; "peer" => %peer, "kind" => %kind);
         // What was collected for an earlier session is in the view.
         self.drop_unsent(peer);
-        self.hold.session_ended(peer);
-        self.permits_due();
         self.rib.peer_up(peer, kind);
         let push = self.told.session_up(peer, self.rib.view_for(peer));
+        // The old session's backlog is gone with it.
+        self.permits_due();
         if !push.is_empty() {
             debug!(self.log, "making the peer's view whole";
                 "peer" => %peer, "items" => push.len());
-            send_push(
-                &mut self.told,
-                &mut self.hold,
-                &self.log,
-                peer,
-                &exchange,
-                push,
-            );
+            send_push(&mut self.told, &self.log, peer, &exchange, push);
         }
         self.exchanges.insert(peer, exchange);
     }
@@ -461,14 +449,12 @@ impl RouterState {
 /// `told` what the push withdraws.
 fn send_push(
     told: &mut Told,
-    hold: &mut Hold<ImportPermit>,
     log: &Logger,
     peer: PeerId,
     x: &PeerRef,
     update: OutUpdate,
 ) {
-    let seq = told.pushed(peer, &update);
-    hold.pushed(peer, seq, update.len());
+    told.pushed(peer, &update);
     if let Err(e) = x.send_message(PeerCmd::Push(update)) {
         warn!(log, "exchange actor gone"; "peer" => %peer, "error" => %e);
     }
@@ -608,7 +594,6 @@ impl Actor for Router {
                     info!(state.log, "peer down"; "peer" => %peer);
                     let view = state.rib.view_for(peer);
                     state.told.session_down(peer, view);
-                    state.hold.session_ended(peer);
                     state.permits_due();
                 }
                 if let Some(c) = state.policy.peer_down(peer, Instant::now()) {
@@ -622,7 +607,6 @@ impl Actor for Router {
                 let current = state.exchanges.get(&peer).map(|x| x.get_id());
                 if current == Some(exchange) {
                     state.told.delivered(peer, through);
-                    state.hold.delivered(peer, through);
                     state.permits_due();
                 }
             }
@@ -637,7 +621,10 @@ impl Actor for Router {
                 // nothing on).
                 let permit = match permit {
                     Some(p) if state.rib.kind() == RouterKind::Transit => {
-                        state.hold.take(peer, p, Instant::now())
+                        let told = &state.told;
+                        state.hold.take(peer, p, Instant::now(), |from| {
+                            told.lags(from, hold::BACKLOG_LIMIT)
+                        })
                     }
                     p => p,
                 };
