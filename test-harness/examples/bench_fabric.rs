@@ -29,12 +29,14 @@
 //! a few counters (two of them took 0.04-0.05 core-s per 100,000-route
 //! phase of the benchmark, against 0.1-0.3 for the monitors).
 //!
-//! `bench_fabric floor add|del N NETNS:IFNAME...` is the kernel floor the
-//! benchmark compares `ddmd` with: a bare netlink client that adds (or
-//! deletes) the same `N` routes as the benchmark's big advertisement
-//! (`fd10:0:<i/65536>:<i%65536>::/64 via fe80::2 dev IFNAME proto 221`) in
-//! each named namespace at once, one thread per namespace, 256 requests
-//! per `send` and one acknowledgement per send. It prints
+//! `bench_fabric floor add|del N NETNS:IFNAME[:NHID]...` is the kernel
+//! floor the benchmark compares `ddmd` with: a bare netlink client that
+//! adds (or deletes) the same `N` routes as the benchmark's big
+//! advertisement (`fd10:0:<i/65536>:<i%65536>::/64 via fe80::2 dev IFNAME
+//! proto 221`) in each named namespace at once, one thread per namespace,
+//! 256 requests per `send` and one acknowledgement per send. With `NHID`,
+//! each route names that existing nexthop object (`RTA_NH_ID`, as `ip
+//! route add ... nhid NHID`) instead of its gateway and interface. It prints
 //! `F <seconds> <errors> <cpu>`: the wall time from the common start until
 //! the last table is done, how many requests the kernels refused, and the
 //! CPU seconds (user + system) all its threads used in that time.
@@ -346,8 +348,20 @@ mod floor {
     const AF_INET6: u8 = 10;
     /// Requests per `send`, as the issue's floor prescribes.
     pub const PER_SEND: usize = 256;
+    const RTA_NH_ID: u16 = 30;
     /// One request: header 16, rtmsg 12, dst 20, gateway 20, oif 8.
     const MSG_LEN: usize = 76;
+    /// One request naming a nexthop object: header 16, rtmsg 12, dst 20,
+    /// nexthop id 8.
+    const MSG_LEN_NHID: usize = 56;
+
+    /// Where a route goes: its gateway (fe80::2) on an interface, or a
+    /// nexthop object.
+    #[derive(Clone, Copy)]
+    enum Via {
+        Oif(u32),
+        Nhid(u32),
+    }
 
     fn attr(buf: &mut Vec<u8>, typ: u16, data: &[u8]) {
         buf.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
@@ -371,7 +385,7 @@ mod floor {
         i: usize,
         seq: u32,
         ack: bool,
-        oif: u32,
+        via: Via,
     ) {
         let (typ, mut flags) = if add {
             (RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL)
@@ -381,7 +395,11 @@ mod floor {
         if ack {
             flags |= NLM_F_ACK;
         }
-        buf.extend_from_slice(&(MSG_LEN as u32).to_ne_bytes());
+        let len = match via {
+            Via::Oif(_) => MSG_LEN,
+            Via::Nhid(_) => MSG_LEN_NHID,
+        };
+        buf.extend_from_slice(&(len as u32).to_ne_bytes());
         buf.extend_from_slice(&typ.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
@@ -400,9 +418,14 @@ mod floor {
         ]);
         buf.extend_from_slice(&0u32.to_ne_bytes());
         attr(buf, RTA_DST, &dst(i));
-        let gw = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-        attr(buf, RTA_GATEWAY, &gw);
-        attr(buf, RTA_OIF, &oif.to_ne_bytes());
+        match via {
+            Via::Oif(oif) => {
+                let gw = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+                attr(buf, RTA_GATEWAY, &gw);
+                attr(buf, RTA_OIF, &oif.to_ne_bytes());
+            }
+            Via::Nhid(id) => attr(buf, RTA_NH_ID, &id.to_ne_bytes()),
+        }
     }
 
     fn socket() -> io::Result<i32> {
@@ -475,6 +498,7 @@ mod floor {
     fn one(
         ns: &str,
         ifname: &str,
+        nhid: Option<u32>,
         add: bool,
         n: usize,
         start: &Barrier,
@@ -489,6 +513,7 @@ mod floor {
             start.wait();
             return Err(io::Error::last_os_error());
         }
+        let via = nhid.map_or(Via::Oif(oif), Via::Nhid);
         let mut batch = Vec::with_capacity(PER_SEND * MSG_LEN);
         let mut rbuf = vec![0u8; 1 << 16];
         let mut errors = 0;
@@ -500,7 +525,7 @@ mod floor {
             batch.clear();
             for k in i..end {
                 seq += 1;
-                request(&mut batch, add, k, seq, k + 1 == end, oif);
+                request(&mut batch, add, k, seq, k + 1 == end, via);
             }
             errors += exchange(fd, &batch, seq, &mut rbuf)?;
             i = end;
@@ -529,19 +554,34 @@ mod floor {
         n: usize,
         targets: &[String],
     ) -> io::Result<(f64, f64, usize)> {
-        let start = Arc::new(Barrier::new(targets.len() + 1));
-        let mut threads = Vec::new();
+        // Every target is read before any thread waits at the barrier.
+        let mut parsed = Vec::new();
         for t in targets {
-            let (ns, ifname) = t.split_once(':').ok_or_else(|| {
+            let bad = || {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{t}: want NETNS:IFNAME"),
+                    format!("{t}: want NETNS:IFNAME[:NHID]"),
                 )
-            })?;
-            let (ns, ifname) = (ns.to_string(), ifname.to_string());
+            };
+            let mut parts = t.split(':');
+            let (Some(ns), Some(ifname)) = (parts.next(), parts.next()) else {
+                return Err(bad());
+            };
+            let nhid = match parts.next() {
+                None => None,
+                Some(id) => Some(id.parse::<u32>().map_err(|_| bad())?),
+            };
+            if parts.next().is_some() {
+                return Err(bad());
+            }
+            parsed.push((ns.to_string(), ifname.to_string(), nhid));
+        }
+        let start = Arc::new(Barrier::new(parsed.len() + 1));
+        let mut threads = Vec::new();
+        for (ns, ifname, nhid) in parsed {
             let start = Arc::clone(&start);
             threads.push(std::thread::spawn(move || {
-                one(&ns, &ifname, add, n, &start)
+                one(&ns, &ifname, nhid, add, n, &start)
             }));
         }
         start.wait();
@@ -597,7 +637,7 @@ fn main() {
             eprintln!(
                 "usage: bench_fabric monitor NETNS\n       \
                  bench_fabric count NETNS\n       \
-                 bench_fabric floor add|del N NETNS:IFNAME..."
+                 bench_fabric floor add|del N NETNS:IFNAME[:NHID]..."
             );
             std::process::exit(2);
         }
