@@ -36,7 +36,8 @@
 //! proto 221`) in each named namespace at once, one thread per namespace,
 //! 256 requests per `send` and one acknowledgement per send. With `NHID`,
 //! each route names that existing nexthop object (`RTA_NH_ID`, as `ip
-//! route add ... nhid NHID`) instead of its gateway and interface. It prints
+//! route add ... nhid NHID`) instead of its gateway and interface (the
+//! interface must still exist). It prints
 //! `F <seconds> <errors> <cpu>`: the wall time from the common start until
 //! the last table is done, how many requests the kernels refused, and the
 //! CPU seconds (user + system) all its threads used in that time.
@@ -503,21 +504,24 @@ mod floor {
         n: usize,
         start: &Barrier,
     ) -> io::Result<usize> {
-        ddm_test_harness::netns::enter_netns(ns)?;
-        let fd = socket()?;
-        let name = std::ffi::CString::new(ifname)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: name is a valid NUL-terminated string.
-        let oif = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if oif == 0 {
-            start.wait();
-            return Err(io::Error::last_os_error());
-        }
-        let via = nhid.map_or(Via::Oif(oif), Via::Nhid);
+        // Set up, then meet the other threads at the barrier whatever came
+        // of it (a thread that left early would keep them waiting).
+        let setup = (|| {
+            ddm_test_harness::netns::enter_netns(ns)?;
+            let name = std::ffi::CString::new(ifname)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: name is a valid NUL-terminated string.
+            let oif = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if oif == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok((socket()?, nhid.map_or(Via::Oif(oif), Via::Nhid)))
+        })();
+        start.wait();
+        let (fd, via) = setup?;
         let mut batch = Vec::with_capacity(PER_SEND * MSG_LEN);
         let mut rbuf = vec![0u8; 1 << 16];
         let mut errors = 0;
-        start.wait();
         let mut i = 0;
         let mut seq = 0u32;
         while i < n {
@@ -567,6 +571,9 @@ mod floor {
             let (Some(ns), Some(ifname)) = (parts.next(), parts.next()) else {
                 return Err(bad());
             };
+            if ns.is_empty() || ifname.is_empty() {
+                return Err(bad());
+            }
             let nhid = match parts.next() {
                 None => None,
                 Some(id) => Some(id.parse::<u32>().map_err(|_| bad())?),
