@@ -38,8 +38,9 @@ peer is in Exchange, then prints:
      (`ip nexthop add id 4242 via fe80::2 dev xa`, routes `nhid 4242`),
      for reference (skipped where the kernel has none): the kernel then
      sets up no nexthop per route (on the development VM the adds took
-     about a third of the time and CPU); ddm installs plain routes, as the
-     floor does;
+     about a third of the time and CPU). ddm installs its single-nexthop
+     routes that way (dataplane/src/linux); the targets are judged
+     against the plain floor, the issue's;
    * ddm: the prefixes advertised on s1 (in requests of at most CHUNK)
      until s2's kernel has all of them, then withdrawn until all are
      gone; t1's kernel is timed alike. Both are counted by the kernel's

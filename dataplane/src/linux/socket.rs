@@ -10,7 +10,8 @@ use std::time::Duration;
 use netlink_packet_core::{
     Emitable, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_ALIGNTO,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_DUMP, NLM_F_REQUEST,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol,
@@ -41,6 +42,31 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 /// `NLMSGERR_ATTR_MSG`: the extended-ack attribute holding a text (not
 /// among netlink-packet-core's constants).
 const NLMSGERR_ATTR_MSG: u16 = 1;
+
+/// Nexthop objects (Linux 5.3), which netlink-packet-route 0.34 has no
+/// messages for: the message types, `struct nhmsg`'s length and the
+/// attributes used (`linux/nexthop.h`).
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_DELNEXTHOP: u16 = 105;
+const RTM_GETNEXTHOP: u16 = 106;
+const NHMSG_LEN: usize = 8;
+const NHA_ID: u16 = 1;
+const NHA_OIF: u16 = 5;
+const NHA_GATEWAY: u16 = 6;
+
+/// `NLMSG_DONE`: the end of a dump.
+const NLMSG_DONE: u16 = 3;
+
+/// A request the kernel refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refused {
+    /// Its index among the requests.
+    pub(super) index: usize,
+    /// The kernel's errno.
+    pub(super) errno: i32,
+    /// The errno's text, with the kernel's explanation if it gave one.
+    pub(super) reason: String,
+}
 
 /// A blocking rtnetlink socket that sends requests in packed batches.
 #[derive(Debug)]
@@ -99,7 +125,7 @@ impl RouteSocket {
         &mut self,
         count: usize,
         mut request: impl FnMut(usize) -> NetlinkMessage<RouteNetlinkMessage>,
-    ) -> io::Result<Vec<(usize, String)>> {
+    ) -> io::Result<Vec<Refused>> {
         let mut failures = Vec::new();
         let mut packet_failures = Vec::new();
         // Whether each request of the packet is a deletion.
@@ -152,14 +178,96 @@ impl RouteSocket {
         }
         Ok(failures
             .into_iter()
-            .map(|(i, errno, text)| {
-                let reason = io::Error::from_raw_os_error(errno).to_string();
-                match text {
-                    Some(text) => (i, format!("{reason} ({text})")),
-                    None => (i, reason),
-                }
+            .map(|(index, errno, text)| Refused {
+                index,
+                errno,
+                reason: reason(errno, text),
             })
             .collect())
+    }
+
+    /// Create nexthop object `id` through `gateway` on interface `oif`
+    /// (one request, acknowledged, `NLM_F_EXCL`: an id taken by anyone
+    /// is refused with `EEXIST`), tagged with our protocol; or, with
+    /// `via` None, delete object `id`. `Ok(None)` when the kernel took
+    /// it, `Ok(Some((errno, reason)))` when it refused.
+    pub(super) fn nexthop(
+        &mut self,
+        id: u32,
+        via: Option<(Ipv6Addr, u32)>,
+    ) -> io::Result<Option<(i32, String)>> {
+        let seq = self.next_seq();
+        let (kind, flags, family, protocol) = match via {
+            Some(_) => (
+                RTM_NEWNEXTHOP,
+                NLM_F_CREATE | NLM_F_EXCL,
+                libc::AF_INET6 as u8,
+                RTPROT_DDM,
+            ),
+            // A deletion's header must be empty but for the family.
+            None => (RTM_DELNEXTHOP, 0, libc::AF_UNSPEC as u8, 0),
+        };
+        let b = &mut self.send_buf;
+        b.clear();
+        put_header(b, kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
+        // struct nhmsg: family, scope, protocol, reserved, flags (u32).
+        b.extend_from_slice(&[family, 0, protocol, 0, 0, 0, 0, 0]);
+        put_attr(b, NHA_ID, &id.to_ne_bytes());
+        if let Some((gateway, oif)) = via {
+            put_attr(b, NHA_OIF, &oif.to_ne_bytes());
+            put_attr(b, NHA_GATEWAY, &gateway.octets());
+        }
+        set_length(b);
+        self.socket.send(&self.send_buf, 0)?;
+        let mut failures = Vec::new();
+        self.reap(seq, seq, 0, &mut failures)?;
+        Ok(failures.pop().map(|(_, errno, text)| (errno, reason(errno, text))))
+    }
+
+    /// The ids of every nexthop object of ours (our protocol).
+    pub(super) fn dump_ddm_nexthops(&mut self) -> io::Result<Vec<u32>> {
+        let seq = self.next_seq();
+        let b = &mut self.send_buf;
+        b.clear();
+        put_header(b, RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, seq);
+        // A dump request's header must be empty (strict checking).
+        b.extend_from_slice(&[0; NHMSG_LEN]);
+        set_length(b);
+        self.socket.send(&self.send_buf, 0)?;
+        let mut found = Vec::new();
+        loop {
+            let n = self.recv()?;
+            for (header, raw) in messages(&self.recv_buf[..n]) {
+                if header.sequence_number != seq {
+                    continue;
+                }
+                let payload = NetlinkBuffer::new(raw).payload();
+                match header.message_type {
+                    NLMSG_DONE => return Ok(found),
+                    NLMSG_ERROR => {
+                        if let Some((errno, _)) =
+                            parse_error(payload, header.flags)
+                        {
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                    }
+                    RTM_NEWNEXTHOP if payload.len() >= NHMSG_LEN => {
+                        if payload[2] != RTPROT_DDM {
+                            continue;
+                        }
+                        let nlas = NlasIterator::new(&payload[NHMSG_LEN..]);
+                        for nla in nlas.flatten() {
+                            if let (NHA_ID, Ok(id)) =
+                                (nla.kind(), <[u8; 4]>::try_from(nla.value()))
+                            {
+                                found.push(u32::from_ne_bytes(id));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Read answers until the acknowledgement of `last_seq`, recording
@@ -375,4 +483,36 @@ fn parse_error(payload: &[u8], flags: u16) -> Option<(i32, Option<String>)> {
         }
     }
     Some((-code, text))
+}
+
+/// The text of `errno`, with the kernel's explanation if it gave one.
+fn reason(errno: i32, text: Option<String>) -> String {
+    let reason = io::Error::from_raw_os_error(errno).to_string();
+    match text {
+        Some(text) => format!("{reason} ({text})"),
+        None => reason,
+    }
+}
+
+/// A netlink header of a request (its length set by [`set_length`]).
+fn put_header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32) {
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+/// An attribute (its value's length a multiple of 4, as every one here).
+fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    debug_assert_eq!(value.len() % 4, 0);
+    buf.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(value);
+}
+
+/// Write the length of the one request in `buf` into its header.
+fn set_length(buf: &mut [u8]) {
+    let len = buf.len() as u32;
+    buf[..4].copy_from_slice(&len.to_ne_bytes());
 }

@@ -118,10 +118,18 @@ fn remove_stale_and_remove_all_spare_other_routes() {
             // Somebody else's route.
             add("fd00:9::/64 via fe80::9 dev b0 proto static");
             assert_eq!(ours(&ns).len(), 2);
+            // A nexthop object of an earlier run of ours, and somebody
+            // else's.
+            ns.ip_line(&format!(
+                "nexthop add id 5 via fe80::1 dev a0 proto {p}"
+            ));
+            ns.ip_line("nexthop add id 6 via fe80::9 dev b0 proto static");
 
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
             assert_eq!(dp.remove_stale().await.unwrap(), 4);
             assert_eq!(ours(&ns), BTreeMap::new());
+            let left: Vec<u64> = nexthop_objects(&ns).into_keys().collect();
+            assert_eq!(left, [6], "ours removed, theirs kept");
             for table in ["100", "70000"] {
                 let left = ns
                     .ip_line(&format!("-6 route show table {table} proto {p}"));
@@ -215,4 +223,136 @@ fn ten_thousand_routes_in_one_batch() {
         assert_eq!(dp.remove_all().await.unwrap(), 10_000);
         assert!(ours(&ns).is_empty());
     });
+}
+
+/// `ip -j nexthop show` as id → (protocol, gateway, dev).
+fn nexthop_objects(ns: &Netns) -> BTreeMap<u64, (String, String, String)> {
+    let out = ns.ip(&["-j", "nexthop", "show"]);
+    let objects: Vec<Value> =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
+            .expect("ip json");
+    let s = |v: &Value, k: &str| match &v[k] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    objects
+        .iter()
+        .map(|o| {
+            let id = o["id"].as_u64().expect("id");
+            (id, (s(o, "protocol"), s(o, "gateway"), s(o, "dev")))
+        })
+        .collect()
+}
+
+/// `ip -j -6 route show proto <ours>` as destination → nexthop id.
+fn route_objects(ns: &Netns) -> BTreeMap<String, Option<u64>> {
+    let out =
+        ns.ip(&["-j", "-6", "route", "show", "proto", &RTPROT_DDM.to_string()]);
+    let routes: Vec<Value> = serde_json::from_str(&out).expect("ip json");
+    routes
+        .iter()
+        .map(|r| {
+            (r["dst"].as_str().unwrap_or("").to_string(), r["nhid"].as_u64())
+        })
+        .collect()
+}
+
+#[test]
+fn routes_with_one_nexthop_share_its_object() {
+    testns::run("routes_with_one_nexthop_share_its_object", |ns| async move {
+        let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        dp.apply(vec![
+            update("fd00:1::/64", &[nh("fe80::1", a0)]),
+            update("fd00:2::/64", &[nh("fe80::1", a0)]),
+            update("fd00:3::/64", &[nh("fe80::2", b0)]),
+            update("fd00:4::/64", &[nh("fe80::1", a0), nh("fe80::2", b0)]),
+        ])
+        .await
+        .unwrap();
+        // One object per (gateway, interface), ours, and the routes with
+        // one nexthop go through them; the multipath route names its
+        // nexthops. The kernel shows every route as before.
+        let objects = nexthop_objects(&ns);
+        assert_eq!(objects.len(), 2, "{objects:?}");
+        let id_of = |gw: &str, dev: &str| {
+            objects
+                .iter()
+                .find(|(_, (_, g, d))| g == gw && d == dev)
+                .map(|(id, _)| *id)
+                .expect("object")
+        };
+        let (via_a, via_b) = (id_of("fe80::1", "a0"), id_of("fe80::2", "b0"));
+        assert!(objects.values().all(|(p, _, _)| p == &RTPROT_DDM.to_string()));
+        assert_eq!(
+            route_objects(&ns),
+            BTreeMap::from([
+                ("fd00:1::/64".into(), Some(via_a)),
+                ("fd00:2::/64".into(), Some(via_a)),
+                ("fd00:3::/64".into(), Some(via_b)),
+                ("fd00:4::/64".into(), None),
+            ])
+        );
+        assert_eq!(ours(&ns)["fd00:1::/64"], hops(&[("fe80::1", "a0")]));
+        assert_eq!(
+            ours(&ns)["fd00:4::/64"],
+            hops(&[("fe80::1", "a0"), ("fe80::2", "b0")])
+        );
+
+        // Moved to another nexthop, and back to a multipath route.
+        dp.apply(vec![
+            update("fd00:1::/64", &[nh("fe80::2", b0)]),
+            update("fd00:3::/64", &[nh("fe80::1", a0), nh("fe80::2", b0)]),
+        ])
+        .await
+        .unwrap();
+        let routes = route_objects(&ns);
+        assert_eq!(routes["fd00:1::/64"], Some(via_b));
+        assert_eq!(routes["fd00:3::/64"], None);
+        assert_eq!(
+            ours(&ns)["fd00:3::/64"],
+            hops(&[("fe80::1", "a0"), ("fe80::2", "b0")])
+        );
+
+        // Everything goes at the end, objects too.
+        assert_eq!(dp.remove_all().await.unwrap(), 4);
+        assert_eq!(ours(&ns), BTreeMap::new());
+        assert_eq!(nexthop_objects(&ns), BTreeMap::new());
+    });
+}
+
+#[test]
+fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
+    testns::run(
+        "routes_come_back_through_a_new_object_when_the_kernel_dropped_it",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])])
+                .await
+                .unwrap();
+            let first = route_objects(&ns)["fd00:1::/64"].expect("object");
+            // The kernel drops an object, and its routes, when its link
+            // loses carrier: here a1, the far end of a0, goes down.
+            ns.ip(&["link", "set", "dev", "a1", "down"]);
+            assert_eq!(ours(&ns), BTreeMap::new());
+            assert_eq!(nexthop_objects(&ns), BTreeMap::new());
+            ns.ip(&["link", "set", "dev", "a1", "up"]);
+            // Named again (as when the peer comes back), both routes go in
+            // through a new object.
+            dp.apply(vec![
+                update("fd00:1::/64", &[nh("fe80::1", a0)]),
+                update("fd00:2::/64", &[nh("fe80::1", a0)]),
+            ])
+            .await
+            .unwrap();
+            let routes = route_objects(&ns);
+            let second = routes["fd00:1::/64"].expect("object");
+            assert_ne!(first, second);
+            assert_eq!(routes["fd00:2::/64"], Some(second));
+            assert_eq!(nexthop_objects(&ns).len(), 1);
+            dp.remove_all().await.unwrap();
+        },
+    );
 }
