@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -78,6 +79,32 @@ pub enum LinkEvent {
     },
 }
 
+/// Link watchers running in this process.
+static WATCHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a link watcher runs in this process: carrier loss is then
+/// seen as it happens (the Linux dataplane uses kernel nexthop objects,
+/// which the kernel drops with their routes on carrier loss, only then).
+pub fn links_watched() -> bool {
+    WATCHING.load(Ordering::Relaxed) > 0
+}
+
+/// One running watcher, counted in [`WATCHING`] while it lives.
+struct Watching;
+
+impl Watching {
+    fn start() -> Self {
+        WATCHING.fetch_add(1, Ordering::Relaxed);
+        Watching
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        WATCHING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Start watching links and IPv6 addresses; events go to `sink`.
 ///
 /// Must be called within a tokio runtime. The returned task ends when
@@ -98,6 +125,8 @@ pub fn spawn_link_watcher(
     let conn = AbortOnDrop(tokio::spawn(conn));
     Ok(tokio::spawn(async move {
         let _conn = conn;
+        // Counted as watching until this task ends or is aborted.
+        let _watching = Watching::start();
         let mut watcher =
             Watcher { sink, links: HashMap::new(), addrs: HashMap::new() };
         if let Err(e) = watcher.snapshot(&handle).await {

@@ -1,6 +1,7 @@
 //! Reading the kernel's IPv6 routes as `ip -6 route show` prints them.
 //!
-//! A single-nexthop route is one line (`DEST via ADDR dev IF proto 221 …`);
+//! A single-nexthop route is one line (`DEST via ADDR dev IF proto 221 …`,
+//! or `DEST nhid ID via ADDR dev IF …` through a nexthop object);
 //! a multipath route is a first line (`DEST proto 221 …`) followed by one
 //! indented `nexthop via ADDR dev IF …` line per member. A host route is
 //! printed without its `/128`.
@@ -125,6 +126,8 @@ mod tests {
             "default proto 221 metric 1024 pref medium",
             "\tnexthop via fe80::9 dev z weight 1 ",
             "fd00:3::1 via fe80::4 dev d proto 221 metric 1024 pref medium",
+            "fd00:4::/64 nhid 3707764736 via fe80::5 dev e proto 221 metric \
+             1024 pref medium",
         ]);
         let routes = parse_routes(&text);
         let p = |s: &str| parse_prefix(s).unwrap();
@@ -132,7 +135,8 @@ mod tests {
             via: via.parse().unwrap(),
             dev: dev.to_string(),
         };
-        assert_eq!(routes.len(), 3, "{routes:?}");
+        assert_eq!(routes.len(), 4, "{routes:?}");
+        assert_eq!(routes[&p("fd00:4::/64")].hops, vec![hop("fe80::5", "e")]);
         assert_eq!(routes[&p("fd00:1::/64")].hops, vec![hop("fe80::1", "a")]);
         assert_eq!(
             routes[&p("fd00:2::/64")].hops,
@@ -142,7 +146,12 @@ mod tests {
         let dests: Vec<Prefix> = destinations(&text).collect();
         assert_eq!(
             dests,
-            vec![p("fd00:1::/64"), p("fd00:2::/64"), p("fd00:3::1/128")]
+            vec![
+                p("fd00:1::/64"),
+                p("fd00:2::/64"),
+                p("fd00:3::1/128"),
+                p("fd00:4::/64")
+            ]
         );
     }
 }

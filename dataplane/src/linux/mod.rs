@@ -5,12 +5,14 @@
 //! installed can be told apart from everybody else's (and found again after
 //! a crash). A destination with one nexthop is a route through a kernel
 //! nexthop object of that gateway and interface (`nhid ID`; `ip nexthop`
-//! lists the objects, tagged with our protocol too, and `ip route` still
-//! shows each route's gateway and interface), made the first time a route
-//! needs it and shared by every route through it; one with several is a
-//! single multipath route holding the whole ECMP set. Either way a change is
-//! one `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE`, and an empty set
-//! is one `RTM_DELROUTE`.
+//! lists the objects, tagged with our protocol too; with the kernel's
+//! default `net.ipv4.nexthop_compat_mode=1`, `ip route` still shows each
+//! route's gateway and interface), made the first time a route needs it
+//! and shared by every route through it; one with several is a single
+//! multipath route holding the whole ECMP set. Either way a change is one
+//! `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE`, and an empty set is
+//! one `RTM_DELROUTE`; each object a batch names costs one request more
+//! (below).
 //!
 //! # Nexthop objects
 //!
@@ -18,19 +20,36 @@
 //! was most of the cost of an add: the fabric benchmark's kernel floor
 //! filled two tables with 100,000 routes each in 0.34x the time through one
 //! object, and the transit's share of the announce fell from 0.52 to 0.40
-//! CPU seconds. The kernel deletes an object, with every route through it,
-//! when its interface goes down or loses carrier (a plain route would stay,
-//! marked linkdown); the router loses the peer on that link at the same
-//! event and withdraws those routes anyway. A route naming an object that
-//! is gone is refused (`EINVAL`), and such routes are sent once more
-//! through a new object. Object ids start at our protocol number in the top
-//! byte, skipping any somebody else holds. An object stays until
-//! `remove_all` (or the kernel drops it with its link): at most one per
-//! (gateway, interface) ever used while the link is up. A kernel without
-//! objects (before Linux 5.3) refuses the first one as unknown; every route
-//! then names its gateway, as multipath routes do. ECMP sets are not made
-//! objects (group objects): the kernel shrinks a group when a member goes,
-//! and a kept group would come back short.
+//! CPU seconds.
+//!
+//! The kernel deletes an object, with every route through it, when its
+//! interface goes down or loses carrier, and says nothing of it. (A plain
+//! route is deleted too when its interface goes down, but only marked
+//! linkdown on carrier loss, and comes back with the carrier.) So objects
+//! are used only while the daemon's link watcher runs
+//! ([`crate::netlink::links_watched`]): each carrier loss then ends the
+//! peer on that link at once, the router withdraws the routes through it,
+//! and sends them again when the peer is back. Without a watcher (it could
+//! not start, or it ended) routes name their gateways, as before objects.
+//!
+//! A batch looks up each object it names first (one request each): an
+//! object the kernel dropped, or one that is no longer the one we made
+//! (protocol, gateway, interface), is made again under a new id. A route
+//! refused with `EINVAL` through an object that turns out to be gone (it
+//! went between the lookup and the route) is sent once more through a new
+//! one; any other refusal stands. Ids are ours in a range (our protocol
+//! number in the top byte, wrapping within it), skipping any somebody else
+//! holds; `remove_stale` and `remove_all` delete the objects of ours in
+//! that range after our routes (deleting an object deletes every route
+//! through it, whoever made the route). An object stays until then, or
+//! until the kernel drops it with its link: one per (gateway, interface)
+//! used while the link stays up, and one more each time it was dropped. A
+//! kernel without objects (before Linux 5.3) refuses the first as unknown;
+//! every route then names its gateway. An object that cannot be made (its
+//! interface down) is asked for again by the next batch that needs it, and
+//! its routes name their gateway meanwhile. ECMP sets are not made objects
+//! (group objects): the kernel shrinks a group when a member goes, and a
+//! kept group would come back short.
 //!
 //! # Speed
 //!
@@ -60,7 +79,7 @@
 //! that the tunnel routes program there, so [`Dataplane::set_tunnels`] only
 //! records and logs the effective set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex};
@@ -143,6 +162,14 @@ impl LinuxDataplane {
         })
     }
 
+    /// Whether single-nexthop routes go through kernel nexthop objects:
+    /// by default only while a link watcher runs in this process; `Some`
+    /// decides it (tests).
+    pub fn set_nexthop_objects(&mut self, on: Option<bool>) {
+        let mut kernel = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        kernel.nexthops.set = on;
+    }
+
     /// The tunnel endpoint set last given to [`Dataplane::set_tunnels`].
     pub fn tunnels(&self) -> &BTreeSet<TunnelEntry> {
         &self.tunnels
@@ -185,7 +212,7 @@ impl LinuxDataplane {
     /// Delete every route carrying [`RTPROT_DDM`], then every nexthop
     /// object of ours; how many routes went.
     async fn flush(&self) -> Result<usize, DataplaneError> {
-        let (found, failures, objects) = self
+        let (found, failures, (objects, tried)) = self
             .with_socket(usize::MAX, |k| {
                 let routes = k.socket.dump_ddm_routes()?;
                 let failures = k.socket.execute(routes.len(), |i| {
@@ -206,7 +233,7 @@ impl LinuxDataplane {
         if named.is_empty() {
             Ok(removed)
         } else {
-            Err(summary("delete", named, found.len()))
+            Err(summary("delete", named, found.len() + tried))
         }
     }
 }
@@ -297,6 +324,10 @@ struct Kernel {
 /// an id someone holds is skipped (`EEXIST`).
 const NEXTHOP_ID_BASE: u32 = (RTPROT_DDM as u32) << 24;
 
+/// How many ids our objects take from (wrapping around): the top byte is
+/// ours.
+const NEXTHOP_ID_SPAN: u32 = 1 << 24;
+
 /// Ids tried for one object before it is given up (the route then goes
 /// in with its gateway and interface, as without objects).
 const NEXTHOP_ID_TRIES: usize = 16;
@@ -305,6 +336,11 @@ const NEXTHOP_ID_TRIES: usize = 16;
 /// of a destination with one nexthop.
 #[derive(Debug)]
 struct Nexthops {
+    /// Whether routes go through objects: `None` while a link watcher runs
+    /// in this process ([`crate::netlink::links_watched`]: the kernel
+    /// drops an object with its routes on carrier loss, which the router
+    /// then sees and answers), `Some` when set ([`LinuxDataplane::set_nexthop_objects`]).
+    set: Option<bool>,
     /// False once the kernel refused an object as an unknown request
     /// (before Linux 5.3): every route then names its gateway.
     supported: bool,
@@ -316,147 +352,211 @@ struct Nexthops {
 
 impl Default for Nexthops {
     fn default() -> Self {
-        Self { supported: true, ids: HashMap::new(), next: NEXTHOP_ID_BASE }
+        Self {
+            set: None,
+            supported: true,
+            ids: HashMap::new(),
+            next: NEXTHOP_ID_BASE,
+        }
     }
 }
 
+/// The (gateway, interface) of a destination with one nexthop.
+fn single(update: &RouteUpdate) -> Option<(Ipv6Addr, u32)> {
+    match (update.nexthops.len(), update.nexthops.first()) {
+        (1, Some(nh)) => Some((nh.addr, nh.ifindex)),
+        _ => None,
+    }
+}
+
+/// Whether `id` is in the range our objects take ids from.
+fn ours(id: u32) -> bool {
+    (NEXTHOP_ID_BASE..NEXTHOP_ID_BASE + NEXTHOP_ID_SPAN).contains(&id)
+}
+
 impl Nexthops {
-    /// The object `update`'s route goes through, if it has one.
-    fn object_of(&self, update: &RouteUpdate) -> Option<u32> {
-        match update.nexthops.len() {
-            1 => update
-                .nexthops
-                .first()
-                .and_then(|nh| self.ids.get(&(nh.addr, nh.ifindex)).copied()),
-            _ => None,
-        }
+    fn enabled(&self) -> bool {
+        self.supported && self.set.unwrap_or_else(crate::netlink::links_watched)
     }
 
-    fn take_id(&mut self) -> u32 {
-        let id = self.next;
-        self.next = match self.next.checked_add(1) {
-            Some(n) if n < NEXTHOP_ID_BASE + (1 << 24) => n,
-            _ => NEXTHOP_ID_BASE,
+    /// The object `update`'s route goes through, if it has one.
+    fn object_of(&self, update: &RouteUpdate) -> Option<u32> {
+        if !self.enabled() {
+            return None;
+        }
+        single(update).and_then(|key| self.ids.get(&key).copied())
+    }
+
+    /// Past `next`, within our range.
+    fn advance(&mut self) {
+        self.next = if self.next + 1 < NEXTHOP_ID_BASE + NEXTHOP_ID_SPAN {
+            self.next + 1
+        } else {
+            NEXTHOP_ID_BASE
         };
-        id
     }
 }
 
 impl Kernel {
     /// Program `updates`; the requests the kernel refused.
     ///
-    /// A destination with one nexthop goes through a nexthop object of
-    /// that (gateway, interface), made the first time it is needed: the
-    /// kernel then sets up no nexthop per route, which was most of the
-    /// cost of an add (the fabric benchmark's kernel floor took a third
-    /// of the time through one object). The kernel deletes an object, and
-    /// every route through it, when its interface goes down or loses its
-    /// carrier (a plain route stays, marked linkdown); the router then
-    /// loses the peer on that link and withdraws the routes anyway. A
-    /// route naming an object that is gone is refused (`EINVAL`), so such
-    /// routes are sent once more through a new object.
+    /// A destination with one nexthop goes through the nexthop object of
+    /// its (gateway, interface) (see the module's docs). Each object a
+    /// batch needs is looked up first (one request each): one the kernel
+    /// dropped (its link went down or lost carrier), or that is no longer
+    /// ours as we made it, is made again. An object dropped after that, as
+    /// the batch goes in, has its routes refused (`EINVAL`); those are sent
+    /// once more through a new object if the object is indeed gone.
     fn apply(
         &mut self,
         updates: &[RouteUpdate],
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
-        self.make_nexthops(updates.iter(), log)?;
+        self.prepare_nexthops(updates.iter(), log)?;
         let nexthops = &self.nexthops;
         let mut refused = self.socket.execute(updates.len(), |i| {
             route_request(&updates[i], nexthops.object_of(&updates[i]))
         })?;
-        let (stale, mut kept): (Vec<_>, Vec<_>) =
+        let (suspect, mut kept): (Vec<_>, Vec<_>) =
             refused.drain(..).partition(|r| {
                 r.errno == libc::EINVAL
                     && self.nexthops.object_of(&updates[r.index]).is_some()
             });
-        if stale.is_empty() {
-            return Ok(kept);
-        }
-        debug!(log, "routes named nexthop objects that are gone; again";
-            "count" => stale.len());
-        for r in &stale {
-            if let Some(nh) = updates[r.index].nexthops.first() {
-                self.nexthops.ids.remove(&(nh.addr, nh.ifindex));
+        let mut gone = HashSet::new();
+        for r in &suspect {
+            let Some(key) = single(&updates[r.index]) else { continue };
+            if gone.contains(&key) {
+                continue;
+            }
+            if let Some(&id) = self.nexthops.ids.get(&key) {
+                if !self.is_ours(key, id)? {
+                    self.nexthops.ids.remove(&key);
+                    gone.insert(key);
+                }
             }
         }
-        self.make_nexthops(stale.iter().map(|r| &updates[r.index]), log)?;
-        let nexthops = &self.nexthops;
-        let again = self.socket.execute(stale.len(), |j| {
-            let u = &updates[stale[j].index];
-            route_request(u, nexthops.object_of(u))
-        })?;
-        kept.extend(
-            again
-                .into_iter()
-                .map(|r| Refused { index: stale[r.index].index, ..r }),
-        );
+        let (retry, stand): (Vec<_>, Vec<_>) =
+            suspect.into_iter().partition(|r| {
+                single(&updates[r.index]).is_some_and(|k| gone.contains(&k))
+            });
+        kept.extend(stand);
+        if !retry.is_empty() {
+            debug!(log, "routes named nexthop objects that are gone; again";
+                "count" => retry.len());
+            self.prepare_nexthops(
+                retry.iter().map(|r| &updates[r.index]),
+                log,
+            )?;
+            let nexthops = &self.nexthops;
+            let again = self.socket.execute(retry.len(), |j| {
+                let u = &updates[retry[j].index];
+                route_request(u, nexthops.object_of(u))
+            })?;
+            kept.extend(
+                again
+                    .into_iter()
+                    .map(|r| Refused { index: retry[r.index].index, ..r }),
+            );
+        }
         kept.sort_by_key(|r| r.index);
         Ok(kept)
     }
 
-    /// Make the nexthop object of every destination with one nexthop
-    /// that has none yet. One that cannot be made (its interface down, no
-    /// free id) is not: its routes name their gateway, as without objects.
-    fn make_nexthops<'a>(
+    /// Whether object `id` is still the one we made for `key`.
+    fn is_ours(&mut self, key: (Ipv6Addr, u32), id: u32) -> io::Result<bool> {
+        Ok(self.socket.get_nexthop(id)?.is_some_and(|o| {
+            o.protocol == RTPROT_DDM
+                && o.gateway == Some(key.0)
+                && o.oif == Some(key.1)
+        }))
+    }
+
+    /// Make sure each destination with one nexthop among `updates` has the
+    /// object of its (gateway, interface): a known one is looked up (once
+    /// per batch), a missing one made. One that cannot be made (its
+    /// interface down, no free id) is not: its routes name their gateway,
+    /// as without objects, and the next batch tries again.
+    fn prepare_nexthops<'a>(
         &mut self,
         updates: impl Iterator<Item = &'a RouteUpdate>,
         log: &Logger,
     ) -> io::Result<()> {
-        for u in updates {
-            if !self.nexthops.supported {
+        let mut seen = HashSet::new();
+        for key in updates.filter_map(single) {
+            if !self.nexthops.enabled() {
                 return Ok(());
             }
-            let (1, Some(nh)) = (u.nexthops.len(), u.nexthops.first()) else {
-                continue;
-            };
-            let key = (nh.addr, nh.ifindex);
-            if self.nexthops.ids.contains_key(&key) {
+            if !seen.insert(key) {
                 continue;
             }
-            for _ in 0..NEXTHOP_ID_TRIES {
-                let id = self.nexthops.take_id();
-                match self.socket.nexthop(id, Some(key))? {
-                    None => {
-                        self.nexthops.ids.insert(key, id);
-                        break;
-                    }
-                    Some((libc::EEXIST, _)) => continue,
-                    Some((libc::EOPNOTSUPP, reason)) => {
-                        warn!(log, "no nexthop objects in this kernel; \
-                            routes name their gateways";
-                            "error" => reason);
-                        self.nexthops.supported = false;
-                        break;
-                    }
-                    Some((_, reason)) => {
-                        debug!(log, "nexthop object not made";
-                            "gateway" => %nh.addr, "ifindex" => nh.ifindex,
-                            "error" => reason);
-                        break;
-                    }
+            if let Some(&id) = self.nexthops.ids.get(&key) {
+                if self.is_ours(key, id)? {
+                    continue;
+                }
+                self.nexthops.ids.remove(&key);
+            }
+            self.make_nexthop(key, log)?;
+        }
+        Ok(())
+    }
+
+    /// Make the object of `key` under the first free id of ours.
+    fn make_nexthop(
+        &mut self,
+        key: (Ipv6Addr, u32),
+        log: &Logger,
+    ) -> io::Result<()> {
+        for _ in 0..NEXTHOP_ID_TRIES {
+            let id = self.nexthops.next;
+            match self.socket.nexthop(id, Some(key))? {
+                None => {
+                    self.nexthops.advance();
+                    self.nexthops.ids.insert(key, id);
+                    return Ok(());
+                }
+                // Somebody's: the next.
+                Some((libc::EEXIST, _)) => self.nexthops.advance(),
+                Some((libc::EOPNOTSUPP, reason)) => {
+                    warn!(log, "no nexthop objects in this kernel; \
+                        routes name their gateways";
+                        "error" => reason);
+                    self.nexthops.supported = false;
+                    return Ok(());
+                }
+                Some((_, reason)) => {
+                    debug!(log, "nexthop object not made";
+                        "gateway" => %key.0, "ifindex" => key.1,
+                        "error" => reason);
+                    return Ok(());
                 }
             }
         }
         Ok(())
     }
 
-    /// Delete every nexthop object of ours (those of an earlier run too);
-    /// (object, reason) of each the kernel refused to delete.
-    fn remove_nexthops(&mut self) -> io::Result<Vec<(String, String)>> {
-        self.nexthops.ids.clear();
+    /// Delete every nexthop object of ours (protocol and id range; those
+    /// of an earlier run too): (object, reason) of each the kernel refused
+    /// to delete, and how many there were. Deleting an object deletes the
+    /// routes through it, so our routes go first.
+    fn remove_nexthops(
+        &mut self,
+    ) -> io::Result<(Vec<(String, String)>, usize)> {
         if !self.nexthops.supported {
-            return Ok(Vec::new());
+            self.nexthops.ids.clear();
+            return Ok((Vec::new(), 0));
         }
-        let ids = match self.socket.dump_ddm_nexthops() {
+        let found = match self.socket.dump_ddm_nexthops() {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 self.nexthops.supported = false;
-                return Ok(Vec::new());
+                Vec::new()
             }
-            ids => ids?,
+            found => found?,
         };
+        self.nexthops.ids.clear();
+        let found: Vec<u32> =
+            found.into_iter().filter(|id| ours(*id)).collect();
         let mut refused = Vec::new();
-        for id in ids {
+        for &id in &found {
             match self.socket.nexthop(id, None)? {
                 None | Some((libc::ENOENT, _)) => {}
                 Some((_, reason)) => {
@@ -464,7 +564,7 @@ impl Kernel {
                 }
             }
         }
-        Ok(refused)
+        Ok((refused, found.len()))
     }
 }
 

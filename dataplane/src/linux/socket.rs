@@ -57,6 +57,17 @@ const NHA_GATEWAY: u16 = 6;
 /// `NLMSG_DONE`: the end of a dump.
 const NLMSG_DONE: u16 = 3;
 
+/// A nexthop object as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NexthopObject {
+    /// Who made it (`nh_protocol`).
+    pub(super) protocol: u8,
+    /// Its interface, if it has one.
+    pub(super) oif: Option<u32>,
+    /// Its IPv6 gateway, if it has one.
+    pub(super) gateway: Option<Ipv6Addr>,
+}
+
 /// A request the kernel refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Refused {
@@ -224,6 +235,66 @@ impl RouteSocket {
         Ok(failures.pop().map(|(_, errno, text)| (errno, reason(errno, text))))
     }
 
+    /// Nexthop object `id` as the kernel has it, or None if there is none.
+    pub(super) fn get_nexthop(
+        &mut self,
+        id: u32,
+    ) -> io::Result<Option<NexthopObject>> {
+        let seq = self.next_seq();
+        let b = &mut self.send_buf;
+        b.clear();
+        put_header(b, RTM_GETNEXTHOP, NLM_F_REQUEST, seq);
+        b.extend_from_slice(&[0; NHMSG_LEN]);
+        put_attr(b, NHA_ID, &id.to_ne_bytes());
+        set_length(b);
+        self.socket.send(&self.send_buf, 0)?;
+        loop {
+            let n = self.recv()?;
+            for (header, raw) in messages(&self.recv_buf[..n]) {
+                if header.sequence_number != seq {
+                    continue;
+                }
+                let payload = NetlinkBuffer::new(raw).payload();
+                match header.message_type {
+                    NLMSG_ERROR => {
+                        return match parse_error(payload, header.flags) {
+                            Some((libc::ENOENT, _)) => Ok(None),
+                            Some((errno, _)) => {
+                                Err(io::Error::from_raw_os_error(errno))
+                            }
+                            None => Ok(None),
+                        };
+                    }
+                    RTM_NEWNEXTHOP if payload.len() >= NHMSG_LEN => {
+                        let (mut oif, mut gateway) = (None, None);
+                        let nlas = NlasIterator::new(&payload[NHMSG_LEN..]);
+                        for nla in nlas.flatten() {
+                            match nla.kind() {
+                                NHA_OIF => {
+                                    oif = <[u8; 4]>::try_from(nla.value())
+                                        .ok()
+                                        .map(u32::from_ne_bytes)
+                                }
+                                NHA_GATEWAY => {
+                                    gateway = <[u8; 16]>::try_from(nla.value())
+                                        .ok()
+                                        .map(Ipv6Addr::from)
+                                }
+                                _ => {}
+                            }
+                        }
+                        return Ok(Some(NexthopObject {
+                            protocol: payload[2],
+                            oif,
+                            gateway,
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// The ids of every nexthop object of ours (our protocol).
     pub(super) fn dump_ddm_nexthops(&mut self) -> io::Result<Vec<u32>> {
         let seq = self.next_seq();
@@ -243,7 +314,17 @@ impl RouteSocket {
                 }
                 let payload = NetlinkBuffer::new(raw).payload();
                 match header.message_type {
-                    NLMSG_DONE => return Ok(found),
+                    // A dump's own failure is the end's negative errno.
+                    NLMSG_DONE => {
+                        let code = payload
+                            .get(..4)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map_or(0, i32::from_ne_bytes);
+                        if code < 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        return Ok(found);
+                    }
                     NLMSG_ERROR => {
                         if let Some((errno, _)) =
                             parse_error(payload, header.flags)

@@ -118,18 +118,22 @@ fn remove_stale_and_remove_all_spare_other_routes() {
             // Somebody else's route.
             add("fd00:9::/64 via fe80::9 dev b0 proto static");
             assert_eq!(ours(&ns).len(), 2);
-            // A nexthop object of an earlier run of ours, and somebody
-            // else's.
+            // A nexthop object of an earlier run of ours; somebody else's;
+            // and one tagged with our protocol outside our ids.
+            let stale = NEXTHOP_ID_BASE + 5;
             ns.ip_line(&format!(
-                "nexthop add id 5 via fe80::1 dev a0 proto {p}"
+                "nexthop add id {stale} via fe80::1 dev a0 proto {p}"
             ));
             ns.ip_line("nexthop add id 6 via fe80::9 dev b0 proto static");
+            ns.ip_line(&format!(
+                "nexthop add id 7 via fe80::9 dev b0 proto {p}"
+            ));
 
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
             assert_eq!(dp.remove_stale().await.unwrap(), 4);
             assert_eq!(ours(&ns), BTreeMap::new());
             let left: Vec<u64> = nexthop_objects(&ns).into_keys().collect();
-            assert_eq!(left, [6], "ours removed, theirs kept");
+            assert_eq!(left, [6, 7], "ours removed, theirs kept");
             for table in ["100", "70000"] {
                 let left = ns
                     .ip_line(&format!("-6 route show table {table} proto {p}"));
@@ -262,7 +266,11 @@ fn route_objects(ns: &Netns) -> BTreeMap<String, Option<u64>> {
 fn routes_with_one_nexthop_share_its_object() {
     testns::run("routes_with_one_nexthop_share_its_object", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
+        // Somebody holds the first id we would take.
+        let taken = NEXTHOP_ID_BASE;
+        ns.ip_line(&format!("nexthop add id {taken} via fe80::9 dev b0"));
         let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        dp.set_nexthop_objects(Some(true));
         dp.apply(vec![
             update("fd00:1::/64", &[nh("fe80::1", a0)]),
             update("fd00:2::/64", &[nh("fe80::1", a0)]),
@@ -274,7 +282,9 @@ fn routes_with_one_nexthop_share_its_object() {
         // One object per (gateway, interface), ours, and the routes with
         // one nexthop go through them; the multipath route names its
         // nexthops. The kernel shows every route as before.
-        let objects = nexthop_objects(&ns);
+        let mut objects = nexthop_objects(&ns);
+        let theirs = objects.remove(&u64::from(taken)).expect("theirs");
+        assert_eq!(theirs.1, "fe80::9", "theirs untouched");
         assert_eq!(objects.len(), 2, "{objects:?}");
         let id_of = |gw: &str, dev: &str| {
             objects
@@ -315,10 +325,11 @@ fn routes_with_one_nexthop_share_its_object() {
             hops(&[("fe80::1", "a0"), ("fe80::2", "b0")])
         );
 
-        // Everything goes at the end, objects too.
+        // Everything of ours goes at the end, objects too.
         assert_eq!(dp.remove_all().await.unwrap(), 4);
         assert_eq!(ours(&ns), BTreeMap::new());
-        assert_eq!(nexthop_objects(&ns), BTreeMap::new());
+        let left: Vec<u64> = nexthop_objects(&ns).into_keys().collect();
+        assert_eq!(left, [u64::from(taken)]);
     });
 }
 
@@ -329,15 +340,22 @@ fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
         |ns| async move {
             let a0 = ns.ifindex("a0");
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(true));
             dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])])
                 .await
                 .unwrap();
             let first = route_objects(&ns)["fd00:1::/64"].expect("object");
             // The kernel drops an object, and its routes, when its link
-            // loses carrier: here a1, the far end of a0, goes down.
+            // loses carrier: here a1, the far end of a0, goes down (the
+            // kernel's link work runs later: waited for, with a deadline).
             ns.ip(&["link", "set", "dev", "a1", "down"]);
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !nexthop_objects(&ns).is_empty() {
+                assert!(std::time::Instant::now() < deadline, "never dropped");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             assert_eq!(ours(&ns), BTreeMap::new());
-            assert_eq!(nexthop_objects(&ns), BTreeMap::new());
             ns.ip(&["link", "set", "dev", "a1", "up"]);
             // Named again (as when the peer comes back), both routes go in
             // through a new object.
