@@ -3,7 +3,8 @@
 //! Every destination is one IPv6 route in the main table, tagged with the
 //! routing protocol number [`RTPROT_DDM`] so that routes this router
 //! installed can be told apart from everybody else's (and found again after
-//! a crash). A destination with one nexthop is a route through a kernel
+//! a crash). A destination with one nexthop is, while the daemon's link
+//! watcher runs (below), a route through a kernel
 //! nexthop object of that gateway and interface (`nhid ID`; `ip nexthop`
 //! lists the objects, tagged with our protocol too; with the kernel's
 //! default `net.ipv4.nexthop_compat_mode=1`, `ip route` still shows each
@@ -30,9 +31,12 @@
 //! ([`crate::netlink::links_watched`]): each carrier loss then ends the
 //! peer on that link at once, the router withdraws the routes through it,
 //! and sends them again when the peer is back. Without a watcher (it could
-//! not start, or it ended) routes name their gateways, as before objects.
+//! not start, or it ended) routes name their gateways, as before objects:
+//! when it ends, the next batch first sends every route of ours through an
+//! object again naming its gateway.
 //!
-//! A batch looks up each object it names first (one request each): an
+//! A batch looks up each object it names first (one request each, so the
+//! check is once per batch, not per route): an
 //! object the kernel dropped, or one that is no longer the one we made
 //! (protocol, gateway, interface), is made again under a new id. A route
 //! refused with `EINVAL` through an object that turns out to be gone (it
@@ -216,8 +220,7 @@ impl LinuxDataplane {
             .with_socket(usize::MAX, |k| {
                 let routes = k.socket.dump_ddm_routes()?;
                 let failures = k.socket.execute(routes.len(), |i| {
-                    let (dst, table) = routes[i];
-                    del_route(dst, table)
+                    del_route(routes[i].dst, routes[i].table)
                 })?;
                 let objects = k.remove_nexthops()?;
                 Ok::<_, io::Error>((routes, failures, objects))
@@ -227,7 +230,7 @@ impl LinuxDataplane {
         let removed = found.len() - failures.len();
         let mut named: Vec<_> = failures
             .into_iter()
-            .map(|r| (found[r.index].0.to_string(), r.reason))
+            .map(|r| (found[r.index].dst.to_string(), r.reason))
             .collect();
         named.extend(objects);
         if named.is_empty() {
@@ -381,9 +384,6 @@ impl Nexthops {
 
     /// The object `update`'s route goes through, if it has one.
     fn object_of(&self, update: &RouteUpdate) -> Option<u32> {
-        if !self.enabled() {
-            return None;
-        }
         single(update).and_then(|key| self.ids.get(&key).copied())
     }
 
@@ -412,15 +412,23 @@ impl Kernel {
         updates: &[RouteUpdate],
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
-        self.prepare_nexthops(updates.iter(), log)?;
+        // Decided once per batch.
+        let on = self.nexthops.enabled();
+        if !on && !self.nexthops.ids.is_empty() {
+            self.leave_nexthops(log)?;
+        }
+        if on {
+            self.prepare_nexthops(updates.iter(), log)?;
+        }
         let nexthops = &self.nexthops;
+        let object_of = |u: &RouteUpdate| on.then(|| nexthops.object_of(u))?;
         let mut refused = self.socket.execute(updates.len(), |i| {
-            route_request(&updates[i], nexthops.object_of(&updates[i]))
+            route_request(&updates[i], object_of(&updates[i]))
         })?;
         let (suspect, mut kept): (Vec<_>, Vec<_>) =
             refused.drain(..).partition(|r| {
                 r.errno == libc::EINVAL
-                    && self.nexthops.object_of(&updates[r.index]).is_some()
+                    && object_of(&updates[r.index]).is_some()
             });
         let mut gone = HashSet::new();
         for r in &suspect {
@@ -462,6 +470,34 @@ impl Kernel {
         Ok(kept)
     }
 
+    /// Objects are off (the link watcher ended): send every route of ours
+    /// that goes through one of them again naming its gateway, which the
+    /// kernel keeps through a carrier loss, and forget the objects (they
+    /// go at `remove_all`).
+    fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
+        let keys: HashMap<u32, (Ipv6Addr, u32)> =
+            self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();
+        let updates: Vec<RouteUpdate> = self
+            .socket
+            .dump_ddm_routes()?
+            .into_iter()
+            .filter(|r| r.table == RT_TABLE_MAIN)
+            .filter_map(|r| {
+                let (addr, ifindex) = *keys.get(&r.object?)?;
+                Some(RouteUpdate {
+                    destination: r.dst,
+                    nexthops: [crate::Nexthop { addr, ifindex }].into(),
+                })
+            })
+            .collect();
+        let refused = self
+            .socket
+            .execute(updates.len(), |i| route_request(&updates[i], None))?;
+        info!(log, "no link watcher: routes name their gateways again";
+            "routes" => updates.len(), "refused" => refused.len());
+        Ok(())
+    }
+
     /// Whether object `id` is still the one we made for `key`.
     fn is_ours(&mut self, key: (Ipv6Addr, u32), id: u32) -> io::Result<bool> {
         Ok(self.socket.get_nexthop(id)?.is_some_and(|o| {
@@ -483,7 +519,7 @@ impl Kernel {
     ) -> io::Result<()> {
         let mut seen = HashSet::new();
         for key in updates.filter_map(single) {
-            if !self.nexthops.enabled() {
+            if !self.nexthops.supported {
                 return Ok(());
             }
             if !seen.insert(key) {

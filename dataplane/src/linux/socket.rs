@@ -207,29 +207,25 @@ impl RouteSocket {
         id: u32,
         via: Option<(Ipv6Addr, u32)>,
     ) -> io::Result<Option<(i32, String)>> {
-        let seq = self.next_seq();
-        let (kind, flags, family, protocol) = match via {
-            Some(_) => (
+        let seq = match via {
+            Some((gateway, oif)) => self.send_nexthop_request(
                 RTM_NEWNEXTHOP,
-                NLM_F_CREATE | NLM_F_EXCL,
-                libc::AF_INET6 as u8,
-                RTPROT_DDM,
-            ),
-            // A deletion's header must be empty but for the family.
-            None => (RTM_DELNEXTHOP, 0, libc::AF_UNSPEC as u8, 0),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                [libc::AF_INET6 as u8, 0, RTPROT_DDM, 0, 0, 0, 0, 0],
+                &[
+                    (NHA_ID, &id.to_ne_bytes()),
+                    (NHA_OIF, &oif.to_ne_bytes()),
+                    (NHA_GATEWAY, &gateway.octets()),
+                ],
+            )?,
+            // A deletion's header must be empty.
+            None => self.send_nexthop_request(
+                RTM_DELNEXTHOP,
+                NLM_F_ACK,
+                [0; NHMSG_LEN],
+                &[(NHA_ID, &id.to_ne_bytes())],
+            )?,
         };
-        let b = &mut self.send_buf;
-        b.clear();
-        put_header(b, kind, NLM_F_REQUEST | NLM_F_ACK | flags, seq);
-        // struct nhmsg: family, scope, protocol, reserved, flags (u32).
-        b.extend_from_slice(&[family, 0, protocol, 0, 0, 0, 0, 0]);
-        put_attr(b, NHA_ID, &id.to_ne_bytes());
-        if let Some((gateway, oif)) = via {
-            put_attr(b, NHA_OIF, &oif.to_ne_bytes());
-            put_attr(b, NHA_GATEWAY, &gateway.octets());
-        }
-        set_length(b);
-        self.socket.send(&self.send_buf, 0)?;
         let mut failures = Vec::new();
         self.reap(seq, seq, 0, &mut failures)?;
         Ok(failures.pop().map(|(_, errno, text)| (errno, reason(errno, text))))
@@ -240,72 +236,94 @@ impl RouteSocket {
         &mut self,
         id: u32,
     ) -> io::Result<Option<NexthopObject>> {
-        let seq = self.next_seq();
-        let b = &mut self.send_buf;
-        b.clear();
-        put_header(b, RTM_GETNEXTHOP, NLM_F_REQUEST, seq);
-        b.extend_from_slice(&[0; NHMSG_LEN]);
-        put_attr(b, NHA_ID, &id.to_ne_bytes());
-        set_length(b);
-        self.socket.send(&self.send_buf, 0)?;
-        loop {
-            let n = self.recv()?;
-            for (header, raw) in messages(&self.recv_buf[..n]) {
-                if header.sequence_number != seq {
-                    continue;
-                }
-                let payload = NetlinkBuffer::new(raw).payload();
-                match header.message_type {
-                    NLMSG_ERROR => {
-                        return match parse_error(payload, header.flags) {
-                            Some((libc::ENOENT, _)) => Ok(None),
-                            Some((errno, _)) => {
-                                Err(io::Error::from_raw_os_error(errno))
-                            }
-                            None => Ok(None),
-                        };
-                    }
-                    RTM_NEWNEXTHOP if payload.len() >= NHMSG_LEN => {
-                        let (mut oif, mut gateway) = (None, None);
-                        let nlas = NlasIterator::new(&payload[NHMSG_LEN..]);
-                        for nla in nlas.flatten() {
-                            match nla.kind() {
-                                NHA_OIF => {
-                                    oif = <[u8; 4]>::try_from(nla.value())
-                                        .ok()
-                                        .map(u32::from_ne_bytes)
-                                }
-                                NHA_GATEWAY => {
-                                    gateway = <[u8; 16]>::try_from(nla.value())
-                                        .ok()
-                                        .map(Ipv6Addr::from)
-                                }
-                                _ => {}
-                            }
-                        }
-                        return Ok(Some(NexthopObject {
-                            protocol: payload[2],
-                            oif,
-                            gateway,
-                        }));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let seq = self.send_nexthop_request(
+            RTM_GETNEXTHOP,
+            0,
+            [0; NHMSG_LEN],
+            &[(NHA_ID, &id.to_ne_bytes())],
+        )?;
+        self.nexthop_replies(seq, |kind, flags, payload| match kind {
+            // Asked without NLM_F_ACK: an error is the only answer
+            // besides the object.
+            NLMSG_ERROR => Some(match parse_error(payload, flags) {
+                Some((libc::ENOENT, _)) => Ok(None),
+                Some((errno, _)) => Err(io::Error::from_raw_os_error(errno)),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unreadable answer to a nexthop lookup",
+                )),
+            }),
+            RTM_NEWNEXTHOP => parse_nexthop(payload).map(|(_, o)| Ok(Some(o))),
+            _ => None,
+        })
     }
 
     /// The ids of every nexthop object of ours (our protocol).
     pub(super) fn dump_ddm_nexthops(&mut self) -> io::Result<Vec<u32>> {
+        // A dump request's header must be empty (strict checking).
+        let seq = self.send_nexthop_request(
+            RTM_GETNEXTHOP,
+            NLM_F_DUMP,
+            [0; NHMSG_LEN],
+            &[],
+        )?;
+        let mut found = Vec::new();
+        self.nexthop_replies(seq, |kind, flags, payload| match kind {
+            // A dump's own failure is the end's negative errno.
+            NLMSG_DONE => {
+                let code = payload
+                    .get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, i32::from_ne_bytes);
+                Some(if code < 0 {
+                    Err(io::Error::from_raw_os_error(-code))
+                } else {
+                    Ok(std::mem::take(&mut found))
+                })
+            }
+            NLMSG_ERROR => parse_error(payload, flags)
+                .map(|(errno, _)| Err(io::Error::from_raw_os_error(errno))),
+            RTM_NEWNEXTHOP => {
+                if let Some((Some(id), o)) = parse_nexthop(payload) {
+                    if o.protocol == RTPROT_DDM {
+                        found.push(id);
+                    }
+                }
+                None
+            }
+            _ => None,
+        })
+    }
+
+    /// Send one nexthop request (`struct nhmsg` `header`, then `attrs`),
+    /// `NLM_F_REQUEST` and `flags` set; its sequence number.
+    fn send_nexthop_request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        header: [u8; NHMSG_LEN],
+        attrs: &[(u16, &[u8])],
+    ) -> io::Result<u32> {
         let seq = self.next_seq();
         let b = &mut self.send_buf;
         b.clear();
-        put_header(b, RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, seq);
-        // A dump request's header must be empty (strict checking).
-        b.extend_from_slice(&[0; NHMSG_LEN]);
+        put_header(b, kind, NLM_F_REQUEST | flags, seq);
+        b.extend_from_slice(&header);
+        for (kind, value) in attrs {
+            put_attr(b, *kind, value);
+        }
         set_length(b);
         self.socket.send(&self.send_buf, 0)?;
-        let mut found = Vec::new();
+        Ok(seq)
+    }
+
+    /// Read the answers to request `seq`, each (type, flags, payload) given
+    /// to `each` until it returns the result.
+    fn nexthop_replies<T>(
+        &mut self,
+        seq: u32,
+        mut each: impl FnMut(u16, u16, &[u8]) -> Option<io::Result<T>>,
+    ) -> io::Result<T> {
         loop {
             let n = self.recv()?;
             for (header, raw) in messages(&self.recv_buf[..n]) {
@@ -313,39 +331,10 @@ impl RouteSocket {
                     continue;
                 }
                 let payload = NetlinkBuffer::new(raw).payload();
-                match header.message_type {
-                    // A dump's own failure is the end's negative errno.
-                    NLMSG_DONE => {
-                        let code = payload
-                            .get(..4)
-                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                            .map_or(0, i32::from_ne_bytes);
-                        if code < 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        return Ok(found);
-                    }
-                    NLMSG_ERROR => {
-                        if let Some((errno, _)) =
-                            parse_error(payload, header.flags)
-                        {
-                            return Err(io::Error::from_raw_os_error(errno));
-                        }
-                    }
-                    RTM_NEWNEXTHOP if payload.len() >= NHMSG_LEN => {
-                        if payload[2] != RTPROT_DDM {
-                            continue;
-                        }
-                        let nlas = NlasIterator::new(&payload[NHMSG_LEN..]);
-                        for nla in nlas.flatten() {
-                            if let (NHA_ID, Ok(id)) =
-                                (nla.kind(), <[u8; 4]>::try_from(nla.value()))
-                            {
-                                found.push(u32::from_ne_bytes(id));
-                            }
-                        }
-                    }
-                    _ => {}
+                if let Some(done) =
+                    each(header.message_type, header.flags, payload)
+                {
+                    return done;
                 }
             }
         }
@@ -408,9 +397,7 @@ impl RouteSocket {
     }
 
     /// Every route of ours in any table: (destination, table).
-    pub(super) fn dump_ddm_routes(
-        &mut self,
-    ) -> io::Result<Vec<(Ipv6Net, u32)>> {
+    pub(super) fn dump_ddm_routes(&mut self) -> io::Result<Vec<DdmRoute>> {
         let mut message = RouteMessage::default();
         message.header.address_family = AddressFamily::Inet6;
         message.header.protocol = RouteProtocol::from(RTPROT_DDM);
@@ -446,9 +433,9 @@ impl RouteSocket {
                     NetlinkPayload::InnerMessage(
                         RouteNetlinkMessage::NewRoute(route),
                     ) => {
-                        if let Some(key) = ddm_route_key(&route) {
-                            if seen.insert(key) {
-                                found.push(key);
+                        if let Some(r) = ddm_route(&route) {
+                            if seen.insert((r.dst, r.table)) {
+                                found.push(r);
                             }
                         }
                     }
@@ -459,8 +446,17 @@ impl RouteSocket {
     }
 }
 
-/// (destination, table) of `route` if it is one of ours.
-fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u32)> {
+/// A route of ours as a dump shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DdmRoute {
+    pub(super) dst: Ipv6Net,
+    pub(super) table: u32,
+    /// The nexthop object it goes through, if it does.
+    pub(super) object: Option<u32>,
+}
+
+/// `route` if it is one of ours.
+fn ddm_route(route: &RouteMessage) -> Option<DdmRoute> {
     if u8::from(route.header.protocol) != RTPROT_DDM
         || route.header.address_family != AddressFamily::Inet6
     {
@@ -468,15 +464,17 @@ fn ddm_route_key(route: &RouteMessage) -> Option<(Ipv6Net, u32)> {
     }
     let mut dst = Ipv6Addr::UNSPECIFIED;
     let mut table = u32::from(route.header.table);
+    let mut object = None;
     for attr in &route.attributes {
         match attr {
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = *a,
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::NhId(id) => object = Some(*id),
             _ => {}
         }
     }
-    let net = Ipv6Net::new(dst, route.header.destination_prefix_length).ok()?;
-    Some((net, table))
+    let dst = Ipv6Net::new(dst, route.header.destination_prefix_length).ok()?;
+    Some(DdmRoute { dst, table, object })
 }
 
 /// Ask for big socket buffers (root may exceed the system maximum) and a
@@ -564,6 +562,33 @@ fn parse_error(payload: &[u8], flags: u16) -> Option<(i32, Option<String>)> {
         }
     }
     Some((-code, text))
+}
+
+/// A nexthop object's id (if given) and description, from the payload of
+/// an `RTM_NEWNEXTHOP` (`struct nhmsg`, then attributes).
+fn parse_nexthop(payload: &[u8]) -> Option<(Option<u32>, NexthopObject)> {
+    let header = payload.get(..NHMSG_LEN)?;
+    let mut object =
+        NexthopObject { protocol: header[2], oif: None, gateway: None };
+    let mut id = None;
+    for nla in NlasIterator::new(&payload[NHMSG_LEN..]).flatten() {
+        let value = nla.value();
+        match nla.kind() {
+            NHA_ID => {
+                id = <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
+            }
+            NHA_OIF => {
+                object.oif =
+                    <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
+            }
+            NHA_GATEWAY => {
+                object.gateway =
+                    <[u8; 16]>::try_from(value).ok().map(Ipv6Addr::from)
+            }
+            _ => {}
+        }
+    }
+    Some((id, object))
 }
 
 /// The text of `errno`, with the kernel's explanation if it gave one.

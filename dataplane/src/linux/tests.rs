@@ -66,6 +66,7 @@ fn single_multi_shrink_delete() {
     testns::run("single_multi_shrink_delete", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
         let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        dp.set_nexthop_objects(Some(false));
         let dst = "fd00:1::/64";
 
         dp.apply(vec![update(dst, &[nh("fe80::1", a0)])]).await.unwrap();
@@ -130,6 +131,7 @@ fn remove_stale_and_remove_all_spare_other_routes() {
             ));
 
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(false));
             assert_eq!(dp.remove_stale().await.unwrap(), 4);
             assert_eq!(ours(&ns), BTreeMap::new());
             let left: Vec<u64> = nexthop_objects(&ns).into_keys().collect();
@@ -170,6 +172,7 @@ fn failures_are_summarised_and_the_rest_applied() {
         |ns| async move {
             let a0 = ns.ifindex("a0");
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(false));
             let err = dp
                 .apply(vec![
                     update("fd00:1::/64", &[nh("fe80::1", a0)]),
@@ -193,6 +196,7 @@ fn ten_thousand_routes_in_one_batch() {
     testns::run("ten_thousand_routes_in_one_batch", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
         let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+        dp.set_nexthop_objects(Some(false));
         let updates: Vec<RouteUpdate> = (0..10_000u32)
             .map(|i| {
                 let addr = Ipv6Addr::new(
@@ -371,6 +375,39 @@ fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
             assert_eq!(routes["fd00:2::/64"], Some(second));
             assert_eq!(nexthop_objects(&ns).len(), 1);
             dp.remove_all().await.unwrap();
+        },
+    );
+}
+
+#[test]
+fn routes_leave_their_objects_when_objects_go_off() {
+    testns::run(
+        "routes_leave_their_objects_when_objects_go_off",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(true));
+            dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])])
+                .await
+                .unwrap();
+            assert!(route_objects(&ns)["fd00:1::/64"].is_some());
+            // Off (as when the link watcher ends): the next batch sends
+            // the routes through objects again naming their gateways.
+            dp.set_nexthop_objects(Some(false));
+            dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
+                .await
+                .unwrap();
+            assert_eq!(
+                route_objects(&ns),
+                BTreeMap::from([
+                    ("fd00:1::/64".into(), None),
+                    ("fd00:2::/64".into(), None),
+                ])
+            );
+            assert_eq!(ours(&ns)["fd00:1::/64"], hops(&[("fe80::1", "a0")]));
+            // The object itself goes at the end.
+            assert_eq!(dp.remove_all().await.unwrap(), 2);
+            assert_eq!(nexthop_objects(&ns), BTreeMap::new());
         },
     );
 }
