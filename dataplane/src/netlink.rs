@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::{Stream, StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -87,6 +87,16 @@ static WATCHING: AtomicUsize = AtomicUsize::new(0);
 /// which the kernel drops with their routes on carrier loss, only then).
 pub fn links_watched() -> bool {
     WATCHING.load(Ordering::Relaxed) > 0
+}
+
+/// Links seen going down or away by the watchers of this process, ever.
+static LINKS_LOST: AtomicU64 = AtomicU64::new(0);
+
+/// How many links the watchers of this process have seen go down or away:
+/// while it has not changed, the kernel has dropped no nexthop object
+/// with its link (the Linux dataplane looks its objects up only then).
+pub fn links_lost() -> u64 {
+    LINKS_LOST.load(Ordering::Relaxed)
 }
 
 /// One running watcher, counted in [`WATCHING`] while it lives.
@@ -231,6 +241,9 @@ impl Watcher {
     }
 
     fn send(&self, event: LinkEvent) {
+        if matches!(event, LinkEvent::Down { .. } | LinkEvent::Removed { .. }) {
+            LINKS_LOST.fetch_add(1, Ordering::Relaxed);
+        }
         // A closed sink is noticed by the caller.
         let _ = self.sink.send(event);
     }

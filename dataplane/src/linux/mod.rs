@@ -35,13 +35,14 @@
 //! when it ends, the next batch first sends every route of ours through an
 //! object again naming its gateway.
 //!
-//! A batch looks up each object it names first (one request each, so the
-//! check is once per batch, not per route): an
-//! object the kernel dropped, or one that is no longer the one we made
-//! (protocol, gateway, interface), is made again under a new id. A route
-//! refused with `EINVAL` through an object that turns out to be gone (it
-//! went between the lookup and the route) is sent once more through a new
-//! one; any other refusal stands. Ids are ours in a range (our protocol
+//! The first batch after the link watcher saw a link go down or away
+//! ([`crate::netlink::links_lost`] changed) looks up every object it
+//! knows (one request each): an object the kernel dropped, or one that is
+//! no longer the one we made (protocol, gateway, interface), is made again
+//! under a new id when next needed. Other batches use the objects they
+//! know without a lookup. A route refused with `EINVAL` through an object
+//! that turns out to be gone (a link went down as the batch went in) is
+//! sent once more through a new one; any other refusal stands. Ids are ours in a range (our protocol
 //! number in the top byte, wrapping within it), skipping any somebody else
 //! holds; `remove_stale` and `remove_all` delete the objects of ours in
 //! that range after our routes (deleting an object deletes every route
@@ -351,6 +352,10 @@ struct Nexthops {
     ids: HashMap<(Ipv6Addr, u32), u32>,
     /// The next id to try.
     next: u32,
+    /// [`crate::netlink::links_lost`] when the objects in `ids` were last
+    /// looked up: until it changes, the kernel dropped none of them with
+    /// its link, and they are used without a lookup.
+    checked_at: u64,
 }
 
 impl Default for Nexthops {
@@ -360,6 +365,7 @@ impl Default for Nexthops {
             supported: true,
             ids: HashMap::new(),
             next: NEXTHOP_ID_BASE,
+            checked_at: crate::netlink::links_lost(),
         }
     }
 }
@@ -401,12 +407,9 @@ impl Kernel {
     /// Program `updates`; the requests the kernel refused.
     ///
     /// A destination with one nexthop goes through the nexthop object of
-    /// its (gateway, interface) (see the module's docs). Each object a
-    /// batch needs is looked up first (one request each): one the kernel
-    /// dropped (its link went down or lost carrier), or that is no longer
-    /// ours as we made it, is made again. An object dropped after that, as
-    /// the batch goes in, has its routes refused (`EINVAL`); those are sent
-    /// once more through a new object if the object is indeed gone.
+    /// its (gateway, interface) (see the module's docs): the objects are
+    /// looked up after a link went down, made when missing, and a route
+    /// refused through an object found gone is sent once more.
     fn apply(
         &mut self,
         updates: &[RouteUpdate],
@@ -508,30 +511,37 @@ impl Kernel {
     }
 
     /// Make sure each destination with one nexthop among `updates` has the
-    /// object of its (gateway, interface): a known one is looked up (once
-    /// per batch), a missing one made. One that cannot be made (its
-    /// interface down, no free id) is not: its routes name their gateway,
-    /// as without objects, and the next batch tries again.
+    /// object of its (gateway, interface): every known one is looked up if
+    /// a link went down since the last look, a missing one is made. One
+    /// that cannot be made (its interface down, no free id) is not: its
+    /// routes name their gateway, as without objects, and the next batch
+    /// tries again.
     fn prepare_nexthops<'a>(
         &mut self,
         updates: impl Iterator<Item = &'a RouteUpdate>,
         log: &Logger,
     ) -> io::Result<()> {
+        // A link went down since the last look: the kernel may have
+        // dropped objects with it, so every known one is looked up first.
+        let lost = crate::netlink::links_lost();
+        if lost != self.nexthops.checked_at {
+            let known: Vec<_> =
+                self.nexthops.ids.iter().map(|(k, id)| (*k, *id)).collect();
+            for (key, id) in known {
+                if !self.is_ours(key, id)? {
+                    self.nexthops.ids.remove(&key);
+                }
+            }
+            self.nexthops.checked_at = lost;
+        }
         let mut seen = HashSet::new();
         for key in updates.filter_map(single) {
             if !self.nexthops.supported {
                 return Ok(());
             }
-            if !seen.insert(key) {
-                continue;
+            if seen.insert(key) && !self.nexthops.ids.contains_key(&key) {
+                self.make_nexthop(key, log)?;
             }
-            if let Some(&id) = self.nexthops.ids.get(&key) {
-                if self.is_ours(key, id)? {
-                    continue;
-                }
-                self.nexthops.ids.remove(&key);
-            }
-            self.make_nexthop(key, log)?;
         }
         Ok(())
     }

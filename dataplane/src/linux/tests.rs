@@ -362,7 +362,10 @@ fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
             assert_eq!(ours(&ns), BTreeMap::new());
             ns.ip(&["link", "set", "dev", "a1", "up"]);
             // Named again (as when the peer comes back), both routes go in
-            // through a new object.
+            // through a new object. No link watcher runs here, so the
+            // dataplane still believes in the old object: the kernel refuses
+            // the routes (EINVAL), the object is found gone, and they are
+            // sent again (with a watcher, the object is looked up first).
             dp.apply(vec![
                 update("fd00:1::/64", &[nh("fe80::1", a0)]),
                 update("fd00:2::/64", &[nh("fe80::1", a0)]),
