@@ -337,18 +337,24 @@ fn routes_with_one_nexthop_share_its_object() {
     });
 }
 
+/// A dataplane with objects on, and fd00:1::/64 via fe80::1 on a0
+/// installed through one: the dataplane and the object's id.
+async fn one_route_through_an_object(ns: &Netns) -> (LinuxDataplane, u64) {
+    let a0 = ns.ifindex("a0");
+    let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+    dp.set_nexthop_objects(Some(true));
+    dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])]).await.unwrap();
+    let id = route_objects(ns)["fd00:1::/64"].expect("through an object");
+    (dp, id)
+}
+
 #[test]
 fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
     testns::run(
         "routes_come_back_through_a_new_object_when_the_kernel_dropped_it",
         |ns| async move {
             let a0 = ns.ifindex("a0");
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(true));
-            dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])])
-                .await
-                .unwrap();
-            let first = route_objects(&ns)["fd00:1::/64"].expect("object");
+            let (mut dp, first) = one_route_through_an_object(&ns).await;
             // The kernel drops an object, and its routes, when its link
             // loses carrier: here a1, the far end of a0, goes down (the
             // kernel's link work runs later: waited for, with a deadline).
@@ -388,12 +394,7 @@ fn routes_leave_their_objects_when_objects_go_off() {
         "routes_leave_their_objects_when_objects_go_off",
         |ns| async move {
             let a0 = ns.ifindex("a0");
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(true));
-            dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])])
-                .await
-                .unwrap();
-            assert!(route_objects(&ns)["fd00:1::/64"].is_some());
+            let (mut dp, _) = one_route_through_an_object(&ns).await;
             // Off (as when the link watcher ends): the next batch sends
             // the routes through objects again naming their gateways.
             dp.set_nexthop_objects(Some(false));
