@@ -20,8 +20,8 @@
 //! Through a shared object the kernel sets up no nexthop per route, which
 //! was most of the cost of an add: the fabric benchmark's kernel floor
 //! filled two tables with 100,000 routes each in 0.34x the time through one
-//! object, and the transit's share of the announce fell from 0.52 to 0.40
-//! CPU seconds.
+//! object, and the transit's share of the announce fell from 0.52-0.54 to
+//! 0.40-0.44 CPU seconds.
 //!
 //! The kernel deletes an object, with every route through it, when its
 //! interface goes down or loses carrier, and says nothing of it. (A plain
