@@ -433,10 +433,13 @@ impl Kernel {
                 r.errno == libc::EINVAL
                     && object_of(&updates[r.index]).is_some()
             });
+        // Each object looked up once, however many of its routes were
+        // refused.
         let mut gone = HashSet::new();
+        let mut looked = HashSet::new();
         for r in &suspect {
             let Some(key) = single(&updates[r.index]) else { continue };
-            if gone.contains(&key) {
+            if !looked.insert(key) {
                 continue;
             }
             if let Some(&id) = self.nexthops.ids.get(&key) {
