@@ -12,8 +12,8 @@
 //! and shared by every route through it; one with several is a single
 //! multipath route holding the whole ECMP set. Either way a change is one
 //! `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE`, and an empty set is
-//! one `RTM_DELROUTE`; each object a batch names costs one request more
-//! (below).
+//! one `RTM_DELROUTE`; making an object, and looking the objects up after
+//! a link went down, cost one request each (below).
 //!
 //! # Nexthop objects
 //!
@@ -42,9 +42,9 @@
 //! under a new id when next needed. Other batches use the objects they
 //! know without a lookup. A route refused with `EINVAL` through an object
 //! that turns out to be gone (a link went down as the batch went in) is
-//! sent once more through a new one; any other refusal stands. Ids are ours in a range (our protocol
-//! number in the top byte, wrapping within it), skipping any somebody else
-//! holds; `remove_stale` and `remove_all` delete the objects of ours in
+//! sent once more through a new one; any other refusal stands. Ids are ours
+//! in a range (our protocol number in the top byte, wrapping within it),
+//! skipping any somebody else holds; `remove_stale` and `remove_all` delete the objects of ours in
 //! that range after our routes (deleting an object deletes every route
 //! through it, whoever made the route). An object stays until then, or
 //! until the kernel drops it with its link: one per (gateway, interface)
@@ -328,9 +328,10 @@ struct Kernel {
 /// an id someone holds is skipped (`EEXIST`).
 const NEXTHOP_ID_BASE: u32 = (RTPROT_DDM as u32) << 24;
 
-/// How many ids our objects take from (wrapping around): the top byte is
-/// ours.
-const NEXTHOP_ID_SPAN: u32 = 1 << 24;
+/// The ids our objects take (wrapping around): those with our protocol
+/// number in the top byte.
+const NEXTHOP_IDS: std::ops::Range<u32> =
+    NEXTHOP_ID_BASE..NEXTHOP_ID_BASE + (1 << 24);
 
 /// Ids tried for one object before it is given up (the route then goes
 /// in with its gateway and interface, as without objects).
@@ -378,11 +379,6 @@ fn single(update: &RouteUpdate) -> Option<(Ipv6Addr, u32)> {
     }
 }
 
-/// Whether `id` is in the range our objects take ids from.
-fn ours(id: u32) -> bool {
-    (NEXTHOP_ID_BASE..NEXTHOP_ID_BASE + NEXTHOP_ID_SPAN).contains(&id)
-}
-
 impl Nexthops {
     fn enabled(&self) -> bool {
         self.supported && self.set.unwrap_or_else(crate::netlink::links_watched)
@@ -395,11 +391,9 @@ impl Nexthops {
 
     /// Past `next`, within our range.
     fn advance(&mut self) {
-        self.next = if self.next + 1 < NEXTHOP_ID_BASE + NEXTHOP_ID_SPAN {
-            self.next + 1
-        } else {
-            NEXTHOP_ID_BASE
-        };
+        self.next = Some(self.next + 1)
+            .filter(|id| NEXTHOP_IDS.contains(id))
+            .unwrap_or(NEXTHOP_IDS.start);
     }
 }
 
@@ -439,14 +433,8 @@ impl Kernel {
         let mut looked = HashSet::new();
         for r in &suspect {
             let Some(key) = single(&updates[r.index]) else { continue };
-            if !looked.insert(key) {
-                continue;
-            }
-            if let Some(&id) = self.nexthops.ids.get(&key) {
-                if !self.is_ours(key, id)? {
-                    self.nexthops.ids.remove(&key);
-                    gone.insert(key);
-                }
+            if looked.insert(key) && self.forget_if_gone(key)? {
+                gone.insert(key);
             }
         }
         let (retry, stand): (Vec<_>, Vec<_>) =
@@ -504,13 +492,21 @@ impl Kernel {
         Ok(())
     }
 
-    /// Whether object `id` is still the one we made for `key`.
-    fn is_ours(&mut self, key: (Ipv6Addr, u32), id: u32) -> io::Result<bool> {
-        Ok(self.socket.get_nexthop(id)?.is_some_and(|o| {
+    /// Look up the object known for `key`; if the kernel no longer has it
+    /// as we made it, forget it. Whether it was forgotten.
+    fn forget_if_gone(&mut self, key: (Ipv6Addr, u32)) -> io::Result<bool> {
+        let Some(&id) = self.nexthops.ids.get(&key) else {
+            return Ok(false);
+        };
+        let ours = self.socket.get_nexthop(id)?.is_some_and(|o| {
             o.protocol == RTPROT_DDM
                 && o.gateway == Some(key.0)
                 && o.oif == Some(key.1)
-        }))
+        });
+        if !ours {
+            self.nexthops.ids.remove(&key);
+        }
+        Ok(!ours)
     }
 
     /// Make sure each destination with one nexthop among `updates` has the
@@ -528,40 +524,47 @@ impl Kernel {
         // dropped objects with it, so every known one is looked up first.
         let lost = crate::netlink::links_lost();
         if lost != self.nexthops.checked_at {
-            let known: Vec<_> =
-                self.nexthops.ids.iter().map(|(k, id)| (*k, *id)).collect();
-            for (key, id) in known {
-                if !self.is_ours(key, id)? {
-                    self.nexthops.ids.remove(&key);
-                }
+            let known: Vec<_> = self.nexthops.ids.keys().copied().collect();
+            for key in known {
+                self.forget_if_gone(key)?;
             }
             self.nexthops.checked_at = lost;
         }
-        let mut seen = HashSet::new();
+        // Routes of a batch mostly share their nexthop: a key like the
+        // last one is passed over without a lookup, and one that could not
+        // be made is not tried twice in a batch.
+        let (mut last, mut failed) = (None, HashSet::new());
         for key in updates.filter_map(single) {
+            if last.replace(key) == Some(key) {
+                continue;
+            }
             if !self.nexthops.supported {
                 return Ok(());
             }
-            if seen.insert(key) && !self.nexthops.ids.contains_key(&key) {
-                self.make_nexthop(key, log)?;
+            if !self.nexthops.ids.contains_key(&key)
+                && !failed.contains(&key)
+                && !self.make_nexthop(key, log)?
+            {
+                failed.insert(key);
             }
         }
         Ok(())
     }
 
-    /// Make the object of `key` under the first free id of ours.
+    /// Make the object of `key` under the first free id of ours; whether
+    /// it was made.
     fn make_nexthop(
         &mut self,
         key: (Ipv6Addr, u32),
         log: &Logger,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         for _ in 0..NEXTHOP_ID_TRIES {
             let id = self.nexthops.next;
             match self.socket.nexthop(id, Some(key))? {
                 None => {
                     self.nexthops.advance();
                     self.nexthops.ids.insert(key, id);
-                    return Ok(());
+                    return Ok(true);
                 }
                 // Somebody's: the next.
                 Some((libc::EEXIST, _)) => self.nexthops.advance(),
@@ -570,17 +573,17 @@ impl Kernel {
                         routes name their gateways";
                         "error" => reason);
                     self.nexthops.supported = false;
-                    return Ok(());
+                    return Ok(false);
                 }
                 Some((_, reason)) => {
                     debug!(log, "nexthop object not made";
                         "gateway" => %key.0, "ifindex" => key.1,
                         "error" => reason);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Delete every nexthop object of ours (protocol and id range; those
@@ -603,7 +606,7 @@ impl Kernel {
         };
         self.nexthops.ids.clear();
         let found: Vec<u32> =
-            found.into_iter().filter(|id| ours(*id)).collect();
+            found.into_iter().filter(|id| NEXTHOP_IDS.contains(id)).collect();
         let mut refused = Vec::new();
         for &id in &found {
             match self.socket.nexthop(id, None)? {
@@ -668,13 +671,11 @@ fn route_request(
         .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
     if let Some(id) = object {
         message.attributes.push(RouteAttribute::NhId(id));
-    } else if let (1, Some(nh)) =
-        (update.nexthops.len(), update.nexthops.first())
-    {
+    } else if let Some((gateway, ifindex)) = single(update) {
         message
             .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet6(nh.addr)));
-        message.attributes.push(RouteAttribute::Oif(nh.ifindex));
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
+        message.attributes.push(RouteAttribute::Oif(ifindex));
     } else {
         let hops = update
             .nexthops

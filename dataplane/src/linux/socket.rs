@@ -242,19 +242,26 @@ impl RouteSocket {
             [0; NHMSG_LEN],
             &[(NHA_ID, &id.to_ne_bytes())],
         )?;
-        self.nexthop_replies(seq, |kind, flags, payload| match kind {
-            // Asked without NLM_F_ACK: an error is the only answer
-            // besides the object.
-            NLMSG_ERROR => Some(match parse_error(payload, flags) {
-                Some((libc::ENOENT, _)) => Ok(None),
-                Some((errno, _)) => Err(io::Error::from_raw_os_error(errno)),
-                None => Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "unreadable answer to a nexthop lookup",
-                )),
-            }),
-            RTM_NEWNEXTHOP => parse_nexthop(payload).map(|(_, o)| Ok(Some(o))),
-            _ => None,
+        self.replies(seq, |header, raw| {
+            let payload = NetlinkBuffer::new(raw).payload();
+            match header.message_type {
+                // Asked without NLM_F_ACK: an error is the only answer
+                // besides the object.
+                NLMSG_ERROR => Some(match parse_error(payload, header.flags) {
+                    Some((libc::ENOENT, _)) => Ok(None),
+                    Some((errno, _)) => {
+                        Err(io::Error::from_raw_os_error(errno))
+                    }
+                    None => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unreadable answer to a nexthop lookup",
+                    )),
+                }),
+                RTM_NEWNEXTHOP => {
+                    parse_nexthop(payload).map(|(_, o)| Ok(Some(o)))
+                }
+                _ => None,
+            }
         })
     }
 
@@ -268,33 +275,36 @@ impl RouteSocket {
             &[],
         )?;
         let mut found = Vec::new();
-        self.nexthop_replies(seq, |kind, flags, payload| match kind {
-            // A dump's own failure is the end's negative errno.
-            NLMSG_DONE => {
-                let code = payload
-                    .get(..4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map_or(0, i32::from_ne_bytes);
-                Some(if code < 0 {
-                    Err(io::Error::from_raw_os_error(-code))
-                } else {
-                    Ok(std::mem::take(&mut found))
-                })
-            }
-            NLMSG_ERROR => parse_error(payload, flags)
-                .map(|(errno, _)| Err(io::Error::from_raw_os_error(errno))),
-            RTM_NEWNEXTHOP => {
-                if let Some((Some(id), o)) = parse_nexthop(payload) {
-                    if o.protocol == RTPROT_DDM {
-                        found.push(id);
-                    }
+        self.replies(seq, |header, raw| {
+            let (kind, flags) = (header.message_type, header.flags);
+            let payload = NetlinkBuffer::new(raw).payload();
+            match kind {
+                // A dump's own failure is the end's negative errno.
+                NLMSG_DONE => {
+                    let code = payload
+                        .get(..4)
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map_or(0, i32::from_ne_bytes);
+                    Some(if code < 0 {
+                        Err(io::Error::from_raw_os_error(-code))
+                    } else {
+                        Ok(std::mem::take(&mut found))
+                    })
                 }
-                None
+                NLMSG_ERROR => parse_error(payload, flags)
+                    .map(|(errno, _)| Err(io::Error::from_raw_os_error(errno))),
+                RTM_NEWNEXTHOP => {
+                    if let Some((Some(id), o)) = parse_nexthop(payload) {
+                        if o.protocol == RTPROT_DDM {
+                            found.push(id);
+                        }
+                    }
+                    None
+                }
+                _ => None,
             }
-            _ => None,
         })
     }
-
     /// Send one nexthop request (`struct nhmsg` `header`, then `attrs`),
     /// `NLM_F_REQUEST` and `flags` set; its sequence number.
     fn send_nexthop_request(
@@ -317,12 +327,13 @@ impl RouteSocket {
         Ok(seq)
     }
 
-    /// Read the answers to request `seq`, each (type, flags, payload) given
-    /// to `each` until it returns the result.
-    fn nexthop_replies<T>(
+    /// Read the answers to request `seq` (answers to others are skipped),
+    /// each message's header and raw bytes given to `each` until it returns
+    /// the result.
+    fn replies<T>(
         &mut self,
         seq: u32,
-        mut each: impl FnMut(u16, u16, &[u8]) -> Option<io::Result<T>>,
+        mut each: impl FnMut(&NetlinkHeader, &[u8]) -> Option<io::Result<T>>,
     ) -> io::Result<T> {
         loop {
             let n = self.recv()?;
@@ -330,10 +341,7 @@ impl RouteSocket {
                 if header.sequence_number != seq {
                     continue;
                 }
-                let payload = NetlinkBuffer::new(raw).payload();
-                if let Some(done) =
-                    each(header.message_type, header.flags, payload)
-                {
+                if let Some(done) = each(&header, raw) {
                     return done;
                 }
             }
@@ -396,7 +404,7 @@ impl RouteSocket {
         }
     }
 
-    /// Every route of ours in any table: (destination, table).
+    /// Every route of ours in any table.
     pub(super) fn dump_ddm_routes(&mut self) -> io::Result<Vec<DdmRoute>> {
         let mut message = RouteMessage::default();
         message.header.address_family = AddressFamily::Inet6;
@@ -414,35 +422,35 @@ impl RouteSocket {
 
         let mut found = Vec::new();
         let mut seen = HashSet::new();
-        loop {
-            let n = self.recv()?;
-            for (header, raw) in messages(&self.recv_buf[..n]) {
-                if header.sequence_number != seq {
-                    continue;
-                }
-                let parsed =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
-                        .map_err(|e| {
-                            io::Error::new(io::ErrorKind::InvalidData, e)
-                        })?;
-                match parsed.payload {
-                    NetlinkPayload::Done(_) => return Ok(found),
-                    NetlinkPayload::Error(e) if e.code.is_some() => {
-                        return Err(e.to_io());
+        self.replies(seq, |_, raw| {
+            let parsed =
+                match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        return Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            e,
+                        )))
                     }
-                    NetlinkPayload::InnerMessage(
-                        RouteNetlinkMessage::NewRoute(route),
-                    ) => {
-                        if let Some(r) = ddm_route(&route) {
-                            if seen.insert((r.dst, r.table)) {
-                                found.push(r);
-                            }
+                };
+            match parsed.payload {
+                NetlinkPayload::Done(_) => Some(Ok(std::mem::take(&mut found))),
+                NetlinkPayload::Error(e) if e.code.is_some() => {
+                    Some(Err(e.to_io()))
+                }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewRoute(route),
+                ) => {
+                    if let Some(r) = ddm_route(&route) {
+                        if seen.insert((r.dst, r.table)) {
+                            found.push(r);
                         }
                     }
-                    _ => {}
+                    None
                 }
+                _ => None,
             }
-        }
+        })
     }
 }
 
