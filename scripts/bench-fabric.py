@@ -575,10 +575,16 @@ def drop_cached_pages(path):
     a freshly built binary in large page-cache folios, and Linux 6.18 maps
     a folio whole on a fault: on the development VM that put 1.5-2 MiB
     more of ddmd's code in each daemon's RSS (an admin-only daemon 6.3
-    MiB instead of 4.3-4.8, t1's peak 16.4 instead of 15.6), by how the
-    file was last written rather than by what ddmd runs."""
+    MiB instead of 4.3-4.8, t1's peak 16.4 instead of 14.2), by how the
+    file was last written rather than by what ddmd runs. (What stays is
+    how the code is laid out: the same sources built as `cargo build -p
+    ddmd` alone, with other features unified, gave 6.3 MiB idle however
+    the cache was filled; scripts/build-release.sh's build gives 4.5.)"""
     fd = os.open(path, os.O_RDONLY)
     try:
+        # Only clean pages are dropped: a binary just linked may not be
+        # written back yet.
+        os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)

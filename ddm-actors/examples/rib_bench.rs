@@ -1,6 +1,8 @@
 //! Time (and memory) of the RIB at scale: import N prefixes from one peer,
 //! then withdraw them, as a server and as a transit router with several
-//! peers to redistribute to.
+//! peers to redistribute to. The updates are built in the compact form a
+//! peer's push is decoded into before the clock starts: the time is the
+//! RIB's own.
 //!
 //! ```text
 //! cargo run --release -p ddm-actors --example rib_bench [N]
@@ -14,6 +16,7 @@ use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use ddm_actors::exchange::outgoing::OutUpdate;
 use ddm_actors::exchange::wire::v3::{PathVector, UnderlayUpdate, Update};
 use ddm_actors::rib::{PeerId, Rib};
 use ddm_admin_api::latest::RouterKind;
@@ -111,13 +114,14 @@ fn run(kind: RouterKind, peers: u16, n: u32) {
     }
     trim();
     println!("{kind} with {peers} peers: empty RIB, {}", rss());
-    let announce = Update {
+    // In the compact form a peer's push is decoded into (not timed).
+    let announce = OutUpdate::from(Update {
         underlay: Some(UnderlayUpdate {
             announce: paths(n),
             withdraw: BTreeSet::new(),
         }),
         tunnel: None,
-    };
+    });
 
     let start = Instant::now();
     let e = match rib.import(peer(1), announce) {
@@ -143,13 +147,13 @@ fn run(kind: RouterKind, peers: u16, n: u32) {
     trim();
     println!("  held: {} routes, {}", rib.route_count(), rss());
 
-    let withdraw = Update {
+    let withdraw = OutUpdate::from(Update {
         underlay: Some(UnderlayUpdate {
             announce: BTreeSet::new(),
             withdraw: paths(n),
         }),
         tunnel: None,
-    };
+    });
 
     let start = Instant::now();
     let e = match rib.import(peer(1), withdraw) {
