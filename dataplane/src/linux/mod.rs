@@ -75,7 +75,8 @@
 //!
 //! The dataplane keeps no copy of what it installed: the kernel has it, and
 //! our routes and nexthop objects are found again by dumping those of
-//! protocol [`RTPROT_DDM`] (which `remove_stale` and `remove_all` do). It
+//! protocol [`RTPROT_DDM`] (which `remove_stale` and `remove_all` do,
+//! dumping again after each deletion until none is left: see `flush`). It
 //! keeps only the id of each nexthop object it made.
 //!
 //! # Tunnel endpoints
@@ -105,7 +106,7 @@ use crate::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 mod socket;
 
-use socket::{Refused, RouteSocket};
+use socket::{DdmRoute, Refused, RouteSocket};
 
 /// The routing protocol number (`proto` in `ip route`) every route of this
 /// router carries.
@@ -216,15 +217,44 @@ impl LinuxDataplane {
 
     /// Delete every route carrying [`RTPROT_DDM`], then every nexthop
     /// object of ours; how many routes went.
+    ///
+    /// A dump taken while the table changes can pass over routes: the
+    /// kernel resumes a walk of a changed IPv6 table from its root,
+    /// skipping as many routes as it had given, so routes removed behind
+    /// the walk hide as many ahead of it. The routes are dumped again
+    /// after each deletion, until a dump shows none of ours but those the
+    /// kernel refused to delete (at most [`FLUSH_DUMPS`] dumps).
     async fn flush(&self) -> Result<usize, DataplaneError> {
         let (found, failures, (objects, tried)) = self
             .with_socket(usize::MAX, |k| {
-                let routes = k.socket.dump_ddm_routes()?;
-                let failures = k.socket.execute(routes.len(), |i| {
-                    del_route(routes[i].dst, routes[i].table)
-                })?;
+                let mut found: Vec<DdmRoute> = Vec::new();
+                let mut failures: Vec<Refused> = Vec::new();
+                for _ in 0..FLUSH_DUMPS {
+                    let refused: HashSet<(Ipv6Net, u32)> = failures
+                        .iter()
+                        .map(|r| (found[r.index].dst, found[r.index].table))
+                        .collect();
+                    let routes: Vec<DdmRoute> = k
+                        .socket
+                        .dump_ddm_routes()?
+                        .into_iter()
+                        .filter(|r| !refused.contains(&(r.dst, r.table)))
+                        .collect();
+                    if routes.is_empty() {
+                        break;
+                    }
+                    let base = found.len();
+                    let refusals = k.socket.execute(routes.len(), |i| {
+                        del_route(routes[i].dst, routes[i].table)
+                    })?;
+                    failures.extend(refusals.into_iter().map(|mut r| {
+                        r.index += base;
+                        r
+                    }));
+                    found.extend(routes);
+                }
                 let objects = k.remove_nexthops()?;
-                Ok::<_, io::Error>((routes, failures, objects))
+                Ok::<_, io::Error>((found, failures, objects))
             })
             .await?
             .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
@@ -313,6 +343,9 @@ impl Dataplane for LinuxDataplane {
         result
     }
 }
+
+/// The most dumps [`LinuxDataplane::flush`] takes of our routes.
+const FLUSH_DUMPS: usize = 8;
 
 /// The kernel side of the dataplane: the socket, and the nexthop objects
 /// made through it.

@@ -434,6 +434,10 @@ impl RouteSocket {
                     }
                 };
             match parsed.payload {
+                // A dump's own failure is the end's negative errno.
+                NetlinkPayload::Done(d) if d.code < 0 => {
+                    Some(Err(io::Error::from_raw_os_error(-d.code)))
+                }
                 NetlinkPayload::Done(_) => Some(Ok(std::mem::take(&mut found))),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     Some(Err(e.to_io()))

@@ -415,3 +415,84 @@ fn routes_leave_their_objects_when_objects_go_off() {
         },
     );
 }
+
+/// Somebody else's routes added and deleted over and over by `ip -batch`
+/// in the namespace, until dropped.
+struct Churn(std::process::Child, std::path::PathBuf);
+
+impl Churn {
+    /// Routes `fd0f:0:0:<j>::/64` for `j` below `width`, which an IPv6
+    /// walk meets before `fd10::/16`, each added and deleted `rounds`
+    /// times.
+    fn start(ns: &Netns, width: u32, rounds: u32) -> Churn {
+        use std::fmt::Write as _;
+        let mut batch = String::new();
+        for _ in 0..rounds {
+            for verb in ["add", "del"] {
+                for j in 0..width {
+                    let _ = writeln!(
+                        batch,
+                        "route {verb} fd0f:0:0:{j:x}::/64 \
+                         via fe80::9 dev b0 proto static"
+                    );
+                }
+            }
+        }
+        let file = std::env::temp_dir().join(format!("{}-churn", ns.name));
+        std::fs::write(&file, batch).expect("batch file");
+        let child = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "-force", "-batch"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run ip -batch");
+        Churn(child, file)
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+#[test]
+fn remove_all_finds_the_routes_a_changing_table_hid() {
+    testns::run(
+        "remove_all_finds_the_routes_a_changing_table_hid",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(false));
+            let n = 20_000u16;
+            let updates: Vec<RouteUpdate> = (0..n)
+                .map(|i| RouteUpdate {
+                    destination: Ipv6Net::new(
+                        Ipv6Addr::new(0xfd10, 0, 0, i, 0, 0, 0, 0),
+                        64,
+                    )
+                    .expect("prefix"),
+                    nexthops: [nh("fe80::4", a0)].into_iter().collect(),
+                })
+                .collect();
+            dp.apply(updates).await.unwrap();
+            // While the dump runs, routes come and go ahead of ours: a
+            // dump resumed after each change skips as many routes as it
+            // had given, and those deleted behind it hide ours.
+            let churn = Churn::start(&ns, 512, 400);
+            let started = std::time::Instant::now();
+            while ns.ip_line("-6 route show proto static").is_empty() {
+                assert!(started.elapsed().as_secs() < 10, "no churn");
+                std::thread::yield_now();
+            }
+            let removed = dp.remove_all().await.unwrap();
+            drop(churn);
+            let left = ns.ip_line(&format!("-6 route show proto {RTPROT_DDM}"));
+            assert_eq!(left.lines().count(), 0, "left behind: {left}");
+            assert_eq!(removed, usize::from(n));
+        },
+    );
+}
