@@ -577,9 +577,10 @@ def drop_cached_pages(path):
     more of ddmd's code in each daemon's RSS (an admin-only daemon 6.3
     MiB instead of 4.3-4.8, t1's peak 16.4 instead of 14.2), by how the
     file was last written rather than by what ddmd runs. (What stays is
-    how the code is laid out: the same sources built as `cargo build -p
-    ddmd` alone, with other features unified, gave 6.3 MiB idle however
-    the cache was filled; scripts/build-release.sh's build gives 4.5.)"""
+    how the code is laid out: ddmd/text-order.txt names the functions of
+    scripts/build-release.sh's build; the same sources built as `cargo
+    build -p ddmd` alone link in the compiler's order, 6.3 MiB idle
+    however the cache was filled.)"""
     fd = os.open(path, os.O_RDONLY)
     try:
         # Only clean pages are dropped: a binary just linked may not be
