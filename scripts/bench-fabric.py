@@ -59,7 +59,8 @@ peer is in Exchange, then prints:
      the run (and their body KiB) and the peers' pushes it took without
      an import permit (`pushes_unpaced`), from its metrics listener.
    * what the target leaves to spend: this machine's cores (the script's
-     CPU affinity; a cgroup quota is not seen) x 1.25 x the floor's time,
+     CPU affinity, or its cgroup's CPU quota if smaller) x 1.25 x the
+     floor's time,
      in core-seconds ("target's core-s"), beside the CPU the floor client
      used (user + system, both threads: nearly all of it the kernel's route
      work) and the CPU of ddm's three daemons, for the announce and the
@@ -150,7 +151,42 @@ METRICS_PORT = 9184
 NAMES = ("s1", "t1", "s2")
 # Targets of issue 12.
 RATIO_TARGET = 1.25        # ddm / kernel floor, announce and withdraw
+
+
+def cpu_quota():
+    """The CPUs a cgroup quota grants this process (cgroup v2's cpu.max,
+    or v1's cfs quota over its period), or None without one."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _, ctrls, path in lines:
+        root = "/sys/fs/cgroup"
+        if ctrls == "":
+            files = [f"{root}{path}/cpu.max"]
+        elif "cpu" in ctrls.split(","):
+            d = f"{root}/{ctrls}{path}"
+            files = [f"{d}/cpu.cfs_quota_us", f"{d}/cpu.cfs_period_us"]
+        else:
+            continue
+        try:
+            words = []
+            for name in files:
+                with open(name) as f:
+                    words += f.read().split()
+        except OSError:
+            continue
+        if len(words) == 2 and words[0] not in ("max", "-1"):
+            return int(words[0]) / int(words[1])
+    return None
+
+
+# The cores this process may use: its CPU affinity, or fewer under a
+# cgroup quota.
 CORES = len(os.sched_getaffinity(0))
+if (_quota := cpu_quota()) is not None and _quota < CORES:
+    CORES = _quota
 # The machine's online CPUs, which /proc/stat's busy ticks cover.
 with open("/proc/stat") as _f:
     ONLINE = sum(1 for _l in _f if _l[:3] == "cpu" and _l[3:4].isdigit())
@@ -976,7 +1012,7 @@ def size_round(size, ports, mon, results):
               + "; taken unpaced " + ", ".join(
                   f"{n} {ex[n].get('pushes_unpaced', 0)}" for n in NAMES))
         print("    CPU at the target: " + "; ".join(
-            f"{what}: {CORES} cores x {RATIO_TARGET} x floor = "
+            f"{what}: {CORES:g} cores x {RATIO_TARGET} x floor = "
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
             f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
             f"daemons {run[f'dcpu_{k}']:.2f} (the route counters "
