@@ -154,32 +154,41 @@ RATIO_TARGET = 1.25        # ddm / kernel floor, announce and withdraw
 
 
 def cpu_quota():
-    """The CPUs a cgroup quota grants this process (cgroup v2's cpu.max,
-    or v1's cfs quota over its period), or None without one."""
+    """The CPUs the cgroup quotas over this process grant (cgroup v2's
+    cpu.max, or v1's cfs quota over its period, of its cgroup and each
+    one above it up to the mount's root, which is a container's own
+    cgroup when the path is the host's), the smallest; None without
+    one."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
         return None
-    for _, ctrls, path in lines:
-        root = "/sys/fs/cgroup"
+    found = []
+    for line in lines:
+        if len(line) != 3:
+            continue
+        _, ctrls, path = line
         if ctrls == "":
-            files = [f"{root}{path}/cpu.max"]
+            mount, names = "/sys/fs/cgroup", ["cpu.max"]
         elif "cpu" in ctrls.split(","):
-            d = f"{root}/{ctrls}{path}"
-            files = [f"{d}/cpu.cfs_quota_us", f"{d}/cpu.cfs_period_us"]
+            mount = f"/sys/fs/cgroup/{ctrls}"
+            names = ["cpu.cfs_quota_us", "cpu.cfs_period_us"]
         else:
             continue
-        try:
-            words = []
-            for name in files:
-                with open(name) as f:
-                    words += f.read().split()
-        except OSError:
-            continue
-        if len(words) == 2 and words[0] not in ("max", "-1"):
-            return int(words[0]) / int(words[1])
-    return None
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            d = "/".join([mount] + parts[:depth])
+            try:
+                words = []
+                for name in names:
+                    with open(f"{d}/{name}") as f:
+                        words += f.read().split()
+                if len(words) == 2 and words[0] not in ("max", "-1"):
+                    found.append(int(words[0]) / int(words[1]))
+            except (OSError, ValueError, ZeroDivisionError):
+                continue
+    return min(found) if found else None
 
 
 # The cores this process may use: its CPU affinity, or fewer under a
@@ -617,14 +626,18 @@ def drop_cached_pages(path):
     scripts/build-release.sh's build; the same sources built as `cargo
     build -p ddmd` alone link in the compiler's order, 6.3 MiB idle
     however the cache was filled.)"""
-    fd = os.open(path, os.O_RDONLY)
     try:
-        # Only clean pages are dropped: a binary just linked may not be
-        # written back yet.
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            # Only clean pages are dropped: a binary just linked may not
+            # be written back yet.
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        print(f"bench-fabric: could not drop {path}'s cached pages ({e}): "
+              f"its RSS figures depend on how it was last written")
 
 
 def start_ddmd(name, kind, ifs):

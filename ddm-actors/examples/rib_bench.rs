@@ -1,8 +1,9 @@
 //! Time (and memory) of the RIB at scale: import N prefixes from one peer,
 //! then withdraw them, as a server and as a transit router with several
-//! peers to redistribute to. The updates are built in the compact form a
-//! peer's push is decoded into before the clock starts: the time is the
-//! RIB's own.
+//! peers to redistribute to. The updates are converted to the compact
+//! form a peer's push is decoded into before the clock starts: the time is
+//! the RIB's own. (Converted, each path's hostnames are its own; the
+//! decoder shares them within a push, so a daemon holds less.)
 //!
 //! ```text
 //! cargo run --release -p ddm-actors --example rib_bench [N]

@@ -76,7 +76,9 @@
 //! The dataplane keeps no copy of what it installed: the kernel has it, and
 //! our routes and nexthop objects are found again by dumping those of
 //! protocol [`RTPROT_DDM`] (which `remove_stale` and `remove_all` do,
-//! dumping again after each deletion until none is left: see `flush`). It
+//! dumping again after each deletion until only routes the kernel refused
+//! to delete are left, or reporting what may be: see
+//! `Kernel::delete_ddm_routes`). It
 //! keeps only the id of each nexthop object it made.
 //!
 //! # Tunnel endpoints
@@ -217,52 +219,22 @@ impl LinuxDataplane {
 
     /// Delete every route carrying [`RTPROT_DDM`], then every nexthop
     /// object of ours; how many routes went.
-    ///
-    /// A dump taken while the table changes can pass over routes: the
-    /// kernel resumes a walk of a changed IPv6 table from its root,
-    /// skipping as many routes as it had given, so routes removed behind
-    /// the walk hide as many ahead of it. The routes are dumped again
-    /// after each deletion, until a dump shows none of ours but those the
-    /// kernel refused to delete (at most [`FLUSH_DUMPS`] dumps).
     async fn flush(&self) -> Result<usize, DataplaneError> {
-        let (found, failures, (objects, tried)) = self
+        let (deleted, (objects, tried)) = self
             .with_socket(usize::MAX, |k| {
-                let mut found: Vec<DdmRoute> = Vec::new();
-                let mut failures: Vec<Refused> = Vec::new();
-                for _ in 0..FLUSH_DUMPS {
-                    let refused: HashSet<(Ipv6Net, u32)> = failures
-                        .iter()
-                        .map(|r| (found[r.index].dst, found[r.index].table))
-                        .collect();
-                    let routes: Vec<DdmRoute> = k
-                        .socket
-                        .dump_ddm_routes()?
-                        .into_iter()
-                        .filter(|r| !refused.contains(&(r.dst, r.table)))
-                        .collect();
-                    if routes.is_empty() {
-                        break;
-                    }
-                    let base = found.len();
-                    let refusals = k.socket.execute(routes.len(), |i| {
-                        del_route(routes[i].dst, routes[i].table)
-                    })?;
-                    failures.extend(refusals.into_iter().map(|mut r| {
-                        r.index += base;
-                        r
-                    }));
-                    found.extend(routes);
-                }
+                let deleted = k.delete_ddm_routes()?;
                 let objects = k.remove_nexthops()?;
-                Ok::<_, io::Error>((found, failures, objects))
+                Ok::<_, io::Error>((deleted, objects))
             })
             .await?
             .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
+        let Deleted { found, failures, short } = deleted;
         let removed = found.len() - failures.len();
         let mut named: Vec<_> = failures
             .into_iter()
             .map(|r| (found[r.index].dst.to_string(), r.reason))
             .collect();
+        named.extend(short.map(|why| ("our other routes".to_string(), why)));
         named.extend(objects);
         if named.is_empty() {
             Ok(removed)
@@ -270,6 +242,19 @@ impl LinuxDataplane {
             Err(summary("delete", named, found.len() + tried))
         }
     }
+}
+
+/// What [`Kernel::delete_ddm_routes`] did.
+#[derive(Debug, Default)]
+struct Deleted {
+    /// Every route of ours found, in the order deleted.
+    found: Vec<DdmRoute>,
+    /// The kernel's refusals, by index into `found`.
+    failures: Vec<Refused>,
+    /// Why routes of ours may be left besides those refused: a dump or
+    /// deletion after the first failed, or routes were still found after
+    /// [`FLUSH_DUMPS`] rounds.
+    short: Option<String>,
 }
 
 #[async_trait]
@@ -344,7 +329,8 @@ impl Dataplane for LinuxDataplane {
     }
 }
 
-/// The most dumps [`LinuxDataplane::flush`] takes of our routes.
+/// The most rounds of dumping and deleting our routes
+/// ([`Kernel::delete_ddm_routes`]).
 const FLUSH_DUMPS: usize = 8;
 
 /// The kernel side of the dataplane: the socket, and the nexthop objects
@@ -501,6 +487,65 @@ impl Kernel {
     /// that goes through one of them again naming its gateway, which the
     /// kernel keeps through a carrier loss, and forget the objects (they
     /// go at `remove_all`).
+    /// Delete every route of ours. A dump taken while the table changes
+    /// can pass over routes: the kernel resumes a walk of a changed IPv6
+    /// table from its root, skipping as many routes as it had given, so
+    /// routes removed behind the walk hide as many ahead of it. So the
+    /// routes are dumped again after each deletion, until a dump shows
+    /// none of ours but those the kernel refused to delete, for at most
+    /// [`FLUSH_DUMPS`] deletions (and a last dump to check). A failure of
+    /// the first dump or deletion is the error; of a later one, it is
+    /// reported with what was done.
+    fn delete_ddm_routes(&mut self) -> io::Result<Deleted> {
+        let mut d = Deleted::default();
+        for round in 0..=FLUSH_DUMPS {
+            let refused: HashSet<(Ipv6Net, u32)> = d
+                .failures
+                .iter()
+                .map(|r| (d.found[r.index].dst, d.found[r.index].table))
+                .collect();
+            let routes: Vec<DdmRoute> = match self.socket.dump_ddm_routes() {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|r| !refused.contains(&(r.dst, r.table)))
+                    .collect(),
+                Err(e) if round == 0 => return Err(e),
+                Err(e) => {
+                    d.short = Some(format!("dump {} failed: {e}", round + 1));
+                    break;
+                }
+            };
+            if routes.is_empty() {
+                break;
+            }
+            if round == FLUSH_DUMPS {
+                d.short = Some(format!(
+                    "{} still there after {FLUSH_DUMPS} deletions",
+                    routes.len()
+                ));
+                break;
+            }
+            let refusals = match self.socket.execute(routes.len(), |i| {
+                del_route(routes[i].dst, routes[i].table)
+            }) {
+                Ok(r) => r,
+                Err(e) if round == 0 => return Err(e),
+                Err(e) => {
+                    d.short =
+                        Some(format!("deletion {} failed: {e}", round + 1));
+                    break;
+                }
+            };
+            let base = d.found.len();
+            d.failures.extend(refusals.into_iter().map(|mut r| {
+                r.index += base;
+                r
+            }));
+            d.found.extend(routes);
+        }
+        Ok(d)
+    }
+
     fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
         let keys: HashMap<u32, (Ipv6Addr, u32)> =
             self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();

@@ -418,44 +418,62 @@ fn routes_leave_their_objects_when_objects_go_off() {
 
 /// Somebody else's routes added and deleted over and over by `ip -batch`
 /// in the namespace, until dropped.
-struct Churn(std::process::Child, std::path::PathBuf);
+struct Churn {
+    ip: std::process::Child,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Churn {
     /// Routes `fd0f:0:0:<j>::/64` for `j` below `width`, which an IPv6
-    /// walk meets before `fd10::/16`, each added and deleted `rounds`
-    /// times.
-    fn start(ns: &Netns, width: u32, rounds: u32) -> Churn {
-        use std::fmt::Write as _;
-        let mut batch = String::new();
-        for _ in 0..rounds {
-            for verb in ["add", "del"] {
-                for j in 0..width {
-                    let _ = writeln!(
-                        batch,
-                        "route {verb} fd0f:0:0:{j:x}::/64 \
-                         via fe80::9 dev b0 proto static"
-                    );
-                }
-            }
-        }
-        let file = std::env::temp_dir().join(format!("{}-churn", ns.name));
-        std::fs::write(&file, batch).expect("batch file");
-        let child = std::process::Command::new("ip")
-            .args(["-n", &ns.name, "-force", "-batch"])
-            .arg(&file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+    /// walk meets before `fd10::/16`, each added and deleted again and
+    /// again: the commands are written to `ip -batch -` as it reads them,
+    /// until it is stopped.
+    fn start(ns: &Netns, width: u32) -> Churn {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut ip = Command::new("ip")
+            .args(["-n", &ns.name, "-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("run ip -batch");
-        Churn(child, file)
+        let stdin = ip.stdin.take().expect("ip's stdin");
+        let feeder = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::new(stdin);
+            'feed: loop {
+                for verb in ["add", "del"] {
+                    for j in 0..width {
+                        if writeln!(
+                            w,
+                            "route {verb} fd0f:0:0:{j:x}::/64 \
+                             via fe80::9 dev b0 proto static"
+                        )
+                        .is_err()
+                        {
+                            break 'feed;
+                        }
+                    }
+                }
+            }
+        });
+        Churn { ip, feeder: Some(feeder) }
+    }
+
+    /// Whether `ip` still runs.
+    fn running(&mut self) -> bool {
+        matches!(self.ip.try_wait(), Ok(None))
     }
 }
 
 impl Drop for Churn {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_file(&self.1);
+        let _ = self.ip.kill();
+        let _ = self.ip.wait();
+        // Its writes fail once `ip` is gone.
+        if let Some(f) = self.feeder.take() {
+            let _ = f.join();
+        }
     }
 }
 
@@ -481,14 +499,18 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
             dp.apply(updates).await.unwrap();
             // While the dump runs, routes come and go ahead of ours: a
             // dump resumed after each change skips as many routes as it
-            // had given, and those deleted behind it hide ours.
-            let churn = Churn::start(&ns, 512, 400);
+            // had given, and those deleted behind it hide ours. Whether one
+            // is hidden is chance (one dump left one behind in each of
+            // three runs), so this can pass without the repeated dumps;
+            // it cannot pass with routes of ours left behind.
+            let mut churn = Churn::start(&ns, 512);
             let started = std::time::Instant::now();
             while ns.ip_line("-6 route show proto static").is_empty() {
                 assert!(started.elapsed().as_secs() < 10, "no churn");
                 std::thread::yield_now();
             }
             let removed = dp.remove_all().await.unwrap();
+            assert!(churn.running(), "the churn ended before the removal");
             drop(churn);
             let left = ns.ip_line(&format!("-6 route show proto {RTPROT_DDM}"));
             assert_eq!(left.lines().count(), 0, "left behind: {left}");
