@@ -624,8 +624,8 @@ def drop_cached_pages(path):
     file was last written rather than by what ddmd runs. (What stays is
     how the code is laid out: ddmd/text-order.txt names the functions of
     scripts/build-release.sh's build; the same sources built as `cargo
-    build -p ddmd` alone link in the compiler's order, 6.3 MiB idle
-    however the cache was filled.)"""
+    build -p ddmd` alone link in the compiler's order, 6.0-6.3 MiB
+    idle however the cache was filled.)"""
     try:
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -483,10 +483,6 @@ impl Kernel {
         Ok(kept)
     }
 
-    /// Objects are off (the link watcher ended): send every route of ours
-    /// that goes through one of them again naming its gateway, which the
-    /// kernel keeps through a carrier loss, and forget the objects (they
-    /// go at `remove_all`).
     /// Delete every route of ours. A dump taken while the table changes
     /// can pass over routes: the kernel resumes a walk of a changed IPv6
     /// table from its root, skipping as many routes as it had given, so
@@ -546,6 +542,10 @@ impl Kernel {
         Ok(d)
     }
 
+    /// Objects are off (the link watcher ended): send every route of ours
+    /// that goes through one of them again naming its gateway, which the
+    /// kernel keeps through a carrier loss, and forget the objects (they
+    /// go at `remove_all`).
     fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
         let keys: HashMap<u32, (Ipv6Addr, u32)> =
             self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();

@@ -499,10 +499,11 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
             dp.apply(updates).await.unwrap();
             // While the dump runs, routes come and go ahead of ours: a
             // dump resumed after each change skips as many routes as it
-            // had given, and those deleted behind it hide ours. Whether one
-            // is hidden is chance (one dump left one behind in each of
-            // three runs), so this can pass without the repeated dumps;
-            // it cannot pass with routes of ours left behind.
+            // had given, and those deleted behind it hide ours. Whether
+            // any hide is chance, so this could pass without the repeated
+            // dumps (with one round, it failed in each of three runs:
+            // remove_all reported thousands still there); it cannot pass
+            // with routes of ours left behind.
             let mut churn = Churn::start(&ns, 512);
             let started = std::time::Instant::now();
             while ns.ip_line("-6 route show proto static").is_empty() {
