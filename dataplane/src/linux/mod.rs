@@ -329,8 +329,9 @@ impl Dataplane for LinuxDataplane {
     }
 }
 
-/// The most rounds of dumping and deleting our routes
-/// ([`Kernel::delete_ddm_routes`]).
+/// The most rounds of dumping our routes and deleting them
+/// ([`Kernel::delete_ddm_routes`]), or sending those through objects
+/// plain ([`Kernel::leave_nexthops`]).
 const FLUSH_DUMPS: usize = 8;
 
 /// The kernel side of the dataplane: the socket, and the nexthop objects
@@ -549,24 +550,37 @@ impl Kernel {
     fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
         let keys: HashMap<u32, (Ipv6Addr, u32)> =
             self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();
-        let updates: Vec<RouteUpdate> = self
-            .socket
-            .dump_ddm_routes()?
-            .into_iter()
-            .filter(|r| r.table == RT_TABLE_MAIN)
-            .filter_map(|r| {
-                let (addr, ifindex) = *keys.get(&r.object?)?;
-                Some(RouteUpdate {
-                    destination: r.dst,
-                    nexthops: [crate::Nexthop { addr, ifindex }].into(),
+        // Dumped again after each round, as in `delete_ddm_routes` (a
+        // dump of a changing table can pass over routes), until one shows
+        // none through the objects but those the kernel refused.
+        let mut refused: HashSet<Ipv6Net> = HashSet::new();
+        let mut sent = 0;
+        for _ in 0..FLUSH_DUMPS {
+            let updates: Vec<RouteUpdate> = self
+                .socket
+                .dump_ddm_routes()?
+                .into_iter()
+                .filter(|r| r.table == RT_TABLE_MAIN)
+                .filter(|r| !refused.contains(&r.dst))
+                .filter_map(|r| {
+                    let (addr, ifindex) = *keys.get(&r.object?)?;
+                    Some(RouteUpdate {
+                        destination: r.dst,
+                        nexthops: [crate::Nexthop { addr, ifindex }].into(),
+                    })
                 })
-            })
-            .collect();
-        let refused = self
-            .socket
-            .execute(updates.len(), |i| route_request(&updates[i], None))?;
+                .collect();
+            if updates.is_empty() {
+                break;
+            }
+            let failed = self
+                .socket
+                .execute(updates.len(), |i| route_request(&updates[i], None))?;
+            sent += updates.len();
+            refused.extend(failed.iter().map(|r| updates[r.index].destination));
+        }
         info!(log, "no link watcher: routes name their gateways again";
-            "routes" => updates.len(), "refused" => refused.len());
+            "routes" => sent, "refused" => refused.len());
         Ok(())
     }
 

@@ -423,11 +423,26 @@ struct Churn {
     feeder: Option<std::thread::JoinHandle<()>>,
 }
 
+/// `n` routes of ours, `fd10:0:0:<i>::/64` via `fe80::4` on a0.
+fn many(ns: &Netns, n: usize) -> Vec<RouteUpdate> {
+    let a0 = ns.ifindex("a0");
+    (0..n)
+        .map(|i| RouteUpdate {
+            destination: Ipv6Net::new(
+                Ipv6Addr::new(0xfd10, 0, 0, i as u16, 0, 0, 0, 0),
+                64,
+            )
+            .expect("prefix"),
+            nexthops: [nh("fe80::4", a0)].into_iter().collect(),
+        })
+        .collect()
+}
+
 impl Churn {
     /// Routes `fd0f:0:0:<j>::/64` for `j` below `width`, which an IPv6
     /// walk meets before `fd10::/16`, each added and deleted again and
     /// again: the commands are written to `ip -batch -` as it reads them,
-    /// until it is stopped.
+    /// until it is stopped. Returns once the first of them is in.
     fn start(ns: &Netns, width: u32) -> Churn {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
@@ -457,7 +472,13 @@ impl Churn {
                 }
             }
         });
-        Churn { ip, feeder: Some(feeder) }
+        let churn = Churn { ip, feeder: Some(feeder) };
+        let started = std::time::Instant::now();
+        while ns.ip_line("-6 route show proto static").is_empty() {
+            assert!(started.elapsed().as_secs() < 10, "no churn");
+            std::thread::yield_now();
+        }
+        churn
     }
 
     /// Whether `ip` still runs.
@@ -482,21 +503,10 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
     testns::run(
         "remove_all_finds_the_routes_a_changing_table_hid",
         |ns| async move {
-            let a0 = ns.ifindex("a0");
             let mut dp = LinuxDataplane::new(log()).expect("dataplane");
             dp.set_nexthop_objects(Some(false));
-            let n = 20_000u16;
-            let updates: Vec<RouteUpdate> = (0..n)
-                .map(|i| RouteUpdate {
-                    destination: Ipv6Net::new(
-                        Ipv6Addr::new(0xfd10, 0, 0, i, 0, 0, 0, 0),
-                        64,
-                    )
-                    .expect("prefix"),
-                    nexthops: [nh("fe80::4", a0)].into_iter().collect(),
-                })
-                .collect();
-            dp.apply(updates).await.unwrap();
+            let n = 20_000;
+            dp.apply(many(&ns, n)).await.unwrap();
             // While the dump runs, routes come and go ahead of ours: a
             // dump resumed after each change skips as many routes as it
             // had given, and those deleted behind it hide ours. Whether
@@ -505,17 +515,39 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
             // remove_all reported thousands still there); it cannot pass
             // with routes of ours left behind.
             let mut churn = Churn::start(&ns, 512);
-            let started = std::time::Instant::now();
-            while ns.ip_line("-6 route show proto static").is_empty() {
-                assert!(started.elapsed().as_secs() < 10, "no churn");
-                std::thread::yield_now();
-            }
             let removed = dp.remove_all().await.unwrap();
             assert!(churn.running(), "the churn ended before the removal");
             drop(churn);
             let left = ns.ip_line(&format!("-6 route show proto {RTPROT_DDM}"));
             assert_eq!(left.lines().count(), 0, "left behind: {left}");
-            assert_eq!(removed, usize::from(n));
+            assert_eq!(removed, n);
+        },
+    );
+}
+
+#[test]
+fn routes_a_changing_table_hid_leave_their_objects_too() {
+    testns::run(
+        "routes_a_changing_table_hid_leave_their_objects_too",
+        |ns| async move {
+            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+            dp.set_nexthop_objects(Some(true));
+            let n = 20_000;
+            dp.apply(many(&ns, n)).await.unwrap();
+            assert!(route_objects(&ns).values().all(Option::is_some));
+            // Objects off while routes come and go ahead of ours (see
+            // above): the next batch sends ours plain again.
+            let mut churn = Churn::start(&ns, 512);
+            dp.set_nexthop_objects(Some(false));
+            dp.apply(vec![update("fd00:1::/64", &[])]).await.unwrap();
+            assert!(churn.running(), "the churn ended before the batch");
+            drop(churn);
+            let objects = route_objects(&ns);
+            assert_eq!(objects.len(), n);
+            let left: Vec<_> =
+                objects.iter().filter(|(_, o)| o.is_some()).collect();
+            assert!(left.is_empty(), "still through objects: {left:?}");
+            assert_eq!(dp.remove_all().await.unwrap(), n);
         },
     );
 }
