@@ -234,12 +234,21 @@ impl LinuxDataplane {
             .into_iter()
             .map(|r| (found[r.index].dst.to_string(), r.reason))
             .collect();
-        named.extend(short.map(|why| ("our other routes".to_string(), why)));
         named.extend(objects);
-        if named.is_empty() {
-            Ok(removed)
-        } else {
-            Err(summary("delete", named, found.len() + tried))
+        match (named.is_empty(), short) {
+            (true, None) => Ok(removed),
+            (true, Some(why)) => Err(DataplaneError::Request(format!(
+                "{removed} routes deleted, and then: {why}"
+            ))),
+            (false, short) => {
+                let e = summary("delete", named, found.len() + tried);
+                Err(match (e, short) {
+                    (DataplaneError::Request(e), Some(why)) => {
+                        DataplaneError::Request(format!("{e}; and then: {why}"))
+                    }
+                    (e, _) => e,
+                })
+            }
         }
     }
 }
@@ -517,7 +526,7 @@ impl Kernel {
             }
             if round == FLUSH_DUMPS {
                 d.short = Some(format!(
-                    "{} still there after {FLUSH_DUMPS} deletions",
+                    "{} of ours still found after {FLUSH_DUMPS} rounds",
                     routes.len()
                 ));
                 break;
