@@ -46,8 +46,9 @@ peer is in Exchange, then prints:
      gone; t1's kernel is timed alike. Both are counted by the kernel's
      own route count, polled every millisecond (`bench_fabric count`:
      fib_rt_entries of /proc/net/rt6_stats; the two counters took
-     0.04-0.05 core-s per 100,000-route phase, shown as "CPU counters";
-     this script's own reader threads are not sampled). The netlink
+     0.04-0.06 core-s per 100,000-route phase, shown as "CPU counters";
+     this script's own process, whose threads read their lines, 0.02-0.04,
+     shown as "script"). The netlink
      monitors of stages 1 and 4 are stopped first: receiving 100,000
      notifications each took 0.1-0.3 core-s per phase of the two cores
      the floor client has to itself;
@@ -200,6 +201,7 @@ if (_quota := cpu_quota()) is not None and _quota < CORES:
 with open("/proc/stat") as _f:
     ONLINE = sum(1 for _l in _f if _l[:3] == "cpu" and _l[3:4].isdigit())
 MACHINE = "(machine)"        # CpuSampler's key for the whole machine
+SCRIPT = "(script)"          # and for this script's own process
 MEM_TARGET_MIB = {"s1": 32, "t1": 16, "s2": 16}   # peak RSS at 100,000
 MEM_SPREAD_MIB = 1         # peak RSS across runs
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "info")
@@ -393,12 +395,15 @@ class CpuSampler(threading.Thread):
     done inside the daemons' netlink system calls), and the whole
     machine's busy ticks."""
 
-    def __init__(self, names, others=None, period=0.1):
+    def __init__(self, names, others=None, period=0.1, script=False):
         super().__init__(daemon=True, name="cpu")
         self.names = names
         # Other processes sampled alike ({name: pid}; the route counters),
         # counted apart from the daemons.
         self.others = others or {}
+        # And this script itself (every thread: the counters' readers and
+        # this sampler), apart again.
+        self.script = script
         self.period = period
         self.samples = []  # (t, {name: (utime, stime)})
         self.done = threading.Event()
@@ -424,6 +429,8 @@ class CpuSampler(threading.Thread):
         for n, pid in self.others.items():
             now[n] = self.read(pid)
         now[MACHINE] = self.machine()
+        if self.script:
+            now[SCRIPT] = self.read(os.getpid())
         return time.perf_counter(), now
 
     def run(self):
@@ -442,11 +449,14 @@ class CpuSampler(threading.Thread):
                 for n in (self.names if names is None else names)}
 
     def spent(self, first=None, last=None):
-        """(the daemons', the others', the whole machine's) CPU seconds
-        between two snaps."""
+        """(the daemons', the others', the whole machine's, this
+        script's) CPU seconds between two snaps (the script's None unless
+        sampled)."""
         return (sum(self.totals(first, last).values()),
                 sum(self.totals(first, last, list(self.others)).values()),
-                self.totals(first, last, [MACHINE])[MACHINE])
+                self.totals(first, last, [MACHINE])[MACHINE],
+                self.totals(first, last, [SCRIPT])[SCRIPT]
+                if self.script else None)
 
     def report(self, t0, hz=os.sysconf("SC_CLK_TCK")):
         tick = 1000 / hz
@@ -961,7 +971,8 @@ def size_round(size, ports, mon, results):
         ex0 = {n: exchange_totals(n) for n in NAMES}
         for n in NAMES:
             reset_hwm(n)
-        cpu = CpuSampler(NAMES, {m.name: m.proc.pid for m in mon.values()})
+        cpu = CpuSampler(NAMES, {m.name: m.proc.pid for m in mon.values()},
+                         script=True)
         cpu.start()
         time.sleep(0.15)
         t0, t_ack = admin_chunks("PUT", routes)
@@ -990,8 +1001,8 @@ def size_round(size, ports, mon, results):
                "hwm": hwm, "hwm_add": hwm_add,
                "fcpu_add": fc_add, "fcpu_del": fc_del}
         for k, span in (("add", {"last": mid}), ("del", {"first": mid})):
-            run[f"dcpu_{k}"], run[f"mcpu_{k}"], run[f"busy_{k}"] = \
-                cpu.spent(**span)
+            (run[f"dcpu_{k}"], run[f"mcpu_{k}"], run[f"busy_{k}"],
+             run[f"scpu_{k}"]) = cpu.spent(**span)
         # The sampled spans (each phase with the pauses around it).
         run["span_add"] = mid[0] - cpu.samples[0][0]
         run["span_del"] = cpu.samples[-1][0] - mid[0]
@@ -1029,7 +1040,8 @@ def size_round(size, ports, mon, results):
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
             f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
             f"daemons {run[f'dcpu_{k}']:.2f} (the route counters "
-            f"{run[f'mcpu_{k}']:.2f}; the whole machine was busy "
+            f"{run[f'mcpu_{k}']:.2f}, this script {run[f'scpu_{k}']:.2f}; "
+            f"the whole machine was busy "
             f"{run[f'busy_{k}']:.2f} of {ONLINE * run[f'span_{k}']:.2f} "
             f"core-s sampled)"
             for what, k in (("announce", "add"), ("withdraw", "del"))))
@@ -1059,9 +1071,10 @@ def size_round(size, ports, mon, results):
                         f"target's core-s",
                         f"{med('fcpu_' + key):.2f} / {med('dcpu_' + key):.2f}"
                         f" / {window:.2f}", "", None))
-        results.append((f"{size} {what.split()[0]}: CPU counters / machine "
-                        f"busy / sampled core-s",
-                        f"{med('mcpu_' + key):.2f} / {med('busy_' + key):.2f}"
+        results.append((f"{size} {what.split()[0]}: CPU counters / script "
+                        f"/ machine busy / sampled core-s",
+                        f"{med('mcpu_' + key):.2f} / {med('scpu_' + key):.2f}"
+                        f" / {med('busy_' + key):.2f}"
                         f" / {ONLINE * med('span_' + key):.2f}", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
