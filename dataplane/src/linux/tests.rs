@@ -423,6 +423,14 @@ struct Churn {
     feeder: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A dataplane holding [`many`]`(ns, n)`, through nexthop objects or not.
+async fn holding(ns: &Netns, n: usize, objects: bool) -> LinuxDataplane {
+    let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+    dp.set_nexthop_objects(Some(objects));
+    dp.apply(many(ns, n)).await.unwrap();
+    dp
+}
+
 /// `n` routes of ours, `fd10:0:0:<i>::/64` via `fe80::4` on a0.
 fn many(ns: &Netns, n: usize) -> Vec<RouteUpdate> {
     let a0 = ns.ifindex("a0");
@@ -503,10 +511,8 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
     testns::run(
         "remove_all_finds_the_routes_a_changing_table_hid",
         |ns| async move {
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(false));
             let n = 20_000;
-            dp.apply(many(&ns, n)).await.unwrap();
+            let mut dp = holding(&ns, n, false).await;
             // While the dump runs, routes come and go ahead of ours: a
             // dump resumed after each change skips as many routes as it
             // had given, and those deleted behind it hide ours. Whether
@@ -530,10 +536,8 @@ fn routes_a_changing_table_hid_leave_their_objects_too() {
     testns::run(
         "routes_a_changing_table_hid_leave_their_objects_too",
         |ns| async move {
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(true));
             let n = 20_000;
-            dp.apply(many(&ns, n)).await.unwrap();
+            let mut dp = holding(&ns, n, true).await;
             assert!(route_objects(&ns).values().all(Option::is_some));
             // Objects off while routes come and go ahead of ours (see
             // above): the next batch sends ours plain again.
