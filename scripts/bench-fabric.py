@@ -47,8 +47,9 @@ peer is in Exchange, then prints:
      own route count, polled every millisecond (`bench_fabric count`:
      fib_rt_entries of /proc/net/rt6_stats; the two counters took
      0.04-0.06 core-s per 100,000-route phase, shown as "CPU counters";
-     this script's own process, whose threads read their lines, 0.02-0.04,
-     shown as "script"). The netlink
+     this script's own process over the same phase, 0.02-0.04: its admin
+     client encoding and sending the requests, the readers of the
+     counters' lines and the CPU sampler, shown as "script"). The netlink
      monitors of stages 1 and 4 are stopped first: receiving 100,000
      notifications each took 0.1-0.3 core-s per phase of the two cores
      the floor client has to itself;
@@ -401,8 +402,8 @@ class CpuSampler(threading.Thread):
         # Other processes sampled alike ({name: pid}; the route counters),
         # counted apart from the daemons.
         self.others = others or {}
-        # And this script itself (every thread: the counters' readers and
-        # this sampler), apart again.
+        # And this script itself (every thread: the admin client, the
+        # counters' readers, this sampler), apart again.
         self.script = script
         self.period = period
         self.samples = []  # (t, {name: (utime, stime)})
@@ -1040,7 +1041,7 @@ def size_round(size, ports, mon, results):
             f"{CORES * RATIO_TARGET * run[f'floor_{k}']:.2f} core-s, the "
             f"floor client's CPU {run[f'fcpu_{k}']:.2f}, ddm's three "
             f"daemons {run[f'dcpu_{k}']:.2f} (the route counters "
-            f"{run[f'mcpu_{k}']:.2f}, this script {run[f'scpu_{k}']:.2f}; "
+            f"{run[f'mcpu_{k}']:.2f}, the script {run[f'scpu_{k}']:.2f}; "
             f"the whole machine was busy "
             f"{run[f'busy_{k}']:.2f} of {ONLINE * run[f'span_{k}']:.2f} "
             f"core-s sampled)"

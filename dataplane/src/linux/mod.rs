@@ -555,16 +555,44 @@ impl Kernel {
     /// Objects are off (the link watcher ended): send every route of ours
     /// that goes through one of them again naming its gateway, which the
     /// kernel keeps through a carrier loss, and forget the objects (they
-    /// go at `remove_all`).
+    /// go at `remove_all`). If that fails, or routes still go through them
+    /// after the rounds ([`Kernel::leave_rounds`]), the objects are kept
+    /// known, so that the next batch tries again.
     fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
         let keys: HashMap<u32, (Ipv6Addr, u32)> =
             self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();
-        // Dumped again after each round, as in `delete_ddm_routes` (a
-        // dump of a changing table can pass over routes), until one shows
-        // none through the objects but those the kernel refused.
         let mut refused: HashSet<Ipv6Net> = HashSet::new();
         let mut sent = 0;
-        for _ in 0..FLUSH_DUMPS {
+        let left = self.leave_rounds(&keys, &mut refused, &mut sent);
+        if !matches!(left, Ok(0)) {
+            self.nexthops.ids.extend(keys.iter().map(|(id, key)| (*key, *id)));
+        }
+        info!(log, "no link watcher: routes name their gateways again";
+            "routes" => sent, "refused" => refused.len());
+        match left {
+            Ok(0) => Ok(()),
+            Ok(n) => {
+                warn!(log, "routes still through nexthop objects; \
+                    tried again at the next batch";
+                    "routes" => n, "rounds" => FLUSH_DUMPS);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rounds of [`Kernel::leave_nexthops`]: dumped again after each,
+    /// as in `delete_ddm_routes` (a dump of a changing table can pass over
+    /// routes), until a dump shows none through the objects `keys` names
+    /// but those the kernel refused, for at most [`FLUSH_DUMPS`] rounds
+    /// and a last dump to check; how many routes that dump still found.
+    fn leave_rounds(
+        &mut self,
+        keys: &HashMap<u32, (Ipv6Addr, u32)>,
+        refused: &mut HashSet<Ipv6Net>,
+        sent: &mut usize,
+    ) -> io::Result<usize> {
+        for round in 0..=FLUSH_DUMPS {
             let updates: Vec<RouteUpdate> = self
                 .socket
                 .dump_ddm_routes()?
@@ -579,18 +607,16 @@ impl Kernel {
                     })
                 })
                 .collect();
-            if updates.is_empty() {
-                break;
+            if updates.is_empty() || round == FLUSH_DUMPS {
+                return Ok(updates.len());
             }
             let failed = self
                 .socket
                 .execute(updates.len(), |i| route_request(&updates[i], None))?;
-            sent += updates.len();
+            *sent += updates.len();
             refused.extend(failed.iter().map(|r| updates[r.index].destination));
         }
-        info!(log, "no link watcher: routes name their gateways again";
-            "routes" => sent, "refused" => refused.len());
-        Ok(())
+        Ok(0)
     }
 
     /// Look up the object known for `key`; if the kernel no longer has it
