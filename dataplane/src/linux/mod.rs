@@ -33,7 +33,9 @@
 //! and sends them again when the peer is back. Without a watcher (it could
 //! not start, or it ended) routes name their gateways, as before objects:
 //! when it ends, the next batch first sends every route of ours through an
-//! object again naming its gateway.
+//! object again naming its gateway (dumping again after each round, since
+//! a dump of a changing table can pass over routes; see
+//! `Kernel::delete_ddm_routes`).
 //!
 //! The first batch after the link watcher saw a link go down or away
 //! ([`crate::netlink::links_lost`] changed) looks up every object it
