@@ -1,9 +1,8 @@
 //! Time (and memory) of the RIB at scale: import N prefixes from one peer,
 //! then withdraw them, as a server and as a transit router with several
-//! peers to redistribute to. The updates are converted to the compact
-//! form a peer's push is decoded into before the clock starts: the time is
-//! the RIB's own. (Converted, each path's hostnames are its own; the
-//! decoder shares them within a push, so a daemon holds less.)
+//! peers to redistribute to. The updates are built before the clock
+//! starts, in the compact form a peer's push is decoded into (hostnames
+//! shared as the decoder shares them): the time is the RIB's own.
 //!
 //! ```text
 //! cargo run --release -p ddm-actors --example rib_bench [N]
@@ -15,10 +14,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
 use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use ddm_actors::exchange::outgoing::OutUpdate;
-use ddm_actors::exchange::wire::v3::{PathVector, UnderlayUpdate, Update};
+use ddm_actors::exchange::outgoing::{Names, OutPath, OutUnderlay, OutUpdate};
 use ddm_actors::rib::{PeerId, Rib};
 use ddm_admin_api::latest::RouterKind;
 use oxnet::Ipv6Net;
@@ -86,10 +85,17 @@ fn trim() {
     }
 }
 
-fn paths(n: u32) -> BTreeSet<PathVector> {
+/// `n` paths from 32 servers through one switch, in the compact form a
+/// peer's push is decoded into: each hostname stored once and shared, as
+/// the decoder shares them within a push (consecutive paths differ here,
+/// so each has its own list of them, as the decoder would give it).
+fn paths(n: u32) -> BTreeSet<OutPath> {
+    let switch: Arc<str> = Arc::from("switch-0");
+    let sleds: Vec<Arc<str>> =
+        (0..32).map(|s| Arc::from(format!("sled-{s}"))).collect();
     (0..n)
-        .map(|i| PathVector {
-            destination: Ipv6Net::new(
+        .map(|i| {
+            let destination = Ipv6Net::new(
                 Ipv6Addr::new(
                     0xfd00,
                     (i >> 16) as u16,
@@ -102,10 +108,29 @@ fn paths(n: u32) -> BTreeSet<PathVector> {
                 ),
                 64,
             )
-            .expect("64 is a valid length"),
-            path: vec![format!("sled-{}", i % 32), "switch-0".to_string()],
+            .expect("64 is a valid length");
+            let names: Names = Arc::new(Box::new([
+                Arc::clone(&sleds[i as usize % 32]),
+                Arc::clone(&switch),
+            ]));
+            OutPath::new(destination, names, None)
         })
         .collect()
+}
+
+/// An update announcing `announce` and withdrawing `withdraw`.
+fn update(
+    announce: BTreeSet<OutPath>,
+    withdraw: BTreeSet<OutPath>,
+) -> OutUpdate {
+    OutUpdate {
+        underlay: Some(OutUnderlay {
+            announce,
+            withdraw,
+            held: BTreeSet::new(),
+        }),
+        tunnel: None,
+    }
 }
 
 fn run(kind: RouterKind, peers: u16, n: u32) {
@@ -115,14 +140,8 @@ fn run(kind: RouterKind, peers: u16, n: u32) {
     }
     trim();
     println!("{kind} with {peers} peers: empty RIB, {}", rss());
-    // In the compact form a peer's push is decoded into (not timed).
-    let announce = OutUpdate::from(Update {
-        underlay: Some(UnderlayUpdate {
-            announce: paths(n),
-            withdraw: BTreeSet::new(),
-        }),
-        tunnel: None,
-    });
+    // Built before the clock starts.
+    let announce = update(paths(n), BTreeSet::new());
 
     let start = Instant::now();
     let e = match rib.import(peer(1), announce) {
@@ -148,13 +167,7 @@ fn run(kind: RouterKind, peers: u16, n: u32) {
     trim();
     println!("  held: {} routes, {}", rib.route_count(), rss());
 
-    let withdraw = OutUpdate::from(Update {
-        underlay: Some(UnderlayUpdate {
-            announce: BTreeSet::new(),
-            withdraw: paths(n),
-        }),
-        tunnel: None,
-    });
+    let withdraw = update(BTreeSet::new(), paths(n));
 
     let start = Instant::now();
     let e = match rib.import(peer(1), withdraw) {
