@@ -35,7 +35,7 @@
 //! when it ends, the next batch first sends every route of ours through an
 //! object again naming its gateway (dumping again after each round, since
 //! a dump of a changing table can pass over routes; see
-//! `Kernel::delete_ddm_routes`).
+//! `Kernel::in_rounds`).
 //!
 //! The first batch after the link watcher saw a link go down or away
 //! ([`crate::netlink::links_lost`] changed) looks up every object it
@@ -80,7 +80,7 @@
 //! protocol [`RTPROT_DDM`] (which `remove_stale` and `remove_all` do,
 //! dumping again after each deletion until only routes the kernel refused
 //! to delete are left, or reporting what may be: see
-//! `Kernel::delete_ddm_routes`). It
+//! `Kernel::in_rounds`). It
 //! keeps only the id of each nexthop object it made.
 //!
 //! # Tunnel endpoints
@@ -230,42 +230,55 @@ impl LinuxDataplane {
             })
             .await?
             .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
-        let Deleted { found, failures, short } = deleted;
-        let removed = found.len() - failures.len();
-        let mut named: Vec<_> = failures
-            .into_iter()
-            .map(|r| (found[r.index].dst.to_string(), r.reason))
+        let removed = deleted.sent.len() - deleted.refused.len();
+        let mut named: Vec<_> = deleted
+            .refused
+            .iter()
+            .map(|r| (deleted.sent[r.index].dst.to_string(), r.reason.clone()))
             .collect();
         named.extend(objects);
-        match (named.is_empty(), short) {
-            (true, None) => Ok(removed),
-            (true, Some(why)) => Err(DataplaneError::Request(format!(
-                "{removed} routes deleted, and then: {why}"
-            ))),
-            (false, short) => {
-                let e = summary("delete", named, found.len() + tried);
-                Err(match (e, short) {
-                    (DataplaneError::Request(e), Some(why)) => {
-                        DataplaneError::Request(format!("{e}; and then: {why}"))
-                    }
-                    (e, _) => e,
-                })
+        let failed = (!named.is_empty())
+            .then(|| summary("delete", named, deleted.sent.len() + tried));
+        let message = match (failed, deleted.short()) {
+            (None, None) => return Ok(removed),
+            (Some(failed), None) => failed,
+            (None, Some(why)) => {
+                format!("{removed} routes deleted, and then: {why}")
             }
-        }
+            (Some(failed), Some(why)) => format!("{failed}; and then: {why}"),
+        };
+        Err(DataplaneError::Request(message))
     }
 }
 
-/// What [`Kernel::delete_ddm_routes`] did.
-#[derive(Debug, Default)]
-struct Deleted {
-    /// Every route of ours found, in the order deleted.
-    found: Vec<DdmRoute>,
-    /// The kernel's refusals, by index into `found`.
-    failures: Vec<Refused>,
-    /// Why routes of ours may be left besides those refused: a dump or
-    /// deletion after the first failed, or routes were still found after
-    /// [`FLUSH_DUMPS`] rounds.
-    short: Option<String>,
+/// What [`Kernel::in_rounds`] did.
+#[derive(Debug)]
+struct Rounds<T> {
+    /// Every request sent, in order.
+    sent: Vec<T>,
+    /// The kernel's refusals, by index into `sent`.
+    refused: Vec<Refused>,
+    /// How many the last dump, after the rounds, still picked.
+    left: usize,
+    /// A dump or a send that failed, and its round (from 0).
+    failed: Option<(usize, io::Error)>,
+}
+
+impl<T> Rounds<T> {
+    /// Why routes may be left besides those refused, if they may.
+    fn short(&self) -> Option<String> {
+        match &self.failed {
+            Some((round, e)) => {
+                Some(format!("round {} failed: {e}", round + 1))
+            }
+            None => (self.left > 0).then(|| {
+                format!(
+                    "{} of ours still found after {FLUSH_DUMPS} rounds",
+                    self.left
+                )
+            }),
+        }
+    }
 }
 
 #[async_trait]
@@ -314,7 +327,7 @@ impl Dataplane for LinuxDataplane {
         if named.is_empty() {
             Ok(())
         } else {
-            Err(summary("update", named, total))
+            Err(DataplaneError::Request(summary("update", named, total)))
         }
     }
 
@@ -340,9 +353,7 @@ impl Dataplane for LinuxDataplane {
     }
 }
 
-/// The most rounds of dumping our routes and deleting them
-/// ([`Kernel::delete_ddm_routes`]), or sending those through objects
-/// plain ([`Kernel::leave_nexthops`]).
+/// The most rounds of [`Kernel::in_rounds`].
 const FLUSH_DUMPS: usize = 8;
 
 /// The kernel side of the dataplane: the socket, and the nexthop objects
@@ -495,130 +506,112 @@ impl Kernel {
         Ok(kept)
     }
 
-    /// Delete every route of ours. A dump taken while the table changes
-    /// can pass over routes: the kernel resumes a walk of a changed IPv6
-    /// table from its root, skipping as many routes as it had given, so
-    /// routes removed behind the walk hide as many ahead of it. So the
-    /// routes are dumped again after each deletion, until a dump shows
-    /// none of ours but those the kernel refused to delete, for at most
-    /// [`FLUSH_DUMPS`] deletions (and a last dump to check). A failure of
-    /// the first dump or deletion is the error; of a later one, it is
-    /// reported with what was done.
-    fn delete_ddm_routes(&mut self) -> io::Result<Deleted> {
-        let mut d = Deleted::default();
+    /// Rounds of: dump our routes, turn those `pick` wants into requests
+    /// (`request`), skipping any the kernel refused in an earlier round
+    /// (by `key`), and send them; until a dump picks none, for at most
+    /// [`FLUSH_DUMPS`] rounds and a last dump to check. A dump taken while
+    /// the table changes can pass over routes: the kernel resumes a walk
+    /// of a changed IPv6 table from its root, skipping as many routes as
+    /// it had given, so routes removed behind the walk hide as many ahead
+    /// of it; the next round's dump finds them.
+    fn in_rounds<T>(
+        &mut self,
+        mut pick: impl FnMut(DdmRoute) -> Option<T>,
+        key: impl Fn(&T) -> (Ipv6Net, u32),
+        request: impl Fn(&T) -> NetlinkMessage<RouteNetlinkMessage>,
+    ) -> Rounds<T> {
+        let mut r = Rounds {
+            sent: Vec::new(),
+            refused: Vec::new(),
+            left: 0,
+            failed: None,
+        };
         for round in 0..=FLUSH_DUMPS {
-            let refused: HashSet<(Ipv6Net, u32)> = d
-                .failures
-                .iter()
-                .map(|r| (d.found[r.index].dst, d.found[r.index].table))
-                .collect();
-            let routes: Vec<DdmRoute> = match self.socket.dump_ddm_routes() {
+            let refused: HashSet<(Ipv6Net, u32)> =
+                r.refused.iter().map(|x| key(&r.sent[x.index])).collect();
+            let batch: Vec<T> = match self.socket.dump_ddm_routes() {
                 Ok(all) => all
                     .into_iter()
-                    .filter(|r| !refused.contains(&(r.dst, r.table)))
+                    .filter_map(&mut pick)
+                    .filter(|t| !refused.contains(&key(t)))
                     .collect(),
-                Err(e) if round == 0 => return Err(e),
                 Err(e) => {
-                    d.short = Some(format!("dump {} failed: {e}", round + 1));
+                    r.failed = Some((round, e));
                     break;
                 }
             };
-            if routes.is_empty() {
+            if batch.is_empty() || round == FLUSH_DUMPS {
+                r.left = batch.len();
                 break;
             }
-            if round == FLUSH_DUMPS {
-                d.short = Some(format!(
-                    "{} of ours still found after {FLUSH_DUMPS} rounds",
-                    routes.len()
-                ));
-                break;
-            }
-            let refusals = match self.socket.execute(routes.len(), |i| {
-                del_route(routes[i].dst, routes[i].table)
-            }) {
-                Ok(r) => r,
-                Err(e) if round == 0 => return Err(e),
+            match self.socket.execute(batch.len(), |i| request(&batch[i])) {
+                Ok(refusals) => {
+                    let base = r.sent.len();
+                    r.refused.extend(refusals.into_iter().map(|mut x| {
+                        x.index += base;
+                        x
+                    }));
+                    r.sent.extend(batch);
+                }
                 Err(e) => {
-                    d.short =
-                        Some(format!("deletion {} failed: {e}", round + 1));
+                    r.failed = Some((round, e));
                     break;
                 }
-            };
-            let base = d.found.len();
-            d.failures.extend(refusals.into_iter().map(|mut r| {
-                r.index += base;
-                r
-            }));
-            d.found.extend(routes);
+            }
         }
-        Ok(d)
+        r
+    }
+
+    /// Delete every route of ours, in rounds ([`Kernel::in_rounds`]). A
+    /// failure of the first round is the error; of a later one, it is
+    /// reported with what was done ([`Rounds::short`]).
+    fn delete_ddm_routes(&mut self) -> io::Result<Rounds<DdmRoute>> {
+        let r = self.in_rounds(
+            Some,
+            |d| (d.dst, d.table),
+            |d| del_route(d.dst, d.table),
+        );
+        if let Some((0, e)) = r.failed {
+            return Err(e);
+        }
+        Ok(r)
     }
 
     /// Objects are off (the link watcher ended): send every route of ours
     /// that goes through one of them again naming its gateway, which the
-    /// kernel keeps through a carrier loss, and forget the objects (they
-    /// go at `remove_all`). If that fails, or routes still go through them
-    /// after the rounds ([`Kernel::leave_rounds`]), the objects are kept
-    /// known, so that the next batch tries again.
+    /// kernel keeps through a carrier loss, in rounds
+    /// ([`Kernel::in_rounds`]), and forget the objects (they go at
+    /// `remove_all`). If a round fails, or routes still go through them
+    /// after the rounds, the objects are kept known, so that the next
+    /// batch tries again.
     fn leave_nexthops(&mut self, log: &Logger) -> io::Result<()> {
         let keys: HashMap<u32, (Ipv6Addr, u32)> =
             self.nexthops.ids.drain().map(|(key, id)| (id, key)).collect();
-        let mut refused: HashSet<Ipv6Net> = HashSet::new();
-        let mut sent = 0;
-        let left = self.leave_rounds(&keys, &mut refused, &mut sent);
-        if !matches!(left, Ok(0)) {
+        let r = self.in_rounds(
+            |d| {
+                let (addr, ifindex) = *keys.get(&d.object?)?;
+                (d.table == RT_TABLE_MAIN).then(|| RouteUpdate {
+                    destination: d.dst,
+                    nexthops: [crate::Nexthop { addr, ifindex }].into(),
+                })
+            },
+            |u| (u.destination, RT_TABLE_MAIN),
+            |u| route_request(u, None),
+        );
+        if r.failed.is_some() || r.left > 0 {
             self.nexthops.ids.extend(keys.iter().map(|(id, key)| (*key, *id)));
         }
         info!(log, "no link watcher: routes name their gateways again";
-            "routes" => sent, "refused" => refused.len());
-        match left {
-            Ok(0) => Ok(()),
-            Ok(n) => {
-                warn!(log, "routes still through nexthop objects; \
-                    tried again at the next batch";
-                    "routes" => n, "rounds" => FLUSH_DUMPS);
-                Ok(())
-            }
-            Err(e) => Err(e),
+            "routes" => r.sent.len(), "refused" => r.refused.len());
+        if let Some((_, e)) = r.failed {
+            return Err(e);
         }
-    }
-
-    /// The rounds of [`Kernel::leave_nexthops`]: dumped again after each,
-    /// as in `delete_ddm_routes` (a dump of a changing table can pass over
-    /// routes), until a dump shows none through the objects `keys` names
-    /// but those the kernel refused, for at most [`FLUSH_DUMPS`] rounds
-    /// and a last dump to check; how many routes that dump still found.
-    fn leave_rounds(
-        &mut self,
-        keys: &HashMap<u32, (Ipv6Addr, u32)>,
-        refused: &mut HashSet<Ipv6Net>,
-        sent: &mut usize,
-    ) -> io::Result<usize> {
-        for round in 0..=FLUSH_DUMPS {
-            let updates: Vec<RouteUpdate> = self
-                .socket
-                .dump_ddm_routes()?
-                .into_iter()
-                .filter(|r| r.table == RT_TABLE_MAIN)
-                .filter(|r| !refused.contains(&r.dst))
-                .filter_map(|r| {
-                    let (addr, ifindex) = *keys.get(&r.object?)?;
-                    Some(RouteUpdate {
-                        destination: r.dst,
-                        nexthops: [crate::Nexthop { addr, ifindex }].into(),
-                    })
-                })
-                .collect();
-            if updates.is_empty() || round == FLUSH_DUMPS {
-                return Ok(updates.len());
-            }
-            let failed = self
-                .socket
-                .execute(updates.len(), |i| route_request(&updates[i], None))?;
-            *sent += updates.len();
-            refused.extend(failed.iter().map(|r| updates[r.index].destination));
+        if r.left > 0 {
+            warn!(log, "routes still through nexthop objects; \
+                tried again at the next batch";
+                "routes" => r.left, "rounds" => FLUSH_DUMPS);
         }
-        Ok(0)
+        Ok(())
     }
 
     /// Look up the object known for `key`; if the kernel no longer has it
@@ -754,7 +747,7 @@ fn summary(
     what: &str,
     failures: Vec<(String, String)>,
     total: usize,
-) -> DataplaneError {
+) -> String {
     let shown: Vec<String> = failures
         .iter()
         .take(ERRORS_SHOWN)
@@ -763,11 +756,11 @@ fn summary(
     let more = failures.len().saturating_sub(ERRORS_SHOWN);
     let tail =
         if more > 0 { format!("; and {more} more") } else { String::new() };
-    DataplaneError::Request(format!(
+    format!(
         "{} of {total} route {what}s failed: {}{tail}",
         failures.len(),
         shown.join("; "),
-    ))
+    )
 }
 
 /// The header every route message of this router carries.

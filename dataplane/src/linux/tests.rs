@@ -15,6 +15,14 @@ fn log() -> Logger {
     Logger::root(slog::Discard, o!())
 }
 
+/// A dataplane on this namespace's kernel, with nexthop objects on or off
+/// (no link watcher runs in these tests to decide it).
+fn dataplane(objects: bool) -> LinuxDataplane {
+    let mut dp = LinuxDataplane::new(log()).expect("dataplane");
+    dp.set_nexthop_objects(Some(objects));
+    dp
+}
+
 fn net(s: &str) -> Ipv6Net {
     s.parse().expect("prefix")
 }
@@ -65,8 +73,7 @@ fn hops(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
 fn single_multi_shrink_delete() {
     testns::run("single_multi_shrink_delete", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
-        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-        dp.set_nexthop_objects(Some(false));
+        let mut dp = dataplane(false);
         let dst = "fd00:1::/64";
 
         dp.apply(vec![update(dst, &[nh("fe80::1", a0)])]).await.unwrap();
@@ -130,8 +137,7 @@ fn remove_stale_and_remove_all_spare_other_routes() {
                 "nexthop add id 7 via fe80::9 dev b0 proto {p}"
             ));
 
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(false));
+            let mut dp = dataplane(false);
             assert_eq!(dp.remove_stale().await.unwrap(), 4);
             assert_eq!(ours(&ns), BTreeMap::new());
             let left: Vec<u64> = nexthop_objects(&ns).into_keys().collect();
@@ -171,8 +177,7 @@ fn failures_are_summarised_and_the_rest_applied() {
         "failures_are_summarised_and_the_rest_applied",
         |ns| async move {
             let a0 = ns.ifindex("a0");
-            let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-            dp.set_nexthop_objects(Some(false));
+            let mut dp = dataplane(false);
             let err = dp
                 .apply(vec![
                     update("fd00:1::/64", &[nh("fe80::1", a0)]),
@@ -195,8 +200,7 @@ fn failures_are_summarised_and_the_rest_applied() {
 fn ten_thousand_routes_in_one_batch() {
     testns::run("ten_thousand_routes_in_one_batch", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
-        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-        dp.set_nexthop_objects(Some(false));
+        let mut dp = dataplane(false);
         let updates: Vec<RouteUpdate> = (0..10_000u32)
             .map(|i| {
                 let addr = Ipv6Addr::new(
@@ -273,8 +277,7 @@ fn routes_with_one_nexthop_share_its_object() {
         // Somebody holds the first id we would take.
         let taken = NEXTHOP_ID_BASE;
         ns.ip_line(&format!("nexthop add id {taken} via fe80::9 dev b0"));
-        let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-        dp.set_nexthop_objects(Some(true));
+        let mut dp = dataplane(true);
         dp.apply(vec![
             update("fd00:1::/64", &[nh("fe80::1", a0)]),
             update("fd00:2::/64", &[nh("fe80::1", a0)]),
@@ -341,8 +344,7 @@ fn routes_with_one_nexthop_share_its_object() {
 /// installed through one: the dataplane and the object's id.
 async fn one_route_through_an_object(ns: &Netns) -> (LinuxDataplane, u64) {
     let a0 = ns.ifindex("a0");
-    let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-    dp.set_nexthop_objects(Some(true));
+    let mut dp = dataplane(true);
     dp.apply(vec![update("fd00:1::/64", &[nh("fe80::1", a0)])]).await.unwrap();
     let id = route_objects(ns)["fd00:1::/64"].expect("through an object");
     (dp, id)
@@ -425,8 +427,7 @@ struct Churn {
 
 /// A dataplane holding [`many`]`(ns, n)`, through nexthop objects or not.
 async fn holding(ns: &Netns, n: usize, objects: bool) -> LinuxDataplane {
-    let mut dp = LinuxDataplane::new(log()).expect("dataplane");
-    dp.set_nexthop_objects(Some(objects));
+    let mut dp = dataplane(objects);
     dp.apply(many(ns, n)).await.unwrap();
     dp
 }
