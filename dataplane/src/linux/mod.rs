@@ -470,18 +470,20 @@ impl Kernel {
                     && object_of(&updates[r.index]).is_some()
             });
         // Each object looked up once, however many of its routes were
-        // refused.
-        let mut gone = HashSet::new();
-        let mut looked = HashSet::new();
+        // refused: whether it was gone.
+        let mut gone = HashMap::new();
         for r in &suspect {
             let Some(key) = single(&updates[r.index]) else { continue };
-            if looked.insert(key) && self.forget_if_gone(key)? {
-                gone.insert(key);
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                gone.entry(key)
+            {
+                v.insert(self.forget_if_gone(key)?);
             }
         }
         let (retry, stand): (Vec<_>, Vec<_>) =
             suspect.into_iter().partition(|r| {
-                single(&updates[r.index]).is_some_and(|k| gone.contains(&k))
+                single(&updates[r.index])
+                    .is_some_and(|k| gone.get(&k) == Some(&true))
             });
         kept.extend(stand);
         if !retry.is_empty() {
