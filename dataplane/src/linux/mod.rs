@@ -230,15 +230,15 @@ impl LinuxDataplane {
             })
             .await?
             .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
-        let removed = deleted.sent.len() - deleted.refused.len();
+        let removed = deleted.sent - deleted.refused.len();
         let mut named: Vec<_> = deleted
             .refused
             .iter()
-            .map(|r| (deleted.sent[r.index].dst.to_string(), r.reason.clone()))
+            .map(|(d, reason)| (d.dst.to_string(), reason.clone()))
             .collect();
         named.extend(objects);
         let failed = (!named.is_empty())
-            .then(|| summary("delete", named, deleted.sent.len() + tried));
+            .then(|| summary("delete", named, deleted.sent + tried));
         let message = match (failed, deleted.short()) {
             (None, None) => return Ok(removed),
             (Some(failed), None) => failed,
@@ -254,10 +254,10 @@ impl LinuxDataplane {
 /// What [`Kernel::in_rounds`] did.
 #[derive(Debug)]
 struct Rounds<T> {
-    /// Every request sent, in order.
-    sent: Vec<T>,
-    /// The kernel's refusals, by index into `sent`.
-    refused: Vec<Refused>,
+    /// How many requests were sent.
+    sent: usize,
+    /// Those the kernel refused, with its reason.
+    refused: Vec<(T, String)>,
     /// How many the last dump, after the rounds, still picked.
     left: usize,
     /// A dump or a send that failed, and its round (from 0).
@@ -522,15 +522,11 @@ impl Kernel {
         key: impl Fn(&T) -> (Ipv6Net, u32),
         request: impl Fn(&T) -> NetlinkMessage<RouteNetlinkMessage>,
     ) -> Rounds<T> {
-        let mut r = Rounds {
-            sent: Vec::new(),
-            refused: Vec::new(),
-            left: 0,
-            failed: None,
-        };
+        let mut r =
+            Rounds { sent: 0, refused: Vec::new(), left: 0, failed: None };
+        // What the kernel refused, not asked again.
+        let mut refused: HashSet<(Ipv6Net, u32)> = HashSet::new();
         for round in 0..=FLUSH_DUMPS {
-            let refused: HashSet<(Ipv6Net, u32)> =
-                r.refused.iter().map(|x| key(&r.sent[x.index])).collect();
             let batch: Vec<T> = match self.socket.dump_ddm_routes() {
                 Ok(all) => all
                     .into_iter()
@@ -547,13 +543,16 @@ impl Kernel {
                 break;
             }
             match self.socket.execute(batch.len(), |i| request(&batch[i])) {
-                Ok(refusals) => {
-                    let base = r.sent.len();
-                    r.refused.extend(refusals.into_iter().map(|mut x| {
-                        x.index += base;
-                        x
-                    }));
-                    r.sent.extend(batch);
+                Ok(mut refusals) => {
+                    r.sent += batch.len();
+                    refusals.sort_by_key(|x| x.index);
+                    let mut refusals = refusals.into_iter().peekable();
+                    for (i, t) in batch.into_iter().enumerate() {
+                        if let Some(x) = refusals.next_if(|x| x.index == i) {
+                            refused.insert(key(&t));
+                            r.refused.push((t, x.reason));
+                        }
+                    }
                 }
                 Err(e) => {
                     r.failed = Some((round, e));
@@ -604,7 +603,7 @@ impl Kernel {
             self.nexthops.ids.extend(keys.iter().map(|(id, key)| (*key, *id)));
         }
         info!(log, "no link watcher: routes name their gateways again";
-            "routes" => r.sent.len(), "refused" => r.refused.len());
+            "routes" => r.sent, "refused" => r.refused.len());
         if let Some((_, e)) = r.failed {
             return Err(e);
         }
