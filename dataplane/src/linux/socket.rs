@@ -8,10 +8,10 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    Emitable, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_ALIGNTO,
-    NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    parse_ipv6, parse_u32, DoneBuffer, Emitable, ErrorBuffer, ErrorMessage,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+    Parseable, NLMSG_ALIGNTO, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol,
@@ -53,9 +53,6 @@ const NHMSG_LEN: usize = 8;
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
-
-/// `NLMSG_DONE`: the end of a dump.
-const NLMSG_DONE: u16 = 3;
 
 /// A nexthop object as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,27 +239,19 @@ impl RouteSocket {
             [0; NHMSG_LEN],
             &[(NHA_ID, &id.to_ne_bytes())],
         )?;
-        self.replies(seq, |header, raw| {
-            let payload = NetlinkBuffer::new(raw).payload();
-            match header.message_type {
-                // Asked without NLM_F_ACK: an error is the only answer
-                // besides the object.
-                NLMSG_ERROR => Some(match parse_error(payload, header.flags) {
-                    Some((libc::ENOENT, _)) => Ok(None),
-                    Some((errno, _)) => {
-                        Err(io::Error::from_raw_os_error(errno))
-                    }
-                    None => Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unreadable answer to a nexthop lookup",
-                    )),
-                }),
-                RTM_NEWNEXTHOP => {
-                    parse_nexthop(payload).map(|(_, o)| Ok(Some(o)))
-                }
-                _ => None,
+        let mut found = None;
+        let read = self.replies(seq, |header, raw| {
+            if header.message_type != RTM_NEWNEXTHOP {
+                return Ok(false);
             }
-        })
+            found = parse_nexthop(NetlinkBuffer::new(raw).payload())
+                .map(|(_, o)| o);
+            Ok(found.is_some())
+        });
+        match read {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            read => read.map(|()| found),
+        }
     }
 
     /// The ids of every nexthop object of ours (our protocol).
@@ -276,35 +265,19 @@ impl RouteSocket {
         )?;
         let mut found = Vec::new();
         self.replies(seq, |header, raw| {
-            let (kind, flags) = (header.message_type, header.flags);
-            let payload = NetlinkBuffer::new(raw).payload();
-            match kind {
-                // A dump's own failure is the end's negative errno.
-                NLMSG_DONE => {
-                    let code = payload
-                        .get(..4)
-                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                        .map_or(0, i32::from_ne_bytes);
-                    Some(if code < 0 {
-                        Err(io::Error::from_raw_os_error(-code))
-                    } else {
-                        Ok(std::mem::take(&mut found))
-                    })
-                }
-                NLMSG_ERROR => parse_error(payload, flags)
-                    .map(|(errno, _)| Err(io::Error::from_raw_os_error(errno))),
-                RTM_NEWNEXTHOP => {
-                    if let Some((Some(id), o)) = parse_nexthop(payload) {
-                        if o.protocol == RTPROT_DDM {
-                            found.push(id);
-                        }
+            if header.message_type == RTM_NEWNEXTHOP {
+                let payload = NetlinkBuffer::new(raw).payload();
+                if let Some((Some(id), o)) = parse_nexthop(payload) {
+                    if o.protocol == RTPROT_DDM {
+                        found.push(id);
                     }
-                    None
                 }
-                _ => None,
             }
-        })
+            Ok(false)
+        })?;
+        Ok(found)
     }
+
     /// Send one nexthop request (`struct nhmsg` `header`, then `attrs`),
     /// `NLM_F_REQUEST` and `flags` set; its sequence number.
     fn send_nexthop_request(
@@ -327,22 +300,54 @@ impl RouteSocket {
         Ok(seq)
     }
 
-    /// Read the answers to request `seq` (answers to others are skipped),
-    /// each message's header and raw bytes given to `each` until it returns
-    /// the result.
-    fn replies<T>(
+    /// Read the answers to request `seq` (answers to others are skipped):
+    /// each item (its header and raw bytes) goes to `each`, which ends the
+    /// reading by returning true (a lookup's one answer). An error answer
+    /// is the error, with the kernel's errno; the end of a dump ends the
+    /// reading, or is the error its negative code gives (the dump's own
+    /// failure).
+    fn replies(
         &mut self,
         seq: u32,
-        mut each: impl FnMut(&NetlinkHeader, &[u8]) -> Option<io::Result<T>>,
-    ) -> io::Result<T> {
+        mut each: impl FnMut(&NetlinkHeader, &[u8]) -> io::Result<bool>,
+    ) -> io::Result<()> {
         loop {
             let n = self.recv()?;
             for (header, raw) in messages(&self.recv_buf[..n]) {
                 if header.sequence_number != seq {
                     continue;
                 }
-                if let Some(done) = each(&header, raw) {
-                    return done;
+                let payload = NetlinkBuffer::new(raw).payload();
+                match header.message_type {
+                    NLMSG_ERROR => {
+                        if ErrorBuffer::new_checked(&payload).is_err() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "unreadable error answer",
+                            ));
+                        }
+                        // An acknowledgement (none is asked for) is passed
+                        // over.
+                        if let Some((errno, _)) =
+                            parse_error(payload, header.flags)
+                        {
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                    }
+                    NLMSG_DONE => {
+                        let code = DoneBuffer::new_checked(payload)
+                            .map_or(0, |d| d.code());
+                        return if code < 0 {
+                            Err(io::Error::from_raw_os_error(-code))
+                        } else {
+                            Ok(())
+                        };
+                    }
+                    _ => {
+                        if each(&header, raw)? {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -424,37 +429,23 @@ impl RouteSocket {
         let mut seen = HashSet::new();
         self.replies(seq, |_, raw| {
             let parsed =
-                match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        return Some(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            e,
-                        )))
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+                    .map_err(|e| {
+                        io::Error::new(io::ErrorKind::InvalidData, e)
+                    })?;
+            if let NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(route),
+            ) = parsed.payload
+            {
+                if let Some(r) = ddm_route(&route) {
+                    if seen.insert((r.dst, r.table)) {
+                        found.push(r);
                     }
-                };
-            match parsed.payload {
-                // A dump's own failure is the end's negative errno.
-                NetlinkPayload::Done(d) if d.code < 0 => {
-                    Some(Err(io::Error::from_raw_os_error(-d.code)))
                 }
-                NetlinkPayload::Done(_) => Some(Ok(std::mem::take(&mut found))),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    Some(Err(e.to_io()))
-                }
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewRoute(route),
-                ) => {
-                    if let Some(r) = ddm_route(&route) {
-                        if seen.insert((r.dst, r.table)) {
-                            found.push(r);
-                        }
-                    }
-                    None
-                }
-                _ => None,
             }
-        })
+            Ok(false)
+        })?;
+        Ok(found)
     }
 }
 
@@ -586,16 +577,10 @@ fn parse_nexthop(payload: &[u8]) -> Option<(Option<u32>, NexthopObject)> {
     for nla in NlasIterator::new(&payload[NHMSG_LEN..]).flatten() {
         let value = nla.value();
         match nla.kind() {
-            NHA_ID => {
-                id = <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
-            }
-            NHA_OIF => {
-                object.oif =
-                    <[u8; 4]>::try_from(value).ok().map(u32::from_ne_bytes)
-            }
+            NHA_ID => id = parse_u32(value).ok(),
+            NHA_OIF => object.oif = parse_u32(value).ok(),
             NHA_GATEWAY => {
-                object.gateway =
-                    <[u8; 16]>::try_from(value).ok().map(Ipv6Addr::from)
+                object.gateway = parse_ipv6(value).ok().map(Ipv6Addr::from)
             }
             _ => {}
         }
