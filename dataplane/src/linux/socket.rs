@@ -8,9 +8,9 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    parse_ipv6, parse_u32, DoneBuffer, Emitable, ErrorBuffer, ErrorMessage,
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
-    Parseable, NLMSG_ALIGNTO, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
+    parse_ipv6, parse_u32, DefaultNla, DoneBuffer, Emitable, ErrorBuffer,
+    ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator, Parseable, NLMSG_ALIGNTO, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK,
     NLM_F_ACK_TLVS, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::route::{
@@ -210,9 +210,9 @@ impl RouteSocket {
                 NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                 [libc::AF_INET6 as u8, 0, RTPROT_DDM, 0, 0, 0, 0, 0],
                 &[
-                    (NHA_ID, &id.to_ne_bytes()),
-                    (NHA_OIF, &oif.to_ne_bytes()),
-                    (NHA_GATEWAY, &gateway.octets()),
+                    DefaultNla::new(NHA_ID, id.to_ne_bytes().into()),
+                    DefaultNla::new(NHA_OIF, oif.to_ne_bytes().into()),
+                    DefaultNla::new(NHA_GATEWAY, gateway.octets().into()),
                 ],
             )?,
             // A deletion's header must be empty.
@@ -220,7 +220,7 @@ impl RouteSocket {
                 RTM_DELNEXTHOP,
                 NLM_F_ACK,
                 [0; NHMSG_LEN],
-                &[(NHA_ID, &id.to_ne_bytes())],
+                &[DefaultNla::new(NHA_ID, id.to_ne_bytes().into())],
             )?,
         };
         let mut failures = Vec::new();
@@ -237,7 +237,7 @@ impl RouteSocket {
             RTM_GETNEXTHOP,
             0,
             [0; NHMSG_LEN],
-            &[(NHA_ID, &id.to_ne_bytes())],
+            &[DefaultNla::new(NHA_ID, id.to_ne_bytes().into())],
         )?;
         let mut found = None;
         let read = self.replies(seq, |header, raw| {
@@ -285,17 +285,21 @@ impl RouteSocket {
         kind: u16,
         flags: u16,
         header: [u8; NHMSG_LEN],
-        attrs: &[(u16, &[u8])],
+        attrs: &[DefaultNla],
     ) -> io::Result<u32> {
         let seq = self.next_seq();
+        let mut nl = NetlinkHeader::default();
+        nl.message_type = kind;
+        nl.flags = NLM_F_REQUEST | flags;
+        nl.sequence_number = seq;
+        let at = nl.buffer_len();
+        nl.length = (at + NHMSG_LEN + attrs.buffer_len()) as u32;
         let b = &mut self.send_buf;
         b.clear();
-        put_header(b, kind, NLM_F_REQUEST | flags, seq);
-        b.extend_from_slice(&header);
-        for (kind, value) in attrs {
-            put_attr(b, *kind, value);
-        }
-        set_length(b);
+        b.resize(nl.length as usize, 0);
+        nl.emit(&mut b[..at]);
+        b[at..at + NHMSG_LEN].copy_from_slice(&header);
+        attrs.emit(&mut b[at + NHMSG_LEN..]);
         self.socket.send(&self.send_buf, 0)?;
         Ok(seq)
     }
@@ -595,27 +599,4 @@ fn reason(errno: i32, text: Option<String>) -> String {
         Some(text) => format!("{reason} ({text})"),
         None => reason,
     }
-}
-
-/// A netlink header of a request (its length set by [`set_length`]).
-fn put_header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32) {
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-/// An attribute (its value's length a multiple of 4, as every one here).
-fn put_attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    debug_assert_eq!(value.len() % 4, 0);
-    buf.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-}
-
-/// Write the length of the one request in `buf` into its header.
-fn set_length(buf: &mut [u8]) {
-    let len = buf.len() as u32;
-    buf[..4].copy_from_slice(&len.to_ne_bytes());
 }
