@@ -38,13 +38,22 @@ fn update(dst: &str, nexthops: &[Nexthop]) -> RouteUpdate {
     }
 }
 
+/// `ip -j <args>`'s objects (none for empty output, as `ip -j nexthop
+/// show` gives when there are none).
+fn ip_json(ns: &Netns, args: &[&str]) -> Vec<Value> {
+    let out = ns.ip(&[&["-j"], args].concat());
+    if out.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&out).expect("ip json")
+}
+
 /// `ip -6 route show proto <ours>` as destination → {(gateway, dev)}.
 fn kernel_routes(
     ns: &Netns,
     proto: &str,
 ) -> BTreeMap<String, BTreeSet<(String, String)>> {
-    let out = ns.ip(&["-j", "-6", "route", "show", "proto", proto]);
-    let routes: Vec<Value> = serde_json::from_str(&out).expect("ip json");
+    let routes = ip_json(ns, &["-6", "route", "show", "proto", proto]);
     let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
     routes
         .iter()
@@ -239,10 +248,7 @@ fn ten_thousand_routes_in_one_batch() {
 
 /// `ip -j nexthop show` as id → (protocol, gateway, dev).
 fn nexthop_objects(ns: &Netns) -> BTreeMap<u64, (String, String, String)> {
-    let out = ns.ip(&["-j", "nexthop", "show"]);
-    let objects: Vec<Value> =
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
-            .expect("ip json");
+    let objects = ip_json(ns, &["nexthop", "show"]);
     let s = |v: &Value, k: &str| match &v[k] {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -259,9 +265,8 @@ fn nexthop_objects(ns: &Netns) -> BTreeMap<u64, (String, String, String)> {
 
 /// `ip -j -6 route show proto <ours>` as destination → nexthop id.
 fn route_objects(ns: &Netns) -> BTreeMap<String, Option<u64>> {
-    let out =
-        ns.ip(&["-j", "-6", "route", "show", "proto", &RTPROT_DDM.to_string()]);
-    let routes: Vec<Value> = serde_json::from_str(&out).expect("ip json");
+    let routes =
+        ip_json(ns, &["-6", "route", "show", "proto", &RTPROT_DDM.to_string()]);
     routes
         .iter()
         .map(|r| {
