@@ -510,41 +510,64 @@ impl Kernel {
 
     /// Rounds of: dump our routes, turn those `pick` wants into requests
     /// (`request`), skipping any the kernel refused in an earlier round
-    /// (by `key`), and send them; until a dump picks none, for at most
-    /// [`FLUSH_DUMPS`] rounds and a last dump to check. A dump taken while
-    /// the table changes can pass over routes: the kernel resumes a walk
-    /// of a changed IPv6 table from its root, skipping as many routes as
-    /// it had given, so routes removed behind the walk hide as many ahead
-    /// of it; the next round's dump finds them.
+    /// (by `key`), and send them; until a whole dump picks none, for at
+    /// most [`FLUSH_DUMPS`] rounds and a last dump to check.
+    ///
+    /// A dump taken while the table changes can pass over routes: the
+    /// kernel resumes a walk of a changed IPv6 table from its root,
+    /// skipping as many routes as it had given, so routes removed behind
+    /// the walk hide as many ahead of it (and a few routes left of ours
+    /// hide often: a namespace test with another program's routes coming
+    /// and going found none to pick in a dump while dozens were left in
+    /// most runs). So a dump is taken as whole only if it accounts for as
+    /// many routes of ours as any before it: those it shows, and those
+    /// the requests sent since removed (`removes`: each request not
+    /// refused removes its route, as a deletion does; otherwise requests
+    /// keep their routes ours). After the rounds, `left` is what the last
+    /// dump picked, or, if it was not whole, how many it may have missed.
     fn in_rounds<T>(
         &mut self,
         mut pick: impl FnMut(DdmRoute) -> Option<T>,
         key: impl Fn(&T) -> (Ipv6Net, u32),
         request: impl Fn(&T) -> NetlinkMessage<RouteNetlinkMessage>,
+        removes: bool,
     ) -> Rounds<T> {
         let mut r =
             Rounds { sent: 0, refused: Vec::new(), left: 0, failed: None };
         // What the kernel refused, not asked again.
         let mut refused: HashSet<(Ipv6Net, u32)> = HashSet::new();
+        // Routes of ours removed so far, and the most any dump accounted
+        // for.
+        let (mut removed, mut most) = (0usize, 0usize);
         for round in 0..=FLUSH_DUMPS {
-            let batch: Vec<T> = match self.socket.dump_ddm_routes() {
-                Ok(all) => all
-                    .into_iter()
-                    .filter_map(&mut pick)
-                    .filter(|t| !refused.contains(&key(t)))
-                    .collect(),
+            let all = match self.socket.dump_ddm_routes() {
+                Ok(all) => all,
                 Err(e) => {
                     r.failed = Some((round, e));
                     break;
                 }
             };
-            if batch.is_empty() || round == FLUSH_DUMPS {
-                r.left = batch.len();
+            let accounted = all.len() + removed;
+            let missed = most.saturating_sub(accounted);
+            most = most.max(accounted);
+            let batch: Vec<T> = all
+                .into_iter()
+                .filter_map(&mut pick)
+                .filter(|t| !refused.contains(&key(t)))
+                .collect();
+            if (batch.is_empty() && missed == 0) || round == FLUSH_DUMPS {
+                r.left = batch.len().max(missed);
                 break;
+            }
+            if batch.is_empty() {
+                continue;
             }
             match self.socket.execute(batch.len(), |i| request(&batch[i])) {
                 Ok(mut refusals) => {
                     r.sent += batch.len();
+                    if removes {
+                        removed += batch.len() - refusals.len();
+                    }
                     refusals.sort_by_key(|x| x.index);
                     let mut refusals = refusals.into_iter().peekable();
                     for (i, t) in batch.into_iter().enumerate() {
@@ -571,6 +594,7 @@ impl Kernel {
             Some,
             |d| (d.dst, d.table),
             |d| del_route(d.dst, d.table),
+            true,
         );
         if let Some((0, e)) = r.failed {
             return Err(e);
@@ -598,6 +622,7 @@ impl Kernel {
             },
             |u| (u.destination, RT_TABLE_MAIN),
             |u| route_request(u, None),
+            false,
         );
         if r.failed.is_some() || r.left > 0 {
             self.nexthops.ids.extend(keys.iter().map(|(id, key)| (*key, *id)));
