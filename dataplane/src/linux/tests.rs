@@ -452,12 +452,22 @@ fn many(ns: &Netns, n: usize) -> Vec<RouteUpdate> {
         .collect()
 }
 
+/// How many times the churn adds and deletes its routes: enough to last
+/// into the rounds' first dumps, and end well before their last.
+const CHURN_CYCLES: u32 = 4;
+
 impl Churn {
     /// Routes `fd0f:0:0:<j>::/64` for `j` below `width`, which an IPv6
-    /// walk meets before `fd10::/16`, each added and deleted again and
-    /// again: the commands are written to `ip -batch -` as it reads them,
-    /// until it is stopped. Returns once the first of them is in.
-    fn start(ns: &Netns, width: u32) -> Churn {
+    /// walk meets before `fd10::/16`, each added and deleted `cycles`
+    /// times: the commands are written to `ip -batch -` as it reads them,
+    /// and `ip` ends with them. Returns once the first of them is in.
+    ///
+    /// The churn ends by itself: while the table keeps changing, no dump
+    /// is sure to be whole (a dump resumed after a change passes over
+    /// routes at the same places each time, so the same few routes can
+    /// hide from every one), and the rounds only promise that what a
+    /// changing table hid is found once it holds still.
+    fn start(ns: &Netns, width: u32, cycles: u32) -> Churn {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
         let mut ip = Command::new("ip")
@@ -470,7 +480,7 @@ impl Churn {
         let stdin = ip.stdin.take().expect("ip's stdin");
         let feeder = std::thread::spawn(move || {
             let mut w = std::io::BufWriter::new(stdin);
-            'feed: loop {
+            'feed: for _ in 0..cycles {
                 for verb in ["add", "del"] {
                     for j in 0..width {
                         if writeln!(
@@ -523,12 +533,11 @@ fn remove_all_finds_the_routes_a_changing_table_hid() {
             // dump resumed after each change skips as many routes as it
             // had given, and those deleted behind it hide ours. Whether
             // any hide is chance, so this could pass without the repeated
-            // dumps (with one round, it failed in each of three runs:
-            // remove_all reported thousands still there); it cannot pass
-            // with routes of ours left behind.
-            let mut churn = Churn::start(&ns, 512);
-            let removed = dp.remove_all().await.unwrap();
+            // dumps (with one round, it failed in 7 of 8 runs of the two
+            // tests); it cannot pass with routes of ours left behind.
+            let mut churn = Churn::start(&ns, 512, CHURN_CYCLES);
             assert!(churn.running(), "the churn ended before the removal");
+            let removed = dp.remove_all().await.unwrap();
             drop(churn);
             let left = ns.ip_line(&format!("-6 route show proto {RTPROT_DDM}"));
             assert_eq!(left.lines().count(), 0, "left behind: {left}");
@@ -547,10 +556,10 @@ fn routes_a_changing_table_hid_leave_their_objects_too() {
             assert!(route_objects(&ns).values().all(Option::is_some));
             // Objects off while routes come and go ahead of ours (see
             // above): the next batch sends ours plain again.
-            let mut churn = Churn::start(&ns, 512);
+            let mut churn = Churn::start(&ns, 512, CHURN_CYCLES);
             dp.set_nexthop_objects(Some(false));
-            dp.apply(vec![update("fd00:1::/64", &[])]).await.unwrap();
             assert!(churn.running(), "the churn ended before the batch");
+            dp.apply(vec![update("fd00:1::/64", &[])]).await.unwrap();
             drop(churn);
             let objects = route_objects(&ns);
             assert_eq!(objects.len(), n);
