@@ -191,6 +191,10 @@ pub struct RibStats {
     pub loops_dropped: u64,
     /// Announced paths dropped because they name no router at all.
     pub invalid_dropped: u64,
+    /// Paths past [`MAX_PATHS_PER_PEER`] of one peer to one destination:
+    /// the announced path when it was no shorter than the peer's longest,
+    /// else that longest one, which the announced path replaced.
+    pub paths_over_limit: u64,
 }
 
 /// Errors of RIB operations.
@@ -242,6 +246,20 @@ enum Source {
 /// destination and its cold start take 30 s and 0.8 MB per router; 1
 /// holds 2 paths, and the cold start took 15 s and 0.4 MB.
 pub const MAX_ADVERTISED_PATHS: usize = 1;
+
+/// Most paths one peer may offer to one destination; of more, the RIB
+/// keeps the shortest (a longer path announced past this is dropped, a
+/// shorter one takes the place of the peer's longest) and counts each
+/// path let go ([`RibStats::paths_over_limit`]). Our own transits announce
+/// [`MAX_ADVERTISED_PATHS`] per destination, an original transit every
+/// path it imported: a spine of a fabric of racks offers one per transit
+/// of the destination's rack, and a few detours. Without a bound, one push
+/// of 20,000 paths to one destination (a megabyte) made every insert walk,
+/// rank and copy every path held before it: quadratic time, and gigabytes
+/// of candidates pending for re-announcement. A path let go is forgotten:
+/// if the peer's shorter paths are withdrawn, it is not restored until
+/// the peer announces it again (a pull does).
+pub const MAX_PATHS_PER_PEER: usize = 16;
 
 /// Which sources, other than the one changing, offer an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -131,6 +131,14 @@ impl Offers {
         self.as_slice().iter().any(|o| o.peer == peer)
     }
 
+    /// The offers of `peer` (ordered by path).
+    pub(crate) fn of_peer(&self, peer: Slot) -> &[Offer] {
+        let all = self.as_slice();
+        let from = all.partition_point(|o| o.peer < peer);
+        let to = all.partition_point(|o| o.peer <= peer);
+        &all[from..to]
+    }
+
     /// The length of the shortest offered path (0 when nothing is
     /// offered).
     pub(crate) fn shortest_len(&self) -> usize {

@@ -279,13 +279,66 @@ fn loops_and_empty_paths_are_dropped_and_counted() {
         )
         .unwrap();
     assert!(e.is_empty(), "{e:?}");
-    assert_eq!(rib.stats(), RibStats { loops_dropped: 1, invalid_dropped: 1 });
+    assert_eq!(
+        rib.stats(),
+        RibStats { loops_dropped: 1, invalid_dropped: 1, paths_over_limit: 0 }
+    );
     assert!(rib.imported_prefixes().is_empty());
     // Withdrawing them is harmless.
     assert!(rib
         .import(peer(1), withdraw([pv("fd00:1::/64", &["a", "me", "b"])]))
         .unwrap()
         .is_empty());
+}
+
+/// The path lengths `peer` offers to `dest`, shortest first.
+fn held_lengths(rib: &Rib, p: PeerId, dest: &str) -> Vec<usize> {
+    let slot = rib.peers[&p].slot;
+    let mut lens: Vec<usize> = rib
+        .routes
+        .get(&net(dest))
+        .map(|o| o.of_peer(slot).iter().map(|o| o.path.len()).collect())
+        .unwrap_or_default();
+    lens.sort();
+    lens
+}
+
+#[test]
+fn a_peer_holds_at_most_a_bound_of_paths_per_destination_the_shortest() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 2);
+    let d = "fd00:1::/64";
+    // Detours first, each three names long: past the bound they go.
+    let long: Vec<_> =
+        (0..40).map(|i| pv(d, &["o", &format!("x{i}"), "t"])).collect();
+    rib.import(peer(1), announce(long.clone())).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d), vec![3; MAX_PATHS_PER_PEER]);
+    assert_eq!(rib.stats().paths_over_limit, 40 - MAX_PATHS_PER_PEER as u64);
+    // Shorter paths take the longest ones' places, and the ECMP set and
+    // what peer 2 hears follow the shortest.
+    let short: Vec<_> =
+        (0..20).map(|i| pv(d, &["o", &format!("y{i:02}")])).collect();
+    let e = rib.import(peer(1), announce(short.clone())).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d), vec![2; MAX_PATHS_PER_PEER]);
+    assert_eq!(
+        rib.stats().paths_over_limit,
+        40 - MAX_PATHS_PER_PEER as u64 + 20
+    );
+    let told = &pushes(&e)[&peer(2)];
+    let told = told.underlay.as_ref().unwrap();
+    assert_eq!(told.announce.len(), MAX_ADVERTISED_PATHS, "{told:?}");
+    assert!(told.announce.iter().all(|p| p.path.len() == 3), "{told:?}");
+    assert_eq!(rib.ecmp_set(net(d)).len(), 1);
+    // Another peer has a bound of its own.
+    rib.import(peer(2), announce([pv(d, &["o", "z"])])).unwrap();
+    assert_eq!(held_lengths(&rib, peer(2), d), vec![2]);
+    // An announced path already held is no new path.
+    rib.import(peer(1), announce([short[19].clone()])).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d).len(), MAX_PATHS_PER_PEER);
+    // Withdrawing all it announced leaves nothing of peer 1's.
+    let all: Vec<_> = long.into_iter().chain(short).collect();
+    rib.import(peer(1), withdraw(all)).unwrap();
+    assert!(held_lengths(&rib, peer(1), d).is_empty());
+    assert_eq!(rib.ecmp_set(net(d)).len(), 1);
 }
 
 #[test]

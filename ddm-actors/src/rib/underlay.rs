@@ -20,6 +20,10 @@ impl Rib {
             return;
         }
         let dest = normalise_v6(announced.destination());
+        if !self.make_room(peer, dest, path, pending) {
+            self.stats.paths_over_limit += 1;
+            return;
+        }
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
@@ -73,6 +77,42 @@ impl Rib {
         if transit {
             pending.readvertised.push((dest, adv_before, adv_after));
         }
+    }
+
+    /// Whether `peer` may offer one more path to `dest`, `path` (see
+    /// [`MAX_PATHS_PER_PEER`]): true when it is under the bound or already
+    /// offers `path`; when it is at the bound and `path` is shorter than
+    /// its longest, that longest is withdrawn (and counted) to make room.
+    fn make_room(
+        &mut self,
+        peer: PeerId,
+        dest: Ipv6Net,
+        path: &[Arc<str>],
+        pending: &mut Pending,
+    ) -> bool {
+        let Some(slot) = self.peers.get(&peer).map(|s| s.slot) else {
+            return true;
+        };
+        let Some(offers) = self.routes.get(&dest) else {
+            return true;
+        };
+        let mine = offers.of_peer(slot);
+        if mine.len() < MAX_PATHS_PER_PEER
+            || mine.iter().any(|o| **o.path == *path)
+        {
+            return true;
+        }
+        // The last of the longest, so that the choice follows path order.
+        let Some(longest) = mine.iter().max_by_key(|o| o.path.len()) else {
+            return true;
+        };
+        if longest.path.len() <= path.len() {
+            return false;
+        }
+        let evicted = OutPath::new(dest, Arc::clone(&longest.path), None);
+        self.underlay_withdraw(peer, &evicted, pending);
+        self.stats.paths_over_limit += 1;
+        true
     }
 
     pub(super) fn underlay_withdraw(

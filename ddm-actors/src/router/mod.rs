@@ -173,6 +173,9 @@ pub struct RouterCounters {
     pub routes: u64,
     /// Paths dropped because they held this router's own name.
     pub loops_dropped: u64,
+    /// Paths let go past the bound of paths per peer and destination
+    /// (`rib::MAX_PATHS_PER_PEER`).
+    pub paths_over_limit: u64,
     /// Route batches handed to the dataplane.
     pub dataplane_batches: u64,
     /// Of those, the ones the dataplane reported failed.
@@ -192,6 +195,7 @@ impl RouterCounters {
         [
             ("routes", self.routes),
             ("loops_dropped", self.loops_dropped),
+            ("paths_over_limit", self.paths_over_limit),
             ("dataplane_batches", self.dataplane_batches),
             ("dataplane_batch_errors", self.dataplane_batch_errors),
             ("route_updates_applied", self.route_updates_applied),
@@ -665,6 +669,7 @@ impl Actor for Router {
                 let _ = reply.send(RouterCounters {
                     routes: state.rib.route_count() as u64,
                     loops_dropped: state.rib.stats().loops_dropped,
+                    paths_over_limit: state.rib.stats().paths_over_limit,
                     dataplane_batches: get(&d.batches),
                     dataplane_batch_errors: get(&d.batch_errors),
                     route_updates_applied: get(&d.updates_applied),
