@@ -53,13 +53,14 @@ pub struct Args {
     #[arg(long)]
     pub accept_default_route: bool,
 
-    /// Longest path accepted from a peer, in hostnames; longer paths are
-    /// refused and counted.
+    /// Longest path accepted from a peer, in hostnames (at most 1024);
+    /// longer paths are refused and counted.
     #[arg(
         long,
         value_name = "N",
         default_value_t = ddm_actors::policy::DEFAULT_MAX_PATH_LEN as u32,
-        value_parser = clap::value_parser!(u32).range(1..)
+        value_parser = clap::value_parser!(u32)
+            .range(1..=ddm_actors::policy::MAX_PATH_LEN_BOUND as i64)
     )]
     pub max_path_len: u32,
 
@@ -258,6 +259,7 @@ mod tests {
             &["ddmd", "-a", ""],
             &["ddmd", "--max-path-len", "0"],
             &["ddmd", "--max-path-len", "-1"],
+            &["ddmd", "--max-path-len", "1025"],
             &["ddmd", "--max-prefixes-per-peer", "0"],
             &["ddmd", "--max-prefixes-per-peer", "many"],
         ] {

@@ -116,6 +116,7 @@ mod exact {
     use ddm_proto::wire::{v2, v3};
 
     use super::SHARED;
+    use crate::policy::MAX_PATH_LEN_BOUND;
 
     /// What differs between the versions' push bodies.
     pub(super) trait Wire {
@@ -181,9 +182,17 @@ mod exact {
                     mut seq: A,
                 ) -> Result<SharedPath, A::Error> {
                     // `path` is empty: the last path took it, and `read`
-                    // empties the table after a failed body.
+                    // empties the table after a failed body. Names past
+                    // one more than the longest path the policy may take
+                    // are read and dropped: the path is refused as too
+                    // long all the same, and holds no more.
                     while let Some(Hostname(n)) = seq.next_element()? {
-                        SHARED.with(|s| s.borrow_mut().path.push(n));
+                        SHARED.with(|s| {
+                            let path = &mut s.borrow_mut().path;
+                            if path.len() <= MAX_PATH_LEN_BOUND {
+                                path.push(n);
+                            }
+                        });
                     }
                     Ok(SharedPath(SHARED.with(|s| s.borrow_mut().take_path())))
                 }
@@ -309,5 +318,28 @@ mod tests {
             {"destination":"fd00:1::/64","path":["a","b",7]}]}}"#;
         assert!(decode_update(Version::V3, Bytes::from(bad)).is_err());
         assert!(SHARED.with(|s| s.borrow().path.is_empty()));
+    }
+
+    /// A path of a million names keeps one past the longest the policy
+    /// may take, so it is still refused as too long; the next path is
+    /// read whole.
+    #[test]
+    fn a_path_past_the_bound_keeps_one_name_more() {
+        use crate::policy::MAX_PATH_LEN_BOUND;
+        let names = vec!["\"a\""; 1_000_000].join(",");
+        let body = format!(
+            r#"{{"underlay":{{"announce":[
+            {{"destination":"fd00:1::/64","path":[{names}]}},
+            {{"destination":"fd00:2::/64","path":["a","b"]}}]}}}}"#
+        );
+        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+        let lens: Vec<usize> = got
+            .underlay
+            .unwrap()
+            .announce
+            .iter()
+            .map(|p| p.hostnames().len())
+            .collect();
+        assert_eq!(lens, vec![MAX_PATH_LEN_BOUND + 1, 2]);
     }
 }

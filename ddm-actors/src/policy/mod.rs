@@ -56,6 +56,12 @@ pub use refusal::{PolicyCounters, Refusal, RefusalCounts, RefusalNote};
 /// rack transit: four names).
 pub const DEFAULT_MAX_PATH_LEN: usize = 32;
 
+/// Largest [`PolicyConfig::max_path_len`] the daemon takes. A push's
+/// decoder keeps at most one name more of any path, so that a path of
+/// millions of names (a few bytes of body each, 16 bytes each decoded)
+/// costs no more than one just over the limit before it is refused.
+pub const MAX_PATH_LEN_BOUND: usize = 1024;
+
 /// Default of [`PolicyConfig::max_prefixes_per_peer`]. A large fabric's
 /// transit hears every server prefix of the fabric from each of its peers:
 /// 250,000 leaves room for thousands of racks of /64s (and admits the
