@@ -156,8 +156,8 @@ pub enum ExchangeMsg {
     /// The router answered a pull of the peer ([`PeerCmd::Answered`]).
     Answered,
     /// The peer pushed this update to our server (from the server task).
-    /// Passed on to the router with its permit, or held back while a pull
-    /// is out (the permit is given back then).
+    /// Passed on to the router with its permit, or held back with it
+    /// while a pull is out.
     Pushed(OutUpdate, Option<ImportPermit>),
     /// Our server answered a pull from the peer (from the server task).
     PeerPulled {
@@ -259,6 +259,11 @@ pub struct State {
     /// The permit of the push being stepped, passed on to the router (which
     /// gives it back through its dataplane worker).
     permit: Option<ImportPermit>,
+    /// The permits of the pushes the session holds while our pull is out,
+    /// passed on with them: a held push still counts against the peer, so
+    /// a peer that keeps a pull of ours out cannot push past the router's
+    /// pace into the held list (permits are alike; any goes with any).
+    held_permits: Vec<ImportPermit>,
     /// Logger with the peer.
     log: Logger,
 }
@@ -305,7 +310,8 @@ impl State {
                 replace_task(self.timers.entry(kind).or_default(), timer);
             }
             Effect::Import(update) => {
-                let permit = self.permit.take();
+                let permit =
+                    self.permit.take().or_else(|| self.held_permits.pop());
                 let msg = RouterMsg::Import { peer: self.peer, update, permit };
                 if let Err(e) = self.router.cast(msg) {
                     warn!(self.log, "router gone; push dropped"; "error" => %e);
@@ -485,6 +491,7 @@ impl Actor for Exchange {
             push_task: None,
             timers: HashMap::new(),
             permit: None,
+            held_permits: Vec::new(),
             log,
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead
@@ -566,8 +573,10 @@ impl Actor for Exchange {
             }
         };
         state.step(&myself, input);
-        // Held back (or dropped): no longer counted against the peer.
-        state.permit = None;
+        // Not imported at once: held (its permit goes with it), or dropped
+        // (and the permits of held pushes the session let go with it).
+        state.held_permits.extend(state.permit.take());
+        state.held_permits.truncate(state.session.held_pushes());
         Ok(())
     }
 }

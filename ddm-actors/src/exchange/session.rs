@@ -201,6 +201,11 @@ impl Session {
         }
     }
 
+    /// How many of the peer's pushes are held while our pull is out.
+    pub fn held_pushes(&self) -> usize {
+        self.held.as_ref().map_or(0, Vec::len)
+    }
+
     /// The body limit pushes are held to.
     pub fn push_limit(&self) -> usize {
         self.push_limit

@@ -1,6 +1,9 @@
 //! Test doubles shared by the exchange tests: a fake router and a fake
 //! exchange actor that record what they are told.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use ddm_admin_api::latest::RouterKind;
 use ractor::{Actor, ActorProcessingErr};
 use tokio::sync::mpsc;
@@ -33,10 +36,15 @@ pub(crate) enum Seen {
 /// answers pulls with a canned response.
 pub(crate) struct FakeRouter;
 
+/// What a [`FakeRouter`] keeps: where it reports, its canned pull answer,
+/// and how many imports came with an import permit.
+type FakeRouterState =
+    (mpsc::UnboundedSender<Seen>, v3::PullResponse, Arc<AtomicU64>);
+
 impl Actor for FakeRouter {
     type Msg = RouterMsg;
-    type State = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
-    type Arguments = (mpsc::UnboundedSender<Seen>, v3::PullResponse);
+    type State = FakeRouterState;
+    type Arguments = FakeRouterState;
 
     async fn pre_start(
         &self,
@@ -50,13 +58,16 @@ impl Actor for FakeRouter {
         &self,
         _: RouterRef,
         msg: RouterMsg,
-        (tx, answer): &mut Self::State,
+        (tx, answer, permitted): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
             RouterMsg::PeerUp { peer, kind, .. } => {
                 tx.send(Seen::PeerUp(peer, kind))
             }
-            RouterMsg::Import { peer, update, .. } => {
+            RouterMsg::Import { peer, update, permit } => {
+                if permit.is_some() {
+                    permitted.fetch_add(1, Ordering::Relaxed);
+                }
                 tx.send(Seen::Import(peer, update.to_wire()))
             }
             RouterMsg::PullResult { peer, response } => {
@@ -79,9 +90,20 @@ impl Actor for FakeRouter {
 pub(crate) async fn fake_router(
     answer: v3::PullResponse,
 ) -> (RouterRef, mpsc::UnboundedReceiver<Seen>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (r, _) = Actor::spawn(None, FakeRouter, (tx, answer)).await.unwrap();
+    let (r, rx, _) = fake_router_counting(answer).await;
     (r, rx)
+}
+
+/// A fake router answering pulls with `answer`, and the count of imports
+/// it was handed with an import permit (which it gives back at once).
+pub(crate) async fn fake_router_counting(
+    answer: v3::PullResponse,
+) -> (RouterRef, mpsc::UnboundedReceiver<Seen>, Arc<AtomicU64>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let permitted = Arc::new(AtomicU64::new(0));
+    let state = (tx, answer, Arc::clone(&permitted));
+    let (r, _) = Actor::spawn(None, FakeRouter, state).await.unwrap();
+    (r, rx, permitted)
 }
 
 /// Stands in for the exchange actor, for the server alone: records what
@@ -124,8 +146,8 @@ pub(crate) async fn fake_router_and_exchange(
     answer: v3::PullResponse,
 ) -> (RouterRef, ExchangeRef, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let (r, _) =
-        Actor::spawn(None, FakeRouter, (tx.clone(), answer)).await.unwrap();
+    let state = (tx.clone(), answer, Arc::default());
+    let (r, _) = Actor::spawn(None, FakeRouter, state).await.unwrap();
     let (x, _) = Actor::spawn(None, FakeExchange, tx).await.unwrap();
     (r, x, rx)
 }

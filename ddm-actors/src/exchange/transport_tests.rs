@@ -1,6 +1,8 @@
 //! Two exchange actors over the in-memory transport, on paused time.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ddm_admin_api::latest::RouterKind;
 use ractor::{Actor, DerivedActorRef};
@@ -12,10 +14,9 @@ use super::super::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
     MAX_ATTEMPTS,
 };
-use super::super::testing::{fake_router, Seen};
+use super::super::testing::{fake_router_counting, Seen};
 use super::super::wire::v3;
 use super::*;
-use crate::router::RouterRef;
 use crate::test_actors::Forward;
 use ddm_proto::PeerId;
 
@@ -58,6 +59,8 @@ struct Side {
     x: ExchangeRef,
     seen: mpsc::UnboundedReceiver<Seen>,
     failed: mpsc::UnboundedReceiver<ExchangeFailed>,
+    /// Imports the router was handed with an import permit.
+    permitted: Arc<AtomicU64>,
 }
 
 async fn side(
@@ -78,7 +81,7 @@ async fn side_offering(
     dests: &[&str],
     give_up_after: Duration,
 ) -> Side {
-    let (router, seen): (RouterRef, _) = fake_router(offer(dests)).await;
+    let (router, seen, permitted) = fake_router_counting(offer(dests)).await;
     let (tx, failed) = mpsc::unbounded_channel();
     let (c, _) =
         Actor::spawn(None, Forward::<ExchangeFailed>::new(), tx).await.unwrap();
@@ -99,7 +102,7 @@ async fn side_offering(
         transport: ExchangeTransport::memory(net.clone()),
     };
     let (x, _) = Actor::spawn(None, Exchange, args).await.unwrap();
-    Side { x, seen, failed }
+    Side { x, seen, failed, permitted }
 }
 
 /// The next thing seen that `pick` takes, skipping the rest.
@@ -368,6 +371,9 @@ async fn pushes_are_held_while_a_pull_is_out() {
     })
     .await;
     assert_eq!(next, update);
+    // With the permit it was taken with: held, it still counted against
+    // A, so A could not push past the router's pace meanwhile.
+    assert_eq!(b.permitted.load(Ordering::Relaxed), 1);
     net.clear_fault(addr(2), addr(1));
     a.x.stop(None);
     b.x.stop(None);
