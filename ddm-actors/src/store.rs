@@ -53,6 +53,9 @@ const TUNNELS: TableDefinition<&str, ()> = TableDefinition::new("tunnels");
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "ddmdb";
 
+/// Length of redb's magic number, at the start of every database file.
+const MAGIC_LEN: usize = 9;
+
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -72,7 +75,9 @@ pub enum StoreError {
     /// A read or write failed for another reason.
     #[error("store {0} failed: {1}; the change was not made")]
     Io(PathBuf, String),
-    /// An entry on disk could not be parsed (it is skipped and reported).
+    /// An entry on disk could not be parsed: loading fails, naming it, so
+    /// the daemon does not start announcing less than was acknowledged
+    /// (the entry is left on disk for the operator to mend or remove).
     #[error("store {0} holds an unreadable entry {1:?}")]
     Corrupt(PathBuf, String),
 }
@@ -499,26 +504,54 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Open the database through the fault-injecting backend.
+    /// Open the database through the fault-injecting backend. A file
+    /// that held no database before ([`Store::never_written`]) is started
+    /// afresh, and removed again if making the database in it fails, so
+    /// that a first start on a full disk (or killed while it made the
+    /// database) does not leave a file no later start can open.
     fn open_db(&self) -> Result<redb::Database, StoreError> {
+        let fresh = matches!(self.medium, Medium::File) && self.never_written();
         let file: Box<dyn StorageBackend> = match &self.medium {
             Medium::Memory(m) => Box::new(m.clone()),
-            Medium::File => Box::new(self.open_file()?),
+            Medium::File => Box::new(self.open_file(fresh)?),
         };
         let backend = FaultyFile { file, faults: self.faults.clone() };
-        redb::Builder::new()
+        let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify(e));
+        if db.is_err() && fresh {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        db
     }
 
-    /// Open (creating if needed) the database file.
-    fn open_file(&self) -> Result<FileBackend, StoreError> {
+    /// Whether the database file holds no database: it is missing, or its
+    /// first bytes, where redb's magic number goes, are zeros. redb sizes
+    /// a new file first and writes the magic number last, so a creation
+    /// that failed (`ENOSPC` once the size is used) or was killed leaves a
+    /// file of zeros, which redb refuses to open ("magic number
+    /// mismatch"). Anything else, garbage included, is left to redb.
+    fn never_written(&self) -> bool {
+        use std::io::Read;
+        let Ok(file) = std::fs::File::open(&self.path) else {
+            return !self.path.exists();
+        };
+        let mut head = Vec::with_capacity(MAGIC_LEN);
+        match file.take(MAGIC_LEN as u64).read_to_end(&mut head) {
+            Ok(_) => head.iter().all(|b| *b == 0),
+            Err(_) => false,
+        }
+    }
+
+    /// Open (creating if needed) the database file; `fresh`: emptied first
+    /// (see [`Store::never_written`]).
+    fn open_file(&self, fresh: bool) -> Result<FileBackend, StoreError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
+            .truncate(fresh)
             .open(&self.path)
             .map_err(|e| self.classify(redb::Error::Io(e)))?;
         FileBackend::new(file).map_err(|e| self.classify(e))
@@ -974,6 +1007,38 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = Store::open(&file).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    /// A first start that stopped after redb sized the file and before it
+    /// wrote its header (a full disk, a kill) left a file of zeros: the
+    /// next start makes the database in it.
+    #[test]
+    fn a_file_of_zeros_from_a_stopped_first_start_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0u8; 8192]).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        let change =
+            StoreChange { add_prefixes: [p].into(), ..Default::default() };
+        store.apply(&change).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap().prefixes, [p].into());
+    }
+
+    /// A first start that fails to make the database leaves no file; the
+    /// next one, with room again, starts.
+    #[test]
+    fn a_failed_first_start_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        faults.fail_writes(libc::ENOSPC);
+        let err =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap_err();
+        assert!(matches!(err, StoreError::NoSpace(..)), "{err}");
+        assert!(!dir.path().join(DB_FILE).exists());
+        faults.fail_writes(0);
+        Store::open_with_faults(dir.path(), faults).unwrap();
     }
 
     #[test]
