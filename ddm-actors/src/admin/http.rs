@@ -58,12 +58,21 @@ impl AdminContext {
         &self,
         msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
     ) -> Result<T, HttpError> {
+        self.call(msg, "the router did not answer in time").await
+    }
+
+    /// [`AdminContext::ask`], answering `late` when the actor does not
+    /// answer within [`CALL_TIMEOUT`].
+    async fn call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
+        late: &str,
+    ) -> Result<T, HttpError> {
         match self.admin.call(msg, Some(CALL_TIMEOUT)).await {
             Ok(CallResult::Success(v)) => Ok(v),
-            Ok(CallResult::Timeout) => Err(HttpError::for_unavail(
-                None,
-                "the router did not answer in time".to_string(),
-            )),
+            Ok(CallResult::Timeout) => {
+                Err(HttpError::for_unavail(None, late.to_string()))
+            }
             Ok(CallResult::SenderError) | Err(_) => {
                 Err(HttpError::for_unavail(
                     None,
@@ -78,7 +87,10 @@ impl AdminContext {
         &self,
         change: StoreChange,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        self.ask(|r| AdminMsg::Change(change, r))
+        let late = "the daemon did not get to the change in time; it is \
+                    dropped unless it had begun (GET /originated shows what \
+                    is originated)";
+        self.call(|r| AdminMsg::Change(change, r), late)
             .await?
             .map_err(store_failed)?;
         Ok(HttpResponseUpdatedNoContent())

@@ -217,6 +217,33 @@ impl AdminState {
         }
     }
 
+    /// Carry out the change `asked` for and answer it, unless its asker
+    /// stopped waiting: the HTTP handler answers 503 after
+    /// `http::CALL_TIMEOUT`, and a change made after that answer would
+    /// be one the client was told failed.
+    async fn change(
+        &mut self,
+        asked: StoreChange,
+        reply: RpcReplyPort<Result<(), StoreError>>,
+    ) {
+        if reply.is_closed() {
+            warn!(self.log, "change dropped: its request stopped waiting";
+                "prefixes" => asked.add_prefixes.len()
+                    + asked.remove_prefixes.len(),
+                "tunnels" => asked.add_tunnels.len()
+                    + asked.remove_tunnels.len());
+            return;
+        }
+        let o = &self.originated;
+        let change = StoreChange {
+            add_prefixes: not_in(asked.add_prefixes, &o.prefixes),
+            remove_prefixes: only_in(asked.remove_prefixes, &o.prefixes),
+            add_tunnels: not_in(asked.add_tunnels, &o.tunnels),
+            remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
+        };
+        let _ = reply.send(self.update(change).await);
+    }
+
     /// The router messages that carry out `change`.
     fn tell_router_change(&self, change: &StoreChange) {
         let StoreChange {
@@ -318,19 +345,7 @@ impl Actor for Admin {
             AdminMsg::GetOriginatedTunnels(reply) => {
                 let _ = reply.send(state.originated.tunnels.clone());
             }
-            AdminMsg::Change(asked, reply) => {
-                let o = &state.originated;
-                let change = StoreChange {
-                    add_prefixes: not_in(asked.add_prefixes, &o.prefixes),
-                    remove_prefixes: only_in(
-                        asked.remove_prefixes,
-                        &o.prefixes,
-                    ),
-                    add_tunnels: not_in(asked.add_tunnels, &o.tunnels),
-                    remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
-                };
-                let _ = reply.send(state.update(change).await);
-            }
+            AdminMsg::Change(asked, reply) => state.change(asked, reply).await,
             AdminMsg::GetPeers(reply) => {
                 if let Err(e) =
                     state.supervisor.send_message(PeerQuery::GetPeers(reply))

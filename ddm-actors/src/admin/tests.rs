@@ -64,19 +64,21 @@ fn add(prefix: &str) -> StoreChange {
     }
 }
 
-#[tokio::test]
-async fn a_failing_store_refuses_changes_before_the_router_hears() {
-    let faults = Arc::new(Faults::default());
-    let store = Store::in_memory_with_faults(faults.clone());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (router, router_task) =
+/// An admin actor's state over `store`, telling a forwarder in place of
+/// the router.
+async fn state_over(
+    store: Store,
+) -> (AdminState, RouterRef, mpsc::UnboundedReceiver<RouterMsg>, impl Drop) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (router, _) =
         Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
-    let (supervisor, sup_task) = Actor::spawn(None, Sink, ()).await.unwrap();
-    let mut state = AdminState {
+    let (supervisor, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+    let stop = Stop(vec![router.get_cell(), supervisor.get_cell()]);
+    let state = AdminState {
         guard: None,
         server: None,
         local_addr: None,
-        store: store.clone(),
+        store,
         originated: Originated::default(),
         supervisor: supervisor.get_derived(),
         router: Some(router.clone()),
@@ -84,6 +86,44 @@ async fn a_failing_store_refuses_changes_before_the_router_hears() {
         store_counters: Arc::new(StoreCounters::default()),
         log: Logger::root(slog::Discard, o!()),
     };
+    (state, router, rx, stop)
+}
+
+/// Stops the actors it holds when dropped.
+struct Stop(Vec<ractor::ActorCell>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        for a in &self.0 {
+            a.stop(None);
+        }
+    }
+}
+
+/// A change whose HTTP handler gave up waiting (and answered 503) is not
+/// made when the actor gets to it.
+#[tokio::test]
+async fn a_change_nobody_waits_for_is_dropped() {
+    let store = Store::in_memory();
+    let (mut state, router, mut rx, _stop) = state_over(store.clone()).await;
+    let (tx, gone) = tokio::sync::oneshot::channel();
+    drop(gone);
+    state.change(add("fd00:1::/64"), tx.into()).await;
+    assert!(heard(&router, &mut rx).await.is_empty());
+    assert!(store.load().unwrap().prefixes.is_empty());
+    // One waited for is made.
+    let (tx, answer) = tokio::sync::oneshot::channel();
+    state.change(add("fd00:1::/64"), tx.into()).await;
+    answer.await.unwrap().unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:1::/64}"]);
+    assert_eq!(store.load().unwrap().prefixes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_changes_before_the_router_hears() {
+    let faults = Arc::new(Faults::default());
+    let store = Store::in_memory_with_faults(faults.clone());
+    let (mut state, router, mut rx, _stop) = state_over(store.clone()).await;
 
     state.update(add("fd00:1::/64")).await.unwrap();
     assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:1::/64}"]);
@@ -114,11 +154,6 @@ async fn a_failing_store_refuses_changes_before_the_router_hears() {
     // Every write attempt was counted: two committed, four failed.
     let counted = state.store_counters.named();
     assert_eq!((counted["commits"], counted["failures"]), (2, 4));
-
-    router.stop(None);
-    supervisor.stop(None);
-    router_task.await.unwrap();
-    sup_task.await.unwrap();
 }
 
 #[test]
