@@ -16,7 +16,11 @@
 //!   past that is closed as soon as it is accepted, before anything is read;
 //! * a connection on which nothing moves either way for [`ADMIN_IDLE`] is
 //!   closed: a client stalled mid-body, or idle between requests, or not
-//!   reading its answer.
+//!   reading its answer;
+//! * a connection whose client has been sending for [`ADMIN_REQUEST`]
+//!   without an answer from the server is closed: a client that trickles
+//!   a body a byte at a time, never idle for long, would otherwise hold
+//!   its connection (and one of the slots) for as long as it likes.
 //!
 //! The relay copies both ways as bytes come (HTTP is not parsed again), so
 //! it adds a hop on loopback and nothing else; dropshot's own logs show the
@@ -51,6 +55,33 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// before its connection could be closed.
 pub const ADMIN_IDLE: Duration = Duration::from_secs(15);
 
+/// Longest time from a client's first byte not yet answered to the
+/// server's first byte of answer. An admin request body is at most 8 MiB,
+/// sent from the same host or the control plane's; the handler waits 10 s
+/// at most for the daemon before it answers.
+pub const ADMIN_REQUEST: Duration = Duration::from_secs(30);
+
+/// What a guard bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections relayed at once.
+    pub max_connections: usize,
+    /// How long nothing may move on a connection.
+    pub idle: Duration,
+    /// How long a client may send without an answer.
+    pub request: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            idle: ADMIN_IDLE,
+            request: ADMIN_REQUEST,
+        }
+    }
+}
+
 /// Size of each direction's relay buffer.
 const RELAY_BUFFER: usize = 16 << 10;
 
@@ -84,24 +115,17 @@ impl AdminGuard {
         backend: SocketAddr,
         log: Logger,
     ) -> io::Result<AdminGuard> {
-        Self::start_with(
-            listen,
-            backend,
-            ADMIN_MAX_CONNECTIONS,
-            ADMIN_IDLE,
-            log,
-        )
+        Self::start_with(listen, backend, Bounds::default(), log)
     }
 
-    /// Listen on `listen` and relay to `backend`: at most `max_connections`
-    /// at once, each closed after `idle` without traffic.
+    /// Listen on `listen` and relay to `backend` within `bounds`.
     pub fn start_with(
         listen: SocketAddr,
         backend: SocketAddr,
-        max_connections: usize,
-        idle: Duration,
+        bounds: Bounds,
         log: Logger,
     ) -> io::Result<AdminGuard> {
+        let Bounds { max_connections, idle, .. } = bounds;
         let std = std::net::TcpListener::bind(listen)?;
         std.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std)?;
@@ -148,7 +172,8 @@ impl AdminGuard {
                             let log = log.clone();
                             conns.spawn(async move {
                                 let relayed = relay(
-                                    client, server, backend, idle, &answered,
+                                    client, server, backend, bounds,
+                                    &answered,
                                 );
                                 if let Err(e) = relayed.await {
                                     debug!(log, "admin connection closed";
@@ -198,6 +223,10 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "idle")
 }
 
+fn unanswered() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "sending without an answer")
+}
+
 /// A connection to `backend`, within `idle`.
 async fn connect(backend: SocketAddr, idle: Duration) -> io::Result<TcpStream> {
     let server = tokio::time::timeout(idle, TcpStream::connect(backend))
@@ -219,15 +248,17 @@ fn usable(spare: &TcpStream) -> bool {
 }
 
 /// Relay `client` to `server` (or, without one, a new connection to
-/// `backend`) until either closes or nothing moves for `idle`; `answered`
-/// is notified when the server first answers.
+/// `backend`) until either closes, nothing moves for `bounds.idle`, or the
+/// client sends for `bounds.request` without an answer; `answered` is
+/// notified when the server first answers.
 async fn relay(
     mut client: TcpStream,
     server: Option<TcpStream>,
     backend: SocketAddr,
-    idle: Duration,
+    bounds: Bounds,
     answered: &Notify,
 ) -> io::Result<()> {
+    let Bounds { idle, request, .. } = bounds;
     let mut server = match server {
         Some(s) => s,
         None => connect(backend, idle).await?,
@@ -239,7 +270,13 @@ async fn relay(
     let mut down = vec![0u8; RELAY_BUFFER];
     let mut client_open = true;
     let mut told = false;
+    // Since when the client's bytes wait for an answer.
+    let mut asked: Option<tokio::time::Instant> = None;
     loop {
+        let left = asked.map(|t| request.saturating_sub(t.elapsed()));
+        if left == Some(Duration::ZERO) {
+            return Err(unanswered());
+        }
         // Reads are cancel-safe; each write completes within the step.
         let step = async {
             tokio::select! {
@@ -262,11 +299,16 @@ async fn relay(
                 }
             }
         };
-        match tokio::time::timeout(idle, step).await {
+        let wait = left.map_or(idle, |l| l.min(idle));
+        match tokio::time::timeout(wait, step).await {
+            Err(_) if wait < idle => return Err(unanswered()),
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(Step::Moved)) => {}
+            Ok(Ok(Step::Moved)) => {
+                asked.get_or_insert_with(tokio::time::Instant::now);
+            }
             Ok(Ok(Step::Answered)) => {
+                asked = None;
                 if !told {
                     told = true;
                     answered.notify_one();
@@ -312,14 +354,13 @@ mod tests {
     async fn relays_both_ways_and_caps_connections() {
         let backend = echo().await;
         let listen = "[::1]:0".parse().unwrap();
-        let guard = AdminGuard::start_with(
-            listen,
-            backend,
-            2,
-            Duration::from_secs(60),
-            log(),
-        )
-        .unwrap();
+        let bounds = Bounds {
+            max_connections: 2,
+            idle: Duration::from_secs(60),
+            ..Bounds::default()
+        };
+        let guard =
+            AdminGuard::start_with(listen, backend, bounds, log()).unwrap();
         let addr = guard.local_addr();
         let mut held = Vec::new();
         for i in 0..2u8 {
@@ -355,11 +396,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_when_idle() {
         let backend = echo().await;
+        let bounds = Bounds { max_connections: 4, ..Bounds::default() };
         let guard = AdminGuard::start_with(
             "[::1]:0".parse().unwrap(),
             backend,
-            4,
-            ADMIN_IDLE,
+            bounds,
             log(),
         )
         .unwrap();
@@ -372,6 +413,44 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= ADMIN_IDLE, "closed after {waited:?}");
         assert!(waited < ADMIN_IDLE + Duration::from_secs(1), "{waited:?}");
+    }
+
+    /// A client that trickles its request a byte at a time, more often
+    /// than the idle bound, to a server that has not answered, is closed
+    /// once it has sent for the request bound, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_request_is_closed_at_the_request_bound() {
+        let l = TcpListener::bind("[::1]:0").await.unwrap();
+        let backend = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut s, &mut sink).await;
+                });
+            }
+        });
+        let guard =
+            AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
+                .unwrap();
+        let c = TcpStream::connect(guard.local_addr()).await.unwrap();
+        let (mut r, mut w) = c.into_split();
+        let start = tokio::time::Instant::now();
+        let trickle = tokio::spawn(async move {
+            while w.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(ADMIN_IDLE / 2).await;
+            }
+        });
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(4 * ADMIN_REQUEST, r.read(&mut buf))
+            .await
+            .expect("the trickling client was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let waited = start.elapsed();
+        assert!(waited >= ADMIN_REQUEST, "closed after {waited:?}");
+        assert!(waited < ADMIN_REQUEST + ADMIN_IDLE / 2, "{waited:?}");
+        trickle.abort();
     }
 
     /// A server that answers what it reads with the number of the
