@@ -21,6 +21,7 @@ pub mod session;
 pub mod session_io;
 pub mod stats;
 pub mod transport;
+mod watched;
 
 #[cfg(test)]
 pub(crate) mod testing;

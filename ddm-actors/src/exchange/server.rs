@@ -77,6 +77,7 @@ use tokio::time::Instant;
 use super::actor::{ExchangeMsg, ExchangeRef, Stats};
 use super::client::json_size_hint;
 use super::decode::decode_update;
+use super::watched::{until_stalled, Moved, Watched};
 use super::wire::v2_view;
 use crate::router::{RouterMsg, RouterRef};
 use ddm_proto::PeerId;
@@ -389,15 +390,25 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(handle(req, allowed, &ctx, &budget).await) }
     });
     // The peer may keep its connection open between pushes; a stranger
-    // gets one answer. Either way a silent client is dropped in time.
+    // gets one answer. Either way a silent client is dropped in time, and
+    // so is one that stops reading an answer (`watched`).
     let idle = if allowed { PEER_IDLE } else { ctx.timeout };
+    let moved = Moved::new();
+    let stream = Watched::new(stream, Arc::clone(&moved));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .keep_alive(allowed)
         .serve_connection(TokioIo::new(stream), svc);
-    if let Err(e) = conn.await {
-        debug!(ctx.log, "exchange connection ended"; "error" => %e);
+    match until_stalled(conn, &moved, idle).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            debug!(ctx.log, "exchange connection ended"; "error" => %e);
+        }
+        None => {
+            debug!(ctx.log, "exchange connection closed: nothing moved";
+                "for" => ?idle);
+        }
     }
 }
 
