@@ -506,6 +506,72 @@ impl From<v3::Update> for OutUpdate {
     }
 }
 
+/// A peer's pull answer as read: the compact form of a
+/// [`v3::PullResponse`], its hostnames shared as in a push read
+/// ([`OutUpdate`]). A missing half means the empty set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutPull {
+    /// Every underlay path offered.
+    pub underlay: Option<BTreeSet<OutPath>>,
+    /// Every tunnel endpoint offered.
+    pub tunnel: Option<BTreeSet<v3::TunnelOrigin>>,
+}
+
+impl OutPull {
+    /// The same answer with every prefix's host bits cleared.
+    pub fn normalised(self) -> Self {
+        OutPull {
+            underlay: self.underlay.map(|set| {
+                set.into_iter()
+                    .map(|p| OutPath {
+                        destination: crate::wire::normalise_v6(p.destination),
+                        ..p
+                    })
+                    .collect()
+            }),
+            tunnel: self.tunnel.map(|set| {
+                set.into_iter()
+                    .map(|t| v3::TunnelOrigin {
+                        overlay_prefix: crate::wire::normalise_ip(
+                            t.overlay_prefix,
+                        ),
+                        ..t
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    /// The wire answer this stands for.
+    pub fn to_wire(&self) -> v3::PullResponse {
+        v3::PullResponse {
+            underlay: self
+                .underlay
+                .as_ref()
+                .map(|s| s.iter().map(OutPath::to_wire).collect()),
+            tunnel: self.tunnel.clone(),
+        }
+    }
+}
+
+impl From<&v3::PullResponse> for OutPull {
+    fn from(r: &v3::PullResponse) -> Self {
+        OutPull {
+            underlay: r
+                .underlay
+                .as_ref()
+                .map(|s| s.iter().map(OutPath::from).collect()),
+            tunnel: r.tunnel.clone(),
+        }
+    }
+}
+
+impl From<v3::PullResponse> for OutPull {
+    fn from(r: v3::PullResponse) -> Self {
+        OutPull::from(&r)
+    }
+}
+
 /// A set of paths written as a v2 sequence.
 struct V2Paths<'a>(&'a BTreeSet<OutPath>);
 

@@ -258,7 +258,7 @@ async fn serves_the_peer_and_refuses_strangers() {
     let pushed = as_peer.push(&(&u).into()).await.unwrap();
     assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
     let pulled = as_peer.pull(None).await.unwrap();
-    assert_eq!(pulled.response, answer);
+    assert_eq!(pulled.response.to_wire(), answer);
     assert_eq!(pulled.push_limit, Some(server::MAX_BODY));
     // The answer names the actor's session, the same one its own
     // pulls name.
@@ -268,7 +268,7 @@ async fn serves_the_peer_and_refuses_strangers() {
     assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
     let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
     let pulled_v2 = as_v2.pull(None).await.unwrap();
-    assert_eq!(pulled_v2.response, answer);
+    assert_eq!(pulled_v2.response.to_wire(), answer);
     let c = call!(x, ExchangeMsg::GetCounters).unwrap();
     assert_eq!((c.pushes_received, c.pulls_received), (1, 2));
     assert!(pushed > 0 && pulled.bytes > 0 && pulled_v2.bytes > 0);

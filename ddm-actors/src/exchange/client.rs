@@ -34,11 +34,11 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::outgoing::{OutUpdate, V2Update};
+use super::outgoing::{OutPull, OutUpdate, V2Update};
 use super::server::{
     read_body, session_id, ReadError, PUSH_LIMIT_HEADER, SESSION_HEADER,
 };
-use super::wire::{v2, v3};
+
 use ddm_proto::Version;
 
 /// Why a request to the peer failed.
@@ -100,14 +100,17 @@ impl ClientError {
 /// default `--max-prefixes-per-peer`) each heard along four paths; or
 /// 250,000 path vectors with long paths, sixteen hops of 32-byte
 /// hostnames (646 bytes each: 162 MB). Pulls are ours to start, one at a
-/// time per peer, so this bound is not multiplied by an attacker.
+/// time per peer, so this bound is not multiplied by an attacker; and the
+/// answer is read as a push is (`decode.rs`: each hostname stored once,
+/// a path cut one name past the longest the policy takes), so its text
+/// does not grow into one allocation per name as it is read.
 pub const MAX_PULL_BODY: usize = 256 << 20;
 
 /// A pull answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
-    /// The peer's full set, in v3.
-    pub response: v3::PullResponse,
+    /// The peer's full set, in v3's compact form.
+    pub response: OutPull,
     /// The largest push body the peer announced it takes, if it did.
     pub push_limit: Option<usize>,
     /// The answer's body size in bytes.
@@ -157,19 +160,8 @@ pub(crate) fn decode_pull(
     let push_limit = announced_push_limit(headers);
     let session = session_id(headers);
     let bytes = body.len();
-    let decode = |e: serde_json::Error| ClientError::Decode(e.to_string());
-    let response = match version {
-        Version::V3 => serde_json::from_slice(&body).map_err(decode)?,
-        Version::V2 => {
-            let r: v2::PullResponse =
-                serde_json::from_slice(&body).map_err(decode)?;
-            // The text is no longer needed while converting.
-            drop(body);
-            r.try_into().map_err(|e: super::wire::WireError| {
-                ClientError::Decode(e.to_string())
-            })?
-        }
-    };
+    let response = super::decode::decode_pull_answer(version, &body)
+        .map_err(ClientError::Decode)?;
     Ok(Pulled { response, push_limit, bytes, session })
 }
 
@@ -458,7 +450,7 @@ mod tests {
             .bound_to(Ipv6Addr::LOCALHOST);
         for _ in 0..3 {
             let pulled = client.pull(None).await.unwrap();
-            assert_eq!(pulled.response, v3::PullResponse::default());
+            assert_eq!(pulled.response, OutPull::default());
             assert_eq!(pulled.bytes, 2);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);

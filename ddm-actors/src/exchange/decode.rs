@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ddm_proto::outgoing::{Names, OutUpdate};
+use ddm_proto::outgoing::{Names, OutPull, OutUpdate};
 use ddm_proto::Version;
 
 /// A push body in `version`, as the router's compact update (a v2
@@ -23,18 +23,39 @@ pub(crate) fn decode_update(
     body: Bytes,
 ) -> Result<OutUpdate, String> {
     match version {
-        Version::V3 => read::<exact::V3>(&body)
+        Version::V3 => read::<exact::Update<exact::V3>, _>(&body)
             .map_err(|e| format!("invalid v3 update: {e}")),
-        Version::V2 => read::<exact::V2>(&body)
+        Version::V2 => read::<exact::Update<exact::V2>, _>(&body)
             .map_err(|e| format!("invalid v2 update: {e}")),
     }
 }
 
-fn read<W: exact::Wire>(body: &[u8]) -> Result<OutUpdate, String> {
+/// A pull answer's body in `version`, in the compact form a push takes
+/// (hostnames shared, each path read up to one name past the longest the
+/// policy may take): read into the wire types instead, a name cost a
+/// `String` of its own, and an answer of short names (256 MiB of `"a",`)
+/// grew to gigabytes before the policy saw it.
+pub(crate) fn decode_pull_answer(
+    version: Version,
+    body: &[u8],
+) -> Result<OutPull, String> {
+    match version {
+        Version::V3 => read::<exact::Pull<exact::V3>, _>(body),
+        Version::V2 => read::<exact::Pull<exact::V2>, _>(body),
+    }
+}
+
+/// Read `body` as `T`, then convert it, with the name table of this
+/// thread emptied before and after.
+fn read<T, U>(body: &[u8]) -> Result<U, String>
+where
+    T: serde::de::DeserializeOwned,
+    U: TryFrom<T, Error = String>,
+{
     SHARED.with(|s| s.borrow_mut().clear());
-    let read = serde_json::from_slice::<exact::Update<W>>(body)
+    let read = serde_json::from_slice::<T>(body)
         .map_err(|e| e.to_string())
-        .and_then(OutUpdate::try_from);
+        .and_then(U::try_from);
     // The names read are the update's now; drop the body's table.
     SHARED.with(|s| s.borrow_mut().clear());
     read
@@ -112,22 +133,28 @@ mod exact {
     };
     use serde::Deserialize;
 
-    use ddm_proto::outgoing::{Names, OutPath, OutUnderlay, OutUpdate};
+    use ddm_proto::outgoing::{
+        Names, OutPath, OutPull, OutUnderlay, OutUpdate,
+    };
     use ddm_proto::wire::{v2, v3};
 
     use super::SHARED;
     use crate::policy::MAX_PATH_LEN_BOUND;
 
-    /// What differs between the versions' push bodies.
+    /// What differs between the versions' push and pull bodies.
     pub(super) trait Wire {
         /// A destination as written.
         type Destination: DeserializeOwned;
         /// The tunnel half as written.
         type Tunnel: DeserializeOwned;
+        /// A tunnel endpoint as written.
+        type Origin: DeserializeOwned + Ord;
         /// The destination in v3.
         fn destination(d: Self::Destination) -> Result<Ipv6Net, String>;
         /// The tunnel half in v3.
         fn tunnel(t: Self::Tunnel) -> Result<v3::TunnelUpdate, String>;
+        /// A tunnel endpoint in v3.
+        fn origin(o: Self::Origin) -> Result<v3::TunnelOrigin, String>;
     }
 
     /// Version 3's body.
@@ -139,22 +166,30 @@ mod exact {
     impl Wire for V3 {
         type Destination = Ipv6Net;
         type Tunnel = v3::TunnelUpdate;
+        type Origin = v3::TunnelOrigin;
         fn destination(d: Ipv6Net) -> Result<Ipv6Net, String> {
             Ok(d)
         }
         fn tunnel(t: v3::TunnelUpdate) -> Result<v3::TunnelUpdate, String> {
             Ok(t)
         }
+        fn origin(o: v3::TunnelOrigin) -> Result<v3::TunnelOrigin, String> {
+            Ok(o)
+        }
     }
 
     impl Wire for V2 {
         type Destination = v2::Ipv6Prefix;
         type Tunnel = v2::TunnelUpdate;
+        type Origin = v2::TunnelOrigin;
         fn destination(d: v2::Ipv6Prefix) -> Result<Ipv6Net, String> {
             d.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
         }
         fn tunnel(t: v2::TunnelUpdate) -> Result<v3::TunnelUpdate, String> {
             t.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
+        }
+        fn origin(o: v2::TunnelOrigin) -> Result<v3::TunnelOrigin, String> {
+            o.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
         }
     }
 
@@ -256,6 +291,37 @@ mod exact {
         }
     }
 
+    /// A pull answer as read.
+    #[derive(Deserialize)]
+    #[serde(bound = "")]
+    pub(super) struct Pull<W: Wire> {
+        #[serde(default)]
+        underlay: Option<PathSet<W>>,
+        #[serde(default)]
+        tunnel: Option<BTreeSet<W::Origin>>,
+    }
+
+    /// A set of path vectors read as [`paths`] reads them (a type of its
+    /// own, so that `null` is read as no set).
+    struct PathSet<W>(BTreeSet<OutPath>, PhantomData<W>);
+
+    impl<'de, W: Wire> Deserialize<'de> for PathSet<W> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            paths::<D, W>(d).map(|set| PathSet(set, PhantomData))
+        }
+    }
+
+    impl<W: Wire> TryFrom<Pull<W>> for OutPull {
+        type Error = String;
+        fn try_from(p: Pull<W>) -> Result<OutPull, String> {
+            let tunnel = p
+                .tunnel
+                .map(|set| set.into_iter().map(W::origin).collect())
+                .transpose()?;
+            Ok(OutPull { underlay: p.underlay.map(|s| s.0), tunnel })
+        }
+    }
+
     /// A set of path vectors, each converted to v3 as it is read.
     fn paths<'de, D: Deserializer<'de>, W: Wire>(
         d: D,
@@ -318,6 +384,54 @@ mod tests {
             {"destination":"fd00:1::/64","path":["a","b",7]}]}}"#;
         assert!(decode_update(Version::V3, Bytes::from(bad)).is_err());
         assert!(SHARED.with(|s| s.borrow().path.is_empty()));
+    }
+
+    /// A pull answer decodes as serde's derive reads the wire types, in
+    /// either version, `null` and missing halves included; its hostnames
+    /// are shared, and its paths bounded as a push's.
+    #[test]
+    fn pull_answers_decode_as_the_wire_types_read_them() {
+        use ddm_proto::wire::{v2, v3};
+        let v3_bodies = [
+            r#"{"underlay":[
+                {"destination":"fd00:1::/64","path":["s1","t1"]},
+                {"destination":"fd00:3::/64","path":["s3","t1"]}],
+              "tunnel":[{"overlay_prefix":"10.0.0.0/8",
+                "boundary_addr":"fd00:99::1","vni":7,"metric":0}]}"#,
+            "{}",
+            r#"{"underlay":null,"tunnel":null}"#,
+        ];
+        for body in v3_bodies {
+            let want: v3::PullResponse = serde_json::from_str(body).unwrap();
+            let got = decode_pull_answer(Version::V3, body.as_bytes());
+            assert_eq!(got.unwrap().to_wire(), want, "{body}");
+        }
+        let v2_body = r#"{"underlay":[{"destination":
+            {"addr":"fd00:1::","len":64},"path":["s1","t1"]}],
+            "tunnel":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":8}},
+            "boundary_addr":"fd00:99::1","vni":7}]}"#;
+        let wire: v2::PullResponse = serde_json::from_str(v2_body).unwrap();
+        let want = v3::PullResponse::try_from(wire).unwrap();
+        let got = decode_pull_answer(Version::V2, v2_body.as_bytes()).unwrap();
+        assert_eq!(got.to_wire(), want);
+
+        let got = decode_pull_answer(Version::V3, v3_bodies[0].as_bytes());
+        let paths: Vec<_> =
+            got.unwrap().underlay.unwrap().into_iter().collect();
+        let (a, b) = (paths[0].hostnames(), paths[1].hostnames());
+        assert!(Arc::ptr_eq(&a[1], &b[1]), "t1 is one name");
+
+        let names = vec!["\"a\""; 100_000].join(",");
+        let long = format!(
+            r#"{{"underlay":[{{"destination":"fd00:1::/64","path":[{names}]}}]}}"#
+        );
+        let got = decode_pull_answer(Version::V3, long.as_bytes()).unwrap();
+        let path = got.underlay.unwrap().pop_first().unwrap();
+        let bound = crate::policy::MAX_PATH_LEN_BOUND;
+        assert_eq!(path.hostnames().len(), bound + 1);
+        for bad in [r#"{"underlay":{}}"#, r#"{"underlay":[{"path":[]}]}"#] {
+            assert!(decode_pull_answer(Version::V3, bad.as_bytes()).is_err());
+        }
     }
 
     /// A path of a million names keeps one past the longest the policy

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ddm_proto::outgoing::OutUpdate;
+use ddm_proto::outgoing::{OutPull, OutUpdate};
 use ddm_proto::wire::v3;
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +34,9 @@ pub enum Failure {
 /// A pull answer, as the session needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullAnswer {
-    /// The peer's full set, in v3.
-    pub response: v3::PullResponse,
+    /// The peer's full set, in v3's compact form.
+    #[serde(with = "wire_pull")]
+    pub response: OutPull,
     /// The largest push body the peer announced, if it did.
     #[serde(default)]
     pub push_limit: Option<usize>,
@@ -157,7 +158,7 @@ pub enum Effect {
     /// Hand the peer's push to the router.
     Import(#[serde(with = "wire_update")] OutUpdate),
     /// Hand the peer's pull answer to the router.
-    PullResult(v3::PullResponse),
+    PullResult(#[serde(with = "wire_pull")] OutPull),
     /// Every push the router gave, up to and including the `through`th,
     /// has been handled (reported once per value, in increasing order).
     Delivered {
@@ -230,6 +231,25 @@ mod wire_update {
         d: D,
     ) -> Result<OutUpdate, D::Error> {
         v3::Update::deserialize(d).map(OutUpdate::from)
+    }
+}
+
+/// Serialises an [`OutPull`] as its wire form.
+mod wire_pull {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        p: &OutPull,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        p.to_wire().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<OutPull, D::Error> {
+        v3::PullResponse::deserialize(d).map(OutPull::from)
     }
 }
 

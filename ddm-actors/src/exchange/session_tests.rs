@@ -184,7 +184,7 @@ fn pulls_back_never_ping_pong() {
                         Input::PeerPulled { session: Some(self.ids[side]) },
                     );
                     let answer = PullAnswer {
-                        response: v3::PullResponse::default(),
+                        response: Default::default(),
                         push_limit: None,
                         bytes: 2,
                         session: Some(self.ids[other]),
@@ -246,7 +246,7 @@ proptest::proptest! {
         let mut s = Session::new(Version::V3, Duration::from_secs(1));
         s.handle(now, Input::Start);
         let answer = PullAnswer {
-            response: v3::PullResponse::default(),
+            response: Default::default(),
             push_limit: None,
             bytes: 2,
             session: None,

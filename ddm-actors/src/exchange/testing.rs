@@ -71,7 +71,7 @@ impl Actor for FakeRouter {
                 tx.send(Seen::Import(peer, update.to_wire()))
             }
             RouterMsg::PullResult { peer, response } => {
-                tx.send(Seen::PullResult(peer, response))
+                tx.send(Seen::PullResult(peer, response.to_wire()))
             }
             RouterMsg::PullFor(peer, reply) => {
                 let _ = reply.send(answer.clone());

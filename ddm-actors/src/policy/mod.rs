@@ -41,8 +41,8 @@ use std::time::Duration;
 use oxnet::Ipv6Net;
 use tokio::time::Instant;
 
-use ddm_proto::outgoing::{OutPath, OutUpdate};
-use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin};
+use ddm_proto::outgoing::{OutPath, OutPull, OutUpdate};
+use ddm_proto::wire::v3::{PathVector, TunnelOrigin};
 use ddm_proto::wire::{normalise_ip, normalise_v6};
 
 use crate::rib::{PeerId, Rib};
@@ -179,7 +179,7 @@ pub struct UpdateVerdict {
 pub struct PullVerdict {
     /// The peer's whole set as the RIB should take it: refused items are
     /// left out.
-    pub accepted: PullResponse,
+    pub accepted: OutPull,
     /// What this call refused, by reason.
     pub refused: RefusalCounts,
     /// What to log now.
@@ -469,10 +469,11 @@ impl ImportPolicy {
     pub fn filter_pull(
         &mut self,
         peer: PeerId,
-        mut response: PullResponse,
+        response: impl Into<OutPull>,
         held: &impl Holdings,
         now: Instant,
     ) -> PullVerdict {
+        let mut response = response.into();
         let mut tally = Tally::default();
         let limit = self.config.max_prefixes_per_peer;
         if let Some(set) = &mut response.underlay {
@@ -486,13 +487,13 @@ impl ImportPolicy {
             if set.len() > limit {
                 let kept: HashSet<Ipv6Net> = set
                     .iter()
-                    .map(|pv| normalise_v6(pv.destination))
+                    .map(|pv| normalise_v6(pv.destination()))
                     .filter(|d| held.holds_destination(*d))
                     .collect();
                 let room = limit.saturating_sub(kept.len());
                 let mut fresh: HashSet<Ipv6Net> = HashSet::new();
                 set.retain(|pv| {
-                    let d = normalise_v6(pv.destination);
+                    let d = normalise_v6(pv.destination());
                     if kept.contains(&d) || fresh.contains(&d) {
                         return true;
                     }

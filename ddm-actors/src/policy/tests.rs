@@ -2,7 +2,7 @@
 
 use super::*;
 use ddm_admin_api::latest::RouterKind;
-use ddm_proto::wire::v3::{TunnelUpdate, UnderlayUpdate, Update};
+use ddm_proto::wire::v3::{PullResponse, TunnelUpdate, UnderlayUpdate, Update};
 
 fn net(s: &str) -> Ipv6Net {
     s.parse().unwrap()
@@ -452,7 +452,7 @@ fn a_pull_keeps_held_destinations_first_then_fills_the_room() {
     );
     // Held 8 and 9 stay; of the new ones, the first in order fits.
     assert_eq!(
-        v.accepted.underlay.unwrap(),
+        v.accepted.to_wire().underlay.unwrap(),
         [dest(1), dest(8), dest(9)].into()
     );
     assert_eq!(v.refused.get(Refusal::PrefixLimit), 2);
@@ -466,7 +466,7 @@ fn a_pull_keeps_held_destinations_first_then_fills_the_room() {
         &held,
         Instant::now(),
     );
-    assert_eq!(v.accepted.underlay.unwrap(), [dest(1)].into());
+    assert_eq!(v.accepted.to_wire().underlay.unwrap(), [dest(1)].into());
     assert_eq!(v.accepted.tunnel.unwrap(), BTreeSet::new());
     assert_eq!(v.refused.get(Refusal::SpecialDestination), 1);
     assert_eq!(v.refused.get(Refusal::SpecialBoundary), 1);

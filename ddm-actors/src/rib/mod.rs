@@ -57,7 +57,7 @@ use ddm_admin_api::latest::{RouterKind, TunnelRoute};
 use oxnet::{IpNet, Ipv6Net};
 
 use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
-use ddm_proto::outgoing::{OutPath, OutUpdate};
+use ddm_proto::outgoing::{OutPath, OutPull, OutUpdate};
 use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin};
 use ddm_proto::wire::{normalise_ip, normalise_v6};
 use intern::{Interner, Path};

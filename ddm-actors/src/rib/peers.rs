@@ -118,20 +118,13 @@ impl Rib {
     pub fn import_pull(
         &mut self,
         peer: PeerId,
-        response: PullResponse,
+        response: impl Into<OutPull>,
     ) -> Result<Effects, RibError> {
-        let response = response.normalised();
+        let response = response.into().normalised();
         let Some(state) = self.peers.get(&peer) else {
             return Err(RibError::UnknownPeer(peer));
         };
-        // Moved out of the answer, so each path vector is freed as it is
-        // converted.
-        let announce: BTreeSet<OutPath> = response
-            .underlay
-            .into_iter()
-            .flatten()
-            .map(|pv| OutPath::from(&pv))
-            .collect();
+        let announce = response.underlay.unwrap_or_default();
         let tunnels = response.tunnel.unwrap_or_default();
         let mut withdraw = BTreeSet::new();
         if state.paths > 0 {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ddm_proto::outgoing::{OutUnderlay, OutUpdate};
+use ddm_proto::outgoing::{OutPull, OutUnderlay, OutUpdate};
 use ddm_proto::wire::v3;
 
 use ddm_admin_api::latest::{
@@ -147,7 +147,7 @@ pub enum RouterMsg {
         /// Who answered.
         peer: PeerId,
         /// Its full set.
-        response: v3::PullResponse,
+        response: OutPull,
     },
     /// A peer pulls from us: answer with what it should hear.
     PullFor(PeerId, RpcReplyPort<v3::PullResponse>),
@@ -311,7 +311,7 @@ impl RouterState {
 
     /// Filter the answer to a pull from `peer` and take what is accepted
     /// as its whole set (refused items are left out, so withdrawn if held).
-    fn import_pull(&mut self, peer: PeerId, response: v3::PullResponse) {
+    fn import_pull(&mut self, peer: PeerId, response: OutPull) {
         if !self.exchanges.contains_key(&peer) {
             debug!(self.log, "pull result dropped";
                 "peer" => %peer, "reason" => "peer is not up");

@@ -854,7 +854,8 @@ async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
                     .announce,
             ),
             tunnel: None,
-        },
+        }
+        .into(),
     })
     .unwrap();
     until("the pull replaced the set", || {
