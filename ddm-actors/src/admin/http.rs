@@ -24,7 +24,7 @@ pub(super) async fn serve(
     };
     let server = ServerBuilder::new(
         api,
-        AdminContext { admin },
+        AdminContext::new(admin, CHANGES_QUEUED),
         log.new(o!("unit" => "dropshot")),
     )
     .config(config)
@@ -47,13 +47,30 @@ pub(super) async fn serve(
     Ok((guard, server))
 }
 
-/// The dropshot server context: only the way to reach the admin actor.
+/// Most changes the API hands the admin actor that it has not carried out
+/// yet. A client that sends a change and goes away frees its connection
+/// at once, while its parsed change (up to about 20 MB for a body of
+/// 8 MiB) waits in the actor's mailbox: without a bound, clients that
+/// kept doing so while the store was slow could queue any number. One
+/// past the bound is answered 503 at once.
+pub const CHANGES_QUEUED: usize = 16;
+
+/// The dropshot server context: the way to reach the admin actor, and the
+/// places of the changes it may queue.
 pub struct AdminContext {
     /// The admin actor.
     admin: AdminRef,
+    /// [`CHANGES_QUEUED`] places.
+    changes: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminContext {
+    /// A context reaching `admin`, with `queued` places for changes.
+    pub(super) fn new(admin: AdminRef, queued: usize) -> Self {
+        let changes = Arc::new(tokio::sync::Semaphore::new(queued));
+        AdminContext { admin, changes }
+    }
+
     async fn ask<T: Send + 'static>(
         &self,
         msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
@@ -70,39 +87,49 @@ impl AdminContext {
     ) -> Result<T, HttpError> {
         match self.admin.call(msg, Some(CALL_TIMEOUT)).await {
             Ok(CallResult::Success(v)) => Ok(v),
-            Ok(CallResult::Timeout) => {
-                Err(HttpError::for_unavail(None, late.to_string()))
-            }
+            Ok(CallResult::Timeout) => Err(unavailable(late)),
             Ok(CallResult::SenderError) | Err(_) => {
-                Err(HttpError::for_unavail(
-                    None,
-                    "the router is restarting; try again".to_string(),
-                ))
+                Err(unavailable("the router is restarting; try again"))
             }
         }
     }
 
     /// Ask the actor to carry out a change of the originated set.
-    async fn change(
+    pub(super) async fn change(
         &self,
         change: StoreChange,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
+        let Ok(place) = Arc::clone(&self.changes).try_acquire_owned() else {
+            return Err(unavailable(
+                "as many earlier changes as may wait are not carried out \
+                 yet; try again",
+            ));
+        };
         let late = "the daemon did not get to the change in time; it is \
                     dropped unless it had begun (GET /originated shows what \
                     is originated)";
-        self.call(|r| AdminMsg::Change(change, r), late)
+        self.call(|r| AdminMsg::Queued(change, place, r), late)
             .await?
             .map_err(store_failed)?;
         Ok(HttpResponseUpdatedNoContent())
     }
 
     fn tell(&self, msg: AdminMsg) -> Result<(), HttpError> {
-        self.admin.cast(msg).map_err(|_| {
-            HttpError::for_unavail(
-                None,
-                "the router is restarting; try again".to_string(),
-            )
-        })
+        self.admin
+            .cast(msg)
+            .map_err(|_| unavailable("the router is restarting; try again"))
+    }
+}
+
+/// A 503 whose message the client sees (dropshot's `for_unavail` shows it
+/// only "Service Unavailable").
+fn unavailable(message: &str) -> HttpError {
+    HttpError {
+        status_code: ErrorStatusCode::SERVICE_UNAVAILABLE,
+        error_code: Some("Unavailable".to_string()),
+        external_message: message.to_string(),
+        internal_message: message.to_string(),
+        headers: None,
     }
 }
 

@@ -54,6 +54,14 @@ pub enum AdminMsg {
     /// request asks to add and remove; the actor keeps only what changes
     /// something, stores it durably and tells the router.
     Change(StoreChange, RpcReplyPort<Result<(), StoreError>>),
+    /// A [`AdminMsg::Change`] from the API, with its place among the
+    /// changes the API may have queued (`http::CHANGES_QUEUED`), given
+    /// back once the actor has carried the change out or dropped it.
+    Queued(
+        StoreChange,
+        tokio::sync::OwnedSemaphorePermit,
+        RpcReplyPort<Result<(), StoreError>>,
+    ),
     /// `GET /peers`: answered by the supervisor.
     GetPeers(RpcReplyPort<PeerMap<PeerInfo>>),
     /// `DELETE /peers/{addr}`: answered by the supervisor.
@@ -346,6 +354,9 @@ impl Actor for Admin {
                 let _ = reply.send(state.originated.tunnels.clone());
             }
             AdminMsg::Change(asked, reply) => state.change(asked, reply).await,
+            AdminMsg::Queued(asked, _place, reply) => {
+                state.change(asked, reply).await;
+            }
             AdminMsg::GetPeers(reply) => {
                 if let Err(e) =
                     state.supervisor.send_message(PeerQuery::GetPeers(reply))

@@ -1,6 +1,8 @@
 //! Tests of the admin actor and its HTTP helpers.
 
-use super::http::{canonical_prefixes, canonical_tunnels, store_failed};
+use super::http::{
+    canonical_prefixes, canonical_tunnels, store_failed, AdminContext,
+};
 use super::*;
 use crate::store::Faults;
 use crate::test_actors::Forward;
@@ -98,6 +100,38 @@ impl Drop for Stop {
             a.stop(None);
         }
     }
+}
+
+/// Past the places for changes not yet carried out, a change is refused
+/// at once; a change carried out gives its place back.
+#[tokio::test(start_paused = true)]
+async fn changes_past_the_queue_are_refused_at_once() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (admin, _) =
+        Actor::spawn(None, Forward::<AdminMsg>::new(), tx).await.unwrap();
+    let ctx = Arc::new(AdminContext::new(admin.clone(), 2));
+    let ask = |p: &str| {
+        let (ctx, change) = (Arc::clone(&ctx), add(p));
+        tokio::spawn(async move { ctx.change(change).await })
+    };
+    let first = ask("fd00:1::/64");
+    let _second = ask("fd00:2::/64");
+    let held = rx.recv().await.unwrap();
+    let _held_too = rx.recv().await.unwrap();
+    let Err(err) = ctx.change(add("fd00:3::/64")).await else {
+        panic!("a third change was taken");
+    };
+    assert_eq!(err.status_code, ErrorStatusCode::SERVICE_UNAVAILABLE);
+    assert!(err.external_message.contains("earlier changes"), "{err:?}");
+    let AdminMsg::Queued(_, place, reply) = held else {
+        panic!("not a queued change");
+    };
+    reply.send(Ok(())).unwrap();
+    drop(place);
+    assert!(first.await.unwrap().is_ok());
+    let _third = ask("fd00:3::/64");
+    assert!(matches!(rx.recv().await, Some(AdminMsg::Queued(..))));
+    admin.stop(None);
 }
 
 /// A change whose HTTP handler gave up waiting (and answered 503) is not
