@@ -18,9 +18,10 @@
 //!   closed: a client stalled mid-body, or idle between requests, or not
 //!   reading its answer;
 //! * a connection whose client has been sending for [`ADMIN_REQUEST`]
-//!   without an answer from the server is closed: a client that trickles
-//!   a body a byte at a time, never idle for long, would otherwise hold
-//!   its connection (and one of the slots) for as long as it likes.
+//!   (plus the time its bytes take at [`ADMIN_UPLOAD_RATE`]) without an
+//!   answer from the server is closed: a client that trickles a body a
+//!   byte at a time, never idle for long, would otherwise hold its
+//!   connection (and one of the slots) for as long as it likes.
 //!
 //! The relay copies both ways as bytes come (HTTP is not parsed again), so
 //! it adds a hop on loopback and nothing else; dropshot's own logs show the
@@ -60,6 +61,12 @@ pub const ADMIN_IDLE: Duration = Duration::from_secs(15);
 /// sent from the same host or the control plane's; the handler waits 10 s
 /// at most for the daemon before it answers.
 pub const ADMIN_REQUEST: Duration = Duration::from_secs(30);
+
+/// The slowest upload the request deadline allows for, in bytes a second:
+/// each byte a client sends while it waits for an answer extends
+/// [`ADMIN_REQUEST`] by the time it takes at this rate (a whole 8 MiB body
+/// by 128 s), so a slow link is not cut off and a trickle gains nothing.
+pub const ADMIN_UPLOAD_RATE: u64 = 64 << 10;
 
 /// What a guard bounds.
 #[derive(Debug, Clone, Copy)]
@@ -209,8 +216,8 @@ impl Drop for AdminGuard {
 
 /// What one step of a relay did.
 enum Step {
-    /// Bytes went from the client to the server.
-    Moved,
+    /// Bytes (this many) went from the client to the server.
+    Moved(usize),
     /// Bytes went from the server to the client.
     Answered,
     /// The client will send no more (its half is passed on).
@@ -270,10 +277,14 @@ async fn relay(
     let mut down = vec![0u8; RELAY_BUFFER];
     let mut client_open = true;
     let mut told = false;
-    // Since when the client's bytes wait for an answer.
-    let mut asked: Option<tokio::time::Instant> = None;
+    // Since when the client's bytes wait for an answer, and how many.
+    let mut asked: Option<(tokio::time::Instant, u64)> = None;
     loop {
-        let left = asked.map(|t| request.saturating_sub(t.elapsed()));
+        let left = asked.map(|(t, sent)| {
+            let upload =
+                Duration::from_secs_f64(sent as f64 / ADMIN_UPLOAD_RATE as f64);
+            (request + upload).saturating_sub(t.elapsed())
+        });
         if left == Some(Duration::ZERO) {
             return Err(unanswered());
         }
@@ -287,7 +298,7 @@ async fn relay(
                         return Ok::<_, io::Error>(Step::ClientDone);
                     }
                     sw.write_all(&up[..n]).await?;
-                    Ok(Step::Moved)
+                    Ok(Step::Moved(n))
                 }
                 n = sr.read(&mut down) => {
                     let n = n?;
@@ -304,8 +315,10 @@ async fn relay(
             Err(_) if wait < idle => return Err(unanswered()),
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(Step::Moved)) => {
-                asked.get_or_insert_with(tokio::time::Instant::now);
+            Ok(Ok(Step::Moved(n))) => {
+                let (_, sent) = asked
+                    .get_or_insert_with(|| (tokio::time::Instant::now(), 0));
+                *sent += n as u64;
             }
             Ok(Ok(Step::Answered)) => {
                 asked = None;
@@ -415,11 +428,8 @@ mod tests {
         assert!(waited < ADMIN_IDLE + Duration::from_secs(1), "{waited:?}");
     }
 
-    /// A client that trickles its request a byte at a time, more often
-    /// than the idle bound, to a server that has not answered, is closed
-    /// once it has sent for the request bound, and not before.
-    #[tokio::test(start_paused = true)]
-    async fn a_trickled_request_is_closed_at_the_request_bound() {
+    /// A server that reads everything and never answers.
+    async fn silent() -> SocketAddr {
         let l = TcpListener::bind("[::1]:0").await.unwrap();
         let backend = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -431,9 +441,20 @@ mod tests {
                 });
             }
         });
-        let guard =
-            AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
-                .unwrap();
+        backend
+    }
+
+    /// A client that trickles its request a byte at a time, more often
+    /// than the idle bound, to a server that has not answered, is closed
+    /// once it has sent for the request bound, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_request_is_closed_at_the_request_bound() {
+        let guard = AdminGuard::start(
+            "[::1]:0".parse().unwrap(),
+            silent().await,
+            log(),
+        )
+        .unwrap();
         let c = TcpStream::connect(guard.local_addr()).await.unwrap();
         let (mut r, mut w) = c.into_split();
         let start = tokio::time::Instant::now();
@@ -451,6 +472,44 @@ mod tests {
         assert!(waited >= ADMIN_REQUEST, "closed after {waited:?}");
         assert!(waited < ADMIN_REQUEST + ADMIN_IDLE / 2, "{waited:?}");
         trickle.abort();
+    }
+
+    /// A client uploading for twice the request bound at twice the slowest
+    /// rate allowed for is not cut off; once it stops, the idle bound
+    /// closes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_upload_is_not_cut_off() {
+        let guard = AdminGuard::start(
+            "[::1]:0".parse().unwrap(),
+            silent().await,
+            log(),
+        )
+        .unwrap();
+        let c = TcpStream::connect(guard.local_addr()).await.unwrap();
+        let (mut r, mut w) = c.into_split();
+        let start = tokio::time::Instant::now();
+        let sending = 2 * ADMIN_REQUEST;
+        let upload = tokio::spawn(async move {
+            let piece = vec![b'x'; (ADMIN_UPLOAD_RATE / 4) as usize];
+            let mut last = start.elapsed();
+            while last < sending {
+                w.write_all(&piece).await.unwrap();
+                last = start.elapsed();
+                tokio::time::sleep(Duration::from_millis(125)).await;
+            }
+            (w, last)
+        });
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(4 * sending, r.read(&mut buf))
+            .await
+            .expect("the client was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let waited = start.elapsed();
+        let (w, last) = upload.await.unwrap();
+        assert!(last >= sending, "{last:?}");
+        assert!(waited >= last + ADMIN_IDLE, "closed after {waited:?}");
+        assert!(waited < last + ADMIN_IDLE + Duration::from_secs(1));
+        drop(w);
     }
 
     /// A server that answers what it reads with the number of the

@@ -544,17 +544,24 @@ impl Store {
         }
     }
 
-    /// Open (creating if needed) the database file; `fresh`: emptied first
-    /// (see [`Store::never_written`]).
+    /// Open (creating if needed) the database file; `fresh`: emptied
+    /// (see [`Store::never_written`]) once redb's lock on it is taken, so
+    /// that a file another daemon is making is never touched.
     fn open_file(&self, fresh: bool) -> Result<FileBackend, StoreError> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(fresh)
+            .truncate(false)
             .open(&self.path)
             .map_err(|e| self.classify(redb::Error::Io(e)))?;
-        FileBackend::new(file).map_err(|e| self.classify(e))
+        let backend = FileBackend::new(file).map_err(|e| self.classify(e))?;
+        if fresh {
+            backend
+                .set_len(0)
+                .map_err(|e| self.classify(redb::Error::Io(e)))?;
+        }
+        Ok(backend)
     }
 
     /// Turn a redb error into a [`StoreError`] that says whether space ran

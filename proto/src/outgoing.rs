@@ -529,16 +529,7 @@ impl OutPull {
                     })
                     .collect()
             }),
-            tunnel: self.tunnel.map(|set| {
-                set.into_iter()
-                    .map(|t| v3::TunnelOrigin {
-                        overlay_prefix: crate::wire::normalise_ip(
-                            t.overlay_prefix,
-                        ),
-                        ..t
-                    })
-                    .collect()
-            }),
+            tunnel: self.tunnel.map(v3::normalise_tunnels),
         }
     }
 

@@ -124,9 +124,19 @@ impl AdminContext {
 /// A 503 whose message the client sees (dropshot's `for_unavail` shows it
 /// only "Service Unavailable").
 fn unavailable(message: &str) -> HttpError {
+    visible(ErrorStatusCode::SERVICE_UNAVAILABLE, "Unavailable", message)
+}
+
+/// An error answer with `status`, `code` and `message`, which the client
+/// sees as well as the log.
+fn visible(
+    status_code: ErrorStatusCode,
+    code: &str,
+    message: &str,
+) -> HttpError {
     HttpError {
-        status_code: ErrorStatusCode::SERVICE_UNAVAILABLE,
-        error_code: Some("Unavailable".to_string()),
+        status_code,
+        error_code: Some(code.to_string()),
         external_message: message.to_string(),
         internal_message: message.to_string(),
         headers: None,
@@ -202,14 +212,7 @@ pub(super) fn store_failed(e: StoreError) -> HttpError {
     } else {
         (ErrorStatusCode::SERVICE_UNAVAILABLE, "StoreFailed")
     };
-    let message = format!("store write failed: {e}");
-    HttpError {
-        status_code,
-        error_code: Some(code.to_string()),
-        external_message: message.clone(),
-        internal_message: message,
-        headers: None,
-    }
+    visible(status_code, code, &format!("store write failed: {e}"))
 }
 
 /// The implementation of the API trait.

@@ -1,4 +1,5 @@
-//! Decoding a peer's push body into the compact update the router imports.
+//! Decoding a peer's push body into the compact update the router imports,
+//! and a pull answer into the compact [`OutPull`] alike.
 //!
 //! A push waits for its router as an [`OutUpdate`], the form the RIB's own
 //! pushes take: each hostname is stored once per body and shared by every

@@ -400,14 +400,18 @@ async fn serve_connection(
         .header_read_timeout(idle)
         .keep_alive(allowed)
         .serve_connection(TokioIo::new(stream), svc);
-    match until_stalled(conn, &moved, idle).await {
+    // A request may sit silent for up to the exchange timeout (a push
+    // waiting for a permit and room for its body, a pull for the router's
+    // answer), however long the flag makes that.
+    let stalled = idle.max(2 * ctx.timeout);
+    match until_stalled(conn, &moved, stalled).await {
         Some(Ok(())) => {}
         Some(Err(e)) => {
             debug!(ctx.log, "exchange connection ended"; "error" => %e);
         }
         None => {
             debug!(ctx.log, "exchange connection closed: nothing moved";
-                "for" => ?idle);
+                "for" => ?stalled);
         }
     }
 }

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use ddm_proto::outgoing::{OutPath, OutPull, OutUpdate};
 use ddm_proto::wire::v3::{PathVector, TunnelOrigin};
-use ddm_proto::wire::{normalise_ip, normalise_v6};
+use ddm_proto::wire::{normalise_tunnel, normalise_v6};
 
 use crate::rib::{PeerId, Rib};
 
@@ -56,10 +56,11 @@ pub use refusal::{PolicyCounters, Refusal, RefusalCounts, RefusalNote};
 /// rack transit: four names).
 pub const DEFAULT_MAX_PATH_LEN: usize = 32;
 
-/// Largest [`PolicyConfig::max_path_len`] the daemon takes. A push's
-/// decoder keeps at most one name more of any path, so that a path of
-/// millions of names (a few bytes of body each, 16 bytes each decoded)
-/// costs no more than one just over the limit before it is refused.
+/// Largest [`PolicyConfig::max_path_len`] the daemon takes. The decoders
+/// of pushes and pull answers keep at most one name more of any path, so
+/// that a path of millions of names (a few bytes of body each, 16 bytes
+/// each decoded) costs no more than one just over the limit before it is
+/// refused.
 pub const MAX_PATH_LEN_BOUND: usize = 1024;
 
 /// Default of [`PolicyConfig::max_prefixes_per_peer`]. A large fabric's
@@ -293,7 +294,11 @@ pub struct ImportPolicy {
 
 impl ImportPolicy {
     /// A policy with these settings and no refusals yet.
-    pub fn new(config: PolicyConfig) -> Self {
+    /// A `max_path_len` over [`MAX_PATH_LEN_BOUND`] is taken as that
+    /// bound: the decoders keep no more of a path (one name past it), so a
+    /// longer path could not be judged whole.
+    pub fn new(mut config: PolicyConfig) -> Self {
+        config.max_path_len = config.max_path_len.min(MAX_PATH_LEN_BOUND);
         ImportPolicy {
             config,
             total: RefusalCounts::default(),
@@ -517,13 +522,14 @@ impl ImportPolicy {
             if set.len() > limit {
                 let kept: HashSet<TunnelOrigin> = set
                     .iter()
+                    .copied()
                     .map(normalise_tunnel)
                     .filter(|o| held.holds_tunnel(o))
                     .collect();
                 let room = limit.saturating_sub(kept.len());
                 let mut fresh: HashSet<TunnelOrigin> = HashSet::new();
                 set.retain(|o| {
-                    let n = normalise_tunnel(o);
+                    let n = normalise_tunnel(*o);
                     if kept.contains(&n) || fresh.contains(&n) {
                         return true;
                     }
@@ -606,11 +612,6 @@ impl ImportPolicy {
     }
 }
 
-/// `t` with its overlay prefix's host bits cleared.
-fn normalise_tunnel(t: &TunnelOrigin) -> TunnelOrigin {
-    TunnelOrigin { overlay_prefix: normalise_ip(t.overlay_prefix), ..*t }
-}
-
 /// An acceptable tunnel origin (overlay host bits cleared), or why it is
 /// refused.
 fn judge_tunnel(t: &TunnelOrigin) -> Result<TunnelOrigin, Refusal> {
@@ -620,7 +621,7 @@ fn judge_tunnel(t: &TunnelOrigin) -> Result<TunnelOrigin, Refusal> {
     if is_special_purpose(t.boundary_addr) {
         return Err(Refusal::SpecialBoundary);
     }
-    Ok(normalise_tunnel(t))
+    Ok(normalise_tunnel(*t))
 }
 
 #[cfg(test)]

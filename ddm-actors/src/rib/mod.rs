@@ -59,7 +59,7 @@ use oxnet::{IpNet, Ipv6Net};
 use crate::dataplane::{Nexthop, Nexthops, RouteUpdate, TunnelEntry};
 use ddm_proto::outgoing::{OutPath, OutPull, OutUpdate};
 use ddm_proto::wire::v3::{PathVector, PullResponse, TunnelOrigin};
-use ddm_proto::wire::{normalise_ip, normalise_v6};
+use ddm_proto::wire::{normalise_tunnel, normalise_v6};
 use intern::{Interner, Path};
 use offers::{for_peer, Offer, Offers, Slot};
 use table::Table;
@@ -463,10 +463,7 @@ impl Rib {
         peer: PeerId,
         origin: &TunnelOrigin,
     ) -> bool {
-        let origin = TunnelOrigin {
-            overlay_prefix: normalise_ip(origin.overlay_prefix),
-            ..*origin
-        };
+        let origin = normalise_tunnel(*origin);
         self.peers.get(&peer).is_some_and(|p| p.tunnels.contains(&origin))
     }
 

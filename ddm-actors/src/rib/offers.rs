@@ -128,7 +128,7 @@ impl Offers {
 
     /// Whether `peer` offers at least one path.
     pub(crate) fn has_peer(&self, peer: Slot) -> bool {
-        self.as_slice().iter().any(|o| o.peer == peer)
+        !self.of_peer(peer).is_empty()
     }
 
     /// The offers of `peer` (ordered by path).

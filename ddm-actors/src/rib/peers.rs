@@ -130,7 +130,7 @@ impl Rib {
         if state.paths > 0 {
             let slot = state.slot;
             for (d, offers) in self.routes.iter() {
-                for o in offers.as_slice().iter().filter(|o| o.peer == slot) {
+                for o in offers.of_peer(slot) {
                     let p = OutPath::new(*d, Arc::clone(&o.path), None);
                     if !announce.contains(&p) {
                         withdraw.insert(p);

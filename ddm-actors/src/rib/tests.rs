@@ -331,9 +331,11 @@ fn a_peer_holds_at_most_a_bound_of_paths_per_destination_the_shortest() {
     // Another peer has a bound of its own.
     rib.import(peer(2), announce([pv(d, &["o", "z"])])).unwrap();
     assert_eq!(held_lengths(&rib, peer(2), d), vec![2]);
-    // An announced path already held is no new path.
-    rib.import(peer(1), announce([short[19].clone()])).unwrap();
-    assert_eq!(held_lengths(&rib, peer(1), d).len(), MAX_PATHS_PER_PEER);
+    // An announced path already held is no new path: nothing is let go.
+    let over = rib.stats().paths_over_limit;
+    rib.import(peer(1), announce([short[0].clone()])).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d), vec![2; MAX_PATHS_PER_PEER]);
+    assert_eq!(rib.stats().paths_over_limit, over);
     // Withdrawing all it announced leaves nothing of peer 1's.
     let all: Vec<_> = long.into_iter().chain(short).collect();
     rib.import(peer(1), withdraw(all)).unwrap();

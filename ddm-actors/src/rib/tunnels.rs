@@ -10,10 +10,7 @@ impl Rib {
         t: TunnelOrigin,
         pending: &mut Pending,
     ) {
-        let t = TunnelOrigin {
-            overlay_prefix: normalise_ip(t.overlay_prefix),
-            ..t
-        };
+        let t = normalise_tunnel(t);
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -34,10 +31,7 @@ impl Rib {
         t: TunnelOrigin,
         pending: &mut Pending,
     ) {
-        let t = TunnelOrigin {
-            overlay_prefix: normalise_ip(t.overlay_prefix),
-            ..t
-        };
+        let t = normalise_tunnel(t);
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };

@@ -67,6 +67,11 @@ pub fn normalise_ip(net: IpNet) -> IpNet {
     }
 }
 
+/// `t` with its overlay prefix's host bits cleared.
+pub fn normalise_tunnel(t: v3::TunnelOrigin) -> v3::TunnelOrigin {
+    v3::TunnelOrigin { overlay_prefix: normalise_ip(t.overlay_prefix), ..t }
+}
+
 /// Version 3 of the exchange protocol: the internal representation.
 pub mod v3;
 

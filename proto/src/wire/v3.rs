@@ -131,11 +131,9 @@ fn normalise_paths(set: BTreeSet<PathVector>) -> BTreeSet<PathVector> {
         .collect()
 }
 
-fn normalise_tunnels(set: BTreeSet<TunnelOrigin>) -> BTreeSet<TunnelOrigin> {
-    set.into_iter()
-        .map(|t| TunnelOrigin {
-            overlay_prefix: normalise_ip(t.overlay_prefix),
-            ..t
-        })
-        .collect()
+/// `set` with every overlay prefix's host bits cleared.
+pub fn normalise_tunnels(
+    set: BTreeSet<TunnelOrigin>,
+) -> BTreeSet<TunnelOrigin> {
+    set.into_iter().map(super::normalise_tunnel).collect()
 }
