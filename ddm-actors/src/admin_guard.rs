@@ -342,20 +342,31 @@ mod tests {
         Logger::root(slog::Discard, slog::o!())
     }
 
-    /// An echo server on loopback: what the guard relays to.
-    async fn echo() -> SocketAddr {
+    /// A server on loopback running `serve` on each connection: what the
+    /// guard relays to.
+    async fn serving<F, Fut>(serve: F) -> SocketAddr
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let l = TcpListener::bind("[::1]:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(serve(s));
             }
         });
         addr
+    }
+
+    /// An echo server.
+    async fn echo() -> SocketAddr {
+        serving(|mut s| async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        })
+        .await
     }
 
     async fn closed(c: &mut TcpStream) -> bool {
@@ -430,25 +441,20 @@ mod tests {
 
     /// A server that reads everything and never answers.
     async fn silent() -> SocketAddr {
-        let l = TcpListener::bind("[::1]:0").await.unwrap();
-        let backend = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut sink = tokio::io::sink();
-                    let _ = tokio::io::copy(&mut s, &mut sink).await;
-                });
-            }
-        });
-        backend
+        serving(|mut s| async move {
+            let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+        })
+        .await
     }
 
-    /// A client that trickles its request a byte at a time, more often
-    /// than the idle bound, to a server that has not answered, is closed
-    /// once it has sent for the request bound, and not before.
-    #[tokio::test(start_paused = true)]
-    async fn a_trickled_request_is_closed_at_the_request_bound() {
+    /// A client of a guard (with the default bounds) in front of
+    /// [`silent`]: the guard, which must outlive the client, and the
+    /// client's halves.
+    async fn client_of_silent() -> (
+        AdminGuard,
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
         let guard = AdminGuard::start(
             "[::1]:0".parse().unwrap(),
             silent().await,
@@ -456,18 +462,36 @@ mod tests {
         )
         .unwrap();
         let c = TcpStream::connect(guard.local_addr()).await.unwrap();
-        let (mut r, mut w) = c.into_split();
+        let (r, w) = c.into_split();
+        (guard, r, w)
+    }
+
+    /// Wait, within `bound`, until the guard closes the client reading
+    /// from `r`.
+    async fn wait_closed(
+        r: &mut tokio::net::tcp::OwnedReadHalf,
+        bound: Duration,
+    ) {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(bound, r.read(&mut buf))
+            .await
+            .expect("the client was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+
+    /// A client that trickles its request a byte at a time, more often
+    /// than the idle bound, to a server that has not answered, is closed
+    /// once it has sent for the request bound, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_request_is_closed_at_the_request_bound() {
+        let (_guard, mut r, mut w) = client_of_silent().await;
         let start = tokio::time::Instant::now();
         let trickle = tokio::spawn(async move {
             while w.write_all(b"x").await.is_ok() {
                 tokio::time::sleep(ADMIN_IDLE / 2).await;
             }
         });
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(4 * ADMIN_REQUEST, r.read(&mut buf))
-            .await
-            .expect("the trickling client was never closed");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        wait_closed(&mut r, 4 * ADMIN_REQUEST).await;
         let waited = start.elapsed();
         assert!(waited >= ADMIN_REQUEST, "closed after {waited:?}");
         assert!(waited < ADMIN_REQUEST + ADMIN_IDLE / 2, "{waited:?}");
@@ -479,14 +503,7 @@ mod tests {
     /// closes it.
     #[tokio::test(start_paused = true)]
     async fn a_slow_upload_is_not_cut_off() {
-        let guard = AdminGuard::start(
-            "[::1]:0".parse().unwrap(),
-            silent().await,
-            log(),
-        )
-        .unwrap();
-        let c = TcpStream::connect(guard.local_addr()).await.unwrap();
-        let (mut r, mut w) = c.into_split();
+        let (_guard, mut r, mut w) = client_of_silent().await;
         let start = tokio::time::Instant::now();
         let sending = 2 * ADMIN_REQUEST;
         let upload = tokio::spawn(async move {
@@ -499,11 +516,7 @@ mod tests {
             }
             (w, last)
         });
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(4 * sending, r.read(&mut buf))
-            .await
-            .expect("the client was never closed");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        wait_closed(&mut r, 4 * sending).await;
         let waited = start.elapsed();
         let (w, last) = upload.await.unwrap();
         assert!(last >= sending, "{last:?}");
