@@ -519,12 +519,22 @@ pub struct OutPull {
 
 impl OutPull {
     /// The same answer with every prefix's host bits cleared.
+    /// A set already in canonical form (every peer of ours writes one) is
+    /// kept as it is, not rebuilt: a whole table, at the start of every
+    /// session.
     pub fn normalised(self) -> Self {
+        use crate::wire::normalise_v6;
         OutPull {
             underlay: self.underlay.map(|set| {
+                if set
+                    .iter()
+                    .all(|p| normalise_v6(p.destination) == p.destination)
+                {
+                    return set;
+                }
                 set.into_iter()
                     .map(|p| OutPath {
-                        destination: crate::wire::normalise_v6(p.destination),
+                        destination: normalise_v6(p.destination),
                         ..p
                     })
                     .collect()
