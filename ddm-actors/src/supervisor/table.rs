@@ -56,8 +56,21 @@ struct Record {
     state: DiscoveryState,
     /// When the state was entered.
     since: Instant,
-    /// Whether an exchange actor runs for the peer.
-    exchange: bool,
+    /// The peer's exchange actor.
+    exchange: Exchange,
+}
+
+/// Where a record's exchange actor stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// None is wanted: no peer, or the peer is down.
+    None,
+    /// Asked for ([`Action::StartExchange`]) but not running: its start
+    /// is under way, or waits for a router (none runs while the router
+    /// restarts), so the next router start starts it.
+    Wanted,
+    /// Running.
+    Running,
 }
 
 /// The peer table: records by interface index.
@@ -88,7 +101,7 @@ impl PeerTable {
                         peer: None,
                         state,
                         since,
-                        exchange: false,
+                        exchange: Exchange::None,
                     });
                 rec.ifname = ifname;
                 rec.state = state;
@@ -105,7 +118,9 @@ impl PeerTable {
                     .collect();
                 for i in stale {
                     if let Some(r) = self.records.remove(&i) {
-                        if let (true, Some(p)) = (r.exchange, r.peer) {
+                        if let (Exchange::Running, Some(p)) =
+                            (r.exchange, r.peer)
+                        {
                             out.push(Action::StopExchange { ifindex: i });
                             out.push(Action::PeerDown(PeerId {
                                 ifindex: i,
@@ -121,18 +136,18 @@ impl PeerTable {
                         peer: None,
                         state: DiscoveryState::Exchange,
                         since: now,
-                        exchange: false,
+                        exchange: Exchange::None,
                     });
                 rec.local_addr = local_addr;
                 let old = rec.peer.replace(peer.clone());
-                if let (Some(old), true) = (old, rec.exchange) {
-                    rec.exchange = false;
+                if let (Some(old), Exchange::Running) = (old, rec.exchange) {
                     out.push(Action::StopExchange { ifindex });
                     out.push(Action::PeerDown(PeerId {
                         ifindex,
                         addr: old.addr,
                     }));
                 }
+                rec.exchange = Exchange::Wanted;
                 out.push(Action::StartExchange { ifindex, local_addr, peer });
             }
             DiscoveryEvent::PeerDown { ifindex, peer, .. } => {
@@ -149,6 +164,7 @@ impl PeerTable {
                 if let Some(rec) = self.records.get_mut(&ifindex) {
                     rec.peer = Some(peer.clone());
                     rec.local_addr = local_addr;
+                    rec.exchange = Exchange::Wanted;
                 }
                 out.push(Action::StartExchange { ifindex, local_addr, peer });
             }
@@ -161,10 +177,10 @@ impl PeerTable {
     fn stop(&mut self, ifindex: u32, addr: Ipv6Addr) -> Vec<Action> {
         let mut out = Vec::new();
         if let Some(rec) = self.records.get_mut(&ifindex) {
-            if rec.exchange {
-                rec.exchange = false;
+            if rec.exchange == Exchange::Running {
                 out.push(Action::StopExchange { ifindex });
             }
+            rec.exchange = Exchange::None;
         }
         out.push(Action::PeerDown(PeerId { ifindex, addr }));
         out
@@ -173,7 +189,7 @@ impl PeerTable {
     /// The exchange actor asked for by [`Action::StartExchange`] runs.
     pub fn exchange_started(&mut self, ifindex: u32) {
         if let Some(rec) = self.records.get_mut(&ifindex) {
-            rec.exchange = true;
+            rec.exchange = Exchange::Running;
         }
     }
 
@@ -193,7 +209,7 @@ impl PeerTable {
         let Some(rec) = self.records.get_mut(&ifindex) else {
             return Vec::new();
         };
-        rec.exchange = false;
+        rec.exchange = Exchange::None;
         match (&rec.peer, stopping) {
             (Some(p), false) => vec![
                 Action::PeerDown(PeerId { ifindex, addr: p.addr }),
@@ -215,15 +231,23 @@ impl PeerTable {
 
     /// A new router started: exchange actors hold the router they were
     /// started with, so every peer in exchange gets a fresh one, which
-    /// announces it to the new router and pulls its full set again.
+    /// announces it to the new router and pulls its full set again. So
+    /// does a peer that came up while no router ran: its exchange was
+    /// wanted, but could not start.
     pub fn router_restarted(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         for (ifindex, rec) in &mut self.records {
-            let (true, Some(peer)) = (rec.exchange, &rec.peer) else {
+            let Some(peer) = &rec.peer else {
                 continue;
             };
-            rec.exchange = false;
-            out.push(Action::StopExchange { ifindex: *ifindex });
+            match rec.exchange {
+                Exchange::None => continue,
+                Exchange::Wanted => {}
+                Exchange::Running => {
+                    out.push(Action::StopExchange { ifindex: *ifindex })
+                }
+            }
+            rec.exchange = Exchange::Wanted;
             out.push(Action::StartExchange {
                 ifindex: *ifindex,
                 local_addr: rec.local_addr,
@@ -397,15 +421,36 @@ mod tests {
     }
 
     #[test]
-    fn a_router_restart_restarts_every_running_exchange() {
+    fn a_router_restart_starts_every_exchange_that_runs_or_waits_for_one() {
         let now = Instant::now();
         let mut t = PeerTable::new();
         t.on_discovery(up("eth0", 2, ident(1)), now);
         t.on_discovery(up("eth1", 3, ident(2)), now);
+        t.on_discovery(up("eth2", 4, ident(3)), now);
         t.exchange_started(2);
+        t.exchange_started(4);
+        t.on_discovery(
+            DiscoveryEvent::PeerDown {
+                ifname: "eth2".to_string(),
+                ifindex: 4,
+                peer: ident(3),
+            },
+            now,
+        );
+        // eth0's runs: stopped and started afresh. eth1's came up while no
+        // router ran (never started): started now. eth2's peer is down.
         assert_eq!(
             t.router_restarted(),
-            [Action::StopExchange { ifindex: 2 }, start(2, ident(1))]
+            [
+                Action::StopExchange { ifindex: 2 },
+                start(2, ident(1)),
+                start(3, ident(2)),
+            ]
+        );
+        // Until they run, a second restart starts both again, stopping none.
+        assert_eq!(
+            t.router_restarted(),
+            [start(2, ident(1)), start(3, ident(2))]
         );
     }
 
