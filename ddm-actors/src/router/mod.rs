@@ -55,6 +55,7 @@ mod hold;
 mod worker;
 
 use hold::Hold;
+pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, trim_after, DataplaneCmd, DataplaneStats};
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
@@ -221,6 +222,8 @@ pub struct RouterArgs {
     pub dataplane: Box<dyn Dataplane>,
     /// What peers may put in the RIB.
     pub policy: PolicyConfig,
+    /// Shared by the routers one supervisor starts, one after another.
+    pub turn: DataplaneTurn,
     /// Logger.
     pub log: Logger,
 }
@@ -495,6 +498,7 @@ impl Actor for Router {
             dp,
             rx,
             stop_rx,
+            args.turn,
             dp_stats.clone(),
             log.new(o!("unit" => "dataplane")),
         ));

@@ -85,11 +85,23 @@ async fn router_on(
     policy: PolicyConfig,
     dataplane: Box<dyn Dataplane>,
 ) -> RouterRef {
+    let turn = DataplaneTurn::default();
+    router_taking(kind, policy, dataplane, turn).await
+}
+
+/// A router named "me" programming `dataplane` in its `turn`.
+async fn router_taking(
+    kind: RouterKind,
+    policy: PolicyConfig,
+    dataplane: Box<dyn Dataplane>,
+    turn: DataplaneTurn,
+) -> RouterRef {
     let args = RouterArgs {
         hostname: "me".to_string(),
         kind,
         dataplane,
         policy,
+        turn,
         log: Logger::root(slog::Discard, o!()),
     };
     Actor::spawn(None, Router, args).await.unwrap().0
@@ -668,6 +680,13 @@ enum TestDataplane {
     /// Every batch waits for one permit of `gate`, then lands in `inner`:
     /// a kernel that is behind.
     Gated { gate: Arc<tokio::sync::Semaphore>, inner: MemoryDataplane },
+    /// Writes what it does to `log` as "`name` apply N" and "`name`
+    /// removed"; its removal waits for one permit of `removal`.
+    Logged {
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+        removal: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 type DpResult<T> = Result<T, crate::dataplane::DataplaneError>;
@@ -682,6 +701,7 @@ impl Dataplane for TestDataplane {
         match self {
             TestDataplane::Broken => "broken",
             TestDataplane::Gated { .. } => "gated",
+            TestDataplane::Logged { .. } => "logged",
         }
     }
     async fn remove_stale(&mut self) -> DpResult<usize> {
@@ -694,6 +714,12 @@ impl Dataplane for TestDataplane {
                 gate.acquire().await.expect("gate open").forget();
                 inner.apply(updates).await
             }
+            TestDataplane::Logged { name, log, .. } => {
+                log.lock()
+                    .unwrap()
+                    .push(format!("{name} apply {}", updates.len()));
+                Ok(())
+            }
         }
     }
     async fn set_tunnels(
@@ -705,14 +731,86 @@ impl Dataplane for TestDataplane {
             TestDataplane::Gated { inner, .. } => {
                 inner.set_tunnels(tunnels).await
             }
+            TestDataplane::Logged { .. } => Ok(()),
         }
     }
     async fn remove_all(&mut self) -> DpResult<usize> {
         match self {
             TestDataplane::Broken => Ok(0),
             TestDataplane::Gated { inner, .. } => inner.remove_all().await,
+            TestDataplane::Logged { name, log, removal } => {
+                removal.acquire().await.expect("gate open").forget();
+                log.lock().unwrap().push(format!("{name} removed"));
+                Ok(0)
+            }
         }
     }
+}
+
+/// Until `log` has `n` entries (time is paused: each sleep lets every
+/// task run first), then what it has.
+async fn logged(log: &Mutex<Vec<String>>, n: usize) -> Vec<String> {
+    for _ in 0..1000 {
+        if log.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_its_own(
+) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let removal = Arc::new(tokio::sync::Semaphore::new(0));
+    let turn = DataplaneTurn::default();
+    let dp = |name| {
+        Box::new(TestDataplane::Logged {
+            name,
+            log: log.clone(),
+            removal: removal.clone(),
+        })
+    };
+    let import = |r: &RouterRef| {
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce("fd00:9::/64", &["x"]),
+            permit: None,
+        })
+        .unwrap()
+    };
+    let old = router_taking(
+        RouterKind::Server,
+        PolicyConfig::default(),
+        dp("old"),
+        turn.clone(),
+    )
+    .await;
+    add_peer(&old, 1, RouterKind::Transit).await;
+    import(&old);
+    assert_eq!(logged(&log, 1).await, ["old apply 1"]);
+    // Killed: no post_stop. Its worker, detached, begins its removal,
+    // which waits here, while the restarted router imports.
+    old.kill_and_wait(None).await.unwrap();
+    let new = router_taking(
+        RouterKind::Server,
+        PolicyConfig::default(),
+        dp("new"),
+        turn,
+    )
+    .await;
+    add_peer(&new, 1, RouterKind::Transit).await;
+    import(&new);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(*log.lock().unwrap(), ["old apply 1"]);
+    removal.add_permits(2);
+    assert_eq!(
+        logged(&log, 3).await,
+        ["old apply 1", "old removed", "new apply 1"]
+    );
+    new.stop_and_wait(None, None).await.unwrap();
+    assert_eq!(logged(&log, 4).await[3], "new removed");
 }
 
 #[tokio::test]

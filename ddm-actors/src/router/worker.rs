@@ -78,15 +78,28 @@ pub(super) enum DataplaneCmd {
     Release(ImportPermit),
 }
 
+/// The dataplane's turn, held by one router's dataplane worker at a time,
+/// from its first batch to the end of its removal. A router that failed
+/// (panicked, or was killed) skips its `post_stop`: its worker, detached,
+/// ends its batch and removes every route of ours, while the restarted
+/// router's worker begins. Without the turn, that removal also took the
+/// routes (and nexthop objects) the new worker had just installed, and
+/// the new RIB believed them installed.
+#[derive(Debug, Clone, Default)]
+pub struct DataplaneTurn(Arc<tokio::sync::Mutex<()>>);
+
 /// The dataplane worker: applies commands in order, coalescing whatever
-/// queued while the previous batch was in the kernel.
+/// queued while the previous batch was in the kernel. It begins when it
+/// has the dataplane's `turn`; commands queue until then.
 pub(super) async fn dataplane_worker(
     mut dp: Box<dyn Dataplane>,
     mut rx: mpsc::UnboundedReceiver<DataplaneCmd>,
     mut shutdown: oneshot::Receiver<()>,
+    turn: DataplaneTurn,
     stats: Arc<DataplaneStats>,
     log: Logger,
 ) {
+    let _turn = turn.0.lock_owned().await;
     loop {
         let first = tokio::select! {
             biased;

@@ -37,6 +37,7 @@ impl SupervisorState {
             kind: self.config.router.kind,
             dataplane,
             policy: self.config.router.policy.clone(),
+            turn: self.dataplane_turn.clone(),
             log: self.root_log.clone(),
         };
         let (router, _) =

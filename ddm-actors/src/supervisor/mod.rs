@@ -41,7 +41,7 @@ use crate::exchange::actor::{
 };
 use crate::exchange::transport::ExchangeTransport;
 use crate::rib::PeerId;
-use crate::router::{Router, RouterArgs, RouterMsg, RouterRef};
+use crate::router::{DataplaneTurn, Router, RouterArgs, RouterMsg, RouterRef};
 use crate::store::{Store, StoreCounters};
 
 mod children;
@@ -203,6 +203,8 @@ pub struct SupervisorState {
     store_counters: Arc<StoreCounters>,
     /// Makes dataplanes.
     dataplane: Option<DataplaneFactory>,
+    /// Passed from each router to the next (see [`DataplaneTurn`]).
+    dataplane_turn: DataplaneTurn,
     /// Makes discovery I/O.
     packet_io: PacketIoFactory,
     /// The admin actor, while it runs.
@@ -249,6 +251,7 @@ impl Actor for Supervisor {
             store: args.store,
             store_counters: Arc::new(StoreCounters::default()),
             dataplane: args.dataplane,
+            dataplane_turn: DataplaneTurn::default(),
             packet_io: args.packet_io,
             admin: None,
             router: None,
