@@ -268,7 +268,32 @@ pub struct State {
     log: Logger,
 }
 
+/// An actor that failed (an error or a panic in a handler) or was killed
+/// skips `post_stop`: its tasks are aborted here, as its state goes. Left
+/// running, its server kept the address, and the exchange actor started
+/// next for the peer retried its bind for good while the peer's pushes
+/// reached the orphan.
+impl Drop for State {
+    fn drop(&mut self) {
+        for task in self.take_tasks() {
+            task.abort();
+        }
+    }
+}
+
 impl State {
+    /// Every task the actor runs: its pull, its push, its timers and its
+    /// server, taken to abort.
+    fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
+        let timers = self.timers.drain().filter_map(|(_, t)| t);
+        [self.pull_task.take(), self.push_task.take()]
+            .into_iter()
+            .flatten()
+            .chain(timers)
+            .chain(self.server.take().map(|s| s.task))
+            .collect()
+    }
+
     /// Feed `input` to the session and carry out what it asks, including
     /// the inputs that carrying it out produces at once (a bind's result).
     fn step(&mut self, myself: &ExchangeRef, input: Input) {
@@ -516,13 +541,7 @@ impl Actor for Exchange {
         _myself: ExchangeRef,
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
-        let timers = state.timers.drain().filter_map(|(_, t)| t);
-        let tasks = [state.pull_task.take(), state.push_task.take()]
-            .into_iter()
-            .flatten()
-            .chain(timers)
-            .chain(state.server.take().map(|s| s.task));
-        abort_and_wait(tasks).await;
+        abort_and_wait(state.take_tasks()).await;
         debug!(state.log, "exchange stopped");
         Ok(())
     }

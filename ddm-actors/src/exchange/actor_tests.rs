@@ -334,6 +334,27 @@ async fn stop_frees_the_port_and_busy_ports_are_retried() {
     server::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0)).unwrap();
 }
 
+/// A killed actor skips `post_stop`; its server closes all the same, as
+/// its state is dropped, so the actor started next can bind the port.
+#[tokio::test]
+async fn a_killed_actor_frees_its_port() {
+    let fake = FakePeer::start(PULL3).await;
+    let (router, _seen) = fake_router(Default::default()).await;
+    let peer = loopback_peer();
+    let (x, _) =
+        Actor::spawn(None, Exchange, args(peer, 3, fake.port, router, None))
+            .await
+            .unwrap();
+    let port = call!(x, ExchangeMsg::GetLocalAddr).unwrap().unwrap().port();
+    x.kill_and_wait(None).await.unwrap();
+    let give_up = tokio::time::Instant::now() + DEADLINE;
+    let addr = SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0);
+    while let Err(e) = server::bind(addr) {
+        assert!(tokio::time::Instant::now() < give_up, "still bound: {e}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn unknown_version_fails_to_start() {
     let (router, _seen) = fake_router(Default::default()).await;
