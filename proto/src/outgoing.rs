@@ -21,9 +21,10 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
 use std::sync::{Arc, LazyLock};
 
-use oxnet::Ipv6Net;
+use oxnet::{IpNet, Ipv6Net};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 
@@ -853,7 +854,22 @@ enum Item<'a> {
     Tunnel(&'a v3::TunnelOrigin),
 }
 
+/// What a part keeps together: a destination, or an overlay prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Group {
+    Destination(Ipv6Net),
+    Overlay(IpNet),
+}
+
 impl Item<'_> {
+    /// The group it belongs to.
+    fn group(&self) -> Group {
+        match self {
+            Item::Path(p) => Group::Destination(p.destination()),
+            Item::Tunnel(t) => Group::Overlay(t.overlay_prefix),
+        }
+    }
+
     /// Its exact size in a body of `version`.
     fn len(&self, version: Version) -> usize {
         match self {
@@ -871,23 +887,195 @@ impl Item<'_> {
     }
 }
 
-/// The items of `u` in sending order: withdrawals (underlay, then tunnel),
-/// then announcements (underlay, then tunnel).
-fn items(u: &OutUpdate) -> impl Iterator<Item = Item<'_>> {
-    fn paths(s: Option<&BTreeSet<OutPath>>) -> impl Iterator<Item = Item<'_>> {
-        s.into_iter().flatten().map(Item::Path)
-    }
-    fn tunnels(
-        s: Option<&BTreeSet<v3::TunnelOrigin>>,
-    ) -> impl Iterator<Item = Item<'_>> {
-        s.into_iter().flatten().map(Item::Tunnel)
-    }
+/// Which half of an update an item is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    Withdraw,
+    Announce,
+}
+
+/// The items of `u` in sending order, in three runs:
+/// 1. withdrawals of a destination (a tunnel's overlay prefix) that the
+///    update does not announce again: they only make room;
+/// 2. announcements of a destination that the update does not withdraw;
+/// 3. every destination that is both withdrawn and announced, one after
+///    the other, each destination's withdrawals before its
+///    announcements: a path and its replacement, kept together.
+///
+/// Underlay before tunnel in each run. A receiver that counts its
+/// destinations never sees a new one before the room the update makes,
+/// and a part cut between destinations ([`take_chunk`]) never withdraws a
+/// path without the announcement that replaces it: an original peer at
+/// its 1,024-byte limit took a path change in two parts, removed the
+/// route between them (no path left), and, as a transit, passed the
+/// withdrawal on to its own peers. A destination too large for one part
+/// is cut after some of its withdrawals; its announcements left are then
+/// the only ones of run 2, and go next. With no destination in both
+/// halves (a plain announcement or withdrawal) this is each set's own
+/// order, withdrawals first, and nothing is looked up.
+fn items(u: &OutUpdate) -> impl Iterator<Item = (Half, Item<'_>)> {
     let under = u.underlay.as_ref();
     let tun = u.tunnel.as_ref();
-    paths(under.map(|u| &u.withdraw))
-        .chain(tunnels(tun.map(|t| &t.withdraw)))
-        .chain(paths(under.map(|u| &u.announce)))
-        .chain(tunnels(tun.map(|t| &t.announce)))
+    let paths = Runs::new(
+        under.map(|u| &u.withdraw),
+        under.map(|u| &u.announce),
+        |p: &OutPath| p.destination(),
+        |d| OutPath::lowest_to(*d),
+    );
+    let tunnels = Runs::new(
+        tun.map(|t| &t.withdraw),
+        tun.map(|t| &t.announce),
+        |t: &v3::TunnelOrigin| t.overlay_prefix,
+        |o| v3::TunnelOrigin {
+            overlay_prefix: *o,
+            boundary_addr: Ipv6Addr::UNSPECIFIED,
+            vni: 0,
+            metric: 0,
+        },
+    );
+    let p = |(h, x)| (h, Item::Path(x));
+    let t = |(h, x)| (h, Item::Tunnel(x));
+    (paths.alone(Half::Withdraw).map(p))
+        .chain(tunnels.alone(Half::Withdraw).map(t))
+        .chain(paths.alone(Half::Announce).map(p))
+        .chain(tunnels.alone(Half::Announce).map(t))
+        .chain(paths.both().map(p))
+        .chain(tunnels.both().map(t))
+}
+
+/// Whether `u` has a destination (overlay prefix) in both halves, so that
+/// [`items`] takes no set in its own order.
+fn mixed(u: &OutUpdate) -> bool {
+    let paths = u.underlay.as_ref().is_some_and(|u| {
+        Runs::new(
+            Some(&u.withdraw),
+            Some(&u.announce),
+            |p: &OutPath| p.destination(),
+            |d| OutPath::lowest_to(*d),
+        )
+        .both()
+        .next()
+        .is_some()
+    });
+    paths
+        || u.tunnel.as_ref().is_some_and(|t| {
+            t.withdraw.iter().any(|w| {
+                t.announce.iter().any(|a| a.overlay_prefix == w.overlay_prefix)
+            })
+        })
+}
+
+/// One kind of item's withdrawals and announcements, sorted by `key`
+/// first, split into [`items`]' runs.
+struct Runs<'a, T, K, F, L> {
+    withdraw: Option<&'a BTreeSet<T>>,
+    announce: Option<&'a BTreeSet<T>>,
+    key: F,
+    lowest: L,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<T, K, F: Copy, L: Copy> Clone for Runs<'_, T, K, F, L> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T, K, F: Copy, L: Copy> Copy for Runs<'_, T, K, F, L> {}
+
+impl<'a, T, K, F, L> Runs<'a, T, K, F, L>
+where
+    T: Ord,
+    K: Ord + Copy,
+    F: Fn(&T) -> K + Copy,
+    L: Fn(&K) -> T + Copy,
+{
+    fn new(
+        withdraw: Option<&'a BTreeSet<T>>,
+        announce: Option<&'a BTreeSet<T>>,
+        key: F,
+        lowest: L,
+    ) -> Self {
+        let some = |s: Option<&'a BTreeSet<T>>| s.filter(|s| !s.is_empty());
+        Runs {
+            withdraw: some(withdraw),
+            announce: some(announce),
+            key,
+            lowest,
+            _key: std::marker::PhantomData,
+        }
+    }
+
+    /// The set of `half`, and the other.
+    fn sets(
+        self,
+        half: Half,
+    ) -> (Option<&'a BTreeSet<T>>, Option<&'a BTreeSet<T>>) {
+        match half {
+            Half::Withdraw => (self.withdraw, self.announce),
+            Half::Announce => (self.announce, self.withdraw),
+        }
+    }
+
+    /// Whether `set` holds an item of key `k`.
+    fn holds(self, set: Option<&'a BTreeSet<T>>, k: &K) -> bool {
+        let (key, lowest) = (self.key, self.lowest);
+        set.is_some_and(|s| {
+            s.range(lowest(k)..).next().is_some_and(|x| key(x) == *k)
+        })
+    }
+
+    /// The items of `half` whose key the other half has not.
+    fn alone(self, half: Half) -> impl Iterator<Item = (Half, &'a T)> {
+        let (mine, other) = self.sets(half);
+        let key = self.key;
+        mine.into_iter()
+            .flatten()
+            .filter(move |x| other.is_none() || !self.holds(other, &key(x)))
+            .map(move |x| (half, x))
+    }
+
+    /// The keys in both halves, in order, each with its withdrawals, then
+    /// its announcements.
+    fn both(self) -> impl Iterator<Item = (Half, &'a T)> {
+        let (w, a) = (self.withdraw, self.announce);
+        let key = self.key;
+        let keys = w
+            .filter(|_| a.is_some())
+            .into_iter()
+            .flatten()
+            .map(key)
+            .filter(move |k| self.holds(a, k));
+        let mut last = None;
+        keys.filter(move |k| last.replace(*k) != Some(*k)).flat_map(move |k| {
+            let of = move |s: Option<&'a BTreeSet<T>>, half| {
+                let lowest = (self.lowest)(&k);
+                s.map(|s| s.range(lowest..))
+                    .into_iter()
+                    .flatten()
+                    .take_while(move |x| key(x) == k)
+                    .map(move |x| (half, x))
+            };
+            of(w, Half::Withdraw).chain(of(a, Half::Announce))
+        })
+    }
+}
+
+/// Where the group of item `n` (its destination, or its overlay prefix)
+/// begins in `items`, if after the first item; else `n`. A part cut
+/// there carries each destination whole, unless one destination alone
+/// fills it.
+fn group_start(items: &[(Half, Item<'_>)], n: usize) -> usize {
+    let Some((_, next)) = items.get(n) else {
+        return n;
+    };
+    let same = |i: &usize| items[*i].1.group() == next.group();
+    let start = (0..n).rev().take_while(same).last().unwrap_or(n);
+    if start == 0 {
+        n
+    } else {
+        start
+    }
 }
 
 /// The body of a push carrying no item: both halves present, every list
@@ -906,12 +1094,13 @@ fn empty_body_len(version: Version) -> usize {
 
 /// Take the first part of `pending` to send on its own: as many items as
 /// fit `bounds` (at most `bounds.items`, and a JSON body of at most
-/// `bounds.bytes`), withdrawals (underlay, then tunnel) before any
-/// announcement. Sending the part and then what is left of `pending` has
-/// the effect of sending `pending` at once: a receiver applies an update's
-/// withdraws before its announces, and no announcement leaves before every
-/// withdrawal has. What is left stays a pending update that later ones are
-/// merged into as usual.
+/// `bounds.bytes`), in the order of [`items`], and cut between two
+/// destinations unless one fills the part alone. Sending the part and then
+/// what is left of `pending` has the effect of sending `pending` at once:
+/// a receiver applies an update's withdraws before its announces, a path
+/// is never in both halves, and no new destination leaves before the
+/// withdrawals that make room for it. What is left stays a pending update
+/// that later ones are merged into as usual.
 ///
 /// Sizes are first bounded from the hostnames' lengths alone; only when
 /// that bound does not show that `bounds.items` items fit (a small limit,
@@ -923,7 +1112,7 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
     let budget = bounds.bytes.saturating_sub(empty_body_len(version));
     let mut oversize = OutUpdate::default();
     loop {
-        let head = items(pending).next().map(|i| i.len(version));
+        let head = items(pending).next().map(|(_, i)| i.len(version));
         match head {
             Some(size) if size.saturating_add(1) > budget => {
                 let alone = take_first(pending, 1);
@@ -937,7 +1126,7 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
         let mut used = 0usize;
         items(pending)
             .take(most)
-            .take_while(|i| {
+            .take_while(|(_, i)| {
                 used = used.saturating_add(size(i)).saturating_add(1);
                 used <= budget
             })
@@ -946,6 +1135,10 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
     let mut n = fitting(&|i| i.bound(version));
     if n < most {
         n = fitting(&|i| i.len(version));
+    }
+    if n < pending.len() {
+        let head: Vec<_> = items(pending).take(n + 1).collect();
+        n = group_start(&head, n);
     }
     Chunk { part: take_first(pending, n), oversize }
 }
@@ -977,6 +1170,9 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
             None => std::mem::take(from),
         }
     }
+    if mixed(pending) {
+        return take_items(pending, n);
+    }
     let mut room = n;
     let mut under = OutUnderlay::default();
     let mut tun = v3::TunnelUpdate::default();
@@ -1005,6 +1201,47 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
         tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
             .then_some(tun),
     }
+}
+
+/// [`take_first`] where some destination is in both halves: the items
+/// taken are no set's first ones, so each is moved on its own.
+fn take_items(pending: &mut OutUpdate, n: usize) -> OutUpdate {
+    let mut part = OutUpdate::default();
+    for (half, item) in items(pending).take(n) {
+        match (item, half) {
+            (Item::Path(p), Half::Withdraw) => {
+                part.underlay_mut().withdraw.insert(p.clone());
+            }
+            (Item::Path(p), Half::Announce) => {
+                part.underlay_mut().announce.insert(p.clone());
+            }
+            (Item::Tunnel(t), Half::Withdraw) => {
+                part.tunnel_mut().withdraw.insert(*t);
+            }
+            (Item::Tunnel(t), Half::Announce) => {
+                part.tunnel_mut().announce.insert(*t);
+            }
+        }
+    }
+    if let (Some(u), Some(taken)) = (&mut pending.underlay, &part.underlay) {
+        for p in &taken.withdraw {
+            u.withdraw.remove(p);
+        }
+        for p in &taken.announce {
+            u.announce.remove(p);
+            // Sent: no longer the pending update's to mark.
+            u.held.remove(p);
+        }
+    }
+    if let (Some(t), Some(taken)) = (&mut pending.tunnel, &part.tunnel) {
+        for o in &taken.withdraw {
+            t.withdraw.remove(o);
+        }
+        for o in &taken.announce {
+            t.announce.remove(o);
+        }
+    }
+    part
 }
 
 #[cfg(test)]

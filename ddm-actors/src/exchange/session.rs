@@ -427,7 +427,8 @@ impl Session {
             merge_batch(&mut self.next, update);
         } else if !update.is_empty() {
             // Idle, or a small batch going out (no next one): it takes
-            // the push, which goes out in its next part, withdrawals first.
+            // the push, which goes out in its next part (see
+            // `outgoing::items` for the order).
             self.pending_through = self.received;
             merge_batch(&mut self.pending, update);
             self.push_if_idle(out);

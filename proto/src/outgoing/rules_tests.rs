@@ -336,34 +336,127 @@ fn big(n: usize, w: usize) -> v3::Update {
     u
 }
 
+/// A key of an item: its destination, or its overlay prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Dest(Ipv6Net),
+    Overlay(IpNet),
+}
+
+/// The keys `u` withdraws and the keys it announces.
+fn keys(u: &v3::Update) -> (BTreeSet<Key>, BTreeSet<Key>) {
+    let mut w = BTreeSet::new();
+    let mut a = BTreeSet::new();
+    if let Some(u) = &u.underlay {
+        w.extend(u.withdraw.iter().map(|p| Key::Dest(p.destination)));
+        a.extend(u.announce.iter().map(|p| Key::Dest(p.destination)));
+    }
+    if let Some(t) = &u.tunnel {
+        w.extend(t.withdraw.iter().map(|t| Key::Overlay(t.overlay_prefix)));
+        a.extend(t.announce.iter().map(|t| Key::Overlay(t.overlay_prefix)));
+    }
+    (w, a)
+}
+
 /// Check that `parts`, sent in order, are `whole` in bounded requests:
-/// no part over the bound, their union is `whole`, and no announcement
-/// is sent before the last withdrawal.
+/// no part over the bound, their union is `whole`; no announcement of a
+/// new key (one `whole` does not withdraw) before the last withdrawal of
+/// a key `whole` does not announce again, and each key `whole` both
+/// withdraws and announces in one part (every key here fits one).
 fn check_parts(parts: &[v3::Update], whole: &v3::Update) {
+    let (w, a) = keys(whole);
+    let both: BTreeSet<Key> = w.intersection(&a).copied().collect();
     let mut union = v3::Update::default();
     let mut announced = false;
+    let mut seen_both = BTreeSet::new();
     for p in parts {
         assert!(p.len() <= MAX_PUSH_ITEMS, "part of {}", p.len());
         assert!(!p.is_empty(), "empty part");
-        let (u, t) = (p.underlay.as_ref(), p.tunnel.as_ref());
-        let withdraws = u.is_some_and(|u| !u.withdraw.is_empty())
-            || t.is_some_and(|t| !t.withdraw.is_empty());
-        assert!(!(announced && withdraws), "withdrawal after announcement");
-        announced |= u.is_some_and(|u| !u.announce.is_empty())
-            || t.is_some_and(|t| !t.announce.is_empty());
-        if let Some(u) = &p.underlay {
-            let w = &mut union.underlay_mut().withdraw;
-            w.extend(u.withdraw.iter().cloned());
-            let a = &mut union.underlay_mut().announce;
-            a.extend(u.announce.iter().cloned());
+        let (pw, pa) = keys(p);
+        let pure_w = pw.iter().any(|k| !both.contains(k));
+        let pure_a = pa.iter().any(|k| !both.contains(k));
+        assert!(!(announced && pure_w), "withdrawal after announcement");
+        for k in pw.union(&pa).filter(|k| both.contains(k)) {
+            assert!(seen_both.insert(*k), "{k:?} split over parts");
+            assert!(pw.contains(k) && pa.contains(k), "{k:?} split");
         }
-        if let Some(t) = &p.tunnel {
-            union.tunnel_mut().withdraw.extend(t.withdraw.iter().copied());
-            union.tunnel_mut().announce.extend(t.announce.iter().copied());
-        }
+        announced |= !pa.is_empty();
+        // A part's withdrawals are applied before its announcements.
+        union_into(&mut union, p);
+        let sent = keys(&union).0;
+        let room =
+            w.iter().filter(|k| !both.contains(k)).all(|k| sent.contains(k));
+        assert!(room || !pure_a, "new key before room");
     }
     assert_eq!(union.len(), parts.iter().map(v3::Update::len).sum::<usize>());
     assert_eq!(&union, whole);
+}
+
+/// Add `p`'s items to `union`.
+fn union_into(union: &mut v3::Update, p: &v3::Update) {
+    if let Some(u) = &p.underlay {
+        let w = &mut union.underlay_mut().withdraw;
+        w.extend(u.withdraw.iter().cloned());
+        let a = &mut union.underlay_mut().announce;
+        a.extend(u.announce.iter().cloned());
+    }
+    if let Some(t) = &p.tunnel {
+        union.tunnel_mut().withdraw.extend(t.withdraw.iter().copied());
+        union.tunnel_mut().announce.extend(t.announce.iter().copied());
+    }
+}
+
+/// A path change of many destinations (each withdrawn along one path and
+/// announced along another), beside plain withdrawals and plain
+/// announcements, cut at the original's byte limit: plain withdrawals
+/// first, then plain announcements, then the changes, each destination's
+/// withdrawal and announcement in the same part. Before, every withdrawal
+/// went first, and an original peer removed the changed routes between
+/// parts.
+#[test]
+fn a_path_and_its_replacement_go_in_one_part() {
+    let changed = |i: u32| format!("fd00:{i:x}::/64");
+    let mut whole = v3::Update::default();
+    for i in 0..40u32 {
+        whole.underlay_mut().withdraw.insert(pv(&changed(i), "old"));
+        whole.underlay_mut().announce.insert(pv(&changed(i), "new"));
+    }
+    for i in 0..30u32 {
+        let gone = format!("fd01:{i:x}::/64");
+        whole.underlay_mut().withdraw.insert(pv(&gone, "x"));
+        let came = format!("fc00:{i:x}::/64");
+        whole.underlay_mut().announce.insert(pv(&came, "x"));
+    }
+    for i in 0..3u32 {
+        whole.tunnel_mut().withdraw.insert(to("10.0.0.0/8", i));
+        whole.tunnel_mut().announce.insert(to("10.0.0.0/8", i + 100));
+        whole.tunnel_mut().withdraw.insert(to("10.9.0.0/16", i));
+    }
+    for version in [Version::V2, Version::V3] {
+        let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, version);
+        let (parts, oversize) = all_parts(&whole, bounds);
+        assert!(oversize.is_empty());
+        assert!(parts.len() > 5, "{version:?}: {} parts", parts.len());
+        check_parts(&parts, &whole);
+    }
+    // One item per part: a key in both halves is cut after all (it
+    // cannot fit): its withdrawal first, its announcement next.
+    let bounds =
+        PushBounds { items: 1, ..PushBounds::new(1 << 20, Version::V3) };
+    let (parts, _) = all_parts(&whole, bounds);
+    assert_eq!(parts.len(), whole.len());
+    let mut cut = 0;
+    for pair in parts.windows(2) {
+        let (w, _) = keys(&pair[0]);
+        let Some(k @ Key::Dest(d)) = w.first() else {
+            continue;
+        };
+        if (0..40).any(|i| changed(i).parse::<Ipv6Net>().unwrap() == *d) {
+            assert_eq!(keys(&pair[1]).1, [*k].into(), "{pair:?}");
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 40);
 }
 
 #[test]
