@@ -285,6 +285,15 @@ impl AdminState {
     }
 }
 
+/// Hand `router` everything we originate (it reconciles: what it has is
+/// replaced).
+fn hand_over(router: &RouterRef, originated: &Originated) {
+    let _ = router.cast(RouterMsg::SetOriginated {
+        prefixes: originated.prefixes.clone(),
+        tunnels: originated.tunnels.clone(),
+    });
+}
+
 impl Actor for Admin {
     type Msg = AdminMsg;
     type State = AdminState;
@@ -314,6 +323,12 @@ impl Actor for Admin {
                 (None, None, None)
             }
         };
+        // A router restarted while this actor was down (failed, or
+        // waiting out its back-off) was never handed the set: the
+        // supervisor tells only a running admin actor of a new router.
+        if let Some(r) = &args.router {
+            hand_over(r, &originated);
+        }
         Ok(AdminState {
             guard,
             server,
@@ -409,10 +424,7 @@ impl Actor for Admin {
                 // A (re)started router starts empty: hand it everything
                 // we originate.
                 if let Some(r) = &router {
-                    let _ = r.cast(RouterMsg::SetOriginated {
-                        prefixes: state.originated.prefixes.clone(),
-                        tunnels: state.originated.tunnels.clone(),
-                    });
+                    hand_over(r, &state.originated);
                 }
                 state.router = router;
             }

@@ -134,6 +134,31 @@ async fn changes_past_the_queue_are_refused_at_once() {
     admin.stop(None);
 }
 
+/// An admin actor started beside a running router hands it the stored
+/// set: a router restarted while the admin actor was down heard it from
+/// nobody else.
+#[tokio::test]
+async fn a_started_admin_hands_the_router_the_stored_set() {
+    let store = Store::in_memory();
+    store.apply(&add("fd00:1::/64")).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (router, _) =
+        Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
+    let (supervisor, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+    let _stop = Stop(vec![router.get_cell(), supervisor.get_cell()]);
+    let args = AdminArgs {
+        listen: None,
+        store,
+        supervisor: supervisor.get_derived(),
+        router: Some(router.clone()),
+        store_counters: Arc::new(StoreCounters::default()),
+        log: Logger::root(slog::Discard, o!()),
+    };
+    let (admin, _) = Actor::spawn(None, Admin, args).await.unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["set {fd00:1::/64}"]);
+    admin.stop_and_wait(None, None).await.unwrap();
+}
+
 /// A change whose HTTP handler gave up waiting (and answered 503) is not
 /// made when the actor gets to it.
 #[tokio::test]
