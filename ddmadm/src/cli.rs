@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
+use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::{IpNet, Ipv6Net};
 
 /// Administer a DDM router through the admin API of its daemon (ddmd).
@@ -157,17 +158,53 @@ pub struct TunnelEndpoint {
     pub vni: u32,
 
     /// Preference: routes with a positive metric win over metric-0 routes.
-    #[arg(short = 'm', long, default_value_t = 0)]
-    pub metric: u64,
+    /// Advertising: 0 if not given. Withdrawing: if not given, the
+    /// endpoint is withdrawn whatever metric it was advertised with.
+    #[arg(short = 'm', long)]
+    pub metric: Option<u64>,
 }
 
-impl From<&TunnelEndpoint> for ddm_admin_api::latest::TunnelOrigin {
+impl From<&TunnelEndpoint> for TunnelOrigin {
     fn from(t: &TunnelEndpoint) -> Self {
-        ddm_admin_api::latest::TunnelOrigin {
+        TunnelOrigin {
             overlay_prefix: t.overlay_prefix,
             boundary_addr: t.boundary_addr,
             vni: t.vni,
-            metric: t.metric,
+            metric: t.metric.unwrap_or(0),
+        }
+    }
+}
+
+impl TunnelEndpoint {
+    /// Of the `originated` endpoints, those this one names: the same
+    /// overlay prefix, boundary address and VNI, and the metric if given.
+    pub fn matching<'a>(
+        &self,
+        originated: impl IntoIterator<Item = &'a TunnelOrigin>,
+    ) -> Vec<TunnelOrigin> {
+        originated
+            .into_iter()
+            .filter(|o| {
+                o.overlay_prefix == self.overlay_prefix
+                    && o.boundary_addr == self.boundary_addr
+                    && o.vni == self.vni
+                    && self.metric.is_none_or(|m| m == o.metric)
+            })
+            .copied()
+            .collect()
+    }
+}
+
+impl std::fmt::Display for TunnelEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} via {} (VNI {}",
+            self.overlay_prefix, self.boundary_addr, self.vni
+        )?;
+        match self.metric {
+            Some(m) => write!(f, ", metric {m})"),
+            None => write!(f, ")"),
         }
     }
 }
@@ -349,22 +386,44 @@ mod tests {
         assert_eq!(origin.metric, 5);
     }
 
+    /// Without -m, a withdrawal names the endpoint whatever its metric
+    /// (before, it named metric 0 only, and withdrawing an endpoint
+    /// advertised with -m 5 quietly did nothing); with -m, that metric.
     #[test]
-    fn tunnel_withdraw_metric_defaults_to_zero() {
-        let cli = parse(&[
-            "tunnel-withdraw",
-            "--overlay-prefix",
-            "fd00:99::/64",
-            "--boundary-addr",
-            "fd00::1",
-            "--vni",
-            "7",
-        ])
-        .unwrap();
-        let Command::TunnelWithdraw(t) = cli.command else {
-            panic!("parsed as {:?}", cli.command);
+    fn tunnel_withdraw_without_a_metric_names_every_metric() {
+        let endpoint = |metric: &[&str]| {
+            let mut args = vec![
+                "tunnel-withdraw",
+                "--overlay-prefix",
+                "fd00:99::/64",
+                "--boundary-addr",
+                "fd00::1",
+                "--vni",
+                "7",
+            ];
+            args.extend(metric);
+            let Command::TunnelWithdraw(t) = parse(&args).unwrap().command
+            else {
+                panic!("not a withdrawal");
+            };
+            t
         };
-        assert_eq!(t.metric, 0);
+        let origin = |vni, metric| TunnelOrigin {
+            overlay_prefix: "fd00:99::/64".parse().unwrap(),
+            boundary_addr: "fd00::1".parse().unwrap(),
+            vni,
+            metric,
+        };
+        let originated = [origin(7, 0), origin(7, 5), origin(8, 5)];
+        let any = endpoint(&[]);
+        assert_eq!(any.metric, None);
+        assert_eq!(any.matching(&originated), [origin(7, 0), origin(7, 5)]);
+        assert_eq!(
+            endpoint(&["-m", "5"]).matching(&originated),
+            [origin(7, 5)]
+        );
+        assert!(endpoint(&["-m", "3"]).matching(&originated).is_empty());
+        assert_eq!(any.to_string(), "fd00:99::/64 via fd00::1 (VNI 7)");
     }
 
     #[test]

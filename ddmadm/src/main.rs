@@ -139,9 +139,16 @@ async fn run(
             String::new()
         }
         Command::TunnelWithdraw(t) => {
-            client
-                .withdraw_tunnel_endpoints(&vec![TunnelOrigin::from(t)])
-                .await?;
+            // What was advertised, with its metric: a withdrawal must name
+            // it exactly, and one that names nothing is said so.
+            let originated =
+                client.get_originated_tunnel_endpoints().await?.into_inner();
+            let gone = t.matching(&originated);
+            if gone.is_empty() {
+                eprintln!("ddmadm: {t} is not originated; nothing withdrawn");
+            } else {
+                client.withdraw_tunnel_endpoints(&gone).await?;
+            }
             String::new()
         }
         Command::Sync => {

@@ -166,6 +166,22 @@ async fn tunnel_advertise_list_withdraw() {
         vec![row(&["Overlay", "Boundary", "VNI", "Metric"])]
     );
     assert_eq!(json(&d, &["tunnel-originated"]), serde_json::json!([]));
+
+    // Without -m, whatever metric it was advertised with; one not
+    // originated is said so, and is not an error.
+    change(&d, &advertise);
+    let any: Vec<&str> = std::iter::once("tunnel-withdraw")
+        .chain(endpoint[..6].iter().copied())
+        .collect();
+    change(&d, &any);
+    assert_eq!(json(&d, &["tunnel-originated"]), serde_json::json!([]));
+    let o = ddmadm_at(d.addr().port(), &any);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "ddmadm: 203.0.113.0/24 via fd00:99::1 (VNI 10) is not originated; \
+         nothing withdrawn\n"
+    );
     d.cleanup();
 }
 
