@@ -27,6 +27,7 @@ use netlink_packet_route::address::{
 };
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
 use slog::{debug, info, o, warn, Logger};
 use tokio::sync::mpsc::UnboundedSender;
@@ -89,6 +90,9 @@ pub fn links_watched() -> bool {
     WATCHING.load(Ordering::Relaxed) > 0
 }
 
+/// The link watcher's netlink receive buffer, in bytes.
+const WATCH_RCVBUF: usize = 1 << 20;
+
 /// Links seen going down or away by the watchers of this process, ever.
 static LINKS_LOST: AtomicU64 = AtomicU64::new(0);
 
@@ -125,13 +129,18 @@ pub fn spawn_link_watcher(
     sink: UnboundedSender<LinkEvent>,
 ) -> Result<JoinHandle<()>, DataplaneError> {
     let log = log.new(o!("component" => "link-watcher"));
-    let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+    let (mut conn, handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv6Ifaddr,
     ])
     .map_err(|e| {
         DataplaneError::Unavailable(format!("netlink multicast socket: {e}"))
     })?;
+    // A burst (many links or addresses changing, or a busy runtime) must
+    // not overflow the default buffer; if it does, see `Overrun` below.
+    if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(WATCH_RCVBUF) {
+        warn!(log, "could not size the netlink receive buffer"; "error" => %e);
+    }
     let conn = AbortOnDrop(tokio::spawn(conn));
     Ok(tokio::spawn(async move {
         let _conn = conn;
@@ -149,8 +158,24 @@ pub fn spawn_link_watcher(
             "links" => watcher.links.len(), "addresses" => watcher.addrs.len());
         let mut messages = messages;
         while let Some((message, _)) = messages.next().await {
-            if !watcher.handle(message) {
+            if let NetlinkPayload::Overrun(_) = message.payload {
+                // Events were dropped: a link may have gone down (and its
+                // nexthop objects with it) and come back unseen. Compare
+                // with a fresh dump, and count a link lost either way.
+                LINKS_LOST.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    log,
+                    "link events were lost (netlink overrun); \
+                    comparing with a fresh dump"
+                );
+                if let Err(e) = watcher.resync(&handle).await {
+                    warn!(log, "link and address dump failed"; "error" => %e);
+                }
+            } else if !watcher.handle(message) {
                 debug!(log, "event sink closed, stopping");
+                return;
+            }
+            if watcher.sink.is_closed() {
                 return;
             }
         }
@@ -224,6 +249,58 @@ impl Watcher {
             self.address_added(&addr);
         }
         Ok(())
+    }
+
+    /// After lost events: report what differs from a fresh dump.
+    async fn resync(
+        &mut self,
+        handle: &rtnetlink::Handle,
+    ) -> Result<(), rtnetlink::Error> {
+        let links: Vec<LinkMessage> =
+            handle.link().get().execute().try_collect().await?;
+        let addrs: Vec<AddressMessage> =
+            handle.address().get().execute().try_collect().await?;
+        self.reconcile(&links, &addrs);
+        Ok(())
+    }
+
+    /// Report what differs between what was reported and `links` and
+    /// `addrs`, a dump of every link and address: links and addresses
+    /// gone, then every link and address as it is (repeats are dropped).
+    fn reconcile(&mut self, links: &[LinkMessage], addrs: &[AddressMessage]) {
+        let present: Vec<u32> = links
+            .iter()
+            .filter(|l| l.header.interface_family == AddressFamily::Unspec)
+            .map(|l| l.header.index)
+            .collect();
+        let gone: Vec<(u32, String)> = self
+            .links
+            .iter()
+            .filter(|(i, _)| !present.contains(i))
+            .map(|(i, (n, _))| (*i, n.clone()))
+            .collect();
+        for (ifindex, ifname) in gone {
+            self.links.remove(&ifindex);
+            self.addrs.retain(|(i, _), _| *i != ifindex);
+            self.send(LinkEvent::Removed { ifindex, ifname });
+        }
+        let now: Vec<(u32, Ipv6Addr)> = addrs
+            .iter()
+            .filter_map(ipv6_address)
+            .map(|(i, a, _)| (i, a))
+            .collect();
+        let lost: Vec<(u32, Ipv6Addr)> =
+            self.addrs.keys().filter(|k| !now.contains(k)).copied().collect();
+        for (ifindex, addr) in lost {
+            self.addrs.remove(&(ifindex, addr));
+            self.send(LinkEvent::AddressRemoved { ifindex, addr });
+        }
+        for link in links {
+            self.link_changed(link);
+        }
+        for addr in addrs {
+            self.address_added(addr);
+        }
     }
 
     /// Turn one kernel message into events; false once the sink is closed.
@@ -370,6 +447,66 @@ mod tests {
                 Err(_) => panic!("no {what} within {DEADLINE:?}"),
             }
         }
+    }
+
+    fn link(ifindex: u32, name: &str, up: bool) -> LinkMessage {
+        let mut l = LinkMessage::default();
+        l.header.index = ifindex;
+        l.header.interface_family = AddressFamily::Unspec;
+        if up {
+            l.header.flags =
+                LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp;
+        }
+        l.attributes.push(LinkAttribute::IfName(name.to_string()));
+        l
+    }
+
+    fn address(ifindex: u32, addr: &str) -> AddressMessage {
+        let mut a = AddressMessage::default();
+        a.header.family = AddressFamily::Inet6;
+        a.header.index = ifindex;
+        let addr: Ipv6Addr = addr.parse().unwrap();
+        a.attributes.push(AddressAttribute::Address(IpAddr::V6(addr)));
+        a
+    }
+
+    /// After lost events, a fresh dump is compared with what was
+    /// reported: what went away is reported gone, what changed or came
+    /// is reported as it is, and what did not change is not repeated.
+    #[test]
+    fn a_fresh_dump_after_lost_events_reports_the_differences() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut w =
+            Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
+        w.link_changed(&link(2, "a0", true));
+        w.link_changed(&link(3, "b0", true));
+        w.link_changed(&link(5, "d0", true));
+        w.address_added(&address(2, "fe80::1"));
+        w.address_added(&address(5, "fe80::5"));
+        while rx.try_recv().is_ok() {}
+        w.reconcile(
+            &[link(2, "a0", false), link(4, "c0", true), link(5, "d0", true)],
+            &[address(4, "fe80::4"), address(5, "fe80::5")],
+        );
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        let fe80 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            got,
+            [
+                LinkEvent::Removed { ifindex: 3, ifname: "b0".into() },
+                LinkEvent::AddressRemoved { ifindex: 2, addr: fe80("fe80::1") },
+                LinkEvent::Down { ifindex: 2, ifname: "a0".into() },
+                LinkEvent::Up { ifindex: 4, ifname: "c0".into() },
+                LinkEvent::AddressAdded {
+                    ifindex: 4,
+                    addr: fe80("fe80::4"),
+                    tentative: false,
+                },
+            ]
+        );
     }
 
     #[test]
