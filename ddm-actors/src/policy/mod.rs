@@ -70,6 +70,14 @@ pub const MAX_PATH_LEN_BOUND: usize = 1024;
 /// hostile peer can make us hold (with ordinary paths, about 80 MB).
 pub const DEFAULT_MAX_PREFIXES_PER_PEER: usize = 250_000;
 
+/// The bytes of paths ([`crate::rib::path_cost`]) one peer's held paths
+/// may count, per destination it may hold ([`PolicyConfig::path_budget`]):
+/// three paths of three 16-byte names each. At the default limit, 128 MB;
+/// a hostile peer's paths of distinct long names are bounded by it rather
+/// than by the limits on destinations and paths per destination alone
+/// (gigabytes).
+pub const PATH_BYTES_PER_PREFIX: usize = 512;
+
 /// Longest hostname accepted in a path, in bytes (what discovery can
 /// carry).
 pub const MAX_HOSTNAME_LEN: usize = 255;
@@ -110,6 +118,14 @@ pub struct PolicyConfig {
     /// Most distinct destinations, and separately most tunnel endpoints,
     /// held from one peer (`--max-prefixes-per-peer`).
     pub max_prefixes_per_peer: usize,
+}
+
+impl PolicyConfig {
+    /// What one peer's held paths may count, in bytes of
+    /// [`crate::rib::path_cost`].
+    pub fn path_budget(&self) -> usize {
+        self.max_prefixes_per_peer.saturating_mul(PATH_BYTES_PER_PREFIX)
+    }
 }
 
 impl Default for PolicyConfig {

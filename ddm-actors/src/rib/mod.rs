@@ -195,6 +195,9 @@ pub struct RibStats {
     /// the announced path when it was no shorter than the peer's longest,
     /// else that longest one, which the announced path replaced.
     pub paths_over_limit: u64,
+    /// Announced paths dropped because the peer's held paths would have
+    /// taken more than its budget of bytes ([`Rib::set_path_budget`]).
+    pub paths_over_budget: u64,
 }
 
 /// Errors of RIB operations.
@@ -219,6 +222,8 @@ struct PeerState {
     /// How many distinct destinations those paths lead to (for the import
     /// policy's per-peer limit).
     destinations: usize,
+    /// What those paths cost, counted by [`path_cost`].
+    path_bytes: usize,
     /// Every tunnel endpoint the peer announced and has not withdrawn.
     tunnels: BTreeSet<TunnelOrigin>,
 }
@@ -260,6 +265,17 @@ pub const MAX_ADVERTISED_PATHS: usize = 1;
 /// if the peer's shorter paths are withdrawn, it is not restored until
 /// the peer announces it again (a pull does).
 pub const MAX_PATHS_PER_PEER: usize = 16;
+
+/// The bytes one path held from a peer is counted as against the peer's
+/// budget ([`Rib::set_path_budget`]): its names and a pointer to each,
+/// and a fixed part for the path and its offer, as if no name were shared
+/// (a peer's names are shared with other peers' only when they are the
+/// same). A path of three 16-byte names counts 160.
+pub fn path_cost(names: &[Arc<str>]) -> usize {
+    const PER_PATH: usize = 64;
+    let per_name = std::mem::size_of::<Arc<str>>();
+    names.iter().map(|n| n.len() + per_name).sum::<usize>() + PER_PATH
+}
 
 /// Which sources, other than the one changing, offer an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +373,8 @@ pub struct Rib {
     interner: Interner,
     /// Counters of refused input.
     stats: RibStats,
+    /// Most bytes one peer's held paths may count ([`path_cost`]).
+    path_budget: usize,
 }
 
 impl Rib {
@@ -377,7 +395,18 @@ impl Rib {
             effective_tunnels: BTreeSet::new(),
             interner: Interner::default(),
             stats: RibStats::default(),
+            path_budget: usize::MAX,
         }
+    }
+
+    /// Bound what one peer's held paths may count ([`path_cost`]) to
+    /// `bytes` (unbounded until set): an announced path past it is
+    /// dropped and counted ([`RibStats::paths_over_budget`]). Without a
+    /// bound, a peer within its limits of destinations and paths per
+    /// destination (250,000 and 16) could still make us hold gigabytes:
+    /// 4 million paths of 32 distinct 255-byte names each.
+    pub fn set_path_budget(&mut self, bytes: usize) {
+        self.path_budget = bytes;
     }
 
     /// The seed of our re-announcements ([`Offers::advertised`]): only a

@@ -29,6 +29,7 @@ impl Rib {
                 kind,
                 paths: 0,
                 destinations: 0,
+                path_bytes: 0,
                 tunnels: BTreeSet::new(),
             },
         );

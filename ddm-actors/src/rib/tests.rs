@@ -281,7 +281,12 @@ fn loops_and_empty_paths_are_dropped_and_counted() {
     assert!(e.is_empty(), "{e:?}");
     assert_eq!(
         rib.stats(),
-        RibStats { loops_dropped: 1, invalid_dropped: 1, paths_over_limit: 0 }
+        RibStats {
+            loops_dropped: 1,
+            invalid_dropped: 1,
+            paths_over_limit: 0,
+            paths_over_budget: 0,
+        }
     );
     assert!(rib.imported_prefixes().is_empty());
     // Withdrawing them is harmless.
@@ -301,6 +306,37 @@ fn held_lengths(rib: &Rib, p: PeerId, dest: &str) -> Vec<usize> {
         .unwrap_or_default();
     lens.sort();
     lens
+}
+
+/// A peer's held paths count against a budget of bytes: one of long
+/// distinct names per path reaches it with few paths; past it, announced
+/// paths are dropped and counted, an already held one is still taken, and
+/// what the peer withdraws makes room again. Another peer has its own.
+#[test]
+fn a_peer_holds_paths_within_a_budget_of_bytes() {
+    let mut rib = rib_with_peers(RouterKind::Transit, 2);
+    let name = |i: usize| format!("{i:03}{}", "n".repeat(252));
+    let path = |i: usize| pv(&format!("fd00:{i:x}::/64"), &["o", &name(i)]);
+    let cost = path_cost(&[Arc::from("o"), Arc::from(name(0).as_str())]);
+    rib.set_path_budget(10 * cost);
+    let twelve: Vec<_> = (0..12).map(path).collect();
+    rib.import(peer(1), announce(twelve.clone())).unwrap();
+    assert_eq!(rib.peers[&peer(1)].paths, 10);
+    assert_eq!(rib.peers[&peer(1)].path_bytes, 10 * cost);
+    assert_eq!(rib.stats().paths_over_budget, 2);
+    assert_eq!(rib.route_count(), 10);
+    // Held already: taken again, nothing counted.
+    rib.import(peer(1), announce([path(0)])).unwrap();
+    assert_eq!(rib.stats().paths_over_budget, 2);
+    // Another peer's budget is its own.
+    rib.import(peer(2), announce([path(11)])).unwrap();
+    assert_eq!(rib.route_count(), 11);
+    // A withdrawal makes room.
+    rib.import(peer(1), withdraw([path(0), path(1)])).unwrap();
+    assert_eq!(rib.peers[&peer(1)].path_bytes, 8 * cost);
+    rib.import(peer(1), announce(twelve)).unwrap();
+    assert_eq!(rib.peers[&peer(1)].paths, 10);
+    assert_eq!(rib.stats().paths_over_budget, 2 + 2);
 }
 
 #[test]

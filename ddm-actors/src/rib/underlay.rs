@@ -3,6 +3,17 @@
 use super::*;
 use ddm_proto::outgoing::{merge_into, OutUnderlay};
 
+/// What [`Rib::make_room`] found.
+enum Room {
+    /// The path may be held.
+    Made,
+    /// The peer offers as many paths to the destination as it may, none
+    /// longer than this one.
+    OverBound,
+    /// The path would take the peer past its budget.
+    OverBudget,
+}
+
 impl Rib {
     pub(super) fn underlay_announce(
         &mut self,
@@ -20,9 +31,17 @@ impl Rib {
             return;
         }
         let dest = normalise_v6(announced.destination());
-        if !self.make_room(peer, dest, path, pending) {
-            self.stats.paths_over_limit += 1;
-            return;
+        let cost = path_cost(path);
+        match self.make_room(peer, dest, path, cost, pending) {
+            Room::Made => {}
+            Room::OverBound => {
+                self.stats.paths_over_limit += 1;
+                return;
+            }
+            Room::OverBudget => {
+                self.stats.paths_over_budget += 1;
+                return;
+            }
         }
         let seed = self.readvertise_seed();
         let Some(state) = self.peers.get_mut(&peer) else {
@@ -65,6 +84,7 @@ impl Rib {
             }
         };
         state.paths += 1;
+        state.path_bytes += cost;
         if new_dest {
             state.destinations += 1;
         }
@@ -79,40 +99,50 @@ impl Rib {
         }
     }
 
-    /// Whether `peer` may offer one more path to `dest`, `path` (see
-    /// [`MAX_PATHS_PER_PEER`]): true when it is under the bound or already
-    /// offers `path`; when it is at the bound and `path` is shorter than
-    /// its longest, that longest is withdrawn (and counted) to make room.
+    /// Whether `peer` may offer one more path to `dest`, `path`, costing
+    /// `cost` ([`path_cost`]): yes when it already offers `path`; no when
+    /// the cost would take it past its budget ([`Rib::set_path_budget`]);
+    /// else yes under [`MAX_PATHS_PER_PEER`], and at that bound, when
+    /// `path` is shorter than its longest, which is withdrawn (and
+    /// counted) to make room.
     fn make_room(
         &mut self,
         peer: PeerId,
         dest: Ipv6Net,
         path: &[Arc<str>],
+        cost: usize,
         pending: &mut Pending,
-    ) -> bool {
-        let Some(slot) = self.peers.get(&peer).map(|s| s.slot) else {
-            return true;
+    ) -> Room {
+        let Some(state) = self.peers.get(&peer) else {
+            return Room::Made;
         };
+        let slot = state.slot;
+        let over_budget =
+            state.path_bytes.saturating_add(cost) > self.path_budget;
         let Some(offers) = self.routes.get(&dest) else {
-            return true;
+            return if over_budget { Room::OverBudget } else { Room::Made };
         };
         let mine = offers.of_peer(slot);
-        if mine.len() < MAX_PATHS_PER_PEER
-            || mine.iter().any(|o| **o.path == *path)
-        {
-            return true;
+        if mine.iter().any(|o| **o.path == *path) {
+            return Room::Made;
+        }
+        if over_budget {
+            return Room::OverBudget;
+        }
+        if mine.len() < MAX_PATHS_PER_PEER {
+            return Room::Made;
         }
         // The last of the longest, so that the choice follows path order.
         let Some(longest) = mine.iter().max_by_key(|o| o.path.len()) else {
-            return true;
+            return Room::Made;
         };
         if longest.path.len() <= path.len() {
-            return false;
+            return Room::OverBound;
         }
         let evicted = OutPath::new(dest, Arc::clone(&longest.path), None);
         self.underlay_withdraw(peer, &evicted, pending);
         self.stats.paths_over_limit += 1;
-        true
+        Room::Made
     }
 
     pub(super) fn underlay_withdraw(
@@ -147,6 +177,7 @@ impl Rib {
         };
         // The interner counts its holders itself (see `release`): the
         // candidates kept for re-announcing may hold the path a while yet.
+        state.path_bytes -= path_cost(&path);
         drop(path);
         state.paths -= 1;
         if !offers.has_peer(slot) {

@@ -177,6 +177,9 @@ pub struct RouterCounters {
     /// Paths let go past the bound of paths per peer and destination
     /// (`rib::MAX_PATHS_PER_PEER`).
     pub paths_over_limit: u64,
+    /// Paths dropped past a peer's budget of path bytes
+    /// (`PolicyConfig::path_budget`).
+    pub paths_over_budget: u64,
     /// Route batches handed to the dataplane.
     pub dataplane_batches: u64,
     /// Of those, the ones the dataplane reported failed.
@@ -197,6 +200,7 @@ impl RouterCounters {
             ("routes", self.routes),
             ("loops_dropped", self.loops_dropped),
             ("paths_over_limit", self.paths_over_limit),
+            ("paths_over_budget", self.paths_over_budget),
             ("dataplane_batches", self.dataplane_batches),
             ("dataplane_batch_errors", self.dataplane_batch_errors),
             ("route_updates_applied", self.route_updates_applied),
@@ -491,6 +495,8 @@ impl Actor for Router {
             "accept_default_route" => args.policy.accept_default_route,
             "max_path_len" => args.policy.max_path_len,
             "max_prefixes_per_peer" => args.policy.max_prefixes_per_peer);
+        let mut rib = Rib::new(&args.hostname, args.kind);
+        rib.set_path_budget(args.policy.path_budget());
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let dp_stats = Arc::new(DataplaneStats::default());
@@ -503,7 +509,7 @@ impl Actor for Router {
             log.new(o!("unit" => "dataplane")),
         ));
         Ok(RouterState {
-            rib: Rib::new(&args.hostname, args.kind),
+            rib,
             policy: ImportPolicy::new(args.policy),
             exchanges: HashMap::new(),
             told: Told::new(),
@@ -674,6 +680,7 @@ impl Actor for Router {
                     routes: state.rib.route_count() as u64,
                     loops_dropped: state.rib.stats().loops_dropped,
                     paths_over_limit: state.rib.stats().paths_over_limit,
+                    paths_over_budget: state.rib.stats().paths_over_budget,
                     dataplane_batches: get(&d.batches),
                     dataplane_batch_errors: get(&d.batch_errors),
                     route_updates_applied: get(&d.updates_applied),
