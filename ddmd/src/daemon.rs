@@ -14,6 +14,7 @@ use ddm_actors::policy::PolicyConfig;
 use ddm_actors::store::Store;
 use ddm_actors::supervisor::{
     DataplaneFactory, Supervisor, SupervisorArgs, SupervisorMsg,
+    ROUTER_STOP_GRACE,
 };
 use ractor::Actor;
 use slog::{info, o, warn};
@@ -22,8 +23,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::Args;
 use crate::{logging, port_file};
 
-/// How long shutdown may take before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+/// How long shutdown may take before the process exits anyway: the
+/// router's removal of our routes, and the other actors' stops.
+const SHUTDOWN_GRACE: Duration =
+    ROUTER_STOP_GRACE.saturating_add(Duration::from_secs(10));
 
 fn system_hostname() -> String {
     let mut buf = [0u8; 256];

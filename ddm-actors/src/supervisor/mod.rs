@@ -53,6 +53,12 @@ use table::{Action, PeerTable};
 /// A handle to the supervisor.
 pub type SupervisorRef = ActorRef<SupervisorMsg>;
 
+/// How long stopping waits for the router, which ends its batch in the
+/// kernel and then removes every route of ours (a million routes take
+/// seconds): gone before, the runtime dropped the removal and the routes
+/// stayed.
+pub const ROUTER_STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// Makes the dataplane for each router started (it is made anew when the
 /// router restarts).
 pub type DataplaneFactory = Arc<
@@ -301,9 +307,7 @@ impl Actor for Supervisor {
         }
         // The router removes its routes as it stops.
         if let Some(router) = state.router.take() {
-            let _ = router
-                .stop_and_wait(None, Some(Duration::from_millis(600)))
-                .await;
+            let _ = router.stop_and_wait(None, Some(ROUTER_STOP_GRACE)).await;
         }
         if let Some(admin) = state.admin.take() {
             let _ = admin.stop_and_wait(None, grace).await;

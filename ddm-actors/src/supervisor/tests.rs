@@ -30,11 +30,19 @@ fn config(admin_only: bool, listen: bool) -> DaemonConfig {
 }
 
 async fn start(admin_only: bool, listen: bool) -> SupervisorRef {
-    let store = Store::in_memory();
     let dp = MemoryDataplane::new();
     let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
         Ok(Box::new(dp.clone()) as Box<dyn Dataplane>)
     });
+    start_on(admin_only, listen, factory).await
+}
+
+async fn start_on(
+    admin_only: bool,
+    listen: bool,
+    factory: DataplaneFactory,
+) -> SupervisorRef {
+    let store = Store::in_memory();
     let (a, _b) = MemoryPort::pair(
         (1, "fe80::1".parse().unwrap()),
         (2, "fe80::2".parse().unwrap()),
@@ -131,4 +139,56 @@ async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
     })
     .await;
     sup.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A dataplane whose removal of every route takes `removal` (of tokio
+/// time), and says when it is done.
+struct SlowRemoval {
+    removal: Duration,
+    removed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Dataplane for SlowRemoval {
+    fn name(&self) -> &'static str {
+        "slow-removal"
+    }
+    async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+    async fn apply(
+        &mut self,
+        _: Vec<crate::dataplane::RouteUpdate>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+    async fn set_tunnels(
+        &mut self,
+        _: std::collections::BTreeSet<crate::dataplane::TunnelEntry>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+    async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
+        tokio::time::sleep(self.removal).await;
+        self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(0)
+    }
+}
+
+/// Stopping waits for the router's removal of our routes even when it
+/// takes seconds (a large table): before, it waited 600 ms, and the
+/// daemon exited with the routes in the kernel.
+#[tokio::test(start_paused = true)]
+async fn stopping_waits_for_the_routes_to_be_removed() {
+    let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = removed.clone();
+    let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
+        Ok(Box::new(SlowRemoval {
+            removal: Duration::from_secs(5),
+            removed: flag.clone(),
+        }) as Box<dyn Dataplane>)
+    });
+    let sup = start_on(false, false, factory).await;
+    sup.stop_and_wait(None, None).await.unwrap();
+    assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
