@@ -75,7 +75,9 @@ impl AdminContext {
         &self,
         msg: impl FnOnce(RpcReplyPort<T>) -> AdminMsg,
     ) -> Result<T, HttpError> {
-        self.call(msg, "the router did not answer in time").await
+        // Answered by the admin actor, the router or the supervisor,
+        // whichever the question is for: the daemon, to the client.
+        self.call(msg, "the daemon did not answer in time; try again").await
     }
 
     /// [`AdminContext::ask`], answering `late` when the actor does not
@@ -89,7 +91,7 @@ impl AdminContext {
             Ok(CallResult::Success(v)) => Ok(v),
             Ok(CallResult::Timeout) => Err(unavailable(late)),
             Ok(CallResult::SenderError) | Err(_) => {
-                Err(unavailable("the router is restarting; try again"))
+                Err(unavailable(RESTARTING))
             }
         }
     }
@@ -115,11 +117,12 @@ impl AdminContext {
     }
 
     fn tell(&self, msg: AdminMsg) -> Result<(), HttpError> {
-        self.admin
-            .cast(msg)
-            .map_err(|_| unavailable("the router is restarting; try again"))
+        self.admin.cast(msg).map_err(|_| unavailable(RESTARTING))
     }
 }
+
+/// The answer while the admin actor is gone (its supervisor restarts it).
+const RESTARTING: &str = "the daemon's admin service is restarting; try again";
 
 /// A 503 whose message the client sees (dropshot's `for_unavail` shows it
 /// only "Service Unavailable").
