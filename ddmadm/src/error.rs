@@ -37,14 +37,21 @@ impl Failure {
             Error::ErrorResponse(rv) => {
                 let status = rv.status();
                 let body = rv.into_inner();
+                // A 4xx is the request refused; a 5xx, ddmd unable to
+                // carry it out (busy, restarting, its store failing).
+                let what = if status.is_server_error() {
+                    "ddmd could not carry out the request"
+                } else {
+                    "ddmd refused the request"
+                };
                 match body.error_code {
                     Some(code) if !code.is_empty() => format!(
-                        "ddmd refused the request: {} ({code}, HTTP {})",
+                        "{what}: {} ({code}, HTTP {})",
                         body.message,
                         status.as_u16()
                     ),
                     _ => format!(
-                        "ddmd refused the request: {} (HTTP {})",
+                        "{what}: {} (HTTP {})",
                         body.message,
                         status.as_u16()
                     ),
