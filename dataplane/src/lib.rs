@@ -183,6 +183,17 @@ pub enum DataplaneError {
     /// The dataplane could not be reached or opened.
     #[error("dataplane unavailable: {0}")]
     Unavailable(String),
+    /// A batch of route updates failed as a whole, part way through (the
+    /// socket failed, or the kernel's answers did not come): some of
+    /// `updates` may be in place, some not. Each sets its destination's
+    /// nexthops, so applying them again is safe.
+    #[error("dataplane batch failed: {error} ({} updates to apply again)", updates.len())]
+    Incomplete {
+        /// What failed.
+        error: String,
+        /// The batch.
+        updates: Vec<RouteUpdate>,
+    },
 }
 
 /// A forwarding plane the router can program.

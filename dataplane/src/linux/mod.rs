@@ -309,8 +309,15 @@ impl Dataplane for LinuxDataplane {
                 (updates, failures)
             })
             .await?;
-        let failures = failures
-            .map_err(|e| DataplaneError::Request(format!("netlink: {e}")))?;
+        let failures = match failures {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(DataplaneError::Incomplete {
+                    error: format!("netlink: {e}"),
+                    updates,
+                })
+            }
+        };
         let total = updates.len();
         let mut named = Vec::new();
         for Refused { index, reason: e, .. } in failures {

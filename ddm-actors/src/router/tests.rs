@@ -680,6 +680,12 @@ enum TestDataplane {
     /// Every batch waits for one permit of `gate`, then lands in `inner`:
     /// a kernel that is behind.
     Gated { gate: Arc<tokio::sync::Semaphore>, inner: MemoryDataplane },
+    /// Fails its first `failures` batches as a whole (as a netlink socket
+    /// that failed part way), then lands them in `inner`.
+    Failing {
+        failures: Arc<std::sync::atomic::AtomicUsize>,
+        inner: MemoryDataplane,
+    },
     /// Writes what it does to `log` as "`name` apply N" and "`name`
     /// removed"; its removal waits for one permit of `removal`.
     Logged {
@@ -702,6 +708,7 @@ impl Dataplane for TestDataplane {
             TestDataplane::Broken => "broken",
             TestDataplane::Gated { .. } => "gated",
             TestDataplane::Logged { .. } => "logged",
+            TestDataplane::Failing { .. } => "failing",
         }
     }
     async fn remove_stale(&mut self) -> DpResult<usize> {
@@ -720,6 +727,18 @@ impl Dataplane for TestDataplane {
                     .push(format!("{name} apply {}", updates.len()));
                 Ok(())
             }
+            TestDataplane::Failing { failures, inner } => {
+                use std::sync::atomic::Ordering::SeqCst;
+                let left = failures.load(SeqCst);
+                if left > 0 {
+                    failures.store(left - 1, SeqCst);
+                    return Err(crate::dataplane::DataplaneError::Incomplete {
+                        error: "socket failed".into(),
+                        updates,
+                    });
+                }
+                inner.apply(updates).await
+            }
         }
     }
     async fn set_tunnels(
@@ -732,12 +751,16 @@ impl Dataplane for TestDataplane {
                 inner.set_tunnels(tunnels).await
             }
             TestDataplane::Logged { .. } => Ok(()),
+            TestDataplane::Failing { inner, .. } => {
+                inner.set_tunnels(tunnels).await
+            }
         }
     }
     async fn remove_all(&mut self) -> DpResult<usize> {
         match self {
             TestDataplane::Broken => Ok(0),
             TestDataplane::Gated { inner, .. } => inner.remove_all().await,
+            TestDataplane::Failing { inner, .. } => inner.remove_all().await,
             TestDataplane::Logged { name, log, removal } => {
                 removal.acquire().await.expect("gate open").forget();
                 log.lock().unwrap().push(format!("{name} removed"));
@@ -811,6 +834,36 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     );
     new.stop_and_wait(None, None).await.unwrap();
     assert_eq!(logged(&log, 4).await[3], "new removed");
+}
+
+/// A batch that failed as a whole is applied again, after a wait that
+/// doubles with each failure in a row: the kernel ends up as the RIB says
+/// without any later change of those destinations.
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_failed_as_a_whole_is_applied_again() {
+    let inner = MemoryDataplane::new();
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+    let dp = Box::new(TestDataplane::Failing {
+        failures: failures.clone(),
+        inner: inner.clone(),
+    });
+    let r = router_on(RouterKind::Server, Default::default(), dp).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    let started = tokio::time::Instant::now();
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:9::/64", &["x"]),
+        permit: None,
+    })
+    .unwrap();
+    let c = counters_until(&r, |c| c.route_updates_applied >= 1).await;
+    assert_eq!(c.dataplane_batch_errors, 2);
+    assert_eq!(inner.tables().routes.len(), 1);
+    // One second, then two.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    r.stop_and_wait(None, None).await.unwrap();
 }
 
 #[tokio::test]

@@ -5,11 +5,12 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use slog::{debug, info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::dataplane::{Dataplane, RouteUpdate, TunnelEntry};
+use crate::dataplane::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 use crate::exchange::server::ImportPermit;
 
 /// What the dataplane worker counts, shared with the router actor.
@@ -88,6 +89,13 @@ pub(super) enum DataplaneCmd {
 #[derive(Debug, Clone, Default)]
 pub struct DataplaneTurn(Arc<tokio::sync::Mutex<()>>);
 
+/// The first wait before a batch that failed as a whole is applied again;
+/// each failure in a row doubles it, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait before a failed batch is applied again.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The dataplane worker: applies commands in order, coalescing whatever
 /// queued while the previous batch was in the kernel. It begins when it
 /// has the dataplane's `turn`; commands queue until then.
@@ -100,16 +108,25 @@ pub(super) async fn dataplane_worker(
     log: Logger,
 ) {
     let _turn = turn.0.lock_owned().await;
+    // A batch that failed as a whole, to apply again (before whatever came
+    // since, which wins where both name a destination), and when.
+    let mut retry: Vec<RouteUpdate> = Vec::new();
+    let mut backoff = RETRY_FIRST;
+    let mut failed_in_a_row = 0u32;
     loop {
         let first = tokio::select! {
             biased;
             _ = &mut shutdown => break,
             cmd = rx.recv() => match cmd {
-                Some(c) => c,
+                Some(c) => Some(c),
                 None => break,
             },
+            _ = tokio::time::sleep(backoff), if !retry.is_empty() => None,
         };
         let mut batches = Vec::new();
+        if !retry.is_empty() {
+            batches.push(std::mem::take(&mut retry));
+        }
         let mut tunnels = None;
         let mut absorb = |cmd| match cmd {
             DataplaneCmd::Apply(batch) => batches.push(batch),
@@ -119,7 +136,9 @@ pub(super) async fn dataplane_worker(
             // this batch is in the kernel.
             DataplaneCmd::Release(p) => drop(p),
         };
-        absorb(first);
+        if let Some(first) = first {
+            absorb(first);
+        }
         while let Ok(cmd) = rx.try_recv() {
             absorb(cmd);
         }
@@ -130,7 +149,19 @@ pub(super) async fn dataplane_worker(
             match dp.apply(batch).await {
                 Ok(()) => {
                     DataplaneStats::bump(&stats.updates_applied, n as u64);
+                    failed_in_a_row = 0;
                     debug!(log, "routes programmed"; "count" => n)
+                }
+                Err(DataplaneError::Incomplete { error, updates }) => {
+                    DataplaneStats::bump(&stats.batch_errors, 1);
+                    backoff = RETRY_FIRST
+                        .saturating_mul(1 << failed_in_a_row.min(5))
+                        .min(RETRY_MAX);
+                    failed_in_a_row += 1;
+                    warn!(log, "programming routes failed; trying again";
+                        "count" => n, "error" => error,
+                        "after_ms" => backoff.as_millis());
+                    retry = updates;
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
