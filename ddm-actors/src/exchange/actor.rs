@@ -486,6 +486,7 @@ impl Actor for Exchange {
             timeout: args.timeout,
             stats: stats.clone(),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            pulls: Default::default(),
             log: log.new(o!("unit" => "server")),
         });
         let listen =

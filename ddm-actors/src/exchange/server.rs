@@ -180,6 +180,9 @@ pub struct ServerCtx {
     /// [`IMPORTS_IN_FLIGHT`] permits: pushes decoded and not yet imported
     /// (with their routes taken by the dataplane worker).
     pub imports: Arc<Semaphore>,
+    /// When the peer's last pull was answered; held while one is answered
+    /// (see [`PULL_SPACING`]).
+    pub pulls: tokio::sync::Mutex<Option<Instant>>,
     /// Logger.
     pub log: Logger,
 }
@@ -544,9 +547,37 @@ where
         .expect("static response")
 }
 
+/// Least time between two pull answers to one peer. A peer pulls us when
+/// it enters exchange with us (an original retries each solicit interval
+/// while that fails); each pull costs the router our whole view for the
+/// peer and, from an original, may have us pull the peer back. A peer
+/// that pulled in a loop kept the router busy with nothing else; now its
+/// pulls are answered one at a time, each at least this long after the
+/// last (short against the exchange timeout, 3 s, and half of it, past
+/// which a push held for our own pull is taken anyway).
+pub const PULL_SPACING: Duration = Duration::from_millis(250);
+
 /// Answer a pull with what the router offers this peer; once answered,
 /// tell the exchange actor (`PeerPulled`), which may pull the peer back.
 async fn pull(
+    version: Version,
+    session: Option<u64>,
+    ctx: &ServerCtx,
+) -> Response<Full<Bytes>> {
+    let mut last = ctx.pulls.lock().await;
+    if let Some(due) = last.map(|t| t + PULL_SPACING) {
+        if Instant::now() < due {
+            Stats::bump(&ctx.stats.pulls_paced);
+            tokio::time::sleep_until(due).await;
+        }
+    }
+    let answer = answer_pull(version, session, ctx).await;
+    *last = Some(Instant::now());
+    answer
+}
+
+/// [`pull`], once its time has come.
+async fn answer_pull(
     version: Version,
     session: Option<u64>,
     ctx: &ServerCtx,
@@ -758,6 +789,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            pulls: Default::default(),
             log: Logger::root(slog::Discard, slog::o!()),
         };
         (ctx, seen)
@@ -975,6 +1007,25 @@ mod tests {
         assert_eq!(session_id(r.headers()), Some(ctx.session));
         assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
         assert_eq!(seen.recv().await, Some(Seen::PeerPulled(Some(42))));
+    }
+
+    /// A peer's pulls are answered one at a time, each at least
+    /// `PULL_SPACING` after the last: four at once take three spacings,
+    /// and three of them count as paced.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_pulling_in_a_loop_is_answered_at_a_pace() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        let started = Instant::now();
+        let budget = budget();
+        let pull =
+            || handle(req(Method::GET, "/v3/pull", ""), true, &ctx, &budget);
+        let answers = futures::future::join_all((0..4).map(|_| pull())).await;
+        assert!(answers.iter().all(|r| r.status() == StatusCode::OK));
+        let took = started.elapsed();
+        assert!(took >= 3 * PULL_SPACING, "{took:?}");
+        assert!(took < 4 * PULL_SPACING, "{took:?}");
+        let c = ctx.stats.snapshot();
+        assert_eq!((c.pulls_received, c.pulls_paced), (4, 3));
     }
 
     /// With the router gone a pull is 503 and the exchange actor hears

@@ -44,6 +44,9 @@ counters! {
     pushes_received,
     /// Pulls from the peer answered.
     pulls_received,
+    /// Pulls from the peer that waited to be answered: it pulled again
+    /// within `server::PULL_SPACING` of the last answer.
+    pulls_paced,
     /// Body bytes of the pushes received from the peer (accepted or not,
     /// once read whole).
     push_bytes_received,
