@@ -21,7 +21,6 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap, BTreeSet};
-use std::net::Ipv6Addr;
 use std::sync::{Arc, LazyLock};
 
 use oxnet::{IpNet, Ipv6Net};
@@ -894,171 +893,49 @@ enum Half {
     Announce,
 }
 
-/// The items of `u` in sending order, in three runs:
-/// 1. withdrawals of a destination (a tunnel's overlay prefix) that the
-///    update does not announce again: they only make room;
-/// 2. announcements of a destination that the update does not withdraw;
-/// 3. every destination that is both withdrawn and announced, one after
-///    the other, each destination's withdrawals before its
-///    announcements: a path and its replacement, kept together.
-///
-/// Underlay before tunnel in each run. A receiver that counts its
-/// destinations never sees a new one before the room the update makes,
-/// and a part cut between destinations ([`take_chunk`]) never withdraws a
-/// path without the announcement that replaces it: an original peer at
-/// its 1,024-byte limit took a path change in two parts, removed the
-/// route between them (no path left), and, as a transit, passed the
-/// withdrawal on to its own peers. A destination too large for one part
-/// is cut after some of its withdrawals; its announcements left are then
-/// the only ones of run 2, and go next. With no destination in both
-/// halves (a plain announcement or withdrawal) this is each set's own
-/// order, withdrawals first, and nothing is looked up.
+/// The items of `u` in sending order: underlay paths by destination, each
+/// destination's withdrawals before its announcements, then tunnel origins
+/// likewise by overlay prefix. A path and its replacement are neighbours,
+/// and [`take_chunk`] cuts parts between destinations: an original peer at
+/// its 1,024-byte limit, sent every withdrawal first, removed a changed
+/// route between two parts (no path left) and, as a transit, passed the
+/// withdrawal on to its own peers. Each set is taken in its own order
+/// (sets order by destination first), so a part is a prefix of each set,
+/// found without a lookup.
 fn items(u: &OutUpdate) -> impl Iterator<Item = (Half, Item<'_>)> {
     let under = u.underlay.as_ref();
     let tun = u.tunnel.as_ref();
-    let paths = Runs::new(
+    let paths = by_key(
         under.map(|u| &u.withdraw),
         under.map(|u| &u.announce),
-        |p: &OutPath| p.destination(),
-        |d| OutPath::lowest_to(*d),
-    );
-    let tunnels = Runs::new(
+        OutPath::destination,
+    )
+    .map(|(h, p)| (h, Item::Path(p)));
+    let tunnels = by_key(
         tun.map(|t| &t.withdraw),
         tun.map(|t| &t.announce),
         |t: &v3::TunnelOrigin| t.overlay_prefix,
-        |o| v3::TunnelOrigin {
-            overlay_prefix: *o,
-            boundary_addr: Ipv6Addr::UNSPECIFIED,
-            vni: 0,
-            metric: 0,
-        },
-    );
-    let p = |(h, x)| (h, Item::Path(x));
-    let t = |(h, x)| (h, Item::Tunnel(x));
-    (paths.alone(Half::Withdraw).map(p))
-        .chain(tunnels.alone(Half::Withdraw).map(t))
-        .chain(paths.alone(Half::Announce).map(p))
-        .chain(tunnels.alone(Half::Announce).map(t))
-        .chain(paths.both().map(p))
-        .chain(tunnels.both().map(t))
+    )
+    .map(|(h, t)| (h, Item::Tunnel(t)));
+    paths.chain(tunnels)
 }
 
-/// Whether `u` has a destination (overlay prefix) in both halves, so that
-/// [`items`] takes no set in its own order.
-fn mixed(u: &OutUpdate) -> bool {
-    let paths = u.underlay.as_ref().is_some_and(|u| {
-        Runs::new(
-            Some(&u.withdraw),
-            Some(&u.announce),
-            |p: &OutPath| p.destination(),
-            |d| OutPath::lowest_to(*d),
-        )
-        .both()
-        .next()
-        .is_some()
-    });
-    paths
-        || u.tunnel.as_ref().is_some_and(|t| {
-            t.withdraw.iter().any(|w| {
-                t.announce.iter().any(|a| a.overlay_prefix == w.overlay_prefix)
-            })
-        })
-}
-
-/// One kind of item's withdrawals and announcements, sorted by `key`
-/// first, split into [`items`]' runs.
-struct Runs<'a, T, K, F, L> {
+/// The items of `withdraw` and `announce`, both sorted by `key` first,
+/// merged by it: for each key, its withdrawals, then its announcements.
+fn by_key<'a, T, K: Ord>(
     withdraw: Option<&'a BTreeSet<T>>,
     announce: Option<&'a BTreeSet<T>>,
-    key: F,
-    lowest: L,
-    _key: std::marker::PhantomData<K>,
-}
-
-impl<T, K, F: Copy, L: Copy> Clone for Runs<'_, T, K, F, L> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T, K, F: Copy, L: Copy> Copy for Runs<'_, T, K, F, L> {}
-
-impl<'a, T, K, F, L> Runs<'a, T, K, F, L>
-where
-    T: Ord,
-    K: Ord + Copy,
-    F: Fn(&T) -> K + Copy,
-    L: Fn(&K) -> T + Copy,
-{
-    fn new(
-        withdraw: Option<&'a BTreeSet<T>>,
-        announce: Option<&'a BTreeSet<T>>,
-        key: F,
-        lowest: L,
-    ) -> Self {
-        let some = |s: Option<&'a BTreeSet<T>>| s.filter(|s| !s.is_empty());
-        Runs {
-            withdraw: some(withdraw),
-            announce: some(announce),
-            key,
-            lowest,
-            _key: std::marker::PhantomData,
+    key: impl Fn(&T) -> K,
+) -> impl Iterator<Item = (Half, &'a T)> {
+    let mut w = withdraw.into_iter().flatten().peekable();
+    let mut a = announce.into_iter().flatten().peekable();
+    std::iter::from_fn(move || match (w.peek(), a.peek()) {
+        (Some(x), Some(y)) if key(x) > key(y) => {
+            a.next().map(|y| (Half::Announce, y))
         }
-    }
-
-    /// The set of `half`, and the other.
-    fn sets(
-        self,
-        half: Half,
-    ) -> (Option<&'a BTreeSet<T>>, Option<&'a BTreeSet<T>>) {
-        match half {
-            Half::Withdraw => (self.withdraw, self.announce),
-            Half::Announce => (self.announce, self.withdraw),
-        }
-    }
-
-    /// Whether `set` holds an item of key `k`.
-    fn holds(self, set: Option<&'a BTreeSet<T>>, k: &K) -> bool {
-        let (key, lowest) = (self.key, self.lowest);
-        set.is_some_and(|s| {
-            s.range(lowest(k)..).next().is_some_and(|x| key(x) == *k)
-        })
-    }
-
-    /// The items of `half` whose key the other half has not.
-    fn alone(self, half: Half) -> impl Iterator<Item = (Half, &'a T)> {
-        let (mine, other) = self.sets(half);
-        let key = self.key;
-        mine.into_iter()
-            .flatten()
-            .filter(move |x| other.is_none() || !self.holds(other, &key(x)))
-            .map(move |x| (half, x))
-    }
-
-    /// The keys in both halves, in order, each with its withdrawals, then
-    /// its announcements.
-    fn both(self) -> impl Iterator<Item = (Half, &'a T)> {
-        let (w, a) = (self.withdraw, self.announce);
-        let key = self.key;
-        let keys = w
-            .filter(|_| a.is_some())
-            .into_iter()
-            .flatten()
-            .map(key)
-            .filter(move |k| self.holds(a, k));
-        let mut last = None;
-        keys.filter(move |k| last.replace(*k) != Some(*k)).flat_map(move |k| {
-            let of = move |s: Option<&'a BTreeSet<T>>, half| {
-                let lowest = (self.lowest)(&k);
-                s.map(|s| s.range(lowest..))
-                    .into_iter()
-                    .flatten()
-                    .take_while(move |x| key(x) == k)
-                    .map(move |x| (half, x))
-            };
-            of(w, Half::Withdraw).chain(of(a, Half::Announce))
-        })
-    }
+        (Some(_), _) => w.next().map(|x| (Half::Withdraw, x)),
+        (None, _) => a.next().map(|y| (Half::Announce, y)),
+    })
 }
 
 /// Where the group of item `n` (its destination, or its overlay prefix)
@@ -1096,11 +973,12 @@ fn empty_body_len(version: Version) -> usize {
 /// fit `bounds` (at most `bounds.items`, and a JSON body of at most
 /// `bounds.bytes`), in the order of [`items`], and cut between two
 /// destinations unless one fills the part alone. Sending the part and then
-/// what is left of `pending` has the effect of sending `pending` at once:
-/// a receiver applies an update's withdraws before its announces, a path
-/// is never in both halves, and no new destination leaves before the
-/// withdrawals that make room for it. What is left stays a pending update
-/// that later ones are merged into as usual.
+/// what is left of `pending` leaves the receiver as sending `pending` at
+/// once would (a receiver applies an update's withdraws before its
+/// announces, and a path is never in both halves). A receiver at its limit
+/// of destinations may refuse a new one that a withdrawal in a later part
+/// would have made room for; it learns it on a later pull. What is left
+/// stays a pending update that later ones are merged into as usual.
 ///
 /// Sizes are first bounded from the hostnames' lengths alone; only when
 /// that bound does not show that `bounds.items` items fit (a small limit,
@@ -1154,13 +1032,8 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
         }
         return all;
     }
-    /// Move up to `*room` of the first elements of `from` into a new set.
-    fn first<T: Ord + Clone>(
-        from: &mut BTreeSet<T>,
-        room: &mut usize,
-    ) -> BTreeSet<T> {
-        let n = (*room).min(from.len());
-        *room -= n;
+    /// Move the first `n` elements of `from` into a new set.
+    fn first<T: Ord + Clone>(from: &mut BTreeSet<T>, n: usize) -> BTreeSet<T> {
         match from.iter().nth(n).cloned() {
             // `split_off` keeps the first elements in place; swap halves.
             Some(key) => {
@@ -1170,21 +1043,23 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
             None => std::mem::take(from),
         }
     }
-    if mixed(pending) {
-        return take_items(pending, n);
+    // How many of each set's first items the first `n` in sending order
+    // are.
+    let (mut uw, mut ua, mut tw, mut ta) = (0, 0, 0, 0);
+    for (half, item) in items(pending).take(n) {
+        let count = match (item, half) {
+            (Item::Path(_), Half::Withdraw) => &mut uw,
+            (Item::Path(_), Half::Announce) => &mut ua,
+            (Item::Tunnel(_), Half::Withdraw) => &mut tw,
+            (Item::Tunnel(_), Half::Announce) => &mut ta,
+        };
+        *count += 1;
     }
-    let mut room = n;
     let mut under = OutUnderlay::default();
     let mut tun = v3::TunnelUpdate::default();
     if let Some(u) = &mut pending.underlay {
-        under.withdraw = first(&mut u.withdraw, &mut room);
-    }
-    if let Some(t) = &mut pending.tunnel {
-        tun.withdraw = first(&mut t.withdraw, &mut room);
-    }
-    // Any room left means every withdrawal is in this part.
-    if let Some(u) = &mut pending.underlay {
-        under.announce = first(&mut u.announce, &mut room);
+        under.withdraw = first(&mut u.withdraw, uw);
+        under.announce = first(&mut u.announce, ua);
         // The paths sent are no longer the pending update's to mark.
         if !u.held.is_empty() {
             for p in &under.announce {
@@ -1193,7 +1068,8 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
         }
     }
     if let Some(t) = &mut pending.tunnel {
-        tun.announce = first(&mut t.announce, &mut room);
+        tun.withdraw = first(&mut t.withdraw, tw);
+        tun.announce = first(&mut t.announce, ta);
     }
     OutUpdate {
         underlay: (!under.announce.is_empty() || !under.withdraw.is_empty())
@@ -1201,47 +1077,6 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
         tunnel: (!tun.announce.is_empty() || !tun.withdraw.is_empty())
             .then_some(tun),
     }
-}
-
-/// [`take_first`] where some destination is in both halves: the items
-/// taken are no set's first ones, so each is moved on its own.
-fn take_items(pending: &mut OutUpdate, n: usize) -> OutUpdate {
-    let mut part = OutUpdate::default();
-    for (half, item) in items(pending).take(n) {
-        match (item, half) {
-            (Item::Path(p), Half::Withdraw) => {
-                part.underlay_mut().withdraw.insert(p.clone());
-            }
-            (Item::Path(p), Half::Announce) => {
-                part.underlay_mut().announce.insert(p.clone());
-            }
-            (Item::Tunnel(t), Half::Withdraw) => {
-                part.tunnel_mut().withdraw.insert(*t);
-            }
-            (Item::Tunnel(t), Half::Announce) => {
-                part.tunnel_mut().announce.insert(*t);
-            }
-        }
-    }
-    if let (Some(u), Some(taken)) = (&mut pending.underlay, &part.underlay) {
-        for p in &taken.withdraw {
-            u.withdraw.remove(p);
-        }
-        for p in &taken.announce {
-            u.announce.remove(p);
-            // Sent: no longer the pending update's to mark.
-            u.held.remove(p);
-        }
-    }
-    if let (Some(t), Some(taken)) = (&mut pending.tunnel, &part.tunnel) {
-        for o in &taken.withdraw {
-            t.withdraw.remove(o);
-        }
-        for o in &taken.announce {
-            t.announce.remove(o);
-        }
-    }
-    part
 }
 
 #[cfg(test)]
