@@ -453,6 +453,32 @@ fn a_path_and_its_replacement_go_in_one_part() {
     assert_eq!(cut, 40);
 }
 
+/// A change of 20,000 destinations at once (a transit re-routing them),
+/// cut at the original's byte limit: thousands of parts, each found by
+/// walking only what it takes (an order that looked every item up made
+/// this quadratic).
+#[test]
+fn a_large_change_is_cut_at_a_small_limit() {
+    let mut whole = v3::Update::default();
+    for i in 0..20_000u32 {
+        let d = format!("fd00:{:x}:{:x}::/64", i >> 16, i & 0xffff);
+        whole.underlay_mut().withdraw.insert(pv(&d, "old"));
+        whole.underlay_mut().announce.insert(pv(&d, "new"));
+    }
+    let bounds = PushBounds::new(DEFAULT_PUSH_LIMIT, Version::V2);
+    // On the compact form itself: converting the rest to the wire form
+    // after each part would be quadratic here.
+    let mut pending = OutUpdate::from(&whole);
+    let mut parts = Vec::new();
+    while !pending.is_empty() {
+        let chunk = super::take_chunk(&mut pending, bounds);
+        assert!(chunk.oversize.is_empty());
+        parts.push(chunk.part.to_wire());
+    }
+    assert!(parts.len() > 2_000, "{} parts", parts.len());
+    check_parts(&parts, &whole);
+}
+
 #[test]
 fn large_updates_are_taken_in_parts_in_key_order() {
     // Small: all at once, unchanged.
