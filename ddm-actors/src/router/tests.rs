@@ -866,6 +866,40 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     r.stop_and_wait(None, None).await.unwrap();
 }
 
+/// While a failed batch waits, later batches are applied at once, and
+/// the failed one only when its wait is over (not with the next batch:
+/// against a failing kernel, a growing batch re-sent at every change).
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_waits_its_turn_while_later_ones_go() {
+    let inner = MemoryDataplane::new();
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let dp = Box::new(TestDataplane::Failing {
+        failures: failures.clone(),
+        inner: inner.clone(),
+    });
+    let r = router_on(RouterKind::Server, Default::default(), dp).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    let import = |d: &str| {
+        r.cast(RouterMsg::Import {
+            peer: peer(1),
+            update: announce(d, &["x"]),
+            permit: None,
+        })
+        .unwrap()
+    };
+    import("fd00:1::/64");
+    counters_until(&r, |c| c.dataplane_batch_errors == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    import("fd00:2::/64");
+    counters_until(&r, |c| c.route_updates_applied == 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let routes: Vec<_> = inner.tables().routes.into_keys().collect();
+    assert_eq!(routes, [p("fd00:2::/64")]);
+    counters_until(&r, |c| c.route_updates_applied == 2).await;
+    assert_eq!(inner.tables().routes.len(), 2);
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test]
 async fn failed_dataplane_batches_are_counted() {
     let broken = Box::new(TestDataplane::Broken);

@@ -2,7 +2,7 @@
 //! applies route batches and tunnel sets in order, coalescing whatever
 //! queued while the previous batch was in the kernel.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +89,28 @@ pub(super) enum DataplaneCmd {
 #[derive(Debug, Clone, Default)]
 pub struct DataplaneTurn(Arc<tokio::sync::Mutex<()>>);
 
+impl DataplaneTurn {
+    /// Once no worker holds the turn: every worker that began has removed
+    /// its routes and ended.
+    pub async fn free(&self) {
+        drop(self.0.lock().await);
+    }
+}
+
 /// The first wait before a batch that failed as a whole is applied again;
 /// each failure in a row doubles it, up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// The longest wait before a failed batch is applied again.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Until `at`, or for ever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The dataplane worker: applies commands in order, coalescing whatever
 /// queued while the previous batch was in the kernel. It begins when it
@@ -108,10 +124,11 @@ pub(super) async fn dataplane_worker(
     log: Logger,
 ) {
     let _turn = turn.0.lock_owned().await;
-    // A batch that failed as a whole, to apply again (before whatever came
-    // since, which wins where both name a destination), and when.
+    // A batch that failed as a whole, to apply again when `retry_at` comes
+    // (what came since is applied at once, and wins where both name a
+    // destination).
     let mut retry: Vec<RouteUpdate> = Vec::new();
-    let mut backoff = RETRY_FIRST;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failed_in_a_row = 0u32;
     loop {
         let first = tokio::select! {
@@ -121,11 +138,13 @@ pub(super) async fn dataplane_worker(
                 Some(c) => Some(c),
                 None => break,
             },
-            _ = tokio::time::sleep(backoff), if !retry.is_empty() => None,
+            _ = sleep_until(retry_at), if retry_at.is_some() => None,
         };
+        let due = retry_at.is_some_and(|t| tokio::time::Instant::now() >= t);
         let mut batches = Vec::new();
-        if !retry.is_empty() {
+        if due {
             batches.push(std::mem::take(&mut retry));
+            retry_at = None;
         }
         let mut tunnels = None;
         let mut absorb = |cmd| match cmd {
@@ -143,25 +162,35 @@ pub(super) async fn dataplane_worker(
             absorb(cmd);
         }
         let batch = coalesce(batches);
+        if !retry.is_empty() && !batch.is_empty() {
+            // Not due yet: what this batch sets is set, not retried.
+            let named: HashSet<_> =
+                batch.iter().map(|u| u.destination).collect();
+            retry.retain(|u| !named.contains(&u.destination));
+        }
         if !batch.is_empty() {
             let n = batch.len();
             DataplaneStats::bump(&stats.batches, 1);
             match dp.apply(batch).await {
                 Ok(()) => {
                     DataplaneStats::bump(&stats.updates_applied, n as u64);
-                    failed_in_a_row = 0;
+                    if retry.is_empty() {
+                        failed_in_a_row = 0;
+                    }
                     debug!(log, "routes programmed"; "count" => n)
                 }
                 Err(DataplaneError::Incomplete { error, updates }) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
-                    backoff = RETRY_FIRST
+                    let wait = RETRY_FIRST
                         .saturating_mul(1 << failed_in_a_row.min(5))
                         .min(RETRY_MAX);
                     failed_in_a_row += 1;
                     warn!(log, "programming routes failed; trying again";
                         "count" => n, "error" => error,
-                        "after_ms" => backoff.as_millis());
-                    retry = updates;
+                        "after_ms" => wait.as_millis());
+                    // Behind what waits already: the later wins.
+                    retry = coalesce(vec![std::mem::take(&mut retry), updates]);
+                    retry_at = Some(tokio::time::Instant::now() + wait);
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);

@@ -305,9 +305,18 @@ impl Actor for Supervisor {
         for (_, x) in std::mem::take(&mut state.exchanges) {
             let _ = x.stop_and_wait(None, grace).await;
         }
-        // The router removes its routes as it stops.
-        if let Some(router) = state.router.take() {
-            let _ = router.stop_and_wait(None, Some(ROUTER_STOP_GRACE)).await;
+        // The router removes its routes as it stops; so does the worker
+        // of one that failed, which may still be at it (stopped in the
+        // failed router's back-off, there is no router to wait for).
+        let removed = async {
+            if let Some(router) = state.router.take() {
+                let _ = router.stop_and_wait(None, None).await;
+            }
+            state.dataplane_turn.free().await;
+        };
+        if tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_err() {
+            warn!(state.root_log, "the router's routes were not removed in time";
+                "waited_s" => ROUTER_STOP_GRACE.as_secs());
         }
         if let Some(admin) = state.admin.take() {
             let _ = admin.stop_and_wait(None, grace).await;

@@ -192,3 +192,23 @@ async fn stopping_waits_for_the_routes_to_be_removed() {
     sup.stop_and_wait(None, None).await.unwrap();
     assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+/// Stopped while a failed router's worker still removes its routes (in
+/// the failed router's back-off, with no router to wait for), stopping
+/// waits for that removal too.
+#[tokio::test(start_paused = true)]
+async fn stopping_waits_for_a_failed_routers_removal() {
+    let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = removed.clone();
+    let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
+        Ok(Box::new(SlowRemoval {
+            removal: Duration::from_secs(5),
+            removed: flag.clone(),
+        }) as Box<dyn Dataplane>)
+    });
+    let sup = start_on(false, false, factory).await;
+    let router = ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().unwrap();
+    router.kill_and_wait(None).await.unwrap();
+    sup.stop_and_wait(None, None).await.unwrap();
+    assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
+}
