@@ -91,7 +91,7 @@ pub fn links_watched() -> bool {
 }
 
 /// The link watcher's netlink receive buffer, in bytes.
-const WATCH_RCVBUF: usize = 1 << 20;
+const WATCH_RCVBUF: libc::c_int = 1 << 20;
 
 /// Links seen going down or away by the watchers of this process, ever.
 static LINKS_LOST: AtomicU64 = AtomicU64::new(0);
@@ -138,7 +138,8 @@ pub fn spawn_link_watcher(
     })?;
     // A burst (many links or addresses changing, or a busy runtime) must
     // not overflow the default buffer; if it does, see `Overrun` below.
-    if let Err(e) = conn.socket_mut().socket_mut().set_rx_buf_sz(WATCH_RCVBUF) {
+    let socket = conn.socket_mut().socket_mut();
+    if let Err(e) = crate::linux::set_rcvbuf(socket, WATCH_RCVBUF) {
         warn!(log, "could not size the netlink receive buffer"; "error" => %e);
     }
     let conn = AbortOnDrop(tokio::spawn(conn));

@@ -110,6 +110,7 @@ use crate::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 mod socket;
 
+pub(crate) use socket::set_rcvbuf;
 use socket::{DdmRoute, Refused, RouteSocket};
 
 /// The routing protocol number (`proto` in `ip route`) every route of this

@@ -488,9 +488,7 @@ fn ddm_route(route: &RouteMessage) -> Option<DdmRoute> {
 /// receive timeout, so that a lost answer is an error rather than a hang.
 fn set_buffers(socket: &Socket) -> io::Result<()> {
     let size = RECV_BUFFER_BYTES as libc::c_int;
-    if set_option(socket, libc::SO_RCVBUFFORCE, &size).is_err() {
-        set_option(socket, libc::SO_RCVBUF, &size)?;
-    }
+    set_rcvbuf(socket, size)?;
     if set_option(socket, libc::SO_SNDBUFFORCE, &size).is_err() {
         set_option(socket, libc::SO_SNDBUF, &size)?;
     }
@@ -501,13 +499,25 @@ fn set_buffers(socket: &Socket) -> io::Result<()> {
     set_option(socket, libc::SO_RCVTIMEO, &timeout)
 }
 
+/// Give `socket` a receive buffer of `bytes`: past the system's bound
+/// (`net.core.rmem_max`) where allowed (`SO_RCVBUFFORCE`, which needs
+/// `CAP_NET_ADMIN`), else up to it.
+pub(crate) fn set_rcvbuf(
+    socket: &impl std::os::fd::AsRawFd,
+    bytes: libc::c_int,
+) -> io::Result<()> {
+    if set_option(socket, libc::SO_RCVBUFFORCE, &bytes).is_err() {
+        set_option(socket, libc::SO_RCVBUF, &bytes)?;
+    }
+    Ok(())
+}
+
 /// `setsockopt(SOL_SOCKET, option, value)`.
 fn set_option<T>(
-    socket: &Socket,
+    socket: &impl std::os::fd::AsRawFd,
     option: libc::c_int,
     value: &T,
 ) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call and
     // `value` points to `size_of::<T>()` readable bytes.
     let r = unsafe {

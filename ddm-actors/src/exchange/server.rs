@@ -564,7 +564,17 @@ async fn pull(
     session: Option<u64>,
     ctx: &ServerCtx,
 ) -> Response<Full<Bytes>> {
-    let mut last = ctx.pulls.lock().await;
+    // Not past the time the peer waits for an answer: a pull queued
+    // behind others that long is one it has given up on.
+    let Ok(mut last) =
+        tokio::time::timeout(ctx.timeout, ctx.pulls.lock()).await
+    else {
+        Stats::bump(&ctx.stats.router_unavailable);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy with earlier pulls",
+        );
+    };
     if let Some(due) = last.map(|t| t + PULL_SPACING) {
         if Instant::now() < due {
             Stats::bump(&ctx.stats.pulls_paced);
