@@ -337,6 +337,23 @@ fn a_peer_holds_paths_within_a_budget_of_bytes() {
     rib.import(peer(1), announce(twelve)).unwrap();
     assert_eq!(rib.peers[&peer(1)].paths, 10);
     assert_eq!(rib.stats().paths_over_budget, 2 + 2);
+
+    // At the bound of paths to one destination and at the budget, a
+    // shorter path takes the longest one's place: what it lets go counts.
+    let mut rib = rib_with_peers(RouterKind::Transit, 1);
+    let d = "fd00:1::/64";
+    let long: Vec<_> = (0..MAX_PATHS_PER_PEER)
+        .map(|i| pv(d, &["o", &format!("x{i:02}"), "t"]))
+        .collect();
+    let names = |p: &PathVector| -> Vec<Arc<str>> {
+        p.path.iter().map(|n| Arc::from(n.as_str())).collect()
+    };
+    rib.set_path_budget(long.iter().map(|p| path_cost(&names(p))).sum());
+    rib.import(peer(1), announce(long)).unwrap();
+    rib.import(peer(1), announce([pv(d, &["o", "y"])])).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d)[0], 2);
+    assert_eq!(rib.stats().paths_over_budget, 0);
+    assert_eq!(rib.stats().paths_over_limit, 1);
 }
 
 #[test]

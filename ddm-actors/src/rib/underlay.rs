@@ -100,11 +100,11 @@ impl Rib {
     }
 
     /// Whether `peer` may offer one more path to `dest`, `path`, costing
-    /// `cost` ([`path_cost`]): yes when it already offers `path`; no when
-    /// the cost would take it past its budget ([`Rib::set_path_budget`]);
-    /// else yes under [`MAX_PATHS_PER_PEER`], and at that bound, when
-    /// `path` is shorter than its longest, which is withdrawn (and
-    /// counted) to make room.
+    /// `cost` ([`path_cost`]): yes when it already offers `path`; under
+    /// [`MAX_PATHS_PER_PEER`], when the cost keeps it within its budget
+    /// ([`Rib::set_path_budget`]); at that bound, when `path` is shorter
+    /// than its longest, which is withdrawn (and counted) to make room, and
+    /// the budget holds once it is.
     fn make_room(
         &mut self,
         peer: PeerId,
@@ -117,20 +117,20 @@ impl Rib {
             return Room::Made;
         };
         let slot = state.slot;
-        let over_budget =
-            state.path_bytes.saturating_add(cost) > self.path_budget;
+        // Within the budget once `freed` bytes are let go.
+        let budget = self.path_budget;
+        let fits = |freed: usize| {
+            (state.path_bytes - freed).saturating_add(cost) <= budget
+        };
         let Some(offers) = self.routes.get(&dest) else {
-            return if over_budget { Room::OverBudget } else { Room::Made };
+            return if fits(0) { Room::Made } else { Room::OverBudget };
         };
         let mine = offers.of_peer(slot);
         if mine.iter().any(|o| **o.path == *path) {
             return Room::Made;
         }
-        if over_budget {
-            return Room::OverBudget;
-        }
         if mine.len() < MAX_PATHS_PER_PEER {
-            return Room::Made;
+            return if fits(0) { Room::Made } else { Room::OverBudget };
         }
         // The last of the longest, so that the choice follows path order.
         let Some(longest) = mine.iter().max_by_key(|o| o.path.len()) else {
@@ -138,6 +138,9 @@ impl Rib {
         };
         if longest.path.len() <= path.len() {
             return Room::OverBound;
+        }
+        if !fits(path_cost(&longest.path)) {
+            return Room::OverBudget;
         }
         let evicted = OutPath::new(dest, Arc::clone(&longest.path), None);
         self.underlay_withdraw(peer, &evicted, pending);
