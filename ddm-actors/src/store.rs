@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use ddm_admin_api::latest::TunnelOrigin;
 use oxnet::Ipv6Net;
-use redb::backends::FileBackend;
+use redb::backends::{FileBackend, InMemoryBackend};
 use redb::{
     BackendError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     StorageBackend, TableDefinition,
@@ -438,13 +438,21 @@ impl Store {
             faults,
             medium: Medium::File,
         };
-        let db = store.open_db().map_err(|e| match e {
-            StoreError::NoSpace(..) => e,
-            StoreError::Io(_, cause) => {
-                StoreError::Open(store.path.clone(), cause)
+        let db = match store.open_db() {
+            Ok(db) => db,
+            // A database there already, on a full disk: start all the
+            // same, reading it from a copy (`load`), with writes failing
+            // until there is room. Refusing to start would stop routing
+            // for want of a few kilobytes.
+            Err(e @ StoreError::NoSpace(..)) if !store.never_written() => {
+                store.lock().failing = Some(e);
+                return Ok(store);
             }
-            e => e,
-        })?;
+            Err(StoreError::Io(_, cause)) => {
+                return Err(StoreError::Open(store.path.clone(), cause))
+            }
+            Err(e) => return Err(e),
+        };
         store.lock().db = Some(db);
         // Create both tables up front so that reads never meet a missing
         // table, and so that an unwritable directory fails now, not at the
@@ -613,10 +621,45 @@ impl Store {
     pub fn load(&self) -> Result<Originated, StoreError> {
         let mut inner = self.lock();
         if inner.db.is_none() {
-            inner.db = Some(self.open_db()?);
+            match self.open_db() {
+                Ok(db) => inner.db = Some(db),
+                Err(e @ StoreError::NoSpace(..))
+                    if matches!(self.medium, Medium::File)
+                        && !self.never_written() =>
+                {
+                    inner.failing = Some(e);
+                    return self.load_copy();
+                }
+                Err(e) => return Err(e),
+            }
         }
         let db = inner.db.as_ref().expect("opened above");
         let txn = db.begin_read().map_err(|e| self.classify(e))?;
+        self.read_all(&txn)
+    }
+
+    /// [`Store::load`] from a copy of the database file in memory, where
+    /// redb may open (and repair, after a kill) what it cannot open in
+    /// place for want of room to write.
+    fn load_copy(&self) -> Result<Originated, StoreError> {
+        let io = |e: std::io::Error| self.classify(redb::Error::Io(e));
+        let bytes = std::fs::read(&self.path).map_err(io)?;
+        let copy = InMemoryBackend::new();
+        copy.set_len(bytes.len() as u64).map_err(io)?;
+        copy.write(0, &bytes).map_err(io)?;
+        drop(bytes);
+        let db = redb::Builder::new()
+            .create_with_backend(copy)
+            .map_err(|e| self.classify(e))?;
+        let txn = db.begin_read().map_err(|e| self.classify(e))?;
+        self.read_all(&txn)
+    }
+
+    /// Every prefix and tunnel endpoint `txn` sees.
+    fn read_all(
+        &self,
+        txn: &redb::ReadTransaction,
+    ) -> Result<Originated, StoreError> {
         let mut out = Originated::default();
         let prefixes =
             txn.open_table(PREFIXES).map_err(|e| self.classify(e))?;
@@ -1031,6 +1074,36 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap().prefixes, [p].into());
+    }
+
+    /// A restart on a full disk starts, with what the store holds read
+    /// from a copy, and writes failing until there is room; then they
+    /// succeed, and nothing was lost.
+    #[test]
+    fn a_restart_on_a_full_disk_reads_the_store_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let store =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
+        let add = |p: Ipv6Net| StoreChange {
+            add_prefixes: [p].into(),
+            ..Default::default()
+        };
+        store.apply(&add(p)).unwrap();
+        drop(store);
+        faults.fail_writes(libc::ENOSPC);
+        let store =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        assert!(matches!(store.failing(), Some(StoreError::NoSpace(..))));
+        assert_eq!(store.load().unwrap().prefixes, [p].into());
+        let err = store.apply(&add(q)).unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        faults.fail_writes(0);
+        store.apply(&add(q)).unwrap();
+        assert!(store.failing().is_none());
+        assert_eq!(store.load().unwrap().prefixes, [p, q].into());
     }
 
     /// A first start that fails to make the database leaves no file; the

@@ -121,6 +121,12 @@ async fn full_data_dir_answers_507_then_recovers() {
     }
     assert_eq!(originated(&d).await, acked, "a refused change was applied");
 
+    // A restart (after a kill) while the disk is still full starts,
+    // originating what was acknowledged.
+    let dir = d.kill_keep_dir();
+    let d = DdmdInstance::start_with_data_dir(dir, &data).await.unwrap();
+    assert_eq!(originated(&d).await, acked);
+
     // Space returns: the next write succeeds on the running daemon.
     tmpfs.resize("64m");
     let (status, body) = put(&d, &pending).await;
