@@ -175,11 +175,10 @@ impl Dataplane for SlowRemoval {
     }
 }
 
-/// Stopping waits for the router's removal of our routes even when it
-/// takes seconds (a large table): before, it waited 600 ms, and the
-/// daemon exited with the routes in the kernel.
-#[tokio::test(start_paused = true)]
-async fn stopping_waits_for_the_routes_to_be_removed() {
+/// A supervisor whose routers' removal of every route takes 5 s, and
+/// the flag that removal sets.
+async fn start_slow_removal(
+) -> (SupervisorRef, Arc<std::sync::atomic::AtomicBool>) {
     let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = removed.clone();
     let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
@@ -188,7 +187,15 @@ async fn stopping_waits_for_the_routes_to_be_removed() {
             removed: flag.clone(),
         }) as Box<dyn Dataplane>)
     });
-    let sup = start_on(false, false, factory).await;
+    (start_on(false, false, factory).await, removed)
+}
+
+/// Stopping waits for the router's removal of our routes even when it
+/// takes seconds (a large table): before, it waited 600 ms, and the
+/// daemon exited with the routes in the kernel.
+#[tokio::test(start_paused = true)]
+async fn stopping_waits_for_the_routes_to_be_removed() {
+    let (sup, removed) = start_slow_removal().await;
     sup.stop_and_wait(None, None).await.unwrap();
     assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
@@ -198,15 +205,7 @@ async fn stopping_waits_for_the_routes_to_be_removed() {
 /// waits for that removal too.
 #[tokio::test(start_paused = true)]
 async fn stopping_waits_for_a_failed_routers_removal() {
-    let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = removed.clone();
-    let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-        Ok(Box::new(SlowRemoval {
-            removal: Duration::from_secs(5),
-            removed: flag.clone(),
-        }) as Box<dyn Dataplane>)
-    });
-    let sup = start_on(false, false, factory).await;
+    let (sup, removed) = start_slow_removal().await;
     let router = ractor::call!(sup, SupervisorMsg::GetRouter).unwrap().unwrap();
     router.kill_and_wait(None).await.unwrap();
     sup.stop_and_wait(None, None).await.unwrap();
