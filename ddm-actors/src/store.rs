@@ -373,6 +373,36 @@ pub struct Store {
     faults: Arc<Faults>,
     /// File or memory.
     medium: Medium,
+    /// The data directory, locked (`flock`) while the store lives: redb's
+    /// own lock on the file goes while the database is closed (after a
+    /// failed write, or from a start on a full disk), and a second daemon
+    /// on the directory would start then.
+    _dir_lock: Option<Arc<std::fs::File>>,
+}
+
+/// Lock `dir` for this process (`flock`, exclusive, not waiting): taking
+/// it needs no free space.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let failed = |e: std::io::Error| {
+        StoreError::DataDir(dir.to_path_buf(), e.to_string())
+    };
+    let file = std::fs::File::open(dir).map_err(failed)?;
+    // SAFETY: flock on a descriptor this function owns.
+    let rc =
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::DataDir(
+                dir.to_path_buf(),
+                "another ddmd uses this data directory".to_string(),
+            )
+        } else {
+            failed(e)
+        });
+    }
+    Ok(file)
 }
 
 impl std::fmt::Debug for Store {
@@ -431,12 +461,14 @@ impl Store {
             ));
         }
         let path = data_dir.join(DB_FILE);
+        let dir_lock = lock_dir(data_dir)?;
         let store = Store {
             inner: Arc::new(Mutex::new(Inner { db: None, failing: None })),
             dir: data_dir.to_path_buf(),
             path,
             faults,
             medium: Medium::File,
+            _dir_lock: Some(Arc::new(dir_lock)),
         };
         let db = match store.open_db() {
             Ok(db) => db,
@@ -480,6 +512,7 @@ impl Store {
             path: name,
             faults,
             medium: Medium::Memory(SharedMemory::default()),
+            _dir_lock: None,
         };
         // The tables are made lazily by the first write or load if this
         // fails (it cannot, unless the fault switch is already on).
@@ -1104,6 +1137,26 @@ mod tests {
         store.apply(&add(q)).unwrap();
         assert!(store.failing().is_none());
         assert_eq!(store.load().unwrap().prefixes, [p, q].into());
+    }
+
+    /// A second store on one data directory is refused while the first
+    /// lives, also when the first holds no database open (a full disk).
+    #[test]
+    fn one_store_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Faults::default());
+        let first =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        first.apply(&StoreChange::default()).unwrap();
+        faults.fail_writes(libc::ENOSPC);
+        drop(first);
+        let first =
+            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        assert!(first.failing().is_some());
+        let err = Store::open_with_faults(dir.path(), faults).unwrap_err();
+        assert!(err.to_string().contains("another ddmd"), "{err}");
+        drop(first);
+        Store::open(dir.path()).unwrap();
     }
 
     /// A first start that fails to make the database leaves no file; the

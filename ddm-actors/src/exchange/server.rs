@@ -564,24 +564,28 @@ async fn pull(
     session: Option<u64>,
     ctx: &ServerCtx,
 ) -> Response<Full<Bytes>> {
-    // Not past the time the peer waits for an answer: a pull queued
-    // behind others that long is one it has given up on.
-    let Ok(mut last) =
-        tokio::time::timeout(ctx.timeout, ctx.pulls.lock()).await
-    else {
+    // Answered within the time the peer waits for it, from its arrival:
+    // a pull queued behind others that long is one it has given up on.
+    let deadline = Instant::now() + ctx.timeout;
+    let busy = || {
         Stats::bump(&ctx.stats.router_unavailable);
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy with earlier pulls",
-        );
+        text(StatusCode::SERVICE_UNAVAILABLE, "busy with earlier pulls")
+    };
+    let Ok(mut last) =
+        tokio::time::timeout_at(deadline, ctx.pulls.lock()).await
+    else {
+        return busy();
     };
     if let Some(due) = last.map(|t| t + PULL_SPACING) {
+        if due >= deadline {
+            return busy();
+        }
         if Instant::now() < due {
             Stats::bump(&ctx.stats.pulls_paced);
             tokio::time::sleep_until(due).await;
         }
     }
-    let answer = answer_pull(version, session, ctx).await;
+    let answer = answer_pull(version, session, ctx, deadline).await;
     *last = Some(Instant::now());
     answer
 }
@@ -591,12 +595,12 @@ async fn answer_pull(
     version: Version,
     session: Option<u64>,
     ctx: &ServerCtx,
+    deadline: Instant,
 ) -> Response<Full<Bytes>> {
     let peer = ctx.peer;
-    let answer = ctx
-        .router
-        .call(|r| RouterMsg::PullFor(peer, r), Some(ctx.timeout))
-        .await;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let answer =
+        ctx.router.call(|r| RouterMsg::PullFor(peer, r), Some(left)).await;
     let response = match answer {
         Ok(CallResult::Success(r)) => r,
         Ok(CallResult::Timeout) => {

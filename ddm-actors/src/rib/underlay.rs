@@ -120,7 +120,8 @@ impl Rib {
         // Within the budget once `freed` bytes are let go.
         let budget = self.path_budget;
         let fits = |freed: usize| {
-            (state.path_bytes - freed).saturating_add(cost) <= budget
+            state.path_bytes.saturating_sub(freed).saturating_add(cost)
+                <= budget
         };
         let Some(offers) = self.routes.get(&dest) else {
             return if fits(0) { Room::Made } else { Room::OverBudget };
@@ -180,7 +181,7 @@ impl Rib {
         };
         // The interner counts its holders itself (see `release`): the
         // candidates kept for re-announcing may hold the path a while yet.
-        state.path_bytes -= path_cost(&path);
+        state.path_bytes = state.path_bytes.saturating_sub(path_cost(&path));
         drop(path);
         state.paths -= 1;
         if !offers.has_peer(slot) {

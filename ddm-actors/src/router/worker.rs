@@ -167,6 +167,9 @@ pub(super) async fn dataplane_worker(
             let named: HashSet<_> =
                 batch.iter().map(|u| u.destination).collect();
             retry.retain(|u| !named.contains(&u.destination));
+            if retry.is_empty() {
+                retry_at = None;
+            }
         }
         if !batch.is_empty() {
             let n = batch.len();
@@ -190,7 +193,9 @@ pub(super) async fn dataplane_worker(
                         "after_ms" => wait.as_millis());
                     // Behind what waits already: the later wins.
                     retry = coalesce(vec![std::mem::take(&mut retry), updates]);
-                    retry_at = Some(tokio::time::Instant::now() + wait);
+                    // An earlier failure's wait is not put off.
+                    let at = tokio::time::Instant::now() + wait;
+                    retry_at = Some(retry_at.map_or(at, |t| t.min(at)));
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);

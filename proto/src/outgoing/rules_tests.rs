@@ -538,7 +538,7 @@ fn all_parts(
 }
 
 /// Within a small byte limit every part's body, in either version,
-/// fits; the parts are the whole, withdrawals first, and nearly full.
+/// fits; the parts are the whole, in key order, and nearly full.
 #[test]
 fn parts_are_bounded_in_bytes_too() {
     let mut whole = big(300, 40);
