@@ -96,6 +96,9 @@ impl StoreError {
 pub struct Faults {
     /// The `errno` every write, resize and sync fails with; 0 for none.
     errno: AtomicI32,
+    /// The `errno` every sync alone fails with (the writes before it
+    /// reached the file); 0 for none.
+    sync_errno: AtomicI32,
 }
 
 impl Faults {
@@ -105,8 +108,23 @@ impl Faults {
         self.errno.store(errno, Ordering::SeqCst);
     }
 
+    /// Make every later sync fail with `errno`, writes still succeeding:
+    /// a commit reported failed whose pages, header too, are in the file.
+    pub fn fail_syncs(&self, errno: i32) {
+        self.sync_errno.store(errno, Ordering::SeqCst);
+    }
+
     fn check(&self) -> std::io::Result<()> {
-        match self.errno.load(Ordering::SeqCst) {
+        Self::fail(self.errno.load(Ordering::SeqCst))
+    }
+
+    fn check_sync(&self) -> std::io::Result<()> {
+        self.check()?;
+        Self::fail(self.sync_errno.load(Ordering::SeqCst))
+    }
+
+    fn fail(errno: i32) -> std::io::Result<()> {
+        match errno {
             0 => Ok(()),
             e => Err(std::io::Error::from_raw_os_error(e)),
         }
@@ -138,7 +156,7 @@ impl StorageBackend for FaultyFile {
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
-        self.faults.check()?;
+        self.faults.check_sync()?;
         self.file.sync_data()
     }
 
@@ -216,7 +234,7 @@ const IMAGE_PAGE: u64 = 4096;
 /// allocates and zeroes: in the simulated fabric, where every router has
 /// a store in memory, that was 40 of the 509 MB of heap at the peak of a
 /// 548-router cold start.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SparseImage {
     len: u64,
     pages: BTreeMap<u64, Box<[u8]>>,
@@ -252,6 +270,14 @@ impl SparseImage {
 impl SharedMemory {
     fn image(&self) -> std::sync::MutexGuard<'_, SparseImage> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SharedMemory {
+    /// Another image with the same bytes.
+    fn copy(&self) -> SharedMemory {
+        let image = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        SharedMemory(Arc::new(Mutex::new(image.clone())))
     }
 }
 
@@ -673,19 +699,38 @@ impl Store {
 
     /// [`Store::load`] from a copy of the database file in memory, where
     /// redb may open (and repair, after a kill) what it cannot open in
-    /// place for want of room to write.
+    /// place for want of room to write; also what a write that failed left
+    /// ([`Store::load_written`]).
     fn load_copy(&self) -> Result<Originated, StoreError> {
         let io = |e: std::io::Error| self.classify(redb::Error::Io(e));
-        let bytes = std::fs::read(&self.path).map_err(io)?;
-        let copy = InMemoryBackend::new();
-        copy.set_len(bytes.len() as u64).map_err(io)?;
-        copy.write(0, &bytes).map_err(io)?;
-        drop(bytes);
+        let copy: Box<dyn StorageBackend> = match &self.medium {
+            Medium::File => {
+                let bytes = std::fs::read(&self.path).map_err(io)?;
+                let copy = InMemoryBackend::new();
+                copy.set_len(bytes.len() as u64).map_err(io)?;
+                copy.write(0, &bytes).map_err(io)?;
+                Box::new(copy)
+            }
+            Medium::Memory(m) => Box::new(m.copy()),
+        };
+        let backend = FaultyFile { file: copy, faults: Arc::default() };
         let db = redb::Builder::new()
-            .create_with_backend(copy)
+            .create_with_backend(backend)
             .map_err(|e| self.classify(e))?;
         let txn = db.begin_read().map_err(|e| self.classify(e))?;
         self.read_all(&txn)
+    }
+
+    /// What the store holds as written, read from a copy: after a write
+    /// that failed, the database is closed, and reopening it in place
+    /// needs a write, which may keep failing.
+    pub fn load_written(&self) -> Result<Originated, StoreError> {
+        self.load_copy()
+    }
+
+    /// [`Store::load_written`] for an actor (see [`Store::load_async`]).
+    pub async fn load_written_async(&self) -> Result<Originated, StoreError> {
+        self.off_thread(|store| store.load_written()).await
     }
 
     /// Every prefix and tunnel endpoint `txn` sees.

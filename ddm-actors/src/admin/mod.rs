@@ -151,22 +151,30 @@ impl AdminState {
     ) -> Result<(), StoreError> {
         let written = self.store.apply_async(Arc::clone(change)).await;
         self.store_counters.record(written.is_ok());
-        written.map_err(|e| {
+        if let Err(e) = written {
             warn!(self.log, "store write failed"; "error" => %e);
-            e
-        })?;
-        let o = &mut self.originated;
-        crate::rib::extend_packed(&mut o.prefixes, change.add_prefixes.clone());
-        for p in &change.remove_prefixes {
-            o.prefixes.remove(p);
+            // A commit that failed at its very end (its sync) may be in
+            // the file all the same: then it was made, and is answered so,
+            // rather than "not made" and followed at the next write.
+            if !self.store_holds(change).await {
+                return Err(e);
+            }
+            warn!(
+                self.log,
+                "the failed write is in the store all the \
+                same; taking it as made"
+            );
         }
-        for t in &change.add_tunnels {
-            o.tunnels.insert(*t);
-        }
-        for t in &change.remove_tunnels {
-            o.tunnels.remove(t);
-        }
+        apply_to(&mut self.originated, change);
         Ok(())
+    }
+
+    /// Whether the store, as written, holds the mirror with `change` made
+    /// (false if it cannot be read).
+    async fn store_holds(&self, change: &StoreChange) -> bool {
+        let mut want = self.originated.clone();
+        apply_to(&mut want, change);
+        self.store.load_written_async().await.is_ok_and(|held| held == want)
     }
 
     /// Carry out `change`: tell the router and make it durable, and
@@ -282,6 +290,20 @@ impl AdminState {
                 warn!(self.log, "router unreachable"; "error" => %e);
             }
         }
+    }
+}
+
+/// Make `change` in `o`.
+fn apply_to(o: &mut Originated, change: &StoreChange) {
+    crate::rib::extend_packed(&mut o.prefixes, change.add_prefixes.clone());
+    for p in &change.remove_prefixes {
+        o.prefixes.remove(p);
+    }
+    for t in &change.add_tunnels {
+        o.tunnels.insert(*t);
+    }
+    for t in &change.remove_tunnels {
+        o.tunnels.remove(t);
     }
 }
 

@@ -178,6 +178,28 @@ async fn a_change_nobody_waits_for_is_dropped() {
     assert_eq!(store.load().unwrap().prefixes.len(), 1);
 }
 
+/// A write whose commit failed only at its end (the sync), with the
+/// change in the store all the same, is answered as made: the client is
+/// not told "not made" of a change a restart would bring back.
+#[tokio::test]
+async fn a_failed_write_found_in_the_store_is_answered_as_made() {
+    let faults = Arc::new(Faults::default());
+    let store = Store::in_memory_with_faults(faults.clone());
+    let (mut state, router, mut rx, _stop) = state_over(store.clone()).await;
+    faults.fail_syncs(libc::EIO);
+    state.update(add("fd00:1::/64")).await.unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:1::/64}"]);
+    assert_eq!(state.originated.prefixes.len(), 1);
+    assert_eq!(store.load_written().unwrap(), state.originated);
+    // Writes work again: the store and the mirror agree, and the router
+    // heard each change once.
+    faults.fail_syncs(0);
+    state.update(add("fd00:2::/64")).await.unwrap();
+    assert_eq!(heard(&router, &mut rx).await, ["originate {fd00:2::/64}"]);
+    assert_eq!(store.load().unwrap(), state.originated);
+    assert_eq!(state.originated.prefixes.len(), 2);
+}
+
 #[tokio::test]
 async fn a_failing_store_refuses_changes_before_the_router_hears() {
     let faults = Arc::new(Faults::default());
