@@ -4,7 +4,9 @@
 //! * [`backoff`]: the delay before the next attempt after a run of
 //!   failures, doubling from [`BACKOFF_MIN`] up to [`BACKOFF_MAX`]; the
 //!   exchange session retries requests on it and the supervisor restarts
-//!   failed children on it. A pure function: the pure cores use it too.
+//!   failed children on it ([`backoff_between`] with other bounds: the
+//!   router's dataplane worker applies a failed batch again on it). A pure
+//!   function: the pure cores use it too.
 //! * [`cast_after`]: "send me this message later", a task the caller
 //!   keeps so that it can cancel the message by aborting it.
 //! * [`replace_task`] and [`abort_and_wait`]: keeping the latest task of a
@@ -27,8 +29,17 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// failures: [`BACKOFF_MIN`] after the first, doubling, at most
 /// [`BACKOFF_MAX`].
 pub fn backoff(failures: u32) -> Duration {
+    backoff_between(BACKOFF_MIN, BACKOFF_MAX, failures)
+}
+
+/// [`backoff`] from `first` up to `most`.
+pub fn backoff_between(
+    first: Duration,
+    most: Duration,
+    failures: u32,
+) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+    first.saturating_mul(1 << doublings).min(most)
 }
 
 /// Cast `msg` to `to` after `after`, unless the returned task is aborted

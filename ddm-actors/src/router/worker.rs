@@ -98,11 +98,18 @@ impl DataplaneTurn {
 }
 
 /// The first wait before a batch that failed as a whole is applied again;
-/// each failure in a row doubles it, up to [`RETRY_MAX`].
+/// each failure in a row doubles it, up to [`RETRY_MAX`]
+/// ([`crate::timer::backoff_between`]).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// The longest wait before a failed batch is applied again.
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A batch that failed as a whole, and when to apply it again.
+struct Retry {
+    updates: Vec<RouteUpdate>,
+    at: tokio::time::Instant,
+}
 
 /// Until `at`, or for ever.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -124,11 +131,10 @@ pub(super) async fn dataplane_worker(
     log: Logger,
 ) {
     let _turn = turn.0.lock_owned().await;
-    // A batch that failed as a whole, to apply again when `retry_at` comes
-    // (what came since is applied at once, and wins where both name a
+    // A batch that failed as a whole, waiting to be applied again (what
+    // comes meanwhile is applied at once, and wins where both name a
     // destination).
-    let mut retry: Vec<RouteUpdate> = Vec::new();
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut retry: Option<Retry> = None;
     let mut failed_in_a_row = 0u32;
     loop {
         let first = tokio::select! {
@@ -138,13 +144,12 @@ pub(super) async fn dataplane_worker(
                 Some(c) => Some(c),
                 None => break,
             },
-            _ = sleep_until(retry_at), if retry_at.is_some() => None,
+            _ = sleep_until(retry.as_ref().map(|r| r.at)), if retry.is_some() => None,
         };
-        let due = retry_at.is_some_and(|t| tokio::time::Instant::now() >= t);
+        let now = tokio::time::Instant::now();
         let mut batches = Vec::new();
-        if due {
-            batches.push(std::mem::take(&mut retry));
-            retry_at = None;
+        if let Some(due) = retry.take_if(|r| now >= r.at) {
+            batches.push(due.updates);
         }
         let mut tunnels = None;
         let mut absorb = |cmd| match cmd {
@@ -162,14 +167,12 @@ pub(super) async fn dataplane_worker(
             absorb(cmd);
         }
         let batch = coalesce(batches);
-        if !retry.is_empty() && !batch.is_empty() {
+        if let (Some(r), false) = (&mut retry, batch.is_empty()) {
             // Not due yet: what this batch sets is set, not retried.
             let named: HashSet<_> =
                 batch.iter().map(|u| u.destination).collect();
-            retry.retain(|u| !named.contains(&u.destination));
-            if retry.is_empty() {
-                retry_at = None;
-            }
+            r.updates.retain(|u| !named.contains(&u.destination));
+            retry.take_if(|r| r.updates.is_empty());
         }
         if !batch.is_empty() {
             let n = batch.len();
@@ -177,25 +180,32 @@ pub(super) async fn dataplane_worker(
             match dp.apply(batch).await {
                 Ok(()) => {
                     DataplaneStats::bump(&stats.updates_applied, n as u64);
-                    if retry.is_empty() {
+                    if retry.is_none() {
                         failed_in_a_row = 0;
                     }
                     debug!(log, "routes programmed"; "count" => n)
                 }
                 Err(DataplaneError::Incomplete { error, updates }) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
-                    let wait = RETRY_FIRST
-                        .saturating_mul(1 << failed_in_a_row.min(5))
-                        .min(RETRY_MAX);
                     failed_in_a_row += 1;
+                    let wait = crate::timer::backoff_between(
+                        RETRY_FIRST,
+                        RETRY_MAX,
+                        failed_in_a_row,
+                    );
                     warn!(log, "programming routes failed; trying again";
                         "count" => n, "error" => error,
                         "after_ms" => wait.as_millis());
-                    // Behind what waits already: the later wins.
-                    retry = coalesce(vec![std::mem::take(&mut retry), updates]);
-                    // An earlier failure's wait is not put off.
                     let at = tokio::time::Instant::now() + wait;
-                    retry_at = Some(retry_at.map_or(at, |t| t.min(at)));
+                    retry = Some(match retry.take() {
+                        // Behind what waits already (the later wins), and
+                        // not putting off its wait.
+                        Some(r) => Retry {
+                            updates: coalesce(vec![r.updates, updates]),
+                            at: r.at.min(at),
+                        },
+                        None => Retry { updates, at },
+                    });
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
