@@ -15,12 +15,12 @@
 //! The sockets belong to the network namespace of the thread that calls
 //! [`spawn_link_watcher`] or [`link_is_up`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
@@ -149,7 +149,7 @@ pub fn spawn_link_watcher(
         let _watching = Watching::start();
         let mut watcher =
             Watcher { sink, links: HashMap::new(), addrs: HashMap::new() };
-        if let Err(e) = watcher.snapshot(&handle).await {
+        if let Err(e) = watcher.dump(&handle).await {
             warn!(log, "initial link and address dump failed"; "error" => %e);
         }
         if watcher.sink.is_closed() {
@@ -169,14 +169,14 @@ pub fn spawn_link_watcher(
                     "link events were lost (netlink overrun); \
                     comparing with a fresh dump"
                 );
-                if let Err(e) = watcher.resync(&handle).await {
+                if let Err(e) = watcher.dump(&handle).await {
                     warn!(log, "link and address dump failed"; "error" => %e);
                 }
-            } else if !watcher.handle(message) {
-                debug!(log, "event sink closed, stopping");
-                return;
+            } else {
+                watcher.handle(message);
             }
             if watcher.sink.is_closed() {
+                debug!(log, "event sink closed, stopping");
                 return;
             }
         }
@@ -235,25 +235,10 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// Report every existing link and IPv6 address.
-    async fn snapshot(
-        &mut self,
-        handle: &rtnetlink::Handle,
-    ) -> Result<(), rtnetlink::Error> {
-        let links: Vec<LinkMessage> =
-            handle.link().get().execute().try_collect().await?;
-        for link in links {
-            self.link_changed(&link);
-        }
-        let mut addrs = handle.address().get().execute();
-        while let Some(addr) = next(&mut addrs).await? {
-            self.address_added(&addr);
-        }
-        Ok(())
-    }
-
-    /// After lost events: report what differs from a fresh dump.
-    async fn resync(
+    /// Report what differs from a fresh dump of every link and address:
+    /// at start, when nothing is reported yet, every one of them; after
+    /// lost events, what changed meanwhile.
+    async fn dump(
         &mut self,
         handle: &rtnetlink::Handle,
     ) -> Result<(), rtnetlink::Error> {
@@ -269,7 +254,7 @@ impl Watcher {
     /// `addrs`, a dump of every link and address: links and addresses
     /// gone, then every link and address as it is (repeats are dropped).
     fn reconcile(&mut self, links: &[LinkMessage], addrs: &[AddressMessage]) {
-        let present: Vec<u32> = links
+        let present: HashSet<u32> = links
             .iter()
             .filter(|l| l.header.interface_family == AddressFamily::Unspec)
             .map(|l| l.header.index)
@@ -285,7 +270,7 @@ impl Watcher {
             self.addrs.retain(|(i, _), _| *i != ifindex);
             self.send(LinkEvent::Removed { ifindex, ifname });
         }
-        let now: Vec<(u32, Ipv6Addr)> = addrs
+        let now: HashSet<(u32, Ipv6Addr)> = addrs
             .iter()
             .filter_map(ipv6_address)
             .map(|(i, a, _)| (i, a))
@@ -304,8 +289,8 @@ impl Watcher {
         }
     }
 
-    /// Turn one kernel message into events; false once the sink is closed.
-    fn handle(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    /// Turn one kernel message into events.
+    fn handle(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) {
         if let NetlinkPayload::InnerMessage(m) = message.payload {
             match m {
                 RouteNetlinkMessage::NewLink(link) => self.link_changed(&link),
@@ -315,7 +300,6 @@ impl Watcher {
                 _ => {}
             }
         }
-        !self.sink.is_closed()
     }
 
     fn send(&self, event: LinkEvent) {
@@ -377,13 +361,6 @@ impl Watcher {
         self.addrs.remove(&(ifindex, addr));
         self.send(LinkEvent::AddressRemoved { ifindex, addr });
     }
-}
-
-/// The next item of a fallible stream.
-async fn next<T, E>(
-    stream: &mut (impl Stream<Item = Result<T, E>> + Unpin),
-) -> Result<Option<T>, E> {
-    stream.next().await.transpose()
 }
 
 fn link_name(link: &LinkMessage) -> Option<String> {
