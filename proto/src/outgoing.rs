@@ -1000,10 +1000,13 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
         }
     }
     let most = bounds.items.min(pending.len());
+    // One walk: the first `most` items, and the one after them (whether a
+    // cut there splits a destination).
+    let head: Vec<_> = items(pending).take(most + 1).collect();
     let fitting = |size: &dyn Fn(&Item) -> usize| {
         let mut used = 0usize;
-        items(pending)
-            .take(most)
+        head[..most]
+            .iter()
             .take_while(|(_, i)| {
                 used = used.saturating_add(size(i)).saturating_add(1);
                 used <= budget
@@ -1014,16 +1017,47 @@ pub fn take_chunk(pending: &mut OutUpdate, bounds: PushBounds) -> Chunk {
     if n < most {
         n = fitting(&|i| i.len(version));
     }
-    if n < pending.len() {
-        let head: Vec<_> = items(pending).take(n + 1).collect();
-        n = group_start(&head, n);
+    let n = group_start(&head, n);
+    let counts = Counts::of(&head[..n]);
+    Chunk { part: take_counted(pending, n, counts), oversize }
+}
+
+/// How many of each set's first items a run of items in sending order
+/// holds: underlay withdrawals and announcements, tunnel withdrawals and
+/// announcements.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts([usize; 4]);
+
+impl Counts {
+    fn of(items: &[(Half, Item<'_>)]) -> Counts {
+        let mut c = [0; 4];
+        for (half, item) in items {
+            let at = match (item, half) {
+                (Item::Path(_), Half::Withdraw) => 0,
+                (Item::Path(_), Half::Announce) => 1,
+                (Item::Tunnel(_), Half::Withdraw) => 2,
+                (Item::Tunnel(_), Half::Announce) => 3,
+            };
+            c[at] += 1;
+        }
+        Counts(c)
     }
-    Chunk { part: take_first(pending, n), oversize }
 }
 
 /// Take the first `n` items of `pending` in sending order (all of it when
 /// it holds at most `n`).
 fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
+    let head: Vec<_> = items(pending).take(n).collect();
+    let counts = Counts::of(&head);
+    take_counted(pending, n, counts)
+}
+
+/// [`take_first`] of `n` items, `counts` of them from each set.
+fn take_counted(
+    pending: &mut OutUpdate,
+    n: usize,
+    counts: Counts,
+) -> OutUpdate {
     if pending.len() <= n {
         let mut all = std::mem::take(pending);
         // A part is what is sent: it marks nothing.
@@ -1043,18 +1077,7 @@ fn take_first(pending: &mut OutUpdate, n: usize) -> OutUpdate {
             None => std::mem::take(from),
         }
     }
-    // How many of each set's first items the first `n` in sending order
-    // are.
-    let (mut uw, mut ua, mut tw, mut ta) = (0, 0, 0, 0);
-    for (half, item) in items(pending).take(n) {
-        let count = match (item, half) {
-            (Item::Path(_), Half::Withdraw) => &mut uw,
-            (Item::Path(_), Half::Announce) => &mut ua,
-            (Item::Tunnel(_), Half::Withdraw) => &mut tw,
-            (Item::Tunnel(_), Half::Announce) => &mut ta,
-        };
-        *count += 1;
-    }
+    let Counts([uw, ua, tw, ta]) = counts;
     let mut under = OutUnderlay::default();
     let mut tun = v3::TunnelUpdate::default();
     if let Some(u) = &mut pending.underlay {
