@@ -687,7 +687,7 @@ impl Store {
                         && !self.never_written() =>
                 {
                     inner.failing = Some(e);
-                    return self.load_copy();
+                    return self.load_written();
                 }
                 Err(e) => return Err(e),
             }
@@ -697,11 +697,12 @@ impl Store {
         self.read_all(&txn)
     }
 
-    /// [`Store::load`] from a copy of the database file in memory, where
-    /// redb may open (and repair, after a kill) what it cannot open in
-    /// place for want of room to write; also what a write that failed left
-    /// ([`Store::load_written`]).
-    fn load_copy(&self) -> Result<Originated, StoreError> {
+    /// What the store holds as written, read from a copy in memory: where
+    /// redb cannot open the file in place for want of room to write (and
+    /// repair it, after a kill), and after a write that failed, when the
+    /// database is closed and reopening it in place needs a write that
+    /// may keep failing.
+    pub fn load_written(&self) -> Result<Originated, StoreError> {
         let io = |e: std::io::Error| self.classify(redb::Error::Io(e));
         let copy: Box<dyn StorageBackend> = match &self.medium {
             Medium::File => {
@@ -719,13 +720,6 @@ impl Store {
             .map_err(|e| self.classify(e))?;
         let txn = db.begin_read().map_err(|e| self.classify(e))?;
         self.read_all(&txn)
-    }
-
-    /// What the store holds as written, read from a copy: after a write
-    /// that failed, the database is closed, and reopening it in place
-    /// needs a write, which may keep failing.
-    pub fn load_written(&self) -> Result<Originated, StoreError> {
-        self.load_copy()
     }
 
     /// [`Store::load_written`] for an actor (see [`Store::load_async`]).

@@ -129,6 +129,16 @@ async fn add_peer_with_id(
     (pushed, x.get_id())
 }
 
+/// Peer 1 announces `dest` along "x", without an import permit.
+fn import_from_1(r: &RouterRef, dest: &str) {
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce(dest, &["x"]),
+        permit: None,
+    })
+    .unwrap()
+}
+
 /// Wait (in paused time) until `f` holds.
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..1000 {
@@ -795,14 +805,6 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
             removal: removal.clone(),
         })
     };
-    let import = |r: &RouterRef| {
-        r.cast(RouterMsg::Import {
-            peer: peer(1),
-            update: announce("fd00:9::/64", &["x"]),
-            permit: None,
-        })
-        .unwrap()
-    };
     let old = router_taking(
         RouterKind::Server,
         PolicyConfig::default(),
@@ -811,7 +813,7 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     )
     .await;
     add_peer(&old, 1, RouterKind::Transit).await;
-    import(&old);
+    import_from_1(&old, "fd00:9::/64");
     assert_eq!(logged(&log, 1).await, ["old apply 1"]);
     // Killed: no post_stop. Its worker, detached, begins its removal,
     // which waits here, while the restarted router imports.
@@ -824,7 +826,7 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     )
     .await;
     add_peer(&new, 1, RouterKind::Transit).await;
-    import(&new);
+    import_from_1(&new, "fd00:9::/64");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(*log.lock().unwrap(), ["old apply 1"]);
     removal.add_permits(2);
@@ -836,26 +838,27 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     assert_eq!(logged(&log, 4).await[3], "new removed");
 }
 
+/// A server router with peer 1 up over a dataplane that fails its first
+/// `failures` batches as a whole, and the tables behind it.
+async fn failing_router(failures: usize) -> (RouterRef, MemoryDataplane) {
+    let inner = MemoryDataplane::new();
+    let dp = Box::new(TestDataplane::Failing {
+        failures: Arc::new(failures.into()),
+        inner: inner.clone(),
+    });
+    let r = router_on(RouterKind::Server, Default::default(), dp).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    (r, inner)
+}
+
 /// A batch that failed as a whole is applied again, after a wait that
 /// doubles with each failure in a row: the kernel ends up as the RIB says
 /// without any later change of those destinations.
 #[tokio::test(start_paused = true)]
 async fn a_batch_that_failed_as_a_whole_is_applied_again() {
-    let inner = MemoryDataplane::new();
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(2));
-    let dp = Box::new(TestDataplane::Failing {
-        failures: failures.clone(),
-        inner: inner.clone(),
-    });
-    let r = router_on(RouterKind::Server, Default::default(), dp).await;
-    add_peer(&r, 1, RouterKind::Transit).await;
+    let (r, inner) = failing_router(2).await;
     let started = tokio::time::Instant::now();
-    r.cast(RouterMsg::Import {
-        peer: peer(1),
-        update: announce("fd00:9::/64", &["x"]),
-        permit: None,
-    })
-    .unwrap();
+    import_from_1(&r, "fd00:9::/64");
     let c = counters_until(&r, |c| c.route_updates_applied >= 1).await;
     assert_eq!(c.dataplane_batch_errors, 2);
     assert_eq!(inner.tables().routes.len(), 1);
@@ -871,26 +874,11 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
 /// against a failing kernel, a growing batch re-sent at every change).
 #[tokio::test(start_paused = true)]
 async fn a_failed_batch_waits_its_turn_while_later_ones_go() {
-    let inner = MemoryDataplane::new();
-    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(1));
-    let dp = Box::new(TestDataplane::Failing {
-        failures: failures.clone(),
-        inner: inner.clone(),
-    });
-    let r = router_on(RouterKind::Server, Default::default(), dp).await;
-    add_peer(&r, 1, RouterKind::Transit).await;
-    let import = |d: &str| {
-        r.cast(RouterMsg::Import {
-            peer: peer(1),
-            update: announce(d, &["x"]),
-            permit: None,
-        })
-        .unwrap()
-    };
-    import("fd00:1::/64");
+    let (r, inner) = failing_router(1).await;
+    import_from_1(&r, "fd00:1::/64");
     counters_until(&r, |c| c.dataplane_batch_errors == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    import("fd00:2::/64");
+    import_from_1(&r, "fd00:2::/64");
     counters_until(&r, |c| c.route_updates_applied == 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let routes: Vec<_> = inner.tables().routes.into_keys().collect();
@@ -905,12 +893,7 @@ async fn failed_dataplane_batches_are_counted() {
     let broken = Box::new(TestDataplane::Broken);
     let r = router_on(RouterKind::Server, Default::default(), broken).await;
     add_peer(&r, 1, RouterKind::Transit).await;
-    r.cast(RouterMsg::Import {
-        peer: peer(1),
-        update: announce("fd00:9::/64", &["x"]),
-        permit: None,
-    })
-    .unwrap();
+    import_from_1(&r, "fd00:9::/64");
     let c = counters_until(&r, |c| c.dataplane_batch_errors >= 1).await;
     assert_eq!(c.dataplane_batch_errors, c.dataplane_batches);
     assert_eq!(c.route_updates_applied, 0);
