@@ -71,11 +71,7 @@ fn add(prefix: &str) -> StoreChange {
 async fn state_over(
     store: Store,
 ) -> (AdminState, RouterRef, mpsc::UnboundedReceiver<RouterMsg>, impl Drop) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (router, _) =
-        Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
-    let (supervisor, _) = Actor::spawn(None, Sink, ()).await.unwrap();
-    let stop = Stop(vec![router.get_cell(), supervisor.get_cell()]);
+    let (router, rx, supervisor, stop) = stand_ins().await;
     let state = AdminState {
         guard: None,
         server: None,
@@ -89,6 +85,19 @@ async fn state_over(
         log: Logger::root(slog::Discard, o!()),
     };
     (state, router, rx, stop)
+}
+
+/// A forwarder in place of the router (what it hears comes out of the
+/// receiver), a sink in place of the supervisor, and what stops both.
+async fn stand_ins(
+) -> (RouterRef, mpsc::UnboundedReceiver<RouterMsg>, ActorRef<PeerQuery>, Stop)
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (router, _) =
+        Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
+    let (supervisor, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+    let stop = Stop(vec![router.get_cell(), supervisor.get_cell()]);
+    (router, rx, supervisor, stop)
 }
 
 /// Stops the actors it holds when dropped.
@@ -141,11 +150,7 @@ async fn changes_past_the_queue_are_refused_at_once() {
 async fn a_started_admin_hands_the_router_the_stored_set() {
     let store = Store::in_memory();
     store.apply(&add("fd00:1::/64")).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (router, _) =
-        Actor::spawn(None, Forward::<RouterMsg>::new(), tx).await.unwrap();
-    let (supervisor, _) = Actor::spawn(None, Sink, ()).await.unwrap();
-    let _stop = Stop(vec![router.get_cell(), supervisor.get_cell()]);
+    let (router, mut rx, supervisor, _stop) = stand_ins().await;
     let args = AdminArgs {
         listen: None,
         store,
