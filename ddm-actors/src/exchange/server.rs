@@ -568,7 +568,7 @@ async fn pull(
     // a pull queued behind others that long is one it has given up on.
     let deadline = Instant::now() + ctx.timeout;
     let busy = || {
-        Stats::bump(&ctx.stats.router_unavailable);
+        Stats::bump(&ctx.stats.pulls_busy);
         text(StatusCode::SERVICE_UNAVAILABLE, "busy with earlier pulls")
     };
     let Ok(mut last) =
@@ -1040,6 +1040,26 @@ mod tests {
         assert!(took < 4 * PULL_SPACING, "{took:?}");
         let c = ctx.stats.snapshot();
         assert_eq!((c.pulls_received, c.pulls_paced), (4, 3));
+    }
+
+    /// Pulls queued past the exchange timeout (5 s in the rig: twenty
+    /// spacings) are answered 503 and counted as busy, not as the router
+    /// being unavailable: it answered every pull it was asked.
+    #[tokio::test(start_paused = true)]
+    async fn pulls_queued_past_the_timeout_are_counted_busy() {
+        let (ctx, _seen) = rig(Default::default()).await;
+        let budget = budget();
+        let pull =
+            || handle(req(Method::GET, "/v3/pull", ""), true, &ctx, &budget);
+        let answers = futures::future::join_all((0..24).map(|_| pull())).await;
+        let ok = answers.iter().filter(|r| r.status() == StatusCode::OK);
+        let busy = answers
+            .iter()
+            .filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((ok.count(), busy.count()), (20, 4));
+        let c = ctx.stats.snapshot();
+        assert_eq!((c.pulls_received, c.pulls_busy), (20, 4));
+        assert_eq!(c.router_unavailable, 0);
     }
 
     /// With the router gone a pull is 503 and the exchange actor hears

@@ -47,6 +47,11 @@ counters! {
     /// Pulls from the peer that waited to be answered: it pulled again
     /// within `server::PULL_SPACING` of the last answer.
     pulls_paced,
+    /// Pulls from the peer answered 503 unanswered: its earlier pulls,
+    /// answered at most one per `server::PULL_SPACING`, held it past the
+    /// exchange timeout (the peer pulls faster than that pace). Not the
+    /// router's doing, so not in `router_unavailable`.
+    pulls_busy,
     /// Body bytes of the pushes received from the peer (accepted or not,
     /// once read whole).
     push_bytes_received,
@@ -60,7 +65,8 @@ counters! {
     rejected_too_large,
     /// Requests refused otherwise: unknown path, wrong method, slow body.
     rejected_other,
-    /// Requests answered 503 because the router was gone or slow.
+    /// Requests answered 503 because the router (or, for a push, the
+    /// exchange actor) was gone or slow.
     router_unavailable,
     /// Pushes taken without an import permit: the router had not taken in
     /// the peer's earlier pushes (imported them, and its dataplane worker
