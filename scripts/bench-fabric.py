@@ -96,7 +96,9 @@ Environment:
   FAIL_PREFIXES  prefixes s1 originates during the failure runs (3)
   BIG            size of the big advertisement (100000)
   SIZES          comma-separated sizes (default BIG), e.g.
-                 10000,100000,1000000 for the growth figures
+                 10000,100000,1000000 for the growth figures; empty
+                 (SIZES=) runs no size round: stages 1 and 4 only, for
+                 comparing single-prefix figures between builds
   REPEAT         runs per size (5)
   CHUNK          most prefixes per admin request (100000)
   TIMELINE       1: print each run's CPU/RSS timeline (100 ms samples)
@@ -146,7 +148,7 @@ REPEAT = int(os.environ.get("REPEAT", "5"))
 CHUNK = int(os.environ.get("CHUNK", "100000"))
 TIMELINE = os.environ.get("TIMELINE") == "1"
 # The per-peer limit must admit the largest size (its default is 250,000).
-MAX_PREFIXES = max(250000, 2 * max(SIZES))
+MAX_PREFIXES = max(250000, 2 * max(SIZES, default=0))
 # Each daemon's metrics listener, on ::1 in its namespace: the exchange
 # counters (pushes sent, taken unpaced) of each run are read from it.
 METRICS_PORT = 9184
@@ -1367,9 +1369,11 @@ def main():
         m.start()
     for size in SIZES:
         growth.append(size_round(size, ports, mon, results))
-    print(f"\ngrowth (medians of {REPEAT} runs; CPU = user + system)")
-    print(f"  {'prefixes':>9} {'floor add':>9} {'ddm add':>9} {'floor del':>9}"
-          f" {'ddm del':>9}   CPU s1/t1/s2 (s)     peak RSS s1/t1/s2 (MiB)")
+    if growth:
+        print(f"\ngrowth (medians of {REPEAT} runs; CPU = user + system)")
+        print(f"  {'prefixes':>9} {'floor add':>9} {'ddm add':>9} "
+              f"{'floor del':>9} {'ddm del':>9}   CPU s1/t1/s2 (s)     "
+              "peak RSS s1/t1/s2 (MiB)")
     for g in growth:
         print(f"  {g['size']:>9} {g['floor_add']:>8.3f}s {g['add']:>8.3f}s "
               f"{g['floor_del']:>8.3f}s {g['del']:>8.3f}s   "
