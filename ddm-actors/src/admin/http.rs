@@ -148,36 +148,25 @@ fn visible(
 
 /// `prefixes` in canonical form: a prefix with host bits set stands for
 /// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
-/// takes it; each such prefix is logged as a warning. Read one by one in
-/// order, the request's set has B-tree nodes just over half full; this set
-/// and its copies (the router's, the admin actor's mirror) are kept, so it
-/// is packed once ([`crate::rib::packed`]).
+/// takes it; each such prefix is logged as a warning. The list is sorted
+/// and built into a set in one pass, in packed B-tree nodes (this set and
+/// its copies, the router's and the admin actor's mirror, are kept).
 pub(super) fn canonical_prefixes(
     log: &Logger,
-    prefixes: BTreeSet<Ipv6Net>,
+    PrefixList(mut prefixes): PrefixList,
 ) -> BTreeSet<Ipv6Net> {
-    crate::rib::packed(prefixes.into_iter().map(|p| {
-        let net = normalise_v6(p);
-        if net != p {
+    for p in prefixes.iter_mut() {
+        let net = normalise_v6(*p);
+        if net != *p {
             warn!(log, "prefix has host bits set; using its network";
-                "given" => %p, "network" => %net);
+                "given" => %*p, "network" => %net);
+            *p = net;
         }
-        net
-    }))
-}
-
-/// `prefixes` to withdraw in canonical form, as [`canonical_prefixes`];
-/// as given when none needs changing (as [`canonical_tunnels`]): the set
-/// is not kept, so it is not packed again (100,000 prefixes took about
-/// 5 ms, before the router could start).
-pub(super) fn canonical_withdrawals(
-    log: &Logger,
-    prefixes: BTreeSet<Ipv6Net>,
-) -> BTreeSet<Ipv6Net> {
-    if prefixes.iter().all(|p| normalise_v6(*p) == *p) {
-        return prefixes;
     }
-    canonical_prefixes(log, prefixes)
+    // A stable sort of a list already in order is one pass over it, and a
+    // set collected from a list sorts it so, drops repeats and fills its
+    // nodes one after the other.
+    prefixes.into_iter().collect()
 }
 
 /// `tunnels` with their overlay prefixes in canonical form (see
@@ -279,7 +268,7 @@ impl DdmAdminApi for AdminApiImpl {
 
     async fn advertise_prefixes(
         rqctx: RequestContext<AdminContext>,
-        request: TypedBody<BTreeSet<Ipv6Net>>,
+        request: TypedBody<PrefixList>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let add_prefixes = canonical_prefixes(&rqctx.log, request.into_inner());
         let change = StoreChange { add_prefixes, ..Default::default() };
@@ -288,10 +277,10 @@ impl DdmAdminApi for AdminApiImpl {
 
     async fn withdraw_prefixes(
         rqctx: RequestContext<AdminContext>,
-        request: TypedBody<BTreeSet<Ipv6Net>>,
+        request: TypedBody<PrefixList>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let remove_prefixes =
-            canonical_withdrawals(&rqctx.log, request.into_inner());
+            canonical_prefixes(&rqctx.log, request.into_inner());
         let change = StoreChange { remove_prefixes, ..Default::default() };
         rqctx.context().change(change).await
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ddm_admin_api::latest::{
     EnableStatsRequest, PathVector, PeerInfo, TunnelOrigin, TunnelRoute,
 };
-use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap};
+use ddm_admin_api::{types::v1, DdmAdminApi, PeerAddr, PeerMap, PrefixList};
 use dropshot::{
     ConfigDropshot, ErrorStatusCode, HttpError, HttpResponseOk,
     HttpResponseUpdatedNoContent, HttpServer, Path, RequestContext,

@@ -266,11 +266,14 @@ fn log() -> Logger {
 
 #[test]
 fn host_bits_are_cleared_and_duplicates_merge() {
-    let given: BTreeSet<Ipv6Net> =
-        ["fd00:1::1/64", "fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
+    // Out of order, with a repeat, and two that are one network.
+    let given = PrefixList(
+        ["fd00:3::5/128", "fd00:1::1/64", "fd00:2::/48", "fd00:1::/64"]
             .iter()
+            .chain(&["fd00:2::/48"])
             .map(|p| p.parse().unwrap())
-            .collect();
+            .collect(),
+    );
     let want: BTreeSet<Ipv6Net> =
         ["fd00:1::/64", "fd00:2::/48", "fd00:3::5/128"]
             .iter()
