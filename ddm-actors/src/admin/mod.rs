@@ -250,6 +250,7 @@ impl AdminState {
                     + asked.remove_tunnels.len());
             return;
         }
+        let size = asked.add_prefixes.len() + asked.remove_prefixes.len();
         let o = &self.originated;
         let change = StoreChange {
             add_prefixes: not_in(asked.add_prefixes, &o.prefixes),
@@ -258,6 +259,11 @@ impl AdminState {
             remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
         };
         let _ = reply.send(self.update(change).await);
+        // The change's sets, the store's write and the request are freed
+        // by now, after the router's own trim: without this, what a large
+        // change left in the allocator's free lists stayed resident (4 to
+        // 5 MiB of 100,000 prefixes at the originator, in some runs).
+        crate::router::trim_after(size);
     }
 
     /// The router messages that carry out `change`.

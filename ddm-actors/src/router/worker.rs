@@ -33,9 +33,10 @@ impl DataplaneStats {
 /// freed memory back to the system afterwards.
 const TRIM_AFTER: usize = 10_000;
 
-/// After a batch of `size` paths or route updates: if it was large, hand
-/// free heap pages back to the system (glibc keeps them otherwise).
-pub(super) fn trim_after(size: usize) {
+/// After a batch of `size` paths or route updates (or a change of as many
+/// prefixes, at the admin actor): if it was large, hand free heap pages
+/// back to the system (glibc keeps them otherwise).
+pub(crate) fn trim_after(size: usize) {
     if size < TRIM_AFTER {
         return;
     }
