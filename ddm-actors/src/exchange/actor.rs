@@ -74,6 +74,9 @@ pub type ExchangeRef = ActorRef<ExchangeMsg>;
 pub struct ExchangeFailed {
     /// The peer.
     pub peer: PeerId,
+    /// The exchange actor that gave up: a report from one that no longer
+    /// runs for the peer (a session since replaced) is stale.
+    pub exchange: ractor::ActorId,
 }
 
 /// The exchange actor; everything it needs comes in [`ExchangeArgs`].
@@ -369,7 +372,10 @@ impl State {
                     "push_failures" => push_failures,
                     "pull_failures" => pull_failures);
                 if let Some(to) = &self.on_failure {
-                    let failed = ExchangeFailed { peer: self.peer };
+                    let failed = ExchangeFailed {
+                        peer: self.peer,
+                        exchange: myself.get_id(),
+                    };
                     if let Err(e) = to.send_message(failed) {
                         warn!(self.log, "cannot report the failure";
                             "error" => %e);

@@ -130,6 +130,10 @@ impl SupervisorState {
             return;
         }
         warn!(self.log, "child stopped"; "child" => ?child, "reason" => why);
+        if let Child::Discovery(name) = &child {
+            let actions = self.table.discovery_gone(name);
+            self.run(myself, actions).await;
+        }
         self.schedule_restart(myself, child);
     }
 

@@ -26,7 +26,7 @@ use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort,
     SupervisionEvent,
 };
-use slog::{error, info, o, warn, Logger};
+use slog::{debug, error, info, o, warn, Logger};
 use tokio::time::Instant;
 
 use crate::admin::{Admin, AdminArgs, AdminMsg, AdminRef, PeerQuery};
@@ -358,6 +358,13 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Discovery(e) => state.on_discovery(&myself, e).await,
             SupervisorMsg::ExchangeFailed(f) => {
+                let current =
+                    state.exchanges.get(&f.peer.ifindex).map(|x| x.get_id());
+                if current != Some(f.exchange) {
+                    debug!(state.log, "failure report of a replaced \
+                        exchange; ignored"; "peer" => %f.peer);
+                    return Ok(());
+                }
                 warn!(state.log, "peer stopped answering exchange; expiring";
                     "peer" => %f.peer);
                 let actions = state.table.exchange_failed(f.peer);

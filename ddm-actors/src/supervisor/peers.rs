@@ -20,7 +20,8 @@ impl SupervisorState {
                         .await
                     {
                         queue.extend(
-                            self.table.exchange_start_failed(peer.addr),
+                            self.table
+                                .exchange_start_failed(ifindex, peer.addr),
                         );
                     }
                 }
@@ -40,7 +41,9 @@ impl SupervisorState {
                         let _ = router.cast(RouterMsg::PeerDown(peer));
                     }
                 }
-                Action::Expire { addr } => self.expire(&addr),
+                Action::Expire { ifname, addr } => {
+                    self.expire(ifname.as_deref(), &addr)
+                }
             }
         }
     }
@@ -85,9 +88,14 @@ impl SupervisorState {
         }
     }
 
-    /// Ask every discovery actor to expire the peer with this address.
-    pub(super) fn expire(&self, addr: &Ipv6Addr) {
-        for d in self.discovery.values() {
+    /// Ask the discovery actor of `ifname` (every one, for `None`) to
+    /// expire the peer with this address.
+    pub(super) fn expire(&self, ifname: Option<&str>, addr: &Ipv6Addr) {
+        let on = self
+            .discovery
+            .iter()
+            .filter(|(name, _)| ifname.is_none_or(|n| n == name.as_str()));
+        for (_, d) in on {
             let _ =
                 d.cast(DiscoveryMsg::ExpirePeer { addr: *addr, reply: None });
         }

@@ -36,8 +36,13 @@ pub enum Action {
     },
     /// Tell the router the peer is gone.
     PeerDown(PeerId),
-    /// Ask every discovery actor to expire the peer with this address.
+    /// Ask the discovery actor of interface `ifname` (every one, when
+    /// `None`) to expire the peer with this address. Routers commonly
+    /// use one link-local address on every port, so a failure on one link
+    /// expires the peer on that link only.
     Expire {
+        /// The interface, if the peer's is known.
+        ifname: Option<String>,
         /// The peer's address.
         addr: Ipv6Addr,
     },
@@ -193,9 +198,21 @@ impl PeerTable {
         }
     }
 
-    /// The exchange actor could not be started: expire its peer.
-    pub fn exchange_start_failed(&mut self, addr: Ipv6Addr) -> Vec<Action> {
-        vec![Action::Expire { addr }]
+    /// The exchange actor of `ifindex` could not be started: expire its
+    /// peer (address `addr`) on that interface.
+    pub fn exchange_start_failed(
+        &mut self,
+        ifindex: u32,
+        addr: Ipv6Addr,
+    ) -> Vec<Action> {
+        vec![self.expire_on(ifindex, addr)]
+    }
+
+    /// Expire `addr` on the interface of `ifindex` (on every one if the
+    /// table has no record of it).
+    fn expire_on(&self, ifindex: u32, addr: Ipv6Addr) -> Action {
+        let ifname = self.records.get(&ifindex).map(|r| r.ifname.clone());
+        Action::Expire { ifname, addr }
     }
 
     /// The exchange actor of `ifindex` stopped on its own (not asked to);
@@ -213,20 +230,52 @@ impl PeerTable {
         match (&rec.peer, stopping) {
             (Some(p), false) => vec![
                 Action::PeerDown(PeerId { ifindex, addr: p.addr }),
-                Action::Expire { addr: p.addr },
+                Action::Expire {
+                    ifname: Some(rec.ifname.clone()),
+                    addr: p.addr,
+                },
             ],
             _ => Vec::new(),
         }
     }
 
-    /// An exchange actor gave up on its peer: expire it.
+    /// The running exchange actor of `peer` gave up on it: expire it on
+    /// its interface. (The supervisor drops a report from an exchange
+    /// actor that no longer runs for the peer: a replaced session's.)
     pub fn exchange_failed(&mut self, peer: PeerId) -> Vec<Action> {
-        vec![Action::Expire { addr: peer.addr }]
+        vec![self.expire_on(peer.ifindex, peer.addr)]
     }
 
-    /// `DELETE /peers/{addr}`: expire that peer (no-op if unknown).
+    /// `DELETE /peers/{addr}`: expire that peer on every interface it is
+    /// on (no-op if unknown).
     pub fn expire(&mut self, addr: Ipv6Addr) -> Vec<Action> {
-        vec![Action::Expire { addr }]
+        vec![Action::Expire { ifname: None, addr }]
+    }
+
+    /// The discovery actor of `ifname` stopped (it failed, or was killed;
+    /// it is restarted after a back-off). The restarted one knows no peer
+    /// and has no expiry timer running, so nothing would ever report the
+    /// peer gone: its exchange is stopped and the router told the peer is
+    /// down now, and it is found again as a new peer.
+    pub fn discovery_gone(&mut self, ifname: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (ifindex, rec) in &mut self.records {
+            if rec.ifname != ifname {
+                continue;
+            }
+            let Some(peer) = rec.peer.take() else {
+                continue;
+            };
+            if rec.exchange == Exchange::Running {
+                out.push(Action::StopExchange { ifindex: *ifindex });
+            }
+            rec.exchange = Exchange::None;
+            out.push(Action::PeerDown(PeerId {
+                ifindex: *ifindex,
+                addr: peer.addr,
+            }));
+        }
+        out
     }
 
     /// A new router started: exchange actors hold the router they were
@@ -409,15 +458,68 @@ mod tests {
         t.exchange_started(2);
         assert!(t.exchange_stopped(2, true).is_empty());
         t.exchange_started(2);
-        assert_eq!(
-            t.exchange_stopped(2, false),
-            [down(2, 1), Action::Expire { addr: ident(1).addr }]
-        );
+        assert_eq!(t.exchange_stopped(2, false), [down(2, 1), expire(1)]);
         assert!(t.exchange_stopped(9, false).is_empty(), "unknown index");
+        assert_eq!(t.exchange_start_failed(2, ident(1).addr), [expire(1)]);
+    }
+
+    /// `ident(last)` expired on eth0.
+    fn expire(last: u16) -> Action {
+        Action::Expire { ifname: Some("eth0".into()), addr: ident(last).addr }
+    }
+
+    /// One router on two links, with one link-local address on both (as
+    /// routers commonly have): the exchange failing on one link expires
+    /// the peer there only; the admin API's expiry names no interface.
+    #[test]
+    fn a_failure_expires_the_peer_on_its_own_link_only() {
+        let now = Instant::now();
+        let mut t = PeerTable::new();
+        t.on_discovery(up("eth0", 2, ident(1)), now);
+        t.on_discovery(up("eth1", 3, ident(1)), now);
+        t.exchange_started(2);
+        t.exchange_started(3);
+        let failed = PeerId { ifindex: 3, addr: ident(1).addr };
         assert_eq!(
-            t.exchange_start_failed(ident(1).addr),
-            [Action::Expire { addr: ident(1).addr }]
+            t.exchange_failed(failed),
+            [Action::Expire {
+                ifname: Some("eth1".into()),
+                addr: ident(1).addr
+            }]
         );
+        assert_eq!(
+            t.expire(ident(1).addr),
+            [Action::Expire { ifname: None, addr: ident(1).addr }]
+        );
+    }
+
+    /// A restarted discovery actor knows no peer: the one its predecessor
+    /// had is told down (its exchange stopped), once, and found again as
+    /// a new peer; other interfaces keep theirs.
+    #[test]
+    fn a_discovery_actor_gone_takes_its_peer_down() {
+        let now = Instant::now();
+        let mut t = PeerTable::new();
+        t.on_discovery(up("eth0", 2, ident(1)), now);
+        t.on_discovery(up("eth1", 3, ident(2)), now);
+        t.exchange_started(2);
+        t.exchange_started(3);
+        assert_eq!(
+            t.discovery_gone("eth0"),
+            [Action::StopExchange { ifindex: 2 }, down(2, 1)]
+        );
+        assert!(t.discovery_gone("eth0").is_empty(), "told once");
+        assert_eq!(t.peer_of(2), None);
+        assert_eq!(t.peer_of(3), Some(("eth1", ident(2).addr)));
+        // Found again: a fresh start, with nothing more to stop.
+        assert_eq!(
+            t.on_discovery(up("eth0", 2, ident(1)), now),
+            [start(2, ident(1))]
+        );
+        // A peer whose exchange waits (no router) is told down too.
+        let mut t = PeerTable::new();
+        t.on_discovery(up("eth0", 2, ident(1)), now);
+        assert_eq!(t.discovery_gone("eth0"), [down(2, 1)]);
     }
 
     #[test]
