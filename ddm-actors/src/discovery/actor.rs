@@ -406,6 +406,16 @@ impl State {
     }
 }
 
+/// A failed or killed actor skips `post_stop`, and its state is only
+/// dropped: its reader task (holding the interface's sockets) and timers
+/// would run on until the next datagram or deadline, beside the restarted
+/// actor's own.
+impl Drop for State {
+    fn drop(&mut self) {
+        self.stop_tasks();
+    }
+}
+
 impl Actor for Discovery {
     type Msg = DiscoveryMsg;
     type State = State;

@@ -290,6 +290,12 @@ impl MemoryPort {
     pub fn subscribe(&self) -> broadcast::Receiver<MemoryDatagram> {
         self.inbound.subscribe()
     }
+
+    /// How many receivers listen on this end (a discovery actor's reader
+    /// task is one while it runs).
+    pub fn listeners(&self) -> usize {
+        self.inbound.receiver_count()
+    }
 }
 
 #[cfg(test)]

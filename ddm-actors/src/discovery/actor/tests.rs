@@ -350,3 +350,25 @@ async fn missing_interface_keeps_retrying() {
     let c = call!(actor, DiscoveryMsg::GetCounters).unwrap();
     assert_eq!(c.solicitations_sent, 0);
 }
+
+/// A killed actor skips `post_stop`; its reader task (holding the
+/// interface's sockets) ends all the same, as its state is dropped.
+#[tokio::test(start_paused = true)]
+async fn a_killed_actor_stops_reading_its_link() {
+    let (local, remote) =
+        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
+    let probe = local.clone();
+    let mut wire = remote.subscribe();
+    let (actor, _events) = start_with(PacketIo::Memory(local), "me").await;
+    // It solicits once its link is open, with its reader listening.
+    wire.recv().await.unwrap();
+    assert_eq!(probe.listeners(), 1);
+    actor.kill_and_wait(None).await.unwrap();
+    for _ in 0..100 {
+        if probe.listeners() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(probe.listeners(), 0, "the reader outlived its actor");
+}
