@@ -17,8 +17,10 @@
 //! added. A background watcher notices dpd going away (a failed request or
 //! a failed probe every [`DpdConfig::probe_interval`]) and retries the
 //! reconciliation until it succeeds; a full reconciliation also runs every
-//! [`DpdConfig::resync_interval`], which catches a dpd restart quicker than
-//! one probe interval.
+//! [`DpdConfig::resync_interval`], which catches a dpd restart that fell
+//! between two probes, and tries again the changes dpd refused (a
+//! reconciliation that meets refusals still completes: they are counted
+//! in [`DpdStats::refused`] and logged).
 //!
 //! Interfaces map to switch ports by name: `tfportrearN_0` is port `rearN`,
 //! link 0. A nexthop on any other interface is skipped with one log line per
@@ -635,14 +637,21 @@ impl Inner {
         self.installed = ours;
         let keys: BTreeSet<Ipv6Net> =
             self.installed.keys().chain(self.desired.keys()).copied().collect();
-        self.sync(keys.into_iter().collect()).await?;
+        let synced = self.sync(keys.into_iter().collect()).await;
+        if let Err(DataplaneError::Unavailable(e)) = synced {
+            return Err(DataplaneError::Unavailable(e));
+        }
+        // In sync even when dpd refused some changes (a target past its
+        // limit, a port it does not know): they are counted and logged,
+        // and tried again at the next full reconciliation. Left out of
+        // sync, the watcher listed the whole table again at every probe.
         if !self.synced {
             info!(self.log, "dpd reachable; routes reconciled";
                 "routes" => self.installed.len(), "stale_removed" => stale);
         }
         self.synced = true;
         self.stats.reconciliations.fetch_add(1, Ordering::Relaxed);
-        Ok(stale)
+        synced.map(|_| stale)
     }
 
     /// One round of the watcher: reconcile if out of sync (or due), else

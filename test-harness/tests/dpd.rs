@@ -502,6 +502,54 @@ async fn dataplane_reconciles_when_dpd_comes_back() {
     check_against_reference(&mock.requests());
 }
 
+/// A route dpd refuses (a 33rd target, past its limit: 32 of another
+/// owner's share the prefix) does not keep the dataplane out of sync: the
+/// reconciliation after dpd comes back completes (and is counted) with the
+/// refusal reported, and the watcher goes back to probing rather than
+/// listing the table at every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_route_does_not_keep_reconciling() {
+    let mock = MockDpd::start().unwrap();
+    for i in 0..32u16 {
+        mock.insert(
+            "fd00:5::".parse().unwrap(),
+            64,
+            target("qsfp0", &format!("fe80::{:x}", 0x100 + i), "operator"),
+        );
+    }
+    let mut dp = dataplane(&mock);
+    dp.remove_stale().await.unwrap();
+    let a = nh("fe80::a", 1);
+    let r = dp
+        .apply(vec![upd("fd00:5::/64", &[a]), upd("fd00:6::/64", &[a])])
+        .await;
+    assert!(matches!(r, Err(DataplaneError::Request(_))), "{r:?}");
+    assert!(mock.routes().contains_key("fd00:6::/64"));
+    // dpd goes away and comes back: the watcher reconciles, meets the
+    // same refusal, and is in sync all the same.
+    mock.set_down(true);
+    let r = dp.apply(vec![upd("fd00:7::/64", &[a])]).await;
+    assert!(matches!(r, Err(DataplaneError::Unavailable(_))), "{r:?}");
+    let stats = dp.stats();
+    let before = stats.reconciliations.load(Ordering::Relaxed);
+    mock.set_down(false);
+    eventually("the reconciliation completes", || {
+        stats.reconciliations.load(Ordering::Relaxed) > before
+    })
+    .await;
+    assert!(mock.routes().contains_key("fd00:7::/64"));
+    // Back to probing: over ten probe intervals, at most a few requests
+    // (a reconciliation lists the table and tries the refused route).
+    let settled = mock.requests().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let posts = mock.requests()[settled..]
+        .iter()
+        .filter(|r| r.method != http::Method::GET)
+        .count();
+    assert_eq!(posts, 0, "the refused route is not tried at every probe");
+    assert_eq!(stats.reconciliations.load(Ordering::Relaxed), before + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_lists_every_page_of_a_large_table() {
     let mock = MockDpd::start().unwrap();
