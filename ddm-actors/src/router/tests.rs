@@ -761,7 +761,15 @@ impl Dataplane for TestDataplane {
                 inner.set_tunnels(tunnels).await
             }
             TestDataplane::Logged { .. } => Ok(()),
-            TestDataplane::Failing { inner, .. } => {
+            TestDataplane::Failing { failures, inner } => {
+                use std::sync::atomic::Ordering::SeqCst;
+                let left = failures.load(SeqCst);
+                if left > 0 {
+                    failures.store(left - 1, SeqCst);
+                    return Err(crate::dataplane::DataplaneError::Request(
+                        "the tunnel driver refused".into(),
+                    ));
+                }
                 inner.set_tunnels(tunnels).await
             }
         }
@@ -862,6 +870,40 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     let c = counters_until(&r, |c| c.route_updates_applied >= 1).await;
     assert_eq!(c.dataplane_batch_errors, 2);
     assert_eq!(inner.tables().routes.len(), 1);
+    // One second, then two.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A tunnel set that could not be set is set again after the back-off:
+/// the set changes only when the endpoints do, which may be never.
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_set_that_failed_is_set_again() {
+    let (r, inner) = failing_router(2).await;
+    let started = tokio::time::Instant::now();
+    let origin = v3::TunnelOrigin {
+        overlay_prefix: "10.9.0.0/16".parse().unwrap(),
+        boundary_addr: "fd00:99::1".parse().unwrap(),
+        vni: 77,
+        metric: 0,
+    };
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: OutUpdate::from(v3::Update {
+            underlay: None,
+            tunnel: Some(v3::TunnelUpdate {
+                announce: [origin].into(),
+                withdraw: BTreeSet::new(),
+            }),
+        }),
+        permit: None,
+    })
+    .unwrap();
+    let c = counters_until(&r, |c| c.tunnel_updates == 3).await;
+    assert_eq!(c.tunnel_update_errors, 2);
+    assert_eq!(inner.tables().tunnels.len(), 1);
     // One second, then two.
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(3), "{waited:?}");

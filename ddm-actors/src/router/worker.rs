@@ -98,18 +98,52 @@ impl DataplaneTurn {
     }
 }
 
-/// The first wait before a batch that failed as a whole is applied again;
-/// each failure in a row doubles it, up to [`RETRY_MAX`]
-/// ([`crate::timer::backoff_between`]).
+/// The first wait before a batch that failed as a whole (or a tunnel set
+/// that could not be set) is applied again; each failure in a row doubles
+/// it, up to [`RETRY_MAX`] ([`crate::timer::backoff_between`]).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// The longest wait before a failed batch is applied again.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// A batch that failed as a whole, and when to apply it again.
+/// What failed and waits to be applied again, and when.
 struct Retry {
+    /// The route updates of batches that failed as a whole.
     updates: Vec<RouteUpdate>,
+    /// The tunnel set, if setting it failed (and no later set was given
+    /// since). The set changes only when the endpoints do, which may be
+    /// never: without this, one failure left the tunnel dataplane without
+    /// them for good.
+    tunnels: Option<BTreeSet<TunnelEntry>>,
     at: tokio::time::Instant,
+}
+
+impl Retry {
+    fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.tunnels.is_none()
+    }
+}
+
+/// Put what failed (`updates`, `tunnels`) behind what waits in `retry`
+/// already (the later wins), to be applied again after the back-off of
+/// `failures` in a row, without putting off what waits; the wait.
+fn retry_later(
+    retry: &mut Option<Retry>,
+    failures: u32,
+    updates: Vec<RouteUpdate>,
+    tunnels: Option<BTreeSet<TunnelEntry>>,
+) -> Duration {
+    let wait = crate::timer::backoff_between(RETRY_FIRST, RETRY_MAX, failures);
+    let at = tokio::time::Instant::now() + wait;
+    *retry = Some(match retry.take() {
+        Some(r) => Retry {
+            updates: coalesce(vec![r.updates, updates]),
+            tunnels: tunnels.or(r.tunnels),
+            at: r.at.min(at),
+        },
+        None => Retry { updates, tunnels, at },
+    });
+    wait
 }
 
 /// Until `at`, or for ever.
@@ -149,10 +183,11 @@ pub(super) async fn dataplane_worker(
         };
         let now = tokio::time::Instant::now();
         let mut batches = Vec::new();
+        let mut tunnels = None;
         if let Some(due) = retry.take_if(|r| now >= r.at) {
             batches.push(due.updates);
+            tunnels = due.tunnels;
         }
-        let mut tunnels = None;
         let mut absorb = |cmd| match cmd {
             DataplaneCmd::Apply(batch) => batches.push(batch),
             DataplaneCmd::Tunnels(t) => tunnels = Some(t),
@@ -168,12 +203,18 @@ pub(super) async fn dataplane_worker(
             absorb(cmd);
         }
         let batch = coalesce(batches);
-        if let (Some(r), false) = (&mut retry, batch.is_empty()) {
-            // Not due yet: what this batch sets is set, not retried.
-            let named: HashSet<_> =
-                batch.iter().map(|u| u.destination).collect();
-            r.updates.retain(|u| !named.contains(&u.destination));
-            retry.take_if(|r| r.updates.is_empty());
+        if let Some(r) = &mut retry {
+            // Not due yet: what this batch sets is set, not retried, and
+            // a tunnel set given now replaces the one that failed.
+            if !batch.is_empty() {
+                let named: HashSet<_> =
+                    batch.iter().map(|u| u.destination).collect();
+                r.updates.retain(|u| !named.contains(&u.destination));
+            }
+            if tunnels.is_some() {
+                r.tunnels = None;
+            }
+            retry.take_if(|r| r.is_empty());
         }
         if !batch.is_empty() {
             let n = batch.len();
@@ -189,24 +230,11 @@ pub(super) async fn dataplane_worker(
                 Err(DataplaneError::Incomplete { error, updates }) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
                     failed_in_a_row += 1;
-                    let wait = crate::timer::backoff_between(
-                        RETRY_FIRST,
-                        RETRY_MAX,
-                        failed_in_a_row,
-                    );
+                    let wait =
+                        retry_later(&mut retry, failed_in_a_row, updates, None);
                     warn!(log, "programming routes failed; trying again";
                         "count" => n, "error" => error,
                         "after_ms" => wait.as_millis());
-                    let at = tokio::time::Instant::now() + wait;
-                    retry = Some(match retry.take() {
-                        // Behind what waits already (the later wins), and
-                        // not putting off its wait.
-                        Some(r) => Retry {
-                            updates: coalesce(vec![r.updates, updates]),
-                            at: r.at.min(at),
-                        },
-                        None => Retry { updates, at },
-                    });
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
@@ -219,10 +247,26 @@ pub(super) async fn dataplane_worker(
         if let Some(t) = tunnels {
             let n = t.len();
             DataplaneStats::bump(&stats.tunnel_updates, 1);
-            if let Err(e) = dp.set_tunnels(t).await {
-                DataplaneStats::bump(&stats.tunnel_errors, 1);
-                warn!(log, "programming tunnels failed";
-                    "count" => n, "error" => %e);
+            // Kept to set again if this fails: a few entries.
+            match dp.set_tunnels(t.clone()).await {
+                Ok(()) => {
+                    if retry.is_none() {
+                        failed_in_a_row = 0;
+                    }
+                }
+                Err(e) => {
+                    DataplaneStats::bump(&stats.tunnel_errors, 1);
+                    failed_in_a_row += 1;
+                    let wait = retry_later(
+                        &mut retry,
+                        failed_in_a_row,
+                        Vec::new(),
+                        Some(t),
+                    );
+                    warn!(log, "programming tunnels failed; trying again";
+                        "count" => n, "error" => %e,
+                        "after_ms" => wait.as_millis());
+                }
             }
         }
     }
