@@ -3,6 +3,23 @@
 
 use super::*;
 
+/// How long a restarted child must run for its next failure to count as a
+/// first one: its back-off starts over at the shortest. Without it, the
+/// count only grew over the daemon's life, and a child that failed seven
+/// times in a month waited the longest back-off every time after.
+pub(super) const RESTART_STABLE: Duration = Duration::from_secs(60);
+
+/// The failure count a child's back-off uses when it fails again, after
+/// `before` failures, having run `ran` since its last restart (`None`: it
+/// was not restarted, or its last restart failed).
+pub(super) fn failures_after(before: u32, ran: Option<Duration>) -> u32 {
+    if ran.is_some_and(|r| r >= RESTART_STABLE) {
+        1
+    } else {
+        before.saturating_add(1)
+    }
+}
+
 impl SupervisorState {
     pub(super) async fn start_admin(
         &mut self,
@@ -143,8 +160,9 @@ impl SupervisorState {
         myself: &SupervisorRef,
         child: Child,
     ) {
+        let ran = self.restarted.remove(&child).map(|t| t.elapsed());
         let n = self.failures.entry(child.clone()).or_insert(0);
-        *n = n.saturating_add(1);
+        *n = failures_after(*n, ran);
         let delay = crate::timer::backoff(*n);
         info!(self.log, "restart scheduled";
             "child" => ?child, "failures" => *n,
@@ -180,7 +198,10 @@ impl SupervisorState {
             _ => Ok(()),
         };
         match result {
-            Ok(()) => info!(self.log, "restarted"; "child" => ?child),
+            Ok(()) => {
+                info!(self.log, "restarted"; "child" => ?child);
+                self.restarted.insert(child, Instant::now());
+            }
             Err(e) => {
                 error!(self.log, "restart failed";
                     "child" => ?child, "error" => %e);

@@ -230,6 +230,9 @@ pub struct SupervisorState {
     link_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Consecutive failures per child, for the back-off.
     failures: BTreeMap<Child, u32>,
+    /// When each child was last restarted (successfully): one that ran
+    /// [`children::RESTART_STABLE`] since failed anew, not again.
+    restarted: BTreeMap<Child, Instant>,
     /// Set once shutdown began: children that stop are not restarted.
     stopping: bool,
     /// The daemon's root logger, handed to children.
@@ -266,6 +269,7 @@ impl Actor for Supervisor {
             exchanges: BTreeMap::new(),
             link_tasks: Vec::new(),
             failures: BTreeMap::new(),
+            restarted: BTreeMap::new(),
             stopping: false,
             root_log: args.log,
             exchange_net: args.exchange_net,

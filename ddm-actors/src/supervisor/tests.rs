@@ -211,3 +211,16 @@ async fn stopping_waits_for_a_failed_routers_removal() {
     sup.stop_and_wait(None, None).await.unwrap();
     assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+/// The back-off counts failures in a row: a child that ran a minute since
+/// its last restart starts over at one; one that failed sooner, or whose
+/// restart failed, counts on.
+#[test]
+fn the_back_off_starts_over_after_a_stable_run() {
+    use super::children::{failures_after, RESTART_STABLE};
+    assert_eq!(failures_after(0, None), 1);
+    assert_eq!(failures_after(6, None), 7);
+    assert_eq!(failures_after(6, Some(RESTART_STABLE / 2)), 7);
+    assert_eq!(failures_after(6, Some(RESTART_STABLE)), 1);
+    assert_eq!(failures_after(u32::MAX, Some(Duration::ZERO)), u32::MAX);
+}
