@@ -161,7 +161,32 @@ impl Args {
     /// Parse the process arguments; on error clap prints the message and
     /// exits 2, `--help` exits 0.
     pub fn parse_or_exit() -> Args {
-        Args::parse()
+        let args = Args::parse();
+        if let Err(e) = args.check() {
+            use clap::CommandFactory;
+            Args::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, e)
+                .exit();
+        }
+        args
+    }
+
+    /// What the parser cannot see: one interface named twice (`-a eth0
+    /// -a eth0/b`) would run two discovery actors on it, fighting over
+    /// its peer (one gets the unicast advertisements, the other expires
+    /// it, every few seconds).
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeMap::new();
+        for a in &self.addresses {
+            if let Some(first) = seen.insert(a.ifname.as_str(), a) {
+                return Err(format!(
+                    "interface {} is named twice (-a {first} and -a {a}); \
+                     give each interface once",
+                    a.ifname
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The protocol timers as durations.
@@ -174,6 +199,20 @@ impl Args {
 mod tests {
     use super::*;
     use clap::error::ErrorKind;
+
+    #[test]
+    fn an_interface_named_twice_is_refused() {
+        let check = |argv: &[&str]| Args::try_parse_from(argv).unwrap().check();
+        assert_eq!(check(&["ddmd", "-a", "eth0", "-a", "eth1/v6"]), Ok(()));
+        for twice in
+            [["-a", "eth0", "-a", "eth0"], ["-a", "eth0/a", "-a", "eth0/b"]]
+        {
+            let mut argv = vec!["ddmd"];
+            argv.extend(twice);
+            let e = check(&argv).unwrap_err();
+            assert!(e.contains("interface eth0 is named twice"), "{e}");
+        }
+    }
 
     #[test]
     fn import_policy_flags_parse() {
