@@ -12,6 +12,13 @@
 //! (`EEXIST`: someone else's) is struck from the record. Every route goes at
 //! shutdown.
 //!
+//! A write the kernel could not carry out for want of buffers or memory
+//! (`ENOBUFS`, `ENOMEM`, `EAGAIN`), or that the socket failed, is handed
+//! back to the router's dataplane worker as `Incomplete` with its
+//! destinations' updates, and applied again after the worker's back-off;
+//! so is a whole batch the route record could not take. A refusal of the
+//! route itself stands (an error, not retried), as on Linux.
+//!
 //! The logic is platform-independent and tested with a fake socket; the
 //! socket itself ([`RouteSocket`]) is illumos-only.
 
@@ -76,6 +83,16 @@ struct Done {
     /// How many deletes removed a route that was there.
     removed: usize,
     failures: Vec<String>,
+    /// Destinations with a write that failed for a reason that is not
+    /// the route's (the socket failed, the kernel was out of buffers or
+    /// memory): tried again, unlike a refusal of the route itself.
+    transient: BTreeSet<Ipv6Net>,
+}
+
+/// Whether a write that failed with `errno` (the kernel's answer) may
+/// succeed as it is a moment later: the kernel ran short, not refused it.
+fn transient_errno(errno: i32) -> bool {
+    [libc::ENOBUFS, libc::ENOMEM, libc::EAGAIN].contains(&errno)
 }
 
 fn run_batch<S: RouteSocket>(
@@ -89,13 +106,16 @@ fn run_batch<S: RouteSocket>(
         deleted: Vec::new(),
         removed: 0,
         failures: Vec::new(),
+        transient: BTreeSet::new(),
     };
     for r in adds {
         match sock.add(r) {
             Ok(WriteOutcome::Done) => d.added.push(*r),
             Ok(WriteOutcome::AlreadyPresent) => d.foreign.push(*r),
-            Ok(o) => d.failures.push(format!("add {r:?}: {o:?}")),
-            Err(e) => d.failures.push(format!("add {r:?}: {e}")),
+            Ok(o) => d.failed("add", r, &format!("{o:?}"), o),
+            Err(e) => {
+                d.failed("add", r, &e.to_string(), WriteOutcome::Failed(-1))
+            }
         }
     }
     for r in dels {
@@ -105,11 +125,32 @@ fn run_batch<S: RouteSocket>(
                 d.removed += 1;
             }
             Ok(WriteOutcome::AlreadyGone) => d.deleted.push(*r),
-            Ok(o) => d.failures.push(format!("delete {r:?}: {o:?}")),
-            Err(e) => d.failures.push(format!("delete {r:?}: {e}")),
+            Ok(o) => d.failed("delete", r, &format!("{o:?}"), o),
+            Err(e) => {
+                d.failed("delete", r, &e.to_string(), WriteOutcome::Failed(-1))
+            }
         }
     }
     d
+}
+
+impl Done {
+    /// The write `op` of `r` failed with `outcome` (`Failed(-1)`: the
+    /// socket itself failed, which is no answer about the route).
+    fn failed(
+        &mut self,
+        op: &str,
+        r: &KernelRoute,
+        why: &str,
+        outcome: WriteOutcome,
+    ) {
+        self.failures.push(format!("{op} {r:?}: {why}"));
+        if let WriteOutcome::Failed(errno) = outcome {
+            if errno == -1 || transient_errno(errno) {
+                self.transient.insert(r.dest);
+            }
+        }
+    }
 }
 
 impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
@@ -205,6 +246,11 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
     }
 }
 
+/// `dest` with its host bits cleared: the kernel's key of its routes.
+fn masked(dest: &Ipv6Net) -> Ipv6Net {
+    Ipv6Net::new_unchecked(dest.prefix(), dest.width())
+}
+
 #[async_trait]
 impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
     fn name(&self) -> &'static str {
@@ -242,10 +288,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         let mut dels = Vec::new();
         let empty = BTreeSet::new();
         for u in &updates {
-            let dest = Ipv6Net::new_unchecked(
-                u.destination.prefix(),
-                u.destination.width(),
-            );
+            let dest = masked(&u.destination);
             let mut want = BTreeSet::new();
             for nh in u.nexthops.iter() {
                 match u16::try_from(nh.ifindex) {
@@ -265,7 +308,14 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             adds.extend(want.difference(have).copied());
             dels.extend(have.difference(&want).copied());
         }
-        let done = self.write(adds, dels).await?;
+        let done = match self.write(adds, dels).await {
+            // Nothing was written (the record could not take the adds):
+            // the whole batch again, after the worker's back-off.
+            Err(DataplaneError::Request(error)) => {
+                return Err(DataplaneError::Incomplete { error, updates });
+            }
+            r => r?,
+        };
         for r in &done.added {
             self.installed.entry(r.dest).or_default().insert(*r);
         }
@@ -276,6 +326,23 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
                     self.installed.remove(&r.dest);
                 }
             }
+        }
+        if !done.transient.is_empty() {
+            // Applied again, each of these finds what is installed and
+            // writes only what failed.
+            let again: Vec<RouteUpdate> = updates
+                .into_iter()
+                .filter(|u| done.transient.contains(&masked(&u.destination)))
+                .collect();
+            return Err(DataplaneError::Incomplete {
+                error: format!(
+                    "{} route changes failed for want of kernel resources \
+                     or of the socket, first: {}",
+                    done.failures.len(),
+                    done.failures[0]
+                ),
+                updates: again,
+            });
         }
         Self::result(&done)
     }
@@ -313,12 +380,17 @@ mod tests {
         table: Arc<Mutex<BTreeSet<KernelRoute>>>,
         can_list: bool,
         refuse: Arc<Mutex<BTreeSet<KernelRoute>>>,
+        /// Writes of these fail once, for want of buffers.
+        short: Arc<Mutex<BTreeSet<KernelRoute>>>,
     }
 
     impl RouteSocket for FakeKernel {
         fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
             if self.refuse.lock().unwrap().contains(r) {
                 return Ok(WriteOutcome::Failed(22));
+            }
+            if self.short.lock().unwrap().remove(r) {
+                return Ok(WriteOutcome::Failed(libc::ENOBUFS));
             }
             Ok(if self.table.lock().unwrap().insert(*r) {
                 WriteOutcome::Done
@@ -327,6 +399,9 @@ mod tests {
             })
         }
         fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            if self.short.lock().unwrap().remove(r) {
+                return Err(std::io::Error::other("socket failed"));
+            }
             Ok(if self.table.lock().unwrap().remove(r) {
                 WriteOutcome::Done
             } else {
@@ -462,5 +537,41 @@ mod tests {
         // record.
         d.remove_all().await.unwrap();
         assert!(d.record.routes().is_empty());
+    }
+
+    /// Writes that failed for want of kernel buffers, or because the
+    /// socket failed, come back as `Incomplete` with the updates of their
+    /// destinations (and only those); applied again, they write only what
+    /// failed. A refusal of the route itself stays an error, not retried.
+    #[tokio::test]
+    async fn writes_that_failed_for_want_of_resources_come_back_to_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        let mut d = dp(&k, dir.path());
+        d.apply(vec![upd("fd00:3::/64", &[("fe80::c", 2)])]).await.unwrap();
+        k.short.lock().unwrap().insert(kr("fd00:1::/64", "fe80::a", 2));
+        k.short.lock().unwrap().insert(kr("fd00:3::/64", "fe80::c", 2));
+        let r = d
+            .apply(vec![
+                upd("fd00:1::/64", &[("fe80::a", 2)]),
+                upd("fd00:2::/64", &[("fe80::b", 2)]),
+                upd("fd00:3::/64", &[]),
+            ])
+            .await;
+        let Err(DataplaneError::Incomplete { updates, .. }) = r else {
+            panic!("{r:?}");
+        };
+        let again: Vec<String> =
+            updates.iter().map(|u| u.destination.to_string()).collect();
+        assert_eq!(again, ["fd00:1::/64", "fd00:3::/64"]);
+        assert_eq!(
+            table(&k),
+            [kr("fd00:2::/64", "fe80::b", 2), kr("fd00:3::/64", "fe80::c", 2)]
+        );
+        d.apply(updates).await.unwrap();
+        assert_eq!(
+            table(&k),
+            [kr("fd00:1::/64", "fe80::a", 2), kr("fd00:2::/64", "fe80::b", 2)]
+        );
     }
 }
