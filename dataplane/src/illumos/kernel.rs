@@ -44,7 +44,9 @@ pub trait RouteSocket: Send + 'static {
     /// Deletes a route; the outcome of the write.
     fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome>;
     /// Every IPv6 gateway route in the kernel, or an error where the kernel
-    /// cannot list (no `RTM_GETALL`).
+    /// cannot list (no `RTM_GETALL`) or the listing was cut short or
+    /// malformed: a partial listing taken as whole would leave the routes
+    /// it missed in the kernel.
     fn list(&mut self) -> std::io::Result<Vec<KernelRoute>>;
 }
 

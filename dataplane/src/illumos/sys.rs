@@ -145,10 +145,24 @@ impl RouteSocket for RtSocket {
                     return Err(io::Error::last_os_error());
                 }
                 let n = n as usize;
-                if n == buf.len() && size < MAX_LISTING {
-                    break; // possibly truncated: again, larger
+                if n == buf.len() {
+                    if size < MAX_LISTING {
+                        break; // possibly truncated: again, larger
+                    }
+                    // A listing taken as whole while cut short would have
+                    // the routes it missed struck from the record, left
+                    // in the kernel: no listing then (every recorded
+                    // route is deleted).
+                    return Err(io::Error::other(
+                        "the routing listing does not fit the largest buffer",
+                    ));
                 }
-                let (msgs, _) = parse_all(&buf[..n]);
+                let (msgs, bad) = parse_all(&buf[..n]);
+                if let Some(e) = bad {
+                    return Err(io::Error::other(format!(
+                        "malformed routing listing: {e}"
+                    )));
+                }
                 let entries: Vec<_> =
                     msgs.iter().filter(|m| m.ty == RTM_GET).collect();
                 if !entries.is_empty() {
