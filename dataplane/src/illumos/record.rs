@@ -12,8 +12,44 @@ use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::rtsock::KernelRoute;
+
+/// The records open in this process, by path: one dataplane at a time may
+/// keep a record. A router restarted after a failure builds its dataplane
+/// while the failed router's detached worker may still be removing its
+/// routes through its own; two handles on one file lost each other's lines
+/// (a compaction renames a fresh file over the other's). (Another process
+/// is kept out by the data directory's lock, which the store holds.)
+static OPEN: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// A path held in [`OPEN`] until dropped.
+#[derive(Debug)]
+struct Held(PathBuf);
+
+impl Held {
+    fn take(path: &Path) -> std::io::Result<Held> {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !open.insert(path.to_path_buf()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another dataplane of this daemon (a \
+                     failed router's, removing its routes)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Held(path.to_path_buf()))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        OPEN.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
 
 /// The record's file name inside the data directory.
 pub const FILE_NAME: &str = "ddm-kernel-routes";
@@ -29,6 +65,8 @@ pub struct RouteRecord {
     file: File,
     live: BTreeSet<KernelRoute>,
     lines: usize,
+    /// This record's claim on its file, within the process.
+    _held: Held,
 }
 
 fn line(sign: char, r: &KernelRoute) -> String {
@@ -55,8 +93,11 @@ impl RouteRecord {
     /// Opens (or creates) the record in `dir`. Returns it, the routes it
     /// holds (those a previous run owned and did not remove), and how many
     /// malformed lines were skipped.
+    /// Fails (`ResourceBusy`) while another record of this process has
+    /// the file open.
     pub fn open(dir: &Path) -> std::io::Result<(RouteRecord, usize)> {
         let path = dir.join(FILE_NAME);
+        let held = Held::take(&path)?;
         let mut live = BTreeSet::new();
         let mut bad = 0;
         let mut lines = 0;
@@ -83,7 +124,7 @@ impl RouteRecord {
             Err(e) => return Err(e),
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok((RouteRecord { path, file, live, lines }, bad))
+        Ok((RouteRecord { path, file, live, lines, _held: held }, bad))
     }
 
     /// The routes recorded as ours.
@@ -164,6 +205,21 @@ mod tests {
             gateway: "fe80::1".parse().unwrap(),
             ifindex,
         }
+    }
+
+    #[test]
+    fn one_record_per_file_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut first, _) = RouteRecord::open(dir.path()).unwrap();
+        first.add(&[r(1, 2)]).unwrap();
+        let e = RouteRecord::open(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ResourceBusy, "{e}");
+        // Another directory is another record.
+        let other = tempfile::tempdir().unwrap();
+        RouteRecord::open(other.path()).unwrap();
+        drop(first);
+        let (again, _) = RouteRecord::open(dir.path()).unwrap();
+        assert_eq!(again.routes().len(), 1);
     }
 
     #[test]
