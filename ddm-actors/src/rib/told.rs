@@ -23,9 +23,12 @@
 //! The wire protocol is unchanged: a resync is an ordinary push, so it
 //! works with original peers too. Withdrawing a path a peer never had is a
 //! no-op at the receiver, so remembering too much costs bytes, never
-//! correctness. What is remembered for a peer is dropped once delivered, or
-//! when another peer comes up on the same interface (the old address is
-//! gone); it is at most one view per interface.
+//! correctness. What is remembered for a peer is dropped once delivered.
+//! When another address comes up on the same interface, the old address's
+//! record becomes the new one's: the router behind it may be the same one,
+//! renumbered, whose session with us never reset (pushes to its old
+//! address failed from the moment it moved); its first push withdraws what
+//! the old session may have left. It is at most one record per interface.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -169,13 +172,25 @@ impl Told {
     /// have from us: returns the push that makes its view whole, to be
     /// handed to [`Told::pushed`] and sent like any other (it is the new
     /// session's first). It announces `view` and withdraws whatever the
-    /// peer may hold beyond it. Records of other peers on the same
-    /// interface are dropped: that address is gone.
+    /// peer may hold beyond it. Records of other addresses on the same
+    /// interface are folded into this one (see the module's text).
     pub fn session_up(&mut self, peer: PeerId, view: OutUpdate) -> OutUpdate {
-        self.peers.retain(|id, _| id.ifindex != peer.ifindex || *id == peer);
+        let moved: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|id| id.ifindex == peer.ifindex && **id != peer)
+            .copied()
+            .collect();
+        let inherited: Vec<Stale> =
+            moved.iter().filter_map(|id| self.peers.remove(id)).collect();
         let stale = self.peers.entry(peer).or_default();
         // Whatever the last session had in flight is now unacknowledged.
         stale.unacked();
+        for mut old in inherited {
+            old.unacked();
+            stale.paths.extend(old.paths);
+            stale.tunnels.extend(old.tunnels);
+        }
         stale.sent = 0;
         let mut push = view;
         // What the peer may hold beyond the view is withdrawn by this push,
@@ -368,14 +383,28 @@ mod tests {
         assert!(told.is_empty());
     }
 
+    /// A peer renumbered on its interface: what the old address's
+    /// session may have left (a withdrawal in flight, the view it held)
+    /// is withdrawn by the new address's first push, in one record per
+    /// interface; another interface's record stays its own.
     #[test]
-    fn a_new_peer_on_the_interface_drops_the_old_ones_record() {
+    fn a_new_address_on_the_interface_inherits_the_old_ones_record() {
         let (old, new, other) = (peer(1, 1), peer(1, 2), peer(2, 1));
         let mut told = Told::new();
+        let first = told.session_up(old, update(&[1, 3], &[]));
+        told.pushed(old, &first);
+        told.delivered(old, 1);
+        // A withdrawal of 3 in flight when the address went away.
+        told.pushed(old, &update(&[], &[3]));
         told.session_down(old, update(&[1], &[]));
         told.session_down(other, update(&[2], &[]));
-        let push = told.session_up(new, OutUpdate::default());
-        assert!(withdrawn(&push).is_empty());
+        let push = told.session_up(new, update(&[4], &[]));
+        assert_eq!(announced(&push), vec![path(4)]);
+        assert_eq!(withdrawn(&push), vec![path(1), path(3)]);
+        told.pushed(new, &push);
+        told.delivered(new, 1);
         assert_eq!(told.len(), 1, "the other interface's record stays");
+        let again = told.session_up(other, OutUpdate::default());
+        assert_eq!(withdrawn(&again), vec![path(2)]);
     }
 }
