@@ -168,6 +168,30 @@ impl Told {
         }
     }
 
+    /// An interface was re-created: its index `from` is now `to`. The
+    /// records under `from` move to `to` (folded into any there), where
+    /// the next session withdraws what they hold; under `from` they would
+    /// stay for good.
+    pub fn moved(&mut self, from: u32, to: u32) {
+        if from == to {
+            return;
+        }
+        let ids: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|id| id.ifindex == from)
+            .copied()
+            .collect();
+        for id in ids {
+            let Some(mut old) = self.peers.remove(&id) else { continue };
+            old.unacked();
+            let new =
+                self.peers.entry(PeerId { ifindex: to, ..id }).or_default();
+            new.paths.extend(old.paths);
+            new.tunnels.extend(old.tunnels);
+        }
+    }
+
     /// A session with `peer` starts and `view` is everything it should
     /// have from us: returns the push that makes its view whole, to be
     /// handed to [`Told::pushed`] and sent like any other (it is the new
@@ -406,5 +430,20 @@ mod tests {
         assert_eq!(told.len(), 1, "the other interface's record stays");
         let again = told.session_up(other, OutUpdate::default());
         assert_eq!(withdrawn(&again), vec![path(2)]);
+    }
+
+    /// A re-created interface's records move to its new index, where the
+    /// next session withdraws them; nothing stays under the old index.
+    #[test]
+    fn records_move_with_a_re_created_interface() {
+        let (old, new) = (peer(1, 1), peer(7, 1));
+        let mut told = Told::new();
+        told.session_down(old, update(&[1, 2], &[]));
+        told.moved(1, 7);
+        let push = told.session_up(new, update(&[2], &[]));
+        assert_eq!(withdrawn(&push), vec![path(1)]);
+        told.pushed(new, &push);
+        told.delivered(new, 1);
+        assert!(told.is_empty(), "nothing left under the old index");
     }
 }

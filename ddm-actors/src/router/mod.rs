@@ -117,6 +117,17 @@ pub enum RouterMsg {
         /// Its exchange actor.
         exchange: PeerRef,
     },
+    /// An interface was re-created under a new index (`to`; from the
+    /// supervisor, after the old index's peer went down): what its peers
+    /// may still hold from us is kept under the new index, for the next
+    /// session there to withdraw, not left under an index no session will
+    /// use again.
+    InterfaceMoved {
+        /// The old index.
+        from: u32,
+        /// The new one.
+        to: u32,
+    },
     /// A peer went away: forget everything learned from it.
     PeerDown(PeerId),
     /// A peer's exchange actor delivered every push it was given up to
@@ -602,6 +613,9 @@ impl Actor for Router {
             RouterMsg::PeerUp { peer, kind, exchange } => {
                 state.policy.peer_up(peer, Instant::now());
                 state.peer_up(peer, kind, exchange);
+            }
+            RouterMsg::InterfaceMoved { from, to } => {
+                state.told.moved(from, to);
             }
             RouterMsg::PeerDown(peer) => {
                 state.drop_unsent(peer);

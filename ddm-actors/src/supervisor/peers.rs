@@ -41,6 +41,12 @@ impl SupervisorState {
                         let _ = router.cast(RouterMsg::PeerDown(peer));
                     }
                 }
+                Action::InterfaceMoved { from, to } => {
+                    if let Some(router) = &self.router {
+                        let _ =
+                            router.cast(RouterMsg::InterfaceMoved { from, to });
+                    }
+                }
                 Action::Expire { ifname, addr } => {
                     self.expire(ifname.as_deref(), &addr)
                 }

@@ -36,6 +36,13 @@ pub enum Action {
     },
     /// Tell the router the peer is gone.
     PeerDown(PeerId),
+    /// Tell the router an interface was re-created under a new index.
+    InterfaceMoved {
+        /// The old index.
+        from: u32,
+        /// The new one.
+        to: u32,
+    },
     /// Ask the discovery actor of interface `ifname` (every one, when
     /// `None`) to expire the peer with this address. Routers commonly
     /// use one link-local address on every port, so a failure on one link
@@ -132,6 +139,10 @@ impl PeerTable {
                                 addr: p.addr,
                             }));
                         }
+                        out.push(Action::InterfaceMoved {
+                            from: i,
+                            to: ifindex,
+                        });
                     }
                 }
                 let rec =
@@ -417,6 +428,8 @@ mod tests {
             [
                 Action::StopExchange { ifindex: 2 },
                 down(2, 1),
+                // What the old index's peer may hold moves with it.
+                Action::InterfaceMoved { from: 2, to: 5 },
                 start(5, ident(1))
             ]
         );
