@@ -7,9 +7,13 @@
 //! The routes we own are the ones recorded under the data directory
 //! ([`super::record`]) before they were added: at start the recorded routes
 //! a previous run left are removed (a listing, where the kernel offers
-//! `RTM_GETALL`, only confirms which still exist), a route we did not
-//! record is never touched, and an add that finds its route already there
-//! (`EEXIST`: someone else's) is struck from the record. Every route goes at
+//! `RTM_GETALL`, only confirms which still exist), and a route we did not
+//! record is never touched. An add that finds its route already there
+//! (`EEXIST`: the same prefix through the same gateway on the same
+//! interface) takes it over, as the original daemon does: it is recorded
+//! and deleted when withdrawn. Otherwise a swap from an original daemon
+//! stopped with SIGTERM (it cleans up on SIGINT only) kept its routes for
+//! good, also through peers that later went away. Every route goes at
 //! shutdown.
 //!
 //! A write the kernel could not carry out for want of buffers or memory
@@ -53,7 +57,8 @@ pub trait RouteSocket: Send + 'static {
 /// Counters of the kernel dataplane.
 #[derive(Debug, Default)]
 pub struct KernelStats {
-    /// Adds that found the route already there (not ours; left alone).
+    /// Adds that found the route already there, taken over (an original
+    /// daemon's left behind, say).
     pub foreign: AtomicU64,
     /// Nexthops whose interface index does not fit the routing socket.
     pub skipped: AtomicU64,
@@ -113,7 +118,10 @@ fn run_batch<S: RouteSocket>(
     for r in adds {
         match sock.add(r) {
             Ok(WriteOutcome::Done) => d.added.push(*r),
-            Ok(WriteOutcome::AlreadyPresent) => d.foreign.push(*r),
+            Ok(WriteOutcome::AlreadyPresent) => {
+                d.added.push(*r);
+                d.foreign.push(*r);
+            }
             Ok(o) => d.failed("add", r, &format!("{o:?}"), o),
             Err(e) => {
                 d.failed("add", r, &e.to_string(), WriteOutcome::Failed(-1))
@@ -211,18 +219,16 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         .await
         .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
         self.sock = Some(sock);
-        // Routes that were there before us are not ours.
-        let mut gone = done.deleted.clone();
-        gone.extend(done.foreign.iter().copied());
-        if let Err(e) = self.record.remove(&gone) {
+        if let Err(e) = self.record.remove(&done.deleted) {
             warn!(self.log, "could not update the route record";
                 "error" => %e);
         }
         if !done.foreign.is_empty() {
+            // Recorded with the adds: ours from now on.
             self.stats
                 .foreign
                 .fetch_add(done.foreign.len() as u64, Ordering::Relaxed);
-            info!(self.log, "routes already present are left to their owner";
+            info!(self.log, "routes already present were taken over";
                 "count" => done.foreign.len(), "first" => ?done.foreign[0]);
         }
         if !done.failures.is_empty() {
@@ -477,14 +483,17 @@ mod tests {
         assert!(table(&k).is_empty());
     }
 
+    /// A route we want that is there already (an original daemon's, left
+    /// by a SIGTERM) is taken over: withdrawn when the router withdraws
+    /// it. Any other route, even to the same prefix, is never touched.
     #[tokio::test]
-    async fn operator_routes_survive_us() {
+    async fn a_route_already_there_is_taken_over_and_others_survive_us() {
         let dir = tempfile::tempdir().unwrap();
         let k = FakeKernel::default();
-        let operators = kr("fd00:9::/64", "fe80::9", 2);
-        k.table.lock().unwrap().insert(operators);
+        let left = kr("fd00:9::/64", "fe80::9", 2);
+        let operators = kr("fd00:9::/64", "fe80::8", 2);
+        k.table.lock().unwrap().extend([left, operators]);
         let mut d = dp(&k, dir.path());
-        // We want the same route: it is there already, so not ours.
         d.apply(vec![
             upd("fd00:9::/64", &[("fe80::9", 2)]),
             upd("fd00:1::/64", &[("fe80::a", 2)]),
@@ -492,7 +501,13 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(d.stats().foreign.load(Ordering::Relaxed), 1);
-        assert_eq!(d.remove_all().await.unwrap(), 1);
+        d.apply(vec![upd("fd00:9::/64", &[])]).await.unwrap();
+        assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::a", 2), operators]);
+        // Recorded as ours, so a restart after kill -9 removes it too.
+        d.apply(vec![upd("fd00:9::/64", &[("fe80::9", 2)])]).await.unwrap();
+        drop(d);
+        let mut d = dp(&k, dir.path());
+        assert_eq!(d.remove_stale().await.unwrap(), 2);
         assert_eq!(table(&k), [operators]);
     }
 
