@@ -569,11 +569,22 @@ impl Inner {
             })
             .collect();
         let client = &self.client;
-        let results: Vec<Synced> = stream::iter(work)
+        let mut pending = stream::iter(work)
             .map(|(k, have, want)| sync_one(client, k, have, want))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+            .buffer_unordered(CONCURRENCY);
+        let mut results: Vec<Synced> = Vec::new();
+        while let Some(s) = pending.next().await {
+            let unreachable = s.unreachable.is_some();
+            results.push(s);
+            if unreachable {
+                // No more requests to a dpd that does not answer (each
+                // would wait out its timeout, holding the dataplane):
+                // those not made are made by the reconciliation once it
+                // answers again.
+                break;
+            }
+        }
+        drop(pending);
         let mut removed = 0;
         let mut unreachable = None;
         let mut refused = Vec::new();

@@ -103,6 +103,10 @@ struct State {
     table: Table,
     requests: Vec<Recorded>,
     down: bool,
+    /// Requests are read and held unanswered (see [`MockDpd::set_silent`]).
+    silent: bool,
+    /// Requests held while silent.
+    unanswered: usize,
     next_id: u64,
 }
 
@@ -226,6 +230,18 @@ impl MockDpd {
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
     }
+
+    /// While `silent`, connections are accepted and requests read, but
+    /// none is answered: a dpd that hangs. When it ends, the held ones
+    /// are dropped unanswered.
+    pub fn set_silent(&self, silent: bool) {
+        lock(&self.state).silent = silent;
+    }
+
+    /// How many requests were held unanswered while silent.
+    pub fn unanswered(&self) -> usize {
+        lock(&self.state).unanswered
+    }
 }
 
 impl Drop for MockDpd {
@@ -255,6 +271,13 @@ async fn handle(
     if lock(st).down {
         // Abort the connection: the client sees no answer.
         return Err(std::io::Error::other("mock dpd is down"));
+    }
+    if lock(st).silent {
+        lock(st).unanswered += 1;
+        while lock(st).silent {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        return Err(std::io::Error::other("mock dpd was silent"));
     }
     let method = req.method().clone();
     let path = req

@@ -550,6 +550,34 @@ async fn a_refused_route_does_not_keep_reconciling() {
     assert_eq!(stats.reconciliations.load(Ordering::Relaxed), before + 1);
 }
 
+/// A dpd that takes connections but never answers: the first request
+/// that times out ends the batch (the rest wait for the reconciliation),
+/// rather than every destination waiting out its own timeout, 32 at a
+/// time, with the dataplane held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_dpd_stops_a_batch_at_its_first_timeout() {
+    let mock = MockDpd::start().unwrap();
+    let mut dp = dataplane(&mock);
+    dp.remove_stale().await.unwrap();
+    mock.set_silent(true);
+    let a = nh("fe80::a", 1);
+    let batch: Vec<RouteUpdate> =
+        (0..200u16).map(|i| upd(&format!("fd00:{i:x}::/64"), &[a])).collect();
+    let r = dp.apply(batch).await;
+    assert!(matches!(r, Err(DataplaneError::Unavailable(_))), "{r:?}");
+    let held = mock.unanswered();
+    // The watcher's probe may add one.
+    assert!(held <= 33, "{held} requests made to a dpd that never answers");
+    mock.set_silent(false);
+    // Once it answers, the reconciliation makes every route.
+    let stats = dp.stats();
+    eventually("the reconciliation makes every route", || {
+        mock.routes().len() == 200
+            && stats.reconciliations.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_lists_every_page_of_a_large_table() {
     let mock = MockDpd::start().unwrap();
