@@ -258,7 +258,13 @@ impl OpteDriver for Xde {
                         driver,
                     });
                 }
-                Some(libc::ENOENT) | Some(libc::ENXIO) => {
+                // The device is gone only when the driver did not answer:
+                // with its error flag set, the errno is its answer about
+                // the request (an entry it does not know, say), and the
+                // driver is still there.
+                Some(libc::ENOENT) | Some(libc::ENXIO)
+                    if hdr.flags & FLAG_ERROR == 0 =>
+                {
                     return Err(OpteError::Absent)
                 }
                 _ => return Err(OpteError::Other(e.to_string())),
