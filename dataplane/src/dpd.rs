@@ -447,6 +447,9 @@ struct Inner {
     installed: Table,
     /// False once dpd was unreachable, until a reconciliation succeeds.
     synced: bool,
+    /// Set by `remove_all`: a batch no longer stops at its first
+    /// unanswered request.
+    stopping: bool,
     interfaces: InterfaceNames,
     /// Interfaces already reported as unmappable.
     warned: HashSet<String>,
@@ -576,11 +579,13 @@ impl Inner {
         while let Some(s) = pending.next().await {
             let unreachable = s.unreachable.is_some();
             results.push(s);
-            if unreachable {
+            if unreachable && !self.stopping {
                 // No more requests to a dpd that does not answer (each
                 // would wait out its timeout, holding the dataplane):
                 // those not made are made by the reconciliation once it
-                // answers again.
+                // answers again. At shutdown there is no later
+                // reconciliation: every removal is tried (the router's
+                // stop grace bounds the wait).
                 break;
             }
         }
@@ -706,6 +711,7 @@ impl DpdDataplane {
             desired: Table::new(),
             installed: Table::new(),
             synced: false,
+            stopping: false,
             interfaces: config.interfaces.clone(),
             warned: HashSet::new(),
             stats: stats.clone(),
@@ -806,6 +812,7 @@ impl Dataplane for DpdDataplane {
         }
         let mut inner = self.inner.lock().await;
         inner.desired.clear();
+        inner.stopping = true;
         match inner.reconcile().await {
             Ok(n) => Ok(n),
             Err(DataplaneError::Request(_)) => {

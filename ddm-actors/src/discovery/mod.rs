@@ -98,6 +98,16 @@ pub enum DiscoveryEvent {
 }
 
 impl DiscoveryEvent {
+    /// The interface the event is about, by name.
+    pub fn ifname(&self) -> &str {
+        match self {
+            DiscoveryEvent::PeerUp { ifname, .. }
+            | DiscoveryEvent::PeerDown { ifname, .. }
+            | DiscoveryEvent::PeerAddrChanged { ifname, .. }
+            | DiscoveryEvent::Status { ifname, .. } => ifname,
+        }
+    }
+
     /// The interface index the event is about.
     pub fn ifindex(&self) -> u32 {
         match self {

@@ -112,6 +112,17 @@ impl SupervisorState {
         myself: &SupervisorRef,
         e: DiscoveryEvent,
     ) {
+        // An event queued by a discovery actor that failed since: its
+        // failure is handled first (ractor gives supervision events
+        // priority), which took its peer down, and its successor starts
+        // after a back-off. Taken now, a `PeerUp` would start an exchange
+        // for a peer no discovery actor knows, which nothing would ever
+        // expire.
+        if !self.discovery.contains_key(e.ifname()) {
+            debug!(self.log, "event of a discovery actor that is gone; \
+                dropped"; "interface" => e.ifname());
+            return;
+        }
         match &e {
             DiscoveryEvent::Status { .. } => {}
             DiscoveryEvent::PeerUp { ifname, peer, .. } => {

@@ -224,3 +224,29 @@ fn the_back_off_starts_over_after_a_stable_run() {
     assert_eq!(failures_after(6, Some(RESTART_STABLE)), 1);
     assert_eq!(failures_after(u32::MAX, Some(Duration::ZERO)), u32::MAX);
 }
+
+/// An event of an interface without a discovery actor (one that failed
+/// since it queued the event) is dropped: its peer would otherwise come
+/// up with nothing to ever expire it. The running actor's are taken.
+#[tokio::test]
+async fn events_of_a_discovery_actor_that_is_gone_are_dropped() {
+    let sup = start(false, false).await;
+    let up = |ifname: &str, ifindex: u32| {
+        SupervisorMsg::Discovery(DiscoveryEvent::PeerUp {
+            ifname: ifname.to_string(),
+            ifindex,
+            local_addr: "fe80::1".parse().unwrap(),
+            peer: crate::discovery::PeerIdentity {
+                addr: "fe80::77".parse().unwrap(),
+                hostname: "gone".into(),
+                kind: ddm_admin_api::latest::RouterKind::Server,
+                version: 3,
+            },
+        })
+    };
+    sup.cast(up("gone0", 40)).unwrap();
+    sup.cast(up("ddmtest0", 41)).unwrap();
+    let peers = ractor::call!(sup, SupervisorMsg::GetPeers).unwrap();
+    assert_eq!(peers.keys().copied().collect::<Vec<_>>(), [41]);
+    sup.stop_and_wait(None, None).await.unwrap();
+}
