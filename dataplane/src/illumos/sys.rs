@@ -158,14 +158,17 @@ impl RouteSocket for RtSocket {
                     ));
                 }
                 let (msgs, bad) = parse_all(&buf[..n]);
-                if let Some(e) = bad {
-                    return Err(io::Error::other(format!(
-                        "malformed routing listing: {e}"
-                    )));
-                }
                 let entries: Vec<_> =
                     msgs.iter().filter(|m| m.ty == RTM_GET).collect();
                 if !entries.is_empty() {
+                    // A read of the listing that does not parse to its
+                    // end is no listing (another message, read first,
+                    // may not parse; it is skipped).
+                    if let Some(e) = bad {
+                        return Err(io::Error::other(format!(
+                            "malformed routing listing: {e}"
+                        )));
+                    }
                     return Ok(entries
                         .iter()
                         .filter_map(|m| m.ipv6_route())
@@ -266,6 +269,10 @@ impl OpteDriver for Xde {
                     if hdr.flags & FLAG_ERROR == 0 =>
                 {
                     return Err(OpteError::Absent)
+                }
+                Some(libc::ENOMEM) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+                | Some(libc::EINTR) => {
+                    return Err(OpteError::Busy(e.to_string()))
                 }
                 _ => return Err(OpteError::Other(e.to_string())),
             }

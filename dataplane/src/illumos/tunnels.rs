@@ -32,6 +32,10 @@ pub enum OpteError {
         /// The driver's, when it said.
         driver: Option<u64>,
     },
+    /// The driver could not carry the request out now (out of memory,
+    /// busy, interrupted): tried again after the worker's back-off.
+    #[error("OPTE request failed for now: {0}")]
+    Busy(String),
     /// Any other failure.
     #[error("OPTE request failed: {0}")]
     Other(String),
@@ -113,6 +117,7 @@ impl<D: OpteDriver> Tunnels<D> {
         let keys: BTreeSet<_> =
             want.keys().chain(self.programmed.keys()).copied().collect();
         let mut failures = Vec::new();
+        let mut busy = false;
         for k in keys {
             let new = want.get(&k).unwrap_or(&empty);
             let old = self.programmed.get(&k).cloned().unwrap_or_default();
@@ -152,7 +157,10 @@ impl<D: OpteDriver> Tunnels<D> {
                             OpteError::Absent.to_string(),
                         ));
                     }
-                    Err(e) => failures.push(format!("{}/{}: {e}", k.0, k.1)),
+                    Err(e) => {
+                        busy |= matches!(e, OpteError::Busy(_));
+                        failures.push(format!("{}/{}: {e}", k.0, k.1))
+                    }
                 }
             }
             if now.is_empty() {
@@ -162,14 +170,21 @@ impl<D: OpteDriver> Tunnels<D> {
             }
         }
         if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(DataplaneError::Request(format!(
-                "{} tunnel changes failed, first: {}",
-                failures.len(),
-                failures[0]
-            )))
+            return Ok(());
         }
+        let what = format!(
+            "{} tunnel changes failed, first: {}",
+            failures.len(),
+            failures[0]
+        );
+        // Busy: the set is given again after the worker's back-off (what
+        // went in stays recorded as programmed, so only the rest is sent).
+        // A refusal stands.
+        Err(if busy {
+            DataplaneError::Unavailable(what)
+        } else {
+            DataplaneError::Request(what)
+        })
     }
 }
 
@@ -264,5 +279,27 @@ mod tests {
         let err = t.set(&BTreeSet::from([a])).unwrap_err().to_string();
         assert!(err.contains("41") && err.contains("42"), "{err}");
         assert!(t.programmed().is_empty());
+    }
+
+    /// A driver short of memory (busy) makes the set `Unavailable`, given
+    /// again after the worker's back-off; a refusal is a `Request` error,
+    /// which stands.
+    #[test]
+    fn a_busy_driver_is_unavailable_and_a_refusal_a_request_error() {
+        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        let busy = Fake {
+            fail: Some(OpteError::Busy("ENOMEM".into())),
+            ..Fake::default()
+        };
+        let mut t = Tunnels::new(Some(busy), log());
+        let r = t.set(&BTreeSet::from([a]));
+        assert!(matches!(r, Err(DataplaneError::Unavailable(_))), "{r:?}");
+        let refused = Fake {
+            fail: Some(OpteError::Other("EINVAL".into())),
+            ..Fake::default()
+        };
+        let mut t = Tunnels::new(Some(refused), log());
+        let r = t.set(&BTreeSet::from([a]));
+        assert!(matches!(r, Err(DataplaneError::Request(_))), "{r:?}");
     }
 }

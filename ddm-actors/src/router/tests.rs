@@ -766,8 +766,8 @@ impl Dataplane for TestDataplane {
                 let left = failures.load(SeqCst);
                 if left > 0 {
                     failures.store(left - 1, SeqCst);
-                    return Err(crate::dataplane::DataplaneError::Request(
-                        "the tunnel driver refused".into(),
+                    return Err(crate::dataplane::DataplaneError::Unavailable(
+                        "the tunnel driver is short of memory".into(),
                     ));
                 }
                 inner.set_tunnels(tunnels).await
@@ -877,12 +877,8 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     r.stop_and_wait(None, None).await.unwrap();
 }
 
-/// A tunnel set that could not be set is set again after the back-off:
-/// the set changes only when the endpoints do, which may be never.
-#[tokio::test(start_paused = true)]
-async fn a_tunnel_set_that_failed_is_set_again() {
-    let (r, inner) = failing_router(2).await;
-    let started = tokio::time::Instant::now();
+/// A tunnel endpoint announced by peer 1.
+fn import_tunnel_from_1(r: &RouterRef) {
     let origin = v3::TunnelOrigin {
         overlay_prefix: "10.9.0.0/16".parse().unwrap(),
         boundary_addr: "fd00:99::1".parse().unwrap(),
@@ -901,6 +897,30 @@ async fn a_tunnel_set_that_failed_is_set_again() {
         permit: None,
     })
     .unwrap();
+}
+
+/// A tunnel set the dataplane refused is not set again: a refusal stands.
+#[tokio::test(start_paused = true)]
+async fn a_refused_tunnel_set_is_not_set_again() {
+    let broken = Box::new(TestDataplane::Broken);
+    let r = router_on(RouterKind::Server, Default::default(), broken).await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    import_tunnel_from_1(&r);
+    counters_until(&r, |c| c.tunnel_update_errors == 1).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let c = counters_until(&r, |_| true).await;
+    assert_eq!((c.tunnel_updates, c.tunnel_update_errors), (1, 1));
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A tunnel set the dataplane could not set for now is set again after
+/// the back-off: the set changes only when the endpoints do, which may be
+/// never. A refused set is not set again.
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_set_that_failed_is_set_again() {
+    let (r, inner) = failing_router(2).await;
+    let started = tokio::time::Instant::now();
+    import_tunnel_from_1(&r);
     let c = counters_until(&r, |c| c.tunnel_updates == 3).await;
     assert_eq!(c.tunnel_update_errors, 2);
     assert_eq!(inner.tables().tunnels.len(), 1);

@@ -99,51 +99,40 @@ impl DataplaneTurn {
 }
 
 /// The first wait before a batch that failed as a whole (or a tunnel set
-/// that could not be set) is applied again; each failure in a row doubles
-/// it, up to [`RETRY_MAX`] ([`crate::timer::backoff_between`]).
+/// the dataplane could not set for now) is applied again; each failure in
+/// a row doubles it, up to [`RETRY_MAX`] ([`crate::timer::backoff_between`]).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// The longest wait before a failed batch is applied again.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// What failed and waits to be applied again, and when.
+/// A batch that failed as a whole, and when to apply it again.
 struct Retry {
-    /// The route updates of batches that failed as a whole.
     updates: Vec<RouteUpdate>,
-    /// The tunnel set, if setting it failed (and no later set was given
-    /// since). The set changes only when the endpoints do, which may be
-    /// never: without this, one failure left the tunnel dataplane without
-    /// them for good.
-    tunnels: Option<BTreeSet<TunnelEntry>>,
     at: tokio::time::Instant,
 }
 
-impl Retry {
-    fn is_empty(&self) -> bool {
-        self.updates.is_empty() && self.tunnels.is_none()
-    }
+/// A tunnel set the dataplane could not set for now
+/// (`DataplaneError::Unavailable`: its driver short of memory, say), and
+/// when to set it again, unless a later set comes first. The set changes
+/// only when the endpoints do, which may be never: without this, one such
+/// failure left the tunnel dataplane without them for good. A set the
+/// dataplane refused (`Request`) is not set again. Kept apart from the
+/// routes' retry, with its own count, so that neither delays the other.
+struct TunnelRetry {
+    set: BTreeSet<TunnelEntry>,
+    at: tokio::time::Instant,
 }
 
-/// Put what failed (`updates`, `tunnels`) behind what waits in `retry`
-/// already (the later wins), to be applied again after the back-off of
-/// `failures` in a row, without putting off what waits; the wait.
-fn retry_later(
-    retry: &mut Option<Retry>,
-    failures: u32,
-    updates: Vec<RouteUpdate>,
-    tunnels: Option<BTreeSet<TunnelEntry>>,
-) -> Duration {
-    let wait = crate::timer::backoff_between(RETRY_FIRST, RETRY_MAX, failures);
-    let at = tokio::time::Instant::now() + wait;
-    *retry = Some(match retry.take() {
-        Some(r) => Retry {
-            updates: coalesce(vec![r.updates, updates]),
-            tunnels: tunnels.or(r.tunnels),
-            at: r.at.min(at),
-        },
-        None => Retry { updates, tunnels, at },
-    });
-    wait
+/// The earlier of two deadlines, either of which may be absent.
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Until `at`, or for ever.
@@ -171,7 +160,13 @@ pub(super) async fn dataplane_worker(
     // destination).
     let mut retry: Option<Retry> = None;
     let mut failed_in_a_row = 0u32;
+    let mut tunnel_retry: Option<TunnelRetry> = None;
+    let mut tunnels_failed_in_a_row = 0u32;
     loop {
+        let due = earliest(
+            retry.as_ref().map(|r| r.at),
+            tunnel_retry.as_ref().map(|t| t.at),
+        );
         let first = tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -179,15 +174,14 @@ pub(super) async fn dataplane_worker(
                 Some(c) => Some(c),
                 None => break,
             },
-            _ = sleep_until(retry.as_ref().map(|r| r.at)), if retry.is_some() => None,
+            _ = sleep_until(due), if due.is_some() => None,
         };
         let now = tokio::time::Instant::now();
         let mut batches = Vec::new();
-        let mut tunnels = None;
         if let Some(due) = retry.take_if(|r| now >= r.at) {
             batches.push(due.updates);
-            tunnels = due.tunnels;
         }
+        let mut tunnels = tunnel_retry.take_if(|t| now >= t.at).map(|t| t.set);
         let mut absorb = |cmd| match cmd {
             DataplaneCmd::Apply(batch) => batches.push(batch),
             DataplaneCmd::Tunnels(t) => tunnels = Some(t),
@@ -203,18 +197,16 @@ pub(super) async fn dataplane_worker(
             absorb(cmd);
         }
         let batch = coalesce(batches);
-        if let Some(r) = &mut retry {
-            // Not due yet: what this batch sets is set, not retried, and
-            // a tunnel set given now replaces the one that failed.
-            if !batch.is_empty() {
-                let named: HashSet<_> =
-                    batch.iter().map(|u| u.destination).collect();
-                r.updates.retain(|u| !named.contains(&u.destination));
-            }
-            if tunnels.is_some() {
-                r.tunnels = None;
-            }
-            retry.take_if(|r| r.is_empty());
+        if let (Some(r), false) = (&mut retry, batch.is_empty()) {
+            // Not due yet: what this batch sets is set, not retried.
+            let named: HashSet<_> =
+                batch.iter().map(|u| u.destination).collect();
+            r.updates.retain(|u| !named.contains(&u.destination));
+            retry.take_if(|r| r.updates.is_empty());
+        }
+        if tunnels.is_some() {
+            // A set given now replaces the one waiting.
+            tunnel_retry = None;
         }
         if !batch.is_empty() {
             let n = batch.len();
@@ -230,11 +222,24 @@ pub(super) async fn dataplane_worker(
                 Err(DataplaneError::Incomplete { error, updates }) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
                     failed_in_a_row += 1;
-                    let wait =
-                        retry_later(&mut retry, failed_in_a_row, updates, None);
+                    let wait = crate::timer::backoff_between(
+                        RETRY_FIRST,
+                        RETRY_MAX,
+                        failed_in_a_row,
+                    );
                     warn!(log, "programming routes failed; trying again";
                         "count" => n, "error" => error,
                         "after_ms" => wait.as_millis());
+                    let at = tokio::time::Instant::now() + wait;
+                    retry = Some(match retry.take() {
+                        // Behind what waits already (the later wins), and
+                        // not putting off its wait.
+                        Some(r) => Retry {
+                            updates: coalesce(vec![r.updates, updates]),
+                            at: r.at.min(at),
+                        },
+                        None => Retry { updates, at },
+                    });
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
@@ -247,25 +252,29 @@ pub(super) async fn dataplane_worker(
         if let Some(t) = tunnels {
             let n = t.len();
             DataplaneStats::bump(&stats.tunnel_updates, 1);
-            // Kept to set again if this fails: a few entries.
+            // Kept to set again if the dataplane cannot now: a few
+            // entries.
             match dp.set_tunnels(t.clone()).await {
-                Ok(()) => {
-                    if retry.is_none() {
-                        failed_in_a_row = 0;
-                    }
+                Ok(()) => tunnels_failed_in_a_row = 0,
+                Err(DataplaneError::Unavailable(e)) => {
+                    DataplaneStats::bump(&stats.tunnel_errors, 1);
+                    tunnels_failed_in_a_row += 1;
+                    let wait = crate::timer::backoff_between(
+                        RETRY_FIRST,
+                        RETRY_MAX,
+                        tunnels_failed_in_a_row,
+                    );
+                    warn!(log, "programming tunnels failed; trying again";
+                        "count" => n, "error" => e,
+                        "after_ms" => wait.as_millis());
+                    let at = tokio::time::Instant::now() + wait;
+                    tunnel_retry = Some(TunnelRetry { set: t, at });
                 }
                 Err(e) => {
                     DataplaneStats::bump(&stats.tunnel_errors, 1);
-                    failed_in_a_row += 1;
-                    let wait = retry_later(
-                        &mut retry,
-                        failed_in_a_row,
-                        Vec::new(),
-                        Some(t),
-                    );
-                    warn!(log, "programming tunnels failed; trying again";
-                        "count" => n, "error" => %e,
-                        "after_ms" => wait.as_millis());
+                    tunnels_failed_in_a_row = 0;
+                    warn!(log, "programming tunnels failed";
+                        "count" => n, "error" => %e);
                 }
             }
         }
