@@ -166,6 +166,21 @@ impl Demo {
     }
 }
 
+/// A test that fails before its demo ended (a line never printed) leaves
+/// nothing behind either: the demo's group is killed and what it started
+/// removed.
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = i32::try_from(self.child.id()).expect("pid fits");
+            // SAFETY: kill(2) on our own child's group; no memory involved.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+        self.remove_leftovers();
+    }
+}
+
 #[test]
 fn the_demo_leaves_nothing_behind_when_it_finishes() {
     if !require_netns("the_demo_leaves_nothing_behind_when_it_finishes") {

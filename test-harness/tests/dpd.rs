@@ -538,10 +538,17 @@ async fn a_refused_route_does_not_keep_reconciling() {
     })
     .await;
     assert!(mock.routes().contains_key("fd00:7::/64"));
-    // Back to probing: over ten probe intervals, at most a few requests
-    // (a reconciliation lists the table and tries the refused route).
+    // Back to probing: over the next ten probes (GETs), the refused
+    // route is not tried again (a reconciliation would).
     let settled = mock.requests().len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("ten more probes", || {
+        mock.requests()[settled..]
+            .iter()
+            .filter(|r| r.method == http::Method::GET)
+            .count()
+            >= 10
+    })
+    .await;
     let posts = mock.requests()[settled..]
         .iter()
         .filter(|r| r.method != http::Method::GET)
