@@ -124,6 +124,14 @@ struct TunnelRetry {
     at: tokio::time::Instant,
 }
 
+/// One more failure in a row (counted in `failures`): how long to wait
+/// before trying again, and until when.
+fn next_retry(failures: &mut u32) -> (Duration, tokio::time::Instant) {
+    *failures += 1;
+    let wait = crate::timer::backoff_between(RETRY_FIRST, RETRY_MAX, *failures);
+    (wait, tokio::time::Instant::now() + wait)
+}
+
 /// The earlier of two deadlines, either of which may be absent.
 fn earliest(
     a: Option<tokio::time::Instant>,
@@ -221,16 +229,10 @@ pub(super) async fn dataplane_worker(
                 }
                 Err(DataplaneError::Incomplete { error, updates }) => {
                     DataplaneStats::bump(&stats.batch_errors, 1);
-                    failed_in_a_row += 1;
-                    let wait = crate::timer::backoff_between(
-                        RETRY_FIRST,
-                        RETRY_MAX,
-                        failed_in_a_row,
-                    );
+                    let (wait, at) = next_retry(&mut failed_in_a_row);
                     warn!(log, "programming routes failed; trying again";
                         "count" => n, "error" => error,
                         "after_ms" => wait.as_millis());
-                    let at = tokio::time::Instant::now() + wait;
                     retry = Some(match retry.take() {
                         // Behind what waits already (the later wins), and
                         // not putting off its wait.
@@ -258,16 +260,10 @@ pub(super) async fn dataplane_worker(
                 Ok(()) => tunnels_failed_in_a_row = 0,
                 Err(DataplaneError::Unavailable(e)) => {
                     DataplaneStats::bump(&stats.tunnel_errors, 1);
-                    tunnels_failed_in_a_row += 1;
-                    let wait = crate::timer::backoff_between(
-                        RETRY_FIRST,
-                        RETRY_MAX,
-                        tunnels_failed_in_a_row,
-                    );
+                    let (wait, at) = next_retry(&mut tunnels_failed_in_a_row);
                     warn!(log, "programming tunnels failed; trying again";
                         "count" => n, "error" => e,
                         "after_ms" => wait.as_millis());
-                    let at = tokio::time::Instant::now() + wait;
                     tunnel_retry = Some(TunnelRetry { set: t, at });
                 }
                 Err(e) => {
