@@ -539,6 +539,42 @@ async fn a_one_sided_reset_loses_nothing() {
     assert_eq!(dests, vec![p("fd00:3::/64")]);
 }
 
+/// The interface of a peer is re-created under a new index while a
+/// withdrawal is owed to the peer: once told the interface moved, the
+/// router withdraws it in the first push of the session on the new index.
+#[tokio::test(start_paused = true)]
+async fn a_withdrawal_owed_follows_a_re_created_interface() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let old = add_peer(&r, 1, RouterKind::Transit).await;
+    r.cast(RouterMsg::Originate([p("fd00:1::/64")].into())).unwrap();
+    until("the announcement handed over", || !old.lock().unwrap().is_empty())
+        .await;
+    r.cast(RouterMsg::PeerDown(peer(1))).unwrap();
+    r.cast(RouterMsg::Withdraw([p("fd00:1::/64")].into())).unwrap();
+    r.cast(RouterMsg::InterfaceMoved { from: 1, to: 7 }).unwrap();
+    let pushed = Pushed::default();
+    let (x, _) =
+        Actor::spawn(None, FakeExchange, pushed.clone()).await.unwrap();
+    let moved = PeerId { ifindex: 7, ..peer(1) };
+    r.cast(RouterMsg::PeerUp {
+        peer: moved,
+        kind: RouterKind::Transit,
+        exchange: x.get_derived(),
+    })
+    .unwrap();
+    until("the new session's first push", || {
+        !pushed.lock().unwrap().is_empty()
+    })
+    .await;
+    let first = pushed.lock().unwrap()[0].clone();
+    let withdrawn: Vec<Ipv6Net> = first
+        .underlay
+        .iter()
+        .flat_map(|u| u.withdraw.iter().map(|pv| pv.destination))
+        .collect();
+    assert_eq!(withdrawn, [p("fd00:1::/64")]);
+}
+
 /// A pull answered while an announcement is still unsent carries it: its
 /// withdrawal is then sent, though the announcement itself never was.
 #[tokio::test(start_paused = true)]
