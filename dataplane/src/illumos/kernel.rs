@@ -47,6 +47,9 @@ pub trait RouteSocket: Send + 'static {
     fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome>;
     /// Deletes a route; the outcome of the write.
     fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome>;
+    /// Whether an interface with this index exists (a route bound to one
+    /// that was removed went with it).
+    fn interface_exists(&mut self, ifindex: u16) -> bool;
     /// Every IPv6 gateway route in the kernel, or an error where the kernel
     /// cannot list (no `RTM_GETALL`) or the listing was cut short or
     /// malformed: a partial listing taken as whole would leave the routes
@@ -135,6 +138,15 @@ fn run_batch<S: RouteSocket>(
                 d.removed += 1;
             }
             Ok(WriteOutcome::AlreadyGone) => d.deleted.push(*r),
+            // A route bound to an interface that was removed went with
+            // it; deleting it names an interface the kernel no longer
+            // knows (EINVAL). Left as ours, every later batch for its
+            // destination, and every shutdown, failed on it.
+            Ok(WriteOutcome::Failed(libc::EINVAL))
+                if !sock.interface_exists(r.ifindex) =>
+            {
+                d.deleted.push(*r)
+            }
             Ok(o) => d.failed("delete", r, &format!("{o:?}"), o),
             Err(e) => {
                 d.failed("delete", r, &e.to_string(), WriteOutcome::Failed(-1))
@@ -390,6 +402,9 @@ mod tests {
         refuse: Arc<Mutex<BTreeSet<KernelRoute>>>,
         /// Writes of these fail once, for want of buffers.
         short: Arc<Mutex<BTreeSet<KernelRoute>>>,
+        /// Interfaces removed: their routes are gone with them, and a
+        /// delete naming one is refused (EINVAL).
+        removed: Arc<Mutex<BTreeSet<u16>>>,
     }
 
     impl RouteSocket for FakeKernel {
@@ -410,11 +425,17 @@ mod tests {
             if self.short.lock().unwrap().remove(r) {
                 return Err(std::io::Error::other("socket failed"));
             }
+            if self.removed.lock().unwrap().contains(&r.ifindex) {
+                return Ok(WriteOutcome::Failed(libc::EINVAL));
+            }
             Ok(if self.table.lock().unwrap().remove(r) {
                 WriteOutcome::Done
             } else {
                 WriteOutcome::AlreadyGone
             })
+        }
+        fn interface_exists(&mut self, ifindex: u16) -> bool {
+            !self.removed.lock().unwrap().contains(&ifindex)
         }
         fn list(&mut self) -> std::io::Result<Vec<KernelRoute>> {
             if !self.can_list {
@@ -590,5 +611,29 @@ mod tests {
             table(&k),
             [kr("fd00:1::/64", "fe80::a", 2), kr("fd00:2::/64", "fe80::b", 2)]
         );
+    }
+
+    /// A route whose interface was removed went with it: deleting it (the
+    /// kernel refuses to name the interface, EINVAL) counts as done, not
+    /// as a failure that every later batch and the shutdown would repeat.
+    /// A delete refused while the interface exists is still a failure.
+    #[tokio::test]
+    async fn routes_of_a_removed_interface_are_gone_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        let mut d = dp(&k, dir.path());
+        d.apply(vec![
+            upd("fd00:1::/64", &[("fe80::a", 2)]),
+            upd("fd00:2::/64", &[("fe80::b", 3)]),
+        ])
+        .await
+        .unwrap();
+        // Interface 2 is removed, and its route with it.
+        k.removed.lock().unwrap().insert(2);
+        k.table.lock().unwrap().remove(&kr("fd00:1::/64", "fe80::a", 2));
+        d.apply(vec![upd("fd00:1::/64", &[])]).await.unwrap();
+        assert!(d.record.routes().iter().all(|r| r.ifindex != 2));
+        assert_eq!(d.remove_all().await.unwrap(), 1);
+        assert!(table(&k).is_empty());
     }
 }

@@ -110,6 +110,13 @@ impl RouteSocket for RtSocket {
         self.change(RouteOp::Delete, r)
     }
 
+    fn interface_exists(&mut self, ifindex: u16) -> bool {
+        let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: `name` holds IF_NAMESIZE bytes, as if_indextoname needs.
+        !unsafe { libc::if_indextoname(u32::from(ifindex), name.as_mut_ptr()) }
+            .is_null()
+    }
+
     fn list(&mut self) -> io::Result<Vec<KernelRoute>> {
         let mut size = 1 << 20;
         loop {
