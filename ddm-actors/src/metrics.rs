@@ -63,6 +63,11 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a metrics connection may last, head to the last byte of the
+/// answer: a scrape's gathering takes at most a few of the actors' 500 ms
+/// deadlines, and its answer a few hundred KB.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The content type of `GET /metrics`.
 pub const METRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -129,19 +134,29 @@ pub fn discovery_named(
     (named(&counters), named(&drops))
 }
 
-/// Ask `actor` with a deadline; `None` if it did not answer in time.
+/// Why an actor asked for its counters gave none.
+enum NoAnswer {
+    /// It did not answer within the deadline: listed as unanswered.
+    Late,
+    /// It stopped before it could (an exchange actor whose peer just
+    /// expired): it has nothing to report, and is not listed.
+    Gone,
+}
+
+/// Ask `actor` with a deadline.
 async fn ask<M, T>(
     actor: &ActorRef<M>,
     msg: impl FnOnce(RpcReplyPort<T>) -> M,
     timeout: Duration,
-) -> Option<T>
+) -> Result<T, NoAnswer>
 where
     M: ractor::Message,
     T: Send + 'static,
 {
     match actor.call(msg, Some(timeout)).await {
-        Ok(CallResult::Success(v)) => Some(v),
-        _ => None,
+        Ok(CallResult::Success(v)) => Ok(v),
+        Ok(CallResult::Timeout) => Err(NoAnswer::Late),
+        Ok(CallResult::SenderError) | Err(_) => Err(NoAnswer::Gone),
     }
 }
 
@@ -154,7 +169,7 @@ pub async fn gather(
 ) -> Result<CountersReport, String> {
     let src = ask(supervisor, SupervisorMsg::GetCounterSources, timeout)
         .await
-        .ok_or("the supervisor did not answer in time")?;
+        .map_err(|_| "the supervisor did not answer in time")?;
     let mut report =
         CountersReport { store: src.store.named(), ..Default::default() };
     let discovery =
@@ -169,9 +184,9 @@ pub async fn gather(
     ));
     let router = async {
         match &src.router {
-            Some(r) => Some((
-                ask(r, RouterMsg::GetCounters, timeout).await,
-                ask(r, RouterMsg::GetPolicyCounters, timeout).await,
+            Some(r) => Some(futures::join!(
+                ask(r, RouterMsg::GetCounters, timeout),
+                ask(r, RouterMsg::GetPolicyCounters, timeout),
             )),
             None => None,
         }
@@ -187,7 +202,7 @@ pub async fn gather(
 
     for (name, c) in discovery {
         match c {
-            Some(c) => {
+            Ok(c) => {
                 let (counters, drops) = discovery_named(&c);
                 report.discovery.push(InterfaceCounters {
                     interface: name.clone(),
@@ -195,27 +210,34 @@ pub async fn gather(
                     drops,
                 });
             }
-            None => report.unanswered.push(format!("discovery:{name}")),
+            Err(NoAnswer::Late) => {
+                report.unanswered.push(format!("discovery:{name}"))
+            }
+            Err(NoAnswer::Gone) => {}
         }
     }
     for (name, ifindex, peer, c) in exchange {
         match c {
-            Some(c) => report.exchange.push(PeerCounters {
+            Ok(c) => report.exchange.push(PeerCounters {
                 interface: name.clone(),
                 ifindex,
                 peer,
                 counters: c.named(),
             }),
-            None => report.unanswered.push(format!("exchange:{peer}%{name}")),
+            Err(NoAnswer::Late) => {
+                report.unanswered.push(format!("exchange:{peer}%{name}"))
+            }
+            Err(NoAnswer::Gone) => {}
         }
     }
     if let Some((counters, policy)) = router {
         match counters {
-            Some(c) => report.router = Some(c.named()),
-            None => report.unanswered.push("router".to_string()),
+            Ok(c) => report.router = Some(c.named()),
+            Err(NoAnswer::Late) => report.unanswered.push("router".to_string()),
+            Err(NoAnswer::Gone) => {}
         }
         match policy {
-            Some(p) => {
+            Ok(p) => {
                 for (id, counts) in p.per_peer {
                     report.import_refusals.push(PeerRefusals {
                         ifindex: id.ifindex,
@@ -227,17 +249,21 @@ pub async fn gather(
                     });
                 }
             }
-            None => report.unanswered.push("router:policy".to_string()),
+            Err(NoAnswer::Late) => {
+                report.unanswered.push("router:policy".to_string())
+            }
+            Err(NoAnswer::Gone) => {}
         }
     }
     match identity {
-        Some(Some(Some(id))) => {
+        Some(Ok(Some(id))) => {
             report.rack_id = Some(id.rack_id);
             report.sled_id = Some(id.sled_id);
         }
-        Some(Some(None)) => {}
-        Some(None) => report.unanswered.push("admin".to_string()),
-        None => {}
+        Some(Err(NoAnswer::Late)) => {
+            report.unanswered.push("admin".to_string())
+        }
+        Some(Ok(None)) | Some(Err(NoAnswer::Gone)) | None => {}
     }
     Ok(report)
 }
@@ -253,10 +279,11 @@ fn labels(kv: &[(&str, &str)]) -> Labels {
 fn help(group: &str, name: &str) -> String {
     let what = name.replace('_', " ");
     match group {
-        "discovery" => format!("Discovery, per interface: {what}."),
-        "exchange" => format!("Prefix exchange, per peer: {what}."),
-        "router" => format!("Router: {what}."),
-        "store" => format!("Durable store writes: {what}."),
+        // prometheus-client ends each `# HELP` with a period itself.
+        "discovery" => format!("Discovery, per interface: {what}"),
+        "exchange" => format!("Prefix exchange, per peer: {what}"),
+        "router" => format!("Router: {what}"),
+        "store" => format!("Durable store writes: {what}"),
         _ => what,
     }
 }
@@ -325,7 +352,7 @@ pub fn render_prometheus(report: &CountersReport) -> String {
                 g.set(i64::try_from(*v).unwrap_or(i64::MAX));
                 registry.register(
                     "router_routes",
-                    "Router: destinations with a route now.",
+                    "Router: destinations with a route now",
                     g,
                 );
             } else {
@@ -343,7 +370,7 @@ pub fn render_prometheus(report: &CountersReport) -> String {
     unanswered.set(report.unanswered.len() as i64);
     registry.register(
         "scrape_unanswered_actors",
-        "Actors that did not answer this scrape in time.",
+        "Actors that did not answer this scrape in time",
         unanswered,
     );
 
@@ -393,9 +420,14 @@ pub fn serve(
                     .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = conn.await {
-                    debug!(log, "metrics connection ended";
-                        "from" => %from, "error" => %e);
+                // A client that never reads its answer would otherwise
+                // hold its slot for good (hyper has no write deadline).
+                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(log, "metrics connection ended";
+                        "from" => %from, "error" => %e),
+                    Err(_) => debug!(log, "metrics connection cut: too slow";
+                        "from" => %from),
                 }
                 drop(permit);
             });

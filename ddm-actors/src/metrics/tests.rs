@@ -109,6 +109,15 @@ fn prometheus_text_has_names_labels_and_values() {
     assert_eq!(sample(&text, "ddm_store_failures_total", &ids), Some(1));
     assert!(text.contains("# TYPE ddm_router_routes gauge"), "{text}");
     assert!(text.contains("# TYPE ddm_store_commits counter"), "{text}");
+    // One period ends each help text (prometheus-client adds it).
+    let helps: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("# HELP")).collect();
+    assert!(!helps.is_empty());
+    let bad: Vec<&&str> = helps
+        .iter()
+        .filter(|l| !l.ends_with('.') || l.ends_with(".."))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
 
