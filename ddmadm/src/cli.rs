@@ -69,7 +69,9 @@ pub enum Command {
 
     /// Expire a peer now, dropping every route learned from it.
     ExpirePeer {
-        /// The peer's (link-local) address.
+        /// The peer's (link-local) address, as `get-peers` and `counters`
+        /// show it (a `%interface` scope is accepted and ignored).
+        #[arg(value_parser = parse_peer_addr)]
         addr: Ipv6Addr,
     },
 
@@ -221,6 +223,15 @@ pub fn parse_ipv6_prefix(s: &str) -> Result<Ipv6Net, String> {
              e.g. fd00:1122:3344:101::/64"
         )),
     }
+}
+
+/// Parse a peer's IPv6 address, with or without the `%interface` scope
+/// `ddmadm counters` prints it with (the daemon expires by address).
+pub fn parse_peer_addr(s: &str) -> Result<Ipv6Addr, String> {
+    let addr = s.split_once('%').map_or(s, |(a, _)| a);
+    addr.parse().map_err(|_| {
+        format!("{s} is not an IPv6 address; e.g. fe80::2 or fe80::2%eth0")
+    })
 }
 
 /// Parse an IPv4 or IPv6 prefix in network form (`10.0.0.0/8`,
@@ -451,8 +462,15 @@ mod tests {
     #[test]
     fn expire_peer_needs_an_ipv6_address() {
         assert!(parse(&["expire-peer", "fe80::1"]).is_ok());
-        let err = parse(&["expire-peer", "nope"]).unwrap_err();
-        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        // As `counters` prints it: the scope is ignored.
+        assert_eq!(
+            parse_peer_addr("fe80::2%eth0"),
+            Ok("fe80::2".parse().unwrap())
+        );
+        for bad in ["nope", "10.0.0.1", "%eth0"] {
+            let err = parse(&["expire-peer", bad]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        }
     }
 
     #[test]

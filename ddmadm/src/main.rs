@@ -84,7 +84,13 @@ async fn run(
             }
         }
         Command::ExpirePeer { addr } => {
-            client.expire_peer(addr).await?;
+            // The daemon takes an unknown address as a no-op: say so.
+            let peers = client.get_peers().await?.into_inner();
+            if peers.values().any(|p| p.addr == *addr) {
+                client.expire_peer(addr).await?;
+            } else {
+                eprintln!("ddmadm: {addr} is not a peer; nothing expired");
+            }
             String::new()
         }
         Command::GetPrefixes => {

@@ -90,9 +90,14 @@ impl AdminContext {
         match self.admin.call(msg, Some(CALL_TIMEOUT)).await {
             Ok(CallResult::Success(v)) => Ok(v),
             Ok(CallResult::Timeout) => Err(unavailable(late)),
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(unavailable(RESTARTING))
-            }
+            // The reply was dropped unanswered: by the router or the
+            // supervisor the question was handed to (one of them is
+            // restarting), or by an admin actor stopping.
+            Ok(CallResult::SenderError) => Err(unavailable(
+                "the part of the daemon that answers this is restarting; \
+                 try again",
+            )),
+            Err(_) => Err(unavailable(RESTARTING)),
         }
     }
 
