@@ -46,7 +46,6 @@ use slog::{debug, warn, Logger};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::admin::AdminMsg;
 use crate::discovery::{
     Counters as DiscoveryCounters, DiscoveryMsg, DropCounters,
 };
@@ -191,14 +190,8 @@ pub async fn gather(
             None => None,
         }
     };
-    let identity = async {
-        match &src.admin {
-            Some(a) => Some(ask(a, AdminMsg::GetStats, timeout).await),
-            None => None,
-        }
-    };
-    let (discovery, exchange, router, identity) =
-        futures::join!(discovery, exchange, router, identity);
+    let (discovery, exchange, router) =
+        futures::join!(discovery, exchange, router);
 
     for (name, c) in discovery {
         match c {
@@ -255,15 +248,10 @@ pub async fn gather(
             Err(NoAnswer::Gone) => {}
         }
     }
-    match identity {
-        Some(Ok(Some(id))) => {
-            report.rack_id = Some(id.rack_id);
-            report.sled_id = Some(id.sled_id);
-        }
-        Some(Err(NoAnswer::Late)) => {
-            report.unanswered.push("admin".to_string())
-        }
-        Some(Ok(None)) | Some(Err(NoAnswer::Gone)) | None => {}
+    // Read, not asked: present whatever the admin actor is doing.
+    if let Some(id) = src.identity {
+        report.rack_id = Some(id.rack_id);
+        report.sled_id = Some(id.sled_id);
     }
     Ok(report)
 }

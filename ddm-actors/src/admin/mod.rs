@@ -114,8 +114,24 @@ pub struct AdminArgs {
     pub router: Option<RouterRef>,
     /// Store writes counted, for the metrics listener.
     pub store_counters: Arc<StoreCounters>,
+    /// The statistics identity (`POST /enable-stats`), shared with the
+    /// metrics listener and kept across restarts of this actor.
+    pub stats: StatsIdentity,
     /// Logger.
     pub log: Logger,
+}
+
+/// The statistics identity from `POST /enable-stats`, written by the admin
+/// actor and read by the metrics listener at each scrape. A watch, not a
+/// question to the admin actor: that actor waits on the store's writes,
+/// and a scrape that found it busy (or restarting) emitted its samples
+/// without the `rack_id`/`sled_id` labels, a second set of series.
+pub type StatsIdentity =
+    Arc<tokio::sync::watch::Sender<Option<EnableStatsRequest>>>;
+
+/// A statistics identity not set yet.
+pub fn stats_identity() -> StatsIdentity {
+    Arc::new(tokio::sync::watch::channel(None).0)
 }
 
 /// The admin actor's state.
@@ -135,7 +151,7 @@ pub struct AdminState {
     /// The router, if any.
     router: Option<RouterRef>,
     /// Statistics identity from `POST /enable-stats`.
-    stats: Option<EnableStatsRequest>,
+    stats: StatsIdentity,
     /// Store writes counted, for the metrics listener.
     store_counters: Arc<StoreCounters>,
     /// Logger.
@@ -365,7 +381,7 @@ impl Actor for Admin {
             originated,
             supervisor: args.supervisor,
             router: args.router,
-            stats: None,
+            stats: args.stats,
             store_counters: args.store_counters,
             log,
         })
@@ -435,15 +451,15 @@ impl Actor for Admin {
             AdminMsg::EnableStats(req) => {
                 info!(state.log, "statistics enabled";
                     "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
-                state.stats = Some(req);
+                state.stats.send_replace(Some(req));
             }
             AdminMsg::DisableStats => {
-                if state.stats.take().is_some() {
+                if state.stats.send_replace(None).is_some() {
                     info!(state.log, "statistics disabled");
                 }
             }
             AdminMsg::GetStats(reply) => {
-                let _ = reply.send(state.stats);
+                let _ = reply.send(*state.stats.borrow());
             }
             AdminMsg::GetLocalAddr(reply) => {
                 let _ = reply.send(state.local_addr);

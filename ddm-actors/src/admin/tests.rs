@@ -80,7 +80,7 @@ async fn state_over(
         originated: Originated::default(),
         supervisor: supervisor.get_derived(),
         router: Some(router.clone()),
-        stats: None,
+        stats: super::stats_identity(),
         store_counters: Arc::new(StoreCounters::default()),
         log: Logger::root(slog::Discard, o!()),
     };
@@ -157,6 +157,7 @@ async fn a_started_admin_hands_the_router_the_stored_set() {
         supervisor: supervisor.get_derived(),
         router: Some(router.clone()),
         store_counters: Arc::new(StoreCounters::default()),
+        stats: super::stats_identity(),
         log: Logger::root(slog::Discard, o!()),
     };
     let (admin, _) = Actor::spawn(None, Admin, args).await.unwrap();

@@ -200,6 +200,7 @@ async fn supervisor(dir: &std::path::Path) -> SupervisorRef {
 
 #[tokio::test]
 async fn gathering_asks_every_child() {
+    use crate::admin::AdminMsg;
     use crate::store::StoreChange;
     use ddm_admin_api::latest::EnableStatsRequest;
     let dir = tempfile::tempdir().unwrap();
@@ -223,12 +224,15 @@ async fn gathering_asks_every_child() {
         sled_id: Uuid::from_u128(4),
     };
     admin.cast(AdminMsg::EnableStats(id)).unwrap();
+    // Taken in (the admin actor answers in order).
+    assert_eq!(ractor::call!(admin, AdminMsg::GetStats).unwrap(), Some(id));
     let after = gather(&sup, GATHER_TIMEOUT).await.unwrap();
     assert_eq!(after.store["commits"], 1, "{after:?}");
     assert_eq!(after.rack_id, Some(id.rack_id));
     assert_eq!(after.sled_id, Some(id.sled_id));
 
-    // The store counters outlive the admin actor.
+    // The store counters and the statistics identity outlive the admin
+    // actor.
     admin.kill();
     let mut again = None;
     for _ in 0..1000 {
@@ -243,6 +247,7 @@ async fn gathering_asks_every_child() {
     assert!(again.is_some(), "the admin actor was not restarted");
     let later = gather(&sup, GATHER_TIMEOUT).await.unwrap();
     assert_eq!(later.store["commits"], 1, "{later:?}");
+    assert_eq!(later.rack_id, Some(id.rack_id), "{later:?}");
     sup.stop_and_wait(None, None).await.unwrap();
 }
 

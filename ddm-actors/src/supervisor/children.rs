@@ -31,6 +31,7 @@ impl SupervisorState {
             supervisor: myself.get_derived(),
             router: self.router.clone(),
             store_counters: self.store_counters.clone(),
+            stats: self.stats_identity.clone(),
             log: self.root_log.clone(),
         };
         let (admin, _) =

@@ -29,7 +29,9 @@ use ractor::{
 use slog::{debug, error, info, o, warn, Logger};
 use tokio::time::Instant;
 
-use crate::admin::{Admin, AdminArgs, AdminMsg, AdminRef, PeerQuery};
+use crate::admin::{
+    Admin, AdminArgs, AdminMsg, AdminRef, PeerQuery, StatsIdentity,
+};
 use crate::config::{DaemonConfig, InterfaceSpec};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::discovery::{
@@ -114,8 +116,8 @@ pub struct CounterSources {
     pub exchange: Vec<(String, u32, Ipv6Addr, ExchangeRef)>,
     /// The router, if one runs.
     pub router: Option<RouterRef>,
-    /// The admin actor, if it runs (it knows the statistics identity).
-    pub admin: Option<AdminRef>,
+    /// The statistics identity (`POST /enable-stats`), if set.
+    pub identity: Option<ddm_admin_api::latest::EnableStatsRequest>,
     /// The store's counters.
     pub store: Arc<StoreCounters>,
 }
@@ -207,6 +209,9 @@ pub struct SupervisorState {
     store: Store,
     /// Store writes counted by the admin actors.
     store_counters: Arc<StoreCounters>,
+    /// The statistics identity, kept across admin restarts like the store
+    /// counters (the admin actor writes it, scrapes read it).
+    stats_identity: StatsIdentity,
     /// Makes dataplanes.
     dataplane: Option<DataplaneFactory>,
     /// Passed from each router to the next (see [`DataplaneTurn`]).
@@ -259,6 +264,7 @@ impl Actor for Supervisor {
             config: args.config,
             store: args.store,
             store_counters: Arc::new(StoreCounters::default()),
+            stats_identity: crate::admin::stats_identity(),
             dataplane: args.dataplane,
             dataplane_turn: DataplaneTurn::default(),
             packet_io: args.packet_io,

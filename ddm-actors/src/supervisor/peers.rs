@@ -161,7 +161,7 @@ impl SupervisorState {
                 })
                 .collect(),
             router: self.router.clone(),
-            admin: self.admin.clone(),
+            identity: *self.stats_identity.borrow(),
             store: self.store_counters.clone(),
         }
     }
