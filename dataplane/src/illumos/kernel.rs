@@ -482,15 +482,24 @@ mod tests {
         KernelDataplane::new(k.clone(), None, dir, log()).unwrap()
     }
 
+    /// A dataplane over an empty fake kernel, with its record in a fresh
+    /// directory (kept alive by the first of the three).
+    fn fresh(
+    ) -> (tempfile::TempDir, FakeKernel, KernelDataplane<FakeKernel, NoOpte>)
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel::default();
+        let d = dp(&k, dir.path());
+        (dir, k, d)
+    }
+
     fn table(k: &FakeKernel) -> Vec<KernelRoute> {
         k.table.lock().unwrap().iter().copied().collect()
     }
 
     #[tokio::test]
     async fn ecmp_sets_become_one_route_per_nexthop_by_difference() {
-        let dir = tempfile::tempdir().unwrap();
-        let k = FakeKernel::default();
-        let mut d = dp(&k, dir.path());
+        let (_dir, k, mut d) = fresh();
         d.apply(vec![upd("fd00:1::/64", &[("fe80::a", 2), ("fe80::b", 3)])])
             .await
             .unwrap();
@@ -583,9 +592,7 @@ mod tests {
     /// failed. A refusal of the route itself stays an error, not retried.
     #[tokio::test]
     async fn writes_that_failed_for_want_of_resources_come_back_to_retry() {
-        let dir = tempfile::tempdir().unwrap();
-        let k = FakeKernel::default();
-        let mut d = dp(&k, dir.path());
+        let (_dir, k, mut d) = fresh();
         d.apply(vec![upd("fd00:3::/64", &[("fe80::c", 2)])]).await.unwrap();
         k.short.lock().unwrap().insert(kr("fd00:1::/64", "fe80::a", 2));
         k.short.lock().unwrap().insert(kr("fd00:3::/64", "fe80::c", 2));
@@ -616,12 +623,9 @@ mod tests {
     /// A route whose interface was removed went with it: deleting it (the
     /// kernel refuses to name the interface, EINVAL) counts as done, not
     /// as a failure that every later batch and the shutdown would repeat.
-    /// A delete refused while the interface exists is still a failure.
     #[tokio::test]
     async fn routes_of_a_removed_interface_are_gone_with_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let k = FakeKernel::default();
-        let mut d = dp(&k, dir.path());
+        let (_dir, k, mut d) = fresh();
         d.apply(vec![
             upd("fd00:1::/64", &[("fe80::a", 2)]),
             upd("fd00:2::/64", &[("fe80::b", 3)]),
