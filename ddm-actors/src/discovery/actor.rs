@@ -508,6 +508,14 @@ impl Actor for Discovery {
             DiscoveryMsg::LinkUp => {
                 info!(state.log, "link up");
                 state.held_down = false;
+                if !state.link_is_current() {
+                    // Re-created under a new index (or renumbered) while
+                    // down: the open link is stale; open the new one now,
+                    // not at the next solicitation's check.
+                    if let Some(link) = state.link.take() {
+                        link.reader.abort();
+                    }
+                }
                 match &state.link {
                     Some(link) => {
                         let input = Input::LinkUp {

@@ -50,7 +50,9 @@ impl PacketIo {
     ) -> Result<(u32, Ipv6Addr), NotReady> {
         match self {
             PacketIo::Udp { .. } => iface::resolve(ifname),
-            PacketIo::Memory(port) => Ok((port.ifindex, port.local_addr)),
+            PacketIo::Memory(port) => {
+                Ok((port.current_index(), port.local_addr))
+            }
         }
     }
 
@@ -71,7 +73,7 @@ impl PacketIo {
                 })
             }
             PacketIo::Memory(port) => Ok(OpenLink {
-                ifindex: port.ifindex,
+                ifindex: port.current_index(),
                 local_addr: port.local_addr,
                 rx: LinkRx::Memory(port.inbound.subscribe()),
                 tx: LinkTx::Memory(port.clone()),
@@ -186,13 +188,17 @@ pub struct MemoryPort {
     inbound: broadcast::Sender<MemoryDatagram>,
     /// What the other end receives.
     remote: broadcast::Sender<MemoryDatagram>,
-    /// The other end's interface index (scope id of what it receives).
-    remote_ifindex: u32,
+    /// The other end's interface index now (scope id of what it
+    /// receives; its [`MemoryPort::recreate`] changes it).
+    remote_index: Arc<std::sync::atomic::AtomicU32>,
     /// The other end's address (unicast to anything else is lost).
     remote_addr: Ipv6Addr,
     /// The cable, shared by both ends: whether it carries, and what it
     /// carried.
     wire: Arc<Wire>,
+    /// This end's interface index now ([`MemoryPort::recreate`]), shared
+    /// by every handle on this end.
+    index: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The state both ends of a memory link share.
@@ -217,24 +223,28 @@ impl MemoryPort {
             up: AtomicBool::new(true),
             carried: AtomicU64::new(0),
         });
+        let a_index = Arc::new(std::sync::atomic::AtomicU32::new(a.0));
+        let b_index = Arc::new(std::sync::atomic::AtomicU32::new(b.0));
         (
             MemoryPort {
                 ifindex: a.0,
                 local_addr: a.1,
                 inbound: a_in.clone(),
                 remote: b_in.clone(),
-                remote_ifindex: b.0,
+                remote_index: b_index.clone(),
                 remote_addr: b.1,
                 wire: wire.clone(),
+                index: a_index.clone(),
             },
             MemoryPort {
                 ifindex: b.0,
                 local_addr: b.1,
                 inbound: b_in,
                 remote: a_in,
-                remote_ifindex: a.0,
+                remote_index: a_index,
                 remote_addr: a.1,
                 wire,
+                index: b_index,
             },
         )
     }
@@ -262,7 +272,7 @@ impl MemoryPort {
                 from,
                 DISCOVERY_PORT,
                 0,
-                self.remote_ifindex,
+                self.remote_index.load(Ordering::Relaxed),
             ),
             to,
             payload,
@@ -289,6 +299,18 @@ impl MemoryPort {
     /// Everything this end receives from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<MemoryDatagram> {
         self.inbound.subscribe()
+    }
+
+    /// Re-create this end's interface under `ifindex` (as when a link is
+    /// deleted and made again): the discovery actor resolves and opens it
+    /// under that index from now on.
+    pub fn recreate(&self, ifindex: u32) {
+        self.index.store(ifindex, Ordering::Relaxed);
+    }
+
+    /// This end's interface index now.
+    pub fn current_index(&self) -> u32 {
+        self.index.load(Ordering::Relaxed)
     }
 
     /// How many receivers listen on this end (a discovery actor's reader

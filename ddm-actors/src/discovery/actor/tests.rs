@@ -263,6 +263,36 @@ async fn link_down_expires_at_once_and_silences() {
     r.bring_peer_up().await;
 }
 
+/// An interface deleted and made again under a new index while down: at
+/// link up the actor opens the new one at once (its peer comes up on the
+/// new index), rather than soliciting through the stale link until the
+/// next solicitation's check.
+#[tokio::test(start_paused = true)]
+async fn link_up_on_a_re_created_interface_opens_it_at_once() {
+    let (local, remote) =
+        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
+    let probe = local.clone();
+    let wire = remote.subscribe();
+    let (actor, events) = start_with(PacketIo::Memory(local), "me").await;
+    let mut r = Rig { actor, remote, wire, events };
+    r.bring_peer_up().await;
+    r.actor.cast(DiscoveryMsg::LinkDown).unwrap();
+    assert!(matches!(r.peer_event().await, DiscoveryEvent::PeerDown { .. }));
+    probe.recreate(12);
+    while r.wire.try_recv().is_ok() {}
+    let t = Instant::now();
+    r.actor.cast(DiscoveryMsg::LinkUp).unwrap();
+    // It solicits at once; the peer answers.
+    let (_, p) = r.sent().await;
+    assert!(p.solicit && !p.advertise, "{p:?}");
+    r.remote.send(ours(), advert("sw0"));
+    match r.peer_event().await {
+        DiscoveryEvent::PeerUp { ifindex, .. } => assert_eq!(ifindex, 12),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(Instant::now(), t, "at once");
+}
+
 #[tokio::test(start_paused = true)]
 async fn admin_expire_by_address() {
     let mut r = rig().await;
