@@ -137,8 +137,9 @@ pub fn discovery_named(
 enum NoAnswer {
     /// It did not answer within the deadline: listed as unanswered.
     Late,
-    /// It stopped before it could (an exchange actor whose peer just
-    /// expired): it has nothing to report, and is not listed.
+    /// It stopped before it could. An exchange actor whose peer just
+    /// expired has nothing left to report and is not listed; any other
+    /// actor is listed as unanswered (its counters are missing).
     Gone,
 }
 
@@ -203,10 +204,7 @@ pub async fn gather(
                     drops,
                 });
             }
-            Err(NoAnswer::Late) => {
-                report.unanswered.push(format!("discovery:{name}"))
-            }
-            Err(NoAnswer::Gone) => {}
+            Err(_) => report.unanswered.push(format!("discovery:{name}")),
         }
     }
     for (name, ifindex, peer, c) in exchange {
@@ -226,8 +224,7 @@ pub async fn gather(
     if let Some((counters, policy)) = router {
         match counters {
             Ok(c) => report.router = Some(c.named()),
-            Err(NoAnswer::Late) => report.unanswered.push("router".to_string()),
-            Err(NoAnswer::Gone) => {}
+            Err(_) => report.unanswered.push("router".to_string()),
         }
         match policy {
             Ok(p) => {
@@ -242,10 +239,7 @@ pub async fn gather(
                     });
                 }
             }
-            Err(NoAnswer::Late) => {
-                report.unanswered.push("router:policy".to_string())
-            }
-            Err(NoAnswer::Gone) => {}
+            Err(_) => report.unanswered.push("router:policy".to_string()),
         }
     }
     // Read, not asked: present whatever the admin actor is doing.

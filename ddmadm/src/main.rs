@@ -84,11 +84,12 @@ async fn run(
             }
         }
         Command::ExpirePeer { addr } => {
-            // The daemon takes an unknown address as a no-op: say so.
+            // Sent whatever the peer list says (discovery may know a peer
+            // the list does not show yet); the daemon takes an unknown
+            // address as a no-op, and the note says so.
             let peers = client.get_peers().await?.into_inner();
-            if peers.values().any(|p| p.addr == *addr) {
-                client.expire_peer(addr).await?;
-            } else {
+            client.expire_peer(addr).await?;
+            if !peers.values().any(|p| p.addr == *addr) {
                 eprintln!("ddmadm: {addr} is not a peer; nothing expired");
             }
             String::new()

@@ -10,6 +10,7 @@ use super::*;
 pub(super) async fn serve(
     listen: SocketAddr,
     admin: AdminRef,
+    stats: StatsIdentity,
     log: &Logger,
 ) -> Result<(AdminGuard, HttpServer<AdminContext>), ActorProcessingErr> {
     let api =
@@ -24,7 +25,7 @@ pub(super) async fn serve(
     };
     let server = ServerBuilder::new(
         api,
-        AdminContext::new(admin, CHANGES_QUEUED),
+        AdminContext::new(admin, CHANGES_QUEUED, stats),
         log.new(o!("unit" => "dropshot")),
     )
     .config(config)
@@ -62,13 +63,21 @@ pub struct AdminContext {
     admin: AdminRef,
     /// [`CHANGES_QUEUED`] places.
     changes: Arc<tokio::sync::Semaphore>,
+    /// The statistics identity, written here before `POST /enable-stats`
+    /// is answered: the admin actor may be busy with a store write, and a
+    /// scrape in between would have found no identity.
+    stats: StatsIdentity,
 }
 
 impl AdminContext {
     /// A context reaching `admin`, with `queued` places for changes.
-    pub(super) fn new(admin: AdminRef, queued: usize) -> Self {
+    pub(super) fn new(
+        admin: AdminRef,
+        queued: usize,
+        stats: StatsIdentity,
+    ) -> Self {
         let changes = Arc::new(tokio::sync::Semaphore::new(queued));
-        AdminContext { admin, changes }
+        AdminContext { admin, changes, stats }
     }
 
     async fn ask<T: Send + 'static>(
@@ -320,14 +329,19 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<EnableStatsRequest>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        rqctx.context().tell(AdminMsg::EnableStats(request.into_inner()))?;
+        let req = request.into_inner();
+        let ctx = rqctx.context();
+        ctx.stats.send_replace(Some(req));
+        ctx.tell(AdminMsg::EnableStats(req))?;
         Ok(HttpResponseUpdatedNoContent())
     }
 
     async fn disable_stats(
         rqctx: RequestContext<AdminContext>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        rqctx.context().tell(AdminMsg::DisableStats)?;
+        let ctx = rqctx.context();
+        ctx.stats.send_replace(None);
+        ctx.tell(AdminMsg::DisableStats)?;
         Ok(HttpResponseUpdatedNoContent())
     }
 }

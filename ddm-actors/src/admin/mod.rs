@@ -353,7 +353,8 @@ impl Actor for Admin {
         let originated = store.load_async().await?;
         let (guard, server, local_addr) = match args.listen {
             Some(listen) => {
-                let (guard, server) = serve(listen, myself, &log).await?;
+                let (guard, server) =
+                    serve(listen, myself, args.stats.clone(), &log).await?;
                 let addr = guard.local_addr();
                 info!(log, "admin: listening on {addr}";
                     "originated_prefixes" => originated.prefixes.len(),
@@ -451,12 +452,15 @@ impl Actor for Admin {
             AdminMsg::EnableStats(req) => {
                 info!(state.log, "statistics enabled";
                     "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
+                // Written by the API's handler already; a message (tests,
+                // the simulation) writes it here.
                 state.stats.send_replace(Some(req));
             }
             AdminMsg::DisableStats => {
-                if state.stats.send_replace(None).is_some() {
-                    info!(state.log, "statistics disabled");
-                }
+                // Cleared by the API's handler already, or here (a
+                // message from tests or the simulation).
+                state.stats.send_replace(None);
+                info!(state.log, "statistics disabled");
             }
             AdminMsg::GetStats(reply) => {
                 let _ = reply.send(*state.stats.borrow());

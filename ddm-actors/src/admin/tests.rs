@@ -118,7 +118,8 @@ async fn changes_past_the_queue_are_refused_at_once() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (admin, _) =
         Actor::spawn(None, Forward::<AdminMsg>::new(), tx).await.unwrap();
-    let ctx = Arc::new(AdminContext::new(admin.clone(), 2));
+    let ctx =
+        Arc::new(AdminContext::new(admin.clone(), 2, super::stats_identity()));
     let ask = |p: &str| {
         let (ctx, change) = (Arc::clone(&ctx), add(p));
         tokio::spawn(async move { ctx.change(change).await })
