@@ -1029,12 +1029,19 @@ mod tests {
         StoreChange { add_prefixes: [p(prefix)].into(), ..Default::default() }
     }
 
-    #[test]
-    fn a_full_disk_is_named_and_the_store_recovers_without_reopen() {
+    /// A store on a fresh directory (kept alive by the first of the three),
+    /// with faults to inject.
+    fn on_disk_with_faults() -> (tempfile::TempDir, Arc<Faults>, Store) {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(Faults::default());
         let store =
             Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        (dir, faults, store)
+    }
+
+    #[test]
+    fn a_full_disk_is_named_and_the_store_recovers_without_reopen() {
+        let (dir, faults, store) = on_disk_with_faults();
         store.apply(&add("fd00:1::/64")).unwrap();
         assert!(store.failing().is_none());
 
@@ -1153,10 +1160,7 @@ mod tests {
     /// succeed, and nothing was lost.
     #[test]
     fn a_restart_on_a_full_disk_reads_the_store_and_refuses_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let faults = Arc::new(Faults::default());
-        let store =
-            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+        let (dir, faults, store) = on_disk_with_faults();
         let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
         let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
         let add = |p: Ipv6Net| StoreChange {

@@ -286,20 +286,14 @@ mod tests {
     /// which stands.
     #[test]
     fn a_busy_driver_is_unavailable_and_a_refusal_a_request_error() {
-        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
-        let busy = Fake {
-            fail: Some(OpteError::Busy("ENOMEM".into())),
-            ..Fake::default()
+        let set_with = |fail: OpteError| {
+            let fake = Fake { fail: Some(fail), ..Fake::default() };
+            let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+            Tunnels::new(Some(fake), log()).set(&BTreeSet::from([a]))
         };
-        let mut t = Tunnels::new(Some(busy), log());
-        let r = t.set(&BTreeSet::from([a]));
+        let r = set_with(OpteError::Busy("ENOMEM".into()));
         assert!(matches!(r, Err(DataplaneError::Unavailable(_))), "{r:?}");
-        let refused = Fake {
-            fail: Some(OpteError::Other("EINVAL".into())),
-            ..Fake::default()
-        };
-        let mut t = Tunnels::new(Some(refused), log());
-        let r = t.set(&BTreeSet::from([a]));
+        let r = set_with(OpteError::Other("EINVAL".into()));
         assert!(matches!(r, Err(DataplaneError::Request(_))), "{r:?}");
     }
 }

@@ -884,6 +884,14 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
 
 /// A server router with peer 1 up over a dataplane that fails its first
 /// `failures` batches as a whole, and the tables behind it.
+/// Two failures in a row since `started`: the worker waited one second,
+/// then two (its back-off), before the third try.
+fn waited_one_second_then_two(started: tokio::time::Instant) {
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(3), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
+
 async fn failing_router(failures: usize) -> (RouterRef, MemoryDataplane) {
     let inner = MemoryDataplane::new();
     let dp = Box::new(TestDataplane::Failing {
@@ -906,10 +914,7 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     let c = counters_until(&r, |c| c.route_updates_applied >= 1).await;
     assert_eq!(c.dataplane_batch_errors, 2);
     assert_eq!(inner.tables().routes.len(), 1);
-    // One second, then two.
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(3), "{waited:?}");
-    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    waited_one_second_then_two(started);
     r.stop_and_wait(None, None).await.unwrap();
 }
 
@@ -960,10 +965,7 @@ async fn a_tunnel_set_that_failed_is_set_again() {
     let c = counters_until(&r, |c| c.tunnel_updates == 3).await;
     assert_eq!(c.tunnel_update_errors, 2);
     assert_eq!(inner.tables().tunnels.len(), 1);
-    // One second, then two.
-    let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(3), "{waited:?}");
-    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    waited_one_second_then_two(started);
     r.stop_and_wait(None, None).await.unwrap();
 }
 

@@ -481,17 +481,23 @@ mod tests {
         Action::Expire { ifname: Some("eth0".into()), addr: ident(last).addr }
     }
 
+    /// A table with `a` on eth0 (index 2) and `b` on eth1 (index 3), both
+    /// in exchange.
+    fn two_links(a: PeerIdentity, b: PeerIdentity, now: Instant) -> PeerTable {
+        let mut t = PeerTable::new();
+        t.on_discovery(up("eth0", 2, a), now);
+        t.on_discovery(up("eth1", 3, b), now);
+        t.exchange_started(2);
+        t.exchange_started(3);
+        t
+    }
+
     /// One router on two links, with one link-local address on both (as
     /// routers commonly have): the exchange failing on one link expires
     /// the peer there only; the admin API's expiry names no interface.
     #[test]
     fn a_failure_expires_the_peer_on_its_own_link_only() {
-        let now = Instant::now();
-        let mut t = PeerTable::new();
-        t.on_discovery(up("eth0", 2, ident(1)), now);
-        t.on_discovery(up("eth1", 3, ident(1)), now);
-        t.exchange_started(2);
-        t.exchange_started(3);
+        let mut t = two_links(ident(1), ident(1), Instant::now());
         let failed = PeerId { ifindex: 3, addr: ident(1).addr };
         assert_eq!(
             t.exchange_failed(failed),
@@ -512,11 +518,7 @@ mod tests {
     #[test]
     fn a_discovery_actor_gone_takes_its_peer_down() {
         let now = Instant::now();
-        let mut t = PeerTable::new();
-        t.on_discovery(up("eth0", 2, ident(1)), now);
-        t.on_discovery(up("eth1", 3, ident(2)), now);
-        t.exchange_started(2);
-        t.exchange_started(3);
+        let mut t = two_links(ident(1), ident(2), now);
         assert_eq!(
             t.discovery_gone("eth0"),
             [Action::StopExchange { ifindex: 2 }, down(2, 1)]
