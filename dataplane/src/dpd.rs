@@ -46,7 +46,7 @@ use slog::{debug, info, warn, Logger};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
+use super::{masked, Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 /// The dpd API version every request announces (the version the original
 /// daemon's client speaks; dpd's IPv6 route endpoints are unchanged from
@@ -256,11 +256,6 @@ struct DpdClient {
 /// `cidr` as a path segment: `/` becomes `%2F` (`:` stays raw).
 fn cidr_segment(cidr: &Ipv6Net) -> String {
     format!("{}%2F{}", cidr.prefix(), cidr.width())
-}
-
-/// A destination with its host bits cleared.
-fn masked(net: &Ipv6Net) -> Ipv6Net {
-    Ipv6Net::new_unchecked(net.prefix(), net.width())
 }
 
 impl DpdClient {

@@ -226,3 +226,9 @@ pub trait Dataplane: Send + 'static {
     /// Remove every route this router installed (at shutdown).
     async fn remove_all(&mut self) -> Result<usize, DataplaneError>;
 }
+
+/// A destination with its host bits cleared: the key of its routes, in
+/// the switch and in the illumos kernel alike.
+pub(crate) fn masked(net: &Ipv6Net) -> Ipv6Net {
+    Ipv6Net::new_unchecked(net.prefix(), net.width())
+}

@@ -38,7 +38,7 @@ use slog::{info, warn, Logger};
 use super::record::RouteRecord;
 use super::rtsock::{KernelRoute, WriteOutcome};
 use super::tunnels::{OpteDriver, Tunnels};
-use crate::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
+use crate::{masked, Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 /// The kernel's routing socket, as the dataplane uses it (blocking calls;
 /// the dataplane runs them off the async runtime).
@@ -264,11 +264,6 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             ))),
         }
     }
-}
-
-/// `dest` with its host bits cleared: the kernel's key of its routes.
-fn masked(dest: &Ipv6Net) -> Ipv6Net {
-    Ipv6Net::new_unchecked(dest.prefix(), dest.width())
 }
 
 #[async_trait]

@@ -180,8 +180,6 @@ const MEMORY_LINK_DEPTH: usize = 32;
 /// handle on the same end.
 #[derive(Debug, Clone)]
 pub struct MemoryPort {
-    /// This end's interface index.
-    pub ifindex: u32,
     /// This end's link-local address.
     pub local_addr: Ipv6Addr,
     /// What this end receives.
@@ -196,8 +194,8 @@ pub struct MemoryPort {
     /// The cable, shared by both ends: whether it carries, and what it
     /// carried.
     wire: Arc<Wire>,
-    /// This end's interface index now ([`MemoryPort::recreate`]), shared
-    /// by every handle on this end.
+    /// This end's interface index: the one it was made with, until
+    /// [`MemoryPort::recreate`]; shared by every handle on this end.
     index: Arc<std::sync::atomic::AtomicU32>,
 }
 
@@ -227,7 +225,6 @@ impl MemoryPort {
         let b_index = Arc::new(std::sync::atomic::AtomicU32::new(b.0));
         (
             MemoryPort {
-                ifindex: a.0,
                 local_addr: a.1,
                 inbound: a_in.clone(),
                 remote: b_in.clone(),
@@ -237,7 +234,6 @@ impl MemoryPort {
                 index: a_index.clone(),
             },
             MemoryPort {
-                ifindex: b.0,
                 local_addr: b.1,
                 inbound: b_in,
                 remote: a_in,
