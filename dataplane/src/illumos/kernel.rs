@@ -99,10 +99,11 @@ struct Done {
     transient: BTreeSet<Ipv6Net>,
 }
 
-/// Whether a write that failed with `errno` (the kernel's answer) may
-/// succeed as it is a moment later: the kernel ran short, not refused it.
-fn transient_errno(errno: i32) -> bool {
-    [libc::ENOBUFS, libc::ENOMEM, libc::EAGAIN].contains(&errno)
+/// Whether a write the kernel answered with `outcome` may succeed as it
+/// is a moment later: the kernel ran short, not refused it.
+fn transient(outcome: WriteOutcome) -> bool {
+    matches!(outcome, WriteOutcome::Failed(e)
+        if [libc::ENOBUFS, libc::ENOMEM, libc::EAGAIN].contains(&e))
 }
 
 fn run_batch<S: RouteSocket>(
@@ -125,10 +126,8 @@ fn run_batch<S: RouteSocket>(
                 d.added.push(*r);
                 d.foreign.push(*r);
             }
-            Ok(o) => d.failed("add", r, &format!("{o:?}"), o),
-            Err(e) => {
-                d.failed("add", r, &e.to_string(), WriteOutcome::Failed(-1))
-            }
+            Ok(o) => d.failed("add", r, &format!("{o:?}"), transient(o)),
+            Err(e) => d.failed("add", r, &e.to_string(), true),
         }
     }
     for r in dels {
@@ -147,30 +146,26 @@ fn run_batch<S: RouteSocket>(
             {
                 d.deleted.push(*r)
             }
-            Ok(o) => d.failed("delete", r, &format!("{o:?}"), o),
-            Err(e) => {
-                d.failed("delete", r, &e.to_string(), WriteOutcome::Failed(-1))
-            }
+            Ok(o) => d.failed("delete", r, &format!("{o:?}"), transient(o)),
+            Err(e) => d.failed("delete", r, &e.to_string(), true),
         }
     }
     d
 }
 
 impl Done {
-    /// The write `op` of `r` failed with `outcome` (`Failed(-1)`: the
-    /// socket itself failed, which is no answer about the route).
+    /// The write `op` of `r` failed; `transient`: not for a reason of the
+    /// route's (see [`Done::transient`]; a socket that failed is one).
     fn failed(
         &mut self,
         op: &str,
         r: &KernelRoute,
         why: &str,
-        outcome: WriteOutcome,
+        transient: bool,
     ) {
         self.failures.push(format!("{op} {r:?}: {why}"));
-        if let WriteOutcome::Failed(errno) = outcome {
-            if errno == -1 || transient_errno(errno) {
-                self.transient.insert(r.dest);
-            }
+        if transient {
+            self.transient.insert(r.dest);
         }
     }
 }

@@ -72,6 +72,15 @@ impl Stale {
             && self.tunnels.is_empty()
     }
 
+    /// Take in `old`, another record of the same peer's interface (an
+    /// earlier address's, or an earlier index's): all it may have left is
+    /// now unacknowledged here.
+    fn absorb(&mut self, mut old: Stale) {
+        old.unacked();
+        self.paths.extend(old.paths);
+        self.tunnels.extend(old.tunnels);
+    }
+
     /// The session ended: nothing in flight will be acknowledged now.
     fn unacked(&mut self) {
         self.undelivered.clear();
@@ -183,12 +192,9 @@ impl Told {
             .copied()
             .collect();
         for id in ids {
-            let Some(mut old) = self.peers.remove(&id) else { continue };
-            old.unacked();
-            let new =
-                self.peers.entry(PeerId { ifindex: to, ..id }).or_default();
-            new.paths.extend(old.paths);
-            new.tunnels.extend(old.tunnels);
+            let Some(old) = self.peers.remove(&id) else { continue };
+            let new = PeerId { ifindex: to, ..id };
+            self.peers.entry(new).or_default().absorb(old);
         }
     }
 
@@ -210,10 +216,8 @@ impl Told {
         let stale = self.peers.entry(peer).or_default();
         // Whatever the last session had in flight is now unacknowledged.
         stale.unacked();
-        for mut old in inherited {
-            old.unacked();
-            stale.paths.extend(old.paths);
-            stale.tunnels.extend(old.tunnels);
+        for old in inherited {
+            stale.absorb(old);
         }
         stale.sent = 0;
         let mut push = view;
