@@ -330,18 +330,18 @@ impl DdmAdminApi for AdminApiImpl {
         request: TypedBody<EnableStatsRequest>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
         let req = request.into_inner();
-        let ctx = rqctx.context();
-        ctx.stats.send_replace(Some(req));
-        ctx.tell(AdminMsg::EnableStats(req))?;
+        info!(rqctx.log, "statistics enabled";
+            "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
+        rqctx.context().stats.send_replace(Some(req));
         Ok(HttpResponseUpdatedNoContent())
     }
 
     async fn disable_stats(
         rqctx: RequestContext<AdminContext>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let ctx = rqctx.context();
-        ctx.stats.send_replace(None);
-        ctx.tell(AdminMsg::DisableStats)?;
+        if rqctx.context().stats.send_replace(None).is_some() {
+            info!(rqctx.log, "statistics disabled");
+        }
         Ok(HttpResponseUpdatedNoContent())
     }
 }

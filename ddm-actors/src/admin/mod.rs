@@ -72,9 +72,11 @@ pub enum AdminMsg {
     GetTunnelEndpoints(RpcReplyPort<BTreeSet<TunnelRoute>>),
     /// `PUT /sync`: re-pull every peer.
     Sync,
-    /// `POST /enable-stats`.
+    /// Set the statistics identity, as `POST /enable-stats` does (its
+    /// handler writes the identity itself: the actor may be busy with a
+    /// store write; this message serves callers without HTTP).
     EnableStats(EnableStatsRequest),
-    /// `POST /disable-stats`.
+    /// Clear it, as `POST /disable-stats` does.
     DisableStats,
     /// The statistics identity currently recorded.
     GetStats(RpcReplyPort<Option<EnableStatsRequest>>),
@@ -452,15 +454,12 @@ impl Actor for Admin {
             AdminMsg::EnableStats(req) => {
                 info!(state.log, "statistics enabled";
                     "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
-                // Written by the API's handler already; a message (tests,
-                // the simulation) writes it here.
                 state.stats.send_replace(Some(req));
             }
             AdminMsg::DisableStats => {
-                // Cleared by the API's handler already, or here (a
-                // message from tests or the simulation).
-                state.stats.send_replace(None);
-                info!(state.log, "statistics disabled");
+                if state.stats.send_replace(None).is_some() {
+                    info!(state.log, "statistics disabled");
+                }
             }
             AdminMsg::GetStats(reply) => {
                 let _ = reply.send(*state.stats.borrow());

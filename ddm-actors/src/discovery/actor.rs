@@ -370,9 +370,7 @@ impl State {
     /// after `ip_addr_wait`.
     fn close_and_retry(&mut self, myself: &DiscoveryRef) {
         self.feed(myself, Input::LinkDown);
-        if let Some(link) = self.link.take() {
-            link.reader.abort();
-        }
+        self.close_link();
         self.schedule_retry(myself);
     }
 
@@ -389,6 +387,13 @@ impl State {
         })
     }
 
+    /// Close the open link, if any (its reader task ends).
+    fn close_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.reader.abort();
+        }
+    }
+
     fn stop_tasks(&mut self) {
         for t in [
             self.solicit_timer.take(),
@@ -400,16 +405,14 @@ impl State {
         {
             t.abort();
         }
-        if let Some(link) = self.link.take() {
-            link.reader.abort();
-        }
+        self.close_link();
     }
 }
 
-/// A failed or killed actor skips `post_stop`, and its state is only
-/// dropped: its reader task (holding the interface's sockets) and timers
-/// would run on until the next datagram or deadline, beside the restarted
-/// actor's own.
+/// The actor's tasks end with its state, however it stopped (a failed or
+/// killed actor skips `post_stop`): its reader task (holding the
+/// interface's sockets) and timers would otherwise run on until the next
+/// datagram or deadline, beside the restarted actor's own.
 impl Drop for State {
     fn drop(&mut self) {
         self.stop_tasks();
@@ -460,15 +463,6 @@ impl Actor for Discovery {
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        _myself: DiscoveryRef,
-        state: &mut State,
-    ) -> Result<(), ActorProcessingErr> {
-        state.stop_tasks();
-        Ok(())
-    }
-
     async fn handle(
         &self,
         myself: DiscoveryRef,
@@ -512,9 +506,7 @@ impl Actor for Discovery {
                     // Re-created under a new index (or renumbered) while
                     // down: the open link is stale; open the new one now,
                     // not at the next solicitation's check.
-                    if let Some(link) = state.link.take() {
-                        link.reader.abort();
-                    }
+                    state.close_link();
                 }
                 match &state.link {
                     Some(link) => {
