@@ -1163,21 +1163,17 @@ mod tests {
         let (dir, faults, store) = on_disk_with_faults();
         let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
         let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
-        let add = |p: Ipv6Net| StoreChange {
-            add_prefixes: [p].into(),
-            ..Default::default()
-        };
-        store.apply(&add(p)).unwrap();
+        store.apply(&add("fd00:1::/64")).unwrap();
         drop(store);
         faults.fail_writes(libc::ENOSPC);
         let store =
             Store::open_with_faults(dir.path(), faults.clone()).unwrap();
         assert!(matches!(store.failing(), Some(StoreError::NoSpace(..))));
         assert_eq!(store.load().unwrap().prefixes, [p].into());
-        let err = store.apply(&add(q)).unwrap_err();
+        let err = store.apply(&add("fd00:2::/64")).unwrap_err();
         assert!(err.is_no_space(), "{err}");
         faults.fail_writes(0);
-        store.apply(&add(q)).unwrap();
+        store.apply(&add("fd00:2::/64")).unwrap();
         assert!(store.failing().is_none());
         assert_eq!(store.load().unwrap().prefixes, [p, q].into());
     }

@@ -97,14 +97,8 @@ impl Demo {
             status.is_some()
         });
         if waited.is_err() {
-            // The whole group (the script, its sleep, whatever it runs),
-            // then what it started elsewhere: a failing test leaves
-            // nothing behind either.
-            let pid = i32::try_from(self.child.id()).expect("pid fits");
-            // SAFETY: kill(2) on our own child's group; no memory involved.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let _ = self.child.wait();
-            self.remove_leftovers();
+            // Dropping the demo kills its group and removes what it
+            // started: a failing test leaves nothing behind either.
             panic!("the demo did not exit within {RUN_TIMEOUT:?}");
         }
         status.and_then(|s| s.code())

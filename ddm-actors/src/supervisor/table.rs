@@ -239,13 +239,13 @@ impl PeerTable {
         };
         rec.exchange = Exchange::None;
         match (&rec.peer, stopping) {
-            (Some(p), false) => vec![
-                Action::PeerDown(PeerId { ifindex, addr: p.addr }),
-                Action::Expire {
-                    ifname: Some(rec.ifname.clone()),
-                    addr: p.addr,
-                },
-            ],
+            (Some(p), false) => {
+                let addr = p.addr;
+                vec![
+                    Action::PeerDown(PeerId { ifindex, addr }),
+                    self.expire_on(ifindex, addr),
+                ]
+            }
             _ => Vec::new(),
         }
     }
