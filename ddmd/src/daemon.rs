@@ -17,7 +17,7 @@ use ddm_actors::supervisor::{
     ROUTER_STOP_GRACE,
 };
 use ractor::Actor;
-use slog::{info, o, warn};
+use slog::{error, info, o, warn};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::Args;
@@ -127,7 +127,7 @@ fn if_index(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-/// Run the daemon until SIGTERM or SIGINT.
+/// Run the daemon until SIGTERM or SIGINT (or until its supervisor fails).
 pub async fn run(args: Args) -> Result<(), String> {
     let dataplane = if args.no_state_machine {
         None
@@ -155,10 +155,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         );
     }
 
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    let mut signals = Signals::watch()?;
 
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
     // Bound before anything starts, so that an address in use fails like
@@ -167,7 +164,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let (supervisor, handle) = Actor::spawn(
+    let (supervisor, mut handle) = Actor::spawn(
         None,
         Supervisor,
         SupervisorArgs {
@@ -208,20 +205,95 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Started: what startup alone ran need not stay resident.
     crate::pages::shed_startup_pages();
 
-    let which = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let which = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop(which) => break which,
+                Signal::Refresh => info!(log, "SIGUSR1 received (the \
+                    original daemon's refresh); nothing to re-read: the \
+                    command line is the whole configuration"),
+            },
+            // Every actor stops with the supervisor (ractor kills its
+            // children), so a daemon whose supervisor failed routes
+            // nothing and answers nothing: exit, so that the service
+            // manager starts it again (the new router takes over the
+            // routes this one left).
+            _ = &mut handle => {
+                error!(log, "the supervisor stopped on its own; exiting");
+                return Err("the supervisor stopped unexpectedly (see the \
+                    log); routes this router installed stay until it is \
+                    started again"
+                    .to_string());
+            }
+        }
     };
     info!(log, "shutting down"; "signal" => which);
     if let Some(m) = metrics {
         m.abort();
     }
     supervisor.stop(Some(format!("{which} received")));
-    if tokio::time::timeout(SHUTDOWN_GRACE, handle).await.is_err() {
-        warn!(log, "shutdown took too long; exiting anyway");
+    // A second signal ends the wait: the operator chose not to wait for
+    // the routes' removal.
+    let stopped = loop {
+        tokio::select! {
+            done = tokio::time::timeout(SHUTDOWN_GRACE, &mut handle) => {
+                break done.is_ok();
+            }
+            signal = signals.next() => if let Signal::Stop(again) = signal {
+                warn!(log, "exiting at once"; "signal" => again);
+                return Err(format!("{again} received while shutting down; \
+                    exited before the shutdown was done (routes this \
+                    router installed may remain)"));
+            },
+        }
+    };
+    if !stopped {
+        return Err(format!(
+            "shutdown took longer than {} s; exited before it was done \
+             (routes this router installed may remain)",
+            SHUTDOWN_GRACE.as_secs()
+        ));
     }
     info!(log, "ddmd stopped");
     Ok(())
+}
+
+/// A signal the daemon acts on.
+enum Signal {
+    /// SIGTERM or SIGINT: shut down.
+    Stop(&'static str),
+    /// SIGUSR1, which the original daemon's service refresh sends: logged
+    /// and otherwise ignored (its default action would kill the daemon
+    /// without removing its routes).
+    Refresh,
+}
+
+/// The signals the daemon watches, from its start to its exit.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> Result<Signals, String> {
+        let watch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot watch {name}: {e}"))
+        };
+        Ok(Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM")?,
+            int: watch(SignalKind::interrupt(), "SIGINT")?,
+            usr1: watch(SignalKind::user_defined1(), "SIGUSR1")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.usr1.recv() => Signal::Refresh,
+        }
+    }
 }
 
 /// The innermost message of an actor start-up error: ractor wraps the

@@ -12,6 +12,10 @@ mod port_file;
 /// Most threads tokio's blocking pool may run at once.
 const BLOCKING_THREADS: usize = 4;
 
+/// How long the exit waits for blocking tasks still running (a store
+/// write, a netlink request) once the daemon has stopped.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     alloc::tune();
     pages::note_startup_files();
@@ -31,7 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(args)) {
+    let ran = runtime.block_on(daemon::run(args));
+    // Not the runtime's drop, which waits for every blocking task: a
+    // store write stuck on a hung disk would hold the exit for good.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ddmd: {e}");

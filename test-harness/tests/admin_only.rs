@@ -277,3 +277,26 @@ async fn sigterm_and_sigint_exit_zero() {
         d.cleanup();
     }
 }
+
+/// The original daemon's service refresh sends SIGUSR1; its default action
+/// would kill the daemon without its shutdown.
+#[tokio::test]
+async fn sigusr1_is_logged_and_the_daemon_runs_on() {
+    let mut d = start().await;
+    let pid = d.pid().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) on the pid of a child we have not reaped.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("SIGUSR1 received") {
+        assert!(tokio::time::Instant::now() < deadline, "no log line");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = http().get(url(&d, "/originated")).send().await.unwrap();
+    assert!(got.status().is_success(), "{}", got.status());
+    let (status, _) = d
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    d.cleanup();
+}
