@@ -231,7 +231,14 @@ impl Session {
             },
             Input::Bound(Ok(())) => {
                 self.bound = true;
-                self.bind.failures = 0;
+                // While nothing listened, the peer's pushes were refused,
+                // and an original peer never sends them again (it ignores
+                // what a push is answered) nor pulls until its session
+                // starts over: pull now, or what it pushed in the gap is
+                // lost for the session.
+                if std::mem::take(&mut self.bind.failures) > 0 {
+                    self.start_pull(&mut out);
+                }
             }
             Input::Bound(Err(error)) => {
                 self.bind.failures += 1;
