@@ -117,6 +117,12 @@ impl RouteSocket {
         })
     }
 
+    /// Set the next sequence number (tests: the numbers' wrap).
+    #[cfg(test)]
+    pub(super) fn set_seq(&mut self, seq: u32) {
+        self.seq = seq;
+    }
+
     fn next_seq(&mut self) -> u32 {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1).max(1);
@@ -140,6 +146,12 @@ impl RouteSocket {
         let mut deletes = Vec::with_capacity(self.batch);
         let mut start = 0;
         while start < count {
+            // A packet's answers are matched to its requests by their
+            // offset from its first sequence number, so no packet spans
+            // the numbers' wrap (which skips 0).
+            if self.seq > u32::MAX - MAX_BATCH_MESSAGES as u32 {
+                self.seq = 1;
+            }
             // Fill the packet; only its last request asks for an
             // acknowledgement.
             self.send_buf.clear();

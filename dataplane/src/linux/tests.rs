@@ -206,6 +206,32 @@ fn failures_are_summarised_and_the_rest_applied() {
 }
 
 #[test]
+fn a_refusal_past_the_sequence_numbers_wrap_names_its_route() {
+    testns::run(
+        "a_refusal_past_the_sequence_numbers_wrap_names_its_route",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let mut dp = dataplane(false);
+            // Three requests would be numbered MAX - 1, MAX and 1.
+            dp.socket.lock().unwrap().socket.set_seq(u32::MAX - 1);
+            let err = dp
+                .apply(vec![
+                    update("fd00:1::/64", &[nh("fe80::1", a0)]),
+                    update("fd00:2::/64", &[nh("fe80::1", a0)]),
+                    update("fd00:3::/64", &[nh("fe80::1", 9999)]),
+                ])
+                .await
+                .expect_err("a nexthop on a missing interface");
+            let text = err.to_string();
+            assert!(text.contains("1 of 3 route updates failed"), "{text}");
+            assert!(text.contains("fd00:3::/64"), "{text}");
+            let got: Vec<String> = ours(&ns).into_keys().collect();
+            assert_eq!(got, ["fd00:1::/64", "fd00:2::/64"]);
+        },
+    );
+}
+
+#[test]
 fn ten_thousand_routes_in_one_batch() {
     testns::run("ten_thousand_routes_in_one_batch", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
