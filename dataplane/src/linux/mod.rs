@@ -10,7 +10,9 @@
 //! default `net.ipv4.nexthop_compat_mode=1`, `ip route` still shows each
 //! route's gateway and interface), made the first time a route needs it
 //! and shared by every route through it; one with several is a single
-//! multipath route holding the whole ECMP set. Either way a change is one
+//! multipath route holding the whole ECMP set, at a metric of its own
+//! ([`ROUTE_METRIC`]), so that it never replaces anybody else's route to
+//! the same prefix. Either way a change is one
 //! `RTM_NEWROUTE` with `NLM_F_CREATE | NLM_F_REPLACE`, and an empty set is
 //! one `RTM_DELROUTE`; making an object, and looking the objects up after
 //! a link went down, cost one request each (below).
@@ -119,6 +121,19 @@ use socket::{DdmRoute, Refused, RouteSocket};
 /// 221 (0xdd) is not assigned in the kernel's `rtnetlink.h` nor in
 /// iproute2's `rt_protos`.
 pub const RTPROT_DDM: u8 = 0xdd;
+
+/// The metric (`metric` in `ip route`, the kernel's route priority) every
+/// route of this router carries.
+///
+/// The kernel's replace matches a route by destination and metric, not by
+/// its owner: at the metric it gives a route added without one (1024, as
+/// `ip route add` and router advertisements do), an update of ours would
+/// replace somebody else's route to the same prefix, and our withdrawal
+/// would then leave the prefix with no route at all. At a metric of its
+/// own, ours sits beside theirs and is never theirs: one below 1024, so
+/// ours carries the traffic over theirs, and above the 256 of the
+/// kernel's own routes to connected prefixes, which stay first.
+pub const ROUTE_METRIC: u32 = 1023;
 
 /// The main routing table.
 const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
@@ -825,6 +840,7 @@ fn route_request(
     message
         .attributes
         .push(RouteAttribute::Destination(RouteAddress::Inet6(dst.prefix())));
+    message.attributes.push(RouteAttribute::Priority(ROUTE_METRIC));
     if let Some(id) = object {
         message.attributes.push(RouteAttribute::NhId(id));
     } else if let Some((gateway, ifindex)) = single(update) {

@@ -206,6 +206,57 @@ fn failures_are_summarised_and_the_rest_applied() {
 }
 
 #[test]
+fn somebody_elses_route_to_the_same_prefix_is_never_replaced() {
+    testns::run(
+        "somebody_elses_route_to_the_same_prefix_is_never_replaced",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            // At the kernel's default metric (1024), as `ip route add`
+            // and router advertisements make them.
+            ns.ip_line(
+                "-6 route add fd00:5::/64 via fe80::9 dev b0 proto static",
+            );
+            ns.ip_line(
+                "-6 route add fd00:6::/64 via fe80::9 dev b0 proto static",
+            );
+            for objects in [false, true] {
+                let mut dp = dataplane(objects);
+                dp.apply(vec![
+                    update("fd00:5::/64", &[nh("fe80::1", a0)]),
+                    update(
+                        "fd00:6::/64",
+                        &[nh("fe80::1", a0), nh("fe80::2", a0)],
+                    ),
+                ])
+                .await
+                .unwrap();
+                let routes =
+                    ip_json(&ns, &["-6", "route", "show", "fd00:5::/64"]);
+                let metrics: BTreeSet<u64> = routes
+                    .iter()
+                    .filter_map(|r| r["metric"].as_u64())
+                    .collect();
+                assert_eq!(metrics, [u64::from(ROUTE_METRIC), 1024].into());
+                assert_eq!(ours(&ns).len(), 2, "objects {objects}");
+                dp.apply(vec![
+                    update("fd00:5::/64", &[]),
+                    update("fd00:6::/64", &[]),
+                ])
+                .await
+                .unwrap();
+                assert!(ours(&ns).is_empty());
+                let theirs = kernel_routes(&ns, "static");
+                let want = [
+                    ("fd00:5::/64".to_string(), hops(&[("fe80::9", "b0")])),
+                    ("fd00:6::/64".to_string(), hops(&[("fe80::9", "b0")])),
+                ];
+                assert_eq!(theirs, want.into(), "objects {objects}");
+            }
+        },
+    );
+}
+
+#[test]
 fn a_refusal_past_the_sequence_numbers_wrap_names_its_route() {
     testns::run(
         "a_refusal_past_the_sequence_numbers_wrap_names_its_route",
