@@ -53,6 +53,29 @@ const TUNNELS: TableDefinition<&str, ()> = TableDefinition::new("tunnels");
 /// The file name of the database inside the data directory.
 pub const DB_FILE: &str = "ddmdb";
 
+/// The file name of the database where [`DB_FILE`] is a directory: the
+/// original daemon's store (a sled database is a directory, and the
+/// original keeps it at the same name), which this daemon cannot read and
+/// leaves alone.
+pub const DB_FILE_BESIDE_ORIGINAL: &str = "ddmdb.redb";
+
+/// Where the database is in `data_dir`: [`DB_FILE`], unless the original
+/// daemon's store is there (a directory), or was and ours stayed beside
+/// it when it went ([`DB_FILE_BESIDE_ORIGINAL`], once made, is kept).
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    let usual = data_dir.join(DB_FILE);
+    let beside = data_dir.join(DB_FILE_BESIDE_ORIGINAL);
+    match std::fs::symlink_metadata(&usual) {
+        Ok(meta) if meta.is_dir() => beside,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && beside.exists() =>
+        {
+            beside
+        }
+        _ => usual,
+    }
+}
+
 /// Length of redb's magic number, at the start of every database file.
 const MAGIC_LEN: usize = 9;
 
@@ -486,7 +509,7 @@ impl Store {
                 "not a directory".to_string(),
             ));
         }
-        let path = data_dir.join(DB_FILE);
+        let path = db_path(data_dir);
         let dir_lock = lock_dir(data_dir)?;
         let store = Store {
             inner: Arc::new(Mutex::new(Inner { db: None, failing: None })),
@@ -1211,6 +1234,26 @@ mod tests {
         assert!(!dir.path().join(DB_FILE).exists());
         faults.fail_writes(0);
         Store::open_with_faults(dir.path(), faults).unwrap();
+    }
+
+    /// Swapped in where the original daemon ran: its store, a directory at
+    /// our file's name, is left alone, and ours goes beside it (and stays
+    /// there once the original's is removed).
+    #[test]
+    fn the_original_daemons_store_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = dir.path().join(DB_FILE);
+        std::fs::create_dir(&original).unwrap();
+        std::fs::write(original.join("db"), b"sled's").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.path(), dir.path().join(DB_FILE_BESIDE_ORIGINAL));
+        store.apply(&add("fd00:1::/64")).unwrap();
+        drop(store);
+        assert_eq!(std::fs::read(original.join("db")).unwrap(), b"sled's");
+        std::fs::remove_dir_all(&original).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.path(), dir.path().join(DB_FILE_BESIDE_ORIGINAL));
+        assert!(store.load().unwrap().prefixes.contains(&p("fd00:1::/64")));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ddm_actors::discovery::PacketIo;
 use ddm_actors::exchange::transport::ExchangeTransport;
 use ddm_actors::metrics;
 use ddm_actors::policy::PolicyConfig;
-use ddm_actors::store::Store;
+use ddm_actors::store::{self, Store};
 use ddm_actors::supervisor::{
     DataplaneFactory, Supervisor, SupervisorArgs, SupervisorMsg,
     ROUTER_STOP_GRACE,
@@ -158,6 +158,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut signals = Signals::watch()?;
 
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
+    if store.path().ends_with(store::DB_FILE_BESIDE_ORIGINAL) {
+        warn!(log, "the data directory holds the original daemon's store, \
+            which this daemon cannot read and leaves alone: what the \
+            original originated must be advertised again";
+            "original" => %config.data_dir.join(store::DB_FILE).display(),
+            "ours" => %store.path().display());
+    }
     // Bound before anything starts, so that an address in use fails like
     // an unusable data directory.
     let metrics_listener = match args.metrics_addr {
