@@ -2,8 +2,9 @@
 //!
 //! The file must not exist beforehand and its directory must. Once the
 //! admin API is bound, `"[addr]:port\n"` is written to a temporary file in
-//! the same directory and renamed into place, so a reader that sees the
-//! file always sees all of it.
+//! the same directory and linked into place (which fails, unlike a rename,
+//! if the file appeared meanwhile), so a reader that sees the file always
+//! sees all of it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -60,7 +61,25 @@ pub fn write(path: &Path, addr: SocketAddr) -> Result<(), String> {
     f.write_all(format!("{addr}\n").as_bytes()).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(fail)
+    // A link, not a rename: it fails if the port file appeared since the
+    // precheck (another daemon given the same path), where a rename would
+    // replace that daemon's file.
+    let linked = match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(fail(std::io::Error::new(
+                e.kind(),
+                "it appeared while the daemon started (another daemon \
+                 given the same path?)",
+            )));
+        }
+        // A file system without hard links: the rename, after one more
+        // look.
+        Err(_) if !path.exists() => std::fs::rename(&tmp, path),
+        linked => linked,
+    };
+    linked.map_err(fail)?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -75,6 +94,18 @@ mod tests {
         write(&path, "[::1]:4567".parse().unwrap()).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "[::1]:4567\n");
         // Only the port file remains: the temporary was renamed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_that_appeared_after_the_precheck_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ddmd_port");
+        precheck(&path).unwrap();
+        std::fs::write(&path, "[::1]:1111\n").unwrap();
+        let err = write(&path, "[::1]:4567".parse().unwrap()).unwrap_err();
+        assert!(err.contains("appeared"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[::1]:1111\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
