@@ -18,7 +18,12 @@
 //! # Faults
 //!
 //! A write can fail because the data directory is full (`ENOSPC`, `EDQUOT`:
-//! [`StoreError::NoSpace`]) or for another I/O reason ([`StoreError::Io`]).
+//! [`StoreError::NoSpace`]), because its file system went read-only
+//! (`EROFS`, as one does after errors: [`StoreError::ReadOnly`]), or for
+//! another I/O reason ([`StoreError::Io`]). A database already there is
+//! read from a copy when it cannot be opened for the first two (at a start,
+//! or an admin actor's restart), so the daemon goes on originating what it
+//! holds.
 //! A redb database that met an I/O error refuses every later operation
 //! ("Previous I/O error occurred"), so after a failed write the store closes
 //! the database, and the next write reopens it (redb recovers the file to
@@ -95,6 +100,13 @@ pub enum StoreError {
          space there and retry"
     )]
     NoSpace(PathBuf, String),
+    /// The data directory (first field) is on a read-only file system;
+    /// the second field is the cause.
+    #[error(
+        "data directory {0} is read-only ({1}); the change was not made: \
+         make it writable and retry"
+    )]
+    ReadOnly(PathBuf, String),
     /// A read or write failed for another reason.
     #[error("store {0} failed: {1}; the change was not made")]
     Io(PathBuf, String),
@@ -110,6 +122,12 @@ impl StoreError {
     /// failures are answered 503.
     pub fn is_no_space(&self) -> bool {
         matches!(self, StoreError::NoSpace(..))
+    }
+
+    /// True when the data directory takes no writes for now (full, or
+    /// read-only): a database already there is then read from a copy.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(self, StoreError::NoSpace(..) | StoreError::ReadOnly(..))
     }
 }
 
@@ -481,6 +499,12 @@ fn tunnel_key(t: &TunnelOrigin) -> String {
     serde_json::to_string(t).expect("a tunnel origin always serialises")
 }
 
+/// True for a read-only file system.
+fn is_read_only(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EROFS)
+        || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+}
+
 /// True for the `errno`s that mean "no space": a full file system or an
 /// exhausted quota.
 fn is_no_space(e: &std::io::Error) -> bool {
@@ -525,7 +549,7 @@ impl Store {
             // same, reading it from a copy (`load`), with writes failing
             // until there is room. Refusing to start would stop routing
             // for want of a few kilobytes.
-            Err(e @ StoreError::NoSpace(..)) if !store.never_written() => {
+            Err(e) if e.is_unwritable() && !store.never_written() => {
                 store.lock().failing = Some(e);
                 return Ok(store);
             }
@@ -661,6 +685,9 @@ impl Store {
             redb::Error::Io(io) if is_no_space(&io) => {
                 StoreError::NoSpace(self.dir.clone(), io.to_string())
             }
+            redb::Error::Io(io) if is_read_only(&io) => {
+                StoreError::ReadOnly(self.dir.clone(), io.to_string())
+            }
             e => StoreError::Io(self.path.clone(), e.to_string()),
         }
     }
@@ -705,8 +732,9 @@ impl Store {
         if inner.db.is_none() {
             match self.open_db() {
                 Ok(db) => inner.db = Some(db),
-                Err(e @ StoreError::NoSpace(..))
-                    if matches!(self.medium, Medium::File)
+                Err(e)
+                    if e.is_unwritable()
+                        && matches!(self.medium, Medium::File)
                         && !self.never_written() =>
                 {
                     inner.failing = Some(e);
@@ -1178,27 +1206,35 @@ mod tests {
         assert_eq!(store.load().unwrap().prefixes, [p].into());
     }
 
-    /// A restart on a full disk starts, with what the store holds read
-    /// from a copy, and writes failing until there is room; then they
-    /// succeed, and nothing was lost.
+    /// A restart on a full disk, or on a file system gone read-only,
+    /// starts, with what the store holds read from a copy, and writes
+    /// failing until they can be made; then they succeed, and nothing was
+    /// lost.
     #[test]
-    fn a_restart_on_a_full_disk_reads_the_store_and_refuses_writes() {
-        let (dir, faults, store) = on_disk_with_faults();
-        let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
-        let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
-        store.apply(&add("fd00:1::/64")).unwrap();
-        drop(store);
-        faults.fail_writes(libc::ENOSPC);
-        let store =
-            Store::open_with_faults(dir.path(), faults.clone()).unwrap();
-        assert!(matches!(store.failing(), Some(StoreError::NoSpace(..))));
-        assert_eq!(store.load().unwrap().prefixes, [p].into());
-        let err = store.apply(&add("fd00:2::/64")).unwrap_err();
-        assert!(err.is_no_space(), "{err}");
-        faults.fail_writes(0);
-        store.apply(&add("fd00:2::/64")).unwrap();
-        assert!(store.failing().is_none());
-        assert_eq!(store.load().unwrap().prefixes, [p, q].into());
+    fn a_restart_on_a_full_or_read_only_disk_reads_the_store() {
+        for errno in [libc::ENOSPC, libc::EROFS] {
+            let (dir, faults, store) = on_disk_with_faults();
+            let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
+            let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
+            store.apply(&add("fd00:1::/64")).unwrap();
+            drop(store);
+            faults.fail_writes(errno);
+            let store =
+                Store::open_with_faults(dir.path(), faults.clone()).unwrap();
+            let failing = store.failing().expect("failing");
+            assert_eq!(failing.is_no_space(), errno == libc::ENOSPC);
+            assert!(failing.is_unwritable(), "{failing}");
+            assert_eq!(store.load().unwrap().prefixes, [p].into());
+            let err = store.apply(&add("fd00:2::/64")).unwrap_err();
+            assert!(err.is_unwritable(), "{err}");
+            if errno == libc::EROFS {
+                assert!(err.to_string().contains("read-only"), "{err}");
+            }
+            faults.fail_writes(0);
+            store.apply(&add("fd00:2::/64")).unwrap();
+            assert!(store.failing().is_none());
+            assert_eq!(store.load().unwrap().prefixes, [p, q].into());
+        }
     }
 
     /// A second store on one data directory is refused while the first
