@@ -773,11 +773,6 @@ impl Store {
         self.read_all(&txn)
     }
 
-    /// [`Store::load_written`] for an actor (see [`Store::load_async`]).
-    pub async fn load_written_async(&self) -> Result<Originated, StoreError> {
-        self.off_thread(|store| store.load_written()).await
-    }
-
     /// Every prefix and tunnel endpoint `txn` sees.
     fn read_all(
         &self,

@@ -163,6 +163,12 @@ pub struct AdminState {
 impl AdminState {
     /// Write `change` durably (the store's task shares it: a change of
     /// 100,000 prefixes is not copied), then apply it to the mirror.
+    ///
+    /// A commit that failed is not taken as made, even when the file
+    /// reads back with it: one whose sync failed is in the page cache, not
+    /// necessarily on disk (Linux marks the pages clean after a failed
+    /// `fsync`), and 204 promises the disk. If it is read back once the
+    /// store recovers, the mirror follows the store then (`reconcile`).
     async fn commit(
         &mut self,
         change: &Arc<StoreChange>,
@@ -171,28 +177,10 @@ impl AdminState {
         self.store_counters.record(written.is_ok());
         if let Err(e) = written {
             warn!(self.log, "store write failed"; "error" => %e);
-            // A commit that failed at its very end (its sync) may be in
-            // the file all the same: then it was made, and is answered so,
-            // rather than "not made" and followed at the next write.
-            if !self.store_holds(change).await {
-                return Err(e);
-            }
-            warn!(
-                self.log,
-                "the failed write is in the store all the \
-                same; taking it as made"
-            );
+            return Err(e);
         }
         apply_to(&mut self.originated, change);
         Ok(())
-    }
-
-    /// Whether the store, as written, holds the mirror with `change` made
-    /// (false if it cannot be read).
-    async fn store_holds(&self, change: &StoreChange) -> bool {
-        let mut want = self.originated.clone();
-        apply_to(&mut want, change);
-        self.store.load_written_async().await.is_ok_and(|held| held == want)
     }
 
     /// Carry out `change`: tell the router and make it durable, and
