@@ -125,7 +125,8 @@ pub struct DaemonConfig {
     pub admin_only: bool,
     /// The admin API listener.
     pub admin: AdminConfig,
-    /// The directory holding the store (`<data_dir>/ddmdb`).
+    /// The directory holding the store (`<data_dir>/ddmdb`, see
+    /// [`crate::store::db_path`]).
     pub data_dir: PathBuf,
     /// Protocol settings.
     pub router: RouterConfig,

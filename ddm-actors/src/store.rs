@@ -70,7 +70,7 @@ pub const DB_FILE_BESIDE_ORIGINAL: &str = "ddmdb.redb";
 pub fn db_path(data_dir: &Path) -> PathBuf {
     let usual = data_dir.join(DB_FILE);
     let beside = data_dir.join(DB_FILE_BESIDE_ORIGINAL);
-    match std::fs::symlink_metadata(&usual) {
+    match std::fs::metadata(&usual) {
         Ok(meta) if meta.is_dir() => beside,
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound && beside.exists() =>
@@ -513,8 +513,9 @@ fn is_no_space(e: &std::io::Error) -> bool {
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `data_dir`. The directory must
-    /// exist and be writable.
+    /// Open (creating if needed) the store in `data_dir` ([`db_path`]).
+    /// The directory must exist, and be writable unless it holds a store
+    /// already (which is then read from a copy, see the module docs).
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         Store::open_with_faults(data_dir, Arc::default())
     }

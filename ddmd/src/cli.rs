@@ -96,7 +96,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
 
-    /// Directory of the durable store (kept in DIR/ddmdb).
+    /// Directory of the durable store (kept in DIR/ddmdb, or in
+    /// DIR/ddmdb.redb beside the original daemon's store).
     #[arg(long, default_value = "/var/run", value_name = "DIR")]
     pub data_dir: PathBuf,
 

@@ -158,7 +158,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut signals = Signals::watch()?;
 
     let store = Store::open(&config.data_dir).map_err(|e| e.to_string())?;
-    if store.path().ends_with(store::DB_FILE_BESIDE_ORIGINAL) {
+    if config.data_dir.join(store::DB_FILE).is_dir() {
         warn!(log, "the data directory holds the original daemon's store, \
             which this daemon cannot read and leaves alone: what the \
             original originated must be advertised again";
@@ -212,13 +212,18 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Started: what startup alone ran need not stay resident.
     crate::pages::shed_startup_pages();
 
+    let refreshed = || {
+        info!(
+            log,
+            "SIGUSR1 received (the original daemon's refresh); \
+            nothing to re-read: the command line is the whole configuration"
+        )
+    };
     let which = loop {
         tokio::select! {
             signal = signals.next() => match signal {
                 Signal::Stop(which) => break which,
-                Signal::Refresh => info!(log, "SIGUSR1 received (the \
-                    original daemon's refresh); nothing to re-read: the \
-                    command line is the whole configuration"),
+                Signal::Refresh => refreshed(),
             },
             // Every actor stops with the supervisor (ractor kills its
             // children), so a daemon whose supervisor failed routes
@@ -234,23 +239,32 @@ pub async fn run(args: Args) -> Result<(), String> {
             }
         }
     };
+    if handle.is_finished() {
+        // It failed as the signal came: not a clean shutdown.
+        error!(log, "the supervisor stopped on its own; exiting");
+        return Err("the supervisor stopped unexpectedly (see the log)".into());
+    }
     info!(log, "shutting down"; "signal" => which);
     if let Some(m) = metrics {
         m.abort();
     }
     supervisor.stop(Some(format!("{which} received")));
-    // A second signal ends the wait: the operator chose not to wait for
-    // the routes' removal.
+    // A second SIGTERM or SIGINT ends the wait: the operator chose not to
+    // wait for the routes' removal. The grace runs from the first.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let stopped = loop {
         tokio::select! {
-            done = tokio::time::timeout(SHUTDOWN_GRACE, &mut handle) => {
+            done = tokio::time::timeout_at(deadline, &mut handle) => {
                 break done.is_ok();
             }
-            signal = signals.next() => if let Signal::Stop(again) = signal {
-                warn!(log, "exiting at once"; "signal" => again);
-                return Err(format!("{again} received while shutting down; \
-                    exited before the shutdown was done (routes this \
-                    router installed may remain)"));
+            signal = signals.next() => match signal {
+                Signal::Stop(again) => {
+                    warn!(log, "exiting at once"; "signal" => again);
+                    return Err(format!("{again} received while shutting \
+                        down; exited before the shutdown was done (routes \
+                        this router installed may remain)"));
+                }
+                Signal::Refresh => refreshed(),
             },
         }
     };

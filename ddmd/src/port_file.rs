@@ -65,6 +65,14 @@ pub fn write(path: &Path, addr: SocketAddr) -> Result<(), String> {
     // precheck (another daemon given the same path), where a rename would
     // replace that daemon's file.
     let linked = match std::fs::hard_link(&tmp, path) {
+        // A link whose success was lost (NFS retries the request) finds
+        // itself.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && same_file(&tmp, path) =>
+        {
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(fail(std::io::Error::new(
                 e.kind(),
@@ -80,6 +88,15 @@ pub fn write(path: &Path, addr: SocketAddr) -> Result<(), String> {
     linked.map_err(fail)?;
     let _ = std::fs::remove_file(&tmp);
     Ok(())
+}
+
+/// Whether `a` and `b` name one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ impl AdminState {
     /// reads back with it: one whose sync failed is in the page cache, not
     /// necessarily on disk (Linux marks the pages clean after a failed
     /// `fsync`), and 204 promises the disk. If it is read back once the
-    /// store recovers, the mirror follows the store then (`reconcile`).
+    /// store recovers, it is undone there then (`reconcile`).
     async fn commit(
         &mut self,
         change: &Arc<StoreChange>,
@@ -214,10 +214,11 @@ impl AdminState {
         Ok(())
     }
 
-    /// After the store recovered from a failure, make the mirror (and the
-    /// router) equal to what the store holds, in case a write reported as
-    /// failed reached the disk after all (a transaction is all or nothing,
-    /// so this is a whole change, never part of one).
+    /// After the store recovered from a failure, make it equal to the
+    /// mirror, which holds exactly what clients were told is made: a
+    /// commit answered as failed may be in the store all the same (one
+    /// whose final sync failed reads back from the page cache), and is
+    /// undone, so that it does not come into effect later.
     async fn reconcile(&mut self) {
         let loaded = match self.store.load_async().await {
             Ok(loaded) => loaded,
@@ -226,17 +227,24 @@ impl AdminState {
                 return;
             }
         };
-        if loaded != self.originated {
-            warn!(self.log, "the store holds a change reported as failed; \
-                following the store";
-                "prefixes" => loaded.prefixes.len(),
-                "tunnels" => loaded.tunnels.len());
-            self.originated = loaded;
-            self.tell_router(RouterMsg::SetOriginated {
-                prefixes: self.originated.prefixes.clone(),
-                tunnels: self.originated.tunnels.clone(),
-            });
+        if loaded == self.originated {
+            return;
         }
+        let o = &self.originated;
+        let undo = StoreChange {
+            add_prefixes: not_in(o.prefixes.clone(), &loaded.prefixes),
+            remove_prefixes: not_in(loaded.prefixes.clone(), &o.prefixes),
+            add_tunnels: not_in(o.tunnels.clone(), &loaded.tunnels),
+            remove_tunnels: not_in(loaded.tunnels.clone(), &o.tunnels),
+        };
+        warn!(self.log, "the store holds a change answered as failed; \
+            undoing it";
+            "prefixes" => undo.add_prefixes.len() + undo.remove_prefixes.len(),
+            "tunnels" => undo.add_tunnels.len() + undo.remove_tunnels.len());
+        // The mirror holds the undone state already: the commit leaves
+        // it as it is. If it fails, the store is failing again, and the
+        // next change comes back here.
+        let _ = self.commit(&Arc::new(undo)).await;
     }
 
     /// Carry out the change `asked` for and answer it, unless its asker

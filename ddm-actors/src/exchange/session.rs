@@ -50,7 +50,10 @@
 //!   a failed push or pull is retried after [`backoff`]. After
 //!   [`MAX_ATTEMPTS`] consecutive failures, spread over at least
 //!   `give_up_after`, the peer is reported once ([`Effect::ReportFailure`])
-//!   and retries go on. A bind that fails is retried on the same schedule.
+//!   and retries go on. A bind that fails is retried on the same schedule,
+//!   and once it succeeds the peer is pulled again: it may have pushed while
+//!   nothing listened, and an original peer never sends a refused push
+//!   again.
 //! * **Delivered in batches**: the pending update is cut into batches.
 //!   While a part is in flight, a batch going out that needs more than one
 //!   more part is closed: the router's pushes wait in the next batch,
