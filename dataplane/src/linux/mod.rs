@@ -358,10 +358,13 @@ impl Dataplane for LinuxDataplane {
         &mut self,
         tunnels: BTreeSet<TunnelEntry>,
     ) -> Result<(), DataplaneError> {
+        // Counts, not the set: a peer may offer a quarter of a million
+        // endpoints, and each change would log them all.
         info!(self.log,
             "tunnel endpoints recorded (no kernel tunnel service on Linux)";
             "count" => tunnels.len(),
-            "tunnels" => ?tunnels);
+            "added" => tunnels.difference(&self.tunnels).count(),
+            "removed" => self.tunnels.difference(&tunnels).count());
         self.tunnels = tunnels;
         Ok(())
     }
