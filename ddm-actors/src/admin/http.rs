@@ -162,20 +162,28 @@ fn visible(
 
 /// `prefixes` in canonical form: a prefix with host bits set stands for
 /// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
-/// takes it; each such prefix is logged as a warning. The list is sorted
-/// and built into a set in one pass, in packed B-tree nodes (this set and
-/// its copies, the router's and the admin actor's mirror, are kept).
+/// takes it; a request with such prefixes logs one warning, naming the
+/// first and how many (a body of 8 MiB holds a million prefixes). The list
+/// is sorted and built into a set in one pass, in packed B-tree nodes
+/// (this set and its copies, the router's and the admin actor's mirror,
+/// are kept).
 pub(super) fn canonical_prefixes(
     log: &Logger,
     PrefixList(mut prefixes): PrefixList,
 ) -> BTreeSet<Ipv6Net> {
+    let mut first = None;
+    let mut count = 0usize;
     for p in prefixes.iter_mut() {
         let net = normalise_v6(*p);
         if net != *p {
-            warn!(log, "prefix has host bits set; using its network";
-                "given" => %*p, "network" => %net);
+            first.get_or_insert((*p, net));
+            count += 1;
             *p = net;
         }
+    }
+    if let Some((given, network)) = first {
+        warn!(log, "prefixes with host bits set; using their networks";
+            "count" => count, "first" => %given, "its_network" => %network);
     }
     // A stable sort of a list already in order is one pass over it, and a
     // set collected from a list sorts it so, drops repeats and fills its
@@ -195,17 +203,24 @@ pub(super) fn canonical_tunnels(
     {
         return tunnels;
     }
-    tunnels
+    let mut first = None;
+    let mut count = 0usize;
+    let canonical = tunnels
         .into_iter()
         .map(|t| {
             let net = normalise_ip(t.overlay_prefix);
             if net != t.overlay_prefix {
-                warn!(log, "overlay prefix has host bits set; using its network";
-                    "given" => %t.overlay_prefix, "network" => %net);
+                first.get_or_insert((t.overlay_prefix, net));
+                count += 1;
             }
             TunnelOrigin { overlay_prefix: net, ..t }
         })
-        .collect()
+        .collect();
+    if let Some((given, network)) = first {
+        warn!(log, "overlay prefixes with host bits set; using their networks";
+            "count" => count, "first" => %given, "its_network" => %network);
+    }
+    canonical
 }
 
 /// A failed store write: 507 Insufficient Storage when the data directory
