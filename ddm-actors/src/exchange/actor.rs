@@ -61,6 +61,7 @@ use super::session::{
 pub use super::stats::{ExchangeCounters, Stats};
 use super::transport::{ExchangeClient, ExchangeTransport, Serving};
 use crate::config::RouterConfig;
+use crate::discovery::limit::{LogLimiter, LogVerdict};
 use crate::discovery::PeerIdentity;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
 use crate::timer::{abort_and_wait, cast_after, replace_task};
@@ -267,6 +268,9 @@ pub struct State {
     /// a peer that keeps a pull of ours out cannot push past the router's
     /// pace into the held list (permits are alike; any goes with any).
     held_permits: Vec<ImportPermit>,
+    /// Bounds the lines about pushes refused as too large: a peer that
+    /// refuses every push (`400`) makes each item of every change one.
+    refusals_log: LogLimiter,
     /// Logger with the peer.
     log: Logger,
 }
@@ -285,6 +289,21 @@ impl Drop for State {
 }
 
 impl State {
+    /// Whether a line about a refused push may be written now (a few a
+    /// minute; the first of a new minute says how many were held back).
+    fn refusal_log_allowed(&mut self) -> bool {
+        match self.refusals_log.check(tokio::time::Instant::now()) {
+            LogVerdict::Show { held_before } => {
+                if held_before > 0 {
+                    warn!(self.log, "refused pushes not logged (rate limit)";
+                        "lines" => held_before);
+                }
+                true
+            }
+            LogVerdict::Hold => false,
+        }
+    }
+
     /// Every task the actor runs: its pull, its push, its timers and its
     /// server, taken to abort.
     fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
@@ -414,7 +433,7 @@ impl State {
             Effect::Refused { items, error } => {
                 Stats::bump(&self.stats.pushes_refused);
                 // A single item is dropped instead (`Effect::Dropped`).
-                if items > 1 {
+                if items > 1 && self.refusal_log_allowed() {
                     info!(self.log,
                         "push refused as too large; sending it in halves";
                         "items" => items, "half" => items / 2,
@@ -426,6 +445,9 @@ impl State {
                 self.stats
                     .items_dropped_oversize
                     .fetch_add(n, Ordering::Relaxed);
+                if !self.refusal_log_allowed() {
+                    return None;
+                }
                 let wire = update.to_wire();
                 let (u, t) = (wire.underlay.unwrap_or_default(), wire.tunnel);
                 let first = u.withdraw.iter().chain(&u.announce).next();
@@ -524,6 +546,7 @@ impl Actor for Exchange {
             timers: HashMap::new(),
             permit: None,
             held_permits: Vec::new(),
+            refusals_log: LogLimiter::new(),
             log,
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead
