@@ -90,6 +90,7 @@ pub fn discovery_named(
         peer_ups,
         expirations,
         address_changes,
+        identity_changes_rate_limited,
         drops,
         peer_log_lines_suppressed,
     } = *c;
@@ -103,6 +104,7 @@ pub fn discovery_named(
         ("peer_ups", peer_ups),
         ("expirations", expirations),
         ("address_changes", address_changes),
+        ("identity_changes_rate_limited", identity_changes_rate_limited),
         ("peer_log_lines_suppressed", peer_log_lines_suppressed),
     ];
     let DropCounters {

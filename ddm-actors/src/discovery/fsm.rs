@@ -26,7 +26,7 @@ use std::time::Duration;
 use ddm_admin_api::latest::PeerStatus;
 use tokio::time::Instant;
 
-use super::limit::AnswerLimiter;
+use super::limit::{AnswerLimiter, TokenBucket};
 use super::packet::{DecodeError, DiscoveryPacket};
 use super::PeerIdentity;
 
@@ -208,6 +208,11 @@ pub struct Counters {
     pub expirations: u64,
     /// Times the peer advertised from a new address.
     pub address_changes: u64,
+    /// Advertisements of a live peer that changed its identity (name,
+    /// kind, version or address) past the rate of such changes
+    /// ([`IDENTITY_CHANGE_BURST`], [`IDENTITY_CHANGES_PER_SECOND`]):
+    /// dropped, the peer kept as it was.
+    pub identity_changes_rate_limited: u64,
     /// Datagrams dropped, by reason.
     pub drops: DropCounters,
     /// Peer up/down/renumbered log lines held back by the rate limit (kept
@@ -254,7 +259,22 @@ pub struct PeerFsm {
     counters: Counters,
     /// Bounds the answers to solicitations.
     answers: AnswerLimiter,
+    /// Bounds how often a live peer may change its identity.
+    identity_changes: TokenBucket,
 }
+
+/// Changes of a live peer's identity (name, kind, version: a peer down and
+/// a peer up; or address: a renumbering) taken at once. Each one stops an
+/// exchange session and starts another, and walks the routing table twice:
+/// a link partner alternating two names in its advertisements at line rate
+/// made that thousands of times a second.
+pub const IDENTITY_CHANGE_BURST: f64 = 3.0;
+
+/// Changes of a live peer's identity taken per second past the burst (one
+/// every 10 s). An advertisement past it is dropped and counted, and does
+/// not keep the peer alive: a partner that really became another router
+/// is the new peer once the old one expires, or once a change is allowed.
+pub const IDENTITY_CHANGES_PER_SECOND: f64 = 0.1;
 
 impl PeerFsm {
     /// A machine in `Init`, entered at `now`.
@@ -277,6 +297,11 @@ impl PeerFsm {
             expire_gen: 0,
             counters: Counters::default(),
             answers: AnswerLimiter::new(now, solicit_interval),
+            identity_changes: TokenBucket::new(
+                now,
+                IDENTITY_CHANGE_BURST,
+                IDENTITY_CHANGES_PER_SECOND,
+            ),
         }
     }
 
@@ -510,8 +535,13 @@ impl PeerFsm {
             kind: packet.kind,
             version: packet.version,
         };
-        self.last_advertisement = Some(now);
         let live = self.state == DiscoveryState::Exchange;
+        let changed = live && self.peer.as_ref().is_some_and(|old| *old != new);
+        if changed && !self.identity_changes.take(now) {
+            self.counters.identity_changes_rate_limited += 1;
+            return;
+        }
+        self.last_advertisement = Some(now);
         match self.peer.take() {
             Some(old) if live && old == new => {
                 self.peer = Some(old);

@@ -347,11 +347,13 @@ async fn two_routers_find_each_other() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn peer_churn_log_lines_are_rate_limited_and_counted() {
+async fn peer_churn_is_damped_and_its_log_lines_rate_limited() {
+    use crate::discovery::fsm::IDENTITY_CHANGE_BURST;
     let mut r = rig().await;
-    // 50 advertisements alternating the name: each one replaces the
-    // peer (a down and an up), 99 churn lines in all. Sent ten at a time,
-    // within what a memory link buffers.
+    // 50 advertisements alternating the name: past the first, each would
+    // replace the peer (a down and an up). A burst of changes is taken;
+    // the rest are dropped and counted. Sent ten at a time, within what a
+    // memory link buffers.
     for i in 0..50u64 {
         r.remote.send(ours(), advert(if i % 2 == 0 { "x" } else { "y" }));
         if i % 10 == 9 {
@@ -359,12 +361,18 @@ async fn peer_churn_log_lines_are_rate_limited_and_counted() {
         }
     }
     let c = r.counters_when(|c| c.advertisements_received == 50).await;
-    assert_eq!(c.peer_ups, 50);
+    let changes = IDENTITY_CHANGE_BURST as u64;
+    assert_eq!(c.peer_ups, 1 + changes);
+    // Of the 46 after them, half name the peer as it now is (kept), the
+    // other half another (dropped).
+    assert_eq!(c.identity_changes_rate_limited, (49 - changes) / 2);
+    // The first up, then a down and an up per change: past the limit of
+    // lines a minute, the rest are held back and counted.
     let limit = u64::from(crate::discovery::limit::LOG_LINES_PER_MINUTE);
-    assert_eq!(c.peer_log_lines_suppressed, 99 - limit);
-    // Events still flow in full: only the log is limited.
+    assert_eq!(c.peer_log_lines_suppressed, 1 + 2 * changes - limit);
+    // The events of the changes taken flow in full.
     let mut ups = 0;
-    while ups < 50 {
+    while ups < 1 + changes {
         if let DiscoveryEvent::PeerUp { .. } = r.peer_event().await {
             ups += 1;
         }
