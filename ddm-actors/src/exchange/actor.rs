@@ -105,6 +105,9 @@ pub struct ExchangeArgs {
     pub peer_port: u16,
     /// Bound on every request, both ways (`--exchange-timeout`).
     pub timeout: Duration,
+    /// The longest path the import policy takes (`--max-path-len`): what
+    /// a peer sends is read up to one name past it.
+    pub max_path_len: usize,
     /// Where imports and pull results go, and who answers pulls.
     pub router: RouterRef,
     /// Told once when exchange keeps failing (the supervisor).
@@ -142,6 +145,7 @@ impl ExchangeArgs {
             port: config.exchange_port,
             peer_port: config.exchange_port,
             timeout: config.exchange_timeout,
+            max_path_len: config.policy.max_path_len,
             router,
             on_failure,
             give_up_after: config.expire_threshold,
@@ -338,8 +342,9 @@ impl State {
             Effect::Pull { gen } => {
                 let (client, me) = (self.client.clone(), myself.clone());
                 let id = self.server_ctx.session;
+                let max_path_len = self.server_ctx.max_path_len;
                 self.pull_task = Some(tokio::spawn(async move {
-                    let result = client.pull(Some(id)).await;
+                    let result = client.pull(Some(id), max_path_len).await;
                     let _ = me.cast(ExchangeMsg::PullDone { gen, result });
                 }));
             }
@@ -514,6 +519,7 @@ impl Actor for Exchange {
             timeout: args.timeout,
             stats: stats.clone(),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            max_path_len: args.max_path_len,
             pulls: Default::default(),
             log: log.new(o!("unit" => "server")),
         });

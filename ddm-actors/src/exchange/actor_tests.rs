@@ -163,6 +163,7 @@ fn args(
         port: 0,
         peer_port,
         timeout: Duration::from_secs(2),
+        max_path_len: crate::policy::MAX_PATH_LEN_BOUND,
         give_up_after: Duration::ZERO,
         router,
         on_failure,
@@ -257,7 +258,8 @@ async fn serves_the_peer_and_refuses_strangers() {
     let u = announce(&["fd00:8::/64"]);
     let pushed = as_peer.push(&(&u).into()).await.unwrap();
     assert_eq!(recv(&mut seen).await, Seen::Import(peer, u.clone()));
-    let pulled = as_peer.pull(None).await.unwrap();
+    let pulled =
+        as_peer.pull(None, crate::policy::MAX_PATH_LEN_BOUND).await.unwrap();
     assert_eq!(pulled.response.to_wire(), answer);
     assert_eq!(pulled.push_limit, Some(server::MAX_BODY));
     // The answer names the actor's session, the same one its own
@@ -267,7 +269,8 @@ async fn serves_the_peer_and_refuses_strangers() {
     assert_eq!((first.path.as_str(), first.session), ("/v3/pull", Some(ours)));
     assert_eq!(recv(&mut seen).await, Seen::PullFor(peer));
     let as_v2 = Client::new(local, Version::V2, Duration::from_secs(2));
-    let pulled_v2 = as_v2.pull(None).await.unwrap();
+    let pulled_v2 =
+        as_v2.pull(None, crate::policy::MAX_PATH_LEN_BOUND).await.unwrap();
     assert_eq!(pulled_v2.response.to_wire(), answer);
     let c = call!(x, ExchangeMsg::GetCounters).unwrap();
     assert_eq!((c.pushes_received, c.pulls_received), (1, 2));

@@ -156,12 +156,14 @@ pub(crate) fn decode_pull(
     version: Version,
     headers: &HeaderMap,
     body: Bytes,
+    max_path_len: usize,
 ) -> Result<Pulled, ClientError> {
     let push_limit = announced_push_limit(headers);
     let session = session_id(headers);
     let bytes = body.len();
-    let response = super::decode::decode_pull_answer(version, &body)
-        .map_err(ClientError::Decode)?;
+    let response =
+        super::decode::decode_pull_answer(version, &body, max_path_len)
+            .map_err(ClientError::Decode)?;
     Ok(Pulled { response, push_limit, bytes, session })
 }
 
@@ -324,11 +326,12 @@ impl Client {
     pub async fn pull(
         &self,
         session: Option<u64>,
+        max_path_len: usize,
     ) -> Result<Pulled, ClientError> {
         let uri = self.inner.pull_uri.clone();
         let (headers, body) =
             self.request(Method::GET, uri, Bytes::new(), session).await?;
-        decode_pull(self.inner.version, &headers, body)
+        decode_pull(self.inner.version, &headers, body, max_path_len)
     }
 
     /// One request, bounded by the timeout (connecting and reading the
@@ -449,7 +452,10 @@ mod tests {
         let client = Client::new(addr, Version::V3, Duration::from_secs(5))
             .bound_to(Ipv6Addr::LOCALHOST);
         for _ in 0..3 {
-            let pulled = client.pull(None).await.unwrap();
+            let pulled = client
+                .pull(None, crate::policy::MAX_PATH_LEN_BOUND)
+                .await
+                .unwrap();
             assert_eq!(pulled.response, OutPull::default());
             assert_eq!(pulled.bytes, 2);
         }
@@ -467,7 +473,7 @@ mod tests {
         };
         drop(listener);
         let client = Client::new(addr, Version::V3, Duration::from_secs(5));
-        match client.pull(None).await {
+        match client.pull(None, crate::policy::MAX_PATH_LEN_BOUND).await {
             Err(ClientError::Connect { addr: a, .. }) => assert_eq!(a, addr),
             other => panic!("expected a connect error, got {other:?}"),
         }

@@ -17,43 +17,52 @@ use bytes::Bytes;
 use ddm_proto::outgoing::{Names, OutPull, OutUpdate};
 use ddm_proto::Version;
 
+use crate::policy::MAX_PATH_LEN_BOUND;
+
 /// A push body in `version`, as the router's compact update (a v2
-/// destination is converted to v3 as it is read).
+/// destination is converted to v3 as it is read), each path read up to one
+/// name past `max_path_len`, the longest the policy takes.
 pub(crate) fn decode_update(
     version: Version,
     body: Bytes,
+    max_path_len: usize,
 ) -> Result<OutUpdate, String> {
     match version {
-        Version::V3 => read::<exact::Update<exact::V3>, _>(&body)
+        Version::V3 => read::<exact::Update<exact::V3>, _>(&body, max_path_len)
             .map_err(|e| format!("invalid v3 update: {e}")),
-        Version::V2 => read::<exact::Update<exact::V2>, _>(&body)
+        Version::V2 => read::<exact::Update<exact::V2>, _>(&body, max_path_len)
             .map_err(|e| format!("invalid v2 update: {e}")),
     }
 }
 
 /// A pull answer's body in `version`, in the compact form a push takes
-/// (hostnames shared, each path read up to one name past the longest the
-/// policy may take): read into the wire types instead, a name cost a
-/// `String` of its own, and an answer of short names (256 MiB of `"a",`)
-/// grew to gigabytes before the policy saw it.
+/// (hostnames shared, each path read up to one name past `max_path_len`,
+/// the longest the policy takes): read into the wire types instead, a
+/// name cost a `String` of its own, and an answer of short names (256 MiB
+/// of `"a",`) grew to gigabytes before the policy saw it.
 pub(crate) fn decode_pull_answer(
     version: Version,
     body: &[u8],
+    max_path_len: usize,
 ) -> Result<OutPull, String> {
     match version {
-        Version::V3 => read::<exact::Pull<exact::V3>, _>(body),
-        Version::V2 => read::<exact::Pull<exact::V2>, _>(body),
+        Version::V3 => read::<exact::Pull<exact::V3>, _>(body, max_path_len),
+        Version::V2 => read::<exact::Pull<exact::V2>, _>(body, max_path_len),
     }
 }
 
 /// Read `body` as `T`, then convert it, with the name table of this
 /// thread emptied before and after.
-fn read<T, U>(body: &[u8]) -> Result<U, String>
+fn read<T, U>(body: &[u8], max_path_len: usize) -> Result<U, String>
 where
     T: serde::de::DeserializeOwned,
     U: TryFrom<T, Error = String>,
 {
-    SHARED.with(|s| s.borrow_mut().clear());
+    SHARED.with(|s| {
+        let mut s = s.borrow_mut();
+        s.clear();
+        s.max_path_len = max_path_len.min(MAX_PATH_LEN_BOUND);
+    });
     let read = serde_json::from_slice::<T>(body)
         .map_err(|e| e.to_string())
         .and_then(U::try_from);
@@ -82,6 +91,9 @@ struct Shared {
     last: Option<Names>,
     /// The hostnames of the path being read.
     path: Vec<Arc<str>>,
+    /// The longest path the policy takes: names past one more are read
+    /// and dropped.
+    max_path_len: usize,
 }
 
 impl Shared {
@@ -140,7 +152,6 @@ mod exact {
     use ddm_proto::wire::{v2, v3};
 
     use super::SHARED;
-    use crate::policy::MAX_PATH_LEN_BOUND;
 
     /// What differs between the versions' push and pull bodies.
     pub(super) trait Wire {
@@ -219,14 +230,15 @@ mod exact {
                 ) -> Result<SharedPath, A::Error> {
                     // `path` is empty: the last path took it, and `read`
                     // empties the table after a failed body. Names past
-                    // one more than the longest path the policy may take
+                    // one more than the longest path the policy takes
                     // are read and dropped: the path is refused as too
-                    // long all the same, and holds no more.
+                    // long all the same, and holds no more (a name of
+                    // three bytes of text is 16 bytes read).
                     while let Some(Hostname(n)) = seq.next_element()? {
                         SHARED.with(|s| {
-                            let path = &mut s.borrow_mut().path;
-                            if path.len() <= MAX_PATH_LEN_BOUND {
-                                path.push(n);
+                            let s = &mut *s.borrow_mut();
+                            if s.path.len() <= s.max_path_len {
+                                s.path.push(n);
                             }
                         });
                     }
@@ -375,7 +387,9 @@ mod tests {
 
         let body = r#"{"underlay":{"announce":[
             {"destination":"fd00:1::/64","path":["a","b"]}]}}"#;
-        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+        let got =
+            decode_update(Version::V3, Bytes::from(body), MAX_PATH_LEN_BOUND)
+                .unwrap();
         assert_eq!(got.len(), 1);
         assert!(SHARED.with(|s| {
             let s = s.borrow();
@@ -383,7 +397,12 @@ mod tests {
         }));
         let bad = r#"{"underlay":{"announce":[
             {"destination":"fd00:1::/64","path":["a","b",7]}]}}"#;
-        assert!(decode_update(Version::V3, Bytes::from(bad)).is_err());
+        assert!(decode_update(
+            Version::V3,
+            Bytes::from(bad),
+            MAX_PATH_LEN_BOUND
+        )
+        .is_err());
         assert!(SHARED.with(|s| s.borrow().path.is_empty()));
     }
 
@@ -404,7 +423,11 @@ mod tests {
         ];
         for body in v3_bodies {
             let want: v3::PullResponse = serde_json::from_str(body).unwrap();
-            let got = decode_pull_answer(Version::V3, body.as_bytes());
+            let got = decode_pull_answer(
+                Version::V3,
+                body.as_bytes(),
+                MAX_PATH_LEN_BOUND,
+            );
             assert_eq!(got.unwrap().to_wire(), want, "{body}");
         }
         let v2_body = r#"{"underlay":[{"destination":
@@ -413,10 +436,19 @@ mod tests {
             "boundary_addr":"fd00:99::1","vni":7}]}"#;
         let wire: v2::PullResponse = serde_json::from_str(v2_body).unwrap();
         let want = v3::PullResponse::try_from(wire).unwrap();
-        let got = decode_pull_answer(Version::V2, v2_body.as_bytes()).unwrap();
+        let got = decode_pull_answer(
+            Version::V2,
+            v2_body.as_bytes(),
+            MAX_PATH_LEN_BOUND,
+        )
+        .unwrap();
         assert_eq!(got.to_wire(), want);
 
-        let got = decode_pull_answer(Version::V3, v3_bodies[0].as_bytes());
+        let got = decode_pull_answer(
+            Version::V3,
+            v3_bodies[0].as_bytes(),
+            MAX_PATH_LEN_BOUND,
+        );
         let paths: Vec<_> =
             got.unwrap().underlay.unwrap().into_iter().collect();
         let (a, b) = (paths[0].hostnames(), paths[1].hostnames());
@@ -426,35 +458,50 @@ mod tests {
         let long = format!(
             r#"{{"underlay":[{{"destination":"fd00:1::/64","path":[{names}]}}]}}"#
         );
-        let got = decode_pull_answer(Version::V3, long.as_bytes()).unwrap();
+        let got = decode_pull_answer(
+            Version::V3,
+            long.as_bytes(),
+            MAX_PATH_LEN_BOUND,
+        )
+        .unwrap();
         let path = got.underlay.unwrap().pop_first().unwrap();
-        let bound = crate::policy::MAX_PATH_LEN_BOUND;
-        assert_eq!(path.hostnames().len(), bound + 1);
+        assert_eq!(path.hostnames().len(), MAX_PATH_LEN_BOUND + 1);
         for bad in [r#"{"underlay":{}}"#, r#"{"underlay":[{"path":[]}]}"#] {
-            assert!(decode_pull_answer(Version::V3, bad.as_bytes()).is_err());
+            assert!(decode_pull_answer(
+                Version::V3,
+                bad.as_bytes(),
+                MAX_PATH_LEN_BOUND
+            )
+            .is_err());
         }
     }
 
     /// A path of a million names keeps one past the longest the policy
-    /// may take, so it is still refused as too long; the next path is
-    /// read whole.
+    /// takes (its `--max-path-len`, at most [`MAX_PATH_LEN_BOUND`]), so it
+    /// is still refused as too long; the next path is read whole.
     #[test]
     fn a_path_past_the_bound_keeps_one_name_more() {
-        use crate::policy::MAX_PATH_LEN_BOUND;
         let names = vec!["\"a\""; 1_000_000].join(",");
         let body = format!(
             r#"{{"underlay":{{"announce":[
             {{"destination":"fd00:1::/64","path":[{names}]}},
             {{"destination":"fd00:2::/64","path":["a","b"]}}]}}}}"#
         );
-        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
-        let lens: Vec<usize> = got
-            .underlay
-            .unwrap()
-            .announce
-            .iter()
-            .map(|p| p.hostnames().len())
-            .collect();
-        assert_eq!(lens, vec![MAX_PATH_LEN_BOUND + 1, 2]);
+        for (max, kept) in [
+            (32, 33),
+            (MAX_PATH_LEN_BOUND, MAX_PATH_LEN_BOUND + 1),
+            (usize::MAX, MAX_PATH_LEN_BOUND + 1),
+        ] {
+            let body = Bytes::from(body.clone());
+            let got = decode_update(Version::V3, body, max).unwrap();
+            let lens: Vec<usize> = got
+                .underlay
+                .unwrap()
+                .announce
+                .iter()
+                .map(|p| p.hostnames().len())
+                .collect();
+            assert_eq!(lens, vec![kept, 2], "max {max}");
+        }
     }
 }

@@ -180,6 +180,9 @@ pub struct ServerCtx {
     /// [`IMPORTS_IN_FLIGHT`] permits: pushes decoded and not yet imported
     /// (with their routes taken by the dataplane worker).
     pub imports: Arc<Semaphore>,
+    /// The longest path the import policy takes (`--max-path-len`): a
+    /// path is read up to one name past it.
+    pub max_path_len: usize,
     /// When the peer's last pull was answered; held while one is answered
     /// (see [`PULL_SPACING`]).
     pub pulls: tokio::sync::Mutex<Option<Instant>>,
@@ -523,7 +526,7 @@ where
     Stats::add(&ctx.stats.push_bytes_received, body.len());
     // Only the parsed update is kept: the text is dropped before the
     // router gets it.
-    let decoded = decode_update(version, body);
+    let decoded = decode_update(version, body, ctx.max_path_len);
     // The text is gone: its share goes back before the router is waited on.
     drop(share);
     let update = match decoded {
@@ -689,7 +692,11 @@ mod tests {
     /// `body` in `version` decodes to `want`, each hostname stored once
     /// and a path equal to the one before it shared.
     fn decodes_exactly(version: Version, body: &str, want: &v3::Update) {
-        let got = decode_update(version, Bytes::from(body.to_string()));
+        let got = decode_update(
+            version,
+            Bytes::from(body.to_string()),
+            crate::policy::MAX_PATH_LEN_BOUND,
+        );
         let got = got.unwrap();
         assert_eq!(&got.to_wire(), want, "{body}");
         let mut names: Vec<Arc<str>> = Vec::new();
@@ -730,7 +737,11 @@ mod tests {
             r#"{"underlay":{"announce":[{"destination":"x","path":[]}]}}"#,
         ] {
             assert!(serde_json::from_str::<v3::Update>(bad).is_err());
-            let got = decode_update(Version::V3, Bytes::from(bad));
+            let got = decode_update(
+                Version::V3,
+                Bytes::from(bad),
+                crate::policy::MAX_PATH_LEN_BOUND,
+            );
             assert!(got.is_err_and(|e| e.starts_with("invalid v3 update")));
         }
     }
@@ -743,7 +754,12 @@ mod tests {
             {"destination":"fd00:1::/64","path":["s1","t1"]},
             {"destination":"fd00:2::/64","path":["s1","t1"]},
             {"destination":"fd00:3::/64","path":["s1"]}]}}"#;
-        let got = decode_update(Version::V3, Bytes::from(body)).unwrap();
+        let got = decode_update(
+            Version::V3,
+            Bytes::from(body),
+            crate::policy::MAX_PATH_LEN_BOUND,
+        )
+        .unwrap();
         let paths: Vec<_> =
             got.underlay.as_ref().unwrap().announce.iter().collect();
         let ptr = |i: usize| paths[i].hostnames().as_ptr();
@@ -783,7 +799,11 @@ mod tests {
             r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":64}}]}}"#,
             r#"{"underlay":{"announce":[{"destination":"fd00::/64","path":["a"]}]}}"#,
         ] {
-            let got = decode_update(Version::V2, Bytes::from(bad));
+            let got = decode_update(
+                Version::V2,
+                Bytes::from(bad),
+                crate::policy::MAX_PATH_LEN_BOUND,
+            );
             assert!(
                 got.is_err_and(|e| e.starts_with("invalid v2 update")),
                 "{bad}"
@@ -803,6 +823,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            max_path_len: crate::policy::MAX_PATH_LEN_BOUND,
             pulls: Default::default(),
             log: Logger::root(slog::Discard, slog::o!()),
         };

@@ -45,8 +45,13 @@ pub trait ExchangeClient: Send + Sync {
     /// Push `update`; the body's size in bytes.
     async fn push(&self, update: &OutUpdate) -> Result<usize, ClientError>;
     /// Pull the peer's full set, sending our session's id
-    /// (`server::SESSION_HEADER`) if given.
-    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError>;
+    /// (`server::SESSION_HEADER`) if given; each path is read up to one
+    /// name past `max_path_len`, the longest the policy takes.
+    async fn pull(
+        &self,
+        session: Option<u64>,
+        max_path_len: usize,
+    ) -> Result<Pulled, ClientError>;
 }
 
 /// The exchange's network side.
@@ -131,8 +136,12 @@ impl ExchangeClient for Client {
         Client::push(self, update).await
     }
 
-    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError> {
-        Client::pull(self, session).await
+    async fn pull(
+        &self,
+        session: Option<u64>,
+        max_path_len: usize,
+    ) -> Result<Pulled, ClientError> {
+        Client::pull(self, session, max_path_len).await
     }
 }
 
@@ -509,11 +518,15 @@ impl ExchangeClient for MemClient {
         Ok(bytes)
     }
 
-    async fn pull(&self, session: Option<u64>) -> Result<Pulled, ClientError> {
+    async fn pull(
+        &self,
+        session: Option<u64>,
+        max_path_len: usize,
+    ) -> Result<Pulled, ClientError> {
         let (_, path) = paths(self.version);
         let (headers, body) =
             self.request(Method::GET, path, Bytes::new(), session).await?;
-        decode_pull(self.version, &headers, body)
+        decode_pull(self.version, &headers, body, max_path_len)
     }
 }
 

@@ -95,6 +95,7 @@ async fn side_offering(
         port: PORT,
         peer_port: PORT,
         timeout: Duration::from_secs(1),
+        max_path_len: crate::policy::MAX_PATH_LEN_BOUND,
         router,
         on_failure: Some(on_failure),
         give_up_after,
@@ -266,7 +267,10 @@ async fn strangers_are_refused_in_memory() {
     .unwrap();
     let stranger =
         net.client(to_b, addr(7), Version::V3, Duration::from_secs(1));
-    let e = stranger.pull(None).await.unwrap_err();
+    let e = stranger
+        .pull(None, crate::policy::MAX_PATH_LEN_BOUND)
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, ClientError::Status { status, .. } if status == StatusCode::FORBIDDEN),
         "{e}"
