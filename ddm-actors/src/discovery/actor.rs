@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::fsm::{Effect, Input, PeerFsm, Sent, TimerKind};
 use super::io::{LinkTx, PacketIo};
-use super::limit::{LogLimiter, LogVerdict};
+use super::limit::LogLimiter;
 use super::packet::DiscoveryPacket;
 use super::socket::DISCOVERY_GROUP;
 use super::{Counters, DiscoveryEvent, PeerSnapshot};
@@ -270,16 +270,7 @@ impl State {
     /// log. The first line of a new minute reports how many were held
     /// back.
     fn churn_log_allowed(&mut self) -> bool {
-        match self.churn_log.check(Instant::now()) {
-            LogVerdict::Show { held_before } => {
-                if held_before > 0 {
-                    warn!(self.log, "peer changes not logged (rate limit)";
-                          "suppressed" => held_before);
-                }
-                true
-            }
-            LogVerdict::Hold => false,
-        }
+        self.churn_log.allow(&self.log, "peer changes")
     }
 
     fn emit(&self, event: DiscoveryEvent) {

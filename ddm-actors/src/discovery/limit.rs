@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use slog::{warn, Logger};
 use tokio::time::Instant;
 
 /// Solicitations from one source answered back to back.
@@ -193,6 +194,22 @@ impl LogLimiter {
             self.held += 1;
             self.total_held += 1;
             LogVerdict::Hold
+        }
+    }
+
+    /// Whether a line may be written now; when it may, and lines were
+    /// held back before it, a warning saying how many (of `what`) goes
+    /// first.
+    pub fn allow(&mut self, log: &Logger, what: &str) -> bool {
+        match self.check(Instant::now()) {
+            LogVerdict::Show { held_before } => {
+                if held_before > 0 {
+                    warn!(log, "{what} not logged (rate limit)";
+                        "suppressed" => held_before);
+                }
+                true
+            }
+            LogVerdict::Hold => false,
         }
     }
 

@@ -61,7 +61,7 @@ use super::session::{
 pub use super::stats::{ExchangeCounters, Stats};
 use super::transport::{ExchangeClient, ExchangeTransport, Serving};
 use crate::config::RouterConfig;
-use crate::discovery::limit::{LogLimiter, LogVerdict};
+use crate::discovery::limit::LogLimiter;
 use crate::discovery::PeerIdentity;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
 use crate::timer::{abort_and_wait, cast_after, replace_task};
@@ -296,16 +296,7 @@ impl State {
     /// Whether a line about a refused push may be written now (a few a
     /// minute; the first of a new minute says how many were held back).
     fn refusal_log_allowed(&mut self) -> bool {
-        match self.refusals_log.check(tokio::time::Instant::now()) {
-            LogVerdict::Show { held_before } => {
-                if held_before > 0 {
-                    warn!(self.log, "refused pushes not logged (rate limit)";
-                        "lines" => held_before);
-                }
-                true
-            }
-            LogVerdict::Hold => false,
-        }
+        self.refusals_log.allow(&self.log, "refused pushes")
     }
 
     /// Every task the actor runs: its pull, its push, its timers and its
