@@ -172,6 +172,8 @@ pub enum ExchangeMsg {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.
         session: Option<u64>,
     },
+    /// Our server refused a push of the peer (from the server task).
+    PushRefused,
     /// A pull task finished (internal).
     PullDone {
         /// The generation the pull was started with.
@@ -590,6 +592,7 @@ impl Actor for Exchange {
             ExchangeMsg::PeerPulled { session } => {
                 Input::PeerPulled { session }
             }
+            ExchangeMsg::PushRefused => Input::PushRefused,
             ExchangeMsg::PullDone { gen, result } => Input::PullDone {
                 gen,
                 result: result

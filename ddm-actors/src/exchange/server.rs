@@ -456,7 +456,14 @@ where
         }
     };
     match (op, req.method()) {
-        (Op::Push, &Method::PUT) => push(req, version, ctx, budget).await,
+        (Op::Push, &Method::PUT) => {
+            let answer = push(req, version, ctx, budget).await;
+            if !answer.status().is_success() {
+                // Lost, if the peer is an original (the session decides).
+                let _ = ctx.exchange.cast(ExchangeMsg::PushRefused);
+            }
+            answer
+        }
         (Op::Pull, &Method::GET) => {
             pull(version, session_id(req.headers()), ctx).await
         }
@@ -897,7 +904,8 @@ mod tests {
     }
 
     /// Every malformed body is a 400 with a reason, and nothing reaches the
-    /// router: the next good push is the first thing it sees.
+    /// router: the next good push is the first thing it sees. The exchange
+    /// actor hears of each refusal (an original never sends a push again).
     #[tokio::test]
     async fn malformed_pushes_are_refused() {
         let (ctx, mut seen) = rig(Default::default()).await;
@@ -932,6 +940,9 @@ mod tests {
         let c = ctx.stats.snapshot();
         assert_eq!(c.rejected_malformed, bad.len() as u64);
         assert_eq!(c.pushes_received, 0);
+        for _ in bad {
+            assert_eq!(seen.recv().await, Some(Seen::PushRefused));
+        }
         let r =
             handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &budget())
                 .await;

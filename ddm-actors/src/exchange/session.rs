@@ -228,6 +228,12 @@ impl Session {
             Input::PeerPulled { session } => {
                 self.peer_pulled(session, &mut out)
             }
+            // A peer whose last answer named no session is an original
+            // (before any answer, our first pull is out or retried).
+            Input::PushRefused if self.answered == Some(None) => {
+                self.start_pull(&mut out)
+            }
+            Input::PushRefused => {}
             Input::Pushed(update) => match &mut self.held {
                 Some(held) => held.push(update),
                 None => out.push(Effect::Import(update)),

@@ -102,6 +102,11 @@ pub enum Input {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
     },
+    /// Our server refused a push of the peer (too large, malformed, its
+    /// body too slow, or nothing to hand it to). An original peer ignores
+    /// the answer and never sends the push again: its whole set comes with
+    /// a pull. (Ours send it again, so they are not pulled for it.)
+    PushRefused,
     /// The outcome of [`Effect::Bind`]: the error's text if it failed.
     Bound(Result<(), String>),
     /// A pull finished.

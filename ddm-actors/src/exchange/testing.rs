@@ -30,6 +30,8 @@ pub(crate) enum Seen {
     Pushed(v3::Update),
     /// `ExchangeMsg::PeerPulled`, to a fake exchange actor.
     PeerPulled(Option<u64>),
+    /// `ExchangeMsg::PushRefused`, to a fake exchange actor.
+    PushRefused,
 }
 
 /// Stands in for the router: records what exchange tells it and
@@ -134,6 +136,7 @@ impl Actor for FakeExchange {
             ExchangeMsg::PeerPulled { session } => {
                 tx.send(Seen::PeerPulled(session))
             }
+            ExchangeMsg::PushRefused => tx.send(Seen::PushRefused),
             _ => Ok(()),
         };
         Ok(())
