@@ -40,7 +40,7 @@ use oxnet::Ipv6Net;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
 };
-use slog::{debug, info, o, warn, Logger};
+use slog::{debug, error, info, o, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -177,6 +177,11 @@ pub enum RouterMsg {
     /// Give back the import permits whose hold is over (sent to itself,
     /// see `router/hold.rs`).
     HoldDue,
+    /// The dataplane worker ended on its own (it panicked): the router
+    /// fails, so that its supervisor starts another with a new worker.
+    /// Without it, the router went on importing and advertising what no
+    /// worker would program, for good.
+    WorkerGone(String),
 }
 
 /// The router's counters, for the metrics listener.
@@ -490,7 +495,7 @@ impl Actor for Router {
 
     async fn pre_start(
         &self,
-        _myself: RouterRef,
+        myself: RouterRef,
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
         let log = args.log.new(o!("component" => "router"));
@@ -520,6 +525,17 @@ impl Actor for Router {
             dp_stats.clone(),
             log.new(o!("unit" => "dataplane")),
         ));
+        // The worker ends by itself only if it panics (it runs until the
+        // router's stop, or until the router's end drops its queue):
+        // then the router is told, and fails.
+        let worker = tokio::spawn(async move {
+            if let Err(e) = worker.await {
+                if e.is_panic() {
+                    let why = format!("the dataplane worker panicked: {e}");
+                    let _ = myself.cast(RouterMsg::WorkerGone(why));
+                }
+            }
+        });
         Ok(RouterState {
             rib,
             policy: ImportPolicy::new(args.policy),
@@ -710,6 +726,11 @@ impl Actor for Router {
             RouterMsg::HoldDue => {
                 state.hold_timer = false;
                 state.permits_due();
+            }
+            RouterMsg::WorkerGone(why) => {
+                error!(state.log, "dataplane worker gone; the router fails";
+                    "why" => &why);
+                return Err(why.into());
             }
         }
         if !state.hold_timer {

@@ -732,6 +732,8 @@ enum TestDataplane {
         failures: Arc<std::sync::atomic::AtomicUsize>,
         inner: MemoryDataplane,
     },
+    /// Panics at its first batch (a bug in a dataplane).
+    Panicking,
     /// Writes what it does to `log` as "`name` apply N" and "`name`
     /// removed"; its removal waits for one permit of `removal`.
     Logged {
@@ -755,6 +757,7 @@ impl Dataplane for TestDataplane {
             TestDataplane::Gated { .. } => "gated",
             TestDataplane::Logged { .. } => "logged",
             TestDataplane::Failing { .. } => "failing",
+            TestDataplane::Panicking => "panicking",
         }
     }
     async fn remove_stale(&mut self) -> DpResult<usize> {
@@ -763,6 +766,7 @@ impl Dataplane for TestDataplane {
     async fn apply(&mut self, updates: Vec<RouteUpdate>) -> DpResult<()> {
         match self {
             TestDataplane::Broken => refused(),
+            TestDataplane::Panicking => panic!("a dataplane bug"),
             TestDataplane::Gated { gate, inner } => {
                 gate.acquire().await.expect("gate open").forget();
                 inner.apply(updates).await
@@ -792,7 +796,7 @@ impl Dataplane for TestDataplane {
         tunnels: BTreeSet<TunnelEntry>,
     ) -> DpResult<()> {
         match self {
-            TestDataplane::Broken => refused(),
+            TestDataplane::Broken | TestDataplane::Panicking => refused(),
             TestDataplane::Gated { inner, .. } => {
                 inner.set_tunnels(tunnels).await
             }
@@ -812,7 +816,7 @@ impl Dataplane for TestDataplane {
     }
     async fn remove_all(&mut self) -> DpResult<usize> {
         match self {
-            TestDataplane::Broken => Ok(0),
+            TestDataplane::Broken | TestDataplane::Panicking => Ok(0),
             TestDataplane::Gated { inner, .. } => inner.remove_all().await,
             TestDataplane::Failing { inner, .. } => inner.remove_all().await,
             TestDataplane::Logged { name, log, removal } => {
@@ -916,6 +920,29 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     assert_eq!(inner.tables().routes.len(), 1);
     waited_one_second_then_two(started);
     r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A dataplane worker that panicked fails its router (whose supervisor
+/// starts another): the router does not go on importing what nothing
+/// programs.
+#[tokio::test(start_paused = true)]
+async fn a_router_whose_worker_panicked_fails() {
+    let args = RouterArgs {
+        hostname: "me".to_string(),
+        kind: RouterKind::Server,
+        dataplane: Box::new(TestDataplane::Panicking),
+        policy: Default::default(),
+        turn: DataplaneTurn::default(),
+        log: Logger::root(slog::Discard, o!()),
+    };
+    let (r, ended) = Actor::spawn(None, Router, args).await.unwrap();
+    add_peer(&r, 1, RouterKind::Transit).await;
+    import_from_1(&r, "fd00:9::/64");
+    tokio::time::timeout(Duration::from_secs(60), ended)
+        .await
+        .expect("the router failed")
+        .unwrap();
+    assert_eq!(r.get_status(), ractor::ActorStatus::Stopped);
 }
 
 /// A tunnel endpoint announced by peer 1.
