@@ -507,9 +507,6 @@ where
         .await
         .ok()
         .and_then(Result::ok);
-    if permit.is_none() {
-        Stats::bump(&ctx.stats.pushes_unpaced);
-    }
     let Some(share) = budget.reserve(declared, deadline).await else {
         Stats::bump(&ctx.stats.rejected_other);
         return text(StatusCode::REQUEST_TIMEOUT, "server busy with bodies");
@@ -544,6 +541,10 @@ where
             return bad_request(reason);
         }
     };
+    // Counted once taken: a push refused after the wait was not.
+    if permit.is_none() {
+        Stats::bump(&ctx.stats.pushes_unpaced);
+    }
     let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, permit));
     if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
