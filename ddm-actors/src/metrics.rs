@@ -116,6 +116,7 @@ pub fn discovery_named(
         wrong_interface,
         not_link_local,
         own_packet,
+        own_hostname,
         link_down,
     } = drops;
     let drops = [
@@ -127,6 +128,7 @@ pub fn discovery_named(
         ("wrong_interface", wrong_interface),
         ("not_link_local", not_link_local),
         ("own_packet", own_packet),
+        ("own_hostname", own_hostname),
         ("link_down", link_down),
     ];
     let named = |kv: &[(&str, u64)]| {

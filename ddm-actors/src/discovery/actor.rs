@@ -435,7 +435,8 @@ impl Actor for Discovery {
             Instant::now(),
             args.solicit_interval,
             args.expire_threshold,
-        );
+        )
+        .with_hostname(&args.hostname);
         let mut state = State {
             log,
             args,

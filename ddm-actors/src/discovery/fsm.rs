@@ -158,6 +158,10 @@ pub struct DropCounters {
     pub not_link_local: u64,
     /// Sent by this router itself.
     pub own_packet: u64,
+    /// Sent by another router under our own hostname: every path between
+    /// us would be taken as a loop on both sides (a misconfiguration,
+    /// refused before it becomes a peer).
+    pub own_hostname: u64,
     /// Arrived while the interface was not up.
     pub link_down: u64,
 }
@@ -173,6 +177,7 @@ impl DropCounters {
             + self.wrong_interface
             + self.not_link_local
             + self.own_packet
+            + self.own_hostname
             + self.link_down
     }
 
@@ -261,6 +266,8 @@ pub struct PeerFsm {
     answers: AnswerLimiter,
     /// Bounds how often a live peer may change its identity.
     identity_changes: TokenBucket,
+    /// Our own hostname, if known: a router using it is refused.
+    hostname: Option<String>,
 }
 
 /// Changes of a live peer's identity (name, kind, version: a peer down and
@@ -302,7 +309,14 @@ impl PeerFsm {
                 IDENTITY_CHANGE_BURST,
                 IDENTITY_CHANGES_PER_SECOND,
             ),
+            hostname: None,
         }
+    }
+
+    /// Refuse packets of any router using `hostname`, our own.
+    pub fn with_hostname(mut self, hostname: &str) -> Self {
+        self.hostname = Some(hostname.to_string());
+        self
     }
 
     /// Current state.
@@ -488,6 +502,10 @@ impl PeerFsm {
                 return;
             }
         };
+        if self.hostname.as_deref() == Some(packet.hostname.as_str()) {
+            drops.own_hostname += 1;
+            return;
+        }
         if packet.solicit {
             self.counters.solicitations_received += 1;
             // Answers are rate-limited per source (and for strangers all

@@ -341,7 +341,7 @@ fn link_down_expires_at_once_and_stops_soliciting() {
 #[test]
 fn drops_are_counted_by_reason() {
     let t0 = Instant::now();
-    let mut f = PeerFsm::new(t0, SOLICIT, EXPIRE);
+    let mut f = PeerFsm::new(t0, SOLICIT, EXPIRE).with_hostname("me");
     let d = |f: &mut PeerFsm, from: SocketAddrV6, payload: Vec<u8>| {
         assert!(f.handle(t0, Input::Datagram { from, payload }).is_empty());
     };
@@ -355,6 +355,9 @@ fn drops_are_counted_by_reason() {
     d(&mut f, from(peer_a()), vec![2, 1, 5, 0]);
     d(&mut f, from(peer_a()), vec![2, 1, 0, 1, 0xff]);
     d(&mut f, from(peer_a()), vec![2, 0, 0, 0]);
+    // Another router under our name, advertising and soliciting.
+    d(&mut f, from(peer_a()), advert("me"));
+    d(&mut f, from(peer_a()), solicit("me"));
     let c = f.counters().drops;
     assert_eq!(
         c,
@@ -367,10 +370,11 @@ fn drops_are_counted_by_reason() {
             wrong_interface: 1,
             not_link_local: 1,
             own_packet: 1,
+            own_hostname: 2,
             link_down: 1,
         }
     );
-    assert_eq!(c.total(), 9);
+    assert_eq!(c.total(), 11);
     assert!(f.peer().is_none());
 }
 
