@@ -277,6 +277,9 @@ pub struct State {
     /// Bounds the lines about pushes refused as too large: a peer that
     /// refuses every push (`400`) makes each item of every change one.
     refusals_log: LogLimiter,
+    /// Bounds the error lines about updates dropped for good (apart from
+    /// the refusals', so that those never hide one).
+    dropped_log: LogLimiter,
     /// Logger with the peer.
     log: Logger,
 }
@@ -295,12 +298,6 @@ impl Drop for State {
 }
 
 impl State {
-    /// Whether a line about a refused push may be written now (a few a
-    /// minute; the first of a new minute says how many were held back).
-    fn refusal_log_allowed(&mut self) -> bool {
-        self.refusals_log.allow(&self.log, "refused pushes")
-    }
-
     /// Every task the actor runs: its pull, its push, its timers and its
     /// server, taken to abort.
     fn take_tasks(&mut self) -> Vec<JoinHandle<()>> {
@@ -431,7 +428,9 @@ impl State {
             Effect::Refused { items, error } => {
                 Stats::bump(&self.stats.pushes_refused);
                 // A single item is dropped instead (`Effect::Dropped`).
-                if items > 1 && self.refusal_log_allowed() {
+                if items > 1
+                    && self.refusals_log.allow(&self.log, "refused pushes")
+                {
                     info!(self.log,
                         "push refused as too large; sending it in halves";
                         "items" => items, "half" => items / 2,
@@ -443,7 +442,7 @@ impl State {
                 self.stats
                     .items_dropped_oversize
                     .fetch_add(n, Ordering::Relaxed);
-                if !self.refusal_log_allowed() {
+                if !self.dropped_log.allow(&self.log, "dropped updates") {
                     return None;
                 }
                 let wire = update.to_wire();
@@ -546,6 +545,7 @@ impl Actor for Exchange {
             permit: None,
             held_permits: Vec::new(),
             refusals_log: LogLimiter::new(),
+            dropped_log: LogLimiter::new(),
             log,
         };
         // Tell the router first, so that its mailbox holds `PeerUp` ahead

@@ -542,14 +542,15 @@ where
         }
     };
     // Counted once taken: a push refused after the wait was not.
-    if permit.is_none() {
-        Stats::bump(&ctx.stats.pushes_unpaced);
-    }
+    let unpaced = permit.is_none();
     let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, permit));
     if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
         warn!(ctx.log, "exchange actor gone; push dropped"; "error" => %e);
         return text(StatusCode::SERVICE_UNAVAILABLE, "router unavailable");
+    }
+    if unpaced {
+        Stats::bump(&ctx.stats.pushes_unpaced);
     }
     Stats::bump(&ctx.stats.pushes_received);
     Response::builder()

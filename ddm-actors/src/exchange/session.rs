@@ -54,6 +54,9 @@
 //!   and once it succeeds the peer is pulled again: it may have pushed while
 //!   nothing listened, and an original peer never sends a refused push
 //!   again.
+//! * **A push our server refused** (too large, malformed, too slow) is
+//!   pulled for, unless the peer's answers name its session (ours send it
+//!   again): after the pull out, or on the pull timer.
 //! * **Delivered in batches**: the pending update is cut into batches.
 //!   While a part is in flight, a batch going out that needs more than one
 //!   more part is closed: the router's pushes wait in the next batch,
@@ -228,12 +231,7 @@ impl Session {
             Input::PeerPulled { session } => {
                 self.peer_pulled(session, &mut out)
             }
-            // A peer whose last answer named no session is an original
-            // (before any answer, our first pull is out or retried).
-            Input::PushRefused if self.answered == Some(None) => {
-                self.start_pull(&mut out)
-            }
-            Input::PushRefused => {}
+            Input::PushRefused => self.push_refused(&mut out),
             Input::Pushed(update) => match &mut self.held {
                 Some(held) => held.push(update),
                 None => out.push(Effect::Import(update)),
@@ -339,6 +337,22 @@ impl Session {
         }
         if session.is_none() || self.answered != Some(session) {
             self.start_pull(out);
+        }
+    }
+
+    /// Our server refused a push of the peer. One whose answers name its
+    /// session runs this daemon and sends the push again; another (an
+    /// original, or one not answered yet) is pulled: after the pull out
+    /// (whose answer may predate the push), else on the pull timer, so
+    /// refusals in a row make one pull, not one each.
+    fn push_refused(&mut self, out: &mut Vec<Effect>) {
+        if matches!(self.answered, Some(Some(_))) {
+            return;
+        }
+        if self.pull.busy {
+            self.pull_again = true;
+        } else if !self.pull.timer {
+            self.schedule(TimerKind::Pull, out);
         }
     }
 

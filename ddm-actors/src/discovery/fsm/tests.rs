@@ -397,3 +397,46 @@ fn status_maps_to_admin_api() {
     assert_eq!(DiscoveryState::Exchange.status(d), PeerStatus::Exchange(d));
     assert_eq!(DiscoveryState::Init.status(d).name(), "Init");
 }
+
+/// Past the burst of identity changes, an advertisement naming another
+/// router is dropped and keeps nothing alive: the peer expires on its last
+/// accepted advertisement's timer, and the next advertisement, from an
+/// expired peer, is taken without a token. Tokens come back with time.
+#[test]
+fn identity_changes_past_the_rate_are_dropped_and_keep_nothing_alive() {
+    use super::IDENTITY_CHANGE_BURST;
+    let t0 = Instant::now();
+    let mut f = up_fsm(t0);
+    let adv = |f: &mut PeerFsm, t: Instant, host: &str| {
+        f.handle(
+            t,
+            Input::Datagram { from: from(peer_a()), payload: advert(host) },
+        )
+    };
+    let mut expire = gen_of(&adv(&mut f, t0, "x"), TimerKind::Expire).unwrap();
+    let mut host = "x";
+    for _ in 0..IDENTITY_CHANGE_BURST as usize {
+        host = if host == "x" { "y" } else { "x" };
+        let fx = adv(&mut f, t0, host);
+        assert!(fx.contains(&Effect::PeerUp(ident(peer_a(), host))), "{fx:?}");
+        expire = gen_of(&fx, TimerKind::Expire).unwrap();
+    }
+    let other = if host == "x" { "y" } else { "x" };
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(adv(&mut f, t1, other).is_empty());
+    assert_eq!(f.counters().identity_changes_rate_limited, 1);
+    assert_eq!(f.peer().map(|p| p.hostname.clone()), Some(host.to_string()));
+    // Its timer, set by the last change taken, expires the peer.
+    let fx = f.handle(
+        t0 + EXPIRE,
+        Input::Timer { kind: TimerKind::Expire, gen: expire },
+    );
+    assert_eq!(fx[0], Effect::PeerDown(ident(peer_a(), host)));
+    let fx = adv(&mut f, t0 + EXPIRE, other);
+    assert_eq!(fx[0], Effect::PeerUp(ident(peer_a(), other)));
+    // Ten seconds bring back a token: a change is taken again.
+    let t2 = t0 + EXPIRE + Duration::from_secs(10);
+    let fx = adv(&mut f, t2, host);
+    assert!(fx.contains(&Effect::PeerUp(ident(peer_a(), host))), "{fx:?}");
+    assert_eq!(f.counters().identity_changes_rate_limited, 1);
+}
