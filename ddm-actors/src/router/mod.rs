@@ -499,14 +499,7 @@ impl Actor for Router {
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
         let log = args.log.new(o!("component" => "router"));
-        let mut dp = args.dataplane;
-        match dp.remove_stale().await {
-            Ok(0) => {}
-            Ok(n) => info!(log, "removed routes left by a previous run";
-                "count" => n, "dataplane" => dp.name()),
-            Err(e) => warn!(log, "could not remove stale routes";
-                "error" => %e, "dataplane" => dp.name()),
-        }
+        let dp = args.dataplane;
         info!(log, "router started"; "hostname" => &args.hostname,
             "kind" => %args.kind, "dataplane" => dp.name(),
             "accept_default_route" => args.policy.accept_default_route,

@@ -734,8 +734,9 @@ enum TestDataplane {
     },
     /// Panics at its first batch (a bug in a dataplane).
     Panicking,
-    /// Writes what it does to `log` as "`name` apply N" and "`name`
-    /// removed"; its removal waits for one permit of `removal`.
+    /// Writes what it does to `log` as "`name` stale", "`name` apply N"
+    /// and "`name` removed"; its removal waits for one permit of
+    /// `removal`.
     Logged {
         name: &'static str,
         log: Arc<Mutex<Vec<String>>>,
@@ -761,6 +762,9 @@ impl Dataplane for TestDataplane {
         }
     }
     async fn remove_stale(&mut self) -> DpResult<usize> {
+        if let TestDataplane::Logged { name, log, .. } = self {
+            log.lock().unwrap().push(format!("{name} stale"));
+        }
         Ok(0)
     }
     async fn apply(&mut self, updates: Vec<RouteUpdate>) -> DpResult<()> {
@@ -862,7 +866,7 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     .await;
     add_peer(&old, 1, RouterKind::Transit).await;
     import_from_1(&old, "fd00:9::/64");
-    assert_eq!(logged(&log, 1).await, ["old apply 1"]);
+    assert_eq!(logged(&log, 2).await, ["old stale", "old apply 1"]);
     // Killed: no post_stop. Its worker, detached, begins its removal,
     // which waits here, while the restarted router imports.
     old.kill_and_wait(None).await.unwrap();
@@ -875,15 +879,17 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     .await;
     add_peer(&new, 1, RouterKind::Transit).await;
     import_from_1(&new, "fd00:9::/64");
+    // Its removal of what a previous run left waits too: beside the
+    // failed worker's, the two would race.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(*log.lock().unwrap(), ["old apply 1"]);
+    assert_eq!(*log.lock().unwrap(), ["old stale", "old apply 1"]);
     removal.add_permits(2);
     assert_eq!(
-        logged(&log, 3).await,
-        ["old apply 1", "old removed", "new apply 1"]
+        logged(&log, 5).await,
+        ["old stale", "old apply 1", "old removed", "new stale", "new apply 1"]
     );
     new.stop_and_wait(None, None).await.unwrap();
-    assert_eq!(logged(&log, 4).await[3], "new removed");
+    assert_eq!(logged(&log, 6).await[5], "new removed");
 }
 
 /// A server router with peer 1 up over a dataplane that fails its first

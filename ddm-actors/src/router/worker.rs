@@ -163,6 +163,16 @@ pub(super) async fn dataplane_worker(
     log: Logger,
 ) {
     let _turn = turn.0.lock_owned().await;
+    // What a previous run left is removed in the turn too: beside a failed
+    // router's worker still removing its own, the two removals raced, and
+    // each reported the other's routes as refusals.
+    match dp.remove_stale().await {
+        Ok(0) => {}
+        Ok(n) => info!(log, "removed routes left by a previous run";
+            "count" => n, "dataplane" => dp.name()),
+        Err(e) => warn!(log, "could not remove stale routes";
+            "error" => %e, "dataplane" => dp.name()),
+    }
     // A batch that failed as a whole, waiting to be applied again (what
     // comes meanwhile is applied at once, and wins where both name a
     // destination).
