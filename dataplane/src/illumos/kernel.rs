@@ -27,6 +27,7 @@
 //! socket itself ([`RouteSocket`]) is illumos-only.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -219,13 +220,21 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         let mut sock = self.sock.take().ok_or_else(|| {
             DataplaneError::Unavailable("routing socket lost".into())
         })?;
+        // A panic of the batch is its error, not the socket's loss: the
+        // socket comes back either way (lost, every later batch and the
+        // final removal failed for good).
         let (sock, done) = tokio::task::spawn_blocking(move || {
-            let done = run_batch(&mut sock, &adds, &dels);
+            let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run_batch(&mut sock, &adds, &dels)
+            }));
             (sock, done)
         })
         .await
         .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
         self.sock = Some(sock);
+        let done = done.map_err(|_| {
+            DataplaneError::Request("the route batch panicked".into())
+        })?;
         if let Err(e) = self.record.remove(&done.deleted) {
             warn!(self.log, "could not update the route record";
                 "error" => %e);
@@ -395,10 +404,15 @@ mod tests {
         /// Interfaces removed: their routes are gone with them, and a
         /// delete naming one is refused (EINVAL).
         removed: Arc<Mutex<BTreeSet<u16>>>,
+        /// Adds of these panic once (a bug in the socket's code).
+        panics: Arc<Mutex<BTreeSet<KernelRoute>>>,
     }
 
     impl RouteSocket for FakeKernel {
         fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            if self.panics.lock().unwrap().remove(r) {
+                panic!("a bug in the routing socket's code");
+            }
             if self.refuse.lock().unwrap().contains(r) {
                 return Ok(WriteOutcome::Failed(22));
             }
@@ -485,6 +499,21 @@ mod tests {
 
     fn table(k: &FakeKernel) -> Vec<KernelRoute> {
         k.table.lock().unwrap().iter().copied().collect()
+    }
+
+    /// A batch that panicked is its own error; the socket stays, and the
+    /// next batch is written.
+    #[tokio::test]
+    async fn a_batch_that_panicked_keeps_the_socket() {
+        let (_dir, k, mut d) = fresh();
+        k.panics.lock().unwrap().insert(kr("fd00:1::/64", "fe80::a", 2));
+        let err = d
+            .apply(vec![upd("fd00:1::/64", &[("fe80::a", 2)])])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+        d.apply(vec![upd("fd00:2::/64", &[("fe80::a", 2)])]).await.unwrap();
+        assert_eq!(table(&k), [kr("fd00:2::/64", "fe80::a", 2)]);
     }
 
     #[tokio::test]
