@@ -177,6 +177,9 @@ pub enum RouterMsg {
     /// Give back the import permits whose hold is over (sent to itself,
     /// see `router/hold.rs`).
     HoldDue,
+    /// [`ORIGINATED_WAIT`] has passed since the start (to itself): pulls
+    /// still waiting for the originated set are answered without it.
+    OriginatedWaitOver,
     /// The dataplane worker ended on its own (it panicked): the router
     /// fails, so that its supervisor starts another with a new worker.
     /// Without it, the router went on importing and advertising what no
@@ -245,9 +248,18 @@ pub struct RouterArgs {
     pub policy: PolicyConfig,
     /// Shared by the routers one supervisor starts, one after another.
     pub turn: DataplaneTurn,
+    /// Whether the originated set will come (`SetOriginated`, from the
+    /// admin actor): pulls of peers are then answered only once it has,
+    /// or after [`ORIGINATED_WAIT`] (see [`RouterMsg::OriginatedWaitOver`]).
+    pub await_originated: bool,
     /// Logger.
     pub log: Logger,
 }
+
+/// Longest time pulls wait for the originated set (shorter than the
+/// exchange timeout a pull is answered within).
+pub const ORIGINATED_WAIT: std::time::Duration =
+    std::time::Duration::from_secs(2);
 
 /// The router's state.
 pub struct RouterState {
@@ -279,6 +291,12 @@ pub struct RouterState {
     dataplane_unsent: Vec<DataplaneCmd>,
     /// Whether a [`RouterMsg::Flush`] is queued.
     flush_queued: bool,
+    /// Pulls of peers waiting for the originated set: a pull answer is
+    /// the peer's whole view of us, and one without our own prefixes,
+    /// answered by a router restarted while the admin actor was busy,
+    /// made peers withdraw them fabric-wide until they came. `None` once
+    /// it came (or was never to come).
+    pulls_waiting: Option<Vec<(PeerId, RpcReplyPort<v3::PullResponse>)>>,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
     /// The worker; on stop it removes our routes and returns.
@@ -292,6 +310,33 @@ pub struct RouterState {
 }
 
 impl RouterState {
+    /// Answer a pull of `peer`. The answer holds everything we offer,
+    /// including what is still unsent here or pending in the exchange
+    /// actor: the peer may hold that now. What is collected for it is
+    /// handed over first, and the exchange actor, which marks its pending
+    /// update held, hears of the answer in order after it.
+    fn answer_pull(
+        &mut self,
+        peer: PeerId,
+        reply: RpcReplyPort<v3::PullResponse>,
+    ) {
+        if let Some(u) = self.unsent.remove(&peer) {
+            self.hand_over(peer, u);
+        }
+        if let Some(x) = self.exchanges.get(&peer) {
+            let _ = x.send_message(PeerCmd::Answered);
+        }
+        let _ = reply.send(self.rib.pull_response_for(peer));
+    }
+
+    /// The originated set came (or will not): answer the pulls that
+    /// waited for it, in order, and every later one at once.
+    fn answer_waiting_pulls(&mut self) {
+        for (peer, reply) in self.pulls_waiting.take().unwrap_or_default() {
+            self.answer_pull(peer, reply);
+        }
+    }
+
     /// Filter an update pushed by `peer` and import what is accepted;
     /// whether that queued work for the dataplane worker.
     fn import(&mut self, peer: PeerId, update: OutUpdate) -> bool {
@@ -518,6 +563,10 @@ impl Actor for Router {
             dp_stats.clone(),
             log.new(o!("unit" => "dataplane")),
         ));
+        if args.await_originated {
+            myself
+                .send_after(ORIGINATED_WAIT, || RouterMsg::OriginatedWaitOver);
+        }
         // The worker ends by itself only if it panics (it runs until the
         // router's stop, or until the router's end drops its queue):
         // then the router is told, and fails.
@@ -539,6 +588,7 @@ impl Actor for Router {
             unsent: BTreeMap::new(),
             dataplane_unsent: Vec::new(),
             flush_queued: false,
+            pulls_waiting: args.await_originated.then(Vec::new),
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -578,6 +628,15 @@ impl Actor for Router {
                 let e = state.rib.set_originated(prefixes, tunnels);
                 state.carry_out(e);
                 trim_after(size);
+                state.answer_waiting_pulls();
+            }
+            RouterMsg::OriginatedWaitOver => {
+                if state.pulls_waiting.is_some() {
+                    warn!(state.log, "the originated set did not come in \
+                        time; answering pulls without it";
+                        "waited_s" => ORIGINATED_WAIT.as_secs());
+                    state.answer_waiting_pulls();
+                }
             }
             RouterMsg::Originate(p) => {
                 let size = p.len();
@@ -676,21 +735,10 @@ impl Actor for Router {
                 state.import_pull(peer, response);
                 trim_after(size);
             }
-            RouterMsg::PullFor(peer, reply) => {
-                // The answer holds everything we offer, including what is
-                // still unsent here or pending in the exchange actor: the
-                // peer may hold that now. What is collected for it is
-                // handed over first, and the exchange actor, which marks
-                // its pending update held, hears of the answer in order
-                // after it.
-                if let Some(u) = state.unsent.remove(&peer) {
-                    state.hand_over(peer, u);
-                }
-                if let Some(x) = state.exchanges.get(&peer) {
-                    let _ = x.send_message(PeerCmd::Answered);
-                }
-                let _ = reply.send(state.rib.pull_response_for(peer));
-            }
+            RouterMsg::PullFor(peer, reply) => match &mut state.pulls_waiting {
+                Some(waiting) => waiting.push((peer, reply)),
+                None => state.answer_pull(peer, reply),
+            },
             RouterMsg::GetRouteCount(reply) => {
                 let _ = reply.send(state.rib.route_count());
             }

@@ -102,6 +102,7 @@ async fn router_taking(
         dataplane,
         policy,
         turn,
+        await_originated: false,
         log: Logger::root(slog::Discard, o!()),
     };
     Actor::spawn(None, Router, args).await.unwrap().0
@@ -939,6 +940,7 @@ async fn a_router_whose_worker_panicked_fails() {
         dataplane: Box::new(TestDataplane::Panicking),
         policy: Default::default(),
         turn: DataplaneTurn::default(),
+        await_originated: false,
         log: Logger::root(slog::Discard, o!()),
     };
     let (r, ended) = Actor::spawn(None, Router, args).await.unwrap();
@@ -1243,4 +1245,60 @@ async fn the_per_peer_limit_refuses_new_destinations_only() {
     assert_eq!(c.per_peer[&peer(1)].get(Refusal::PrefixLimit), 6);
     let prefixes = ractor::call!(r, RouterMsg::GetPrefixes).unwrap();
     assert_eq!(prefixes[&peer(1).addr.to_string()].len(), 10);
+}
+
+/// A router the admin actor will hand the originated set answers pulls
+/// only once it has come (a pull answer is the peer's whole view of us: one
+/// without our prefixes made peers withdraw them), or after
+/// `ORIGINATED_WAIT` without it.
+#[tokio::test(start_paused = true)]
+async fn pulls_wait_for_the_originated_set() {
+    let anyone = PeerId { ifindex: 0, addr: std::net::Ipv6Addr::UNSPECIFIED };
+    let spawn = || async {
+        let args = RouterArgs {
+            hostname: "me".to_string(),
+            kind: RouterKind::Server,
+            dataplane: Box::new(MemoryDataplane::new()),
+            policy: Default::default(),
+            turn: DataplaneTurn::default(),
+            await_originated: true,
+            log: Logger::root(slog::Discard, o!()),
+        };
+        Actor::spawn(None, Router, args).await.unwrap().0
+    };
+    let pull = |r: &RouterRef| {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let answer = ractor::call!(r, RouterMsg::PullFor, anyone).unwrap();
+            let own: Vec<Ipv6Net> = answer
+                .underlay
+                .unwrap_or_default()
+                .into_iter()
+                .map(|pv| pv.destination)
+                .collect();
+            (own, started.elapsed())
+        })
+    };
+    let r = spawn().await;
+    let early = pull(&r);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!early.is_finished(), "answered before the originated set");
+    r.cast(RouterMsg::SetOriginated {
+        prefixes: [p("fd00:7::/64")].into(),
+        tunnels: Default::default(),
+    })
+    .unwrap();
+    assert_eq!(early.await.unwrap().0, [p("fd00:7::/64")]);
+    // Later pulls are answered at once.
+    let (own, took) = pull(&r).await.unwrap();
+    assert_eq!((own, took), (vec![p("fd00:7::/64")], Duration::ZERO));
+    r.stop_and_wait(None, None).await.unwrap();
+
+    // A set that never comes: answered without it, after the wait.
+    let r = spawn().await;
+    let (own, took) = pull(&r).await.unwrap();
+    assert!(own.is_empty());
+    assert_eq!(took, ORIGINATED_WAIT);
+    r.stop_and_wait(None, None).await.unwrap();
 }

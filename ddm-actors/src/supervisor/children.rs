@@ -56,6 +56,9 @@ impl SupervisorState {
             dataplane,
             policy: self.config.router.policy.clone(),
             turn: self.dataplane_turn.clone(),
+            // The admin actor hands every router started the originated
+            // set.
+            await_originated: self.admin.is_some(),
             log: self.root_log.clone(),
         };
         let (router, _) =
