@@ -1069,14 +1069,19 @@ async fn set_originated_reconciles() {
         tunnels: BTreeSet::new(),
     })
     .unwrap();
-    let pull = ractor::call!(r, RouterMsg::PullFor, peer(1)).unwrap();
-    let dests: BTreeSet<_> = pull
+    let dests = pulled(&r, peer(1)).await;
+    assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
+}
+
+/// The destinations of `r`'s answer to a pull of `from`.
+async fn pulled(r: &RouterRef, from: PeerId) -> BTreeSet<Ipv6Net> {
+    let answer = ractor::call!(r, RouterMsg::PullFor, from).unwrap();
+    answer
         .underlay
         .unwrap_or_default()
         .into_iter()
         .map(|pv| pv.destination)
-        .collect();
-    assert_eq!(dests, [p("fd00:2::/64"), p("fd00:3::/64")].into());
+        .collect()
 }
 
 fn announce_all(pvs: &[(&str, &[&str])]) -> OutUpdate {
@@ -1270,13 +1275,7 @@ async fn pulls_wait_for_the_originated_set() {
         let r = r.clone();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let answer = ractor::call!(r, RouterMsg::PullFor, anyone).unwrap();
-            let own: Vec<Ipv6Net> = answer
-                .underlay
-                .unwrap_or_default()
-                .into_iter()
-                .map(|pv| pv.destination)
-                .collect();
+            let own = pulled(&r, anyone).await;
             (own, started.elapsed())
         })
     };
@@ -1289,10 +1288,10 @@ async fn pulls_wait_for_the_originated_set() {
         tunnels: Default::default(),
     })
     .unwrap();
-    assert_eq!(early.await.unwrap().0, [p("fd00:7::/64")]);
+    assert_eq!(early.await.unwrap().0, [p("fd00:7::/64")].into());
     // Later pulls are answered at once.
     let (own, took) = pull(&r).await.unwrap();
-    assert_eq!((own, took), (vec![p("fd00:7::/64")], Duration::ZERO));
+    assert_eq!((own, took), ([p("fd00:7::/64")].into(), Duration::ZERO));
     r.stop_and_wait(None, None).await.unwrap();
 
     // A set that never comes: answered without it, after the wait.
