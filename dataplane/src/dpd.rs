@@ -442,8 +442,9 @@ struct Inner {
     installed: Table,
     /// False once dpd was unreachable, until a reconciliation succeeds.
     synced: bool,
-    /// Set by `remove_all`: a batch no longer stops at its first
-    /// unanswered request.
+    /// Set by `remove_all` (a clean shutdown, not the removal after a
+    /// router's failure): a batch no longer stops at its first unanswered
+    /// request.
     stopping: bool,
     interfaces: InterfaceNames,
     /// Interfaces already reported as unmappable.
@@ -578,9 +579,10 @@ impl Inner {
                 // No more requests to a dpd that does not answer (each
                 // would wait out its timeout, holding the dataplane):
                 // those not made are made by the reconciliation once it
-                // answers again. At shutdown there is no later
+                // answers again. At a clean shutdown there is no later
                 // reconciliation: every removal is tried (the router's
-                // stop grace bounds the wait).
+                // stop grace bounds the wait). After a router's failure
+                // there is, the next router's start.
                 break;
             }
         }
@@ -724,6 +726,29 @@ impl DpdDataplane {
     pub fn stats(&self) -> Arc<DpdStats> {
         self.stats.clone()
     }
+
+    /// Remove every route of ours; `every`: try each one even past one
+    /// unanswered (a clean shutdown), else stop there.
+    async fn remove_every_route(
+        &mut self,
+        every: bool,
+    ) -> Result<usize, DataplaneError> {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        let mut inner = self.inner.lock().await;
+        inner.desired.clear();
+        inner.stopping = every;
+        match inner.reconcile().await {
+            Ok(n) => Ok(n),
+            Err(DataplaneError::Request(_)) => {
+                // The listing was refused: delete what we know of.
+                let keys: Vec<_> = inner.installed.keys().copied().collect();
+                inner.sync(keys).await
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Probes dpd and reconciles when it comes back, until the dataplane is
@@ -802,21 +827,16 @@ impl Dataplane for DpdDataplane {
     }
 
     async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
-        let mut inner = self.inner.lock().await;
-        inner.desired.clear();
-        inner.stopping = true;
-        match inner.reconcile().await {
-            Ok(n) => Ok(n),
-            Err(DataplaneError::Request(_)) => {
-                // The listing was refused: delete what we know of.
-                let keys: Vec<_> = inner.installed.keys().copied().collect();
-                inner.sync(keys).await
-            }
-            Err(e) => Err(e),
-        }
+        self.remove_every_route(true).await
+    }
+
+    async fn remove_all_after_failure(
+        &mut self,
+    ) -> Result<usize, DataplaneError> {
+        // The next router's start reconciles dpd's table: against a dpd
+        // that does not answer, trying every route (each its own timeout,
+        // 32 at a time) held the dataplane turn from it for many minutes.
+        self.remove_every_route(false).await
     }
 }
 

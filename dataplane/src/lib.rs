@@ -225,6 +225,17 @@ pub trait Dataplane: Send + 'static {
 
     /// Remove every route this router installed (at shutdown).
     async fn remove_all(&mut self) -> Result<usize, DataplaneError>;
+
+    /// [`Dataplane::remove_all`] for a router that failed: another starts
+    /// after it, whose own start removes what this one leaves, so the
+    /// removal may give up where waiting is long (the switch's: at the
+    /// first unanswered request, as a batch does). By default the same
+    /// removal.
+    async fn remove_all_after_failure(
+        &mut self,
+    ) -> Result<usize, DataplaneError> {
+        self.remove_all().await
+    }
 }
 
 /// A destination with its host bits cleared: the key of its routes, in

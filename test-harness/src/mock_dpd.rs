@@ -105,6 +105,8 @@ struct State {
     down: bool,
     /// Requests are read and held unanswered (see [`MockDpd::set_silent`]).
     silent: bool,
+    /// Only deletions are (see [`MockDpd::set_silent_deletes`]).
+    silent_deletes: bool,
     /// Requests held while silent.
     unanswered: usize,
     next_id: u64,
@@ -238,6 +240,13 @@ impl MockDpd {
         lock(&self.state).silent = silent;
     }
 
+    /// While `silent`, deletions are held unanswered as by
+    /// [`MockDpd::set_silent`]; everything else is answered (a dpd that
+    /// lists its table, then hangs).
+    pub fn set_silent_deletes(&self, silent: bool) {
+        lock(&self.state).silent_deletes = silent;
+    }
+
     /// How many requests were held unanswered while silent.
     pub fn unanswered(&self) -> usize {
         lock(&self.state).unanswered
@@ -272,9 +281,12 @@ async fn handle(
         // Abort the connection: the client sees no answer.
         return Err(std::io::Error::other("mock dpd is down"));
     }
-    if lock(st).silent {
+    let held = |s: &State| {
+        s.silent || (s.silent_deletes && req.method() == http::Method::DELETE)
+    };
+    if held(&lock(st)) {
         lock(st).unanswered += 1;
-        while lock(st).silent {
+        while held(&lock(st)) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         return Err(std::io::Error::other("mock dpd was silent"));

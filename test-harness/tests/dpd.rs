@@ -585,6 +585,26 @@ async fn a_hung_dpd_stops_a_batch_at_its_first_timeout() {
     .await;
 }
 
+/// A failed router's removal gives up at the first unanswered deletion
+/// (the next router's start reconciles dpd's table); a clean shutdown's
+/// tries every route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_after_a_failure_stops_at_the_first_timeout() {
+    let mock = MockDpd::start().unwrap();
+    let mut dp = dataplane(&mock);
+    dp.remove_stale().await.unwrap();
+    let a = nh("fe80::a", 1);
+    let batch: Vec<RouteUpdate> =
+        (0..200u16).map(|i| upd(&format!("fd00:{i:x}::/64"), &[a])).collect();
+    dp.apply(batch).await.unwrap();
+    assert_eq!(mock.routes().len(), 200);
+    mock.set_silent_deletes(true);
+    let r = dp.remove_all_after_failure().await;
+    assert!(r.is_err(), "{r:?}");
+    let held = mock.unanswered();
+    assert!(held <= 33, "{held} deletions sent to a dpd that never answers");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_lists_every_page_of_a_large_table() {
     let mock = MockDpd::start().unwrap();

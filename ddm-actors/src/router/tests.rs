@@ -736,8 +736,8 @@ enum TestDataplane {
     /// Panics at its first batch (a bug in a dataplane).
     Panicking,
     /// Writes what it does to `log` as "`name` stale", "`name` apply N"
-    /// and "`name` removed"; its removal waits for one permit of
-    /// `removal`.
+    /// and "`name` removed" (or "`name` removed after a failure"); its
+    /// removal waits for one permit of `removal`.
     Logged {
         name: &'static str,
         log: Arc<Mutex<Vec<String>>>,
@@ -831,6 +831,14 @@ impl Dataplane for TestDataplane {
             }
         }
     }
+    async fn remove_all_after_failure(&mut self) -> DpResult<usize> {
+        if let TestDataplane::Logged { name, log, removal } = self {
+            removal.acquire().await.expect("gate open").forget();
+            log.lock().unwrap().push(format!("{name} removed after a failure"));
+            return Ok(0);
+        }
+        self.remove_all().await
+    }
 }
 
 /// Until `log` has `n` entries (time is paused: each sleep lets every
@@ -887,7 +895,13 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     removal.add_permits(2);
     assert_eq!(
         logged(&log, 5).await,
-        ["old stale", "old apply 1", "old removed", "new stale", "new apply 1"]
+        [
+            "old stale",
+            "old apply 1",
+            "old removed after a failure",
+            "new stale",
+            "new apply 1"
+        ]
     );
     new.stop_and_wait(None, None).await.unwrap();
     assert_eq!(logged(&log, 6).await[5], "new removed");

@@ -180,6 +180,9 @@ pub(super) async fn dataplane_worker(
     let mut failed_in_a_row = 0u32;
     let mut tunnel_retry: Option<TunnelRetry> = None;
     let mut tunnels_failed_in_a_row = 0u32;
+    // Whether the router stopped cleanly (it sent the shutdown), rather
+    // than failed (it dropped the sender, or the queue, unsent).
+    let mut clean = false;
     loop {
         let due = earliest(
             retry.as_ref().map(|r| r.at),
@@ -187,7 +190,10 @@ pub(super) async fn dataplane_worker(
         );
         let first = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            stopped = &mut shutdown => {
+                clean = stopped.is_ok();
+                break;
+            }
             cmd = rx.recv() => match cmd {
                 Some(c) => Some(c),
                 None => break,
@@ -287,7 +293,12 @@ pub(super) async fn dataplane_worker(
     }
     // Permits still queued go back now, not after the removal.
     drop(rx);
-    match dp.remove_all().await {
+    let removed = if clean {
+        dp.remove_all().await
+    } else {
+        dp.remove_all_after_failure().await
+    };
+    match removed {
         Ok(n) => info!(log, "removed our routes"; "count" => n),
         Err(e) => warn!(log, "removing our routes failed"; "error" => %e),
     }
