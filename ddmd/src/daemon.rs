@@ -171,6 +171,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    let routes_left = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (supervisor, mut handle) = Actor::spawn(
         None,
         Supervisor,
@@ -181,6 +182,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             packet_io: Arc::new(|_: &InterfaceSpec| PacketIo::udp()),
             watch_links: !args.no_state_machine,
             exchange_net: ExchangeTransport::http(),
+            routes_left: routes_left.clone(),
             log: log.new(o!()),
         },
     )
@@ -273,6 +275,13 @@ pub async fn run(args: Args) -> Result<(), String> {
             "shutdown took longer than {} s; exited before it was done \
              (routes this router installed may remain)",
             SHUTDOWN_GRACE.as_secs()
+        ));
+    }
+    if routes_left.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(format!(
+            "the router's routes were not all removed within {} s (see \
+             the log)",
+            ROUTER_STOP_GRACE.as_secs()
         ));
     }
     info!(log, "ddmd stopped");

@@ -193,6 +193,7 @@ async fn supervisor(dir: &std::path::Path) -> SupervisorRef {
         packet_io,
         watch_links: false,
         exchange_net: Default::default(),
+        routes_left: Default::default(),
         log: Logger::root(slog::Discard, slog::o!()),
     };
     ractor::Actor::spawn(None, Supervisor, args).await.unwrap().0

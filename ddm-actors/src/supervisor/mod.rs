@@ -197,6 +197,9 @@ pub struct SupervisorArgs {
     pub watch_links: bool,
     /// The exchange actors' network side (HTTP in a deployment).
     pub exchange_net: ExchangeTransport,
+    /// Set when the supervisor stopped without the router's routes all
+    /// removed in time (read by `ddmd` for its exit status).
+    pub routes_left: Arc<std::sync::atomic::AtomicBool>,
     /// Logger.
     pub log: Logger,
 }
@@ -246,6 +249,8 @@ pub struct SupervisorState {
     exchange_net: ExchangeTransport,
     /// This actor's logger.
     log: Logger,
+    /// See [`SupervisorArgs::routes_left`].
+    routes_left: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Actor for Supervisor {
@@ -279,6 +284,7 @@ impl Actor for Supervisor {
             stopping: false,
             root_log: args.log,
             exchange_net: args.exchange_net,
+            routes_left: args.routes_left,
             log,
         };
         state.start_admin(&myself).await?;
@@ -327,6 +333,7 @@ impl Actor for Supervisor {
         if tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_err() {
             warn!(state.root_log, "the router's routes were not removed in time";
                 "waited_s" => ROUTER_STOP_GRACE.as_secs());
+            state.routes_left.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(admin) = state.admin.take() {
             let _ = admin.stop_and_wait(None, grace).await;

@@ -42,6 +42,16 @@ async fn start_on(
     listen: bool,
     factory: DataplaneFactory,
 ) -> SupervisorRef {
+    start_reporting(admin_only, listen, factory, Default::default()).await
+}
+
+/// [`start_on`], setting `routes_left` if routes are left at its stop.
+async fn start_reporting(
+    admin_only: bool,
+    listen: bool,
+    factory: DataplaneFactory,
+    routes_left: Arc<std::sync::atomic::AtomicBool>,
+) -> SupervisorRef {
     let store = Store::in_memory();
     let (a, _b) = MemoryPort::pair(
         (1, "fe80::1".parse().unwrap()),
@@ -56,6 +66,7 @@ async fn start_on(
         packet_io,
         watch_links: false,
         exchange_net: Default::default(),
+        routes_left,
         log: log(),
     };
     Actor::spawn(None, Supervisor, args).await.unwrap().0
@@ -179,15 +190,42 @@ impl Dataplane for SlowRemoval {
 /// the flag that removal sets.
 async fn start_slow_removal(
 ) -> (SupervisorRef, Arc<std::sync::atomic::AtomicBool>) {
+    let (sup, removed, _) = start_removing_in(Duration::from_secs(5)).await;
+    (sup, removed)
+}
+
+/// A supervisor whose router's removal takes `removal`: whether it was
+/// done, and whether the supervisor reported routes left.
+async fn start_removing_in(
+    removal: Duration,
+) -> (
+    SupervisorRef,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
     let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = removed.clone();
     let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-        Ok(Box::new(SlowRemoval {
-            removal: Duration::from_secs(5),
-            removed: flag.clone(),
-        }) as Box<dyn Dataplane>)
+        Ok(Box::new(SlowRemoval { removal, removed: flag.clone() })
+            as Box<dyn Dataplane>)
     });
-    (start_on(false, false, factory).await, removed)
+    let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sup = start_reporting(false, false, factory, left.clone()).await;
+    (sup, removed, left)
+}
+
+/// A removal past the router's stop grace is reported as routes left
+/// (`ddmd` exits 1 for it); one within it is not.
+#[tokio::test(start_paused = true)]
+async fn a_removal_past_the_grace_is_reported() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (sup, removed, left) = start_removing_in(Duration::from_secs(5)).await;
+    sup.stop_and_wait(None, None).await.unwrap();
+    assert!(removed.load(SeqCst) && !left.load(SeqCst));
+    let long = ROUTER_STOP_GRACE + Duration::from_secs(10);
+    let (sup, removed, left) = start_removing_in(long).await;
+    sup.stop_and_wait(None, None).await.unwrap();
+    assert!(!removed.load(SeqCst) && left.load(SeqCst));
 }
 
 /// Stopping waits for the router's removal of our routes even when it

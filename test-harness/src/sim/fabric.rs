@@ -297,6 +297,7 @@ impl SimFabric {
             packet_io,
             watch_links: false,
             exchange_net: ExchangeTransport::memory(self.net.clone()),
+            routes_left: Default::default(),
             log: Logger::root(slog::Discard, o!()),
         };
         let (sup, _) = Actor::spawn(None, Supervisor, args)
