@@ -446,6 +446,10 @@ struct Inner {
     /// router's failure): a batch no longer stops at its first unanswered
     /// request.
     stopping: bool,
+    /// Set by `remove_stale`, which the router's worker calls once it has
+    /// the dataplane turn: until then the watcher does not reconcile (a
+    /// failed router's worker may still be removing our routes).
+    started: bool,
     interfaces: InterfaceNames,
     /// Interfaces already reported as unmappable.
     warned: HashSet<String>,
@@ -670,6 +674,9 @@ impl Inner {
     /// One round of the watcher: reconcile if out of sync (or due), else
     /// probe.
     async fn watch_once(&mut self, full: bool) {
+        if !self.started {
+            return;
+        }
         if !self.synced || full {
             if let Err(e) = self.reconcile().await {
                 debug!(self.log, "reconciliation with dpd failed";
@@ -696,8 +703,9 @@ impl DpdDataplane {
     /// A dataplane programming the dpd at `config.host`:`config.port`.
     ///
     /// The watcher starts at once (so this must be called within a tokio
-    /// runtime); the router's start ([`Dataplane::remove_stale`]) runs the
-    /// first reconciliation.
+    /// runtime), but does nothing until the router's worker, in its
+    /// dataplane turn, runs the first reconciliation
+    /// ([`Dataplane::remove_stale`]).
     pub fn new(config: DpdConfig, log: Logger) -> Self {
         let stats = Arc::new(DpdStats::default());
         info!(log, "programming the switch through dpd";
@@ -709,6 +717,7 @@ impl DpdDataplane {
             installed: Table::new(),
             synced: false,
             stopping: false,
+            started: false,
             interfaces: config.interfaces.clone(),
             warned: HashSet::new(),
             stats: stats.clone(),
@@ -739,11 +748,19 @@ impl DpdDataplane {
         let mut inner = self.inner.lock().await;
         inner.desired.clear();
         inner.stopping = every;
+        // The listing was refused, or (at a clean stop, which tries every
+        // route) not answered: delete what we know of.
+        let known = |inner: &Inner| -> Vec<_> {
+            inner.installed.keys().copied().collect()
+        };
         match inner.reconcile().await {
             Ok(n) => Ok(n),
             Err(DataplaneError::Request(_)) => {
-                // The listing was refused: delete what we know of.
-                let keys: Vec<_> = inner.installed.keys().copied().collect();
+                let keys = known(&inner);
+                inner.sync(keys).await
+            }
+            Err(DataplaneError::Unavailable(_)) if every => {
+                let keys = known(&inner);
                 inner.sync(keys).await
             }
             Err(e) => Err(e),
@@ -787,7 +804,9 @@ impl Dataplane for DpdDataplane {
     }
 
     async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
-        self.inner.lock().await.reconcile().await
+        let mut inner = self.inner.lock().await;
+        inner.started = true;
+        inner.reconcile().await
     }
 
     async fn apply(

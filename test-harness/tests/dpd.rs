@@ -585,6 +585,27 @@ async fn a_hung_dpd_stops_a_batch_at_its_first_timeout() {
     .await;
 }
 
+/// The watcher does not reconcile before the router's worker, in its
+/// dataplane turn, calls `remove_stale` (a failed router's worker may
+/// still be removing our routes): the dataplane asks dpd nothing until
+/// then, and then removes the routes a previous run left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_reconciled_before_the_start() {
+    let mock = MockDpd::start().unwrap();
+    mock.insert(
+        "fd00:77::".parse().unwrap(),
+        64,
+        target("rear0", "fe80::1", "ddmd"),
+    );
+    let mut dp = dataplane(&mock);
+    // Fifteen probe intervals: an absence, given the time to be wrong.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests().len());
+    assert_eq!(mock.table().len(), 1);
+    assert_eq!(dp.remove_stale().await.unwrap(), 1);
+    assert!(mock.table().is_empty());
+}
+
 /// A failed router's removal gives up at the first unanswered deletion
 /// (the next router's start reconciles dpd's table); a clean shutdown's
 /// tries every route.

@@ -328,8 +328,10 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             dels.extend(have.difference(&want).copied());
         }
         let done = match self.write(adds, dels).await {
-            // Nothing was written (the record could not take the adds):
-            // the whole batch again, after the worker's back-off.
+            // Nothing was written (the record could not take the adds),
+            // or the batch panicked part way: the whole batch again, after
+            // the worker's back-off (adds already written then come back
+            // as already present, and are counted as taken over).
             Err(DataplaneError::Request(error)) => {
                 return Err(DataplaneError::Incomplete { error, updates });
             }

@@ -736,8 +736,8 @@ enum TestDataplane {
     /// Panics at its first batch (a bug in a dataplane).
     Panicking,
     /// Writes what it does to `log` as "`name` stale", "`name` apply N"
-    /// and "`name` removed" (or "`name` removed after a failure"); its
-    /// removal waits for one permit of `removal`.
+    /// and "`name` removed" (or "`name` removal after a failure", as it
+    /// begins); its removal waits for one permit of `removal`.
     Logged {
         name: &'static str,
         log: Arc<Mutex<Vec<String>>>,
@@ -833,8 +833,8 @@ impl Dataplane for TestDataplane {
     }
     async fn remove_all_after_failure(&mut self) -> DpResult<usize> {
         if let TestDataplane::Logged { name, log, removal } = self {
+            log.lock().unwrap().push(format!("{name} removal after a failure"));
             removal.acquire().await.expect("gate open").forget();
-            log.lock().unwrap().push(format!("{name} removed after a failure"));
             return Ok(0);
         }
         self.remove_all().await
@@ -891,14 +891,17 @@ async fn a_restarted_router_programs_routes_only_after_the_failed_one_removed_it
     // Its removal of what a previous run left waits too: beside the
     // failed worker's, the two would race.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(*log.lock().unwrap(), ["old stale", "old apply 1"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["old stale", "old apply 1", "old removal after a failure"]
+    );
     removal.add_permits(2);
     assert_eq!(
         logged(&log, 5).await,
         [
             "old stale",
             "old apply 1",
-            "old removed after a failure",
+            "old removal after a failure",
             "new stale",
             "new apply 1"
         ]
@@ -941,6 +944,44 @@ async fn a_batch_that_failed_as_a_whole_is_applied_again() {
     assert_eq!(inner.tables().routes.len(), 1);
     waited_one_second_then_two(started);
     r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// A failed router's worker removes our routes as after a failure (the
+/// switch's may stop short, the next router reconciling), unless the
+/// daemon stops meanwhile: then no router comes next, and it removes them
+/// all.
+#[tokio::test(start_paused = true)]
+async fn a_failed_routers_worker_removes_everything_if_the_daemon_stops() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let removal = Arc::new(tokio::sync::Semaphore::new(0));
+    let turn = DataplaneTurn::default();
+    let dp = Box::new(TestDataplane::Logged {
+        name: "old",
+        log: log.clone(),
+        removal: removal.clone(),
+    });
+    let old =
+        router_taking(RouterKind::Server, Default::default(), dp, turn.clone())
+            .await;
+    add_peer(&old, 1, RouterKind::Transit).await;
+    import_from_1(&old, "fd00:9::/64");
+    assert_eq!(logged(&log, 2).await, ["old stale", "old apply 1"]);
+    old.kill_and_wait(None).await.unwrap();
+    // Its worker begins the removal after a failure; then the daemon
+    // stops.
+    assert_eq!(logged(&log, 3).await[2], "old removal after a failure");
+    turn.set_stopping();
+    removal.add_permits(2);
+    turn.free().await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "old stale",
+            "old apply 1",
+            "old removal after a failure",
+            "old removed"
+        ]
+    );
 }
 
 /// A dataplane worker that panicked fails its router (whose supervisor

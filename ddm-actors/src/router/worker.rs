@@ -81,20 +81,44 @@ pub(super) enum DataplaneCmd {
 }
 
 /// The dataplane's turn, held by one router's dataplane worker at a time,
-/// from its first batch to the end of its removal. A router that failed
-/// (panicked, or was killed) skips its `post_stop`: its worker, detached,
-/// ends its batch and removes every route of ours, while the restarted
-/// router's worker begins. Without the turn, that removal also took the
+/// from its removal of what a previous run left to the end of its own
+/// removal. A router that failed (panicked, or was killed) skips its
+/// `post_stop`: its worker, detached, ends its batch and removes our
+/// routes (`Dataplane::remove_all_after_failure`, which the switch's may
+/// cut short, as the next router's start reconciles), while the restarted
+/// router's worker waits. Without the turn, that removal also took the
 /// routes (and nexthop objects) the new worker had just installed, and
 /// the new RIB believed them installed.
+///
+/// It also carries what the supervisor's stop needs: whether the daemon
+/// is stopping (then no next router comes, and a failed router's worker
+/// removes everything, as at a clean stop), and whether a removal failed.
 #[derive(Debug, Clone, Default)]
-pub struct DataplaneTurn(Arc<tokio::sync::Mutex<()>>);
+pub struct DataplaneTurn(Arc<Turn>);
+
+/// See [`DataplaneTurn`].
+#[derive(Debug, Default)]
+pub struct Turn {
+    lock: tokio::sync::Mutex<()>,
+    stopping: std::sync::atomic::AtomicBool,
+    removal_failed: std::sync::atomic::AtomicBool,
+}
 
 impl DataplaneTurn {
     /// Once no worker holds the turn: every worker that began has removed
     /// its routes and ended.
     pub async fn free(&self) {
-        drop(self.0.lock().await);
+        drop(self.0.lock.lock().await);
+    }
+
+    /// The daemon is stopping: no router starts after this one.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a worker's removal of our routes failed.
+    pub fn removal_failed(&self) -> bool {
+        self.0.removal_failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -162,7 +186,7 @@ pub(super) async fn dataplane_worker(
     stats: Arc<DataplaneStats>,
     log: Logger,
 ) {
-    let _turn = turn.0.lock_owned().await;
+    let _turn = turn.0.lock.lock().await;
     // What a previous run left is removed in the turn too: beside a failed
     // router's worker still removing its own, the two removals raced, and
     // each reported the other's routes as refusals.
@@ -293,13 +317,27 @@ pub(super) async fn dataplane_worker(
     }
     // Permits still queued go back now, not after the removal.
     drop(rx);
-    let removed = if clean {
+    let stopping =
+        || turn.0.stopping.load(std::sync::atomic::Ordering::Relaxed);
+    let removed = if clean || stopping() {
         dp.remove_all().await
     } else {
-        dp.remove_all_after_failure().await
+        let removed = dp.remove_all_after_failure().await;
+        // The daemon began to stop meanwhile: no router comes after this
+        // one to reconcile, so everything goes now.
+        if stopping() {
+            dp.remove_all().await
+        } else {
+            removed
+        }
     };
     match removed {
         Ok(n) => info!(log, "removed our routes"; "count" => n),
-        Err(e) => warn!(log, "removing our routes failed"; "error" => %e),
+        Err(e) => {
+            turn.0
+                .removal_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            warn!(log, "removing our routes failed"; "error" => %e)
+        }
     }
 }

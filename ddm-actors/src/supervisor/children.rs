@@ -57,8 +57,8 @@ impl SupervisorState {
             policy: self.config.router.policy.clone(),
             turn: self.dataplane_turn.clone(),
             // The admin actor hands every router started the originated
-            // set.
-            await_originated: self.admin.is_some(),
+            // set (one in its back-off, when it starts again).
+            await_originated: true,
             log: self.root_log.clone(),
         };
         let (router, _) =

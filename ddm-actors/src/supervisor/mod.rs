@@ -311,6 +311,9 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         state.stopping = true;
+        // No router starts after this: a failed router's worker still at
+        // its removal removes everything, as at a clean stop.
+        state.dataplane_turn.set_stopping();
         for t in state.link_tasks.drain(..) {
             t.abort();
         }
@@ -330,9 +333,13 @@ impl Actor for Supervisor {
             }
             state.dataplane_turn.free().await;
         };
-        if tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_err() {
+        let in_time =
+            tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_ok();
+        if !in_time {
             warn!(state.root_log, "the router's routes were not removed in time";
                 "waited_s" => ROUTER_STOP_GRACE.as_secs());
+        }
+        if !in_time || state.dataplane_turn.removal_failed() {
             state.routes_left.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(admin) = state.admin.take() {

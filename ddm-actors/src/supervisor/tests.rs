@@ -153,10 +153,12 @@ async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
 }
 
 /// A dataplane whose removal of every route takes `removal` (of tokio
-/// time), and says when it is done.
+/// time), and says when it is done; with `fails`, it fails at once (a dpd
+/// that does not answer).
 struct SlowRemoval {
     removal: Duration,
     removed: Arc<std::sync::atomic::AtomicBool>,
+    fails: bool,
 }
 
 #[async_trait::async_trait]
@@ -180,6 +182,9 @@ impl Dataplane for SlowRemoval {
         Ok(())
     }
     async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
+        if self.fails {
+            return Err(DataplaneError::Unavailable("no answer".into()));
+        }
         tokio::time::sleep(self.removal).await;
         self.removed.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(0)
@@ -190,7 +195,8 @@ impl Dataplane for SlowRemoval {
 /// the flag that removal sets.
 async fn start_slow_removal(
 ) -> (SupervisorRef, Arc<std::sync::atomic::AtomicBool>) {
-    let (sup, removed, _) = start_removing_in(Duration::from_secs(5)).await;
+    let (sup, removed, _) =
+        start_removing_in(Duration::from_secs(5), false).await;
     (sup, removed)
 }
 
@@ -198,6 +204,7 @@ async fn start_slow_removal(
 /// done, and whether the supervisor reported routes left.
 async fn start_removing_in(
     removal: Duration,
+    fails: bool,
 ) -> (
     SupervisorRef,
     Arc<std::sync::atomic::AtomicBool>,
@@ -206,7 +213,7 @@ async fn start_removing_in(
     let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = removed.clone();
     let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-        Ok(Box::new(SlowRemoval { removal, removed: flag.clone() })
+        Ok(Box::new(SlowRemoval { removal, removed: flag.clone(), fails })
             as Box<dyn Dataplane>)
     });
     let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -214,18 +221,23 @@ async fn start_removing_in(
     (sup, removed, left)
 }
 
-/// A removal past the router's stop grace is reported as routes left
-/// (`ddmd` exits 1 for it); one within it is not.
+/// A removal past the router's stop grace, or one that failed, is
+/// reported as routes left (`ddmd` exits 1 for it); one within the grace
+/// is not.
 #[tokio::test(start_paused = true)]
-async fn a_removal_past_the_grace_is_reported() {
+async fn a_removal_past_the_grace_or_failed_is_reported() {
     use std::sync::atomic::Ordering::SeqCst;
-    let (sup, removed, left) = start_removing_in(Duration::from_secs(5)).await;
-    sup.stop_and_wait(None, None).await.unwrap();
-    assert!(removed.load(SeqCst) && !left.load(SeqCst));
-    let long = ROUTER_STOP_GRACE + Duration::from_secs(10);
-    let (sup, removed, left) = start_removing_in(long).await;
-    sup.stop_and_wait(None, None).await.unwrap();
-    assert!(!removed.load(SeqCst) && left.load(SeqCst));
+    let five = Duration::from_secs(5);
+    let long = ROUTER_STOP_GRACE + five;
+    for (removal, fails, done, reported) in [
+        (five, false, true, false),
+        (long, false, false, true),
+        (five, true, false, true),
+    ] {
+        let (sup, removed, left) = start_removing_in(removal, fails).await;
+        sup.stop_and_wait(None, None).await.unwrap();
+        assert_eq!((removed.load(SeqCst), left.load(SeqCst)), (done, reported));
+    }
 }
 
 /// Stopping waits for the router's removal of our routes even when it
