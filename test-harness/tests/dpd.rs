@@ -382,6 +382,11 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A route of ours (tagged `ddmd`) to `prefix`/64 an earlier run left.
+fn left_by_an_earlier_run(mock: &MockDpd, prefix: &str, port: &str, via: &str) {
+    mock.insert(prefix.parse().unwrap(), 64, target(port, via, "ddmd"));
+}
+
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -390,11 +395,7 @@ fn strs(v: &[&str]) -> Vec<String> {
 async fn dataplane_programs_ecmp_sets_target_by_target() {
     let mock = MockDpd::start().unwrap();
     // Left by an earlier run (ours), and someone else's.
-    mock.insert(
-        "fd00:99::".parse().unwrap(),
-        64,
-        target("rear5", "fe80::5", "ddmd"),
-    );
+    left_by_an_earlier_run(&mock, "fd00:99::", "rear5", "fe80::5");
     mock.insert(
         "fd00:98::".parse().unwrap(),
         64,
@@ -592,11 +593,7 @@ async fn a_hung_dpd_stops_a_batch_at_its_first_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_reconciled_before_the_start() {
     let mock = MockDpd::start().unwrap();
-    mock.insert(
-        "fd00:77::".parse().unwrap(),
-        64,
-        target("rear0", "fe80::1", "ddmd"),
-    );
+    left_by_an_earlier_run(&mock, "fd00:77::", "rear0", "fe80::1");
     let mut dp = dataplane(&mock);
     // Fifteen probe intervals: an absence, given the time to be wrong.
     tokio::time::sleep(Duration::from_millis(300)).await;
