@@ -344,19 +344,15 @@ impl DdmAdminApi for AdminApiImpl {
         rqctx: RequestContext<AdminContext>,
         request: TypedBody<EnableStatsRequest>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        let req = request.into_inner();
-        info!(rqctx.log, "statistics enabled";
-            "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
-        rqctx.context().stats.send_replace(Some(req));
+        let id = Some(request.into_inner());
+        set_stats_identity(&rqctx.context().stats, &rqctx.log, id);
         Ok(HttpResponseUpdatedNoContent())
     }
 
     async fn disable_stats(
         rqctx: RequestContext<AdminContext>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError> {
-        if rqctx.context().stats.send_replace(None).is_some() {
-            info!(rqctx.log, "statistics disabled");
-        }
+        set_stats_identity(&rqctx.context().stats, &rqctx.log, None);
         Ok(HttpResponseUpdatedNoContent())
     }
 }

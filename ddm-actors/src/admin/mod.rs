@@ -76,8 +76,6 @@ pub enum AdminMsg {
     /// handler writes the identity itself: the actor may be busy with a
     /// store write; this message serves callers without HTTP).
     EnableStats(EnableStatsRequest),
-    /// Clear it, as `POST /disable-stats` does.
-    DisableStats,
     /// The statistics identity currently recorded.
     GetStats(RpcReplyPort<Option<EnableStatsRequest>>),
     /// The address the API server is bound to (`None` without one).
@@ -134,6 +132,26 @@ pub type StatsIdentity =
 /// A statistics identity not set yet.
 pub fn stats_identity() -> StatsIdentity {
     Arc::new(tokio::sync::watch::channel(None).0)
+}
+
+/// Record `id` as the statistics identity (`None`: disabled), and log it.
+fn set_stats_identity(
+    stats: &StatsIdentity,
+    log: &Logger,
+    id: Option<EnableStatsRequest>,
+) {
+    match id {
+        Some(req) => {
+            info!(log, "statistics enabled";
+                "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
+            stats.send_replace(Some(req));
+        }
+        None => {
+            if stats.send_replace(None).is_some() {
+                info!(log, "statistics disabled");
+            }
+        }
+    }
 }
 
 /// The admin actor's state.
@@ -448,14 +466,7 @@ impl Actor for Admin {
             },
             AdminMsg::Sync => state.tell_router(RouterMsg::Sync),
             AdminMsg::EnableStats(req) => {
-                info!(state.log, "statistics enabled";
-                    "sled_id" => %req.sled_id, "rack_id" => %req.rack_id);
-                state.stats.send_replace(Some(req));
-            }
-            AdminMsg::DisableStats => {
-                if state.stats.send_replace(None).is_some() {
-                    info!(state.log, "statistics disabled");
-                }
+                set_stats_identity(&state.stats, &state.log, Some(req));
             }
             AdminMsg::GetStats(reply) => {
                 let _ = reply.send(*state.stats.borrow());
