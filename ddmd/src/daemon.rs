@@ -17,7 +17,7 @@ use ddm_actors::supervisor::{
     ROUTER_STOP_GRACE,
 };
 use ractor::Actor;
-use slog::{error, info, o, warn};
+use slog::{error, info, o, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::Args;
@@ -214,38 +214,21 @@ pub async fn run(args: Args) -> Result<(), String> {
     // Started: what startup alone ran need not stay resident.
     crate::pages::shed_startup_pages();
 
-    let refreshed = || {
-        info!(
-            log,
-            "SIGUSR1 received (the original daemon's refresh); \
-            nothing to re-read: the command line is the whole configuration"
-        )
+    // Every actor stops with the supervisor (ractor kills its children),
+    // so a daemon whose supervisor failed, before the signal or as it
+    // came, routes nothing and answers nothing: exit, so that the service
+    // manager starts it again (the new router takes over the routes this
+    // one left).
+    let which = tokio::select! {
+        which = signals.next_stop(&log) => Some(which),
+        _ = &mut handle => None,
     };
-    let which = loop {
-        tokio::select! {
-            signal = signals.next() => match signal {
-                Signal::Stop(which) => break which,
-                Signal::Refresh => refreshed(),
-            },
-            // Every actor stops with the supervisor (ractor kills its
-            // children), so a daemon whose supervisor failed routes
-            // nothing and answers nothing: exit, so that the service
-            // manager starts it again (the new router takes over the
-            // routes this one left).
-            _ = &mut handle => {
-                error!(log, "the supervisor stopped on its own; exiting");
-                return Err("the supervisor stopped unexpectedly (see the \
-                    log); routes this router installed stay until it is \
-                    started again"
-                    .to_string());
-            }
-        }
-    };
-    if handle.is_finished() {
-        // It failed as the signal came: not a clean shutdown.
+    let Some(which) = which.filter(|_| !handle.is_finished()) else {
         error!(log, "the supervisor stopped on its own; exiting");
-        return Err("the supervisor stopped unexpectedly (see the log)".into());
-    }
+        return Err("the supervisor stopped unexpectedly (see the log); \
+            routes this router installed stay until it is started again"
+            .to_string());
+    };
     info!(log, "shutting down"; "signal" => which);
     if let Some(m) = metrics {
         m.abort();
@@ -254,20 +237,13 @@ pub async fn run(args: Args) -> Result<(), String> {
     // A second SIGTERM or SIGINT ends the wait: the operator chose not to
     // wait for the routes' removal. The grace runs from the first.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    let stopped = loop {
-        tokio::select! {
-            done = tokio::time::timeout_at(deadline, &mut handle) => {
-                break done.is_ok();
-            }
-            signal = signals.next() => match signal {
-                Signal::Stop(again) => {
-                    warn!(log, "exiting at once"; "signal" => again);
-                    return Err(format!("{again} received while shutting \
-                        down; exited before the shutdown was done (routes \
-                        this router installed may remain)"));
-                }
-                Signal::Refresh => refreshed(),
-            },
+    let stopped = tokio::select! {
+        done = tokio::time::timeout_at(deadline, &mut handle) => done.is_ok(),
+        again = signals.next_stop(&log) => {
+            warn!(log, "exiting at once"; "signal" => again);
+            return Err(format!("{again} received while shutting down; \
+                exited before the shutdown was done (routes this router \
+                installed may remain)"));
         }
     };
     if !stopped {
@@ -286,16 +262,6 @@ pub async fn run(args: Args) -> Result<(), String> {
     }
     info!(log, "ddmd stopped");
     Ok(())
-}
-
-/// A signal the daemon acts on.
-enum Signal {
-    /// SIGTERM or SIGINT: shut down.
-    Stop(&'static str),
-    /// SIGUSR1, which the original daemon's service refresh sends: logged
-    /// and otherwise ignored (its default action would kill the daemon
-    /// without removing its routes).
-    Refresh,
 }
 
 /// The signals the daemon watches, from its start to its exit.
@@ -317,11 +283,19 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.term.recv() => Signal::Stop("SIGTERM"),
-            _ = self.int.recv() => Signal::Stop("SIGINT"),
-            _ = self.usr1.recv() => Signal::Refresh,
+    /// The next SIGTERM or SIGINT (its name). SIGUSR1, which the original
+    /// daemon's service refresh sends, is logged and otherwise ignored
+    /// meanwhile (its default action would kill the daemon without
+    /// removing its routes). Cancel-safe: each `recv` is.
+    async fn next_stop(&mut self, log: &Logger) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.usr1.recv() => info!(log, "SIGUSR1 received (the \
+                    original daemon's refresh); nothing to re-read: the \
+                    command line is the whole configuration"),
+            }
         }
     }
 }
