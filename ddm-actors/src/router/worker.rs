@@ -92,16 +92,17 @@ pub(super) enum DataplaneCmd {
 ///
 /// It also carries what the supervisor's stop needs: whether the daemon
 /// is stopping (then no next router comes, and a failed router's worker
-/// removes everything, as at a clean stop), and whether a removal failed.
+/// removes everything, as at a clean stop), and the flag a failed removal
+/// sets ([`DataplaneTurn::reporting`]).
 #[derive(Debug, Clone, Default)]
 pub struct DataplaneTurn(Arc<Turn>);
 
 /// See [`DataplaneTurn`].
 #[derive(Debug, Default)]
-pub struct Turn {
+struct Turn {
     lock: tokio::sync::Mutex<()>,
     stopping: std::sync::atomic::AtomicBool,
-    removal_failed: std::sync::atomic::AtomicBool,
+    removal_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DataplaneTurn {
@@ -116,9 +117,12 @@ impl DataplaneTurn {
         self.0.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether a worker's removal of our routes failed.
-    pub fn removal_failed(&self) -> bool {
-        self.0.removal_failed.load(std::sync::atomic::Ordering::Relaxed)
+    /// A turn whose workers set `removal_failed` when their removal of
+    /// our routes fails.
+    pub fn reporting(
+        removal_failed: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        DataplaneTurn(Arc::new(Turn { removal_failed, ..Turn::default() }))
     }
 }
 

@@ -198,7 +198,9 @@ pub struct SupervisorArgs {
     /// The exchange actors' network side (HTTP in a deployment).
     pub exchange_net: ExchangeTransport,
     /// Set when the supervisor stopped without the router's routes all
-    /// removed in time (read by `ddmd` for its exit status).
+    /// removed: not in time (set here), or a removal failed (set by the
+    /// dataplane worker, through the turn); read by `ddmd` for its exit
+    /// status.
     pub routes_left: Arc<std::sync::atomic::AtomicBool>,
     /// Logger.
     pub log: Logger,
@@ -271,7 +273,7 @@ impl Actor for Supervisor {
             store_counters: Arc::new(StoreCounters::default()),
             stats_identity: crate::admin::stats_identity(),
             dataplane: args.dataplane,
-            dataplane_turn: DataplaneTurn::default(),
+            dataplane_turn: DataplaneTurn::reporting(args.routes_left.clone()),
             packet_io: args.packet_io,
             admin: None,
             router: None,
@@ -333,13 +335,9 @@ impl Actor for Supervisor {
             }
             state.dataplane_turn.free().await;
         };
-        let in_time =
-            tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_ok();
-        if !in_time {
+        if tokio::time::timeout(ROUTER_STOP_GRACE, removed).await.is_err() {
             warn!(state.root_log, "the router's routes were not removed in time";
                 "waited_s" => ROUTER_STOP_GRACE.as_secs());
-        }
-        if !in_time || state.dataplane_turn.removal_failed() {
             state.routes_left.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(admin) = state.admin.take() {
