@@ -160,31 +160,53 @@ fn visible(
     }
 }
 
+/// The prefixes of one request that had host bits set: how many, and the
+/// first with its network, for one warning per request (a body of 8 MiB
+/// holds a million prefixes).
+struct HostBits<T> {
+    first: Option<(T, T)>,
+    count: usize,
+}
+
+impl<T: Copy + PartialEq + std::fmt::Display> HostBits<T> {
+    fn new() -> Self {
+        HostBits { first: None, count: 0 }
+    }
+
+    /// `net`, the network of `given`; noted if they differ.
+    fn note(&mut self, given: T, net: T) -> T {
+        if net != given {
+            self.first.get_or_insert((given, net));
+            self.count += 1;
+        }
+        net
+    }
+
+    /// The request's warning, if any prefix had host bits set.
+    fn warn(self, log: &Logger, what: &str) {
+        if let Some((given, network)) = self.first {
+            warn!(log, "{what} with host bits set; using their networks";
+                "count" => self.count, "first" => %given,
+                "its_network" => %network);
+        }
+    }
+}
+
 /// `prefixes` in canonical form: a prefix with host bits set stands for
 /// its network (`fd00:1::1/64` is `fd00:1::/64`), as the original daemon
 /// takes it; a request with such prefixes logs one warning, naming the
-/// first and how many (a body of 8 MiB holds a million prefixes). The list
-/// is sorted and built into a set in one pass, in packed B-tree nodes
-/// (this set and its copies, the router's and the admin actor's mirror,
-/// are kept).
+/// first and how many. The list is sorted and built into a set in one
+/// pass, in packed B-tree nodes (this set and its copies, the router's and
+/// the admin actor's mirror, are kept).
 pub(super) fn canonical_prefixes(
     log: &Logger,
     PrefixList(mut prefixes): PrefixList,
 ) -> BTreeSet<Ipv6Net> {
-    let mut first = None;
-    let mut count = 0usize;
+    let mut bits = HostBits::new();
     for p in prefixes.iter_mut() {
-        let net = normalise_v6(*p);
-        if net != *p {
-            first.get_or_insert((*p, net));
-            count += 1;
-            *p = net;
-        }
+        *p = bits.note(*p, normalise_v6(*p));
     }
-    if let Some((given, network)) = first {
-        warn!(log, "prefixes with host bits set; using their networks";
-            "count" => count, "first" => %given, "its_network" => %network);
-    }
+    bits.warn(log, "prefixes");
     // A stable sort of a list already in order is one pass over it, and a
     // set collected from a list sorts it so, drops repeats and fills its
     // nodes one after the other.
@@ -203,23 +225,16 @@ pub(super) fn canonical_tunnels(
     {
         return tunnels;
     }
-    let mut first = None;
-    let mut count = 0usize;
+    let mut bits = HostBits::new();
     let canonical = tunnels
         .into_iter()
         .map(|t| {
-            let net = normalise_ip(t.overlay_prefix);
-            if net != t.overlay_prefix {
-                first.get_or_insert((t.overlay_prefix, net));
-                count += 1;
-            }
+            let net =
+                bits.note(t.overlay_prefix, normalise_ip(t.overlay_prefix));
             TunnelOrigin { overlay_prefix: net, ..t }
         })
         .collect();
-    if let Some((given, network)) = first {
-        warn!(log, "overlay prefixes with host bits set; using their networks";
-            "count" => count, "first" => %given, "its_network" => %network);
-    }
+    bits.warn(log, "overlay prefixes");
     canonical
 }
 

@@ -249,11 +249,13 @@ impl AdminState {
             return;
         }
         let o = &self.originated;
+        let add_prefixes = not_in(o.prefixes.clone(), &loaded.prefixes);
+        let add_tunnels = not_in(o.tunnels.clone(), &loaded.tunnels);
         let undo = StoreChange {
-            add_prefixes: not_in(o.prefixes.clone(), &loaded.prefixes),
-            remove_prefixes: not_in(loaded.prefixes.clone(), &o.prefixes),
-            add_tunnels: not_in(o.tunnels.clone(), &loaded.tunnels),
-            remove_tunnels: not_in(loaded.tunnels.clone(), &o.tunnels),
+            add_prefixes,
+            remove_prefixes: not_in(loaded.prefixes, &o.prefixes),
+            add_tunnels,
+            remove_tunnels: not_in(loaded.tunnels, &o.tunnels),
         };
         warn!(self.log, "the store holds a change answered as failed; \
             undoing it";
