@@ -748,19 +748,16 @@ impl DpdDataplane {
         let mut inner = self.inner.lock().await;
         inner.desired.clear();
         inner.stopping = every;
-        // The listing was refused, or (at a clean stop, which tries every
-        // route) not answered: delete what we know of.
-        let known = |inner: &Inner| -> Vec<_> {
-            inner.installed.keys().copied().collect()
-        };
         match inner.reconcile().await {
             Ok(n) => Ok(n),
-            Err(DataplaneError::Request(_)) => {
-                let keys = known(&inner);
-                inner.sync(keys).await
-            }
-            Err(DataplaneError::Unavailable(_)) if every => {
-                let keys = known(&inner);
+            // The listing was refused, or (at a clean stop, which tries
+            // every route) not answered: delete what we know of.
+            Err(e)
+                if matches!(e, DataplaneError::Request(_))
+                    || (every
+                        && matches!(e, DataplaneError::Unavailable(_))) =>
+            {
+                let keys = inner.installed.keys().copied().collect();
                 inner.sync(keys).await
             }
             Err(e) => Err(e),

@@ -477,11 +477,7 @@ async fn dataplane_reconciles_when_dpd_comes_back() {
     // …and it comes back as a fresh dpd (empty), with a stale route of ours
     // from before that the router no longer wants.
     mock.clear();
-    mock.insert(
-        "fd00:1::".parse().unwrap(),
-        64,
-        target("rear0", "fe80::a", "ddmd"),
-    );
+    left_by_an_earlier_run(&mock, "fd00:1::", "rear0", "fe80::a");
     mock.set_down(false);
     let expect = BTreeMap::from([
         (
