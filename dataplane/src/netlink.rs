@@ -228,8 +228,8 @@ impl Drop for AbortOnDrop {
 struct Watcher {
     /// Where events go.
     sink: UnboundedSender<LinkEvent>,
-    /// ifindex → (name, up).
-    links: HashMap<u32, (String, bool)>,
+    /// ifindex → what was last reported of the link.
+    links: HashMap<u32, Seen>,
     /// (ifindex, address) → tentative.
     addrs: HashMap<(u32, Ipv6Addr), bool>,
 }
@@ -263,7 +263,7 @@ impl Watcher {
             .links
             .iter()
             .filter(|(i, _)| !present.contains(i))
-            .map(|(i, (n, _))| (*i, n.clone()))
+            .map(|(i, seen)| (*i, seen.name.clone()))
             .collect();
         for (ifindex, ifname) in gone {
             self.links.remove(&ifindex);
@@ -282,6 +282,7 @@ impl Watcher {
             self.send(LinkEvent::AddressRemoved { ifindex, addr });
         }
         for link in links {
+            self.flapped_unseen(link);
             self.link_changed(link);
         }
         for addr in addrs {
@@ -316,16 +317,16 @@ impl Watcher {
             return;
         }
         let ifindex = link.header.index;
-        let flags = link.header.flags;
-        let up = flags
-            .contains(LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp);
-        let ifname = link_name(link)
-            .or_else(|| self.links.get(&ifindex).map(|(n, _)| n.clone()))
+        let up = is_up(link);
+        let name = link_name(link)
+            .or_else(|| self.links.get(&ifindex).map(|s| s.name.clone()))
             .unwrap_or_default();
-        let previous = self.links.insert(ifindex, (ifname.clone(), up));
-        if previous.is_some_and(|(_, was_up)| was_up == up) {
+        let seen = Seen { name: name.clone(), up, downs: carrier_downs(link) };
+        let previous = self.links.insert(ifindex, seen);
+        if previous.is_some_and(|p| p.up == up) {
             return;
         }
+        let ifname = name;
         self.send(if up {
             LinkEvent::Up { ifindex, ifname }
         } else {
@@ -333,12 +334,39 @@ impl Watcher {
         });
     }
 
+    /// A link of a dump taken after lost events that was up when last
+    /// reported and is up again, but whose carrier went down meanwhile
+    /// (the kernel's count of carrier losses grew): the kernel may have
+    /// dropped its nexthop objects, and every route through them, with
+    /// nothing reported. It is reported down here (then up by
+    /// [`Watcher::link_changed`]), so that its peer ends and its routes
+    /// are sent again when the peer is back, as after a loss that was seen.
+    fn flapped_unseen(&mut self, link: &LinkMessage) {
+        if link.header.interface_family != AddressFamily::Unspec {
+            return;
+        }
+        let ifindex = link.header.index;
+        let Some(seen) = self.links.get_mut(&ifindex) else {
+            return;
+        };
+        let lost = match (seen.downs, carrier_downs(link)) {
+            (Some(before), Some(now)) => now != before,
+            _ => false,
+        };
+        if !(seen.up && is_up(link) && lost) {
+            return;
+        }
+        seen.up = false;
+        let ifname = seen.name.clone();
+        self.send(LinkEvent::Down { ifindex, ifname });
+    }
+
     fn link_removed(&mut self, link: &LinkMessage) {
         if link.header.interface_family != AddressFamily::Unspec {
             return;
         }
         let ifindex = link.header.index;
-        let known = self.links.remove(&ifindex).map(|(n, _)| n);
+        let known = self.links.remove(&ifindex).map(|s| s.name);
         let ifname = link_name(link).or(known).unwrap_or_default();
         self.addrs.retain(|(i, _), _| *i != ifindex);
         self.send(LinkEvent::Removed { ifindex, ifname });
@@ -361,6 +389,35 @@ impl Watcher {
         self.addrs.remove(&(ifindex, addr));
         self.send(LinkEvent::AddressRemoved { ifindex, addr });
     }
+}
+
+/// What the watcher last reported of a link.
+struct Seen {
+    /// Its name.
+    name: String,
+    /// Whether it was up (administratively, running, with a carrier).
+    up: bool,
+    /// The kernel's count of its carrier losses then (`None` from a
+    /// kernel before 4.16, which has no such count).
+    downs: Option<u32>,
+}
+
+/// Whether a link is up: administratively, running and with a carrier.
+fn is_up(link: &LinkMessage) -> bool {
+    link.header
+        .flags
+        .contains(LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp)
+}
+
+/// The kernel's count of the link's carrier losses
+/// (`IFLA_CARRIER_DOWN_COUNT`). Setting a veth down counts too, as it does
+/// for any link whose driver drops its carrier when stopped; a flap of a
+/// link whose driver keeps it would go unseen after lost events.
+fn carrier_downs(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::CarrierDownCount(n) => Some(*n),
+        _ => None,
+    })
 }
 
 fn link_name(link: &LinkMessage) -> Option<String> {
@@ -485,6 +542,95 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A link that went down and came back while events were lost is
+    /// reported down and up when the kernel's count of its carrier losses
+    /// grew; one whose count did not, or that has none, is not.
+    #[test]
+    fn a_flap_hidden_by_lost_events_is_reported() {
+        let (tx, mut rx) = unbounded_channel();
+        let mut w =
+            Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
+        let counted = |i, name, downs| {
+            let mut l = link(i, name, true);
+            l.attributes.push(LinkAttribute::CarrierDownCount(downs));
+            l
+        };
+        w.link_changed(&counted(2, "a0", 1));
+        w.link_changed(&counted(3, "b0", 1));
+        w.link_changed(&link(4, "c0", true));
+        while rx.try_recv().is_ok() {}
+        let lost = LINKS_LOST.load(Ordering::Relaxed);
+        let dump =
+            [counted(2, "a0", 2), counted(3, "b0", 1), link(4, "c0", true)];
+        w.reconcile(&dump, &[]);
+        let mut got = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            got.push(e);
+        }
+        assert_eq!(
+            got,
+            [
+                LinkEvent::Down { ifindex: 2, ifname: "a0".into() },
+                LinkEvent::Up { ifindex: 2, ifname: "a0".into() },
+            ]
+        );
+        assert!(LINKS_LOST.load(Ordering::Relaxed) > lost);
+        // The count now known, the same dump again reports nothing.
+        w.reconcile(&dump, &[]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    /// The kernel's own dumps carry the count a hidden flap is told by: a
+    /// watcher given only a dump before and one after the peer's end went
+    /// down and up reports the link down and up.
+    #[test]
+    fn a_flap_between_two_dumps_is_reported() {
+        testns::run("a_flap_between_two_dumps_is_reported", |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let (conn, handle, _) =
+                rtnetlink::new_connection().expect("netlink");
+            let conn = AbortOnDrop(tokio::spawn(conn));
+            let (tx, mut rx) = unbounded_channel();
+            let mut w = Watcher {
+                sink: tx,
+                links: HashMap::new(),
+                addrs: HashMap::new(),
+            };
+            w.dump(&handle).await.expect("first dump");
+            while rx.try_recv().is_ok() {}
+            ns.ip(&["link", "set", "dev", "a1", "down"]);
+            ns.ip(&["link", "set", "dev", "a1", "up"]);
+            let deadline = Instant::now() + DEADLINE;
+            let mut got = Vec::new();
+            // The carrier comes back through the kernel's link watch, up
+            // to a second later: dump until a0 is up again.
+            while got.len() < 2 {
+                assert!(Instant::now() < deadline, "a0 reported {got:?}");
+                if link_is_up("a0") == Some(true) {
+                    w.dump(&handle).await.expect("second dump");
+                    while let Ok(e) = rx.try_recv() {
+                        if let LinkEvent::Down { ifindex, .. }
+                        | LinkEvent::Up { ifindex, .. } = e
+                        {
+                            if ifindex == a0 {
+                                got.push(e);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                got,
+                [
+                    LinkEvent::Down { ifindex: a0, ifname: "a0".into() },
+                    LinkEvent::Up { ifindex: a0, ifname: "a0".into() },
+                ]
+            );
+            drop(conn);
+        });
     }
 
     #[test]
