@@ -38,7 +38,7 @@ use slog::{info, warn, Logger};
 
 use super::record::RouteRecord;
 use super::rtsock::{KernelRoute, WriteOutcome};
-use super::tunnels::{OpteDriver, Tunnels};
+use super::tunnels::{Opener, OpteDriver, Tunnels};
 use crate::{masked, Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
 
 /// The kernel's routing socket, as the dataplane uses it (blocking calls;
@@ -173,10 +173,11 @@ impl Done {
 
 impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
     /// A dataplane over `sock`, recording its routes in `data_dir`, with
-    /// tunnel endpoints to `opte` (none: recorded only).
+    /// tunnel endpoints to the driver `opte` opens (recorded only while
+    /// it finds none; see [`Tunnels`]).
     pub fn new(
         sock: S,
-        opte: Option<D>,
+        opte: Opener<D>,
         data_dir: &Path,
         log: Logger,
     ) -> Result<Self, DataplaneError> {
@@ -485,7 +486,8 @@ mod tests {
     }
 
     fn dp(k: &FakeKernel, dir: &Path) -> KernelDataplane<FakeKernel, NoOpte> {
-        KernelDataplane::new(k.clone(), None, dir, log()).unwrap()
+        KernelDataplane::new(k.clone(), Box::new(|| Ok(None)), dir, log())
+            .unwrap()
     }
 
     /// A dataplane over an empty fake kernel, with its record in a fresh

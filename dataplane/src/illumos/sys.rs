@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use std::path::Path;
 
-use slog::{warn, Logger};
+use slog::Logger;
 
 use super::kernel::{KernelDataplane, RouteSocket};
 use super::opte::{
@@ -27,18 +27,15 @@ use crate::{Dataplane, DataplaneError};
 
 /// The illumos kernel dataplane of a daemon: routes through the routing
 /// socket, recorded under `data_dir`, and tunnel endpoints through OPTE
-/// when its driver (at `api_version`) is present; where it is absent or
-/// cannot be opened, tunnel endpoints are recorded only.
+/// when its driver (at `api_version`) is present; while it is absent or
+/// cannot be opened, tunnel endpoints are recorded only (and the driver
+/// looked for again at each change of the set).
 pub fn open(
     data_dir: &Path,
     api_version: u64,
     log: &Logger,
 ) -> Result<Box<dyn Dataplane>, DataplaneError> {
-    let opte = Xde::open(api_version).unwrap_or_else(|e| {
-        warn!(log, "cannot open the encapsulation driver; tunnel \
-            endpoints are recorded only"; "error" => %e);
-        None
-    });
+    let opte = Box::new(move || Xde::open(api_version));
     let dp = KernelDataplane::new(RtSocket, opte, data_dir, log.clone())?;
     Ok(Box::new(dp))
 }

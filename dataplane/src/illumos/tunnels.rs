@@ -2,9 +2,11 @@
 //! overlay prefix by difference (set what is new, clear what went), through
 //! a driver handle ([`OpteDriver`]; the ioctl itself is illumos-only).
 //!
-//! Where the driver is absent (a switch zone has none) this says so once and
-//! stands aside for the rest of the run; the set stays recorded and visible
-//! through the admin API either way.
+//! Where the driver is absent (a switch zone has none) the set is recorded
+//! only, and the driver is looked for again at each change of the set, as
+//! the original daemon opens it for every batch: one loaded after the
+//! daemon started (or loaded again) is then given the whole set. The set
+//! stays recorded and visible through the admin API either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -56,6 +58,9 @@ pub trait OpteDriver: Send + 'static {
     fn send(&mut self, cmd: V2bCmd, request: &[u8]) -> Result<(), OpteError>;
 }
 
+/// Opens the driver: `Ok(None)` where there is none.
+pub type Opener<D> = Box<dyn FnMut() -> Result<Option<D>, OpteError> + Send>;
+
 /// The overlay prefix's address (host bits cleared) and length.
 fn key(net: &IpNet) -> (IpAddr, u8) {
     (net.prefix(), net.width())
@@ -63,24 +68,59 @@ fn key(net: &IpNet) -> (IpAddr, u8) {
 
 /// The tunnel endpoints programmed in OPTE.
 pub struct Tunnels<D: OpteDriver> {
-    /// `None` once the driver was found absent.
+    /// `None` while the driver is absent (or could not be opened).
     driver: Option<D>,
+    /// Opens the driver, again at each change of the set while there is
+    /// none.
+    open: Opener<D>,
+    /// Why the driver was last not there (logged when it changes).
+    missing: Option<String>,
     /// What OPTE holds from us, per overlay prefix.
     programmed: BTreeMap<(IpAddr, u8), BTreeSet<Tep>>,
     log: Logger,
 }
 
 impl<D: OpteDriver> Tunnels<D> {
-    /// Programs through `driver`, or records only when there is none.
-    pub fn new(driver: Option<D>, log: Logger) -> Self {
-        if driver.is_none() {
-            info!(
-                log,
-                "no encapsulation driver: tunnel endpoints are \
-                recorded, not programmed"
-            );
+    /// Programs through the driver `open` opens, or records only while
+    /// there is none.
+    pub fn new(open: Opener<D>, log: Logger) -> Self {
+        let mut t = Tunnels {
+            driver: None,
+            open,
+            missing: None,
+            programmed: BTreeMap::new(),
+            log,
+        };
+        t.look_for_driver();
+        t
+    }
+
+    /// Opens the driver if there is none; logs when that changes.
+    fn look_for_driver(&mut self) {
+        if self.driver.is_some() {
+            return;
         }
-        Tunnels { driver, programmed: BTreeMap::new(), log }
+        let why = match (self.open)() {
+            Ok(Some(d)) => {
+                if self.missing.take().is_some() {
+                    info!(
+                        self.log,
+                        "encapsulation driver found: \
+                        programming the tunnel endpoints"
+                    );
+                }
+                self.driver = Some(d);
+                return;
+            }
+            Ok(None) => OpteError::Absent.to_string(),
+            Err(e) => format!("cannot open it: {e}"),
+        };
+        if self.missing.as_ref() != Some(&why) {
+            info!(self.log, "no encapsulation driver: tunnel endpoints are \
+                recorded, not programmed, until it is found at a change \
+                of the set"; "why" => &why);
+            self.missing = Some(why);
+        }
     }
 
     /// What OPTE holds from us.
@@ -99,6 +139,7 @@ impl<D: OpteDriver> Tunnels<D> {
                 .or_default()
                 .insert(Tep { ip: t.origin.boundary_addr, vni: t.origin.vni });
         }
+        self.look_for_driver();
         self.converge(want)
     }
 
@@ -148,10 +189,11 @@ impl<D: OpteDriver> Tunnels<D> {
                     Err(OpteError::Absent) => {
                         warn!(
                             self.log,
-                            "the encapsulation driver went \
-                            away; tunnel endpoints are recorded only"
+                            "the encapsulation driver went away; tunnel \
+                            endpoints are recorded only until it is back"
                         );
                         self.driver = None;
+                        self.missing = Some(OpteError::Absent.to_string());
                         self.programmed.clear();
                         return Err(DataplaneError::Unavailable(
                             OpteError::Absent.to_string(),
@@ -229,10 +271,15 @@ mod tests {
         Logger::root(slog::Discard, slog::o!())
     }
 
+    /// An opener that finds `driver` every time.
+    fn opens(driver: Option<Fake>) -> Opener<Fake> {
+        Box::new(move || Ok(driver.clone()))
+    }
+
     #[test]
     fn only_the_difference_is_sent() {
         let fake = Fake::default();
-        let mut t = Tunnels::new(Some(fake.clone()), log());
+        let mut t = Tunnels::new(opens(Some(fake.clone())), log());
         let a = entry("0.0.0.0/0", "fd00:a::1", 99, "fe80::1");
         let b = entry("0.0.0.0/0", "fd00:a::2", 99, "fe80::2");
         t.set(&BTreeSet::from([a])).unwrap();
@@ -260,21 +307,89 @@ mod tests {
     #[test]
     fn an_absent_driver_stands_aside() {
         let fake = Fake { fail: Some(OpteError::Absent), ..Fake::default() };
-        let mut t = Tunnels::new(Some(fake), log());
+        let mut t = Tunnels::new(opens(Some(fake)), log());
         let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
         assert!(t.set(&BTreeSet::from([a])).is_err());
-        // From then on: recorded only, no errors.
-        t.set(&BTreeSet::from([a])).unwrap();
-        assert_eq!(t.clear_all().unwrap(), 0);
-        let mut none: Tunnels<Fake> = Tunnels::new(None, log());
+        let mut none: Tunnels<Fake> = Tunnels::new(opens(None), log());
         none.set(&BTreeSet::from([a])).unwrap();
+        assert_eq!(none.clear_all().unwrap(), 0);
+    }
+
+    /// A driver absent at the start, or gone, is looked for again at each
+    /// change of the set (the original opens it for every batch); once
+    /// there, it is given the whole set.
+    #[test]
+    fn a_driver_that_comes_later_is_given_the_whole_set() {
+        let fake = Fake::default();
+        let present = Arc::new(Mutex::new(false));
+        let opened = Arc::new(Mutex::new(0));
+        let open: Opener<Fake> = {
+            let (fake, present, opened) =
+                (fake.clone(), present.clone(), opened.clone());
+            Box::new(move || {
+                *opened.lock().unwrap() += 1;
+                Ok(present.lock().unwrap().then(|| fake.clone()))
+            })
+        };
+        let mut t = Tunnels::new(open, log());
+        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        let b = entry("10.1.0.0/16", "fd00:a::2", 7, "fe80::1");
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert!(fake.sent.lock().unwrap().is_empty());
+        assert!(t.programmed().is_empty());
+        *present.lock().unwrap() = true;
+        t.set(&BTreeSet::from([a, b])).unwrap();
+        assert_eq!(fake.sent.lock().unwrap().len(), 2, "a and b, set");
+        assert_eq!(t.programmed().len(), 2);
+        let opens = *opened.lock().unwrap();
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert_eq!(*opened.lock().unwrap(), opens, "not opened again");
+        assert_eq!(fake.sent.lock().unwrap().len(), 3, "b cleared");
+
+        // The driver goes: recorded only; back, the whole set again.
+        let gone = Fake { fail: Some(OpteError::Absent), ..Fake::default() };
+        t.driver = Some(gone);
+        assert!(t.set(&BTreeSet::from([a, b])).is_err());
+        assert!(t.programmed().is_empty());
+        t.set(&BTreeSet::from([a, b])).unwrap();
+        assert_eq!(t.programmed().len(), 2);
+        let sent = fake.sent.lock().unwrap();
+        assert_eq!(sent.len(), 5, "a and b, set again");
+        assert!(sent[3..].iter().all(|(cmd, _)| *cmd == V2bCmd::Set));
+    }
+
+    /// A driver that cannot be opened (not absent) is recorded only too,
+    /// and tried again at the next change.
+    #[test]
+    fn a_driver_that_cannot_be_opened_is_tried_again() {
+        let fake = Fake::default();
+        let tries = Arc::new(Mutex::new(0));
+        let open: Opener<Fake> = {
+            let (fake, tries) = (fake.clone(), tries.clone());
+            Box::new(move || {
+                let mut n = tries.lock().unwrap();
+                *n += 1;
+                if *n < 3 {
+                    Err(OpteError::Other("EACCES".into()))
+                } else {
+                    Ok(Some(fake.clone()))
+                }
+            })
+        };
+        let mut t = Tunnels::new(open, log());
+        let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert!(t.programmed().is_empty());
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert_eq!(t.programmed().len(), 1);
+        assert_eq!(*tries.lock().unwrap(), 3);
     }
 
     #[test]
     fn a_version_mismatch_names_both_versions() {
         let e = OpteError::Version { ours: 41, driver: Some(42) };
         let fake = Fake { fail: Some(e), ..Fake::default() };
-        let mut t = Tunnels::new(Some(fake), log());
+        let mut t = Tunnels::new(opens(Some(fake)), log());
         let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
         let err = t.set(&BTreeSet::from([a])).unwrap_err().to_string();
         assert!(err.contains("41") && err.contains("42"), "{err}");
@@ -289,7 +404,7 @@ mod tests {
         let set_with = |fail: OpteError| {
             let fake = Fake { fail: Some(fail), ..Fake::default() };
             let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
-            Tunnels::new(Some(fake), log()).set(&BTreeSet::from([a]))
+            Tunnels::new(opens(Some(fake)), log()).set(&BTreeSet::from([a]))
         };
         let r = set_with(OpteError::Busy("ENOMEM".into()));
         assert!(matches!(r, Err(DataplaneError::Unavailable(_))), "{r:?}");
