@@ -250,16 +250,27 @@ pub struct RouterArgs {
     pub turn: DataplaneTurn,
     /// Whether the originated set will come (`SetOriginated`, from the
     /// admin actor): pulls of peers are then answered only once it has,
-    /// or after [`ORIGINATED_WAIT`] (see [`RouterMsg::OriginatedWaitOver`]).
-    pub await_originated: bool,
+    /// or after this long (see [`RouterMsg::OriginatedWaitOver`] and
+    /// [`originated_wait`]).
+    pub await_originated: Option<std::time::Duration>,
     /// Logger.
     pub log: Logger,
 }
 
-/// Longest time pulls wait for the originated set (shorter than the
-/// exchange timeout a pull is answered within).
+/// Longest time pulls wait for the originated set.
 pub const ORIGINATED_WAIT: std::time::Duration =
     std::time::Duration::from_secs(2);
+
+/// How long pulls wait for the originated set, given the exchange timeout
+/// a pull is answered within: [`ORIGINATED_WAIT`], or half the timeout if
+/// shorter, so that a pull that waited is still answered in time (with
+/// `--exchange-timeout` of 2 s or less, a pull that waited 2 s timed out
+/// at the server and was answered for nothing).
+pub fn originated_wait(
+    exchange_timeout: std::time::Duration,
+) -> std::time::Duration {
+    ORIGINATED_WAIT.min(exchange_timeout / 2)
+}
 
 /// The router's state.
 pub struct RouterState {
@@ -563,9 +574,8 @@ impl Actor for Router {
             dp_stats.clone(),
             log.new(o!("unit" => "dataplane")),
         ));
-        if args.await_originated {
-            myself
-                .send_after(ORIGINATED_WAIT, || RouterMsg::OriginatedWaitOver);
+        if let Some(wait) = args.await_originated {
+            myself.send_after(wait, || RouterMsg::OriginatedWaitOver);
         }
         // The worker ends by itself only if it panics (it runs until the
         // router's stop, or until the router's end drops its queue):
@@ -588,7 +598,7 @@ impl Actor for Router {
             unsent: BTreeMap::new(),
             dataplane_unsent: Vec::new(),
             flush_queued: false,
-            pulls_waiting: args.await_originated.then(Vec::new),
+            pulls_waiting: args.await_originated.map(|_| Vec::new()),
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -632,9 +642,11 @@ impl Actor for Router {
             }
             RouterMsg::OriginatedWaitOver => {
                 if state.pulls_waiting.is_some() {
-                    warn!(state.log, "the originated set did not come in \
-                        time; answering pulls without it";
-                        "waited_s" => ORIGINATED_WAIT.as_secs());
+                    warn!(
+                        state.log,
+                        "the originated set did not come in \
+                        time; answering pulls without it"
+                    );
                     state.answer_waiting_pulls();
                 }
             }

@@ -102,7 +102,7 @@ async fn router_taking(
         dataplane,
         policy,
         turn,
-        await_originated: false,
+        await_originated: None,
         log: Logger::root(slog::Discard, o!()),
     };
     Actor::spawn(None, Router, args).await.unwrap().0
@@ -995,7 +995,7 @@ async fn a_router_whose_worker_panicked_fails() {
         dataplane: Box::new(TestDataplane::Panicking),
         policy: Default::default(),
         turn: DataplaneTurn::default(),
-        await_originated: false,
+        await_originated: None,
         log: Logger::root(slog::Discard, o!()),
     };
     let (r, ended) = Actor::spawn(None, Router, args).await.unwrap();
@@ -1321,7 +1321,7 @@ async fn pulls_wait_for_the_originated_set() {
             dataplane: Box::new(MemoryDataplane::new()),
             policy: Default::default(),
             turn: DataplaneTurn::default(),
-            await_originated: true,
+            await_originated: Some(ORIGINATED_WAIT),
             log: Logger::root(slog::Discard, o!()),
         };
         Actor::spawn(None, Router, args).await.unwrap().0
@@ -1355,4 +1355,15 @@ async fn pulls_wait_for_the_originated_set() {
     assert!(own.is_empty());
     assert_eq!(took, ORIGINATED_WAIT);
     r.stop_and_wait(None, None).await.unwrap();
+}
+
+/// Pulls wait for the originated set at most half the exchange timeout, so
+/// that one that waited is still answered in time.
+#[test]
+fn pulls_wait_at_most_half_the_exchange_timeout() {
+    let s = Duration::from_secs;
+    assert_eq!(originated_wait(s(10)), ORIGINATED_WAIT);
+    assert_eq!(originated_wait(s(4)), s(2));
+    assert_eq!(originated_wait(s(3)), Duration::from_millis(1500));
+    assert_eq!(originated_wait(s(1)), Duration::from_millis(500));
 }

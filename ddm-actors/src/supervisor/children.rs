@@ -58,7 +58,9 @@ impl SupervisorState {
             turn: self.dataplane_turn.clone(),
             // The admin actor hands every router started the originated
             // set (one in its back-off, when it starts again).
-            await_originated: true,
+            await_originated: Some(originated_wait(
+                self.config.router.exchange_timeout,
+            )),
             log: self.root_log.clone(),
         };
         let (router, _) =

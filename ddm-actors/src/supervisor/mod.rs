@@ -43,7 +43,9 @@ use crate::exchange::actor::{
 };
 use crate::exchange::transport::ExchangeTransport;
 use crate::rib::PeerId;
-use crate::router::{DataplaneTurn, Router, RouterArgs, RouterMsg, RouterRef};
+use crate::router::{
+    originated_wait, DataplaneTurn, Router, RouterArgs, RouterMsg, RouterRef,
+};
 use crate::store::{Store, StoreCounters};
 
 mod children;
