@@ -6,6 +6,11 @@
 //! changes, so nothing is polled. It first reports a snapshot (one `Up` or
 //! `Down` per existing link, one `AddressAdded` per IPv6 address), then only
 //! changes: repeated kernel messages that change nothing the events carry
+//! are dropped. When the kernel dropped messages (its buffer overran), a
+//! fresh dump is compared with what was reported: what changed is reported,
+//! and a link up in both whose carrier went down meanwhile (the kernel's
+//! count of its carrier losses grew) is reported `Down` then `Up`; messages
+//! that were queued before the dump and are older than it (a lower count)
 //! are dropped.
 //!
 //! ```text
@@ -283,7 +288,7 @@ impl Watcher {
         }
         for link in links {
             self.flapped_unseen(link);
-            self.link_changed(link);
+            self.link_is(link);
         }
         for addr in addrs {
             self.address_added(addr);
@@ -311,17 +316,32 @@ impl Watcher {
         let _ = self.sink.send(event);
     }
 
+    /// A link message from the kernel: dropped if it was queued before a
+    /// dump that saw later carrier losses of the link (stale).
     fn link_changed(&mut self, link: &LinkMessage) {
+        let seen = self.links.get(&link.header.index).and_then(|s| s.downs);
+        if let (Some(seen), Some(downs)) = (seen, carrier_downs(link)) {
+            if downs < seen {
+                return;
+            }
+        }
+        self.link_is(link);
+    }
+
+    /// Report the link as `link` says it is, if that changes what was
+    /// reported.
+    fn link_is(&mut self, link: &LinkMessage) {
         // Bridge-port and other per-family messages are not link changes.
         if link.header.interface_family != AddressFamily::Unspec {
             return;
         }
         let ifindex = link.header.index;
+        let downs = carrier_downs(link);
         let up = is_up(link);
         let name = link_name(link)
             .or_else(|| self.links.get(&ifindex).map(|s| s.name.clone()))
             .unwrap_or_default();
-        let seen = Seen { name: name.clone(), up, downs: carrier_downs(link) };
+        let seen = Seen { name: name.clone(), up, downs };
         let previous = self.links.insert(ifindex, seen);
         if previous.is_some_and(|p| p.up == up) {
             return;
@@ -339,7 +359,7 @@ impl Watcher {
     /// (the kernel's count of carrier losses grew): the kernel may have
     /// dropped its nexthop objects, and every route through them, with
     /// nothing reported. It is reported down here (then up by
-    /// [`Watcher::link_changed`]), so that its peer ends and its routes
+    /// [`Watcher::link_is`]), so that its peer ends and its routes
     /// are sent again when the peer is back, as after a loss that was seen.
     fn flapped_unseen(&mut self, link: &LinkMessage) {
         if link.header.interface_family != AddressFamily::Unspec {
@@ -561,7 +581,6 @@ mod tests {
         w.link_changed(&counted(3, "b0", 1));
         w.link_changed(&link(4, "c0", true));
         while rx.try_recv().is_ok() {}
-        let lost = LINKS_LOST.load(Ordering::Relaxed);
         let dump =
             [counted(2, "a0", 2), counted(3, "b0", 1), link(4, "c0", true)];
         w.reconcile(&dump, &[]);
@@ -576,10 +595,30 @@ mod tests {
                 LinkEvent::Up { ifindex: 2, ifname: "a0".into() },
             ]
         );
-        assert!(LINKS_LOST.load(Ordering::Relaxed) > lost);
-        // The count now known, the same dump again reports nothing.
+        // The count now known, the same dump again reports nothing, nor do
+        // messages queued before it (a lower count).
         w.reconcile(&dump, &[]);
+        let mut stale = counted(2, "a0", 1);
+        stale.header.flags = LinkFlags::empty();
+        w.link_changed(&stale);
         assert!(rx.try_recv().is_err());
+        // A later loss is reported.
+        let mut down = counted(2, "a0", 3);
+        down.header.flags = LinkFlags::empty();
+        w.link_changed(&down);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
+        );
+        // A dump is taken as it is, even with a lower count (the link
+        // re-created under the same index while events were lost).
+        let dump =
+            [counted(2, "a0", 0), counted(3, "b0", 1), link(4, "c0", true)];
+        w.reconcile(&dump, &[]);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
+        );
     }
 
     /// The kernel's own dumps carry the count a hidden flap is told by: a

@@ -205,7 +205,7 @@ impl Xde {
             let e = io::Error::last_os_error();
             return match e.kind() {
                 io::ErrorKind::NotFound => Ok(None),
-                _ => Err(OpteError::Other(format!("/dev/xde: {e}"))),
+                _ => Err(OpteError::Open(e.to_string())),
             };
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.

@@ -2,11 +2,12 @@
 //! overlay prefix by difference (set what is new, clear what went), through
 //! a driver handle ([`OpteDriver`]; the ioctl itself is illumos-only).
 //!
-//! Where the driver is absent (a switch zone has none) the set is recorded
-//! only, and the driver is looked for again at each change of the set, as
-//! the original daemon opens it for every batch: one loaded after the
-//! daemon started (or loaded again) is then given the whole set. The set
-//! stays recorded and visible through the admin API either way.
+//! Where the driver is absent (a switch zone has none) or cannot be opened,
+//! the set is recorded only, and the driver is looked for again at each
+//! change of the set (the original daemon opens it for every batch): one
+//! loaded after the daemon started is then given the whole set. Once open,
+//! the handle is kept for the run. The set stays recorded and visible
+//! through the admin API either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,6 +24,9 @@ pub enum OpteError {
     /// There is no driver here (`/dev/xde` does not exist).
     #[error("no encapsulation driver (/dev/xde)")]
     Absent,
+    /// `/dev/xde` exists but could not be opened.
+    #[error("cannot open /dev/xde: {0}")]
+    Open(String),
     /// The driver speaks another API version.
     #[error(
         "OPTE API version mismatch: we speak {ours}, the driver {}",
@@ -95,10 +99,11 @@ impl<D: OpteDriver> Tunnels<D> {
         t
     }
 
-    /// Opens the driver if there is none; logs when that changes.
-    fn look_for_driver(&mut self) {
+    /// Opens the driver if there is none; logs when that changes. True
+    /// when it was opened just now.
+    fn look_for_driver(&mut self) -> bool {
         if self.driver.is_some() {
-            return;
+            return false;
         }
         let why = match (self.open)() {
             Ok(Some(d)) => {
@@ -110,10 +115,10 @@ impl<D: OpteDriver> Tunnels<D> {
                     );
                 }
                 self.driver = Some(d);
-                return;
+                return true;
             }
             Ok(None) => OpteError::Absent.to_string(),
-            Err(e) => format!("cannot open it: {e}"),
+            Err(e) => e.to_string(),
         };
         if self.missing.as_ref() != Some(&why) {
             info!(self.log, "no encapsulation driver: tunnel endpoints are \
@@ -121,6 +126,7 @@ impl<D: OpteDriver> Tunnels<D> {
                 of the set"; "why" => &why);
             self.missing = Some(why);
         }
+        false
     }
 
     /// What OPTE holds from us.
@@ -139,19 +145,24 @@ impl<D: OpteDriver> Tunnels<D> {
                 .or_default()
                 .insert(Tep { ip: t.origin.boundary_addr, vni: t.origin.vni });
         }
-        self.look_for_driver();
-        self.converge(want)
+        let fresh = self.look_for_driver();
+        self.converge(want, fresh)
     }
 
     /// Clears everything we programmed.
     pub fn clear_all(&mut self) -> Result<usize, DataplaneError> {
         let n = self.programmed.values().map(BTreeSet::len).sum();
-        self.converge(BTreeMap::new()).map(|()| n)
+        self.converge(BTreeMap::new(), false).map(|()| n)
     }
 
+    /// Makes OPTE hold `want`. `fresh`: the driver was opened for this
+    /// call, so one that answers it is gone is taken as absent (the set
+    /// recorded only) rather than as gone for now: the worker's retry
+    /// would open and lose it again, for good.
     fn converge(
         &mut self,
         want: BTreeMap<(IpAddr, u8), BTreeSet<Tep>>,
+        fresh: bool,
     ) -> Result<(), DataplaneError> {
         let Some(driver) = self.driver.as_mut() else { return Ok(()) };
         let empty = BTreeSet::new();
@@ -195,6 +206,9 @@ impl<D: OpteDriver> Tunnels<D> {
                         self.driver = None;
                         self.missing = Some(OpteError::Absent.to_string());
                         self.programmed.clear();
+                        if fresh {
+                            return Ok(());
+                        }
                         return Err(DataplaneError::Unavailable(
                             OpteError::Absent.to_string(),
                         ));
@@ -307,9 +321,25 @@ mod tests {
     #[test]
     fn an_absent_driver_stands_aside() {
         let fake = Fake { fail: Some(OpteError::Absent), ..Fake::default() };
-        let mut t = Tunnels::new(opens(Some(fake)), log());
+        let opened = Arc::new(Mutex::new(0));
+        let open: Opener<Fake> = {
+            let opened = opened.clone();
+            Box::new(move || {
+                *opened.lock().unwrap() += 1;
+                Ok(Some(fake.clone()))
+            })
+        };
+        let mut t = Tunnels::new(open, log());
         let a = entry("10.0.0.0/8", "fd00:a::1", 7, "fe80::1");
+        // Opened at the start: gone for now, the worker tries again.
         assert!(t.set(&BTreeSet::from([a])).is_err());
+        // Opened again for the set, and gone: recorded only, no error
+        // (the worker would try again for good), and opened once a set.
+        t.set(&BTreeSet::from([a])).unwrap();
+        t.set(&BTreeSet::from([a])).unwrap();
+        assert_eq!(*opened.lock().unwrap(), 3);
+        assert!(t.programmed().is_empty());
+        assert_eq!(t.clear_all().unwrap(), 0);
         let mut none: Tunnels<Fake> = Tunnels::new(opens(None), log());
         none.set(&BTreeSet::from([a])).unwrap();
         assert_eq!(none.clear_all().unwrap(), 0);
@@ -370,7 +400,7 @@ mod tests {
                 let mut n = tries.lock().unwrap();
                 *n += 1;
                 if *n < 3 {
-                    Err(OpteError::Other("EACCES".into()))
+                    Err(OpteError::Open("permission denied".into()))
                 } else {
                     Ok(Some(fake.clone()))
                 }

@@ -177,8 +177,9 @@ pub enum RouterMsg {
     /// Give back the import permits whose hold is over (sent to itself,
     /// see `router/hold.rs`).
     HoldDue,
-    /// [`ORIGINATED_WAIT`] has passed since the start (to itself): pulls
-    /// still waiting for the originated set are answered without it.
+    /// The wait for the originated set ([`RouterArgs::await_originated`])
+    /// has passed since the start (to itself): pulls still waiting for it
+    /// are answered without it.
     OriginatedWaitOver,
     /// The dataplane worker ended on its own (it panicked): the router
     /// fails, so that its supervisor starts another with a new worker.
@@ -262,14 +263,16 @@ pub const ORIGINATED_WAIT: std::time::Duration =
     std::time::Duration::from_secs(2);
 
 /// How long pulls wait for the originated set, given the exchange timeout
-/// a pull is answered within: [`ORIGINATED_WAIT`], or half the timeout if
-/// shorter, so that a pull that waited is still answered in time (with
-/// `--exchange-timeout` of 2 s or less, a pull that waited 2 s timed out
-/// at the server and was answered for nothing).
+/// a pull is answered within: [`ORIGINATED_WAIT`], or three quarters of
+/// the timeout if shorter. A pull reaches the router no earlier than its
+/// start, when the wait begins, so one that waited is still answered in
+/// time (with `--exchange-timeout` of 2 s or less, a pull that waited 2 s
+/// could time out at the server and be answered for nothing); the default
+/// timeout (3 s) keeps the whole wait.
 pub fn originated_wait(
     exchange_timeout: std::time::Duration,
 ) -> std::time::Duration {
-    ORIGINATED_WAIT.min(exchange_timeout / 2)
+    ORIGINATED_WAIT.min(exchange_timeout * 3 / 4)
 }
 
 /// The router's state.
@@ -308,6 +311,9 @@ pub struct RouterState {
     /// made peers withdraw them fabric-wide until they came. `None` once
     /// it came (or was never to come).
     pulls_waiting: Option<Vec<(PeerId, RpcReplyPort<v3::PullResponse>)>>,
+    /// How long pulls wait for the originated set (logged when it is
+    /// over).
+    originated_wait: std::time::Duration,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
     /// The worker; on stop it removes our routes and returns.
@@ -599,6 +605,7 @@ impl Actor for Router {
             dataplane_unsent: Vec::new(),
             flush_queued: false,
             pulls_waiting: args.await_originated.map(|_| Vec::new()),
+            originated_wait: args.await_originated.unwrap_or_default(),
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -645,7 +652,8 @@ impl Actor for Router {
                     warn!(
                         state.log,
                         "the originated set did not come in \
-                        time; answering pulls without it"
+                        time; answering pulls without it";
+                        "waited_ms" => state.originated_wait.as_millis()
                     );
                     state.answer_waiting_pulls();
                 }
