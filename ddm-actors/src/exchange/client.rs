@@ -16,9 +16,11 @@
 //! takes ([`PUSH_LIMIT_HEADER`]); the client hands it to the exchange
 //! actor with the answer. The original daemon announces nothing.
 //!
-//! An answer's body is read against [`MAX_PULL_BODY`], the client's own
+//! A pull's answer is read against [`MAX_PULL_BODY`], the client's own
 //! bound (a pull answer is a whole table, far larger than any push), into
-//! one buffer of the declared length.
+//! one buffer of the declared length. Any other answer (a push's, or an
+//! error) is read only as far as [`ANSWER_PREFIX`]: it is a reason shown
+//! in a log line, or nothing, and a peer cannot make us hold more.
 
 use std::future::Future;
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -29,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -105,6 +107,10 @@ impl ClientError {
 /// a path cut one name past the longest the policy takes), so its text
 /// does not grow into one allocation per name as it is read.
 pub const MAX_PULL_BODY: usize = 256 << 20;
+
+/// How much of an answer that is not a pull's whole table is read: an
+/// error's reason, or the empty body of a push's answer.
+pub const ANSWER_PREFIX: usize = 4096;
 
 /// A pull answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,7 +367,7 @@ impl Client {
         session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
         let mut req = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(uri)
             .header(HOST, self.inner.host.clone());
         if !body.is_empty() {
@@ -387,10 +393,14 @@ impl Client {
         })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
-        let body = match read_body(body, MAX_PULL_BODY).await {
-            Ok(b) => b,
-            Err(ReadError::TooLarge) => return Err(ClientError::TooLarge),
-            Err(ReadError::Body(e)) => return Err(ClientError::Http(e)),
+        let body = if status.is_success() && method == Method::GET {
+            match read_body(body, MAX_PULL_BODY).await {
+                Ok(b) => b,
+                Err(ReadError::TooLarge) => return Err(ClientError::TooLarge),
+                Err(ReadError::Body(e)) => return Err(ClientError::Http(e)),
+            }
+        } else {
+            read_prefix(body, ANSWER_PREFIX).await.map_err(ClientError::Http)?
         };
         if !status.is_success() {
             let reason = String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -400,6 +410,24 @@ impl Client {
         }
         Ok((parts.headers, body))
     }
+}
+
+/// The first `limit` bytes of `body` (all of it if shorter); the rest is
+/// not read (the connection is then closed rather than kept).
+async fn read_prefix<B>(body: B, limit: usize) -> Result<Bytes, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut buf = Vec::new();
+    let mut body = std::pin::pin!(body);
+    while buf.len() < limit {
+        let Some(frame) = body.frame().await else { break };
+        if let Ok(data) = frame?.into_data() {
+            let take = data.len().min(limit - buf.len());
+            buf.extend_from_slice(&data[..take]);
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
@@ -462,6 +490,59 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         let peer = from.lock().unwrap().expect("a connection");
         assert_eq!(peer.ip(), std::net::IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    /// A server that answers every request with `status` and a body it
+    /// declares 300 MB long (over `MAX_PULL_BODY`), sent as long as the
+    /// client reads.
+    async fn endless_answers(status: &'static str) -> SocketAddrV6 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let SocketAddr::V6(addr) = listener.local_addr().unwrap() else {
+            unreachable!("bound to an IPv6 address")
+        };
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: 300000000\r\n\r\n"
+                    );
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 65536];
+                    while stream.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        addr
+    }
+
+    /// A push's answer, or an error's, is read only as far as
+    /// `ANSWER_PREFIX`: a peer answering with an endless body makes us
+    /// hold no more (it failed as too large before, read against the pull
+    /// answer's bound).
+    #[tokio::test]
+    async fn answers_other_than_a_pulls_are_read_only_in_part() {
+        let update = OutUpdate::default();
+        let ok = endless_answers("200 OK").await;
+        let client = Client::new(ok, Version::V3, Duration::from_secs(5));
+        client.push(&update).await.expect("a push answered 200");
+        let bad = endless_answers("400 Bad Request").await;
+        let client = Client::new(bad, Version::V3, Duration::from_secs(5));
+        match client.push(&update).await {
+            Err(ClientError::Status { status, reason }) => {
+                assert_eq!(status, StatusCode::BAD_REQUEST);
+                assert!(reason.len() <= 200 && reason.starts_with('x'));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A pull's answer is still held to the pull's own bound.
+        let client = Client::new(ok, Version::V3, Duration::from_secs(5));
+        let pulled = client.pull(None, crate::policy::MAX_PATH_LEN_BOUND).await;
+        assert!(matches!(pulled, Err(ClientError::TooLarge)), "{pulled:?}");
     }
 
     /// Nobody listening is a connection error naming the address.
