@@ -51,7 +51,9 @@ pub use ddm_proto::outgoing::{
 };
 pub use ddm_proto::Version;
 
-use super::server::{ImportPermit, ServerCtx, IMPORTS_IN_FLIGHT};
+use super::server::{
+    ImportPermit, ServerCtx, IMPORTS_IN_FLIGHT, UNPACED_IN_FLIGHT,
+};
 pub use super::session::{
     backoff, TimerKind as RetryKind, BACKOFF_MAX, BACKOFF_MIN, MAX_ATTEMPTS,
 };
@@ -231,6 +233,8 @@ impl TryFrom<ExchangeMsg> for PeerCmd {
 fn failure(e: ClientError) -> Failure {
     if e.is_refused_as_too_large() {
         Failure::TooLarge(e.to_string())
+    } else if e.is_router_behind() {
+        Failure::Busy(e.to_string())
     } else {
         Failure::Other(e.to_string())
     }
@@ -272,7 +276,9 @@ pub struct State {
     /// The permits of the pushes the session holds while our pull is out,
     /// passed on with them: a held push still counts against the peer, so
     /// a peer that keeps a pull of ours out cannot push past the router's
-    /// pace into the held list (permits are alike; any goes with any).
+    /// pace into the held list (import permits and unpaced slots,
+    /// `server::UNPACED_IN_FLIGHT`, are alike here: any goes with any, and
+    /// each goes back to its own kind when dropped).
     held_permits: Vec<ImportPermit>,
     /// Bounds the lines about pushes refused as too large: a peer that
     /// refuses every push (`400`) makes each item of every change one.
@@ -401,6 +407,7 @@ impl State {
                     Counter::PushesSent => &self.stats.pushes_sent,
                     Counter::PushBytesSent => &self.stats.push_bytes_sent,
                     Counter::PullsSent => &self.stats.pulls_sent,
+                    Counter::PushesDeferred => &self.stats.pushes_deferred,
                     Counter::PullBytesReceived => {
                         &self.stats.pull_bytes_received
                     }
@@ -511,6 +518,7 @@ impl Actor for Exchange {
             timeout: args.timeout,
             stats: stats.clone(),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            unpaced: Arc::new(Semaphore::new(UNPACED_IN_FLIGHT)),
             max_path_len: args.max_path_len,
             pulls: Default::default(),
             log: log.new(o!("unit" => "server")),

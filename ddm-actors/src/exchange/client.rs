@@ -93,6 +93,16 @@ impl ClientError {
                     || *status == StatusCode::PAYLOAD_TOO_LARGE
         )
     }
+
+    /// Whether the peer answered that its router is behind (429, our
+    /// server's answer past its import pace): push again later.
+    pub fn is_router_behind(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Status { status, .. }
+                if *status == StatusCode::TOO_MANY_REQUESTS
+        )
+    }
 }
 
 /// Largest answer body read from a peer: a pull answer is the peer's

@@ -43,10 +43,15 @@
 //! peer whose pushes the router has not taken in yet waits, unread, so
 //! decoded updates do not pile up in the actors'
 //! mailboxes, nor route changes in front of a kernel that is behind. It
-//! waits at most half the exchange timeout ([`PACING_WAIT`]): a push is
-//! never refused for a slow router (the peer would count that as a failure,
-//! and enough of them end the session), it is taken without a permit
-//! instead, as before pacing.
+//! waits at most half the exchange timeout ([`PACING_WAIT`]), then is taken
+//! without a permit, in one of [`UNPACED_IN_FLIGHT`] slots held alike
+//! until it is imported. With none free (the router is that far behind,
+//! or the peer pushes faster than it imports), the push is answered 429
+//! (push again later) unread: our daemons send it again after a pause
+//! without counting a failure (which would end the session), and an
+//! original, which ignores the status, is pulled. So a peer's decoded
+//! pushes, wherever they wait, are at most
+//! `IMPORTS_IN_FLIGHT + UNPACED_IN_FLIGHT`.
 //!
 //! Pull answers carry [`PUSH_LIMIT_HEADER`]: the largest push body this
 //! server takes, so that a peer running this daemon pushes in large parts,
@@ -180,6 +185,9 @@ pub struct ServerCtx {
     /// [`IMPORTS_IN_FLIGHT`] permits: pushes decoded and not yet imported
     /// (with their routes taken by the dataplane worker).
     pub imports: Arc<Semaphore>,
+    /// [`UNPACED_IN_FLIGHT`] slots: pushes taken without one of those
+    /// permits, not yet imported.
+    pub unpaced: Arc<Semaphore>,
     /// The longest path the import policy takes (`--max-path-len`): a
     /// path is read up to one name past it.
     pub max_path_len: usize,
@@ -205,6 +213,15 @@ pub const IMPORTS_IN_FLIGHT: usize = 2;
 /// (half of it), then is taken without one: the rest of the timeout is
 /// left for reading its body.
 pub const PACING_WAIT: u32 = 2;
+
+/// How many pushes of one peer may be taken without an import permit and
+/// not yet imported (they hold one of these slots instead, as a permit):
+/// past them, a push that found no permit in time is answered 429 (push
+/// again later; our daemons do, without counting a failure, and an
+/// original is pulled). Without the bound, a peer pushing faster than the
+/// router imports (or a router far behind) had one more decoded push
+/// queued every half timeout per connection, without end.
+pub const UNPACED_IN_FLIGHT: usize = 2;
 
 /// Held by a pushed update from before it is read until the router has
 /// imported it and its dataplane worker has taken the route changes it
@@ -501,12 +518,24 @@ where
         Stats::bump(&ctx.stats.rejected_too_large);
         return too_large();
     }
-    // Paced by the router, within half the timeout (see the module docs).
+    // Paced by the router, within half the timeout (see the module docs);
+    // past it, taken in one of a few slots for unpaced pushes, or not at
+    // all.
     let permit = ctx.imports.clone().acquire_owned();
     let permit = tokio::time::timeout(ctx.timeout / PACING_WAIT, permit)
         .await
         .ok()
         .and_then(Result::ok);
+    let unpaced = permit.is_none();
+    let Some(permit) =
+        permit.or_else(|| ctx.unpaced.clone().try_acquire_owned().ok())
+    else {
+        Stats::bump(&ctx.stats.pushes_refused_behind);
+        return text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "router behind: push again later",
+        );
+    };
     let Some(share) = budget.reserve(declared, deadline).await else {
         Stats::bump(&ctx.stats.rejected_other);
         return text(StatusCode::REQUEST_TIMEOUT, "server busy with bodies");
@@ -542,8 +571,7 @@ where
         }
     };
     // Counted once taken: a push refused after the wait was not.
-    let unpaced = permit.is_none();
-    let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, permit));
+    let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, Some(permit)));
     if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
         warn!(ctx.log, "exchange actor gone; push dropped"; "error" => %e);
@@ -832,6 +860,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             stats: Arc::new(Stats::default()),
             imports: Arc::new(Semaphore::new(IMPORTS_IN_FLIGHT)),
+            unpaced: Arc::new(Semaphore::new(UNPACED_IN_FLIGHT)),
             max_path_len: crate::policy::MAX_PATH_LEN_BOUND,
             pulls: Default::default(),
             log: Logger::root(slog::Discard, slog::o!()),
@@ -1194,7 +1223,8 @@ mod tests {
     /// A push is read only when the router has taken in all but
     /// [`IMPORTS_IN_FLIGHT`] - 1 of the peer's earlier ones (imported, their
     /// routes taken by the dataplane worker), or once half the timeout has
-    /// passed: never refused for a slow router.
+    /// passed, in one of [`UNPACED_IN_FLIGHT`] slots; with none free, it is
+    /// answered 429.
     #[tokio::test(start_paused = true)]
     async fn a_push_waits_for_the_router_to_import_those_before_it() {
         let (ctx, mut seen) = rig(Default::default()).await;
@@ -1232,6 +1262,30 @@ mod tests {
         let c = ctx.stats.snapshot();
         assert_eq!((c.pushes_received, c.rejected_other), (2, 0));
         assert_eq!(c.pushes_unpaced, 1);
+        // With as many pushes taken so as `UNPACED_IN_FLIGHT` and not yet
+        // imported, one more that finds no permit in time is answered 429
+        // (push again later), its body unread, and counted: a peer cannot
+        // make us hold ever more decoded pushes.
+        let unpaced = ctx
+            .unpaced
+            .clone()
+            .try_acquire_many_owned(UNPACED_IN_FLIGHT as u32)
+            .expect("no unpaced push in flight");
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &bodies)
+                .await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(seen.recv().await, Some(Seen::PushRefused));
+        let c = ctx.stats.snapshot();
+        assert_eq!((c.pushes_received, c.pushes_refused_behind), (2, 1));
+        assert_eq!(c.push_bytes_received, 2 * PUSH3.len() as u64);
+        // A slot given back (that push imported): taken again.
+        drop(unpaced);
+        let r =
+            handle(req(Method::PUT, "/v3/push", PUSH3), true, &ctx, &bodies)
+                .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(ctx.stats.snapshot().pushes_unpaced, 2);
     }
 
     /// A push that finds the budget taken is answered 408 at the deadline

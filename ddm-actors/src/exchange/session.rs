@@ -45,6 +45,10 @@
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
+//! * **A push answered 429** (the peer's router is behind: our server's
+//!   answer past its import pace) is no failure either: it is put back and
+//!   sent again after [`backoff`] at the current streak (counted as
+//!   deferred).
 //! * **Failures**: a failed push is put back in front of the pending one,
 //!   its announcements marked as possibly held (it may have been applied);
 //!   a failed push or pull is retried after [`backoff`]. After
@@ -579,6 +583,19 @@ impl Session {
                 }
                 self.sent_on(done, out);
             }
+            Err(Failure::Busy(_)) => {
+                // The peer's router is behind: not a failure; the push goes
+                // again after a pause (the peer's server waited half its
+                // timeout before saying so).
+                out.push(Effect::Count {
+                    counter: Counter::PushesDeferred,
+                    n: 1,
+                });
+                if let Some(sent) = sent {
+                    self.put_back(sent);
+                }
+                self.schedule(TimerKind::Push, out);
+            }
             Err(Failure::Other(error)) => {
                 self.push.failures += 1;
                 let failures = self.push.failures;
@@ -698,7 +715,7 @@ fn unshare(u: Arc<OutUpdate>) -> OutUpdate {
 
 fn failure_text(f: Failure) -> String {
     match f {
-        Failure::TooLarge(s) | Failure::Other(s) => s,
+        Failure::TooLarge(s) | Failure::Busy(s) | Failure::Other(s) => s,
     }
 }
 

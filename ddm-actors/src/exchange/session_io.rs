@@ -27,6 +27,9 @@ pub enum TimerKind {
 pub enum Failure {
     /// The peer refused the push as too large (400 or 413).
     TooLarge(String),
+    /// The peer's router is behind (429): the push is sent again after a
+    /// pause, and the peer is not failing.
+    Busy(String),
     /// Anything else: no connection, a timeout, another status.
     Other(String),
 }
@@ -62,6 +65,8 @@ pub enum Counter {
     PullsSent,
     /// Body bytes of the pull answers the peer sent.
     PullBytesReceived,
+    /// Pushes the peer answered 429, to be sent again.
+    PushesDeferred,
 }
 
 /// Why items were dropped.

@@ -74,6 +74,12 @@ counters! {
     /// `server::IMPORTS_IN_FLIGHT`). The router or the kernel under it is
     /// the bottleneck then.
     pushes_unpaced,
+    /// Pushes answered 429 (push again later): neither an import permit
+    /// within half the exchange timeout nor one of
+    /// `server::UNPACED_IN_FLIGHT` slots for pushes taken without one was
+    /// free, so that a peer pushing faster than the router imports cannot
+    /// make the daemon hold ever more decoded pushes.
+    pushes_refused_behind,
     /// Connections closed on accept: too many from one kind of address
     /// were open already (see `server::MAX_PEER_CONNECTIONS`).
     connections_refused,
@@ -82,6 +88,9 @@ counters! {
     /// Pushes the peer refused as too large (400 or 413): split and sent
     /// again, or dropped when they held a single item.
     pushes_refused,
+    /// Pushes the peer answered 429 (its router behind): sent again after
+    /// a pause, not counted as failures.
+    pushes_deferred,
     /// Path vectors and tunnel origins never sent because no push the
     /// peer takes can carry them, even alone (logged).
     items_dropped_oversize,
