@@ -45,7 +45,7 @@
 //! mailboxes, nor route changes in front of a kernel that is behind. It
 //! waits at most half the exchange timeout ([`PACING_WAIT`]), then is taken
 //! without a permit, in one of [`UNPACED_IN_FLIGHT`] slots held alike
-//! until it is imported. With none free (the router is that far behind,
+//! (until it is imported and its route changes taken). With none free (the router is that far behind,
 //! or the peer pushes faster than it imports), the push is answered 429
 //! (push again later) unread: our daemons send it again after a pause
 //! without counting a failure (which would end the session), and an
@@ -210,12 +210,14 @@ pub struct ServerCtx {
 pub const IMPORTS_IN_FLIGHT: usize = 2;
 
 /// A push waits for a permit at most the exchange timeout divided by this
-/// (half of it), then is taken without one: the rest of the timeout is
-/// left for reading its body.
+/// (half of it), then is taken without one if one of
+/// [`UNPACED_IN_FLIGHT`] slots is free (else answered 429): the rest of
+/// the timeout is left for reading its body.
 pub const PACING_WAIT: u32 = 2;
 
 /// How many pushes of one peer may be taken without an import permit and
-/// not yet imported (they hold one of these slots instead, as a permit):
+/// not yet imported, with their route changes taken by the dataplane
+/// worker (they hold one of these slots instead, as a permit):
 /// past them, a push that found no permit in time is answered 429 (push
 /// again later; our daemons do, without counting a failure, and an
 /// original is pulled). Without the bound, a peer pushing faster than the
@@ -348,6 +350,23 @@ where
         }
     }
     Ok(Bytes::from(buf))
+}
+
+/// Read `body` to its end, or past `limit` bytes, keeping none of it.
+async fn discard_body<B>(body: B, limit: usize)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut seen = 0;
+    let mut body = std::pin::pin!(body);
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                return;
+            }
+        }
+    }
 }
 
 /// Serve `listener` until the returned task is aborted.
@@ -531,6 +550,12 @@ where
         permit.or_else(|| ctx.unpaced.clone().try_acquire_owned().ok())
     else {
         Stats::bump(&ctx.stats.pushes_refused_behind);
+        // Read to its end, kept nowhere, within the deadline: a connection
+        // closed with bytes unread is reset, which could take the answer
+        // from a client still sending (not seen on loopback with 10 MB,
+        // but a slower link may).
+        let rest = discard_body(req.into_body(), MAX_BODY);
+        let _ = tokio::time::timeout_at(deadline, rest).await;
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "router behind: push again later",
@@ -594,7 +619,8 @@ where
 /// that pulled in a loop kept the router busy with nothing else; now its
 /// pulls are answered one at a time, each at least this long after the
 /// last (short against the exchange timeout, 3 s, and half of it, past
-/// which a push held for our own pull is taken anyway).
+/// which a push held for our own pull is taken without a permit, or past
+/// [`UNPACED_IN_FLIGHT`] such pushes answered 429).
 pub const PULL_SPACING: Duration = Duration::from_millis(250);
 
 /// Answer a pull with what the router offers this peer; once answered,
@@ -1326,6 +1352,68 @@ mod tests {
             read_body(StreamBody::new(frames), 12).await.unwrap().len(),
             12
         );
+    }
+
+    /// Over a real socket, our client pushing a body of about 3 MB to a
+    /// server whose router is behind (no import permit, no unpaced slot)
+    /// gets the 429, which the session takes as push again later, not as
+    /// a failure.
+    #[tokio::test]
+    async fn a_large_push_refused_for_a_router_behind_is_answered_429() {
+        let (mut ctx, mut seen) = rig(Default::default()).await;
+        ctx.peer.addr = std::net::Ipv6Addr::LOCALHOST;
+        ctx.timeout = Duration::from_millis(600);
+        let ctx = Arc::new(ctx);
+        let _imports = ctx
+            .imports
+            .clone()
+            .try_acquire_many_owned(IMPORTS_IN_FLIGHT as u32)
+            .unwrap();
+        let _unpaced = ctx
+            .unpaced
+            .clone()
+            .try_acquire_many_owned(UNPACED_IN_FLIGHT as u32)
+            .unwrap();
+        let listener = bind("[::1]:0".parse().unwrap()).unwrap();
+        let std::net::SocketAddr::V6(addr) = listener.local_addr().unwrap()
+        else {
+            unreachable!("bound to an IPv6 address")
+        };
+        let server = spawn(listener, ctx.clone());
+        let announce = (0..40_000u32)
+            .map(|i| v3::PathVector {
+                destination: format!(
+                    "fd00:{:x}:{:x}::/64",
+                    i >> 16,
+                    i & 0xffff
+                )
+                .parse()
+                .unwrap(),
+                path: vec!["a-long-enough-hostname".to_string(); 2],
+            })
+            .collect();
+        let update = super::super::outgoing::OutUpdate::from(v3::Update {
+            underlay: Some(v3::UnderlayUpdate {
+                announce,
+                withdraw: Default::default(),
+            }),
+            tunnel: None,
+        });
+        let client = super::super::client::Client::new(
+            addr,
+            Version::V3,
+            Duration::from_secs(5),
+        );
+        let r = client.push(&update).await;
+        assert!(
+            matches!(&r, Err(e) if e.is_router_behind()),
+            "{:?}",
+            r.map_err(|e| e.to_string())
+        );
+        assert_eq!(seen.recv().await, Some(Seen::PushRefused));
+        let c = ctx.stats.snapshot();
+        assert_eq!((c.pushes_refused_behind, c.pushes_received), (1, 0));
+        server.abort();
     }
 
     /// Over a real socket: past [`MAX_PEER_CONNECTIONS`] open connections

@@ -58,7 +58,8 @@
 //!   and once it succeeds the peer is pulled again: it may have pushed while
 //!   nothing listened, and an original peer never sends a refused push
 //!   again.
-//! * **A push our server refused** (too large, malformed, too slow) is
+//! * **A push our server refused** (too large, malformed, too slow, or
+//!   429 for a router behind) is
 //!   pulled for, unless the peer's answers name its session (ours send it
 //!   again): after the pull out, or on the pull timer.
 //! * **Delivered in batches**: the pending update is cut into batches.
@@ -165,6 +166,9 @@ pub struct Session {
     push_limit: usize,
     /// After a refusal as too large: at most this many items per push.
     split_items: Option<usize>,
+    /// Pushes in a row the peer answered 429 (its router behind): the
+    /// pause before the next doubles with them.
+    deferrals: u32,
     /// Paths whose withdrawal was dropped (no push could carry it): the
     /// peer may still hold them, so an announcement of one is marked held.
     /// Past [`MAX_DROPPED`] paths, every announcement is (`None`).
@@ -203,6 +207,7 @@ impl Session {
             pull_back: None,
             push_limit: DEFAULT_PUSH_LIMIT,
             split_items: None,
+            deferrals: 0,
             dropped: Some(BTreeSet::new()),
             received: 0,
             delivered: 0,
@@ -286,11 +291,21 @@ impl Session {
     }
 
     fn schedule(&mut self, kind: TimerKind, out: &mut Vec<Effect>) {
+        let after = backoff(self.activity(kind).failures);
+        self.schedule_after(kind, after, out);
+    }
+
+    fn schedule_after(
+        &mut self,
+        kind: TimerKind,
+        after: Duration,
+        out: &mut Vec<Effect>,
+    ) {
         let gen = self.gen();
         let a = self.activity(kind);
         a.gen = gen;
         a.timer = true;
-        let after_ms = backoff(a.failures).as_millis() as u64;
+        let after_ms = after.as_millis() as u64;
         out.push(Effect::StartTimer { kind, gen, after_ms });
     }
 
@@ -558,6 +573,7 @@ impl Session {
                 out.push(count(Counter::PushesSent, 1));
                 out.push(count(Counter::PushBytesSent, bytes as u64));
                 self.push.failures = 0;
+                self.deferrals = 0;
                 self.split_items = None;
                 self.clear_report();
                 self.sent_on(completes, out);
@@ -584,17 +600,20 @@ impl Session {
                 self.sent_on(done, out);
             }
             Err(Failure::Busy(_)) => {
-                // The peer's router is behind: not a failure; the push goes
-                // again after a pause (the peer's server waited half its
-                // timeout before saying so).
+                // The peer's router is behind: not a failure; the push, not
+                // read, let alone applied, goes again after a pause that
+                // doubles while this goes on (our server waits half its
+                // timeout before saying so; another might at once).
                 out.push(Effect::Count {
                     counter: Counter::PushesDeferred,
                     n: 1,
                 });
                 if let Some(sent) = sent {
-                    self.put_back(sent);
+                    self.put_back_unapplied(sent);
                 }
-                self.schedule(TimerKind::Push, out);
+                self.deferrals = self.deferrals.saturating_add(1);
+                let after = backoff(self.deferrals);
+                self.schedule_after(TimerKind::Push, after, out);
             }
             Err(Failure::Other(error)) => {
                 self.push.failures += 1;
@@ -664,6 +683,16 @@ impl Session {
         // It may have been applied all the same: the peer may hold what
         // it announced, so withdrawing that later is no longer a no-op.
         again.mark_held();
+        self.requeue(again);
+    }
+
+    /// [`Session::put_back`] of a push the peer did not apply.
+    fn put_back_unapplied(&mut self, sent: Arc<OutUpdate>) {
+        self.requeue(unshare(sent));
+    }
+
+    /// `again` in front of what is pending.
+    fn requeue(&mut self, mut again: OutUpdate) {
         for later in
             [self.pending.take(), self.next.take()].into_iter().flatten()
         {
