@@ -182,6 +182,9 @@ pub enum ExchangeMsg {
         gen: u64,
         /// The peer's full set, in v3, and its push limit, or why not.
         result: Result<Pulled, ClientError>,
+        /// The peer's pull slot, taken before the request: handed to the
+        /// router with the answer.
+        slot: Option<ImportPermit>,
     },
     /// A push task finished (internal).
     PushDone {
@@ -280,6 +283,15 @@ pub struct State {
     /// `server::UNPACED_IN_FLIGHT`, are alike here: any goes with any, and
     /// each goes back to its own kind when dropped).
     held_permits: Vec<ImportPermit>,
+    /// One slot: a pull of the peer is sent only once the router has
+    /// imported the last answer (which carries the slot there), so that a
+    /// peer answering at once, pull after pull, cannot queue decoded
+    /// answers (each up to `client::MAX_PULL_BODY` of text) in front of a
+    /// router slower than it.
+    pull_slots: Arc<Semaphore>,
+    /// The slot of the pull answer being stepped, handed to the router
+    /// with it.
+    answer_slot: Option<ImportPermit>,
     /// Bounds the lines about pushes refused as too large: a peer that
     /// refuses every push (`400`) makes each item of every change one.
     refusals_log: LogLimiter,
@@ -339,9 +351,13 @@ impl State {
                 let (client, me) = (self.client.clone(), myself.clone());
                 let id = self.server_ctx.session;
                 let max_path_len = self.server_ctx.max_path_len;
+                let slots = Arc::clone(&self.pull_slots);
                 self.pull_task = Some(tokio::spawn(async move {
+                    // Not before the router has imported the last answer.
+                    let slot = slots.acquire_owned().await.ok();
                     let result = client.pull(Some(id), max_path_len).await;
-                    let _ = me.cast(ExchangeMsg::PullDone { gen, result });
+                    let _ =
+                        me.cast(ExchangeMsg::PullDone { gen, result, slot });
                 }));
             }
             Effect::Push { gen, update } => {
@@ -366,7 +382,9 @@ impl State {
                 }
             }
             Effect::PullResult(response) => {
-                let msg = RouterMsg::PullResult { peer: self.peer, response };
+                let slot = self.answer_slot.take();
+                let msg =
+                    RouterMsg::PullResult { peer: self.peer, response, slot };
                 if let Err(e) = self.router.cast(msg) {
                     warn!(self.log, "router gone; pull result dropped";
                         "error" => %e);
@@ -552,6 +570,8 @@ impl Actor for Exchange {
             timers: HashMap::new(),
             permit: None,
             held_permits: Vec::new(),
+            pull_slots: Arc::new(Semaphore::new(1)),
+            answer_slot: None,
             refusals_log: LogLimiter::new(),
             dropped_log: LogLimiter::new(),
             log,
@@ -601,17 +621,20 @@ impl Actor for Exchange {
                 Input::PeerPulled { session }
             }
             ExchangeMsg::PushRefused => Input::PushRefused,
-            ExchangeMsg::PullDone { gen, result } => Input::PullDone {
-                gen,
-                result: result
-                    .map(|p| PullAnswer {
-                        response: p.response,
-                        push_limit: p.push_limit,
-                        bytes: p.bytes,
-                        session: p.session,
-                    })
-                    .map_err(failure),
-            },
+            ExchangeMsg::PullDone { gen, result, slot } => {
+                state.answer_slot = slot;
+                Input::PullDone {
+                    gen,
+                    result: result
+                        .map(|p| PullAnswer {
+                            response: p.response,
+                            push_limit: p.push_limit,
+                            bytes: p.bytes,
+                            session: p.session,
+                        })
+                        .map_err(failure),
+                }
+            }
             ExchangeMsg::PushDone { gen, result } => {
                 Input::PushDone { gen, result: result.map_err(failure) }
             }
@@ -634,6 +657,8 @@ impl Actor for Exchange {
         // (and the permits of held pushes the session let go with it).
         state.held_permits.extend(state.permit.take());
         state.held_permits.truncate(state.session.held_pushes());
+        // A failed pull's slot, or a stale answer's, goes back now.
+        state.answer_slot = None;
         Ok(())
     }
 }

@@ -2,13 +2,14 @@
 //! exchange actor that record what they are told.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ddm_admin_api::latest::RouterKind;
 use ractor::{Actor, ActorProcessingErr};
 use tokio::sync::mpsc;
 
 use super::actor::{ExchangeMsg, ExchangeRef};
+use super::server::ImportPermit;
 use super::wire::v3;
 use crate::router::{RouterMsg, RouterRef};
 use ddm_proto::PeerId;
@@ -39,9 +40,14 @@ pub(crate) enum Seen {
 pub(crate) struct FakeRouter;
 
 /// What a [`FakeRouter`] keeps: where it reports, its canned pull answer,
-/// and how many imports came with an import permit.
+/// how many imports came with an import permit, and, when `Some`, the pull
+/// slots of the answers it was handed, kept until the test lets them go
+/// (`None`: given back at once).
 type FakeRouterState =
-    (mpsc::UnboundedSender<Seen>, v3::PullResponse, Arc<AtomicU64>);
+    (mpsc::UnboundedSender<Seen>, v3::PullResponse, Arc<AtomicU64>, KeptSlots);
+
+/// Pull slots a [`FakeRouter`] keeps (see [`FakeRouterState`]).
+pub(crate) type KeptSlots = Arc<Mutex<Option<Vec<ImportPermit>>>>;
 
 impl Actor for FakeRouter {
     type Msg = RouterMsg;
@@ -60,7 +66,7 @@ impl Actor for FakeRouter {
         &self,
         _: RouterRef,
         msg: RouterMsg,
-        (tx, answer, permitted): &mut Self::State,
+        (tx, answer, permitted, kept): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
             RouterMsg::PeerUp { peer, kind, .. } => {
@@ -72,7 +78,12 @@ impl Actor for FakeRouter {
                 }
                 tx.send(Seen::Import(peer, update.to_wire()))
             }
-            RouterMsg::PullResult { peer, response } => {
+            RouterMsg::PullResult { peer, response, slot } => {
+                if let (Some(kept), Some(slot)) =
+                    (kept.lock().unwrap().as_mut(), slot)
+                {
+                    kept.push(slot);
+                }
                 tx.send(Seen::PullResult(peer, response.to_wire()))
             }
             RouterMsg::PullFor(peer, reply) => {
@@ -101,11 +112,22 @@ pub(crate) async fn fake_router(
 pub(crate) async fn fake_router_counting(
     answer: v3::PullResponse,
 ) -> (RouterRef, mpsc::UnboundedReceiver<Seen>, Arc<AtomicU64>) {
+    let (r, rx, permitted, _) = fake_router_keeping(answer, None).await;
+    (r, rx, permitted)
+}
+
+/// [`fake_router_counting`] keeping the pull slots it is handed (in the
+/// returned list, while it is `Some`).
+pub(crate) async fn fake_router_keeping(
+    answer: v3::PullResponse,
+    kept: Option<Vec<ImportPermit>>,
+) -> (RouterRef, mpsc::UnboundedReceiver<Seen>, Arc<AtomicU64>, KeptSlots) {
     let (tx, rx) = mpsc::unbounded_channel();
     let permitted = Arc::new(AtomicU64::new(0));
-    let state = (tx, answer, Arc::clone(&permitted));
+    let kept = Arc::new(Mutex::new(kept));
+    let state = (tx, answer, Arc::clone(&permitted), Arc::clone(&kept));
     let (r, _) = Actor::spawn(None, FakeRouter, state).await.unwrap();
-    (r, rx, permitted)
+    (r, rx, permitted, kept)
 }
 
 /// Stands in for the exchange actor, for the server alone: records what
@@ -149,7 +171,7 @@ pub(crate) async fn fake_router_and_exchange(
     answer: v3::PullResponse,
 ) -> (RouterRef, ExchangeRef, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let state = (tx.clone(), answer, Arc::default());
+    let state = (tx.clone(), answer, Arc::default(), Arc::default());
     let (r, _) = Actor::spawn(None, FakeRouter, state).await.unwrap();
     let (x, _) = Actor::spawn(None, FakeExchange, tx).await.unwrap();
     (r, x, rx)

@@ -14,7 +14,7 @@ use super::super::actor::{
     Exchange, ExchangeArgs, ExchangeFailed, ExchangeMsg, ExchangeRef,
     MAX_ATTEMPTS,
 };
-use super::super::testing::{fake_router_counting, Seen};
+use super::super::testing::{fake_router_keeping, KeptSlots, Seen};
 use super::super::wire::v3;
 use super::*;
 use crate::test_actors::Forward;
@@ -61,6 +61,8 @@ struct Side {
     failed: mpsc::UnboundedReceiver<ExchangeFailed>,
     /// Imports the router was handed with an import permit.
     permitted: Arc<AtomicU64>,
+    /// The pull slots the router keeps, if it was asked to.
+    kept: KeptSlots,
 }
 
 async fn side(
@@ -81,7 +83,21 @@ async fn side_offering(
     dests: &[&str],
     give_up_after: Duration,
 ) -> Side {
-    let (router, seen, permitted) = fake_router_counting(offer(dests)).await;
+    side_keeping(net, us, them, dests, give_up_after, None).await
+}
+
+/// [`side_offering`], its router keeping the pull slots it is handed in
+/// `kept` while that is `Some`.
+async fn side_keeping(
+    net: &ExchangeNet,
+    us: u16,
+    them: u16,
+    dests: &[&str],
+    give_up_after: Duration,
+    kept: Option<Vec<super::super::server::ImportPermit>>,
+) -> Side {
+    let (router, seen, permitted, kept) =
+        fake_router_keeping(offer(dests), kept).await;
     let (tx, failed) = mpsc::unbounded_channel();
     let (c, _) =
         Actor::spawn(None, Forward::<ExchangeFailed>::new(), tx).await.unwrap();
@@ -103,7 +119,7 @@ async fn side_offering(
         transport: ExchangeTransport::memory(net.clone()),
     };
     let (x, _) = Actor::spawn(None, Exchange, args).await.unwrap();
-    Side { x, seen, failed, permitted }
+    Side { x, seen, failed, permitted, kept }
 }
 
 /// The next thing seen that `pick` takes, skipping the rest.
@@ -379,6 +395,46 @@ async fn pushes_are_held_while_a_pull_is_out() {
     // A, so A could not push past the router's pace meanwhile.
     assert_eq!(b.permitted.load(Ordering::Relaxed), 1);
     net.clear_fault(addr(2), addr(1));
+    a.x.stop(None);
+    b.x.stop(None);
+}
+
+/// A pull of the peer goes only once the router has imported the last
+/// answer (it hands the pull slot back then): a peer answering at once,
+/// pull after pull, cannot queue decoded answers in front of a router
+/// slower than it.
+#[tokio::test(start_paused = true)]
+async fn a_pull_waits_for_the_router_to_import_the_last_answer() {
+    let net = ExchangeNet::new();
+    let mut a = side_keeping(
+        &net,
+        1,
+        2,
+        &["fd00:a::/64"],
+        Duration::ZERO,
+        Some(vec![]),
+    )
+    .await;
+    let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
+    until(&mut b.seen, |s| matches!(s, Seen::PullFor(..)).then_some(())).await;
+    // A's router still holds the first answer's slot: a second pull of B
+    // waits, unsent.
+    a.x.cast(ExchangeMsg::Pull).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !std::iter::from_fn(|| b.seen.try_recv().ok())
+            .any(|s| matches!(s, Seen::PullFor(..))),
+        "pulled again before the last answer was imported"
+    );
+    let c = ractor::call!(a.x, ExchangeMsg::GetCounters).unwrap();
+    assert_eq!(c.pulls_sent, 1, "{c:?}");
+    // Imported: the slot goes back, and the pull goes.
+    a.kept.lock().unwrap().take();
+    until(&mut b.seen, |s| matches!(s, Seen::PullFor(..)).then_some(())).await;
+    until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
+        .await;
     a.x.stop(None);
     b.x.stop(None);
 }

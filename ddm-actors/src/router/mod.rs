@@ -161,6 +161,10 @@ pub enum RouterMsg {
         peer: PeerId,
         /// Its full set.
         response: OutPull,
+        /// The peer's one pull slot: its exchange actor starts no other
+        /// pull until this is imported and the slot dropped, so that a
+        /// peer's decoded answers never queue here.
+        slot: Option<ImportPermit>,
     },
     /// A peer pulls from us: answer with what it should hear.
     PullFor(PeerId, RpcReplyPort<v3::PullResponse>),
@@ -750,9 +754,11 @@ impl Actor for Router {
                 }
                 trim_after(size);
             }
-            RouterMsg::PullResult { peer, response } => {
+            RouterMsg::PullResult { peer, response, slot } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
                 state.import_pull(peer, response);
+                // The next pull of the peer may go.
+                drop(slot);
                 trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => match &mut state.pulls_waiting {

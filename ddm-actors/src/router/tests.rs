@@ -1219,6 +1219,7 @@ async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
             tunnel: None,
         }
         .into(),
+        slot: None,
     })
     .unwrap();
     until("the pull replaced the set", || {
