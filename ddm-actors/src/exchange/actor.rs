@@ -267,7 +267,8 @@ pub struct State {
     server_ctx: Arc<ServerCtx>,
     /// The server, once bound.
     server: Option<Serving>,
-    /// The pull task in flight.
+    /// The pull task in flight (waiting for the pull slot, then the
+    /// request).
     pull_task: Option<JoinHandle<()>>,
     /// The push task in flight.
     push_task: Option<JoinHandle<()>>,

@@ -47,7 +47,8 @@
 //! without a permit, in one of [`UNPACED_IN_FLIGHT`] slots held alike
 //! (until it is imported and its route changes taken). With none free (the router is that far behind,
 //! or the peer pushes faster than it imports), the push is answered 429
-//! (push again later) unread: our daemons send it again after a pause
+//! (push again later), its body read and kept nowhere: our daemons send
+//! it again after a pause
 //! without counting a failure (which would end the session), and an
 //! original, which ignores the status, is pulled. So a peer's decoded
 //! pushes, wherever they wait, are at most
@@ -554,8 +555,10 @@ where
         // closed with bytes unread is reset, which could take the answer
         // from a client still sending (not seen on loopback with 10 MB,
         // but a slower link may).
+        // Given up a quarter of the timeout before the deadline, so that
+        // the client, whose clock started first, still gets the answer.
         let rest = discard_body(req.into_body(), MAX_BODY);
-        let _ = tokio::time::timeout_at(deadline, rest).await;
+        let _ = tokio::time::timeout_at(deadline - ctx.timeout / 4, rest).await;
         return text(
             StatusCode::TOO_MANY_REQUESTS,
             "router behind: push again later",
@@ -1290,7 +1293,7 @@ mod tests {
         assert_eq!(c.pushes_unpaced, 1);
         // With as many pushes taken so as `UNPACED_IN_FLIGHT` and not yet
         // imported, one more that finds no permit in time is answered 429
-        // (push again later), its body unread, and counted: a peer cannot
+        // (push again later), its body read and dropped, and counted: a peer cannot
         // make us hold ever more decoded pushes.
         let unpaced = ctx
             .unpaced

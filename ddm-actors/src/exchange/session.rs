@@ -46,9 +46,10 @@
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
 //! * **A push answered 429** (the peer's router is behind: our server's
-//!   answer past its import pace) is no failure either: it is put back and
-//!   sent again after [`backoff`] at the current streak (counted as
-//!   deferred).
+//!   answer past its import pace) is no failure either: it is put back,
+//!   unapplied, and sent again after [`backoff`] of its own streak of 429s
+//!   (100 ms doubling to [`BACKOFF_MAX`], back to the start once a push is
+//!   accepted; counted as deferred).
 //! * **Failures**: a failed push is put back in front of the pending one,
 //!   its announcements marked as possibly held (it may have been applied);
 //!   a failed push or pull is retried after [`backoff`]. After

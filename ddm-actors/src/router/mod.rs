@@ -161,9 +161,11 @@ pub enum RouterMsg {
         peer: PeerId,
         /// Its full set.
         response: OutPull,
-        /// The peer's one pull slot: its exchange actor starts no other
-        /// pull until this is imported and the slot dropped, so that a
-        /// peer's decoded answers never queue here.
+        /// The peer's one pull slot: its exchange actor sends no other
+        /// pull until this is imported and the dataplane worker has taken
+        /// the route changes it made (the slot dropped then), so that a
+        /// peer's decoded answers, and the work they make, never queue
+        /// here.
         slot: Option<ImportPermit>,
     },
     /// A peer pulls from us: answer with what it should hear.
@@ -401,11 +403,12 @@ impl RouterState {
 
     /// Filter the answer to a pull from `peer` and take what is accepted
     /// as its whole set (refused items are left out, so withdrawn if held).
-    fn import_pull(&mut self, peer: PeerId, response: OutPull) {
+    /// Import a peer's pull answer; true if it queued dataplane work.
+    fn import_pull(&mut self, peer: PeerId, response: OutPull) -> bool {
         if !self.exchanges.contains_key(&peer) {
             debug!(self.log, "pull result dropped";
                 "peer" => %peer, "reason" => "peer is not up");
-            return;
+            return false;
         }
         let held = RibHoldings { rib: &self.rib, peer };
         let verdict =
@@ -415,11 +418,12 @@ impl RouterState {
         // the peer's pushes while a pull is out, so none of them can be
         // older than this answer.
         match self.rib.import_pull(peer, verdict.accepted) {
-            Ok(e) => {
-                self.carry_out(e);
+            Ok(e) => self.carry_out(e),
+            Err(e) => {
+                debug!(self.log, "pull result dropped";
+                    "peer" => %peer, "reason" => %e);
+                false
             }
-            Err(e) => debug!(self.log, "pull result dropped";
-                "peer" => %peer, "reason" => %e),
         }
     }
 
@@ -756,9 +760,13 @@ impl Actor for Router {
             }
             RouterMsg::PullResult { peer, response, slot } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
-                state.import_pull(peer, response);
-                // The next pull of the peer may go.
-                drop(slot);
+                let queued = state.import_pull(peer, response);
+                // The next pull of the peer may go once the dataplane
+                // worker takes what this one queued (at once if nothing),
+                // as for a push's permit.
+                if let (true, Some(s)) = (queued, slot) {
+                    state.dataplane_unsent.push(DataplaneCmd::Release(s));
+                }
                 trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => match &mut state.pulls_waiting {
