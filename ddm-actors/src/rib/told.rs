@@ -40,6 +40,20 @@ use super::PeerId;
 /// Sequence number of a withdrawal that no session will acknowledge.
 const UNACKED: u64 = u64::MAX;
 
+/// Most paths kept in flight for one peer, counted once per push that
+/// withdrew them (about 10 MB). Past it they are folded into the set of
+/// paths the peer may hold, where a path withdrawn by many pushes is kept
+/// once, until it is announced again or a new session withdraws it: a peer
+/// that acknowledges slowly while what we offer it keeps changing (paths
+/// withdrawn and announced again, push after push) made the list grow by
+/// every push's withdrawals until delivery.
+const IN_FLIGHT_CAP: usize = 1 << 18;
+
+/// Most pushes whose items are counted apart while undelivered, for one
+/// peer: past it the two oldest are counted as one (delivered with the
+/// later), so a peer that acknowledges slowly costs a bounded list.
+const UNDELIVERED_CAP: usize = 4096;
+
 /// What one peer may hold from us beyond its current view.
 #[derive(Debug, Default)]
 struct Stale {
@@ -53,6 +67,8 @@ struct Stale {
     /// 100,000 paths is remembered until its delivery without doubling
     /// what the push itself holds.
     in_flight: VecDeque<(u64, Vec<OutPath>)>,
+    /// The paths in `in_flight`, each push's counted apart.
+    in_flight_paths: usize,
     /// Paths an ended session may have left with the peer (no push will
     /// report them delivered).
     paths: BTreeSet<OutPath>,
@@ -85,6 +101,12 @@ impl Stale {
     fn unacked(&mut self) {
         self.undelivered.clear();
         self.undelivered_items = 0;
+        self.fold_in_flight();
+    }
+
+    /// Keep what is in flight as paths the peer may hold, each once.
+    fn fold_in_flight(&mut self) {
+        self.in_flight_paths = 0;
         for (_, paths) in self.in_flight.drain(..) {
             self.paths.extend(paths);
         }
@@ -121,6 +143,13 @@ impl Told {
         let seq = stale.sent;
         stale.undelivered.push_back((seq, update.len()));
         stale.undelivered_items += update.len();
+        if stale.undelivered.len() > UNDELIVERED_CAP {
+            if let (Some((_, older)), Some((seq, items))) =
+                (stale.undelivered.pop_front(), stale.undelivered.pop_front())
+            {
+                stale.undelivered.push_front((seq, older + items));
+            }
+        }
         if let Some(u) = &update.underlay {
             if !stale.paths.is_empty() {
                 for p in &u.announce {
@@ -131,6 +160,10 @@ impl Told {
                 stale
                     .in_flight
                     .push_back((seq, u.withdraw.iter().cloned().collect()));
+                stale.in_flight_paths += u.withdraw.len();
+                if stale.in_flight_paths > IN_FLIGHT_CAP {
+                    stale.fold_in_flight();
+                }
             }
         }
         if let Some(t) = &update.tunnel {
@@ -148,7 +181,9 @@ impl Told {
     pub fn delivered(&mut self, peer: PeerId, through: u64) {
         if let Some(stale) = self.peers.get_mut(&peer) {
             while stale.in_flight.front().is_some_and(|(s, _)| *s <= through) {
-                stale.in_flight.pop_front();
+                if let Some((_, paths)) = stale.in_flight.pop_front() {
+                    stale.in_flight_paths -= paths.len();
+                }
             }
             while let Some(&(seq, items)) = stale.undelivered.front() {
                 if seq > through {
@@ -341,6 +376,47 @@ mod tests {
         told.delivered(p, 1);
         let again = told.session_up(p, update(&[3], &[]));
         assert!(withdrawn(&again).is_empty());
+    }
+
+    /// A peer that acknowledges nothing while the same paths are withdrawn
+    /// and announced again, push after push, costs a bounded record: past
+    /// the cap, what is in flight is kept once per path, and a new
+    /// session still withdraws it; the undelivered counts stay bounded
+    /// too, and all come back to nothing once delivered.
+    #[test]
+    fn a_peer_that_never_acknowledges_costs_a_bounded_record() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        told.session_up(p, OutUpdate::default());
+        let many: Vec<u16> = (0..4096).collect();
+        let pushes = 2 * IN_FLIGHT_CAP / many.len() + 1;
+        for _ in 0..pushes {
+            told.pushed(p, &update(&[], &many));
+            told.pushed(p, &update(&many, &[]));
+        }
+        assert!(told.len() <= IN_FLIGHT_CAP + many.len(), "{}", told.len());
+        let mut last = 0;
+        for _ in 0..UNDELIVERED_CAP {
+            last = told.pushed(p, &update(&[1], &[]));
+        }
+        let stale = &told.peers[&p];
+        assert_eq!(stale.undelivered.len(), UNDELIVERED_CAP);
+        let items = 2 * pushes * many.len() + UNDELIVERED_CAP;
+        assert_eq!(stale.undelivered_items, items);
+        assert!(told.lags(peer(2, 2), items - 1));
+        told.delivered(p, last - 1);
+        assert!(told.lags(peer(2, 2), 0), "one push still undelivered");
+        told.delivered(p, last);
+        assert!(!told.lags(peer(2, 2), 0));
+        // A withdrawal after the last announcement, folded or in flight,
+        // is withdrawn by the next session.
+        told.pushed(p, &update(&[], &many));
+        told.session_down(p, OutUpdate::default());
+        let resync = told.session_up(p, OutUpdate::default());
+        assert_eq!(withdrawn(&resync).len(), many.len());
+        let seq = told.pushed(p, &resync);
+        told.delivered(p, seq);
+        assert!(told.is_empty());
     }
 
     #[test]
