@@ -41,11 +41,11 @@ use super::PeerId;
 const UNACKED: u64 = u64::MAX;
 
 /// Most paths kept in flight for one peer, counted once per push that
-/// withdrew them (about 10 MB). Past it they are folded into the set of
-/// paths the peer may hold, where a path withdrawn by many pushes is kept
-/// once, until it is announced again or a new session withdraws it: a peer
+/// withdrew them (about 10 MB), before the lists are merged into one, each
+/// path once, delivered with the newest of their pushes (and merged again
+/// only once they have grown to twice what the last merge kept): a peer
 /// that acknowledges slowly while what we offer it keeps changing (paths
-/// withdrawn and announced again, push after push) made the list grow by
+/// withdrawn and announced again, push after push) made the lists grow by
 /// every push's withdrawals until delivery.
 const IN_FLIGHT_CAP: usize = 1 << 18;
 
@@ -69,6 +69,8 @@ struct Stale {
     in_flight: VecDeque<(u64, Vec<OutPath>)>,
     /// The paths in `in_flight`, each push's counted apart.
     in_flight_paths: usize,
+    /// The paths the last merge of `in_flight` kept (see [`IN_FLIGHT_CAP`]).
+    merged_paths: usize,
     /// Paths an ended session may have left with the peer (no push will
     /// report them delivered).
     paths: BTreeSet<OutPath>,
@@ -101,18 +103,28 @@ impl Stale {
     fn unacked(&mut self) {
         self.undelivered.clear();
         self.undelivered_items = 0;
-        self.fold_in_flight();
-    }
-
-    /// Keep what is in flight as paths the peer may hold, each once.
-    fn fold_in_flight(&mut self) {
         self.in_flight_paths = 0;
+        self.merged_paths = 0;
         for (_, paths) in self.in_flight.drain(..) {
             self.paths.extend(paths);
         }
         for seq in self.tunnels.values_mut() {
             *seq = UNACKED;
         }
+    }
+
+    /// Merge the lists in flight into one, each path once, delivered with
+    /// the newest push (see [`IN_FLIGHT_CAP`]).
+    fn merge_in_flight(&mut self) {
+        let Some(&(newest, _)) = self.in_flight.back() else { return };
+        let mut all: Vec<OutPath> =
+            self.in_flight.drain(..).flat_map(|(_, p)| p).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.shrink_to_fit();
+        self.in_flight_paths = all.len();
+        self.merged_paths = all.len();
+        self.in_flight.push_back((newest, all));
     }
 }
 
@@ -161,8 +173,9 @@ impl Told {
                     .in_flight
                     .push_back((seq, u.withdraw.iter().cloned().collect()));
                 stale.in_flight_paths += u.withdraw.len();
-                if stale.in_flight_paths > IN_FLIGHT_CAP {
-                    stale.fold_in_flight();
+                let merge_past = IN_FLIGHT_CAP.max(2 * stale.merged_paths);
+                if stale.in_flight_paths > merge_past {
+                    stale.merge_in_flight();
                 }
             }
         }
@@ -183,6 +196,9 @@ impl Told {
             while stale.in_flight.front().is_some_and(|(s, _)| *s <= through) {
                 if let Some((_, paths)) = stale.in_flight.pop_front() {
                     stale.in_flight_paths -= paths.len();
+                }
+                if stale.in_flight.is_empty() {
+                    stale.merged_paths = 0;
                 }
             }
             while let Some(&(seq, items)) = stale.undelivered.front() {
@@ -378,11 +394,20 @@ mod tests {
         assert!(withdrawn(&again).is_empty());
     }
 
+    /// A path of its own for each `n` (more than `path` has).
+    fn path32(n: u32) -> OutPath {
+        let (hi, lo) = ((n >> 16) as u16, n as u16);
+        let dest =
+            Ipv6Net::new(Ipv6Addr::new(0xfd01, hi, lo, 0, 0, 0, 0, 0), 64)
+                .unwrap();
+        OutPath::new(dest, Arc::new(Box::new([Arc::from("s1")])), None)
+    }
+
     /// A peer that acknowledges nothing while the same paths are withdrawn
     /// and announced again, push after push, costs a bounded record: past
-    /// the cap, what is in flight is kept once per path, and a new
-    /// session still withdraws it; the undelivered counts stay bounded
-    /// too, and all come back to nothing once delivered.
+    /// the cap, the lists in flight are merged into one, each path once,
+    /// delivered with the newest push; the undelivered counts stay bounded
+    /// too, and all comes back to nothing once delivered.
     #[test]
     fn a_peer_that_never_acknowledges_costs_a_bounded_record() {
         let p = peer(1, 1);
@@ -408,12 +433,30 @@ mod tests {
         assert!(told.lags(peer(2, 2), 0), "one push still undelivered");
         told.delivered(p, last);
         assert!(!told.lags(peer(2, 2), 0));
-        // A withdrawal after the last announcement, folded or in flight,
-        // is withdrawn by the next session.
-        told.pushed(p, &update(&[], &many));
+        assert!(told.is_empty(), "all delivered: nothing remembered");
+    }
+
+    /// One push withdrawing more than the cap (a transit's peer gone with
+    /// its 250,000 prefixes) is forgotten once delivered, as any push is;
+    /// so is a new session's first push withdrawing as many.
+    #[test]
+    fn a_withdrawal_past_the_cap_is_forgotten_once_delivered() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        told.session_up(p, OutUpdate::default());
+        let mut big = OutUpdate::default();
+        big.underlay_mut().withdraw =
+            (0..=IN_FLIGHT_CAP as u32).map(path32).collect();
+        let seq = told.pushed(p, &big);
+        assert_eq!(told.len(), IN_FLIGHT_CAP + 1);
+        told.delivered(p, seq);
+        assert!(told.is_empty());
+        // Stale beyond the cap at a new session: withdrawn, and forgotten
+        // once that push is delivered.
+        told.pushed(p, &big);
         told.session_down(p, OutUpdate::default());
         let resync = told.session_up(p, OutUpdate::default());
-        assert_eq!(withdrawn(&resync).len(), many.len());
+        assert_eq!(withdrawn(&resync).len(), IN_FLIGHT_CAP + 1);
         let seq = told.pushed(p, &resync);
         told.delivered(p, seq);
         assert!(told.is_empty());
