@@ -353,6 +353,57 @@ async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
     r.stop_and_wait(None, None).await.unwrap();
 }
 
+/// A pull answer's slot, like a push's permit, stays out while the routes
+/// it queued wait behind a busy dataplane (the peer is not pulled again
+/// meanwhile), and comes back once the worker takes them.
+#[tokio::test(start_paused = true)]
+async fn a_pull_answer_behind_a_busy_dataplane_keeps_its_slot() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let dp = MemoryDataplane::new();
+    let gated = TestDataplane::Gated { gate: gate.clone(), inner: dp.clone() };
+    let r = router_on(RouterKind::Server, Default::default(), Box::new(gated))
+        .await;
+    add_peer(&r, 1, RouterKind::Transit).await;
+    // A first import keeps the worker in the dataplane.
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    r.cast(RouterMsg::Import {
+        peer: peer(1),
+        update: announce("fd00:1::/64", &["far", "t1"]),
+        permit: Some(permits.clone().try_acquire_owned().unwrap()),
+    })
+    .unwrap();
+    let taken = tokio::time::timeout(Duration::from_secs(5), permits.acquire());
+    assert!(taken.await.is_ok(), "the worker never took the first batch");
+    let slots = Arc::new(tokio::sync::Semaphore::new(1));
+    let answer = announce("fd00:2::/64", &["far", "t1"]).to_wire();
+    r.cast(RouterMsg::PullResult {
+        peer: peer(1),
+        response: v3::PullResponse {
+            underlay: answer.underlay.map(|u| u.announce),
+            tunnel: None,
+        }
+        .into(),
+        slot: Some(slots.clone().try_acquire_owned().unwrap()),
+    })
+    .unwrap();
+    let held = slots.acquire();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), held).await.is_err(),
+        "the slot came back while the answer's routes waited"
+    );
+    gate.add_permits(1);
+    let back = tokio::time::timeout(Duration::from_secs(5), slots.acquire());
+    assert!(back.await.is_ok(), "the slot never came back");
+    // The answer is the peer's whole set: fd00:1 went, fd00:2 came.
+    gate.add_permits(1);
+    until("the answer programmed", || {
+        let t = dp.tables();
+        t.routes.len() == 1 && t.routes.contains_key(&p("fd00:2::/64"))
+    })
+    .await;
+    r.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transit_redistributes_to_the_other_peers_only() {
     let (r, _dp) = router(RouterKind::Transit).await;
