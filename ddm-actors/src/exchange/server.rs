@@ -1365,7 +1365,7 @@ mod tests {
     async fn a_large_push_refused_for_a_router_behind_is_answered_429() {
         let (mut ctx, mut seen) = rig(Default::default()).await;
         ctx.peer.addr = std::net::Ipv6Addr::LOCALHOST;
-        ctx.timeout = Duration::from_millis(600);
+        ctx.timeout = Duration::from_secs(3);
         let ctx = Arc::new(ctx);
         let _imports = ctx
             .imports

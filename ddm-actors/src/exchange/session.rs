@@ -46,8 +46,9 @@
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
 //! * **A push answered 429** (the peer's router is behind: our server's
-//!   answer past its import pace) is no failure either: it is put back,
-//!   unapplied, and sent again after [`backoff`] of its own streak of 429s
+//!   answer past its import pace) is no failure either (it ends a streak
+//!   of failures): it is put back as a failed push is, and sent again
+//!   after [`backoff`] of its own streak of 429s
 //!   (100 ms doubling to [`BACKOFF_MAX`], back to the start once a push is
 //!   accepted; counted as deferred).
 //! * **Failures**: a failed push is put back in front of the pending one,
@@ -601,17 +602,24 @@ impl Session {
                 self.sent_on(done, out);
             }
             Err(Failure::Busy(_)) => {
-                // The peer's router is behind: not a failure; the push, not
-                // read, let alone applied, goes again after a pause that
-                // doubles while this goes on (our server waits half its
-                // timeout before saying so; another might at once).
+                // The peer's router is behind: not a failure (the peer
+                // answered, so any streak of failures ends); the push goes
+                // again after a pause that doubles while this goes on (our
+                // server waits half its timeout before saying so; another
+                // might at once). Put back as any push is, its
+                // announcements marked held: the peer did not apply it, but
+                // a pull answer of ours the peer took meanwhile may have
+                // told it the same paths, and only a part in flight is not
+                // marked held by that answer.
                 out.push(Effect::Count {
                     counter: Counter::PushesDeferred,
                     n: 1,
                 });
                 if let Some(sent) = sent {
-                    self.put_back_unapplied(sent);
+                    self.put_back(sent);
                 }
+                self.push.failures = 0;
+                self.clear_report();
                 self.deferrals = self.deferrals.saturating_add(1);
                 let after = backoff(self.deferrals);
                 self.schedule_after(TimerKind::Push, after, out);
@@ -684,16 +692,6 @@ impl Session {
         // It may have been applied all the same: the peer may hold what
         // it announced, so withdrawing that later is no longer a no-op.
         again.mark_held();
-        self.requeue(again);
-    }
-
-    /// [`Session::put_back`] of a push the peer did not apply.
-    fn put_back_unapplied(&mut self, sent: Arc<OutUpdate>) {
-        self.requeue(unshare(sent));
-    }
-
-    /// `again` in front of what is pending.
-    fn requeue(&mut self, mut again: OutUpdate) {
         for later in
             [self.pending.take(), self.next.take()].into_iter().flatten()
         {

@@ -353,6 +353,8 @@ proptest::proptest! {
                             }
                             Err(Failure::Other("reset".into()))
                         }
+                        // The peer's router behind: refused unread.
+                        _ if flag => Err(Failure::Busy("429".into())),
                         _ if part.len() > 1 => Err(Failure::TooLarge("413".into())),
                         _ => {
                             in_flight = Some((gen, part));
