@@ -289,18 +289,26 @@ async fn a_server_never_holds_imports() {
     assert!(t0.elapsed() < hold::HOLD_MAX, "back after {:?}", t0.elapsed());
 }
 
-/// While the dataplane is busy with a batch, the permit of an import
-/// queued behind it stays out: the peer's next push waits rather than its
-/// routes piling up in front of a slow kernel. It comes back once the
-/// worker takes the queued routes.
-#[tokio::test(start_paused = true)]
-async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
+/// A server whose dataplane lands a batch for each permit added to the
+/// returned gate, with transit peer 1 up.
+async fn gated_server(
+) -> (RouterRef, Arc<tokio::sync::Semaphore>, MemoryDataplane) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let dp = MemoryDataplane::new();
     let gated = TestDataplane::Gated { gate: gate.clone(), inner: dp.clone() };
     let r = router_on(RouterKind::Server, Default::default(), Box::new(gated))
         .await;
     add_peer(&r, 1, RouterKind::Transit).await;
+    (r, gate, dp)
+}
+
+/// While the dataplane is busy with a batch, the permit of an import
+/// queued behind it stays out: the peer's next push waits rather than its
+/// routes piling up in front of a slow kernel. It comes back once the
+/// worker takes the queued routes.
+#[tokio::test(start_paused = true)]
+async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
+    let (r, gate, dp) = gated_server().await;
     // One permit: each import's comes back before the next can be had.
     let permits = Arc::new(tokio::sync::Semaphore::new(1));
     let import = |dest: &str, permit| RouterMsg::Import {
@@ -358,12 +366,7 @@ async fn an_import_behind_a_busy_dataplane_keeps_its_permit() {
 /// meanwhile), and comes back once the worker takes them.
 #[tokio::test(start_paused = true)]
 async fn a_pull_answer_behind_a_busy_dataplane_keeps_its_slot() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let dp = MemoryDataplane::new();
-    let gated = TestDataplane::Gated { gate: gate.clone(), inner: dp.clone() };
-    let r = router_on(RouterKind::Server, Default::default(), Box::new(gated))
-        .await;
-    add_peer(&r, 1, RouterKind::Transit).await;
+    let (r, gate, dp) = gated_server().await;
     // A first import keeps the worker in the dataplane.
     let permits = Arc::new(tokio::sync::Semaphore::new(1));
     r.cast(RouterMsg::Import {
