@@ -176,6 +176,18 @@ pub enum ExchangeMsg {
     },
     /// Our server refused a push of the peer (from the server task).
     PushRefused,
+    /// A pull task found the pull slot taken and waits for it
+    /// (internal).
+    PullWaiting {
+        /// The generation the pull was started with.
+        gen: u64,
+    },
+    /// A pull task that waited got the slot and sends the pull
+    /// (internal).
+    PullSent {
+        /// The generation the pull was started with.
+        gen: u64,
+    },
     /// A pull task finished (internal).
     PullDone {
         /// The generation the pull was started with.
@@ -354,8 +366,17 @@ impl State {
                 let max_path_len = self.server_ctx.max_path_len;
                 let slots = Arc::clone(&self.pull_slots);
                 self.pull_task = Some(tokio::spawn(async move {
-                    // Not before the router has imported the last answer.
-                    let slot = slots.acquire_owned().await.ok();
+                    // Not before the router has imported the last answer;
+                    // the session holds no pushes while this waits.
+                    let slot = match slots.clone().try_acquire_owned() {
+                        Ok(slot) => Some(slot),
+                        Err(_) => {
+                            let _ = me.cast(ExchangeMsg::PullWaiting { gen });
+                            let slot = slots.acquire_owned().await.ok();
+                            let _ = me.cast(ExchangeMsg::PullSent { gen });
+                            slot
+                        }
+                    };
                     let result = client.pull(Some(id), max_path_len).await;
                     let _ =
                         me.cast(ExchangeMsg::PullDone { gen, result, slot });
@@ -622,6 +643,8 @@ impl Actor for Exchange {
                 Input::PeerPulled { session }
             }
             ExchangeMsg::PushRefused => Input::PushRefused,
+            ExchangeMsg::PullWaiting { gen } => Input::PullWaiting { gen },
+            ExchangeMsg::PullSent { gen } => Input::PullSent { gen },
             ExchangeMsg::PullDone { gen, result, slot } => {
                 state.answer_slot = slot;
                 Input::PullDone {

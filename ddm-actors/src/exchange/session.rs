@@ -13,7 +13,10 @@
 //! * **Pushes from the peer are held while a pull is out** and handed on
 //!   right after its answer (or its failure): the router takes an answer
 //!   as the peer's whole set, so it never sees an answer after a push the
-//!   peer sent later. A pull asked for while one is out is made again after
+//!   peer sent later. A pull that must wait, unsent, for the router to
+//!   import the last answer ([`Input::PullWaiting`]) holds nothing until
+//!   it is sent ([`Input::PullSent`]): what the peer pushes before then is
+//!   older than its answer. A pull asked for while one is out is made again after
 //!   it.
 //! * **A restarted peer is pulled again**: a new session of the peer
 //!   starts with the peer pulling us, and a peer that restarted quickly
@@ -267,6 +270,18 @@ impl Session {
                     error,
                 });
                 self.schedule(TimerKind::Bind, &mut out);
+            }
+            Input::PullWaiting { gen } => {
+                // Not sent yet: what the peer pushed so far is older than
+                // its answer, and what it pushes until it is sent will be.
+                if gen == self.pull.gen && self.pull.busy {
+                    self.release_held(&mut out);
+                }
+            }
+            Input::PullSent { gen } => {
+                if gen == self.pull.gen && self.pull.busy {
+                    self.held.get_or_insert_with(Vec::new);
+                }
             }
             Input::PullDone { gen, result } => {
                 self.pull_done(now, gen, result, &mut out)

@@ -114,6 +114,18 @@ pub enum Input {
     PushRefused,
     /// The outcome of [`Effect::Bind`]: the error's text if it failed.
     Bound(Result<(), String>),
+    /// The pull `gen` waits, unsent, for the router to import the last
+    /// answer (its pull slot): pushes are not held meanwhile.
+    PullWaiting {
+        /// The generation it was started with.
+        gen: u64,
+    },
+    /// The pull `gen`, which waited, is being sent now: pushes are held
+    /// again until its answer.
+    PullSent {
+        /// The generation it was started with.
+        gen: u64,
+    },
     /// A pull finished.
     PullDone {
         /// The generation it was started with.

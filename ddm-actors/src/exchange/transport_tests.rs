@@ -430,6 +430,16 @@ async fn a_pull_waits_for_the_router_to_import_the_last_answer() {
     );
     let c = ractor::call!(a.x, ExchangeMsg::GetCounters).unwrap();
     assert_eq!(c.pulls_sent, 1, "{c:?}");
+    // Unsent, the pull holds none of B's pushes: they are older than its
+    // answer, and are imported at once.
+    let update = announce(&["fd00:5::/64"]);
+    b.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
+    let imported = until(&mut a.seen, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await;
+    assert_eq!(imported, update);
     // Imported: the slot goes back, and the pull goes.
     a.kept.lock().unwrap().take();
     until(&mut b.seen, |s| matches!(s, Seen::PullFor(..)).then_some(())).await;
