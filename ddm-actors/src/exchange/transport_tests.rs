@@ -138,6 +138,15 @@ async fn until<T>(
     .expect("nothing in time")
 }
 
+/// The next update the router was handed (`Import`), skipping the rest.
+async fn next_import(rx: &mut mpsc::UnboundedReceiver<Seen>) -> v3::Update {
+    until(rx, |s| match s {
+        Seen::Import(_, u) => Some(u),
+        _ => None,
+    })
+    .await
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_exchanges_pull_and_push_in_memory() {
     let net = ExchangeNet::new();
@@ -198,18 +207,10 @@ async fn requests_take_the_latency_and_what_queues_meanwhile_merges() {
         let update = announce(&[d]);
         a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
     }
-    let first = until(&mut b.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let first = next_import(&mut b.seen).await;
     assert_eq!(first, announce(&["fd00:1::/64"]));
     assert!(sent.elapsed() >= latency, "{:?}", sent.elapsed());
-    let second = until(&mut b.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let second = next_import(&mut b.seen).await;
     assert_eq!(second, announce(&["fd00:2::/64", "fd00:3::/64"]));
     assert!(sent.elapsed() >= latency * 3, "{:?}", sent.elapsed());
     a.x.stop(None);
@@ -240,11 +241,7 @@ async fn injected_faults_fail_without_losing_a_push() {
 
     // Healed (with a delay): delivered exactly once.
     net.set_fault(addr(1), addr(2), Fault::Delay(Duration::from_millis(50)));
-    let imported = until(&mut b.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let imported = next_import(&mut b.seen).await;
     assert_eq!(imported, update);
     until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
         .await;
@@ -385,11 +382,7 @@ async fn pushes_are_held_while_a_pull_is_out() {
     })
     .await;
     assert!(matches!(first, Seen::PullResult(..)), "{first:?}");
-    let next = until(&mut b.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let next = next_import(&mut b.seen).await;
     assert_eq!(next, update);
     // With the permit it was taken with: held, it still counted against
     // A, so A could not push past the router's pace meanwhile.
@@ -434,11 +427,7 @@ async fn a_pull_waits_for_the_router_to_import_the_last_answer() {
     // answer, and are imported at once.
     let update = announce(&["fd00:5::/64"]);
     b.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
-    let imported = until(&mut a.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let imported = next_import(&mut a.seen).await;
     assert_eq!(imported, update);
     // Imported: the slot goes back, and the pull goes.
     a.kept.lock().unwrap().take();
@@ -465,11 +454,7 @@ async fn a_reset_before_the_answer_is_retried_and_counted_faults_run_out() {
     net.set_fault_count(addr(1), addr(2), Fault::Reset, 1);
     let update = announce(&["fd00:1::/64"]);
     a.x.cast(ExchangeMsg::Push(OutUpdate::from(&update))).unwrap();
-    let imported = until(&mut b.seen, |s| match s {
-        Seen::Import(_, u) => Some(u),
-        _ => None,
-    })
-    .await;
+    let imported = next_import(&mut b.seen).await;
     assert_eq!(imported, update);
     until(&mut a.seen, |s| matches!(s, Seen::Delivered(..)).then_some(()))
         .await;
