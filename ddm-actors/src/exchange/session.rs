@@ -16,8 +16,8 @@
 //!   peer sent later. A pull that must wait, unsent, for the router to
 //!   import the last answer ([`Input::PullWaiting`]) holds nothing until
 //!   it is sent ([`Input::PullSent`]): what the peer pushes before then is
-//!   older than its answer. A pull asked for while one is out is made again after
-//!   it.
+//!   older than its answer. A pull asked for while one is out is made
+//!   again after it.
 //! * **A restarted peer is pulled again**: a new session of the peer
 //!   starts with the peer pulling us, and a peer that restarted quickly
 //!   may do so while our session goes on, its new process knowing nothing
@@ -138,7 +138,9 @@ pub struct Session {
     pull: Activity,
     /// A pull was asked for while one was out: pull again after it.
     pull_again: bool,
-    /// The peer's pushes held while a pull is out (`Some` while it is).
+    /// The peer's pushes held while a pull is out (`Some` from the pull's
+    /// start until its answer, except while it waits, unsent, for its
+    /// slot).
     held: Option<Vec<OutUpdate>>,
     /// The push.
     push: Activity,
@@ -380,13 +382,17 @@ impl Session {
     /// session runs this daemon and sends the push again; another (an
     /// original, or one not answered yet) is pulled: after the pull out
     /// (whose answer may predate the push), else on the pull timer, so
-    /// refusals in a row make one pull, not one each.
+    /// refusals in a row make one pull, not one each. A pull waiting,
+    /// unsent, for its slot needs no other: its answer comes after the
+    /// push.
     fn push_refused(&mut self, out: &mut Vec<Effect>) {
         if matches!(self.answered, Some(Some(_))) {
             return;
         }
         if self.pull.busy {
-            self.pull_again = true;
+            if self.held.is_some() {
+                self.pull_again = true;
+            }
         } else if !self.pull.timer {
             self.schedule(TimerKind::Pull, out);
         }

@@ -415,8 +415,8 @@ impl RouterState {
             self.policy.filter_pull(peer, response, &held, Instant::now());
         self.log_refusals(&verdict.notes);
         // The answer is the peer's whole set; our exchange actor holds back
-        // the peer's pushes while a pull is out, so none of them can be
-        // older than this answer.
+        // the peer's pushes while a pull is sent and unanswered, so no push
+        // imported before this answer is newer than it.
         match self.rib.import_pull(peer, verdict.accepted) {
             Ok(e) => self.carry_out(e),
             Err(e) => {
