@@ -338,15 +338,14 @@ impl Watcher {
         let ifindex = link.header.index;
         let downs = carrier_downs(link);
         let up = is_up(link);
-        let name = link_name(link)
+        let ifname = link_name(link)
             .or_else(|| self.links.get(&ifindex).map(|s| s.name.clone()))
             .unwrap_or_default();
-        let seen = Seen { name: name.clone(), up, downs };
+        let seen = Seen { name: ifname.clone(), up, downs };
         let previous = self.links.insert(ifindex, seen);
         if previous.is_some_and(|p| p.up == up) {
             return;
         }
-        let ifname = name;
         self.send(if up {
             LinkEvent::Up { ifindex, ifname }
         } else {

@@ -31,14 +31,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::outgoing::{OutPull, OutUpdate, V2Update};
 use super::server::{
-    read_body, session_id, ReadError, PUSH_LIMIT_HEADER, SESSION_HEADER,
+    read_body, read_head, session_id, ReadError, PUSH_LIMIT_HEADER,
+    SESSION_HEADER,
 };
 
 use ddm_proto::Version;
@@ -87,21 +88,23 @@ impl ClientError {
     /// push is split, never retried as it was.
     pub fn is_refused_as_too_large(&self) -> bool {
         matches!(
-            self,
-            ClientError::Status { status, .. }
-                if *status == StatusCode::BAD_REQUEST
-                    || *status == StatusCode::PAYLOAD_TOO_LARGE
+            self.status(),
+            Some(StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE)
         )
     }
 
     /// Whether the peer answered that its router is behind (429, our
     /// server's answer past its import pace): push again later.
     pub fn is_router_behind(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Status { status, .. }
-                if *status == StatusCode::TOO_MANY_REQUESTS
-        )
+        self.status() == Some(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// The status the peer answered with, if it answered one not 2xx.
+    fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
     }
 }
 
@@ -412,7 +415,8 @@ impl Client {
         } else {
             // The status is the answer: a body cut short (a server that
             // closes once it has answered) loses only the reason.
-            read_prefix(body, ANSWER_PREFIX).await.unwrap_or_default()
+            let limit = ANSWER_PREFIX;
+            read_head(body, limit, limit).await.unwrap_or_default()
         };
         if !status.is_success() {
             let reason = String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -422,24 +426,6 @@ impl Client {
         }
         Ok((parts.headers, body))
     }
-}
-
-/// The first `limit` bytes of `body` (all of it if shorter); the rest is
-/// not read (the connection is then closed rather than kept).
-async fn read_prefix<B>(body: B, limit: usize) -> Result<Bytes, B::Error>
-where
-    B: hyper::body::Body<Data = Bytes>,
-{
-    let mut buf = Vec::new();
-    let mut body = std::pin::pin!(body);
-    while buf.len() < limit {
-        let Some(frame) = body.frame().await else { break };
-        if let Ok(data) = frame?.into_data() {
-            let take = data.len().min(limit - buf.len());
-            buf.extend_from_slice(&data[..take]);
-        }
-    }
-    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]

@@ -353,21 +353,28 @@ where
     Ok(Bytes::from(buf))
 }
 
-/// Read `body` to its end, or past `limit` bytes, keeping none of it.
-async fn discard_body<B>(body: B, limit: usize)
+/// Read `body` until its end or until `at_most` bytes were read, keeping
+/// only its first `keep` bytes: an answer's reason (our client), or
+/// nothing of a push refused unread (our server).
+pub(crate) async fn read_head<B>(
+    body: B,
+    keep: usize,
+    at_most: usize,
+) -> Result<Bytes, B::Error>
 where
     B: hyper::body::Body<Data = Bytes>,
 {
-    let mut seen = 0;
+    let (mut kept, mut read) = (Vec::new(), 0);
     let mut body = std::pin::pin!(body);
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen > limit {
-                return;
-            }
+    while read < at_most {
+        let Some(frame) = body.frame().await else { break };
+        if let Ok(data) = frame?.into_data() {
+            read += data.len();
+            let take = data.len().min(keep - kept.len());
+            kept.extend_from_slice(&data[..take]);
         }
     }
+    Ok(Bytes::from(kept))
 }
 
 /// Serve `listener` until the returned task is aborted.
@@ -557,7 +564,7 @@ where
         // but a slower link may).
         // Given up a quarter of the timeout before the deadline, so that
         // the client, whose clock started first, still gets the answer.
-        let rest = discard_body(req.into_body(), MAX_BODY);
+        let rest = read_head(req.into_body(), 0, MAX_BODY);
         let _ = tokio::time::timeout_at(deadline - ctx.timeout / 4, rest).await;
         return text(
             StatusCode::TOO_MANY_REQUESTS,

@@ -276,12 +276,12 @@ impl Session {
             Input::PullWaiting { gen } => {
                 // Not sent yet: what the peer pushed so far is older than
                 // its answer, and what it pushes until it is sent will be.
-                if gen == self.pull.gen && self.pull.busy {
+                if self.pull_out(gen) {
                     self.release_held(&mut out);
                 }
             }
             Input::PullSent { gen } => {
-                if gen == self.pull.gen && self.pull.busy {
+                if self.pull_out(gen) {
                     self.held.get_or_insert_with(Vec::new);
                 }
             }
@@ -341,6 +341,11 @@ impl Session {
             TimerKind::Bind if !bound => out.push(Effect::Bind),
             TimerKind::Bind => {}
         }
+    }
+
+    /// Whether `gen` is the pull out now (not a stale one's).
+    fn pull_out(&self, gen: u64) -> bool {
+        gen == self.pull.gen && self.pull.busy
     }
 
     fn start_pull(&mut self, out: &mut Vec<Effect>) {
@@ -410,7 +415,7 @@ impl Session {
         result: Result<PullAnswer, Failure>,
         out: &mut Vec<Effect>,
     ) {
-        if gen != self.pull.gen || !self.pull.busy {
+        if !self.pull_out(gen) {
             return;
         }
         self.pull.busy = false;

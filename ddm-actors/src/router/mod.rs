@@ -441,6 +441,15 @@ impl RouterState {
     /// Carry out `effects` (pushes, then the dataplane's work, collected
     /// for the next flush); whether any work was queued for the dataplane
     /// worker.
+    /// Give `permit` (a push's, or a pull's slot) back once the dataplane
+    /// worker takes the work queued so far, if this import `queued` any;
+    /// at once (dropped here) if not.
+    fn release_behind(&mut self, queued: bool, permit: Option<ImportPermit>) {
+        if let (true, Some(p)) = (queued, permit) {
+            self.dataplane_unsent.push(DataplaneCmd::Release(p));
+        }
+    }
+
     fn carry_out(&mut self, effects: Effects) -> bool {
         for (peer, update) in effects.pushes {
             if self.exchanges.contains_key(&peer) {
@@ -753,20 +762,15 @@ impl Actor for Router {
                     }
                     p => p,
                 };
-                if let (true, Some(p)) = (queued, permit) {
-                    state.dataplane_unsent.push(DataplaneCmd::Release(p));
-                }
+                state.release_behind(queued, permit);
                 trim_after(size);
             }
             RouterMsg::PullResult { peer, response, slot } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
                 let queued = state.import_pull(peer, response);
                 // The next pull of the peer may go once the dataplane
-                // worker takes what this one queued (at once if nothing),
-                // as for a push's permit.
-                if let (true, Some(s)) = (queued, slot) {
-                    state.dataplane_unsent.push(DataplaneCmd::Release(s));
-                }
+                // worker takes what this one queued, as for a push's permit.
+                state.release_behind(queued, slot);
                 trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => match &mut state.pulls_waiting {
