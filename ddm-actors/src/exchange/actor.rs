@@ -455,8 +455,11 @@ impl State {
                 c.fetch_add(n, Ordering::Relaxed);
             }
             Effect::Failed { op, failures, error } => {
+                // A quiet timer never fails; it holds pushes.
                 let c = match op {
-                    TimerKind::Push => &self.stats.push_failures,
+                    TimerKind::Push | TimerKind::Quiet => {
+                        &self.stats.push_failures
+                    }
                     TimerKind::Pull => &self.stats.pull_failures,
                     TimerKind::Bind => &self.stats.bind_failures,
                 };
@@ -466,7 +469,8 @@ impl State {
                         "cannot bind the exchange server; will retry";
                         "addr" => %self.listen, "error" => error,
                         "failures" => failures),
-                    TimerKind::Push => warn!(self.log, "push failed";
+                    TimerKind::Push | TimerKind::Quiet => warn!(self.log,
+                        "push failed";
                         "error" => error, "failures" => failures),
                     TimerKind::Pull => warn!(self.log, "pull failed";
                         "error" => error, "failures" => failures),

@@ -45,6 +45,12 @@
 //!   item no push can carry is dropped and counted (a path whose
 //!   withdrawal was dropped is marked held when announced again: the peer
 //!   may still hold it).
+//! * **After an answer to a pull of a peer that may be an original** (its
+//!   answers name no session), pushes wait [`ANSWER_QUIET`]: the original
+//!   adds the answer to what it holds when the answer arrives, so a
+//!   withdrawal reaching it first would be undone ([`TimerKind::Quiet`]).
+//!   What the router pushes meanwhile waits in order, in the pending
+//!   batch or the next one.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -102,6 +108,12 @@ pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
 /// held, which costs bytes only.
 const MAX_DROPPED: usize = 65_536;
 
+/// How long pushes wait after we answered a pull of a peer that may be
+/// an original daemon. Its pull gives up about 250 ms after it sent the
+/// request, which was before our answer was built; a push sent this much
+/// later reaches it once the answer is applied or abandoned.
+pub const ANSWER_QUIET: Duration = Duration::from_millis(400);
+
 /// Consecutive failed pushes (or pulls) after which the peer is reported
 /// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
 /// time.
@@ -144,6 +156,10 @@ pub struct Session {
     held: Option<Vec<OutUpdate>>,
     /// The push.
     push: Activity,
+    /// After we answered a pull of a peer that may be an original: its
+    /// timer holds every push until the answer is applied or abandoned
+    /// ([`ANSWER_QUIET`]).
+    quiet: Activity,
     /// The part in flight; if it fails, it and everything unsent become
     /// one batch again.
     in_flight: Option<Arc<OutUpdate>>,
@@ -204,6 +220,7 @@ impl Session {
             pull_again: false,
             held: None,
             push: Activity::default(),
+            quiet: Activity::default(),
             in_flight: None,
             completes: None,
             pending: None,
@@ -243,7 +260,7 @@ impl Session {
             }
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
-            Input::Answered => self.answered_pull(),
+            Input::Answered => self.answered_pull(&mut out),
             Input::PeerPulled { session } => {
                 self.peer_pulled(session, &mut out)
             }
@@ -301,6 +318,7 @@ impl Session {
             TimerKind::Pull => &mut self.pull,
             TimerKind::Push => &mut self.push,
             TimerKind::Bind => &mut self.bind,
+            TimerKind::Quiet => &mut self.quiet,
         }
     }
 
@@ -337,7 +355,7 @@ impl Session {
         a.timer = false;
         match kind {
             TimerKind::Pull => self.start_pull(out),
-            TimerKind::Push => self.push_if_idle(out),
+            TimerKind::Push | TimerKind::Quiet => self.push_if_idle(out),
             TimerKind::Bind if !bound => out.push(Effect::Bind),
             TimerKind::Bind => {}
         }
@@ -361,14 +379,33 @@ impl Session {
 
     /// The router answered a pull of the peer with everything we offer it,
     /// including what is pending here: the peer may hold that now, so a
-    /// later withdrawal of it must be sent.
-    fn answered_pull(&mut self) {
+    /// later withdrawal of it must be sent. A peer whose answers do not
+    /// name its session (an original, or one not answered yet) hears no
+    /// push for [`ANSWER_QUIET`]: it adds a pull answer to what it holds
+    /// when the answer has arrived, so a withdrawal pushed meanwhile could
+    /// reach it first and be undone by the answer for the whole session.
+    fn answered_pull(&mut self, out: &mut Vec<Effect>) {
         for p in self.pending.iter_mut().chain(&mut self.next) {
             p.mark_held();
+        }
+        if !matches!(self.answered, Some(Some(_))) {
+            // Ended early if the peer turns out to be ours.
+            self.schedule_after(TimerKind::Quiet, ANSWER_QUIET, out);
+        }
+    }
+
+    /// The peer runs this daemon (it named its session): it takes a pull
+    /// answer as its whole set, so no quiet is needed.
+    fn end_quiet(&mut self, out: &mut Vec<Effect>) {
+        if std::mem::take(&mut self.quiet.timer) {
+            self.push_if_idle(out);
         }
     }
 
     fn peer_pulled(&mut self, session: Option<u64>, out: &mut Vec<Effect>) {
+        if session.is_some() {
+            self.end_quiet(out);
+        }
         if self.pull.busy || self.answered.is_none() {
             // An answer is out or due: compare it when it comes. A pull
             // without an id before our first answer needs nothing: that
@@ -436,6 +473,9 @@ impl Session {
                 self.clear_report();
                 out.push(Effect::PullResult(response));
                 self.release_held(out);
+                if session.is_some() {
+                    self.end_quiet(out);
+                }
                 // The peer pulled meanwhile: pull again unless this answer
                 // comes from the session that pulled.
                 let back = self
@@ -490,7 +530,9 @@ impl Session {
             _ => self.split_items.unwrap_or(MAX_PUSH_ITEMS),
         };
         let pending = self.pending.as_ref().map_or(0, OutUpdate::len);
-        if self.push.busy && (self.next.is_some() || pending >= part) {
+        // A next batch waits also while nothing is in flight, during a
+        // quiet: what comes after it stays after it.
+        if self.next.is_some() || (self.push.busy && pending >= part) {
             // Closed, so that the batch's pushes are reported delivered
             // with its last part however long the router keeps pushing.
             // What the push says of a destination the batch still holds is
@@ -530,7 +572,11 @@ impl Session {
     }
 
     fn push_if_idle(&mut self, out: &mut Vec<Effect>) {
-        if self.pulled_once && !self.push.busy && !self.push.timer {
+        if self.pulled_once
+            && !self.push.busy
+            && !self.push.timer
+            && !self.quiet.timer
+        {
             self.send_next(out);
         }
     }
@@ -702,7 +748,9 @@ impl Session {
     /// A part is done with (`completes`: the batch it ended, if any): send
     /// the next, and report what is delivered.
     fn sent_on(&mut self, completes: Option<u64>, out: &mut Vec<Effect>) {
-        self.send_next(out);
+        if !self.quiet.timer {
+            self.send_next(out);
+        }
         // Drained, everything is; otherwise the batch the part ended, if
         // it ended one.
         self.delivered_if_drained(out);

@@ -19,6 +19,9 @@ pub enum TimerKind {
     Push,
     /// Bind the server's listener.
     Bind,
+    /// Send the pending update once the quiet after a pull answer is
+    /// over (a timer only: it never fails).
+    Quiet,
 }
 
 /// Why a request failed.

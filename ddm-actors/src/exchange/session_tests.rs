@@ -214,6 +214,65 @@ fn pulls_back_never_ping_pong() {
     }
 }
 
+/// A path of the model peers below: a destination (0 to 3) and one of
+/// two paths to it, each a name of 300 bytes (two or three fit in the
+/// original's 1024-byte limit).
+type Key = (u8, u8);
+
+fn model_path((d, v): Key) -> OutPath {
+    OutPath::from(&v3::PathVector {
+        destination: format!("fd00:{d}::/64").parse().unwrap(),
+        path: vec![format!("{v}").repeat(300)],
+    })
+}
+
+fn model_key(p: &OutPath) -> Key {
+    let d = p.destination().addr().segments()[1] as u8;
+    (d, p.names().next().unwrap().as_bytes()[0] - b'0')
+}
+
+/// What a model peer does with a push it takes.
+fn model_apply(peer: &mut BTreeSet<Key>, u: &OutUpdate) {
+    let u = u.underlay.as_ref().unwrap();
+    assert!(u.announce.is_disjoint(&u.withdraw));
+    for p in &u.withdraw {
+        peer.remove(&model_key(p));
+    }
+    for p in &u.announce {
+        peer.insert(model_key(p));
+    }
+}
+
+/// A push of the router, as the RIB builds them, changing `view`: op 0
+/// withdraws `k`; 1 and 2 announce it (1 as new unless held), and with
+/// `replace` withdraw the other path to its destination in the same push.
+/// The push, and what it says of each path.
+fn router_push(
+    op: u8,
+    k: Key,
+    replace: bool,
+    view: &mut BTreeSet<Key>,
+) -> (OutUpdate, Vec<(Key, bool)>) {
+    let mut u = ddm_proto::outgoing::OutUnderlay::default();
+    let mut said = Vec::new();
+    if op == 0 {
+        u.withdraw_path(model_path(k));
+        view.remove(&k);
+        said.push((k, false));
+    } else {
+        let other = (k.0, 1 - k.1);
+        if replace && view.remove(&other) {
+            u.withdraw_path(model_path(other));
+            said.push((other, false));
+        }
+        let fresh = op == 1 && !view.contains(&k);
+        u.announce_path(model_path(k), !fresh);
+        view.insert(k);
+        said.push((k, true));
+    }
+    (OutUpdate { underlay: Some(u), tunnel: None }, said)
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
     /// A session against a model peer, with parts of two or three items
@@ -230,26 +289,15 @@ proptest::proptest! {
     fn delivered_pushes_are_with_the_peer(
         ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
     ) {
-        use std::collections::BTreeSet;
-        use ddm_proto::outgoing::OutUnderlay;
-        type Key = (u8, u8);
-        let name = |v: u8| format!("{v}").repeat(300);
-        let path = |(d, v): Key| OutPath::from(&v3::PathVector {
-            destination: format!("fd00:{d}::/64").parse().unwrap(),
-            path: vec![name(v)],
-        });
-        let key_of = |p: &OutPath| -> Key {
-            let d = p.destination().addr().segments()[1] as u8;
-            (d, p.names().next().unwrap().as_bytes()[0] - b'0')
-        };
         let now = Duration::ZERO;
         let mut s = Session::new(Version::V3, Duration::from_secs(1));
         s.handle(now, Input::Start);
+        // One of our daemons: it takes a pull answer as its whole set.
         let answer = PullAnswer {
             response: Default::default(),
             push_limit: None,
             bytes: 2,
-            session: None,
+            session: Some(7),
         };
         s.handle(now, Input::PullDone { gen: 1, result: Ok(answer) });
         // Our view, the model peer, every push given (path, announced),
@@ -259,16 +307,7 @@ proptest::proptest! {
         let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
         let mut timer: Option<u64> = None;
         let mut delivered = 0u64;
-        let apply = |peer: &mut BTreeSet<Key>, u: &OutUpdate| {
-            let u = u.underlay.as_ref().unwrap();
-            assert!(u.announce.is_disjoint(&u.withdraw));
-            for p in &u.withdraw {
-                peer.remove(&key_of(p));
-            }
-            for p in &u.announce {
-                peer.insert(key_of(p));
-            }
-        };
+        let apply = model_apply;
         let mut step = |s: &mut Session,
                         input: Input,
                         peer: &BTreeSet<Key>,
@@ -314,27 +353,9 @@ proptest::proptest! {
             let k: Key = (item % 4, item / 4);
             let input = match op {
                 0..=2 => {
-                    let mut u = OutUnderlay::default();
-                    let mut said = Vec::new();
-                    if op == 0 {
-                        u.withdraw_path(path(k));
-                        view.remove(&k);
-                        said.push((k, false));
-                    } else {
-                        // With `flag`, the other path to the destination
-                        // is replaced by this one.
-                        let other = (k.0, 1 - k.1);
-                        if flag && view.remove(&other) {
-                            u.withdraw_path(path(other));
-                            said.push((other, false));
-                        }
-                        let fresh = op == 1 && !view.contains(&k);
-                        u.announce_path(path(k), !fresh);
-                        view.insert(k);
-                        said.push((k, true));
-                    }
+                    let (u, said) = router_push(op, k, flag, &mut view);
                     pushes.push(said);
-                    Input::Push(OutUpdate { underlay: Some(u), tunnel: None })
+                    Input::Push(u)
                 }
                 3 => {
                     peer = view.clone();
@@ -384,5 +405,123 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(&peer, &view);
         proptest::prop_assert_eq!(delivered, pushes.len() as u64);
+    }
+
+    /// An original peer (its answers name no session) adds our answer to
+    /// its pull to what it holds when the answer arrives: after pushes we
+    /// sent meanwhile, perhaps, but never once its pull's budget is over,
+    /// which the quiet after an answer outlasts. However the router's
+    /// pushes, our answers, their arrival or abandonment, and the pushes'
+    /// deliveries and failures interleave, the peer ends holding exactly
+    /// our view.
+    #[test]
+    fn an_original_adding_late_answers_ends_with_our_view(
+        ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
+    ) {
+        let now = Duration::ZERO;
+        let mut s = Session::new(Version::V3, Duration::from_secs(1));
+        s.handle(now, Input::Start);
+        let first = PullAnswer {
+            response: Default::default(),
+            push_limit: None,
+            bytes: 2,
+            session: None,
+        };
+        s.handle(now, Input::PullDone { gen: 1, result: Ok(first) });
+        let (mut view, mut peer) = (BTreeSet::<Key>::new(), BTreeSet::<Key>::new());
+        // Our answer on its way to the peer (what we offered it then).
+        let mut answer: Option<BTreeSet<Key>> = None;
+        let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
+        // The push timer and the quiet timer.
+        let mut timers: (Option<u64>, Option<u64>) = (None, None);
+        let step = |s: &mut Session,
+                    input: Input,
+                    in_flight: &mut Option<(u64, Arc<OutUpdate>)>,
+                    timers: &mut (Option<u64>, Option<u64>)|
+         -> Result<(), proptest::test_runner::TestCaseError> {
+            for e in s.handle(now, input) {
+                match e {
+                    Effect::Push { gen, update } => {
+                        proptest::prop_assert!(in_flight.is_none());
+                        *in_flight = Some((gen, update));
+                    }
+                    Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
+                        timers.0 = Some(gen)
+                    }
+                    Effect::StartTimer { kind: TimerKind::Quiet, gen, after_ms } => {
+                        proptest::prop_assert_eq!(after_ms, ANSWER_QUIET.as_millis() as u64);
+                        timers.1 = Some(gen)
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        for (op, item, flag) in ops {
+            let k: Key = (item % 4, item / 4);
+            let input = match op {
+                0..=2 => Input::Push(router_push(op, k, flag, &mut view).0),
+                3 => {
+                    if answer.is_some() {
+                        continue;
+                    }
+                    answer = Some(view.clone());
+                    Input::Answered
+                }
+                4 => {
+                    // The answer arrives, or (`flag`) its budget runs out.
+                    if let Some(a) = answer.take() {
+                        if !flag {
+                            peer.extend(a);
+                        }
+                    }
+                    continue;
+                }
+                5 | 6 => {
+                    let Some((gen, part)) = in_flight.take() else { continue };
+                    let result = if op == 5 {
+                        model_apply(&mut peer, &part);
+                        Ok(100)
+                    } else {
+                        if flag {
+                            model_apply(&mut peer, &part);
+                        }
+                        Err(Failure::Other("reset".into()))
+                    };
+                    Input::PushDone { gen, result }
+                }
+                _ if flag => {
+                    let Some(gen) = timers.1.take() else { continue };
+                    // The pull's budget is over: its answer was taken
+                    // (at the last moment) or abandoned.
+                    if let Some(a) = answer.take() {
+                        peer.extend(a);
+                    }
+                    Input::Timer { kind: TimerKind::Quiet, gen }
+                }
+                _ => {
+                    let Some(gen) = timers.0.take() else { continue };
+                    Input::Timer { kind: TimerKind::Push, gen }
+                }
+            };
+            step(&mut s, input, &mut in_flight, &mut timers)?;
+        }
+        if let Some(a) = answer.take() {
+            peer.extend(a);
+        }
+        for _ in 0..1000 {
+            let input = if let Some((gen, part)) = in_flight.take() {
+                model_apply(&mut peer, &part);
+                Input::PushDone { gen, result: Ok(100) }
+            } else if let Some(gen) = timers.1.take() {
+                Input::Timer { kind: TimerKind::Quiet, gen }
+            } else if let Some(gen) = timers.0.take() {
+                Input::Timer { kind: TimerKind::Push, gen }
+            } else {
+                break;
+            };
+            step(&mut s, input, &mut in_flight, &mut timers)?;
+        }
+        proptest::prop_assert_eq!(&peer, &view);
     }
 }
