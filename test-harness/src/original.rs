@@ -14,7 +14,10 @@
 //!   `/v3/pull` answered with `null` lists (it originates nothing);
 //! * its client pushes without a content type, and nothing it does depends
 //!   on the status it gets back ([`OriginalPeer::push`] returns it for the
-//!   test's sake only).
+//!   test's sake only);
+//! * its client pulls without a session header and adds the answer's paths
+//!   to what it holds once the answer has arrived ([`OriginalPeer::pull`],
+//!   with the delay a test gives it, within the original's pull budget).
 //!
 //! Everything it hears is recorded ([`Heard`]): the discovery packets, each
 //! push (version, size, whether it was taken, its content type), the pulls,
@@ -150,10 +153,12 @@ pub struct Heard {
     pub advertisements: Vec<Advertisement>,
     /// Pulls answered.
     pub pulls: u64,
+    /// Answers to its own pulls added to `routes`.
+    pub answers_applied: u64,
     /// Pushes received, in order.
     pub pushes: Vec<PushSeen>,
-    /// Underlay routes from the accepted pushes: destination (`addr/len`)
-    /// to the paths announced for it.
+    /// Underlay routes from the accepted pushes and the pull answers it
+    /// added: destination (`addr/len`) to the paths announced for it.
     pub routes: BTreeMap<String, BTreeSet<Vec<String>>>,
     /// Why received pushes or datagrams could not be understood.
     pub errors: Vec<String>,
@@ -181,6 +186,16 @@ enum Command {
         body: String,
         /// The status it got, or why there was none.
         reply: std::sync::mpsc::Sender<Result<u16, String>>,
+    },
+    /// Pull the neighbour as `/v{version}/pull` and add the answer to the
+    /// routes `apply_after` once it has arrived.
+    Pull {
+        /// 2 or 3.
+        version: u8,
+        /// How long after the answer arrived it is added.
+        apply_after: Duration,
+        /// How many paths the answer carried, once read, or why not.
+        reply: std::sync::mpsc::Sender<Result<usize, String>>,
     },
 }
 
@@ -284,6 +299,26 @@ impl OriginalPeer {
         answer
             .recv_timeout(timeout)
             .map_err(|e| format!("no answer to the push: {e}"))?
+    }
+
+    /// Pulls the neighbour as the original does (`GET /v{version}/pull`,
+    /// no session header) and returns once the answer is read, with how
+    /// many paths it carried. Its paths are added to the routes (not put
+    /// in their place) `apply_after` later, as the original adds an answer
+    /// once its client has handed it over; `answers_applied` counts it.
+    pub fn pull(
+        &self,
+        version: u8,
+        apply_after: Duration,
+        timeout: Duration,
+    ) -> Result<usize, String> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.commands
+            .send(Command::Pull { version, apply_after, reply })
+            .map_err(|_| "the stand-in has stopped".to_string())?;
+        answer
+            .recv_timeout(timeout)
+            .map_err(|e| format!("no answer to the pull: {e}"))?
     }
 
     fn shut_down(&mut self) {
@@ -549,13 +584,61 @@ impl Run {
     async fn command(self: Arc<Self>, cmd: Command) {
         match cmd {
             Command::Push { version, body, reply } => {
-                let _ = reply.send(self.push_out(version, body).await);
+                let pushed = self
+                    .request(Method::PUT, &format!("/v{version}/push"), body)
+                    .await
+                    .map(|(status, _)| status);
+                let _ = reply.send(pushed);
+            }
+            Command::Pull { version, apply_after, reply } => {
+                let pulled = self.pull_out(version).await;
+                let _ = reply
+                    .send(pulled.as_ref().map(Vec::len).map_err(Clone::clone));
+                if let Ok(paths) = pulled {
+                    tokio::time::sleep(apply_after).await;
+                    self.record(|h| {
+                        for (dest, path) in paths {
+                            h.routes.entry(dest).or_default().insert(path);
+                        }
+                        h.answers_applied += 1;
+                    });
+                }
             }
         }
     }
 
-    /// One push to the neighbour, as the original's client sends it.
-    async fn push_out(&self, version: u8, body: String) -> Result<u16, String> {
+    /// One pull of the neighbour, as the original's client sends it: the
+    /// answer's underlay paths.
+    async fn pull_out(
+        &self,
+        version: u8,
+    ) -> Result<Vec<(String, Vec<String>)>, String> {
+        let path = format!("/v{version}/pull");
+        let (status, body) =
+            self.request(Method::GET, &path, String::new()).await?;
+        if status != 200 {
+            return Err(format!("pull answered {status}"));
+        }
+        let answer: Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("pull answer: {e}"))?;
+        match &answer["underlay"] {
+            Value::Null => Ok(Vec::new()),
+            Value::Array(a) => {
+                a.iter().map(|pv| path_vector(version, pv)).collect()
+            }
+            other => Err(format!("pull answer's underlay is {other}")),
+        }
+    }
+
+    /// One request to the neighbour's exchange server on a fresh
+    /// connection, as the original's client sends it (no content type,
+    /// no session header): its status and body.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: String,
+    ) -> Result<(u16, Bytes), String> {
         let to =
             self.record(|h| h.neighbour).ok_or("no neighbour heard yet")?;
         let addr =
@@ -568,19 +651,27 @@ impl Run {
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
         let driver = tokio::spawn(conn);
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(format!("/v{version}/push"))
-            .header(HOST, format!("[{to}]:{}", addr.port()))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let status = sender
-            .send_request(req)
-            .await
-            .map(|r| r.status().as_u16())
-            .map_err(|e| format!("push: {e}"));
+        let answered = async {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(HOST, format!("[{to}]:{}", addr.port()))
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
+            let r = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{path}: {e}"))?;
+            let status = r.status().as_u16();
+            let body = Limited::new(r.into_body(), READ_BOUND)
+                .collect()
+                .await
+                .map_err(|e| format!("{path}: reading the answer: {e}"))?;
+            Ok((status, body.to_bytes()))
+        }
+        .await;
         driver.abort();
-        status
+        answered
     }
 }
 

@@ -310,3 +310,46 @@ fn a_smaller_cap_is_met_by_splitting() {
     let split = m.records("push refused as too large; sending it in halves");
     assert!(!split.is_empty(), "no split logged");
 }
+
+/// The original adds a pull answer to what it holds once the answer has
+/// arrived. `d1` answers the stand-in's pull while it originates a prefix
+/// and withdraws the prefix at once; the stand-in adds the answer 150 ms
+/// after it arrived (its budget is about 250 ms). The withdrawal must not
+/// reach it before that, or the answer would put the prefix back for the
+/// rest of the session: `d1` pushes nothing for 400 ms after answering a
+/// peer that names no session.
+#[test]
+fn a_withdrawal_does_not_overtake_a_pull_answer() {
+    if !require_netns("a_withdrawal_does_not_overtake_a_pull_answer") {
+        return;
+    }
+    const PREFIX: &str = "fd00:1122:3344:101::/64";
+    let config = OriginalConfig { version: 3, ..OriginalConfig::new("o1") };
+    let m = Mixed::new("orig_pull", config);
+    m.wait_heard("d1 to pull the stand-in", |h| h.pulls >= 1);
+    m.f.adm("d1", &["advertise-prefixes", PREFIX])
+        .unwrap_or_else(|e| m.fail(&e));
+    m.wait_heard("the prefix at the stand-in", |h| {
+        h.routes.contains_key(PREFIX)
+    });
+    let paths = m
+        .original
+        .pull(3, Duration::from_millis(150), DEADLINE)
+        .unwrap_or_else(|e| m.fail(&e));
+    assert_eq!(paths, 1, "the answer carries d1's one prefix");
+    m.f.adm("d1", &["withdraw-prefixes", PREFIX])
+        .unwrap_or_else(|e| m.fail(&e));
+    let pushes = m.original.heard().pushes.len();
+    let heard = m
+        .wait_heard("the answer added, then the withdrawal pushed", |h| {
+            h.answers_applied == 1 && h.pushes.len() > pushes
+        });
+    let gone = m.wait_heard("the prefix gone from the stand-in", |h| {
+        !h.routes.contains_key(PREFIX)
+    });
+    assert!(gone.errors.is_empty(), "{:?}", gone.errors);
+    println!(
+        "withdrawal pushed after the answer was added: {} push(es) since",
+        heard.pushes.len() - pushes
+    );
+}

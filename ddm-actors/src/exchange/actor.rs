@@ -173,6 +173,8 @@ pub enum ExchangeMsg {
     PeerPulled {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.
         session: Option<u64>,
+        /// The answer's size in bytes.
+        bytes: usize,
     },
     /// Our server refused a push of the peer (from the server task).
     PushRefused,
@@ -643,8 +645,8 @@ impl Actor for Exchange {
                 state.permit = permit;
                 Input::Pushed(update)
             }
-            ExchangeMsg::PeerPulled { session } => {
-                Input::PeerPulled { session }
+            ExchangeMsg::PeerPulled { session, bytes } => {
+                Input::PeerPulled { session, bytes }
             }
             ExchangeMsg::PushRefused => Input::PushRefused,
             ExchangeMsg::PullWaiting { gen } => Input::PullWaiting { gen },

@@ -706,7 +706,9 @@ async fn answer_pull(
             Stats::bump(&ctx.stats.pulls_received);
             Stats::add(&ctx.stats.pull_bytes_sent, body.len());
             // The actor is stopping if this fails: nothing to do.
-            let _ = ctx.exchange.cast(ExchangeMsg::PeerPulled { session });
+            let bytes = body.len();
+            let _ =
+                ctx.exchange.cast(ExchangeMsg::PeerPulled { session, bytes });
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")

@@ -45,12 +45,14 @@
 //!   item no push can carry is dropped and counted (a path whose
 //!   withdrawal was dropped is marked held when announced again: the peer
 //!   may still hold it).
-//! * **After an answer to a pull of a peer that may be an original** (its
-//!   answers name no session), pushes wait [`ANSWER_QUIET`]: the original
-//!   adds the answer to what it holds when the answer arrives, so a
-//!   withdrawal reaching it first would be undone ([`TimerKind::Quiet`]).
-//!   What the router pushes meanwhile waits in order, in the pending
-//!   batch or the next one.
+//! * **After an answer to a pull of the peer, pushes wait**
+//!   ([`TimerKind::Quiet`]): the original adds a pull answer to what it
+//!   holds once it has read it, so a withdrawal reaching it first would be
+//!   undone. They wait [`ANSWER_QUIET`] from the router's answer, then,
+//!   once our server has encoded it, [`answer_quiet`] of its size if the
+//!   pull named no session; a pull that named one (our own daemons) ends
+//!   the wait. What the router pushes meanwhile waits in order, in the
+//!   pending batch or the next one.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -108,11 +110,31 @@ pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
 /// held, which costs bytes only.
 const MAX_DROPPED: usize = 65_536;
 
-/// How long pushes wait after we answered a pull of a peer that may be
-/// an original daemon. Its pull gives up about 250 ms after it sent the
-/// request, which was before our answer was built; a push sent this much
-/// later reaches it once the answer is applied or abandoned.
+/// How long pushes wait after the router answered a pull of the peer,
+/// until our server has encoded the answer. The original gives up on a
+/// pull whose answer has not begun about 250 ms after it sent the
+/// request, which was before our answer was built.
 pub const ANSWER_QUIET: Duration = Duration::from_millis(400);
+
+/// What each KiB of a pull answer adds to the quiet once the answer is
+/// encoded: the original reads, parses and applies it (its routes
+/// included) with no time limit. About 1 µs a byte, 60 to 80 µs a path;
+/// an assumption, not measured against the original here.
+const APPLY_PER_KIB: Duration = Duration::from_millis(1);
+
+/// The longest quiet after an answer (a table of 250,000 prefixes is
+/// about 15 MB of answer).
+pub const QUIET_MAX: Duration = Duration::from_secs(20);
+
+/// How long pushes to a peer that named no session wait once our server
+/// has encoded an answer of `bytes` to its pull: [`ANSWER_QUIET`] and
+/// [`APPLY_PER_KIB`] for each KiB, at most [`QUIET_MAX`].
+pub fn answer_quiet(bytes: usize) -> Duration {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    ANSWER_QUIET
+        .saturating_add(APPLY_PER_KIB.saturating_mul(kib))
+        .min(QUIET_MAX)
+}
 
 /// Consecutive failed pushes (or pulls) after which the peer is reported
 /// as failed: with [`backoff`] that is about 1.5 s plus the requests' own
@@ -261,8 +283,8 @@ impl Session {
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
             Input::Answered => self.answered_pull(&mut out),
-            Input::PeerPulled { session } => {
-                self.peer_pulled(session, &mut out)
+            Input::PeerPulled { session, bytes } => {
+                self.peer_pulled(session, bytes, &mut out)
             }
             Input::PushRefused => self.push_refused(&mut out),
             Input::Pushed(update) => match &mut self.held {
@@ -379,19 +401,19 @@ impl Session {
 
     /// The router answered a pull of the peer with everything we offer it,
     /// including what is pending here: the peer may hold that now, so a
-    /// later withdrawal of it must be sent. A peer whose answers do not
-    /// name its session (an original, or one not answered yet) hears no
-    /// push for [`ANSWER_QUIET`]: it adds a pull answer to what it holds
-    /// when the answer has arrived, so a withdrawal pushed meanwhile could
-    /// reach it first and be undone by the answer for the whole session.
+    /// later withdrawal of it must be sent. Pushes wait: an original adds
+    /// a pull answer to what it holds once it has read it, so a withdrawal
+    /// reaching it first would be undone by the answer for the whole
+    /// session. For [`ANSWER_QUIET`], which outlasts the original's wait
+    /// for the answer to begin, until our server has encoded it (see
+    /// [`Self::peer_pulled`]), which ends the quiet for a pull that named
+    /// its session (one of our daemons, which takes an answer as its whole
+    /// set and holds our pushes while its pull is out).
     fn answered_pull(&mut self, out: &mut Vec<Effect>) {
         for p in self.pending.iter_mut().chain(&mut self.next) {
             p.mark_held();
         }
-        if !matches!(self.answered, Some(Some(_))) {
-            // Ended early if the peer turns out to be ours.
-            self.schedule_after(TimerKind::Quiet, ANSWER_QUIET, out);
-        }
+        self.schedule_after(TimerKind::Quiet, ANSWER_QUIET, out);
     }
 
     /// The peer runs this daemon (it named its session): it takes a pull
@@ -402,9 +424,21 @@ impl Session {
         }
     }
 
-    fn peer_pulled(&mut self, session: Option<u64>, out: &mut Vec<Effect>) {
-        if session.is_some() {
-            self.end_quiet(out);
+    /// Our server answered a pull of the peer with `bytes`. From a peer
+    /// that named no session, pushes wait [`answer_quiet`] more, while it
+    /// reads, parses and applies the answer (the original bounds only its
+    /// wait for the answer to begin); otherwise they go on at once.
+    fn peer_pulled(
+        &mut self,
+        session: Option<u64>,
+        bytes: usize,
+        out: &mut Vec<Effect>,
+    ) {
+        match session {
+            Some(_) => self.end_quiet(out),
+            None => {
+                self.schedule_after(TimerKind::Quiet, answer_quiet(bytes), out)
+            }
         }
         if self.pull.busy || self.answered.is_none() {
             // An answer is out or due: compare it when it comes. A pull

@@ -109,6 +109,9 @@ pub enum Input {
         /// [`SESSION_HEADER`]: super::server::SESSION_HEADER
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
+        /// The answer's size in bytes.
+        #[serde(default)]
+        bytes: usize,
     },
     /// Our server refused a push of the peer (too large, malformed, its
     /// body too slow, or nothing to hand it to). An original peer ignores

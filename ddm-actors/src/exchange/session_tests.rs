@@ -112,6 +112,15 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(total, Duration::from_millis(1500));
 }
 
+#[test]
+fn the_quiet_after_an_answer_grows_with_it_and_is_capped() {
+    let ms = |b| answer_quiet(b).as_millis();
+    assert_eq!([ms(0), ms(1), ms(1024), ms(3000)], [400, 401, 401, 403]);
+    // 250,000 prefixes: about 15 MB of answer.
+    assert_eq!(ms(15_000_000), 400 + 14_649);
+    assert_eq!(answer_quiet(usize::MAX), QUIET_MAX);
+}
+
 /// Every step file's inputs, round-tripped through JSON, are the same
 /// inputs: the files mean what the session reads.
 #[test]
@@ -181,7 +190,10 @@ fn pulls_back_never_ping_pong() {
                     let other = 1 - side;
                     let heard = (
                         other,
-                        Input::PeerPulled { session: Some(self.ids[side]) },
+                        Input::PeerPulled {
+                            session: Some(self.ids[side]),
+                            bytes: 2,
+                        },
                     );
                     let answer = PullAnswer {
                         response: Default::default(),
@@ -273,255 +285,279 @@ fn router_push(
     (OutUpdate { underlay: Some(u), tunnel: None }, said)
 }
 
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
-    /// A session against a model peer, with parts of two or three items
-    /// (the original's 1024-byte limit): the router's pushes (as the RIB
-    /// builds them: paths to 4 destinations along 2 paths each, a path
-    /// replaced by the other in one push), parts delivered, failed
-    /// (applied by the peer or not), refused as too large, retried, and
-    /// pull answers (the peer takes our whole view). Whenever the session
-    /// reports pushes delivered through `n`, the peer holds what the last
-    /// of them said of every path no later push names (what `rib::Told`
-    /// forgets is really gone); once all is sent, the peer holds exactly
-    /// our view and every push is reported.
-    #[test]
-    fn delivered_pushes_are_with_the_peer(
-        ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
-    ) {
-        let now = Duration::ZERO;
-        let mut s = Session::new(Version::V3, Duration::from_secs(1));
-        s.handle(now, Input::Start);
-        // One of our daemons: it takes a pull answer as its whole set.
-        let answer = PullAnswer {
-            response: Default::default(),
-            push_limit: None,
-            bytes: 2,
-            session: Some(7),
-        };
-        s.handle(now, Input::PullDone { gen: 1, result: Ok(answer) });
-        // Our view, the model peer, every push given (path, announced),
-        // the part in flight, a retry due, the last delivery reported.
-        let (mut view, mut peer) = (BTreeSet::<Key>::new(), BTreeSet::<Key>::new());
-        let mut pushes: Vec<Vec<(Key, bool)>> = Vec::new();
-        let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
-        let mut timer: Option<u64> = None;
-        let mut delivered = 0u64;
-        let apply = model_apply;
-        let mut step = |s: &mut Session,
-                        input: Input,
-                        peer: &BTreeSet<Key>,
-                        pushes: &[Vec<(Key, bool)>],
-                        in_flight: &mut Option<(u64, Arc<OutUpdate>)>,
-                        timer: &mut Option<u64>|
-         -> Result<(), proptest::test_runner::TestCaseError> {
-            for e in s.handle(now, input) {
-                match e {
-                    Effect::Push { gen, update } => {
-                        proptest::prop_assert!(in_flight.is_none());
-                        *in_flight = Some((gen, update));
-                    }
-                    Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
-                        *timer = Some(gen)
-                    }
-                    Effect::Delivered { through } => {
-                        proptest::prop_assert!(through > delivered);
-                        proptest::prop_assert!(through <= pushes.len() as u64);
-                        delivered = through;
-                        let (done, later) = pushes.split_at(through as usize);
-                        for d in 0u8..4 {
-                            for v in 0u8..2 {
-                                let k = (d, v);
-                                let named_later = later.iter().flatten().any(|(i, _)| *i == k);
-                                let last = done.iter().flatten().rev().find(|(i, _)| *i == k);
-                                if let (false, Some((_, present))) = (named_later, last) {
-                                    proptest::prop_assert_eq!(
-                                        peer.contains(&k), *present,
-                                        "{:?} after delivery through {}", k, through
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    Effect::Dropped { .. } => proptest::prop_assert!(false, "dropped: {:?}", e),
-                    _ => {}
-                }
-            }
-            Ok(())
-        };
-        for (op, item, flag) in ops {
-            let k: Key = (item % 4, item / 4);
-            let input = match op {
-                0..=2 => {
-                    let (u, said) = router_push(op, k, flag, &mut view);
-                    pushes.push(said);
-                    Input::Push(u)
-                }
-                3 => {
-                    peer = view.clone();
-                    Input::Answered
-                }
-                4..=6 => {
-                    let Some((gen, part)) = in_flight.take() else { continue };
-                    let result = match op {
-                        4 => {
-                            apply(&mut peer, &part);
-                            Ok(100)
-                        }
-                        5 => {
-                            if flag {
-                                apply(&mut peer, &part);
-                            }
-                            Err(Failure::Other("reset".into()))
-                        }
-                        // The peer's router behind: refused unread.
-                        _ if flag => Err(Failure::Busy("429".into())),
-                        _ if part.len() > 1 => Err(Failure::TooLarge("413".into())),
-                        _ => {
-                            in_flight = Some((gen, part));
-                            continue;
-                        }
-                    };
-                    Input::PushDone { gen, result }
-                }
-                _ => {
-                    let Some(gen) = timer.take() else { continue };
-                    Input::Timer { kind: TimerKind::Push, gen }
-                }
-            };
-            step(&mut s, input, &peer, &pushes, &mut in_flight, &mut timer)?;
-        }
-        // Deliver everything.
-        for _ in 0..1000 {
-            let input = if let Some((gen, part)) = in_flight.take() {
-                apply(&mut peer, &part);
-                Input::PushDone { gen, result: Ok(100) }
-            } else if let Some(gen) = timer.take() {
-                Input::Timer { kind: TimerKind::Push, gen }
-            } else {
-                break;
-            };
-            step(&mut s, input, &peer, &pushes, &mut in_flight, &mut timer)?;
-        }
-        proptest::prop_assert_eq!(&peer, &view);
-        proptest::prop_assert_eq!(delivered, pushes.len() as u64);
-    }
+/// A session and a model peer for the proptests below: our view, what
+/// the peer holds, every push the router gave (what it said of each path),
+/// the part in flight, the timers set, the last delivery reported.
+struct Model {
+    s: Session,
+    view: BTreeSet<Key>,
+    peer: BTreeSet<Key>,
+    pushes: Vec<Vec<(Key, bool)>>,
+    in_flight: Option<(u64, Arc<OutUpdate>)>,
+    push_timer: Option<u64>,
+    quiet_timer: Option<u64>,
+    delivered: u64,
+}
 
-    /// An original peer (its answers name no session) adds our answer to
-    /// its pull to what it holds when the answer arrives: after pushes we
-    /// sent meanwhile, perhaps, but never once its pull's budget is over,
-    /// which the quiet after an answer outlasts. However the router's
-    /// pushes, our answers, their arrival or abandonment, and the pushes'
-    /// deliveries and failures interleave, the peer ends holding exactly
-    /// our view.
-    #[test]
-    fn an_original_adding_late_answers_ends_with_our_view(
-        ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
-    ) {
-        let now = Duration::ZERO;
+type Checked = Result<(), proptest::test_runner::TestCaseError>;
+
+impl Model {
+    /// A session whose first pull was answered by a peer naming `session`.
+    fn new(session: Option<u64>) -> Model {
         let mut s = Session::new(Version::V3, Duration::from_secs(1));
-        s.handle(now, Input::Start);
+        s.handle(Duration::ZERO, Input::Start);
         let first = PullAnswer {
             response: Default::default(),
             push_limit: None,
             bytes: 2,
-            session: None,
+            session,
         };
-        s.handle(now, Input::PullDone { gen: 1, result: Ok(first) });
-        let (mut view, mut peer) = (BTreeSet::<Key>::new(), BTreeSet::<Key>::new());
-        // Our answer on its way to the peer (what we offered it then).
-        let mut answer: Option<BTreeSet<Key>> = None;
-        let mut in_flight: Option<(u64, Arc<OutUpdate>)> = None;
-        // The push timer and the quiet timer.
-        let mut timers: (Option<u64>, Option<u64>) = (None, None);
-        let step = |s: &mut Session,
-                    input: Input,
-                    in_flight: &mut Option<(u64, Arc<OutUpdate>)>,
-                    timers: &mut (Option<u64>, Option<u64>)|
-         -> Result<(), proptest::test_runner::TestCaseError> {
-            for e in s.handle(now, input) {
-                match e {
-                    Effect::Push { gen, update } => {
-                        proptest::prop_assert!(in_flight.is_none());
-                        *in_flight = Some((gen, update));
-                    }
-                    Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
-                        timers.0 = Some(gen)
-                    }
-                    Effect::StartTimer { kind: TimerKind::Quiet, gen, after_ms } => {
-                        proptest::prop_assert_eq!(after_ms, ANSWER_QUIET.as_millis() as u64);
-                        timers.1 = Some(gen)
-                    }
-                    _ => {}
+        s.handle(Duration::ZERO, Input::PullDone { gen: 1, result: Ok(first) });
+        Model {
+            s,
+            view: BTreeSet::new(),
+            peer: BTreeSet::new(),
+            pushes: Vec::new(),
+            in_flight: None,
+            push_timer: None,
+            quiet_timer: None,
+            delivered: 0,
+        }
+    }
+
+    /// Hand `input` to the session and take its effects: one part in
+    /// flight at a time, the timers kept, and each delivery report
+    /// checked: the peer holds what the last push through it said of
+    /// every path no later push names (what `rib::Told` forgets is really
+    /// gone).
+    fn step(&mut self, input: Input) -> Checked {
+        for e in self.s.handle(Duration::ZERO, input) {
+            match e {
+                Effect::Push { gen, update } => {
+                    proptest::prop_assert!(self.in_flight.is_none());
+                    self.in_flight = Some((gen, update));
                 }
+                Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
+                    self.push_timer = Some(gen)
+                }
+                Effect::StartTimer { kind: TimerKind::Quiet, gen, .. } => {
+                    self.quiet_timer = Some(gen)
+                }
+                Effect::Delivered { through } => {
+                    proptest::prop_assert!(through > self.delivered);
+                    proptest::prop_assert!(through <= self.pushes.len() as u64);
+                    self.delivered = through;
+                    let (done, later) = self.pushes.split_at(through as usize);
+                    for d in 0u8..4 {
+                        for v in 0u8..2 {
+                            let k = (d, v);
+                            let named_later =
+                                later.iter().flatten().any(|(i, _)| *i == k);
+                            let last = done
+                                .iter()
+                                .flatten()
+                                .rev()
+                                .find(|(i, _)| *i == k);
+                            if let (false, Some((_, present))) =
+                                (named_later, last)
+                            {
+                                proptest::prop_assert_eq!(
+                                    self.peer.contains(&k),
+                                    *present,
+                                    "{:?} after delivery through {}",
+                                    k,
+                                    through
+                                );
+                            }
+                        }
+                    }
+                }
+                Effect::Dropped { .. } => {
+                    proptest::prop_assert!(false, "dropped: {:?}", e)
+                }
+                _ => {}
             }
-            Ok(())
+        }
+        Ok(())
+    }
+
+    /// A push of the router ([`router_push`]), recorded.
+    fn router_push(&mut self, op: u8, k: Key, replace: bool) -> Input {
+        let (u, said) = router_push(op, k, replace, &mut self.view);
+        self.pushes.push(said);
+        Input::Push(u)
+    }
+
+    /// The part in flight, if any, done: `Taken` applied, `Failed`
+    /// applied or not (`flag`: a reset after the peer took it), `Refused`
+    /// as 429 (`flag`: the peer's router behind) or, if it has more than
+    /// one item, as too large (else it stays in flight).
+    fn part_done(&mut self, how: Done, flag: bool) -> Option<Input> {
+        let (gen, part) = self.in_flight.take()?;
+        let result = match how {
+            Done::Taken => {
+                model_apply(&mut self.peer, &part);
+                Ok(100)
+            }
+            Done::Failed => {
+                if flag {
+                    model_apply(&mut self.peer, &part);
+                }
+                Err(Failure::Other("reset".into()))
+            }
+            Done::Refused if flag => Err(Failure::Busy("429".into())),
+            Done::Refused if part.len() > 1 => {
+                Err(Failure::TooLarge("413".into()))
+            }
+            Done::Refused => {
+                self.in_flight = Some((gen, part));
+                return None;
+            }
         };
-        for (op, item, flag) in ops {
-            let k: Key = (item % 4, item / 4);
-            let input = match op {
-                0..=2 => Input::Push(router_push(op, k, flag, &mut view).0),
-                3 => {
-                    if answer.is_some() {
-                        continue;
-                    }
-                    answer = Some(view.clone());
-                    Input::Answered
-                }
-                4 => {
-                    // The answer arrives, or (`flag`) its budget runs out.
-                    if let Some(a) = answer.take() {
-                        if !flag {
-                            peer.extend(a);
-                        }
-                    }
-                    continue;
-                }
-                5 | 6 => {
-                    let Some((gen, part)) = in_flight.take() else { continue };
-                    let result = if op == 5 {
-                        model_apply(&mut peer, &part);
-                        Ok(100)
-                    } else {
-                        if flag {
-                            model_apply(&mut peer, &part);
-                        }
-                        Err(Failure::Other("reset".into()))
-                    };
-                    Input::PushDone { gen, result }
-                }
-                _ if flag => {
-                    let Some(gen) = timers.1.take() else { continue };
-                    // The pull's budget is over: its answer was taken
-                    // (at the last moment) or abandoned.
-                    if let Some(a) = answer.take() {
-                        peer.extend(a);
-                    }
-                    Input::Timer { kind: TimerKind::Quiet, gen }
-                }
-                _ => {
-                    let Some(gen) = timers.0.take() else { continue };
-                    Input::Timer { kind: TimerKind::Push, gen }
-                }
-            };
-            step(&mut s, input, &mut in_flight, &mut timers)?;
-        }
-        if let Some(a) = answer.take() {
-            peer.extend(a);
-        }
+        Some(Input::PushDone { gen, result })
+    }
+
+    /// Deliver everything; the peer must end with our view and every push
+    /// reported.
+    fn drain(&mut self) -> Checked {
         for _ in 0..1000 {
-            let input = if let Some((gen, part)) = in_flight.take() {
-                model_apply(&mut peer, &part);
-                Input::PushDone { gen, result: Ok(100) }
-            } else if let Some(gen) = timers.1.take() {
+            let input = if let Some(i) = self.part_done(Done::Taken, false) {
+                i
+            } else if let Some(gen) = self.quiet_timer.take() {
                 Input::Timer { kind: TimerKind::Quiet, gen }
-            } else if let Some(gen) = timers.0.take() {
+            } else if let Some(gen) = self.push_timer.take() {
                 Input::Timer { kind: TimerKind::Push, gen }
             } else {
                 break;
             };
-            step(&mut s, input, &mut in_flight, &mut timers)?;
+            self.step(input)?;
         }
-        proptest::prop_assert_eq!(&peer, &view);
+        proptest::prop_assert_eq!(&self.peer, &self.view);
+        proptest::prop_assert_eq!(self.delivered, self.pushes.len() as u64);
+        Ok(())
+    }
+}
+
+/// How a part in flight ends ([`Model::part_done`]).
+#[derive(Debug, Clone, Copy)]
+enum Done {
+    Taken,
+    Failed,
+    Refused,
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+    /// A session against a model peer of ours (its answers name its
+    /// session), with parts of two or three items (the original's
+    /// 1024-byte limit): the router's pushes (as the RIB builds them:
+    /// paths to 4 destinations along 2 paths each, a path replaced by the
+    /// other in one push), parts delivered, failed (applied by the peer or
+    /// not), refused as too large or as 429, retried, and our answers to
+    /// its pulls (it takes our whole view at once, and names its session).
+    /// Every delivery report is true ([`Model::step`]); once all is sent,
+    /// the peer holds exactly our view and every push is reported.
+    #[test]
+    fn delivered_pushes_are_with_the_peer(
+        ops in proptest::collection::vec((0u8..8, 0u8..8, proptest::bool::ANY), 0..60),
+    ) {
+        let mut m = Model::new(Some(7));
+        for (op, item, flag) in ops {
+            let k: Key = (item % 4, item / 4);
+            let input = match op {
+                0..=2 => m.router_push(op, k, flag),
+                3 => {
+                    m.peer = m.view.clone();
+                    m.step(Input::Answered)?;
+                    Input::PeerPulled { session: Some(7), bytes: 100 }
+                }
+                4..=6 => {
+                    let how = [Done::Taken, Done::Failed, Done::Refused];
+                    let Some(i) = m.part_done(how[usize::from(op - 4)], flag)
+                    else { continue };
+                    i
+                }
+                _ => {
+                    let Some(gen) = m.push_timer.take() else { continue };
+                    Input::Timer { kind: TimerKind::Push, gen }
+                }
+            };
+            m.step(input)?;
+        }
+        m.drain()?;
+    }
+
+    /// An original peer (its pulls and answers name no session) adds our
+    /// answer to its pull to what it holds once it has read it: after
+    /// pushes we sent meanwhile, perhaps, but never after the quiet set
+    /// once our server encoded the answer (the original's time to read
+    /// and apply it), and never at all if the quiet set by the router's
+    /// answer ran out before the answer was encoded (the original stopped
+    /// waiting). However the router's pushes, our answers, their sending,
+    /// arrival or abandonment, and the pushes' deliveries, failures and
+    /// refusals interleave, every delivery report is true and the peer
+    /// ends holding exactly our view.
+    #[test]
+    fn an_original_adding_late_answers_ends_with_our_view(
+        ops in proptest::collection::vec((0u8..10, 0u8..8, proptest::bool::ANY), 0..60),
+    ) {
+        let mut m = Model::new(None);
+        // Our answer on its way (what we offered the peer then), and
+        // whether our server has encoded it.
+        let mut answer: Option<(BTreeSet<Key>, bool)> = None;
+        for (op, item, flag) in ops {
+            let k: Key = (item % 4, item / 4);
+            let input = match op {
+                0..=2 => m.router_push(op, k, flag),
+                3 => {
+                    if answer.is_some() {
+                        continue;
+                    }
+                    answer = Some((m.view.clone(), false));
+                    Input::Answered
+                }
+                4 => {
+                    let Some((_, sent @ false)) = &mut answer else { continue };
+                    *sent = true;
+                    Input::PeerPulled { session: None, bytes: 2000 }
+                }
+                5 => {
+                    // The answer is added once read, or (`flag`) the peer
+                    // gave up on it.
+                    match answer.take() {
+                        Some((a, true)) if !flag => m.peer.extend(a),
+                        // Not sent yet: it cannot be read.
+                        Some(unsent) if !flag => answer = Some(unsent),
+                        _ => {}
+                    }
+                    continue;
+                }
+                6..=8 => {
+                    let how = [Done::Taken, Done::Failed, Done::Refused];
+                    let Some(i) = m.part_done(how[usize::from(op - 6)], flag)
+                    else { continue };
+                    i
+                }
+                _ if flag => {
+                    let Some(gen) = m.quiet_timer.take() else { continue };
+                    // The quiet is over: an encoded answer was added (at
+                    // the last moment) or abandoned, one not encoded yet
+                    // abandoned.
+                    if let Some((a, true)) = answer.take() {
+                        m.peer.extend(a);
+                    }
+                    Input::Timer { kind: TimerKind::Quiet, gen }
+                }
+                _ => {
+                    let Some(gen) = m.push_timer.take() else { continue };
+                    Input::Timer { kind: TimerKind::Push, gen }
+                }
+            };
+            m.step(input)?;
+        }
+        if let Some((a, true)) = answer.take() {
+            m.peer.extend(a);
+        }
+        m.drain()?;
     }
 }

@@ -155,7 +155,7 @@ impl Actor for FakeExchange {
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
             ExchangeMsg::Pushed(u, _) => tx.send(Seen::Pushed(u.to_wire())),
-            ExchangeMsg::PeerPulled { session } => {
+            ExchangeMsg::PeerPulled { session, .. } => {
                 tx.send(Seen::PeerPulled(session))
             }
             ExchangeMsg::PushRefused => tx.send(Seen::PushRefused),
