@@ -17,7 +17,8 @@
 //!   test's sake only);
 //! * its client pulls without a session header and adds the answer's paths
 //!   to what it holds once the answer has arrived ([`OriginalPeer::pull`],
-//!   with the delay a test gives it, within the original's pull budget).
+//!   after the delay a test gives it: the original bounds only its wait
+//!   for the answer to begin, not its reading and applying it).
 //!
 //! Everything it hears is recorded ([`Heard`]): the discovery packets, each
 //! push (version, size, whether it was taken, its content type), the pulls,

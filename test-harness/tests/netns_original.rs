@@ -311,13 +311,13 @@ fn a_smaller_cap_is_met_by_splitting() {
     assert!(!split.is_empty(), "no split logged");
 }
 
-/// The original adds a pull answer to what it holds once the answer has
-/// arrived. `d1` answers the stand-in's pull while it originates a prefix
-/// and withdraws the prefix at once; the stand-in adds the answer 150 ms
-/// after it arrived (its budget is about 250 ms). The withdrawal must not
-/// reach it before that, or the answer would put the prefix back for the
-/// rest of the session: `d1` pushes nothing for 400 ms after answering a
-/// peer that names no session.
+/// The original adds a pull answer to what it holds once it has read it
+/// (it bounds only its wait for the answer to begin). `d1` answers the
+/// stand-in's pull while it originates a prefix and withdraws the prefix
+/// at once; the stand-in adds the answer 150 ms after it arrived. The
+/// withdrawal must not reach it before that, or the answer would put the
+/// prefix back for the rest of the session: after answering a pull that
+/// names no session, `d1` pushes nothing for 400 ms and more.
 #[test]
 fn a_withdrawal_does_not_overtake_a_pull_answer() {
     if !require_netns("a_withdrawal_does_not_overtake_a_pull_answer") {
@@ -337,9 +337,9 @@ fn a_withdrawal_does_not_overtake_a_pull_answer() {
         .pull(3, Duration::from_millis(150), DEADLINE)
         .unwrap_or_else(|e| m.fail(&e));
     assert_eq!(paths, 1, "the answer carries d1's one prefix");
+    let pushes = m.original.heard().pushes.len();
     m.f.adm("d1", &["withdraw-prefixes", PREFIX])
         .unwrap_or_else(|e| m.fail(&e));
-    let pushes = m.original.heard().pushes.len();
     let heard = m
         .wait_heard("the answer added, then the withdrawal pushed", |h| {
             h.answers_applied == 1 && h.pushes.len() > pushes

@@ -175,6 +175,9 @@ pub enum ExchangeMsg {
         session: Option<u64>,
         /// The answer's size in bytes.
         bytes: usize,
+        /// Encoded `session::ORIGINAL_PULL_WAIT` or more after the pull
+        /// arrived.
+        late: bool,
     },
     /// Our server refused a push of the peer (from the server task).
     PushRefused,
@@ -645,8 +648,8 @@ impl Actor for Exchange {
                 state.permit = permit;
                 Input::Pushed(update)
             }
-            ExchangeMsg::PeerPulled { session, bytes } => {
-                Input::PeerPulled { session, bytes }
+            ExchangeMsg::PeerPulled { session, bytes, late } => {
+                Input::PeerPulled { session, bytes, late }
             }
             ExchangeMsg::PushRefused => Input::PushRefused,
             ExchangeMsg::PullWaiting { gen } => Input::PullWaiting { gen },

@@ -83,6 +83,7 @@ use tokio::time::Instant;
 use super::actor::{ExchangeMsg, ExchangeRef, Stats};
 use super::client::json_size_hint;
 use super::decode::decode_update;
+use super::session::ORIGINAL_PULL_WAIT;
 use super::watched::{until_stalled, Moved, Watched};
 use super::wire::v2_view;
 use crate::router::{RouterMsg, RouterRef};
@@ -705,10 +706,17 @@ async fn answer_pull(
         Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
             Stats::add(&ctx.stats.pull_bytes_sent, body.len());
-            // The actor is stopping if this fails: nothing to do.
+            // How long since the pull arrived (the deadline is counted
+            // from its arrival): an original stops waiting for the answer
+            // to begin after `ORIGINAL_PULL_WAIT`.
+            let since = ctx.timeout.saturating_sub(
+                deadline.saturating_duration_since(Instant::now()),
+            );
+            let late = since >= ORIGINAL_PULL_WAIT;
             let bytes = body.len();
-            let _ =
-                ctx.exchange.cast(ExchangeMsg::PeerPulled { session, bytes });
+            // The actor is stopping if this fails: nothing to do.
+            let msg = ExchangeMsg::PeerPulled { session, bytes, late };
+            let _ = ctx.exchange.cast(msg);
             Response::builder()
                 .status(StatusCode::OK)
                 .header(CONTENT_TYPE, "application/json")
@@ -1097,7 +1105,7 @@ mod tests {
             serde_json::from_str(&body_of(r).await).unwrap();
         assert_eq!(got, answer);
         assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
-        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(None)));
+        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(None, false)));
 
         let r = handle(req(Method::GET, "/v2/pull", ""), true, &ctx, &budget())
             .await;
@@ -1121,15 +1129,17 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(session_id(r.headers()), Some(ctx.session));
         assert_eq!(seen.recv().await, Some(Seen::PullFor(peer())));
-        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(Some(42))));
+        assert_eq!(seen.recv().await, Some(Seen::PeerPulled(Some(42), false)));
     }
 
     /// A peer's pulls are answered one at a time, each at least
     /// `PULL_SPACING` after the last: four at once take three spacings,
-    /// and three of them count as paced.
+    /// and three of them count as paced. Those three are answered
+    /// `ORIGINAL_PULL_WAIT` or more after they arrived: the exchange actor
+    /// hears they were late.
     #[tokio::test(start_paused = true)]
     async fn a_peer_pulling_in_a_loop_is_answered_at_a_pace() {
-        let (ctx, _seen) = rig(Default::default()).await;
+        let (ctx, mut seen) = rig(Default::default()).await;
         let started = Instant::now();
         let budget = budget();
         let pull =
@@ -1141,6 +1151,14 @@ mod tests {
         assert!(took < 4 * PULL_SPACING, "{took:?}");
         let c = ctx.stats.snapshot();
         assert_eq!((c.pulls_received, c.pulls_paced), (4, 3));
+        let mut late = Vec::new();
+        while late.len() < 4 {
+            let s = seen.recv().await.expect("fake exchange actor gone");
+            if let Seen::PeerPulled(None, l) = s {
+                late.push(l);
+            }
+        }
+        assert_eq!(late, [false, true, true, true]);
     }
 
     /// Pulls queued past the exchange timeout (5 s in the rig: twenty

@@ -50,9 +50,11 @@
 //!   holds once it has read it, so a withdrawal reaching it first would be
 //!   undone. They wait [`ANSWER_QUIET`] from the router's answer, then,
 //!   once our server has encoded it, [`answer_quiet`] of its size if the
-//!   pull named no session; a pull that named one (our own daemons) ends
-//!   the wait. What the router pushes meanwhile waits in order, in the
-//!   pending batch or the next one.
+//!   pull named no session and the answer was not too late for it
+//!   ([`ORIGINAL_PULL_WAIT`]); a pull that named one (our own daemons)
+//!   ends the wait. A quiet is never shortened, and a run of them lasts
+//!   [`QUIET_MAX`] at most. What the router pushes meanwhile waits in
+//!   order, in the pending batch or the next one.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -110,10 +112,14 @@ pub use crate::timer::{backoff, BACKOFF_MAX, BACKOFF_MIN};
 /// held, which costs bytes only.
 const MAX_DROPPED: usize = 65_536;
 
+/// How long the original waits for a pull's answer to begin (its
+/// headers), counted from sending the request; it then reads, parses and
+/// applies the answer with no time limit.
+pub const ORIGINAL_PULL_WAIT: Duration = Duration::from_millis(250);
+
 /// How long pushes wait after the router answered a pull of the peer,
-/// until our server has encoded the answer. The original gives up on a
-/// pull whose answer has not begun about 250 ms after it sent the
-/// request, which was before our answer was built.
+/// until our server has encoded the answer: longer than
+/// [`ORIGINAL_PULL_WAIT`], counted from before our answer was built.
 pub const ANSWER_QUIET: Duration = Duration::from_millis(400);
 
 /// What each KiB of a pull answer adds to the quiet once the answer is
@@ -122,8 +128,9 @@ pub const ANSWER_QUIET: Duration = Duration::from_millis(400);
 /// an assumption, not measured against the original here.
 const APPLY_PER_KIB: Duration = Duration::from_millis(1);
 
-/// The longest quiet after an answer (a table of 250,000 prefixes is
-/// about 15 MB of answer).
+/// The longest quiet, after one answer or after several in a row (a
+/// table of 250,000 prefixes is about 15 MB of answer): a peer pulling
+/// again and again cannot hold our pushes for longer.
 pub const QUIET_MAX: Duration = Duration::from_secs(20);
 
 /// How long pushes to a peer that named no session wait once our server
@@ -178,10 +185,14 @@ pub struct Session {
     held: Option<Vec<OutUpdate>>,
     /// The push.
     push: Activity,
-    /// After we answered a pull of a peer that may be an original: its
-    /// timer holds every push until the answer is applied or abandoned
-    /// ([`ANSWER_QUIET`]).
+    /// After the router answered a pull of the peer: its timer holds
+    /// every push until the answer is applied or abandoned, should the
+    /// peer be an original ([`Self::answered_pull`]).
     quiet: Activity,
+    /// While the quiet lasts: when it ends, and when the run of quiets it
+    /// belongs to began (a run lasts [`QUIET_MAX`] at most).
+    quiet_until: Duration,
+    quiet_since: Duration,
     /// The part in flight; if it fails, it and everything unsent become
     /// one batch again.
     in_flight: Option<Arc<OutUpdate>>,
@@ -243,6 +254,8 @@ impl Session {
             held: None,
             push: Activity::default(),
             quiet: Activity::default(),
+            quiet_until: Duration::ZERO,
+            quiet_since: Duration::ZERO,
             in_flight: None,
             completes: None,
             pending: None,
@@ -282,9 +295,9 @@ impl Session {
             }
             Input::Push(update) => self.queue(update, &mut out),
             Input::Pull => self.start_pull(&mut out),
-            Input::Answered => self.answered_pull(&mut out),
-            Input::PeerPulled { session, bytes } => {
-                self.peer_pulled(session, bytes, &mut out)
+            Input::Answered => self.answered_pull(now, &mut out),
+            Input::PeerPulled { session, bytes, late } => {
+                self.peer_pulled(now, session, bytes, late, &mut out)
             }
             Input::PushRefused => self.push_refused(&mut out),
             Input::Pushed(update) => match &mut self.held {
@@ -409,36 +422,53 @@ impl Session {
     /// [`Self::peer_pulled`]), which ends the quiet for a pull that named
     /// its session (one of our daemons, which takes an answer as its whole
     /// set and holds our pushes while its pull is out).
-    fn answered_pull(&mut self, out: &mut Vec<Effect>) {
+    fn answered_pull(&mut self, now: Duration, out: &mut Vec<Effect>) {
         for p in self.pending.iter_mut().chain(&mut self.next) {
             p.mark_held();
         }
-        self.schedule_after(TimerKind::Quiet, ANSWER_QUIET, out);
+        self.quiet_for(now, ANSWER_QUIET, out);
     }
 
-    /// The peer runs this daemon (it named its session): it takes a pull
-    /// answer as its whole set, so no quiet is needed.
-    fn end_quiet(&mut self, out: &mut Vec<Effect>) {
-        if std::mem::take(&mut self.quiet.timer) {
-            self.push_if_idle(out);
+    /// Hold pushes for `d` from `now`: a quiet already running is made
+    /// longer, never shorter, and a run of quiets ends [`QUIET_MAX`] after
+    /// it began.
+    fn quiet_for(&mut self, now: Duration, d: Duration, out: &mut Vec<Effect>) {
+        let mut until = now.saturating_add(d);
+        if self.quiet.timer {
+            until = until.min(self.quiet_since.saturating_add(QUIET_MAX));
+            if until <= self.quiet_until {
+                return;
+            }
+        } else {
+            self.quiet_since = now;
         }
+        self.quiet_until = until;
+        self.schedule_after(TimerKind::Quiet, until.saturating_sub(now), out);
     }
 
-    /// Our server answered a pull of the peer with `bytes`. From a peer
-    /// that named no session, pushes wait [`answer_quiet`] more, while it
-    /// reads, parses and applies the answer (the original bounds only its
-    /// wait for the answer to begin); otherwise they go on at once.
+    /// Our server answered a pull of the peer with `bytes`. A pull that
+    /// named its session (one of our daemons) ends the quiet. One that
+    /// named none holds pushes [`answer_quiet`] more, while the peer
+    /// reads, parses and applies the answer, unless the answer was `late`
+    /// (encoded [`ORIGINAL_PULL_WAIT`] or more after the pull arrived: the
+    /// original stopped waiting for it, and a quiet would only hold
+    /// pushes up each time it pulls again).
     fn peer_pulled(
         &mut self,
+        now: Duration,
         session: Option<u64>,
         bytes: usize,
+        late: bool,
         out: &mut Vec<Effect>,
     ) {
         match session {
-            Some(_) => self.end_quiet(out),
-            None => {
-                self.schedule_after(TimerKind::Quiet, answer_quiet(bytes), out)
+            Some(_) => {
+                if std::mem::take(&mut self.quiet.timer) {
+                    self.push_if_idle(out);
+                }
             }
+            None if late => {}
+            None => self.quiet_for(now, answer_quiet(bytes), out),
         }
         if self.pull.busy || self.answered.is_none() {
             // An answer is out or due: compare it when it comes. A pull
@@ -507,9 +537,6 @@ impl Session {
                 self.clear_report();
                 out.push(Effect::PullResult(response));
                 self.release_held(out);
-                if session.is_some() {
-                    self.end_quiet(out);
-                }
                 // The peer pulled meanwhile: pull again unless this answer
                 // comes from the session that pulled.
                 let back = self

@@ -94,7 +94,8 @@ pub enum Input {
     Pull,
     /// The router answered a pull of the peer (in order with its pushes):
     /// the answer carried everything handed over before, so the peer may
-    /// hold what that announces.
+    /// hold what that announces. Pushes wait a while (the session's
+    /// quiet).
     Answered,
     /// The peer pushed this update to our server.
     Pushed(#[serde(with = "wire_update")] OutUpdate),
@@ -109,9 +110,14 @@ pub enum Input {
         /// [`SESSION_HEADER`]: super::server::SESSION_HEADER
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<u64>,
-        /// The answer's size in bytes.
+        /// The answer's size in bytes: how long pushes wait, if the pull
+        /// named no session.
         #[serde(default)]
         bytes: usize,
+        /// The answer was encoded `ORIGINAL_PULL_WAIT` or more after the
+        /// pull arrived: an original has stopped waiting for it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
     },
     /// Our server refused a push of the peer (too large, malformed, its
     /// body too slow, or nothing to hand it to). An original peer ignores

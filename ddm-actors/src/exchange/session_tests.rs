@@ -193,6 +193,7 @@ fn pulls_back_never_ping_pong() {
                         Input::PeerPulled {
                             session: Some(self.ids[side]),
                             bytes: 2,
+                            late: false,
                         },
                     );
                     let answer = PullAnswer {
@@ -469,7 +470,11 @@ proptest::proptest! {
                 3 => {
                     m.peer = m.view.clone();
                     m.step(Input::Answered)?;
-                    Input::PeerPulled { session: Some(7), bytes: 100 }
+                    Input::PeerPulled {
+                        session: Some(7),
+                        bytes: 100,
+                        late: false,
+                    }
                 }
                 4..=6 => {
                     let how = [Done::Taken, Done::Failed, Done::Refused];
@@ -517,9 +522,14 @@ proptest::proptest! {
                     Input::Answered
                 }
                 4 => {
+                    // Our server has encoded the answer; `flag`: too late
+                    // for the peer, which stopped waiting for it.
                     let Some((_, sent @ false)) = &mut answer else { continue };
                     *sent = true;
-                    Input::PeerPulled { session: None, bytes: 2000 }
+                    if flag {
+                        answer = None;
+                    }
+                    Input::PeerPulled { session: None, bytes: 2000, late: flag }
                 }
                 5 => {
                     // The answer is added once read, or (`flag`) the peer

@@ -29,8 +29,9 @@ pub(crate) enum Seen {
     Delivered(PeerId, u64),
     /// `ExchangeMsg::Pushed`, to a fake exchange actor.
     Pushed(v3::Update),
-    /// `ExchangeMsg::PeerPulled`, to a fake exchange actor.
-    PeerPulled(Option<u64>),
+    /// `ExchangeMsg::PeerPulled`, to a fake exchange actor: the pulling
+    /// session, and whether the answer was late.
+    PeerPulled(Option<u64>, bool),
     /// `ExchangeMsg::PushRefused`, to a fake exchange actor.
     PushRefused,
 }
@@ -155,8 +156,8 @@ impl Actor for FakeExchange {
     ) -> Result<(), ActorProcessingErr> {
         let _ = match msg {
             ExchangeMsg::Pushed(u, _) => tx.send(Seen::Pushed(u.to_wire())),
-            ExchangeMsg::PeerPulled { session, .. } => {
-                tx.send(Seen::PeerPulled(session))
+            ExchangeMsg::PeerPulled { session, late, .. } => {
+                tx.send(Seen::PeerPulled(session, late))
             }
             ExchangeMsg::PushRefused => tx.send(Seen::PushRefused),
             _ => Ok(()),
