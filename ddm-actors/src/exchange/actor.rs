@@ -58,7 +58,7 @@ pub use super::session::{
     backoff, TimerKind as RetryKind, BACKOFF_MAX, BACKOFF_MIN, MAX_ATTEMPTS,
 };
 use super::session::{
-    Counter, Effect, Failure, Input, PullAnswer, Session, TimerKind,
+    Counter, Effect, Failure, Input, Op, PullAnswer, Session, TimerKind,
 };
 pub use super::stats::{ExchangeCounters, Stats};
 use super::transport::{ExchangeClient, ExchangeTransport, Serving};
@@ -460,24 +460,20 @@ impl State {
                 c.fetch_add(n, Ordering::Relaxed);
             }
             Effect::Failed { op, failures, error } => {
-                // A quiet timer never fails; it holds pushes.
                 let c = match op {
-                    TimerKind::Push | TimerKind::Quiet => {
-                        &self.stats.push_failures
-                    }
-                    TimerKind::Pull => &self.stats.pull_failures,
-                    TimerKind::Bind => &self.stats.bind_failures,
+                    Op::Push => &self.stats.push_failures,
+                    Op::Pull => &self.stats.pull_failures,
+                    Op::Bind => &self.stats.bind_failures,
                 };
                 Stats::bump(c);
                 match op {
-                    TimerKind::Bind => warn!(self.log,
+                    Op::Bind => warn!(self.log,
                         "cannot bind the exchange server; will retry";
                         "addr" => %self.listen, "error" => error,
                         "failures" => failures),
-                    TimerKind::Push | TimerKind::Quiet => warn!(self.log,
-                        "push failed";
+                    Op::Push => warn!(self.log, "push failed";
                         "error" => error, "failures" => failures),
-                    TimerKind::Pull => warn!(self.log, "pull failed";
+                    Op::Pull => warn!(self.log, "pull failed";
                         "error" => error, "failures" => failures),
                 }
             }

@@ -643,7 +643,8 @@ async fn pull(
 ) -> Response<Full<Bytes>> {
     // Answered within the time the peer waits for it, from its arrival:
     // a pull queued behind others that long is one it has given up on.
-    let deadline = Instant::now() + ctx.timeout;
+    let arrived = Instant::now();
+    let deadline = arrived + ctx.timeout;
     let busy = || {
         Stats::bump(&ctx.stats.pulls_busy);
         text(StatusCode::SERVICE_UNAVAILABLE, "busy with earlier pulls")
@@ -662,16 +663,17 @@ async fn pull(
             tokio::time::sleep_until(due).await;
         }
     }
-    let answer = answer_pull(version, session, ctx, deadline).await;
+    let answer = answer_pull(version, session, ctx, arrived, deadline).await;
     *last = Some(Instant::now());
     answer
 }
 
-/// [`pull`], once its time has come.
+/// [`pull`], once its time has come (it `arrived` then).
 async fn answer_pull(
     version: Version,
     session: Option<u64>,
     ctx: &ServerCtx,
+    arrived: Instant,
     deadline: Instant,
 ) -> Response<Full<Bytes>> {
     let peer = ctx.peer;
@@ -706,13 +708,9 @@ async fn answer_pull(
         Ok(()) => {
             Stats::bump(&ctx.stats.pulls_received);
             Stats::add(&ctx.stats.pull_bytes_sent, body.len());
-            // How long since the pull arrived (the deadline is counted
-            // from its arrival): an original stops waiting for the answer
-            // to begin after `ORIGINAL_PULL_WAIT`.
-            let since = ctx.timeout.saturating_sub(
-                deadline.saturating_duration_since(Instant::now()),
-            );
-            let late = since >= ORIGINAL_PULL_WAIT;
+            // An original stops waiting for the answer to begin
+            // `ORIGINAL_PULL_WAIT` after it sent the pull.
+            let late = arrived.elapsed() >= ORIGINAL_PULL_WAIT;
             let bytes = body.len();
             // The actor is stopping if this fails: nothing to do.
             let msg = ExchangeMsg::PeerPulled { session, bytes, late };

@@ -52,9 +52,10 @@
 //!   once our server has encoded it, [`answer_quiet`] of its size if the
 //!   pull named no session and the answer was not too late for it
 //!   ([`ORIGINAL_PULL_WAIT`]); a pull that named one (our own daemons)
-//!   ends the wait. A quiet is never shortened, and a run of them lasts
-//!   [`QUIET_MAX`] at most. What the router pushes meanwhile waits in
-//!   order, in the pending batch or the next one.
+//!   ends the wait. A later answer never shortens it; quiets back to back
+//!   last [`QUIET_MAX`] at most, and then none starts until what waited is
+//!   sent. What the router pushes meanwhile waits in order, in the pending
+//!   batch or the next one.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -95,7 +96,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::session_io::{
-    Counter, DropReason, Effect, Failure, Input, PullAnswer, TimerKind,
+    Counter, DropReason, Effect, Failure, Input, Op, PullAnswer, TimerKind,
 };
 
 use ddm_proto::outgoing::{
@@ -162,6 +163,17 @@ struct Activity {
     failures: u32,
 }
 
+/// Quiets back to back, each making the last one longer.
+#[derive(Debug, Default, Clone, Copy)]
+struct QuietRun {
+    /// When the run began.
+    since: Duration,
+    /// When it ends.
+    until: Duration,
+    /// It ends at its bound, [`QUIET_MAX`] after it began.
+    bounded: bool,
+}
+
 /// The session with one peer; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -189,10 +201,11 @@ pub struct Session {
     /// every push until the answer is applied or abandoned, should the
     /// peer be an original ([`Self::answered_pull`]).
     quiet: Activity,
-    /// While the quiet lasts: when it ends, and when the run of quiets it
-    /// belongs to began (a run lasts [`QUIET_MAX`] at most).
-    quiet_until: Duration,
-    quiet_since: Duration,
+    /// The run of quiets the current one belongs to.
+    quiet_run: QuietRun,
+    /// A run ended at its bound: no quiet starts until everything waiting
+    /// then is sent.
+    quiet_rest: bool,
     /// The part in flight; if it fails, it and everything unsent become
     /// one batch again.
     in_flight: Option<Arc<OutUpdate>>,
@@ -254,8 +267,8 @@ impl Session {
             held: None,
             push: Activity::default(),
             quiet: Activity::default(),
-            quiet_until: Duration::ZERO,
-            quiet_since: Duration::ZERO,
+            quiet_run: QuietRun::default(),
+            quiet_rest: false,
             in_flight: None,
             completes: None,
             pending: None,
@@ -318,11 +331,7 @@ impl Session {
             Input::Bound(Err(error)) => {
                 self.bind.failures += 1;
                 let failures = self.bind.failures;
-                out.push(Effect::Failed {
-                    op: TimerKind::Bind,
-                    failures,
-                    error,
-                });
+                out.push(Effect::Failed { op: Op::Bind, failures, error });
                 self.schedule(TimerKind::Bind, &mut out);
             }
             Input::PullWaiting { gen } => {
@@ -390,7 +399,11 @@ impl Session {
         a.timer = false;
         match kind {
             TimerKind::Pull => self.start_pull(out),
-            TimerKind::Push | TimerKind::Quiet => self.push_if_idle(out),
+            TimerKind::Push => self.push_if_idle(out),
+            TimerKind::Quiet => {
+                let at_bound = self.quiet_run.bounded;
+                self.end_quiet(at_bound, out);
+            }
             TimerKind::Bind if !bound => out.push(Effect::Bind),
             TimerKind::Bind => {}
         }
@@ -430,20 +443,36 @@ impl Session {
     }
 
     /// Hold pushes for `d` from `now`: a quiet already running is made
-    /// longer, never shorter, and a run of quiets ends [`QUIET_MAX`] after
-    /// it began.
+    /// longer, never shorter; a run of quiets ends [`QUIET_MAX`] after it
+    /// began, and then no quiet starts until what waited is sent (a peer
+    /// pulling again and again holds our pushes no longer).
     fn quiet_for(&mut self, now: Duration, d: Duration, out: &mut Vec<Effect>) {
-        let mut until = now.saturating_add(d);
-        if self.quiet.timer {
-            until = until.min(self.quiet_since.saturating_add(QUIET_MAX));
-            if until <= self.quiet_until {
+        if self.quiet_rest {
+            if !self.drained() {
                 return;
             }
-        } else {
-            self.quiet_since = now;
+            self.quiet_rest = false;
         }
-        self.quiet_until = until;
+        if !self.quiet.timer {
+            self.quiet_run =
+                QuietRun { since: now, until: now, bounded: false };
+        }
+        let run = &mut self.quiet_run;
+        let bound = run.since.saturating_add(QUIET_MAX);
+        let until = now.saturating_add(d).min(bound);
+        if until <= run.until {
+            return;
+        }
+        run.until = until;
+        run.bounded = until == bound;
         self.schedule_after(TimerKind::Quiet, until.saturating_sub(now), out);
+    }
+
+    /// The quiet is over (`at_bound`: its run reached [`QUIET_MAX`]).
+    fn end_quiet(&mut self, at_bound: bool, out: &mut Vec<Effect>) {
+        self.quiet.timer = false;
+        self.quiet_rest = at_bound;
+        self.push_if_idle(out);
     }
 
     /// Our server answered a pull of the peer with `bytes`. A pull that
@@ -462,11 +491,8 @@ impl Session {
         out: &mut Vec<Effect>,
     ) {
         match session {
-            Some(_) => {
-                if std::mem::take(&mut self.quiet.timer) {
-                    self.push_if_idle(out);
-                }
-            }
+            Some(_) if self.quiet.timer => self.end_quiet(false, out),
+            Some(_) => {}
             None if late => {}
             None => self.quiet_for(now, answer_quiet(bytes), out),
         }
@@ -551,7 +577,7 @@ impl Session {
                 self.pull.failures += 1;
                 self.pull_again = false;
                 out.push(Effect::Failed {
-                    op: TimerKind::Pull,
+                    op: Op::Pull,
                     failures: self.pull.failures,
                     error: failure_text(e),
                 });
@@ -618,9 +644,14 @@ impl Session {
 
     /// Tell the router its pushes are handled, if nothing is left.
     fn delivered_if_drained(&mut self, out: &mut Vec<Effect>) {
-        if !self.push.busy && self.pending.is_none() && self.next.is_none() {
+        if self.drained() {
             self.deliver(self.received, out);
         }
+    }
+
+    /// Nothing in flight, nothing waiting to be sent.
+    fn drained(&self) -> bool {
+        !self.push.busy && self.pending.is_none() && self.next.is_none()
     }
 
     /// Tell the router its pushes through `through` are handled, unless
@@ -760,11 +791,7 @@ impl Session {
             Err(Failure::Other(error)) => {
                 self.push.failures += 1;
                 let failures = self.push.failures;
-                out.push(Effect::Failed {
-                    op: TimerKind::Push,
-                    failures,
-                    error,
-                });
+                out.push(Effect::Failed { op: Op::Push, failures, error });
                 if let Some(sent) = sent {
                     self.put_back(sent);
                 }
@@ -809,9 +836,7 @@ impl Session {
     /// A part is done with (`completes`: the batch it ended, if any): send
     /// the next, and report what is delivered.
     fn sent_on(&mut self, completes: Option<u64>, out: &mut Vec<Effect>) {
-        if !self.quiet.timer {
-            self.send_next(out);
-        }
+        self.push_if_idle(out);
         // Drained, everything is; otherwise the batch the part ended, if
         // it ended one.
         self.delivered_if_drained(out);

@@ -9,7 +9,7 @@ use ddm_proto::outgoing::{OutPull, OutUpdate};
 use ddm_proto::wire::v3;
 use serde::{Deserialize, Serialize};
 
-/// What a timer retries (and which request failed, in [`Effect::Failed`]).
+/// What a timer retries, or (`Quiet`) lets go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {
@@ -20,8 +20,20 @@ pub enum TimerKind {
     /// Bind the server's listener.
     Bind,
     /// Send the pending update once the quiet after a pull answer is
-    /// over (a timer only: it never fails).
+    /// over.
     Quiet,
+}
+
+/// What failed, in [`Effect::Failed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A pull of the peer's full set.
+    Pull,
+    /// A push of the pending update.
+    Push,
+    /// Binding the server's listener.
+    Bind,
 }
 
 /// Why a request failed.
@@ -216,7 +228,7 @@ pub enum Effect {
     /// A request failed (count it per kind, log it).
     Failed {
         /// Which.
-        op: TimerKind,
+        op: Op,
         /// Consecutive failures of that kind, this one included.
         failures: u32,
         /// Why.

@@ -256,36 +256,6 @@ fn model_apply(peer: &mut BTreeSet<Key>, u: &OutUpdate) {
     }
 }
 
-/// A push of the router, as the RIB builds them, changing `view`: op 0
-/// withdraws `k`; 1 and 2 announce it (1 as new unless held), and with
-/// `replace` withdraw the other path to its destination in the same push.
-/// The push, and what it says of each path.
-fn router_push(
-    op: u8,
-    k: Key,
-    replace: bool,
-    view: &mut BTreeSet<Key>,
-) -> (OutUpdate, Vec<(Key, bool)>) {
-    let mut u = ddm_proto::outgoing::OutUnderlay::default();
-    let mut said = Vec::new();
-    if op == 0 {
-        u.withdraw_path(model_path(k));
-        view.remove(&k);
-        said.push((k, false));
-    } else {
-        let other = (k.0, 1 - k.1);
-        if replace && view.remove(&other) {
-            u.withdraw_path(model_path(other));
-            said.push((other, false));
-        }
-        let fresh = op == 1 && !view.contains(&k);
-        u.announce_path(model_path(k), !fresh);
-        view.insert(k);
-        said.push((k, true));
-    }
-    (OutUpdate { underlay: Some(u), tunnel: None }, said)
-}
-
 /// A session and a model peer for the proptests below: our view, what
 /// the peer holds, every push the router gave (what it said of each path),
 /// the part in flight, the timers set, the last delivery reported.
@@ -382,11 +352,30 @@ impl Model {
         Ok(())
     }
 
-    /// A push of the router ([`router_push`]), recorded.
+    /// A push of the router, as the RIB builds them, changing our view
+    /// and recorded: op 0 withdraws `k`; 1 and 2 announce it (1 as new
+    /// unless held), and with `replace` withdraw the other path to its
+    /// destination in the same push.
     fn router_push(&mut self, op: u8, k: Key, replace: bool) -> Input {
-        let (u, said) = router_push(op, k, replace, &mut self.view);
+        let mut u = ddm_proto::outgoing::OutUnderlay::default();
+        let mut said = Vec::new();
+        if op == 0 {
+            u.withdraw_path(model_path(k));
+            self.view.remove(&k);
+            said.push((k, false));
+        } else {
+            let other = (k.0, 1 - k.1);
+            if replace && self.view.remove(&other) {
+                u.withdraw_path(model_path(other));
+                said.push((other, false));
+            }
+            let fresh = op == 1 && !self.view.contains(&k);
+            u.announce_path(model_path(k), !fresh);
+            self.view.insert(k);
+            said.push((k, true));
+        }
         self.pushes.push(said);
-        Input::Push(u)
+        Input::Push(OutUpdate { underlay: Some(u), tunnel: None })
     }
 
     /// The part in flight, if any, done: `Taken` applied, `Failed`
