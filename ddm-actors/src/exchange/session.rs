@@ -53,9 +53,10 @@
 //!   pull named no session and the answer was not too late for it
 //!   ([`ORIGINAL_PULL_WAIT`]); a pull that named one (our own daemons)
 //!   ends the wait. A later answer never shortens it; quiets back to back
-//!   last [`QUIET_MAX`] at most, and then none starts until what waited is
-//!   sent. What the router pushes meanwhile waits in order, in the pending
-//!   batch or the next one.
+//!   (or one for a very large answer) last [`QUIET_MAX`] at most, and then
+//!   none starts until what waited is delivered, unprotected. What the
+//!   router pushes meanwhile waits in order, in the pending batch or the
+//!   next one.
 //! * **A push refused as too large** (400 or 413) is no failure: it is put
 //!   back and sent in halves until one is accepted; a single item refused
 //!   is dropped (counted). The failure streak is untouched.
@@ -203,9 +204,9 @@ pub struct Session {
     quiet: Activity,
     /// The run of quiets the current one belongs to.
     quiet_run: QuietRun,
-    /// A run ended at its bound: no quiet starts until everything waiting
-    /// then is sent.
-    quiet_rest: bool,
+    /// A run ended at its bound: no quiet starts until the router's pushes
+    /// through this one (all given by then) are delivered.
+    quiet_rest: Option<u64>,
     /// The part in flight; if it fails, it and everything unsent become
     /// one batch again.
     in_flight: Option<Arc<OutUpdate>>,
@@ -268,7 +269,7 @@ impl Session {
             push: Activity::default(),
             quiet: Activity::default(),
             quiet_run: QuietRun::default(),
-            quiet_rest: false,
+            quiet_rest: None,
             in_flight: None,
             completes: None,
             pending: None,
@@ -444,14 +445,15 @@ impl Session {
 
     /// Hold pushes for `d` from `now`: a quiet already running is made
     /// longer, never shorter; a run of quiets ends [`QUIET_MAX`] after it
-    /// began, and then no quiet starts until what waited is sent (a peer
-    /// pulling again and again holds our pushes no longer).
+    /// began (one very large answer may fill it), and then no quiet starts
+    /// until what waited is delivered (so a peer pulling again and again
+    /// cannot hold our pushes for good; those pushes go unprotected).
     fn quiet_for(&mut self, now: Duration, d: Duration, out: &mut Vec<Effect>) {
-        if self.quiet_rest {
-            if !self.drained() {
+        if let Some(through) = self.quiet_rest {
+            if self.delivered < through {
                 return;
             }
-            self.quiet_rest = false;
+            self.quiet_rest = None;
         }
         if !self.quiet.timer {
             self.quiet_run =
@@ -471,7 +473,7 @@ impl Session {
     /// The quiet is over (`at_bound`: its run reached [`QUIET_MAX`]).
     fn end_quiet(&mut self, at_bound: bool, out: &mut Vec<Effect>) {
         self.quiet.timer = false;
-        self.quiet_rest = at_bound;
+        self.quiet_rest = at_bound.then_some(self.received);
         self.push_if_idle(out);
     }
 
@@ -644,14 +646,9 @@ impl Session {
 
     /// Tell the router its pushes are handled, if nothing is left.
     fn delivered_if_drained(&mut self, out: &mut Vec<Effect>) {
-        if self.drained() {
+        if !self.push.busy && self.pending.is_none() && self.next.is_none() {
             self.deliver(self.received, out);
         }
-    }
-
-    /// Nothing in flight, nothing waiting to be sent.
-    fn drained(&self) -> bool {
-        !self.push.busy && self.pending.is_none() && self.next.is_none()
     }
 
     /// Tell the router its pushes through `through` are handled, unless
