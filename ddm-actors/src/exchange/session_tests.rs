@@ -256,17 +256,19 @@ fn model_apply(peer: &mut BTreeSet<Key>, u: &OutUpdate) {
     }
 }
 
-/// A session and a model peer for the proptests below: our view, what
-/// the peer holds, every push the router gave (what it said of each path),
-/// the part in flight, the timers set, the last delivery reported.
+/// A session and a model peer for the proptests below: the session's
+/// clock, our view, what the peer holds, every push the router gave (what
+/// it said of each path), the part in flight, the timers set (generation
+/// and when due), the last delivery reported.
 struct Model {
     s: Session,
+    now: Duration,
     view: BTreeSet<Key>,
     peer: BTreeSet<Key>,
     pushes: Vec<Vec<(Key, bool)>>,
     in_flight: Option<(u64, Arc<OutUpdate>)>,
-    push_timer: Option<u64>,
-    quiet_timer: Option<u64>,
+    push_timer: Option<(u64, Duration)>,
+    quiet_timer: Option<(u64, Duration)>,
     delivered: u64,
 }
 
@@ -286,6 +288,7 @@ impl Model {
         s.handle(Duration::ZERO, Input::PullDone { gen: 1, result: Ok(first) });
         Model {
             s,
+            now: Duration::ZERO,
             view: BTreeSet::new(),
             peer: BTreeSet::new(),
             pushes: Vec::new(),
@@ -302,17 +305,19 @@ impl Model {
     /// every path no later push names (what `rib::Told` forgets is really
     /// gone).
     fn step(&mut self, input: Input) -> Checked {
-        for e in self.s.handle(Duration::ZERO, input) {
+        for e in self.s.handle(self.now, input) {
             match e {
                 Effect::Push { gen, update } => {
                     proptest::prop_assert!(self.in_flight.is_none());
                     self.in_flight = Some((gen, update));
                 }
-                Effect::StartTimer { kind: TimerKind::Push, gen, .. } => {
-                    self.push_timer = Some(gen)
-                }
-                Effect::StartTimer { kind: TimerKind::Quiet, gen, .. } => {
-                    self.quiet_timer = Some(gen)
+                Effect::StartTimer { kind, gen, after_ms } => {
+                    let due = self.now + Duration::from_millis(after_ms);
+                    match kind {
+                        TimerKind::Push => self.push_timer = Some((gen, due)),
+                        TimerKind::Quiet => self.quiet_timer = Some((gen, due)),
+                        _ => {}
+                    }
                 }
                 Effect::Delivered { through } => {
                     proptest::prop_assert!(through > self.delivered);
@@ -407,21 +412,38 @@ impl Model {
         Some(Input::PushDone { gen, result })
     }
 
-    /// Deliver everything; the peer must end with our view and every push
-    /// reported.
-    fn drain(&mut self) -> Checked {
+    /// The timer due first, taken, with when it is due.
+    fn next_timer(&mut self) -> Option<(Input, Duration)> {
+        let push = self.push_timer.map(|(_, due)| due);
+        let quiet = self.quiet_timer.map(|(_, due)| due);
+        let (kind, (gen, due)) = match (push, quiet) {
+            (Some(p), Some(q)) if q <= p => {
+                (TimerKind::Quiet, self.quiet_timer.take()?)
+            }
+            (Some(_), _) => (TimerKind::Push, self.push_timer.take()?),
+            (None, Some(_)) => (TimerKind::Quiet, self.quiet_timer.take()?),
+            (None, None) => return None,
+        };
+        Some((Input::Timer { kind, gen }, due))
+    }
+
+    /// Deliver everything, firing timers when due (`at`: what the peer
+    /// does by then, before the timer); the peer must end with our view
+    /// and every push reported.
+    fn drain(&mut self, mut at: impl FnMut(&mut Model, Duration)) -> Checked {
         for _ in 0..1000 {
             let input = if let Some(i) = self.part_done(Done::Taken, false) {
                 i
-            } else if let Some(gen) = self.quiet_timer.take() {
-                Input::Timer { kind: TimerKind::Quiet, gen }
-            } else if let Some(gen) = self.push_timer.take() {
-                Input::Timer { kind: TimerKind::Push, gen }
+            } else if let Some((input, due)) = self.next_timer() {
+                at(self, due);
+                self.now = self.now.max(due);
+                input
             } else {
                 break;
             };
             self.step(input)?;
         }
+        at(self, Duration::MAX);
         proptest::prop_assert_eq!(&self.peer, &self.view);
         proptest::prop_assert_eq!(self.delivered, self.pushes.len() as u64);
         Ok(())
@@ -472,33 +494,53 @@ proptest::proptest! {
                     i
                 }
                 _ => {
-                    let Some(gen) = m.push_timer.take() else { continue };
+                    let Some((gen, _)) = m.push_timer.take() else { continue };
                     Input::Timer { kind: TimerKind::Push, gen }
                 }
             };
             m.step(input)?;
         }
-        m.drain()?;
+        m.drain(|_, _| {})?;
     }
 
     /// An original peer (its pulls and answers name no session) adds our
-    /// answer to its pull to what it holds once it has read it: after
-    /// pushes we sent meanwhile, perhaps, but never after the quiet set
-    /// once our server encoded the answer (the original's time to read
-    /// and apply it), and never at all if the quiet set by the router's
-    /// answer ran out before the answer was encoded (the original stopped
-    /// waiting). However the router's pushes, our answers, their sending,
-    /// arrival or abandonment, and the pushes' deliveries, failures and
-    /// refusals interleave, every delivery report is true and the peer
-    /// ends holding exactly our view.
+    /// answer to its pull to what it holds once it has read it, at any
+    /// time until `answer_quiet` of the answer's size after our server
+    /// encoded it (the model's bound on its reading and applying; the
+    /// latest moment unless an op adds it sooner), and gives up on an
+    /// answer not begun `ORIGINAL_PULL_WAIT` after the router built it.
+    /// The session's clock moves as timers fall due. However the router's
+    /// pushes, our answers (of varying size), their encoding (late or
+    /// not), arrival or abandonment, and the pushes' deliveries, failures
+    /// and refusals interleave, every delivery report is true and the peer
+    /// ends holding exactly our view: no withdrawal reaches it before an
+    /// answer that could undo it.
     #[test]
     fn an_original_adding_late_answers_ends_with_our_view(
         ops in proptest::collection::vec((0u8..10, 0u8..8, proptest::bool::ANY), 0..60),
     ) {
+        /// Our answer to the peer's pull: built by the router (`at`), or
+        /// encoded by our server and added by the peer at `by` at the
+        /// latest.
+        enum Answer {
+            Built { view: BTreeSet<Key>, at: Duration },
+            Sent { view: BTreeSet<Key>, by: Duration },
+        }
+        /// What the peer has done with the answer by `t`.
+        fn settle(answer: &mut Option<Answer>, peer: &mut BTreeSet<Key>, t: Duration) {
+            match answer {
+                Some(Answer::Sent { view, by }) if *by <= t => {
+                    peer.extend(std::mem::take(view));
+                    *answer = None;
+                }
+                Some(Answer::Built { at, .. }) if *at + ORIGINAL_PULL_WAIT <= t => {
+                    *answer = None;
+                }
+                _ => {}
+            }
+        }
         let mut m = Model::new(None);
-        // Our answer on its way (what we offered the peer then), and
-        // whether our server has encoded it.
-        let mut answer: Option<(BTreeSet<Key>, bool)> = None;
+        let mut answer: Option<Answer> = None;
         for (op, item, flag) in ops {
             let k: Key = (item % 4, item / 4);
             let input = match op {
@@ -507,27 +549,34 @@ proptest::proptest! {
                     if answer.is_some() {
                         continue;
                     }
-                    answer = Some((m.view.clone(), false));
+                    answer = Some(Answer::Built { view: m.view.clone(), at: m.now });
                     Input::Answered
                 }
                 4 => {
-                    // Our server has encoded the answer; `flag`: too late
-                    // for the peer, which stopped waiting for it.
-                    let Some((_, sent @ false)) = &mut answer else { continue };
-                    *sent = true;
-                    if flag {
-                        answer = None;
+                    // Our server has encoded the answer: late if the peer
+                    // stopped waiting (`flag`: the pull arrived well
+                    // before the router built it).
+                    let Some(Answer::Built { view, at }) = answer.take() else {
+                        continue;
+                    };
+                    let late = flag || m.now >= at + ORIGINAL_PULL_WAIT;
+                    let bytes = 2000 + usize::from(item) * 60_000;
+                    if !late {
+                        let by = m.now + answer_quiet(bytes);
+                        answer = Some(Answer::Sent { view, by });
                     }
-                    Input::PeerPulled { session: None, bytes: 2000, late: flag }
+                    Input::PeerPulled { session: None, bytes, late }
                 }
                 5 => {
-                    // The answer is added once read, or (`flag`) the peer
-                    // gave up on it.
-                    match answer.take() {
-                        Some((a, true)) if !flag => m.peer.extend(a),
-                        // Not sent yet: it cannot be read.
-                        Some(unsent) if !flag => answer = Some(unsent),
-                        _ => {}
+                    // The peer adds the answer now, or (`flag`) gives up.
+                    if let Some(Answer::Sent { view, .. }) = answer.take() {
+                        if !flag {
+                            m.peer.extend(view);
+                        }
+                    } else if let Some(Answer::Built { .. }) = &answer {
+                        if flag {
+                            answer = None;
+                        }
                     }
                     continue;
                 }
@@ -537,26 +586,17 @@ proptest::proptest! {
                     else { continue };
                     i
                 }
-                _ if flag => {
-                    let Some(gen) = m.quiet_timer.take() else { continue };
-                    // The quiet is over: an encoded answer was added (at
-                    // the last moment) or abandoned, one not encoded yet
-                    // abandoned.
-                    if let Some((a, true)) = answer.take() {
-                        m.peer.extend(a);
-                    }
-                    Input::Timer { kind: TimerKind::Quiet, gen }
-                }
                 _ => {
-                    let Some(gen) = m.push_timer.take() else { continue };
-                    Input::Timer { kind: TimerKind::Push, gen }
+                    // The first timer falls due; what the peer does by
+                    // then comes first.
+                    let Some((input, due)) = m.next_timer() else { continue };
+                    settle(&mut answer, &mut m.peer, due);
+                    m.now = m.now.max(due);
+                    input
                 }
             };
             m.step(input)?;
         }
-        if let Some((a, true)) = answer.take() {
-            m.peer.extend(a);
-        }
-        m.drain()?;
+        m.drain(|m, t| settle(&mut answer, &mut m.peer, t))?;
     }
 }
