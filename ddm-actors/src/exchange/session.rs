@@ -171,8 +171,18 @@ struct QuietRun {
     since: Duration,
     /// When it ends.
     until: Duration,
+}
+
+impl QuietRun {
     /// It ends at its bound, [`QUIET_MAX`] after it began.
-    bounded: bool,
+    fn bounded(&self) -> bool {
+        self.until == self.since.saturating_add(QUIET_MAX)
+    }
+}
+
+/// A counter's effect.
+fn count(counter: Counter, n: u64) -> Effect {
+    Effect::Count { counter, n }
 }
 
 /// The session with one peer; see the module docs.
@@ -402,7 +412,7 @@ impl Session {
             TimerKind::Pull => self.start_pull(out),
             TimerKind::Push => self.push_if_idle(out),
             TimerKind::Quiet => {
-                let at_bound = self.quiet_run.bounded;
+                let at_bound = self.quiet_run.bounded();
                 self.end_quiet(at_bound, out);
             }
             TimerKind::Bind if !bound => out.push(Effect::Bind),
@@ -456,8 +466,7 @@ impl Session {
             self.quiet_rest = None;
         }
         if !self.quiet.timer {
-            self.quiet_run =
-                QuietRun { since: now, until: now, bounded: false };
+            self.quiet_run = QuietRun { since: now, until: now };
         }
         let run = &mut self.quiet_run;
         let bound = run.since.saturating_add(QUIET_MAX);
@@ -466,7 +475,6 @@ impl Session {
             return;
         }
         run.until = until;
-        run.bounded = until == bound;
         self.schedule_after(TimerKind::Quiet, until.saturating_sub(now), out);
     }
 
@@ -551,7 +559,6 @@ impl Session {
         let first = !std::mem::replace(&mut self.pulled_once, true);
         match result {
             Ok(PullAnswer { response, push_limit, bytes, session }) => {
-                let count = |counter, n| Effect::Count { counter, n };
                 out.push(count(Counter::PullsSent, 1));
                 out.push(count(Counter::PullBytesReceived, bytes as u64));
                 let limit = push_limit
@@ -732,7 +739,6 @@ impl Session {
         let completes = self.completes.take();
         match result {
             Ok(bytes) => {
-                let count = |counter, n| Effect::Count { counter, n };
                 out.push(count(Counter::PushesSent, 1));
                 out.push(count(Counter::PushBytesSent, bytes as u64));
                 self.push.failures = 0;
@@ -772,10 +778,7 @@ impl Session {
                 // a pull answer of ours the peer took meanwhile may have
                 // told it the same paths, and only a part in flight is not
                 // marked held by that answer.
-                out.push(Effect::Count {
-                    counter: Counter::PushesDeferred,
-                    n: 1,
-                });
+                out.push(count(Counter::PushesDeferred, 1));
                 if let Some(sent) = sent {
                     self.put_back(sent);
                 }

@@ -104,28 +104,21 @@ impl Actor for FakeRouter {
 pub(crate) async fn fake_router(
     answer: v3::PullResponse,
 ) -> (RouterRef, mpsc::UnboundedReceiver<Seen>) {
-    let (r, rx, _) = fake_router_counting(answer).await;
+    let (r, rx, _, _) = fake_router_keeping(answer, false).await;
     (r, rx)
 }
 
-/// A fake router answering pulls with `answer`, and the count of imports
-/// it was handed with an import permit (which it gives back at once).
-pub(crate) async fn fake_router_counting(
-    answer: v3::PullResponse,
-) -> (RouterRef, mpsc::UnboundedReceiver<Seen>, Arc<AtomicU64>) {
-    let (r, rx, permitted, _) = fake_router_keeping(answer, None).await;
-    (r, rx, permitted)
-}
-
-/// [`fake_router_counting`] keeping the pull slots it is handed (in the
-/// returned list, while it is `Some`).
+/// A fake router answering pulls with `answer`, the count of imports it
+/// was handed with an import permit (which it gives back at once), and,
+/// with `keep`, the pull slots it is handed (in the returned list, while
+/// it is `Some`).
 pub(crate) async fn fake_router_keeping(
     answer: v3::PullResponse,
-    kept: Option<Vec<ImportPermit>>,
+    keep: bool,
 ) -> (RouterRef, mpsc::UnboundedReceiver<Seen>, Arc<AtomicU64>, KeptSlots) {
     let (tx, rx) = mpsc::unbounded_channel();
     let permitted = Arc::new(AtomicU64::new(0));
-    let kept = Arc::new(Mutex::new(kept));
+    let kept = Arc::new(Mutex::new(keep.then(Vec::new)));
     let state = (tx, answer, Arc::clone(&permitted), Arc::clone(&kept));
     let (r, _) = Actor::spawn(None, FakeRouter, state).await.unwrap();
     (r, rx, permitted, kept)

@@ -83,21 +83,21 @@ async fn side_offering(
     dests: &[&str],
     give_up_after: Duration,
 ) -> Side {
-    side_keeping(net, us, them, dests, give_up_after, None).await
+    side_keeping(net, us, them, dests, give_up_after, false).await
 }
 
-/// [`side_offering`], its router keeping the pull slots it is handed in
-/// `kept` while that is `Some`.
+/// [`side_offering`], its router keeping (with `keep`) the pull slots it
+/// is handed in `kept` while that is `Some`.
 async fn side_keeping(
     net: &ExchangeNet,
     us: u16,
     them: u16,
     dests: &[&str],
     give_up_after: Duration,
-    kept: Option<Vec<super::super::server::ImportPermit>>,
+    keep: bool,
 ) -> Side {
     let (router, seen, permitted, kept) =
-        fake_router_keeping(offer(dests), kept).await;
+        fake_router_keeping(offer(dests), keep).await;
     let (tx, failed) = mpsc::unbounded_channel();
     let (c, _) =
         Actor::spawn(None, Forward::<ExchangeFailed>::new(), tx).await.unwrap();
@@ -399,15 +399,8 @@ async fn pushes_are_held_while_a_pull_is_out() {
 #[tokio::test(start_paused = true)]
 async fn a_pull_waits_for_the_router_to_import_the_last_answer() {
     let net = ExchangeNet::new();
-    let mut a = side_keeping(
-        &net,
-        1,
-        2,
-        &["fd00:a::/64"],
-        Duration::ZERO,
-        Some(vec![]),
-    )
-    .await;
+    let mut a =
+        side_keeping(&net, 1, 2, &["fd00:a::/64"], Duration::ZERO, true).await;
     let mut b = side(&net, 2, 1, "fd00:b::/64", Duration::ZERO).await;
     until(&mut a.seen, |s| matches!(s, Seen::PullResult(..)).then_some(()))
         .await;
