@@ -168,7 +168,7 @@ pub enum ExchangeMsg {
     /// The peer pushed this update to our server (from the server task).
     /// Passed on to the router with its permit, or held back with it
     /// while a pull is out.
-    Pushed(OutUpdate, Option<ImportPermit>),
+    Pushed(OutUpdate, ImportPermit),
     /// Our server answered a pull from the peer (from the server task).
     PeerPulled {
         /// The pulling session's id (`server::SESSION_HEADER`), if sent.
@@ -641,7 +641,7 @@ impl Actor for Exchange {
             ExchangeMsg::Pull => Input::Pull,
             ExchangeMsg::Answered => Input::Answered,
             ExchangeMsg::Pushed(update, permit) => {
-                state.permit = permit;
+                state.permit = Some(permit);
                 Input::Pushed(update)
             }
             ExchangeMsg::PeerPulled { session, bytes, late } => {

@@ -125,6 +125,15 @@ pub const MAX_PULL_BODY: usize = 256 << 20;
 /// error's reason, or the empty body of a push's answer.
 pub const ANSWER_PREFIX: usize = 4096;
 
+/// Most bytes of an error answer's body kept as its reason.
+const REASON_BYTES: usize = 200;
+
+/// An error status with its reason: the start of the answer's body.
+pub(crate) fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let text = String::from_utf8_lossy(&body[..body.len().min(REASON_BYTES)]);
+    ClientError::Status { status, reason: text.trim().to_string() }
+}
+
 /// A pull answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
@@ -379,8 +388,9 @@ impl Client {
         body: Bytes,
         session: Option<u64>,
     ) -> Result<(HeaderMap, Bytes), ClientError> {
+        let pull = method == Method::GET;
         let mut req = Request::builder()
-            .method(method.clone())
+            .method(method)
             .uri(uri)
             .header(HOST, self.inner.host.clone());
         if !body.is_empty() {
@@ -406,7 +416,7 @@ impl Client {
         })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
-        let body = if status.is_success() && method == Method::GET {
+        let body = if status.is_success() && pull {
             match read_body(body, MAX_PULL_BODY).await {
                 Ok(b) => b,
                 Err(ReadError::TooLarge) => return Err(ClientError::TooLarge),
@@ -415,14 +425,12 @@ impl Client {
         } else {
             // The status is the answer: a body cut short (a server that
             // closes once it has answered) loses only the reason.
-            let limit = ANSWER_PREFIX;
-            read_head(body, limit, limit).await.unwrap_or_default()
+            read_head(body, REASON_BYTES, ANSWER_PREFIX)
+                .await
+                .unwrap_or_default()
         };
         if !status.is_success() {
-            let reason = String::from_utf8_lossy(&body[..body.len().min(200)])
-                .trim()
-                .to_string();
-            return Err(ClientError::Status { status, reason });
+            return Err(status_error(status, &body));
         }
         Ok((parts.headers, body))
     }

@@ -607,7 +607,7 @@ where
         }
     };
     // Counted once taken: a push refused after the wait was not.
-    let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, Some(permit)));
+    let sent = ctx.exchange.cast(ExchangeMsg::Pushed(update, permit));
     if let Err(e) = sent {
         Stats::bump(&ctx.stats.router_unavailable);
         warn!(ctx.log, "exchange actor gone; push dropped"; "error" => %e);
@@ -663,7 +663,7 @@ async fn pull(
             tokio::time::sleep_until(due).await;
         }
     }
-    let answer = answer_pull(version, session, ctx, arrived, deadline).await;
+    let answer = answer_pull(version, session, ctx, arrived).await;
     *last = Some(Instant::now());
     answer
 }
@@ -674,8 +674,8 @@ async fn answer_pull(
     session: Option<u64>,
     ctx: &ServerCtx,
     arrived: Instant,
-    deadline: Instant,
 ) -> Response<Full<Bytes>> {
+    let deadline = arrived + ctx.timeout;
     let peer = ctx.peer;
     let left = deadline.saturating_duration_since(Instant::now());
     let answer =

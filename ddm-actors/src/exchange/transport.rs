@@ -18,12 +18,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::task::JoinHandle;
 
 use super::client::{
-    decode_pull, encode_push, paths, Client, ClientError, Pulled, MAX_PULL_BODY,
+    decode_pull, encode_push, paths, status_error, Client, ClientError, Pulled,
+    MAX_PULL_BODY,
 };
 use super::server::{self, BodyBudget, ServerCtx, BODY_BUDGET, SESSION_HEADER};
 use ddm_proto::outgoing::OutUpdate;
@@ -501,11 +502,6 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn status_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    ClientError::Status { status, reason: text.trim().to_string() }
 }
 
 #[async_trait]

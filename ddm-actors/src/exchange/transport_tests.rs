@@ -285,7 +285,7 @@ async fn strangers_are_refused_in_memory() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, ClientError::Status { status, .. } if status == StatusCode::FORBIDDEN),
+        matches!(e, ClientError::Status { status, .. } if status == http::StatusCode::FORBIDDEN),
         "{e}"
     );
     let c = ractor::call!(b.x, ExchangeMsg::GetCounters).unwrap();
