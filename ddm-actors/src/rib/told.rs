@@ -197,9 +197,9 @@ impl Told {
                 if let Some((_, paths)) = stale.in_flight.pop_front() {
                     stale.in_flight_paths -= paths.len();
                 }
-                if stale.in_flight.is_empty() {
-                    stale.merged_paths = 0;
-                }
+            }
+            if stale.in_flight.is_empty() {
+                stale.merged_paths = 0;
             }
             while let Some(&(seq, items)) = stale.undelivered.front() {
                 if seq > through {
@@ -309,11 +309,7 @@ impl Told {
     pub fn len(&self) -> usize {
         self.peers
             .values()
-            .map(|s| {
-                s.paths.len()
-                    + s.tunnels.len()
-                    + s.in_flight.iter().map(|(_, p)| p.len()).sum::<usize>()
-            })
+            .map(|s| s.paths.len() + s.tunnels.len() + s.in_flight_paths)
             .sum()
     }
 

@@ -186,7 +186,10 @@ pub enum RouterMsg {
     /// The wait for the originated set ([`RouterArgs::await_originated`])
     /// has passed since the start (to itself): pulls still waiting for it
     /// are answered without it.
-    OriginatedWaitOver,
+    OriginatedWaitOver {
+        /// How long it was (logged).
+        waited: std::time::Duration,
+    },
     /// The dataplane worker ended on its own (it panicked): the router
     /// fails, so that its supervisor starts another with a new worker.
     /// Without it, the router went on importing and advertising what no
@@ -317,9 +320,6 @@ pub struct RouterState {
     /// made peers withdraw them fabric-wide until they came. `None` once
     /// it came (or was never to come).
     pulls_waiting: Option<Vec<(PeerId, RpcReplyPort<v3::PullResponse>)>>,
-    /// How long pulls wait for the originated set (logged when it is
-    /// over).
-    originated_wait: std::time::Duration,
     /// Commands to the dataplane worker.
     dataplane: mpsc::UnboundedSender<DataplaneCmd>,
     /// The worker; on stop it removes our routes and returns.
@@ -402,8 +402,8 @@ impl RouterState {
     }
 
     /// Filter the answer to a pull from `peer` and take what is accepted
-    /// as its whole set (refused items are left out, so withdrawn if held).
-    /// Import a peer's pull answer; true if it queued dataplane work.
+    /// as its whole set (refused items are left out, so withdrawn if held);
+    /// whether it queued dataplane work.
     fn import_pull(&mut self, peer: PeerId, response: OutPull) -> bool {
         if !self.exchanges.contains_key(&peer) {
             debug!(self.log, "pull result dropped";
@@ -438,9 +438,6 @@ impl RouterState {
         }
     }
 
-    /// Carry out `effects` (pushes, then the dataplane's work, collected
-    /// for the next flush); whether any work was queued for the dataplane
-    /// worker.
     /// Give `permit` (a push's, or a pull's slot) back once the dataplane
     /// worker takes the work queued so far, if this import `queued` any;
     /// at once (dropped here) if not.
@@ -450,6 +447,9 @@ impl RouterState {
         }
     }
 
+    /// Carry out `effects` (pushes, then the dataplane's work, collected
+    /// for the next flush); whether any work was queued for the dataplane
+    /// worker.
     fn carry_out(&mut self, effects: Effects) -> bool {
         for (peer, update) in effects.pushes {
             if self.exchanges.contains_key(&peer) {
@@ -598,7 +598,9 @@ impl Actor for Router {
             log.new(o!("unit" => "dataplane")),
         ));
         if let Some(wait) = args.await_originated {
-            myself.send_after(wait, || RouterMsg::OriginatedWaitOver);
+            myself.send_after(wait, move || RouterMsg::OriginatedWaitOver {
+                waited: wait,
+            });
         }
         // The worker ends by itself only if it panics (it runs until the
         // router's stop, or until the router's end drops its queue):
@@ -622,7 +624,6 @@ impl Actor for Router {
             dataplane_unsent: Vec::new(),
             flush_queued: false,
             pulls_waiting: args.await_originated.map(|_| Vec::new()),
-            originated_wait: args.await_originated.unwrap_or_default(),
             dataplane: tx,
             worker: Some(worker),
             shutdown: Some(stop_tx),
@@ -664,13 +665,13 @@ impl Actor for Router {
                 trim_after(size);
                 state.answer_waiting_pulls();
             }
-            RouterMsg::OriginatedWaitOver => {
+            RouterMsg::OriginatedWaitOver { waited } => {
                 if state.pulls_waiting.is_some() {
                     warn!(
                         state.log,
                         "the originated set did not come in \
                         time; answering pulls without it";
-                        "waited_ms" => state.originated_wait.as_millis()
+                        "waited_ms" => waited.as_millis()
                     );
                     state.answer_waiting_pulls();
                 }

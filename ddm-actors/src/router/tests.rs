@@ -53,6 +53,12 @@ fn peer(i: u32) -> PeerId {
     PeerId { ifindex: i, addr: format!("fe80::{i}").parse().unwrap() }
 }
 
+/// The pull answer offering what `u` announces.
+fn pull_answer(u: &OutUpdate) -> OutPull {
+    let underlay = u.to_wire().underlay.map(|u| u.announce);
+    v3::PullResponse { underlay, tunnel: None }.into()
+}
+
 fn announce(dest: &str, path: &[&str]) -> OutUpdate {
     OutUpdate::from(v3::Update {
         underlay: Some(v3::UnderlayUpdate {
@@ -378,14 +384,9 @@ async fn a_pull_answer_behind_a_busy_dataplane_keeps_its_slot() {
     let taken = tokio::time::timeout(Duration::from_secs(5), permits.acquire());
     assert!(taken.await.is_ok(), "the worker never took the first batch");
     let slots = Arc::new(tokio::sync::Semaphore::new(1));
-    let answer = announce("fd00:2::/64", &["far", "t1"]).to_wire();
     r.cast(RouterMsg::PullResult {
         peer: peer(1),
-        response: v3::PullResponse {
-            underlay: answer.underlay.map(|u| u.announce),
-            tunnel: None,
-        }
-        .into(),
+        response: pull_answer(&announce("fd00:2::/64", &["far", "t1"])),
         slot: Some(slots.clone().try_acquire_owned().unwrap()),
     })
     .unwrap();
@@ -1262,17 +1263,10 @@ async fn hostile_pushes_and_pulls_are_filtered_and_counted() {
     // so what was held and is now refused goes.
     r.cast(RouterMsg::PullResult {
         peer: peer(1),
-        response: v3::PullResponse {
-            underlay: Some(
-                announce_all(&[("fd00:2::/64", &["s1"]), ("::1/128", &["s1"])])
-                    .to_wire()
-                    .underlay
-                    .unwrap()
-                    .announce,
-            ),
-            tunnel: None,
-        }
-        .into(),
+        response: pull_answer(&announce_all(&[
+            ("fd00:2::/64", &["s1"]),
+            ("::1/128", &["s1"]),
+        ])),
         slot: None,
     })
     .unwrap();
