@@ -22,7 +22,7 @@
 //!
 //! Everything it hears is recorded ([`Heard`]): the discovery packets, each
 //! push (version, size, whether it was taken, its content type), the pulls,
-//! and the routing table the accepted pushes add up to.
+//! and the routing table the accepted pushes and added pull answers make.
 //!
 //! It runs on a thread of its own that entered the node's namespace, on a
 //! single-threaded tokio runtime; its sockets live in that namespace.
@@ -64,8 +64,9 @@ pub const DISCOVERY_GROUP: Ipv6Addr =
 /// The original exchange server's request body cap.
 pub const ORIGINAL_BODY_CAP: usize = 1024;
 
-/// Most bytes of a request body read before answering: a refused body is
-/// read to the end so the answer is not lost to a reset.
+/// Most bytes of a body read: a request's before answering (a refused body
+/// is read to the end so the answer is not lost to a reset), or an answer
+/// to one of its own requests.
 const READ_BOUND: usize = 64 << 20;
 
 /// Where `ip netns` keeps the bind mounts that name namespaces.
@@ -598,9 +599,7 @@ impl Run {
                 if let Ok(paths) = pulled {
                     tokio::time::sleep(apply_after).await;
                     self.record(|h| {
-                        for (dest, path) in paths {
-                            h.routes.entry(dest).or_default().insert(path);
-                        }
+                        announce(&mut h.routes, paths);
                         h.answers_applied += 1;
                     });
                 }
@@ -622,13 +621,7 @@ impl Run {
         }
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| format!("pull answer: {e}"))?;
-        match &answer["underlay"] {
-            Value::Null => Ok(Vec::new()),
-            Value::Array(a) => {
-                a.iter().map(|pv| path_vector(version, pv)).collect()
-            }
-            other => Err(format!("pull answer's underlay is {other}")),
-        }
+        path_vectors(version, &answer["underlay"], "pull answer's underlay")
     }
 
     /// One request to the neighbour's exchange server on a fresh
@@ -694,17 +687,11 @@ fn apply(
     let mut items = 0;
     let underlay = &update["underlay"];
     if !underlay.is_null() {
-        let list = |key: &str| -> Result<Vec<(String, Vec<String>)>, String> {
-            match &underlay[key] {
-                Value::Null => Ok(Vec::new()),
-                Value::Array(a) => {
-                    a.iter().map(|pv| path_vector(version, pv)).collect()
-                }
-                other => Err(format!("underlay.{key} is {other}")),
-            }
+        let list = |key: &str| {
+            path_vectors(version, &underlay[key], &format!("underlay.{key}"))
         };
-        let (withdraw, announce) = (list("withdraw")?, list("announce")?);
-        items += withdraw.len() + announce.len();
+        let (withdraw, announced) = (list("withdraw")?, list("announce")?);
+        items += withdraw.len() + announced.len();
         for (dest, path) in withdraw {
             if let Some(paths) = routes.get_mut(&dest) {
                 paths.remove(&path);
@@ -713,9 +700,7 @@ fn apply(
                 }
             }
         }
-        for (dest, path) in announce {
-            routes.entry(dest).or_default().insert(path);
-        }
+        announce(routes, announced);
     }
     let tunnel = &update["tunnel"];
     for key in ["withdraw", "announce"] {
@@ -724,6 +709,32 @@ fn apply(
         }
     }
     Ok(items)
+}
+
+/// Adds `paths` (`addr/len`, path) to `routes`.
+fn announce(
+    routes: &mut BTreeMap<String, BTreeSet<Vec<String>>>,
+    paths: Vec<(String, Vec<String>)>,
+) {
+    for (dest, path) in paths {
+        routes.entry(dest).or_default().insert(path);
+    }
+}
+
+/// A list of path vectors of `version` (`null` is empty); `what` names
+/// it in the error.
+fn path_vectors(
+    version: u8,
+    list: &Value,
+    what: &str,
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    match list {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(a) => {
+            a.iter().map(|pv| path_vector(version, pv)).collect()
+        }
+        other => Err(format!("{what} is {other}")),
+    }
 }
 
 /// A path vector of `version` as (`addr/len`, path).

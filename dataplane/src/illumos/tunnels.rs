@@ -6,7 +6,8 @@
 //! the set is recorded only, and the driver is looked for again at each
 //! change of the set (the original daemon opens it for every batch): one
 //! loaded after the daemon started is then given the whole set. Once open,
-//! the handle is kept for the run. The set stays recorded and visible
+//! the handle is kept until the driver says it is gone. The set stays
+//! recorded and visible
 //! through the admin API either way.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -99,11 +100,10 @@ impl<D: OpteDriver> Tunnels<D> {
         t
     }
 
-    /// Opens the driver if there is none; logs when that changes. True
-    /// when it was opened just now.
-    fn look_for_driver(&mut self) -> bool {
+    /// Opens the driver if there is none; logs when that changes.
+    fn look_for_driver(&mut self) {
         if self.driver.is_some() {
-            return false;
+            return;
         }
         let why = match (self.open)() {
             Ok(Some(d)) => {
@@ -115,7 +115,7 @@ impl<D: OpteDriver> Tunnels<D> {
                     );
                 }
                 self.driver = Some(d);
-                return true;
+                return;
             }
             Ok(None) => OpteError::Absent.to_string(),
             Err(e) => e.to_string(),
@@ -126,7 +126,6 @@ impl<D: OpteDriver> Tunnels<D> {
                 of the set"; "why" => &why);
             self.missing = Some(why);
         }
-        false
     }
 
     /// What OPTE holds from us.
@@ -145,24 +144,28 @@ impl<D: OpteDriver> Tunnels<D> {
                 .or_default()
                 .insert(Tep { ip: t.origin.boundary_addr, vni: t.origin.vni });
         }
-        let fresh = self.look_for_driver();
-        self.converge(want, fresh)
+        let fresh = self.driver.is_none();
+        self.look_for_driver();
+        let done = self.converge(want);
+        // A driver opened for this call that answers it is gone is taken
+        // as absent (the set recorded only) rather than as gone for now:
+        // the worker's retry would open and lose it again, for good.
+        if fresh && self.driver.is_none() {
+            return Ok(());
+        }
+        done
     }
 
     /// Clears everything we programmed.
     pub fn clear_all(&mut self) -> Result<usize, DataplaneError> {
         let n = self.programmed.values().map(BTreeSet::len).sum();
-        self.converge(BTreeMap::new(), false).map(|()| n)
+        self.converge(BTreeMap::new()).map(|()| n)
     }
 
-    /// Makes OPTE hold `want`. `fresh`: the driver was opened for this
-    /// call, so one that answers it is gone is taken as absent (the set
-    /// recorded only) rather than as gone for now: the worker's retry
-    /// would open and lose it again, for good.
+    /// Makes OPTE hold `want`.
     fn converge(
         &mut self,
         want: BTreeMap<(IpAddr, u8), BTreeSet<Tep>>,
-        fresh: bool,
     ) -> Result<(), DataplaneError> {
         let Some(driver) = self.driver.as_mut() else { return Ok(()) };
         let empty = BTreeSet::new();
@@ -206,9 +209,6 @@ impl<D: OpteDriver> Tunnels<D> {
                         self.driver = None;
                         self.missing = Some(OpteError::Absent.to_string());
                         self.programmed.clear();
-                        if fresh {
-                            return Ok(());
-                        }
                         return Err(DataplaneError::Unavailable(
                             OpteError::Absent.to_string(),
                         ));
