@@ -59,6 +59,11 @@ pub(crate) use worker::trim_after;
 pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, DataplaneCmd, DataplaneStats};
 
+/// Most prefixes of one originate or withdraw the RIB takes before their
+/// pushes are handed over: one push request's worth
+/// ([`RouterState::change_originated`]).
+const SLICE: usize = ddm_proto::outgoing::MAX_PUSH_ITEMS;
+
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a
 /// [`PeerRef`] without knowing that type.
@@ -474,6 +479,46 @@ impl RouterState {
 }
 
 impl RouterState {
+    /// Originate or withdraw `prefixes` through `change`. A change of
+    /// more than [`SLICE`] prefixes is taken [`SLICE`] at a time, each
+    /// slice's pushes handed to the exchange actors before the next is
+    /// taken: the first push leaves while the RIB works out the rest,
+    /// rather than after the whole change (100,000 withdrawn kept the RIB
+    /// 25 to 37 ms from the first push; the transit had nothing to do
+    /// meanwhile). Each prefix's effects are its own, so the slices add
+    /// up to what the whole change does; the message is handled whole,
+    /// so nothing queued behind it comes between its slices. After each
+    /// slice the router's task yields: an exchange actor woken from it
+    /// waits in the same worker thread's slot for the next task, which no
+    /// other thread takes, and without the yield no push left before the
+    /// whole change was worked out (the first deletion at the transit came
+    /// 40 to 60 ms later than without slices).
+    async fn change_originated(
+        &mut self,
+        prefixes: BTreeSet<Ipv6Net>,
+        mut change: impl FnMut(&mut Rib, BTreeSet<Ipv6Net>) -> Effects,
+    ) {
+        let size = prefixes.len();
+        if size <= SLICE {
+            let e = change(&mut self.rib, prefixes);
+            self.carry_out(e);
+        } else {
+            let mut rest = prefixes.into_iter();
+            loop {
+                let slice: BTreeSet<Ipv6Net> =
+                    rest.by_ref().take(SLICE).collect();
+                if slice.is_empty() {
+                    break;
+                }
+                let e = change(&mut self.rib, slice);
+                self.carry_out(e);
+                self.flush();
+                tokio::task::yield_now().await;
+            }
+        }
+        trim_after(size);
+    }
+
     /// Drop what was collected for `peer`'s session, which ended: what it
     /// withdraws the peer may still hold, so it is remembered as if
     /// handed over ([`Told`]), for the next session to withdraw.
@@ -677,16 +722,12 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Originate(p) => {
-                let size = p.len();
-                let e = state.rib.originate(p);
-                state.carry_out(e);
-                trim_after(size);
+                state.change_originated(p, |rib, s| rib.originate(s)).await;
             }
             RouterMsg::Withdraw(p) => {
-                let size = p.len();
-                let e = state.rib.withdraw_originated(p);
-                state.carry_out(e);
-                trim_after(size);
+                state
+                    .change_originated(p, |rib, s| rib.withdraw_originated(s))
+                    .await;
             }
             RouterMsg::OriginateTunnels(t) => {
                 let e = state.rib.originate_tunnels(t);
