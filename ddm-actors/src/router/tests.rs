@@ -541,7 +541,7 @@ async fn a_large_change_is_handed_over_in_slices_in_order() {
     let (r, _dp) = router(RouterKind::Server).await;
     let t = add_peer(&r, 1, RouterKind::Transit).await;
     let all: BTreeSet<Ipv6Net> =
-        (1..=2 * SLICE + 1).map(|i| p(&format!("fd00:{i:x}::/64"))).collect();
+        (1..=4 * SLICE).map(|i| p(&format!("fd00:{i:x}::/64"))).collect();
     let first = *all.first().unwrap();
     r.cast(RouterMsg::Originate(all.clone())).unwrap();
     // Queued behind the large change: it comes after every slice.
@@ -551,7 +551,8 @@ async fn a_large_change_is_handed_over_in_slices_in_order() {
     let pushed = t.lock().unwrap().clone();
     assert_eq!(pushed.len(), 4, "nothing more");
     let mut announced = BTreeSet::new();
-    for (u, len) in pushed[..3].iter().zip([SLICE, SLICE, 1]) {
+    // Each slice twice the last, the last one what is left.
+    for (u, len) in pushed[..3].iter().zip([SLICE, 2 * SLICE, SLICE]) {
         let ul = u.underlay.as_ref().unwrap();
         assert!(ul.withdraw.is_empty());
         assert_eq!(ul.announce.len(), len, "one slice each");
