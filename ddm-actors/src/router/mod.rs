@@ -9,7 +9,8 @@
 //! 1. pushes to the exchange actors, so the rest of the fabric hears of the
 //!    change before this router's own kernel work on it starts (collected per
 //!    peer and handed over once the messages queued behind the first one
-//!    are handled: `Flush`, sent to itself);
+//!    are handled: `Flush`, sent to itself; a large originate or withdraw
+//!    hands them over slice by slice as it goes, `change_originated`);
 //! 2. route updates and the tunnel set to the dataplane worker, a task that
 //!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
 //!    into one batch (latest set per destination wins); collected with the
@@ -310,7 +311,8 @@ pub struct RouterState {
     /// they go ([`RouterMsg::Flush`]), so that a burst of imports (a
     /// transit hearing every spine at once) becomes one push per peer
     /// rather than one per import, with the paths that lost in between
-    /// never sent.
+    /// never sent. (A large originate or withdraw hands them over
+    /// between its slices: [`RouterState::change_originated`].)
     unsent: BTreeMap<PeerId, OutUpdate>,
     /// Work for the dataplane worker collected with `unsent`, sent in
     /// order right after those pushes are handed over, so that peers hear

@@ -570,6 +570,22 @@ async fn a_large_change_is_handed_over_in_slices_in_order() {
         last.withdraw.iter().map(|pv| pv.destination).collect::<Vec<_>>(),
         [first]
     );
+    // A large withdrawal is sliced alike.
+    let rest: BTreeSet<Ipv6Net> = all.iter().skip(1).copied().collect();
+    r.cast(RouterMsg::Withdraw(rest.clone())).unwrap();
+    until("three more pushes", || t.lock().unwrap().len() == 7).await;
+    let pushed = t.lock().unwrap().clone();
+    let mut withdrawn = BTreeSet::new();
+    for (u, len) in pushed[4..].iter().zip([SLICE, 2 * SLICE, SLICE - 1]) {
+        let ul = u.underlay.as_ref().unwrap();
+        assert!(ul.announce.is_empty());
+        assert_eq!(ul.withdraw.len(), len, "one slice each");
+        let dests: BTreeSet<Ipv6Net> =
+            ul.withdraw.iter().map(|pv| pv.destination).collect();
+        assert!(withdrawn.last() < dests.first());
+        withdrawn.extend(dests);
+    }
+    assert_eq!(withdrawn, rest);
 }
 
 /// The union of what `pushed` announced and withdrew, applied in
