@@ -340,16 +340,6 @@ impl OutUnderlay {
         self.withdraw = paths;
     }
 
-    /// The first and the last path the half names, announced or
-    /// withdrawn (`held` is part of `announce`); `None` if it is empty.
-    fn span(&self) -> Option<(&OutPath, &OutPath)> {
-        let first = self.announce.first().into_iter();
-        let first = first.chain(self.withdraw.first()).min()?;
-        let last = self.announce.last().into_iter();
-        let last = last.chain(self.withdraw.last()).max()?;
-        Some((first, last))
-    }
-
     /// Whether the half announces or withdraws a path to `destination`.
     pub fn names_destination(&self, destination: Ipv6Net) -> bool {
         let from = OutPath::lowest_to(destination);
@@ -673,20 +663,7 @@ pub fn merge_into<K: Ord>(
 }
 
 /// [`merge`] of the underlay halves.
-fn merge_underlay(pending: &mut OutUnderlay, mut later: OutUnderlay) {
-    if names_apart(pending, &later) {
-        // Nothing names a path of the other, so the merge is the union:
-        // built whole from both sets in one pass (`append`), with packed
-        // nodes, where inserting one path at a time left them about half
-        // full. This is how a large change handed over in growing slices
-        // comes (the router's `change_originated`): each slice a range
-        // after the last, about as large as what is still unsent.
-        both_announced(&mut later);
-        pending.announce.append(&mut later.announce);
-        pending.withdraw.append(&mut later.withdraw);
-        pending.held.append(&mut later.held);
-        return;
-    }
+fn merge_underlay(pending: &mut OutUnderlay, later: OutUnderlay) {
     if later.len() < pending.len() {
         for p in later.withdraw {
             pending.withdraw_path(p);
@@ -701,7 +678,20 @@ fn merge_underlay(pending: &mut OutUnderlay, mut later: OutUnderlay) {
     // names wins (whether the peer may hold a path before both is still
     // `pending`'s to say), the rest of `pending` stays.
     let mut merged = later;
-    both_announced(&mut merged);
+    // A path `later` both withdraws and announces (withdraws come first)
+    // is announced, and the peer may hold it.
+    if !merged.withdraw.is_empty() && !merged.announce.is_empty() {
+        let both: Vec<OutPath> = merged
+            .withdraw
+            .iter()
+            .filter(|p| merged.announce.contains(*p))
+            .cloned()
+            .collect();
+        for p in both {
+            merged.withdraw.remove(&p);
+            merged.held.insert(p);
+        }
+    }
     let held = std::mem::take(&mut pending.held);
     for p in std::mem::take(&mut pending.announce) {
         let was_held = !held.is_empty() && held.contains(&p);
@@ -728,40 +718,6 @@ fn merge_underlay(pending: &mut OutUnderlay, mut later: OutUnderlay) {
         }
     }
     *pending = merged;
-}
-
-/// A path `u` both withdraws and announces (withdraws come first) is
-/// announced, and the peer may hold it.
-fn both_announced(u: &mut OutUnderlay) {
-    if u.withdraw.is_empty() || u.announce.is_empty() {
-        return;
-    }
-    let both: Vec<OutPath> = u
-        .withdraw
-        .iter()
-        .filter(|p| u.announce.contains(*p))
-        .cloned()
-        .collect();
-    for p in both {
-        u.withdraw.remove(&p);
-        u.held.insert(p);
-    }
-}
-
-/// Whether the paths `a` names all sort before those of `b`, or all
-/// after, and the two are within four times each other's size, so that
-/// building their union whole costs about what inserting the smaller
-/// one path by path would.
-fn names_apart(a: &OutUnderlay, b: &OutUnderlay) -> bool {
-    let (Some((a_first, a_last)), Some((b_first, b_last))) =
-        (a.span(), b.span())
-    else {
-        return false;
-    };
-    let (la, lb) = (a.len(), b.len());
-    la <= lb.saturating_mul(4)
-        && lb <= la.saturating_mul(4)
-        && (a_last < b_first || b_last < a_first)
 }
 
 /// Move the paths to `destination` from `set` into `into`.

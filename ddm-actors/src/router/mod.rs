@@ -9,8 +9,7 @@
 //! 1. pushes to the exchange actors, so the rest of the fabric hears of the
 //!    change before this router's own kernel work on it starts (collected per
 //!    peer and handed over once the messages queued behind the first one
-//!    are handled: `Flush`, sent to itself; a large originate or withdraw
-//!    hands them over slice by slice as it goes, `change_originated`);
+//!    are handled: `Flush`, sent to itself);
 //! 2. route updates and the tunnel set to the dataplane worker, a task that
 //!    owns the [`Dataplane`] and coalesces whatever queued while it was busy
 //!    into one batch (latest set per destination wins); collected with the
@@ -59,11 +58,6 @@ use hold::Hold;
 pub(crate) use worker::trim_after;
 pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, DataplaneCmd, DataplaneStats};
-
-/// Most prefixes of one originate or withdraw the RIB takes before the
-/// first of their pushes are handed over: one push request's worth
-/// ([`RouterState::change_originated`]).
-const SLICE: usize = ddm_proto::outgoing::MAX_PUSH_ITEMS;
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a
@@ -311,8 +305,7 @@ pub struct RouterState {
     /// they go ([`RouterMsg::Flush`]), so that a burst of imports (a
     /// transit hearing every spine at once) becomes one push per peer
     /// rather than one per import, with the paths that lost in between
-    /// never sent. (A large originate or withdraw hands them over
-    /// between its slices: [`RouterState::change_originated`].)
+    /// never sent.
     unsent: BTreeMap<PeerId, OutUpdate>,
     /// Work for the dataplane worker collected with `unsent`, sent in
     /// order right after those pushes are handed over, so that peers hear
@@ -481,52 +474,6 @@ impl RouterState {
 }
 
 impl RouterState {
-    /// Originate or withdraw `prefixes` through `change`. A change of
-    /// more than [`SLICE`] prefixes is taken in slices, the first of
-    /// [`SLICE`] and each next one twice as large, each slice's pushes
-    /// handed to the exchange actors before the next is taken: the first
-    /// push leaves while the RIB works out the rest, rather than after the
-    /// whole change (100,000 withdrawn kept the RIB 25 to 37 ms from the
-    /// first push; the transit had nothing to do meanwhile). The slices
-    /// grow because an exchange actor merges each into what it has not
-    /// sent yet, which packs worse than one large update: slices of
-    /// [`SLICE`] each raised the originator's peak by 2 to 4 MiB at
-    /// 100,000. Each prefix's effects are its own, so the slices add
-    /// up to what the whole change does; the message is handled whole,
-    /// so nothing queued behind it comes between its slices. After each
-    /// slice the router's task yields: an exchange actor woken from it
-    /// waits in the same worker thread's slot for the next task, which no
-    /// other thread takes, and without the yield no push left before the
-    /// whole change was worked out (the first deletion at the transit came
-    /// 40 to 60 ms later than without slices).
-    async fn change_originated(
-        &mut self,
-        prefixes: BTreeSet<Ipv6Net>,
-        mut change: impl FnMut(&mut Rib, BTreeSet<Ipv6Net>) -> Effects,
-    ) {
-        let size = prefixes.len();
-        if size <= SLICE {
-            let e = change(&mut self.rib, prefixes);
-            self.carry_out(e);
-        } else {
-            let mut rest = prefixes.into_iter();
-            let mut len = SLICE;
-            loop {
-                let slice: BTreeSet<Ipv6Net> =
-                    rest.by_ref().take(len).collect();
-                len = len.saturating_mul(2);
-                if slice.is_empty() {
-                    break;
-                }
-                let e = change(&mut self.rib, slice);
-                self.carry_out(e);
-                self.flush();
-                tokio::task::yield_now().await;
-            }
-        }
-        trim_after(size);
-    }
-
     /// Drop what was collected for `peer`'s session, which ended: what it
     /// withdraws the peer may still hold, so it is remembered as if
     /// handed over ([`Told`]), for the next session to withdraw.
@@ -730,12 +677,16 @@ impl Actor for Router {
                 }
             }
             RouterMsg::Originate(p) => {
-                state.change_originated(p, |rib, s| rib.originate(s)).await;
+                let size = p.len();
+                let e = state.rib.originate(p);
+                state.carry_out(e);
+                trim_after(size);
             }
             RouterMsg::Withdraw(p) => {
-                state
-                    .change_originated(p, |rib, s| rib.withdraw_originated(s))
-                    .await;
+                let size = p.len();
+                let e = state.rib.withdraw_originated(p);
+                state.carry_out(e);
+                trim_after(size);
             }
             RouterMsg::OriginateTunnels(t) => {
                 let e = state.rib.originate_tunnels(t);

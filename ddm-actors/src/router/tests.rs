@@ -536,58 +536,6 @@ async fn a_server_announces_what_it_originates_and_drops_loops() {
     .await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_large_change_is_handed_over_in_slices_in_order() {
-    let (r, _dp) = router(RouterKind::Server).await;
-    let t = add_peer(&r, 1, RouterKind::Transit).await;
-    let all: BTreeSet<Ipv6Net> =
-        (1..=4 * SLICE).map(|i| p(&format!("fd00:{i:x}::/64"))).collect();
-    let first = *all.first().unwrap();
-    r.cast(RouterMsg::Originate(all.clone())).unwrap();
-    // Queued behind the large change: it comes after every slice.
-    r.cast(RouterMsg::Withdraw([first].into())).unwrap();
-    until("four pushes", || t.lock().unwrap().len() == 4).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let pushed = t.lock().unwrap().clone();
-    assert_eq!(pushed.len(), 4, "nothing more");
-    let mut announced = BTreeSet::new();
-    // Each slice twice the last, the last one what is left.
-    for (u, len) in pushed[..3].iter().zip([SLICE, 2 * SLICE, SLICE]) {
-        let ul = u.underlay.as_ref().unwrap();
-        assert!(ul.withdraw.is_empty());
-        assert_eq!(ul.announce.len(), len, "one slice each");
-        assert!(ul.announce.iter().all(|pv| pv.path == ["me"]));
-        // In order: each slice after everything before it.
-        let dests: BTreeSet<Ipv6Net> =
-            ul.announce.iter().map(|pv| pv.destination).collect();
-        assert!(announced.last() < dests.first());
-        announced.extend(dests);
-    }
-    assert_eq!(announced, all);
-    let last = pushed[3].underlay.as_ref().unwrap();
-    assert!(last.announce.is_empty());
-    assert_eq!(
-        last.withdraw.iter().map(|pv| pv.destination).collect::<Vec<_>>(),
-        [first]
-    );
-    // A large withdrawal is sliced alike.
-    let rest: BTreeSet<Ipv6Net> = all.iter().skip(1).copied().collect();
-    r.cast(RouterMsg::Withdraw(rest.clone())).unwrap();
-    until("three more pushes", || t.lock().unwrap().len() == 7).await;
-    let pushed = t.lock().unwrap().clone();
-    let mut withdrawn = BTreeSet::new();
-    for (u, len) in pushed[4..].iter().zip([SLICE, 2 * SLICE, SLICE - 1]) {
-        let ul = u.underlay.as_ref().unwrap();
-        assert!(ul.announce.is_empty());
-        assert_eq!(ul.withdraw.len(), len, "one slice each");
-        let dests: BTreeSet<Ipv6Net> =
-            ul.withdraw.iter().map(|pv| pv.destination).collect();
-        assert!(withdrawn.last() < dests.first());
-        withdrawn.extend(dests);
-    }
-    assert_eq!(withdrawn, rest);
-}
-
 /// The union of what `pushed` announced and withdrew, applied in
 /// order: what the peer holds from us if every push arrived.
 fn held(pushed: &Pushed) -> BTreeSet<PathVector> {
