@@ -34,6 +34,10 @@ peer is in Exchange, then prints:
      tables at once (two threads, 256 requests per send, one ack per send),
      as t1 and s2 must;
    * `ip -6 -batch` adding them to one scratch table (for reference);
+   * the floor again while a route counter (below) polls each scratch
+     namespace, for reference: what the counters' CPU, which the floor
+     does not otherwise share, costs it ("floor with two route counters
+     polling");
    * the floor again with every route naming one shared nexthop object
      (`ip nexthop add id 4242 via fe80::2 dev xa`, routes `nhid 4242`),
      for reference (skipped where the kernel has none): the kernel then
@@ -829,6 +833,21 @@ def floor_run(op, size, nhid=None):
     return float(secs), float(cpu)
 
 
+def counted_floor(size):
+    """The floor again (add, then delete) while a route counter polls each
+    of its two namespaces, as two poll t1's and s2's while ddm is timed:
+    what the counters' CPU, which the floor otherwise does not share,
+    costs it. Returns (add seconds, delete seconds)."""
+    counters = [RouteMonitor(NS[n], "count") for n in ("x1", "x2")]
+    try:
+        for c in counters:
+            c.start()
+        return floor_run("add", size)[0], floor_run("del", size)[0]
+    finally:
+        for c in counters:
+            c.close()
+
+
 def nexthop_floor(size):
     """The floor again, each route naming one nexthop object (`nhid`, the
     same gateway and interface) instead of its own gateway and interface:
@@ -964,6 +983,7 @@ def size_round(size, ports, mon, results):
         f_add, fc_add = floor_run("add", size)
         f_del, fc_del = floor_run("del", size)
         nh = nexthop_floor(size)
+        counted = counted_floor(size)
         t0 = time.perf_counter()
         r = sh("ip", "-n", NS["x1"], "-6", "-batch", batch, check=False)
         t_batch = time.perf_counter() - t0
@@ -999,7 +1019,7 @@ def size_round(size, ports, mon, results):
         ex = {n: {k: v - ex0[n].get(k, 0)
                   for k, v in exchange_totals(n).items()} for n in NAMES}
         run = {"floor_add": f_add, "floor_del": f_del, "batch": t_batch,
-               "nh": nh,
+               "nh": nh, "counted": counted,
                "add": t_s2 - t0, "del": g_s2 - w0, "cpu": cpu.totals(),
                "hwm": hwm, "hwm_add": hwm_add,
                "fcpu_add": fc_add, "fcpu_del": fc_del}
@@ -1088,6 +1108,13 @@ def size_round(size, ports, mon, results):
                         f"{nh[0] / med('floor_add'):.2f}x / "
                         f"{nh[1] / med('floor_del'):.2f}x",
                         "(reference)", None))
+    counted = [statistics.median(r["counted"][k] for r in runs)
+               for k in (0, 1)]
+    results.append((f"{size} floor with two route counters polling / "
+                    "floor, add / del",
+                    f"{counted[0] / med('floor_add'):.2f}x / "
+                    f"{counted[1] / med('floor_del'):.2f}x",
+                    "(reference)", None))
     if size == 100000:
         for n in NAMES:
             vals = [r["hwm"][n] / 1024 for r in runs]
