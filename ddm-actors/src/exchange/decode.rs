@@ -176,11 +176,11 @@ mod exact {
     pub(super) enum V2 {}
 
     impl Wire for V3 {
-        type Destination = Ipv6Net;
+        type Destination = Prefix;
         type Tunnel = v3::TunnelUpdate;
         type Origin = v3::TunnelOrigin;
-        fn destination(d: Ipv6Net) -> Result<Ipv6Net, String> {
-            Ok(d)
+        fn destination(d: Prefix) -> Result<Ipv6Net, String> {
+            Ok(d.0)
         }
         fn tunnel(t: v3::TunnelUpdate) -> Result<v3::TunnelUpdate, String> {
             Ok(t)
@@ -202,6 +202,28 @@ mod exact {
         }
         fn origin(o: v2::TunnelOrigin) -> Result<v3::TunnelOrigin, String> {
             o.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
+        }
+    }
+
+    /// A v3 destination, parsed from the string as the body holds it:
+    /// `oxnet`'s own `Deserialize` reads each into a new `String` first
+    /// (an allocation and a copy per path read). The same strings are
+    /// taken and refused, with the same errors.
+    pub(super) struct Prefix(Ipv6Net);
+
+    impl<'de> Deserialize<'de> for Prefix {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl Visitor<'_> for Text {
+                type Value = Prefix;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_str<E: Error>(self, v: &str) -> Result<Prefix, E> {
+                    v.parse().map(Prefix).map_err(E::custom)
+                }
+            }
+            d.deserialize_str(Text)
         }
     }
 
@@ -502,6 +524,41 @@ mod tests {
                 .map(|p| p.hostnames().len())
                 .collect();
             assert_eq!(lens, vec![kept, 2], "max {max}");
+        }
+    }
+
+    /// A destination is taken, or refused with the same error, as the
+    /// wire type's own decoding (`oxnet`'s) takes or refuses it.
+    #[test]
+    fn destinations_are_read_as_the_wire_type_reads_them() {
+        for d in [
+            r#""fd00:1::/64""#,
+            r#""FD00:0:0:1:0:0:0:0/64""#,
+            r#""::ffff:10.0.0.1/128""#,
+            r#""fd00:1::/129""#,
+            r#""fd00:1::""#,
+            r#""fd00:1::/6x""#,
+            r#""fd00:\u0031::/64""#,
+            "7",
+            "null",
+        ] {
+            let body = format!(
+                r#"{{"underlay":{{"announce":[{{"destination":{d},"path":["a"]}}]}}}}"#
+            );
+            let ours = decode_update(
+                Version::V3,
+                Bytes::from(body.clone()),
+                MAX_PATH_LEN_BOUND,
+            );
+            let theirs =
+                serde_json::from_str::<ddm_proto::wire::v3::Update>(&body);
+            match (ours, theirs) {
+                (Ok(o), Ok(t)) => assert_eq!(o.to_wire(), t, "{d}"),
+                (Err(o), Err(t)) => {
+                    assert_eq!(o, format!("invalid v3 update: {t}"), "{d}")
+                }
+                (o, t) => panic!("{d}: ours {o:?}, theirs {t:?}"),
+            }
         }
     }
 }
