@@ -208,7 +208,10 @@ mod exact {
     /// A v3 destination, parsed from the string as the body holds it:
     /// `oxnet`'s own `Deserialize` reads each into a new `String` first
     /// (an allocation and a copy per path read). The same strings are
-    /// taken and refused, with the same errors.
+    /// taken and refused, with the same error text; the position it gives
+    /// for a destination that does not parse is just past its string,
+    /// where `oxnet`'s came past any whitespace after it (the same in the
+    /// compact bodies peers send).
     pub(super) struct Prefix(Ipv6Net);
 
     impl<'de> Deserialize<'de> for Prefix {
@@ -528,7 +531,8 @@ mod tests {
     }
 
     /// A destination is taken, or refused with the same error, as the
-    /// wire type's own decoding (`oxnet`'s) takes or refuses it.
+    /// wire type's own decoding (`oxnet`'s) takes or refuses it (in a
+    /// compact body: see `exact::Prefix` for the position).
     #[test]
     fn destinations_are_read_as_the_wire_type_reads_them() {
         for d in [
