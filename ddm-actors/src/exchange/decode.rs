@@ -216,18 +216,33 @@ mod exact {
 
     impl<'de> Deserialize<'de> for Prefix {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Text;
-            impl Visitor<'_> for Text {
-                type Value = Prefix;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_str<E: Error>(self, v: &str) -> Result<Prefix, E> {
-                    v.parse().map(Prefix).map_err(E::custom)
-                }
-            }
-            d.deserialize_str(Text)
+            read_str(d, "a string", |v| {
+                v.parse()
+                    .map(Prefix)
+                    .map_err(|e: oxnet::IpNetParseError| e.to_string())
+            })
         }
+    }
+
+    /// A string read through `take`, which may refuse it (the error's
+    /// text is `take`'s); `what` is what the body was expected to hold
+    /// instead of something else.
+    fn read_str<'de, D: Deserializer<'de>, T>(
+        d: D,
+        what: &'static str,
+        take: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, D::Error> {
+        struct Text<F>(&'static str, F);
+        impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for Text<F> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<T, E> {
+                (self.1)(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text(what, take))
     }
 
     /// A path vector as written in either version.
@@ -279,17 +294,9 @@ mod exact {
 
     impl<'de> Deserialize<'de> for Hostname {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct Name;
-            impl Visitor<'_> for Name {
-                type Value = Hostname;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a hostname")
-                }
-                fn visit_str<E: Error>(self, n: &str) -> Result<Hostname, E> {
-                    Ok(Hostname(SHARED.with(|s| s.borrow_mut().name(n))))
-                }
-            }
-            d.deserialize_str(Name)
+            read_str(d, "a hostname", |n| {
+                Ok(Hostname(SHARED.with(|s| s.borrow_mut().name(n))))
+            })
         }
     }
 
