@@ -1101,20 +1101,20 @@ def size_round(size, ports, mon, results):
                         f" / {ONLINE * med('span_' + key):.2f}", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
-    if all(r["nh"] for r in runs):
-        nh = [statistics.median(r["nh"][k][0] for r in runs) for k in (0, 1)]
-        results.append((f"{size} floor through a nexthop object / floor, "
-                        "add / del",
-                        f"{nh[0] / med('floor_add'):.2f}x / "
-                        f"{nh[1] / med('floor_del'):.2f}x",
+    def floor_again(what, secs):
+        """A reference row: the floor run again `what`, its add and delete
+        (`secs(run)` gives both) against the plain floor's."""
+        add, dele = (statistics.median(secs(r)[k] for r in runs)
+                     for k in (0, 1))
+        results.append((f"{size} floor {what} / floor, add / del",
+                        f"{add / med('floor_add'):.2f}x / "
+                        f"{dele / med('floor_del'):.2f}x",
                         "(reference)", None))
-    counted = [statistics.median(r["counted"][k] for r in runs)
-               for k in (0, 1)]
-    results.append((f"{size} floor with two route counters polling / "
-                    "floor, add / del",
-                    f"{counted[0] / med('floor_add'):.2f}x / "
-                    f"{counted[1] / med('floor_del'):.2f}x",
-                    "(reference)", None))
+
+    if all(r["nh"] for r in runs):
+        floor_again("through a nexthop object",
+                    lambda r: (r["nh"][0][0], r["nh"][1][0]))
+    floor_again("with two route counters polling", lambda r: r["counted"])
     if size == 100000:
         for n in NAMES:
             vals = [r["hwm"][n] / 1024 for r in runs]
