@@ -663,19 +663,20 @@ async fn pull(
             tokio::time::sleep_until(due).await;
         }
     }
-    let answer = answer_pull(version, session, ctx, arrived).await;
+    let answer = answer_pull(version, session, ctx, arrived, deadline).await;
     *last = Some(Instant::now());
     answer
 }
 
-/// [`pull`], once its time has come (it `arrived` then).
+/// [`pull`], once its time has come (it `arrived` then, to be answered
+/// by `deadline`).
 async fn answer_pull(
     version: Version,
     session: Option<u64>,
     ctx: &ServerCtx,
     arrived: Instant,
+    deadline: Instant,
 ) -> Response<Full<Bytes>> {
-    let deadline = arrived + ctx.timeout;
     let peer = ctx.peer;
     let left = deadline.saturating_duration_since(Instant::now());
     let answer =

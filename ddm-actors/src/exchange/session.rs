@@ -122,7 +122,7 @@ pub const ORIGINAL_PULL_WAIT: Duration = Duration::from_millis(250);
 /// How long pushes wait after the router answered a pull of the peer,
 /// until our server has encoded the answer: longer than
 /// [`ORIGINAL_PULL_WAIT`], counted from before our answer was built.
-pub const ANSWER_QUIET: Duration = Duration::from_millis(400);
+const ANSWER_QUIET: Duration = Duration::from_millis(400);
 
 /// What each KiB of a pull answer adds to the quiet once the answer is
 /// encoded: the original reads, parses and applies it (its routes
@@ -167,16 +167,16 @@ struct Activity {
 /// Quiets back to back, each making the last one longer.
 #[derive(Debug, Default, Clone, Copy)]
 struct QuietRun {
-    /// When the run began.
-    since: Duration,
+    /// When it must end at the latest: [`QUIET_MAX`] after it began.
+    bound: Duration,
     /// When it ends.
     until: Duration,
 }
 
 impl QuietRun {
-    /// It ends at its bound, [`QUIET_MAX`] after it began.
+    /// It ends at its bound.
     fn bounded(&self) -> bool {
-        self.until == self.since.saturating_add(QUIET_MAX)
+        self.until == self.bound
     }
 }
 
@@ -412,8 +412,11 @@ impl Session {
             TimerKind::Pull => self.start_pull(out),
             TimerKind::Push => self.push_if_idle(out),
             TimerKind::Quiet => {
-                let at_bound = self.quiet_run.bounded();
-                self.end_quiet(at_bound, out);
+                // A run that reached its bound starts no quiet until
+                // what waited is delivered.
+                self.quiet_rest =
+                    self.quiet_run.bounded().then_some(self.received);
+                self.end_quiet(out);
             }
             TimerKind::Bind if !bound => out.push(Effect::Bind),
             TimerKind::Bind => {}
@@ -466,11 +469,11 @@ impl Session {
             self.quiet_rest = None;
         }
         if !self.quiet.timer {
-            self.quiet_run = QuietRun { since: now, until: now };
+            let bound = now.saturating_add(QUIET_MAX);
+            self.quiet_run = QuietRun { bound, until: now };
         }
         let run = &mut self.quiet_run;
-        let bound = run.since.saturating_add(QUIET_MAX);
-        let until = now.saturating_add(d).min(bound);
+        let until = now.saturating_add(d).min(run.bound);
         if until <= run.until {
             return;
         }
@@ -478,10 +481,9 @@ impl Session {
         self.schedule_after(TimerKind::Quiet, until.saturating_sub(now), out);
     }
 
-    /// The quiet is over (`at_bound`: its run reached [`QUIET_MAX`]).
-    fn end_quiet(&mut self, at_bound: bool, out: &mut Vec<Effect>) {
+    /// The quiet is over: what waited may go.
+    fn end_quiet(&mut self, out: &mut Vec<Effect>) {
         self.quiet.timer = false;
-        self.quiet_rest = at_bound.then_some(self.received);
         self.push_if_idle(out);
     }
 
@@ -501,7 +503,7 @@ impl Session {
         out: &mut Vec<Effect>,
     ) {
         match session {
-            Some(_) if self.quiet.timer => self.end_quiet(false, out),
+            Some(_) if self.quiet.timer => self.end_quiet(out),
             Some(_) => {}
             None if late => {}
             None => self.quiet_for(now, answer_quiet(bytes), out),
