@@ -294,13 +294,12 @@ impl OriginalPeer {
         body: &str,
         timeout: Duration,
     ) -> Result<u16, String> {
-        let (reply, answer) = std::sync::mpsc::channel();
-        self.commands
-            .send(Command::Push { version, body: body.to_string(), reply })
-            .map_err(|_| "the stand-in has stopped".to_string())?;
-        answer
-            .recv_timeout(timeout)
-            .map_err(|e| format!("no answer to the push: {e}"))?
+        let body = body.to_string();
+        self.ask("push", timeout, |reply| Command::Push {
+            version,
+            body,
+            reply,
+        })
     }
 
     /// Pulls the neighbour as the original does (`GET /v{version}/pull`,
@@ -314,13 +313,28 @@ impl OriginalPeer {
         apply_after: Duration,
         timeout: Duration,
     ) -> Result<usize, String> {
+        self.ask("pull", timeout, |reply| Command::Pull {
+            version,
+            apply_after,
+            reply,
+        })
+    }
+
+    /// Hand the stand-in the command `make` builds around a reply channel
+    /// and wait at most `timeout` for its answer to the `what`.
+    fn ask<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        make: impl FnOnce(std::sync::mpsc::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
         let (reply, answer) = std::sync::mpsc::channel();
         self.commands
-            .send(Command::Pull { version, apply_after, reply })
+            .send(make(reply))
             .map_err(|_| "the stand-in has stopped".to_string())?;
         answer
             .recv_timeout(timeout)
-            .map_err(|e| format!("no answer to the pull: {e}"))?
+            .map_err(|e| format!("no answer to the {what}: {e}"))?
     }
 
     fn shut_down(&mut self) {
@@ -593,15 +607,18 @@ impl Run {
                 let _ = reply.send(pushed);
             }
             Command::Pull { version, apply_after, reply } => {
-                let pulled = self.pull_out(version).await;
-                let _ = reply
-                    .send(pulled.as_ref().map(Vec::len).map_err(Clone::clone));
-                if let Ok(paths) = pulled {
-                    tokio::time::sleep(apply_after).await;
-                    self.record(|h| {
-                        announce(&mut h.routes, paths);
-                        h.answers_applied += 1;
-                    });
+                match self.pull_out(version).await {
+                    Ok(paths) => {
+                        let _ = reply.send(Ok(paths.len()));
+                        tokio::time::sleep(apply_after).await;
+                        self.record(|h| {
+                            announce(&mut h.routes, paths);
+                            h.answers_applied += 1;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
             }
         }

@@ -7,8 +7,7 @@
 //! change of the set (the original daemon opens it for every batch): one
 //! loaded after the daemon started is then given the whole set. Once open,
 //! the handle is kept until the driver says it is gone. The set stays
-//! recorded and visible
-//! through the admin API either way.
+//! recorded and visible through the admin API either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

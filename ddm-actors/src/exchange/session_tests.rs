@@ -196,12 +196,7 @@ fn pulls_back_never_ping_pong() {
                             late: false,
                         },
                     );
-                    let answer = PullAnswer {
-                        response: Default::default(),
-                        push_limit: None,
-                        bytes: 2,
-                        session: Some(self.ids[other]),
-                    };
+                    let answer = empty_answer(Some(self.ids[other]));
                     let done =
                         (side, Input::PullDone { gen, result: Ok(answer) });
                     if answer_first {
@@ -274,17 +269,22 @@ struct Model {
 
 type Checked = Result<(), proptest::test_runner::TestCaseError>;
 
+/// An answer holding nothing from a peer naming `session`.
+fn empty_answer(session: Option<u64>) -> PullAnswer {
+    PullAnswer {
+        response: Default::default(),
+        push_limit: None,
+        bytes: 2,
+        session,
+    }
+}
+
 impl Model {
     /// A session whose first pull was answered by a peer naming `session`.
     fn new(session: Option<u64>) -> Model {
         let mut s = Session::new(Version::V3, Duration::from_secs(1));
         s.handle(Duration::ZERO, Input::Start);
-        let first = PullAnswer {
-            response: Default::default(),
-            push_limit: None,
-            bytes: 2,
-            session,
-        };
+        let first = empty_answer(session);
         s.handle(Duration::ZERO, Input::PullDone { gen: 1, result: Ok(first) });
         Model {
             s,
@@ -414,15 +414,15 @@ impl Model {
 
     /// The timer due first, taken, with when it is due.
     fn next_timer(&mut self) -> Option<(Input, Duration)> {
-        let push = self.push_timer.map(|(_, due)| due);
-        let quiet = self.quiet_timer.map(|(_, due)| due);
-        let (kind, (gen, due)) = match (push, quiet) {
-            (Some(p), Some(q)) if q <= p => {
-                (TimerKind::Quiet, self.quiet_timer.take()?)
-            }
-            (Some(_), _) => (TimerKind::Push, self.push_timer.take()?),
-            (None, Some(_)) => (TimerKind::Quiet, self.quiet_timer.take()?),
-            (None, None) => return None,
+        // The quiet's first when both are due together.
+        let quiet_first = match (self.push_timer, self.quiet_timer) {
+            (Some((_, p)), Some((_, q))) => q <= p,
+            (push, _) => push.is_none(),
+        };
+        let (kind, (gen, due)) = if quiet_first {
+            (TimerKind::Quiet, self.quiet_timer.take()?)
+        } else {
+            (TimerKind::Push, self.push_timer.take()?)
         };
         Some((Input::Timer { kind, gen }, due))
     }
@@ -458,6 +458,11 @@ enum Done {
     Refused,
 }
 
+impl Done {
+    /// Each way, for the proptests to pick from.
+    const ALL: [Done; 3] = [Done::Taken, Done::Failed, Done::Refused];
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
     /// A session against a model peer of ours (its answers name its
@@ -488,8 +493,8 @@ proptest::proptest! {
                     }
                 }
                 4..=6 => {
-                    let how = [Done::Taken, Done::Failed, Done::Refused];
-                    let Some(i) = m.part_done(how[usize::from(op - 4)], flag)
+                    let how = Done::ALL[usize::from(op - 4)];
+                    let Some(i) = m.part_done(how, flag)
                     else { continue };
                     i
                 }
@@ -581,8 +586,8 @@ proptest::proptest! {
                     continue;
                 }
                 6..=8 => {
-                    let how = [Done::Taken, Done::Failed, Done::Refused];
-                    let Some(i) = m.part_done(how[usize::from(op - 6)], flag)
+                    let how = Done::ALL[usize::from(op - 6)];
+                    let Some(i) = m.part_done(how, flag)
                     else { continue };
                     i
                 }
