@@ -838,6 +838,37 @@ impl Store {
         })
     }
 
+    /// Make the store hold exactly `all`, every entry written afresh in
+    /// one durable transaction: both tables are dropped and filled again,
+    /// so no page of theirs is left from an earlier commit. After a failed
+    /// sync, pages the file shows need not be on disk (Linux marks them
+    /// clean), and a commit that changes only what differs from them
+    /// could leave them so; one that writes everything cannot.
+    pub fn rewrite(&self, all: &Originated) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.delete_table(PREFIXES)?;
+            txn.delete_table(TUNNELS)?;
+            let mut prefixes = txn.open_table(PREFIXES)?;
+            let mut key = String::new();
+            for p in &all.prefixes {
+                prefixes.insert(key_of(&mut key, p), ())?;
+            }
+            let mut tunnels = txn.open_table(TUNNELS)?;
+            for t in &all.tunnels {
+                tunnels.insert(tunnel_key(t).as_str(), ())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// [`Store::rewrite`] for an actor, as [`Store::apply_async`].
+    pub async fn rewrite_async(
+        &self,
+        all: Arc<Originated>,
+    ) -> Result<(), StoreError> {
+        self.off_thread(move |store| store.rewrite(&all)).await
+    }
+
     /// [`Store::apply`] for an actor: on tokio's blocking pool for a file,
     /// inline for memory. The change is shared with the caller, not copied.
     pub async fn apply_async(
@@ -1028,6 +1059,35 @@ mod tests {
         let loaded = again.load().unwrap();
         assert_eq!(loaded.prefixes, [p("fd00:1::/64")].into());
         assert_eq!(loaded.tunnels, [tunnel].into());
+    }
+
+    /// A rewrite leaves exactly the set it is given, whatever the store
+    /// held, and it survives a reopen.
+    #[test]
+    fn a_rewrite_leaves_exactly_its_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tunnel = |vni| TunnelOrigin {
+            overlay_prefix: "203.0.113.0/24".parse().unwrap(),
+            boundary_addr: "fd00:99::1".parse().unwrap(),
+            vni,
+            metric: 0,
+        };
+        store
+            .apply(&StoreChange {
+                add_prefixes: [p("fd00:1::/64"), p("fd00:2::/64")].into(),
+                add_tunnels: [tunnel(1)].into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let all = Originated {
+            prefixes: [p("fd00:2::/64"), p("fd00:3::/64")].into(),
+            tunnels: [tunnel(2)].into(),
+        };
+        store.rewrite(&all).unwrap();
+        assert_eq!(store.load().unwrap(), all);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().load().unwrap(), all);
     }
 
     /// Removals of a few prefixes (key by key) and of most of the table (in

@@ -185,8 +185,8 @@ impl AdminState {
     /// A commit that failed is not taken as made, even when the file
     /// reads back with it: one whose sync failed is in the page cache, not
     /// necessarily on disk (Linux marks the pages clean after a failed
-    /// `fsync`), and 204 promises the disk. If it is read back once the
-    /// store recovers, it is undone there then (`reconcile`).
+    /// `fsync`), and 204 promises the disk. The next write rewrites the
+    /// whole store ([`AdminState::recover`]), which undoes it.
     async fn commit(
         &mut self,
         change: &Arc<StoreChange>,
@@ -206,24 +206,18 @@ impl AdminState {
     /// router hears first, so the fabric starts converging while the store
     /// syncs to disk; if the write fails, the router is told the opposite
     /// and the caller gets the error (nothing unacknowledged stays
-    /// announced, nothing acknowledged is lost). While the store is failing
-    /// (the last write failed), the write comes first and the router hears
-    /// only once it succeeds, so client retries against a full disk do not
-    /// make the fabric see the change announced and withdrawn again and
-    /// again. An empty change (a duplicate advertise, a withdrawal of
-    /// something never originated) touches neither.
+    /// announced, nothing acknowledged is lost). While the store is
+    /// failing (the last write failed), see [`AdminState::recover`]. An
+    /// empty change (a duplicate advertise, a withdrawal of something never
+    /// originated) touches neither, unless the store is failing.
     async fn update(&mut self, change: StoreChange) -> Result<(), StoreError> {
+        if self.store.failing().is_some() {
+            return self.recover(change).await;
+        }
         if change.is_empty() {
             return Ok(());
         }
         let change = Arc::new(change);
-        if self.store.failing().is_some() {
-            self.commit(&change).await?;
-            info!(self.log, "store writes succeed again");
-            self.reconcile().await;
-            self.tell_router_change(&change);
-            return Ok(());
-        }
         self.tell_router_change(&change);
         if let Err(e) = self.commit(&change).await {
             self.tell_router_change(&change.inverse());
@@ -232,39 +226,37 @@ impl AdminState {
         Ok(())
     }
 
-    /// After the store recovered from a failure, make it equal to the
-    /// mirror, which holds exactly what clients were told is made: a
-    /// commit answered as failed may be in the store all the same (one
-    /// whose final sync failed reads back from the page cache), and is
-    /// undone, so that it does not come into effect later.
-    async fn reconcile(&mut self) {
-        let loaded = match self.store.load_async().await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                warn!(self.log, "cannot re-read the store"; "error" => %e);
-                return;
-            }
-        };
-        if loaded == self.originated {
-            return;
+    /// Carry out `change` while the store is failing: the write comes
+    /// first and the router hears only once it succeeds, so client
+    /// retries against a full disk do not make the fabric see the change
+    /// announced and withdrawn again and again.
+    ///
+    /// The write is the whole set, the mirror with `change` applied,
+    /// every entry written afresh ([`Store::rewrite`]), even for an empty
+    /// change. A commit answered as failed may be in the file all the same
+    /// (one whose final sync failed reads back from the page cache, not
+    /// necessarily from the disk); writing only the change would leave
+    /// such a commit's entries to come into effect at the next start, or
+    /// leave out of the disk the very entries a retry asks for again
+    /// (the file already shows them, so the retry changes nothing there).
+    /// A withdrawal of what a failed advertise left in the file is then
+    /// answered only once it is gone from it.
+    async fn recover(&mut self, change: StoreChange) -> Result<(), StoreError> {
+        let mut all = self.originated.clone();
+        apply_to(&mut all, &change);
+        let all = Arc::new(all);
+        let written = self.store.rewrite_async(Arc::clone(&all)).await;
+        self.store_counters.record(written.is_ok());
+        if let Err(e) = written {
+            warn!(self.log, "store write failed"; "error" => %e);
+            return Err(e);
         }
-        let o = &self.originated;
-        let add_prefixes = not_in(o.prefixes.clone(), &loaded.prefixes);
-        let add_tunnels = not_in(o.tunnels.clone(), &loaded.tunnels);
-        let undo = StoreChange {
-            add_prefixes,
-            remove_prefixes: not_in(loaded.prefixes, &o.prefixes),
-            add_tunnels,
-            remove_tunnels: not_in(loaded.tunnels, &o.tunnels),
-        };
-        warn!(self.log, "the store holds a change answered as failed; \
-            undoing it";
-            "prefixes" => undo.add_prefixes.len() + undo.remove_prefixes.len(),
-            "tunnels" => undo.add_tunnels.len() + undo.remove_tunnels.len());
-        // The mirror holds the undone state already: the commit leaves
-        // it as it is. If it fails, the store is failing again, and the
-        // next change comes back here.
-        let _ = self.commit(&Arc::new(undo)).await;
+        info!(self.log, "store writes succeed again: the store was \
+            written afresh"; "prefixes" => all.prefixes.len(),
+            "tunnels" => all.tunnels.len());
+        self.originated = Arc::unwrap_or_clone(all);
+        self.tell_router_change(&change);
+        Ok(())
     }
 
     /// Carry out the change `asked` for and answer it, unless its asker

@@ -217,6 +217,55 @@ async fn a_write_whose_sync_failed_is_not_answered_as_made() {
     assert_eq!(state.originated.prefixes, [want].into());
 }
 
+/// After a failed sync, the first change to succeed writes the whole
+/// store, whatever it asks for: a withdrawal of what only the failed
+/// commit added changes nothing in the mirror, yet it is answered only
+/// once the file no longer holds it; a retry of a failed withdrawal,
+/// likewise, puts the entry back into the file.
+#[tokio::test]
+async fn after_a_failed_sync_an_empty_change_repairs_the_store() {
+    let faults = Arc::new(Faults::default());
+    let store = Store::in_memory_with_faults(faults.clone());
+    let (mut state, router, mut rx, _stop) = state_over(store.clone()).await;
+    let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
+    let q: Ipv6Net = "fd00:2::/64".parse().unwrap();
+    state.update(add("fd00:2::/64")).await.unwrap();
+    heard(&router, &mut rx).await;
+
+    // An advertise of p fails at its sync: the file shows p all the same.
+    faults.fail_syncs(libc::EIO);
+    state.update(add("fd00:1::/64")).await.unwrap_err();
+    heard(&router, &mut rx).await;
+    assert!(store.load_written().unwrap().prefixes.contains(&p));
+    // The client withdraws p, which the mirror never held: empty.
+    faults.fail_syncs(0);
+    let withdraw_p =
+        StoreChange { remove_prefixes: [p].into(), ..Default::default() };
+    let (tx, answer) = tokio::sync::oneshot::channel();
+    state.change(withdraw_p, tx.into()).await;
+    answer.await.unwrap().unwrap();
+    assert_eq!(store.load().unwrap().prefixes, [q].into());
+    assert!(store.failing().is_none());
+    assert!(heard(&router, &mut rx).await.is_empty());
+
+    // A withdrawal of q fails at its sync: the file no longer shows q,
+    // the mirror (what was acknowledged) still holds it.
+    faults.fail_syncs(libc::EIO);
+    let withdraw_q =
+        StoreChange { remove_prefixes: [q].into(), ..Default::default() };
+    state.update(withdraw_q).await.unwrap_err();
+    heard(&router, &mut rx).await;
+    assert!(store.load_written().unwrap().prefixes.is_empty());
+    // The client advertises q again, which the mirror holds: empty.
+    faults.fail_syncs(0);
+    let (tx, answer) = tokio::sync::oneshot::channel();
+    state.change(add("fd00:2::/64"), tx.into()).await;
+    answer.await.unwrap().unwrap();
+    assert_eq!(store.load().unwrap().prefixes, [q].into());
+    assert_eq!(store.load().unwrap(), state.originated);
+    assert!(heard(&router, &mut rx).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_failing_store_refuses_changes_before_the_router_hears() {
     let faults = Arc::new(Faults::default());
