@@ -79,7 +79,13 @@ thread_local! {
     static SHARED: RefCell<Shared> = RefCell::default();
 }
 
-/// Most distinct hostnames one body's table shares.
+/// Most distinct hostnames one body may name; a body with more is
+/// refused. No fabric has that many routers. Past a bound that only
+/// stopped sharing, a hostile body could make each further name an
+/// allocation of its own: a name of two letters is 5 bytes of text
+/// (`"zz",`) and about 50 bytes decoded (its allocation and its pointer
+/// in the path), so a 64 MiB push of such paths after 65,536 names that
+/// fill the table would decode to several hundred MiB.
 const SHARED_NAMES: usize = 1 << 16;
 
 /// What the paths of one body share.
@@ -101,18 +107,20 @@ impl Shared {
         *self = Shared::default();
     }
 
-    /// The shared copy of hostname `n`. Past [`SHARED_NAMES`] distinct
-    /// names (no fabric has that many routers; a hostile body may) a new
-    /// name is its own copy, so the table stays small whatever the body.
-    fn name(&mut self, n: &str) -> Arc<str> {
+    /// The shared copy of hostname `n`; an error past [`SHARED_NAMES`]
+    /// distinct names.
+    fn name(&mut self, n: &str) -> Result<Arc<str>, String> {
         if let Some(a) = self.names.get(n) {
-            return Arc::clone(a);
+            return Ok(Arc::clone(a));
+        }
+        if self.names.len() >= SHARED_NAMES {
+            return Err(format!(
+                "more than {SHARED_NAMES} distinct hostnames in one body"
+            ));
         }
         let a: Arc<str> = Arc::from(n);
-        if self.names.len() < SHARED_NAMES {
-            self.names.insert(Arc::clone(&a));
-        }
-        a
+        self.names.insert(Arc::clone(&a));
+        Ok(a)
     }
 
     /// The path whose hostnames were just read into `self.path`: the last
@@ -295,7 +303,7 @@ mod exact {
     impl<'de> Deserialize<'de> for Hostname {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             read_str(d, "a hostname", |n| {
-                Ok(Hostname(SHARED.with(|s| s.borrow_mut().name(n))))
+                SHARED.with(|s| s.borrow_mut().name(n)).map(Hostname)
             })
         }
     }
@@ -404,17 +412,17 @@ mod exact {
 mod tests {
     use super::*;
 
-    /// Past its bound the table shares no new name, yet every name read
-    /// is right; nothing stays behind once a body is read.
+    /// At its bound the table still shares the names it holds and refuses
+    /// a new one; nothing stays behind once a body is read.
     #[test]
     fn the_name_table_is_bounded_and_emptied() {
         let mut s = Shared::default();
         for i in 0..SHARED_NAMES {
-            s.name(&format!("h{i}"));
+            s.name(&format!("h{i}")).unwrap();
         }
-        let again = s.name("h7");
+        let again = s.name("h7").unwrap();
         assert!(Arc::ptr_eq(&again, s.names.get("h7").unwrap()));
-        assert_eq!(&*s.name("past-the-bound"), "past-the-bound");
+        assert!(s.name("past-the-bound").is_err());
         assert_eq!(s.names.len(), SHARED_NAMES);
 
         let body = r#"{"underlay":{"announce":[
@@ -436,6 +444,43 @@ mod tests {
         )
         .is_err());
         assert!(SHARED.with(|s| s.borrow().path.is_empty()));
+    }
+
+    /// A body naming more distinct hostnames than the table holds is
+    /// refused, as a push and as a pull answer: past the table, each name
+    /// would be an allocation of its own however often it repeats.
+    #[test]
+    fn a_body_cannot_name_more_hostnames_than_the_table_holds() {
+        let fill: Vec<String> =
+            (0..SHARED_NAMES).map(|i| format!("\"h{i}\"")).collect();
+        let repeated = vec!["\"zz\""; 32].join(",");
+        let paths = format!(
+            r#"{{"destination":"fd00:1::/64","path":[{}]}},
+               {{"destination":"fd00:2::/64","path":[{repeated}]}}"#,
+            fill.join(",")
+        );
+        let push = format!(r#"{{"underlay":{{"announce":[{paths}]}}}}"#);
+        let err =
+            decode_update(Version::V3, Bytes::from(push), MAX_PATH_LEN_BOUND)
+                .unwrap_err();
+        assert!(err.contains("distinct hostnames"), "{err}");
+        let pull = format!(r#"{{"underlay":[{paths}]}}"#);
+        let err = decode_pull_answer(
+            Version::V3,
+            pull.as_bytes(),
+            MAX_PATH_LEN_BOUND,
+        )
+        .unwrap_err();
+        assert!(err.contains("distinct hostnames"), "{err}");
+        // The table filled, then only names it holds: taken.
+        let within = format!(
+            r#"{{"underlay":{{"announce":[
+               {{"destination":"fd00:1::/64","path":[{}]}},
+               {{"destination":"fd00:2::/64","path":["h1","h2"]}}]}}}}"#,
+            fill.join(",")
+        );
+        decode_update(Version::V3, Bytes::from(within), MAX_PATH_LEN_BOUND)
+            .unwrap();
     }
 
     /// A pull answer decodes as serde's derive reads the wire types, in
