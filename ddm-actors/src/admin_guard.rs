@@ -151,6 +151,11 @@ impl AdminGuard {
             let mut making_spare = true;
             let need_spare = Arc::new(Notify::new());
             loop {
+                // Finished relays are reaped every turn: the select below
+                // prefers accepting, so while clients kept arriving faster
+                // than they are accepted, its own reaping branch would
+                // never run and each finished task would stay.
+                while conns.try_join_next().is_some() {}
                 tokio::select! {
                     // A spare just made is taken by the client accepted
                     // in the same turn.
