@@ -129,6 +129,23 @@ impl StoreError {
     pub fn is_unwritable(&self) -> bool {
         matches!(self, StoreError::NoSpace(..) | StoreError::ReadOnly(..))
     }
+
+    /// This failure met opening the store at `path`, where no change was
+    /// asked for (the write errors' text says one was not made).
+    fn at_open(self, path: &Path) -> StoreError {
+        let cause = match self {
+            StoreError::NoSpace(dir, cause) => {
+                format!("data directory {} is full ({cause})", dir.display())
+            }
+            StoreError::ReadOnly(dir, cause) => format!(
+                "data directory {} is read-only ({cause})",
+                dir.display()
+            ),
+            StoreError::Io(_, cause) => cause,
+            e => return e,
+        };
+        StoreError::Open(path.to_path_buf(), cause)
+    }
 }
 
 /// A switch that makes the store's file writes fail, for tests. Shared
@@ -554,20 +571,19 @@ impl Store {
                 store.lock().failing = Some(e);
                 return Ok(store);
             }
-            Err(StoreError::Io(_, cause)) => {
-                return Err(StoreError::Open(store.path.clone(), cause))
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.at_open(&store.path)),
         };
         store.lock().db = Some(db);
         // Create both tables up front so that reads never meet a missing
         // table, and so that an unwritable directory fails now, not at the
         // first PUT.
-        store.write(|txn| {
-            txn.open_table(PREFIXES)?;
-            txn.open_table(TUNNELS)?;
-            Ok(())
-        })?;
+        store
+            .write(|txn| {
+                txn.open_table(PREFIXES)?;
+                txn.open_table(TUNNELS)?;
+                Ok(())
+            })
+            .map_err(|e| e.at_open(&store.path))?;
         Ok(store)
     }
 
@@ -1293,6 +1309,25 @@ mod tests {
         }
     }
 
+    /// A first start on a full or read-only data directory fails, saying
+    /// which and why, and not that a change was not made (none was asked
+    /// for).
+    #[test]
+    fn a_first_start_on_an_unwritable_directory_says_so() {
+        for (errno, what) in
+            [(libc::ENOSPC, "full"), (libc::EROFS, "read-only")]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(Faults::default());
+            faults.fail_writes(errno);
+            let err = Store::open_with_faults(dir.path(), faults).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("cannot open store"), "{text}");
+            assert!(text.contains(&format!("is {what}")), "{text}");
+            assert!(!text.contains("change was not made"), "{text}");
+        }
+    }
+
     /// A second store on one data directory is refused while the first
     /// lives, also when the first holds no database open (a full disk).
     #[test]
@@ -1322,7 +1357,8 @@ mod tests {
         faults.fail_writes(libc::ENOSPC);
         let err =
             Store::open_with_faults(dir.path(), faults.clone()).unwrap_err();
-        assert!(matches!(err, StoreError::NoSpace(..)), "{err}");
+        assert!(matches!(err, StoreError::Open(..)), "{err}");
+        assert!(err.to_string().contains("is full"), "{err}");
         assert!(!dir.path().join(DB_FILE).exists());
         faults.fail_writes(0);
         Store::open_with_faults(dir.path(), faults).unwrap();
