@@ -174,6 +174,13 @@ pub struct TunnelEntry {
     pub nexthop: Ipv6Addr,
 }
 
+/// The errnos with which a kernel refuses a route change for want of
+/// memory or buffer space, not for a reason of the route's: the same
+/// change may succeed a moment later, so it is tried again (after the
+/// router's back-off), on Linux as on illumos.
+pub const TRANSIENT_ERRNOS: [i32; 3] =
+    [libc::ENOBUFS, libc::ENOMEM, libc::EAGAIN];
+
 /// Errors a dataplane reports.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

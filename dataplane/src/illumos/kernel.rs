@@ -104,7 +104,7 @@ struct Done {
 /// is a moment later: the kernel ran short, not refused it.
 fn transient(outcome: WriteOutcome) -> bool {
     matches!(outcome, WriteOutcome::Failed(e)
-        if [libc::ENOBUFS, libc::ENOMEM, libc::EAGAIN].contains(&e))
+        if crate::TRANSIENT_ERRNOS.contains(&e))
 }
 
 fn run_batch<S: RouteSocket>(

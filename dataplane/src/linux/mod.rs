@@ -46,7 +46,10 @@
 //! under a new id when next needed. Other batches use the objects they
 //! know without a lookup. A route refused with `EINVAL` through an object
 //! that turns out to be gone (a link went down as the batch went in) is
-//! sent once more through a new one; any other refusal stands. Ids are ours
+//! sent once more through a new one. A route refused for want of memory
+//! or buffer space (`ENOBUFS`, `ENOMEM`, `EAGAIN`, as on illumos) is
+//! handed back to the router's worker, which applies it again after its
+//! back-off (1 s, doubling to 30 s); any other refusal stands. Ids are ours
 //! in a range (our protocol number in the top byte, wrapping within it),
 //! skipping any somebody else holds; `remove_stale` and `remove_all` delete the objects of ours in
 //! that range after our routes (deleting an object deletes every route
@@ -334,24 +337,7 @@ impl Dataplane for LinuxDataplane {
                 })
             }
         };
-        let total = updates.len();
-        let mut named = Vec::new();
-        for Refused { index, reason: e, .. } in failures {
-            let u = &updates[index];
-            warn!(self.log, "route update failed";
-                "destination" => %u.destination,
-                "nexthops" => u.nexthops.len(),
-                "error" => &e);
-            named.push((u.destination.to_string(), e));
-        }
-        drop(updates);
-        debug!(self.log, "applied route updates";
-            "count" => total, "failed" => named.len());
-        if named.is_empty() {
-            Ok(())
-        } else {
-            Err(DataplaneError::Request(summary("update", named, total)))
-        }
+        refusals(updates, failures, &self.log)
     }
 
     async fn set_tunnels(
@@ -795,6 +781,45 @@ impl Kernel {
 }
 
 /// A summary error for `failures` (destination, reason) out of `total`.
+/// What became of a batch of `updates` the kernel refused `failures` of:
+/// each refusal logged; those refused for want of memory or buffer space
+/// ([`crate::TRANSIENT_ERRNOS`]) handed back to apply again
+/// ([`DataplaneError::Incomplete`], which the router's worker retries
+/// after a back-off), the rest reported as failed for good.
+fn refusals(
+    updates: Vec<RouteUpdate>,
+    failures: Vec<Refused>,
+    log: &Logger,
+) -> Result<(), DataplaneError> {
+    let total = updates.len();
+    let mut named = Vec::new();
+    let mut again = vec![false; if failures.is_empty() { 0 } else { total }];
+    for Refused { index, errno, reason: e } in failures {
+        let u = &updates[index];
+        warn!(log, "route update failed";
+            "destination" => %u.destination,
+            "nexthops" => u.nexthops.len(),
+            "error" => &e);
+        named.push((u.destination.to_string(), e));
+        again[index] = crate::TRANSIENT_ERRNOS.contains(&errno);
+    }
+    debug!(log, "applied route updates";
+        "count" => total, "failed" => named.len());
+    if named.is_empty() {
+        return Ok(());
+    }
+    let error = summary("update", named, total);
+    if !again.contains(&true) {
+        return Err(DataplaneError::Request(error));
+    }
+    let updates = updates
+        .into_iter()
+        .zip(again)
+        .filter_map(|(u, again)| again.then_some(u))
+        .collect();
+    Err(DataplaneError::Incomplete { error, updates })
+}
+
 fn summary(
     what: &str,
     failures: Vec<(String, String)>,

@@ -78,6 +78,47 @@ fn hops(list: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     list.iter().map(|(g, d)| (g.to_string(), d.to_string())).collect()
 }
 
+/// Routes the kernel refused for want of memory or buffer space are
+/// handed back to apply again; the others are failed for good; the error
+/// names them all. (No kernel needed: the refusals are given.)
+#[test]
+fn refusals_for_want_of_memory_are_handed_back() {
+    let hop = [nh("fe80::2", 7)];
+    let batch = || {
+        vec![
+            update("fd00:1::/64", &hop),
+            update("fd00:2::/64", &hop),
+            update("fd00:3::/64", &hop),
+        ]
+    };
+    let refused = |index, errno| Refused {
+        index,
+        errno,
+        reason: format!("errno {errno}"),
+    };
+    assert!(refusals(batch(), Vec::new(), &log()).is_ok());
+    match refusals(batch(), vec![refused(1, libc::EINVAL)], &log()) {
+        Err(DataplaneError::Request(e)) => {
+            assert!(e.contains("fd00:2::/64"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mixed = vec![
+        refused(0, libc::ENOMEM),
+        refused(1, libc::EINVAL),
+        refused(2, libc::ENOBUFS),
+    ];
+    match refusals(batch(), mixed, &log()) {
+        Err(DataplaneError::Incomplete { error, updates }) => {
+            assert!(error.starts_with("3 of 3"), "{error}");
+            let again: Vec<String> =
+                updates.iter().map(|u| u.destination.to_string()).collect();
+            assert_eq!(again, ["fd00:1::/64", "fd00:3::/64"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn single_multi_shrink_delete() {
     testns::run("single_multi_shrink_delete", |ns| async move {
