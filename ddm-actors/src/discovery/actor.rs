@@ -171,6 +171,9 @@ pub struct State {
     advertisement: Vec<u8>,
     /// Bounds the peer up/down/renumbered log lines.
     churn_log: LogLimiter,
+    /// Bounds the malformed-packet log lines (apart, so that junk on the
+    /// link does not hold back the peer changes).
+    malformed_log: LogLimiter,
 }
 
 impl State {
@@ -252,6 +255,12 @@ impl State {
                     old_addr: old,
                     peer,
                 });
+            }
+            Effect::Malformed { from, why } => {
+                if self.malformed_log.allow(&self.log, "malformed packets") {
+                    warn!(self.log, "malformed discovery packet dropped";
+                          "from" => %from, "why" => %why);
+                }
             }
             Effect::StateChanged { state, since } => {
                 debug!(self.log, "state"; "state" => ?state);
@@ -450,6 +459,7 @@ impl Actor for Discovery {
             solicitation,
             advertisement,
             churn_log: LogLimiter::new(),
+            malformed_log: LogLimiter::new(),
         };
         state.try_open(&myself);
         Ok(state)

@@ -129,6 +129,14 @@ pub enum Effect {
         /// The peer, with its new address.
         peer: PeerIdentity,
     },
+    /// A datagram was dropped as malformed (and counted): the caller logs
+    /// it, within a bound.
+    Malformed {
+        /// Its source.
+        from: Ipv6Addr,
+        /// What was wrong with it.
+        why: Malformed,
+    },
     /// The state changed (or was re-entered, restarting its duration).
     StateChanged {
         /// The new state.
@@ -136,6 +144,17 @@ pub enum Effect {
         /// When it was entered.
         since: Instant,
     },
+}
+
+/// Why a datagram from the link was not taken as a discovery packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// It does not decode.
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// An advertisement of a version exchange does not speak.
+    #[error("advertisement of unknown version {0}")]
+    Version(u8),
 }
 
 /// Received datagrams dropped, by reason.
@@ -499,6 +518,10 @@ impl PeerFsm {
             Ok(p) => p,
             Err(e) => {
                 drops.count(e);
+                fx.push(Effect::Malformed {
+                    from: addr,
+                    why: Malformed::Decode(e),
+                });
                 return;
             }
         };
@@ -536,6 +559,8 @@ impl PeerFsm {
                 self.advertisement(now, addr, packet, fx);
             } else {
                 self.counters.drops.unknown_version += 1;
+                let why = Malformed::Version(packet.version);
+                fx.push(Effect::Malformed { from: addr, why });
             }
         }
     }

@@ -2,9 +2,11 @@
 
 use super::*;
 use crate::discovery::io::{MemoryDatagram, MemoryPort};
+use crate::discovery::limit::LOG_LINES_PER_MINUTE;
 use crate::discovery::{DiscoveryState, PeerIdentity};
 use crate::test_actors::Forward;
 use ractor::call;
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
 const SOLICIT: Duration = Duration::from_millis(2000);
@@ -33,6 +35,14 @@ async fn start_with(
     io: PacketIo,
     hostname: &str,
 ) -> (DiscoveryRef, mpsc::UnboundedReceiver<DiscoveryEvent>) {
+    start_logging(io, hostname, Logger::root(slog::Discard, o!())).await
+}
+
+async fn start_logging(
+    io: PacketIo,
+    hostname: &str,
+    log: Logger,
+) -> (DiscoveryRef, mpsc::UnboundedReceiver<DiscoveryEvent>) {
     let (tx, events) = mpsc::unbounded_channel();
     let (collector, _) =
         Actor::spawn(None, Forward::<DiscoveryEvent>::new(), tx).await.unwrap();
@@ -43,7 +53,7 @@ async fn start_with(
         solicit_interval: SOLICIT,
         expire_threshold: EXPIRE,
         ip_addr_wait: Duration::from_millis(1000),
-        log: Logger::root(slog::Discard, o!()),
+        log,
         events: collector.get_derived(),
         io,
     };
@@ -409,4 +419,50 @@ async fn a_killed_actor_stops_reading_its_link() {
         tokio::task::yield_now().await;
     }
     assert_eq!(probe.listeners(), 0, "the reader outlived its actor");
+}
+
+/// The messages of the lines logged through it.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl slog::Drain for Lines {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        self.0.lock().unwrap().push(record.msg().to_string());
+        Ok(())
+    }
+}
+
+/// Malformed packets are dropped, counted and logged, a few lines a
+/// minute however many arrive.
+#[tokio::test(start_paused = true)]
+async fn malformed_packets_are_logged_within_a_bound() {
+    let (local, remote) =
+        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
+    let lines = Lines::default();
+    let log = Logger::root(slog::Fuse(lines.clone()), o!());
+    let (actor, _events) =
+        start_logging(PacketIo::Memory(local), "me", log).await;
+    let rig = Rig {
+        actor,
+        remote,
+        wire: broadcast::channel(1).1,
+        events: mpsc::unbounded_channel().1,
+    };
+    for _ in 0..20 {
+        rig.remote.send(ours(), vec![2]);
+    }
+    rig.counters_when(|c| c.drops.truncated == 20).await;
+    let logged = |what: &str| {
+        lines.0.lock().unwrap().iter().filter(|m| m.contains(what)).count()
+    };
+    assert_eq!(
+        logged("malformed discovery packet dropped"),
+        LOG_LINES_PER_MINUTE as usize
+    );
 }

@@ -186,7 +186,9 @@ fn solicitations_of_any_version_are_answered() {
     let mut p = advert("odd");
     p[0] = 7;
     let fx = f.handle(t5, Input::Datagram { from: from(peer_a()), payload: p });
-    assert!(fx.is_empty(), "{fx:?}");
+    let version_7 =
+        Effect::Malformed { from: peer_a(), why: Malformed::Version(7) };
+    assert_eq!(fx, vec![version_7.clone()]);
     let mut both = advert("odd");
     both[0] = 7;
     both[1] = 0x03;
@@ -194,7 +196,11 @@ fn solicitations_of_any_version_are_answered() {
         f.handle(t5, Input::Datagram { from: from(peer_a()), payload: both });
     assert_eq!(
         fx,
-        vec![Effect::SendAdvertisement { to: peer_a() }, Effect::SendSolicit]
+        vec![
+            Effect::SendAdvertisement { to: peer_a() },
+            Effect::SendSolicit,
+            version_7
+        ]
     );
     let c = f.counters();
     assert_eq!((c.drops.unknown_version, c.advertisements_received), (2, 0));
@@ -345,16 +351,30 @@ fn drops_are_counted_by_reason() {
     let d = |f: &mut PeerFsm, from: SocketAddrV6, payload: Vec<u8>| {
         assert!(f.handle(t0, Input::Datagram { from, payload }).is_empty());
     };
+    // A malformed packet is dropped, counted and handed on to be logged.
+    let bad = |f: &mut PeerFsm, payload: Vec<u8>, why: Malformed| {
+        let fx =
+            f.handle(t0, Input::Datagram { from: from(peer_a()), payload });
+        assert_eq!(fx, vec![Effect::Malformed { from: peer_a(), why }]);
+    };
     d(&mut f, from(peer_a()), advert("x"));
     f.handle(t0, Input::LinkUp { ifindex: IF, local_addr: local() });
     d(&mut f, SocketAddrV6::new(peer_a(), 3549, 0, IF + 1), advert("x"));
     d(&mut f, from("fd00::1".parse().unwrap()), advert("x"));
     d(&mut f, from(local()), advert("x"));
-    d(&mut f, from(peer_a()), vec![2]);
-    d(&mut f, from(peer_a()), vec![9, 2, 0, 0]);
-    d(&mut f, from(peer_a()), vec![2, 1, 5, 0]);
-    d(&mut f, from(peer_a()), vec![2, 1, 0, 1, 0xff]);
-    d(&mut f, from(peer_a()), vec![2, 0, 0, 0]);
+    bad(&mut f, vec![2], Malformed::Decode(DecodeError::Truncated));
+    bad(&mut f, vec![9, 2, 0, 0], Malformed::Version(9));
+    bad(
+        &mut f,
+        vec![2, 1, 5, 0],
+        Malformed::Decode(DecodeError::UnknownKind(5)),
+    );
+    bad(
+        &mut f,
+        vec![2, 1, 0, 1, 0xff],
+        Malformed::Decode(DecodeError::BadHostname),
+    );
+    bad(&mut f, vec![2, 0, 0, 0], Malformed::Decode(DecodeError::NoKindFlags));
     // Another router under our name, advertising and soliciting.
     d(&mut f, from(peer_a()), advert("me"));
     d(&mut f, from(peer_a()), solicit("me"));
