@@ -118,6 +118,7 @@ pub fn discovery_named(
         own_packet,
         own_hostname,
         link_down,
+        queue_full,
     } = drops;
     let drops = [
         ("truncated", truncated),
@@ -130,6 +131,7 @@ pub fn discovery_named(
         ("own_packet", own_packet),
         ("own_hostname", own_hostname),
         ("link_down", link_down),
+        ("queue_full", queue_full),
     ];
     let named = |kv: &[(&str, u64)]| {
         kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()

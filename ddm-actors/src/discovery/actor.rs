@@ -15,6 +15,8 @@
 //! timer of the same kind replaces.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ddm_admin_api::latest::RouterKind;
@@ -98,6 +100,8 @@ pub enum DiscoveryMsg {
         from: SocketAddrV6,
         /// Its bytes.
         payload: Vec<u8>,
+        /// Its place among the datagrams the actor has not taken yet.
+        queued: Queued,
     },
     /// The reader task failed: close the link and retry opening it.
     ReaderFailed {
@@ -174,6 +178,47 @@ pub struct State {
     /// Bounds the malformed-packet log lines (apart, so that junk on the
     /// link does not hold back the peer changes).
     malformed_log: LogLimiter,
+    /// The datagrams handed on by the readers and not taken yet.
+    queue: Arc<Queue>,
+}
+
+/// Most datagrams the reader hands on that the actor has not taken yet:
+/// past it, the reader drops what arrives (counted as `queue_full`), so a
+/// link partner sending faster than the actor keeps up (while the machine
+/// is busy) cannot grow the actor's mailbox without bound.
+const MAX_QUEUED_DATAGRAMS: usize = 1024;
+
+/// What the readers handed on and the actor has not taken yet.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Datagrams in the mailbox.
+    held: AtomicUsize,
+    /// Datagrams dropped because it was full, ever.
+    full: AtomicU64,
+}
+
+impl Queue {
+    /// A place for one more datagram, or `None` (counted) when
+    /// [`MAX_QUEUED_DATAGRAMS`] wait already.
+    fn admit(self: &Arc<Self>) -> Option<Queued> {
+        if self.held.load(Ordering::Relaxed) >= MAX_QUEUED_DATAGRAMS {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Some(Queued(Arc::clone(self)))
+    }
+}
+
+/// A datagram's place in the [`Queue`], given back when it is dropped
+/// (taken, or lost with its message).
+#[derive(Debug)]
+pub struct Queued(Arc<Queue>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl State {
@@ -301,14 +346,21 @@ impl State {
                 let link_gen = self.link_gen;
                 let mut rx = open.rx;
                 let me = myself.clone();
+                let queue = Arc::clone(&self.queue);
                 let reader = tokio::spawn(async move {
                     loop {
                         let msg = match rx.recv().await {
-                            Ok((from, payload)) => DiscoveryMsg::Datagram {
-                                link_gen,
-                                from,
-                                payload,
-                            },
+                            Ok((from, payload)) => {
+                                let Some(queued) = queue.admit() else {
+                                    continue;
+                                };
+                                DiscoveryMsg::Datagram {
+                                    link_gen,
+                                    from,
+                                    payload,
+                                    queued,
+                                }
+                            }
                             Err(e) => DiscoveryMsg::ReaderFailed {
                                 link_gen,
                                 error: e.to_string(),
@@ -460,6 +512,7 @@ impl Actor for Discovery {
             advertisement,
             churn_log: LogLimiter::new(),
             malformed_log: LogLimiter::new(),
+            queue: Arc::default(),
         };
         state.try_open(&myself);
         Ok(state)
@@ -472,7 +525,8 @@ impl Actor for Discovery {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DiscoveryMsg::Datagram { link_gen, from, payload } => {
+            DiscoveryMsg::Datagram { link_gen, from, payload, queued } => {
+                drop(queued);
                 if link_gen == state.link_gen && state.link.is_some() {
                     state.feed(&myself, Input::Datagram { from, payload });
                 }
@@ -535,6 +589,8 @@ impl Actor for Discovery {
                 let mut counters = *state.fsm.counters();
                 counters.peer_log_lines_suppressed =
                     state.churn_log.total_held();
+                counters.drops.queue_full =
+                    state.queue.full.load(Ordering::Relaxed);
                 let _ = reply.send(counters);
             }
             DiscoveryMsg::GetPeer(reply) => {

@@ -183,6 +183,9 @@ pub struct DropCounters {
     pub own_hostname: u64,
     /// Arrived while the interface was not up.
     pub link_down: u64,
+    /// Arrived while the actor had as many waiting as it may
+    /// (`MAX_QUEUED_DATAGRAMS`, in the actor).
+    pub queue_full: u64,
 }
 
 impl DropCounters {
@@ -198,6 +201,7 @@ impl DropCounters {
             + self.own_packet
             + self.own_hostname
             + self.link_down
+            + self.queue_full
     }
 
     fn count(&mut self, e: DecodeError) {

@@ -466,3 +466,21 @@ async fn malformed_packets_are_logged_within_a_bound() {
         LOG_LINES_PER_MINUTE as usize
     );
 }
+
+/// The readers hand on at most so many datagrams the actor has not taken;
+/// past them what arrives is dropped and counted, and a place comes back
+/// as each is taken (or lost with its message).
+#[test]
+fn the_datagram_queue_is_bounded() {
+    let queue = Arc::new(Queue::default());
+    let mut held: Vec<Queued> =
+        (0..MAX_QUEUED_DATAGRAMS).map(|_| queue.admit().unwrap()).collect();
+    assert!(queue.admit().is_none());
+    assert!(queue.admit().is_none());
+    assert_eq!(queue.full.load(Ordering::Relaxed), 2);
+    held.pop();
+    let again = queue.admit().expect("a place came back");
+    assert!(queue.admit().is_none());
+    drop((again, held));
+    assert_eq!(queue.held.load(Ordering::Relaxed), 0);
+}

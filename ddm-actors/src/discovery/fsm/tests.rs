@@ -392,6 +392,7 @@ fn drops_are_counted_by_reason() {
             own_packet: 1,
             own_hostname: 2,
             link_down: 1,
+            queue_full: 0,
         }
     );
     assert_eq!(c.total(), 11);
