@@ -21,7 +21,10 @@
 //! back to the router's dataplane worker as `Incomplete` with its
 //! destinations' updates, and applied again after the worker's back-off;
 //! so is a whole batch the route record could not take. A refusal of the
-//! route itself stands (an error, not retried), as on Linux.
+//! route itself stands (an error, not retried), as on Linux. A route that
+//! may be in the kernel though no batch installed it (a delete at start
+//! that failed, an add of a batch that failed part way) is deleted with
+//! the next batch that does not want it.
 //!
 //! The logic is platform-independent and tested with a fake socket; the
 //! socket itself ([`RouteSocket`]) is illumos-only.
@@ -80,6 +83,10 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     record: RouteRecord,
     /// What we installed, per destination.
     installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
+    /// Recorded routes that may be in the kernel though not installed: a
+    /// delete at start that failed, the adds of a batch that failed part
+    /// way. Each later batch deletes those it does not want.
+    leftover: BTreeSet<KernelRoute>,
     tunnels: Tunnels<D>,
     stats: Arc<KernelStats>,
     log: Logger,
@@ -197,6 +204,7 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             sock: Some(sock),
             record,
             installed: BTreeMap::new(),
+            leftover: BTreeSet::new(),
             tunnels: Tunnels::new(opte, log.clone()),
             stats,
             log,
@@ -295,7 +303,15 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             warn!(self.log, "could not update the route record";
                 "error" => %e);
         }
-        let done = self.write(Vec::new(), present).await?;
+        let done = self.write(Vec::new(), present.clone()).await;
+        let deleted: BTreeSet<KernelRoute> = match &done {
+            Ok(d) => d.deleted.iter().copied().collect(),
+            Err(_) => BTreeSet::new(),
+        };
+        // Deleted with a later batch instead, unless it wants them.
+        self.leftover
+            .extend(present.into_iter().filter(|r| !deleted.contains(r)));
+        let done = done?;
         Self::result(&done)?;
         Ok(done.removed)
     }
@@ -305,8 +321,10 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         updates: Vec<RouteUpdate>,
     ) -> Result<(), DataplaneError> {
         let mut adds = Vec::new();
-        let mut dels = Vec::new();
+        let mut dels = BTreeSet::new();
         let empty = BTreeSet::new();
+        let mut wanted: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>> =
+            BTreeMap::new();
         for u in &updates {
             let dest = masked(&u.destination);
             let mut want = BTreeSet::new();
@@ -327,21 +345,38 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             let have = self.installed.get(&dest).unwrap_or(&empty);
             adds.extend(want.difference(have).copied());
             dels.extend(have.difference(&want).copied());
+            wanted.insert(dest, want);
         }
-        let done = match self.write(adds, dels).await {
+        // What may be left of earlier failures, unless this batch (or what
+        // is installed) wants it.
+        dels.extend(self.leftover.iter().filter(
+            |r| match wanted.get(&r.dest) {
+                Some(want) => !want.contains(r),
+                None => {
+                    !self.installed.get(&r.dest).is_some_and(|s| s.contains(r))
+                }
+            },
+        ));
+        let tried = adds.clone();
+        let done = match self.write(adds, dels.into_iter().collect()).await {
             // Nothing was written (the record could not take the adds),
             // or the batch panicked part way: the whole batch again, after
             // the worker's back-off (adds already written then come back
-            // as already present, and are counted as taken over).
+            // as already present, and are counted as taken over). Its
+            // adds may be in the kernel meanwhile: should a later batch
+            // not want them, it deletes them.
             Err(DataplaneError::Request(error)) => {
+                self.leftover.extend(tried);
                 return Err(DataplaneError::Incomplete { error, updates });
             }
             r => r?,
         };
         for r in &done.added {
+            self.leftover.remove(r);
             self.installed.entry(r.dest).or_default().insert(*r);
         }
         for r in &done.deleted {
+            self.leftover.remove(r);
             if let Some(s) = self.installed.get_mut(&r.dest) {
                 s.remove(r);
                 if s.is_empty() {
@@ -384,6 +419,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             self.record.routes().iter().copied().collect();
         let done = self.write(Vec::new(), all).await?;
         self.installed.clear();
+        self.leftover.clear();
         Self::result(&done)?;
         tunnels?;
         Ok(done.removed)
@@ -518,6 +554,66 @@ mod tests {
         assert!(err.to_string().contains("panicked"), "{err}");
         d.apply(vec![upd("fd00:2::/64", &[("fe80::a", 2)])]).await.unwrap();
         assert_eq!(table(&k), [kr("fd00:2::/64", "fe80::a", 2)]);
+    }
+
+    /// A route a batch that panicked may have written is deleted by the
+    /// next batch that does not want it, though that batch replaces the
+    /// retry of the one that panicked (the worker's later update wins).
+    #[tokio::test]
+    async fn what_a_batch_that_panicked_wrote_is_deleted_when_unwanted() {
+        let (_dir, k, mut d) = fresh();
+        k.panics.lock().unwrap().insert(kr("fd00:2::/64", "fe80::b", 2));
+        let r = d
+            .apply(vec![
+                upd("fd00:1::/64", &[("fe80::a", 2)]),
+                upd("fd00:2::/64", &[("fe80::b", 2)]),
+            ])
+            .await;
+        assert!(matches!(r, Err(DataplaneError::Incomplete { .. })), "{r:?}");
+        assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::a", 2)]);
+        d.apply(vec![upd("fd00:1::/64", &[]), upd("fd00:2::/64", &[])])
+            .await
+            .unwrap();
+        assert!(table(&k).is_empty());
+    }
+
+    /// A route of the last run whose delete failed at start is deleted by
+    /// a later batch, whether or not that batch names its destination,
+    /// and kept where a batch wants it.
+    #[tokio::test]
+    async fn a_stale_route_whose_delete_failed_goes_with_a_later_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel { can_list: true, ..FakeKernel::default() };
+        let (p_a, q_a, r_a) = (
+            kr("fd00:1::/64", "fe80::a", 2),
+            kr("fd00:2::/64", "fe80::a", 2),
+            kr("fd00:3::/64", "fe80::a", 2),
+        );
+        {
+            // A run that dies without cleaning up (kill -9).
+            let mut d = dp(&k, dir.path());
+            d.apply(vec![
+                upd("fd00:1::/64", &[("fe80::a", 2)]),
+                upd("fd00:2::/64", &[("fe80::a", 2)]),
+                upd("fd00:3::/64", &[("fe80::a", 2)]),
+            ])
+            .await
+            .unwrap();
+        }
+        k.short.lock().unwrap().extend([p_a, q_a, r_a]);
+        let mut d = dp(&k, dir.path());
+        d.remove_stale().await.unwrap_err();
+        assert_eq!(table(&k), [p_a, q_a, r_a]);
+        // p now through another nexthop; q not named; r wanted as it is.
+        d.apply(vec![
+            upd("fd00:1::/64", &[("fe80::b", 3)]),
+            upd("fd00:3::/64", &[("fe80::a", 2)]),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::b", 3), r_a]);
+        d.apply(vec![upd("fd00:3::/64", &[])]).await.unwrap();
+        assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::b", 3)]);
     }
 
     #[tokio::test]
