@@ -466,7 +466,10 @@ struct Synced {
 }
 
 /// Brings one destination from `have` to `want`: adds first (so traffic
-/// keeps a way out), then deletes exactly the targets no longer wanted.
+/// keeps a way out), then deletes exactly the targets no longer wanted,
+/// then the adds dpd refused once more: a route holds at most
+/// [`MAX_TARGETS`] targets, so one that is full (ours, with anybody
+/// else's) takes a new target only once an old one is gone.
 async fn sync_one(
     client: &DpdClient,
     cidr: Ipv6Net,
@@ -475,26 +478,16 @@ async fn sync_one(
 ) -> Synced {
     let mut now = have.clone();
     let mut refused = Vec::new();
+    let mut again = Vec::new();
     for t in want.difference(&have) {
-        let r = if now.is_empty() {
-            match client.update(Method::PUT, &cidr, t).await {
-                // Someone else's target is there: add ours beside it.
-                Err(CallError::Status(StatusCode::CONFLICT, _)) => {
-                    client.update(Method::POST, &cidr, t).await
-                }
-                r => r,
-            }
-        } else {
-            client.update(Method::POST, &cidr, t).await
-        };
-        match r {
+        match add_target(client, &cidr, &now, t).await {
             Ok(()) => {
                 now.insert(t.clone());
             }
             Err(CallError::Unreachable(e)) => {
                 return Synced { cidr, now, unreachable: Some(e), refused };
             }
-            Err(e) => refused.push(format!("add {cidr} via {t:?}: {e}")),
+            Err(_) => again.push(t),
         }
     }
     for t in have.difference(&want) {
@@ -508,7 +501,38 @@ async fn sync_one(
             Err(e) => refused.push(format!("delete {cidr} via {t:?}: {e}")),
         }
     }
+    for t in again {
+        match add_target(client, &cidr, &now, t).await {
+            Ok(()) => {
+                now.insert(t.clone());
+            }
+            Err(CallError::Unreachable(e)) => {
+                return Synced { cidr, now, unreachable: Some(e), refused };
+            }
+            Err(e) => refused.push(format!("add {cidr} via {t:?}: {e}")),
+        }
+    }
     Synced { cidr, now, unreachable: None, refused }
+}
+
+/// Adds target `t` to `cidr`, of which we hold `now`: the route is
+/// created (`PUT`) when we hold none of it, and, when someone else's
+/// target is there already, ours goes beside it (`POST`).
+async fn add_target(
+    client: &DpdClient,
+    cidr: &Ipv6Net,
+    now: &BTreeSet<DpdTarget>,
+    t: &DpdTarget,
+) -> Result<(), CallError> {
+    if !now.is_empty() {
+        return client.update(Method::POST, cidr, t).await;
+    }
+    match client.update(Method::PUT, cidr, t).await {
+        Err(CallError::Status(StatusCode::CONFLICT, _)) => {
+            client.update(Method::POST, cidr, t).await
+        }
+        r => r,
+    }
 }
 
 impl Inner {

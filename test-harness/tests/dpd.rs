@@ -457,6 +457,28 @@ async fn dataplane_programs_ecmp_sets_target_by_target() {
     check_against_reference(&mock.requests());
 }
 
+/// A route holding as many targets as dpd allows still takes a changed
+/// nexthop: the old target goes first, then the new one is added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_takes_a_changed_nexthop() {
+    let mock = MockDpd::start().unwrap();
+    let mut dp = dataplane(&mock);
+    dp.remove_stale().await.unwrap();
+    // 33 neighbours on one port, fe80::1 to fe80::21.
+    let hops: Vec<Nexthop> =
+        (1..=33).map(|i| nh(&format!("fe80::{i:x}"), 1)).collect();
+    let max = ddm_test_harness::mock_dpd::MAX_TARGETS;
+    dp.apply(vec![upd("fd00:1::/64", &hops[..max])]).await.unwrap();
+    assert_eq!(mock.routes()["fd00:1::/64"].len(), max);
+    // The first nexthop gives way to the 33rd.
+    dp.apply(vec![upd("fd00:1::/64", &hops[1..])]).await.unwrap();
+    let now = &mock.routes()["fd00:1::/64"];
+    assert_eq!(now.len(), max);
+    assert!(now.contains(&"rear0/0 fe80::21 ddmd".to_string()), "{now:?}");
+    assert!(!now.contains(&"rear0/0 fe80::1 ddmd".to_string()), "{now:?}");
+    check_against_reference(&mock.requests());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_reconciles_when_dpd_comes_back() {
     let mock = MockDpd::start().unwrap();
