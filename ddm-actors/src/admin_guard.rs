@@ -30,9 +30,7 @@
 //! client's request is relayed as soon as it is accepted, not after a
 //! connect and the server's own accept: `ddmadm` and the control plane
 //! open a connection per request, and on a fresh connection that wait
-//! was most of what the guard added (figures in the README). A spare
-//! older than [`SPARE_MAX_AGE`] is not used: the server closes, unasked,
-//! a connection that brought no request head within 30 s.
+//! was most of what the guard added (figures in the README).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -79,8 +77,6 @@ pub struct Bounds {
     pub idle: Duration,
     /// How long a client may send without an answer.
     pub request: Duration,
-    /// The oldest spare connection handed to a client.
-    pub spare_age: Duration,
 }
 
 impl Default for Bounds {
@@ -89,20 +85,12 @@ impl Default for Bounds {
             max_connections: ADMIN_MAX_CONNECTIONS,
             idle: ADMIN_IDLE,
             request: ADMIN_REQUEST,
-            spare_age: SPARE_MAX_AGE,
         }
     }
 }
 
 /// Size of each direction's relay buffer.
 const RELAY_BUFFER: usize = 16 << 10;
-
-/// The oldest spare connection handed to a client. The server behind
-/// (dropshot 0.18, through hyper) closes a connection that has not sent a
-/// whole request head within 30 s of its start, without an answer; a
-/// spare taken just before that would lose its client's request. Older
-/// than this, the spare is dropped and the client gets a new connection.
-const SPARE_MAX_AGE: Duration = Duration::from_secs(20);
 
 /// Pause after a failed `accept` (for example out of descriptors).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -144,7 +132,7 @@ impl AdminGuard {
         bounds: Bounds,
         log: Logger,
     ) -> io::Result<AdminGuard> {
-        let Bounds { max_connections, idle, spare_age, .. } = bounds;
+        let Bounds { max_connections, idle, .. } = bounds;
         let std = std::net::TcpListener::bind(listen)?;
         std.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std)?;
@@ -157,7 +145,7 @@ impl AdminGuard {
             // that making it (a connect, and the server's accept) does
             // not hold up that client's request. Never in a loop: a
             // server that refuses costs one attempt per client.
-            let mut spare: Option<(TcpStream, tokio::time::Instant)> = None;
+            let mut spare: Option<TcpStream> = None;
             let connecting = connect(backend, idle);
             tokio::pin!(connecting);
             let mut making_spare = true;
@@ -174,8 +162,7 @@ impl AdminGuard {
                     biased;
                     made = &mut connecting, if making_spare => {
                         making_spare = false;
-                        let now = tokio::time::Instant::now();
-                        spare = made.ok().map(|s| (s, now));
+                        spare = made.ok();
                     }
                     _ = need_spare.notified(), if !making_spare => {
                         if spare.is_none() {
@@ -192,12 +179,7 @@ impl AdminGuard {
                                 drop(client);
                                 continue;
                             };
-                            let server = spare
-                                .take()
-                                .filter(|(s, at)| {
-                                    at.elapsed() < spare_age && usable(s)
-                                })
-                                .map(|(s, _)| s);
+                            let server = spare.take().filter(usable);
                             let answered = Arc::clone(&need_spare);
                             let log = log.clone();
                             conns.spawn(async move {
@@ -658,27 +640,6 @@ mod tests {
         let answer = ask(guard.local_addr(), b"x").await;
         assert_eq!(&answer[1..], b"x");
         assert_ne!(answer[0], 0, "relayed over the closed spare");
-    }
-
-    /// A spare older than its bound is not used (the server may be about
-    /// to close it unasked): the client is relayed over a new connection.
-    #[tokio::test]
-    async fn an_old_spare_is_passed_over() {
-        let (backend, mut seen) = numbering(&[]).await;
-        let bounds = Bounds {
-            spare_age: Duration::from_millis(50),
-            ..Bounds::default()
-        };
-        let listen = "[::1]:0".parse().unwrap();
-        let guard =
-            AdminGuard::start_with(listen, backend, bounds, log()).unwrap();
-        accepted(&mut seen, 1).await;
-        // Past the bound (the spare's age is read when a client comes).
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(ask(guard.local_addr(), b"x").await, b"\x01x");
-        // The next spare, young, is taken.
-        accepted(&mut seen, 3).await;
-        assert_eq!(ask(guard.local_addr(), b"y").await, b"\x02y");
     }
 
     #[test]
