@@ -327,23 +327,28 @@ impl ImportPolicy {
         &self.config
     }
 
-    /// The counters: in total and per peer.
+    /// The counters: in total, and per peer that is up (those of a peer
+    /// that went down go with it, though its record stays a while to
+    /// limit its log lines).
     pub fn counters(&self) -> PolicyCounters {
         PolicyCounters {
             total: self.total,
             per_peer: self
                 .peers
                 .iter()
+                .filter(|(_, r)| !r.down)
                 .map(|(id, r)| (*id, r.counts))
                 .collect(),
         }
     }
 
-    /// `peer` entered exchange.
+    /// `peer` entered exchange: its counters start again from zero (a new
+    /// session's), its log limiter goes on.
     pub fn peer_up(&mut self, peer: PeerId, now: Instant) {
         self.prune(now);
         if let Some(r) = self.peers.get_mut(&peer) {
             r.down = false;
+            r.counts = RefusalCounts::default();
         }
     }
 

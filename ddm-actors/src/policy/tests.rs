@@ -556,10 +556,15 @@ fn a_flapping_peer_is_not_logged_more_often() {
     assert_eq!(p.filter_wire(peer(1), bad.clone(), &held, t0).notes.len(), 1);
     let gone = p.peer_down(peer(1), t0 + Duration::from_secs(1));
     assert_eq!(gone.map(|c| c.total()), Some(1));
+    // Its counters go with it at once (no series of a peer that is gone),
+    // and start from zero when it comes back.
+    assert!(p.counters().per_peer.is_empty());
     p.peer_up(peer(1), t0 + Duration::from_secs(2));
+    assert_eq!(p.counters().per_peer[&peer(1)].total(), 0);
     let v =
         p.filter_wire(peer(1), bad.clone(), &held, t0 + Duration::from_secs(3));
     assert!(v.notes.is_empty());
+    assert_eq!(p.counters().per_peer[&peer(1)].total(), 1);
     // Once down for longer than the interval, its record goes; the
     // total stays.
     p.peer_down(peer(1), t0 + Duration::from_secs(4));
