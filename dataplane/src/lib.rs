@@ -190,10 +190,12 @@ pub enum DataplaneError {
     /// The dataplane could not be reached or opened.
     #[error("dataplane unavailable: {0}")]
     Unavailable(String),
-    /// A batch of route updates failed as a whole, part way through (the
-    /// socket failed, or the kernel's answers did not come): some of
-    /// `updates` may be in place, some not. Each sets its destination's
-    /// nexthops, so applying them again is safe.
+    /// Route updates to apply again: a batch failed as a whole, part way
+    /// through (the socket failed, or the kernel's answers did not come),
+    /// or the kernel refused some of its updates for want of memory or
+    /// buffer space ([`TRANSIENT_ERRNOS`]). Some of `updates` may be in
+    /// place, some not. Each sets its destination's nexthops, so applying
+    /// them again is safe.
     #[error("dataplane batch failed: {error} ({} updates to apply again)", updates.len())]
     Incomplete {
         /// What failed.

@@ -780,7 +780,6 @@ impl Kernel {
     }
 }
 
-/// A summary error for `failures` (destination, reason) out of `total`.
 /// What became of a batch of `updates` the kernel refused `failures` of:
 /// each refusal logged; those refused for want of memory or buffer space
 /// ([`crate::TRANSIENT_ERRNOS`]) handed back to apply again
@@ -820,6 +819,7 @@ fn refusals(
     Err(DataplaneError::Incomplete { error, updates })
 }
 
+/// A summary error for `failures` (destination, reason) out of `total`.
 fn summary(
     what: &str,
     failures: Vec<(String, String)>,

@@ -126,7 +126,7 @@ impl DataplaneTurn {
     }
 }
 
-/// The first wait before a batch that failed as a whole (or a tunnel set
+/// The first wait before updates handed back to apply again (or a tunnel set
 /// the dataplane could not set for now) is applied again; each failure in
 /// a row doubles it, up to [`RETRY_MAX`] ([`crate::timer::backoff_between`]).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -134,7 +134,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait before a failed batch is applied again.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// A batch that failed as a whole, and when to apply it again.
+/// Updates handed back to apply again (a batch that failed as a whole,
+/// or what the kernel refused for want of memory), and when.
 struct Retry {
     updates: Vec<RouteUpdate>,
     at: tokio::time::Instant,
@@ -201,7 +202,7 @@ pub(super) async fn dataplane_worker(
         Err(e) => warn!(log, "could not remove stale routes";
             "error" => %e, "dataplane" => dp.name()),
     }
-    // A batch that failed as a whole, waiting to be applied again (what
+    // Updates handed back, waiting to be applied again (what
     // comes meanwhile is applied at once, and wins where both name a
     // destination).
     let mut retry: Option<Retry> = None;
@@ -275,8 +276,8 @@ pub(super) async fn dataplane_worker(
                     DataplaneStats::bump(&stats.batch_errors, 1);
                     let (wait, at) = next_retry(&mut failed_in_a_row);
                     warn!(log, "programming routes failed; trying again";
-                        "count" => n, "error" => error,
-                        "after_ms" => wait.as_millis());
+                        "count" => n, "again" => updates.len(),
+                        "error" => error, "after_ms" => wait.as_millis());
                     retry = Some(match retry.take() {
                         // Behind what waits already (the later wins), and
                         // not putting off its wait.
