@@ -7,7 +7,8 @@
 //! 204, so anything acknowledged is on disk.
 //!
 //! redb calls block on file I/O, so on a file every operation the admin
-//! actor awaits ([`Store::apply_async`], [`Store::load_async`]) runs on
+//! actor awaits ([`Store::apply_async`], [`Store::rewrite_async`],
+//! [`Store::load_async`]) runs on
 //! tokio's blocking pool, without stalling the actor's runtime thread.
 //!
 //! [`Store::in_memory`] keeps the database in memory (a sparse image of
@@ -577,14 +578,20 @@ impl Store {
         // Create both tables up front so that reads never meet a missing
         // table, and so that an unwritable directory fails now, not at the
         // first PUT.
-        store
-            .write(|txn| {
-                txn.open_table(PREFIXES)?;
-                txn.open_table(TUNNELS)?;
-                Ok(())
-            })
-            .map_err(|e| e.at_open(&store.path))?;
-        Ok(store)
+        let made = store.write(|txn| {
+            txn.open_table(PREFIXES)?;
+            txn.open_table(TUNNELS)?;
+            Ok(())
+        });
+        match made {
+            Ok(()) => Ok(store),
+            // Opened, but the write fails for want of room: as above.
+            Err(e) if e.is_unwritable() && !store.never_written() => {
+                store.lock().failing = Some(e);
+                Ok(store)
+            }
+            Err(e) => Err(e.at_open(&store.path)),
+        }
     }
 
     /// A store in memory only: nothing touches a file system, and its
@@ -742,8 +749,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Read everything (at start-up, and after a write recovered from a
-    /// failure). Unparsable entries are reported, not silently dropped.
+    /// Read everything (at start-up, and at an admin actor's restart).
+    /// Unparsable entries are reported, not silently dropped.
     pub fn load(&self) -> Result<Originated, StoreError> {
         let mut inner = self.lock();
         if inner.db.is_none() {
@@ -856,10 +863,12 @@ impl Store {
 
     /// Make the store hold exactly `all`, every entry written afresh in
     /// one durable transaction: both tables are dropped and filled again,
-    /// so no page of theirs is left from an earlier commit. After a failed
-    /// sync, pages the file shows need not be on disk (Linux marks them
-    /// clean), and a commit that changes only what differs from them
-    /// could leave them so; one that writes everything cannot.
+    /// so no entry of theirs is read from a page an earlier commit wrote.
+    /// After a failed sync, pages the file shows need not be on disk
+    /// (Linux marks them clean), and a commit that changes only what
+    /// differs from them could leave entries on such pages; this one
+    /// leaves none. (redb's own bookkeeping of free pages is not
+    /// rewritten.)
     pub fn rewrite(&self, all: &Originated) -> Result<(), StoreError> {
         self.write(|txn| {
             txn.delete_table(PREFIXES)?;

@@ -192,13 +192,21 @@ impl AdminState {
         change: &Arc<StoreChange>,
     ) -> Result<(), StoreError> {
         let written = self.store.apply_async(Arc::clone(change)).await;
-        self.store_counters.record(written.is_ok());
-        if let Err(e) = written {
-            warn!(self.log, "store write failed"; "error" => %e);
-            return Err(e);
-        }
+        self.written(written)?;
         apply_to(&mut self.originated, change);
         Ok(())
+    }
+
+    /// Count a store write's outcome, and log it when it failed.
+    fn written(
+        &self,
+        result: Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.store_counters.record(result.is_ok());
+        if let Err(e) = &result {
+            warn!(self.log, "store write failed"; "error" => %e);
+        }
+        result
     }
 
     /// Carry out `change`: tell the router and make it durable, and
@@ -246,17 +254,20 @@ impl AdminState {
         apply_to(&mut all, &change);
         let all = Arc::new(all);
         let written = self.store.rewrite_async(Arc::clone(&all)).await;
-        self.store_counters.record(written.is_ok());
-        if let Err(e) = written {
-            warn!(self.log, "store write failed"; "error" => %e);
-            return Err(e);
+        let size = all.prefixes.len();
+        if written.is_ok() {
+            info!(self.log, "store writes succeed again: the store was \
+                written afresh"; "prefixes" => size,
+                "tunnels" => all.tunnels.len());
+            self.originated = Arc::unwrap_or_clone(all);
+            self.tell_router_change(&change);
+        } else {
+            drop(all);
         }
-        info!(self.log, "store writes succeed again: the store was \
-            written afresh"; "prefixes" => all.prefixes.len(),
-            "tunnels" => all.tunnels.len());
-        self.originated = Arc::unwrap_or_clone(all);
-        self.tell_router_change(&change);
-        Ok(())
+        // What the rewrite (and the mirror it replaced) held goes back to
+        // the system, as after a large change (see `change`).
+        crate::router::trim_after(size);
+        self.written(written)
     }
 
     /// Carry out the change `asked` for and answer it, unless its asker
