@@ -649,10 +649,27 @@ mod tests {
         w.link_changed(&lost);
         assert!(rx.try_recv().is_err(), "a stale carrier loss was reported");
         // Set down by hand, at the same count (a driver that keeps its
-        // carrier): reported.
+        // carrier counts no loss): reported.
         let mut admin_down = counted(2, "a0", 4);
-        admin_down.header.flags = LinkFlags::LowerUp;
+        admin_down.header.flags = LinkFlags::empty();
         w.link_changed(&admin_down);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
+        );
+        // Set up again without a carrier, at that count: the link was
+        // seen down, so nothing stale about it (and nothing to report).
+        w.link_changed(&lost);
+        assert!(rx.try_recv().is_err());
+        // Its carrier back, then lost: a higher count, reported.
+        w.link_changed(&counted(2, "a0", 4));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
+        );
+        let mut later = counted(2, "a0", 5);
+        later.header.flags = LinkFlags::Up;
+        w.link_changed(&later);
         assert_eq!(
             rx.try_recv().unwrap(),
             LinkEvent::Down { ifindex: 2, ifname: "a0".into() }

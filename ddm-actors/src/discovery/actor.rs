@@ -201,11 +201,14 @@ impl Queue {
     /// A place for one more datagram, or `None` (counted) when
     /// [`MAX_QUEUED_DATAGRAMS`] wait already.
     fn admit(self: &Arc<Self>) -> Option<Queued> {
-        if self.held.load(Ordering::Relaxed) >= MAX_QUEUED_DATAGRAMS {
+        let taken =
+            self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_QUEUED_DATAGRAMS).then_some(n + 1)
+            });
+        if taken.is_err() {
             self.full.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        self.held.fetch_add(1, Ordering::Relaxed);
         Some(Queued(Arc::clone(self)))
     }
 }

@@ -12,8 +12,9 @@
 //!   other than the current peer share one more bucket, so an attacker that
 //!   rotates spoofed source addresses is bounded too, while the peer keeps
 //!   being answered. At most [`MAX_SOURCES`] sources are remembered.
-//! * [`LogLimiter`]: at most [`LOG_LINES_PER_MINUTE`] peer-churn log lines
-//!   per minute on an interface, counting the ones it holds back.
+//! * [`LogLimiter`]: at most [`LOG_LINES_PER_MINUTE`] log lines of a kind
+//!   per minute on an interface (one for peer churn, one for malformed
+//!   packets), counting the ones it holds back.
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
