@@ -117,8 +117,14 @@ impl DataplaneTurn {
         self.0.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A worker ended without removing our routes (it panicked).
+    pub(super) fn routes_left(&self) {
+        self.0.removal_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A turn whose workers set `removal_failed` when their removal of
-    /// our routes fails.
+    /// our routes fails (or they panicked), and clear it once their
+    /// removal of what a previous run left succeeded.
     pub fn reporting(
         removal_failed: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
@@ -195,7 +201,15 @@ pub(super) async fn dataplane_worker(
     // What a previous run left is removed in the turn too: beside a failed
     // router's worker still removing its own, the two removals raced, and
     // each reported the other's routes as refusals.
-    match dp.remove_stale().await {
+    let removed = dp.remove_stale().await;
+    if removed.is_ok() {
+        // Nothing of ours left by an earlier worker (one that panicked,
+        // or whose removal failed) is in place any more.
+        turn.0
+            .removal_failed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    match removed {
         Ok(0) => {}
         Ok(n) => info!(log, "removed routes left by a previous run";
             "count" => n, "dataplane" => dp.name()),

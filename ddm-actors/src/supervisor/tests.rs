@@ -262,6 +262,76 @@ async fn stopping_waits_for_a_failed_routers_removal() {
     assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
 
+/// A dataplane that panics as its worker starts when `panics` is set.
+struct PanicsAtStart {
+    panics: bool,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Dataplane for PanicsAtStart {
+    fn name(&self) -> &'static str {
+        "panics-at-start"
+    }
+    async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(!self.panics, "a bug in the dataplane");
+        Ok(0)
+    }
+    async fn apply(
+        &mut self,
+        _: Vec<crate::dataplane::RouteUpdate>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+    async fn set_tunnels(
+        &mut self,
+        _: std::collections::BTreeSet<crate::dataplane::TunnelEntry>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+    async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+}
+
+/// A dataplane worker that panicked removed nothing: a stop before the
+/// next router's worker removed what it left reports routes left
+/// (`ddmd` exits 1); once that worker has, nothing is reported.
+#[tokio::test(start_paused = true)]
+async fn routes_a_panicked_worker_left_are_reported_until_removed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for restarted in [false, true] {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = started.clone();
+        let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
+            let panics = seen.load(SeqCst) == 0;
+            Ok(Box::new(PanicsAtStart { panics, started: seen.clone() })
+                as Box<dyn Dataplane>)
+        });
+        let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sup = start_reporting(false, false, factory, left.clone()).await;
+        let wait = |n: usize| {
+            let started = started.clone();
+            let left = left.clone();
+            async move {
+                while started.load(SeqCst) < n || (n == 1 && !left.load(SeqCst))
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait(1)).await.unwrap();
+        if restarted {
+            tokio::time::timeout(Duration::from_secs(60), wait(2))
+                .await
+                .unwrap();
+        }
+        sup.stop_and_wait(None, None).await.unwrap();
+        assert_eq!(left.load(SeqCst), !restarted, "restarted {restarted}");
+    }
+}
+
 /// The back-off counts failures in a row: a child that ran a minute since
 /// its last restart starts over at one; one that failed sooner, or whose
 /// restart failed, counts on.
