@@ -93,7 +93,8 @@ pub(super) enum DataplaneCmd {
 /// It also carries what the supervisor's stop needs: whether the daemon
 /// is stopping (then no next router comes, and a failed router's worker
 /// removes everything, as at a clean stop), and the flag a failed removal
-/// sets ([`DataplaneTurn::reporting`]).
+/// or a panicked worker sets, and a worker's removal of what was left
+/// clears ([`DataplaneTurn::reporting`]).
 #[derive(Debug, Clone, Default)]
 pub struct DataplaneTurn(Arc<Turn>);
 
