@@ -154,11 +154,15 @@ async fn a_killed_router_is_restarted_and_gets_the_originated_set() {
 
 /// A dataplane whose removal of every route takes `removal` (of tokio
 /// time), and says when it is done; with `fails`, it fails at once (a dpd
-/// that does not answer).
+/// that does not answer). Its removal of what a previous run left counts
+/// in `started`, and panics with `panics_at_start`.
+#[derive(Default)]
 struct SlowRemoval {
     removal: Duration,
     removed: Arc<std::sync::atomic::AtomicBool>,
     fails: bool,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    panics_at_start: bool,
 }
 
 #[async_trait::async_trait]
@@ -167,6 +171,8 @@ impl Dataplane for SlowRemoval {
         "slow-removal"
     }
     async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(!self.panics_at_start, "a bug in the dataplane");
         Ok(0)
     }
     async fn apply(
@@ -213,8 +219,12 @@ async fn start_removing_in(
     let removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = removed.clone();
     let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-        Ok(Box::new(SlowRemoval { removal, removed: flag.clone(), fails })
-            as Box<dyn Dataplane>)
+        Ok(Box::new(SlowRemoval {
+            removal,
+            removed: flag.clone(),
+            fails,
+            ..SlowRemoval::default()
+        }) as Box<dyn Dataplane>)
     });
     let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sup = start_reporting(false, false, factory, left.clone()).await;
@@ -262,39 +272,6 @@ async fn stopping_waits_for_a_failed_routers_removal() {
     assert!(removed.load(std::sync::atomic::Ordering::SeqCst));
 }
 
-/// A dataplane that panics as its worker starts when `panics` is set.
-struct PanicsAtStart {
-    panics: bool,
-    started: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[async_trait::async_trait]
-impl Dataplane for PanicsAtStart {
-    fn name(&self) -> &'static str {
-        "panics-at-start"
-    }
-    async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
-        self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        assert!(!self.panics, "a bug in the dataplane");
-        Ok(0)
-    }
-    async fn apply(
-        &mut self,
-        _: Vec<crate::dataplane::RouteUpdate>,
-    ) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-    async fn set_tunnels(
-        &mut self,
-        _: std::collections::BTreeSet<crate::dataplane::TunnelEntry>,
-    ) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-    async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
-        Ok(0)
-    }
-}
-
 /// A dataplane worker that panicked removed nothing: a stop before the
 /// next router's worker removed what it left reports routes left
 /// (`ddmd` exits 1); once that worker has, nothing is reported.
@@ -305,9 +282,11 @@ async fn routes_a_panicked_worker_left_are_reported_until_removed() {
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = started.clone();
         let factory: DataplaneFactory = Arc::new(move |_log: &Logger| {
-            let panics = seen.load(SeqCst) == 0;
-            Ok(Box::new(PanicsAtStart { panics, started: seen.clone() })
-                as Box<dyn Dataplane>)
+            Ok(Box::new(SlowRemoval {
+                panics_at_start: seen.load(SeqCst) == 0,
+                started: seen.clone(),
+                ..SlowRemoval::default()
+            }) as Box<dyn Dataplane>)
         });
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sup = start_reporting(false, false, factory, left.clone()).await;
