@@ -585,6 +585,15 @@ mod tests {
         let (tx, mut rx) = unbounded_channel();
         let mut w =
             Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
+        // a0's events, up or down.
+        let a0 = |up: bool| {
+            let ifname = "a0".into();
+            if up {
+                LinkEvent::Up { ifindex: 2, ifname }
+            } else {
+                LinkEvent::Down { ifindex: 2, ifname }
+            }
+        };
         let counted = |i, name, downs| {
             let mut l = link(i, name, true);
             l.attributes.push(LinkAttribute::CarrierDownCount(downs));
@@ -619,31 +628,19 @@ mod tests {
         let mut down = counted(2, "a0", 3);
         down.header.flags = LinkFlags::empty();
         w.link_changed(&down);
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(false));
         // The up that followed came through; then events were lost again
         // while the carrier went down and came back: the dump sees the
         // link up at the count of that loss, and the loss's own message,
         // queued before the dump, comes after it. It is stale: the link
         // stays up.
         w.link_changed(&counted(2, "a0", 3));
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(true));
         let dump =
             [counted(2, "a0", 4), counted(3, "b0", 1), link(4, "c0", true)];
         w.reconcile(&dump, &[]);
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
-        );
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(false));
+        assert_eq!(rx.try_recv().unwrap(), a0(true));
         let mut lost = counted(2, "a0", 4);
         lost.header.flags = LinkFlags::Up;
         w.link_changed(&lost);
@@ -653,36 +650,24 @@ mod tests {
         let mut admin_down = counted(2, "a0", 4);
         admin_down.header.flags = LinkFlags::empty();
         w.link_changed(&admin_down);
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(false));
         // Set up again without a carrier, at that count: the link was
         // seen down, so nothing stale about it (and nothing to report).
         w.link_changed(&lost);
         assert!(rx.try_recv().is_err());
         // Its carrier back, then lost: a higher count, reported.
         w.link_changed(&counted(2, "a0", 4));
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(true));
         let mut later = counted(2, "a0", 5);
         later.header.flags = LinkFlags::Up;
         w.link_changed(&later);
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Down { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(false));
         // A dump is taken as it is, even with a lower count (the link
         // re-created under the same index while events were lost).
         let dump =
             [counted(2, "a0", 0), counted(3, "b0", 1), link(4, "c0", true)];
         w.reconcile(&dump, &[]);
-        assert_eq!(
-            rx.try_recv().unwrap(),
-            LinkEvent::Up { ifindex: 2, ifname: "a0".into() }
-        );
+        assert_eq!(rx.try_recv().unwrap(), a0(true));
     }
 
     /// The kernel's own dumps carry the count a hidden flap is told by: a
