@@ -562,13 +562,15 @@ impl Store {
             medium: Medium::File,
             _dir_lock: Some(Arc::new(dir_lock)),
         };
+        // Asked before the open, which writes a new file's header.
+        let existed = !store.never_written();
         let db = match store.open_db() {
             Ok(db) => db,
             // A database there already, on a full disk: start all the
             // same, reading it from a copy (`load`), with writes failing
             // until there is room. Refusing to start would stop routing
             // for want of a few kilobytes.
-            Err(e) if e.is_unwritable() && !store.never_written() => {
+            Err(e) if e.is_unwritable() && existed => {
                 store.lock().failing = Some(e);
                 return Ok(store);
             }
@@ -586,7 +588,7 @@ impl Store {
         match made {
             Ok(()) => Ok(store),
             // Opened, but the write fails for want of room: as above.
-            Err(e) if e.is_unwritable() && !store.never_written() => {
+            Err(e) if e.is_unwritable() && existed => {
                 store.lock().failing = Some(e);
                 Ok(store)
             }

@@ -589,7 +589,6 @@ impl Actor for Router {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = oneshot::channel();
         let dp_stats = Arc::new(DataplaneStats::default());
-        let turn = args.turn.clone();
         let worker = tokio::spawn(dataplane_worker(
             dp,
             rx,
@@ -605,13 +604,12 @@ impl Actor for Router {
         }
         // The worker ends by itself only if it panics (it runs until the
         // router's stop, or until the router's end drops its queue):
-        // then the router is told, and fails. A panicked worker removed
-        // nothing: routes are left until the next router's worker removes
-        // them at its start (and if the daemon stops first, it says so).
+        // then the router is told, and fails. (A panicked worker removed
+        // nothing: it flags our routes as left, until the next router's
+        // worker removes them at its start.)
         let worker = tokio::spawn(async move {
             if let Err(e) = worker.await {
                 if e.is_panic() {
-                    turn.routes_left();
                     let why = format!("the dataplane worker panicked: {e}");
                     let _ = myself.cast(RouterMsg::WorkerGone(why));
                 }

@@ -118,11 +118,6 @@ impl DataplaneTurn {
         self.0.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// A worker ended without removing our routes (it panicked).
-    pub(super) fn routes_left(&self) {
-        self.0.removal_failed.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// A turn whose workers set `removal_failed` when their removal of
     /// our routes fails (or they panicked), and clear it once their
     /// removal of what a previous run left succeeded.
@@ -199,6 +194,10 @@ pub(super) async fn dataplane_worker(
     log: Logger,
 ) {
     let _turn = turn.0.lock.lock().await;
+    // Declared after the turn's guard, so dropped before it: a worker
+    // that does not finish (it panicked, or was aborted) flags our routes
+    // as left before anyone else can take the turn.
+    let mut unfinished = Unfinished(turn.0.removal_failed.clone(), true);
     // What a previous run left is removed in the turn too: beside a failed
     // router's worker still removing its own, the two removals raced, and
     // each reported the other's routes as refusals.
@@ -351,6 +350,7 @@ pub(super) async fn dataplane_worker(
             removed
         }
     };
+    unfinished.1 = false;
     match removed {
         Ok(n) => info!(log, "removed our routes"; "count" => n),
         Err(e) => {
@@ -358,6 +358,18 @@ pub(super) async fn dataplane_worker(
                 .removal_failed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             warn!(log, "removing our routes failed"; "error" => %e)
+        }
+    }
+}
+
+/// Sets the flag it holds when dropped while still armed: a dataplane
+/// worker that did not get to the end of its removal left routes.
+struct Unfinished(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
