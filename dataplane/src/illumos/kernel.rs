@@ -22,9 +22,13 @@
 //! destinations' updates, and applied again after the worker's back-off;
 //! so is a whole batch the route record could not take. A refusal of the
 //! route itself stands (an error, not retried), as on Linux. A route that
-//! may be in the kernel though no batch installed it (a delete at start
-//! that failed, an add of a batch that failed part way) is deleted with
-//! the next batch that does not want it.
+//! may be in the kernel though no batch installed it is deleted, apart
+//! from the batch (its failures are not the batch's), when a later batch
+//! does not want it: one a previous run left whose delete at start
+//! failed, by the next batch; an add of a batch that failed part way, by
+//! the next batch naming its destination (others leave it to the failed
+//! batch's retry). One the kernel refuses to delete then stays recorded
+//! until shutdown.
 //!
 //! The logic is platform-independent and tested with a fake socket; the
 //! socket itself ([`RouteSocket`]) is illumos-only.
@@ -83,10 +87,14 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     record: RouteRecord,
     /// What we installed, per destination.
     installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
-    /// Recorded routes that may be in the kernel though not installed: a
-    /// delete at start that failed, the adds of a batch that failed part
-    /// way. Each later batch deletes those it does not want.
-    leftover: BTreeSet<KernelRoute>,
+    /// Routes a previous run left whose delete at start failed: each later
+    /// batch deletes those neither it nor what is installed wants.
+    stale: BTreeSet<KernelRoute>,
+    /// Recorded adds of a batch that failed part way, which may be in the
+    /// kernel though not installed: a later batch naming the destination
+    /// deletes those it does not want (one that does not name it leaves
+    /// them to the failed batch's retry).
+    unsure: BTreeSet<KernelRoute>,
     tunnels: Tunnels<D>,
     stats: Arc<KernelStats>,
     log: Logger,
@@ -204,7 +212,8 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             sock: Some(sock),
             record,
             installed: BTreeMap::new(),
-            leftover: BTreeSet::new(),
+            stale: BTreeSet::new(),
+            unsure: BTreeSet::new(),
             tunnels: Tunnels::new(opte, log.clone()),
             stats,
             log,
@@ -241,13 +250,16 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         .await
         .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
         self.sock = Some(sock);
-        let done = done.map_err(|_| {
+        let mut done = done.map_err(|_| {
             DataplaneError::Request("the route batch panicked".into())
         })?;
         if let Err(e) = self.record.remove(&done.deleted) {
             warn!(self.log, "could not update the route record";
                 "error" => %e);
         }
+        // Our own, left by a failure, are not someone else's.
+        done.foreign
+            .retain(|r| !self.stale.contains(r) && !self.unsure.contains(r));
         if !done.foreign.is_empty() {
             // Recorded with the adds: ours from now on.
             self.stats
@@ -266,6 +278,23 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             }
         }
         Ok(done)
+    }
+
+    /// Delete routes left by earlier failures (`stale`, `unsure`), apart
+    /// from the batch: their failures are not the batch's. One the kernel
+    /// refuses for good is let go here (it stays recorded, and goes at
+    /// shutdown); one it could not delete for now is tried again with the
+    /// next batch.
+    async fn delete_left(&mut self, left: Vec<KernelRoute>) {
+        let Ok(done) = self.write(Vec::new(), left.clone()).await else {
+            return;
+        };
+        for r in left {
+            if done.deleted.contains(&r) || !done.transient.contains(&r.dest) {
+                self.stale.remove(&r);
+                self.unsure.remove(&r);
+            }
+        }
     }
 
     fn result(done: &Done) -> Result<(), DataplaneError> {
@@ -309,8 +338,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             Err(_) => BTreeSet::new(),
         };
         // Deleted with a later batch instead, unless it wants them.
-        self.leftover
-            .extend(present.into_iter().filter(|r| !deleted.contains(r)));
+        self.stale.extend(present.into_iter().filter(|r| !deleted.contains(r)));
         let done = done?;
         Self::result(&done)?;
         Ok(done.removed)
@@ -349,14 +377,23 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         }
         // What may be left of earlier failures, unless this batch (or what
         // is installed) wants it.
-        dels.extend(self.leftover.iter().filter(
-            |r| match wanted.get(&r.dest) {
+        let left: Vec<KernelRoute> = self
+            .stale
+            .iter()
+            .filter(|r| match wanted.get(&r.dest) {
                 Some(want) => !want.contains(r),
                 None => {
                     !self.installed.get(&r.dest).is_some_and(|s| s.contains(r))
                 }
-            },
-        ));
+            })
+            .chain(self.unsure.iter().filter(|r| {
+                wanted.get(&r.dest).is_some_and(|want| !want.contains(r))
+            }))
+            .copied()
+            .collect();
+        if !left.is_empty() {
+            self.delete_left(left).await;
+        }
         let tried = adds.clone();
         let done = match self.write(adds, dels.into_iter().collect()).await {
             // Nothing was written (the record could not take the adds),
@@ -366,17 +403,19 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             // adds may be in the kernel meanwhile: should a later batch
             // not want them, it deletes them.
             Err(DataplaneError::Request(error)) => {
-                self.leftover.extend(tried);
+                let recorded = self.record.routes();
+                let maybe = tried.into_iter().filter(|r| recorded.contains(r));
+                self.unsure.extend(maybe.collect::<Vec<_>>());
                 return Err(DataplaneError::Incomplete { error, updates });
             }
             r => r?,
         };
         for r in &done.added {
-            self.leftover.remove(r);
+            self.stale.remove(r);
+            self.unsure.remove(r);
             self.installed.entry(r.dest).or_default().insert(*r);
         }
         for r in &done.deleted {
-            self.leftover.remove(r);
             if let Some(s) = self.installed.get_mut(&r.dest) {
                 s.remove(r);
                 if s.is_empty() {
@@ -419,7 +458,8 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             self.record.routes().iter().copied().collect();
         let done = self.write(Vec::new(), all).await?;
         self.installed.clear();
-        self.leftover.clear();
+        self.stale.clear();
+        self.unsure.clear();
         Self::result(&done)?;
         tunnels?;
         Ok(done.removed)
@@ -445,6 +485,8 @@ mod tests {
         removed: Arc<Mutex<BTreeSet<u16>>>,
         /// Adds of these panic once (a bug in the socket's code).
         panics: Arc<Mutex<BTreeSet<KernelRoute>>>,
+        /// Deletes of these are refused (EPERM).
+        undeletable: Arc<Mutex<BTreeSet<KernelRoute>>>,
     }
 
     impl RouteSocket for FakeKernel {
@@ -470,6 +512,9 @@ mod tests {
             }
             if self.removed.lock().unwrap().contains(&r.ifindex) {
                 return Ok(WriteOutcome::Failed(libc::EINVAL));
+            }
+            if self.undeletable.lock().unwrap().contains(r) {
+                return Ok(WriteOutcome::Failed(libc::EPERM));
             }
             Ok(if self.table.lock().unwrap().remove(r) {
                 WriteOutcome::Done
@@ -556,9 +601,10 @@ mod tests {
         assert_eq!(table(&k), [kr("fd00:2::/64", "fe80::a", 2)]);
     }
 
-    /// A route a batch that panicked may have written is deleted by the
-    /// next batch that does not want it, though that batch replaces the
-    /// retry of the one that panicked (the worker's later update wins).
+    /// A route a batch that panicked may have written is left alone by a
+    /// batch that does not name its destination (the failed batch's retry
+    /// will), and deleted by one that does not want it, though that batch
+    /// replaces the retry (the worker's later update wins).
     #[tokio::test]
     async fn what_a_batch_that_panicked_wrote_is_deleted_when_unwanted() {
         let (_dir, k, mut d) = fresh();
@@ -571,10 +617,16 @@ mod tests {
             .await;
         assert!(matches!(r, Err(DataplaneError::Incomplete { .. })), "{r:?}");
         assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::a", 2)]);
+        d.apply(vec![upd("fd00:3::/64", &[("fe80::c", 2)])]).await.unwrap();
+        assert_eq!(
+            table(&k),
+            [kr("fd00:1::/64", "fe80::a", 2), kr("fd00:3::/64", "fe80::c", 2)]
+        );
         d.apply(vec![upd("fd00:1::/64", &[]), upd("fd00:2::/64", &[])])
             .await
             .unwrap();
-        assert!(table(&k).is_empty());
+        assert_eq!(table(&k), [kr("fd00:3::/64", "fe80::c", 2)]);
+        assert_eq!(d.stats().foreign.load(Ordering::Relaxed), 0);
     }
 
     /// A route of the last run whose delete failed at start is deleted by
@@ -614,6 +666,29 @@ mod tests {
         assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::b", 3), r_a]);
         d.apply(vec![upd("fd00:3::/64", &[])]).await.unwrap();
         assert_eq!(table(&k), [kr("fd00:1::/64", "fe80::b", 3)]);
+    }
+
+    /// A stale route the kernel refuses to delete is tried once more with
+    /// the next batch, apart from it (that batch succeeds), then let go
+    /// until shutdown.
+    #[tokio::test]
+    async fn a_stale_route_refused_for_good_fails_no_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = FakeKernel { can_list: true, ..FakeKernel::default() };
+        let p_a = kr("fd00:1::/64", "fe80::a", 2);
+        {
+            let mut d = dp(&k, dir.path());
+            d.apply(vec![upd("fd00:1::/64", &[("fe80::a", 2)])]).await.unwrap();
+        }
+        k.undeletable.lock().unwrap().insert(p_a);
+        let mut d = dp(&k, dir.path());
+        d.remove_stale().await.unwrap_err();
+        d.apply(vec![upd("fd00:2::/64", &[("fe80::b", 2)])]).await.unwrap();
+        let refused = d.stats().refused.load(Ordering::Relaxed);
+        assert_eq!(refused, 2);
+        d.apply(vec![upd("fd00:3::/64", &[("fe80::c", 2)])]).await.unwrap();
+        assert_eq!(d.stats().refused.load(Ordering::Relaxed), refused);
+        assert!(d.record.routes().contains(&p_a));
     }
 
     #[tokio::test]
