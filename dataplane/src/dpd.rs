@@ -26,7 +26,7 @@
 //! link 0. A nexthop on any other interface is skipped with one log line per
 //! interface and counted ([`DpdStats::skipped`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::Ipv6Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -476,40 +476,43 @@ async fn sync_one(
     have: BTreeSet<DpdTarget>,
     want: BTreeSet<DpdTarget>,
 ) -> Synced {
+    /// One request of the sync: an add (`retry`: it may be tried once
+    /// more, after the deletes), or a delete.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Op {
+        Add { retry: bool },
+        Delete,
+    }
     let mut now = have.clone();
     let mut refused = Vec::new();
-    let mut again = Vec::new();
-    for t in want.difference(&have) {
-        match add_target(client, &cidr, &now, t).await {
-            Ok(()) => {
-                now.insert(t.clone());
-            }
-            Err(CallError::Unreachable(e)) => {
-                return Synced { cidr, now, unreachable: Some(e), refused };
-            }
-            Err(_) => again.push(t),
-        }
-    }
-    for t in have.difference(&want) {
-        match client.delete_target(&cidr, t).await {
-            Ok(()) => {
+    let mut ops: VecDeque<(Op, &DpdTarget)> = want
+        .difference(&have)
+        .map(|t| (Op::Add { retry: true }, t))
+        .chain(have.difference(&want).map(|t| (Op::Delete, t)))
+        .collect();
+    while let Some((op, t)) = ops.pop_front() {
+        let r = match op {
+            Op::Add { .. } => add_target(client, &cidr, &now, t).await,
+            Op::Delete => client.delete_target(&cidr, t).await,
+        };
+        match r {
+            Ok(()) if op == Op::Delete => {
                 now.remove(t);
             }
-            Err(CallError::Unreachable(e)) => {
-                return Synced { cidr, now, unreachable: Some(e), refused };
-            }
-            Err(e) => refused.push(format!("delete {cidr} via {t:?}: {e}")),
-        }
-    }
-    for t in again {
-        match add_target(client, &cidr, &now, t).await {
             Ok(()) => {
                 now.insert(t.clone());
             }
             Err(CallError::Unreachable(e)) => {
                 return Synced { cidr, now, unreachable: Some(e), refused };
             }
-            Err(e) => refused.push(format!("add {cidr} via {t:?}: {e}")),
+            // Behind the deletes, which may make room.
+            Err(_) if op == (Op::Add { retry: true }) => {
+                ops.push_back((Op::Add { retry: false }, t));
+            }
+            Err(e) => {
+                let what = if op == Op::Delete { "delete" } else { "add" };
+                refused.push(format!("{what} {cidr} via {t:?}: {e}"));
+            }
         }
     }
     Synced { cidr, now, unreachable: None, refused }
