@@ -151,11 +151,6 @@ impl AdminGuard {
             let mut making_spare = true;
             let need_spare = Arc::new(Notify::new());
             loop {
-                // Finished relays are reaped every turn: the select below
-                // prefers accepting, so while clients kept arriving faster
-                // than they are accepted, its own reaping branch would
-                // never run and each finished task would stay.
-                while conns.try_join_next().is_some() {}
                 tokio::select! {
                     // A spare just made is taken by the client accepted
                     // in the same turn.
@@ -170,6 +165,11 @@ impl AdminGuard {
                             making_spare = true;
                         }
                     }
+                    // Finished relays are reaped before a client is
+                    // accepted: after it, while clients kept arriving
+                    // faster than they were accepted, this never ran and
+                    // each finished task stayed.
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
                     accepted = listener.accept() => match accepted {
                         Ok((client, from)) => {
                             let Ok(slot) = slots.clone().try_acquire_owned()
@@ -200,7 +200,6 @@ impl AdminGuard {
                             tokio::time::sleep(ACCEPT_PAUSE).await;
                         }
                     },
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
             }
         });

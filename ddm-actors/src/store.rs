@@ -505,6 +505,27 @@ pub struct Originated {
     pub tunnels: BTreeSet<TunnelOrigin>,
 }
 
+/// Insert `prefixes` and `tunnels` within `txn`.
+fn insert_all(
+    txn: &redb::WriteTransaction,
+    prefixes: &BTreeSet<Ipv6Net>,
+    tunnels: &BTreeSet<TunnelOrigin>,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(PREFIXES)?;
+    // Each key is written into one buffer, not a new string each: adding
+    // 100,000 took 158-210 ms against 189-228 in a scratch program (noisy;
+    // roughly a tenth less).
+    let mut key = String::new();
+    for p in prefixes {
+        table.insert(key_of(&mut key, p), ())?;
+    }
+    let mut table = txn.open_table(TUNNELS)?;
+    for t in tunnels {
+        table.insert(tunnel_key(t).as_str(), ())?;
+    }
+    Ok(())
+}
+
 /// `p`'s key (its text form), written into `buf`.
 fn key_of<'a>(buf: &'a mut String, p: &Ipv6Net) -> &'a str {
     use std::fmt::Write;
@@ -564,22 +585,9 @@ impl Store {
         };
         // Asked before the open, which writes a new file's header.
         let existed = !store.never_written();
-        let db = match store.open_db() {
-            Ok(db) => db,
-            // A database there already, on a full disk: start all the
-            // same, reading it from a copy (`load`), with writes failing
-            // until there is room. Refusing to start would stop routing
-            // for want of a few kilobytes.
-            Err(e) if e.is_unwritable() && existed => {
-                store.lock().failing = Some(e);
-                return Ok(store);
-            }
-            Err(e) => return Err(e.at_open(&store.path)),
-        };
-        store.lock().db = Some(db);
-        // Create both tables up front so that reads never meet a missing
-        // table, and so that an unwritable directory fails now, not at the
-        // first PUT.
+        // Open the database and create both tables up front, so that
+        // reads never meet a missing table, and so that an unwritable
+        // directory fails now, not at the first PUT.
         let made = store.write(|txn| {
             txn.open_table(PREFIXES)?;
             txn.open_table(TUNNELS)?;
@@ -587,11 +595,11 @@ impl Store {
         });
         match made {
             Ok(()) => Ok(store),
-            // Opened, but the write fails for want of room: as above.
-            Err(e) if e.is_unwritable() && existed => {
-                store.lock().failing = Some(e);
-                Ok(store)
-            }
+            // A database there already, on a full disk: start all the
+            // same, reading it from a copy (`load`), with writes failing
+            // (`write` noted it) until there is room. Refusing to start
+            // would stop routing for want of a few kilobytes.
+            Err(e) if e.is_unwritable() && existed => Ok(store),
             Err(e) => Err(e.at_open(&store.path)),
         }
     }
@@ -831,14 +839,9 @@ impl Store {
     /// transaction.
     pub fn apply(&self, change: &StoreChange) -> Result<(), StoreError> {
         self.write(|txn| {
+            insert_all(txn, &change.add_prefixes, &change.add_tunnels)?;
             let mut prefixes = txn.open_table(PREFIXES)?;
-            // Each key is written into one buffer, not a new string each:
-            // adding 100,000 took 158-210 ms against 189-228 in a scratch
-            // program (noisy; roughly a tenth less).
             let mut key = String::new();
-            for p in &change.add_prefixes {
-                prefixes.insert(key_of(&mut key, p), ())?;
-            }
             let remove = &change.remove_prefixes;
             if remove.len() as u64 * REMOVE_BY_SCAN >= prefixes.len()? {
                 // A large share of the table: one pass over it (100,000 of
@@ -853,9 +856,6 @@ impl Store {
                 }
             }
             let mut tunnels = txn.open_table(TUNNELS)?;
-            for t in &change.add_tunnels {
-                tunnels.insert(tunnel_key(t).as_str(), ())?;
-            }
             for t in &change.remove_tunnels {
                 tunnels.remove(tunnel_key(t).as_str())?;
             }
@@ -875,16 +875,7 @@ impl Store {
         self.write(|txn| {
             txn.delete_table(PREFIXES)?;
             txn.delete_table(TUNNELS)?;
-            let mut prefixes = txn.open_table(PREFIXES)?;
-            let mut key = String::new();
-            for p in &all.prefixes {
-                prefixes.insert(key_of(&mut key, p), ())?;
-            }
-            let mut tunnels = txn.open_table(TUNNELS)?;
-            for t in &all.tunnels {
-                tunnels.insert(tunnel_key(t).as_str(), ())?;
-            }
-            Ok(())
+            insert_all(txn, &all.prefixes, &all.tunnels)
         })
     }
 

@@ -218,6 +218,8 @@ impl AdminState {
     /// failing (the last write failed), see [`AdminState::recover`]. An
     /// empty change (a duplicate advertise, a withdrawal of something never
     /// originated) touches neither, unless the store is failing.
+    /// `change` is made against the mirror (it adds only what the mirror
+    /// lacks, removes only what it holds), as `change` builds it.
     async fn update(&mut self, change: StoreChange) -> Result<(), StoreError> {
         if self.store.failing().is_some() {
             return self.recover(change).await;
@@ -250,23 +252,24 @@ impl AdminState {
     /// A withdrawal of what a failed advertise left in the file is then
     /// answered only once it is gone from it.
     async fn recover(&mut self, change: StoreChange) -> Result<(), StoreError> {
-        let mut all = self.originated.clone();
-        apply_to(&mut all, &change);
-        let all = Arc::new(all);
+        // The mirror itself, with the change, goes to the store's task (not
+        // a copy of it); taken back after, the change undone if the write
+        // failed (it was made against the mirror: see `change`).
+        apply_to(&mut self.originated, &change);
+        let all = Arc::new(std::mem::take(&mut self.originated));
         let written = self.store.rewrite_async(Arc::clone(&all)).await;
-        let size = all.prefixes.len();
+        self.originated = Arc::unwrap_or_clone(all);
         if written.is_ok() {
             info!(self.log, "store writes succeed again: the store was \
-                written afresh"; "prefixes" => size,
-                "tunnels" => all.tunnels.len());
-            self.originated = Arc::unwrap_or_clone(all);
+                written afresh"; "prefixes" => self.originated.prefixes.len(),
+                "tunnels" => self.originated.tunnels.len());
             self.tell_router_change(&change);
         } else {
-            drop(all);
+            apply_to(&mut self.originated, &change.inverse());
         }
-        // What the rewrite (and the mirror it replaced) held goes back to
-        // the system, as after a large change (see `change`).
-        crate::router::trim_after(size);
+        // What the rewrite held goes back to the system, as after a large
+        // change (see `change`).
+        crate::router::trim_after(self.originated.prefixes.len());
         self.written(written)
     }
 

@@ -15,7 +15,7 @@
 //! timer of the same kind replaces.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use ractor::{
     Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort,
 };
 use slog::{debug, info, o, warn, Logger};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -189,40 +190,36 @@ pub struct State {
 const MAX_QUEUED_DATAGRAMS: usize = 1024;
 
 /// What the readers handed on and the actor has not taken yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
-    /// Datagrams in the mailbox.
-    held: AtomicUsize,
+    /// A place per datagram that may wait in the mailbox.
+    places: Arc<Semaphore>,
     /// Datagrams dropped because it was full, ever.
     full: AtomicU64,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        let places = Arc::new(Semaphore::new(MAX_QUEUED_DATAGRAMS));
+        Queue { places, full: AtomicU64::new(0) }
+    }
 }
 
 impl Queue {
     /// A place for one more datagram, or `None` (counted) when
     /// [`MAX_QUEUED_DATAGRAMS`] wait already.
-    fn admit(self: &Arc<Self>) -> Option<Queued> {
-        let taken =
-            self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < MAX_QUEUED_DATAGRAMS).then_some(n + 1)
-            });
-        if taken.is_err() {
+    fn admit(&self) -> Option<Queued> {
+        let place = Arc::clone(&self.places).try_acquire_owned().ok();
+        if place.is_none() {
             self.full.fetch_add(1, Ordering::Relaxed);
-            return None;
         }
-        Some(Queued(Arc::clone(self)))
+        place
     }
 }
 
 /// A datagram's place in the [`Queue`], given back when it is dropped
 /// (taken, or lost with its message).
-#[derive(Debug)]
-pub struct Queued(Arc<Queue>);
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub type Queued = OwnedSemaphorePermit;
 
 impl State {
     fn ifname(&self) -> &str {

@@ -150,8 +150,8 @@ pub enum Effect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Malformed {
     /// It does not decode.
-    #[error("{0}")]
-    Decode(DecodeError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
     /// An advertisement of a version exchange does not speak.
     #[error("advertisement of unknown version {0}")]
     Version(u8),
@@ -522,10 +522,7 @@ impl PeerFsm {
             Ok(p) => p,
             Err(e) => {
                 drops.count(e);
-                fx.push(Effect::Malformed {
-                    from: addr,
-                    why: Malformed::Decode(e),
-                });
+                fx.push(Effect::Malformed { from: addr, why: e.into() });
                 return;
             }
         };

@@ -350,20 +350,17 @@ pub(super) async fn dataplane_worker(
             removed
         }
     };
-    unfinished.1 = false;
+    // A failed removal left routes, as an unfinished one does.
+    unfinished.1 = removed.is_err();
     match removed {
         Ok(n) => info!(log, "removed our routes"; "count" => n),
-        Err(e) => {
-            turn.0
-                .removal_failed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            warn!(log, "removing our routes failed"; "error" => %e)
-        }
+        Err(e) => warn!(log, "removing our routes failed"; "error" => %e),
     }
 }
 
 /// Sets the flag it holds when dropped while still armed: a dataplane
-/// worker that did not get to the end of its removal left routes.
+/// worker that did not get to the end of its removal, or whose removal
+/// failed, left routes.
 struct Unfinished(Arc<std::sync::atomic::AtomicBool>, bool);
 
 impl Drop for Unfinished {
