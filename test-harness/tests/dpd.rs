@@ -464,18 +464,19 @@ async fn a_full_route_takes_a_changed_nexthop() {
     let mock = MockDpd::start().unwrap();
     let mut dp = dataplane(&mock);
     dp.remove_stale().await.unwrap();
-    // 33 neighbours on one port, fe80::1 to fe80::21.
-    let hops: Vec<Nexthop> =
-        (1..=33).map(|i| nh(&format!("fe80::{i:x}"), 1)).collect();
+    // One neighbour more than a route holds, on one port: fe80::1 on.
     let max = ddm_test_harness::mock_dpd::MAX_TARGETS;
+    let target = |i: usize| format!("rear0/0 fe80::{i:x} ddmd");
+    let hops: Vec<Nexthop> =
+        (1..=max + 1).map(|i| nh(&format!("fe80::{i:x}"), 1)).collect();
     dp.apply(vec![upd("fd00:1::/64", &hops[..max])]).await.unwrap();
     assert_eq!(mock.routes()["fd00:1::/64"].len(), max);
-    // The first nexthop gives way to the 33rd.
+    // The first nexthop gives way to the last.
     dp.apply(vec![upd("fd00:1::/64", &hops[1..])]).await.unwrap();
     let now = &mock.routes()["fd00:1::/64"];
     assert_eq!(now.len(), max);
-    assert!(now.contains(&"rear0/0 fe80::21 ddmd".to_string()), "{now:?}");
-    assert!(!now.contains(&"rear0/0 fe80::1 ddmd".to_string()), "{now:?}");
+    assert!(now.contains(&target(max + 1)), "{now:?}");
+    assert!(!now.contains(&target(1)), "{now:?}");
     check_against_reference(&mock.requests());
 }
 

@@ -87,17 +87,25 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     record: RouteRecord,
     /// What we installed, per destination.
     installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
-    /// Routes a previous run left whose delete at start failed: each later
-    /// batch deletes those neither it nor what is installed wants.
-    stale: BTreeSet<KernelRoute>,
-    /// Recorded adds of a batch that failed part way, which may be in the
-    /// kernel though not installed: a later batch naming the destination
-    /// deletes those it does not want (one that does not name it leaves
-    /// them to the failed batch's retry).
-    unsure: BTreeSet<KernelRoute>,
+    /// Recorded routes that may be in the kernel though not installed
+    /// (none of them is), and why.
+    left: BTreeMap<KernelRoute, Left>,
     tunnels: Tunnels<D>,
     stats: Arc<KernelStats>,
     log: Logger,
+}
+
+/// Why a recorded route may be in the kernel though no batch installed
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// A previous run left it, and its delete at start failed: each later
+    /// batch that does not want it deletes it.
+    Stale,
+    /// An add of a batch that failed part way: a later batch naming its
+    /// destination without wanting it deletes it (one that does not name
+    /// it leaves it to the failed batch's retry).
+    Unsure,
 }
 
 /// What one batch of writes did.
@@ -212,8 +220,7 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             sock: Some(sock),
             record,
             installed: BTreeMap::new(),
-            stale: BTreeSet::new(),
-            unsure: BTreeSet::new(),
+            left: BTreeMap::new(),
             tunnels: Tunnels::new(opte, log.clone()),
             stats,
             log,
@@ -258,8 +265,7 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
                 "error" => %e);
         }
         // Our own, left by a failure, are not someone else's.
-        done.foreign
-            .retain(|r| !self.stale.contains(r) && !self.unsure.contains(r));
+        done.foreign.retain(|r| !self.left.contains_key(r));
         if !done.foreign.is_empty() {
             // Recorded with the adds: ours from now on.
             self.stats
@@ -280,20 +286,19 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         Ok(done)
     }
 
-    /// Delete routes left by earlier failures (`stale`, `unsure`), apart
-    /// from the batch: their failures are not the batch's. One the kernel
-    /// refuses for good is let go here (it stays recorded, and goes at
-    /// shutdown); one it could not delete for now is tried again with the
-    /// next batch.
-    async fn delete_left(&mut self, left: Vec<KernelRoute>) {
-        let Ok(done) = self.write(Vec::new(), left.clone()).await else {
+    /// Delete routes left by earlier failures (`left`), apart from the
+    /// batch: their failures are not the batch's. One the kernel refuses
+    /// for good is let go here (it stays recorded, and goes at shutdown);
+    /// one it could not delete for now is tried again with the next batch.
+    async fn delete_left(&mut self, tried: Vec<KernelRoute>) {
+        let Ok(done) = self.write(Vec::new(), tried.clone()).await else {
             return;
         };
-        for r in left {
-            if done.deleted.contains(&r) || !done.transient.contains(&r.dest) {
-                self.stale.remove(&r);
-                self.unsure.remove(&r);
-            }
+        for r in done.deleted.iter() {
+            self.left.remove(r);
+        }
+        for r in tried.iter().filter(|r| !done.transient.contains(&r.dest)) {
+            self.left.remove(r);
         }
     }
 
@@ -338,7 +343,9 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             Err(_) => BTreeSet::new(),
         };
         // Deleted with a later batch instead, unless it wants them.
-        self.stale.extend(present.into_iter().filter(|r| !deleted.contains(r)));
+        for r in present.into_iter().filter(|r| !deleted.contains(r)) {
+            self.left.insert(r, Left::Stale);
+        }
         let done = done?;
         Self::result(&done)?;
         Ok(done.removed)
@@ -349,7 +356,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         updates: Vec<RouteUpdate>,
     ) -> Result<(), DataplaneError> {
         let mut adds = Vec::new();
-        let mut dels = BTreeSet::new();
+        let mut dels = Vec::new();
         let empty = BTreeSet::new();
         let mut wanted: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>> =
             BTreeMap::new();
@@ -375,44 +382,38 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             dels.extend(have.difference(&want).copied());
             wanted.insert(dest, want);
         }
-        // What may be left of earlier failures, unless this batch (or what
-        // is installed) wants it.
+        // What may be left of earlier failures, unless this batch wants it.
         let left: Vec<KernelRoute> = self
-            .stale
+            .left
             .iter()
-            .filter(|r| match wanted.get(&r.dest) {
+            .filter(|(r, why)| match wanted.get(&r.dest) {
                 Some(want) => !want.contains(r),
-                None => {
-                    !self.installed.get(&r.dest).is_some_and(|s| s.contains(r))
-                }
+                None => **why == Left::Stale,
             })
-            .chain(self.unsure.iter().filter(|r| {
-                wanted.get(&r.dest).is_some_and(|want| !want.contains(r))
-            }))
-            .copied()
+            .map(|(r, _)| *r)
             .collect();
         if !left.is_empty() {
             self.delete_left(left).await;
         }
         let tried = adds.clone();
-        let done = match self.write(adds, dels.into_iter().collect()).await {
+        let done = match self.write(adds, dels).await {
             // Nothing was written (the record could not take the adds),
             // or the batch panicked part way: the whole batch again, after
             // the worker's back-off (adds already written then come back
-            // as already present, and are counted as taken over). Its
-            // adds may be in the kernel meanwhile: should a later batch
-            // not want them, it deletes them.
+            // as already present, and are taken back, not counted as
+            // taken over). Its adds may be in the kernel meanwhile:
+            // should a later batch not want them, it deletes them.
             Err(DataplaneError::Request(error)) => {
                 let recorded = self.record.routes();
-                let maybe = tried.into_iter().filter(|r| recorded.contains(r));
-                self.unsure.extend(maybe.collect::<Vec<_>>());
+                for r in tried.into_iter().filter(|r| recorded.contains(r)) {
+                    self.left.entry(r).or_insert(Left::Unsure);
+                }
                 return Err(DataplaneError::Incomplete { error, updates });
             }
             r => r?,
         };
         for r in &done.added {
-            self.stale.remove(r);
-            self.unsure.remove(r);
+            self.left.remove(r);
             self.installed.entry(r.dest).or_default().insert(*r);
         }
         for r in &done.deleted {
@@ -458,8 +459,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             self.record.routes().iter().copied().collect();
         let done = self.write(Vec::new(), all).await?;
         self.installed.clear();
-        self.stale.clear();
-        self.unsure.clear();
+        self.left.clear();
         Self::result(&done)?;
         tunnels?;
         Ok(done.removed)

@@ -792,7 +792,7 @@ fn refusals(
 ) -> Result<(), DataplaneError> {
     let total = updates.len();
     let mut named = Vec::new();
-    let mut again = vec![false; if failures.is_empty() { 0 } else { total }];
+    let mut again = BTreeSet::new();
     for Refused { index, errno, reason: e } in failures {
         let u = &updates[index];
         warn!(log, "route update failed";
@@ -800,7 +800,9 @@ fn refusals(
             "nexthops" => u.nexthops.len(),
             "error" => &e);
         named.push((u.destination.to_string(), e));
-        again[index] = crate::TRANSIENT_ERRNOS.contains(&errno);
+        if crate::TRANSIENT_ERRNOS.contains(&errno) {
+            again.insert(index);
+        }
     }
     debug!(log, "applied route updates";
         "count" => total, "failed" => named.len());
@@ -808,13 +810,13 @@ fn refusals(
         return Ok(());
     }
     let error = summary("update", named, total);
-    if !again.contains(&true) {
+    if again.is_empty() {
         return Err(DataplaneError::Request(error));
     }
     let updates = updates
         .into_iter()
-        .zip(again)
-        .filter_map(|(u, again)| again.then_some(u))
+        .enumerate()
+        .filter_map(|(i, u)| again.contains(&i).then_some(u))
         .collect();
     Err(DataplaneError::Incomplete { error, updates })
 }
