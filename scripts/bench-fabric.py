@@ -35,9 +35,11 @@ peer is in Exchange, then prints:
      as t1 and s2 must;
    * `ip -6 -batch` adding them to one scratch table (for reference);
    * the floor again while a route counter (below) polls each scratch
-     namespace, for reference: what the counters' CPU, which the floor
-     does not otherwise share, costs it ("floor with two route counters
-     polling");
+     namespace, for reference ("floor with two route counters
+     polling"): t1's and s2's counters poll throughout the size rounds,
+     the plain floor's too, but their tables are idle then; this row
+     shows what counting tables that are being filled costs the floor,
+     as it does in t1 and s2 while ddm is timed;
    * the floor again with every route naming one shared nexthop object
      (`ip nexthop add id 4242 via fe80::2 dev xa`, routes `nhid 4242`),
      for reference (skipped where the kernel has none): the kernel then
@@ -835,14 +837,15 @@ def floor_run(op, size, nhid=None):
 
 def counted_floor(size):
     """The floor again (add, then delete) while a route counter polls each
-    of its two namespaces, as two poll t1's and s2's while ddm is timed:
-    what the counters' CPU, which the floor otherwise does not share,
-    costs it. Returns (add seconds, delete seconds)."""
+    of its two namespaces, as t1's and s2's are polled while ddm is
+    timed (during the plain floor, those two poll idle tables). Returns
+    (seconds, CPU seconds) of the add and of the delete, as
+    `nexthop_floor`."""
     counters = [RouteMonitor(NS[n], "count") for n in ("x1", "x2")]
     try:
         for c in counters:
             c.start()
-        return floor_run("add", size)[0], floor_run("del", size)[0]
+        return floor_run("add", size), floor_run("del", size)
     finally:
         for c in counters:
             c.close()
@@ -1101,10 +1104,10 @@ def size_round(size, ports, mon, results):
                         f" / {ONLINE * med('span_' + key):.2f}", "", None))
     results.append((f"{size} ip -6 -batch (one table) / floor add",
                      f"{med('batch') / med('floor_add'):.2f}x", "", None))
-    def floor_again(what, secs):
-        """A reference row: the floor run again `what`, its add and delete
-        (`secs(run)` gives both) against the plain floor's."""
-        add, dele = (statistics.median(secs(r)[k] for r in runs)
+    def floor_again(what, key):
+        """A reference row: the floor run again `what` (`run[key]`), its
+        add and delete against the plain floor's."""
+        add, dele = (statistics.median(r[key][k][0] for r in runs)
                      for k in (0, 1))
         results.append((f"{size} floor {what} / floor, add / del",
                         f"{add / med('floor_add'):.2f}x / "
@@ -1112,9 +1115,8 @@ def size_round(size, ports, mon, results):
                         "(reference)", None))
 
     if all(r["nh"] for r in runs):
-        floor_again("through a nexthop object",
-                    lambda r: (r["nh"][0][0], r["nh"][1][0]))
-    floor_again("with two route counters polling", lambda r: r["counted"])
+        floor_again("through a nexthop object", "nh")
+    floor_again("with two route counters polling", "counted")
     if size == 100000:
         for n in NAMES:
             vals = [r["hwm"][n] / 1024 for r in runs]
