@@ -8,8 +8,8 @@
 //!
 //! redb calls block on file I/O, so on a file every operation the admin
 //! actor awaits ([`Store::apply_async`], [`Store::rewrite_async`],
-//! [`Store::load_async`]) runs on
-//! tokio's blocking pool, without stalling the actor's runtime thread.
+//! [`Store::load_async`]) runs on a thread of the store's own (see
+//! [`on_store_thread`]), without stalling the actor's runtime thread.
 //!
 //! [`Store::in_memory`] keeps the database in memory (a sparse image of
 //! the file: only pages written with data are held), for tests and simulations with no file system: its
@@ -887,7 +887,7 @@ impl Store {
         self.off_thread(move |store| store.rewrite(&all)).await
     }
 
-    /// [`Store::apply`] for an actor: on tokio's blocking pool for a file,
+    /// [`Store::apply`] for an actor: on the store's thread for a file,
     /// inline for memory. The change is shared with the caller, not copied.
     pub async fn apply_async(
         &self,
@@ -896,13 +896,13 @@ impl Store {
         self.off_thread(move |store| store.apply(&change)).await
     }
 
-    /// [`Store::load`] for an actor: on tokio's blocking pool for a file,
+    /// [`Store::load`] for an actor: on the store's thread for a file,
     /// inline for memory.
     pub async fn load_async(&self) -> Result<Originated, StoreError> {
         self.off_thread(|store| store.load()).await
     }
 
-    /// Run `f` where it may block: the blocking pool for a file, here for
+    /// Run `f` where it may block: the store's thread for a file, here for
     /// memory (which never blocks on I/O, and so stays deterministic on a
     /// single-threaded runtime).
     async fn off_thread<T: Send + 'static>(
@@ -913,10 +913,72 @@ impl Store {
             return f(self);
         }
         let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| {
+        on_store_thread(move || f(&store)).await.map_err(|e| {
             StoreError::Io(self.path.clone(), format!("store task failed: {e}"))
         })?
     }
+}
+
+/// A job for the store's thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Run `f` on the process's store thread (started by the first call, or
+/// again by the next one if it could not be) and wait for it without
+/// blocking the runtime; a panic of `f` is an error, not the thread's end.
+///
+/// Not tokio's blocking pool: a pool thread woken for a write had slept
+/// long, so the kernel let it preempt the runtime thread that woke it, on
+/// that thread's own CPU (the other stayed idle: the preempted thread was
+/// too recently run to be moved), and the write's `fsync` then stood
+/// between the router and the fabric. At the fabric benchmark's
+/// originator, after an idle pause, a prefix's push to the transit waited
+/// 0.28 ms for the write that way (`perf sched timehist`: the runtime
+/// thread switched out runnable, the other CPU idle). This thread runs as
+/// `SCHED_BATCH` on Linux, which is never let preempt on waking: it takes
+/// an idle CPU, or its turn at the next tick.
+async fn on_store_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    static JOBS: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = done.send(out.map_err(|_| "panicked".to_string()));
+    });
+    {
+        let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = match &mut *jobs {
+            Some(sender) => sender,
+            none => none.insert(start_store_thread()?),
+        };
+        sender.send(job).map_err(|_| "the store thread is gone".to_string())?;
+    }
+    outcome.await.map_err(|_| "the store thread is gone".to_string())?
+}
+
+/// Start the store's thread: it runs jobs in order, for the process's
+/// life (it waits for the next job once idle).
+fn start_store_thread() -> Result<std::sync::mpsc::Sender<Job>, String> {
+    let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("ddmd-store".to_string())
+        .spawn(move || {
+            #[cfg(target_os = "linux")]
+            {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sets the calling thread's policy (pid 0); the
+                // parameter outlives the call. A refusal leaves the
+                // thread as it was, which is only slower.
+                unsafe {
+                    libc::sched_setscheduler(0, libc::SCHED_BATCH, &param)
+                };
+            }
+            for job in jobs {
+                job();
+            }
+        })
+        .map_err(|e| format!("cannot start the store thread: {e}"))?;
+    Ok(sender)
 }
 
 /// About the most redb keeps of the file in memory (its page cache and
@@ -1221,7 +1283,7 @@ mod tests {
     fn a_store_in_memory_answers_actors_inline() {
         use futures::FutureExt;
         // Complete on the first poll, with no runtime at all: nothing is
-        // handed to a blocking pool.
+        // handed to the store's thread.
         let store = Store::in_memory();
         let done =
             store.apply_async(Arc::new(add("fd00:1::/64"))).now_or_never();
@@ -1244,6 +1306,33 @@ mod tests {
         faults.fail_writes(0);
         store.apply(&add("fd00:1::/64")).unwrap();
         assert_eq!(store.load().unwrap().prefixes, [p("fd00:1::/64")].into());
+    }
+
+    /// A file store's operations run on the store's thread, which a
+    /// panicking job does not end, and which runs as `SCHED_BATCH` (never
+    /// preempting the runtime thread that wakes it).
+    #[tokio::test]
+    async fn a_file_store_works_on_its_own_thread_which_outlives_a_panic() {
+        let err = on_store_thread(|| -> () { panic!("a job that panics") })
+            .await
+            .unwrap_err();
+        assert_eq!(err, "panicked");
+        let (name, policy) = on_store_thread(|| {
+            let name = std::thread::current().name().map(str::to_string);
+            // SAFETY: asks the calling thread's policy.
+            (name, unsafe { libc::sched_getscheduler(0) })
+        })
+        .await
+        .unwrap();
+        assert_eq!(name.as_deref(), Some("ddmd-store"));
+        #[cfg(target_os = "linux")]
+        assert_eq!(policy, libc::SCHED_BATCH);
+        let _ = policy;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply_async(Arc::new(add("fd00:1::/64"))).await.unwrap();
+        let loaded = store.load_async().await.unwrap();
+        assert_eq!(loaded.prefixes, [p("fd00:1::/64")].into());
     }
 
     #[test]

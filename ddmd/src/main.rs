@@ -12,8 +12,10 @@ mod port_file;
 /// Most threads tokio's blocking pool may run at once.
 const BLOCKING_THREADS: usize = 4;
 
-/// How long the exit waits for blocking tasks still running (a store
-/// write, a netlink request) once the daemon has stopped.
+/// How long the exit waits for blocking tasks still running (a netlink
+/// batch) once the daemon has stopped. (A store write runs on the store's
+/// own thread, which the exit does not wait for: a write cut short is
+/// one never acknowledged, and redb commits atomically.)
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
@@ -22,9 +24,9 @@ fn main() -> ExitCode {
     let args = cli::Args::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // The blocking pool runs the netlink socket (one at a time, behind
-        // a lock) and the store: a few threads suffice, and each one costs
-        // a stack and allocator state.
+        // The blocking pool runs the netlink socket's large batches (one
+        // at a time, behind a lock): a few threads suffice, and each one
+        // costs a stack and allocator state.
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
     };
     let ran = runtime.block_on(daemon::run(args));
     // Not the runtime's drop, which waits for every blocking task: a
-    // store write stuck on a hung disk would hold the exit for good.
+    // netlink batch that never returns would hold the exit for good.
     runtime.shutdown_timeout(EXIT_WAIT);
     match ran {
         Ok(()) => ExitCode::SUCCESS,

@@ -168,7 +168,11 @@ pub struct LinuxDataplane {
 /// 0.40 ms from the router's dataplane worker into the kernel and back
 /// through the pool at the fabric benchmark's transit, 0.065 ms here
 /// (medians of 12); larger batches still go to the pool, so that the
-/// runtime's threads never wait on a long batch.
+/// runtime's threads never wait on a long batch. Not inside
+/// `block_in_place` either: that hands the runtime thread's work to
+/// another thread, waking one (at the benchmark's transit and receiver,
+/// after an idle pause, a pool thread that then took a CPU from the
+/// daemons on the prefix's way), for a call shorter than the hand-over.
 const INLINE_REQUESTS: usize = 8;
 
 impl LinuxDataplane {
@@ -205,10 +209,8 @@ impl LinuxDataplane {
     }
 
     /// Run `f` with the socket: on tokio's blocking pool, or on this task
-    /// when it asks for at most [`INLINE_REQUESTS`] route changes (inside
-    /// `block_in_place` on a multi-threaded runtime, so that the thread's
-    /// other tasks move on meanwhile). A panic of `f` is this batch's
-    /// error either way, not the worker's end.
+    /// when it asks for at most [`INLINE_REQUESTS`] route changes. A panic
+    /// of `f` is this batch's error either way, not the worker's end.
     async fn with_socket<T: Send + 'static>(
         &self,
         requests: usize,
@@ -227,15 +229,8 @@ impl LinuxDataplane {
                 .await
                 .map_err(|e| failed(&e));
         }
-        let caught =
-            || std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
-        let done = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(caught)
-            }
-            _ => caught(),
-        };
-        done.map_err(|_| failed(&"panicked"))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .map_err(|_| failed(&"panicked"))
     }
 
     /// Delete every route carrying [`RTPROT_DDM`], then every nexthop
