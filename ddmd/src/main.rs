@@ -9,6 +9,18 @@ mod logging;
 mod pages;
 mod port_file;
 
+/// Tokio's worker threads. The actors' work is serial per message and the
+/// heavy work is the kernel's (large netlink batches run on the blocking
+/// pool, store writes on the store's thread), so a second worker mostly
+/// added wake-ups: every task woken for it woke the idle sibling, which
+/// then took a CPU on a prefix's way. The fabric benchmark (alternating
+/// sets, medians): one prefix s1 -> s2 after an idle pause 0.76 / 0.68 /
+/// 0.81 / 0.72 / 0.75 ms with one worker against 0.81 / 0.89 / 0.72 /
+/// 0.79 / 0.90 with two; 100,000 withdrawn in 0.552 / 0.546 s against
+/// 0.597 / 0.569, announced in 0.525 / 0.506 against 0.523 / 0.516, with
+/// slightly less CPU (0.74 against 0.77 core-s for the announce).
+const WORKERS: usize = 1;
+
 /// Most threads tokio's blocking pool may run at once.
 const BLOCKING_THREADS: usize = 4;
 
@@ -23,7 +35,7 @@ fn main() -> ExitCode {
     pages::note_startup_files();
     let args = cli::Args::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKERS)
         // The blocking pool runs the netlink socket's large batches (one
         // at a time, behind a lock): a few threads suffice, and each one
         // costs a stack and allocator state.
