@@ -243,6 +243,15 @@ pub(super) async fn dataplane_worker(
             },
             _ = sleep_until(due), if due.is_some() => None,
         };
+        if first.is_some() {
+            // Let the tasks already woken run first: the router hands a
+            // change's pushes over before its work here, and they go out
+            // through the exchange actor and its request task. On one
+            // runtime thread, this task, woken last, would otherwise run
+            // first (tokio runs the last task woken next), and the push
+            // left after this router's own kernel work.
+            tokio::task::yield_now().await;
+        }
         let now = tokio::time::Instant::now();
         let mut batches = Vec::new();
         if let Some(due) = retry.take_if(|r| now >= r.at) {
