@@ -443,8 +443,8 @@ struct Inner {
     failing: Option<StoreError>,
 }
 
-/// A handle to the store; cheap to clone, safe to share between the
-/// blocking tasks that run its transactions.
+/// A handle to the store; cheap to clone, safe to share with the store's
+/// thread, which runs its transactions.
 #[derive(Clone)]
 pub struct Store {
     /// The database, behind a lock so that a failed write can close it and
@@ -936,10 +936,13 @@ type Job = Box<dyn FnOnce() + Send>;
 /// thread switched out runnable, the other CPU idle). This thread runs as
 /// `SCHED_BATCH` on Linux, which is never let preempt on waking: it takes
 /// an idle CPU, or its turn at the next tick.
+///
+/// Unlike a blocking-pool task, a job here does not hold back a paused
+/// clock (tokio's test utilities): a test on paused time that waits for
+/// a write uses a store in memory, which runs inline.
 async fn on_store_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
-    static JOBS: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
     let (done, outcome) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -954,6 +957,28 @@ async fn on_store_thread<T: Send + 'static>(
         sender.send(job).map_err(|_| "the store thread is gone".to_string())?;
     }
     outcome.await.map_err(|_| "the store thread is gone".to_string())?
+}
+
+/// What the store's thread is sent, once started.
+static JOBS: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+
+/// Wait, at most `limit`, until the store's thread has finished the jobs
+/// sent so far (a write under way when the daemon stopped): the process
+/// exits without waiting for that thread, and a database still open then
+/// is recovered at the next start. Whether they finished in time.
+pub fn wait_for_store_jobs(limit: std::time::Duration) -> bool {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let sent =
+        JOBS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|jobs| {
+            jobs.send(Box::new(move || {
+                let _ = done.send(());
+            }))
+        });
+    match sent {
+        // Never started, or gone: nothing is under way.
+        None | Some(Err(_)) => true,
+        Some(Ok(())) => finished.recv_timeout(limit).is_ok(),
+    }
 }
 
 /// Start the store's thread: it runs jobs in order, for the process's
@@ -1319,15 +1344,20 @@ mod tests {
         assert_eq!(err, "panicked");
         let (name, policy) = on_store_thread(|| {
             let name = std::thread::current().name().map(str::to_string);
+            #[cfg(target_os = "linux")]
             // SAFETY: asks the calling thread's policy.
-            (name, unsafe { libc::sched_getscheduler(0) })
+            let policy = Some(unsafe { libc::sched_getscheduler(0) });
+            #[cfg(not(target_os = "linux"))]
+            let policy: Option<i32> = None;
+            (name, policy)
         })
         .await
         .unwrap();
         assert_eq!(name.as_deref(), Some("ddmd-store"));
         #[cfg(target_os = "linux")]
-        assert_eq!(policy, libc::SCHED_BATCH);
+        assert_eq!(policy, Some(libc::SCHED_BATCH));
         let _ = policy;
+        assert!(wait_for_store_jobs(std::time::Duration::from_secs(10)));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.apply_async(Arc::new(add("fd00:1::/64"))).await.unwrap();

@@ -1,8 +1,8 @@
 //! Allocator tuning (glibc only).
 //!
 //! With glibc's defaults a multi-threaded daemon grows one malloc arena
-//! per thread that allocates (tokio's workers, the blocking pool that runs
-//! the netlink socket and the store), each keeping its own free space, and
+//! per thread that allocates (tokio's runtime threads, the blocking pool
+//! that runs large netlink batches, the store's thread), each keeping its own free space, and
 //! the threshold above which a block is given its own mapping rises after
 //! the first large free, so the next large request body or route batch is
 //! carved out of an arena and fragments it. Measured on the 100,000-prefix

@@ -25,9 +25,10 @@ const WORKERS: usize = 1;
 const BLOCKING_THREADS: usize = 4;
 
 /// How long the exit waits for blocking tasks still running (a netlink
-/// batch) once the daemon has stopped. (A store write runs on the store's
-/// own thread, which the exit does not wait for: a write cut short is
-/// one never acknowledged, and redb commits atomically.)
+/// batch) once the daemon has stopped, and then for the store's thread to
+/// finish a write under way (never acknowledged, as the daemon stopped
+/// first; redb commits atomically, so one cut short is simply not made,
+/// but the database is then recovered at the next start).
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
@@ -53,6 +54,9 @@ fn main() -> ExitCode {
     // Not the runtime's drop, which waits for every blocking task: a
     // netlink batch that never returns would hold the exit for good.
     runtime.shutdown_timeout(EXIT_WAIT);
+    if !ddm_actors::store::wait_for_store_jobs(EXIT_WAIT) {
+        eprintln!("ddmd: a store write still under way at exit");
+    }
     match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -82,9 +82,11 @@ pub struct KernelStats {
 /// The illumos kernel dataplane over a routing socket `S` and an OPTE
 /// driver `D`.
 pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
-    /// `None` only while a blocking batch holds it.
-    sock: Option<S>,
-    record: RouteRecord,
+    /// The routing socket and the route record, which block (the record
+    /// syncs its file): used on tokio's blocking pool, never on the
+    /// runtime thread. `None` only while a blocking call holds them (for
+    /// good if one could not give them back).
+    io: Option<Io<S>>,
     /// What we installed, per destination.
     installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
     /// Recorded routes that may be in the kernel though not installed
@@ -93,6 +95,19 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     tunnels: Tunnels<D>,
     stats: Arc<KernelStats>,
     log: Logger,
+}
+
+/// What [`KernelDataplane`] uses on the blocking pool.
+struct Io<S> {
+    sock: S,
+    record: RouteRecord,
+}
+
+/// The routes the record in `io` holds; none once it is lost (see
+/// [`KernelDataplane::io`]).
+fn recorded_in<S>(io: &Option<Io<S>>) -> &BTreeSet<KernelRoute> {
+    static NONE: BTreeSet<KernelRoute> = BTreeSet::new();
+    io.as_ref().map_or(&NONE, |io| io.record.routes())
 }
 
 /// Why a recorded route may be in the kernel though no batch installed
@@ -217,8 +232,7 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             stats.bad_record_lines.fetch_add(bad as u64, Ordering::Relaxed);
         }
         Ok(KernelDataplane {
-            sock: Some(sock),
-            record,
+            io: Some(Io { sock, record }),
             installed: BTreeMap::new(),
             left: BTreeMap::new(),
             tunnels: Tunnels::new(opte, log.clone()),
@@ -232,6 +246,34 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         self.stats.clone()
     }
 
+    /// The routes the record holds.
+    fn recorded(&self) -> &BTreeSet<KernelRoute> {
+        recorded_in(&self.io)
+    }
+
+    /// Run `f` with the socket and the record on tokio's blocking pool. A
+    /// panic of `f` is its error, not their loss: they come back either
+    /// way (lost, every later batch and the final removal fail for good).
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Io<S>) -> T + Send + 'static,
+    ) -> Result<T, DataplaneError> {
+        let mut io = self.io.take().ok_or_else(|| {
+            DataplaneError::Unavailable("routing socket lost".into())
+        })?;
+        let (io, done) = tokio::task::spawn_blocking(move || {
+            let done =
+                std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut io)));
+            (io, done)
+        })
+        .await
+        .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
+        self.io = Some(io);
+        done.map_err(|_| {
+            DataplaneError::Request("the route batch panicked".into())
+        })
+    }
+
     /// Runs adds then deletes off the async runtime, keeping the record:
     /// adds are recorded before they are written, deletes after.
     async fn write(
@@ -239,31 +281,20 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         adds: Vec<KernelRoute>,
         dels: Vec<KernelRoute>,
     ) -> Result<Done, DataplaneError> {
-        self.record.add(&adds).map_err(|e| {
-            DataplaneError::Request(format!("recording routes: {e}"))
-        })?;
-        let mut sock = self.sock.take().ok_or_else(|| {
-            DataplaneError::Unavailable("routing socket lost".into())
-        })?;
-        // A panic of the batch is its error, not the socket's loss: the
-        // socket comes back either way (lost, every later batch and the
-        // final removal failed for good).
-        let (sock, done) = tokio::task::spawn_blocking(move || {
-            let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                run_batch(&mut sock, &adds, &dels)
-            }));
-            (sock, done)
-        })
-        .await
-        .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
-        self.sock = Some(sock);
-        let mut done = done.map_err(|_| {
-            DataplaneError::Request("the route batch panicked".into())
-        })?;
-        if let Err(e) = self.record.remove(&done.deleted) {
-            warn!(self.log, "could not update the route record";
-                "error" => %e);
-        }
+        let log = self.log.clone();
+        let mut done = self
+            .blocking(move |io| {
+                io.record.add(&adds).map_err(|e| {
+                    DataplaneError::Request(format!("recording routes: {e}"))
+                })?;
+                let done = run_batch(&mut io.sock, &adds, &dels);
+                if let Err(e) = io.record.remove(&done.deleted) {
+                    warn!(log, "could not update the route record";
+                        "error" => %e);
+                }
+                Ok::<_, DataplaneError>(done)
+            })
+            .await??;
         // Our own, left by a failure, are not someone else's.
         done.foreign.retain(|r| !self.left.contains_key(r));
         if !done.foreign.is_empty() {
@@ -321,22 +352,33 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
 
     async fn remove_stale(&mut self) -> Result<usize, DataplaneError> {
         let recorded: Vec<KernelRoute> =
-            self.record.routes().iter().copied().collect();
+            self.recorded().iter().copied().collect();
         if recorded.is_empty() {
             return Ok(0);
         }
-        // Where the kernel can list, only routes still there need a delete.
-        let listed = match self.sock.as_mut().map(|s| s.list()) {
-            Some(Ok(l)) => Some(l.into_iter().collect::<BTreeSet<_>>()),
-            _ => None,
+        // Where the kernel can list, only routes still there need a
+        // delete: those it does not list leave the record.
+        let log = self.log.clone();
+        let present = self
+            .blocking(move |io| {
+                let Ok(listed) = io.sock.list() else {
+                    return recorded;
+                };
+                let listed: BTreeSet<_> = listed.into_iter().collect();
+                let (present, absent): (Vec<_>, Vec<_>) =
+                    recorded.into_iter().partition(|r| listed.contains(r));
+                if let Err(e) = io.record.remove(&absent) {
+                    warn!(log, "could not update the route record";
+                        "error" => %e);
+                }
+                present
+            })
+            .await;
+        // Without the socket, the write below fails as it would.
+        let present = match present {
+            Ok(p) => p,
+            Err(_) => self.recorded().iter().copied().collect(),
         };
-        let (present, absent): (Vec<_>, Vec<_>) = recorded
-            .into_iter()
-            .partition(|r| listed.as_ref().is_none_or(|l| l.contains(r)));
-        if let Err(e) = self.record.remove(&absent) {
-            warn!(self.log, "could not update the route record";
-                "error" => %e);
-        }
         let done = self.write(Vec::new(), present.clone()).await;
         let deleted: BTreeSet<KernelRoute> = match &done {
             Ok(d) => d.deleted.iter().copied().collect(),
@@ -404,7 +446,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
             // taken over). Its adds may be in the kernel meanwhile:
             // should a later batch not want them, it deletes them.
             Err(DataplaneError::Request(error)) => {
-                let recorded = self.record.routes();
+                let recorded = recorded_in(&self.io);
                 for r in tried.into_iter().filter(|r| recorded.contains(r)) {
                     self.left.entry(r).or_insert(Left::Unsure);
                 }
@@ -455,8 +497,7 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         let tunnels = self.tunnels.clear_all();
         // Everything recorded: what we installed, and anything a failed
         // delete left.
-        let all: Vec<KernelRoute> =
-            self.record.routes().iter().copied().collect();
+        let all: Vec<KernelRoute> = self.recorded().iter().copied().collect();
         let done = self.write(Vec::new(), all).await?;
         self.installed.clear();
         self.left.clear();
@@ -487,10 +528,19 @@ mod tests {
         panics: Arc<Mutex<BTreeSet<KernelRoute>>>,
         /// Deletes of these are refused (EPERM).
         undeletable: Arc<Mutex<BTreeSet<KernelRoute>>>,
+        /// The threads each call came on.
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    impl FakeKernel {
+        fn called(&self) {
+            self.threads.lock().unwrap().push(std::thread::current().id());
+        }
     }
 
     impl RouteSocket for FakeKernel {
         fn add(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            self.called();
             if self.panics.lock().unwrap().remove(r) {
                 panic!("a bug in the routing socket's code");
             }
@@ -507,6 +557,7 @@ mod tests {
             })
         }
         fn delete(&mut self, r: &KernelRoute) -> std::io::Result<WriteOutcome> {
+            self.called();
             if self.short.lock().unwrap().remove(r) {
                 return Err(std::io::Error::other("socket failed"));
             }
@@ -526,6 +577,7 @@ mod tests {
             !self.removed.lock().unwrap().contains(&ifindex)
         }
         fn list(&mut self) -> std::io::Result<Vec<KernelRoute>> {
+            self.called();
             if !self.can_list {
                 return Err(std::io::Error::other("no RTM_GETALL"));
             }
@@ -584,6 +636,23 @@ mod tests {
 
     fn table(k: &FakeKernel) -> Vec<KernelRoute> {
         k.table.lock().unwrap().iter().copied().collect()
+    }
+
+    /// The socket, and the record beside it (which syncs its file), are
+    /// used on the blocking pool only, never on the runtime's thread: with
+    /// one runtime thread, nothing else would run meanwhile.
+    #[tokio::test]
+    async fn the_socket_and_the_record_are_used_off_the_runtime_thread() {
+        let (dir, k, mut d) = fresh();
+        d.apply(vec![upd("fd00:1::/64", &[("fe80::a", 2)])]).await.unwrap();
+        drop(d);
+        let listing = FakeKernel { can_list: true, ..k.clone() };
+        let mut d = dp(&listing, dir.path());
+        assert_eq!(d.remove_stale().await.unwrap(), 1);
+        let here = std::thread::current().id();
+        let seen = k.threads.lock().unwrap();
+        assert_eq!(seen.len(), 3, "add, list, delete");
+        assert!(seen.iter().all(|t| *t != here));
     }
 
     /// A batch that panicked is its own error; the socket stays, and the
@@ -688,7 +757,7 @@ mod tests {
         assert_eq!(refused, 2);
         d.apply(vec![upd("fd00:3::/64", &[("fe80::c", 2)])]).await.unwrap();
         assert_eq!(d.stats().refused.load(Ordering::Relaxed), refused);
-        assert!(d.record.routes().contains(&p_a));
+        assert!(d.recorded().contains(&p_a));
     }
 
     #[tokio::test]
@@ -760,7 +829,7 @@ mod tests {
             // Nothing left recorded.
             drop(d);
             let d = dp(&k, dir.path());
-            assert!(d.record.routes().is_empty());
+            assert!(d.recorded().is_empty());
         }
     }
 
@@ -777,7 +846,7 @@ mod tests {
         // Shutdown deletes what is recorded (ESRCH is fine) and clears the
         // record.
         d.remove_all().await.unwrap();
-        assert!(d.record.routes().is_empty());
+        assert!(d.recorded().is_empty());
     }
 
     /// Writes that failed for want of kernel buffers, or because the
@@ -830,7 +899,7 @@ mod tests {
         k.removed.lock().unwrap().insert(2);
         k.table.lock().unwrap().remove(&kr("fd00:1::/64", "fe80::a", 2));
         d.apply(vec![upd("fd00:1::/64", &[])]).await.unwrap();
-        assert!(d.record.routes().iter().all(|r| r.ifindex != 2));
+        assert!(d.recorded().iter().all(|r| r.ifindex != 2));
         assert_eq!(d.remove_all().await.unwrap(), 1);
         assert!(table(&k).is_empty());
     }

@@ -209,28 +209,34 @@ impl LinuxDataplane {
     }
 
     /// Run `f` with the socket: on tokio's blocking pool, or on this task
-    /// when it asks for at most [`INLINE_REQUESTS`] route changes. A panic
+    /// when it asks for at most [`INLINE_REQUESTS`] route changes and the
+    /// kernel side has no slow work pending ([`Kernel::quick`]). A panic
     /// of `f` is this batch's error either way, not the worker's end.
     async fn with_socket<T: Send + 'static>(
         &self,
         requests: usize,
         f: impl FnOnce(&mut Kernel) -> T + Send + 'static,
     ) -> Result<T, DataplaneError> {
-        let socket = Arc::clone(&self.socket);
-        let run = move || {
-            let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        };
         let failed = |e: &dyn std::fmt::Display| {
             DataplaneError::Request(format!("netlink worker failed: {e}"))
         };
-        if requests > INLINE_REQUESTS {
-            return tokio::task::spawn_blocking(run)
-                .await
-                .map_err(|e| failed(&e));
+        if requests <= INLINE_REQUESTS {
+            let mut guard =
+                self.socket.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.quick() {
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || f(&mut guard),
+                ))
+                .map_err(|_| failed(&"panicked"));
+            }
         }
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-            .map_err(|_| failed(&"panicked"))
+        let socket = Arc::clone(&self.socket);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| failed(&e))
     }
 
     /// Delete every route carrying [`RTPROT_DDM`], then every nexthop
@@ -406,6 +412,11 @@ struct Nexthops {
     /// looked up: until it changes, the kernel dropped none of them with
     /// its link, and they are used without a lookup.
     checked_at: u64,
+    /// Whether the next batch's routes go through objects, as
+    /// [`Kernel::quick`] found it (taken by that batch): the batch then
+    /// does the work that was found quick, even if the link watcher ends
+    /// in between.
+    decided: Option<bool>,
 }
 
 impl Default for Nexthops {
@@ -416,6 +427,7 @@ impl Default for Nexthops {
             ids: HashMap::new(),
             next: NEXTHOP_ID_BASE,
             checked_at: crate::netlink::links_lost(),
+            decided: None,
         }
     }
 }
@@ -447,6 +459,17 @@ impl Nexthops {
 }
 
 impl Kernel {
+    /// Whether the next batch, if it asks for only a few route changes,
+    /// is quick enough for the runtime thread: it will not leave nexthop
+    /// objects (which dumps and sends again every route of ours, after
+    /// the link watcher ended). Decides for that batch whether its routes
+    /// go through objects ([`Nexthops::decided`]).
+    fn quick(&mut self) -> bool {
+        let on = self.nexthops.enabled();
+        self.nexthops.decided = Some(on);
+        on || self.nexthops.ids.is_empty()
+    }
+
     /// Program `updates`; the requests the kernel refused.
     ///
     /// A destination with one nexthop goes through the nexthop object of
@@ -458,8 +481,12 @@ impl Kernel {
         updates: &[RouteUpdate],
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
-        // Decided once per batch.
-        let on = self.nexthops.enabled();
+        // Decided once per batch (by `quick`, when it asked).
+        let on = self
+            .nexthops
+            .decided
+            .take()
+            .unwrap_or_else(|| self.nexthops.enabled());
         if !on && !self.nexthops.ids.is_empty() {
             self.leave_nexthops(log)?;
         }

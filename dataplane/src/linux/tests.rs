@@ -523,9 +523,13 @@ fn routes_leave_their_objects_when_objects_go_off() {
             // Off (as when the link watcher ends): the next batch sends
             // the routes through objects again naming their gateways.
             dp.set_nexthop_objects(Some(false));
+            // Leaving the objects sends every route of ours again: even a
+            // batch of one then runs off the runtime thread.
+            assert!(!dp.socket.lock().unwrap().quick());
             dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
                 .await
                 .unwrap();
+            assert!(dp.socket.lock().unwrap().quick(), "nothing left to leave");
             assert_eq!(
                 route_objects(&ns),
                 BTreeMap::from([
