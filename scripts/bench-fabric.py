@@ -18,9 +18,14 @@ peer is in Exchange, then prints:
    that reads it) as SCHED_BATCH, which the kernel never lets preempt on
    waking: it wakes on t1's route, as s2 starts on the prefix, and on two
    cores it took s2's CPU then (perf sched timehist). Its stamps can come
-   later than the event when both cores are busy, so the t1 stages are
-   upper bounds. Alternating sets of 30 gave medians of 0.58 / 0.51 /
-   0.68 ms with it so, against 0.64 / 0.66 / 0.68 ms without.
+   later than the event when both cores are busy (by up to a scheduler
+   tick), so "PUT -> t1 kernel" is an upper bound and "t1 -> s2" a lower
+   one (it can come out negative), as is stage 4's "t1's own kernel
+   dropped the routes after" an upper bound; neither compares with runs
+   of this script before the change. Alternating sets of 30 gave
+   convergence medians of 0.58 / 0.51 / 0.68 ms with it so, against
+   0.64 / 0.66 / 0.68 ms without. Each run also waits for the prefix to
+   leave t1's kernel before the next starts.
    Target: median <= 0.6 ms. For reference, as many runs back to back
    (each as soon as the last withdrawal reached s2), and what waking idle
    cores costs this machine without ddm: the median round trip of a byte
@@ -303,7 +308,8 @@ class RouteMonitor(threading.Thread):
         first = self.proc.stdout.readline().split()
         if first[:1] != ["R"]:
             self.proc.kill()
-            raise RuntimeError(f"route {kind} for {ns} failed to start "
+            how = " under chrt --batch" if batch else ""
+            raise RuntimeError(f"route {kind} for {ns} failed to start{how} "
                                f"(rebuild it: scripts/build-release.sh "
                                f"--bench)")
         self.cond = threading.Condition()
@@ -1199,6 +1205,8 @@ def single_prefix_runs(mon, ports, indices, pause):
             raise RuntimeError(f"DELETE /prefix: {status} {body[:200]!r}")
         if not mon["s2"].wait_for(lambda m: key not in m.present, 10):
             raise RuntimeError(f"{prefix} never left s2's kernel")
+        # And t1's, whose monitor then runs before the next run, not in it.
+        mon["t1"].wait_for(lambda m: key not in m.present, 10)
         w_s2 = mon["s2"].first_event("del", key, w0)
         line = (f"  run {i:2d} {prefix:20s} total {ms(t_s2 - t0)}"
                 f"  (204 after {ms(t_ack - t0)}")

@@ -1357,12 +1357,32 @@ mod tests {
         #[cfg(target_os = "linux")]
         assert_eq!(policy, Some(libc::SCHED_BATCH));
         let _ = policy;
-        assert!(wait_for_store_jobs(std::time::Duration::from_secs(10)));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.apply_async(Arc::new(add("fd00:1::/64"))).await.unwrap();
         let loaded = store.load_async().await.unwrap();
         assert_eq!(loaded.prefixes, [p("fd00:1::/64")].into());
+    }
+
+    /// The exit's wait for the store's thread waits for a job under way,
+    /// and no longer than it is let.
+    #[tokio::test]
+    async fn the_wait_for_store_jobs_waits_for_the_one_under_way() {
+        let (started, running) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn(on_store_thread(move || {
+            started.send(()).unwrap();
+            held.recv().unwrap();
+        }));
+        // Let the spawned task send the job; then it runs on the thread.
+        tokio::task::yield_now().await;
+        let deadline = std::time::Duration::from_secs(10);
+        running.recv_timeout(deadline).expect("the job started");
+        let short = std::time::Duration::from_millis(50);
+        assert!(!wait_for_store_jobs(short), "a job is still under way");
+        release.send(()).unwrap();
+        assert!(wait_for_store_jobs(deadline));
+        job.await.unwrap().unwrap();
     }
 
     #[test]

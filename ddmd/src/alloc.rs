@@ -2,8 +2,8 @@
 //!
 //! With glibc's defaults a multi-threaded daemon grows one malloc arena
 //! per thread that allocates (tokio's runtime threads, the blocking pool
-//! that runs large netlink batches, the store's thread), each keeping its own free space, and
-//! the threshold above which a block is given its own mapping rises after
+//! that runs large netlink batches, the store's thread), each keeping its
+//! own free space, and the threshold above which a block is given its own mapping rises after
 //! the first large free, so the next large request body or route batch is
 //! carved out of an arena and fragments it. Measured on the 100,000-prefix
 //! benchmark (README, "Benchmarks"), that made the peak RSS of the transit

@@ -29,11 +29,12 @@ const WORKERS: usize = 1;
 /// Most threads tokio's blocking pool may run at once.
 const BLOCKING_THREADS: usize = 4;
 
-/// How long the exit waits for blocking tasks still running (a netlink
-/// batch) once the daemon has stopped, and then for the store's thread to
-/// finish a write under way (never acknowledged, as the daemon stopped
-/// first; redb commits atomically, so one cut short is simply not made,
-/// but the database is then recovered at the next start).
+/// How long the exit waits, at most, for blocking tasks still running (a
+/// netlink batch) once the daemon has stopped, and then as long again, at
+/// most, for the store's thread to finish a write under way (never
+/// acknowledged, as the daemon stopped first; redb commits atomically, so
+/// one cut short is simply not made, but the database is then recovered
+/// at the next start).
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
@@ -43,8 +44,9 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         // The blocking pool runs the netlink socket's large batches (one
-        // at a time, behind a lock): a few threads suffice, and each one
-        // costs a stack and allocator state.
+        // at a time, behind a lock; on illumos every routing-socket batch,
+        // with its record): a few threads suffice, and each one costs a
+        // stack and allocator state.
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()

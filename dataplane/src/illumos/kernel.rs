@@ -83,9 +83,10 @@ pub struct KernelStats {
 /// driver `D`.
 pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     /// The routing socket and the route record, which block (the record
-    /// syncs its file): used on tokio's blocking pool, never on the
-    /// runtime thread. `None` only while a blocking call holds them (for
-    /// good if one could not give them back).
+    /// syncs its file): once made (`new` opens and reads the record
+    /// where it is called), used on tokio's blocking pool only, never on
+    /// the runtime thread. `None` only while a blocking call holds them
+    /// (for good if one could not give them back).
     io: Option<Io<S>>,
     /// What we installed, per destination.
     installed: BTreeMap<Ipv6Net, BTreeSet<KernelRoute>>,
@@ -374,7 +375,9 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
                 present
             })
             .await;
-        // Without the socket, the write below fails as it would.
+        // The listing failed (it panicked: the socket came back) or the
+        // socket is lost: every recorded route is deleted, as when the
+        // kernel cannot list (or the write fails as it would).
         let present = match present {
             Ok(p) => p,
             Err(_) => self.recorded().iter().copied().collect(),
@@ -638,9 +641,10 @@ mod tests {
         k.table.lock().unwrap().iter().copied().collect()
     }
 
-    /// The socket, and the record beside it (which syncs its file), are
-    /// used on the blocking pool only, never on the runtime's thread: with
-    /// one runtime thread, nothing else would run meanwhile.
+    /// The socket is used on the blocking pool only, never on the
+    /// runtime's thread: with one runtime thread, nothing else would run
+    /// meanwhile. (The record, which syncs its file, is used in the same
+    /// calls, `blocking`; this fake cannot see it.)
     #[tokio::test]
     async fn the_socket_and_the_record_are_used_off_the_runtime_thread() {
         let (dir, k, mut d) = fresh();

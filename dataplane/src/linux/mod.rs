@@ -74,7 +74,8 @@
 //! That costs two system calls per packet instead of two per route. The
 //! socket calls block (the kernel does the work inside `sendmsg`), so a
 //! batch runs on tokio's blocking pool, unless it is a few routes (one
-//! packet, tens of microseconds: see [`INLINE_REQUESTS`]). Requests are
+//! packet, tens of microseconds: see [`INLINE_REQUESTS`]) and nothing slow
+//! is pending ([`Kernel::quick`]). Requests are
 //! built as their packet is filled, so a batch of any size holds one
 //! packet's worth of requests.
 //!
@@ -223,11 +224,15 @@ impl LinuxDataplane {
         if requests <= INLINE_REQUESTS {
             let mut guard =
                 self.socket.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.quick() {
-                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                    || f(&mut guard),
-                ))
-                .map_err(|_| failed(&"panicked"));
+            if let Some(on) = guard.quick() {
+                // The batch decides as `quick` did, and no later one from
+                // this decision.
+                guard.nexthops.decided = Some(on);
+                let done = std::panic::catch_unwind(
+                    std::panic::AssertUnwindSafe(|| f(&mut guard)),
+                );
+                guard.nexthops.decided = None;
+                return done.map_err(|_| failed(&"panicked"));
             }
         }
         let socket = Arc::clone(&self.socket);
@@ -412,10 +417,10 @@ struct Nexthops {
     /// looked up: until it changes, the kernel dropped none of them with
     /// its link, and they are used without a lookup.
     checked_at: u64,
-    /// Whether the next batch's routes go through objects, as
-    /// [`Kernel::quick`] found it (taken by that batch): the batch then
-    /// does the work that was found quick, even if the link watcher ends
-    /// in between.
+    /// Whether the routes of the batch running inline go through objects,
+    /// as [`Kernel::quick`] found it: the batch then does the work that
+    /// was found quick, even if the link watcher ends in between. Set by
+    /// [`LinuxDataplane::with_socket`] around that batch only.
     decided: Option<bool>,
 }
 
@@ -459,15 +464,13 @@ impl Nexthops {
 }
 
 impl Kernel {
-    /// Whether the next batch, if it asks for only a few route changes,
-    /// is quick enough for the runtime thread: it will not leave nexthop
-    /// objects (which dumps and sends again every route of ours, after
-    /// the link watcher ended). Decides for that batch whether its routes
-    /// go through objects ([`Nexthops::decided`]).
-    fn quick(&mut self) -> bool {
+    /// Whether a batch of a few route changes, run now, is quick enough
+    /// for the runtime thread: it will not leave nexthop objects (which
+    /// dumps and sends again every route of ours, after the link watcher
+    /// ended). If so, whether its routes go through objects.
+    fn quick(&self) -> Option<bool> {
         let on = self.nexthops.enabled();
-        self.nexthops.decided = Some(on);
-        on || self.nexthops.ids.is_empty()
+        (on || self.nexthops.ids.is_empty()).then_some(on)
     }
 
     /// Program `updates`; the requests the kernel refused.
@@ -481,7 +484,7 @@ impl Kernel {
         updates: &[RouteUpdate],
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
-        // Decided once per batch (by `quick`, when it asked).
+        // Decided once per batch (as `quick` found it, when it ran inline).
         let on = self
             .nexthops
             .decided
