@@ -211,12 +211,15 @@ impl LinuxDataplane {
 
     /// Run `f` with the socket: on tokio's blocking pool, or on this task
     /// when it asks for at most [`INLINE_REQUESTS`] route changes and the
-    /// kernel side has no slow work pending ([`Kernel::quick`]). A panic
-    /// of `f` is this batch's error either way, not the worker's end.
+    /// kernel side has no slow work pending ([`Kernel::quick`]), which
+    /// `f` is then given: whether routes go through objects, as found, so
+    /// that the batch does the work found quick even if the link watcher
+    /// ends in between. A panic of `f` is this batch's error either way,
+    /// not the worker's end.
     async fn with_socket<T: Send + 'static>(
         &self,
         requests: usize,
-        f: impl FnOnce(&mut Kernel) -> T + Send + 'static,
+        f: impl FnOnce(&mut Kernel, Option<bool>) -> T + Send + 'static,
     ) -> Result<T, DataplaneError> {
         let failed = |e: &dyn std::fmt::Display| {
             DataplaneError::Request(format!("netlink worker failed: {e}"))
@@ -225,20 +228,16 @@ impl LinuxDataplane {
             let mut guard =
                 self.socket.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(on) = guard.quick() {
-                // The batch decides as `quick` did, and no later one from
-                // this decision.
-                guard.nexthops.decided = Some(on);
-                let done = std::panic::catch_unwind(
-                    std::panic::AssertUnwindSafe(|| f(&mut guard)),
-                );
-                guard.nexthops.decided = None;
-                return done.map_err(|_| failed(&"panicked"));
+                return std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || f(&mut guard, Some(on)),
+                ))
+                .map_err(|_| failed(&"panicked"));
             }
         }
         let socket = Arc::clone(&self.socket);
         tokio::task::spawn_blocking(move || {
             let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
+            f(&mut guard, None)
         })
         .await
         .map_err(|e| failed(&e))
@@ -248,7 +247,7 @@ impl LinuxDataplane {
     /// object of ours; how many routes went.
     async fn flush(&self) -> Result<usize, DataplaneError> {
         let (deleted, (objects, tried)) = self
-            .with_socket(usize::MAX, |k| {
+            .with_socket(usize::MAX, |k, _| {
                 let deleted = k.delete_ddm_routes()?;
                 let objects = k.remove_nexthops()?;
                 Ok::<_, io::Error>((deleted, objects))
@@ -329,8 +328,8 @@ impl Dataplane for LinuxDataplane {
         }
         let log = self.log.clone();
         let (updates, failures) = self
-            .with_socket(updates.len(), move |k| {
-                let failures = k.apply(&updates, &log);
+            .with_socket(updates.len(), move |k, decided| {
+                let failures = k.apply(&updates, decided, &log);
                 (updates, failures)
             })
             .await?;
@@ -417,11 +416,6 @@ struct Nexthops {
     /// looked up: until it changes, the kernel dropped none of them with
     /// its link, and they are used without a lookup.
     checked_at: u64,
-    /// Whether the routes of the batch running inline go through objects,
-    /// as [`Kernel::quick`] found it: the batch then does the work that
-    /// was found quick, even if the link watcher ends in between. Set by
-    /// [`LinuxDataplane::with_socket`] around that batch only.
-    decided: Option<bool>,
 }
 
 impl Default for Nexthops {
@@ -432,7 +426,6 @@ impl Default for Nexthops {
             ids: HashMap::new(),
             next: NEXTHOP_ID_BASE,
             checked_at: crate::netlink::links_lost(),
-            decided: None,
         }
     }
 }
@@ -478,18 +471,16 @@ impl Kernel {
     /// A destination with one nexthop goes through the nexthop object of
     /// its (gateway, interface) (see the module's docs): the objects are
     /// looked up after a link went down, made when missing, and a route
-    /// refused through an object found gone is sent once more.
+    /// refused through an object found gone is sent once more. Whether
+    /// routes go through objects is `decided` (by [`Kernel::quick`]), or
+    /// decided here, once per batch.
     fn apply(
         &mut self,
         updates: &[RouteUpdate],
+        decided: Option<bool>,
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
-        // Decided once per batch (as `quick` found it, when it ran inline).
-        let on = self
-            .nexthops
-            .decided
-            .take()
-            .unwrap_or_else(|| self.nexthops.enabled());
+        let on = decided.unwrap_or_else(|| self.nexthops.enabled());
         if !on && !self.nexthops.ids.is_empty() {
             self.leave_nexthops(log)?;
         }

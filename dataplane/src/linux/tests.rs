@@ -527,12 +527,18 @@ fn routes_leave_their_objects_when_objects_go_off() {
             // batch of one then runs off the runtime thread (this test's).
             let here = std::thread::current().id();
             let on = || std::thread::current().id();
-            assert_ne!(dp.with_socket(1, move |_| on()).await.unwrap(), here);
+            assert_ne!(
+                dp.with_socket(1, move |_, _| on()).await.unwrap(),
+                here
+            );
             dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
                 .await
                 .unwrap();
             // Nothing left to leave: inline again.
-            assert_eq!(dp.with_socket(1, move |_| on()).await.unwrap(), here);
+            assert_eq!(
+                dp.with_socket(1, move |_, _| on()).await.unwrap(),
+                here
+            );
             assert_eq!(
                 route_objects(&ns),
                 BTreeMap::from([
