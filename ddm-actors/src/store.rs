@@ -948,19 +948,29 @@ async fn on_store_thread<T: Send + 'static>(
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = done.send(out.map_err(|_| "panicked".to_string()));
     });
-    {
-        let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
-        let sender = match &mut *jobs {
-            Some(sender) => sender,
-            none => none.insert(start_store_thread()?),
-        };
-        sender.send(job).map_err(|_| "the store thread is gone".to_string())?;
-    }
-    outcome.await.map_err(|_| "the store thread is gone".to_string())?
+    send_job(job, true)?;
+    outcome.await.map_err(|_| GONE.to_string())?
 }
 
 /// What the store's thread is sent, once started.
 static JOBS: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+
+/// Why a job could not be sent or answered.
+const GONE: &str = "the store thread is gone";
+
+/// Send `job` to the store's thread, starting the thread first if it is
+/// not running and `start`; whether it was sent (not: no thread, none
+/// started).
+fn send_job(job: Job, start: bool) -> Result<bool, String> {
+    let mut jobs = JOBS.lock().unwrap_or_else(|e| e.into_inner());
+    let sender = match &mut *jobs {
+        Some(sender) => sender,
+        None if !start => return Ok(false),
+        none => none.insert(start_store_thread()?),
+    };
+    sender.send(job).map_err(|_| GONE.to_string())?;
+    Ok(true)
+}
 
 /// Wait, at most `limit`, until the store's thread has finished the jobs
 /// sent so far (a write under way when the daemon stopped): the process
@@ -968,16 +978,10 @@ static JOBS: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
 /// is recovered at the next start. Whether they finished in time.
 pub fn wait_for_store_jobs(limit: std::time::Duration) -> bool {
     let (done, finished) = std::sync::mpsc::channel::<()>();
-    let sent =
-        JOBS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|jobs| {
-            jobs.send(Box::new(move || {
-                let _ = done.send(());
-            }))
-        });
-    match sent {
+    match send_job(Box::new(move || done.send(()).unwrap_or(())), false) {
+        Ok(true) => finished.recv_timeout(limit).is_ok(),
         // Never started, or gone: nothing is under way.
-        None | Some(Err(_)) => true,
-        Some(Ok(())) => finished.recv_timeout(limit).is_ok(),
+        Ok(false) | Err(_) => true,
     }
 }
 

@@ -267,9 +267,6 @@ impl AdminState {
         } else {
             apply_to(&mut self.originated, &change.inverse());
         }
-        // What the rewrite held goes back to the system, as after a large
-        // change (see `change`).
-        crate::router::trim_after(self.originated.prefixes.len());
         self.written(written)
     }
 
@@ -298,12 +295,16 @@ impl AdminState {
             add_tunnels: not_in(asked.add_tunnels, &o.tunnels),
             remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
         };
+        // A failing store is rewritten whole (`recover`).
+        let rewrite = self.store.failing().is_some();
         let _ = reply.send(self.update(change).await);
-        // The change's sets, the store's write and the request are freed
-        // by now, after the router's own trim: without this, what a large
-        // change left in the allocator's free lists stayed resident (4 to
-        // 5 MiB of 100,000 prefixes at the originator, in some runs).
-        crate::router::trim_after(size);
+        // The change's sets, the store's write (a rewrite's: the whole
+        // set) and the request are freed by now, after the router's own
+        // trim, and after the answer: without this, what a large change
+        // left in the allocator's free lists stayed resident (4 to 5 MiB
+        // of 100,000 prefixes at the originator, in some runs).
+        let written = if rewrite { self.originated.prefixes.len() } else { 0 };
+        crate::router::trim_after(size.max(written));
     }
 
     /// The router messages that carry out `change`.
