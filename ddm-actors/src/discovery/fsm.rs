@@ -204,12 +204,19 @@ impl DropCounters {
             + self.queue_full
     }
 
-    fn count(&mut self, e: DecodeError) {
-        match e {
-            DecodeError::Truncated => self.truncated += 1,
-            DecodeError::UnknownKind(_) => self.unknown_kind += 1,
-            DecodeError::BadHostname => self.bad_hostname += 1,
-            DecodeError::NoKindFlags => self.no_kind_flags += 1,
+    fn count(&mut self, why: Malformed) {
+        match why {
+            Malformed::Decode(DecodeError::Truncated) => self.truncated += 1,
+            Malformed::Decode(DecodeError::UnknownKind(_)) => {
+                self.unknown_kind += 1
+            }
+            Malformed::Decode(DecodeError::BadHostname) => {
+                self.bad_hostname += 1
+            }
+            Malformed::Decode(DecodeError::NoKindFlags) => {
+                self.no_kind_flags += 1
+            }
+            Malformed::Version(_) => self.unknown_version += 1,
         }
     }
 }
@@ -520,11 +527,7 @@ impl PeerFsm {
         }
         let packet = match DiscoveryPacket::decode(payload) {
             Ok(p) => p,
-            Err(e) => {
-                drops.count(e);
-                fx.push(Effect::Malformed { from: addr, why: e.into() });
-                return;
-            }
+            Err(e) => return self.malformed(addr, e.into(), fx),
         };
         if self.hostname.as_deref() == Some(packet.hostname.as_str()) {
             drops.own_hostname += 1;
@@ -559,11 +562,21 @@ impl PeerFsm {
                 self.counters.advertisements_received += 1;
                 self.advertisement(now, addr, packet, fx);
             } else {
-                self.counters.drops.unknown_version += 1;
-                let why = Malformed::Version(packet.version);
-                fx.push(Effect::Malformed { from: addr, why });
+                self.malformed(addr, Malformed::Version(packet.version), fx);
             }
         }
+    }
+
+    /// A datagram from `from` that was not a discovery packet we take:
+    /// counted, and reported (the actor logs it, within its limit).
+    fn malformed(
+        &mut self,
+        from: Ipv6Addr,
+        why: Malformed,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.counters.drops.count(why);
+        fx.push(Effect::Malformed { from, why });
     }
 
     fn advertisement(
