@@ -241,7 +241,6 @@ impl State {
             return;
         };
         let (ifindex, local_addr) = (link.ifindex, link.local_addr);
-        let ifname = self.ifname().to_string();
         match effect {
             Effect::SendSolicit => {
                 let r =
@@ -276,7 +275,7 @@ impl State {
                           "kind" => %peer.kind, "version" => peer.version);
                 }
                 self.emit(DiscoveryEvent::PeerUp {
-                    ifname,
+                    ifname: self.ifname().to_string(),
                     ifindex,
                     local_addr,
                     peer,
@@ -286,7 +285,11 @@ impl State {
                 if self.churn_log_allowed() {
                     info!(self.log, "peer down"; "peer" => %peer.addr, "host" => &peer.hostname);
                 }
-                self.emit(DiscoveryEvent::PeerDown { ifname, ifindex, peer });
+                self.emit(DiscoveryEvent::PeerDown {
+                    ifname: self.ifname().to_string(),
+                    ifindex,
+                    peer,
+                });
             }
             Effect::PeerAddrChanged { old, peer } => {
                 if self.churn_log_allowed() {
@@ -294,7 +297,7 @@ impl State {
                           "host" => &peer.hostname);
                 }
                 self.emit(DiscoveryEvent::PeerAddrChanged {
-                    ifname,
+                    ifname: self.ifname().to_string(),
                     ifindex,
                     local_addr,
                     old_addr: old,
@@ -310,7 +313,7 @@ impl State {
             Effect::StateChanged { state, since } => {
                 debug!(self.log, "state"; "state" => ?state);
                 self.emit(DiscoveryEvent::Status {
-                    ifname,
+                    ifname: self.ifname().to_string(),
                     ifindex,
                     state,
                     since,
