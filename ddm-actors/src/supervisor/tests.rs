@@ -290,21 +290,15 @@ async fn routes_a_panicked_worker_left_are_reported_until_removed() {
         });
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sup = start_reporting(false, false, factory, left.clone()).await;
-        let wait = |n: usize| {
-            let started = started.clone();
-            let left = left.clone();
-            async move {
-                while started.load(SeqCst) < n || (n == 1 && !left.load(SeqCst))
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait(1)).await.unwrap();
+        eventually("the first worker panicked and left routes", || async {
+            (started.load(SeqCst) >= 1 && left.load(SeqCst)).then_some(())
+        })
+        .await;
         if restarted {
-            tokio::time::timeout(Duration::from_secs(60), wait(2))
-                .await
-                .unwrap();
+            eventually("a second worker started", || async {
+                (started.load(SeqCst) >= 2).then_some(())
+            })
+            .await;
         }
         sup.stop_and_wait(None, None).await.unwrap();
         assert_eq!(left.load(SeqCst), !restarted, "restarted {restarted}");
