@@ -646,6 +646,12 @@ impl Store {
         self.lock().failing.clone()
     }
 
+    /// Whether the last write failed (see [`Store::failing`]), without a
+    /// copy of its error.
+    pub fn is_failing(&self) -> bool {
+        self.lock().failing.is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves nothing half-done that
         // redb has not already guarded against; carry on.
