@@ -1325,31 +1325,34 @@ def main():
     # ---- 1. single-prefix convergence ----------------------------------
     print(f"\n1. single-prefix convergence s1 -> s2 ({RUNS} runs + 1 warm-up, "
           f"each {PAUSE * 1000:.0f} ms after the last)")
-    conv, acks, to_t1, t1_to_s2, withdraws = single_prefix_runs(
-        mon, ports, range(RUNS + 1), PAUSE)
-    med = statistics.median(conv)
-    print(f"  median {ms(med)}  min {ms(min(conv))}  max {ms(max(conv))}")
-    print(f"  stages (medians): PUT->204 {ms(statistics.median(acks))}, "
-          f"PUT->t1 kernel {ms(statistics.median(to_t1))}, "
-          f"t1 kernel->s2 kernel {ms(statistics.median(t1_to_s2))}; "
-          f"withdraw->s2 {ms(statistics.median(withdraws))}")
-    results.append(("single-prefix convergence (median)", ms(med),
-                    "<= 0.6 ms", med <= 0.0006))
-    print(f"  back to back ({RUNS} runs, each as soon as the last "
-          "withdrawal reached s2):")
-    warm = single_prefix_runs(mon, ports, range(RUNS + 1, 2 * RUNS + 1), 0)
-    warm_med = statistics.median(warm[0])
-    print(f"  median {ms(warm_med)}  min {ms(min(warm[0]))}  "
-          f"max {ms(max(warm[0]))}")
-    results.append(("single-prefix convergence, back to back (median)",
-                    ms(warm_med), "(reference)", None))
-    cold_rt, warm_rt = machine_round_trips(RUNS * 4, PAUSE)
-    print(f"  this machine: a byte passed between two processes and back "
-          f"over pipes, median {us(cold_rt)} {PAUSE * 1000:.0f} ms after the "
-          f"last, {us(warm_rt)} back to back ({RUNS * 4} each)")
-    results.append((f"machine round trip after {PAUSE * 1000:.0f} ms idle / "
-                    "back to back", f"{us(cold_rt)} / {us(warm_rt)}",
-                    "(reference)", None))
+    if RUNS > 0:
+        conv, acks, to_t1, t1_to_s2, withdraws = single_prefix_runs(
+            mon, ports, range(RUNS + 1), PAUSE)
+        med = statistics.median(conv)
+        print(f"  median {ms(med)}  min {ms(min(conv))}  max {ms(max(conv))}")
+        print(f"  stages (medians): PUT->204 {ms(statistics.median(acks))}, "
+              f"PUT->t1 kernel {ms(statistics.median(to_t1))}, "
+              f"t1 kernel->s2 kernel {ms(statistics.median(t1_to_s2))}; "
+              f"withdraw->s2 {ms(statistics.median(withdraws))}")
+        results.append(("single-prefix convergence (median)", ms(med),
+                        "<= 0.6 ms", med <= 0.0006))
+        print(f"  back to back ({RUNS} runs, each as soon as the last "
+              "withdrawal reached s2):")
+        warm = single_prefix_runs(mon, ports, range(RUNS + 1, 2 * RUNS + 1), 0)
+        warm_med = statistics.median(warm[0])
+        print(f"  median {ms(warm_med)}  min {ms(min(warm[0]))}  "
+              f"max {ms(max(warm[0]))}")
+        results.append(("single-prefix convergence, back to back (median)",
+                        ms(warm_med), "(reference)", None))
+        cold_rt, warm_rt = machine_round_trips(RUNS * 4, PAUSE)
+        print(f"  this machine: a byte passed between two processes and back "
+              f"over pipes, median {us(cold_rt)} {PAUSE * 1000:.0f} ms after the "
+              f"last, {us(warm_rt)} back to back ({RUNS * 4} each)")
+        results.append((f"machine round trip after {PAUSE * 1000:.0f} ms idle / "
+                        "back to back", f"{us(cold_rt)} / {us(warm_rt)}",
+                        "(reference)", None))
+    else:
+        print("  skipped (RUNS=0)")
 
     # ---- 4. failure (small table) ---------------------------------------
     fail_prefixes = [f"fd30:0:0:{i + 1:x}::/64" for i in range(FAIL_PREFIXES)]
