@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod admin_guard;
 pub mod config;
+mod counters;
 pub mod dataplane;
 pub mod discovery;
 pub mod exchange;

@@ -46,9 +46,7 @@ use slog::{debug, warn, Logger};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::discovery::{
-    Counters as DiscoveryCounters, DiscoveryMsg, DropCounters,
-};
+use crate::discovery::{Counters as DiscoveryCounters, DiscoveryMsg};
 use crate::exchange::actor::ExchangeMsg;
 use crate::router::RouterMsg;
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -74,69 +72,11 @@ pub const METRICS_CONTENT_TYPE: &str =
 pub use crate::store::StoreCounters;
 pub use crate::supervisor::CounterSources;
 
-/// The discovery counters by name, and the drops by reason. (Every field
-/// is named here: a counter added to discovery fails to compile until it
-/// is served.)
+/// The discovery counters by name, and the drops by reason.
 pub fn discovery_named(
     c: &DiscoveryCounters,
 ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-    let DiscoveryCounters {
-        solicitations_sent,
-        solicitations_received,
-        solicitations_rate_limited,
-        advertisements_sent,
-        advertisements_received,
-        send_errors,
-        peer_ups,
-        expirations,
-        address_changes,
-        identity_changes_rate_limited,
-        drops,
-        peer_log_lines_suppressed,
-    } = *c;
-    let counters = [
-        ("solicitations_sent", solicitations_sent),
-        ("solicitations_received", solicitations_received),
-        ("solicitations_rate_limited", solicitations_rate_limited),
-        ("advertisements_sent", advertisements_sent),
-        ("advertisements_received", advertisements_received),
-        ("send_errors", send_errors),
-        ("peer_ups", peer_ups),
-        ("expirations", expirations),
-        ("address_changes", address_changes),
-        ("identity_changes_rate_limited", identity_changes_rate_limited),
-        ("peer_log_lines_suppressed", peer_log_lines_suppressed),
-    ];
-    let DropCounters {
-        truncated,
-        unknown_version,
-        unknown_kind,
-        bad_hostname,
-        no_kind_flags,
-        wrong_interface,
-        not_link_local,
-        own_packet,
-        own_hostname,
-        link_down,
-        queue_full,
-    } = drops;
-    let drops = [
-        ("truncated", truncated),
-        ("unknown_version", unknown_version),
-        ("unknown_kind", unknown_kind),
-        ("bad_hostname", bad_hostname),
-        ("no_kind_flags", no_kind_flags),
-        ("wrong_interface", wrong_interface),
-        ("not_link_local", not_link_local),
-        ("own_packet", own_packet),
-        ("own_hostname", own_hostname),
-        ("link_down", link_down),
-        ("queue_full", queue_full),
-    ];
-    let named = |kv: &[(&str, u64)]| {
-        kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-    };
-    (named(&counters), named(&drops))
+    (c.named(), c.drops.named())
 }
 
 /// Why an actor asked for its counters gave none.

@@ -26,6 +26,8 @@ use std::time::Duration;
 use ddm_admin_api::latest::PeerStatus;
 use tokio::time::Instant;
 
+use crate::counters::named_counters;
+
 use super::limit::{AnswerLimiter, TokenBucket};
 use super::packet::{DecodeError, DiscoveryPacket};
 use super::PeerIdentity;
@@ -157,51 +159,42 @@ pub enum Malformed {
     Version(u8),
 }
 
-/// Received datagrams dropped, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DropCounters {
-    /// Shorter than its length fields say.
-    pub truncated: u64,
-    /// Advertisements of a version outside 2..=3 (solicitations of any
-    /// version are answered).
-    pub unknown_version: u64,
-    /// Router kind other than server or transit.
-    pub unknown_kind: u64,
-    /// Hostname not UTF-8.
-    pub bad_hostname: u64,
-    /// Neither solicitation nor advertisement.
-    pub no_kind_flags: u64,
-    /// Arrived with another interface's scope id.
-    pub wrong_interface: u64,
-    /// Source address is not link-local.
-    pub not_link_local: u64,
-    /// Sent by this router itself.
-    pub own_packet: u64,
-    /// Sent by another router under our own hostname: every path between
-    /// us would be taken as a loop on both sides (a misconfiguration,
-    /// refused before it becomes a peer).
-    pub own_hostname: u64,
-    /// Arrived while the interface was not up.
-    pub link_down: u64,
-    /// Arrived while the actor had as many waiting as it may
-    /// (`MAX_QUEUED_DATAGRAMS`, in the actor).
-    pub queue_full: u64,
+named_counters! {
+    /// Received datagrams dropped, by reason.
+    pub struct DropCounters {
+        /// Shorter than its length fields say.
+        truncated,
+        /// Advertisements of a version outside 2..=3 (solicitations of any
+        /// version are answered).
+        unknown_version,
+        /// Router kind other than server or transit.
+        unknown_kind,
+        /// Hostname not UTF-8.
+        bad_hostname,
+        /// Neither solicitation nor advertisement.
+        no_kind_flags,
+        /// Arrived with another interface's scope id.
+        wrong_interface,
+        /// Source address is not link-local.
+        not_link_local,
+        /// Sent by this router itself.
+        own_packet,
+        /// Sent by another router under our own hostname: every path between
+        /// us would be taken as a loop on both sides (a misconfiguration,
+        /// refused before it becomes a peer).
+        own_hostname,
+        /// Arrived while the interface was not up.
+        link_down,
+        /// Arrived while the actor had as many waiting as it may
+        /// (`MAX_QUEUED_DATAGRAMS`, in the actor).
+        queue_full,
+    }
 }
 
 impl DropCounters {
     /// Every drop, whatever the reason.
     pub fn total(&self) -> u64 {
-        self.truncated
-            + self.unknown_version
-            + self.unknown_kind
-            + self.bad_hostname
-            + self.no_kind_flags
-            + self.wrong_interface
-            + self.not_link_local
-            + self.own_packet
-            + self.own_hostname
-            + self.link_down
-            + self.queue_full
+        self.counts().map(|(_, n)| n).sum()
     }
 
     fn count(&mut self, why: Malformed) {
@@ -221,38 +214,41 @@ impl DropCounters {
     }
 }
 
-/// Per-interface statistics, for operators and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Solicitations handed to the socket successfully.
-    pub solicitations_sent: u64,
-    /// Valid solicitations received.
-    pub solicitations_received: u64,
-    /// Valid solicitations left unanswered because their source (or all
-    /// sources together) exceeded the answer rate (see [`super::limit`]).
-    pub solicitations_rate_limited: u64,
-    /// Advertisements handed to the socket successfully.
-    pub advertisements_sent: u64,
-    /// Valid advertisements received.
-    pub advertisements_received: u64,
-    /// Sends the socket refused.
-    pub send_errors: u64,
-    /// Times a peer came up.
-    pub peer_ups: u64,
-    /// Times a peer expired (silence, link down or by hand).
-    pub expirations: u64,
-    /// Times the peer advertised from a new address.
-    pub address_changes: u64,
-    /// Advertisements of a live peer that changed its identity (name,
-    /// kind, version or address) past the rate of such changes
-    /// ([`IDENTITY_CHANGE_BURST`], [`IDENTITY_CHANGES_PER_SECOND`]):
-    /// dropped, the peer kept as it was.
-    pub identity_changes_rate_limited: u64,
-    /// Datagrams dropped, by reason.
-    pub drops: DropCounters,
-    /// Peer up/down/renumbered log lines held back by the rate limit (kept
-    /// by the actor; always 0 in the machine's own copy).
-    pub peer_log_lines_suppressed: u64,
+named_counters! {
+    /// Per-interface statistics, for operators and tests.
+    pub struct Counters {
+        /// Solicitations handed to the socket successfully.
+        solicitations_sent,
+        /// Valid solicitations received.
+        solicitations_received,
+        /// Valid solicitations left unanswered because their source (or all
+        /// sources together) exceeded the answer rate (see [`super::limit`]).
+        solicitations_rate_limited,
+        /// Advertisements handed to the socket successfully.
+        advertisements_sent,
+        /// Valid advertisements received.
+        advertisements_received,
+        /// Sends the socket refused.
+        send_errors,
+        /// Times a peer came up.
+        peer_ups,
+        /// Times a peer expired (silence, link down or by hand).
+        expirations,
+        /// Times the peer advertised from a new address.
+        address_changes,
+        /// Advertisements of a live peer that changed its identity (name,
+        /// kind, version or address) past the rate of such changes
+        /// ([`IDENTITY_CHANGE_BURST`], [`IDENTITY_CHANGES_PER_SECOND`]):
+        /// dropped, the peer kept as it was.
+        identity_changes_rate_limited,
+        /// Peer up/down/renumbered log lines held back by the rate limit (kept
+        /// by the actor; always 0 in the machine's own copy).
+        peer_log_lines_suppressed,
+    }
+    and {
+        /// Datagrams dropped, by reason.
+        pub drops: DropCounters,
+    }
 }
 
 /// What a send was, for [`PeerFsm::record_send`].

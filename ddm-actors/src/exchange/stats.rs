@@ -3,29 +3,22 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::counters::named_counters;
+
 /// Declares the counters once, as the live atomics and their snapshot.
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// What an exchange actor has done, for tests and logs.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct ExchangeCounters {
-            $($(#[$doc])* pub $name: u64,)*
+        named_counters! {
+            /// What an exchange actor has done, for tests and logs.
+            pub struct ExchangeCounters {
+                $($(#[$doc])* $name,)*
+            }
         }
 
         /// The live counters, shared by the actor and its server task.
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        impl ExchangeCounters {
-            /// Every counter by name.
-            pub fn named(&self) -> std::collections::BTreeMap<String, u64> {
-                [$((stringify!($name), self.$name),)*]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect()
-            }
         }
 
         impl Stats {

@@ -197,49 +197,31 @@ pub enum RouterMsg {
     WorkerGone(String),
 }
 
-/// The router's counters, for the metrics listener.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RouterCounters {
-    /// Destinations with a route now (a gauge, not a counter).
-    pub routes: u64,
-    /// Paths dropped because they held this router's own name.
-    pub loops_dropped: u64,
-    /// Paths let go past the bound of paths per peer and destination
-    /// (`rib::MAX_PATHS_PER_PEER`).
-    pub paths_over_limit: u64,
-    /// Paths dropped past a peer's budget of path bytes
-    /// (`PolicyConfig::path_budget`).
-    pub paths_over_budget: u64,
-    /// Route batches handed to the dataplane.
-    pub dataplane_batches: u64,
-    /// Of those, the ones the dataplane reported failed.
-    pub dataplane_batch_errors: u64,
-    /// Destination updates (installs, replacements, removals) handed to
-    /// the dataplane, in batches that succeeded.
-    pub route_updates_applied: u64,
-    /// Tunnel sets handed to the dataplane.
-    pub tunnel_updates: u64,
-    /// Of those, the ones the dataplane reported failed.
-    pub tunnel_update_errors: u64,
-}
-
-impl RouterCounters {
-    /// Every counter by name (`routes` is a gauge; the rest only grow).
-    pub fn named(&self) -> BTreeMap<String, u64> {
-        [
-            ("routes", self.routes),
-            ("loops_dropped", self.loops_dropped),
-            ("paths_over_limit", self.paths_over_limit),
-            ("paths_over_budget", self.paths_over_budget),
-            ("dataplane_batches", self.dataplane_batches),
-            ("dataplane_batch_errors", self.dataplane_batch_errors),
-            ("route_updates_applied", self.route_updates_applied),
-            ("tunnel_updates", self.tunnel_updates),
-            ("tunnel_update_errors", self.tunnel_update_errors),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+crate::counters::named_counters! {
+    /// The router's counters, for the metrics listener (`routes` is a
+    /// gauge; the rest only grow).
+    pub struct RouterCounters {
+        /// Destinations with a route now (a gauge, not a counter).
+        routes,
+        /// Paths dropped because they held this router's own name.
+        loops_dropped,
+        /// Paths let go past the bound of paths per peer and destination
+        /// (`rib::MAX_PATHS_PER_PEER`).
+        paths_over_limit,
+        /// Paths dropped past a peer's budget of path bytes
+        /// (`PolicyConfig::path_budget`).
+        paths_over_budget,
+        /// Route batches handed to the dataplane.
+        dataplane_batches,
+        /// Of those, the ones the dataplane reported failed.
+        dataplane_batch_errors,
+        /// Destination updates (installs, replacements, removals) handed to
+        /// the dataplane, in batches that succeeded.
+        route_updates_applied,
+        /// Tunnel sets handed to the dataplane.
+        tunnel_updates,
+        /// Of those, the ones the dataplane reported failed.
+        tunnel_update_errors,
     }
 }
 
