@@ -6,11 +6,18 @@
 //! IFINDEX` (written and synced before the adds) and `- DEST GATEWAY
 //! IFINDEX` (after the deletes); a start folds it into the set a previous
 //! run left. It is rewritten from the live set when it has grown to
-//! several times that set. A malformed line is skipped and counted.
+//! several times that set. A malformed line (one not UTF-8 among them) is
+//! skipped and counted.
+//!
+//! Each append is written at the end of what the record has taken so far
+//! ([`RouteRecord`]'s `len`), and a failed one (a full disk) is cut off
+//! again: a torn line would otherwise join the next one, and lines of a
+//! batch that failed would claim routes that never went in.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -62,7 +69,15 @@ const COMPACT_MIN_LINES: usize = 4096;
 #[derive(Debug)]
 pub struct RouteRecord {
     path: PathBuf,
+    /// The file, opened for writing at `len` (not in append mode, which
+    /// would write past anything a failed append left).
     file: File,
+    /// How many bytes of the file hold whole lines: where the next append
+    /// goes.
+    len: u64,
+    /// Whether a failed append may have left bytes past `len` that could
+    /// not be cut off then: they are cut off before the next append.
+    torn: bool,
     live: BTreeSet<KernelRoute>,
     lines: usize,
     /// This record's claim on its file, within the process.
@@ -71,6 +86,13 @@ pub struct RouteRecord {
 
 fn line(sign: char, r: &KernelRoute) -> String {
     format!("{sign} {} {} {}\n", r.dest, r.gateway, r.ifindex)
+}
+
+/// The byte at `len - 1` of `file`.
+fn last_byte(file: &File, len: u64) -> std::io::Result<u8> {
+    let mut b = [0];
+    file.read_exact_at(&mut b, len - 1)?;
+    Ok(b[0])
 }
 
 fn parse_line(l: &str) -> Option<(bool, KernelRoute)> {
@@ -103,13 +125,17 @@ impl RouteRecord {
         let mut lines = 0;
         match File::open(&path) {
             Ok(f) => {
-                for l in BufReader::new(f).lines() {
+                for l in BufReader::new(f).split(b'\n') {
                     let l = l?;
+                    let Ok(l) = std::str::from_utf8(&l) else {
+                        bad += 1;
+                        continue;
+                    };
                     if l.trim().is_empty() {
                         continue;
                     }
                     lines += 1;
-                    match parse_line(&l) {
+                    match parse_line(l) {
                         Some((true, r)) => {
                             live.insert(r);
                         }
@@ -123,8 +149,29 @@ impl RouteRecord {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok((RouteRecord { path, file, live, lines, _held: held }, bad))
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        // A last line without its newline (torn by a crash) was counted
+        // as malformed above; the first append goes after it, on a line
+        // of its own.
+        let len = file.metadata()?.len();
+        let mut record = RouteRecord {
+            path,
+            file,
+            len,
+            torn: false,
+            live,
+            lines,
+            _held: held,
+        };
+        if len > 0 && last_byte(&record.file, len)? != b'\n' {
+            record.write(b"\n")?;
+        }
+        Ok((record, bad))
     }
 
     /// The routes recorded as ours.
@@ -164,9 +211,28 @@ impl RouteRecord {
         for r in routes {
             buf.push_str(&line(sign, r));
         }
-        self.file.write_all(buf.as_bytes())?;
-        self.file.sync_data()?;
+        self.write(buf.as_bytes())?;
         self.lines += routes.len();
+        Ok(())
+    }
+
+    /// Write `bytes` durably at `len`, and take them in. On failure,
+    /// nothing past `len` is kept: what was written is cut off (or, if
+    /// that fails too, before the next write).
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        let written = self
+            .file
+            .write_all_at(bytes, self.len)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.torn = self.file.set_len(self.len).is_err();
+            return Err(e);
+        }
+        self.len += bytes.len() as u64;
         Ok(())
     }
 
@@ -174,22 +240,24 @@ impl RouteRecord {
     /// over the old).
     pub fn compact(&mut self) -> std::io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            let mut buf = String::with_capacity(self.live.len() * 64);
-            for r in &self.live {
-                buf.push_str(&line('+', r));
-            }
-            f.write_all(buf.as_bytes())?;
-            f.sync_all()?;
+        let mut buf = String::with_capacity(self.live.len() * 64);
+        for r in &self.live {
+            buf.push_str(&line('+', r));
         }
+        // Written through the handle kept after the rename, so that the
+        // record goes on in the new file whatever happens after it.
+        let mut file = File::create(&tmp)?;
+        file.write_all(buf.as_bytes())?;
+        file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
         }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.file = file;
+        self.len = buf.len() as u64;
+        self.torn = false;
         self.lines = self.live.len();
         Ok(())
     }
@@ -269,5 +337,71 @@ mod tests {
             rec.routes().iter().copied().collect::<Vec<_>>(),
             vec![r(0, 1), r(0, 2), r(0, 3)]
         );
+    }
+
+    #[test]
+    fn a_line_not_utf8_is_counted_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text =
+            b"+ fd00:1::/64 fe80::1 2\n+ fd00:2::/64 fe80::1 2\xff\n".to_vec();
+        text.extend_from_slice(b"+ fd00:3::/64 fe80::1 2\n");
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+        let (rec, bad) = RouteRecord::open(dir.path()).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!(
+            rec.routes().iter().copied().collect::<Vec<_>>(),
+            vec![r(1, 2), r(3, 2)]
+        );
+    }
+
+    #[test]
+    fn a_line_torn_by_a_crash_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "+ fd00:1::/64 fe80::1 2\n- fd00:1::/64 fe8",
+        )
+        .unwrap();
+        let (mut rec, bad) = RouteRecord::open(dir.path()).unwrap();
+        assert_eq!(bad, 1);
+        rec.add(&[r(2, 2)]).unwrap();
+        drop(rec);
+        let (rec, _) = RouteRecord::open(dir.path()).unwrap();
+        assert_eq!(
+            rec.routes().iter().copied().collect::<Vec<_>>(),
+            vec![r(1, 2), r(2, 2)]
+        );
+    }
+
+    /// An append that fails (the disk full) leaves nothing behind: what
+    /// it wrote is cut off, at once or before the next append.
+    #[test]
+    fn a_failed_append_leaves_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let (mut rec, _) = RouteRecord::open(dir.path()).unwrap();
+        rec.add(&[r(1, 2)]).unwrap();
+        // A write that fails and cannot be cut off either.
+        let real = std::mem::replace(
+            &mut rec.file,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        let e = rec.add(&[r(2, 2)]).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert!(rec.torn);
+        assert_eq!(rec.routes().len(), 1, "not taken in");
+        // Meanwhile part of it reached the file, torn mid-batch.
+        rec.file = real;
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"+ fd00:2::/64 fe80::1 2\n+ fd00:3::/6").unwrap();
+        rec.remove(&[r(1, 2)]).unwrap();
+        assert!(!rec.torn);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "+ fd00:1::/64 fe80::1 2\n- fd00:1::/64 fe80::1 2\n"
+        );
+        drop(rec);
+        let (rec, bad) = RouteRecord::open(dir.path()).unwrap();
+        assert_eq!((rec.routes().len(), bad), (0, 0));
     }
 }
