@@ -18,10 +18,20 @@
 //!   closed: a client stalled mid-body, or idle between requests, or not
 //!   reading its answer;
 //! * a connection whose client has been sending for [`ADMIN_REQUEST`]
-//!   (plus the time its bytes take at [`ADMIN_UPLOAD_RATE`]) without an
-//!   answer from the server is closed: a client that trickles a body a
-//!   byte at a time, never idle for long, would otherwise hold its
-//!   connection (and one of the slots) for as long as it likes.
+//!   (plus the time its bytes take at [`ADMIN_UPLOAD_RATE`], up to those
+//!   of a whole request) without an answer from the server is closed: a
+//!   client that trickles a body a byte at a time, never idle for long,
+//!   would otherwise hold its connection (and one of the slots) for as
+//!   long as it likes, and so would one sending without end faster than
+//!   that rate (dropshot reads a body past its cap to its end before it
+//!   answers `400`);
+//! * a connection that opens with HTTP/2's preface is closed before the
+//!   preface reaches the server. dropshot's server (hyper-util's automatic
+//!   builder) would take HTTP/2 without negotiation, and one HTTP/2
+//!   connection carries up to 200 requests at once, each holding its body,
+//!   while the server's own frames (settings, window updates, pings) would
+//!   keep the request deadline from ever running out. Admin clients
+//!   (`ddmadm`, the control plane's) speak HTTP/1.1.
 //!
 //! The relay copies both ways as bytes come (HTTP is not parsed again), so
 //! it adds a hop on loopback and nothing else; dropshot's own logs show the
@@ -67,6 +77,16 @@ pub const ADMIN_REQUEST: Duration = Duration::from_secs(30);
 /// [`ADMIN_REQUEST`] by the time it takes at this rate (a whole 8 MiB body
 /// by 128 s), so a slow link is not cut off and a trickle gains nothing.
 pub const ADMIN_UPLOAD_RATE: u64 = 64 << 10;
+
+/// The most bytes of one request that extend [`ADMIN_REQUEST`] (at
+/// [`ADMIN_UPLOAD_RATE`]): a whole body and 64 KiB of head. So a request
+/// is answered or closed within 30 s + 129 s, however fast its client
+/// sends.
+pub const ADMIN_UPLOAD_CREDIT: u64 =
+    ddm_admin_api::REQUEST_BODY_MAX_BYTES as u64 + (64 << 10);
+
+/// How an HTTP/2 connection with prior knowledge opens (RFC 9113, 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a guard bounds.
 #[derive(Debug, Clone, Copy)]
@@ -238,6 +258,24 @@ fn unanswered() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "sending without an answer")
 }
 
+/// Take `bytes`, the next a client sent, into `matched`: how many of the
+/// connection's first bytes match [`H2_PREFACE`] (`None` once one did
+/// not). An error once they are the whole preface.
+fn refuse_h2(matched: &mut Option<usize>, bytes: &[u8]) -> io::Result<()> {
+    let Some(m) = *matched else {
+        return Ok(());
+    };
+    let n = bytes.len().min(H2_PREFACE.len() - m);
+    *matched = (bytes[..n] == H2_PREFACE[m..m + n]).then_some(m + n);
+    if *matched == Some(H2_PREFACE.len()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "HTTP/2 is not served",
+        ));
+    }
+    Ok(())
+}
+
 /// A connection to `backend`, within `idle`.
 async fn connect(backend: SocketAddr, idle: Duration) -> io::Result<TcpStream> {
     let server = tokio::time::timeout(idle, TcpStream::connect(backend))
@@ -283,10 +321,14 @@ async fn relay(
     let mut told = false;
     // Since when the client's bytes wait for an answer, and how many.
     let mut asked: Option<(tokio::time::Instant, u64)> = None;
+    // How many of the client's first bytes are HTTP/2's preface.
+    let mut preface = Some(0);
     loop {
         let left = asked.map(|(t, sent)| {
-            let upload =
-                Duration::from_secs_f64(sent as f64 / ADMIN_UPLOAD_RATE as f64);
+            let credit = sent.min(ADMIN_UPLOAD_CREDIT);
+            let upload = Duration::from_secs_f64(
+                credit as f64 / ADMIN_UPLOAD_RATE as f64,
+            );
             (request + upload).saturating_sub(t.elapsed())
         });
         if left == Some(Duration::ZERO) {
@@ -301,6 +343,7 @@ async fn relay(
                         sw.shutdown().await?;
                         return Ok::<_, io::Error>(Step::ClientDone);
                     }
+                    refuse_h2(&mut preface, &up[..n])?;
                     sw.write_all(&up[..n]).await?;
                     Ok(Step::Moved(n))
                 }
@@ -527,6 +570,76 @@ mod tests {
         assert!(waited >= last + ADMIN_IDLE, "closed after {waited:?}");
         assert!(waited < last + ADMIN_IDLE + Duration::from_secs(1));
         drop(w);
+    }
+
+    /// A client sending without end, faster than the slowest rate allowed
+    /// for, gains no more than a whole request's time: it is closed at
+    /// the request bound plus that, and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_sending_without_end_is_closed() {
+        let (_guard, mut r, mut w) = client_of_silent().await;
+        let start = tokio::time::Instant::now();
+        let bound = ADMIN_REQUEST
+            + Duration::from_secs_f64(
+                ADMIN_UPLOAD_CREDIT as f64 / ADMIN_UPLOAD_RATE as f64,
+            );
+        let upload = tokio::spawn(async move {
+            // Eight times the rate.
+            let piece = vec![b'x'; ADMIN_UPLOAD_RATE as usize];
+            while w.write_all(&piece).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(125)).await;
+            }
+        });
+        wait_closed(&mut r, 4 * bound).await;
+        let waited = start.elapsed();
+        assert!(waited >= bound, "closed after {waited:?}");
+        assert!(waited < bound + Duration::from_secs(1), "{waited:?}");
+        upload.abort();
+    }
+
+    /// HTTP/2's preface closes the connection before the server has it
+    /// whole, in one piece or byte by byte; HTTP/1.1 is relayed.
+    #[tokio::test]
+    async fn http2_is_refused_before_the_server_has_its_preface() {
+        let backend = echo().await;
+        let guard =
+            AdminGuard::start("[::1]:0".parse().unwrap(), backend, log())
+                .unwrap();
+        let addr = guard.local_addr();
+        let mut whole = TcpStream::connect(addr).await.unwrap();
+        whole.write_all(H2_PREFACE).await.unwrap();
+        assert!(closed(&mut whole).await);
+        let mut bytes = TcpStream::connect(addr).await.unwrap();
+        let mut echoed = Vec::new();
+        for b in H2_PREFACE {
+            if bytes.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            if echoed.len() + 1 < H2_PREFACE.len() {
+                let mut one = [0u8];
+                bytes.read_exact(&mut one).await.unwrap();
+                echoed.push(one[0]);
+            }
+        }
+        assert_eq!(echoed, H2_PREFACE[..H2_PREFACE.len() - 1]);
+        assert!(closed(&mut bytes).await, "the last byte closes it");
+        let mut h1 = TcpStream::connect(addr).await.unwrap();
+        h1.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        let mut back = [0u8; 16];
+        h1.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"PRI * HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn the_preface_is_matched_across_reads_and_only_at_the_start() {
+        let mut m = Some(0);
+        assert!(refuse_h2(&mut m, b"PRI * HTTP/2").is_ok());
+        assert!(refuse_h2(&mut m, b".0\r\n\r\nSM\r\n\r").is_ok());
+        assert!(refuse_h2(&mut m, b"\nmore").is_err());
+        let mut m = Some(0);
+        assert!(refuse_h2(&mut m, b"GET / HTTP/1.1\r\n").is_ok());
+        assert_eq!(m, None);
+        assert!(refuse_h2(&mut m, H2_PREFACE).is_ok(), "not at the start");
     }
 
     /// A server that answers what it reads with the number of the
