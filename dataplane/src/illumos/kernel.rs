@@ -93,7 +93,10 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
     /// Recorded routes that may be in the kernel though not installed
     /// (none of them is), and why.
     left: BTreeMap<KernelRoute, Left>,
-    tunnels: Tunnels<D>,
+    /// The tunnel endpoints, used on the blocking pool (their driver's
+    /// ioctls, and its opening, are system calls of their own); `None`
+    /// only while there, or once lost as `io` is.
+    tunnels: Option<Tunnels<D>>,
     stats: Arc<KernelStats>,
     log: Logger,
 }
@@ -102,6 +105,30 @@ pub struct KernelDataplane<S: RouteSocket, D: OpteDriver> {
 struct Io<S> {
     sock: S,
     record: RouteRecord,
+}
+
+/// Run `f` with what `slot` holds (`what`) on tokio's blocking pool, never
+/// on the runtime's thread: with one runtime thread, nothing else would
+/// run meanwhile. A panic of `f` is its error (`doing` panicked), not the
+/// loss of what it holds: that comes back either way (lost, every later
+/// call fails for good).
+async fn off_runtime<T: Send + 'static, R: Send + 'static>(
+    slot: &mut Option<T>,
+    what: &str,
+    doing: &str,
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<R, DataplaneError> {
+    let mut held = slot
+        .take()
+        .ok_or_else(|| DataplaneError::Unavailable(format!("{what} lost")))?;
+    let (held, done) = tokio::task::spawn_blocking(move || {
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut held)));
+        (held, done)
+    })
+    .await
+    .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
+    *slot = Some(held);
+    done.map_err(|_| DataplaneError::Request(format!("{doing} panicked")))
 }
 
 /// The routes the record in `io` holds; none once it is lost (see
@@ -236,7 +263,7 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
             io: Some(Io { sock, record }),
             installed: BTreeMap::new(),
             left: BTreeMap::new(),
-            tunnels: Tunnels::new(opte, log.clone()),
+            tunnels: Some(Tunnels::new(opte, log.clone())),
             stats,
             log,
         })
@@ -252,27 +279,13 @@ impl<S: RouteSocket, D: OpteDriver> KernelDataplane<S, D> {
         recorded_in(&self.io)
     }
 
-    /// Run `f` with the socket and the record on tokio's blocking pool. A
-    /// panic of `f` is its error, not their loss: they come back either
-    /// way (lost, every later batch and the final removal fail for good).
+    /// Run `f` with the socket and the record on tokio's blocking pool
+    /// ([`off_runtime`]).
     async fn blocking<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Io<S>) -> T + Send + 'static,
     ) -> Result<T, DataplaneError> {
-        let mut io = self.io.take().ok_or_else(|| {
-            DataplaneError::Unavailable("routing socket lost".into())
-        })?;
-        let (io, done) = tokio::task::spawn_blocking(move || {
-            let done =
-                std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut io)));
-            (io, done)
-        })
-        .await
-        .map_err(|e| DataplaneError::Unavailable(format!("{e}")))?;
-        self.io = Some(io);
-        done.map_err(|_| {
-            DataplaneError::Request("the route batch panicked".into())
-        })
+        off_runtime(&mut self.io, "routing socket", "the route batch", f).await
     }
 
     /// Runs adds then deletes off the async runtime, keeping the record:
@@ -493,11 +506,21 @@ impl<S: RouteSocket, D: OpteDriver> Dataplane for KernelDataplane<S, D> {
         &mut self,
         tunnels: BTreeSet<TunnelEntry>,
     ) -> Result<(), DataplaneError> {
-        self.tunnels.set(&tunnels)
+        off_runtime(&mut self.tunnels, "tunnel driver", "the tunnel update", {
+            move |t| t.set(&tunnels)
+        })
+        .await?
     }
 
     async fn remove_all(&mut self) -> Result<usize, DataplaneError> {
-        let tunnels = self.tunnels.clear_all();
+        let tunnels = off_runtime(
+            &mut self.tunnels,
+            "tunnel driver",
+            "the tunnels' removal",
+            Tunnels::clear_all,
+        )
+        .await
+        .and_then(|cleared| cleared);
         // Everything recorded: what we installed, and anything a failed
         // delete left.
         let all: Vec<KernelRoute> = self.recorded().iter().copied().collect();
@@ -657,6 +680,59 @@ mod tests {
         let seen = k.threads.lock().unwrap();
         assert_eq!(seen.len(), 3, "add, list, delete");
         assert!(seen.iter().all(|t| *t != here));
+    }
+
+    /// The tunnel driver (opened, and sent its ioctls, in the calls to
+    /// `Tunnels`) is used on the blocking pool only, as the socket is.
+    #[tokio::test]
+    async fn the_tunnel_driver_is_used_off_the_runtime_thread() {
+        type Threads = Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>;
+        /// Notes where each ioctl is made.
+        struct Noting(Threads);
+        impl OpteDriver for Noting {
+            fn send(
+                &mut self,
+                _: super::super::tunnels::V2bCmd,
+                _: &[u8],
+            ) -> Result<(), super::super::tunnels::OpteError> {
+                self.0.lock().unwrap().push(std::thread::current().id());
+                Ok(())
+            }
+        }
+        let sent = Threads::default();
+        let opened = Threads::default();
+        let (sent2, opened2) = (Arc::clone(&sent), Arc::clone(&opened));
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = KernelDataplane::new(
+            FakeKernel::default(),
+            Box::new(move || {
+                opened2.lock().unwrap().push(std::thread::current().id());
+                // Absent when the dataplane is made, found at the change.
+                let found = opened2.lock().unwrap().len() > 1;
+                Ok(found.then(|| Noting(Arc::clone(&sent2))))
+            }),
+            dir.path(),
+            log(),
+        )
+        .unwrap();
+        let here = std::thread::current().id();
+        let tunnel = TunnelEntry {
+            origin: crate::TunnelOrigin {
+                overlay_prefix: "10.0.0.0/8".parse().unwrap(),
+                boundary_addr: "fd00::1".parse().unwrap(),
+                vni: 5,
+                metric: 0,
+            },
+            nexthop: "fe80::1".parse().unwrap(),
+        };
+        d.set_tunnels([tunnel].into()).await.unwrap();
+        assert_eq!(d.remove_all().await.unwrap(), 0);
+        let opened = opened.lock().unwrap();
+        assert_eq!(opened.len(), 2, "at the start, and at the change");
+        assert_ne!(opened[1], here, "opened on the runtime's thread");
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 2, "the set, then its removal");
+        assert!(sent.iter().all(|t| *t != here), "an ioctl on the runtime's");
     }
 
     /// A batch that panicked is its own error; the socket stays, and the

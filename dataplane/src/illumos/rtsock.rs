@@ -437,6 +437,38 @@ pub fn parse_all(buf: &[u8]) -> (Vec<RouteMsg>, Option<ParseError>) {
     (out, None)
 }
 
+/// What one read holds, on a routing socket that asked for the listing
+/// (`RTM_GETALL`): `None` when it is not the listing, else the IPv6
+/// routes it lists, or why it cannot be taken as whole (a listing that
+/// does not parse to its end: the routes it missed would be struck from
+/// the record, and left in the kernel).
+///
+/// Other messages may be read first: the copy of every route change the
+/// kernel sends each routing socket, and another process's `RTM_GET`
+/// answer, which names that process (`rtm_pid`, neither 0 nor
+/// `own_pid`). Taken as the listing, that answer of one route would have
+/// every other recorded route struck from the record. A message read
+/// before the listing that does not parse is skipped.
+pub fn listing(
+    read: &[u8],
+    own_pid: i32,
+) -> Option<Result<Vec<KernelRoute>, ParseError>> {
+    let (msgs, bad) = parse_all(read);
+    let ours =
+        |m: &&RouteMsg| m.ty == RTM_GET && (m.pid == 0 || m.pid == own_pid);
+    if !msgs.iter().any(|m| ours(&m)) {
+        return None;
+    }
+    if let Some(e) = bad {
+        return Some(Err(e));
+    }
+    Some(Ok(msgs
+        .iter()
+        .filter(ours)
+        .filter_map(RouteMsg::ipv6_route)
+        .collect()))
+}
+
 fn offset(e: ParseError, base: usize) -> ParseError {
     match e {
         ParseError::Truncated(o) => ParseError::Truncated(base + o),
@@ -609,6 +641,44 @@ mod tests {
         let host = msgs[2].ipv6_route().unwrap();
         assert_eq!(host.dest, "fd00:9::1/128".parse().unwrap());
         assert_eq!(host.ifindex, 0);
+    }
+
+    /// A read is taken as the listing only if it holds an `RTM_GET` of
+    /// no other process, and then only whole.
+    #[test]
+    fn only_our_listing_is_taken_as_the_listing() {
+        let mut body = Vec::new();
+        sockaddr_in6(&mut body, "fd00:1::".parse().unwrap());
+        sockaddr_in6(&mut body, "fe80::1".parse().unwrap());
+        sockaddr_in6(&mut body, mask6(64));
+        let get = |pid: i32| {
+            let mut m = listed(
+                RTM_GET,
+                RTF_UP | RTF_GATEWAY,
+                RTA_DST | RTA_GATEWAY | RTA_NETMASK,
+                &body,
+            );
+            m[16..20].copy_from_slice(&pid.to_ne_bytes());
+            m
+        };
+        let one = KernelRoute {
+            dest: "fd00:1::/64".parse().unwrap(),
+            gateway: "fe80::1".parse().unwrap(),
+            ifindex: 0,
+        };
+        // Another process's question, answered.
+        assert_eq!(listing(&get(4242), 77), None);
+        // A route change's copy.
+        let change = encode_route(RouteOp::Add, &route(1), 5);
+        assert_eq!(listing(&change, 77), None);
+        // The listing: entries naming no process, or us.
+        assert_eq!(listing(&get(0), 77), Some(Ok(vec![one])));
+        let mut two = get(77);
+        two.extend(get(0));
+        assert_eq!(listing(&two, 77), Some(Ok(vec![one, one])));
+        // Cut short: no listing to take.
+        two.truncate(two.len() - 8);
+        assert!(matches!(listing(&two, 77), Some(Err(_))));
     }
 
     #[test]

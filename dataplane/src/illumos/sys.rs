@@ -19,8 +19,8 @@ use super::opte::{
     XDE_IOC_OPTE_CMD,
 };
 use super::rtsock::{
-    encode_getall, encode_route, outcome, parse_all, KernelRoute, RouteOp,
-    WriteOutcome, AF_ROUTE, RTM_GET,
+    encode_getall, encode_route, listing, outcome, KernelRoute, RouteOp,
+    WriteOutcome, AF_ROUTE,
 };
 use super::tunnels::{OpteDriver, OpteError, V2bCmd};
 use crate::{Dataplane, DataplaneError};
@@ -36,7 +36,12 @@ pub fn open(
     log: &Logger,
 ) -> Result<Box<dyn Dataplane>, DataplaneError> {
     let opte = Box::new(move || Xde::open(api_version));
-    let dp = KernelDataplane::new(RtSocket, opte, data_dir, log.clone())?;
+    // The route record is read whole, and the driver opened: off the
+    // runtime's one worker thread, whose other work another thread takes
+    // meanwhile (the supervisor calls this as it starts a router).
+    let dp = tokio::task::block_in_place(|| {
+        KernelDataplane::new(RtSocket, opte, data_dir, log.clone())
+    })?;
     Ok(Box::new(dp))
 }
 
@@ -161,22 +166,13 @@ impl RouteSocket for RtSocket {
                         "the routing listing does not fit the largest buffer",
                     ));
                 }
-                let (msgs, bad) = parse_all(&buf[..n]);
-                let entries: Vec<_> =
-                    msgs.iter().filter(|m| m.ty == RTM_GET).collect();
-                if !entries.is_empty() {
-                    // A read of the listing that does not parse to its
-                    // end is no listing (another message, read first,
-                    // may not parse; it is skipped).
-                    if let Some(e) = bad {
-                        return Err(io::Error::other(format!(
+                let pid = std::process::id() as i32;
+                if let Some(listed) = listing(&buf[..n], pid) {
+                    return listed.map_err(|e| {
+                        io::Error::other(format!(
                             "malformed routing listing: {e}"
-                        )));
-                    }
-                    return Ok(entries
-                        .iter()
-                        .filter_map(|m| m.ipv6_route())
-                        .collect());
+                        ))
+                    });
                 }
             }
             if size >= MAX_LISTING {
