@@ -385,6 +385,7 @@ impl DpdClient {
     async fn list_ours(&self) -> Result<Table, CallError> {
         let mut out = Table::new();
         let mut token: Option<String> = None;
+        let mut pages = Pages::default();
         loop {
             let page = self.page(PAGE_LIMIT, token.as_deref()).await?;
             for r in page.items {
@@ -402,17 +403,46 @@ impl DpdClient {
                     out.entry(masked(&r.cidr)).or_default().extend(ours);
                 }
             }
-            match page.next_page {
-                Some(next) if Some(&next) == token.as_ref() => {
-                    return Err(CallError::Status(
-                        StatusCode::BAD_GATEWAY,
-                        "listing repeated its page token".into(),
-                    ))
-                }
+            match pages.next(page.next_page)? {
                 Some(next) => token = Some(next),
                 None => return Ok(out),
             }
         }
+    }
+}
+
+/// Most pages of one listing: 10,000,000 routes, far past any switch's
+/// table. A dpd whose listing goes on past them is not listing a table.
+const MAX_PAGES: usize = 10_000;
+
+/// The page tokens of one listing so far: a listing whose token comes
+/// back (dpd going round in a cycle) or that never ends is an error,
+/// not a loop for ever with the dataplane's lock held.
+#[derive(Debug, Default)]
+struct Pages {
+    seen: std::collections::HashSet<String>,
+}
+
+impl Pages {
+    /// The token of the page after one whose `next_page` is `next`:
+    /// `None` at the end.
+    fn next(
+        &mut self,
+        next: Option<String>,
+    ) -> Result<Option<String>, CallError> {
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        let refuse = |why: &str| {
+            Err(CallError::Status(StatusCode::BAD_GATEWAY, why.into()))
+        };
+        if self.seen.len() + 1 >= MAX_PAGES {
+            return refuse("the route listing did not end");
+        }
+        if !self.seen.insert(next.clone()) {
+            return refuse("the route listing repeated a page token");
+        }
+        Ok(Some(next))
     }
 }
 
@@ -940,5 +970,19 @@ mod tests {
     fn page_tokens_are_query_encoded() {
         assert_eq!(percent_encode("a b/c=d&e"), "a%20b%2Fc%3Dd%26e");
         assert_eq!(percent_encode("abc-_.~9"), "abc-_.~9");
+    }
+
+    #[test]
+    fn a_listing_going_round_or_without_end_is_refused() {
+        let mut p = Pages::default();
+        assert_eq!(p.next(Some("a".into())).unwrap(), Some("a".into()));
+        assert_eq!(p.next(Some("b".into())).unwrap(), Some("b".into()));
+        let e = p.next(Some("a".into())).unwrap_err();
+        assert!(e.to_string().contains("repeated"), "{e}");
+        assert_eq!(Pages::default().next(None).unwrap(), None);
+        let mut p = Pages::default();
+        let ended = (0..MAX_PAGES).map(|i| p.next(Some(i.to_string())));
+        let e = ended.last().unwrap().unwrap_err();
+        assert!(e.to_string().contains("did not end"), "{e}");
     }
 }
