@@ -21,29 +21,38 @@ pub struct Args {
     #[arg(long, default_value = "server", value_parser = parse_kind)]
     pub kind: RouterKind,
 
-    /// How often to solicit peers, in milliseconds.
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    /// How often to solicit peers, in milliseconds (at least 10).
+    #[arg(long, default_value_t = 2000, value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(MIN_TIMER_MS..))]
     pub solicit_interval: u64,
 
-    /// Silence after which a peer expires, in milliseconds.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    /// Silence after which a peer expires, in milliseconds (more than the
+    /// solicit interval: a peer advertises when solicited).
+    #[arg(long, default_value_t = 5000, value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(MIN_TIMER_MS..))]
     pub expire_threshold: u64,
 
-    /// Read timeout of the discovery sockets, in milliseconds.
+    /// Read timeout of the discovery sockets, in milliseconds (accepted
+    /// for compatibility; unused: the sockets are read as datagrams come).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub discovery_read_timeout: u64,
 
     /// Retry interval while an interface has no usable link-local address,
-    /// in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    /// in milliseconds (at least 10).
+    #[arg(long, default_value_t = 1000, value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(MIN_TIMER_MS..))]
     pub ip_addr_wait: u64,
 
-    /// Timeout of one prefix-exchange request, in milliseconds.
-    #[arg(long, default_value_t = 3000, value_name = "MS")]
+    /// Timeout of one prefix-exchange request, in milliseconds (at least
+    /// 10).
+    #[arg(long, default_value_t = 3000, value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(MIN_TIMER_MS..))]
     pub exchange_timeout: u64,
 
-    /// TCP port of the prefix-exchange protocol.
-    #[arg(long, default_value_t = 0xdddd)]
+    /// TCP port of the prefix-exchange protocol (not 0: peers connect to
+    /// it).
+    #[arg(long, default_value_t = 0xdddd,
+        value_parser = clap::value_parser!(u16).range(1..))]
     pub exchange_port: u16,
 
     /// Accept the default route (::/0) from peers. Without it, ::/0 is
@@ -102,20 +111,22 @@ pub struct Args {
     pub data_dir: PathBuf,
 
     /// Serve only the admin API: no discovery, exchange or routing.
-    #[arg(long, alias = "api-only", conflicts_with = "addresses")]
+    #[arg(long, visible_alias = "api-only", conflicts_with = "addresses")]
     pub no_state_machine: bool,
 
     /// Program a switch through its dataplane daemon (dpd).
     #[arg(long)]
     pub dendrite: bool,
 
-    /// Host of the switch dataplane daemon.
-    #[arg(long, default_value = "localhost")]
-    pub dpd_host: String,
+    /// Host of the switch dataplane daemon, with --dendrite [default:
+    /// localhost].
+    #[arg(long)]
+    pub dpd_host: Option<String>,
 
-    /// Port of the switch dataplane daemon.
-    #[arg(long, default_value_t = 12224)]
-    pub dpd_port: u16,
+    /// Port of the switch dataplane daemon, with --dendrite [default:
+    /// 12224].
+    #[arg(long)]
+    pub dpd_port: Option<u16>,
 
     /// API version of the OPTE encapsulation driver (illumos); must equal
     /// the running driver's exactly.
@@ -154,6 +165,16 @@ pub struct Args {
     pub log_level: Option<slog::Level>,
 }
 
+/// The least value of a protocol timer, in milliseconds: below it, a
+/// timer of 0 or 1 ms would solicit, retry or time out on every tick of
+/// the runtime's clock.
+const MIN_TIMER_MS: u64 = 10;
+
+/// dpd's host and port when --dendrite does not name them.
+pub const DPD_HOST: &str = "localhost";
+/// See [`DPD_HOST`].
+pub const DPD_PORT: u16 = 12224;
+
 fn parse_kind(s: &str) -> Result<RouterKind, String> {
     s.parse()
 }
@@ -175,8 +196,16 @@ impl Args {
     /// What the parser cannot see: one interface named twice (`-a eth0
     /// -a eth0/b`) would run two discovery actors on it, fighting over
     /// its peer (one gets the unicast advertisements, the other expires
-    /// it, every few seconds).
+    /// it, every few seconds); a peer expiring before it is solicited
+    /// again (it advertises when solicited) would go down and up at each
+    /// solicitation.
     pub fn check(&self) -> Result<(), String> {
+        if self.expire_threshold <= self.solicit_interval {
+            return Err(format!(
+                "--expire-threshold {} must be more than --solicit-interval                  {}: a peer advertises when solicited, and would expire                  between solicitations",
+                self.expire_threshold, self.solicit_interval
+            ));
+        }
         let mut seen = std::collections::BTreeMap::new();
         for a in &self.addresses {
             if let Some(first) = seen.insert(a.ifname.as_str(), a) {
@@ -305,5 +334,39 @@ mod tests {
         ] {
             assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn timers_and_ports_that_cannot_work_are_refused() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["ddmd"];
+            argv.extend(extra);
+            Args::try_parse_from(argv)
+        };
+        for bad in [
+            ["--solicit-interval", "0"],
+            ["--expire-threshold", "9"],
+            ["--ip-addr-wait", "0"],
+            ["--exchange-timeout", "0"],
+            ["--exchange-port", "0"],
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{bad:?}");
+        }
+        let e = parse(&["--solicit-interval", "6000"])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(e.contains("must be more than --solicit-interval"), "{e}");
+        let ok =
+            parse(&["--solicit-interval", "10", "--expire-threshold", "11"]);
+        assert_eq!(ok.unwrap().check(), Ok(()));
+    }
+
+    #[test]
+    fn api_only_is_listed_in_the_help() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("api-only"), "{help}");
     }
 }

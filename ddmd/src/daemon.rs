@@ -20,7 +20,7 @@ use ractor::Actor;
 use slog::{error, info, o, warn, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::Args;
+use crate::cli::{Args, DPD_HOST, DPD_PORT};
 use crate::{logging, port_file};
 
 /// How long shutdown may take before the process exits anyway: the
@@ -111,8 +111,9 @@ fn dpd_factory(args: &Args) -> DataplaneFactory {
     let interfaces = Arc::new(move |ifindex: u32| {
         names.iter().find(|n| if_index(n) == Some(ifindex)).cloned()
     });
+    let host = args.dpd_host.clone().unwrap_or_else(|| DPD_HOST.into());
     let config =
-        DpdConfig::new(args.dpd_host.clone(), args.dpd_port, interfaces);
+        DpdConfig::new(host, args.dpd_port.unwrap_or(DPD_PORT), interfaces);
     Arc::new(move |log: &slog::Logger| {
         Ok(Box::new(DpdDataplane::new(config.clone(), log.new(o!())))
             as Box<dyn Dataplane>)
@@ -147,6 +148,20 @@ pub async fn run(args: Args) -> Result<(), String> {
         "kind" => %config.router.kind,
         "admin_only" => config.admin_only,
         "data_dir" => %config.data_dir.display());
+    let dpd_named = args.dpd_host.is_some() || args.dpd_port.is_some();
+    if args.no_state_machine && (args.dendrite || dpd_named) {
+        warn!(
+            log,
+            "--dendrite, --dpd-host and --dpd-port are ignored: \
+            this daemon serves the admin API only"
+        );
+    } else if dpd_named && !args.dendrite {
+        warn!(
+            log,
+            "--dpd-host and --dpd-port are ignored without \
+            --dendrite: routes go to this host's kernel"
+        );
+    }
     if args.with_stats || args.oximeter_port.is_some() {
         info!(
             log,
@@ -207,7 +222,10 @@ pub async fn run(args: Args) -> Result<(), String> {
         .ok_or("the admin API is not listening")?;
     if let Some(path) = &args.admin_port_file {
         if let Err(e) = port_file::write(path, addr) {
-            supervisor.stop(None);
+            // Stopped as on a signal: a router's worker may be removing
+            // routes a previous run left.
+            supervisor.stop(Some("the port file could not be written".into()));
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await;
             return Err(e);
         }
     }
