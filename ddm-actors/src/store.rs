@@ -680,21 +680,29 @@ impl Store {
         db
     }
 
-    /// Whether the database file holds no database: it is missing, or its
-    /// first bytes, where redb's magic number goes, are zeros. redb sizes
-    /// a new file first and writes the magic number last, so a creation
-    /// that failed (`ENOSPC` once the size is used) or was killed leaves a
-    /// file of zeros, which redb refuses to open ("magic number
-    /// mismatch"). Anything else, garbage included, is left to redb.
+    /// Whether the database file holds no database: it is missing, or
+    /// every byte of it is zero. redb sizes a new file first and writes
+    /// its magic number last, so a creation that failed (`ENOSPC` once
+    /// the size is used) or was killed leaves a file of zeros, which redb
+    /// refuses to open ("magic number mismatch"). A store whose first
+    /// bytes alone were zeroed (damaged) holds entries past them: it is
+    /// left to redb, which refuses it, rather than emptied. Anything else,
+    /// garbage included, is left to redb too. (The whole file is read only
+    /// while it reads as zeros: a store's first page is not.)
     fn never_written(&self) -> bool {
         use std::io::Read;
-        let Ok(file) = std::fs::File::open(&self.path) else {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
             return !self.path.exists();
         };
-        let mut head = Vec::with_capacity(MAGIC_LEN);
-        match file.take(MAGIC_LEN as u64).read_to_end(&mut head) {
-            Ok(_) => head.iter().all(|b| *b == 0),
-            Err(_) => false,
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) if buf[..n].iter().all(|b| *b == 0) => {}
+                Ok(_) => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
         }
     }
 
@@ -1427,6 +1435,23 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap().prefixes, [p].into());
+    }
+
+    /// A store whose first bytes were zeroed (damaged) is refused at
+    /// start, and left as it was: not taken for a file a first start left.
+    #[test]
+    fn a_store_with_its_magic_number_zeroed_is_refused_not_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(&add("fd00:1::/64")).unwrap();
+        drop(store);
+        let path = dir.path().join(DB_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..MAGIC_LEN].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("magic"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left as it was");
     }
 
     /// A restart on a full disk, or on a file system gone read-only,
