@@ -82,9 +82,6 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     }
 }
 
-/// Length of redb's magic number, at the start of every database file.
-const MAGIC_LEN: usize = 9;
-
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -1447,7 +1444,8 @@ mod tests {
         drop(store);
         let path = dir.path().join(DB_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..MAGIC_LEN].fill(0);
+        // redb's magic number, at the start of every database file.
+        bytes[..9].fill(0);
         std::fs::write(&path, &bytes).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("magic"), "{err}");

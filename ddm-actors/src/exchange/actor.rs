@@ -655,6 +655,13 @@ impl Actor for Exchange {
                 Input::PullDone {
                     gen,
                     result: result
+                        .map(|p| {
+                            Stats::add(
+                                &state.stats.items_malformed,
+                                p.malformed,
+                            );
+                            p
+                        })
                         .map(|p| PullAnswer {
                             response: p.response,
                             push_limit: p.push_limit,

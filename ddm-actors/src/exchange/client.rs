@@ -146,6 +146,8 @@ pub struct Pulled {
     /// The id of the peer's session that answered (`SESSION_HEADER`), if
     /// it sent one.
     pub session: Option<u64>,
+    /// Items of the answer dropped as malformed (see `decode`).
+    pub malformed: usize,
 }
 
 /// The push limit announced in `headers`, if one is there and is a number.
@@ -189,10 +191,10 @@ pub(crate) fn decode_pull(
     let push_limit = announced_push_limit(headers);
     let session = session_id(headers);
     let bytes = body.len();
-    let response =
+    let (response, malformed) =
         super::decode::decode_pull_answer(version, &body, max_path_len)
             .map_err(ClientError::Decode)?;
-    Ok(Pulled { response, push_limit, bytes, session })
+    Ok(Pulled { response, push_limit, bytes, session, malformed })
 }
 
 /// A first guess at the JSON size of `items` path vectors or tunnel

@@ -21,12 +21,13 @@ use crate::policy::MAX_PATH_LEN_BOUND;
 
 /// A push body in `version`, as the router's compact update (a v2
 /// destination is converted to v3 as it is read), each path read up to one
-/// name past `max_path_len`, the longest the policy takes.
+/// name past `max_path_len`, the longest the policy takes; with how many
+/// items were dropped as malformed ([`Shared::malformed`]).
 pub(crate) fn decode_update(
     version: Version,
     body: Bytes,
     max_path_len: usize,
-) -> Result<OutUpdate, String> {
+) -> Result<(OutUpdate, usize), String> {
     match version {
         Version::V3 => read::<exact::Update<exact::V3>, _>(&body, max_path_len)
             .map_err(|e| format!("invalid v3 update: {e}")),
@@ -39,12 +40,13 @@ pub(crate) fn decode_update(
 /// (hostnames shared, each path read up to one name past `max_path_len`,
 /// the longest the policy takes): read into the wire types instead, a
 /// name cost a `String` of its own, and an answer of short names (256 MiB
-/// of `"a",`) grew to gigabytes before the policy saw it.
+/// of `"a",`) grew to gigabytes before the policy saw it. With how many
+/// items were dropped as malformed, as [`decode_update`].
 pub(crate) fn decode_pull_answer(
     version: Version,
     body: &[u8],
     max_path_len: usize,
-) -> Result<OutPull, String> {
+) -> Result<(OutPull, usize), String> {
     match version {
         Version::V3 => read::<exact::Pull<exact::V3>, _>(body, max_path_len),
         Version::V2 => read::<exact::Pull<exact::V2>, _>(body, max_path_len),
@@ -52,8 +54,9 @@ pub(crate) fn decode_pull_answer(
 }
 
 /// Read `body` as `T`, then convert it, with the name table of this
-/// thread emptied before and after.
-fn read<T, U>(body: &[u8], max_path_len: usize) -> Result<U, String>
+/// thread emptied before and after; with how many items were dropped as
+/// malformed.
+fn read<T, U>(body: &[u8], max_path_len: usize) -> Result<(U, usize), String>
 where
     T: serde::de::DeserializeOwned,
     U: TryFrom<T, Error = String>,
@@ -67,8 +70,19 @@ where
         .map_err(|e| e.to_string())
         .and_then(U::try_from);
     // The names read are the update's now; drop the body's table.
-    SHARED.with(|s| s.borrow_mut().clear());
-    read
+    let malformed = SHARED.with(|s| {
+        let mut s = s.borrow_mut();
+        let malformed = s.malformed;
+        s.clear();
+        malformed
+    });
+    read.map(|r| (r, malformed))
+}
+
+/// Count one item of the body being read as malformed, and drop it.
+fn malformed<T>(_why: impl std::fmt::Display) -> Option<T> {
+    SHARED.with(|s| s.borrow_mut().malformed += 1);
+    None
 }
 
 thread_local! {
@@ -100,6 +114,12 @@ struct Shared {
     /// The longest path the policy takes: names past one more are read
     /// and dropped.
     max_path_len: usize,
+    /// Items of the body dropped as malformed: a v2 prefix longer than its
+    /// family's addresses (`len` is any byte in v2, and an original
+    /// transit passes on what it took). One such item failed the whole
+    /// body before: an original transit holding one failed every pull of
+    /// it, and was expired and pulled again, for good.
+    malformed: usize,
 }
 
 impl Shared {
@@ -171,10 +191,10 @@ mod exact {
         type Origin: DeserializeOwned + Ord;
         /// The destination in v3.
         fn destination(d: Self::Destination) -> Result<Ipv6Net, String>;
-        /// The tunnel half in v3.
-        fn tunnel(t: Self::Tunnel) -> Result<v3::TunnelUpdate, String>;
-        /// A tunnel endpoint in v3.
-        fn origin(o: Self::Origin) -> Result<v3::TunnelOrigin, String>;
+        /// The tunnel half in v3, malformed endpoints dropped.
+        fn tunnel(t: Self::Tunnel) -> v3::TunnelUpdate;
+        /// A tunnel endpoint in v3; `None` if malformed (counted).
+        fn origin(o: Self::Origin) -> Option<v3::TunnelOrigin>;
     }
 
     /// Version 3's body.
@@ -190,11 +210,11 @@ mod exact {
         fn destination(d: Prefix) -> Result<Ipv6Net, String> {
             Ok(d.0)
         }
-        fn tunnel(t: v3::TunnelUpdate) -> Result<v3::TunnelUpdate, String> {
-            Ok(t)
+        fn tunnel(t: v3::TunnelUpdate) -> v3::TunnelUpdate {
+            t
         }
-        fn origin(o: v3::TunnelOrigin) -> Result<v3::TunnelOrigin, String> {
-            Ok(o)
+        fn origin(o: v3::TunnelOrigin) -> Option<v3::TunnelOrigin> {
+            Some(o)
         }
     }
 
@@ -205,11 +225,17 @@ mod exact {
         fn destination(d: v2::Ipv6Prefix) -> Result<Ipv6Net, String> {
             d.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
         }
-        fn tunnel(t: v2::TunnelUpdate) -> Result<v3::TunnelUpdate, String> {
-            t.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
+        fn tunnel(t: v2::TunnelUpdate) -> v3::TunnelUpdate {
+            let set = |s: BTreeSet<v2::TunnelOrigin>| {
+                s.into_iter().filter_map(Self::origin).collect()
+            };
+            v3::TunnelUpdate {
+                announce: set(t.announce),
+                withdraw: set(t.withdraw),
+            }
         }
-        fn origin(o: v2::TunnelOrigin) -> Result<v3::TunnelOrigin, String> {
-            o.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
+        fn origin(o: v2::TunnelOrigin) -> Option<v3::TunnelOrigin> {
+            o.try_into().map_or_else(super::malformed, Some)
         }
     }
 
@@ -339,7 +365,7 @@ mod exact {
                     withdraw: u.withdraw,
                     held: Default::default(),
                 }),
-                tunnel: u.tunnel.map(W::tunnel).transpose()?,
+                tunnel: u.tunnel.map(W::tunnel),
             })
         }
     }
@@ -369,8 +395,7 @@ mod exact {
         fn try_from(p: Pull<W>) -> Result<OutPull, String> {
             let tunnel = p
                 .tunnel
-                .map(|set| set.into_iter().map(W::origin).collect())
-                .transpose()?;
+                .map(|set| set.into_iter().filter_map(W::origin).collect());
             Ok(OutPull { underlay: p.underlay.map(|s| s.0), tunnel })
         }
     }
@@ -393,9 +418,11 @@ mod exact {
             ) -> Result<Self::Value, A::Error> {
                 let mut read = Vec::new();
                 while let Some(p) = seq.next_element::<WirePath<W>>()? {
-                    let d = W::destination(p.destination)
-                        .map_err(A::Error::custom)?;
-                    read.push(OutPath::new(d, p.path.0, None));
+                    if let Some(d) = W::destination(p.destination)
+                        .map_or_else(super::malformed, Some)
+                    {
+                        read.push(OutPath::new(d, p.path.0, None));
+                    }
                 }
                 // Built from the whole list (sorted, then packed into full
                 // nodes), not inserted one by one: a peer writes its
@@ -429,7 +456,8 @@ mod tests {
             {"destination":"fd00:1::/64","path":["a","b"]}]}}"#;
         let got =
             decode_update(Version::V3, Bytes::from(body), MAX_PATH_LEN_BOUND)
-                .unwrap();
+                .unwrap()
+                .0;
         assert_eq!(got.len(), 1);
         assert!(SHARED.with(|s| {
             let s = s.borrow();
@@ -505,7 +533,7 @@ mod tests {
                 body.as_bytes(),
                 MAX_PATH_LEN_BOUND,
             );
-            assert_eq!(got.unwrap().to_wire(), want, "{body}");
+            assert_eq!(got.unwrap().0.to_wire(), want, "{body}");
         }
         let v2_body = r#"{"underlay":[{"destination":
             {"addr":"fd00:1::","len":64},"path":["s1","t1"]}],
@@ -513,13 +541,30 @@ mod tests {
             "boundary_addr":"fd00:99::1","vni":7}]}"#;
         let wire: v2::PullResponse = serde_json::from_str(v2_body).unwrap();
         let want = v3::PullResponse::try_from(wire).unwrap();
-        let got = decode_pull_answer(
+        let (got, malformed) = decode_pull_answer(
             Version::V2,
             v2_body.as_bytes(),
             MAX_PATH_LEN_BOUND,
         )
         .unwrap();
-        assert_eq!(got.to_wire(), want);
+        assert_eq!((got.to_wire(), malformed), (want, 0));
+        // An item that does not convert is dropped and counted; the rest
+        // of the answer is taken.
+        let with_bad = r#"{"underlay":[
+            {"destination":{"addr":"fd00:1::","len":64},"path":["s1"]},
+            {"destination":{"addr":"fd00:2::","len":255},"path":["s1"]}],
+            "tunnel":[{"overlay_prefix":{"V6":{"addr":"fd00::","len":130}},
+            "boundary_addr":"fd00:99::1","vni":7}]}"#;
+        let (got, malformed) = decode_pull_answer(
+            Version::V2,
+            with_bad.as_bytes(),
+            MAX_PATH_LEN_BOUND,
+        )
+        .unwrap();
+        assert_eq!(malformed, 2);
+        assert_eq!(got.underlay.unwrap().len(), 1);
+        assert_eq!(got.tunnel.unwrap().len(), 0);
+        assert_eq!(SHARED.with(|s| s.borrow().malformed), 0, "emptied");
 
         let got = decode_pull_answer(
             Version::V3,
@@ -527,7 +572,7 @@ mod tests {
             MAX_PATH_LEN_BOUND,
         );
         let paths: Vec<_> =
-            got.unwrap().underlay.unwrap().into_iter().collect();
+            got.unwrap().0.underlay.unwrap().into_iter().collect();
         let (a, b) = (paths[0].hostnames(), paths[1].hostnames());
         assert!(Arc::ptr_eq(&a[1], &b[1]), "t1 is one name");
 
@@ -540,7 +585,8 @@ mod tests {
             long.as_bytes(),
             MAX_PATH_LEN_BOUND,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         let path = got.underlay.unwrap().pop_first().unwrap();
         assert_eq!(path.hostnames().len(), MAX_PATH_LEN_BOUND + 1);
         for bad in [r#"{"underlay":{}}"#, r#"{"underlay":[{"path":[]}]}"#] {
@@ -570,7 +616,7 @@ mod tests {
             (usize::MAX, MAX_PATH_LEN_BOUND + 1),
         ] {
             let body = Bytes::from(body.clone());
-            let got = decode_update(Version::V3, body, max).unwrap();
+            let got = decode_update(Version::V3, body, max).unwrap().0;
             let lens: Vec<usize> = got
                 .underlay
                 .unwrap()
@@ -609,7 +655,7 @@ mod tests {
             let theirs =
                 serde_json::from_str::<ddm_proto::wire::v3::Update>(&body);
             match (ours, theirs) {
-                (Ok(o), Ok(t)) => assert_eq!(o.to_wire(), t, "{d}"),
+                (Ok((o, _)), Ok(t)) => assert_eq!(o.to_wire(), t, "{d}"),
                 (Err(o), Err(t)) => {
                     assert_eq!(o, format!("invalid v3 update: {t}"), "{d}")
                 }

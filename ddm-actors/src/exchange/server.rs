@@ -599,7 +599,14 @@ where
     // The text is gone: its share goes back before the router is waited on.
     drop(share);
     let update = match decoded {
-        Ok(u) => u,
+        Ok((u, malformed)) => {
+            if malformed > 0 {
+                Stats::add(&ctx.stats.items_malformed, malformed);
+                debug!(ctx.log, "malformed items of a push dropped";
+                    "count" => malformed);
+            }
+            u
+        }
         Err(reason) => {
             Stats::bump(&ctx.stats.rejected_malformed);
             debug!(ctx.log, "malformed push"; "reason" => &reason);
@@ -779,7 +786,8 @@ mod tests {
             Bytes::from(body.to_string()),
             crate::policy::MAX_PATH_LEN_BOUND,
         );
-        let got = got.unwrap();
+        let (got, malformed) = got.unwrap();
+        assert_eq!(malformed, 0, "{body}");
         assert_eq!(&got.to_wire(), want, "{body}");
         let mut names: Vec<Arc<str>> = Vec::new();
         for u in got.underlay.iter() {
@@ -841,7 +849,8 @@ mod tests {
             Bytes::from(body),
             crate::policy::MAX_PATH_LEN_BOUND,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         let paths: Vec<_> =
             got.underlay.as_ref().unwrap().announce.iter().collect();
         let ptr = |i: usize| paths[i].hostnames().as_ptr();
@@ -851,7 +860,10 @@ mod tests {
 
     /// A v2 body is read straight into v3, its hostnames shared, to the same
     /// update as parsing it in v2 and converting it (host bits cleared,
-    /// duplicates that leaves merged); what does not convert is refused.
+    /// duplicates that leaves merged); a body that does not parse is
+    /// refused, and an item that does not convert (a prefix longer than
+    /// its family's addresses, which v2's `len` can hold) is dropped and
+    /// counted, the rest taken.
     #[test]
     fn v2_pushes_are_read_straight_into_v3() {
         let bodies = [
@@ -874,10 +886,28 @@ mod tests {
                 &v3::Update::try_from(v2).unwrap(),
             );
         }
+        // A prefix length past its family's, in a path and in a tunnel,
+        // beside good items.
+        let body = r#"{"underlay":{"announce":[
+            {"destination":{"addr":"fd00::","len":129},"path":["a"]},
+            {"destination":{"addr":"fd00:1::","len":64},"path":["a"]}],
+          "withdraw":[{"destination":{"addr":"fd00::","len":200},"path":["a"]}]},
+          "tunnel":{"announce":[
+            {"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::1","vni":7},
+            {"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":8}},"boundary_addr":"fd00::1","vni":7}]}}"#;
+        let (got, malformed) = decode_update(
+            Version::V2,
+            Bytes::from(body),
+            crate::policy::MAX_PATH_LEN_BOUND,
+        )
+        .unwrap();
+        assert_eq!(malformed, 3);
+        let got = got.to_wire();
+        let underlay = got.underlay.unwrap();
+        assert_eq!(underlay.announce.len(), 1);
+        assert!(underlay.withdraw.is_empty());
+        assert_eq!(got.tunnel.unwrap().announce.len(), 1);
         for bad in [
-            // A prefix length past 128, in a path and in a tunnel.
-            r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":129},"path":["a"]}]}}"#,
-            r#"{"tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::1","vni":7}]}}"#,
             r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":64}}]}}"#,
             r#"{"underlay":{"announce":[{"destination":"fd00::/64","path":["a"]}]}}"#,
         ] {
@@ -995,14 +1025,6 @@ mod tests {
                 "/v3/push",
                 r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":64},"path":[]}]}}"#,
             ),
-            (
-                "/v2/push",
-                r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":129},"path":[]}]}}"#,
-            ),
-            (
-                "/v2/push",
-                r#"{"tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::9","vni":5}]}}"#,
-            ),
             ("/v2/push", PUSH3),
         ];
         for (path, body) in bad {
@@ -1027,6 +1049,34 @@ mod tests {
             panic!("no push");
         };
         assert_eq!(u.underlay.unwrap().announce.len(), 1);
+        // A v2 item whose prefix is longer than its family's is dropped
+        // and counted, not the whole push refused (an original passes on
+        // whatever it took).
+        for body in [
+            r#"{"underlay":{"announce":[{"destination":{"addr":"fd00::","len":129},"path":[]}]}}"#,
+            r#"{"tunnel":{"announce":[{"overlay_prefix":{"V4":{"addr":"10.0.0.0","len":33}},"boundary_addr":"fd00::9","vni":5}]}}"#,
+        ] {
+            let r = handle(
+                req(Method::PUT, "/v2/push", body),
+                true,
+                &ctx,
+                &budget(),
+            )
+            .await;
+            assert_eq!(r.status(), StatusCode::NO_CONTENT, "{body}");
+            let Some(Seen::Pushed(u)) = seen.recv().await else {
+                panic!("no push");
+            };
+            let wire = u;
+            let items = wire.underlay.map_or(0, |u| u.announce.len())
+                + wire.tunnel.map_or(0, |t| t.announce.len());
+            assert_eq!(items, 0, "{body}");
+        }
+        let c = ctx.stats.snapshot();
+        assert_eq!(
+            (c.items_malformed, c.rejected_malformed),
+            (2, bad.len() as u64)
+        );
     }
 
     #[tokio::test]

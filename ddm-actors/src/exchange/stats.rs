@@ -87,6 +87,10 @@ counters! {
     /// Path vectors and tunnel origins never sent because no push the
     /// peer takes can carry them, even alone (logged).
     items_dropped_oversize,
+    /// Path vectors and tunnel origins the peer sent, in a push or a pull
+    /// answer, that do not convert to v3 (a v2 prefix longer than its
+    /// family's addresses): dropped, the rest of the body taken.
+    items_malformed,
     /// Pulls the peer answered.
     pulls_sent,
     /// Body bytes of the pushes the peer accepted.
