@@ -660,13 +660,12 @@ impl Actor for Exchange {
                                 &state.stats.items_malformed,
                                 p.malformed,
                             );
-                            p
-                        })
-                        .map(|p| PullAnswer {
-                            response: p.response,
-                            push_limit: p.push_limit,
-                            bytes: p.bytes,
-                            session: p.session,
+                            PullAnswer {
+                                response: p.response,
+                                push_limit: p.push_limit,
+                                bytes: p.bytes,
+                                session: p.session,
+                            }
                         })
                         .map_err(failure),
                 }
