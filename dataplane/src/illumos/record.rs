@@ -267,6 +267,12 @@ impl RouteRecord {
 mod tests {
     use super::*;
 
+    /// The routes the record in `dir` holds, opened afresh.
+    fn recorded(dir: &Path) -> Vec<KernelRoute> {
+        let (rec, _) = RouteRecord::open(dir).unwrap();
+        rec.routes().iter().copied().collect()
+    }
+
     fn r(i: u16, ifindex: u16) -> KernelRoute {
         KernelRoute {
             dest: format!("fd00:{i:x}::/64").parse().unwrap(),
@@ -299,11 +305,7 @@ mod tests {
         rec.add(&[r(1, 2), r(2, 2), r(3, 3)]).unwrap();
         rec.remove(&[r(2, 2)]).unwrap();
         drop(rec);
-        let (rec, _) = RouteRecord::open(dir.path()).unwrap();
-        assert_eq!(
-            rec.routes().iter().copied().collect::<Vec<_>>(),
-            vec![r(1, 2), r(3, 3)]
-        );
+        assert_eq!(recorded(dir.path()), vec![r(1, 2), r(3, 3)]);
     }
 
     #[test]
@@ -332,11 +334,7 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(text.lines().count() < 6000, "compacted");
         drop(rec);
-        let (rec, _) = RouteRecord::open(dir.path()).unwrap();
-        assert_eq!(
-            rec.routes().iter().copied().collect::<Vec<_>>(),
-            vec![r(0, 1), r(0, 2), r(0, 3)]
-        );
+        assert_eq!(recorded(dir.path()), vec![r(0, 1), r(0, 2), r(0, 3)]);
     }
 
     #[test]
@@ -366,11 +364,7 @@ mod tests {
         assert_eq!(bad, 1);
         rec.add(&[r(2, 2)]).unwrap();
         drop(rec);
-        let (rec, _) = RouteRecord::open(dir.path()).unwrap();
-        assert_eq!(
-            rec.routes().iter().copied().collect::<Vec<_>>(),
-            vec![r(1, 2), r(2, 2)]
-        );
+        assert_eq!(recorded(dir.path()), vec![r(1, 2), r(2, 2)]);
     }
 
     /// An append that fails (the disk full) leaves nothing behind: what
