@@ -11,7 +11,11 @@
 //!   trickle of advertisements, never one per solicitation; all sources
 //!   other than the current peer share one more bucket, so an attacker that
 //!   rotates spoofed source addresses is bounded too, while the peer keeps
-//!   being answered. At most [`MAX_SOURCES`] sources are remembered.
+//!   being answered. At most [`MAX_SOURCES`] sources are remembered. The
+//!   peer has a bucket of its own ([`PEER_BURST`], [`PEER_RATE`]): the
+//!   original daemon answers every solicitation, and a peer soliciting
+//!   faster than we do (its own solicit interval, with an expiry to
+//!   match) must be answered each time, or it expires us.
 //! * [`LogLimiter`]: at most [`LOG_LINES_PER_MINUTE`] log lines of a kind
 //!   per minute on an interface (one for peer churn, one for malformed
 //!   packets), counting the ones it holds back.
@@ -28,6 +32,11 @@ pub const PER_SOURCE_BURST: f64 = 4.0;
 /// Solicitations from one source answered per second once the burst is
 /// spent (raised to two per solicit interval if that is shorter).
 pub const PER_SOURCE_RATE: f64 = 2.0;
+/// Solicitations from the current peer answered back to back.
+pub const PEER_BURST: f64 = 8.0;
+/// Solicitations from the current peer answered per second once the burst
+/// is spent: every one of a peer soliciting every 50 ms.
+pub const PEER_RATE: f64 = 20.0;
 /// Solicitations from all sources but the peer answered back to back.
 pub const SHARED_BURST: f64 = 16.0;
 /// Solicitations from all sources but the peer answered per second.
@@ -93,6 +102,8 @@ pub struct AnswerLimiter {
     sources: HashMap<Ipv6Addr, TokenBucket>,
     /// The bucket all sources but the peer share.
     shared: TokenBucket,
+    /// The current peer's.
+    peer: TokenBucket,
 }
 
 impl AnswerLimiter {
@@ -108,15 +119,18 @@ impl AnswerLimiter {
             rate,
             sources: HashMap::new(),
             shared: TokenBucket::new(now, SHARED_BURST, SHARED_RATE),
+            peer: TokenBucket::new(now, PEER_BURST, PEER_RATE),
         }
     }
 
     /// Whether to answer a solicitation from `from`; `peer` says whether
-    /// it is the router this interface exchanges with (the peer is always
-    /// remembered and never waits on the shared bucket).
+    /// it is the router this interface exchanges with (which takes from
+    /// its own bucket only).
     pub fn allow(&mut self, now: Instant, from: Ipv6Addr, peer: bool) -> bool {
-        if !peer
-            && !self.sources.contains_key(&from)
+        if peer {
+            return self.peer.take(now);
+        }
+        if !self.sources.contains_key(&from)
             && self.sources.len() >= MAX_SOURCES
         {
             self.sources.retain(|_, b| !b.is_full(now));
@@ -129,7 +143,7 @@ impl AnswerLimiter {
             .sources
             .entry(from)
             .or_insert_with(|| TokenBucket::new(now, PER_SOURCE_BURST, rate));
-        bucket.take(now) && (peer || self.shared.take(now))
+        bucket.take(now) && self.shared.take(now)
     }
 
     /// Sources currently remembered.
@@ -284,14 +298,34 @@ mod tests {
         assert!(l.sources() <= MAX_SOURCES);
     }
 
+    /// A peer soliciting faster than we do is answered each time (the
+    /// original answers every solicitation), and one flooding is answered
+    /// at the peer's bounded rate.
+    #[test]
+    fn the_peer_is_answered_at_its_own_pace() {
+        let t0 = Instant::now();
+        let mut l = AnswerLimiter::new(t0, Duration::from_secs(2));
+        for i in 0..200u64 {
+            let now = t0 + Duration::from_millis(50 * i);
+            assert!(l.allow(now, addr(1), true), "solicitation {i}");
+        }
+        let t1 = t0 + Duration::from_secs(60);
+        let answered = (0..10_000u64)
+            .filter(|i| l.allow(t1 + Duration::from_millis(*i), addr(1), true))
+            .count();
+        // Burst 8, then 20 per second for 10 s.
+        assert!((200..=210).contains(&answered), "{answered}");
+    }
+
     #[test]
     fn a_short_solicit_interval_raises_the_per_source_rate() {
         let t0 = Instant::now();
         let mut l = AnswerLimiter::new(t0, Duration::from_millis(100));
-        // A peer soliciting every 100 ms is always answered.
+        // A router soliciting every 200 ms (past the 2 per second of a
+        // 2 s interval) is always answered.
         for i in 0..100u64 {
-            let now = t0 + Duration::from_millis(100 * i);
-            assert!(l.allow(now, addr(1), true), "solicitation {i}");
+            let now = t0 + Duration::from_millis(200 * i);
+            assert!(l.allow(now, addr(1), false), "solicitation {i}");
         }
     }
 
