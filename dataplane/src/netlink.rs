@@ -12,7 +12,12 @@
 //! count of its carrier losses grew) is reported `Down` then `Up`; messages
 //! that were queued before the dump and are older than it (a lower count,
 //! or a carrier loss at the count the dump saw the link up with) are
-//! dropped.
+//! dropped. A connection that ends (netlink-proto ends it on a receive
+//! error), or whose dump fails, is made again after a pause (100 ms,
+//! doubling to 5 s) and compared with a fresh dump the same way: without
+//! it, the daemon went on with no link events for good (an interface held
+//! down stayed down, and routes through nexthop objects the kernel dropped
+//! with a link that flapped meanwhile were never put back).
 //!
 //! ```text
 //! kernel ──multicast──▶ netlink connection task ──▶ watcher task ──▶ sink
@@ -128,43 +133,132 @@ impl Drop for Watching {
 /// Start watching links and IPv6 addresses; events go to `sink`.
 ///
 /// Must be called within a tokio runtime. The returned task ends when
-/// `sink` is closed or the netlink socket fails (logged); aborting it stops
-/// the watch.
+/// `sink` is closed; aborting it stops the watch. A connection that ends
+/// is made again (see the module's docs).
 pub fn spawn_link_watcher(
     log: Logger,
     sink: UnboundedSender<LinkEvent>,
 ) -> Result<JoinHandle<()>, DataplaneError> {
     let log = log.new(o!("component" => "link-watcher"));
+    let first = connect(&log).map_err(|e| {
+        DataplaneError::Unavailable(format!("netlink multicast socket: {e}"))
+    })?;
+    let watcher =
+        Watcher { sink, links: HashMap::new(), addrs: HashMap::new() };
+    let again = log.clone();
+    Ok(tokio::spawn(watch(watcher, first, move || connect(&again), log)))
+}
+
+/// One connection of the watcher: its dump of every link and address, and
+/// the multicast messages.
+struct Conn {
+    /// The connection's own task, if it has one (aborted with this).
+    _task: Option<AbortOnDrop>,
+    /// A dump of every link and IPv6 address.
+    dump: Box<
+        dyn Fn() -> futures::future::BoxFuture<'static, DumpResult>
+            + Send
+            + Sync,
+    >,
+    /// The multicast messages, until the connection ends.
+    messages: futures::stream::BoxStream<
+        'static,
+        NetlinkMessage<RouteNetlinkMessage>,
+    >,
+}
+
+/// Every link and every address, or why not.
+type DumpResult = Result<(Vec<LinkMessage>, Vec<AddressMessage>), String>;
+
+/// A multicast connection for links and IPv6 addresses.
+fn connect(log: &Logger) -> std::io::Result<Conn> {
     let (mut conn, handle, messages) = rtnetlink::new_multicast_connection(&[
         MulticastGroup::Link,
         MulticastGroup::Ipv6Ifaddr,
-    ])
-    .map_err(|e| {
-        DataplaneError::Unavailable(format!("netlink multicast socket: {e}"))
-    })?;
+    ])?;
     // A burst (many links or addresses changing, or a busy runtime) must
     // not overflow the default buffer; if it does, see `Overrun` below.
     let socket = conn.socket_mut().socket_mut();
     if let Err(e) = crate::linux::set_rcvbuf(socket, WATCH_RCVBUF) {
         warn!(log, "could not size the netlink receive buffer"; "error" => %e);
     }
-    let conn = AbortOnDrop(tokio::spawn(conn));
-    Ok(tokio::spawn(async move {
-        let _conn = conn;
-        // Counted as watching until this task ends or is aborted.
-        let _watching = Watching::start();
-        let mut watcher =
-            Watcher { sink, links: HashMap::new(), addrs: HashMap::new() };
-        if let Err(e) = watcher.dump(&handle).await {
-            warn!(log, "initial link and address dump failed"; "error" => %e);
+    Ok(Conn {
+        _task: Some(AbortOnDrop(tokio::spawn(conn))),
+        dump: Box::new(move || {
+            let handle = handle.clone();
+            Box::pin(async move {
+                let links = handle.link().get().execute().try_collect();
+                let links: Vec<LinkMessage> =
+                    links.await.map_err(|e| e.to_string())?;
+                let addrs = handle.address().get().execute().try_collect();
+                let addrs: Vec<AddressMessage> =
+                    addrs.await.map_err(|e| e.to_string())?;
+                Ok((links, addrs))
+            })
+        }),
+        messages: messages.map(|(m, _)| m).boxed(),
+    })
+}
+
+/// The pause before the connection is made again after `failures` in a
+/// row: 100 ms, doubling to 5 s.
+fn reconnect_pause(failures: u32) -> std::time::Duration {
+    let ms = 100u64 << failures.min(6);
+    std::time::Duration::from_millis(ms.min(5000))
+}
+
+/// Report through `watcher` what `first`, then each connection `connect`
+/// makes, dumps and sends, until the sink closes; a connection that ends,
+/// or whose dump fails, is made again after a pause.
+async fn watch(
+    mut watcher: Watcher,
+    first: Conn,
+    mut connect: impl FnMut() -> std::io::Result<Conn>,
+    log: Logger,
+) {
+    // Counted as watching until this task ends or is aborted.
+    let _watching = Watching::start();
+    let mut conn = Some(first);
+    let mut failures = 0;
+    let mut started = false;
+    loop {
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => {
+                tokio::time::sleep(reconnect_pause(failures)).await;
+                failures += 1;
+                if watcher.sink.is_closed() {
+                    return;
+                }
+                match connect() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(log, "netlink multicast socket"; "error" => %e);
+                        continue;
+                    }
+                }
+            }
+        };
+        // At start every link and address; after a connection ended, what
+        // changed meanwhile.
+        if let Err(e) = watcher.dump((c.dump)()).await {
+            warn!(log, "link and address dump failed; connecting again";
+                "error" => %e);
+            continue;
         }
         if watcher.sink.is_closed() {
             return;
         }
-        info!(log, "watching links and addresses";
-            "links" => watcher.links.len(), "addresses" => watcher.addrs.len());
-        let mut messages = messages;
-        while let Some((message, _)) = messages.next().await {
+        if !started {
+            info!(log, "watching links and addresses";
+                "links" => watcher.links.len(),
+                "addresses" => watcher.addrs.len());
+        } else {
+            info!(log, "watching links and addresses again");
+        }
+        started = true;
+        failures = 0;
+        while let Some(message) = c.messages.next().await {
             if let NetlinkPayload::Overrun(_) = message.payload {
                 // Events were dropped: a link may have gone down (and its
                 // nexthop objects with it) and come back unseen. Compare
@@ -175,8 +269,10 @@ pub fn spawn_link_watcher(
                     "link events were lost (netlink overrun); \
                     comparing with a fresh dump"
                 );
-                if let Err(e) = watcher.dump(&handle).await {
-                    warn!(log, "link and address dump failed"; "error" => %e);
+                if let Err(e) = watcher.dump((c.dump)()).await {
+                    warn!(log, "link and address dump failed; connecting \
+                        again"; "error" => %e);
+                    break;
                 }
             } else {
                 watcher.handle(message);
@@ -186,8 +282,11 @@ pub fn spawn_link_watcher(
                 return;
             }
         }
-        warn!(log, "netlink multicast connection ended");
-    }))
+        // Events may be lost until the next connection's dump: a link may
+        // go down (its nexthop objects with it) meanwhile.
+        LINKS_LOST.fetch_add(1, Ordering::Relaxed);
+        warn!(log, "netlink multicast connection ended; connecting again");
+    }
 }
 
 /// Whether `ifname` is up (administratively and operationally), `None` if
@@ -246,12 +345,9 @@ impl Watcher {
     /// lost events, what changed meanwhile.
     async fn dump(
         &mut self,
-        handle: &rtnetlink::Handle,
-    ) -> Result<(), rtnetlink::Error> {
-        let links: Vec<LinkMessage> =
-            handle.link().get().execute().try_collect().await?;
-        let addrs: Vec<AddressMessage> =
-            handle.address().get().execute().try_collect().await?;
+        dump: futures::future::BoxFuture<'static, DumpResult>,
+    ) -> Result<(), String> {
+        let (links, addrs) = dump.await?;
         self.reconcile(&links, &addrs);
         Ok(())
     }
@@ -670,6 +766,78 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), a0(true));
     }
 
+    /// A connection whose messages end, and one whose dump fails, are
+    /// made again after a pause; the next dump is compared with what was
+    /// reported (here a flap that the carrier count tells), and a link is
+    /// counted lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_ends_is_made_again_and_compared() {
+        type Sender = UnboundedSender<NetlinkMessage<RouteNetlinkMessage>>;
+        let counted = |downs| {
+            let mut l = link(2, "a0", true);
+            l.attributes.push(LinkAttribute::CarrierDownCount(downs));
+            l
+        };
+        // A connection that dumps `dump`; its messages end when the
+        // sender returned is dropped.
+        let fake = |dump: DumpResult| -> (Conn, Sender) {
+            let (tx, rx) = unbounded_channel();
+            let messages = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|m| (m, rx))
+            });
+            let conn = Conn {
+                _task: None,
+                dump: Box::new(move || {
+                    let d = dump.clone();
+                    Box::pin(async move { d })
+                }),
+                messages: messages.boxed(),
+            };
+            (conn, tx)
+        };
+        let (first, ended) = fake(Ok((vec![counted(1)], vec![])));
+        drop(ended);
+        let (failing, _unused) = fake(Err("dump refused".into()));
+        let (third, open) = fake(Ok((vec![counted(2)], vec![])));
+        let later = std::sync::Mutex::new(vec![third, failing]);
+        let made = std::sync::Arc::new(AtomicUsize::new(0));
+        let counting = std::sync::Arc::clone(&made);
+        let (tx, mut rx) = unbounded_channel();
+        let watcher =
+            Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
+        let lost = links_lost();
+        let start = tokio::time::Instant::now();
+        let task =
+            tokio::spawn(watch(
+                watcher,
+                first,
+                move || {
+                    counting.fetch_add(1, Ordering::Relaxed);
+                    later.lock().unwrap().pop().ok_or_else(|| {
+                        std::io::Error::other("no more connections")
+                    })
+                },
+                slog::Logger::root(slog::Discard, o!()),
+            ));
+        let a0 = |up: bool| {
+            let ifname = "a0".into();
+            if up {
+                LinkEvent::Up { ifindex: 2, ifname }
+            } else {
+                LinkEvent::Down { ifindex: 2, ifname }
+            }
+        };
+        for want in [a0(true), a0(false), a0(true)] {
+            assert_eq!(rx.recv().await, Some(want));
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 2, "the failing, the third");
+        // 100 ms after the first ended, 200 ms after the dump failed.
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert!(links_lost() >= lost + 2, "the end, and the flap");
+        task.abort();
+        drop(open);
+    }
+
     /// The kernel's own dumps carry the count a hidden flap is told by: a
     /// watcher given only a dump before and one after the peer's end went
     /// down and up reports the link down and up.
@@ -677,16 +845,15 @@ mod tests {
     fn a_flap_between_two_dumps_is_reported() {
         testns::run("a_flap_between_two_dumps_is_reported", |ns| async move {
             let a0 = ns.ifindex("a0");
-            let (conn, handle, _) =
-                rtnetlink::new_connection().expect("netlink");
-            let conn = AbortOnDrop(tokio::spawn(conn));
+            let log = slog::Logger::root(slog::Discard, o!());
+            let conn = connect(&log).expect("netlink");
             let (tx, mut rx) = unbounded_channel();
             let mut w = Watcher {
                 sink: tx,
                 links: HashMap::new(),
                 addrs: HashMap::new(),
             };
-            w.dump(&handle).await.expect("first dump");
+            w.dump((conn.dump)()).await.expect("first dump");
             while rx.try_recv().is_ok() {}
             ns.ip(&["link", "set", "dev", "a1", "down"]);
             ns.ip(&["link", "set", "dev", "a1", "up"]);
@@ -697,7 +864,7 @@ mod tests {
             while got.len() < 2 {
                 assert!(Instant::now() < deadline, "a0 reported {got:?}");
                 if link_is_up("a0") == Some(true) {
-                    w.dump(&handle).await.expect("second dump");
+                    w.dump((conn.dump)()).await.expect("second dump");
                     while let Ok(e) = rx.try_recv() {
                         if let LinkEvent::Down { ifindex, .. }
                         | LinkEvent::Up { ifindex, .. } = e

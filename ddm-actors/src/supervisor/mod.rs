@@ -318,9 +318,6 @@ impl Actor for Supervisor {
         // No router starts after this: a failed router's worker still at
         // its removal removes everything, as at a clean stop.
         state.dataplane_turn.set_stopping();
-        for t in state.link_tasks.drain(..) {
-            t.abort();
-        }
         let grace = Some(Duration::from_millis(300));
         for (_, d) in std::mem::take(&mut state.discovery) {
             let _ = d.stop_and_wait(None, grace).await;
@@ -341,6 +338,14 @@ impl Actor for Supervisor {
             warn!(state.root_log, "the router's routes were not removed in time";
                 "waited_s" => ROUTER_STOP_GRACE.as_secs());
             state.routes_left.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // The link watcher goes last: while it runs, the routes' nexthop
+        // objects stay in use. Stopped first, every batch the router took
+        // meanwhile dumped and sent again every route of ours through an
+        // object (as routes leave them once no watcher runs), only for
+        // the removal to delete them.
+        for t in state.link_tasks.drain(..) {
+            t.abort();
         }
         if let Some(admin) = state.admin.take() {
             let _ = admin.stop_and_wait(None, grace).await;
