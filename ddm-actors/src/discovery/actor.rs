@@ -564,7 +564,12 @@ impl Actor for Discovery {
                 if !state.link_is_current() {
                     // Re-created under a new index (or renumbered) while
                     // down: the open link is stale; open the new one now,
-                    // not at the next solicitation's check.
+                    // not at the next solicitation's check. Its peer goes
+                    // down first (reported while the stale link is still
+                    // known), also when no link-down came before: the
+                    // machine, still up, would otherwise take the new
+                    // link as the same and keep the peer on the old index.
+                    state.feed(&myself, Input::LinkDown);
                     state.close_link();
                 }
                 match &state.link {

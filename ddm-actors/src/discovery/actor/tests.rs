@@ -303,6 +303,36 @@ async fn link_up_on_a_re_created_interface_opens_it_at_once() {
     assert_eq!(Instant::now(), t, "at once");
 }
 
+/// The same without a link-down first (an event lost, a rename): the
+/// peer on the old index goes down, then comes up on the new one, and
+/// soliciting goes on from there.
+#[tokio::test(start_paused = true)]
+async fn link_up_on_a_re_created_interface_without_a_down_moves_the_peer() {
+    let (local, remote) =
+        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
+    let probe = local.clone();
+    let wire = remote.subscribe();
+    let (actor, events) = start_with(PacketIo::Memory(local), "me").await;
+    let mut r = Rig { actor, remote, wire, events };
+    r.bring_peer_up().await;
+    probe.recreate(12);
+    r.actor.cast(DiscoveryMsg::LinkUp).unwrap();
+    match r.peer_event().await {
+        DiscoveryEvent::PeerDown { ifindex, .. } => assert_eq!(ifindex, OUR_IF),
+        e => panic!("{e:?}"),
+    }
+    r.remote.send(ours(), advert("sw0"));
+    match r.peer_event().await {
+        DiscoveryEvent::PeerUp { ifindex, .. } => assert_eq!(ifindex, 12),
+        e => panic!("{e:?}"),
+    }
+    // Still soliciting on the new link, timer and all.
+    while r.wire.try_recv().is_ok() {}
+    tokio::time::sleep(SOLICIT * 2).await;
+    let (_, p) = r.sent().await;
+    assert!(p.solicit, "{p:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn admin_expire_by_address() {
     let mut r = rig().await;
