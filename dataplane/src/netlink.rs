@@ -114,6 +114,20 @@ pub fn links_lost() -> u64 {
     LINKS_LOST.load(Ordering::Relaxed)
 }
 
+/// Count a link lost, as a watcher does (tests of the dataplane).
+#[cfg(test)]
+pub(crate) fn count_link_lost() {
+    LINKS_LOST.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Held by the tests that count links lost, and by those that tell by the
+/// count where a batch runs: the count is the process's.
+#[cfg(test)]
+pub(crate) fn links_lost_serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One running watcher, counted in [`WATCHING`] while it lives.
 struct Watching;
 
@@ -639,6 +653,7 @@ mod tests {
     /// is reported as it is, and what did not change is not repeated.
     #[test]
     fn a_fresh_dump_after_lost_events_reports_the_differences() {
+        let _serial = links_lost_serial();
         let (tx, mut rx) = unbounded_channel();
         let mut w =
             Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
@@ -678,6 +693,7 @@ mod tests {
     /// grew; one whose count did not, or that has none, is not.
     #[test]
     fn a_flap_hidden_by_lost_events_is_reported() {
+        let _serial = links_lost_serial();
         let (tx, mut rx) = unbounded_channel();
         let mut w =
             Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
@@ -770,45 +786,55 @@ mod tests {
     /// made again after a pause; the next dump is compared with what was
     /// reported (here a flap that the carrier count tells), and a link is
     /// counted lost.
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_that_ends_is_made_again_and_compared() {
-        type Sender = UnboundedSender<NetlinkMessage<RouteNetlinkMessage>>;
-        let counted = |downs| {
-            let mut l = link(2, "a0", true);
-            l.attributes.push(LinkAttribute::CarrierDownCount(downs));
-            l
-        };
-        // A connection that dumps `dump`; its messages end when the
-        // sender returned is dropped.
-        let fake = |dump: DumpResult| -> (Conn, Sender) {
-            let (tx, rx) = unbounded_channel();
-            let messages = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|m| (m, rx))
-            });
-            let conn = Conn {
-                _task: None,
-                dump: Box::new(move || {
-                    let d = dump.clone();
-                    Box::pin(async move { d })
-                }),
-                messages: messages.boxed(),
+    #[test]
+    fn a_connection_that_ends_is_made_again_and_compared() {
+        let _serial = links_lost_serial();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            type Sender = UnboundedSender<NetlinkMessage<RouteNetlinkMessage>>;
+            let counted = |downs| {
+                let mut l = link(2, "a0", true);
+                l.attributes.push(LinkAttribute::CarrierDownCount(downs));
+                l
             };
-            (conn, tx)
-        };
-        let (first, ended) = fake(Ok((vec![counted(1)], vec![])));
-        drop(ended);
-        let (failing, _unused) = fake(Err("dump refused".into()));
-        let (third, open) = fake(Ok((vec![counted(2)], vec![])));
-        let later = std::sync::Mutex::new(vec![third, failing]);
-        let made = std::sync::Arc::new(AtomicUsize::new(0));
-        let counting = std::sync::Arc::clone(&made);
-        let (tx, mut rx) = unbounded_channel();
-        let watcher =
-            Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
-        let lost = links_lost();
-        let start = tokio::time::Instant::now();
-        let task =
-            tokio::spawn(watch(
+            // A connection that dumps `dump`; its messages end when the
+            // sender returned is dropped.
+            let fake = |dump: DumpResult| -> (Conn, Sender) {
+                let (tx, rx) = unbounded_channel();
+                let messages =
+                    futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|m| (m, rx))
+                    });
+                let conn = Conn {
+                    _task: None,
+                    dump: Box::new(move || {
+                        let d = dump.clone();
+                        Box::pin(async move { d })
+                    }),
+                    messages: messages.boxed(),
+                };
+                (conn, tx)
+            };
+            let (first, ended) = fake(Ok((vec![counted(1)], vec![])));
+            drop(ended);
+            let (failing, _unused) = fake(Err("dump refused".into()));
+            let (third, open) = fake(Ok((vec![counted(2)], vec![])));
+            let later = std::sync::Mutex::new(vec![third, failing]);
+            let made = std::sync::Arc::new(AtomicUsize::new(0));
+            let counting = std::sync::Arc::clone(&made);
+            let (tx, mut rx) = unbounded_channel();
+            let watcher = Watcher {
+                sink: tx,
+                links: HashMap::new(),
+                addrs: HashMap::new(),
+            };
+            let lost = links_lost();
+            let start = tokio::time::Instant::now();
+            let task = tokio::spawn(watch(
                 watcher,
                 first,
                 move || {
@@ -819,23 +845,28 @@ mod tests {
                 },
                 slog::Logger::root(slog::Discard, o!()),
             ));
-        let a0 = |up: bool| {
-            let ifname = "a0".into();
-            if up {
-                LinkEvent::Up { ifindex: 2, ifname }
-            } else {
-                LinkEvent::Down { ifindex: 2, ifname }
+            let a0 = |up: bool| {
+                let ifname = "a0".into();
+                if up {
+                    LinkEvent::Up { ifindex: 2, ifname }
+                } else {
+                    LinkEvent::Down { ifindex: 2, ifname }
+                }
+            };
+            for want in [a0(true), a0(false), a0(true)] {
+                assert_eq!(rx.recv().await, Some(want));
             }
-        };
-        for want in [a0(true), a0(false), a0(true)] {
-            assert_eq!(rx.recv().await, Some(want));
-        }
-        assert_eq!(made.load(Ordering::Relaxed), 2, "the failing, the third");
-        // 100 ms after the first ended, 200 ms after the dump failed.
-        assert_eq!(start.elapsed(), Duration::from_millis(300));
-        assert!(links_lost() >= lost + 2, "the end, and the flap");
-        task.abort();
-        drop(open);
+            assert_eq!(
+                made.load(Ordering::Relaxed),
+                2,
+                "the failing, the third"
+            );
+            // 100 ms after the first ended, 200 ms after the dump failed.
+            assert_eq!(start.elapsed(), Duration::from_millis(300));
+            assert!(links_lost() >= lost + 2, "the end, and the flap");
+            task.abort();
+            drop(open);
+        });
     }
 
     /// The kernel's own dumps carry the count a hidden flap is told by: a
@@ -843,6 +874,7 @@ mod tests {
     /// down and up reports the link down and up.
     #[test]
     fn a_flap_between_two_dumps_is_reported() {
+        let _serial = links_lost_serial();
         testns::run("a_flap_between_two_dumps_is_reported", |ns| async move {
             let a0 = ns.ifindex("a0");
             let log = slog::Logger::root(slog::Discard, o!());
@@ -890,6 +922,7 @@ mod tests {
 
     #[test]
     fn reports_link_and_address_changes() {
+        let _serial = links_lost_serial();
         testns::run("reports_link_and_address_changes", |ns| async move {
             let log = Logger::root(slog::Discard, o!());
             let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));

@@ -460,10 +460,16 @@ impl Kernel {
     /// Whether a batch of a few route changes, run now, is quick enough
     /// for the runtime thread: it will not leave nexthop objects (which
     /// dumps and sends again every route of ours, after the link watcher
-    /// ended). If so, whether its routes go through objects.
+    /// ended), nor look them all up again. If so, whether its routes go
+    /// through objects.
     fn quick(&self) -> Option<bool> {
         let on = self.nexthops.enabled();
-        (on || self.nexthops.ids.is_empty()).then_some(on)
+        // Nor will it look every known object up again (a link went down
+        // since the last look): one netlink round trip each.
+        let recheck = on
+            && !self.nexthops.ids.is_empty()
+            && crate::netlink::links_lost() != self.nexthops.checked_at;
+        (!recheck && (on || self.nexthops.ids.is_empty())).then_some(on)
     }
 
     /// Program `updates`; the requests the kernel refused.

@@ -515,6 +515,7 @@ fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
 
 #[test]
 fn routes_leave_their_objects_when_objects_go_off() {
+    let _serial = crate::netlink::links_lost_serial();
     testns::run(
         "routes_leave_their_objects_when_objects_go_off",
         |ns| async move {
@@ -550,6 +551,41 @@ fn routes_leave_their_objects_when_objects_go_off() {
             // The object itself goes at the end.
             assert_eq!(dp.remove_all().await.unwrap(), 2);
             assert_eq!(nexthop_objects(&ns), BTreeMap::new());
+        },
+    );
+}
+
+/// After a link went down, the next batch looks every known object up
+/// again (the kernel may have dropped some with the link): one netlink
+/// round trip each, so even a batch of one runs off the runtime thread;
+/// once looked up, inline again.
+#[test]
+fn objects_to_look_up_again_keep_a_small_batch_off_the_runtime_thread() {
+    let _serial = crate::netlink::links_lost_serial();
+    testns::run(
+        "objects_to_look_up_again_keep_a_small_batch_off_the_runtime_thread",
+        |ns| async move {
+            let a0 = ns.ifindex("a0");
+            let (mut dp, _) = one_route_through_an_object(&ns).await;
+            let here = std::thread::current().id();
+            let on = || std::thread::current().id();
+            assert_eq!(
+                dp.with_socket(1, move |_, _| on()).await.unwrap(),
+                here
+            );
+            crate::netlink::count_link_lost();
+            assert_ne!(
+                dp.with_socket(1, move |_, _| on()).await.unwrap(),
+                here
+            );
+            dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
+                .await
+                .unwrap();
+            assert_eq!(
+                dp.with_socket(1, move |_, _| on()).await.unwrap(),
+                here
+            );
+            dp.remove_all().await.unwrap();
         },
     );
 }
