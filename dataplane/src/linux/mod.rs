@@ -191,6 +191,8 @@ impl LinuxDataplane {
             socket: Arc::new(Mutex::new(Kernel {
                 socket,
                 nexthops: Nexthops::default(),
+                #[cfg(test)]
+                panic_next: false,
             })),
             tunnels: BTreeSet::new(),
         })
@@ -327,17 +329,28 @@ impl Dataplane for LinuxDataplane {
             return Ok(());
         }
         let log = self.log.clone();
-        let (updates, failures) = self
-            .with_socket(updates.len(), move |k, decided| {
-                let failures = k.apply(&updates, decided, &log);
-                (updates, failures)
+        // Shared with the batch, so that they come back whatever becomes
+        // of it: a batch that panicked (or whose task failed) is tried
+        // again, as one whose socket failed, not taken as refused.
+        let shared = Arc::new(updates);
+        let batch = Arc::clone(&shared);
+        let done = self
+            .with_socket(shared.len(), move |k, decided| {
+                k.apply(&batch, decided, &log)
             })
-            .await?;
-        let failures = match failures {
-            Ok(f) => f,
-            Err(e) => {
+            .await;
+        let updates = Arc::try_unwrap(shared).unwrap_or_else(|u| (*u).clone());
+        let failures = match done {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
                 return Err(DataplaneError::Incomplete {
                     error: format!("netlink: {e}"),
+                    updates,
+                })
+            }
+            Err(e) => {
+                return Err(DataplaneError::Incomplete {
+                    error: e.to_string(),
                     updates,
                 })
             }
@@ -379,6 +392,9 @@ const FLUSH_DUMPS: usize = 8;
 struct Kernel {
     socket: RouteSocket,
     nexthops: Nexthops,
+    /// Tests: the next batch panics.
+    #[cfg(test)]
+    panic_next: bool,
 }
 
 /// The first id tried for a nexthop object of ours: ids are the kernel's
@@ -486,6 +502,10 @@ impl Kernel {
         decided: Option<bool>,
         log: &Logger,
     ) -> io::Result<Vec<Refused>> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.panic_next) {
+            panic!("a batch made to panic");
+        }
         let on = decided.unwrap_or_else(|| self.nexthops.enabled());
         if !on && !self.nexthops.ids.is_empty() {
             self.leave_nexthops(log)?;

@@ -590,6 +590,35 @@ fn objects_to_look_up_again_keep_a_small_batch_off_the_runtime_thread() {
     );
 }
 
+/// A batch that panicked hands its updates back to be tried again (as
+/// one whose socket failed), small or large; the next try applies them.
+#[test]
+fn a_batch_that_panicked_is_handed_back_whole() {
+    testns::run(
+        "a_batch_that_panicked_is_handed_back_whole",
+        |ns| async move {
+            let mut dp = dataplane(false);
+            for n in [1, 100] {
+                let updates = many(&ns, n);
+                dp.with_socket(1, |k, _| k.panic_next = true).await.unwrap();
+                match dp.apply(updates.clone()).await {
+                    Err(DataplaneError::Incomplete {
+                        error,
+                        updates: back,
+                    }) => {
+                        assert!(error.contains("panicked"), "{error}");
+                        assert_eq!(back, updates);
+                    }
+                    r => panic!("{r:?}"),
+                }
+                dp.apply(updates).await.unwrap();
+                assert_eq!(ours(&ns).len(), n);
+                dp.remove_all().await.unwrap();
+            }
+        },
+    );
+}
+
 /// Somebody else's routes added and deleted over and over by `ip -batch`
 /// in the namespace, until dropped.
 struct Churn {
