@@ -161,6 +161,9 @@ pub fn netns_available() -> Result<(), String> {
             }
             run_ok(&mut ip(["-V"]))
                 .map_err(|e| format!("`ip` unavailable: {e}"))?;
+            // The suites ping across their fabrics: a machine without ping
+            // cannot run them (a skip here, not a failure halfway).
+            ping_available()?;
             let probe = format!("ddm-probe-{}{}", process_tag(), next_seq());
             run_ok(&mut ip(["netns", "add", &probe]))
                 .map_err(|e| format!("cannot create a namespace: {e}"))?;
@@ -176,7 +179,7 @@ pub fn netns_available() -> Result<(), String> {
 /// Returns true when namespaces are available, after appending `test_name`
 /// to the file named by `DDM_NETNS_RAN_FILE` (if set). Otherwise prints
 /// `SKIP: <test> needs network namespaces (<reason>)` to stderr and returns
-/// false, unless `DDM_REQUIRE_NETNS=1`, in which case it panics.
+/// false, unless `DDM_REQUIRE_NETNS=1` or `CI=true`, in which case it panics.
 pub fn require_netns(test_name: &str) -> bool {
     match netns_available() {
         Ok(()) => {
@@ -197,8 +200,10 @@ pub fn require_netns(test_name: &str) -> bool {
             true
         }
         Err(reason) => {
-            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-                panic!("{test_name} needs network namespaces and {REQUIRE_ENV}=1, but: {reason}");
+            if std::env::var(REQUIRE_ENV).as_deref() == Ok("1")
+                || std::env::var("CI").as_deref() == Ok("true")
+            {
+                panic!("{test_name} needs network namespaces, and they must run here ({REQUIRE_ENV}=1 or CI=true), but: {reason}");
             }
             // Straight to the stderr handle, past libtest's output capture,
             // so the skip shows even when the test passes.

@@ -395,6 +395,7 @@ fn route_objects(ns: &Netns) -> BTreeMap<String, Option<u64>> {
 
 #[test]
 fn routes_with_one_nexthop_share_its_object() {
+    let _serial = crate::netlink::links_lost_serial();
     testns::run("routes_with_one_nexthop_share_its_object", |ns| async move {
         let (a0, b0) = (ns.ifindex("a0"), ns.ifindex("b0"));
         // Somebody holds the first id we would take.
@@ -475,6 +476,7 @@ async fn one_route_through_an_object(ns: &Netns) -> (LinuxDataplane, u64) {
 
 #[test]
 fn routes_come_back_through_a_new_object_when_the_kernel_dropped_it() {
+    let _serial = crate::netlink::links_lost_serial();
     testns::run(
         "routes_come_back_through_a_new_object_when_the_kernel_dropped_it",
         |ns| async move {

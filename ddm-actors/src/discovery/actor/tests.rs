@@ -326,11 +326,16 @@ async fn link_up_on_a_re_created_interface_without_a_down_moves_the_peer() {
         DiscoveryEvent::PeerUp { ifindex, .. } => assert_eq!(ifindex, 12),
         e => panic!("{e:?}"),
     }
-    // Still soliciting on the new link, timer and all.
+    // Still soliciting on the new link, timer and all: the next
+    // solicitation within an interval, and no other peer event.
     while r.wire.try_recv().is_ok() {}
-    tokio::time::sleep(SOLICIT * 2).await;
+    let t = Instant::now();
     let (_, p) = r.sent().await;
     assert!(p.solicit, "{p:?}");
+    assert!(t.elapsed() <= SOLICIT, "{:?}", t.elapsed());
+    while let Ok(e) = r.events.try_recv() {
+        assert!(matches!(e, DiscoveryEvent::Status { .. }), "{e:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
