@@ -8,6 +8,12 @@
 //! prefix, so many tests can build topologies in parallel threads and
 //! processes without colliding. Dropping the topology kills the processes it
 //! spawned and deletes its links and namespaces, also when the test panics.
+//! When the test process is interrupted instead (SIGINT, SIGTERM, SIGHUP),
+//! which runs no `Drop`, a thread of this crate kills what runs in the
+//! namespaces still held and deletes them before the process exits; and
+//! what a topology spawns is killed by the kernel if the thread that
+//! spawned it dies first (`PR_SET_PDEATHSIG`), SIGKILL of the test
+//! included.
 //!
 //! Tests call [`require_netns`] first: it skips loudly where namespaces are
 //! unavailable (not root, no `ip`), and fails instead when
@@ -29,6 +35,7 @@
 //! }
 //! ```
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,9 +43,111 @@ use std::net::Ipv6Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The namespaces this process made and has not deleted: deleted on an
+/// interrupt by the thread [`clean_up_on_interrupt`] starts.
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The write end of the pipe the signal handler wakes that thread with.
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+
+/// Note namespace `ns` as held (made) or not (deleted).
+fn hold(ns: &str, held: bool) {
+    let mut set = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    if held {
+        set.insert(ns.to_string());
+    } else {
+        set.remove(ns);
+    }
+    drop(set);
+    if held {
+        clean_up_on_interrupt();
+    }
+}
+
+extern "C" fn interrupted(signal: libc::c_int) {
+    let fd = WAKE.load(Ordering::Relaxed);
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; `byte` lives for the call.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
+/// Once per process: on SIGINT, SIGTERM or SIGHUP, kill every process in
+/// the namespaces still held, delete them, and exit as the signal would
+/// have (128 + its number). A test process interrupted runs no `Drop`.
+fn clean_up_on_interrupt() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            eprintln!(
+                "netns: no cleanup on interrupt: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        WAKE.store(fds[1], Ordering::Relaxed);
+        let read_end = fds[0];
+        let started = std::thread::Builder::new()
+            .name("netns-cleanup".into())
+            .spawn(move || {
+                let mut signal = [0u8; 1];
+                // SAFETY: reading one byte into `signal`.
+                let n = unsafe {
+                    libc::read(read_end, signal.as_mut_ptr().cast(), 1)
+                };
+                if n != 1 {
+                    return;
+                }
+                let held: Vec<String> = HELD
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                for ns in &held {
+                    if let Ok(out) = ip(["netns", "pids", ns]).output() {
+                        for pid in String::from_utf8_lossy(&out.stdout)
+                            .split_whitespace()
+                            .filter_map(|p| p.parse::<i32>().ok())
+                        {
+                            // SAFETY: plain kill(2).
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
+                    }
+                }
+                for ns in &held {
+                    let _ = run(&mut ip(["netns", "del", ns]));
+                }
+                eprintln!(
+                    "netns: interrupted; deleted {} namespaces",
+                    held.len()
+                );
+                // SAFETY: ends the process, as the signal would have.
+                unsafe { libc::_exit(128 + i32::from(signal[0])) };
+            });
+        if let Err(e) = started {
+            eprintln!("netns: no cleanup on interrupt: {e}");
+            return;
+        }
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: an all-zero sigaction is valid; the handler only
+            // writes to a pipe.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                let handler: extern "C" fn(libc::c_int) = interrupted;
+                action.sa_sigaction = handler as usize as libc::sighandler_t;
+                libc::sigemptyset(&mut action.sa_mask);
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+    });
+}
 
 /// Where `ip netns` keeps the bind mounts that name namespaces.
 const NETNS_RUN_DIR: &str = "/var/run/netns";
@@ -254,6 +363,23 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// In a child between fork and exec: be killed when the thread that
+/// spawned it dies (the test, however it ends), and fail if `parent` is
+/// already gone. Only async-signal-safe calls.
+pub fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid(2) only concern the
+    // calling process.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::other("the test is gone"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `ping` is on `PATH`.
 pub fn ping_available() -> Result<(), String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -353,6 +479,7 @@ impl Topology {
         }
         let ns = format!("{}-{name}", self.ns_prefix);
         run_ok(&mut ip(["netns", "add", &ns]))?;
+        hold(&ns, true);
         // Record it before configuring, so a failure below still deletes it.
         self.nodes.push(Node { name: name.to_string(), ns: ns.clone() });
         // DAD off before any link exists, so new link-local addresses are
@@ -511,14 +638,14 @@ impl Topology {
         let file = File::open(&path)
             .map_err(|e| format!("cannot open {path}: {e}"))?;
         let fd = file.as_raw_fd();
+        let parent = std::process::id() as libc::pid_t;
         let enter = move || {
             // SAFETY: `fd` is an open namespace file (see below); setns
             // only changes the namespace of the calling process.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
             }
+            die_with_parent(parent)
         };
         // SAFETY: `enter` runs in the forked child before exec and only
         // makes the async-signal-safe setns system call. `fd` stays open
@@ -713,8 +840,9 @@ impl Drop for Topology {
             }
         }
         for node in self.nodes.iter().rev() {
-            if let Err(e) = run_ok(&mut ip(["netns", "del", &node.ns])) {
-                eprintln!("netns cleanup: {e}");
+            match run_ok(&mut ip(["netns", "del", &node.ns])) {
+                Ok(_) => hold(&node.ns, false),
+                Err(e) => eprintln!("netns cleanup: {e}"),
             }
         }
     }

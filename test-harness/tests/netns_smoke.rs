@@ -269,3 +269,88 @@ fn parallel_topologies_do_not_collide() {
     let listed = listed_namespaces();
     assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
 }
+
+/// Run only by [`an_interrupted_test_leaves_no_namespace_or_process`], in
+/// a process of its own: holds a topology with a process in it, says so,
+/// and waits to be interrupted.
+#[test]
+#[ignore = "a helper: an_interrupted_test_leaves_no_namespace_or_process runs it"]
+fn interrupted_while_holding_a_topology() {
+    use std::io::Write;
+    let (topo, _) = pair("interrupted");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("600");
+    let id = topo.spawn("s1", sleeper).unwrap();
+    let pid = topo.with_child(id, |c| c.id()).unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out, "HOLDING {pid} {}", topo.namespaces().join(" ")).unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// A test process interrupted (SIGINT, as by Ctrl-C), which runs no
+/// `Drop`, still deletes its namespaces and kills what ran in them.
+#[test]
+fn an_interrupted_test_leaves_no_namespace_or_process() {
+    use std::io::BufRead;
+    if !require_netns("an_interrupted_test_leaves_no_namespace_or_process") {
+        return;
+    }
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "interrupted_while_holding_a_topology",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed if this test fails before it is done with it.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = helper.stdout.take().unwrap();
+    let mut helper = Reap(helper);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in
+            std::io::BufReader::new(stdout).lines().map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("HOLDING ") {
+                let _ = tx.send(rest.to_string());
+                return;
+            }
+        }
+    });
+    let holding = rx.recv_timeout(DEADLINE * 3).expect("the helper never held");
+    let mut words = holding.split_whitespace();
+    let pid: i32 = words.next().unwrap().parse().unwrap();
+    let names: Vec<String> = words.map(str::to_string).collect();
+    assert_eq!(names.len(), 2, "{holding}");
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| listed.contains(n)), "{listed:?}");
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(helper.0.id() as i32, libc::SIGINT) };
+    let mut status = None;
+    wait_until(DEADLINE, "the helper to exit on SIGINT", || {
+        status = helper.0.try_wait().unwrap();
+        status.is_some()
+    })
+    .unwrap();
+    let status = status.unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
+    let listed = listed_namespaces();
+    assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
+    // Gone once reaped by whoever inherited it (signal 0 only asks).
+    wait_until(DEADLINE, "the process in the namespace to go", || {
+        // SAFETY: plain kill(2) with signal 0.
+        (unsafe { libc::kill(pid, 0) }) != 0
+    })
+    .unwrap();
+}
