@@ -226,6 +226,9 @@ pub struct DpdStats {
     pub reconciliations: AtomicU64,
     /// Times dpd was found unreachable after being reachable.
     pub lost: AtomicU64,
+    /// Rounds of the watcher, those before the start (which ask dpd
+    /// nothing) included.
+    pub watch_rounds: AtomicU64,
 }
 
 /// Why a request failed.
@@ -731,6 +734,7 @@ impl Inner {
     /// One round of the watcher: reconcile if out of sync (or due), else
     /// probe.
     async fn watch_once(&mut self, full: bool) {
+        self.stats.watch_rounds.fetch_add(1, Ordering::Relaxed);
         if !self.started {
             return;
         }

@@ -614,8 +614,13 @@ async fn nothing_is_reconciled_before_the_start() {
     let mock = MockDpd::start().unwrap();
     left_by_an_earlier_run(&mock, "fd00:77::", "rear0", "fe80::1");
     let mut dp = dataplane(&mock);
-    // Fifteen probe intervals: an absence, given the time to be wrong.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Fifteen rounds of the watcher: an absence, given the rounds to be
+    // wrong in.
+    let stats = dp.stats();
+    eventually("fifteen rounds of the watcher", || {
+        stats.watch_rounds.load(Ordering::Relaxed) >= 15
+    })
+    .await;
     assert!(mock.requests().is_empty(), "{:?}", mock.requests().len());
     assert_eq!(mock.table().len(), 1);
     assert_eq!(dp.remove_stale().await.unwrap(), 1);

@@ -35,8 +35,17 @@ impl Tmpfs {
 }
 
 impl Drop for Tmpfs {
+    /// Unmounts it, then removes the mount point and, if that leaves it
+    /// empty, its directory: after a panic, the daemon that owned that
+    /// directory was dropped first (declared later) and could not remove
+    /// a mount point still mounted. (A directory with anything left in it
+    /// is its owner's to remove.)
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
