@@ -82,6 +82,13 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     }
 }
 
+/// Length of redb's magic number, at the start of every database file.
+const MAGIC_LEN: usize = 9;
+
+/// redb's first page, which holds its header (and nothing else of a new
+/// database).
+const HEADER_PAGE: u64 = 4096;
+
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -678,20 +685,30 @@ impl Store {
     }
 
     /// Whether the database file holds no database: it is missing, or
-    /// every byte of it is zero. redb sizes a new file first and writes
-    /// its magic number last, so a creation that failed (`ENOSPC` once
-    /// the size is used) or was killed leaves a file of zeros, which redb
-    /// refuses to open ("magic number mismatch"). A store whose first
-    /// bytes alone were zeroed (damaged) holds entries past them: it is
+    /// redb's magic number (its first bytes) is zeros and so is everything
+    /// past its first page. redb sizes a new file first, writes its header
+    /// (in the first page) without the magic number, syncs, and writes the
+    /// magic number last; so a creation that failed (`ENOSPC` once the
+    /// size is used) or was killed leaves such a file, which redb refuses
+    /// to open ("magic number mismatch"). A store whose magic number
+    /// alone was zeroed (damaged) holds entries past its first page: it is
     /// left to redb, which refuses it, rather than emptied. Anything else,
-    /// garbage included, is left to redb too. (The whole file is read only
-    /// while it reads as zeros: a store's first page is not.)
+    /// garbage included, is left to redb too. (The rest of the file is
+    /// read only while it reads as zeros: a store's second page is not.)
     fn never_written(&self) -> bool {
-        use std::io::Read;
+        use std::io::{Read, Seek};
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return !self.path.exists();
         };
         let mut buf = vec![0u8; 64 << 10];
+        let mut magic = [0u8; MAGIC_LEN];
+        let head = file.read_exact(&mut magic);
+        if head.is_ok() && magic != [0; MAGIC_LEN] {
+            return false;
+        }
+        if file.seek(std::io::SeekFrom::Start(HEADER_PAGE)).is_err() {
+            return false;
+        }
         loop {
             match file.read(&mut buf) {
                 Ok(0) => return true,
@@ -1434,6 +1451,23 @@ mod tests {
         assert_eq!(store.load().unwrap().prefixes, [p].into());
     }
 
+    /// A first start killed after redb wrote its header and before its
+    /// magic number (the header is synced first) left a file that is
+    /// zeros but for the header: made again too.
+    #[test]
+    fn a_file_with_a_header_but_no_magic_number_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = vec![0u8; 3 * HEADER_PAGE as usize];
+        bytes[MAGIC_LEN..320].fill(0x5a);
+        std::fs::write(dir.path().join(DB_FILE), bytes).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.apply(&add("fd00:1::/64")).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let p: Ipv6Net = "fd00:1::/64".parse().unwrap();
+        assert_eq!(store.load().unwrap().prefixes, [p].into());
+    }
+
     /// A store whose first bytes were zeroed (damaged) is refused at
     /// start, and left as it was: not taken for a file a first start left.
     #[test]
@@ -1444,8 +1478,7 @@ mod tests {
         drop(store);
         let path = dir.path().join(DB_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        // redb's magic number, at the start of every database file.
-        bytes[..9].fill(0);
+        bytes[..MAGIC_LEN].fill(0);
         std::fs::write(&path, &bytes).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("magic"), "{err}");

@@ -202,7 +202,9 @@ impl Args {
     pub fn check(&self) -> Result<(), String> {
         if self.expire_threshold <= self.solicit_interval {
             return Err(format!(
-                "--expire-threshold {} must be more than --solicit-interval                  {}: a peer advertises when solicited, and would expire                  between solicitations",
+                "--expire-threshold {} must be more than --solicit-interval \
+                 {}: a peer advertises when solicited, and would expire \
+                 between solicitations",
                 self.expire_threshold, self.solicit_interval
             ));
         }

@@ -424,9 +424,15 @@ impl State {
     /// Take the link down (expiring the peer), close it and retry opening
     /// after `ip_addr_wait`.
     fn close_and_retry(&mut self, myself: &DiscoveryRef) {
+        self.drop_link(myself);
+        self.schedule_retry(myself);
+    }
+
+    /// The machine down (its peer reported down while the link is still
+    /// known), then the link closed.
+    fn drop_link(&mut self, myself: &DiscoveryRef) {
         self.feed(myself, Input::LinkDown);
         self.close_link();
-        self.schedule_retry(myself);
     }
 
     fn snapshot(&self) -> Option<PeerSnapshot> {
@@ -569,8 +575,7 @@ impl Actor for Discovery {
                     // known), also when no link-down came before: the
                     // machine, still up, would otherwise take the new
                     // link as the same and keep the peer on the old index.
-                    state.feed(&myself, Input::LinkDown);
-                    state.close_link();
+                    state.drop_link(&myself);
                 }
                 match &state.link {
                     Some(link) => {

@@ -531,9 +531,10 @@ impl PeerFsm {
         }
         if packet.solicit {
             self.counters.solicitations_received += 1;
-            // Answers are rate-limited per source (and for strangers all
-            // together), so a flood of solicitations draws a trickle of
-            // advertisements, never one each.
+            // Answers are rate-limited (the peer's in a bucket of its own,
+            // strangers' per source and all together), so a flood of
+            // solicitations draws a trickle of advertisements, never one
+            // each.
             let peer = self.peer.as_ref().is_some_and(|p| p.addr == addr);
             if self.answers.allow(now, addr, peer) {
                 fx.push(Effect::SendAdvertisement { to: addr });

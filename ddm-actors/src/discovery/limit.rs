@@ -35,7 +35,8 @@ pub const PER_SOURCE_RATE: f64 = 2.0;
 /// Solicitations from the current peer answered back to back.
 pub const PEER_BURST: f64 = 8.0;
 /// Solicitations from the current peer answered per second once the burst
-/// is spent: every one of a peer soliciting every 50 ms.
+/// is spent (raised to two per solicit interval if that is more): every
+/// one of a peer soliciting every 50 ms.
 pub const PEER_RATE: f64 = 20.0;
 /// Solicitations from all sources but the peer answered back to back.
 pub const SHARED_BURST: f64 = 16.0;
@@ -119,7 +120,7 @@ impl AnswerLimiter {
             rate,
             sources: HashMap::new(),
             shared: TokenBucket::new(now, SHARED_BURST, SHARED_RATE),
-            peer: TokenBucket::new(now, PEER_BURST, PEER_RATE),
+            peer: TokenBucket::new(now, PEER_BURST, PEER_RATE.max(rate)),
         }
     }
 

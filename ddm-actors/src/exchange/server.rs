@@ -14,8 +14,11 @@
 //! Only the discovered peer may call: a connection from any other address
 //! (compared without port or scope) is answered 403 on every request and
 //! closed. A body over [`MAX_BODY`] is refused with 413, malformed JSON or
-//! an invalid prefix with 400 and a short reason; nothing reaches the router
-//! then. Every refusal is counted in the actor's [`Stats`].
+//! a v3 prefix that does not parse with 400 and a short reason; nothing
+//! reaches the router then. (A v2 item whose prefix is longer than its
+//! family's addresses is dropped and counted, `items_malformed`, and the
+//! rest of the body taken.) Every refusal is counted in the actor's
+//! [`Stats`].
 //!
 //! What one address can make the server hold is bounded, so that a sled
 //! that speaks from the peer's address cannot take the daemon's memory:

@@ -52,7 +52,8 @@ counters! {
     pull_bytes_sent,
     /// Requests refused with 403: not from the peer's address.
     rejected_forbidden,
-    /// Requests refused with 400: malformed JSON or an invalid prefix.
+    /// Requests refused with 400: malformed JSON, or a v3 prefix that does
+    /// not parse.
     rejected_malformed,
     /// Requests refused with 413: body over the bound.
     rejected_too_large,
