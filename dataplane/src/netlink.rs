@@ -104,7 +104,9 @@ pub fn links_watched() -> bool {
 /// The link watcher's netlink receive buffer, in bytes.
 const WATCH_RCVBUF: libc::c_int = 1 << 20;
 
-/// Links seen going down or away by the watchers of this process, ever.
+/// Links seen going down or away by the watchers of this process, ever,
+/// and times their events may have been lost (an overrun, a connection
+/// that ended, one that could not be made or dumped meanwhile).
 static LINKS_LOST: AtomicU64 = AtomicU64::new(0);
 
 /// How many links the watchers of this process have seen go down or away:
@@ -247,6 +249,8 @@ async fn watch(
                 match connect() {
                     Ok(c) => c,
                     Err(e) => {
+                        // Still no events: links may go down unseen.
+                        LINKS_LOST.fetch_add(1, Ordering::Relaxed);
                         warn!(log, "netlink multicast socket"; "error" => %e);
                         continue;
                     }
@@ -256,6 +260,7 @@ async fn watch(
         // At start every link and address; after a connection ended, what
         // changed meanwhile.
         if let Err(e) = watcher.dump((c.dump)()).await {
+            LINKS_LOST.fetch_add(1, Ordering::Relaxed);
             warn!(log, "link and address dump failed; connecting again";
                 "error" => %e);
             continue;
@@ -271,8 +276,10 @@ async fn watch(
             info!(log, "watching links and addresses again");
         }
         started = true;
-        failures = 0;
         while let Some(message) = c.messages.next().await {
+            // A connection that delivers: the pause starts short again
+            // (one that ends after each dump waits longer each time).
+            failures = 0;
             if let NetlinkPayload::Overrun(_) = message.payload {
                 // Events were dropped: a link may have gone down (and its
                 // nexthop objects with it) and come back unseen. Compare
@@ -863,7 +870,11 @@ mod tests {
             );
             // 100 ms after the first ended, 200 ms after the dump failed.
             assert_eq!(start.elapsed(), Duration::from_millis(300));
-            assert_eq!(links_lost(), lost + 2, "the end, and the flap");
+            assert_eq!(
+                links_lost(),
+                lost + 3,
+                "the end, the failed dump, and the flap"
+            );
             task.abort();
             drop(open);
         });

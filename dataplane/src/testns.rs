@@ -8,15 +8,6 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Deletes the namespace when dropped, whatever happened.
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
-    }
-}
-
 /// A namespace holding two veth pairs, `a0`–`a1` and `b0`–`b1`, all up.
 pub struct Netns {
     /// The namespace's name (for `ip -n`).
@@ -60,14 +51,14 @@ impl Netns {
 /// Run `body` in a fresh namespace, on a thread that has entered it,
 /// with a current-thread tokio runtime. Where namespaces are not
 /// available it prints a loud SKIP and returns, unless
-/// `DDM_REQUIRE_NETNS=1` (then it fails).
+/// `DDM_REQUIRE_NETNS=1` or `CI=true` (then it fails).
 pub fn run<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(Netns) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
     // The one gate of every namespace test: a loud SKIP on a developer's
-    // machine, a failure where DDM_REQUIRE_NETNS=1 (CI), and the name
+    // machine, a failure in CI (DDM_REQUIRE_NETNS=1 or CI=true), and the name
     // recorded for CI's count of tests that ran.
     if !ddm_netns::require_netns(test) {
         return;
@@ -78,13 +69,9 @@ where
         std::process::id(),
         COUNT.fetch_add(1, Ordering::Relaxed)
     );
-    let ok = Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .expect("run ip")
-        .success();
-    assert!(ok, "ip netns add {name}");
-    let _guard = Guard(name.clone());
+    // Deleted when dropped, also after a panic, and on an interrupt.
+    let _held = ddm_netns::Namespace::add(&name)
+        .unwrap_or_else(|e| panic!("ip netns add {name}: {e}"));
     let ns = Netns { name: name.clone() };
     ns.ip(&["link", "add", "a0", "type", "veth", "peer", "name", "a1"]);
     ns.ip(&["link", "add", "b0", "type", "veth", "peer", "name", "b1"]);

@@ -16,8 +16,9 @@
 //! included.
 //!
 //! Tests call [`require_netns`] first: it skips loudly where namespaces are
-//! unavailable (not root, no `ip`), and fails instead when
-//! `DDM_REQUIRE_NETNS=1`, so CI cannot silently skip the suite.
+//! unavailable (not root, no `ip`, no `ping`), and fails instead when
+//! `DDM_REQUIRE_NETNS=1` or `CI=true`, so CI cannot silently skip the
+//! suite.
 //!
 //! ```no_run
 //! use ddm_netns::{require_netns, Topology};
@@ -47,37 +48,71 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The namespaces this process made and has not deleted: deleted on an
-/// interrupt by the thread [`clean_up_on_interrupt`] starts.
+/// The namespaces this process made (or is making) and has not deleted:
+/// deleted on an interrupt by the thread [`clean_up_on_interrupt`] starts.
 static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// The write end of the pipe the signal handler wakes that thread with.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
-/// Note namespace `ns` as held (made) or not (deleted).
-fn hold(ns: &str, held: bool) {
-    let mut set = HELD.lock().unwrap_or_else(|e| e.into_inner());
-    if held {
-        set.insert(ns.to_string());
-    } else {
-        set.remove(ns);
-    }
-    drop(set);
-    if held {
+/// The signals that end a test run early and run no `Drop`.
+const INTERRUPTS: [libc::c_int; 3] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// A network namespace of this process: made by [`Namespace::add`],
+/// deleted when dropped, and on an interrupt of the process (SIGINT,
+/// SIGTERM, SIGHUP), with every process in it killed, before the process
+/// ends as the signal would have ended it.
+#[derive(Debug)]
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    /// `ip netns add name`, held from before it is made (so an interrupt
+    /// meanwhile deletes it too).
+    pub fn add(name: &str) -> Result<Namespace, String> {
         clean_up_on_interrupt();
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        let held = Namespace { name: name.to_string() };
+        run_ok(&mut ip(["netns", "add", name]))?;
+        Ok(held)
+    }
+
+    /// Its name (for `ip -n`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let listed = std::path::Path::new(NETNS_RUN_DIR).join(&self.name);
+        if listed.exists() {
+            if let Err(e) = run_ok(&mut ip(["netns", "del", &self.name])) {
+                eprintln!("netns cleanup: {e}");
+                return;
+            }
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
     }
 }
 
 extern "C" fn interrupted(signal: libc::c_int) {
-    let fd = WAKE.load(Ordering::Relaxed);
-    let byte = signal as u8;
-    // SAFETY: write(2) is async-signal-safe; `byte` lives for the call.
-    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    // SAFETY: errno is this thread's; saved and restored around write(2),
+    // which is async-signal-safe (as is the atomic load).
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = WAKE.load(Ordering::Relaxed);
+        let byte = signal as u8;
+        libc::write(fd, (&byte as *const u8).cast(), 1);
+        *libc::__errno_location() = errno;
+    }
 }
 
-/// Once per process: on SIGINT, SIGTERM or SIGHUP, kill every process in
-/// the namespaces still held, delete them, and exit as the signal would
-/// have (128 + its number). A test process interrupted runs no `Drop`.
+/// Once per process: on one of [`INTERRUPTS`], kill every process in the
+/// namespaces held, delete them, and end the process by that signal (its
+/// default action, raised again).
 fn clean_up_on_interrupt() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -103,13 +138,15 @@ fn clean_up_on_interrupt() {
                 if n != 1 {
                     return;
                 }
-                let held: Vec<String> = HELD
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                for ns in &held {
+                let signal = libc::c_int::from(signal[0]);
+                // A second interrupt now ends the process at once.
+                for s in INTERRUPTS {
+                    // SAFETY: restoring a signal's default action.
+                    unsafe { libc::signal(s, libc::SIG_DFL) };
+                }
+                // Held to the end: no namespace is made meanwhile.
+                let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+                for ns in held.iter() {
                     if let Ok(out) = ip(["netns", "pids", ns]).output() {
                         for pid in String::from_utf8_lossy(&out.stdout)
                             .split_whitespace()
@@ -120,21 +157,21 @@ fn clean_up_on_interrupt() {
                         }
                     }
                 }
-                for ns in &held {
+                for ns in held.iter() {
                     let _ = run(&mut ip(["netns", "del", ns]));
                 }
                 eprintln!(
                     "netns: interrupted; deleted {} namespaces",
                     held.len()
                 );
-                // SAFETY: ends the process, as the signal would have.
-                unsafe { libc::_exit(128 + i32::from(signal[0])) };
+                // SAFETY: the signal's default action ends the process.
+                unsafe { libc::raise(signal) };
             });
         if let Err(e) = started {
             eprintln!("netns: no cleanup on interrupt: {e}");
             return;
         }
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in INTERRUPTS {
             // SAFETY: an all-zero sigaction is valid; the handler only
             // writes to a pipe.
             unsafe {
@@ -374,10 +411,33 @@ pub fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
         if libc::getppid() != parent {
-            return Err(std::io::Error::other("the test is gone"));
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
     }
     Ok(())
+}
+
+/// Make `cmd`'s process die with the thread that spawns it
+/// ([`die_with_parent`]), however the test ends.
+pub fn die_with_test(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook only makes async-signal-safe calls (prctl, getppid).
+    unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
+}
+
+/// Wait up to `deadline` for `child` to exit; its status, or an error
+/// naming `what` (the child is then left running: the caller kills it).
+pub fn wait_exit(
+    child: &mut Child,
+    deadline: Duration,
+    what: &str,
+) -> Result<ExitStatus, String> {
+    let mut status = None;
+    wait_until(deadline, what, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    })?;
+    Ok(status.expect("exited"))
 }
 
 /// Checks that `ping` is on `PATH`.
@@ -397,6 +457,8 @@ struct Node {
     name: String,
     /// The namespace name, unique per process and topology.
     ns: String,
+    /// The namespace itself, deleted when dropped.
+    held: Namespace,
 }
 
 /// One veth pair between two nodes, as returned by [`Topology::link`].
@@ -478,10 +540,9 @@ impl Topology {
             return Err(format!("node {name} already exists"));
         }
         let ns = format!("{}-{name}", self.ns_prefix);
-        run_ok(&mut ip(["netns", "add", &ns]))?;
-        hold(&ns, true);
+        let held = Namespace::add(&ns)?;
         // Record it before configuring, so a failure below still deletes it.
-        self.nodes.push(Node { name: name.to_string(), ns: ns.clone() });
+        self.nodes.push(Node { name: name.to_string(), ns: ns.clone(), held });
         // DAD off before any link exists, so new link-local addresses are
         // usable at once instead of tentative for ~2 s.
         let mut sysctls = vec![
@@ -638,14 +699,14 @@ impl Topology {
         let file = File::open(&path)
             .map_err(|e| format!("cannot open {path}: {e}"))?;
         let fd = file.as_raw_fd();
-        let parent = std::process::id() as libc::pid_t;
         let enter = move || {
             // SAFETY: `fd` is an open namespace file (see below); setns
             // only changes the namespace of the calling process.
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
             }
-            die_with_parent(parent)
         };
         // SAFETY: `enter` runs in the forked child before exec and only
         // makes the async-signal-safe setns system call. `fd` stays open
@@ -655,6 +716,7 @@ impl Topology {
         unsafe {
             cmd.pre_exec(enter);
         }
+        die_with_test(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot spawn {cmd:?} in {ns}: {e}"))?;
@@ -839,11 +901,8 @@ impl Drop for Topology {
                 let _ = run(&mut ip(["-n", ns, "link", "del", &link.a_if]));
             }
         }
-        for node in self.nodes.iter().rev() {
-            match run_ok(&mut ip(["netns", "del", &node.ns])) {
-                Ok(_) => hold(&node.ns, false),
-                Err(e) => eprintln!("netns cleanup: {e}"),
-            }
+        while let Some(node) = self.nodes.pop() {
+            drop(node.held);
         }
     }
 }

@@ -43,14 +43,8 @@ fn spawn_in(bin: &Path, dir: &Path, data_dir: &Path) -> Result<Child, String> {
         .map_err(|e| format!("creating log file: {e}"))?;
     let stderr = std::fs::File::create(dir.join("ddmd.stderr"))
         .map_err(|e| format!("creating stderr file: {e}"))?;
-    let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(bin);
-    // SAFETY: the hook only makes async-signal-safe calls (prctl, getppid).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            crate::netns::die_with_parent(parent)
-        });
-    }
+    crate::netns::die_with_test(&mut cmd);
     cmd.arg("--admin-addr")
         .arg("::1")
         .arg("--admin-port")

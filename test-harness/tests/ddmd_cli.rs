@@ -1,41 +1,40 @@
 //! How the binary behaves at its edges: help, bad flags, unusable paths,
 //! a port in use.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use ddm_test_harness::ddmd_bin;
-use ddm_test_harness::netns::{die_with_parent, wait_until};
+use ddm_test_harness::netns::{die_with_test, wait_exit};
 
 /// Longest a run of `ddmd` that should end at once may take: past it, it
 /// is killed and the test fails (rather than hanging until CI's limit).
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Run `ddmd` with `args` to its end, within [`DEADLINE`].
+/// Run `ddmd` with `args` to its end, within [`DEADLINE`]. Its output
+/// goes to files (a pipe left unread could hold it up).
 fn ddmd(args: &[&str]) -> Output {
-    let parent = std::process::id() as libc::pid_t;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut cmd = Command::new(ddmd_bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-    cmd.stderr(Stdio::piped());
-    // SAFETY: the hook only makes async-signal-safe calls.
-    unsafe { cmd.pre_exec(move || die_with_parent(parent)) };
+    cmd.args(args).stdin(Stdio::null());
+    cmd.stdout(std::fs::File::create(&out).unwrap());
+    cmd.stderr(std::fs::File::create(&err).unwrap());
+    die_with_test(&mut cmd);
     let mut child = cmd.spawn().expect("ddmd runs");
-    let mut status = None;
-    let ended = wait_until(DEADLINE, "ddmd to exit", || {
-        status = child.try_wait().expect("waiting for ddmd");
-        status.is_some()
-    });
-    if let Err(e) = ended {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{e}: killed (args {args:?})");
+    let status = match wait_exit(&mut child, DEADLINE, "ddmd to exit") {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{e}: killed (args {args:?})");
+        }
+    };
+    Output {
+        status,
+        stdout: std::fs::read(out).unwrap(),
+        stderr: std::fs::read(err).unwrap(),
     }
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
-    Output { status: status.unwrap(), stdout, stderr }
 }
 
 fn stderr(o: &Output) -> String {

@@ -7,7 +7,8 @@
 //! IFINDEX` (after the deletes); a start folds it into the set a previous
 //! run left. It is rewritten from the live set when it has grown to
 //! several times that set. A malformed line (one not UTF-8 among them) is
-//! skipped and counted.
+//! skipped and counted, as is a last line without its newline (torn by a
+//! crash), which the first append then cuts off.
 //!
 //! Each append is written at the end of what the record has taken so far
 //! ([`RouteRecord`]'s `len`), and a failed one (a full disk) is cut off
@@ -88,13 +89,6 @@ fn line(sign: char, r: &KernelRoute) -> String {
     format!("{sign} {} {} {}\n", r.dest, r.gateway, r.ifindex)
 }
 
-/// The byte at `len - 1` of `file`.
-fn last_byte(file: &File, len: u64) -> std::io::Result<u8> {
-    let mut b = [0];
-    file.read_exact_at(&mut b, len - 1)?;
-    Ok(b[0])
-}
-
 fn parse_line(l: &str) -> Option<(bool, KernelRoute)> {
     let mut it = l.split_ascii_whitespace();
     let add = match it.next()? {
@@ -123,11 +117,26 @@ impl RouteRecord {
         let mut live = BTreeSet::new();
         let mut bad = 0;
         let mut lines = 0;
+        // Bytes of whole lines (ended by a newline): where appends go.
+        let mut whole = 0u64;
         match File::open(&path) {
             Ok(f) => {
-                for l in BufReader::new(f).split(b'\n') {
-                    let l = l?;
-                    let Ok(l) = std::str::from_utf8(&l) else {
+                let mut reader = BufReader::new(f);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let n = reader.read_until(b'\n', &mut line)?;
+                    if n == 0 {
+                        break;
+                    }
+                    if line.last() != Some(&b'\n') {
+                        // A last line torn by a crash: whatever it reads
+                        // as (`/64` cut to `/6` still parses), not taken.
+                        bad += 1;
+                        break;
+                    }
+                    whole += n as u64;
+                    let Ok(l) = std::str::from_utf8(&line) else {
                         bad += 1;
                         continue;
                     };
@@ -155,22 +164,17 @@ impl RouteRecord {
             .read(true)
             .write(true)
             .open(&path)?;
-        // A last line without its newline (torn by a crash) was counted
-        // as malformed above; the first append goes after it, on a line
-        // of its own.
-        let len = file.metadata()?.len();
-        let mut record = RouteRecord {
+        // A torn last line is cut off before the first append.
+        let torn = file.metadata()?.len() > whole;
+        let record = RouteRecord {
             path,
             file,
-            len,
-            torn: false,
+            len: whole,
+            torn,
             live,
             lines,
             _held: held,
         };
-        if len > 0 && last_byte(&record.file, len)? != b'\n' {
-            record.write(b"\n")?;
-        }
         Ok((record, bad))
     }
 
@@ -357,7 +361,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(FILE_NAME),
-            "+ fd00:1::/64 fe80::1 2\n- fd00:1::/64 fe8",
+            // Torn from `... 12`: it parses, as ifindex 1.
+            "+ fd00:1::/64 fe80::1 2\n+ fd00:9::/64 fe80::1 1",
         )
         .unwrap();
         let (mut rec, bad) = RouteRecord::open(dir.path()).unwrap();

@@ -464,6 +464,12 @@ impl Nexthops {
         single(update).and_then(|key| self.ids.get(&key).copied())
     }
 
+    /// Whether a link went down (or its events may have been lost) since
+    /// the objects in `ids` were last looked up.
+    fn stale(&self) -> bool {
+        crate::netlink::links_lost() != self.checked_at
+    }
+
     /// Past `next`, within our range.
     fn advance(&mut self) {
         self.next = Some(self.next + 1)
@@ -482,9 +488,8 @@ impl Kernel {
         let on = self.nexthops.enabled();
         // Nor will it look every known object up again (a link went down
         // since the last look): one netlink round trip each.
-        let recheck = on
-            && !self.nexthops.ids.is_empty()
-            && crate::netlink::links_lost() != self.nexthops.checked_at;
+        let recheck =
+            on && !self.nexthops.ids.is_empty() && self.nexthops.stale();
         (!recheck && (on || self.nexthops.ids.is_empty())).then_some(on)
     }
 
@@ -724,8 +729,8 @@ impl Kernel {
     ) -> io::Result<()> {
         // A link went down since the last look: the kernel may have
         // dropped objects with it, so every known one is looked up first.
-        let lost = crate::netlink::links_lost();
-        if lost != self.nexthops.checked_at {
+        if self.nexthops.stale() {
+            let lost = crate::netlink::links_lost();
             let known: Vec<_> = self.nexthops.ids.keys().copied().collect();
             for key in known {
                 self.forget_if_gone(key)?;
