@@ -217,17 +217,21 @@ pub async fn run(args: Args) -> Result<(), String> {
         )
     });
 
-    let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
-        .map_err(|e| format!("supervisor did not answer: {e}"))?
-        .ok_or("the admin API is not listening")?;
-    if let Some(path) = &args.admin_port_file {
-        if let Err(e) = port_file::write(path, addr) {
-            // Stopped as on a signal: a router's worker may be removing
-            // routes a previous run left.
-            supervisor.stop(Some("the port file could not be written".into()));
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await;
-            return Err(e);
+    let ready = async {
+        let addr = ractor::call!(supervisor, SupervisorMsg::GetAdminAddr)
+            .map_err(|e| format!("supervisor did not answer: {e}"))?
+            .ok_or("the admin API is not listening")?;
+        match &args.admin_port_file {
+            Some(path) => port_file::write(path, addr),
+            None => Ok(()),
         }
+    };
+    if let Err(e) = ready.await {
+        // Stopped as on a signal, and waited for: a router's worker may be
+        // removing routes a previous run left.
+        supervisor.stop(Some(format!("not ready: {e}")));
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await;
+        return Err(e);
     }
     // Started: what startup alone ran need not stay resident.
     crate::pages::shed_startup_pages();

@@ -656,9 +656,10 @@ impl Actor for Exchange {
                     gen,
                     result: result
                         .map(|p| {
-                            Stats::add(
-                                &state.stats.items_malformed,
+                            state.stats.malformed_items(
                                 p.malformed,
+                                "a pull answer",
+                                &state.log,
                             );
                             PullAnswer {
                                 response: p.response,

@@ -59,7 +59,7 @@ pub(crate) fn decode_pull_answer(
 fn read<T, U>(body: &[u8], max_path_len: usize) -> Result<(U, usize), String>
 where
     T: serde::de::DeserializeOwned,
-    U: TryFrom<T, Error = String>,
+    U: From<T>,
 {
     SHARED.with(|s| {
         let mut s = s.borrow_mut();
@@ -67,8 +67,8 @@ where
         s.max_path_len = max_path_len.min(MAX_PATH_LEN_BOUND);
     });
     let read = serde_json::from_slice::<T>(body)
-        .map_err(|e| e.to_string())
-        .and_then(U::try_from);
+        .map(U::from)
+        .map_err(|e| e.to_string());
     // The names read are the update's now; drop the body's table.
     let malformed = SHARED.with(|s| {
         let mut s = s.borrow_mut();
@@ -189,8 +189,8 @@ mod exact {
         type Tunnel: DeserializeOwned;
         /// A tunnel endpoint as written.
         type Origin: DeserializeOwned + Ord;
-        /// The destination in v3.
-        fn destination(d: Self::Destination) -> Result<Ipv6Net, String>;
+        /// The destination in v3; `None` if malformed (counted).
+        fn destination(d: Self::Destination) -> Option<Ipv6Net>;
         /// The tunnel half in v3, malformed endpoints dropped.
         fn tunnel(t: Self::Tunnel) -> v3::TunnelUpdate;
         /// A tunnel endpoint in v3; `None` if malformed (counted).
@@ -207,8 +207,8 @@ mod exact {
         type Destination = Prefix;
         type Tunnel = v3::TunnelUpdate;
         type Origin = v3::TunnelOrigin;
-        fn destination(d: Prefix) -> Result<Ipv6Net, String> {
-            Ok(d.0)
+        fn destination(d: Prefix) -> Option<Ipv6Net> {
+            Some(d.0)
         }
         fn tunnel(t: v3::TunnelUpdate) -> v3::TunnelUpdate {
             t
@@ -222,8 +222,8 @@ mod exact {
         type Destination = v2::Ipv6Prefix;
         type Tunnel = v2::TunnelUpdate;
         type Origin = v2::TunnelOrigin;
-        fn destination(d: v2::Ipv6Prefix) -> Result<Ipv6Net, String> {
-            d.try_into().map_err(|e: ddm_proto::wire::WireError| e.to_string())
+        fn destination(d: v2::Ipv6Prefix) -> Option<Ipv6Net> {
+            d.try_into().map_or_else(super::malformed, Some)
         }
         fn tunnel(t: v2::TunnelUpdate) -> v3::TunnelUpdate {
             let set = |s: BTreeSet<v2::TunnelOrigin>| {
@@ -356,17 +356,16 @@ mod exact {
         wire: PhantomData<W>,
     }
 
-    impl<W: Wire> TryFrom<Update<W>> for OutUpdate {
-        type Error = String;
-        fn try_from(u: Update<W>) -> Result<OutUpdate, String> {
-            Ok(OutUpdate {
+    impl<W: Wire> From<Update<W>> for OutUpdate {
+        fn from(u: Update<W>) -> OutUpdate {
+            OutUpdate {
                 underlay: u.underlay.map(|u| OutUnderlay {
                     announce: u.announce,
                     withdraw: u.withdraw,
                     held: Default::default(),
                 }),
                 tunnel: u.tunnel.map(W::tunnel),
-            })
+            }
         }
     }
 
@@ -390,13 +389,12 @@ mod exact {
         }
     }
 
-    impl<W: Wire> TryFrom<Pull<W>> for OutPull {
-        type Error = String;
-        fn try_from(p: Pull<W>) -> Result<OutPull, String> {
+    impl<W: Wire> From<Pull<W>> for OutPull {
+        fn from(p: Pull<W>) -> OutPull {
             let tunnel = p
                 .tunnel
                 .map(|set| set.into_iter().filter_map(W::origin).collect());
-            Ok(OutPull { underlay: p.underlay.map(|s| s.0), tunnel })
+            OutPull { underlay: p.underlay.map(|s| s.0), tunnel }
         }
     }
 
@@ -418,9 +416,7 @@ mod exact {
             ) -> Result<Self::Value, A::Error> {
                 let mut read = Vec::new();
                 while let Some(p) = seq.next_element::<WirePath<W>>()? {
-                    if let Some(d) = W::destination(p.destination)
-                        .map_or_else(super::malformed, Some)
-                    {
+                    if let Some(d) = W::destination(p.destination) {
                         read.push(OutPath::new(d, p.path.0, None));
                     }
                 }

@@ -603,11 +603,7 @@ where
     drop(share);
     let update = match decoded {
         Ok((u, malformed)) => {
-            if malformed > 0 {
-                Stats::add(&ctx.stats.items_malformed, malformed);
-                debug!(ctx.log, "malformed items of a push dropped";
-                    "count" => malformed);
-            }
+            ctx.stats.malformed_items(malformed, "a push", &ctx.log);
             u
         }
         Err(reason) => {

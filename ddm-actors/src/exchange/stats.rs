@@ -118,4 +118,14 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
+
+    /// Count `n` items of a body (`what`: a push, a pull answer) dropped
+    /// as malformed, and say so.
+    pub fn malformed_items(&self, n: usize, what: &str, log: &slog::Logger) {
+        if n > 0 {
+            Self::add(&self.items_malformed, n);
+            slog::debug!(log, "malformed items dropped";
+                "count" => n, "from" => what);
+        }
+    }
 }
