@@ -634,6 +634,16 @@ mod tests {
         }
     }
 
+    /// Link a0's (index 2) event, up or down.
+    fn a0(up: bool) -> LinkEvent {
+        let ifname = "a0".into();
+        if up {
+            LinkEvent::Up { ifindex: 2, ifname }
+        } else {
+            LinkEvent::Down { ifindex: 2, ifname }
+        }
+    }
+
     fn link(ifindex: u32, name: &str, up: bool) -> LinkMessage {
         let mut l = LinkMessage::default();
         l.header.index = ifindex;
@@ -704,15 +714,6 @@ mod tests {
         let (tx, mut rx) = unbounded_channel();
         let mut w =
             Watcher { sink: tx, links: HashMap::new(), addrs: HashMap::new() };
-        // a0's events, up or down.
-        let a0 = |up: bool| {
-            let ifname = "a0".into();
-            if up {
-                LinkEvent::Up { ifindex: 2, ifname }
-            } else {
-                LinkEvent::Down { ifindex: 2, ifname }
-            }
-        };
         let counted = |i, name, downs| {
             let mut l = link(i, name, true);
             l.attributes.push(LinkAttribute::CarrierDownCount(downs));
@@ -852,14 +853,6 @@ mod tests {
                 },
                 slog::Logger::root(slog::Discard, o!()),
             ));
-            let a0 = |up: bool| {
-                let ifname = "a0".into();
-                if up {
-                    LinkEvent::Up { ifindex: 2, ifname }
-                } else {
-                    LinkEvent::Down { ifindex: 2, ifname }
-                }
-            };
             for want in [a0(true), a0(false), a0(true)] {
                 assert_eq!(rx.recv().await, Some(want));
             }

@@ -466,6 +466,14 @@ fn routes_with_one_nexthop_share_its_object() {
 
 /// A dataplane with objects on, and fd00:1::/64 via fe80::1 on a0
 /// installed through one: the dataplane and the object's id.
+/// Whether a batch of one runs on the calling thread (the runtime's, in
+/// these tests) rather than the blocking pool.
+async fn one_runs_inline(dp: &LinuxDataplane) -> bool {
+    let here = std::thread::current().id();
+    let on = || std::thread::current().id();
+    dp.with_socket(1, move |_, _| on()).await.unwrap() == here
+}
+
 async fn one_route_through_an_object(ns: &Netns) -> (LinuxDataplane, u64) {
     let a0 = ns.ifindex("a0");
     let mut dp = dataplane(true);
@@ -528,20 +536,12 @@ fn routes_leave_their_objects_when_objects_go_off() {
             dp.set_nexthop_objects(Some(false));
             // Leaving the objects sends every route of ours again: even a
             // batch of one then runs off the runtime thread (this test's).
-            let here = std::thread::current().id();
-            let on = || std::thread::current().id();
-            assert_ne!(
-                dp.with_socket(1, move |_, _| on()).await.unwrap(),
-                here
-            );
+            assert!(!one_runs_inline(&dp).await);
             dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
                 .await
                 .unwrap();
             // Nothing left to leave: inline again.
-            assert_eq!(
-                dp.with_socket(1, move |_, _| on()).await.unwrap(),
-                here
-            );
+            assert!(one_runs_inline(&dp).await);
             assert_eq!(
                 route_objects(&ns),
                 BTreeMap::from([
@@ -569,24 +569,13 @@ fn objects_to_look_up_again_keep_a_small_batch_off_the_runtime_thread() {
         |ns| async move {
             let a0 = ns.ifindex("a0");
             let (mut dp, _) = one_route_through_an_object(&ns).await;
-            let here = std::thread::current().id();
-            let on = || std::thread::current().id();
-            assert_eq!(
-                dp.with_socket(1, move |_, _| on()).await.unwrap(),
-                here
-            );
+            assert!(one_runs_inline(&dp).await);
             crate::netlink::count_link_lost();
-            assert_ne!(
-                dp.with_socket(1, move |_, _| on()).await.unwrap(),
-                here
-            );
+            assert!(!one_runs_inline(&dp).await);
             dp.apply(vec![update("fd00:2::/64", &[nh("fe80::1", a0)])])
                 .await
                 .unwrap();
-            assert_eq!(
-                dp.with_socket(1, move |_, _| on()).await.unwrap(),
-                here
-            );
+            assert!(one_runs_inline(&dp).await);
             dp.remove_all().await.unwrap();
         },
     );

@@ -62,11 +62,17 @@ async fn start_logging(
 }
 
 async fn rig() -> Rig {
+    rig_and_port().await.0
+}
+
+/// A rig, and a handle on our side's port (to re-create the interface).
+async fn rig_and_port() -> (Rig, MemoryPort) {
     let (local, remote) =
         MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
+    let probe = local.clone();
     let wire = remote.subscribe();
     let (actor, events) = start_with(PacketIo::Memory(local), "me").await;
-    Rig { actor, remote, wire, events }
+    (Rig { actor, remote, wire, events }, probe)
 }
 
 fn advert(host: &str) -> Vec<u8> {
@@ -279,12 +285,7 @@ async fn link_down_expires_at_once_and_silences() {
 /// next solicitation's check.
 #[tokio::test(start_paused = true)]
 async fn link_up_on_a_re_created_interface_opens_it_at_once() {
-    let (local, remote) =
-        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
-    let probe = local.clone();
-    let wire = remote.subscribe();
-    let (actor, events) = start_with(PacketIo::Memory(local), "me").await;
-    let mut r = Rig { actor, remote, wire, events };
+    let (mut r, probe) = rig_and_port().await;
     r.bring_peer_up().await;
     r.actor.cast(DiscoveryMsg::LinkDown).unwrap();
     assert!(matches!(r.peer_event().await, DiscoveryEvent::PeerDown { .. }));
@@ -308,12 +309,7 @@ async fn link_up_on_a_re_created_interface_opens_it_at_once() {
 /// soliciting goes on from there.
 #[tokio::test(start_paused = true)]
 async fn link_up_on_a_re_created_interface_without_a_down_moves_the_peer() {
-    let (local, remote) =
-        MemoryPort::pair((OUR_IF, ours()), (THEIR_IF, theirs()));
-    let probe = local.clone();
-    let wire = remote.subscribe();
-    let (actor, events) = start_with(PacketIo::Memory(local), "me").await;
-    let mut r = Rig { actor, remote, wire, events };
+    let (mut r, probe) = rig_and_port().await;
     r.bring_peer_up().await;
     probe.recreate(12);
     r.actor.cast(DiscoveryMsg::LinkUp).unwrap();
