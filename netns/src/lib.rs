@@ -13,7 +13,8 @@
 //! namespaces still held and deletes them before the process exits; and
 //! what a topology spawns is killed by the kernel if the thread that
 //! spawned it dies first (`PR_SET_PDEATHSIG`), SIGKILL of the test
-//! included.
+//! included. The namespaces of a process killed outright are deleted by
+//! the next process's gate ([`sweep_stale`]).
 //!
 //! Tests call [`require_netns`] first: it skips loudly where namespaces are
 //! unavailable (not root, no `ip`, no `ping`), and fails instead when
@@ -70,11 +71,17 @@ pub struct Namespace {
 
 impl Namespace {
     /// `ip netns add name`, held from before it is made (so an interrupt
-    /// meanwhile deletes it too).
+    /// meanwhile deletes it too), its owner (this process) recorded in
+    /// [`owner_file`] for [`sweep_stale`].
     pub fn add(name: &str) -> Result<Namespace, String> {
         clean_up_on_interrupt();
         HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
         let held = Namespace { name: name.to_string() };
+        let me = std::process::id();
+        let owner = format!("{me} {}\n", start_time(me).unwrap_or(0));
+        std::fs::create_dir_all(OWNERS_DIR)
+            .and_then(|()| std::fs::write(owner_file(name), owner))
+            .map_err(|e| format!("recording the owner of {name}: {e}"))?;
         run_ok(&mut ip(["netns", "add", name]))?;
         Ok(held)
     }
@@ -87,15 +94,73 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let listed = std::path::Path::new(NETNS_RUN_DIR).join(&self.name);
-        if listed.exists() {
-            if let Err(e) = run_ok(&mut ip(["netns", "del", &self.name])) {
-                eprintln!("netns cleanup: {e}");
-                return;
-            }
+        if let Err(e) = delete(&self.name) {
+            eprintln!("netns cleanup: {e}");
+            return;
         }
         HELD.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
     }
+}
+
+/// Where the owner of each namespace this crate made is recorded (its pid
+/// and start time), while the namespace lives.
+const OWNERS_DIR: &str = "/run/ddm-netns-owners";
+
+/// The file recording the owner of namespace `ns`.
+pub fn owner_file(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new(OWNERS_DIR).join(ns)
+}
+
+/// When process `pid` started (field 22 of its `stat`, in clock ticks
+/// since boot): with the pid, who it is (a pid is reused).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kill what runs in namespace `ns` and delete it, with its owner file.
+fn delete(ns: &str) -> Result<(), String> {
+    if std::path::Path::new(NETNS_RUN_DIR).join(ns).exists() {
+        if let Ok(out) = ip(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        run_ok(&mut ip(["netns", "del", ns]))?;
+    }
+    let _ = std::fs::remove_file(owner_file(ns));
+    Ok(())
+}
+
+/// Delete the namespaces whose owner is gone (a test run killed with
+/// SIGKILL, which no handler sees): those recorded in [`OWNERS_DIR`] by a
+/// process that no longer runs. Runs once per process, when the gate is
+/// first asked; returns how many it deleted.
+pub fn sweep_stale() -> usize {
+    let Ok(entries) = std::fs::read_dir(OWNERS_DIR) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let ns = entry.file_name().to_string_lossy().into_owned();
+        let owner = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut fields = owner.split_whitespace();
+        let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        let started = fields.next().and_then(|t| t.parse::<u64>().ok());
+        let alive = pid.is_some_and(|p| {
+            start_time(p).is_some() && start_time(p) == started
+        });
+        if !alive && delete(&ns).is_ok() {
+            eprintln!("netns: deleted {ns}, left by a test run that is gone");
+            swept += 1;
+        }
+    }
+    swept
 }
 
 extern "C" fn interrupted(signal: libc::c_int) {
@@ -147,18 +212,7 @@ fn clean_up_on_interrupt() {
                 // Held to the end: no namespace is made meanwhile.
                 let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
                 for ns in held.iter() {
-                    if let Ok(out) = ip(["netns", "pids", ns]).output() {
-                        for pid in String::from_utf8_lossy(&out.stdout)
-                            .split_whitespace()
-                            .filter_map(|p| p.parse::<i32>().ok())
-                        {
-                            // SAFETY: plain kill(2).
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
-                        }
-                    }
-                }
-                for ns in held.iter() {
-                    let _ = run(&mut ip(["netns", "del", ns]));
+                    let _ = delete(ns);
                 }
                 eprintln!(
                     "netns: interrupted; deleted {} namespaces",
@@ -307,6 +361,7 @@ pub fn netns_available() -> Result<(), String> {
             }
             run_ok(&mut ip(["-V"]))
                 .map_err(|e| format!("`ip` unavailable: {e}"))?;
+            sweep_stale();
             // The suites ping across their fabrics: a machine without ping
             // cannot run them (a skip here, not a failure halfway).
             ping_available()?;

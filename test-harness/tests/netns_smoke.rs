@@ -6,8 +6,8 @@
 //! `DDM_REQUIRE_NETNS=1`).
 
 use ddm_test_harness::netns::{
-    die_with_test, in_netns, ping_available, require_netns, wait_exit,
-    wait_until, Topology,
+    die_with_test, in_netns, owner_file, ping_available, require_netns,
+    sweep_stale, wait_exit, wait_until, Topology,
 };
 use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::process::{Command, Stdio};
@@ -365,4 +365,29 @@ fn an_interrupted_test_leaves_no_namespace_or_process() {
         }
     })
     .unwrap();
+}
+
+/// The namespaces of a test run killed outright (SIGKILL: no handler sees
+/// it) are deleted by the next run's gate: their recorded owner is gone.
+/// One alive is left alone.
+#[test]
+fn namespaces_whose_owner_is_gone_are_swept() {
+    if !require_netns("namespaces_whose_owner_is_gone_are_swept") {
+        return;
+    }
+    // An owner that has ended: a process run to its end.
+    let mut ended = Command::new("true").spawn().unwrap();
+    let gone = ended.id();
+    ended.wait().unwrap();
+    let stale = format!("ddm-stale-{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &stale]).status();
+    assert!(ok.unwrap().success());
+    std::fs::write(owner_file(&stale), format!("{gone} 1\n")).unwrap();
+    // One of this (live) process's, made through the crate.
+    let (topo, _) = pair("sweep");
+    assert!(sweep_stale() >= 1);
+    let listed = listed_namespaces();
+    assert!(!listed.contains(&stale), "{listed:?}");
+    assert!(!owner_file(&stale).exists());
+    assert!(topo.namespaces().iter().all(|n| listed.contains(n)), "{listed:?}");
 }
