@@ -46,7 +46,7 @@ use slog::{debug, warn, Logger};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::discovery::{Counters as DiscoveryCounters, DiscoveryMsg};
+use crate::discovery::DiscoveryMsg;
 use crate::exchange::actor::ExchangeMsg;
 use crate::router::RouterMsg;
 use crate::supervisor::{SupervisorMsg, SupervisorRef};
@@ -71,13 +71,6 @@ pub const METRICS_CONTENT_TYPE: &str =
 
 pub use crate::store::StoreCounters;
 pub use crate::supervisor::CounterSources;
-
-/// The discovery counters by name, and the drops by reason.
-pub fn discovery_named(
-    c: &DiscoveryCounters,
-) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-    (c.named(), c.drops.named())
-}
 
 /// Why an actor asked for its counters gave none.
 enum NoAnswer {
@@ -143,7 +136,7 @@ pub async fn gather(
     for (name, c) in discovery {
         match c {
             Ok(c) => {
-                let (counters, drops) = discovery_named(&c);
+                let (counters, drops) = (c.named(), c.drops.named());
                 report.discovery.push(InterfaceCounters {
                     interface: name.clone(),
                     counters,

@@ -650,12 +650,6 @@ impl Store {
         self.lock().failing.clone()
     }
 
-    /// Whether the last write failed (see [`Store::failing`]), without a
-    /// copy of its error.
-    pub fn is_failing(&self) -> bool {
-        self.lock().failing.is_some()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves nothing half-done that
         // redb has not already guarded against; carry on.
@@ -700,15 +694,16 @@ impl Store {
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return !self.path.exists();
         };
-        let mut buf = vec![0u8; 64 << 10];
-        let mut magic = [0u8; MAGIC_LEN];
-        let head = file.read_exact(&mut magic);
-        if head.is_ok() && magic != [0; MAGIC_LEN] {
+        // The magic number's place: zeros (or less of the file, zeros).
+        let mut head = Vec::with_capacity(MAGIC_LEN);
+        let read = (&mut file).take(MAGIC_LEN as u64).read_to_end(&mut head);
+        if read.is_err() || head.iter().any(|b| *b != 0) {
             return false;
         }
         if file.seek(std::io::SeekFrom::Start(HEADER_PAGE)).is_err() {
             return false;
         }
+        let mut buf = vec![0u8; 64 << 10];
         loop {
             match file.read(&mut buf) {
                 Ok(0) => return true,

@@ -221,7 +221,7 @@ impl AdminState {
     /// `change` is made against the mirror (it adds only what the mirror
     /// lacks, removes only what it holds), as `change` builds it.
     async fn update(&mut self, change: StoreChange) -> Result<(), StoreError> {
-        if self.store.is_failing() {
+        if self.store.failing().is_some() {
             return self.recover(change).await;
         }
         if change.is_empty() {
@@ -296,7 +296,7 @@ impl AdminState {
             remove_tunnels: only_in(asked.remove_tunnels, &o.tunnels),
         };
         // A failing store is rewritten whole (`recover`).
-        let rewrite = self.store.is_failing();
+        let rewrite = self.store.failing().is_some();
         let _ = reply.send(self.update(change).await);
         // The change's sets, the store's write (a rewrite's: the whole
         // set) and the request are freed by now, after the router's own

@@ -1066,9 +1066,8 @@ mod tests {
             let Some(Seen::Pushed(u)) = seen.recv().await else {
                 panic!("no push");
             };
-            let wire = u;
-            let items = wire.underlay.map_or(0, |u| u.announce.len())
-                + wire.tunnel.map_or(0, |t| t.announce.len());
+            let items = u.underlay.map_or(0, |u| u.announce.len())
+                + u.tunnel.map_or(0, |t| t.announce.len());
             assert_eq!(items, 0, "{body}");
         }
         let c = ctx.stats.snapshot();

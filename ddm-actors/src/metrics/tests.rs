@@ -1,6 +1,7 @@
 //! Tests of [`super`] (`metrics.rs`).
 
 use super::*;
+use crate::discovery::Counters as DiscoveryCounters;
 use std::net::Ipv6Addr;
 use uuid::Uuid;
 
@@ -11,7 +12,7 @@ fn report() -> CountersReport {
         ..Default::default()
     };
     disc.drops.truncated = 5;
-    let (counters, drops) = discovery_named(&disc);
+    let (counters, drops) = (disc.named(), disc.drops.named());
     CountersReport {
         rack_id: Some(Uuid::from_u128(1)),
         sled_id: Some(Uuid::from_u128(2)),
