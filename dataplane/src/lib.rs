@@ -22,6 +22,19 @@ use oxnet::Ipv6Net;
 
 pub use ddm_types::TunnelOrigin;
 
+/// The delay before the next attempt after `failures` consecutive
+/// failures: `first` after the first, doubling, at most `most`. Written
+/// once for the whole daemon (`ddm_actors::timer` re-exports it): the
+/// actors' back-off and the link watcher's reconnection use it.
+pub fn backoff_between(
+    first: std::time::Duration,
+    most: std::time::Duration,
+    failures: u32,
+) -> std::time::Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    first.saturating_mul(1 << doublings).min(most)
+}
+
 pub mod dpd;
 pub mod illumos;
 #[cfg(all(target_os = "linux", feature = "netlink"))]

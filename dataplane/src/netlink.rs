@@ -219,8 +219,12 @@ fn connect(log: &Logger) -> std::io::Result<Conn> {
 /// The pause before the connection is made again after `failures` in a
 /// row: 100 ms, doubling to 5 s.
 fn reconnect_pause(failures: u32) -> std::time::Duration {
-    let ms = 100u64 << failures.min(6);
-    std::time::Duration::from_millis(ms.min(5000))
+    use std::time::Duration;
+    crate::backoff_between(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        failures + 1,
+    )
 }
 
 /// Report through `watcher` what `first`, then each connection `connect`
@@ -236,7 +240,6 @@ async fn watch(
     let _watching = Watching::start();
     let mut conn = Some(first);
     let mut failures = 0;
-    let mut started = false;
     loop {
         let mut c = match conn.take() {
             Some(c) => c,
@@ -268,14 +271,9 @@ async fn watch(
         if watcher.sink.is_closed() {
             return;
         }
-        if !started {
-            info!(log, "watching links and addresses";
-                "links" => watcher.links.len(),
-                "addresses" => watcher.addrs.len());
-        } else {
-            info!(log, "watching links and addresses again");
-        }
-        started = true;
+        info!(log, "watching links and addresses";
+            "links" => watcher.links.len(),
+            "addresses" => watcher.addrs.len());
         while let Some(message) = c.messages.next().await {
             // A connection that delivers: the pause starts short again
             // (one that ends after each dump waits longer each time).
@@ -803,7 +801,9 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            type Sender = UnboundedSender<NetlinkMessage<RouteNetlinkMessage>>;
+            type Sender = futures::channel::mpsc::UnboundedSender<
+                NetlinkMessage<RouteNetlinkMessage>,
+            >;
             let counted = |downs| {
                 let mut l = link(2, "a0", true);
                 l.attributes.push(LinkAttribute::CarrierDownCount(downs));
@@ -812,11 +812,7 @@ mod tests {
             // A connection that dumps `dump`; its messages end when the
             // sender returned is dropped.
             let fake = |dump: DumpResult| -> (Conn, Sender) {
-                let (tx, rx) = unbounded_channel();
-                let messages =
-                    futures::stream::unfold(rx, |mut rx| async move {
-                        rx.recv().await.map(|m| (m, rx))
-                    });
+                let (tx, messages) = futures::channel::mpsc::unbounded();
                 let conn = Conn {
                     _task: None,
                     dump: Box::new(move || {

@@ -32,15 +32,9 @@ pub fn backoff(failures: u32) -> Duration {
     backoff_between(BACKOFF_MIN, BACKOFF_MAX, failures)
 }
 
-/// [`backoff`] from `first` up to `most`.
-pub fn backoff_between(
-    first: Duration,
-    most: Duration,
-    failures: u32,
-) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    first.saturating_mul(1 << doublings).min(most)
-}
+/// [`backoff`] from `first` up to `most` (kept in `ddm-dataplane`, whose
+/// link watcher uses it too).
+pub use ddm_dataplane::backoff_between;
 
 /// Cast `msg` to `to` after `after`, unless the returned task is aborted
 /// first. An actor gone by then is no error: the message is dropped.

@@ -117,55 +117,50 @@ impl RouteRecord {
         let mut live = BTreeSet::new();
         let mut bad = 0;
         let mut lines = 0;
-        // Bytes of whole lines (ended by a newline): where appends go.
-        let mut whole = 0u64;
-        match File::open(&path) {
-            Ok(f) => {
-                let mut reader = BufReader::new(f);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let n = reader.read_until(b'\n', &mut line)?;
-                    if n == 0 {
-                        break;
-                    }
-                    if line.last() != Some(&b'\n') {
-                        // A last line torn by a crash: whatever it reads
-                        // as (`/64` cut to `/6` still parses), not taken.
-                        bad += 1;
-                        break;
-                    }
-                    whole += n as u64;
-                    let Ok(l) = std::str::from_utf8(&line) else {
-                        bad += 1;
-                        continue;
-                    };
-                    if l.trim().is_empty() {
-                        continue;
-                    }
-                    lines += 1;
-                    match parse_line(l) {
-                        Some((true, r)) => {
-                            live.insert(r);
-                        }
-                        Some((false, r)) => {
-                            live.remove(&r);
-                        }
-                        None => bad += 1,
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)?;
-        // A torn last line is cut off before the first append.
-        let torn = file.metadata()?.len() > whole;
+        // Bytes of whole lines (ended by a newline): where appends go. A
+        // torn last line is cut off before the first append.
+        let mut whole = 0u64;
+        let mut torn = false;
+        let mut reader = BufReader::new(&file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                // A last line torn by a crash: whatever it reads as
+                // (`/64` cut to `/6` still parses), not taken.
+                bad += 1;
+                torn = true;
+                break;
+            }
+            whole += n as u64;
+            let Ok(l) = std::str::from_utf8(&line) else {
+                bad += 1;
+                continue;
+            };
+            if l.trim().is_empty() {
+                continue;
+            }
+            lines += 1;
+            match parse_line(l) {
+                Some((true, r)) => {
+                    live.insert(r);
+                }
+                Some((false, r)) => {
+                    live.remove(&r);
+                }
+                None => bad += 1,
+            }
+        }
         let record = RouteRecord {
             path,
             file,

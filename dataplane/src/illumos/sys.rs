@@ -139,6 +139,7 @@ impl RouteSocket for RtSocket {
                 &encode_getall(SEQ.fetch_add(1, Ordering::Relaxed)),
             )?;
             let mut buf = vec![0u8; size];
+            let pid = std::process::id() as i32;
             // Other routing messages may arrive first: read until a read
             // holds listing entries.
             for _ in 0..8 {
@@ -166,7 +167,6 @@ impl RouteSocket for RtSocket {
                         "the routing listing does not fit the largest buffer",
                     ));
                 }
-                let pid = std::process::id() as i32;
                 if let Some(listed) = listing(&buf[..n], pid) {
                     return listed.map_err(|e| {
                         io::Error::other(format!(

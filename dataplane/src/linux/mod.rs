@@ -340,19 +340,13 @@ impl Dataplane for LinuxDataplane {
             })
             .await;
         let updates = Arc::try_unwrap(shared).unwrap_or_else(|u| (*u).clone());
+        let done = done
+            .map_err(|e| e.to_string())
+            .and_then(|f| f.map_err(|e| format!("netlink: {e}")));
         let failures = match done {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                return Err(DataplaneError::Incomplete {
-                    error: format!("netlink: {e}"),
-                    updates,
-                })
-            }
-            Err(e) => {
-                return Err(DataplaneError::Incomplete {
-                    error: e.to_string(),
-                    updates,
-                })
+            Ok(f) => f,
+            Err(error) => {
+                return Err(DataplaneError::Incomplete { error, updates })
             }
         };
         refusals(updates, failures, &self.log)
@@ -464,10 +458,11 @@ impl Nexthops {
         single(update).and_then(|key| self.ids.get(&key).copied())
     }
 
-    /// Whether a link went down (or its events may have been lost) since
-    /// the objects in `ids` were last looked up.
-    fn stale(&self) -> bool {
-        crate::netlink::links_lost() != self.checked_at
+    /// If a link went down (or its events may have been lost) since the
+    /// objects in `ids` were last looked up, the count of such losses now.
+    fn stale(&self) -> Option<u64> {
+        let lost = crate::netlink::links_lost();
+        (lost != self.checked_at).then_some(lost)
     }
 
     /// Past `next`, within our range.
@@ -488,8 +483,9 @@ impl Kernel {
         let on = self.nexthops.enabled();
         // Nor will it look every known object up again (a link went down
         // since the last look): one netlink round trip each.
-        let recheck =
-            on && !self.nexthops.ids.is_empty() && self.nexthops.stale();
+        let recheck = on
+            && !self.nexthops.ids.is_empty()
+            && self.nexthops.stale().is_some();
         (!recheck && (on || self.nexthops.ids.is_empty())).then_some(on)
     }
 
@@ -729,8 +725,7 @@ impl Kernel {
     ) -> io::Result<()> {
         // A link went down since the last look: the kernel may have
         // dropped objects with it, so every known one is looked up first.
-        if self.nexthops.stale() {
-            let lost = crate::netlink::links_lost();
+        if let Some(lost) = self.nexthops.stale() {
             let known: Vec<_> = self.nexthops.ids.keys().copied().collect();
             for key in known {
                 self.forget_if_gone(key)?;
