@@ -77,10 +77,7 @@ impl Namespace {
         clean_up_on_interrupt();
         HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
         let held = Namespace { name: name.to_string() };
-        let me = std::process::id();
-        let owner = format!("{me} {}\n", start_time(me).unwrap_or(0));
-        std::fs::create_dir_all(OWNERS_DIR)
-            .and_then(|()| std::fs::write(owner_file(name), owner))
+        std::fs::write(owner_file(name), owner_line()?)
             .map_err(|e| format!("recording the owner of {name}: {e}"))?;
         run_ok(&mut ip(["netns", "add", name]))?;
         Ok(held)
@@ -94,7 +91,7 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        if let Err(e) = delete(&self.name) {
+        if let Err(e) = delete(&self.name, false) {
             eprintln!("netns cleanup: {e}");
             return;
         }
@@ -111,6 +108,21 @@ pub fn owner_file(ns: &str) -> std::path::PathBuf {
     std::path::Path::new(OWNERS_DIR).join(ns)
 }
 
+/// What an owner file of this process says (its pid and start time),
+/// with the owners' directory made: once per process.
+fn owner_line() -> Result<&'static str, String> {
+    static LINE: OnceLock<Result<String, String>> = OnceLock::new();
+    LINE.get_or_init(|| {
+        let me = std::process::id();
+        std::fs::create_dir_all(OWNERS_DIR)
+            .map_err(|e| format!("making {OWNERS_DIR}: {e}"))?;
+        Ok(format!("{me} {}\n", start_time(me).unwrap_or(0)))
+    })
+    .as_ref()
+    .map(String::as_str)
+    .map_err(Clone::clone)
+}
+
 /// When process `pid` started (field 22 of its `stat`, in clock ticks
 /// since boot): with the pid, who it is (a pid is reused).
 fn start_time(pid: u32) -> Option<u64> {
@@ -119,10 +131,12 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Kill what runs in namespace `ns` and delete it, with its owner file.
-fn delete(ns: &str) -> Result<(), String> {
+/// Delete namespace `ns`, with its owner file; `kill`: kill what runs in
+/// it first (an interrupted or dead owner's; a topology reaps its own).
+fn delete(ns: &str, kill: bool) -> Result<(), String> {
     if std::path::Path::new(NETNS_RUN_DIR).join(ns).exists() {
-        if let Ok(out) = ip(["netns", "pids", ns]).output() {
+        let pids = kill.then(|| ip(["netns", "pids", ns]).output().ok());
+        if let Some(Some(out)) = pids {
             for pid in String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .filter_map(|p| p.parse::<i32>().ok())
@@ -152,10 +166,9 @@ pub fn sweep_stale() -> usize {
         let mut fields = owner.split_whitespace();
         let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
         let started = fields.next().and_then(|t| t.parse::<u64>().ok());
-        let alive = pid.is_some_and(|p| {
-            start_time(p).is_some() && start_time(p) == started
-        });
-        if !alive && delete(&ns).is_ok() {
+        let alive =
+            pid.and_then(start_time).is_some_and(|t| Some(t) == started);
+        if !alive && delete(&ns, true).is_ok() {
             eprintln!("netns: deleted {ns}, left by a test run that is gone");
             swept += 1;
         }
@@ -212,7 +225,7 @@ fn clean_up_on_interrupt() {
                 // Held to the end: no namespace is made meanwhile.
                 let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
                 for ns in held.iter() {
-                    let _ = delete(ns);
+                    let _ = delete(ns, true);
                 }
                 eprintln!(
                     "netns: interrupted; deleted {} namespaces",
@@ -366,10 +379,12 @@ pub fn netns_available() -> Result<(), String> {
             // cannot run them (a skip here, not a failure halfway).
             ping_available()?;
             let probe = format!("ddm-probe-{}{}", process_tag(), next_seq());
-            run_ok(&mut ip(["netns", "add", &probe]))
+            let made = Namespace::add(&probe)
                 .map_err(|e| format!("cannot create a namespace: {e}"))?;
-            run_ok(&mut ip(["netns", "del", &probe]))
-                .map_err(|e| format!("cannot delete namespace {probe}: {e}"))?;
+            drop(made);
+            if std::path::Path::new(NETNS_RUN_DIR).join(&probe).exists() {
+                return Err(format!("cannot delete namespace {probe}"));
+            }
             Ok(())
         })
         .clone()
@@ -510,9 +525,8 @@ pub fn ping_available() -> Result<(), String> {
 struct Node {
     /// The name tests use, e.g. `s1`.
     name: String,
-    /// The namespace name, unique per process and topology.
-    ns: String,
-    /// The namespace itself, deleted when dropped.
+    /// The namespace (its name unique per process and topology), deleted
+    /// when dropped.
     held: Namespace,
 }
 
@@ -597,7 +611,7 @@ impl Topology {
         let ns = format!("{}-{name}", self.ns_prefix);
         let held = Namespace::add(&ns)?;
         // Record it before configuring, so a failure below still deletes it.
-        self.nodes.push(Node { name: name.to_string(), ns: ns.clone(), held });
+        self.nodes.push(Node { name: name.to_string(), held });
         // DAD off before any link exists, so new link-local addresses are
         // usable at once instead of tentative for ~2 s.
         let mut sysctls = vec![
@@ -620,7 +634,7 @@ impl Topology {
         self.nodes
             .iter()
             .find(|n| n.name == node)
-            .map(|n| n.ns.as_str())
+            .map(|n| n.held.name())
             .ok_or_else(|| {
                 format!("no node {node} in topology {}", self.ns_prefix)
             })
@@ -628,7 +642,7 @@ impl Topology {
 
     /// Every namespace this topology created, in creation order.
     pub fn namespaces(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.ns.clone()).collect()
+        self.nodes.iter().map(|n| n.held.name().to_string()).collect()
     }
 
     /// Every link created so far, in creation order.

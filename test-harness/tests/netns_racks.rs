@@ -26,7 +26,7 @@
 
 use std::time::Duration;
 
-use ddm_test_harness::netns::{ping_available, require_netns, wait_until};
+use ddm_test_harness::netns::{require_netns, wait_until};
 use ddm_test_harness::racks::{Racks, RacksSpec, Role};
 
 /// How long the fabric may take to route every server to every other.
@@ -60,7 +60,6 @@ fn one_rack_forwards_every_flow() {
 /// Builds `spec`, originates every server's /64, waits for convergence,
 /// then checks and reports as the module says; fails naming every finding.
 fn forwards_every_flow(what: &str, tag: &str, spec: RacksSpec) {
-    ping_available().unwrap();
     let racks = Racks::build(tag, spec, &[])
         .unwrap_or_else(|e| panic!("building the fabric ({what}): {e}"));
     eprintln!(

@@ -20,7 +20,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use ddm_test_harness::fabric::Fabric;
-use ddm_test_harness::netns::{ping_available, require_netns, wait_until};
+use ddm_test_harness::netns::{require_netns, wait_until};
 
 /// Generous bound for anything that involves the routers' timers, under a
 /// loaded 2-core CI machine.
@@ -217,7 +217,6 @@ impl Net {
 
     /// Waits until a ping from `node`, sourced from `src`, reaches `dst`.
     fn wait_ping(&self, node: &str, src: &str, dst: &str) {
-        ping_available().unwrap();
         self.wait(&format!("{node}: ping {src} → {dst}"), || {
             let out = self.f.topo().exec(
                 node,
