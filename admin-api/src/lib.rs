@@ -65,10 +65,67 @@ pub type PeerMap<P> = BTreeMap<u32, P>;
 /// a set, each prefix was an insertion that searched the tree from its
 /// root: 100,000 prefixes took about 20 ms before the daemon could act on
 /// them, half of it in those insertions; a list is sorted and built into a
-/// set in one pass by whoever takes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// set in one pass by whoever takes it. Each prefix is read as `Ipv6Net`'s
+/// own `Deserialize` reads it (the same strings taken, the same error
+/// text, its position given just past the string rather than past what
+/// follows it), but from the body's text rather than a new `String` each,
+/// and parsed by [`ddm_types::text::parse_net`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrefixList(pub Vec<Ipv6Net>);
+
+impl<'de> Deserialize<'de> for PrefixList {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        use std::fmt;
+
+        /// One prefix of the list.
+        struct Prefix(Ipv6Net);
+
+        impl<'de> Deserialize<'de> for Prefix {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> Result<Self, D::Error> {
+                struct Text;
+                impl Visitor<'_> for Text {
+                    type Value = Prefix;
+                    fn expecting(
+                        &self,
+                        f: &mut fmt::Formatter<'_>,
+                    ) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: Error>(self, v: &str) -> Result<Prefix, E> {
+                        ddm_types::text::parse_net(v)
+                            .map(Prefix)
+                            .map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Text)
+            }
+        }
+
+        struct List;
+        impl<'de> Visitor<'de> for List {
+            type Value = PrefixList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PrefixList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Prefix(p)) = seq.next_element()? {
+                    out.push(p);
+                }
+                Ok(PrefixList(out))
+            }
+        }
+        d.deserialize_seq(List)
+    }
+}
 
 impl JsonSchema for PrefixList {
     fn schema_name() -> String {
@@ -198,4 +255,38 @@ pub trait DdmAdminApi {
     async fn disable_stats(
         rqctx: RequestContext<Self::Context>,
     ) -> Result<HttpResponseUpdatedNoContent, HttpError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_list_reads_as_a_list_of_prefixes() {
+        for body in [
+            r#"["fd00::/64", "fd00:1::/48", "fd00::/64"]"#,
+            r#"[]"#,
+            r#"["FD00::1/128", "::/0", "::ffff:1.2.3.4/128"]"#,
+            r#"["fd00::/129"]"#,
+            r#"["fd00::"]"#,
+            r#"["fd00::g/64"]"#,
+            r#"["fd00::/64", 5]"#,
+            r#"["fd\u0030::/64"]"#,
+            r#"{"a": 1}"#,
+            r#"null"#,
+            r#"["fd00::/64""#,
+        ] {
+            // The error's text without its position.
+            let text = |e: serde_json::Error| {
+                let t = e.to_string();
+                t[..t.rfind(" at line").unwrap_or(t.len())].to_string()
+            };
+            let ours = serde_json::from_str::<PrefixList>(body)
+                .map(|l| l.0)
+                .map_err(text);
+            let theirs =
+                serde_json::from_str::<Vec<Ipv6Net>>(body).map_err(text);
+            assert_eq!(ours, theirs, "{body}");
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! here. The admin API re-exports them where
 //! its published versions name them, so their OpenAPI shapes are unchanged.
 
+pub mod text;
+
 use std::net::Ipv6Addr;
 
 use oxnet::{IpNet, Ipv6Net};

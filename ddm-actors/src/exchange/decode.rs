@@ -166,8 +166,10 @@ mod exact {
     use std::collections::BTreeSet;
     use std::fmt;
     use std::marker::PhantomData;
+    use std::net::Ipv6Addr;
     use std::sync::Arc;
 
+    use ddm_types::text;
     use oxnet::Ipv6Net;
     use serde::de::{
         DeserializeOwned, Deserializer, Error, SeqAccess, Visitor,
@@ -219,10 +221,11 @@ mod exact {
     }
 
     impl Wire for V2 {
-        type Destination = v2::Ipv6Prefix;
+        type Destination = V2Prefix;
         type Tunnel = v2::TunnelUpdate;
         type Origin = v2::TunnelOrigin;
-        fn destination(d: v2::Ipv6Prefix) -> Option<Ipv6Net> {
+        fn destination(d: V2Prefix) -> Option<Ipv6Net> {
+            let d = v2::Ipv6Prefix { addr: d.addr.0, len: d.len };
             d.try_into().map_or_else(super::malformed, Some)
         }
         fn tunnel(t: v2::TunnelUpdate) -> v3::TunnelUpdate {
@@ -241,19 +244,37 @@ mod exact {
 
     /// A v3 destination, parsed from the string as the body holds it:
     /// `oxnet`'s own `Deserialize` reads each into a new `String` first
-    /// (an allocation and a copy per path read). The same strings are
-    /// taken and refused, with the same error text; the position it gives
-    /// for a destination that does not parse is just past its string,
-    /// where `oxnet`'s came past any whitespace after it (the same in the
-    /// compact bodies peers send).
+    /// (an allocation and a copy per path read), and parses it slowly
+    /// ([`ddm_types::text`]). The same strings are taken and refused, with
+    /// the same error text; the position it gives for a destination that
+    /// does not parse is just past its string, where `oxnet`'s came past
+    /// any whitespace after it (the same in the compact bodies peers send).
     pub(super) struct Prefix(Ipv6Net);
 
     impl<'de> Deserialize<'de> for Prefix {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             read_str(d, "a string", |v| {
-                v.parse()
-                    .map(Prefix)
-                    .map_err(|e: oxnet::IpNetParseError| e.to_string())
+                text::parse_net(v).map(Prefix).map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    /// A v2 destination as [`v2::Ipv6Prefix`] reads it, its address
+    /// parsed as [`Prefix`] parses a v3 one.
+    #[derive(Deserialize)]
+    pub(super) struct V2Prefix {
+        addr: Addr,
+        len: u8,
+    }
+
+    /// An address read as `Ipv6Addr`'s own `Deserialize` reads it (the
+    /// same strings taken, the same error text), faster.
+    struct Addr(Ipv6Addr);
+
+    impl<'de> Deserialize<'de> for Addr {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            read_str(d, "IPv6 address", |v| {
+                text::parse_addr(v).map(Addr).map_err(|e| e.to_string())
             })
         }
     }
