@@ -96,8 +96,25 @@ impl Rib {
         let update = update.into();
         let mut pending = Pending::default();
         if let Some(u) = update.underlay {
+            // The interned copy of each path is looked up once per run of
+            // paths sharing their storage (one origin's prefixes), not
+            // hashed again for each.
+            let mut last: Option<(&OutPath, Option<Path>)> = None;
             for p in &u.withdraw {
-                self.underlay_withdraw(peer, p, &mut pending);
+                let path = match &last {
+                    Some((q, path)) if q.shares_path(p) => path.clone(),
+                    _ => {
+                        let path = self.interner.lookup(&p.hostnames());
+                        last = Some((p, path.clone()));
+                        path
+                    }
+                };
+                self.withdraw_interned(
+                    peer,
+                    p.destination(),
+                    path,
+                    &mut pending,
+                );
             }
             for p in &u.announce {
                 self.underlay_announce(peer, p, &mut pending);

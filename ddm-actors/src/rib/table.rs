@@ -55,11 +55,6 @@ impl Table {
         self.shard(dest).get(dest)
     }
 
-    /// Forget `dest`.
-    pub(crate) fn remove(&mut self, dest: &Ipv6Net) -> Option<Offers> {
-        self.shard_mut(dest).remove(dest)
-    }
-
     /// How many destinations there are.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(HashMap::len).sum()

@@ -266,6 +266,52 @@ fn a_route_stays_until_its_last_path_goes() {
     assert_eq!(e.route_updates, vec![route(d, &[])]);
 }
 
+/// A withdrawal of `dests`, every path sharing one storage of `path`'s
+/// hostnames, as a decoded push's paths do.
+fn withdraw_shared(dests: &[&str], path: &[&str]) -> OutUpdate {
+    let names: Names =
+        Arc::new(path.iter().map(|n| Arc::from(*n)).collect::<Box<[_]>>());
+    let withdraw = dests
+        .iter()
+        .map(|d| OutPath::new(net(d), Arc::clone(&names), None))
+        .collect();
+    OutUpdate {
+        underlay: Some(OutUnderlay { withdraw, ..Default::default() }),
+        tunnel: None,
+    }
+}
+
+#[test]
+fn withdrawals_sharing_one_path_are_each_taken() {
+    let [d1, d2, d3, d4] =
+        ["fd00:1::/64", "fd00:2::/64", "fd00:3::/64", "fd00:4::/64"];
+    let mut rib = rib_with_peers(RouterKind::Server, 2);
+    rib.import(peer(1), announce([d1, d2, d3].map(|d| pv(d, &["x"])))).unwrap();
+    rib.import(peer(2), announce([pv(d2, &["x"])])).unwrap();
+    assert_eq!(rib.interned_counts(), (1, 1));
+    // Peer 1 withdraws what it offered, and one it never did: the path is
+    // looked up once, and still held by peer 2's offer.
+    let e = rib.import(peer(1), withdraw_shared(&[d1, d2, d3, d4], &["x"]));
+    let mut routes = e.unwrap().route_updates;
+    routes.sort_by_key(|r| r.destination);
+    assert_eq!(
+        routes,
+        vec![route(d1, &[]), route(d2, &[peer(2)]), route(d3, &[])]
+    );
+    assert_eq!(rib.interned_counts(), (1, 1));
+    // The interner lets the path go at d2; the copy looked up before
+    // matches nothing after it.
+    let e = rib.import(peer(2), withdraw_shared(&[d1, d2, d3], &["x"]));
+    assert_eq!(e.unwrap().route_updates, vec![route(d2, &[])]);
+    assert_eq!(rib.interned_counts(), (0, 0));
+    assert_eq!(rib.route_count(), 0);
+    // Announced again, it is interned afresh and withdrawn alike.
+    rib.import(peer(1), announce([pv(d3, &["x"])])).unwrap();
+    let e = rib.import(peer(1), withdraw_shared(&[d3], &["x"]));
+    assert_eq!(e.unwrap().route_updates, vec![route(d3, &[])]);
+    assert_eq!(rib.interned_counts(), (0, 0));
+}
+
 #[test]
 fn loops_and_empty_paths_are_dropped_and_counted() {
     let mut rib = rib_with_peers(RouterKind::Transit, 2);
