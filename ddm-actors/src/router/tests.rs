@@ -551,6 +551,39 @@ fn held(pushed: &Pushed) -> BTreeSet<PathVector> {
     held
 }
 
+/// A large change of what we originate is handed to the exchange actors
+/// in parts, the first before the rest is worked out, and changes queued
+/// behind it still take effect after it, in order.
+#[tokio::test(start_paused = true)]
+async fn a_large_change_is_pushed_in_parts_and_in_order() {
+    let (r, _dp) = router(RouterKind::Server).await;
+    let t = add_peer(&r, 1, RouterKind::Transit).await;
+    let told = |t: &Pushed| {
+        held(t).into_iter().map(|pv| pv.destination).collect::<BTreeSet<_>>()
+    };
+    let before = t.lock().unwrap().len();
+    let all: Vec<Ipv6Net> = (0..10_000).map(|i| p(&nth(i))).collect();
+    r.cast(RouterMsg::Originate(all.iter().copied().collect())).unwrap();
+    let want: BTreeSet<Ipv6Net> = all.iter().copied().collect();
+    until("the peer told all of it", || told(&t) == want).await;
+    // The first push of the change held only its first part.
+    let first = t.lock().unwrap()[before].clone();
+    let first = first.underlay.map_or(0, |u| u.announce.len());
+    assert!(
+        (1..=5_000).contains(&first),
+        "the first push announced {first} of 10,000"
+    );
+    // Withdraw the first 6,000, then take back 10 of them, queued
+    // together: the second change takes effect after the whole first.
+    r.cast(RouterMsg::Withdraw(all[..6_000].iter().copied().collect()))
+        .unwrap();
+    r.cast(RouterMsg::Originate(all[..10].iter().copied().collect())).unwrap();
+    let want: BTreeSet<Ipv6Net> =
+        all[..10].iter().chain(&all[6_000..]).copied().collect();
+    assert_eq!(pulled(&r, peer(1)).await, want);
+    until("the peer told the rest", || told(&t) == want).await;
+}
+
 /// Our side resets the session while a withdrawal is still queued (the
 /// old exchange actor never delivered it) and more changes happen while
 /// the peer is down; the peer never noticed. The new session's first
