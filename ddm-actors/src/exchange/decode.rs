@@ -221,10 +221,10 @@ mod exact {
     }
 
     impl Wire for V2 {
-        type Destination = V2Prefix;
+        type Destination = Ipv6Prefix;
         type Tunnel = v2::TunnelUpdate;
         type Origin = v2::TunnelOrigin;
-        fn destination(d: V2Prefix) -> Option<Ipv6Net> {
+        fn destination(d: Ipv6Prefix) -> Option<Ipv6Net> {
             let d = v2::Ipv6Prefix { addr: d.addr.0, len: d.len };
             d.try_into().map_or_else(super::malformed, Some)
         }
@@ -259,10 +259,11 @@ mod exact {
         }
     }
 
-    /// A v2 destination as [`v2::Ipv6Prefix`] reads it, its address
+    /// A v2 destination as [`v2::Ipv6Prefix`] reads it (its name too: the
+    /// derived errors a peer is answered name the type), its address
     /// parsed as [`Prefix`] parses a v3 one.
     #[derive(Deserialize)]
-    pub(super) struct V2Prefix {
+    pub(super) struct Ipv6Prefix {
         addr: Addr,
         len: u8,
     }
@@ -455,6 +456,67 @@ mod exact {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A malformed destination is refused with the text reading into the
+    /// wire types gives (a v3 one's position aside: see `Prefix`), which
+    /// the peer is answered.
+    #[test]
+    fn malformed_destinations_are_refused_as_the_wire_types_refuse_them() {
+        use ddm_proto::wire::{v2, v3};
+        let item = |d: &str| {
+            format!(
+                r#"{{"underlay":{{"announce":[{{"destination":{d},"path":["a"]}}]}}}}"#
+            )
+        };
+        let position =
+            |t: String| t[..t.rfind(" at line").unwrap_or(t.len())].to_string();
+        for d in [
+            r#""fd00::/64""#,
+            r#"["fd00::"]"#,
+            r#"{"addr":"fd00::g","len":64}"#,
+            r#"{"addr":7,"len":64}"#,
+            r#"{"addr":"fd00::"}"#,
+            r#"{"addr":"fd00::","len":300}"#,
+            r#"{"addr":"::ffff:1.2.3","len":64}"#,
+        ] {
+            let body = item(d);
+            let ours = decode_update(
+                Version::V2,
+                Bytes::from(body.clone()),
+                MAX_PATH_LEN_BOUND,
+            )
+            .map(|_| ())
+            .unwrap_err();
+            let theirs = serde_json::from_str::<v2::Update>(&body)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(ours, format!("invalid v2 update: {theirs}"), "{d}");
+        }
+        for d in [
+            r#""fd00::/129""#,
+            r#""fd00::g/64""#,
+            r#""fd00::""#,
+            r#"7"#,
+            r#"{"addr":"fd00::","len":64}"#,
+        ] {
+            let body = item(d);
+            let ours = decode_update(
+                Version::V3,
+                Bytes::from(body.clone()),
+                MAX_PATH_LEN_BOUND,
+            )
+            .map(|_| ())
+            .unwrap_err();
+            let theirs = serde_json::from_str::<v3::Update>(&body)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                position(ours),
+                position(format!("invalid v3 update: {theirs}")),
+                "{d}"
+            );
+        }
+    }
 
     /// At its bound the table still shares the names it holds and refuses
     /// a new one; nothing stays behind once a body is read.

@@ -48,7 +48,6 @@ mod underlay;
 
 use tunnels::entries_of_set;
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::sync::Arc;

@@ -6,14 +6,16 @@
 //! into [`SHARDS`] tables, each grows on its own, so the peak is one
 //! shard's worth over the final size.
 
-use std::collections::HashMap;
-
+use hashbrown::HashMap;
 use oxnet::Ipv6Net;
 
 use super::intern::Seeded;
 use super::offers::Offers;
 
-/// One shard: destinations hashed with the RIB's seeded hasher.
+/// One shard: destinations hashed with the RIB's seeded hasher. hashbrown's
+/// own map rather than std's, whose `entry` makes room for an insertion
+/// even when only looking (a withdrawal of a destination not held could
+/// grow a full shard).
 type Shard = HashMap<Ipv6Net, Offers, Seeded>;
 
 /// How many tables the destinations are spread over.

@@ -310,6 +310,19 @@ fn withdrawals_sharing_one_path_are_each_taken() {
     let e = rib.import(peer(1), withdraw_shared(&[d3], &["x"]));
     assert_eq!(e.unwrap().route_updates, vec![route(d3, &[])]);
     assert_eq!(rib.interned_counts(), (0, 0));
+    // Paths in a row not sharing storage are each looked up: d2's path
+    // through y and z goes, its shorter one through x stays.
+    rib.import(
+        peer(1),
+        announce([pv(d1, &["x"]), pv(d2, &["x"]), pv(d2, &["y", "z"])]),
+    )
+    .unwrap();
+    let mut u = withdraw_shared(&[d1], &["x"]);
+    let other = withdraw_shared(&[d2], &["y", "z"]).underlay.unwrap();
+    u.underlay.as_mut().unwrap().withdraw.extend(other.withdraw);
+    rib.import(peer(1), u).unwrap();
+    assert_eq!(held_lengths(&rib, peer(1), d1), Vec::<usize>::new());
+    assert_eq!(held_lengths(&rib, peer(1), d2), vec![1]);
 }
 
 #[test]

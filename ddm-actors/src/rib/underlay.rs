@@ -2,6 +2,7 @@
 
 use super::*;
 use ddm_proto::outgoing::{merge_into, OutUnderlay};
+use hashbrown::hash_map::Entry;
 
 /// What [`Rib::make_room`] found.
 enum Room {
