@@ -77,7 +77,8 @@ impl<'de> Deserialize<'de> for PrefixList {
     fn deserialize<D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Self, D::Error> {
-        use serde::de::{Error, SeqAccess, Visitor};
+        use ddm_types::text;
+        use serde::de::{SeqAccess, Visitor};
         use std::fmt;
 
         /// One prefix of the list.
@@ -87,22 +88,9 @@ impl<'de> Deserialize<'de> for PrefixList {
             fn deserialize<D: serde::Deserializer<'de>>(
                 d: D,
             ) -> Result<Self, D::Error> {
-                struct Text;
-                impl Visitor<'_> for Text {
-                    type Value = Prefix;
-                    fn expecting(
-                        &self,
-                        f: &mut fmt::Formatter<'_>,
-                    ) -> fmt::Result {
-                        f.write_str("a string")
-                    }
-                    fn visit_str<E: Error>(self, v: &str) -> Result<Prefix, E> {
-                        ddm_types::text::parse_net(v)
-                            .map(Prefix)
-                            .map_err(E::custom)
-                    }
-                }
-                d.deserialize_str(Text)
+                text::read_str(d, "a string", |v| {
+                    text::parse_net(v).map(Prefix).map_err(|e| e.to_string())
+                })
             }
         }
 

@@ -134,6 +134,30 @@ fn groups(s: &[u8]) -> Option<Ipv6Addr> {
     Some(Ipv6Addr::from(segments))
 }
 
+/// A string read from `d` through `take`, which may refuse it (the error's
+/// text is `take`'s) without its own copy of it; `what` is what was
+/// expected instead of something else. `oxnet`'s `Deserialize` for a
+/// prefix reads each into a new `String` first.
+pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    what: &'static str,
+    take: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct Text<F>(&'static str, F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_>
+        for Text<F>
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Text(what, take))
+}
+
 /// An address or prefix written out, as its `Display` writes it.
 pub struct Text {
     buf: [u8; 43],
@@ -340,16 +364,10 @@ mod tests {
     proptest! {
         #[test]
         fn any_text_is_read_as_the_standard_library_reads(
-            s in "[0-9a-fA-F:./]{0,44}"
-        ) {
-            prop_assert_eq!(parse_addr(&s), s.parse::<Ipv6Addr>());
-            let (fast, slow) = both(&s);
-            prop_assert_eq!(fast, slow);
-        }
-
-        #[test]
-        fn any_groups_are_read_as_the_standard_library_reads(
-            s in "([0-9a-fA-F]{0,5}:{1,3}){0,9}[0-9a-fA-F]{0,5}(/[0-9]{1,4})?"
+            s in prop_oneof![
+                "[0-9a-fA-F:./]{0,44}",
+                "([0-9a-fA-F]{0,5}:{1,3}){0,9}[0-9a-fA-F]{0,5}(/[0-9]{1,4})?",
+            ]
         ) {
             prop_assert_eq!(parse_addr(&s), s.parse::<Ipv6Addr>());
             let (fast, slow) = both(&s);
