@@ -79,13 +79,16 @@ impl Rib {
         extend_packed(&mut self.originated, prefixes);
     }
 
-    /// `prefixes` no longer originated; every peer hears the withdrawal of
-    /// those that were.
-    pub(super) fn withdraw_originated_into(
+    /// Stop originating `prefixes` without telling anyone yet; those that
+    /// were originated, for [`Rib::tell_withdrawn`]. Together they are
+    /// [`Rib::withdraw_originated`], apart so that the router can tell
+    /// peers of a large withdrawal in parts while the set is changed once
+    /// (in parts, each later part rebuilt what remained of the set: 28 ms
+    /// for 100,000 of as many, against 19).
+    pub fn forget_originated(
         &mut self,
-        pending: &mut Pending,
         mut prefixes: BTreeSet<Ipv6Net>,
-    ) {
+    ) -> BTreeSet<Ipv6Net> {
         if few_of(&prefixes, &self.originated) {
             prefixes.retain(|p| self.originated.remove(p));
         } else {
@@ -96,6 +99,25 @@ impl Rib {
             self.originated =
                 packed(self.originated.difference(&prefixes).copied());
         }
+        prefixes
+    }
+
+    /// Every peer hears the withdrawal of `prefixes`, which
+    /// [`Rib::forget_originated`] returned.
+    pub fn tell_withdrawn(&mut self, prefixes: BTreeSet<Ipv6Net>) -> Effects {
+        let mut pending = Pending::default();
+        self.tell_peers(&mut pending, &prefixes, Pending::withdraw_paths);
+        self.finish(pending)
+    }
+
+    /// `prefixes` no longer originated; every peer hears the withdrawal of
+    /// those that were.
+    pub(super) fn withdraw_originated_into(
+        &mut self,
+        pending: &mut Pending,
+        prefixes: BTreeSet<Ipv6Net>,
+    ) {
+        let prefixes = self.forget_originated(prefixes);
         self.tell_peers(pending, &prefixes, Pending::withdraw_paths);
     }
 

@@ -483,8 +483,9 @@ impl RouterState {
         }
     }
 
-    /// Carry out `change` (originating or withdrawing) of `prefixes` in
-    /// parts, the first of [`ORIGINATED_PART`] prefixes and each next one
+    /// Carry out `change` of `prefixes` (originating them, or telling
+    /// peers of their withdrawal once [`Rib::forget_originated`] changed
+    /// the set at once) in parts, the first of [`ORIGINATED_PART`] prefixes and each next one
     /// twice the last: after each part but the last, its pushes and
     /// kernel work are handed over and the runtime's thread yielded, so
     /// that the exchange actors send the first pushes while the rest is
@@ -707,7 +708,10 @@ impl Actor for Router {
                 state.originated_in_parts(p, Rib::originate).await;
             }
             RouterMsg::Withdraw(p) => {
-                state.originated_in_parts(p, Rib::withdraw_originated).await;
+                // The originated set changed at once, the peers told in
+                // parts.
+                let gone = state.rib.forget_originated(p);
+                state.originated_in_parts(gone, Rib::tell_withdrawn).await;
             }
             RouterMsg::OriginateTunnels(t) => {
                 let e = state.rib.originate_tunnels(t);
