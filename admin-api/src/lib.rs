@@ -65,11 +65,9 @@ pub type PeerMap<P> = BTreeMap<u32, P>;
 /// a set, each prefix was an insertion that searched the tree from its
 /// root: 100,000 prefixes took about 20 ms before the daemon could act on
 /// them, half of it in those insertions; a list is sorted and built into a
-/// set in one pass by whoever takes it. Each prefix is read as `Ipv6Net`'s
-/// own `Deserialize` reads it (the same strings taken, the same error
-/// text, its position given just past the string rather than past what
-/// follows it), but from the body's text rather than a new `String` each,
-/// and parsed by [`ddm_types::text::parse_net`].
+/// set in one pass by whoever takes it. Each prefix is read as
+/// [`ddm_types::text::NetText`]: as `Ipv6Net`'s own `Deserialize` reads
+/// it, without a new `String` each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrefixList(pub Vec<Ipv6Net>);
 
@@ -77,41 +75,8 @@ impl<'de> Deserialize<'de> for PrefixList {
     fn deserialize<D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Self, D::Error> {
-        use ddm_types::text;
-        use serde::de::{SeqAccess, Visitor};
-        use std::fmt;
-
-        /// One prefix of the list.
-        struct Prefix(Ipv6Net);
-
-        impl<'de> Deserialize<'de> for Prefix {
-            fn deserialize<D: serde::Deserializer<'de>>(
-                d: D,
-            ) -> Result<Self, D::Error> {
-                text::read_str(d, "a string", |v| {
-                    text::parse_net(v).map(Prefix).map_err(|e| e.to_string())
-                })
-            }
-        }
-
-        struct List;
-        impl<'de> Visitor<'de> for List {
-            type Value = PrefixList;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<PrefixList, A::Error> {
-                let mut out = Vec::new();
-                while let Some(Prefix(p)) = seq.next_element()? {
-                    out.push(p);
-                }
-                Ok(PrefixList(out))
-            }
-        }
-        d.deserialize_seq(List)
+        let list = Vec::<ddm_types::text::NetText>::deserialize(d)?;
+        Ok(PrefixList(list.into_iter().map(|p| p.0).collect()))
     }
 }
 

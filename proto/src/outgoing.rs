@@ -117,10 +117,9 @@ impl OutPath {
 
     /// Whether `other` shares this path's storage (the same stored
     /// hostnames and suffix): then their hostnames are equal, known
-    /// without comparing them. False says nothing. The paths decoded from
-    /// one body share storage when equal and in a row
-    /// (`exchange/decode.rs`), the 100,000 prefixes of one origin among
-    /// them.
+    /// without comparing them. False says nothing. The exchange's decoder
+    /// (in `ddm-actors`) makes the equal paths of one body in a row share
+    /// storage: the 100,000 prefixes of one origin among them.
     pub fn shares_path(&self, other: &OutPath) -> bool {
         Arc::ptr_eq(&self.path, &other.path)
             && match (&self.suffix, &other.suffix) {

@@ -144,9 +144,9 @@ pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
     what: &'static str,
     take: impl FnOnce(&str) -> Result<T, String>,
 ) -> Result<T, D::Error> {
-    struct Text<F>(&'static str, F);
+    struct Take<F>(&'static str, F);
     impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_>
-        for Text<F>
+        for Take<F>
     {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,7 +156,23 @@ pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
             (self.1)(v).map_err(E::custom)
         }
     }
-    d.deserialize_str(Text(what, take))
+    d.deserialize_str(Take(what, take))
+}
+
+/// A prefix read as `oxnet`'s `Deserialize` reads it (the same strings
+/// taken, the same error text, its position given just past the string
+/// rather than past what follows it), but from the text as it is, not a
+/// new `String` of it, and parsed by [`parse_net`].
+pub struct NetText(pub Ipv6Net);
+
+impl<'de> serde::Deserialize<'de> for NetText {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Self, D::Error> {
+        read_str(d, "a string", |v| {
+            parse_net(v).map(NetText).map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// An address or prefix written out, as its `Display` writes it.
@@ -168,8 +184,8 @@ pub struct Text {
 impl Text {
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only ASCII is ever written.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+        std::str::from_utf8(&self.buf[..self.len])
+            .expect("only ASCII is written")
     }
 
     fn push(&mut self, b: &[u8]) {
@@ -198,30 +214,13 @@ impl Text {
     }
 }
 
-impl fmt::Write for Text {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let b = s.as_bytes();
-        if self.len + b.len() > self.buf.len() {
-            return Err(fmt::Error);
-        }
-        self.push(b);
-        Ok(())
-    }
-}
-
-impl fmt::Display for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `a` as `Ipv6Addr`'s `Display` writes it (RFC 5952: lower-case hex,
 /// the first longest run of two or more zero groups as `::`).
 pub fn addr_text(a: &Ipv6Addr) -> Text {
     let mut t = Text { buf: [0; 43], len: 0 };
     if a.to_ipv4_mapped().is_some() {
         // `::ffff:a.b.c.d`: the standard library's own form.
-        let _ = fmt::Write::write_fmt(&mut t, format_args!("{a}"));
+        t.push(a.to_string().as_bytes());
         return t;
     }
     let s = a.segments();
@@ -378,10 +377,12 @@ mod tests {
         #[test]
         fn any_address_round_trips(bits: u128, w in 0u8..=128) {
             let a = Ipv6Addr::from(bits);
-            prop_assert_eq!(addr_text(&a).to_string(), a.to_string());
+            let t = addr_text(&a);
+            prop_assert_eq!(t.as_str(), &a.to_string());
             prop_assert_eq!(parse_addr(addr_text(&a).as_str()), Ok(a));
             let n = Ipv6Net::new(a, w).unwrap();
-            prop_assert_eq!(net_text(&n).to_string(), n.to_string());
+            let t = net_text(&n);
+            prop_assert_eq!(t.as_str(), &n.to_string());
             prop_assert_eq!(parse_net(net_text(&n).as_str()).ok(), Some(n));
         }
     }

@@ -204,10 +204,10 @@ mod exact {
     pub(super) enum V2 {}
 
     impl Wire for V3 {
-        type Destination = Prefix;
+        type Destination = text::NetText;
         type Tunnel = v3::TunnelUpdate;
         type Origin = v3::TunnelOrigin;
-        fn destination(d: Prefix) -> Option<Ipv6Net> {
+        fn destination(d: text::NetText) -> Option<Ipv6Net> {
             Some(d.0)
         }
         fn tunnel(t: v3::TunnelUpdate) -> v3::TunnelUpdate {
@@ -240,26 +240,10 @@ mod exact {
         }
     }
 
-    /// A v3 destination, parsed from the string as the body holds it:
-    /// `oxnet`'s own `Deserialize` reads each into a new `String` first
-    /// (an allocation and a copy per path read), and parses it slowly
-    /// ([`ddm_types::text`]). The same strings are taken and refused, with
-    /// the same error text; the position it gives for a destination that
-    /// does not parse is just past its string, where `oxnet`'s came past
-    /// any whitespace after it (the same in the compact bodies peers send).
-    pub(super) struct Prefix(Ipv6Net);
-
-    impl<'de> Deserialize<'de> for Prefix {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            read_str(d, "a string", |v| {
-                text::parse_net(v).map(Prefix).map_err(|e| e.to_string())
-            })
-        }
-    }
-
     /// A v2 destination as [`v2::Ipv6Prefix`] reads it (its name too: the
     /// derived errors a peer is answered name the type), its address
-    /// parsed as [`Prefix`] parses a v3 one.
+    /// parsed by [`text::parse_addr`]. A v3 one is read as
+    /// [`text::NetText`].
     #[derive(Deserialize)]
     pub(super) struct Ipv6Prefix {
         addr: Addr,
@@ -435,7 +419,7 @@ mod tests {
     use super::*;
 
     /// A malformed destination is refused with the text reading into the
-    /// wire types gives (a v3 one's position aside: see `Prefix`), which
+    /// wire types gives (a v3 one's position aside: see `text::NetText`), which
     /// the peer is answered.
     #[test]
     fn malformed_destinations_are_refused_as_the_wire_types_refuse_them() {

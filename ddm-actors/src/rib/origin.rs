@@ -85,7 +85,7 @@ impl Rib {
     /// peers of a large withdrawal in parts while the set is changed once
     /// (in parts, each later part rebuilt what remained of the set: 28 ms
     /// for 100,000 of as many, against 19).
-    pub fn forget_originated(
+    pub(crate) fn forget_originated(
         &mut self,
         mut prefixes: BTreeSet<Ipv6Net>,
     ) -> BTreeSet<Ipv6Net> {
@@ -104,7 +104,10 @@ impl Rib {
 
     /// Every peer hears the withdrawal of `prefixes`, which
     /// [`Rib::forget_originated`] returned.
-    pub fn tell_withdrawn(&mut self, prefixes: BTreeSet<Ipv6Net>) -> Effects {
+    pub(crate) fn tell_withdrawn(
+        &mut self,
+        prefixes: BTreeSet<Ipv6Net>,
+    ) -> Effects {
         let mut pending = Pending::default();
         self.tell_peers(&mut pending, &prefixes, Pending::withdraw_paths);
         self.finish(pending)

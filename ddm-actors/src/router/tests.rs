@@ -573,13 +573,15 @@ async fn a_large_change_is_pushed_in_parts_and_in_order() {
         (1..=5_000).contains(&first),
         "the first push announced {first} of 10,000"
     );
-    // Withdraw the first 6,000, then take back 10 of them, queued
-    // together: the second change takes effect after the whole first.
+    // Withdraw the first 6,000, then take back the last 10 of them (in
+    // the withdrawal's last part), queued together: the second change
+    // takes effect after the whole first.
     r.cast(RouterMsg::Withdraw(all[..6_000].iter().copied().collect()))
         .unwrap();
-    r.cast(RouterMsg::Originate(all[..10].iter().copied().collect())).unwrap();
+    let back = &all[5_990..6_000];
+    r.cast(RouterMsg::Originate(back.iter().copied().collect())).unwrap();
     let want: BTreeSet<Ipv6Net> =
-        all[..10].iter().chain(&all[6_000..]).copied().collect();
+        back.iter().chain(&all[6_000..]).copied().collect();
     assert_eq!(pulled(&r, peer(1)).await, want);
     until("the peer told the rest", || told(&t) == want).await;
 }
