@@ -512,8 +512,13 @@ pub fn wait_exit(
 
 /// Checks that `ping` is on `PATH`.
 pub fn ping_available() -> Result<(), String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if std::env::split_paths(&path).any(|dir| dir.join("ping").is_file()) {
+    // Looked up once per process: the polling pings ask before each try.
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).any(|dir| dir.join("ping").is_file())
+    });
+    if found {
         Ok(())
     } else {
         Err("`ping` is not installed (package iputils-ping)".to_string())
@@ -970,9 +975,8 @@ impl Drop for Topology {
                 let _ = run(&mut ip(["-n", ns, "link", "del", &link.a_if]));
             }
         }
-        while let Some(node) = self.nodes.pop() {
-            drop(node.held);
-        }
+        // Last made, first deleted.
+        while self.nodes.pop().is_some() {}
     }
 }
 

@@ -19,9 +19,8 @@ impl Rib {
         &mut self,
         prefixes: impl Into<BTreeSet<Ipv6Net>>,
     ) -> Effects {
-        let mut pending = Pending::default();
-        self.withdraw_originated_into(&mut pending, prefixes.into());
-        self.finish(pending)
+        let gone = self.forget_originated(prefixes.into());
+        self.tell_withdrawn(gone)
     }
 
     /// Start originating tunnel endpoints; announces the new ones to every

@@ -254,7 +254,10 @@ pub struct RouterArgs {
 /// ([`RouterState::originated_in_parts`]): two and four pushes' worth
 /// ([`ddm_proto::outgoing::MAX_PUSH_ITEMS`]), one and two milliseconds of
 /// work.
-const ORIGINATED_PARTS: [usize; 2] = [4096, 8192];
+const ORIGINATED_PARTS: [usize; 2] = [
+    2 * ddm_proto::outgoing::MAX_PUSH_ITEMS,
+    4 * ddm_proto::outgoing::MAX_PUSH_ITEMS,
+];
 
 /// Longest time pulls wait for the originated set.
 pub const ORIGINATED_WAIT: std::time::Duration =
