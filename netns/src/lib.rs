@@ -72,15 +72,37 @@ pub struct Namespace {
 impl Namespace {
     /// `ip netns add name`, held from before it is made (so an interrupt
     /// meanwhile deletes it too), its owner (this process) recorded in
-    /// [`owner_file`] for [`sweep_stale`].
+    /// [`owner_file`] for [`sweep_stale`]. A namespace of that name that
+    /// exists already is an error and is left as it is, with its owner
+    /// file: it is someone else's (or this process's own, held already).
     pub fn add(name: &str) -> Result<Namespace, String> {
         clean_up_on_interrupt();
+        let line = owner_line()?;
+        if std::path::Path::new(NETNS_RUN_DIR).join(name).exists() {
+            return Err(format!("namespace {name} exists already"));
+        }
         HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
-        let held = Namespace { name: name.to_string() };
-        std::fs::write(owner_file(name), owner_line()?)
-            .map_err(|e| format!("recording the owner of {name}: {e}"))?;
-        run_ok(&mut ip(["netns", "add", name]))?;
-        Ok(held)
+        // Until `ip` made it, a failure lets the name go and deletes only
+        // the owner file this call made: a namespace of that name made
+        // meanwhile by someone else is what makes `ip netns add` fail.
+        let made = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(owner_file(name))
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .map_err(|e| format!("recording the owner of {name}: {e}"))
+            .and_then(|()| {
+                run_ok(&mut ip(["netns", "add", name])).inspect_err(|_| {
+                    let _ = std::fs::remove_file(owner_file(name));
+                })
+            });
+        match made {
+            Ok(_) => Ok(Namespace { name: name.to_string() }),
+            Err(e) => {
+                HELD.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+                Err(e)
+            }
+        }
     }
 
     /// Its name (for `ip -n`).
@@ -1001,6 +1023,26 @@ mod tests {
         let worst = format!("{}{}a", topo.if_prefix, 9999);
         assert!(worst.len() <= IFNAME_MAX, "{worst}");
         assert!(topo.ns_prefix.starts_with("ddm-a_rather_long_test_"));
+    }
+
+    #[test]
+    fn a_namespace_that_exists_already_is_refused_and_kept() {
+        if !require_netns("a_namespace_that_exists_already_is_refused_and_kept")
+        {
+            return;
+        }
+        let name = format!("ddm-twice-{}{}", process_tag(), next_seq());
+        let first = Namespace::add(&name).unwrap();
+        let owner = std::fs::read_to_string(owner_file(&name)).unwrap();
+        let err = Namespace::add(&name).unwrap_err();
+        assert!(err.contains("exists already"), "{err}");
+        let path = std::path::Path::new(NETNS_RUN_DIR).join(&name);
+        assert!(path.exists(), "the refused add deleted {name}");
+        assert_eq!(std::fs::read_to_string(owner_file(&name)).unwrap(), owner);
+        assert!(HELD.lock().unwrap().contains(&name));
+        drop(first);
+        assert!(!path.exists());
+        assert!(!owner_file(&name).exists());
     }
 
     #[test]
