@@ -229,10 +229,8 @@ mod tests {
             r#"null"#,
             r#"["fd00::/64""#,
         ] {
-            // The error's text without its position.
             let text = |e: serde_json::Error| {
-                let t = e.to_string();
-                t[..t.rfind(" at line").unwrap_or(t.len())].to_string()
+                ddm_types::text::without_position(&e.to_string()).to_string()
             };
             let ours = serde_json::from_str::<PrefixList>(body)
                 .map(|l| l.0)

@@ -145,12 +145,25 @@ fn owner_line() -> Result<&'static str, String> {
     .map_err(Clone::clone)
 }
 
+/// Field `n` (counted from 1, as proc(5) counts them) of process `pid`'s
+/// `stat`; `None` when there is no such process. Read from after the
+/// command's name, which may hold spaces and parentheses.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(n.checked_sub(3)?).map(str::to_string)
+}
+
 /// When process `pid` started (field 22 of its `stat`, in clock ticks
 /// since boot): with the pid, who it is (a pid is reused).
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_field(pid, 22)?.parse().ok()
+}
+
+/// Whether process `pid` is gone: no such process, or a zombie not yet
+/// reaped by whoever inherited it (field 3 of its `stat`, its state).
+pub fn process_gone(pid: u32) -> bool {
+    stat_field(pid, 3).is_none_or(|state| state == "Z")
 }
 
 /// Delete namespace `ns`, with its owner file; `kill`: kill what runs in

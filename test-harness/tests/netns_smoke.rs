@@ -338,7 +338,7 @@ fn an_interrupted_test_leaves_no_namespace_or_process() {
     });
     let holding = rx.recv_timeout(DEADLINE * 3).expect("the helper never held");
     let mut words = holding.split_whitespace();
-    let pid: i32 = words.next().unwrap().parse().unwrap();
+    let pid: u32 = words.next().unwrap().parse().unwrap();
     let names: Vec<String> = words.map(str::to_string).collect();
     assert_eq!(names.len(), 2, "{holding}");
     let listed = listed_namespaces();
@@ -352,15 +352,8 @@ fn an_interrupted_test_leaves_no_namespace_or_process() {
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
     let listed = listed_namespaces();
     assert!(names.iter().all(|n| !listed.contains(n)), "{listed:?}");
-    // Gone: no such process, or a zombie not yet reaped by whoever
-    // inherited it.
     wait_until(DEADLINE, "the process in the namespace to go", || {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        }
+        ddm_netns::process_gone(pid)
     })
     .unwrap();
 }

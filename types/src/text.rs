@@ -165,6 +165,13 @@ pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
 /// new `String` of it, and parsed by [`parse_net`].
 pub struct NetText(pub Ipv6Net);
 
+/// A JSON error's text without the position `serde_json` appends (" at
+/// line L column C"): what reading through [`NetText`] and through
+/// `Ipv6Net`'s own `Deserialize` have alike, for the tests comparing them.
+pub fn without_position(error: &str) -> &str {
+    &error[..error.rfind(" at line").unwrap_or(error.len())]
+}
+
 impl<'de> serde::Deserialize<'de> for NetText {
     fn deserialize<D: serde::Deserializer<'de>>(
         d: D,
