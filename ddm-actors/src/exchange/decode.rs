@@ -424,12 +424,34 @@ mod exact {
 mod tests {
     use super::*;
 
+    /// Our decoder's error for `body`, and the error reading it into the
+    /// version's wire type gives (both as the peer is answered).
+    fn both_errors(version: Version, body: &[u8]) -> (String, String) {
+        use ddm_proto::wire::{v2, v3};
+        let ours = decode_update(
+            version,
+            Bytes::copy_from_slice(body),
+            MAX_PATH_LEN_BOUND,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let theirs = match version {
+            Version::V2 => serde_json::from_slice::<v2::Update>(body)
+                .map(|_| ())
+                .map_err(|e| format!("invalid v2 update: {e}")),
+            Version::V3 => serde_json::from_slice::<v3::Update>(body)
+                .map(|_| ())
+                .map_err(|e| format!("invalid v3 update: {e}")),
+        }
+        .unwrap_err();
+        (ours, theirs)
+    }
+
     /// A malformed destination is refused with the text reading into the
     /// wire types gives (a v3 one's position aside: see `text::NetText`), which
     /// the peer is answered.
     #[test]
     fn malformed_destinations_are_refused_as_the_wire_types_refuse_them() {
-        use ddm_proto::wire::{v2, v3};
         let item = |d: &str| {
             format!(
                 r#"{{"underlay":{{"announce":[{{"destination":{d},"path":["a"]}}]}}}}"#
@@ -453,23 +475,7 @@ mod tests {
         ];
         let cases = v2.map(|d| (Version::V2, d)).into_iter();
         for (version, d) in cases.chain(v3.map(|d| (Version::V3, d))) {
-            let body = item(d);
-            let ours = decode_update(
-                version,
-                Bytes::from(body.clone()),
-                MAX_PATH_LEN_BOUND,
-            )
-            .map(|_| ())
-            .unwrap_err();
-            let theirs = match version {
-                Version::V2 => serde_json::from_str::<v2::Update>(&body)
-                    .map(|_| ())
-                    .map_err(|e| format!("invalid v2 update: {e}")),
-                Version::V3 => serde_json::from_str::<v3::Update>(&body)
-                    .map(|_| ())
-                    .map_err(|e| format!("invalid v3 update: {e}")),
-            }
-            .unwrap_err();
+            let (ours, theirs) = both_errors(version, item(d).as_bytes());
             match version {
                 Version::V2 => assert_eq!(ours, theirs, "{d}"),
                 Version::V3 => {
@@ -485,7 +491,6 @@ mod tests {
     /// checked whole first, then read as bytes when it fails.
     #[test]
     fn bodies_that_are_not_utf8_are_refused_as_the_wire_types_refuse_them() {
-        use ddm_proto::wire::{v2, v3};
         let dest = |v: Version| match v {
             Version::V2 => r#"{"addr":"fd00::","len":64}"#,
             Version::V3 => r#""fd00::/64""#,
@@ -503,22 +508,7 @@ mod tests {
                 [&b"{\"underlay\":null,\"tunnel\":null}\xff"[..]].concat(),
             ];
             for body in bodies {
-                let ours = decode_update(
-                    version,
-                    Bytes::from(body.clone()),
-                    MAX_PATH_LEN_BOUND,
-                )
-                .map(|_| ())
-                .unwrap_err();
-                let theirs = match version {
-                    Version::V2 => serde_json::from_slice::<v2::Update>(&body)
-                        .map(|_| ())
-                        .map_err(|e| format!("invalid v2 update: {e}")),
-                    Version::V3 => serde_json::from_slice::<v3::Update>(&body)
-                        .map(|_| ())
-                        .map_err(|e| format!("invalid v3 update: {e}")),
-                }
-                .unwrap_err();
+                let (ours, theirs) = both_errors(version, &body);
                 assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(&body));
             }
         }
