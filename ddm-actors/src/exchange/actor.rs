@@ -316,9 +316,20 @@ pub struct State {
     /// Bounds the error lines about updates dropped for good (apart from
     /// the refusals', so that those never hide one).
     dropped_log: LogLimiter,
+    /// Bytes of pushes sent since freed memory was last handed back (see
+    /// [`TRIM_AFTER_BYTES`]).
+    sent_since_trim: u64,
     /// Logger with the peer.
     log: Logger,
 }
+
+/// How many bytes of pushes, sent until nothing is left to send, make it
+/// worth handing freed heap pages back to the system (about 10,000
+/// paths). The router trims after large changes, but their pushes are
+/// encoded and freed here, later: without this, an originator that sent
+/// 100,000 withdrawals kept about 7 MiB of freed heap resident (0.9 MiB
+/// in use), and its next change's peak started that much higher.
+const TRIM_AFTER_BYTES: u64 = 1 << 20;
 
 /// An actor that failed (an error or a panic in a handler) or was killed
 /// skips `post_stop`: its tasks are aborted here, as its state goes. Left
@@ -430,6 +441,12 @@ impl State {
                     debug!(self.log, "router gone; delivery not reported";
                         "error" => %e);
                 }
+                if self.session.is_drained()
+                    && self.sent_since_trim >= TRIM_AFTER_BYTES
+                {
+                    self.sent_since_trim = 0;
+                    crate::router::trim();
+                }
             }
             Effect::ReportFailure { push_failures, pull_failures } => {
                 Stats::bump(&self.stats.failures_reported);
@@ -450,7 +467,10 @@ impl State {
             Effect::Count { counter, n } => {
                 let c = match counter {
                     Counter::PushesSent => &self.stats.pushes_sent,
-                    Counter::PushBytesSent => &self.stats.push_bytes_sent,
+                    Counter::PushBytesSent => {
+                        self.sent_since_trim += n;
+                        &self.stats.push_bytes_sent
+                    }
                     Counter::PullsSent => &self.stats.pulls_sent,
                     Counter::PushesDeferred => &self.stats.pushes_deferred,
                     Counter::PullBytesReceived => {
@@ -597,6 +617,7 @@ impl Actor for Exchange {
             timers: HashMap::new(),
             permit: None,
             held_permits: Vec::new(),
+            sent_since_trim: 0,
             pull_slots: Arc::new(Semaphore::new(1)),
             answer_slot: None,
             refusals_log: LogLimiter::new(),

@@ -653,9 +653,14 @@ impl Session {
         self.delivered_if_drained(out);
     }
 
+    /// Whether nothing is left to send: no push out, none waiting.
+    pub fn is_drained(&self) -> bool {
+        !self.push.busy && self.pending.is_none() && self.next.is_none()
+    }
+
     /// Tell the router its pushes are handled, if nothing is left.
     fn delivered_if_drained(&mut self, out: &mut Vec<Effect>) {
-        if !self.push.busy && self.pending.is_none() && self.next.is_none() {
+        if self.is_drained() {
             self.deliver(self.received, out);
         }
     }

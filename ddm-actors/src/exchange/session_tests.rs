@@ -354,6 +354,11 @@ impl Model {
                 _ => {}
             }
         }
+        // A part out is something left to send (`Session::is_drained`,
+        // which the exchange actor trims the heap on).
+        if self.in_flight.is_some() {
+            proptest::prop_assert!(!self.s.is_drained());
+        }
         Ok(())
     }
 
@@ -446,6 +451,7 @@ impl Model {
         at(self, Duration::MAX);
         proptest::prop_assert_eq!(&self.peer, &self.view);
         proptest::prop_assert_eq!(self.delivered, self.pushes.len() as u64);
+        proptest::prop_assert!(self.s.is_drained());
         Ok(())
     }
 }

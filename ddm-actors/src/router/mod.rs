@@ -55,9 +55,9 @@ mod hold;
 mod worker;
 
 use hold::Hold;
-pub(crate) use worker::trim_after;
 pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, DataplaneCmd, DataplaneStats};
+pub(crate) use worker::{trim, trim_after};
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a

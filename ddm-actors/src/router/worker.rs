@@ -37,9 +37,13 @@ const TRIM_AFTER: usize = 10_000;
 /// prefixes, at the admin actor): if it was large, hand free heap pages
 /// back to the system (glibc keeps them otherwise).
 pub(crate) fn trim_after(size: usize) {
-    if size < TRIM_AFTER {
-        return;
+    if size >= TRIM_AFTER {
+        trim();
     }
+}
+
+/// Hand free heap pages back to the system (glibc keeps them otherwise).
+pub(crate) fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's own
     // arenas; it has no preconditions.
