@@ -23,6 +23,7 @@ mod counters;
 pub mod dataplane;
 pub mod discovery;
 pub mod exchange;
+mod mem;
 pub mod metrics;
 /// Link and address events from the Linux kernel (in `ddm-dataplane`,
 /// re-exported at its old path).

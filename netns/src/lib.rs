@@ -72,34 +72,39 @@ pub struct Namespace {
 impl Namespace {
     /// `ip netns add name`, held from before it is made (so an interrupt
     /// meanwhile deletes it too), its owner (this process) recorded in
-    /// [`owner_file`] for [`sweep_stale`]. A namespace of that name that
-    /// exists already is an error and is left as it is, with its owner
-    /// file: it is someone else's (or this process's own, held already).
+    /// [`owner_file`] for [`sweep_stale`]. A name that is taken (a
+    /// namespace of that name, or an owner file: another add under way)
+    /// is an error, and what holds it is left as it is.
     pub fn add(name: &str) -> Result<Namespace, String> {
         clean_up_on_interrupt();
         let line = owner_line()?;
+        let taken = || format!("namespace {name} exists already");
         if std::path::Path::new(NETNS_RUN_DIR).join(name).exists() {
-            return Err(format!("namespace {name} exists already"));
+            return Err(taken());
         }
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
-        // Until `ip` made it, a failure lets the name go and deletes only
-        // the owner file this call made: a namespace of that name made
-        // meanwhile by someone else is what makes `ip netns add` fail.
-        let made = OpenOptions::new()
+        // The owner file claims the name, made only where there is none;
+        // then the name is held. An interrupt in between leaves the file
+        // alone, for the next gate's sweep (its owner is gone by then).
+        let file = owner_file(name);
+        OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(owner_file(name))
-            .and_then(|mut f| f.write_all(line.as_bytes()))
-            .map_err(|e| format!("recording the owner of {name}: {e}"))
-            .and_then(|()| {
-                run_ok(&mut ip(["netns", "add", name])).inspect_err(|_| {
-                    let _ = std::fs::remove_file(owner_file(name));
-                })
-            });
-        match made {
+            .open(&file)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => taken(),
+                _ => format!("recording the owner of {name}: {e}"),
+            })?
+            .write_all(line.as_bytes())
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&file);
+                format!("recording the owner of {name}: {e}")
+            })?;
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        match run_ok(&mut ip(["netns", "add", name])) {
             Ok(_) => Ok(Namespace { name: name.to_string() }),
             Err(e) => {
                 HELD.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+                let _ = std::fs::remove_file(&file);
                 Err(e)
             }
         }
@@ -260,7 +265,12 @@ fn clean_up_on_interrupt() {
                 // Held to the end: no namespace is made meanwhile.
                 let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
                 for ns in held.iter() {
-                    let _ = delete(ns, true);
+                    // One not there yet may still be made by an `ip netns
+                    // add` under way: its owner file stays, for the next
+                    // gate's sweep to delete both.
+                    if std::path::Path::new(NETNS_RUN_DIR).join(ns).exists() {
+                        let _ = delete(ns, true);
+                    }
                 }
                 eprintln!(
                     "netns: interrupted; deleted {} namespaces",
@@ -1056,6 +1066,18 @@ mod tests {
         drop(first);
         assert!(!path.exists());
         assert!(!owner_file(&name).exists());
+        // An owner file without its namespace (another add under way, or
+        // one interrupted): the name is taken all the same, and the file
+        // is left as it was.
+        let claimed = format!("ddm-claimed-{}{}", process_tag(), next_seq());
+        std::fs::write(owner_file(&claimed), owner_line().unwrap()).unwrap();
+        let err = Namespace::add(&claimed).unwrap_err();
+        let left = std::fs::read_to_string(owner_file(&claimed));
+        let _ = std::fs::remove_file(owner_file(&claimed));
+        assert!(err.contains("exists already"), "{err}");
+        assert_eq!(left.unwrap(), owner_line().unwrap());
+        assert!(!HELD.lock().unwrap().contains(&claimed));
+        assert!(!std::path::Path::new(NETNS_RUN_DIR).join(&claimed).exists());
     }
 
     #[test]

@@ -165,13 +165,6 @@ pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
 /// new `String` of it, and parsed by [`parse_net`].
 pub struct NetText(pub Ipv6Net);
 
-/// A JSON error's text without the position `serde_json` appends (" at
-/// line L column C"): what reading through [`NetText`] and through
-/// `Ipv6Net`'s own `Deserialize` have alike, for the tests comparing them.
-pub fn without_position(error: &str) -> &str {
-    &error[..error.rfind(" at line").unwrap_or(error.len())]
-}
-
 impl<'de> serde::Deserialize<'de> for NetText {
     fn deserialize<D: serde::Deserializer<'de>>(
         d: D,
@@ -180,6 +173,14 @@ impl<'de> serde::Deserialize<'de> for NetText {
             parse_net(v).map(NetText).map_err(|e| e.to_string())
         })
     }
+}
+
+/// A JSON error's text without the position `serde_json` appends (" at
+/// line L column C"): what reading through [`NetText`] and through
+/// `Ipv6Net`'s own `Deserialize` have alike. For the tests that compare
+/// the two (in the admin API's crate and in the exchange's decoder).
+pub fn without_position(error: &str) -> &str {
+    &error[..error.rfind(" at line").unwrap_or(error.len())]
 }
 
 /// An address or prefix written out, as its `Display` writes it.

@@ -304,7 +304,7 @@ impl AdminState {
         // left in the allocator's free lists stayed resident (4 to 5 MiB
         // of 100,000 prefixes at the originator, in some runs).
         let written = if rewrite { self.originated.prefixes.len() } else { 0 };
-        crate::router::trim_after(size.max(written));
+        crate::mem::trim_after(size.max(written));
     }
 
     /// The router messages that carry out `change`.

@@ -445,7 +445,7 @@ impl State {
                     && self.sent_since_trim >= TRIM_AFTER_BYTES
                 {
                     self.sent_since_trim = 0;
-                    crate::router::trim();
+                    crate::mem::trim();
                 }
             }
             Effect::ReportFailure { push_failures, pull_failures } => {

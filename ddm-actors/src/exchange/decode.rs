@@ -93,8 +93,8 @@ fn malformed<T>(_why: impl std::fmt::Display) -> Option<T> {
 
 thread_local! {
     /// The hostnames and the last path of the body being read on this
-    /// thread. Reading a body is synchronous (`serde_json::from_slice`,
-    /// no await), so one body at a time uses it; [`read`] empties it
+    /// thread. Reading a body is synchronous (`serde_json::from_str`, or
+    /// `from_slice` for one that is not UTF-8; no await), so one body at a time uses it; [`read`] empties it
     /// before and after.
     static SHARED: RefCell<Shared> = RefCell::default();
 }

@@ -354,8 +354,12 @@ impl Model {
                 _ => {}
             }
         }
-        // A part out is something left to send (`Session::is_drained`,
-        // which the exchange actor trims the heap on).
+        // `Session::is_drained` (which the exchange actor trims the heap
+        // on): nothing left to send means every push reported delivered,
+        // and a part out is something left.
+        if self.s.is_drained() {
+            proptest::prop_assert_eq!(self.delivered, self.pushes.len() as u64);
+        }
         if self.in_flight.is_some() {
             proptest::prop_assert!(!self.s.is_drained());
         }

@@ -57,7 +57,6 @@ mod worker;
 use hold::Hold;
 pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, DataplaneCmd, DataplaneStats};
-pub(crate) use worker::{trim, trim_after};
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a
@@ -519,7 +518,7 @@ impl RouterState {
         }
         let e = change(&mut self.rib, prefixes);
         self.carry_out(e);
-        trim_after(size);
+        crate::mem::trim_after(size);
     }
 
     /// Give back the held import permits whose hold is over, behind the
@@ -691,7 +690,7 @@ impl Actor for Router {
                 let size = prefixes.len();
                 let e = state.rib.set_originated(prefixes, tunnels);
                 state.carry_out(e);
-                trim_after(size);
+                crate::mem::trim_after(size);
                 state.answer_waiting_pulls();
             }
             RouterMsg::OriginatedWaitOver { waited } => {
@@ -790,7 +789,7 @@ impl Actor for Router {
                     p => p,
                 };
                 state.release_behind(queued, permit);
-                trim_after(size);
+                crate::mem::trim_after(size);
             }
             RouterMsg::PullResult { peer, response, slot } => {
                 let size = response.underlay.as_ref().map_or(0, BTreeSet::len);
@@ -798,7 +797,7 @@ impl Actor for Router {
                 // The next pull of the peer may go once the dataplane
                 // worker takes what this one queued, as for a push's permit.
                 state.release_behind(queued, slot);
-                trim_after(size);
+                crate::mem::trim_after(size);
             }
             RouterMsg::PullFor(peer, reply) => match &mut state.pulls_waiting {
                 Some(waiting) => waiting.push((peer, reply)),

@@ -29,29 +29,6 @@ impl DataplaneStats {
     }
 }
 
-/// How many paths or route updates make a batch large enough to hand
-/// freed memory back to the system afterwards.
-const TRIM_AFTER: usize = 10_000;
-
-/// After a batch of `size` paths or route updates (or a change of as many
-/// prefixes, at the admin actor): if it was large, hand free heap pages
-/// back to the system (glibc keeps them otherwise).
-pub(crate) fn trim_after(size: usize) {
-    if size >= TRIM_AFTER {
-        trim();
-    }
-}
-
-/// Hand free heap pages back to the system (glibc keeps them otherwise).
-pub(crate) fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own
-    // arenas; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Merge the route batches queued while the worker was busy: one update per
 /// destination, the latest, ordered by destination.
 pub(super) fn coalesce(mut batches: Vec<Vec<RouteUpdate>>) -> Vec<RouteUpdate> {
@@ -321,7 +298,7 @@ pub(super) async fn dataplane_worker(
                         "count" => n, "error" => %e)
                 }
             }
-            trim_after(n);
+            crate::mem::trim_after(n);
         }
         if let Some(t) = tunnels {
             let n = t.len();
