@@ -50,7 +50,8 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The namespaces this process made (or is making) and has not deleted:
-/// deleted on an interrupt by the thread [`clean_up_on_interrupt`] starts.
+/// deleted on an interrupt by the thread [`clean_up_on_interrupt`] starts
+/// (one not made yet is left, with its owner file, to the next sweep).
 static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// The write end of the pipe the signal handler wakes that thread with.
@@ -70,8 +71,9 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// `ip netns add name`, held from before it is made (so an interrupt
-    /// meanwhile deletes it too), its owner (this process) recorded in
+    /// `ip netns add name`, held from before it is made (an interrupt
+    /// meanwhile deletes it, or leaves it to the next sweep if `ip` has
+    /// not made it yet), its owner (this process) recorded in
     /// [`owner_file`] for [`sweep_stale`]. A name that is taken (a
     /// namespace of that name, or an owner file: another add under way)
     /// is an error, and what holds it is left as it is.
@@ -79,17 +81,14 @@ impl Namespace {
         clean_up_on_interrupt();
         let line = owner_line()?;
         let taken = || format!("namespace {name} exists already");
-        if std::path::Path::new(NETNS_RUN_DIR).join(name).exists() {
+        if made(name) {
             return Err(taken());
         }
         // The owner file claims the name, made only where there is none;
         // then the name is held. An interrupt in between leaves the file
         // alone, for the next gate's sweep (its owner is gone by then).
         let file = owner_file(name);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&file)
+        File::create_new(&file)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => taken(),
                 _ => format!("recording the owner of {name}: {e}"),
@@ -171,10 +170,15 @@ pub fn process_gone(pid: u32) -> bool {
     stat_field(pid, 3).is_none_or(|state| state == "Z")
 }
 
+/// Whether namespace `ns` exists.
+fn made(ns: &str) -> bool {
+    std::path::Path::new(NETNS_RUN_DIR).join(ns).exists()
+}
+
 /// Delete namespace `ns`, with its owner file; `kill`: kill what runs in
 /// it first (an interrupted or dead owner's; a topology reaps its own).
 fn delete(ns: &str, kill: bool) -> Result<(), String> {
-    if std::path::Path::new(NETNS_RUN_DIR).join(ns).exists() {
+    if made(ns) {
         let pids = kill.then(|| ip(["netns", "pids", ns]).output().ok());
         if let Some(Some(out)) = pids {
             for pid in String::from_utf8_lossy(&out.stdout)
@@ -264,18 +268,14 @@ fn clean_up_on_interrupt() {
                 }
                 // Held to the end: no namespace is made meanwhile.
                 let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
-                for ns in held.iter() {
-                    // One not there yet may still be made by an `ip netns
-                    // add` under way: its owner file stays, for the next
-                    // gate's sweep to delete both.
-                    if std::path::Path::new(NETNS_RUN_DIR).join(ns).exists() {
-                        let _ = delete(ns, true);
-                    }
-                }
-                eprintln!(
-                    "netns: interrupted; deleted {} namespaces",
-                    held.len()
-                );
+                // One not there yet may still be made by an `ip netns add`
+                // under way: its owner file stays, for the next gate's
+                // sweep to delete both.
+                let deleted = held
+                    .iter()
+                    .filter(|ns| made(ns) && delete(ns, true).is_ok())
+                    .count();
+                eprintln!("netns: interrupted; deleted {deleted} namespaces");
                 // SAFETY: the signal's default action ends the process.
                 unsafe { libc::raise(signal) };
             });
@@ -424,10 +424,10 @@ pub fn netns_available() -> Result<(), String> {
             // cannot run them (a skip here, not a failure halfway).
             ping_available()?;
             let probe = format!("ddm-probe-{}{}", process_tag(), next_seq());
-            let made = Namespace::add(&probe)
+            let held = Namespace::add(&probe)
                 .map_err(|e| format!("cannot create a namespace: {e}"))?;
-            drop(made);
-            if std::path::Path::new(NETNS_RUN_DIR).join(&probe).exists() {
+            drop(held);
+            if made(&probe) {
                 return Err(format!("cannot delete namespace {probe}"));
             }
             Ok(())
@@ -1059,12 +1059,19 @@ mod tests {
         let owner = std::fs::read_to_string(owner_file(&name)).unwrap();
         let err = Namespace::add(&name).unwrap_err();
         assert!(err.contains("exists already"), "{err}");
-        let path = std::path::Path::new(NETNS_RUN_DIR).join(&name);
-        assert!(path.exists(), "the refused add deleted {name}");
+        assert!(made(&name), "the refused add deleted {name}");
         assert_eq!(std::fs::read_to_string(owner_file(&name)).unwrap(), owner);
         assert!(HELD.lock().unwrap().contains(&name));
+        // A namespace without an owner file (made by `ip` itself): refused
+        // as taken, not claimed.
+        std::fs::remove_file(owner_file(&name)).unwrap();
+        let err = Namespace::add(&name).unwrap_err();
+        assert!(err.contains("exists already"), "{err}");
+        assert!(made(&name), "the refused add deleted {name}");
+        assert!(!owner_file(&name).exists());
+        assert!(HELD.lock().unwrap().contains(&name));
         drop(first);
-        assert!(!path.exists());
+        assert!(!made(&name));
         assert!(!owner_file(&name).exists());
         // An owner file without its namespace (another add under way, or
         // one interrupted): the name is taken all the same, and the file
@@ -1077,7 +1084,7 @@ mod tests {
         assert!(err.contains("exists already"), "{err}");
         assert_eq!(left.unwrap(), owner_line().unwrap());
         assert!(!HELD.lock().unwrap().contains(&claimed));
-        assert!(!std::path::Path::new(NETNS_RUN_DIR).join(&claimed).exists());
+        assert!(!made(&claimed));
     }
 
     #[test]

@@ -179,6 +179,7 @@ impl<'de> serde::Deserialize<'de> for NetText {
 /// line L column C"): what reading through [`NetText`] and through
 /// `Ipv6Net`'s own `Deserialize` have alike. For the tests that compare
 /// the two (in the admin API's crate and in the exchange's decoder).
+#[doc(hidden)]
 pub fn without_position(error: &str) -> &str {
     &error[..error.rfind(" at line").unwrap_or(error.len())]
 }

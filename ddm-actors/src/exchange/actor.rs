@@ -65,6 +65,7 @@ use super::transport::{ExchangeClient, ExchangeTransport, Serving};
 use crate::config::RouterConfig;
 use crate::discovery::limit::LogLimiter;
 use crate::discovery::PeerIdentity;
+use crate::mem;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
 use crate::timer::{abort_and_wait, cast_after, replace_task};
 use ddm_proto::PeerId;
@@ -317,19 +318,11 @@ pub struct State {
     /// the refusals', so that those never hide one).
     dropped_log: LogLimiter,
     /// Bytes of pushes sent since freed memory was last handed back (see
-    /// [`TRIM_AFTER_BYTES`]).
+    /// [`mem::TRIM_AFTER_BYTES`]).
     sent_since_trim: u64,
     /// Logger with the peer.
     log: Logger,
 }
-
-/// How many bytes of pushes, sent until nothing is left to send, make it
-/// worth handing freed heap pages back to the system (about 10,000
-/// paths). The router trims after large changes, but their pushes are
-/// encoded and freed here, later: without this, an originator that sent
-/// 100,000 withdrawals kept about 7 MiB of freed heap resident (0.9 MiB
-/// in use), and its next change's peak started that much higher.
-const TRIM_AFTER_BYTES: u64 = 1 << 20;
 
 /// An actor that failed (an error or a panic in a handler) or was killed
 /// skips `post_stop`: its tasks are aborted here, as its state goes. Left
@@ -366,6 +359,14 @@ impl State {
             for effect in self.session.handle(now, input) {
                 inputs.extend(self.execute(myself, effect));
             }
+        }
+        // The pushes sent, encoded and freed here after the router's own
+        // trim, go back to the system once nothing is left to send.
+        if self.session.is_drained()
+            && self.sent_since_trim >= mem::TRIM_AFTER_BYTES
+        {
+            self.sent_since_trim = 0;
+            mem::trim();
         }
     }
 
@@ -440,12 +441,6 @@ impl State {
                 if let Err(e) = self.router.cast(msg) {
                     debug!(self.log, "router gone; delivery not reported";
                         "error" => %e);
-                }
-                if self.session.is_drained()
-                    && self.sent_since_trim >= TRIM_AFTER_BYTES
-                {
-                    self.sent_since_trim = 0;
-                    crate::mem::trim();
                 }
             }
             Effect::ReportFailure { push_failures, pull_failures } => {

@@ -94,8 +94,8 @@ fn malformed<T>(_why: impl std::fmt::Display) -> Option<T> {
 thread_local! {
     /// The hostnames and the last path of the body being read on this
     /// thread. Reading a body is synchronous (`serde_json::from_str`, or
-    /// `from_slice` for one that is not UTF-8; no await), so one body at a time uses it; [`read`] empties it
-    /// before and after.
+    /// `from_slice` for one that is not UTF-8; no await), so one body at a
+    /// time uses it; [`read`] empties it before and after.
     static SHARED: RefCell<Shared> = RefCell::default();
 }
 
@@ -448,7 +448,8 @@ mod tests {
     }
 
     /// A malformed destination is refused with the text reading into the
-    /// wire types gives (a v3 one's position aside: see `text::NetText`), which
+    /// wire types gives (a v3 one's position aside: see
+    /// `ddm_types::text::NetText`), which
     /// the peer is answered.
     #[test]
     fn malformed_destinations_are_refused_as_the_wire_types_refuse_them() {
@@ -498,14 +499,15 @@ mod tests {
         for version in [Version::V2, Version::V3] {
             let d = dest(version);
             let bodies: [Vec<u8>; 4] = [
-                format!(r#"{{"underlay":{{"announce":[{{"destination":{d},"path":["a"#)
-                    .into_bytes()
-                    .into_iter()
-                    .chain(*b"\xff\"]}]}}")
-                    .collect(),
-                [&b"{\"underlay\":{\"withdraw\":[\xc3]}}"[..]].concat(),
-                [&b"{\"tunnel\":\xe2\x82}"[..]].concat(),
-                [&b"{\"underlay\":null,\"tunnel\":null}\xff"[..]].concat(),
+                [
+                    format!(r#"{{"underlay":{{"announce":[{{"destination":{d},"path":["a"#)
+                        .as_bytes(),
+                    b"\xff\"]}]}}",
+                ]
+                .concat(),
+                b"{\"underlay\":{\"withdraw\":[\xc3]}}".to_vec(),
+                b"{\"tunnel\":\xe2\x82}".to_vec(),
+                b"{\"underlay\":null,\"tunnel\":null}\xff".to_vec(),
             ];
             for body in bodies {
                 let (ours, theirs) = both_errors(version, &body);

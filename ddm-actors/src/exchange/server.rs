@@ -230,10 +230,7 @@ pub const PACING_WAIT: u32 = 2;
 /// queued every half timeout per connection, without end.
 pub const UNPACED_IN_FLIGHT: usize = 2;
 
-/// Held by a pushed update from before it is read until the router has
-/// imported it and its dataplane worker has taken the route changes it
-/// made (see [`IMPORTS_IN_FLIGHT`]).
-pub type ImportPermit = tokio::sync::OwnedSemaphorePermit;
+pub use crate::router::ImportPermit;
 
 /// A budget of bytes shared by the bodies being read: a body holds its
 /// share from before its first byte is read until its text is dropped.

@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// How many of an update's destinations are looked up ahead of the work
-/// on them ([`table::Table::warm`]).
-const WARM_AHEAD: usize = 16;
-
 impl Rib {
     /// A peer entered exchange. Updates are accepted from it, and pushed to
     /// it, from now on. Calling it again only updates the kind.
@@ -107,8 +103,8 @@ impl Rib {
             let mut ahead =
                 u.withdraw.iter().map(|p| normalise_v6(p.destination()));
             for (i, p) in u.withdraw.iter().enumerate() {
-                if i % WARM_AHEAD == 0 {
-                    self.routes.warm(ahead.by_ref().take(WARM_AHEAD));
+                if i % table::WARM_AHEAD == 0 {
+                    self.routes.warm(ahead.by_ref().take(table::WARM_AHEAD));
                 }
                 let path = match &last {
                     Some((q, path)) if q.shares_path(p) => path.clone(),

@@ -21,6 +21,10 @@ type Shard = HashMap<Ipv6Net, Offers, Seeded>;
 /// How many tables the destinations are spread over.
 const SHARDS: usize = 16;
 
+/// How many of an update's destinations are looked up ahead of the work
+/// on them ([`Table::warm`]).
+pub(crate) const WARM_AHEAD: usize = 16;
+
 /// Every destination with its offers.
 #[derive(Debug)]
 pub(crate) struct Table {

@@ -45,7 +45,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::dataplane::Dataplane;
-use crate::exchange::server::ImportPermit;
 use crate::policy::{
     ImportPolicy, PolicyConfig, PolicyCounters, RefusalNote, RibHoldings,
 };
@@ -57,6 +56,12 @@ mod worker;
 use hold::Hold;
 pub use worker::DataplaneTurn;
 use worker::{dataplane_worker, DataplaneCmd, DataplaneStats};
+
+/// Held by a pushed update from before it is read until the router has
+/// imported it and its dataplane worker has taken the route changes it
+/// made (`exchange::server::IMPORTS_IN_FLIGHT`). Defined here, where it is
+/// given back, so that the router imports nothing of the exchange.
+pub type ImportPermit = tokio::sync::OwnedSemaphorePermit;
 
 /// What the router asks of a peer's exchange actor. The exchange actor's
 /// own message type converts from it, so the router reaches it through a

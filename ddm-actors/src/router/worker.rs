@@ -10,8 +10,8 @@ use std::time::Duration;
 use slog::{debug, info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ImportPermit;
 use crate::dataplane::{Dataplane, DataplaneError, RouteUpdate, TunnelEntry};
-use crate::exchange::server::ImportPermit;
 
 /// What the dataplane worker counts, shared with the router actor.
 #[derive(Debug, Default)]
