@@ -317,9 +317,9 @@ pub struct State {
     /// Bounds the error lines about updates dropped for good (apart from
     /// the refusals', so that those never hide one).
     dropped_log: LogLimiter,
-    /// Bytes of pushes sent since freed memory was last handed back (see
-    /// [`mem::TRIM_AFTER_BYTES`]).
-    sent_since_trim: u64,
+    /// The push bytes sent (`Stats::push_bytes_sent`) when freed memory
+    /// was last handed back (see [`mem::TRIM_AFTER_BYTES`]).
+    trimmed_at: u64,
     /// Logger with the peer.
     log: Logger,
 }
@@ -362,10 +362,11 @@ impl State {
         }
         // The pushes sent, encoded and freed here after the router's own
         // trim, go back to the system once nothing is left to send.
+        let sent = self.stats.push_bytes_sent.load(Ordering::Relaxed);
         if self.session.is_drained()
-            && self.sent_since_trim >= mem::TRIM_AFTER_BYTES
+            && sent - self.trimmed_at >= mem::TRIM_AFTER_BYTES
         {
-            self.sent_since_trim = 0;
+            self.trimmed_at = sent;
             mem::trim();
         }
     }
@@ -462,10 +463,7 @@ impl State {
             Effect::Count { counter, n } => {
                 let c = match counter {
                     Counter::PushesSent => &self.stats.pushes_sent,
-                    Counter::PushBytesSent => {
-                        self.sent_since_trim += n;
-                        &self.stats.push_bytes_sent
-                    }
+                    Counter::PushBytesSent => &self.stats.push_bytes_sent,
                     Counter::PullsSent => &self.stats.pulls_sent,
                     Counter::PushesDeferred => &self.stats.pushes_deferred,
                     Counter::PullBytesReceived => {
@@ -612,7 +610,7 @@ impl Actor for Exchange {
             timers: HashMap::new(),
             permit: None,
             held_permits: Vec::new(),
-            sent_since_trim: 0,
+            trimmed_at: 0,
             pull_slots: Arc::new(Semaphore::new(1)),
             answer_slot: None,
             refusals_log: LogLimiter::new(),

@@ -58,7 +58,8 @@ impl Rib {
         let stale_tunnels: Vec<TunnelOrigin> =
             self.originated_tunnels.difference(&tunnels).copied().collect();
         let mut pending = Pending::default();
-        self.withdraw_originated_into(&mut pending, stale);
+        let stale = self.forget_originated(stale);
+        self.tell_peers(&mut pending, &stale, Pending::withdraw_paths);
         self.withdraw_tunnels_into(&mut pending, stale_tunnels);
         self.originate_into(&mut pending, prefixes);
         self.originate_tunnels_into(&mut pending, tunnels);
@@ -110,17 +111,6 @@ impl Rib {
         let mut pending = Pending::default();
         self.tell_peers(&mut pending, &prefixes, Pending::withdraw_paths);
         self.finish(pending)
-    }
-
-    /// `prefixes` no longer originated; every peer hears the withdrawal of
-    /// those that were.
-    pub(super) fn withdraw_originated_into(
-        &mut self,
-        pending: &mut Pending,
-        prefixes: BTreeSet<Ipv6Net>,
-    ) {
-        let prefixes = self.forget_originated(prefixes);
-        self.tell_peers(pending, &prefixes, Pending::withdraw_paths);
     }
 
     /// Hand every peer our own paths to `prefixes` through `tell`: the

@@ -144,20 +144,11 @@ impl Rib {
         if !fits(path_cost(&longest.path)) {
             return Room::OverBudget;
         }
-        let evicted = OutPath::new(dest, Arc::clone(&longest.path), None);
-        self.underlay_withdraw(peer, &evicted, pending);
+        // The stored path is the interned one: no lookup by its names.
+        let evicted = Arc::clone(&longest.path);
+        self.withdraw_interned(peer, dest, Some(evicted), pending);
         self.stats.paths_over_limit += 1;
         Room::Made
-    }
-
-    pub(super) fn underlay_withdraw(
-        &mut self,
-        peer: PeerId,
-        withdrawn: &OutPath,
-        pending: &mut Pending,
-    ) {
-        let path = self.interner.lookup(&withdrawn.hostnames());
-        self.withdraw_interned(peer, withdrawn.destination(), path, pending);
     }
 
     /// Withdraw `peer`'s path to `destination` whose hostnames' interned

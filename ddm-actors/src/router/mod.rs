@@ -499,8 +499,8 @@ impl RouterState {
     /// first pushes while the rest is worked out. 100,000 prefixes at once
     /// left the originator's first push about 40 ms after the request was
     /// read, every other hop idle meanwhile; the next hop's kernel work
-    /// now starts about 33 ms after the request's first byte, against 60. Only two small parts go ahead: with
-    /// parts doubling to the end, the exchange actor merged each into the
+    /// now starts about 33 ms after the request's first byte, against 60.
+    /// Only two small parts go ahead: with parts doubling to the end, the exchange actor merged each into the
     /// larger pending update a path at a time, and the originator's peak
     /// grew by 1.5 MiB. No other message is handled in between, so changes
     /// keep their order.
