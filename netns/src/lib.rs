@@ -149,9 +149,9 @@ fn owner_line() -> Result<&'static str, String> {
     .map_err(Clone::clone)
 }
 
-/// Field `n` (counted from 1, as proc(5) counts them) of process `pid`'s
-/// `stat`; `None` when there is no such process. Read from after the
-/// command's name, which may hold spaces and parentheses.
+/// Field `n` (counted from 1, as proc(5) counts them; 3 or later, after
+/// the command's name, which may hold spaces and parentheses) of process
+/// `pid`'s `stat`; `None` when there is no such process (or `n` is 1 or 2).
 fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;

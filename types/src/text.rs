@@ -139,14 +139,14 @@ fn groups(s: &[u8]) -> Option<Ipv6Addr> {
 /// text is `take`'s) without its own copy of it; `what` is what was
 /// expected instead of something else. `oxnet`'s `Deserialize` for a
 /// prefix reads each into a new `String` first.
-pub fn read_str<'de, D: serde::Deserializer<'de>, T>(
+pub fn read_str<'de, D: serde::Deserializer<'de>, T, R: fmt::Display>(
     d: D,
     what: &'static str,
-    take: impl FnOnce(&str) -> Result<T, String>,
+    take: impl FnOnce(&str) -> Result<T, R>,
 ) -> Result<T, D::Error> {
     struct Take<F>(&'static str, F);
-    impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_>
-        for Take<F>
+    impl<T, R: fmt::Display, F: FnOnce(&str) -> Result<T, R>>
+        serde::de::Visitor<'_> for Take<F>
     {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,9 +169,7 @@ impl<'de> serde::Deserialize<'de> for NetText {
     fn deserialize<D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Self, D::Error> {
-        read_str(d, "a string", |v| {
-            parse_net(v).map(NetText).map_err(|e| e.to_string())
-        })
+        read_str(d, "a string", |v| parse_net(v).map(NetText))
     }
 }
 

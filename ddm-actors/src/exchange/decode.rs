@@ -262,9 +262,7 @@ mod exact {
 
     impl<'de> Deserialize<'de> for Addr {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            read_str(d, "IPv6 address", |v| {
-                text::parse_addr(v).map(Addr).map_err(|e| e.to_string())
-            })
+            read_str(d, "IPv6 address", |v| text::parse_addr(v).map(Addr))
         }
     }
 
