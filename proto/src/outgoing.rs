@@ -134,6 +134,11 @@ impl OutPath {
         self.destination
     }
 
+    /// The same path (sharing its storage) to `destination`.
+    pub fn to(&self, destination: Ipv6Net) -> OutPath {
+        OutPath { destination, ..self.clone() }
+    }
+
     /// The hostnames as written, originator first.
     pub fn names(&self) -> impl Iterator<Item = &str> + Clone + '_ {
         self.path

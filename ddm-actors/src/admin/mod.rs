@@ -180,7 +180,16 @@ pub struct AdminState {
 
 impl AdminState {
     /// Write `change` durably (the store's task shares it: a change of
-    /// 100,000 prefixes is not copied), then apply it to the mirror.
+    /// 100,000 prefixes is not copied) and apply it to the mirror.
+    ///
+    /// The mirror loses what the change removes before the write (and
+    /// takes it back if the write fails), and gains what it adds after:
+    /// nothing reads the mirror meanwhile (this actor handles one message
+    /// at a time), and the mirror's share of the heap is then smallest
+    /// while the store writes, when the router works out the change's
+    /// pushes. Removed after the write, a withdrawal's entries were held
+    /// through that work in the runs whose write took longer: 1.6 MiB of
+    /// 100,000 prefixes on the originator's peak, in those runs only.
     ///
     /// A commit that failed is not taken as made, even when the file
     /// reads back with it: one whose sync failed is in the page cache, not
@@ -191,10 +200,18 @@ impl AdminState {
         &mut self,
         change: &Arc<StoreChange>,
     ) -> Result<(), StoreError> {
+        let o = &mut self.originated;
+        remove_from(o, &change.remove_prefixes, &change.remove_tunnels);
         let written = self.store.apply_async(Arc::clone(change)).await;
-        self.written(written)?;
-        apply_to(&mut self.originated, change);
-        Ok(())
+        let written = self.written(written);
+        let o = &mut self.originated;
+        match written {
+            Ok(()) => add_to(o, &change.add_prefixes, &change.add_tunnels),
+            Err(_) => {
+                add_to(o, &change.remove_prefixes, &change.remove_tunnels)
+            }
+        }
+        written
     }
 
     /// Count a store write's outcome, and log it when it failed.
@@ -209,8 +226,9 @@ impl AdminState {
         result
     }
 
-    /// Carry out `change`: tell the router and make it durable, and
-    /// update the in-memory mirror once it is. While the store works, the
+    /// Carry out `change`: tell the router, make it durable and update
+    /// the in-memory mirror (which keeps it only if it is made durable:
+    /// [`AdminState::commit`]). While the store works, the
     /// router hears first, so the fabric starts converging while the store
     /// syncs to disk; if the write fails, the router is told the opposite
     /// and the caller gets the error (nothing unacknowledged stays
@@ -342,14 +360,30 @@ impl AdminState {
 
 /// Make `change` in `o`.
 fn apply_to(o: &mut Originated, change: &StoreChange) {
-    crate::rib::extend_packed(&mut o.prefixes, change.add_prefixes.clone());
-    for p in &change.remove_prefixes {
+    add_to(o, &change.add_prefixes, &change.add_tunnels);
+    remove_from(o, &change.remove_prefixes, &change.remove_tunnels);
+}
+
+/// Add `prefixes` and `tunnels` to `o`.
+fn add_to(
+    o: &mut Originated,
+    prefixes: &BTreeSet<Ipv6Net>,
+    tunnels: &BTreeSet<TunnelOrigin>,
+) {
+    crate::rib::extend_packed(&mut o.prefixes, prefixes.clone());
+    o.tunnels.extend(tunnels);
+}
+
+/// Remove `prefixes` and `tunnels` from `o`.
+fn remove_from(
+    o: &mut Originated,
+    prefixes: &BTreeSet<Ipv6Net>,
+    tunnels: &BTreeSet<TunnelOrigin>,
+) {
+    for p in prefixes {
         o.prefixes.remove(p);
     }
-    for t in &change.add_tunnels {
-        o.tunnels.insert(*t);
-    }
-    for t in &change.remove_tunnels {
+    for t in tunnels {
         o.tunnels.remove(t);
     }
 }
