@@ -4,10 +4,6 @@ use std::process::ExitCode;
 
 mod alloc;
 mod cli;
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[global_allocator]
-static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 mod daemon;
 mod logging;
 mod pages;
