@@ -164,7 +164,8 @@ pub struct AdminState {
     local_addr: Option<SocketAddr>,
     /// The store and its in-memory mirror.
     store: Store,
-    /// What is originated (always equal to the store's contents).
+    /// What is originated (equal to the store's contents, but while a
+    /// write is under way: [`AdminState::commit`]).
     originated: Originated,
     /// The supervisor, for peer questions.
     supervisor: PeersRef,
@@ -201,6 +202,13 @@ impl AdminState {
         change: &Arc<StoreChange>,
     ) -> Result<(), StoreError> {
         let o = &mut self.originated;
+        // Made against the mirror (see `update`): what is removed is
+        // there, what is added is not, so adding the removals back undoes
+        // them exactly.
+        debug_assert!(change.remove_prefixes.is_subset(&o.prefixes));
+        debug_assert!(change.remove_tunnels.is_subset(&o.tunnels));
+        debug_assert!(change.add_prefixes.is_disjoint(&o.prefixes));
+        debug_assert!(change.add_tunnels.is_disjoint(&o.tunnels));
         remove_from(o, &change.remove_prefixes, &change.remove_tunnels);
         let written = self.store.apply_async(Arc::clone(change)).await;
         let written = self.written(written);

@@ -266,6 +266,31 @@ async fn after_a_failed_sync_an_empty_change_repairs_the_store() {
     assert!(heard(&router, &mut rx).await.is_empty());
 }
 
+/// A withdrawal whose write fails leaves the mirror as it was, prefixes
+/// and tunnel endpoints alike (they leave it before the write and come
+/// back when the write fails), and the router hears it undone.
+#[tokio::test]
+async fn a_failed_withdrawal_leaves_the_mirror_whole() {
+    let faults = Arc::new(Faults::default());
+    let store = Store::in_memory_with_faults(faults.clone());
+    let (mut state, router, mut rx, _stop) = state_over(store.clone()).await;
+    let tunnel = TunnelOrigin {
+        overlay_prefix: "fd00:99::/64".parse().unwrap(),
+        boundary_addr: "fd00:1::1".parse().unwrap(),
+        vni: 7,
+        metric: 0,
+    };
+    let mut both = add("fd00:1::/64");
+    both.add_tunnels = [tunnel].into();
+    state.update(both.clone()).await.unwrap();
+    heard(&router, &mut rx).await;
+    let before = state.originated.clone();
+    faults.fail_writes(libc::EIO);
+    state.update(both.inverse()).await.unwrap_err();
+    assert_eq!(state.originated, before);
+    assert_eq!(heard(&router, &mut rx).await.len(), 4, "withdrawn, undone");
+}
+
 #[tokio::test]
 async fn a_failing_store_refuses_changes_before_the_router_hears() {
     let faults = Arc::new(Faults::default());

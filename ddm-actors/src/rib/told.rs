@@ -42,7 +42,8 @@ use super::PeerId;
 const UNACKED: u64 = u64::MAX;
 
 /// Most paths kept in flight for one peer, counted once per push that
-/// withdrew them (about 10 MB), before the lists are merged into one, each
+/// withdrew them (at most about 10 MB, less where they are kept in runs:
+/// [`Withdrawn`]), before the lists are merged into one, each
 /// path once, delivered with the newest of their pushes (and merged again
 /// only once they have grown to twice what the last merge kept): a peer
 /// that acknowledges slowly while what we offer it keeps changing (paths
@@ -123,7 +124,7 @@ impl Stale {
         all.dedup();
         self.in_flight_paths = all.len();
         self.merged_paths = all.len();
-        self.in_flight.push_back((newest, Withdrawn::new(all.iter())));
+        self.in_flight.push_back((newest, Withdrawn::from_vec(all)));
     }
 }
 
@@ -134,9 +135,11 @@ impl Stale {
 /// of one origin's paths at a transit, is one run: 1.7 MB, against 4 MB
 /// as one [`OutPath`] each, held beside the same push in the exchange
 /// actor until it is delivered (measured with heaptrack at the
-/// originator's peak: this record was 3.8 of its 14 MiB of heap). Paths
-/// that share storage with too few neighbours for runs to be smaller are
-/// kept one [`OutPath`] each.
+/// originator's peak: this record was 3.8 of its 14 MiB of heap). The
+/// form is chosen for the whole push: where runs would not be smaller
+/// (paths whose neighbours mostly have storage of their own), every path
+/// is kept as one [`OutPath`]; in runs, a path alone in its run costs 65
+/// bytes.
 #[derive(Debug)]
 enum Withdrawn {
     /// Each run's first index in `destinations`, and its path.
@@ -151,17 +154,41 @@ impl Withdrawn {
     where
         I: ExactSizeIterator<Item = &'a OutPath> + Clone,
     {
+        match Self::runs_if_smaller(paths.clone()) {
+            Some(runs) => Self::in_runs(paths, runs),
+            None => Withdrawn::Paths(paths.cloned().collect()),
+        }
+    }
+
+    /// [`Withdrawn::new`] of a list it may keep as it is.
+    fn from_vec(paths: Vec<OutPath>) -> Withdrawn {
+        match Self::runs_if_smaller(paths.iter()) {
+            Some(runs) => Self::in_runs(paths.iter(), runs),
+            None => Withdrawn::Paths(paths.into_boxed_slice()),
+        }
+    }
+
+    /// How many runs `paths` make, if runs take fewer bytes than a path
+    /// each.
+    fn runs_if_smaller<'a>(
+        paths: impl ExactSizeIterator<Item = &'a OutPath>,
+    ) -> Option<usize> {
         let len = paths.len();
         let mut last: Option<&OutPath> = None;
         let runs = paths
-            .clone()
             .filter(|p| !last.replace(*p).is_some_and(|l| l.shares_path(p)))
             .count();
         let as_runs = len * std::mem::size_of::<Ipv6Net>()
             + runs * std::mem::size_of::<(usize, OutPath)>();
-        if as_runs >= len * std::mem::size_of::<OutPath>() {
-            return Withdrawn::Paths(paths.cloned().collect());
-        }
+        (as_runs < len * std::mem::size_of::<OutPath>()).then_some(runs)
+    }
+
+    /// `paths` (`runs` runs of them) kept in runs.
+    fn in_runs<'a>(
+        paths: impl ExactSizeIterator<Item = &'a OutPath>,
+        runs: usize,
+    ) -> Withdrawn {
+        let len = paths.len();
         let mut destinations = Vec::with_capacity(len);
         let mut starts = Vec::with_capacity(runs);
         for p in paths {
@@ -521,6 +548,32 @@ mod tests {
         told.delivered(p, 1);
         let again = told.session_up(p, update(&[3], &[]));
         assert!(withdrawn(&again).is_empty());
+    }
+
+    /// A withdrawal kept in runs that was in flight when the session
+    /// ended is withdrawn by the next session's first push, every path of
+    /// it, and forgotten once that push is delivered.
+    #[test]
+    fn a_withdrawal_in_runs_outlives_the_session() {
+        let p = peer(1, 1);
+        let mut told = Told::new();
+        let first = told.session_up(p, update(&[1, 2, 3, 4, 5, 6], &[]));
+        told.pushed(p, &first);
+        told.delivered(p, 1);
+        let gone = update(&[], &[2, 3, 4, 5]);
+        told.pushed(p, &gone);
+        assert!(matches!(
+            told.peers[&p].in_flight.back(),
+            Some((_, Withdrawn::Runs { .. }))
+        ));
+        told.session_down(p, update(&[1, 6], &[]));
+        let resync = told.session_up(p, update(&[6], &[]));
+        assert_eq!(announced(&resync), vec![path(6)]);
+        let expected: Vec<OutPath> = [1, 2, 3, 4, 5].map(path).into();
+        assert_eq!(withdrawn(&resync), expected);
+        let seq = told.pushed(p, &resync);
+        told.delivered(p, seq);
+        assert!(told.is_empty());
     }
 
     /// A path of its own for each `n` (more than `path` has).
