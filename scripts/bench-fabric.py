@@ -72,7 +72,8 @@ peer is in Exchange, then prints:
      notifications each took 0.1-0.3 core-s per phase of the two cores
      the floor client has to itself;
    * CPU (user + system) of each daemon over the announce and withdrawal
-     (its announce's against the issue's figures, CPU_TARGET_S),
+     (at 100,000, its announce's against the issue's figures,
+     CPU_TARGET_S),
      and each daemon's peak RSS (VmHWM, reset through clear_refs before
      the run; ddmd's cached file pages are dropped before the daemons
      start, see drop_cached_pages), and its RSS at the end of the run,
@@ -88,7 +89,9 @@ peer is in Exchange, then prints:
      withdrawal apart.
    Targets: announce and withdrawal each <= 1.25x the floor of the same
    run; at 100,000 peak RSS <= 32 MiB (s1), <= 16 MiB (t1, s2), within
-   1 MiB across runs. The summary gives medians and whether every run met
+   1 MiB across runs, and each daemon's CPU over the announce <= 0.22 s
+   (s1), 0.57 s (t1), 0.49 s (s2) (CPU_TARGET_S: the issue's figures,
+   measured at 100,000 only; under WRAP the CPU is the wrapper's). The summary gives medians and whether every run met
    the bound; a growth table gives the medians per size.
 
 The timing is done in this process: the HTTP and netlink sockets are opened
@@ -1082,6 +1085,8 @@ def size_round(size, ports, mon, results):
               f"{run['del']:.3f} s ({run['del'] / f_del:.2f}x floor)")
         print("    CPU " + ", ".join(f"{n} {run['cpu'][n]:.2f} s"
                                       for n in NAMES)
+              + " (over the announce: " + ", ".join(
+                  f"{run['cpu_add'][n]:.2f}" for n in NAMES) + ")"
               + "; peak RSS " + ", ".join(
                   f"{n} {hwm[n] / 1024:.1f} MiB" for n in NAMES)
               + " (after the announce: " + ", ".join(

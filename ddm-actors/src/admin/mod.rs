@@ -164,8 +164,11 @@ pub struct AdminState {
     local_addr: Option<SocketAddr>,
     /// The store and its in-memory mirror.
     store: Store,
-    /// What is originated (equal to the store's contents, but while a
-    /// write is under way: [`AdminState::commit`]).
+    /// What is originated: what clients were answered 204 for. The
+    /// store holds the same, but while a write is under way
+    /// ([`AdminState::commit`]) and after a write whose sync failed,
+    /// which may show in the file until the next write rewrites it
+    /// ([`AdminState::recover`]).
     originated: Originated,
     /// The supervisor, for peer questions.
     supervisor: PeersRef,

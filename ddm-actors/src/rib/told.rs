@@ -42,8 +42,8 @@ use super::PeerId;
 const UNACKED: u64 = u64::MAX;
 
 /// Most paths kept in flight for one peer, counted once per push that
-/// withdrew them (at most about 10 MB, less where they are kept in runs:
-/// [`Withdrawn`]), before the lists are merged into one, each
+/// withdrew them (about 10 MB as one path each, less where they are kept
+/// in runs: [`Withdrawn`]), before the lists are merged into one, each
 /// path once, delivered with the newest of their pushes (and merged again
 /// only once they have grown to twice what the last merge kept): a peer
 /// that acknowledges slowly while what we offer it keeps changing (paths
