@@ -170,9 +170,14 @@ pub fn process_gone(pid: u32) -> bool {
     stat_field(pid, 3).is_none_or(|state| state == "Z")
 }
 
+/// The file of namespace `ns` (`ip netns`'s bind mount).
+fn ns_path(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new(NETNS_RUN_DIR).join(ns)
+}
+
 /// Whether namespace `ns` exists.
 fn made(ns: &str) -> bool {
-    std::path::Path::new(NETNS_RUN_DIR).join(ns).exists()
+    ns_path(ns).exists()
 }
 
 /// Delete namespace `ns`, with its owner file; `kill`: kill what runs in
@@ -480,8 +485,9 @@ pub fn require_netns(test_name: &str) -> bool {
 /// Moves the calling thread (only it) into the network namespace named
 /// `ns` (as listed by `ip netns list`).
 pub fn enter_netns(ns: &str) -> std::io::Result<()> {
-    let path = format!("{NETNS_RUN_DIR}/{ns}");
+    let path = ns_path(ns);
     let file = File::open(&path).map_err(|e| {
+        let path = path.display();
         std::io::Error::new(e.kind(), format!("cannot open {path}: {e}"))
     })?;
     // SAFETY: `file` is an open namespace file for the whole call; setns
@@ -490,7 +496,7 @@ pub fn enter_netns(ns: &str) -> std::io::Result<()> {
         let e = std::io::Error::last_os_error();
         return Err(std::io::Error::new(
             e.kind(),
-            format!("setns({path}): {e}"),
+            format!("setns({}): {e}", path.display()),
         ));
     }
     Ok(())
@@ -814,9 +820,9 @@ impl Topology {
         mut cmd: Command,
     ) -> Result<ChildId, String> {
         let ns = self.ns(node)?;
-        let path = format!("{NETNS_RUN_DIR}/{ns}");
+        let path = ns_path(ns);
         let file = File::open(&path)
-            .map_err(|e| format!("cannot open {path}: {e}"))?;
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let fd = file.as_raw_fd();
         let enter = move || {
             // SAFETY: `fd` is an open namespace file (see below); setns

@@ -200,9 +200,13 @@ impl AdminState {
     /// necessarily on disk (Linux marks the pages clean after a failed
     /// `fsync`), and 204 promises the disk. The next write rewrites the
     /// whole store ([`AdminState::recover`]), which undoes it.
+    ///
+    /// If the write fails, the router is told the opposite of `change`.
+    /// Once it succeeds, the store's task has let go of `change`, and its
+    /// additions move into the mirror (copied only if it still holds it).
     async fn commit(
         &mut self,
-        change: &Arc<StoreChange>,
+        change: Arc<StoreChange>,
     ) -> Result<(), StoreError> {
         let o = &mut self.originated;
         // Made against the mirror (see `update`): what is removed is
@@ -213,16 +217,17 @@ impl AdminState {
         debug_assert!(change.add_prefixes.is_disjoint(&o.prefixes));
         debug_assert!(change.add_tunnels.is_disjoint(&o.tunnels));
         remove_from(o, &change.remove_prefixes, &change.remove_tunnels);
-        let written = self.store.apply_async(Arc::clone(change)).await;
-        let written = self.written(written);
-        let o = &mut self.originated;
-        match written {
-            Ok(()) => add_to(o, &change.add_prefixes, &change.add_tunnels),
-            Err(_) => {
-                add_to(o, &change.remove_prefixes, &change.remove_tunnels)
-            }
+        let written = self.store.apply_async(Arc::clone(&change)).await;
+        if let Err(e) = self.written(written) {
+            self.tell_router_change(&change.inverse());
+            let o = &mut self.originated;
+            add_to(o, change.remove_prefixes.clone(), &change.remove_tunnels);
+            return Err(e);
         }
-        written
+        let StoreChange { add_prefixes, add_tunnels, .. } =
+            Arc::unwrap_or_clone(change);
+        add_to(&mut self.originated, add_prefixes, &add_tunnels);
+        Ok(())
     }
 
     /// Count a store write's outcome, and log it when it failed.
@@ -256,13 +261,8 @@ impl AdminState {
         if change.is_empty() {
             return Ok(());
         }
-        let change = Arc::new(change);
         self.tell_router_change(&change);
-        if let Err(e) = self.commit(&change).await {
-            self.tell_router_change(&change.inverse());
-            return Err(e);
-        }
-        Ok(())
+        self.commit(Arc::new(change)).await
     }
 
     /// Carry out `change` while the store is failing: the write comes
@@ -371,17 +371,17 @@ impl AdminState {
 
 /// Make `change` in `o`.
 fn apply_to(o: &mut Originated, change: &StoreChange) {
-    add_to(o, &change.add_prefixes, &change.add_tunnels);
+    add_to(o, change.add_prefixes.clone(), &change.add_tunnels);
     remove_from(o, &change.remove_prefixes, &change.remove_tunnels);
 }
 
 /// Add `prefixes` and `tunnels` to `o`.
 fn add_to(
     o: &mut Originated,
-    prefixes: &BTreeSet<Ipv6Net>,
+    prefixes: BTreeSet<Ipv6Net>,
     tunnels: &BTreeSet<TunnelOrigin>,
 ) {
-    crate::rib::extend_packed(&mut o.prefixes, prefixes.clone());
+    crate::rib::extend_packed(&mut o.prefixes, prefixes);
     o.tunnels.extend(tunnels);
 }
 
@@ -391,12 +391,8 @@ fn remove_from(
     prefixes: &BTreeSet<Ipv6Net>,
     tunnels: &BTreeSet<TunnelOrigin>,
 ) {
-    for p in prefixes {
-        o.prefixes.remove(p);
-    }
-    for t in tunnels {
-        o.tunnels.remove(t);
-    }
+    crate::rib::remove_packed(&mut o.prefixes, prefixes);
+    crate::rib::remove_packed(&mut o.tunnels, tunnels);
 }
 
 /// Hand `router` everything we originate (it reconciles: what it has is

@@ -51,9 +51,7 @@ pub use ddm_proto::outgoing::{
 };
 pub use ddm_proto::Version;
 
-use super::server::{
-    ImportPermit, ServerCtx, IMPORTS_IN_FLIGHT, UNPACED_IN_FLIGHT,
-};
+use super::server::{ServerCtx, IMPORTS_IN_FLIGHT, UNPACED_IN_FLIGHT};
 pub use super::session::{
     backoff, TimerKind as RetryKind, BACKOFF_MAX, BACKOFF_MIN, MAX_ATTEMPTS,
 };
@@ -66,6 +64,7 @@ use crate::config::RouterConfig;
 use crate::discovery::limit::LogLimiter;
 use crate::discovery::PeerIdentity;
 use crate::mem;
+use crate::router::ImportPermit;
 use crate::router::{PeerCmd, RouterMsg, RouterRef};
 use crate::timer::{abort_and_wait, cast_after, replace_task};
 use ddm_proto::PeerId;

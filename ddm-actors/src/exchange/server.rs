@@ -230,8 +230,6 @@ pub const PACING_WAIT: u32 = 2;
 /// queued every half timeout per connection, without end.
 pub const UNPACED_IN_FLIGHT: usize = 2;
 
-pub use crate::router::ImportPermit;
-
 /// A budget of bytes shared by the bodies being read: a body holds its
 /// share from before its first byte is read until its text is dropped.
 #[derive(Debug, Clone)]

